@@ -1,0 +1,187 @@
+"""Controllers: the paper's MLP and quantum CNN as equinox modules.
+
+Weights are stored in the Keras/TensorFlow layout so trained controllers move between
+frameworks: Dense kernels (fan_in, fan_out), Conv kernels (kh, kw, c_in, c_out) for 2-D and
+(k, c_in, c_out) for 1-D. Initialisation is Keras': Glorot-uniform kernels
+(limit √(6 / (fan_in + fan_out)), fan = receptive field × channels), zero biases.
+
+Every controller maps a *batched* state (B, *state_shape) to a batched control
+(B, *control_shape).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def glorot_uniform(key: jax.Array, shape: Sequence[int], fan_in: int, fan_out: int) -> jax.Array:
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    return jax.random.uniform(key, tuple(shape), jnp.float32, -limit, limit)
+
+
+class Dense(eqx.Module):
+    """y = x @ kernel + bias;  kernel (fan_in, fan_out)."""
+
+    kernel: jax.Array
+    bias: jax.Array
+
+    @staticmethod
+    def init(key, fan_in: int, fan_out: int, zero_kernel: bool = False) -> "Dense":
+        kernel = (
+            jnp.zeros((fan_in, fan_out), jnp.float32)
+            if zero_kernel
+            else glorot_uniform(key, (fan_in, fan_out), fan_in, fan_out)
+        )
+        return Dense(kernel, jnp.zeros((fan_out,), jnp.float32))
+
+    def __call__(self, x):
+        return x @ self.kernel + self.bias
+
+
+class Conv(eqx.Module):
+    """Valid, strided N-d convolution, channels last. kernel (*window, c_in, c_out)."""
+
+    kernel: jax.Array
+    bias: jax.Array
+    strides: tuple[int, ...] = eqx.field(static=True)
+
+    @staticmethod
+    def init(key, window: Sequence[int], c_in: int, c_out: int, strides: Sequence[int]) -> "Conv":
+        rf = int(np.prod(window))
+        kernel = glorot_uniform(key, (*window, c_in, c_out), rf * c_in, rf * c_out)
+        return Conv(kernel, jnp.zeros((c_out,), jnp.float32), tuple(strides))
+
+    def __call__(self, x):  # x: (B, *spatial, c_in)
+        nd = len(self.strides)
+        spatial = "HWD"[:nd]
+        dn = jax.lax.conv_dimension_numbers(
+            x.shape, self.kernel.shape, ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
+        )
+        y = jax.lax.conv_general_dilated(
+            x, self.kernel, self.strides, "VALID", dimension_numbers=dn,
+            precision=jax.lax.Precision.HIGHEST,
+        )
+        return y + self.bias
+
+
+class MLP(eqx.Module):
+    """Flatten → [Dense width, tanh] × depth → Dense (linear) → reshape to control_shape.
+
+    The paper's controller is widths (100, 100). ``zero_last=True`` starts the last kernel at
+    zero (the authors' cart-pole / guidance runs did, see problems.md), so the untrained
+    controller outputs exactly 0.
+    """
+
+    layers: tuple[Dense, ...]
+    control_shape: tuple[int, ...] = eqx.field(static=True)
+
+    def __init__(self, key, in_size: int, control_shape: Sequence[int],
+                 widths: Sequence[int] = (100, 100), zero_last: bool = False):
+        out = int(np.prod(control_shape)) if len(control_shape) else 1
+        sizes = [in_size, *widths, out]
+        keys = jax.random.split(key, len(sizes) - 1)
+        layers = []
+        for i, (k, a, b) in enumerate(zip(keys, sizes[:-1], sizes[1:])):
+            last = i == len(sizes) - 2
+            layers.append(Dense.init(k, a, b, zero_kernel=last and zero_last))
+        self.layers = tuple(layers)
+        self.control_shape = tuple(control_shape)
+
+    def __call__(self, x):
+        h = x.reshape(x.shape[0], -1)
+        for layer in self.layers[:-1]:
+            h = jnp.tanh(layer(h))
+        h = self.layers[-1](h)
+        return h.reshape((x.shape[0],) + self.control_shape)
+
+
+class QuantumCNN(eqx.Module):
+    """The authors' quantum controller (11,701 parameters for Nx = 32).
+
+    (B, Nx, 2) as an Nx×2 image with one channel → Conv2D 60, kernel (3, 2), stride 2, tanh
+    → (B, 15, 60) → Conv1D 60, kernel 3, stride 2, tanh → (B, 7, 60) → flatten (position-major,
+    as Keras) → Dense 1 (linear) = u, shape (B, 1). Only the final bias is zero-initialised.
+    """
+
+    conv2d: Conv
+    conv1d: Conv
+    dense: Dense
+
+    def __init__(self, key, nx: int = 32, filters: int = 60, zero_last: bool = False):
+        k1, k2, k3 = jax.random.split(key, 3)
+        self.conv2d = Conv.init(k1, (3, 2), 1, filters, (2, 2))
+        self.conv1d = Conv.init(k2, (3,), filters, filters, (2,))
+        n1 = (nx - 3) // 2 + 1
+        n2 = (n1 - 3) // 2 + 1
+        if n2 < 1:
+            raise ValueError(f"QuantumCNN needs nx ≥ 7 (got nx={nx})")
+        self.dense = Dense.init(k3, n2 * filters, 1, zero_kernel=zero_last)
+
+    def __call__(self, x):
+        h = jnp.tanh(self.conv2d(x[..., None]))  # (B, n1, 1, F)
+        h = h[:, :, 0, :]
+        h = jnp.tanh(self.conv1d(h))  # (B, n2, F)
+        return self.dense(h.reshape(h.shape[0], -1))
+
+
+# ---------------------------------------------------------------- weights in / out
+def _weight_layers(model) -> list:
+    """Layers with (kernel, bias) in forward order."""
+    layers = [
+        leaf
+        for leaf in jax.tree_util.tree_leaves(model, is_leaf=lambda n: isinstance(n, (Dense, Conv)))
+        if isinstance(leaf, (Dense, Conv))
+    ]
+    if not layers:
+        raise TypeError(f"{type(model).__name__} has no Dense/Conv layers to save")
+    return layers
+
+
+def weights_dict(model) -> dict[str, np.ndarray]:
+    """``{"w0_kernel", "w0_bias", "w1_kernel", …}`` in Keras layout, float32 numpy."""
+    out = {}
+    for i, layer in enumerate(_weight_layers(model)):
+        out[f"w{i}_kernel"] = np.asarray(layer.kernel, np.float32)
+        out[f"w{i}_bias"] = np.asarray(layer.bias, np.float32)
+    return out
+
+
+def save_weights(model, path: str | Path) -> Path:
+    """Write the controller's weights as ``.npz`` (see :func:`weights_dict`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **weights_dict(model))
+    tmp.replace(path)
+    return path
+
+
+def load_weights(model, source) -> "eqx.Module":
+    """Return ``model`` with weights from an ``.npz`` path or a dict (same names/shapes)."""
+    arrays = dict(np.load(source)) if not isinstance(source, dict) else source
+    layers = _weight_layers(model)
+    expected = {f"w{i}_{p}" for i in range(len(layers)) for p in ("kernel", "bias")}
+    if set(arrays) != expected:
+        raise ValueError(
+            f"weights have entries {sorted(arrays)}; this {type(model).__name__} expects {sorted(expected)}"
+        )
+    new_leaves = []
+    for i, layer in enumerate(layers):
+        for p in ("kernel", "bias"):
+            a = np.asarray(arrays[f"w{i}_{p}"])
+            want = getattr(layer, p).shape
+            if a.shape != want:
+                raise ValueError(f"w{i}_{p} has shape {a.shape}; expected {want}")
+            new_leaves.append(jnp.asarray(a, jnp.float32))
+    where = lambda m: [getattr(l, p) for l in _weight_layers(m) for p in ("kernel", "bias")]
+    return eqx.tree_at(where, model, new_leaves)
+
+
+def count_params(model) -> int:
+    return sum(x.size for x in jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_array)))
