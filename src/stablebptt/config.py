@@ -1,0 +1,124 @@
+"""Validated run configuration: the one source of truth for defaults.
+
+A :class:`RunConfig` is plain data (JSON/TOML serialisable). Together with a seed it fully
+determines a run. Validation happens here, before any JAX work: a bad field names itself
+and what is allowed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from . import flow as flow_mod
+from . import optim
+
+
+class RunConfig(BaseModel):
+    """Everything that defines one training run except the seed.
+
+    Defaults are the paper's protocol (Adam lr 1e-3 with ε 1e-7 in Keras form, batch 8 in
+    data order, 256 train / 256 test states, no clipping).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    problem: str = "cartpole"
+    problem_params: dict[str, Any] = Field(default_factory=dict)
+    mode: Union[str, list[str]] = "C"
+    combiner: str = "sign"
+    truncate: int = 0
+    decay: float = 1.0
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    clip: Literal["none", "value", "norm"] = "none"
+    clip_threshold: float = 1.0
+    batch_size: int = 8
+    epochs: int = 20
+    n_train: int = 256
+    n_test: int = 256
+    data: Literal["paper", "seeded"] = "paper"
+    shuffle: bool = False
+    zero_last: Optional[bool] = None
+    diagnostics: bool = False
+    checkpoint_every: Optional[int] = None
+    init_weights: Optional[str] = None
+
+    @field_validator("problem")
+    @classmethod
+    def _problem(cls, v):
+        from . import problems
+
+        if v not in problems.names():
+            raise ValueError(f"unknown problem {v!r}; available: {', '.join(problems.names())}")
+        return v
+
+    @field_validator("clip", mode="before")
+    @classmethod
+    def _clip(cls, v):
+        return str(v).lower() if isinstance(v, str) else v
+
+    @field_validator("optimizer")
+    @classmethod
+    def _opt(cls, v):
+        if v not in optim.OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {v!r}; allowed: {', '.join(optim.OPTIMIZERS)}")
+        return v
+
+    @field_validator("lr")
+    @classmethod
+    def _lr(cls, v):
+        if not v > 0:
+            raise ValueError(f"lr={v!r}; must be > 0")
+        return v
+
+    @field_validator("clip_threshold")
+    @classmethod
+    def _thr(cls, v):
+        if not v >= 0:
+            raise ValueError(f"clip_threshold={v!r}; must be ≥ 0")
+        return v
+
+    @field_validator("batch_size", "epochs", "n_train", "n_test")
+    @classmethod
+    def _positive(cls, v, info):
+        if v < 1:
+            raise ValueError(f"{info.field_name}={v!r}; must be an int ≥ 1")
+        return v
+
+    @model_validator(mode="after")
+    def _whole(self):
+        from . import problems
+
+        flow_mod.Flow(mode=self.mode if isinstance(self.mode, str) else tuple(self.mode),
+                      combiner=self.combiner, truncate=self.truncate, decay=self.decay)
+        spec = problems.param_spec(self.problem)
+        unknown = sorted(set(self.problem_params) - set(spec))
+        if unknown:
+            raise ValueError(
+                f"problem {self.problem!r} has no parameter(s) {unknown}; allowed: {sorted(spec)}"
+            )
+        if self.batch_size > self.n_train:
+            raise ValueError(f"batch_size={self.batch_size} is larger than n_train={self.n_train}")
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every={self.checkpoint_every!r}; must be ≥ 1 or None")
+        return self
+
+    def flow(self) -> flow_mod.Flow:
+        mode = self.mode if isinstance(self.mode, str) else tuple(self.mode)
+        return flow_mod.Flow(mode=mode, combiner=self.combiner, truncate=self.truncate, decay=self.decay)
+
+    def mode_label(self) -> str:
+        return self.flow().label()
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+def run_id(config: RunConfig, seed: int) -> str:
+    """Stable short hash of (config, seed): the name of the run's result folder."""
+    blob = json.dumps({"config": config.to_dict(), "seed": int(seed)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -1,0 +1,108 @@
+r"""Optimizers and clipping as in the paper, built from optax pieces.
+
+The update handed to the optimizer is first clipped (for C: *after* combination):
+
+* ``"none"``  — unchanged;
+* ``"value"`` — element-wise to [-t, t] (paper: t = 1.0);
+* ``"norm"``  — rescaled to global L2 norm ≤ t (paper: t = 1.0).
+
+Optimizers (Keras defaults where the authors used Keras):
+
+* ``"adam"`` — **Keras' Adam**, the paper preset: lr 1e-3, β = (0.9, 0.999), ε = 1e-7 added
+  to √v (not to the bias-corrected √v̂)::
+
+      θ ← θ − lr · √(1−β₂ᵗ)/(1−β₁ᵗ) · m / (√v + ε)
+        = θ − lr · m̂ / (√v̂ + ε/√(1−β₂ᵗ))
+
+  The difference from optax/PyTorch matters where updates are tiny (mode S on cart-pole:
+  the first step moves the last layer by 7.9e-4 instead of 1e-3).
+* ``"adam_optax"`` — ``optax.adam`` with ε = 1e-7 (ε added to √v̂).
+* ``"sgd"``, ``"momentum"`` (SGD with momentum; 0.8/0.9/0.95 in the paper, default 0.9),
+  ``"adagrad"``, ``"adadelta"``, ``"rmsprop"``.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+OPTIMIZERS = ("adam", "adam_optax", "sgd", "momentum", "adagrad", "adadelta", "rmsprop")
+CLIPPING = ("none", "value", "norm")
+
+
+class KerasAdamState(NamedTuple):
+    count: jax.Array
+    mu: optax.Updates
+    nu: optax.Updates
+
+
+def scale_by_keras_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-7) -> optax.GradientTransformation:
+    """Adam's direction with Keras' ε placement: m̂ / (√v̂ + ε/√(1−β₂ᵗ)) (no learning rate)."""
+
+    def init(params):
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+        return KerasAdamState(jnp.zeros([], jnp.int32), zeros, jax.tree_util.tree_map(jnp.zeros_like, params))
+
+    def update(updates, state, params=None):
+        del params
+        count = state.count + 1
+        mu = jax.tree_util.tree_map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, updates)
+        nu = jax.tree_util.tree_map(lambda v, g: b2 * v + (1 - b2) * jnp.square(g), state.nu, updates)
+        t = count.astype(jnp.float32)
+        alpha = jnp.sqrt(1 - b2**t) / (1 - b1**t)
+        out = jax.tree_util.tree_map(lambda m, v: alpha * m / (jnp.sqrt(v) + eps), mu, nu)
+        return out, KerasAdamState(count, mu, nu)
+
+    return optax.GradientTransformation(init, update)
+
+
+def keras_adam(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-7):
+    """Keras' Adam (the paper's optimizer), see module docstring."""
+    return optax.chain(scale_by_keras_adam(b1, b2, eps), optax.scale(-learning_rate))
+
+
+def clipping(kind: str = "none", threshold: float = 1.0) -> optax.GradientTransformation:
+    """``"none" | "value" | "norm"`` clipping of the update (threshold t ≥ 0)."""
+    kind = str(kind).lower()
+    if kind not in CLIPPING:
+        raise ValueError(f"unknown clipping {kind!r}; allowed: {', '.join(CLIPPING)}")
+    if not (threshold >= 0):
+        raise ValueError(f"clip threshold={threshold!r}; must be a number ≥ 0")
+    if kind == "none":
+        return optax.identity()
+    if kind == "value":
+        return optax.clip(threshold)
+    return optax.clip_by_global_norm(threshold)
+
+
+def optimizer(name: str = "adam", learning_rate: float = 1e-3, *, momentum: float = 0.9,
+              eps: float = 1e-7) -> optax.GradientTransformation:
+    """One of :data:`OPTIMIZERS` with the given learning rate (Keras defaults otherwise)."""
+    name = str(name).lower()
+    if not (learning_rate > 0):
+        raise ValueError(f"learning rate={learning_rate!r}; must be > 0")
+    if name == "adam":
+        return keras_adam(learning_rate, eps=eps)
+    if name == "adam_optax":
+        return optax.adam(learning_rate, eps=eps)
+    if name == "sgd":
+        return optax.sgd(learning_rate)
+    if name == "momentum":
+        if not (0 <= momentum < 1):
+            raise ValueError(f"momentum={momentum!r}; must be in [0, 1) (paper: 0.8, 0.9, 0.95)")
+        return optax.sgd(learning_rate, momentum=momentum)
+    if name == "adagrad":
+        return optax.adagrad(learning_rate, initial_accumulator_value=0.1, eps=eps)
+    if name == "adadelta":
+        return optax.adadelta(learning_rate, rho=0.95, eps=eps)
+    if name == "rmsprop":
+        return optax.rmsprop(learning_rate, decay=0.9, eps=eps)
+    raise ValueError(f"unknown optimizer {name!r}; allowed: {', '.join(OPTIMIZERS)}")
+
+
+def make(name: str = "adam", learning_rate: float = 1e-3, clip: str = "none", clip_threshold: float = 1.0,
+         **kw) -> optax.GradientTransformation:
+    """Clipping followed by the optimizer: the transformation the trainer applies to updates."""
+    return optax.chain(clipping(clip, clip_threshold), optimizer(name, learning_rate, **kw))
