@@ -138,15 +138,27 @@ def _weight_layers(model) -> list:
         for leaf in jax.tree_util.tree_leaves(model, is_leaf=lambda n: isinstance(n, (Dense, Conv)))
         if isinstance(leaf, (Dense, Conv))
     ]
-    if not layers:
-        raise TypeError(f"{type(model).__name__} has no Dense/Conv layers to save")
     return layers
 
 
+def _leaf_name(path) -> str:
+    return "_".join(str(getattr(k, "name", getattr(k, "key", getattr(k, "idx", k)))) for k in path)
+
+
 def weights_dict(model) -> dict[str, np.ndarray]:
-    """``{"w0_kernel", "w0_bias", "w1_kernel", …}`` in Keras layout, float32 numpy."""
+    """``{"w0_kernel", "w0_bias", "w1_kernel", …}`` in Keras layout, float32 numpy.
+
+    Controllers without Dense/Conv layers (the toy controllers) are stored by attribute path
+    (e.g. ``theta``).
+    """
     out = {}
-    for i, layer in enumerate(_weight_layers(model)):
+    layers = _weight_layers(model)
+    if not layers:
+        params = eqx.filter(model, eqx.is_inexact_array)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+            out[_leaf_name(path)] = np.asarray(leaf, np.float32)
+        return out
+    for i, layer in enumerate(layers):
         out[f"w{i}_kernel"] = np.asarray(layer.kernel, np.float32)
         out[f"w{i}_bias"] = np.asarray(layer.bias, np.float32)
     return out
@@ -165,22 +177,24 @@ def save_weights(model, path: str | Path) -> Path:
 def load_weights(model, source) -> "eqx.Module":
     """Return ``model`` with weights from an ``.npz`` path or a dict (same names/shapes)."""
     arrays = dict(np.load(source)) if not isinstance(source, dict) else source
-    layers = _weight_layers(model)
-    expected = {f"w{i}_{p}" for i in range(len(layers)) for p in ("kernel", "bias")}
-    if set(arrays) != expected:
+    current = weights_dict(model)
+    if set(arrays) != set(current):
         raise ValueError(
-            f"weights have entries {sorted(arrays)}; this {type(model).__name__} expects {sorted(expected)}"
+            f"weights have entries {sorted(arrays)}; this {type(model).__name__} expects {sorted(current)}"
         )
-    new_leaves = []
-    for i, layer in enumerate(layers):
-        for p in ("kernel", "bias"):
-            a = np.asarray(arrays[f"w{i}_{p}"])
-            want = getattr(layer, p).shape
-            if a.shape != want:
-                raise ValueError(f"w{i}_{p} has shape {a.shape}; expected {want}")
-            new_leaves.append(jnp.asarray(a, jnp.float32))
-    where = lambda m: [getattr(l, p) for l in _weight_layers(m) for p in ("kernel", "bias")]
-    return eqx.tree_at(where, model, new_leaves)
+    for name, ref in current.items():
+        if np.shape(arrays[name]) != ref.shape:
+            raise ValueError(f"{name} has shape {np.shape(arrays[name])}; expected {ref.shape}")
+    layers = _weight_layers(model)
+    if layers:
+        names = [f"w{i}_{p}" for i in range(len(layers)) for p in ("kernel", "bias")]
+        where = lambda m: [getattr(l, p) for l in _weight_layers(m) for p in ("kernel", "bias")]
+        return eqx.tree_at(where, model, [jnp.asarray(arrays[n], jnp.float32) for n in names])
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    paths = [_leaf_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+    treedef = jax.tree_util.tree_structure(params)
+    params = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(arrays[n], jnp.float32) for n in paths])
+    return eqx.combine(params, static)
 
 
 def count_params(model) -> int:

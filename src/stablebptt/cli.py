@@ -1,0 +1,232 @@
+"""Command line: ``stablebptt train``, ``stablebptt problems`` and the commands that live in
+``stablebptt/commands/*.py`` (each module registers its commands on :data:`app`).
+
+The CLI holds no logic: it parses, validates through :class:`~stablebptt.config.RunConfig`,
+and calls library functions.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import pkgutil
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Train controllers through differentiable simulators with stabilised BPTT "
+    "(Schnell & Thuerey, ICLR 2024).",
+)
+console = Console(stderr=True)
+out = Console()
+
+#: epochs used by `stablebptt train` when --epochs is not given: short runs that visibly learn
+QUICK_EPOCHS = {"cartpole": 40, "guidance": 10, "quantum": 5, "toy-field": 100, "toy-rotation": 200, "linear": 50}
+
+# CLI option name -> problem parameter name (options that only some problems accept)
+PROBLEM_OPTIONS = ("poles", "drivers", "evaders", "rc", "nx", "dt", "steps", "target", "weighting",
+                   "a", "b", "x0", "theta0")
+
+
+def setup_jax(cache: bool = True) -> None:
+    """Persistent compilation cache (a second process start reuses compiled programs)."""
+    import jax
+
+    if cache and os.environ.get("STABLEBPTT_NO_CACHE") != "1":
+        cache_dir = os.environ.get("STABLEBPTT_CACHE_DIR", str(Path.home() / ".cache" / "stablebptt" / "jax"))
+        jax.config.update("jax_compilation_cache_dir", cache_dir)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def fail(msg: str) -> "typer.Exit":
+    console.print(f"[bold red]error:[/] {msg}")
+    return typer.Exit(code=2)
+
+
+def parse_value(text: str):
+    """'3' -> 3, '0.1' -> 0.1, 'true' -> True, other -> str."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def collect_problem_params(problem: str, given: dict, extra: list[str]) -> dict:
+    from . import problems
+
+    spec = problems.param_spec(problem)
+    params = {}
+    for k, v in given.items():
+        if v is None:
+            continue
+        if k not in spec:
+            raise fail(f"--{k} does not apply to problem {problem!r}; its parameters: {', '.join(spec) or '(none)'}")
+        params[k] = v
+    for item in extra:
+        if "=" not in item:
+            raise fail(f"--param {item!r}: expected KEY=VALUE")
+        k, v = item.split("=", 1)
+        if k not in spec:
+            raise fail(f"--param {k}: problem {problem!r} has no such parameter; allowed: {', '.join(spec) or '(none)'}")
+        params[k] = parse_value(v)
+    return params
+
+
+@app.command()
+def train(
+    problem: str = typer.Argument("cartpole", help="problem name (see `stablebptt problems`)"),
+    mode: str = typer.Option("C", "--mode", "-m", help="R, M, S, N, C, or a per-step schedule like 'RRMM…' (one letter per step)"),
+    clip: str = typer.Option("none", help="none | value | norm"),
+    clip_threshold: float = typer.Option(1.0, help="clipping threshold"),
+    optimizer: str = typer.Option("adam", help="adam (Keras form, paper) | adam_optax | sgd | momentum | adagrad | adadelta | rmsprop"),
+    lr: float = typer.Option(1e-3, help="learning rate"),
+    momentum: float = typer.Option(0.9, help="momentum for --optimizer momentum"),
+    batch_size: int = typer.Option(8, help="minibatch size"),
+    epochs: Optional[int] = typer.Option(None, help="epochs (default: a short run per problem; the paper used 1000)"),
+    n_train: Optional[int] = typer.Option(None, help="training states (default 256)"),
+    n_test: Optional[int] = typer.Option(None, help="test states (default 256)"),
+    seed: int = typer.Option(0, help="seed for the initial weights (and the data with --data seeded)"),
+    data: str = typer.Option("paper", help="paper (the authors' seed-42 data) | seeded"),
+    shuffle: bool = typer.Option(False, help="shuffle minibatches each epoch (paper: no)"),
+    zero_last: Optional[bool] = typer.Option(None, "--zero-last/--no-zero-last", help="zero-initialise the last kernel (default: the paper preset of the problem)"),
+    combiner: str = typer.Option("sign", help="combiner for C: sign | sign_g"),
+    truncate: int = typer.Option(0, help="truncated BPTT: stop the state every k steps (0 = off)"),
+    decay: float = typer.Option(1.0, help="temporal gradient decay α per step (1 = off)"),
+    diagnostics: bool = typer.Option(False, help="also compute G for cos(M,G) / sign agreement in any mode"),
+    checkpoint_every: Optional[int] = typer.Option(None, help="remat: checkpoint the unroll every k steps"),
+    init_weights: Optional[Path] = typer.Option(None, help=".npz weights to start from"),
+    out_dir: Path = typer.Option(Path("runs"), "--out", "-o", help="folder that receives the run folder"),
+    poles: Optional[int] = typer.Option(None, help="cartpole: number of poles"),
+    drivers: Optional[int] = typer.Option(None, help="guidance: drivers"),
+    evaders: Optional[int] = typer.Option(None, help="guidance: evaders"),
+    rc: Optional[float] = typer.Option(None, help="guidance: control regulariser"),
+    nx: Optional[int] = typer.Option(None, help="quantum: interior grid points"),
+    dt: Optional[float] = typer.Option(None, help="time step"),
+    steps: Optional[int] = typer.Option(None, help="simulator steps per trajectory"),
+    target: Optional[float] = typer.Option(None, help="quantum: target eigenstate (1-based); toy-field: target y"),
+    weighting: Optional[int] = typer.Option(None, help="quantum: weighting of c1 (1/3/7/15)"),
+    param: List[str] = typer.Option([], "--param", "-p", help="any problem parameter as KEY=VALUE"),
+):
+    """Train a controller on PROBLEM and write one run folder (config, metrics, weights, manifest)."""
+    from pydantic import ValidationError
+
+    from . import problems as problems_mod
+
+    if problem not in problems_mod.names():
+        raise fail(f"unknown problem {problem!r}; available: {', '.join(problems_mod.names())}")
+    given = dict(poles=poles, drivers=drivers, evaders=evaders, rc=rc, nx=nx, dt=dt, steps=steps,
+                 target=target, weighting=weighting)
+    if target is not None and problem == "quantum":
+        given["target"] = int(target)
+    pparams = collect_problem_params(problem, given, param)
+    try:
+        prob = problems_mod.get(problem, **pparams)
+    except (ValueError, TypeError) as e:
+        raise fail(str(e))
+    d = dict(prob.defaults)
+    mode_val = mode if len(mode) == 1 else list(mode)
+    try:
+        from .config import RunConfig
+
+        cfg = RunConfig(
+            problem=problem, problem_params=pparams, mode=mode_val, combiner=combiner, truncate=truncate,
+            decay=decay, optimizer=optimizer, lr=lr, momentum=momentum, clip=clip,
+            clip_threshold=clip_threshold, batch_size=min(batch_size, n_train or d.get("n_train", 256)),
+            epochs=epochs or QUICK_EPOCHS.get(problem, 10), n_train=n_train or d.get("n_train", 256),
+            n_test=n_test or d.get("n_test", 256), data=data, shuffle=shuffle, zero_last=zero_last,
+            diagnostics=diagnostics, checkpoint_every=checkpoint_every,
+            init_weights=str(init_weights) if init_weights else None,
+        )
+    except ValidationError as e:
+        raise fail("; ".join(f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}" for err in e.errors()))
+
+    setup_jax()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from .run import run
+
+    console.print(f"[bold]{problem}[/] {pparams or ''} mode={cfg.mode_label()} clip={cfg.clip} "
+                  f"opt={cfg.optimizer} lr={cfg.lr:g} epochs={cfg.epochs} seed={seed} data={cfg.data}")
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                  console=console, transient=False) as progress:
+        task = progress.add_task("compiling…", total=cfg.epochs, info="")
+
+        def on_epoch(e, rows):
+            row = rows[0]
+            info = "diverged" if row is None else f"train {row['train_loss']:.4g}  test {row['test_loss']:.4g}"
+            progress.update(task, completed=e, description="training", info=info)
+
+        try:
+            folder = run(cfg, seed, out_dir, on_epoch=on_epoch)
+        except ValueError as e:
+            raise fail(str(e))
+        progress.update(task, completed=cfg.epochs)
+    _print_summary(folder)
+
+
+def _print_summary(folder: Path) -> None:
+    from .run import read_result
+
+    res = read_result(folder)
+    t = Table(title=f"run {res['run_id']}  ({res['status']})")
+    for col in ("", "train loss", "test loss"):
+        t.add_column(col)
+    t.add_row("untrained", f"{res['initial']['train_loss']:.5g}", f"{res['initial']['test_loss']:.5g}")
+    fin = res["final"]
+    if fin.get("test_loss") is not None:
+        t.add_row(f"after {res['epochs_done']} epochs", f"{fin['train_loss']:.5g}", f"{fin['test_loss']:.5g}")
+    out.print(t)
+    extra = f"compile {res['compile_s']:.1f}s, train {res['train_s']:.1f}s"
+    if res["status"] == "diverged":
+        extra += f"; diverged in epoch {res['diverged_epoch']}"
+    out.print(f"{extra}\nresults: {folder}")
+
+
+@app.command("problems")
+def list_problems():
+    """List the problems and their parameters."""
+    from . import problems as problems_mod
+
+    t = Table(title="problems")
+    t.add_column("name")
+    t.add_column("parameters (default)")
+    t.add_column("description")
+    for name in problems_mod.names():
+        try:
+            spec = problems_mod.param_spec(name)
+            desc = problems_mod.get(name).description
+        except Exception as e:  # noqa: BLE001 - a broken module must not hide the others
+            spec, desc = {}, f"(unavailable: {e})"
+        t.add_row(name, "\n".join(f"{k} ({v[0]!r}): {v[1]}" for k, v in spec.items()) or "-", desc)
+    out.print(t)
+
+
+def _load_commands() -> None:
+    from . import commands
+
+    for info in pkgutil.iter_modules(commands.__path__):
+        importlib.import_module(f"{commands.__name__}.{info.name}")
+
+
+_load_commands()
+
+
+def main():  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,75 @@
+"""Collect finished result folders into one table (analysis reads result folders only).
+
+:func:`collect` returns a pandas DataFrame with one row per (run, epoch):
+
+* run columns: ``run_id, seed, status, diverged_epoch, epochs_done``;
+* config columns: every :class:`~stablebptt.config.RunConfig` field except
+  ``problem_params``, flattened (``mode`` as its label, e.g. ``C`` or ``schedule:RRMM``),
+  plus ``param_<name>`` for each problem parameter;
+* per-epoch metrics: ``epoch, loss, train_loss, test_loss, update_norm, cos_mg, sign_agree, wall_s``.
+
+A run that diverged before its first epoch contributes one row with ``epoch = 0`` and its
+untrained losses, so it is never silently missing.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from .config import RunConfig
+from .run import RESULT_FILE
+
+
+def run_folders(root: str | Path) -> list[Path]:
+    """Finished result folders under ``root`` (searched recursively), sorted by path."""
+    root = Path(root)
+    return sorted(p.parent for p in root.rglob(RESULT_FILE) if not p.parent.name.startswith(".tmp-"))
+
+
+def config_columns(config: dict) -> dict:
+    cfg = RunConfig(**config)
+    cols = {k: v for k, v in config.items() if k != "problem_params"}
+    cols["mode"] = cfg.mode_label()
+    for k, v in sorted(config.get("problem_params", {}).items()):
+        cols[f"param_{k}"] = v
+    return cols
+
+
+def load_run(folder: str | Path) -> pd.DataFrame:
+    """One run's per-epoch rows with its run and config columns."""
+    folder = Path(folder)
+    res = json.loads((folder / RESULT_FILE).read_text())
+    cfg = json.loads((folder / "config.json").read_text())
+    metrics = pd.read_csv(folder / "metrics.csv")
+    if metrics.empty:
+        metrics = pd.DataFrame([{"epoch": 0, "train_loss": res["initial"]["train_loss"],
+                                 "test_loss": res["initial"]["test_loss"]}])
+    head = {"run_id": res["run_id"], "seed": res["seed"], "status": res["status"],
+            "diverged_epoch": res["diverged_epoch"], "epochs_done": res["epochs_done"]}
+    head |= config_columns(cfg["config"])
+    front = pd.DataFrame({k: [v] * len(metrics) for k, v in head.items()})
+    return pd.concat([front, metrics.reset_index(drop=True)], axis=1)
+
+
+def collect(root: str | Path, *, parquet: str | Path | None = None, csv: str | Path | None = None) -> pd.DataFrame:
+    """All finished runs under ``root`` as one DataFrame; optionally write Parquet / CSV."""
+    frames = [load_run(f) for f in run_folders(root)]
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if parquet is not None:
+        df.to_parquet(parquet, index=False)
+    if csv is not None:
+        df.to_csv(csv, index=False)
+    return df
+
+
+def summary(df: pd.DataFrame, metric: str = "test_loss", by=("problem", "mode", "clip")) -> pd.DataFrame:
+    """Final value of ``metric`` per run, then mean ± std over seeds per group."""
+    if df.empty:
+        return df
+    by = [c for c in by if c in df.columns]
+    last = df.sort_values("epoch").groupby("run_id").tail(1)
+    g = last.groupby(by, dropna=False)[metric]
+    out = g.agg(["mean", "std", "count"]).reset_index()
+    return out
