@@ -104,6 +104,7 @@ def train(
     combiner: str = typer.Option("sign", help="combiner for C: sign | sign_g"),
     truncate: int = typer.Option(0, help="truncated BPTT: stop the state every k steps (0 = off)"),
     decay: float = typer.Option(1.0, help="temporal gradient decay α per step (1 = off)"),
+    and_mask: float = typer.Option(0.0, help="AND-mask across batch members: keep entries whose per-sample signs agree in at least this fraction (0 = off)"),
     diagnostics: bool = typer.Option(False, help="also compute G for cos(M,G) / sign agreement in any mode"),
     checkpoint_every: Optional[int] = typer.Option(None, help="remat: checkpoint the unroll every k steps"),
     init_weights: Optional[Path] = typer.Option(None, help=".npz weights to start from"),
@@ -142,7 +143,7 @@ def train(
 
         cfg = RunConfig(
             problem=problem, problem_params=pparams, mode=mode_val, combiner=combiner, truncate=truncate,
-            decay=decay, optimizer=optimizer, lr=lr, momentum=momentum, clip=clip,
+            decay=decay, and_mask=and_mask, optimizer=optimizer, lr=lr, momentum=momentum, clip=clip,
             clip_threshold=clip_threshold, batch_size=min(batch_size, n_train or d.get("n_train", 256)),
             epochs=epochs or QUICK_EPOCHS.get(problem, 10), n_train=n_train or d.get("n_train", 256),
             n_test=n_test or d.get("n_test", 256), data=data, shuffle=shuffle, zero_last=zero_last,

@@ -31,6 +31,7 @@ class RunConfig(BaseModel):
     combiner: str = "sign"
     truncate: int = 0
     decay: float = 1.0
+    and_mask: float = 0.0
     optimizer: str = "adam"
     lr: float = 1e-3
     momentum: float = 0.9
@@ -94,7 +95,8 @@ class RunConfig(BaseModel):
         from . import problems
 
         flow_mod.Flow(mode=self.mode if isinstance(self.mode, str) else tuple(self.mode),
-                      combiner=self.combiner, truncate=self.truncate, decay=self.decay)
+                      combiner=self.combiner, truncate=self.truncate, decay=self.decay,
+                      and_mask=self.and_mask)
         spec = problems.param_spec(self.problem)
         unknown = sorted(set(self.problem_params) - set(spec))
         if unknown:
@@ -109,7 +111,8 @@ class RunConfig(BaseModel):
 
     def flow(self) -> flow_mod.Flow:
         mode = self.mode if isinstance(self.mode, str) else tuple(self.mode)
-        return flow_mod.Flow(mode=mode, combiner=self.combiner, truncate=self.truncate, decay=self.decay)
+        return flow_mod.Flow(mode=mode, combiner=self.combiner, truncate=self.truncate, decay=self.decay,
+                             and_mask=self.and_mask)
 
     def mode_label(self) -> str:
         return self.flow().label()

@@ -101,6 +101,9 @@ class Flow:
         (default ``("M", "R")``: the modified field and the true gradient).
       truncate: k > 0 stops the whole state every k steps (truncated BPTT); 0 = off.
       decay: α ∈ (0, 1]: the backward signal into x_n is scaled by α per step; 1 = off.
+      and_mask: τ ∈ (0, 1] turns on the AND-mask across batch members (Parascandolo et
+        al., 2021): the mode's update is computed per sample, averaged, and entry j is kept
+        only where |mean_i sign(u_ij)| ≥ τ (τ = 1: every sample agrees); 0 = off.
     """
 
     mode: str | Sequence[str] = "C"
@@ -108,6 +111,7 @@ class Flow:
     c_fields: tuple[Any, Any] = ("M", "R")
     truncate: int = 0
     decay: float = 1.0
+    and_mask: float = 0.0
 
     def __post_init__(self):
         validate_flow(self)
@@ -128,6 +132,8 @@ class Flow:
             s += f"/trunc{self.truncate}"
         if self.decay != 1.0:
             s += f"/decay{self.decay:g}"
+        if self.and_mask:
+            s += f"/andmask{self.and_mask:g}"
         if self.combined and self.combiner != "sign":
             s += f"/{self.combiner if isinstance(self.combiner, str) else 'custom'}"
         return s
@@ -168,6 +174,8 @@ def validate_flow(flow: Flow) -> None:
         raise ValueError(f"truncate={flow.truncate!r}; must be an int ≥ 0 (0 = no truncation)")
     if not (0.0 < float(flow.decay) <= 1.0):
         raise ValueError(f"decay={flow.decay!r}; must be in (0, 1] (1 = no decay)")
+    if not (0.0 <= float(flow.and_mask) <= 1.0):
+        raise ValueError(f"and_mask={flow.and_mask!r}; must be in [0, 1] (0 = off, 1 = all samples agree)")
 
 
 def as_flow(flow: "Flow | str | Sequence[str]") -> Flow:
@@ -436,6 +444,9 @@ def value_and_update(model, x0, *, step, loss: TrajectoryLoss, horizon: int,
     flow = as_flow(flow)
     if validate:
         check_problem_inputs(model, x0, step, horizon)
+    if flow.and_mask:
+        return _and_masked(model, x0, step=step, loss=loss, horizon=horizon, flow=flow,
+                           diagnostics=diagnostics, checkpoint_every=checkpoint_every)
     params, static = _split(model)
     kw = dict(step=step, loss=loss, horizon=horizon, checkpoint_every=checkpoint_every)
     if flow.combined or diagnostics:
@@ -456,6 +467,32 @@ def value_and_update(model, x0, *, step, loss: TrajectoryLoss, horizon: int,
         info = {}
     info["update_norm"] = tree_norm(update)
     return val, update, info
+
+
+def and_mask(per_sample: PyTree, tau: float) -> PyTree:
+    """AND-mask: mean over the leading (sample) axis, entry j kept where |mean_i sign| ≥ τ."""
+    def one(u):
+        agree = jnp.abs(jnp.mean(jnp.sign(u), axis=0))
+        return jnp.where(agree >= tau - 1e-6, jnp.mean(u, axis=0), 0.0)
+
+    return jax.tree_util.tree_map(one, per_sample)
+
+
+def _and_masked(model, x0, *, flow: Flow, **kw):
+    """Per-sample updates of ``flow`` (batch of one each, vmapped), then :func:`and_mask`."""
+    import dataclasses
+
+    inner = dataclasses.replace(flow, and_mask=0.0)
+    per = jax.tree_util.tree_map(lambda a: a[:, None], x0)
+
+    def one(xi):
+        return value_and_update(model, xi, flow=inner, validate=False, **kw)
+
+    vals, ups, infos = jax.vmap(one)(per)
+    update = and_mask(ups, float(flow.and_mask))
+    info = {k: jnp.mean(v) for k, v in infos.items()}
+    info["update_norm"] = tree_norm(update)
+    return jnp.mean(vals), update, info
 
 
 def field(model, x0, *, step, loss: TrajectoryLoss, horizon: int, mode="R", flow: Flow | None = None,
