@@ -1,0 +1,233 @@
+"""Quantum control problem against the authors' reference arrays (qmc_32.npz)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import rel_err
+from stablebptt import problems
+from stablebptt.problems import quantum
+
+N_ROLL = 20
+
+
+@pytest.fixture(scope="module")
+def prob():
+    return quantum.make()
+
+
+@pytest.fixture(scope="module")
+def ref(fixture):
+    return fixture("qmc_32")
+
+
+def _rollout(step, s0, c, n):
+    """Stack (B, n+1, ...) of n steps with the same control, index 0 = s0."""
+
+    def body(s, _):
+        s = step(s, c)
+        return s, s
+
+    _, xs = jax.lax.scan(body, s0, None, length=n)
+    return jnp.concatenate([s0[:, None], jnp.moveaxis(xs, 0, 1)], 1)
+
+
+def _trajectory_loss(prob, s0, c, n):
+    """L = Σ_n w_n state_loss(x_n), n = 1 … n, built from the problem's TrajectoryLoss."""
+    xs = _rollout(prob.step, s0, c, n)
+    total = jnp.zeros((), jnp.float32)
+    for k in range(1, n + 1):
+        total = total + prob.loss.step_weight(jnp.asarray(k), n) * prob.loss.state_loss(xs[:, k])
+        total = total + prob.loss.control_term(c, n)
+    return total
+
+
+# ---------------------------------------------------------------- reference arrays
+def test_eigenstates(ref):
+    es = np.stack([quantum.eigenstate(n, 32) for n in range(1, 6)])
+    assert es.dtype == np.float32 and es.shape == (5, 32)
+    assert rel_err(es, ref["eigenstates_1to5"]) <= 1e-6
+    # the convention: unit sum of squares, no dx factor; orthonormal
+    np.testing.assert_allclose(es @ es.T, np.eye(5), atol=1e-6)
+
+
+def test_one_step(prob, ref):
+    s1 = jax.jit(prob.step)(ref["state0"], ref["control"])
+    assert s1.shape == (64, 32, 2) and s1.dtype == jnp.float32
+    assert rel_err(s1, ref["state1"]) <= 1e-5
+
+
+def test_rollout_and_losses(prob, ref):
+    xs = jax.jit(lambda s, c: _rollout(prob.step, s, c, N_ROLL))(ref["state0"], ref["control"])
+    assert xs.shape == ref["rollout"].shape
+    assert rel_err(xs, ref["rollout"]) <= 1e-4
+    sl = prob.loss.state_loss
+    assert rel_err(sl(xs[:, 1]), ref["ip_loss_state1"]) <= 1e-4
+    assert rel_err(sl(xs[:, -1]), ref["ip_loss_rollout_final"]) <= 1e-4
+    cont = jax.jit(lambda s, c: _trajectory_loss(prob, s, c, N_ROLL))(
+        ref["state0"], ref["control"]
+    )
+    assert rel_err(cont, ref["ip_loss_rollout_continuous"]) <= 1e-4
+    # the loss is a sum over time (range 0 … T), not a mean
+    assert prob.loss.on == "every" and prob.loss.time_reduce == "sum"
+    assert float(cont) > 19.0
+
+
+def test_gradients(prob, ref):
+    grad = jax.jit(jax.grad(lambda s, c: _trajectory_loss(prob, s, c, N_ROLL), argnums=(0, 1)))
+    g_state0, g_control = grad(ref["state0"], ref["control"])
+    assert g_state0.shape == (64, 32, 2) and g_control.shape == (64, 1)
+    assert rel_err(g_state0, ref["grad_state0"]) <= 1e-4
+    assert rel_err(g_control, ref["grad_control"]) <= 1e-4
+
+
+def test_paper_data(prob, ref):
+    train, test = prob.sample_data("paper", 256, 256)
+    assert train.shape == (256, 32, 2) and test.shape == (256, 32, 2)
+    assert train.dtype == np.float32 and test.dtype == np.float32
+    assert rel_err(train[:16], ref["data_seed42_train16"]) <= 1e-6
+    assert rel_err(test[:16], ref["data_seed42_test16"]) <= 1e-6
+    # no side effect on NumPy's global stream
+    np.random.seed(7)
+    a = np.random.rand()
+    np.random.seed(7)
+    prob.sample_data("paper", 4, 4)
+    assert np.random.rand() == a
+
+
+def test_int_seed_data():
+    p = quantum.make(weighting=15)
+    tr, te = p.sample_data(3, 10, 6)
+    tr2, _ = p.sample_data(3, 10, 6)
+    assert tr.shape == (10, 32, 2) and te.shape == (6, 32, 2) and tr.dtype == np.float32
+    np.testing.assert_array_equal(tr, tr2)
+    assert not np.array_equal(tr, p.sample_data(4, 10, 6)[0])
+    np.testing.assert_allclose(np.sum(tr**2, (1, 2)), 1.0, atol=1e-5)
+    # states lie in span(ψ1, ψ2); weighting 15 makes ψ1 dominate on average
+    z = tr[..., 0] + 1j * tr[..., 1]
+    es = np.stack([quantum.eigenstate(n, 32) for n in (1, 2, 3)])
+    w = np.abs(z @ es.T) ** 2
+    np.testing.assert_allclose(w[:, 0] + w[:, 1], 1.0, atol=1e-5)
+    assert np.max(w[:, 2]) < 1e-10
+    assert np.mean(w[:, 0]) > 0.8
+    with pytest.raises(ValueError, match="seed"):
+        p.sample_data("other", 2, 2)
+
+
+# ---------------------------------------------------------------- physics properties
+def test_norm_preserved_128_steps(prob):
+    train, _ = prob.sample_data("paper", 128, 0)
+    controls = np.random.default_rng(0).normal(0.0, 5.0, (128, 128, 1)).astype(np.float32)
+
+    def body(s, c):
+        s = prob.step(s, c)
+        return s, jnp.sqrt(jnp.sum(s**2, (-1, -2)))
+
+    _, norms = jax.jit(lambda s: jax.lax.scan(body, s, controls))(train)
+    assert norms.shape == (128, 128)
+    assert float(jnp.max(jnp.abs(norms - 1.0))) <= 1e-5
+
+
+def test_zero_control_loss_is_horizon(prob):
+    _, test = prob.sample_data("paper", 256, 256)
+    u = jnp.zeros((256, 1), jnp.float32)
+
+    def body(s, _):
+        s = prob.step(s, u)
+        return s, prob.loss.state_loss(s)
+
+    _, per_step = jax.jit(lambda s: jax.lax.scan(body, s, None, length=prob.horizon))(test)
+    assert prob.horizon == 128
+    assert abs(float(jnp.sum(per_step)) - 128.0) <= 1e-4
+
+
+def test_free_evolution_of_eigenstate():
+    """With u = 0, ψ_n only picks up the discrete CN phase; the target overlap stays 1."""
+    p = quantum.make(nx=16, dt=0.05, steps=4, target=2)
+    es = quantum.eigenstate(2, 16)
+    s0 = np.stack([es, np.zeros_like(es)], -1)[None]
+    s1 = np.asarray(p.step(s0, np.zeros((1, 1), np.float32)))
+    dx = 2.0 / 17
+    lam = (2 - 2 * np.cos(2 * np.pi / 17)) / dx**2  # eigenvalue of −Δ_h
+    phase = (1 - 0.5j * 0.05 * lam) / (1 + 0.5j * 0.05 * lam)
+    np.testing.assert_allclose(s1[0, :, 0] + 1j * s1[0, :, 1], phase * es, atol=2e-6)
+    assert abs(float(p.loss.state_loss(s1))) < 1e-5
+
+
+def _primitives(jaxpr) -> set:
+    names = set()
+    for eqn in jaxpr.eqns:
+        names.add(eqn.primitive.name)
+        for v in eqn.params.values():
+            for sub in v if isinstance(v, (list, tuple)) else (v,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    names |= _primitives(inner)
+    return names
+
+
+def test_step_is_tridiagonal_solve(prob):
+    psi = jnp.zeros((4, 32, 2), jnp.float32)
+    u = jnp.zeros((4, 1), jnp.float32)
+    for fn in (prob.step, jax.jit(prob.step)):
+        prims = _primitives(jax.make_jaxpr(fn)(psi, u).jaxpr)
+        assert "tridiagonal_solve" in prims
+        assert not prims & {"lu", "triangular_solve", "lu_pivots_to_permutation"}, prims
+        assert "dot_general" not in prims  # no dense (nx, nx) matrix products either
+    # also under differentiation
+    grad_prims = _primitives(
+        jax.make_jaxpr(jax.grad(lambda s, c: jnp.sum(prob.step(s, c) ** 2 * s), (0, 1)))(
+            psi, u
+        ).jaxpr
+    )
+    assert "tridiagonal_solve" in grad_prims and "lu" not in grad_prims
+
+
+def test_step_rejects_bad_control_shape(prob):
+    psi = jnp.zeros((32, 32, 2), jnp.float32)
+    with pytest.raises(ValueError, match="control shape"):
+        prob.step(psi, jnp.zeros((32,), jnp.float32))
+
+
+# ---------------------------------------------------------------- problem object
+def test_problem_contract(prob):
+    assert prob.name == "quantum"
+    assert dict(prob.params) == dict(nx=32, dt=0.0625, steps=128, target=3, weighting=1)
+    assert prob.state_shape == (32, 2) and prob.control_shape == (1,)
+    assert prob.zero_last_default is False
+    assert dict(prob.defaults) == dict(epochs=1000, lr=1e-3, batch_size=8, n_train=256, n_test=256)
+    assert set(quantum.PARAMS) == {"nx", "dt", "steps", "target", "weighting"}
+    assert {k: v[0] for k, v in quantum.PARAMS.items()} == dict(prob.params)
+    net = prob.make_controller(jax.random.PRNGKey(0))
+    n_params = sum(x.size for x in jax.tree_util.tree_leaves(net) if hasattr(x, "size"))
+    assert n_params == 11_701
+    u = net(jnp.zeros((5, 32, 2), jnp.float32))
+    assert u.shape == (5, 1)
+    p2 = problems.get("quantum", target=5, steps=7)
+    assert p2.horizon == 7 and p2.params["target"] == 5
+
+
+@pytest.mark.parametrize(
+    "kw, word",
+    [
+        (dict(nx=2), "nx"),
+        (dict(nx=32.0), "nx"),
+        (dict(dt=0.0), "dt"),
+        (dict(dt=-1.0), "dt"),
+        (dict(dt=float("nan")), "dt"),
+        (dict(steps=0), "steps"),
+        (dict(target=0), "target"),
+        (dict(target=33), "target"),
+        (dict(nx=8, target=9), "target"),
+        (dict(weighting=2), "weighting"),
+        (dict(weighting=True), "weighting"),
+    ],
+)
+def test_invalid_params(kw, word):
+    with pytest.raises(ValueError, match=word):
+        quantum.make(**kw)
+
+
+def test_unknown_param_via_registry():
+    with pytest.raises(ValueError, match="no parameter"):
+        problems.get("quantum", Nx=32)
