@@ -1,0 +1,69 @@
+"""Controllers: Keras-like init, layer-by-layer .npz weights."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from stablebptt import nets
+
+
+def test_mlp_shapes_init_and_zero_last():
+    m = nets.MLP(jax.random.PRNGKey(0), 6, (2, 2), widths=(100, 100), zero_last=True)
+    x = jax.random.normal(jax.random.PRNGKey(1), (5, 3, 2))
+    y = m(x)
+    assert y.shape == (5, 2, 2)
+    assert float(jnp.max(jnp.abs(y))) == 0.0  # zero last kernel, zero biases
+    k0 = np.asarray(m.layers[0].kernel)
+    limit = np.sqrt(6 / (6 + 100))
+    assert k0.shape == (6, 100) and np.abs(k0).max() <= limit and np.abs(k0).max() > 0.8 * limit
+    assert all(float(jnp.abs(l.bias).max()) == 0 for l in m.layers)
+    assert nets.count_params(nets.MLP(jax.random.PRNGKey(0), 4, (), widths=(100, 100))) == 4 * 100 + 100 + 100 * 100 + 100 + 101
+
+
+def test_quantum_cnn_parameter_count_and_keras_layout():
+    m = nets.QuantumCNN(jax.random.PRNGKey(0))
+    assert nets.count_params(m) == 11701
+    d = nets.weights_dict(m)
+    assert {k: v.shape for k, v in d.items()} == {
+        "w0_kernel": (3, 2, 1, 60), "w0_bias": (60,), "w1_kernel": (3, 60, 60), "w1_bias": (60,),
+        "w2_kernel": (420, 1), "w2_bias": (1,)}
+
+
+def test_cnn_matches_numpy_reference_convolution():
+    m = nets.QuantumCNN(jax.random.PRNGKey(2))
+    x = np.asarray(jax.random.normal(jax.random.PRNGKey(3), (2, 32, 2)), np.float64)
+    d = {k: v.astype(np.float64) for k, v in nets.weights_dict(m).items()}
+    # Conv2D (3,2) stride 2 valid on (32,2,1) -> (15,1,60)
+    h1 = np.zeros((2, 15, 60))
+    for i in range(15):
+        patch = x[:, 2 * i:2 * i + 3, :]  # (B,3,2)
+        h1[:, i] = np.einsum("bhw,hwo->bo", patch, d["w0_kernel"][:, :, 0, :]) + d["w0_bias"]
+    h1 = np.tanh(h1)
+    h2 = np.zeros((2, 7, 60))
+    for i in range(7):
+        h2[:, i] = np.einsum("bkc,kco->bo", h1[:, 2 * i:2 * i + 3], d["w1_kernel"]) + d["w1_bias"]
+    h2 = np.tanh(h2)
+    y = h2.reshape(2, -1) @ d["w2_kernel"] + d["w2_bias"]
+    np.testing.assert_allclose(np.asarray(m(jnp.asarray(x, jnp.float32))), y, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("make", [
+    lambda k: nets.MLP(k, 4, (), widths=(10, 10)),
+    lambda k: nets.QuantumCNN(k),
+])
+def test_weights_roundtrip_gives_identical_outputs(tmp_path, make):
+    a, b = make(jax.random.PRNGKey(0)), make(jax.random.PRNGKey(1))
+    x = jax.random.normal(jax.random.PRNGKey(5), (3, 32, 2) if isinstance(a, nets.QuantumCNN) else (3, 2, 2))
+    assert not np.array_equal(a(x), b(x))
+    nets.save_weights(a, tmp_path / "w.npz")
+    c = nets.load_weights(b, tmp_path / "w.npz")
+    np.testing.assert_array_equal(np.asarray(a(x)), np.asarray(c(x)))
+
+
+def test_load_weights_errors(tmp_path):
+    m = nets.MLP(jax.random.PRNGKey(0), 4, (), widths=(10,))
+    d = nets.weights_dict(m)
+    with pytest.raises(ValueError, match="w0_kernel has shape"):
+        nets.load_weights(m, d | {"w0_kernel": np.zeros((3, 10), np.float32)})
+    with pytest.raises(ValueError, match="expects"):
+        nets.load_weights(m, {"w0_kernel": d["w0_kernel"]})

@@ -1,0 +1,141 @@
+"""Training loop: the Fig. 2 toy, determinism, divergence guard, vmapped seeds."""
+import numpy as np
+import pytest
+
+from stablebptt import problems
+from stablebptt.config import RunConfig
+from stablebptt.train import train
+
+
+def local_minima(L):
+    return [(i, L[i]) for i in range(1, len(L) - 1) if L[i] < L[i - 1] and L[i] < L[i + 1]]
+
+
+@pytest.fixture(scope="module")
+def fig2():
+    prob = problems.get("toy-rotation")
+    out = {}
+    for mode in "RMC":
+        cfg = RunConfig(problem="toy-rotation", mode=mode, lr=0.1, batch_size=1, n_train=1, n_test=1, epochs=200)
+        (res,) = train(prob, cfg, 0)
+        # history[k] is L(θ_{k+1}); prepend L(θ_0) so index i is iteration i
+        out[mode] = np.array([res.initial["train_loss"]] + res.history["train_loss"])
+    return out
+
+
+def test_fig2_gradient_field_converges(fig2):
+    L = fig2["R"]
+    assert L[0] == pytest.approx(20.0)
+    first = int(np.argmax(L < 2e-3))
+    assert 58 <= first <= 60, first
+    assert L[-1] < 1e-6
+
+
+def test_fig2_rotating_field_orbits(fig2):
+    L = fig2["M"]
+    mins = local_minima(L)
+    want = [(35, 0.84), (None, 1.13), (None, 1.65), (None, 2.49)]
+    assert len(mins) >= 4
+    assert mins[0][0] == 35
+    for (i, v), (_, w) in zip(mins, want):
+        assert v == pytest.approx(w, abs=0.01), (i, v, w)
+    assert L[-1] == pytest.approx(6.2, abs=0.05)
+
+
+def test_fig2_combined_field_converges_slowly(fig2):
+    L = fig2["C"]
+    mins = [v for _, v in local_minima(L)]
+    for got, want in zip(mins, [0.49, 0.13, 0.057, 0.030, 0.019]):
+        assert got == pytest.approx(want, rel=0.03)
+    assert len(mins) >= 5
+    assert L[200] == pytest.approx(0.067, abs=0.001)
+
+
+def toy_field_cfg(**kw):
+    base = dict(problem="toy-field", mode="C", lr=0.05, batch_size=1, n_train=1, n_test=1, epochs=15)
+    return RunConfig(**(base | kw))
+
+
+def test_same_seed_is_bit_identical():
+    prob = problems.get("toy-field")
+    a = train(prob, toy_field_cfg(), 7)[0].history
+    b = train(prob, toy_field_cfg(), 7)[0].history
+    for k in a:
+        if k != "wall_s":
+            assert a[k] == b[k], k
+    c = train(prob, toy_field_cfg(), 8)[0].history
+    assert a["train_loss"] != c["train_loss"]
+
+
+def reference_divergence_epoch(a, b, T, x0, theta, lr, epochs):
+    """float64 SGD on L = ½x_T² for the linear problem; first epoch where a float32 run overflows."""
+    f32max = float(np.finfo(np.float32).max)
+    for e in range(1, epochs + 1):
+        rho = a + b * theta
+        xT = x0 * rho**T
+        G = xT * T * rho ** (T - 1) * b * x0
+        if not (abs(0.5 * xT**2) < f32max and abs(G) < f32max):
+            return e
+        theta = theta - lr * G
+        rho = a + b * theta
+        if not abs(0.5 * (x0 * rho**T) ** 2) < f32max:  # evaluation after the update
+            return e
+    return None
+
+
+def test_diverging_run_is_marked_at_the_right_epoch():
+    prob = problems.get("linear", a=1.0, theta0=0.5)
+    cfg = RunConfig(problem="linear", problem_params=dict(a=1.0, theta0=0.5), mode="R", optimizer="sgd",
+                    lr=3.0, batch_size=1, n_train=1, n_test=1, epochs=20)
+    (res,) = train(prob, cfg, 0)
+    want = reference_divergence_epoch(1.0, 1.0, 4, 1.0, 0.5, 3.0, 20)
+    assert want is not None and want > 1
+    assert res.diverged and res.diverged_epoch == want
+    assert res.epochs_done == want - 1
+    for k, v in res.history.items():
+        assert len(v) == want - 1
+        assert np.all(np.isfinite(v)), k
+    assert np.all(np.isfinite(np.asarray(res.model.theta)))
+
+
+def test_vmapped_seeds_match_individual_runs():
+    prob = problems.get("toy-field")
+    cfg = toy_field_cfg(mode="R", epochs=10)
+    many = train(prob, cfg, [1, 2, 3])
+    for r in many:
+        (single,) = train(prob, cfg, r.seed)
+        np.testing.assert_allclose(r.history["train_loss"], single.history["train_loss"], rtol=1e-5)
+
+
+def test_vmapped_seed_divergence_is_per_seed():
+    prob = problems.get("linear", a=1.0, theta0=0.5)
+    cfg = RunConfig(problem="linear", problem_params=dict(a=1.0, theta0=0.5), mode="R", optimizer="sgd",
+                    lr=3.0, batch_size=1, n_train=1, n_test=1, epochs=8)
+    # same init for every seed (deterministic problem) => all diverge at the same epoch
+    res = train(prob, cfg, [0, 1])
+    assert all(r.diverged for r in res)
+    assert res[0].diverged_epoch == res[1].diverged_epoch
+
+
+def test_diagnostics_metrics_for_any_mode():
+    prob = problems.get("toy-field")
+    (r,) = train(prob, toy_field_cfg(mode="M", diagnostics=True, epochs=3), 0)
+    assert "cos_mg" in r.history and len(r.history["cos_mg"]) == 3
+    (r2,) = train(prob, toy_field_cfg(mode="M", epochs=3), 0)
+    assert "cos_mg" not in r2.history
+    assert r.history["train_loss"] == r2.history["train_loss"]
+
+
+def test_config_errors_name_the_field():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="unknown mode 'Z'"):
+        RunConfig(mode="Z")
+    with pytest.raises(ValidationError, match="clip_threshold=-1"):
+        RunConfig(clip="value", clip_threshold=-1.0)
+    with pytest.raises(ValidationError, match="unknown problem 'pendulum'"):
+        RunConfig(problem="pendulum")
+    with pytest.raises(ValidationError, match="clip"):
+        RunConfig(clip="sometimes")
+    with pytest.raises(ValidationError, match="poles"):
+        RunConfig(problem="linear", problem_params={"poles": 2})
