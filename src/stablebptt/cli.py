@@ -171,11 +171,38 @@ def train(
             progress.update(task, completed=e, description="training", info=info)
 
         try:
-            folder = run(cfg, seed, out_dir, on_epoch=on_epoch)
+            folder = run(cfg, seed, out_dir, on_epoch=on_epoch,
+                         extra_manifest={"cli_command": command_for(cfg, seed, out_dir)})
         except ValueError as e:
             raise fail(str(e))
         progress.update(task, completed=cfg.epochs)
     _print_summary(folder)
+
+
+def command_for(cfg, seed: int, out_dir: Path) -> str:
+    """A ``stablebptt train`` command line that reproduces (cfg, seed)."""
+    import shlex
+
+    from .config import RunConfig
+
+    default = RunConfig(problem=cfg.problem)
+    parts = ["stablebptt", "train", cfg.problem]
+    for k, v in cfg.to_dict().items():
+        if k in ("problem", "problem_params") or v == getattr(default, k) and k not in ("epochs", "mode"):
+            continue
+        if v is None:
+            continue
+        if isinstance(v, bool):
+            flag = k.replace("_", "-")
+            parts.append(f"--{flag}" if v else f"--no-{flag}" if k == "zero_last" else "")
+            continue
+        if isinstance(v, list):
+            v = "".join(v)
+        parts += [f"--{k.replace('_', '-')}", str(v)]
+    for k, v in cfg.problem_params.items():
+        parts += ["--param", f"{k}={v}"]
+    parts += ["--seed", str(seed), "--out", str(out_dir)]
+    return shlex.join([p for p in parts if p])
 
 
 def _print_summary(folder: Path) -> None:

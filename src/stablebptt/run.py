@@ -114,7 +114,7 @@ def write_result(folder: Path, config: RunConfig, seed: int, result, extra_manif
 
 
 def run(config: RunConfig, seed: int, root: str | Path = "runs", *,
-        on_epoch: Callable | None = None) -> Path:
+        on_epoch: Callable | None = None, extra_manifest: dict | None = None) -> Path:
     """Train (config, seed) unless its result exists; return the result folder."""
     from . import problems
     from .train import train
@@ -124,7 +124,7 @@ def run(config: RunConfig, seed: int, root: str | Path = "runs", *,
         return folder
     problem = problems.get(config.problem, **config.problem_params)
     (result,) = train(problem, config, int(seed), on_epoch=on_epoch)
-    return write_result(folder, config, seed, result)
+    return write_result(folder, config, seed, result, extra_manifest)
 
 
 def run_seeds(config: RunConfig, seeds: Sequence[int], root: str | Path = "runs", *,
