@@ -149,7 +149,7 @@ def test_problem_metadata():
     prob = problems.get("cartpole")
     assert prob.name == "cartpole" and prob.horizon == 100
     assert prob.state_shape == (2, 2) and prob.control_shape == ()
-    assert dict(prob.params) == {"poles": 1, "dt": 0.01, "steps": 100}
+    assert dict(prob.params) == {"poles": 1, "dt": 0.01, "steps": 100, "scale_mass": False}
     assert dict(prob.defaults) == dict(epochs=1000, lr=1e-3, batch_size=8, n_train=256, n_test=256)
     spec = problems.param_spec("cartpole")
     assert {k: v[0] for k, v in spec.items()} == {"poles": 1, "dt": 0.01, "steps": 100}
@@ -240,3 +240,18 @@ def test_step_rejects_bad_shapes():
         prob.step(x, jnp.zeros((4, 1)))
     with pytest.raises(ValueError, match=r"state shape \(4, 2, 2\)"):
         prob.step(jnp.zeros((4, 2, 2)), jnp.zeros((4,)))
+
+
+def test_scale_mass_option_switches_the_quirk_off():
+    import jax.numpy as jnp
+
+    from stablebptt import problems as _p
+
+    x = jnp.asarray(_p.get("cartpole", poles=3).sample_data(0, 4, 1)[0])
+    f = jnp.ones((4,))
+    quirk = _p.get("cartpole", poles=3).step(x, f)
+    fixed = _p.get("cartpole", poles=3, scale_mass=True).step(x, f)
+    assert not jnp.allclose(quirk, fixed)
+    one_q = _p.get("cartpole", poles=1).step(x[:, :2], f)
+    one_f = _p.get("cartpole", poles=1, scale_mass=True).step(x[:, :2], f)
+    assert jnp.array_equal(one_q, one_f)  # with one pole M = 1.1 either way

@@ -176,7 +176,7 @@ def test_problem_metadata():
     prob = problems.get("guidance")
     assert prob.name == "guidance" and prob.horizon == 60
     assert prob.state_shape == (6, 2, 2) and prob.control_shape == (2, 2)
-    assert dict(prob.params) == {"drivers": 2, "evaders": 4, "rc": 0.1, "dt": 4 / 60, "steps": 60}
+    assert dict(prob.params) == {"drivers": 2, "evaders": 4, "rc": 0.1, "dt": 4 / 60, "steps": 60, "centroid": False}
     spec = problems.param_spec("guidance")
     assert set(spec) == {"drivers", "evaders", "rc", "dt", "steps"}
     assert spec["rc"][0] == 0.1 and spec["dt"][0] == 4 / 60
@@ -270,3 +270,19 @@ def test_step_rejects_bad_shapes(prob):
         prob.step(x, jnp.zeros((4, 1, 2, 2)))  # the raw network output, not output[:, 0]
     with pytest.raises(ValueError, match=r"state shape \(4, 5, 2, 2\)"):
         prob.step(jnp.zeros((4, 5, 2, 2)), jnp.zeros((4, 2, 2)))
+
+
+def test_centroid_option_switches_the_quirk_off():
+    import jax.numpy as jnp
+
+    from stablebptt import problems as _p
+
+    x = jnp.asarray(_p.get("guidance").sample_data(0, 4, 1)[0])
+    c = jnp.ones((4, 2, 2))
+    a = _p.get("guidance").step(x, c)
+    b = _p.get("guidance", centroid=True).step(x, c)
+    assert not jnp.allclose(a, b)
+    one = _p.get("guidance", evaders=1)
+    x1 = jnp.asarray(one.sample_data(0, 4, 1)[0])
+    c1 = jnp.ones((4, 2, 2))
+    assert jnp.array_equal(one.step(x1, c1), _p.get("guidance", evaders=1, centroid=True).step(x1, c1))

@@ -64,6 +64,8 @@ PARAMS: dict[str, tuple[Any, str]] = {
     "poles": (1, "number of poles hanging from the cart (integer ≥ 1; paper: 1, 2, 3, 4)"),
     "dt": (0.01, "time step in seconds (semi-implicit Euler)"),
     "steps": (100, "simulator steps per trajectory (horizon T; T·dt = 1 s in the paper)"),
+    "scale_mass": (False, "False: M = 1.1 for any number of poles (authors' code); "
+                          "True: M = 1.0 + 0.1·poles (cart + every pole)"),
 }
 
 # physical constants of the authors' simulator
@@ -73,8 +75,8 @@ M_TOTAL = 1.1  # cart + ONE pole [kg]; not increased for more poles (authors' qu
 LENGTH = 0.5  # pole (half-)length [m]
 
 
-def _build_step(poles: int, dt: float):
-    g, m, M, l = G, M_POLE, M_TOTAL, LENGTH
+def _build_step(poles: int, dt: float, M: float = M_TOTAL):
+    g, m, l = G, M_POLE, LENGTH
     ml = m * l
 
     def step(state: jax.Array, force: jax.Array) -> jax.Array:
@@ -173,8 +175,11 @@ def make(
     poles: int = PARAMS["poles"][0],
     dt: float = PARAMS["dt"][0],
     steps: int = PARAMS["steps"][0],
+    scale_mass: bool = PARAMS["scale_mass"][0],
 ) -> Problem:
     """Build the n-pole cart-pole swing-up (see the module docstring)."""
+    if not isinstance(scale_mass, (bool, np.bool_)):
+        raise ValueError(f"cartpole: scale_mass={scale_mass!r}; must be true or false")
     if not _is_int(poles) or poles < 1:
         raise ValueError(f"cartpole: poles={poles!r}; must be an integer ≥ 1")
     if isinstance(dt, bool) or not isinstance(dt, numbers.Real) or not (
@@ -193,8 +198,8 @@ def make(
 
     return Problem(
         name="cartpole",
-        params=dict(poles=poles, dt=dt, steps=steps),
-        step=_build_step(poles, dt),
+        params=dict(poles=poles, dt=dt, steps=steps, scale_mass=bool(scale_mass)),
+        step=_build_step(poles, dt, (M_TOTAL - M_POLE) + M_POLE * poles if scale_mass else M_TOTAL),
         loss=TrajectoryLoss(state_loss=state_loss, on="final"),
         horizon=steps,
         sample_data=_build_sample_data(poles),

@@ -71,6 +71,8 @@ PARAMS: dict[str, tuple[Any, str]] = {
     "rc": (0.1, "weight of the control penalty mean(c²) (≥ 0; paper: 1, 0.1, 0.01, 0.001)"),
     "dt": (4 / 60, "time step of the explicit Euler scheme (paper: T/steps = 4/60)"),
     "steps": (60, "simulator steps per trajectory (horizon T)"),
+    "centroid": (False, "False: drivers steer relative to the SUM of evader positions (authors' "
+                        "code); True: relative to their centroid (the paper's words)"),
 }
 
 # the authors' constants
@@ -98,7 +100,7 @@ def _dist(r: jax.Array, exclude_diagonal: bool = False) -> jax.Array:
     return EPSILON + jnp.sqrt(sq)
 
 
-def _build_step(n_d: int, n_e: int, dt: float):
+def _build_step(n_d: int, n_e: int, dt: float, centroid: bool = False):
     mask_d = jnp.asarray(1.0 - np.eye(n_d, dtype=np.float32))[..., None]  # (n_d, n_d, 1)
     mask_e = jnp.asarray(1.0 - np.eye(n_e, dtype=np.float32))[..., None]
     n = n_d + n_e
@@ -109,7 +111,8 @@ def _build_step(n_d: int, n_e: int, dt: float):
         v_d, v_e = v[:, :n_d], v[:, n_d:]
 
         # control force on the drivers: a r_d + b rot(r_d), r_d = x_d − Σ_e x_e
-        center = x_d - jnp.sum(x_e, axis=1, keepdims=True)
+        reduce = jnp.mean if centroid else jnp.sum
+        center = x_d - reduce(x_e, axis=1, keepdims=True)
         orthog = jnp.stack([-center[..., 1], center[..., 0]], -1)
         f_con = c[..., :1] * center + c[..., 1:] * orthog
 
@@ -228,8 +231,11 @@ def make(
     rc: float = PARAMS["rc"][0],
     dt: float = PARAMS["dt"][0],
     steps: int = PARAMS["steps"][0],
+    centroid: bool = PARAMS["centroid"][0],
 ) -> Problem:
     """Build the guidance-by-repulsion problem (see the module docstring)."""
+    if not isinstance(centroid, (bool, np.bool_)):
+        raise ValueError(f"guidance: centroid={centroid!r}; must be true or false")
     if not _is_int(drivers) or drivers < 1:
         raise ValueError(f"guidance: drivers={drivers!r}; must be an integer ≥ 1")
     if not _is_int(evaders) or evaders < 1:
@@ -251,8 +257,8 @@ def make(
 
     return Problem(
         name="guidance",
-        params=dict(drivers=n_d, evaders=n_e, rc=rc, dt=dt, steps=steps),
-        step=_build_step(n_d, n_e, dt),
+        params=dict(drivers=n_d, evaders=n_e, rc=rc, dt=dt, steps=steps, centroid=bool(centroid)),
+        step=_build_step(n_d, n_e, dt, bool(centroid)),
         loss=TrajectoryLoss(
             state_loss=_build_state_loss(n_d), on="every", time_reduce="mean", control_weight=rc
         ),
