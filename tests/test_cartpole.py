@@ -152,7 +152,7 @@ def test_problem_metadata():
     assert dict(prob.params) == {"poles": 1, "dt": 0.01, "steps": 100, "scale_mass": False}
     assert dict(prob.defaults) == dict(epochs=1000, lr=1e-3, batch_size=8, n_train=256, n_test=256)
     spec = problems.param_spec("cartpole")
-    assert {k: v[0] for k, v in spec.items()} == {"poles": 1, "dt": 0.01, "steps": 100}
+    assert {k: v[0] for k, v in spec.items()} == {"poles": 1, "dt": 0.01, "steps": 100, "scale_mass": False}
 
 
 # ---------------------------------------------------------------- other sizes and physics

@@ -178,7 +178,7 @@ def test_problem_metadata():
     assert prob.state_shape == (6, 2, 2) and prob.control_shape == (2, 2)
     assert dict(prob.params) == {"drivers": 2, "evaders": 4, "rc": 0.1, "dt": 4 / 60, "steps": 60, "centroid": False}
     spec = problems.param_spec("guidance")
-    assert set(spec) == {"drivers", "evaders", "rc", "dt", "steps"}
+    assert set(spec) == {"drivers", "evaders", "rc", "dt", "steps", "centroid"}
     assert spec["rc"][0] == 0.1 and spec["dt"][0] == 4 / 60
     assert prob.defaults["n_train"] == 256 and prob.defaults["batch_size"] == 8
     for rc in (1.0, 0.01, 0.001):
