@@ -1,0 +1,225 @@
+"""Figures: smoothing, sweep figures from real and synthetic result tables, the two toy figures."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from stablebptt import plots
+from stablebptt.config import RunConfig
+from stablebptt.run import run
+
+
+def local_minima(L):
+    return [(i, float(L[i])) for i in range(1, len(L) - 1) if L[i] < L[i - 1] and L[i] < L[i + 1]]
+
+
+# ------------------------------------------------------------------ smoothing
+def test_smooth_curve_hand_example():
+    # window 3, left-padded with y[0]: [1,1,1,2,3,4] -> means of 3 -> [1, 4/3, 2, 3]
+    np.testing.assert_allclose(plots.smooth_curve([1.0, 2.0, 3.0, 4.0], 3), [1.0, 4 / 3, 2.0, 3.0])
+    # window longer than the series: still trailing means over the padded series
+    np.testing.assert_allclose(plots.smooth_curve([2.0, 8.0], 4), [2.0, 3.5])
+    np.testing.assert_allclose(plots.smooth_curve([5.0, 1.0, 7.0], 1), [5.0, 1.0, 7.0])
+    y = np.arange(100.0)
+    s = plots.smooth_curve(y, 30)
+    assert s.shape == y.shape
+    assert s[-1] == pytest.approx(np.mean(y[-30:]))
+    with pytest.raises(ValueError, match="window"):
+        plots.smooth_curve(y, 0)
+
+
+# ------------------------------------------------------------------ sweep figures from real runs
+def linear_cfg(mode, clip, **kw):
+    base = dict(problem="linear", mode=mode, clip=clip, epochs=3, lr=0.01, batch_size=1, n_train=1, n_test=1,
+                problem_params=dict(theta0=-0.5))
+    return RunConfig(**(base | kw))
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    for mode in ("R", "C"):
+        for clip in ("none", "norm"):
+            for seed in (0, 1):
+                run(linear_cfg(mode, clip), seed, root)
+    # a second problem with two levels of a parameter (panels per level)
+    for target in (1.0, 2.0):
+        for seed in (0, 1):
+            run(RunConfig(problem="toy-field", mode="M", epochs=3, lr=0.01, batch_size=1, n_train=1, n_test=1,
+                          problem_params=dict(target=target)), seed, root)
+    return root
+
+
+def test_plot_sweep_writes_png_and_pdf(sweep, tmp_path):
+    paths = plots.plot_sweep(sweep)
+    names = sorted(p.name for p in paths)
+    assert names == ["linear-test-loss.pdf", "linear-test-loss.png",
+                     "toy-field-test-loss.pdf", "toy-field-test-loss.png"]
+    for p in paths:
+        assert p.parent == sweep / "figures"
+        assert p.is_file() and p.stat().st_size > 1000
+    assert paths[0].read_bytes()[:4] in (b"\x89PNG", b"%PDF")
+    raw = plots.plot_sweep(sweep, tmp_path / "out", smooth=False, band="ci", formats=("png",))
+    assert [p.name for p in raw] == ["linear-test-loss-raw-ci.png", "toy-field-test-loss-raw-ci.png"]
+    assert all(p.is_file() for p in raw)
+
+
+def test_layout_from_real_runs(sweep):
+    from stablebptt import results
+
+    df = results.collect(sweep)
+    fig = plots.problem_figure(df, "toy-field")
+    assert len(fig.axes) == 2  # one panel per target
+    assert [a.get_title() for a in fig.axes] == ["toy-field: target=1", "toy-field: target=2"]
+    fig = plots.problem_figure(df, "linear")
+    assert len(fig.axes) == 1
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log"
+    styles = {(l.get_color(), l.get_linestyle()) for l in ax.get_lines()}
+    assert styles == {(plots.MODE_COLORS["R"], "-"), (plots.MODE_COLORS["R"], ":"),
+                      (plots.MODE_COLORS["C"], "-"), (plots.MODE_COLORS["C"], ":")}
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["R", "C", "clip none", "clip norm"]
+
+
+def test_diverged_run_is_marked(tmp_path):
+    cfg = RunConfig(problem="linear", problem_params=dict(a=1.0, theta0=0.1), mode="R", optimizer="sgd",
+                    lr=0.3, batch_size=1, n_train=1, n_test=1, epochs=20)
+    run(cfg, 0, tmp_path)  # diverges in epoch 4 (see test_train)
+    from stablebptt import results
+
+    df = results.collect(tmp_path)
+    assert df["status"].iloc[0] == "diverged"
+    fig = plots.problem_figure(df, "linear", smooth=False)
+    ax = fig.axes[0]
+    marks = [l for l in ax.get_lines() if l.get_marker() == "x"]
+    assert len(marks) == 1
+    assert marks[0].get_xdata()[0] == df["epoch"].max() == 3
+    assert "diverged" in [t.get_text() for t in fig.legends[0].get_texts()]
+
+
+# ------------------------------------------------------------------ synthetic tables: the paper's layouts
+def fake_table(problem, level_col, levels, *, modes="RMCS", clips=("none", "value", "norm"), seeds=3,
+               epochs=60, scale=1.0, update_norm=False):
+    rows = []
+    rng = np.random.default_rng(1)
+    rid = 0
+    for lev in levels:
+        for m in modes:
+            for c in clips:
+                for s in range(seeds):
+                    rid += 1
+                    curve = scale * (0.5 + np.exp(-np.arange(1, epochs + 1) / 20)) * (1 + 0.05 * rng.random(epochs))
+                    for e in range(epochs):
+                        r = dict(run_id=f"r{rid}", seed=s, status="finished", diverged_epoch=None, problem=problem,
+                                 mode=m, clip=c, optimizer="adam", lr=1e-3, epoch=e + 1, test_loss=curve[e])
+                        r[level_col] = lev
+                        if update_norm:
+                            r["update_norm"] = 10.0 ** (-3 + 2 * rng.random())
+                        rows.append(r)
+    return pd.DataFrame(rows)
+
+
+def test_cartpole_layout_band_and_author_range():
+    df = fake_table("cartpole", "param_poles", [1, 2, 3, 4], seeds=2, epochs=40)
+    fig = plots.problem_figure(df, "cartpole", window=30)
+    assert [a.get_title() for a in fig.axes] == ["cart-pole, 1 pole", "cart-pole, 2 poles",
+                                                 "cart-pole, 3 poles", "cart-pole, 4 poles"]
+    for ax in fig.axes:
+        assert ax.get_ylim() == pytest.approx((1e-6, 3.0))
+        assert len(ax.collections) == 12  # one band per mode × clip
+        colors = {l.get_color() for l in ax.get_lines()}
+        assert colors == {plots.MODE_COLORS[m] for m in "RMCS"}
+        assert {l.get_linestyle() for l in ax.get_lines()} == {"-", "--", ":"}
+    # data outside the authors' range: autoscale
+    fig = plots.problem_figure(fake_table("cartpole", "param_poles", [1], modes="C", clips=("none",),
+                                          scale=10.0), "cartpole")
+    assert fig.axes[0].get_ylim()[1] > 3.0
+
+
+def test_guidance_panels_go_from_easy_to_hard_and_ci_band():
+    df = fake_table("guidance", "param_rc", [0.001, 1.0, 0.1, 0.01], modes="RC", clips=("none",), seeds=4)
+    fig = plots.problem_figure(df, "guidance", band="ci")
+    assert [a.get_title() for a in fig.axes] == ["guidance, rc = 1", "guidance, rc = 0.1",
+                                                 "guidance, rc = 0.01", "guidance, rc = 0.001"]
+    assert fig.axes[0].get_ylim() == pytest.approx((0.4, 6.0))
+    assert "bootstrap 95% CI" in fig._suptitle.get_text()
+
+
+def test_quantum_has_update_size_panel_for_highest_target():
+    df = fake_table("quantum", "param_target", [5, 3, 4], modes="RCX", clips=("none",), scale=40.0,
+                    update_norm=True)
+    fig = plots.problem_figure(df, "quantum")
+    assert len(fig.axes) == 4
+    assert fig.axes[2].get_title() == "quantum, target 5"
+    assert "target 5" in fig.axes[3].get_title() and fig.axes[3].get_yscale() == "log"
+    assert "update" in fig.axes[3].get_ylabel()
+    assert fig.axes[0].get_ylim() == pytest.approx((16.5, 135.0))
+    colors = {l.get_color() for l in fig.axes[0].get_lines()}
+    assert plots.MODE_COLORS["R"] in colors and plots.MODE_COLORS["C"] in colors and len(colors) == 3
+
+
+def test_band_statistics():
+    vals = np.array([[1.0, 3.0], [2.0, np.nan]])
+    mean, lo, hi = plots._band(vals, "std", np.random.default_rng(0))
+    np.testing.assert_allclose(mean, [2.0, 2.0])
+    np.testing.assert_allclose(hi - mean, [np.std([1, 3], ddof=1), 0.0])
+    vals = np.random.default_rng(3).normal(10.0, 1.0, size=(1, 400))
+    mean, lo, hi = plots._band(vals, "ci", np.random.default_rng(0))
+    assert lo[0] < mean[0] < hi[0]
+    assert hi[0] - lo[0] == pytest.approx(2 * 1.96 / np.sqrt(400), rel=0.15)
+
+
+# ------------------------------------------------------------------ toy figures
+def test_fig1_field_spreads(tmp_path):
+    r = plots.fig1_fields(tmp_path)
+    assert r["spread_G"] == pytest.approx(1.8e3, rel=0.2)
+    assert r["spread_M"] == pytest.approx(68, rel=0.2)
+    assert sorted(p.name for p in r["paths"]) == ["fig1-fields.pdf", "fig1-fields.png"]
+    assert all(p.is_file() for p in r["paths"])
+
+
+@pytest.fixture(scope="module")
+def fig2(tmp_path_factory):
+    return plots.fig2_rotation(tmp_path_factory.mktemp("fig2"))
+
+
+def test_fig2_gradient(fig2):
+    L = fig2["losses"]["R"]
+    assert len(L) == 201 and L[0] == pytest.approx(20.0)
+    assert 58 <= int(np.argmax(L < 2e-3)) <= 60
+    assert fig2["thetas"]["R"][0] == pytest.approx([2.0, 4.0])
+    assert all(p.is_file() for p in fig2["paths"])
+
+
+def test_fig2_rotating(fig2):
+    L = fig2["losses"]["M"]
+    mins = local_minima(L)
+    assert mins[0][0] == 35
+    for (_, got), want in zip(mins, [0.84, 1.13, 1.65, 2.49]):
+        assert got == pytest.approx(want, rel=0.02)
+    assert len(mins) >= 4
+    assert L[200] == pytest.approx(6.2, rel=0.02)
+
+
+def test_fig2_combined(fig2):
+    L = fig2["losses"]["C"]
+    mins = [v for _, v in local_minima(L)]
+    assert len(mins) >= 5
+    for got, want in zip(mins, [0.49, 0.13, 0.057, 0.030, 0.019]):
+        assert got == pytest.approx(want, rel=0.03)
+    assert L[200] == pytest.approx(0.067, rel=0.03)
+
+
+def test_cli_plot(sweep, tmp_path):
+    from typer.testing import CliRunner
+
+    from stablebptt.cli import app
+
+    res = CliRunner().invoke(app, ["plot", str(sweep), "--out", str(tmp_path), "--raw", "--band", "ci",
+                                   "--format", "png"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "linear-test-loss-raw-ci.png").is_file()
+    res = CliRunner().invoke(app, ["plot", str(sweep), "--band", "sem"])
+    assert res.exit_code == 2
+    res = CliRunner().invoke(app, ["plot", str(tmp_path / "missing")])
+    assert res.exit_code == 2
