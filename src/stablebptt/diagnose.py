@@ -92,8 +92,8 @@ class Verdict:
         lines += [f"  - {r}" for r in self.reasons]
         if self.flagged_horizons:
             k0 = self.flagged_horizons[0]
-            lines.append(f"  ! R's credit spans > {MAX_ORDERS:g} orders of magnitude for horizons ≥ {k0} steps "
-                         f"(longest safe horizon for R: {self.max_safe_horizon})")
+            lines.append(f"  ! R's adjoint ‖λ_n‖ (the credit a state receives) spans > {MAX_ORDERS:g} orders of "
+                         f"magnitude over horizons ≥ {k0} steps (longest safe horizon for R: {self.max_safe_horizon})")
         lines += [f"  ! {w}" for w in self.warnings]
         return "\n".join(lines)
 
@@ -253,7 +253,7 @@ class Diagnosis:
         c.set_yscale("log")
         c.set_xlabel("step n")
         c.set_title("(c) Jacobian spectra per step (sample 0)")
-        c.legend(fontsize=8)
+        c.legend(fontsize=8, loc="best")
 
         # (d) agreement
         d = ax[1, 1]
@@ -471,8 +471,9 @@ def make_verdict(d: Diagnosis, k_is_zero: bool | None = None) -> Verdict:
       ``BALANCED_ORDERS``): R's feedback through the controller dominates and explodes/vanishes.
     * **R** otherwise (well conditioned: R spans ≤ ``WELL_ORDERS`` and the closed loop stays
       within ``EXPANDING_ORDERS``; in between R is still recommended, with norm clipping).
-    * clipping **norm** (threshold 1) when the recommended field's credit spans more than
-      ``WELL_ORDERS`` orders over the steps or its norm exceeds ``CLIP_NORM_ABOVE``; else none.
+    * clipping **norm** (threshold 1) when R is only moderately conditioned, or when the
+      recommended field's credit spans more than ``WELL_ORDERS`` orders over the steps or its
+      norm exceeds ``CLIP_NORM_ABOVE``; else none.
     * warnings: cos(M, G) < 0 (C zeroes the entries where M and G disagree and may stall, as
       in the linear case); M spanning > 6 orders too (the physics itself is ill conditioned:
       shorten the horizon, truncate or decay); K = 0 (R = M = C; diagnose a non-zero controller).
@@ -509,7 +510,11 @@ def make_verdict(d: Diagnosis, k_is_zero: bool | None = None) -> Verdict:
     cspan = orders_spanned(contrib)
     if mode == "R" and span_R > WELL_ORDERS:
         cspan = max(cspan, span_R)
-    if cspan > WELL_ORDERS or norm > CLIP_NORM_ABOVE:
+    moderate = mode == "R" and not (span_R <= WELL_ORDERS and abs(g_closed) <= EXPANDING_ORDERS)
+    if moderate:
+        clip = "norm"
+        reasons.append(f"clip norm as a guard against spikes of ‖G‖ (now {norm:.3g}) while the conditioning worsens")
+    elif cspan > WELL_ORDERS or norm > CLIP_NORM_ABOVE:
         clip = "norm"
         reasons.append(f"clip norm: {field_name}'s credit spans {cspan:.1f} orders over the steps, ‖{field_name}‖ = {norm:.3g}")
     else:
