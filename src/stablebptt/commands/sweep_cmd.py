@@ -1,0 +1,121 @@
+"""CLI: ``stablebptt sweep``, ``stablebptt results``, ``stablebptt reproduce``."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from ..cli import app, console, fail, out, setup_jax
+
+
+def _progress_runner(spec, root, **kw):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .. import sweep
+
+    jobs = len(sweep.expand(spec))
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[info]}"), console=console) as progress:
+        task = progress.add_task(spec.name, total=jobs, info="")
+
+        def on_progress(s):
+            eta = "?" if s["eta_s"] is None else f"{s['eta_s'] / 60:.1f} min"
+            progress.update(task, completed=s["done"] + s["skipped"],
+                            info=f"running {s['running']}  diverged {s['diverged']}  "
+                                 f"skipped {s['skipped']}  ETA {eta}")
+
+        return sweep.run_sweep(spec, root, progress=on_progress, **kw)
+
+
+def _run(spec_source, quick, seeds, out_dir, executor, workers, address, vmap_seeds):
+    from .. import sweep
+
+    try:
+        spec = sweep.load_spec(spec_source, quick=quick, seeds=seeds)
+    except sweep.SpecError as e:
+        raise fail(str(e))
+    root = out_dir or Path("sweeps") / spec.name
+    setup_jax()
+    try:
+        report = _progress_runner(spec, root, executor=executor, workers=workers, address=address,
+                                  vmap_seeds=vmap_seeds)
+    except sweep.SpecError as e:
+        raise fail(str(e))
+    out.print(f"{report.jobs} jobs: {report.computed} computed, {report.skipped} already done, "
+              f"{report.diverged} diverged, {len(report.failed)} failed, {report.wall_s:.1f} s -> {root}")
+    for f in report.failed:
+        console.print(f"[red]failed[/] {f['config']['problem']} {f['config']['mode']} seeds {f['seeds']}: {f['error']}")
+    return root, report
+
+
+@app.command("sweep")
+def sweep_cmd(
+    spec: str = typer.Argument(..., help="a preset (cartpole, guidance, quantum, toys) or a .toml/.yaml spec file"),
+    quick: bool = typer.Option(False, help="the preset's quick variant (minutes on 2 CPU cores)"),
+    seeds: Optional[int] = typer.Option(None, help="number of seeds (overrides the spec)"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="sweep folder (default sweeps/NAME)"),
+    executor: str = typer.Option("local", help="local (spawn pool) | serial | ray"),
+    workers: Optional[int] = typer.Option(None, help="worker processes (default: one per core)"),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address (default: start a local one)"),
+    vmap_seeds: bool = typer.Option(False, help="train the seeds of one config in one vmapped program"),
+):
+    """Run (or resume) a sweep; finished runs are never recomputed."""
+    _, report = _run(spec, quick, seeds, out_dir, executor, workers, address, vmap_seeds)
+    if report.failed:
+        raise typer.Exit(code=1)
+
+
+@app.command("results")
+def results_cmd(
+    sweep_dir: Path = typer.Argument(..., help="a sweep (or runs) folder"),
+    csv: Optional[Path] = typer.Option(None, help="write all rows (run × epoch) as CSV"),
+    parquet: Optional[Path] = typer.Option(None, help="write all rows as Parquet"),
+    epoch: Optional[int] = typer.Option(None, help="report the test loss at this epoch instead of the last"),
+):
+    """Collect finished runs into one table; print mean ± std of the final test loss."""
+    from .. import results, sweep
+
+    if not sweep_dir.is_dir():
+        raise fail(f"{sweep_dir} is not a folder")
+    df = results.collect(sweep_dir, csv=csv, parquet=parquet)
+    if df.empty:
+        raise fail(f"no finished runs under {sweep_dir}")
+    out.print(sweep.summary_table(sweep_dir, epoch=epoch))
+    out.print(f"{df['run_id'].nunique()} runs, {len(df)} rows" + (f"; wrote {csv}" if csv else "")
+              + (f"; wrote {parquet}" if parquet else ""))
+
+
+@app.command("reproduce")
+def reproduce_cmd(
+    figure: str = typer.Argument(..., help="cartpole | guidance | quantum | toys"),
+    quick: bool = typer.Option(False, help="the quick variant (minutes on 2 CPU cores)"),
+    seeds: Optional[int] = typer.Option(None, help="number of seeds"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="sweep folder (default sweeps/NAME)"),
+    executor: str = typer.Option("local", help="local | serial | ray"),
+    workers: Optional[int] = typer.Option(None),
+    address: Optional[str] = typer.Option(None),
+    vmap_seeds: bool = typer.Option(False),
+):
+    """Sweep + the paper's figure + a Markdown summary table (SUMMARY.md in the sweep folder)."""
+    from .. import sweep
+
+    if figure not in sweep.PRESETS:
+        raise fail(f"unknown figure {figure!r}; available: {', '.join(sweep.PRESETS)}")
+    root, report = _run(figure, quick, seeds, out_dir, executor, workers, address, vmap_seeds)
+    from .. import plots
+
+    figs = plots.plot_sweep(root)
+    if figure == "toys":
+        figs += list(plots.fig1_fields(Path(root) / "figures")["paths"])
+        figs += list(plots.fig2_rotation(Path(root) / "figures")["paths"])
+    text = f"# {root.name}\n\n" + sweep.summary_table(root)
+    if figure == "guidance":
+        text += "\n" + sweep.summary_table(root, epoch=10)
+    text += "\nFigures:\n\n" + "\n".join(f"- {Path(f).relative_to(root) if Path(f).is_relative_to(root) else f}"
+                                         for f in figs) + "\n"
+    (Path(root) / "SUMMARY.md").write_text(text)
+    out.print(text)
+    if report.failed:
+        raise typer.Exit(code=1)

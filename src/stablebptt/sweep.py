@@ -1,0 +1,431 @@
+"""Sweeps: problems × complexity levels × modes × clipping × optimizer settings × seeds.
+
+A sweep is plain data, written as TOML or YAML or picked from :data:`PRESETS`::
+
+    name = "my-cartpole"
+    seeds = 5                      # or a list: [0, 1, 2]
+
+    [[experiment]]
+    problem = "cartpole"
+    level = { poles = [1, 2, 3, 4] }          # the complexity axis (one panel per value)
+    modes = ["R", "M", "C", "S"]
+    clips = ["none", "value", "norm"]
+    optimizers = [{ optimizer = "adam", lr = 1e-3 }]
+    problem_params = {}                        # fixed problem parameters
+    [experiment.config]                        # any other RunConfig field
+    epochs = 1000
+    data = "seeded"
+
+The whole spec is validated before any work starts; a bad field names itself.
+:func:`expand` turns it into jobs ``(RunConfig, seed)``; :func:`run_sweep` runs the missing
+ones with an executor and returns a report. Each job is ``stablebptt.run.run(config, seed,
+root)``: it writes exactly one folder named by the hash of (config, seed), atomically, so a
+sweep that is interrupted (Ctrl-C, SIGKILL) resumes with nothing lost and nothing
+duplicated, and a finished job is never recomputed. Diverged runs are results too.
+
+Executors:
+
+* ``local`` (default): a ``spawn`` process pool, one single-threaded XLA process per core
+  (``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1``).
+  Measured on the 2-core development machine (see ``docs/performance.md``): 2 single-threaded
+  workers finished a 16-job cart-pole sweep faster than one multi-threaded process, so this
+  is the default.
+* ``serial``: everything in this process (multi-threaded XLA).
+* ``ray``: the same ``run(config, seed, root)`` as Ray tasks (``pip install "stablebptt[ray]"``;
+  ``address=None`` starts a local cluster, ``"auto"`` or ``"ray://…"`` joins one).
+
+``vmap_seeds=True`` batches jobs that differ only in their seed into one vmapped program.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .config import RunConfig, run_id
+from .run import clean_stale_temps, is_done, read_result
+
+SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+EXECUTORS = ("local", "serial", "ray")
+
+
+class OptimizerSetting(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+
+
+class Experiment(BaseModel):
+    """One problem's block of the grid."""
+
+    model_config = ConfigDict(extra="forbid")
+    problem: str
+    level: dict[str, list[Any]] = Field(default_factory=dict)
+    modes: list[Union[str, list[str]]] = Field(default_factory=lambda: ["R", "M", "C", "S"])
+    clips: list[str] = Field(default_factory=lambda: ["none"])
+    optimizers: list[OptimizerSetting] = Field(default_factory=lambda: [OptimizerSetting()])
+    problem_params: dict[str, Any] = Field(default_factory=dict)
+    config: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("clips")
+    @classmethod
+    def _clips(cls, v):
+        from .optim import CLIPPING
+
+        for i, c in enumerate(v):
+            if c not in CLIPPING:
+                raise ValueError(f"clips[{i}] = {c!r}; allowed: {', '.join(CLIPPING)}")
+        return v
+
+    @field_validator("level")
+    @classmethod
+    def _level(cls, v):
+        for k, vals in v.items():
+            if not vals:
+                raise ValueError(f"level.{k} is empty; give at least one value")
+        return v
+
+
+class SweepSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = "sweep"
+    seeds: Union[int, list[int]] = 5
+    experiment: list[Experiment]
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v):
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"seeds={v}; must be ≥ 1 or a list of ints")
+        if isinstance(v, list) and not v:
+            raise ValueError("seeds is an empty list")
+        return v
+
+    def seed_list(self) -> list[int]:
+        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+
+class SpecError(ValueError):
+    """The sweep spec is invalid; the message names every bad field."""
+
+
+def _fmt_errors(e: ValidationError, prefix: str = "") -> str:
+    parts = []
+    for err in e.errors():
+        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
+        parts.append(f"{prefix.strip()}{('.' + loc) if prefix and loc else loc or ('' if prefix else 'spec')}: {err['msg']}")
+    return "; ".join(parts)
+
+
+# ----------------------------------------------------------------------------- presets
+_PAPER_MODES = ["R", "M", "C", "S"]
+_PAPER_CLIPS = ["none", "value", "norm"]
+
+
+def _preset(name: str, quick: bool) -> dict:
+    if name == "cartpole":
+        cfg = dict(epochs=1000, data="seeded")
+        if quick:
+            cfg = dict(epochs=60, n_train=64, n_test=64, data="seeded")
+        return dict(name="cartpole" + ("-quick" if quick else ""), seeds=5 if not quick else 2, experiment=[dict(
+            problem="cartpole", level={"poles": [1, 2, 3, 4]}, modes=_PAPER_MODES, clips=_PAPER_CLIPS, config=cfg)])
+    if name == "guidance":
+        cfg = dict(epochs=100, data="seeded")
+        if quick:
+            cfg = dict(epochs=30, n_train=64, n_test=64, data="seeded")
+        return dict(name="guidance" + ("-quick" if quick else ""), seeds=5 if not quick else 2, experiment=[dict(
+            problem="guidance", level={"rc": [1.0, 0.1, 0.01, 0.001]}, modes=_PAPER_MODES, clips=_PAPER_CLIPS,
+            config=cfg)])
+    if name == "quantum":
+        cfg = dict(epochs=1000, data="seeded")
+        if quick:
+            cfg = dict(epochs=12, n_train=64, n_test=64, data="seeded")
+        return dict(name="quantum" + ("-quick" if quick else ""), seeds=5 if not quick else 2, experiment=[dict(
+            problem="quantum", level={"target": [3, 4, 5]}, modes=_PAPER_MODES, clips=_PAPER_CLIPS, config=cfg)])
+    if name == "toys":
+        ep = 200
+        return dict(name="toys" + ("-quick" if quick else ""), seeds=3 if not quick else 2, experiment=[
+            dict(problem="toy-field", modes=_PAPER_MODES, clips=["none"],
+                 optimizers=[dict(optimizer="adam", lr=0.01)], config=dict(epochs=ep if not quick else 60)),
+            dict(problem="toy-rotation", modes=["R", "M", "C"], clips=["none"],
+                 optimizers=[dict(optimizer="adam", lr=0.1)], config=dict(epochs=200)),
+            dict(problem="linear", modes=_PAPER_MODES, clips=["none"],
+                 optimizers=[dict(optimizer="adam", lr=0.01)], config=dict(epochs=ep if not quick else 60)),
+        ])
+    raise SpecError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
+
+
+PRESETS = ("cartpole", "guidance", "quantum", "toys")
+
+
+def load_spec(source: "str | Path | dict", *, quick: bool = False, seeds: int | None = None) -> SweepSpec:
+    """A preset name, a TOML/YAML file path, or a dict -> validated :class:`SweepSpec`."""
+    if isinstance(source, dict):
+        raw = source
+    elif str(source) in PRESETS:
+        raw = _preset(str(source), quick)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise SpecError(f"{source!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
+        text = path.read_text()
+        if path.suffix.lower() == ".toml":
+            import tomllib
+
+            raw = tomllib.loads(text)
+        elif path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            raw = yaml.safe_load(text)
+        else:
+            raise SpecError(f"{path.name}: unknown spec format {path.suffix!r}; use .toml, .yaml or .yml")
+        if quick:
+            raise SpecError("--quick applies to presets only; set epochs in the file instead")
+    if seeds is not None:
+        raw = dict(raw) | {"seeds": int(seeds)}
+    try:
+        spec = SweepSpec(**raw)
+    except ValidationError as e:
+        raise SpecError(_fmt_errors(e)) from None
+    expand(spec)  # validates every job's RunConfig now, before any work
+    return spec
+
+
+def expand(spec: SweepSpec) -> list[tuple[RunConfig, int]]:
+    """All jobs (config, seed) of the spec, in a stable order; raises SpecError on a bad field."""
+    from . import problems
+
+    jobs = []
+    for i, ex in enumerate(spec.experiment):
+        where = f"experiment[{i}]"
+        if ex.problem not in problems.names():
+            raise SpecError(f"{where}.problem: unknown problem {ex.problem!r}; available: {', '.join(problems.names())}")
+        defaults = dict(problems.get(ex.problem, **ex.problem_params).defaults) if _params_ok(ex, where) else {}
+        base = {k: defaults[k] for k in ("lr", "batch_size", "n_train", "n_test", "epochs") if k in defaults}
+        level_items = list(ex.level.items())
+        level_grid = list(itertools.product(*[vals for _, vals in level_items])) or [()]
+        for j, m in enumerate(ex.modes):
+            try:
+                RunConfig(problem=ex.problem, problem_params=ex.problem_params, mode=m)
+            except ValidationError as e:
+                raise SpecError(_fmt_errors(e, f"{where}.modes[{j}]")) from None
+        for values in level_grid:
+            pparams = dict(ex.problem_params) | {k: v for (k, _), v in zip(level_items, values)}
+            for mode, clip, opt in itertools.product(ex.modes, ex.clips, ex.optimizers):
+                fields = base | ex.config | dict(problem=ex.problem, problem_params=pparams, mode=mode,
+                                                 clip=clip, optimizer=opt.optimizer, momentum=opt.momentum)
+                if "lr" in opt.model_fields_set or "lr" not in fields:
+                    fields["lr"] = opt.lr  # an explicit optimizer setting wins over the problem default
+                fields["batch_size"] = min(fields.get("batch_size", 8), fields.get("n_train", 256))
+                try:
+                    cfg = RunConfig(**fields)
+                except ValidationError as e:
+                    raise SpecError(_fmt_errors(e, f"{where}")) from None
+                try:
+                    problems.get(ex.problem, **pparams)
+                except ValueError as e:
+                    raise SpecError(f"{where}.level: {e}") from None
+                for s in spec.seed_list():
+                    jobs.append((cfg, int(s)))
+    return jobs
+
+
+def _params_ok(ex: Experiment, where: str) -> bool:
+    from . import problems
+
+    spec = problems.param_spec(ex.problem)
+    for name in list(ex.problem_params) + list(ex.level):
+        if name not in spec:
+            raise SpecError(f"{where}: problem {ex.problem!r} has no parameter {name!r}; allowed: {', '.join(spec)}")
+    try:
+        problems.get(ex.problem, **ex.problem_params)
+    except ValueError as e:
+        raise SpecError(f"{where}.problem_params: {e}") from None
+    return True
+
+
+# ----------------------------------------------------------------------------- execution
+def _job(config_dict: dict, seeds: list[int], root: str) -> list[dict]:
+    """Worker entry (picklable): run one config for the given seeds; return their summaries."""
+    from .run import run, run_seeds
+
+    cfg = RunConfig(**config_dict)
+    if len(seeds) == 1:
+        folders = [run(cfg, seeds[0], root)]
+    else:
+        folders = run_seeds(cfg, seeds, root)
+    return [read_result(f) for f in folders]
+
+
+def _init_worker(xla_flags: str) -> None:
+    os.environ["XLA_FLAGS"] = xla_flags
+
+
+@dataclass
+class SweepReport:
+    root: Path
+    jobs: int
+    skipped: int = 0  # already finished before this call
+    computed: int = 0
+    diverged: int = 0
+    failed: list = field(default_factory=list)
+    wall_s: float = 0.0
+
+    def as_dict(self) -> dict:
+        return dict(root=str(self.root), jobs=self.jobs, skipped=self.skipped, computed=self.computed,
+                    diverged=self.diverged, failed=self.failed, wall_s=self.wall_s)
+
+
+def _groups(todo: list[tuple[RunConfig, int]], vmap_seeds: bool) -> list[tuple[RunConfig, list[int]]]:
+    if not vmap_seeds:
+        return [(c, [s]) for c, s in todo]
+    grouped: dict[str, tuple[RunConfig, list[int]]] = {}
+    for c, s in todo:
+        key = json.dumps(c.to_dict(), sort_keys=True)
+        grouped.setdefault(key, (c, []))[1].append(s)
+    return list(grouped.values())
+
+
+def run_sweep(spec: SweepSpec, root: str | Path, *, executor: str = "local", workers: int | None = None,
+              address: str | None = None, vmap_seeds: bool = False,
+              progress: Optional[Callable[[dict], None]] = None) -> SweepReport:
+    """Run every missing job of ``spec`` under ``root``; return counts (computed / skipped / diverged).
+
+    ``progress`` receives a dict ``{done, running, diverged, skipped, total, eta_s}`` after
+    every change.
+    """
+    if executor not in EXECUTORS:
+        raise SpecError(f"executor={executor!r}; allowed: {', '.join(EXECUTORS)}")
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(root)
+    (root / "sweep.json").write_text(json.dumps(spec.model_dump(mode="json"), indent=2))
+    jobs = expand(spec)
+    todo = [(c, s) for c, s in jobs if not is_done(root / run_id(c, s))]
+    report = SweepReport(root=root, jobs=len(jobs), skipped=len(jobs) - len(todo))
+    groups = _groups(todo, vmap_seeds)
+    t0 = time.perf_counter()
+    state = {"done": 0, "running": 0, "diverged": 0, "skipped": report.skipped, "total": len(jobs), "eta_s": None}
+
+    def finished(summaries: list[dict]) -> None:
+        state["done"] += len(summaries)
+        report.computed += len(summaries)
+        d = sum(1 for r in summaries if r["status"] == "diverged")
+        state["diverged"] += d
+        report.diverged += d
+        elapsed = time.perf_counter() - t0
+        left = len(todo) - state["done"]
+        state["eta_s"] = elapsed / state["done"] * left if state["done"] else None
+        if progress:
+            progress(dict(state))
+
+    if progress:
+        progress(dict(state))
+    if executor == "serial":
+        for c, seeds in groups:
+            state["running"] = len(seeds)
+            finished(_job(c.to_dict(), seeds, str(root)))
+        state["running"] = 0
+    elif executor == "local":
+        import multiprocessing
+
+        n = workers or os.cpu_count() or 1
+        ctx = multiprocessing.get_context("spawn")
+        old = os.environ.get("XLA_FLAGS")
+        os.environ["XLA_FLAGS"] = SINGLE_THREAD_XLA  # inherited by the spawned workers
+        try:
+            with ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_init_worker,
+                                     initargs=(SINGLE_THREAD_XLA,)) as pool:
+                pending = {pool.submit(_job, c.to_dict(), seeds, str(root)): (c, seeds) for c, seeds in groups}
+                while pending:
+                    state["running"] = min(n, len(pending))
+                    done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        c, seeds = pending.pop(fut)
+                        try:
+                            finished(fut.result())
+                        except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on
+                            report.failed.append({"config": c.to_dict(), "seeds": seeds, "error": repr(e)})
+        finally:
+            if old is None:
+                os.environ.pop("XLA_FLAGS", None)
+            else:
+                os.environ["XLA_FLAGS"] = old
+    else:  # ray
+        try:
+            import ray
+        except ImportError as e:  # pragma: no cover - depends on the extra
+            raise SpecError('executor "ray" needs Ray: pip install "stablebptt[ray]"') from e
+        started = False
+        if not ray.is_initialized():
+            kw = dict(address=address) if address else dict(num_cpus=workers or os.cpu_count(), include_dashboard=False)
+            ray.init(runtime_env={"env_vars": {"XLA_FLAGS": SINGLE_THREAD_XLA}}, log_to_driver=False, **kw)
+            started = True
+        try:
+            remote = ray.remote(num_cpus=1)(_job)
+            refs = {remote.remote(c.to_dict(), seeds, str(root.resolve())): (c, seeds) for c, seeds in groups}
+            while refs:
+                state["running"] = len(refs)
+                ready, _ = ray.wait(list(refs), num_returns=1)
+                for ref in ready:
+                    c, seeds = refs.pop(ref)
+                    try:
+                        finished(ray.get(ref))
+                    except Exception as e:  # noqa: BLE001
+                        report.failed.append({"config": c.to_dict(), "seeds": seeds, "error": repr(e)})
+        finally:
+            if started:
+                ray.shutdown()
+    state["running"] = 0
+    if progress:
+        progress(dict(state))
+    report.wall_s = time.perf_counter() - t0
+    return report
+
+
+# ----------------------------------------------------------------------------- summaries
+LEVEL_PARAM = {"cartpole": "param_poles", "guidance": "param_rc", "quantum": "param_target"}
+
+
+def summary_table(root: str | Path, epoch: int | None = None) -> str:
+    """Markdown: final (or given-epoch) test loss per problem, level, clipping and mode, mean ± std over seeds."""
+    import numpy as np
+
+    from . import results
+
+    df = results.collect(root)
+    if df.empty:
+        return "_no finished runs_\n"
+    out = []
+    for problem, d in df.groupby("problem", sort=False):
+        lvl = LEVEL_PARAM.get(problem)
+        if epoch is not None:
+            d = d[d["epoch"] <= epoch]
+        last = d.sort_values("epoch").groupby("run_id").tail(1)
+        keys = [k for k in (lvl, "clip") if k and k in last.columns]
+        modes = sorted(last["mode"].unique(), key=lambda m: ("RMCSN".find(m) if m in "RMCSN" else 9, m))
+        title = f"### {problem}" + (f" (test loss at epoch {epoch})" if epoch else " (final test loss)")
+        out += [title, "", "| " + " | ".join(keys + list(modes)) + " |", "|" + "---|" * (len(keys) + len(modes))]
+        for vals, g in last.groupby(keys, sort=True) if keys else [((), last)]:
+            vals = vals if isinstance(vals, tuple) else (vals,)
+            cells = []
+            for m in modes:
+                x = g[g["mode"] == m]["test_loss"].to_numpy(float)
+                div = int((g[g["mode"] == m]["status"] == "diverged").sum())
+                if len(x) == 0:
+                    cells.append("–")
+                    continue
+                sd = float(np.std(x, ddof=1)) if len(x) > 1 else 0.0
+                cells.append(f"{np.mean(x):.3g} ± {sd:.2g}" + (f" ({div} div.)" if div else ""))
+            out.append("| " + " | ".join([str(v) for v in vals] + cells) + " |")
+        n_seeds = last.groupby(["mode"] + keys)["seed"].nunique().min()
+        out += ["", f"mean ± std over {n_seeds} seed(s) per cell.", ""]
+    return "\n".join(out) + "\n"

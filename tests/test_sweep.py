@@ -1,0 +1,157 @@
+"""Sweeps: validation, idempotence, resume after SIGKILL, results table, local pool vs Ray."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stablebptt import results, sweep
+from stablebptt.config import run_id
+
+
+def small_spec(seeds=2, epochs=3, modes=("R", "C")):
+    return {"name": "small", "seeds": seeds, "experiment": [{
+        "problem": "linear", "level": {"theta0": [-0.5, -1.0]}, "modes": list(modes), "clips": ["none", "value"],
+        "optimizers": [{"optimizer": "adam", "lr": 0.01}], "config": {"epochs": epochs}}]}
+
+
+@pytest.mark.parametrize("bad, msg", [
+    ({"experiment": [{"problem": "linear", "modes": ["R", "Q"]}]}, "experiment[0].modes[1]: Value error, unknown mode 'Q'"),
+    ({"experiment": [{"problem": "linear", "clips": ["soft"]}]}, "clips[0] = 'soft'"),
+    ({"experiment": [{"problem": "cartpole", "level": {"polez": [1]}}]}, "no parameter 'polez'"),
+    ({"experiment": [{"problem": "cartpole", "level": {"poles": [1, 0]}}]}, "poles=0"),
+    ({"experiment": [{"problem": "pendulum"}]}, "unknown problem 'pendulum'"),
+    ({"experiment": [{"problem": "linear", "config": {"epochs": 0}}]}, "experiment[0].epochs"),
+    ({"experiment": [{"problem": "linear", "colour": "red"}]}, "experiment[0].colour"),
+    ({"seeds": 0, "experiment": [{"problem": "linear"}]}, "seeds=0"),
+])
+def test_spec_validation_names_the_bad_field(bad, msg):
+    with pytest.raises(sweep.SpecError) as e:
+        sweep.load_spec(bad)
+    assert msg in str(e.value)
+
+
+def test_spec_files_toml_and_yaml(tmp_path):
+    toml = tmp_path / "s.toml"
+    toml.write_text('name = "t"\nseeds = [3, 4]\n[[experiment]]\nproblem = "linear"\nmodes = ["R", "C"]\n'
+                    '[experiment.config]\nepochs = 2\n')
+    yaml = tmp_path / "s.yaml"
+    yaml.write_text("name: t\nseeds: [3, 4]\nexperiment:\n  - problem: linear\n    modes: [R, C]\n    config: {epochs: 2}\n")
+    a, b = sweep.expand(sweep.load_spec(toml)), sweep.expand(sweep.load_spec(yaml))
+    assert [(c.to_dict(), s) for c, s in a] == [(c.to_dict(), s) for c, s in b]
+    assert len(a) == 4 and {s for _, s in a} == {3, 4} and all(c.epochs == 2 for c, _ in a)
+
+
+@pytest.mark.parametrize("name", sweep.PRESETS)
+@pytest.mark.parametrize("quick", [False, True])
+def test_presets_expand(name, quick):
+    jobs = sweep.expand(sweep.load_spec(name, quick=quick))
+    assert len({run_id(c, s) for c, s in jobs}) == len(jobs)
+    if name != "toys":
+        assert {c.mode for c, _ in jobs} == {"R", "M", "C", "S"}
+        assert {c.clip for c, _ in jobs} == {"none", "value", "norm"}
+    if name == "cartpole":
+        assert {c.problem_params["poles"] for c, _ in jobs} == {1, 2, 3, 4}
+        assert all(c.epochs == (60 if quick else 1000) for c, _ in jobs)
+    if name == "guidance":
+        assert {c.problem_params["rc"] for c, _ in jobs} == {1.0, 0.1, 0.01, 0.001}
+    if name == "quantum":
+        assert {c.problem_params["target"] for c, _ in jobs} == {3, 4, 5}
+
+
+def folder_state(root):
+    return {p.name: (p / "result.json").stat().st_mtime_ns for p in Path(root).iterdir()
+            if p.is_dir() and (p / "result.json").exists()}
+
+
+def test_sweep_is_idempotent_and_results_table(tmp_path):
+    spec = sweep.load_spec(small_spec())
+    r1 = sweep.run_sweep(spec, tmp_path, executor="serial")
+    assert (r1.jobs, r1.computed, r1.skipped) == (16, 16, 0)
+    before = folder_state(tmp_path)
+    r2 = sweep.run_sweep(spec, tmp_path, executor="serial")
+    assert (r2.computed, r2.skipped) == (0, 16)
+    assert folder_state(tmp_path) == before
+    df = results.collect(tmp_path)
+    assert len(df) == 16 * 3 and df["run_id"].nunique() == 16
+    for col in ("seed", "status", "problem", "mode", "clip", "lr", "param_theta0", "epoch", "test_loss", "update_norm"):
+        assert col in df.columns, col
+    assert set(df["mode"]) == {"R", "C"} and set(df["param_theta0"]) == {-0.5, -1.0}
+    df.to_csv(tmp_path / "x.csv")
+    results.collect(tmp_path, parquet=tmp_path / "all.parquet")
+    assert pd.read_parquet(tmp_path / "all.parquet").shape == df.shape
+    table = sweep.summary_table(tmp_path)
+    assert "| clip | R | C |" in table and "± " in table
+
+
+CHILD = r"""
+import sys
+from stablebptt import sweep
+
+if __name__ == "__main__":  # spawned workers re-import this file
+    spec = sweep.load_spec({spec!r})
+    sweep.run_sweep(spec, sys.argv[1], executor="local", workers=2)
+"""
+
+
+def test_resume_after_sigkill_loses_and_duplicates_nothing(tmp_path):
+    spec_dict = small_spec(seeds=6, epochs=40, modes=("R", "M", "C"))  # 72 jobs
+    jobs = sweep.expand(sweep.load_spec(spec_dict))
+    root = tmp_path / "sw"
+    script = tmp_path / "child.py"
+    script.write_text(CHILD.format(spec=spec_dict))
+    log = open(tmp_path / "child.log", "w")
+    proc = subprocess.Popen([sys.executable, str(script), str(root)], start_new_session=True,
+                            stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if root.is_dir() and len(folder_state(root)) >= 4:
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = folder_state(root) if root.is_dir() else {}
+    assert 4 <= len(first) < len(jobs), (len(first), (tmp_path / "child.log").read_text()[-3000:])
+    contents = {k: (root / k / "metrics.csv").read_text() for k in first}
+    report = sweep.run_sweep(sweep.load_spec(spec_dict), root, executor="serial")
+    assert report.skipped == len(first) and report.computed == len(jobs) - len(first)
+    after = folder_state(root)
+    assert set(after) == {run_id(c, s) for c, s in jobs}
+    assert not list(root.glob(".tmp-*"))
+    assert all(after[k] == first[k] for k in first)  # finished results untouched
+    assert all((root / k / "metrics.csv").read_text() == contents[k] for k in first)
+    dirs = [p for p in root.iterdir() if p.is_dir()]
+    assert len(dirs) == len(jobs)
+
+
+def test_vmapped_seed_groups_match_one_by_one(tmp_path):
+    spec = sweep.load_spec(small_spec(seeds=3, modes=("C",)))
+    sweep.run_sweep(spec, tmp_path / "a", executor="serial")
+    rep = sweep.run_sweep(spec, tmp_path / "b", executor="serial", vmap_seeds=True)
+    assert rep.computed == 12
+    a = results.collect(tmp_path / "a").sort_values(["run_id", "epoch"]).reset_index(drop=True)
+    b = results.collect(tmp_path / "b").sort_values(["run_id", "epoch"]).reset_index(drop=True)
+    assert list(a["run_id"]) == list(b["run_id"])
+    np.testing.assert_allclose(a["test_loss"], b["test_loss"], rtol=1e-5)
+
+
+def test_local_pool_and_ray_cluster_give_identical_metrics(tmp_path):
+    import ray  # a dev dependency: this test must run, not skip
+    spec = sweep.load_spec(small_spec(seeds=1))
+    r_local = sweep.run_sweep(spec, tmp_path / "local", executor="local", workers=2)
+    r_ray = sweep.run_sweep(spec, tmp_path / "ray", executor="ray", workers=2)
+    assert r_local.computed == r_ray.computed == 8 and not r_local.failed and not r_ray.failed
+    assert not ray.is_initialized()
+    metrics = ["epoch", "loss", "train_loss", "test_loss", "update_norm", "cos_mg", "sign_agree"]
+    a = results.collect(tmp_path / "local").sort_values(["run_id", "epoch"]).reset_index(drop=True)
+    b = results.collect(tmp_path / "ray").sort_values(["run_id", "epoch"]).reset_index(drop=True)
+    assert list(a["run_id"]) == list(b["run_id"])
+    pd.testing.assert_frame_equal(a[metrics], b[metrics])
+    man = json.loads(next((tmp_path / "ray").glob("*/manifest.json")).read_text())
+    assert "xla_cpu_multi_thread_eigen=false" in man["xla_flags"]
