@@ -1,6 +1,8 @@
 import os
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -37,3 +39,24 @@ def rel_err(a, b) -> float:
     a = np.asarray(a, np.float64)
     b = np.asarray(b, np.float64)
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+def fixed_control_rollout(step, s0, c, n):
+    """(B, n+1, ...) of n steps with the same control c at every step; index 0 = s0 (the
+    fixtures' rollout convention)."""
+
+    def body(s, _):
+        s = step(s, c)
+        return s, s
+
+    _, xs = jax.lax.scan(body, s0, None, length=n)
+    return jnp.concatenate([s0[:, None], jnp.moveaxis(xs, 0, 1)], 1)
+
+
+def fixed_control_loss(prob, s0, c, n):
+    """L = Σ_k w_k state_loss(x_k) + control terms of the problem's TrajectoryLoss, over an
+    n-step fixed-control rollout."""
+    xs = fixed_control_rollout(prob.step, s0, c, n)
+    per_step = jax.vmap(prob.loss.state_loss, in_axes=1)(xs[:, 1:])  # (n,)
+    weights = prob.loss.step_weight(jnp.arange(1, n + 1), n)
+    return jnp.sum(weights * per_step) + n * prob.loss.control_term(c, n)

@@ -4,6 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import fixed_control_loss as _trajectory_loss
+from conftest import fixed_control_rollout as _rollout
 from conftest import rel_err
 from stablebptt import problems
 from stablebptt.problems import guidance
@@ -19,25 +21,6 @@ def prob():
 @pytest.fixture(scope="module")
 def ref(fixture):
     return fixture("gbr_2_4")
-
-
-def _rollout(step, s0, c, n):
-    """(B, n+1, ...) of n steps with the same control; index 0 = s0."""
-
-    def body(s, _):
-        s = step(s, c)
-        return s, s
-
-    _, xs = jax.lax.scan(body, s0, None, length=n)
-    return jnp.concatenate([s0[:, None], jnp.moveaxis(xs, 0, 1)], 1)
-
-
-def _trajectory_loss(prob, s0, c, n):
-    """L = Σ_k w_k state_loss(x_k) + control terms, from the problem's TrajectoryLoss."""
-    xs = _rollout(prob.step, s0, c, n)
-    per_step = jax.vmap(prob.loss.state_loss, in_axes=1)(xs[:, 1:])  # (n,)
-    weights = prob.loss.step_weight(jnp.arange(1, n + 1), n)
-    return jnp.sum(weights * per_step) + n * prob.loss.control_term(c, n)
 
 
 # ---------------------------------------------------------------- reference arrays

@@ -4,6 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import fixed_control_loss as _trajectory_loss
+from conftest import fixed_control_rollout as _rollout
 from conftest import rel_err
 from stablebptt import problems
 from stablebptt.problems import quantum
@@ -19,27 +21,6 @@ def prob():
 @pytest.fixture(scope="module")
 def ref(fixture):
     return fixture("qmc_32")
-
-
-def _rollout(step, s0, c, n):
-    """Stack (B, n+1, ...) of n steps with the same control, index 0 = s0."""
-
-    def body(s, _):
-        s = step(s, c)
-        return s, s
-
-    _, xs = jax.lax.scan(body, s0, None, length=n)
-    return jnp.concatenate([s0[:, None], jnp.moveaxis(xs, 0, 1)], 1)
-
-
-def _trajectory_loss(prob, s0, c, n):
-    """L = Σ_n w_n state_loss(x_n), n = 1 … n, built from the problem's TrajectoryLoss."""
-    xs = _rollout(prob.step, s0, c, n)
-    total = jnp.zeros((), jnp.float32)
-    for k in range(1, n + 1):
-        total = total + prob.loss.step_weight(jnp.asarray(k), n) * prob.loss.state_loss(xs[:, k])
-        total = total + prob.loss.control_term(c, n)
-    return total
 
 
 # ---------------------------------------------------------------- reference arrays
