@@ -270,13 +270,133 @@ def _split(model):
 def _segment_length(horizon: int, checkpoint_every: int | None) -> int | None:
     if not checkpoint_every:
         return None
+    if isinstance(checkpoint_every, str):
+        raise ValueError(f"checkpoint_every={checkpoint_every!r}; 'auto' must be resolved first "
+                         "(see plan_checkpointing)")
     if checkpoint_every < 0:
-        raise ValueError(f"checkpoint_every={checkpoint_every!r}; must be ≥ 1 or None")
+        raise ValueError(f"checkpoint_every={checkpoint_every!r}; must be ≥ 1, 'auto' or None")
     # largest divisor of the horizon not above the request, so segments tile T exactly
     for s in range(min(int(checkpoint_every), horizon), 0, -1):
         if horizon % s == 0:
             return s
     return 1
+
+
+# ----------------------------------------------------------------------------- memory plan
+#: default budget (bytes) for ``checkpoint_every="auto"``: memory the unroll may keep for
+#: the reverse sweep (per program; :func:`stablebptt.train.train` divides it by the number
+#: of vmapped seeds)
+DEFAULT_MEMORY_BUDGET = 1 << 30
+
+
+def _nbytes(tree) -> int:
+    return int(sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in jax.tree_util.tree_leaves(tree)))
+
+
+def _abstract(tree):
+    return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)), tree)
+
+
+def _is_literal(v) -> bool:
+    return type(v).__name__ == "Literal"
+
+
+def _nonparam_residual_bytes(fn, params, *args) -> int:
+    """Bytes of the residuals ``jax.vjp(lambda *a: fn(params, *a), *args)`` saves that vary per
+    step: outputs of the traced vjp that are neither parameters nor depend on parameters only
+    (those are loop-invariant and hoisted out of a scan)."""
+    n_p = len(jax.tree_util.tree_leaves(params))
+    closed = jax.make_jaxpr(lambda p, *a: jax.vjp(lambda *a_: fn(p, *a_), *a)[1])(
+        _abstract(params), *[_abstract(x) for x in args])
+    jaxpr = closed.jaxpr
+    pvars = set(map(id, jaxpr.invars[:n_p]))
+    dep = set(map(id, jaxpr.invars[n_p:]))
+    for eqn in jaxpr.eqns:
+        if any(id(v) in dep for v in eqn.invars if not _is_literal(v)):
+            dep.update(map(id, eqn.outvars))
+    return int(sum(int(np.prod(v.aval.shape)) * np.dtype(v.aval.dtype).itemsize for v in jaxpr.outvars
+                   if not _is_literal(v) and id(v) not in pvars and id(v) in dep))
+
+
+def _activation_bytes(ctrl, params, x) -> int:
+    """Per-step residuals of the controller's vjp w.r.t. its parameters (its activations)."""
+    return _nonparam_residual_bytes(lambda p, x_: ctrl(p, x_), params, x)
+
+
+def memory_model(model, x0, *, step, loss: TrajectoryLoss, horizon: int, flow: "Flow | str" = "R") -> dict:
+    """Per-step memory of the engine's update, estimated by tracing one step (nothing runs).
+
+    Returns bytes: ``loop`` (residuals the reverse sweep keeps per step), ``post`` (per step of
+    the deferred controller vjp: activations and their cotangents), ``fixed`` (per step, kept
+    throughout: x_n, control injections and cotangents) and ``carry`` (one state, per field).
+    The update's peak without checkpointing is ≈ T·(max(loop, post) + fixed).
+    """
+    flow = as_flow(flow)
+    params, static = _split(model)
+    two = flow.combined
+    sched = flow.mode if not two else "R"
+    gc, gp = GATES[sched] if isinstance(sched, str) and len(sched) == 1 else (1.0, 1.0)
+
+    def one(p, x, e):
+        m = eqx.combine(jax.lax.stop_gradient(p), static)
+        c = _tree_add(m(_gate(x, gc)), e)
+        x1 = step(_gate(x, gp), c)
+        return x1, _per_step_loss(loss, jnp.int32(1), x1, c, horizon)
+
+    ctrl = lambda p, x: eqx.combine(p, static)(x)
+    c_abs = jax.eval_shape(ctrl, _abstract(params), _abstract(x0))
+    e0 = jax.tree_util.tree_map(lambda s_: jax.ShapeDtypeStruct(s_.shape, s_.dtype), c_abs)
+    loop = _nonparam_residual_bytes(one, params, x0, e0)
+    acts = _activation_bytes(ctrl, params, x0)  # what the deferred ∂/∂θ vjp keeps per step
+    n_fields = 2 if two else 1
+    xb, cb = _nbytes(_abstract(x0)), _nbytes(c_abs)
+    # the deferred vjp keeps the activations plus their cotangents (one set per field);
+    # calibrated against XLA's buffer assignment on the paper problems (within ~20 %)
+    return {"loop": loop + (xb if two else 0), "post": int(0.75 * (1 + n_fields) * acts),
+            "fixed": xb + (1 + n_fields) * cb, "carry": n_fields * xb}
+
+
+def residual_bytes_per_step(model, x0, *, step, loss: TrajectoryLoss, horizon: int,
+                            flow: "Flow | str" = "R") -> int:
+    """Estimated bytes per simulator step of the update without checkpointing
+    (``max(loop, post) + fixed`` of :func:`memory_model`)."""
+    m = memory_model(model, x0, step=step, loss=loss, horizon=horizon, flow=flow)
+    return max(m["loop"], m["post"]) + m["fixed"]
+
+
+def plan_checkpointing(model, x0, *, step, loss: TrajectoryLoss, horizon: int,
+                       flow: "Flow | str" = "R", memory_budget: int | None = None) -> int | None:
+    """``checkpoint_every`` for ``"auto"``: None (no remat) when the update's estimated memory,
+    T·(max(loop, post) + fixed) of :func:`memory_model`, fits in ``memory_budget`` bytes
+    (default :data:`DEFAULT_MEMORY_BUDGET`); otherwise the longest segment s (a divisor of
+    T) whose memory, T/s carries + s steps of loop residuals + T·fixed + one chunk of the
+    deferred vjp, fits; if none fits, the s with the least memory (≈ √(T·carry/loop))."""
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
+    m = memory_model(model, x0, step=step, loss=loss, horizon=horizon, flow=flow)
+    if horizon * (max(m["loop"], m["post"]) + m["fixed"]) <= budget:
+        return None
+    batch = max(int(jax.tree_util.tree_leaves(x0)[0].shape[0]) if jax.tree_util.tree_leaves(x0)[0].ndim else 1, 1)
+
+    def mem(s_):
+        chunk = _vjp_chunk(horizon, batch, s_) or horizon
+        return (horizon // s_) * m["carry"] + s_ * m["loop"] + horizon * m["fixed"] + chunk * m["post"]
+
+    divisors = [d for d in range(1, horizon) if horizon % d == 0]
+    fitting = [d for d in divisors if mem(d) <= budget]
+    if fitting:
+        return max(fitting)
+    return min(divisors, key=mem)
+
+
+def resolve_checkpoint_every(checkpoint_every, model, x0, *, step, loss: TrajectoryLoss, horizon: int,
+                             flow: "Flow | str" = "R", memory_budget: int | None = None) -> int | None:
+    """An int/None passes through; ``"auto"`` becomes :func:`plan_checkpointing`'s choice."""
+    if isinstance(checkpoint_every, str):
+        if checkpoint_every != "auto":
+            raise ValueError(f"checkpoint_every={checkpoint_every!r}; allowed: an int ≥ 1, 'auto' or None")
+        return plan_checkpointing(model, x0, step=step, loss=loss, horizon=horizon, flow=flow,
+                                  memory_budget=memory_budget)
+    return checkpoint_every
 
 
 def _scan(body, carry, xs, horizon: int, seg: int | None):
@@ -329,12 +449,216 @@ def unrolled_loss(params, static, x0, *, step, loss: TrajectoryLoss, horizon: in
     return total
 
 
+# ----------------------------------------------------------------------------- fast fields
+# How the engine computes a field (the public functions above/below are the plain-AD
+# references with the same values):
+#
+# * The unroll uses the controller with **stop-gradient parameters** and adds a zero
+#   "control injection" e_n to every control, c_n = N(x_n; θ) + e_n. The reverse sweep
+#   (standard JAX AD through ``lax.scan``, or the two-adjoint cell for C) then only carries
+#   state adjoints λ_n and emits the control cotangents ac_n = ∂L/∂e_n; no parameter
+#   gradient is formed inside the loop.
+# * Afterwards one vjp of the controller, vmapped over all T steps, gives
+#   ∇θ = Σ_n G_θ,nᵀ ac_n as a few large matrix products (T·B rows) instead of T small ones.
+#   For M and S the loop then contains no controller backward at all (its input gate is 0).
+# * With ``checkpoint_every`` the unroll runs in ``jax.checkpoint`` segments and the final
+#   controller vjp runs in chunks, so memory stays ~ T/seg carries + one segment.
+
+def _zeros_like_controls(model, x0, horizon: int):
+    c_struct = jax.eval_shape(model, x0)
+    return jax.tree_util.tree_map(lambda s: jnp.zeros((horizon,) + tuple(s.shape), s.dtype), c_struct)
+
+
+def _tree_add(a, b):
+    return jax.tree_util.tree_map(jnp.add, a, b)
+
+
+#: rows (T·B samples) per chunk of the deferred controller vjp when the unroll is checkpointed
+_VJP_CHUNK_ROWS = 8192
+
+
+def _vjp_chunk(horizon: int, batch: int, seg: int | None) -> int | None:
+    """Steps per chunk of the deferred controller vjp (None: all T steps at once)."""
+    if seg is None or seg >= horizon:
+        return None
+    want = max(int(seg), _VJP_CHUNK_ROWS // max(int(batch), 1), 1)
+    if want >= horizon:
+        return None
+    for s in range(want, 0, -1):
+        if horizon % s == 0:
+            return s
+    return None
+
+
+def _param_vjp(params, static, xs, cts: Sequence[PyTree], seg: int | None) -> list[PyTree]:
+    """[Σ_n G_θ,nᵀ ct_n for ct in cts]: one vjp of the controller vmapped over the T steps.
+
+    ``xs`` holds x_0 … x_{T-1} (leading axes T, B); each ct the control cotangents (T, B, …).
+    With ``seg`` the T steps are processed in chunks inside a scan (bounded memory).
+    """
+    def vjps(p, xs_, cts_):
+        _, vjp = jax.vjp(lambda q: jax.vmap(eqx.combine(q, static))(xs_), p)
+        if len(cts_) == 1:
+            return [vjp(cts_[0])[0]]
+        both = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *cts_)
+        out = jax.vmap(lambda ct: vjp(ct)[0])(both)
+        return [jax.tree_util.tree_map(lambda a: a[i], out) for i in range(len(cts_))]
+
+    horizon = jax.tree_util.tree_leaves(xs)[0].shape[0]
+    batch = jax.tree_util.tree_leaves(xs)[0].shape[1] if jax.tree_util.tree_leaves(xs)[0].ndim > 1 else 1
+    chunk = _vjp_chunk(horizon, batch, seg)
+    if chunk is None:
+        return vjps(params, xs, list(cts))
+    nch = horizon // chunk
+    resh = lambda t: jax.tree_util.tree_map(lambda a: a.reshape((nch, chunk) + a.shape[1:]), t)
+    zero = [jax.tree_util.tree_map(jnp.zeros_like, params) for _ in cts]
+
+    def body(acc, inp):
+        xs_c, cts_c = inp
+        part = vjps(params, xs_c, cts_c)
+        return [_tree_add(a, b) for a, b in zip(acc, part)], None
+
+    acc, _ = jax.lax.scan(body, zero, (resh(xs), [resh(c) for c in cts]))
+    return acc
+
+
+def _field_value_and_grad(params, static, x0, *, step, loss: TrajectoryLoss, horizon: int,
+                          gates=(1.0, 1.0), checkpoint_every: int | None = None):
+    """``(L, field)``: the value and ``params``-gradient of :func:`unrolled_loss` (same gates),
+    with the parameter gradient deferred out of the reverse sweep (see above)."""
+    static_gates = isinstance(gates, tuple)
+    seg = _segment_length(horizon, checkpoint_every)
+    model = eqx.combine(jax.lax.stop_gradient(params), static)
+    E = _zeros_like_controls(model, x0, horizon)
+    g_arr = jnp.zeros((horizon, 2), jnp.float32) if static_gates else jnp.asarray(gates)
+
+    def total_loss(E):
+        def body(x, inp):
+            n, g, e = inp
+            gc, gp = (gates if static_gates else (g[0], g[1]))
+            c = _tree_add(model(_gate(x, gc)), e)
+            x1 = step(_gate(x, gp), c)
+            return x1, (_per_step_loss(loss, n + 1, x1, c, horizon), jax.lax.stop_gradient(x))
+
+        xT, (ls, xs) = _scan(body, x0, (jnp.arange(horizon), g_arr, E), horizon, seg)
+        total = jnp.sum(ls)
+        if loss.on == "final":
+            total = total + loss.state_loss(xT)
+        return total, xs
+
+    (val, xs), ac = jax.value_and_grad(total_loss, has_aux=True)(E)
+    (grad,) = _param_vjp(params, static, xs, [ac], seg)
+    return val, grad
+
+
+def _needs_k(gc) -> bool:
+    """Does a field with controller gate ``gc`` need the controller's input vjp Kᵀ·ac?"""
+    return not (isinstance(gc, float) and gc == 0.0)
+
+
+def _two_cell(model, step, loss: TrajectoryLoss, horizon: int, ga, gb):
+    """custom_vjp cell of the fused two-field sweep (parameters are stop-gradient constants).
+
+    cell(xa, xb, ea, eb, n, g) -> (x', x', ℓ) with c = N(xa) + ea and xa == xb, ea == eb == 0
+    in value. Backward: the simulator's vjp is applied to both state cotangents at once
+    (vmapped: a batched solve / matmul), the control cotangents go to ea / eb, and the
+    controller's input vjp Kᵀ·ac is computed only for fields whose controller gate is not a
+    static 0 (for the default C = (M, R): only for R).
+    ``g`` holds traced gates (rows [ga_c, ga_p, gb_c, gb_p]) when a field has a schedule.
+    """
+    static_a = isinstance(ga, tuple)
+    static_b = isinstance(gb, tuple)
+    need_a = _needs_k(ga[0]) if static_a else True
+    need_b = _needs_k(gb[0]) if static_b else True
+
+    def phys(n, x, c):
+        x1 = step(x, c)
+        return x1, _per_step_loss(loss, n + 1, x1, c, horizon)
+
+    @jax.custom_vjp
+    def cell(xa, xb, ea, eb, n, g):
+        c = _tree_add(model(xa), ea)
+        x1, l = phys(n, xa, c)
+        return x1, x1, l
+
+    def fwd(xa, xb, ea, eb, n, g):
+        if need_a or need_b:
+            c, vjp_k = jax.vjp(model, xa)
+        else:
+            c, vjp_k = model(xa), None
+        c = _tree_add(c, ea)
+        (x1, l), vjp_phys = jax.vjp(lambda x, c_: phys(n, x, c_), xa, c)
+        return (x1, x1, l), (vjp_k, vjp_phys, g)
+
+    def bwd(res, cts):
+        vjp_k, vjp_phys, g = res
+        ct_a, ct_b, ct_l = cts
+        gac, gap = ga if static_a else (g[0], g[1])
+        gbc, gbp = gb if static_b else (g[2], g[3])
+        both = jax.tree_util.tree_map(lambda u, v: jnp.stack([u, v]), ct_a, ct_b)
+        ax, ac = jax.vmap(lambda ct: vjp_phys((ct, ct_l)))(both)
+        take = lambda t, i: jax.tree_util.tree_map(lambda z: z[i], t)
+        ax_a, ax_b, ac_a, ac_b = take(ax, 0), take(ax, 1), take(ac, 0), take(ac, 1)
+        if need_a and need_b:
+            (kx,) = jax.vmap(vjp_k)(ac)
+            kx_a, kx_b = take(kx, 0), take(kx, 1)
+        else:
+            kx_a = vjp_k(ac_a)[0] if need_a else None
+            kx_b = vjp_k(ac_b)[0] if need_b else None
+
+        def mix(ax_, kx_, gc, gp):
+            if kx_ is None:  # static controller gate 0: physics path only
+                return ax_ if (isinstance(gp, float) and gp == 1.0) else jax.tree_util.tree_map(lambda u: gp * u, ax_)
+            if isinstance(gp, float) and gp == 0.0:
+                return kx_ if (isinstance(gc, float) and gc == 1.0) else jax.tree_util.tree_map(lambda v: gc * v, kx_)
+            return jax.tree_util.tree_map(lambda u, v: gp * u + gc * v, ax_, kx_)
+
+        return (mix(ax_a, kx_a, gac, gap), mix(ax_b, kx_b, gbc, gbp), ac_a, ac_b, None,
+                jnp.zeros_like(g))
+
+    cell.defvjp(fwd, bwd)
+    return cell
+
+
+def _two_fields_value_and_grad(params, static, x0, *, step, loss: TrajectoryLoss, horizon: int,
+                               gates_a, gates_b, checkpoint_every: int | None = None):
+    """``(L, field_a, field_b)`` from one forward pass and one reverse sweep carrying two
+    state adjoints; both parameter gradients come from one deferred controller vjp."""
+    seg = _segment_length(horizon, checkpoint_every)
+    model = eqx.combine(jax.lax.stop_gradient(params), static)
+    cell = _two_cell(model, step, loss, horizon, gates_a, gates_b)
+    E = _zeros_like_controls(model, x0, horizon)
+    g_arr = jnp.concatenate(
+        [jnp.broadcast_to(jnp.asarray(gs, jnp.float32), (horizon, 2)) for gs in (gates_a, gates_b)], axis=1)
+
+    def total_loss(Ea, Eb):
+        def body(carry, inp):
+            xa, xb = carry
+            n, g, ea, eb = inp
+            x1a, x1b, l = cell(xa, xb, ea, eb, n, g)
+            return (x1a, x1b), (l, jax.lax.stop_gradient(xa))
+
+        (xa, xb), (ls, xs) = _scan(body, (x0, x0), (jnp.arange(horizon), g_arr, Ea, Eb), horizon, seg)
+        total = jnp.sum(ls)
+        if loss.on == "final":
+            lb = loss.state_loss(xb)
+            total = total + loss.state_loss(xa) + (lb - jax.lax.stop_gradient(lb))
+        return total, xs
+
+    (val, xs), (ac_a, ac_b) = jax.value_and_grad(total_loss, argnums=(0, 1), has_aux=True)(E, E)
+    ua, ub = _param_vjp(params, static, xs, [ac_a, ac_b], seg)
+    return val, ua, ub
+
+
+# ----------------------------------------------------------------------------- plain-AD two-field reference
 def _pair_cell(static, step, loss: TrajectoryLoss, horizon: int, ga, gb):
     """custom_vjp cell: one forward of controller + simulator, backward for two adjoints.
 
     cell(pa, pb, xa, xb, n, g) -> (x', x', ℓ) where pa == pb and xa == xb in value.
     Cotangents: θ_a ← field a (gates ga), θ_b ← field b (gates gb).
     ``g`` holds traced gates (T-indexed rows [ga_c, ga_p, gb_c, gb_p]) when not static.
+    (Reference for :func:`two_field_loss`; the engine itself uses the deferred-parameter
+    cell :func:`_two_cell`.)
     """
     static_a = isinstance(ga, tuple)
     static_b = isinstance(gb, tuple)
@@ -359,12 +683,12 @@ def _pair_cell(static, step, loss: TrajectoryLoss, horizon: int, ga, gb):
     def bwd(res, cts):
         vjp_ctrl, vjp_phys, g = res
         ct_a, ct_b, ct_l = cts
+        gac, gap = ga if static_a else (g[0], g[1])
+        gbc, gbp = gb if static_b else (g[2], g[3])
         both = jax.tree_util.tree_map(lambda u, v: jnp.stack([u, v]), ct_a, ct_b)
         ax, ac = jax.vmap(lambda ct: vjp_phys((ct, ct_l)))(both)
         pp, kx = jax.vmap(vjp_ctrl)(ac)
         take = lambda t, i: jax.tree_util.tree_map(lambda z: z[i], t)
-        gac, gap = ga if static_a else (g[0], g[1])
-        gbc, gbp = gb if static_b else (g[2], g[3])
 
         def mix(i, gc, gp):
             return jax.tree_util.tree_map(lambda u, v: gp * u + gc * v, take(ax, i), take(kx, i))
@@ -378,7 +702,11 @@ def _pair_cell(static, step, loss: TrajectoryLoss, horizon: int, ga, gb):
 
 def two_field_loss(pa, pb, static, x0, *, step, loss: TrajectoryLoss, horizon: int,
                    gates_a, gates_b, checkpoint_every: int | None = None) -> jax.Array:
-    """L(θ) computed once; ∂/∂pa is field a, ∂/∂pb is field b (one forward, one reverse sweep)."""
+    """L(θ) computed once; ∂/∂pa is field a, ∂/∂pb is field b (one forward, one reverse sweep).
+
+    Plain-AD form (parameter gradients accumulated inside the reverse sweep); the engine
+    uses the faster :func:`_two_fields_value_and_grad`, which returns the same fields.
+    """
     seg = _segment_length(horizon, checkpoint_every)
     cell = _pair_cell(static, step, loss, horizon, gates_a, gates_b)
     rows = []
@@ -422,7 +750,8 @@ def tree_norm(t: PyTree) -> jax.Array:
 
 def value_and_update(model, x0, *, step, loss: TrajectoryLoss, horizon: int,
                      flow: "Flow | str" = "C", diagnostics: bool = False,
-                     checkpoint_every: int | None = None, validate: bool = True):
+                     checkpoint_every: int | str | None = None, validate: bool = True,
+                     memory_budget: int | None = None):
     """Loss and update of one gradient-flow mode for a batch of initial states.
 
     Args:
@@ -433,8 +762,12 @@ def value_and_update(model, x0, *, step, loss: TrajectoryLoss, horizon: int,
       horizon: T ≥ 1 simulator steps.
       flow: a :class:`Flow` or a mode letter / schedule.
       diagnostics: also compute G (true gradient) for non-C modes, to report cos/sign stats.
-      checkpoint_every: run the scan in ``jax.checkpoint`` segments of this many steps.
+      checkpoint_every: run the scan in ``jax.checkpoint`` segments of this many steps;
+        ``"auto"``: only when the unroll's residuals would exceed ``memory_budget``
+        (see :func:`plan_checkpointing`).
       validate: check inputs before tracing (disable inside jit/vmap'd code).
+      memory_budget: bytes for ``checkpoint_every="auto"`` (default
+        :data:`DEFAULT_MEMORY_BUDGET`).
 
     Returns:
       ``(loss, update, info)``: scalar loss (identical for every mode), the update pytree
@@ -446,7 +779,12 @@ def value_and_update(model, x0, *, step, loss: TrajectoryLoss, horizon: int,
         check_problem_inputs(model, x0, step, horizon)
     if flow.and_mask:
         return _and_masked(model, x0, step=step, loss=loss, horizon=horizon, flow=flow,
-                           diagnostics=diagnostics, checkpoint_every=checkpoint_every)
+                           diagnostics=diagnostics, checkpoint_every=checkpoint_every,
+                           memory_budget=memory_budget)
+    if isinstance(checkpoint_every, str):
+        est = Flow("C") if (diagnostics and not flow.combined) else flow
+        checkpoint_every = resolve_checkpoint_every(checkpoint_every, model, x0, step=step, loss=loss,
+                                                    horizon=horizon, flow=est, memory_budget=memory_budget)
     params, static = _split(model)
     kw = dict(step=step, loss=loss, horizon=horizon, checkpoint_every=checkpoint_every)
     if flow.combined or diagnostics:
@@ -456,14 +794,12 @@ def value_and_update(model, x0, *, step, loss: TrajectoryLoss, horizon: int,
             fa, fb = flow.mode, "R"
         ga = _schedule_gates(fa, horizon, flow)
         gb = _schedule_gates(fb, horizon, flow) if flow.combined else GATES["R"]
-        val, (ua, ub) = jax.value_and_grad(two_field_loss, argnums=(0, 1))(
-            params, params, static, x0, gates_a=ga, gates_b=gb, **kw
-        )
+        val, ua, ub = _two_fields_value_and_grad(params, static, x0, gates_a=ga, gates_b=gb, **kw)
         update = flow.combine_fn()(ua, ub) if flow.combined else ua
         info = field_stats(ua, ub)
     else:
         gates = _schedule_gates(flow.mode, horizon, flow)
-        val, update = jax.value_and_grad(unrolled_loss)(params, static, x0, gates=gates, **kw)
+        val, update = _field_value_and_grad(params, static, x0, gates=gates, **kw)
         info = {}
     info["update_norm"] = tree_norm(update)
     return val, update, info
@@ -484,6 +820,9 @@ def _and_masked(model, x0, *, flow: Flow, **kw):
 
     inner = dataclasses.replace(flow, and_mask=0.0)
     per = jax.tree_util.tree_map(lambda a: a[:, None], x0)
+    if kw.get("checkpoint_every") == "auto":  # the budget is shared by the vmapped samples
+        n = jax.tree_util.tree_leaves(x0)[0].shape[0]
+        kw["memory_budget"] = (kw.get("memory_budget") or DEFAULT_MEMORY_BUDGET) // max(n, 1)
 
     def one(xi):
         return value_and_update(model, xi, flow=inner, validate=False, **kw)
@@ -496,26 +835,29 @@ def _and_masked(model, x0, *, flow: Flow, **kw):
 
 
 def field(model, x0, *, step, loss: TrajectoryLoss, horizon: int, mode="R", flow: Flow | None = None,
-          checkpoint_every: int | None = None):
+          checkpoint_every: int | str | None = None, memory_budget: int | None = None):
     """One field (R/M/S/N or a schedule) with its own forward pass: ``(loss, field)``."""
     flow = flow or Flow(mode=mode if not (isinstance(mode, str) and mode == "C") else "R")
+    checkpoint_every = resolve_checkpoint_every(checkpoint_every, model, x0, step=step, loss=loss,
+                                                horizon=horizon, flow="R", memory_budget=memory_budget)
     params, static = _split(model)
     gates = _schedule_gates(mode, horizon, flow)
-    return jax.value_and_grad(unrolled_loss)(
+    return _field_value_and_grad(
         params, static, x0, step=step, loss=loss, horizon=horizon, gates=gates,
         checkpoint_every=checkpoint_every,
     )
 
 
 def naive_combined(model, x0, *, step, loss: TrajectoryLoss, horizon: int, flow: Flow | None = None,
-                   checkpoint_every: int | None = None):
+                   checkpoint_every: int | str | None = None, memory_budget: int | None = None):
     """C the authors' way: two complete forward+backward passes (for verification).
 
     Returns ``(loss, update, (field_a, field_b))``.
     """
     flow = flow or Flow("C")
     fa, fb = flow.c_fields
-    kw = dict(step=step, loss=loss, horizon=horizon, flow=flow, checkpoint_every=checkpoint_every)
+    kw = dict(step=step, loss=loss, horizon=horizon, flow=flow, checkpoint_every=checkpoint_every,
+              memory_budget=memory_budget)
     val, ua = field(model, x0, mode=fa, **kw)
     _, ub = field(model, x0, mode=fb, **kw)
     return val, flow.combine_fn()(ua, ub), (ua, ub)

@@ -72,31 +72,37 @@ def make_data(problem: Problem, config: RunConfig, seed: int):
 
 def make_model(problem: Problem, config: RunConfig, seed: int):
     zero_last = problem.zero_last_default if config.zero_last is None else config.zero_last
-    model = problem.make_controller(jax.random.PRNGKey(int(seed)), zero_last=zero_last)
+    key = jax.random.PRNGKey(int(seed))
+    try:  # one compiled program instead of one per initialiser op (saves ~1 s at start-up)
+        model = eqx.filter_jit(lambda k: problem.make_controller(k, zero_last=zero_last))(key)
+    except Exception:  # noqa: BLE001 - a factory that cannot be traced runs eagerly
+        model = problem.make_controller(key, zero_last=zero_last)
     if config.init_weights:
         model = nets.load_weights(model, config.init_weights)
     return model
 
 
-def build_epoch(problem: Problem, config: RunConfig, static, n_train: int):
-    """Return ``epoch(params, opt_state, alive, train, test, key) -> (params, opt_state, alive, metrics)``.
+def _checkpoint_kw(config: RunConfig, n_programs: int = 1) -> dict:
+    """checkpoint_every / memory_budget for the engine; with ``"auto"`` the budget is shared
+    by the ``n_programs`` vmapped seeds."""
+    ce = config.checkpoint_every
+    kw = {"checkpoint_every": ce}
+    if isinstance(ce, str):
+        budget = getattr(config, "memory_budget", None) or flow_mod.DEFAULT_MEMORY_BUDGET
+        kw["memory_budget"] = int(budget) // max(int(n_programs), 1)
+    return kw
 
-    ``alive`` is a bool scalar; once False the parameters no longer change. Metrics are
-    per-epoch scalars plus ``bad`` (index of the first non-finite minibatch or -1).
-    """
+
+def _make_update(problem: Problem, config: RunConfig, static, tx, n_programs: int = 1):
+    """``update(params, opt_state, alive, bad, idx, xb) -> (params, opt_state, ok, bad, stats)``:
+    one minibatch update with the divergence guard (stats = [loss, update_norm, cos_mg, sign_agree])."""
     flow = config.flow()
-    tx = optim.make(config.optimizer, config.lr, config.clip, config.clip_threshold, momentum=config.momentum)
-    bs = config.batch_size
-    nb = n_train // bs
-    want_stats = flow.combined or config.diagnostics
-    kw = dict(step=problem.step, loss=problem.loss, horizon=problem.horizon)
+    kw = dict(step=problem.step, loss=problem.loss, horizon=problem.horizon, **_checkpoint_kw(config, n_programs))
 
-    def one_update(carry, xb):
-        params, opt_state, alive, bad, idx = carry
+    def update(params, opt_state, alive, bad, idx, xb):
         model = eqx.combine(params, static)
         val, upd, info = flow_mod.value_and_update(
-            model, xb, flow=flow, diagnostics=config.diagnostics,
-            checkpoint_every=config.checkpoint_every, validate=False, **kw)
+            model, xb, flow=flow, diagnostics=config.diagnostics, validate=False, **kw)
         ok = alive & jnp.isfinite(val) & _all_finite(upd)
         steps, new_opt = tx.update(upd, opt_state, params)
         new_params = eqx.apply_updates(params, steps)
@@ -107,11 +113,61 @@ def build_epoch(problem: Problem, config: RunConfig, static, n_train: int):
         bad = jnp.where(alive & ~ok, idx, bad)
         stats = jnp.stack([val, info["update_norm"],
                            info.get("cos_mg", jnp.float32(0.0)), info.get("sign_agree", jnp.float32(0.0))])
-        return (params, opt_state, ok, bad, idx + 1), stats
+        return params, opt_state, ok, bad, stats
 
-    def evaluate(params, xs):
-        model = eqx.combine(params, static)
-        return flow_mod.evaluate_loss(model, xs, **kw)
+    return update
+
+
+def _make_evaluate(problem: Problem, static):
+    """``evaluate(params, train, test) -> (train_loss, test_loss)``; equal-shaped sets run as
+    one vmapped rollout (one loop of 2·n states instead of two loops)."""
+    kw = dict(step=problem.step, loss=problem.loss, horizon=problem.horizon)
+
+    def one(params, xs):
+        return flow_mod.evaluate_loss(eqx.combine(params, static), xs, **kw)
+
+    def evaluate(params, train, test):
+        if train.shape == test.shape:
+            both = jax.vmap(one, in_axes=(None, 0))(params, jnp.stack([train, test]))
+            return both[0], both[1]
+        return one(params, train), one(params, test)
+
+    return evaluate
+
+
+def _metrics(stats, tr, te, bad):
+    return {
+        "loss": jnp.mean(stats[:, 0]),
+        "train_loss": tr,
+        "test_loss": te,
+        "update_norm": jnp.mean(stats[:, 1]),
+        "cos_mg": jnp.mean(stats[:, 2]),
+        "sign_agree": jnp.mean(stats[:, 3]),
+        "bad": bad,
+    }
+
+
+def build_epoch(problem: Problem, config: RunConfig, static, n_train: int):
+    """Return ``epoch(params, opt_state, alive, train, test, key) -> (params, opt_state, alive, metrics)``.
+
+    ``alive`` is a bool scalar; once False the parameters no longer change. Metrics are
+    per-epoch scalars plus ``bad`` (index of the first non-finite minibatch or -1).
+
+    (One program: a scan over the minibatches, then the evaluation. :func:`train` runs the
+    same computation as one jit-compiled update per minibatch plus one evaluation program,
+    which XLA:CPU runs faster, see docs/performance.md.)
+    """
+    tx = optim.make(config.optimizer, config.lr, config.clip, config.clip_threshold, momentum=config.momentum)
+    bs = config.batch_size
+    nb = n_train // bs
+    want_stats = config.flow().combined or config.diagnostics
+    update = _make_update(problem, config, static, tx)
+    evaluate = _make_evaluate(problem, static)
+
+    def one_update(carry, xb):
+        params, opt_state, alive, bad, idx = carry
+        params, opt_state, ok, bad, stats = update(params, opt_state, alive, bad, idx, xb)
+        return (params, opt_state, ok, bad, idx + 1), stats
 
     def epoch(params, opt_state, alive, train, test, key):
         if config.shuffle:
@@ -120,21 +176,87 @@ def build_epoch(problem: Problem, config: RunConfig, static, n_train: int):
         batches = train[: nb * bs].reshape((nb, bs) + train.shape[1:])
         (params, opt_state, alive, bad, _), stats = jax.lax.scan(
             one_update, (params, opt_state, alive, jnp.int32(-1), jnp.int32(0)), batches)
-        tr = evaluate(params, train)
-        te = evaluate(params, test)
+        tr, te = evaluate(params, train, test)
         alive = alive & jnp.isfinite(tr) & jnp.isfinite(te)
-        m = {
-            "loss": jnp.mean(stats[:, 0]),
-            "train_loss": tr,
-            "test_loss": te,
-            "update_norm": jnp.mean(stats[:, 1]),
-            "cos_mg": jnp.mean(stats[:, 2]),
-            "sign_agree": jnp.mean(stats[:, 3]),
-            "bad": bad,
-        }
-        return params, opt_state, alive, m
+        return params, opt_state, alive, _metrics(stats, tr, te, bad)
 
     return epoch, tx, want_stats
+
+
+class _Stepper:
+    """The epoch as ``nb`` calls of one jit-compiled minibatch update plus one call of the
+    evaluation program (K seeds: both vmapped). Parameters and optimizer state are donated
+    from call to call, so no copies are made.
+
+    Why not one program for the epoch (:func:`build_epoch`): XLA:CPU runs the unroll's
+    while-loops nested inside the minibatch loop markedly slower (for the quantum CNN the
+    convolution gradients lose their fast path: ~8x), and the one-update program compiles
+    faster than the whole epoch.
+    """
+
+    def __init__(self, problem: Problem, config: RunConfig, static, n_train: int, K: int):
+        self.tx = optim.make(config.optimizer, config.lr, config.clip, config.clip_threshold,
+                             momentum=config.momentum)
+        self.bs = config.batch_size
+        self.nb = n_train // self.bs
+        self.shuffle = config.shuffle
+        self.K = K
+        update = _make_update(problem, config, static, self.tx, n_programs=K)
+        evaluate = _make_evaluate(problem, static)
+        nb, bs = self.nb, self.bs
+
+        def upd(carry, batches, i):
+            params, opt_state, alive, bad, stats = carry
+            xb = jax.lax.dynamic_index_in_dim(batches, i, keepdims=False)
+            params, opt_state, ok, bad, row = update(params, opt_state, alive, bad, i, xb)
+            return params, opt_state, ok, bad, stats.at[i].set(row)
+
+        def batches(train, key):
+            if self.shuffle:
+                train = train[jax.random.permutation(key, train.shape[0])]
+            return train[: nb * bs].reshape((nb, bs) + train.shape[1:])
+
+        def finish(carry, train, test):
+            params, opt_state, alive, bad, stats = carry
+            tr, te = evaluate(params, train, test)
+            alive = alive & jnp.isfinite(tr) & jnp.isfinite(te)
+            m = _metrics(stats, tr, te, bad)
+            return (params, opt_state, alive, jnp.full_like(bad, -1), stats), m
+
+        if K > 1:
+            upd = jax.vmap(upd, in_axes=(0, 0, None))
+            batches = jax.vmap(batches)
+            finish = jax.vmap(finish)
+        self._upd, self._batches, self._finish = upd, batches, finish
+
+    def init_carry(self, params, opt_state):
+        lead = () if self.K == 1 else (self.K,)
+        return (params, opt_state, jnp.ones(lead, bool), jnp.full(lead, -1, jnp.int32),
+                jnp.zeros(lead + (self.nb, 4), jnp.float32))
+
+    def compile(self, carry, train, test, key):
+        """AOT-compile the programs (the two big ones on two threads: XLA releases the GIL);
+        returns the seconds it took, tracing included."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        t0 = time.perf_counter()
+        self.idx = [jnp.asarray(i, jnp.int32) for i in range(self.nb)]
+        b_abs = jax.eval_shape(self._batches, train, key)
+        lowered = [
+            jax.jit(self._upd, donate_argnums=0).lower(carry, b_abs, self.idx[0]),
+            jax.jit(self._finish, donate_argnums=0).lower(carry, train, test),
+            jax.jit(self._batches).lower(train, key),
+        ]
+        with ThreadPoolExecutor(2) as pool:
+            self.update, self.finish, self.batches = pool.map(lambda l: l.compile(), lowered)
+        self.fixed = None if self.shuffle else self.batches(train, key)
+        return time.perf_counter() - t0
+
+    def epoch(self, carry, train, test, key):
+        b = self.fixed if self.fixed is not None else self.batches(train, key)
+        for i in self.idx:
+            carry = self.update(carry, b, i)
+        return self.finish(carry, train, test)
 
 
 def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *,
@@ -171,37 +293,31 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
     split = [eqx.partition(m, eqx.is_inexact_array) for m in models]
     static = split[0][1]
     params = [p for p, _ in split]
-    epoch_fn, tx, want_stats = build_epoch(problem, config, static, n_train)
-    opt_states = [tx.init(p) for p in params]
+    K = len(seeds)
+    stepper = _Stepper(problem, config, static, n_train, K)
+    want_stats = config.flow().combined or config.diagnostics
+    opt_states = [stepper.tx.init(p) for p in params]
     train_x = [jnp.asarray(d[0]) for d in datasets]
     test_x = [jnp.asarray(d[1]) for d in datasets]
     keys = [jax.random.PRNGKey(s + 1_000_003) for s in seeds]
 
-    K = len(seeds)
     stack = lambda xs: jax.tree_util.tree_map(lambda *a: jnp.stack(a), *xs)
     if K == 1:
         P, O, TR, TE, KEY = params[0], opt_states[0], train_x[0], test_x[0], keys[0]
-        fn = epoch_fn
-        ALIVE = jnp.bool_(True)
     else:
         P, O, TR, TE, KEY = stack(params), stack(opt_states), stack(train_x), stack(test_x), stack(keys)
-        fn = jax.vmap(epoch_fn)
-        ALIVE = jnp.ones((K,), bool)
-
-    def evaluate_initial(p, xs):
-        return flow_mod.evaluate_loss(eqx.combine(p, static), xs, step=problem.step, loss=problem.loss,
-                                      horizon=problem.horizon)
-
-    init_eval = jax.jit(evaluate_initial)
-    initial = [
-        {"train_loss": float(init_eval(params[k], train_x[k])), "test_loss": float(init_eval(params[k], test_x[k]))}
-        for k in range(K)
-    ]
+    carry = stepper.init_carry(P, O)
 
     t0 = time.perf_counter()
     epoch_key = lambda e: (jax.random.fold_in(KEY, e) if K == 1 else jax.vmap(lambda k: jax.random.fold_in(k, e))(KEY))
-    compiled = jax.jit(fn).lower(P, O, ALIVE, TR, TE, epoch_key(1)).compile()
-    compile_s = time.perf_counter() - t0
+    compile_s = stepper.compile(carry, TR, TE, epoch_key(1))
+
+    # loss of the untrained controllers: the evaluation program on the initial parameters
+    probe = jax.tree_util.tree_map(jnp.copy, carry)  # the finish program consumes its input
+    _, M0 = stepper.finish(probe, TR, TE)
+    M0 = jax.device_get(M0)
+    initial = [{"train_loss": float(np.atleast_1d(M0["train_loss"])[k]),
+                "test_loss": float(np.atleast_1d(M0["test_loss"])[k])} for k in range(K)]
 
     histories = [{k: [] for k in ("epoch", *METRICS, "wall_s")} for _ in range(K)]
     diverged_epoch: list[int | None] = [None] * K
@@ -209,9 +325,9 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
     t_train = time.perf_counter()
     for e in range(1, config.epochs + 1):
         t = time.perf_counter()
-        P, O, ALIVE, M = compiled(P, O, ALIVE, TR, TE, epoch_key(e))
-        M = jax.device_get(M)
-        alive_np = np.atleast_1d(np.asarray(jax.device_get(ALIVE)))
+        carry, M = stepper.epoch(carry, TR, TE, epoch_key(e))
+        M, alive_np = jax.device_get((M, carry[2]))
+        alive_np = np.atleast_1d(np.asarray(alive_np))
         wall = time.perf_counter() - t
         rows = []
         for k in range(K):
@@ -238,6 +354,7 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
             break
     train_s = time.perf_counter() - t_train
 
+    P = carry[0]
     results = []
     for k, s in enumerate(seeds):
         pk = P if K == 1 else jax.tree_util.tree_map(lambda a: a[k], P)
