@@ -118,19 +118,48 @@ def _make_update(problem: Problem, config: RunConfig, static, tx, n_programs: in
     return update
 
 
+#: states per chunk of the evaluation rollout on CPU (see :func:`_make_evaluate`)
+EVAL_CHUNK = 128
+
+
+def _eval_chunk(n: int) -> int:
+    """Chunk length for evaluating ``n`` states: on CPU the largest divisor of n ≤ EVAL_CHUNK
+    (≥ 32, else no chunking); on accelerators all n at once."""
+    if jax.default_backend() != "cpu" or n <= EVAL_CHUNK:
+        return n
+    for c in range(EVAL_CHUNK, 31, -1):
+        if n % c == 0:
+            return c
+    return n
+
+
 def _make_evaluate(problem: Problem, static):
-    """``evaluate(params, train, test) -> (train_loss, test_loss)``; equal-shaped sets run as
-    one vmapped rollout (one loop of 2·n states instead of two loops)."""
+    """``evaluate(params, train, test) -> (train_loss, test_loss)``.
+
+    On CPU the states are rolled out in chunks of ≤ :data:`EVAL_CHUNK` (one ``lax.map`` over
+    the chunks of both sets): each step's intermediates then stay in cache, which makes the
+    evaluation of elementwise-heavy simulators (guidance) ~2x faster than one 512-wide
+    rollout, at a few per cent cost for matmul-bound ones. The loss is a batch mean
+    (problem contract), so the mean over equal chunks is the loss of the whole set.
+    """
     kw = dict(step=problem.step, loss=problem.loss, horizon=problem.horizon)
 
     def one(params, xs):
         return flow_mod.evaluate_loss(eqx.combine(params, static), xs, **kw)
 
+    def chunks(xs):
+        c = _eval_chunk(xs.shape[0])
+        return xs.reshape((xs.shape[0] // c, c) + xs.shape[1:])
+
     def evaluate(params, train, test):
-        if train.shape == test.shape:
-            both = jax.vmap(one, in_axes=(None, 0))(params, jnp.stack([train, test]))
-            return both[0], both[1]
-        return one(params, train), one(params, test)
+        a, b = chunks(train), chunks(test)
+        if a.shape[0] == 1 and b.shape[0] == 1:
+            return one(params, train), one(params, test)
+        if a.shape[1:] == b.shape[1:]:
+            losses = jax.lax.map(lambda x: one(params, x), jnp.concatenate([a, b]))
+            return jnp.mean(losses[: a.shape[0]]), jnp.mean(losses[a.shape[0]:])
+        return (jnp.mean(jax.lax.map(lambda x: one(params, x), a)),
+                jnp.mean(jax.lax.map(lambda x: one(params, x), b)))
 
     return evaluate
 

@@ -1,0 +1,176 @@
+"""Regression guards for the engine's performance structure (issue 5). No timing here: the
+guards count primitives in the traced programs and check memory planning and equivalences,
+so they are deterministic on any machine. Timings live in benchmarks/ (results.md).
+
+What is guarded (see docs/performance.md):
+* fused C runs the controller and the simulator once per step (same count as R; the
+  authors' two-pass C, ``naive_combined``, twice);
+* both adjoints of C go through one tridiagonal solve with two right-hand sides (quantum);
+* parameter gradients are deferred out of the reverse sweep: the loops of R contain only
+  the forward and the controller's input-vjp matmuls, M's loops no controller backward at
+  all, and C's loops only R's input-vjp (no dead work for the M field);
+* checkpointed (remat) C under jit, ``checkpoint_every="auto"``, the memory model, the
+  chunked evaluation and the per-update trainer give the same numbers as the plain paths.
+"""
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from stablebptt import flow as F
+from stablebptt import problems
+from stablebptt import train as T
+from stablebptt.config import RunConfig
+
+LOOPS = ("scan", "while")
+
+
+def count(jaxpr, name, *, in_loops_only=False, _in_loop=False):
+    """Occurrences of primitive ``name`` in ``jaxpr`` and all sub-jaxprs."""
+    n = 0
+    for eqn in jaxpr.eqns:
+        loop = _in_loop or eqn.primitive.name in LOOPS
+        if eqn.primitive.name == name and (_in_loop or not in_loops_only):
+            n += 1
+        for p in eqn.params.values():
+            for j in (p if isinstance(p, (list, tuple)) else [p]):
+                inner = getattr(j, "jaxpr", None)
+                sub = inner if (inner is not None and hasattr(inner, "eqns")) else (j if hasattr(j, "eqns") else None)
+                if sub is not None:
+                    n += count(sub, name, in_loops_only=in_loops_only, _in_loop=loop)
+    return n
+
+
+def eqns_named(jaxpr, name):
+    out = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == name:
+            out.append(eqn)
+        for p in eqn.params.values():
+            for j in (p if isinstance(p, (list, tuple)) else [p]):
+                inner = getattr(j, "jaxpr", None)
+                sub = inner if (inner is not None and hasattr(inner, "eqns")) else (j if hasattr(j, "eqns") else None)
+                if sub is not None:
+                    out += eqns_named(sub, name)
+    return out
+
+
+def paper(name, batch=8, **params):
+    prob = problems.get(name, **params)
+    model = prob.make_controller(jax.random.PRNGKey(0), zero_last=False)
+    x0 = jnp.asarray(prob.sample_data("paper", batch, batch)[0])
+    return prob, model, x0
+
+
+def traced(prob, model, x0, mode):
+    kw = dict(step=prob.step, loss=prob.loss, horizon=prob.horizon)
+    if mode == "naive":
+        f = lambda m: F.naive_combined(m, x0, **kw)[1]
+    else:
+        f = lambda m: F.value_and_update(m, x0, flow=mode, validate=False, **kw)[1]
+    return jax.make_jaxpr(f)(model).jaxpr
+
+
+@pytest.fixture(scope="module", params=["cartpole", "guidance", "quantum"])
+def programs(request):
+    prob, model, x0 = paper(request.param)
+    return request.param, {m: traced(prob, model, x0, m) for m in ("R", "M", "S", "C", "naive")}
+
+
+def test_fused_C_runs_controller_and_simulator_once(programs):
+    name, j = programs
+    t = {m: count(j[m], "tanh") for m in j}
+    assert t["R"] >= 1
+    assert t["C"] == t["R"] == t["M"] == t["S"], t
+    assert t["naive"] == 2 * t["R"], t
+    if name == "quantum":
+        s = {m: count(j[m], "tridiagonal_solve") for m in j}
+        assert s["R"] == 2, s  # forward solve + its transpose in the reverse sweep
+        assert s["C"] == s["R"], s  # both adjoints share one solve
+        assert s["naive"] == 2 * s["R"], s
+
+
+def test_C_solves_both_adjoints_as_two_right_hand_sides():
+    prob, model, x0 = paper("quantum")
+    j = traced(prob, model, x0, "C")
+    rhs_cols = sorted(e.invars[3].aval.shape[-1] for e in eqns_named(j, "tridiagonal_solve"))
+    assert rhs_cols == [1, 2], rhs_cols  # forward: 1 column; reverse sweep: M and R together
+
+
+def test_parameter_gradients_are_deferred_out_of_the_loops(programs):
+    name, j = programs
+    mm = "conv_general_dilated" if name == "quantum" else "dot_general"
+    loop = {m: count(j[m], mm, in_loops_only=True) for m in j}
+    fwd = loop["M"]  # M's loops: the forward controller only (no controller backward)
+    assert fwd >= 1
+    assert loop["S"] == fwd, loop
+    assert loop["R"] == 2 * fwd, loop  # forward + input-vjp; no per-step parameter products
+    assert loop["C"] == loop["R"], loop  # only the R field needs the controller's input-vjp
+
+
+def test_checkpointed_C_under_jit_matches_plain():
+    prob, model, x0 = paper("cartpole", steps=20)
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    kw = dict(step=prob.step, loss=prob.loss, horizon=prob.horizon)
+
+    def upd(p, ce, budget=None):
+        return F.value_and_update(eqx.combine(p, static), x0, flow="C", validate=False, checkpoint_every=ce,
+                                  memory_budget=budget, **kw)[1]
+
+    ref = jax.jit(lambda p: upd(p, None))(params)
+    for ce, budget in ((5, None), ("auto", 1)):
+        got = jax.jit(lambda p, ce=ce, budget=budget: upd(p, ce, budget))(params)
+        for a, b in zip(jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(got)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=1e-8)
+
+
+def test_memory_plan_and_model():
+    prob, model, x0 = paper("cartpole")
+    kw = dict(step=prob.step, loss=prob.loss, horizon=prob.horizon)
+    assert F.plan_checkpointing(model, x0, flow="C", **kw) is None  # paper setting fits the default budget
+    seg = F.plan_checkpointing(model, x0, flow="C", memory_budget=100_000, **kw)
+    assert seg is not None and prob.horizon % seg == 0 and 1 <= seg < prob.horizon
+    assert F.resolve_checkpoint_every(7, model, x0, **kw) == 7
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        F.resolve_checkpoint_every("sometimes", model, x0, **kw)
+    # the estimate is within a factor 2 of XLA's buffer assignment (per step, T vs 2T)
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    temps = []
+    for steps in (50, 100):
+        p2 = problems.get("cartpole", steps=steps)
+        f = jax.jit(lambda p: F.value_and_update(eqx.combine(p, static), x0, step=p2.step, loss=p2.loss,
+                                                 horizon=steps, flow="C", validate=False)[1])
+        temps.append(f.lower(params).compile().memory_analysis().temp_size_in_bytes)
+    measured = (temps[1] - temps[0]) / 50
+    est = F.residual_bytes_per_step(model, x0, flow="C", **kw)
+    assert 0.5 * measured <= est <= 2.0 * measured, (est, measured)
+
+
+def test_chunked_evaluation_equals_one_rollout():
+    prob = problems.get("guidance")
+    model = prob.make_controller(jax.random.PRNGKey(1), zero_last=False)
+    tr, te = (jnp.asarray(a) for a in prob.sample_data(3, 256, 256))
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    kw = dict(step=prob.step, loss=prob.loss, horizon=prob.horizon)
+    got = jax.jit(T._make_evaluate(prob, static))(params, tr, te)
+    want = [F.evaluate_loss(model, xs, **kw) for xs in (tr, te)]
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-6)
+
+
+def test_per_update_trainer_equals_epoch_program():
+    prob = problems.get("cartpole", steps=12)
+    cfg = RunConfig(problem="cartpole", mode="C", epochs=2, n_train=32, n_test=16, problem_params={"steps": 12})
+    (res,) = T.train(prob, cfg, 0)
+    model = T.make_model(prob, cfg, 0)
+    tr, te = (jnp.asarray(a) for a in T.make_data(prob, cfg, 0))
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    epoch, tx, _ = T.build_epoch(prob, cfg, static, tr.shape[0])
+    p, o, alive = params, tx.init(params), jnp.bool_(True)
+    f = jax.jit(epoch)
+    for e in (1, 2):
+        p, o, alive, m = f(p, o, alive, tr, te, jax.random.PRNGKey(e))
+        for k in ("loss", "train_loss", "test_loss", "update_norm", "cos_mg"):
+            assert float(m[k]) == pytest.approx(res.history[k][e - 1], rel=1e-5, abs=1e-7), (k, e)
+    for a, b in zip(jax.tree_util.tree_leaves(p), jax.tree_util.tree_leaves(eqx.filter(res.model, eqx.is_inexact_array))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
