@@ -53,7 +53,11 @@ def main(argv=None):
     args = ap.parse_args(argv)
     S = Path(args.sweeps)
     roots = {k: S / f"{k}{args.suffix}" for k in ("toys", "cartpole", "guidance", "quantum")}
+    medium = S / "cartpole-medium"
     cl = []
+    if medium.is_dir() and results.run_folders(medium):
+        cl += [claims.Claim(c.name + " — medium sweep (256 states, 100 epochs)", c.status, c.evidence)
+               for c in claims.cartpole_claims(medium)]
     for k, fn in (("cartpole", claims.cartpole_claims), ("quantum", claims.quantum_claims),
                   ("guidance", claims.guidance_claims)):
         cl += fn(roots[k]) if roots[k].is_dir() else [claims.Claim(f"{k} claims", "not measured", "sweep not run")]
@@ -78,6 +82,7 @@ def main(argv=None):
            "dashed, norm dotted). Seeds change both the data and the initial weights (`data = seeded`).", "",
            "Commands (each resumable; a finished run is never recomputed):", "", "```bash"]
     out += [f"stablebptt reproduce {k} --quick --seeds 3 --vmap-seeds --out {r}" for k, r in roots.items()]
+    out += [f"stablebptt sweep experiments/cartpole-medium.toml --vmap-seeds --out {medium} && stablebptt plot {medium}"]
     out += ["python docs/make_reproduction.py", "```", "",
             "## The claims of `experiments.md`", "",
             "These runs are the **quick** variants (see each section for epochs and data sizes), far "
@@ -86,6 +91,7 @@ def main(argv=None):
             "| claim | status | evidence |", "|---|---|---|"] + [c.row() for c in cl] + [""]
     out += section(toy, "Toy problems (Fig. 1, Fig. 2, the linear stall case)")
     out += section(roots["cartpole"], "Cart-pole, 1–4 poles")
+    out += section(medium, "Cart-pole, medium sweep: 1 and 4 poles with the paper's data sizes (`experiments/cartpole-medium.toml`)")
     out += section(roots["guidance"], "Guidance by repulsion, rc = 1 … 0.001", epoch10=True)
     out += section(roots["quantum"], "Quantum control, targets 3, 4, 5")
     if args.notes:
