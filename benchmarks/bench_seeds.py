@@ -1,11 +1,12 @@
-"""Throughput of K seeds trained as one vmapped program (``train(problem, config, seeds=[...])``).
+"""Throughput of K seeds trained together (``train(problem, config, seeds=[...])``).
 
     python benchmarks/bench_seeds.py [--problems cartpole,guidance,quantum] [--ks 1,8,64]
 
-For each K: the compiled minibatch update that :func:`stablebptt.train.train` runs (K seeds
-vmapped, batch 8 each, paper settings) is timed, giving seed-updates per second; the full
-epoch (32 updates + evaluation of 2 x 256 states per seed) gives seconds per seed-epoch.
-One process, single-threaded XLA.
+Two strategies (``stablebptt.train.SEED_STRATEGY``): "vmap", one vmapped program for all K
+seeds (what an accelerator wants), and "loop", the one-seed programs called seed after seed
+(the CPU default). For each K the minibatch update is timed (K seeds, batch 8 each, paper
+settings), giving seed-updates per second, and a full epoch (32 updates + evaluation of
+2 x 256 states per seed) gives seconds per seed-epoch. One process, single-threaded XLA.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from stablebptt import train as T
 from stablebptt.config import RunConfig
 
 
-def setup(name: str, mode: str, K: int):
+def setup(name: str, mode: str, K: int, strategy: str = "vmap"):
     prob = problems.get(name)
     cfg = RunConfig(problem=name, mode=mode, epochs=1, data="seeded")
     seeds = list(range(K))
@@ -30,7 +31,8 @@ def setup(name: str, mode: str, K: int):
     data = [T.make_data(prob, cfg, s) for s in seeds]
     static = eqx.partition(models[0], eqx.is_inexact_array)[1]
     params = [eqx.partition(m, eqx.is_inexact_array)[0] for m in models]
-    st = T._Stepper(prob, cfg, static, data[0][0].shape[0], K)
+    cls = T._SeedLoop if (strategy == "loop" and K > 1) else T._Stepper
+    st = cls(prob, cfg, static, data[0][0].shape[0], K)
     opt = [st.tx.init(p) for p in params]
     stack = lambda xs: jax.tree_util.tree_map(lambda *a: jnp.stack(a), *xs)
     if K == 1:
@@ -43,11 +45,18 @@ def setup(name: str, mode: str, K: int):
     carry = st.init_carry(P, O)
     compile_s = st.compile(carry, TR, TE, KEY)
     state = {"carry": carry}
-    b = st.batches(TR, KEY)
+    if cls is T._Stepper:
+        b = st.batches(TR, KEY)
 
-    def update():
-        state["carry"] = st.update(state["carry"], b, st.idx[0])
-        return state["carry"][2]
+        def update():
+            state["carry"] = st.update(state["carry"], b, st.idx[0])
+            return state["carry"][2]
+    else:
+        def update():
+            c = state["carry"]
+            for k in range(K):
+                c[k] = st.one.update(c[k], st.fixed[k], st.one.idx[0])
+            return c[-1][2]
 
     def epoch():
         state["carry"], m = st.epoch(state["carry"], TR, TE, KEY)
@@ -61,6 +70,7 @@ def main(argv=None):
     ap.add_argument("--problems", default="cartpole,guidance,quantum")
     ap.add_argument("--ks", default="1,8,64")
     ap.add_argument("--modes", default="R,C")
+    ap.add_argument("--strategies", default="loop,vmap")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
@@ -68,15 +78,16 @@ def main(argv=None):
     for name in args.problems.split(","):
         for mode in args.modes.split(","):
             for K in map(int, args.ks.split(",")):
-                update, epoch, cs, nb = setup(name, mode, K)
+              for strategy in (args.strategies.split(",") if K > 1 else ["loop"]):
+                update, epoch, cs, nb = setup(name, mode, K, strategy)
                 reps = max(1, int(8 / K)) if name != "quantum" else 1
                 t = _common.interleaved_min({"update": update}, rounds=args.rounds, reps=reps, min_round_s=0.2)
-                te = _common.interleaved_min({"epoch": epoch}, rounds=2 if (name == "quantum" and K > 8) else 3)
-                row = {"problem": name, "mode": mode, "K": K, "update_s": t["update"],
-                       "seed_updates_per_s": K / t["update"], "epoch_s": te["epoch"],
+                te = _common.interleaved_min({"epoch": epoch}, rounds=1 if (name == "quantum" and K > 8) else 2)
+                row = {"problem": name, "mode": mode, "K": K, "strategy": strategy if K > 1 else "-",
+                       "update_s": t["update"], "seed_updates_per_s": K / t["update"], "epoch_s": te["epoch"],
                        "seed_epoch_s": te["epoch"] / K, "compile_s": cs}
                 rows.append(row)
-                print(f"{name:9s} {mode} K={K:3d}: {t['update'] * 1e3:8.2f} ms/update -> "
+                print(f"{name:9s} {mode} K={K:3d} {row['strategy']:4s}: {t['update'] * 1e3:8.2f} ms/update -> "
                       f"{row['seed_updates_per_s']:8.0f} seed-updates/s; epoch {te['epoch']:.3f} s = "
                       f"{row['seed_epoch_s'] * 1e3:7.1f} ms per seed-epoch (compile {cs:.1f} s)", flush=True)
     _common.write_json(args.json, {"machine": _common.machine(), "rows": rows})

@@ -174,3 +174,16 @@ def test_per_update_trainer_equals_epoch_program():
             assert float(m[k]) == pytest.approx(res.history[k][e - 1], rel=1e-5, abs=1e-7), (k, e)
     for a, b in zip(jax.tree_util.tree_leaves(p), jax.tree_util.tree_leaves(eqx.filter(res.model, eqx.is_inexact_array))):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+
+
+def test_seed_strategies_agree(monkeypatch):
+    prob = problems.get("cartpole", steps=10)
+    cfg = RunConfig(problem="cartpole", mode="C", epochs=2, n_train=16, n_test=8, data="seeded",
+                    problem_params={"steps": 10})
+    out = {}
+    for strategy in ("loop", "vmap"):
+        monkeypatch.setattr(T, "SEED_STRATEGY", strategy)
+        out[strategy] = T.train(prob, cfg, [0, 1])
+    for a, b in zip(out["loop"], out["vmap"]):
+        np.testing.assert_allclose(a.history["test_loss"], b.history["test_loss"], rtol=1e-5)
+        np.testing.assert_allclose(a.history["update_norm"], b.history["update_norm"], rtol=1e-5)

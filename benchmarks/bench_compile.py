@@ -1,0 +1,86 @@
+"""Start-up cost: the first epoch including compilation, with JAX's persistent compilation
+cache cold (first process ever) and warm (a second process start), per problem.
+
+    python benchmarks/bench_compile.py [--problems cartpole,guidance,quantum] [--mode C]
+
+Each measurement is a fresh Python process that imports the library, enables the cache the
+way ``stablebptt.cli.setup_jax`` does (a fresh temporary cache folder per problem) and runs
+``train(problem, RunConfig(mode, epochs=2))``. Reported per process: import time, time from
+calling ``train`` to the end of epoch 1 (data, model, tracing, compilation or cache load,
+evaluation of the untrained controller, epoch 1), the compile part of it, the steady epoch 2
+and the whole process wall time. ``--min-compile-s`` is the cache's
+``jax_persistent_cache_min_compile_time_secs`` (``setup_jax`` uses 0.2; 0 also caches the
+small start-up programs).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+
+import _common
+
+CHILD = r"""
+import json, os, sys, time
+t0 = time.perf_counter()
+sys.path.insert(0, {bench!r})
+import _common
+import jax
+jax.config.update("jax_compilation_cache_dir", {cache!r})
+jax.config.update("jax_persistent_cache_min_compile_time_secs", {min_s})
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+from stablebptt import problems
+from stablebptt.config import RunConfig
+from stablebptt.train import train
+t_import = time.perf_counter() - t0
+marks = []
+t1 = time.perf_counter()
+(res,) = train(problems.get({name!r}), RunConfig(problem={name!r}, mode={mode!r}, epochs=2),
+               0, on_epoch=lambda e, rows: marks.append(time.perf_counter() - t1))
+print(json.dumps(dict(import_s=t_import, first_epoch_s=marks[0], compile_s=res.compile_s,
+                      steady_epoch_s=res.history["wall_s"][-1], process_s=time.perf_counter() - t0)))
+"""
+
+
+def one(name: str, mode: str, cache: str, min_s: float) -> dict:
+    code = CHILD.format(bench=str(_common.HERE), cache=cache, min_s=min_s, name=name, mode=mode)
+    t = time.perf_counter()
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+    wall = time.perf_counter() - t
+    if p.returncode:
+        sys.stderr.write(p.stderr[-2000:])
+        raise RuntimeError(f"{name}: child failed")
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    r["wall_s"] = wall  # including interpreter start
+    return r
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--problems", default="cartpole,guidance,quantum")
+    ap.add_argument("--mode", default="C")
+    ap.add_argument("--min-compile-s", default="0.2,0")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    rows = []
+    for min_s in map(float, args.min_compile_s.split(",")):
+        for name in args.problems.split(","):
+            with tempfile.TemporaryDirectory(prefix="jaxcache-") as cache:
+                cold = one(name, args.mode, cache, min_s)
+                warm = one(name, args.mode, cache, min_s)
+            for kind, r in (("cold", cold), ("warm", warm)):
+                rows.append(dict(problem=name, mode=args.mode, cache=kind, min_compile_s=min_s, **r))
+            print(f"{name:9s} {args.mode} (cache min {min_s:g}s): first epoch incl. compile cold "
+                  f"{cold['first_epoch_s']:5.2f} s (compile {cold['compile_s']:4.2f}) | warm {warm['first_epoch_s']:5.2f} s "
+                  f"(compile {warm['compile_s']:4.2f}) | process start to end of epoch 1: cold "
+                  f"{cold['wall_s'] - cold['process_s'] + cold['import_s'] + cold['first_epoch_s']:5.2f} s, warm "
+                  f"{warm['wall_s'] - warm['process_s'] + warm['import_s'] + warm['first_epoch_s']:5.2f} s", flush=True)
+    _common.write_json(args.json, {"machine": _common.machine(), "rows": rows})
+    return rows
+
+
+if __name__ == "__main__":
+    main()

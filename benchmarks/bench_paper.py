@@ -1,0 +1,106 @@
+"""Whole-paper cost: an estimate of running all three paper figures with 5 seeds, on this
+CPU (from measured epoch times) and on one GPU (from stated H100 figures), and a measured
+run of the cart-pole figure's quick variant on this CPU.
+
+    python benchmarks/bench_paper.py [--epoch-json results-of-bench_epoch.json] [--no-quick]
+
+The grid is experiments.md's: guidance 4 rc x 4 modes x 3 clippings (100 epochs, our
+default; the authors' script ran 10), cart-pole 4 pole counts x 4 x 3 (1000 epochs), quantum
+3 targets x 4 x 3 (1000 epochs); 32 updates + evaluation of 2 x 256 states per epoch.
+
+CPU: epoch time per (problem, mode) at the first complexity level (the levels cost about the
+same: cart-pole with 4 poles is within a few per cent of 1 pole, see bench_modes), clipping
+is free, seeds cost linearly on CPU (bench_seeds), plus one compilation per configuration;
+2 worker processes on the 2 cores (the sweep's default executor) halve the wall time.
+
+GPU (an *estimate*, not measured here): an H100 takes ~3-4 ms per update whatever the batch
+(latency-bound: T sequential small steps), and ~80,000 seed-updates/s for cart-pole with
+4096 vmapped seeds. Two bounds: "serial configs" runs the configurations one after another
+with the 5 seeds vmapped (epoch = 32 x 3.5 ms + evaluation, taken as 2 updates' worth);
+"throughput" assumes all seed-updates of a figure could be batched at 80,000/s.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import _common
+
+GRID = {  # problem -> (configurations, epochs)
+    "guidance": (4 * 4 * 3, 100),
+    "cartpole": (4 * 4 * 3, 1000),
+    "quantum": (3 * 4 * 3, 1000),
+}
+SEEDS = 5
+UPDATES_PER_EPOCH = 32
+GPU_UPDATE_S = 3.5e-3
+GPU_EVAL_UPDATES = 2
+GPU_SEED_UPDATES_PER_S = 80_000
+
+
+def estimate(epoch_rows: list[dict], compile_rows: list[dict] | None = None, workers: int = 2) -> dict:
+    ep = {(r["problem"], r["mode"]): r["epoch_s"] for r in epoch_rows}
+    comp = {r["problem"]: r["compile_s"] for r in (compile_rows or []) if r.get("cache") == "cold"}
+    out = {}
+    for prob, (configs, epochs) in GRID.items():
+        modes = [m for m in ("R", "M", "S", "C") if (prob, m) in ep]
+        if not modes:
+            continue
+        per_mode_configs = configs / 4
+        cpu = sum(per_mode_configs * SEEDS * epochs * ep[(prob, m)] for m in modes) * 4 / len(modes)
+        cpu += configs * comp.get(prob, 4.0)
+        gpu_serial = configs * epochs * (UPDATES_PER_EPOCH + GPU_EVAL_UPDATES) * GPU_UPDATE_S
+        gpu_thru = configs * SEEDS * epochs * UPDATES_PER_EPOCH / GPU_SEED_UPDATES_PER_S
+        out[prob] = {"configs": configs, "epochs": epochs, "seeds": SEEDS, "cpu_1proc_h": cpu / 3600,
+                     "cpu_2proc_h": cpu / workers / 3600, "gpu_serial_h": gpu_serial / 3600,
+                     "gpu_throughput_h": gpu_thru / 3600}
+    tot = {k: sum(v[k] for v in out.values()) for k in ("cpu_1proc_h", "cpu_2proc_h", "gpu_serial_h", "gpu_throughput_h")}
+    out["total"] = tot
+    return out
+
+
+def quick_cartpole(workers: int = 2) -> dict:
+    from stablebptt import sweep
+
+    spec = sweep.load_spec("cartpole", quick=True)
+    with tempfile.TemporaryDirectory(prefix="quick-cartpole-") as root:
+        t = time.perf_counter()
+        rep = sweep.run_sweep(spec, root, executor="local", workers=workers, vmap_seeds=True)
+        wall = time.perf_counter() - t
+        d = rep.as_dict()
+    d["wall_s"] = wall
+    d["spec"] = {"configs": 48, "seeds": spec.seeds if isinstance(spec.seeds, int) else len(spec.seeds),
+                 "epochs": 60, "n_train": 64, "n_test": 64}
+    print(f"cart-pole quick figure ({d['jobs']} runs) on this CPU with {workers} workers: {wall:.0f} s wall "
+          f"({d['computed']} computed, {d['diverged']} diverged, {len(d['failed'])} failed)", flush=True)
+    return d
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--epoch-json", default=None, help="bench_epoch.py --json output (else measured now)")
+    ap.add_argument("--compile-json", default=None, help="bench_compile.py --json output (compile seconds)")
+    ap.add_argument("--no-quick", action="store_true", help="skip the quick cart-pole figure run")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    if args.epoch_json:
+        epoch_rows = json.loads(Path(args.epoch_json).read_text())["rows"]
+    else:
+        import bench_epoch
+
+        epoch_rows = bench_epoch.main(["--rounds", "3"])
+    compile_rows = json.loads(Path(args.compile_json).read_text())["rows"] if args.compile_json else None
+    est = estimate(epoch_rows, compile_rows, args.workers)
+    for k, v in est.items():
+        print(f"{k:9s} CPU {v['cpu_1proc_h']:7.1f} h (1 process) / {v['cpu_2proc_h']:7.1f} h (2 processes) | "
+              f"GPU estimate {v['gpu_throughput_h']:5.2f}-{v['gpu_serial_h']:5.1f} h", flush=True)
+    quick = None if args.no_quick else quick_cartpole(args.workers)
+    _common.write_json(args.json, {"machine": _common.machine(), "estimate": est, "quick": quick})
+
+
+if __name__ == "__main__":
+    main()
