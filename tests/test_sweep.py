@@ -15,19 +15,19 @@ from stablebptt import results, sweep
 from stablebptt.config import run_id
 
 
-def small_spec(seeds=2, epochs=3, modes=("R", "C")):
+def small_spec(seeds=2, epochs=3, modes=("R", "C"), clips=("none", "value")):
     return {"name": "small", "seeds": seeds, "experiment": [{
-        "problem": "linear", "level": {"theta0": [-0.5, -1.0]}, "modes": list(modes), "clips": ["none", "value"],
+        "problem": "linear", "level": {"theta0": [-0.5, -1.0]}, "modes": list(modes), "clips": list(clips),
         "optimizers": [{"optimizer": "adam", "lr": 0.01}], "config": {"epochs": epochs}}]}
 
 
 @pytest.mark.parametrize("bad, msg", [
-    ({"experiment": [{"problem": "linear", "modes": ["R", "Q"]}]}, "experiment[0].modes[1]: Value error, unknown mode 'Q'"),
+    ({"experiment": [{"problem": "linear", "modes": ["R", "Q"]}]}, "experiment[0].modes[1]: unknown mode 'Q'"),
     ({"experiment": [{"problem": "linear", "clips": ["soft"]}]}, "clips[0] = 'soft'"),
     ({"experiment": [{"problem": "cartpole", "level": {"polez": [1]}}]}, "no parameter 'polez'"),
     ({"experiment": [{"problem": "cartpole", "level": {"poles": [1, 0]}}]}, "poles=0"),
     ({"experiment": [{"problem": "pendulum"}]}, "unknown problem 'pendulum'"),
-    ({"experiment": [{"problem": "linear", "config": {"epochs": 0}}]}, "experiment[0].epochs"),
+    ({"experiment": [{"problem": "linear", "config": {"epochs": 0}}]}, "experiment[0].config.epochs: epochs=0"),
     ({"experiment": [{"problem": "linear", "colour": "red"}]}, "experiment[0].colour"),
     ({"seeds": 0, "experiment": [{"problem": "linear"}]}, "seeds=0"),
 ])
@@ -71,15 +71,15 @@ def folder_state(root):
 
 
 def test_sweep_is_idempotent_and_results_table(tmp_path):
-    spec = sweep.load_spec(small_spec())
+    spec = sweep.load_spec(small_spec(clips=("none",)))
     r1 = sweep.run_sweep(spec, tmp_path, executor="serial")
-    assert (r1.jobs, r1.computed, r1.skipped) == (16, 16, 0)
+    assert (r1.jobs, r1.computed, r1.skipped) == (8, 8, 0)
     before = folder_state(tmp_path)
     r2 = sweep.run_sweep(spec, tmp_path, executor="serial")
-    assert (r2.computed, r2.skipped) == (0, 16)
+    assert (r2.computed, r2.skipped) == (0, 8)
     assert folder_state(tmp_path) == before
     df = results.collect(tmp_path)
-    assert len(df) == 16 * 3 and df["run_id"].nunique() == 16
+    assert len(df) == 8 * 3 and df["run_id"].nunique() == 8
     for col in ("seed", "status", "problem", "mode", "clip", "lr", "param_theta0", "epoch", "test_loss", "update_norm"):
         assert col in df.columns, col
     assert set(df["mode"]) == {"R", "C"} and set(df["param_theta0"]) == {-0.5, -1.0}
@@ -100,8 +100,28 @@ if __name__ == "__main__":  # spawned workers re-import this file
 """
 
 
+def children(pid):
+    """Pids of the live processes whose parent is ``pid`` (Linux /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(stat.parent.name))
+    return out
+
+
+def alive(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def test_resume_after_sigkill_loses_and_duplicates_nothing(tmp_path):
-    spec_dict = small_spec(seeds=6, epochs=40, modes=("R", "M", "C"))  # 72 jobs
+    spec_dict = small_spec(seeds=3, epochs=40)  # 24 jobs
     jobs = sweep.expand(sweep.load_spec(spec_dict))
     root = tmp_path / "sw"
     script = tmp_path / "child.py"
@@ -109,15 +129,28 @@ def test_resume_after_sigkill_loses_and_duplicates_nothing(tmp_path):
     log = open(tmp_path / "child.log", "w")
     proc = subprocess.Popen([sys.executable, str(script), str(root)], start_new_session=True,
                             stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        if root.is_dir() and len(folder_state(root)) >= 4:
-            break
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    workers = []
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            if root.is_dir() and len(folder_state(root)) >= 3:
+                break
+            time.sleep(0.2)
+        workers = [c for c in children(proc.pid) if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        os.kill(proc.pid, signal.SIGKILL)  # the sweep process only: its workers must die with it
+        proc.wait()
+        deadline = time.time() + 30
+        while any(alive(w) for w in workers) and time.time() < deadline:
+            time.sleep(0.1)
+        assert workers and not any(alive(w) for w in workers), "workers outlived the killed sweep"
+    finally:
+        if proc.poll() is None or any(alive(w) for w in workers):  # only on failure: our own process group
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
     first = folder_state(root) if root.is_dir() else {}
-    assert 4 <= len(first) < len(jobs), (len(first), (tmp_path / "child.log").read_text()[-3000:])
+    assert 3 <= len(first) < len(jobs), (len(first), (tmp_path / "child.log").read_text()[-3000:])
     contents = {k: (root / k / "metrics.csv").read_text() for k in first}
     report = sweep.run_sweep(sweep.load_spec(spec_dict), root, executor="serial")
     assert report.skipped == len(first) and report.computed == len(jobs) - len(first)
@@ -131,10 +164,10 @@ def test_resume_after_sigkill_loses_and_duplicates_nothing(tmp_path):
 
 
 def test_vmapped_seed_groups_match_one_by_one(tmp_path):
-    spec = sweep.load_spec(small_spec(seeds=3, modes=("C",)))
+    spec = sweep.load_spec(small_spec(seeds=3, modes=("C",), clips=("norm",)))
     sweep.run_sweep(spec, tmp_path / "a", executor="serial")
     rep = sweep.run_sweep(spec, tmp_path / "b", executor="serial", vmap_seeds=True)
-    assert rep.computed == 12
+    assert rep.computed == 6
     a = results.collect(tmp_path / "a").sort_values(["run_id", "epoch"]).reset_index(drop=True)
     b = results.collect(tmp_path / "b").sort_values(["run_id", "epoch"]).reset_index(drop=True)
     assert list(a["run_id"]) == list(b["run_id"])
@@ -143,10 +176,16 @@ def test_vmapped_seed_groups_match_one_by_one(tmp_path):
 
 def test_local_pool_and_ray_cluster_give_identical_metrics(tmp_path):
     import ray  # a dev dependency: this test must run, not skip
-    spec = sweep.load_spec(small_spec(seeds=1))
+    spec = sweep.load_spec({"name": "lr", "seeds": 2, "experiment": [{"problem": "toy-field", "modes": ["R", "C"],
+                                                                        "config": {"epochs": 5}}]})
     r_local = sweep.run_sweep(spec, tmp_path / "local", executor="local", workers=2)
-    r_ray = sweep.run_sweep(spec, tmp_path / "ray", executor="ray", workers=2)
-    assert r_local.computed == r_ray.computed == 8 and not r_local.failed and not r_ray.failed
+    try:  # a real local cluster (ray.init(num_cpus=2, include_dashboard=False)), shut down by run_sweep
+        r_ray = sweep.run_sweep(spec, tmp_path / "ray", executor="ray", workers=2)
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+            pytest.fail("run_sweep left Ray running")
+    assert r_local.computed == r_ray.computed == 4 and not r_local.failed and not r_ray.failed
     assert not ray.is_initialized()
     metrics = ["epoch", "loss", "train_loss", "test_loss", "update_norm", "cos_mg", "sign_agree"]
     a = results.collect(tmp_path / "local").sort_values(["run_id", "epoch"]).reset_index(drop=True)
@@ -155,3 +194,39 @@ def test_local_pool_and_ray_cluster_give_identical_metrics(tmp_path):
     pd.testing.assert_frame_equal(a[metrics], b[metrics])
     man = json.loads(next((tmp_path / "ray").glob("*/manifest.json")).read_text())
     assert "xla_cpu_multi_thread_eigen=false" in man["xla_flags"]
+
+
+def test_cli_sweep_results_and_reproduce(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from stablebptt.cli import app
+
+    monkeypatch.setenv("STABLEBPTT_CACHE_DIR", str(tmp_path / "cache"))
+    runner = CliRunner()
+    spec = tmp_path / "s.toml"
+    spec.write_text('name = "t"\nseeds = 2\n[[experiment]]\nproblem = "toy-field"\nmodes = ["R", "C"]\n'
+                    'clips = ["none", "norm"]\n[experiment.config]\nepochs = 4\n')
+    res = runner.invoke(app, ["sweep", str(spec), "--out", str(tmp_path / "sw"), "--executor", "serial"])
+    assert res.exit_code == 0, res.output
+    assert "8 jobs: 8 computed, 0 already done" in res.output
+    res = runner.invoke(app, ["sweep", str(spec), "--out", str(tmp_path / "sw"), "--executor", "serial"])
+    assert "8 jobs: 0 computed, 8 already done" in res.output
+    assert json.loads((tmp_path / "sw" / "sweep.json").read_text())["name"] == "t"
+    res = runner.invoke(app, ["results", str(tmp_path / "sw"), "--csv", str(tmp_path / "a.csv"),
+                              "--parquet", str(tmp_path / "a.parquet")])
+    assert res.exit_code == 0, res.output
+    assert "toy-field" in res.output and "±" in res.output and "8 runs, 32 rows" in res.output
+    assert pd.read_csv(tmp_path / "a.csv").shape == pd.read_parquet(tmp_path / "a.parquet").shape == (32, len(
+        results.collect(tmp_path / "sw").columns))
+    s = sweep.summary_frame(tmp_path / "sw")
+    assert len(s) == 4 and set(s["n"]) == {2} and list(s["mode"][:2]) == ["R", "C"]
+    # errors name the field; unknown executor is refused before any work
+    res = runner.invoke(app, ["sweep", str(spec), "--out", str(tmp_path / "sw2"), "--executor", "slurm"])
+    assert res.exit_code != 0 and "executor='slurm'" in res.output
+    # reproduce = sweep + figures + SUMMARY.md (a tiny stand-in for the preset)
+    monkeypatch.setattr(sweep, "_preset", lambda name, quick: {"name": "tiny", "seeds": 2, "experiment": [
+        {"problem": "linear", "level": {"theta0": [-0.5, -1.0]}, "modes": ["R", "C"], "config": {"epochs": 3}}]})
+    res = runner.invoke(app, ["reproduce", "cartpole", "--quick", "--out", str(tmp_path / "rep"), "--executor", "serial"])
+    assert res.exit_code == 0, res.output
+    md = (tmp_path / "rep" / "SUMMARY.md").read_text()
+    assert "| param_theta0 | clip | R | C |" in md and " ± " in md

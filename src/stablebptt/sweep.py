@@ -41,6 +41,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
+import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -121,7 +123,8 @@ def _fmt_errors(e: ValidationError, prefix: str = "") -> str:
     parts = []
     for err in e.errors():
         loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
-        parts.append(f"{prefix.strip()}{('.' + loc) if prefix and loc else loc or ('' if prefix else 'spec')}: {err['msg']}")
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{prefix.strip()}{('.' + loc) if prefix and loc else loc or ('' if prefix else 'spec')}: {msg}")
     return "; ".join(parts)
 
 
@@ -152,10 +155,10 @@ def _preset(name: str, quick: bool) -> dict:
             problem="quantum", level={"target": [3, 4, 5]}, modes=_PAPER_MODES, clips=_PAPER_CLIPS, config=cfg)])
     if name == "toys":
         ep = 200
-        return dict(name="toys" + ("-quick" if quick else ""), seeds=3 if not quick else 2, experiment=[
+        return dict(name="toys" + ("-quick" if quick else ""), seeds=5 if not quick else 2, experiment=[
             dict(problem="toy-field", modes=_PAPER_MODES, clips=["none"],
                  optimizers=[dict(optimizer="adam", lr=0.01)], config=dict(epochs=ep if not quick else 60)),
-            dict(problem="toy-rotation", modes=["R", "M", "C"], clips=["none"],
+            dict(problem="toy-rotation", modes=_PAPER_MODES, clips=["none"],
                  optimizers=[dict(optimizer="adam", lr=0.1)], config=dict(epochs=200)),
             dict(problem="linear", modes=_PAPER_MODES, clips=["none"],
                  optimizers=[dict(optimizer="adam", lr=0.01)], config=dict(epochs=ep if not quick else 60)),
@@ -220,7 +223,7 @@ def expand(spec: SweepSpec) -> list[tuple[RunConfig, int]]:
         for values in level_grid:
             pparams = dict(ex.problem_params) | {k: v for (k, _), v in zip(level_items, values)}
             for mode, clip, opt in itertools.product(ex.modes, ex.clips, ex.optimizers):
-                fields = base | ex.config | dict(problem=ex.problem, problem_params=pparams, mode=mode,
+                fields = {"data": "seeded"} | base | ex.config | dict(problem=ex.problem, problem_params=pparams, mode=mode,
                                                  clip=clip, optimizer=opt.optimizer, momentum=opt.momentum)
                 if "lr" in opt.model_fields_set or "lr" not in fields:
                     fields["lr"] = opt.lr  # an explicit optimizer setting wins over the problem default
@@ -228,7 +231,7 @@ def expand(spec: SweepSpec) -> list[tuple[RunConfig, int]]:
                 try:
                     cfg = RunConfig(**fields)
                 except ValidationError as e:
-                    raise SpecError(_fmt_errors(e, f"{where}")) from None
+                    raise SpecError(_config_errors(e, ex, where)) from None
                 try:
                     problems.get(ex.problem, **pparams)
                 except ValueError as e:
@@ -236,6 +239,17 @@ def expand(spec: SweepSpec) -> list[tuple[RunConfig, int]]:
                 for s in spec.seed_list():
                     jobs.append((cfg, int(s)))
     return jobs
+
+
+def _config_errors(e: ValidationError, ex: Experiment, where: str) -> str:
+    """RunConfig errors located in the spec: ``experiment[0].config.epochs: …``."""
+    parts = []
+    for err in e.errors():
+        name = str(err["loc"][0]) if err["loc"] else ""
+        sub = "config." if name in ex.config else "optimizers." if name in OptimizerSetting.model_fields else ""
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}.{sub}{name}: {msg}" if name else f"{where}: {msg}")
+    return "; ".join(parts)
 
 
 def _params_ok(ex: Experiment, where: str) -> bool:
@@ -265,8 +279,24 @@ def _job(config_dict: dict, seeds: list[int], root: str) -> list[dict]:
     return [read_result(f) for f in folders]
 
 
-def _init_worker(xla_flags: str) -> None:
+def _init_worker(xla_flags: str, parent_pid: int | None = None) -> None:
+    """Pool initializer, run in each fresh (spawned) worker before its first job.
+
+    Sets ``XLA_FLAGS`` (JAX reads them when it creates its CPU backend, i.e. at the first
+    computation, not at import) and, on Linux, asks the kernel to SIGKILL the worker when
+    the sweep process dies: a killed sweep leaves no orphan that could still write results
+    while it is being resumed.
+    """
     os.environ["XLA_FLAGS"] = xla_flags
+    if parent_pid is not None and sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+        except OSError:  # pragma: no cover - no libc: workers just finish their current job
+            return
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os._exit(1)
 
 
 @dataclass
@@ -343,17 +373,26 @@ def run_sweep(spec: SweepSpec, root: str | Path, *, executor: str = "local", wor
         os.environ["XLA_FLAGS"] = SINGLE_THREAD_XLA  # inherited by the spawned workers
         try:
             with ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_init_worker,
-                                     initargs=(SINGLE_THREAD_XLA,)) as pool:
-                pending = {pool.submit(_job, c.to_dict(), seeds, str(root)): (c, seeds) for c, seeds in groups}
-                while pending:
-                    state["running"] = min(n, len(pending))
-                    done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        c, seeds = pending.pop(fut)
-                        try:
-                            finished(fut.result())
-                        except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on
-                            report.failed.append({"config": c.to_dict(), "seeds": seeds, "error": repr(e)})
+                                     initargs=(SINGLE_THREAD_XLA, os.getpid())) as pool:
+                try:
+                    pending = {pool.submit(_job, c.to_dict(), seeds, str(root)): (c, seeds) for c, seeds in groups}
+                    while pending:
+                        state["running"] = min(n, len(pending))
+                        done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+                        for fut in done:
+                            c, seeds = pending.pop(fut)
+                            try:
+                                finished(fut.result())
+                            except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on
+                                report.failed.append({"config": c.to_dict(), "seeds": seeds, "error": repr(e)})
+                except BaseException:
+                    # Ctrl-C (or an error here): stop at once instead of waiting for the queued
+                    # jobs. A killed worker leaves at most a .tmp-* folder, removed at the next start.
+                    procs = list((pool._processes or {}).values())  # private, but the only handle
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    for proc in procs:
+                        proc.kill()
+                    raise
         finally:
             if old is None:
                 os.environ.pop("XLA_FLAGS", None)
@@ -370,17 +409,24 @@ def run_sweep(spec: SweepSpec, root: str | Path, *, executor: str = "local", wor
             ray.init(runtime_env={"env_vars": {"XLA_FLAGS": SINGLE_THREAD_XLA}}, log_to_driver=False, **kw)
             started = True
         try:
-            remote = ray.remote(num_cpus=1)(_job)
+            # per task as well, so an already initialised Ray gets the flags too
+            remote = ray.remote(num_cpus=1)(_job).options(runtime_env={"env_vars": {"XLA_FLAGS": SINGLE_THREAD_XLA}})
             refs = {remote.remote(c.to_dict(), seeds, str(root.resolve())): (c, seeds) for c, seeds in groups}
-            while refs:
-                state["running"] = len(refs)
-                ready, _ = ray.wait(list(refs), num_returns=1)
-                for ref in ready:
-                    c, seeds = refs.pop(ref)
-                    try:
-                        finished(ray.get(ref))
-                    except Exception as e:  # noqa: BLE001
-                        report.failed.append({"config": c.to_dict(), "seeds": seeds, "error": repr(e)})
+            try:
+                cpus = int(ray.cluster_resources().get("CPU", 1))
+                while refs:
+                    state["running"] = min(len(refs), cpus)
+                    ready, _ = ray.wait(list(refs), num_returns=1)
+                    for ref in ready:
+                        c, seeds = refs.pop(ref)
+                        try:
+                            finished(ray.get(ref))
+                        except Exception as e:  # noqa: BLE001
+                            report.failed.append({"config": c.to_dict(), "seeds": seeds, "error": repr(e)})
+            except BaseException:
+                for ref in refs:  # Ctrl-C: stop the remaining tasks (a killed task leaves a .tmp-* folder)
+                    ray.cancel(ref, force=True)
+                raise
         finally:
             if started:
                 ray.shutdown()
@@ -395,6 +441,52 @@ def run_sweep(spec: SweepSpec, root: str | Path, *, executor: str = "local", wor
 LEVEL_PARAM = {"cartpole": "param_poles", "guidance": "param_rc", "quantum": "param_target"}
 
 
+def _level_cols(problem: str, d) -> list[str]:
+    """The complexity-axis columns of ``problem`` in table ``d``: the paper's axis, plus every
+    other ``param_*`` column that varies (so different levels are never averaged together)."""
+    cols = [c for c in d.columns if c.startswith("param_") and d[c].nunique(dropna=False) > 1]
+    main = LEVEL_PARAM.get(problem)
+    if main in d.columns:
+        cols = [main] + [c for c in cols if c != main]
+    return cols
+
+
+def summary_frame(root: str | Path, epoch: int | None = None):
+    """Mean ± std over seeds of the final (or epoch-``epoch``) test loss as a DataFrame.
+
+    One row per (problem, level, clip, mode) with columns ``problem, level, clip, mode,
+    mean, std, n, diverged``; ``level`` is e.g. ``poles=4`` (empty for problems without a
+    complexity axis). A run that diverged before ``epoch`` counts with its last finite value.
+    """
+    import numpy as np
+    import pandas as pd
+
+    from . import results
+
+    df = results.collect(root)
+    rows = []
+    if df.empty:
+        return pd.DataFrame(columns=["problem", "level", "clip", "mode", "mean", "std", "n", "diverged"])
+    for problem, d in df.groupby("problem", sort=False):
+        if epoch is not None:
+            d = d[d["epoch"] <= epoch]
+        last = d.sort_values("epoch").groupby("run_id").tail(1)
+        lvls = _level_cols(problem, last)
+        for keys, g in last.groupby([*lvls, "clip", "mode"], sort=True):
+            levels, (clip, mode) = keys[:len(lvls)], keys[len(lvls):]
+            x = g["test_loss"].to_numpy(float)
+            rows.append(dict(problem=problem, level=", ".join(f"{c[6:]}={v:g}" if isinstance(v, float) else f"{c[6:]}={v}"
+                                                              for c, v in zip(lvls, levels)),
+                             _lv=tuple(levels), clip=clip, mode=mode,
+                             mean=float(np.mean(x)), std=float(np.std(x, ddof=1)) if len(x) > 1 else 0.0,
+                             n=len(x), diverged=int((g["status"] == "diverged").sum())))
+    out = pd.DataFrame(rows)
+    order = {m: i for i, m in enumerate("RMCSN")}
+    out["_m"] = out["mode"].map(lambda m: order.get(m, 9))
+    out = out.sort_values(["problem", "_lv", "clip", "_m"], kind="stable")
+    return out.drop(columns=["_m", "_lv"]).reset_index(drop=True)
+
+
 def summary_table(root: str | Path, epoch: int | None = None) -> str:
     """Markdown: final (or given-epoch) test loss per problem, level, clipping and mode, mean ± std over seeds."""
     import numpy as np
@@ -406,11 +498,10 @@ def summary_table(root: str | Path, epoch: int | None = None) -> str:
         return "_no finished runs_\n"
     out = []
     for problem, d in df.groupby("problem", sort=False):
-        lvl = LEVEL_PARAM.get(problem)
         if epoch is not None:
             d = d[d["epoch"] <= epoch]
         last = d.sort_values("epoch").groupby("run_id").tail(1)
-        keys = [k for k in (lvl, "clip") if k and k in last.columns]
+        keys = _level_cols(problem, last) + ["clip"]
         modes = sorted(last["mode"].unique(), key=lambda m: ("RMCSN".find(m) if m in "RMCSN" else 9, m))
         title = f"### {problem}" + (f" (test loss at epoch {epoch})" if epoch else " (final test loss)")
         out += [title, "", "| " + " | ".join(keys + list(modes)) + " |", "|" + "---|" * (len(keys) + len(modes))]

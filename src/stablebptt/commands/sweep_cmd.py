@@ -43,6 +43,9 @@ def _run(spec_source, quick, seeds, out_dir, executor, workers, address, vmap_se
                                   vmap_seeds=vmap_seeds)
     except sweep.SpecError as e:
         raise fail(str(e))
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted[/]: finished runs are kept in {root}; run the same command to resume")
+        raise typer.Exit(code=130)
     out.print(f"{report.jobs} jobs: {report.computed} computed, {report.skipped} already done, "
               f"{report.diverged} diverged, {len(report.failed)} failed, {report.wall_s:.1f} s -> {root}")
     for f in report.failed:
@@ -82,8 +85,16 @@ def results_cmd(
     df = results.collect(sweep_dir, csv=csv, parquet=parquet)
     if df.empty:
         raise fail(f"no finished runs under {sweep_dir}")
-    out.print(sweep.summary_table(sweep_dir, epoch=epoch))
-    out.print(f"{df['run_id'].nunique()} runs, {len(df)} rows" + (f"; wrote {csv}" if csv else "")
+    s = sweep.summary_frame(sweep_dir, epoch=epoch)
+    t = Table(title=f"{sweep_dir}: test loss " + (f"at epoch {epoch}" if epoch else "at the last epoch")
+              + ", mean ± std over seeds")
+    for col in ("problem", "level", "clip", "mode", "test loss", "seeds", "diverged"):
+        t.add_column(col, justify="right" if col in ("test loss", "seeds", "diverged") else "left")
+    for r in s.itertuples():
+        t.add_row(r.problem, r.level, r.clip, r.mode, f"{r.mean:.4g} ± {r.std:.2g}", str(r.n),
+                  str(r.diverged) if r.diverged else "")
+    out.print(t)
+    out.print(f"{df['run_id'].nunique()} runs, {len(df)} rows (run × epoch)" + (f"; wrote {csv}" if csv else "")
               + (f"; wrote {parquet}" if parquet else ""))
 
 
@@ -104,17 +115,26 @@ def reproduce_cmd(
     if figure not in sweep.PRESETS:
         raise fail(f"unknown figure {figure!r}; available: {', '.join(sweep.PRESETS)}")
     root, report = _run(figure, quick, seeds, out_dir, executor, workers, address, vmap_seeds)
-    from .. import plots
-
-    figs = plots.plot_sweep(root)
-    if figure == "toys":
-        figs += list(plots.fig1_fields(Path(root) / "figures")["paths"])
-        figs += list(plots.fig2_rotation(Path(root) / "figures")["paths"])
+    figs = []
+    try:
+        from .. import plots  # written by another module owner; the table does not need it
+    except ImportError as e:
+        console.print(f"[yellow]no figures[/] (stablebptt.plots not importable: {e})")
+        plots = None
+    if plots is not None:
+        try:
+            figs = list(plots.plot_sweep(root))
+            if figure == "toys":
+                figs += list(plots.fig1_fields(Path(root) / "figures")["paths"])
+                figs += list(plots.fig2_rotation(Path(root) / "figures")["paths"])
+        except Exception as e:  # noqa: BLE001 - a plotting problem must not lose the table
+            console.print(f"[yellow]figures failed:[/] {type(e).__name__}: {e}")
     text = f"# {root.name}\n\n" + sweep.summary_table(root)
     if figure == "guidance":
         text += "\n" + sweep.summary_table(root, epoch=10)
-    text += "\nFigures:\n\n" + "\n".join(f"- {Path(f).relative_to(root) if Path(f).is_relative_to(root) else f}"
-                                         for f in figs) + "\n"
+    if figs:
+        text += "\nFigures:\n\n" + "\n".join(f"- {Path(f).relative_to(root) if Path(f).is_relative_to(root) else f}"
+                                             for f in figs) + "\n"
     (Path(root) / "SUMMARY.md").write_text(text)
     out.print(text)
     if report.failed:
