@@ -63,6 +63,13 @@ def parse_value(text: str):
     return text
 
 
+def _int_option(name: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise fail(f"{name}={text!r}; allowed: an int ≥ 1, 'auto' or 'none'")
+
+
 def collect_problem_params(problem: str, given: dict, extra: list[str]) -> dict:
     from . import problems
 
@@ -106,7 +113,8 @@ def train(
     decay: float = typer.Option(1.0, help="temporal gradient decay α per step (1 = off)"),
     and_mask: float = typer.Option(0.0, help="AND-mask across batch members: keep entries whose per-sample signs agree in at least this fraction (0 = off)"),
     diagnostics: bool = typer.Option(False, help="also compute G for cos(M,G) / sign agreement in any mode"),
-    checkpoint_every: Optional[int] = typer.Option(None, help="remat: checkpoint the unroll every k steps"),
+    checkpoint_every: str = typer.Option("auto", help="remat: checkpoint the unroll every k steps, 'auto' (from --memory-budget) or 'none'"),
+    memory_budget: Optional[float] = typer.Option(None, help="memory budget in GiB for checkpoint_every=auto (default 0.25)"),
     init_weights: Optional[Path] = typer.Option(None, help=".npz weights to start from"),
     out_dir: Path = typer.Option(Path("runs"), "--out", "-o", help="folder that receives the run folder"),
     poles: Optional[int] = typer.Option(None, help="cartpole: number of poles"),
@@ -147,7 +155,10 @@ def train(
             clip_threshold=clip_threshold, batch_size=min(batch_size, n_train or d.get("n_train", 256)),
             epochs=epochs or QUICK_EPOCHS.get(problem, 10), n_train=n_train or d.get("n_train", 256),
             n_test=n_test or d.get("n_test", 256), data=data, shuffle=shuffle, zero_last=zero_last,
-            diagnostics=diagnostics, checkpoint_every=checkpoint_every,
+            diagnostics=diagnostics,
+            checkpoint_every=None if checkpoint_every.lower() == "none" else
+            "auto" if checkpoint_every.lower() == "auto" else _int_option("--checkpoint-every", checkpoint_every),
+            memory_budget=int(memory_budget * 2**30) if memory_budget else None,
             init_weights=str(init_weights) if init_weights else None,
         )
     except ValidationError as e:

@@ -45,7 +45,8 @@ class RunConfig(BaseModel):
     shuffle: bool = False
     zero_last: Optional[bool] = None
     diagnostics: bool = False
-    checkpoint_every: Optional[int] = None
+    checkpoint_every: Optional[Union[int, Literal["auto"]]] = "auto"
+    memory_budget: Optional[int] = None
     init_weights: Optional[str] = None
 
     @field_validator("problem")
@@ -105,8 +106,10 @@ class RunConfig(BaseModel):
             )
         if self.batch_size > self.n_train:
             raise ValueError(f"batch_size={self.batch_size} is larger than n_train={self.n_train}")
-        if self.checkpoint_every is not None and self.checkpoint_every < 1:
-            raise ValueError(f"checkpoint_every={self.checkpoint_every!r}; must be ≥ 1 or None")
+        if self.checkpoint_every not in (None, "auto") and self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every={self.checkpoint_every!r}; must be ≥ 1, 'auto' or None")
+        if self.memory_budget is not None and self.memory_budget < 1:
+            raise ValueError(f"memory_budget={self.memory_budget!r}; must be a number of bytes ≥ 1")
         return self
 
     def flow(self) -> flow_mod.Flow:
