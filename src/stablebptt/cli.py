@@ -35,9 +35,12 @@ PROBLEM_OPTIONS = ("poles", "drivers", "evaders", "rc", "nx", "dt", "steps", "ta
 
 
 def setup_jax(cache: bool = True) -> None:
-    """Persistent compilation cache (a second process start reuses compiled programs)."""
+    """Persistent compilation cache (a second process start reuses compiled programs); on an
+    accelerator, float32 matmuls at "highest" precision (recorded in every run manifest)."""
     import jax
 
+    if jax.default_backend() != "cpu":  # TF32 would silently change float32 results on GPUs
+        jax.config.update("jax_default_matmul_precision", "highest")
     if cache and os.environ.get("STABLEBPTT_NO_CACHE") != "1":
         cache_dir = os.environ.get("STABLEBPTT_CACHE_DIR", str(Path.home() / ".cache" / "stablebptt" / "jax"))
         jax.config.update("jax_compilation_cache_dir", cache_dir)
