@@ -38,9 +38,12 @@ def _run(spec_source, quick, seeds, out_dir, executor, workers, address, vmap_se
         raise fail(str(e))
     root = out_dir or Path("sweeps") / spec.name
     setup_jax()
+    import jax
+
+    cache_dir = jax.config.jax_compilation_cache_dir  # the workers share this process's cache folder
     try:
         report = _progress_runner(spec, root, executor=executor, workers=workers, address=address,
-                                  vmap_seeds=vmap_seeds)
+                                  vmap_seeds=vmap_seeds, cache_dir=cache_dir)
     except sweep.SpecError as e:
         raise fail(str(e))
     except KeyboardInterrupt:
