@@ -283,10 +283,30 @@ def _segment_length(horizon: int, checkpoint_every: int | None) -> int | None:
 
 
 # ----------------------------------------------------------------------------- memory plan
-#: default budget (bytes) for ``checkpoint_every="auto"``: memory the unroll may keep for
-#: the reverse sweep (per program; :func:`stablebptt.train.train` divides it by the number
-#: of vmapped seeds)
-DEFAULT_MEMORY_BUDGET = 256 << 20
+#: default budget (bytes) for ``checkpoint_every="auto"`` on CPU. Small on purpose: on
+#: XLA:CPU segmenting the unroll is *faster* once its residuals outgrow the caches (cart-pole:
+#: 1.1-1.35x the time at 16-22 MiB of residuals, 0.6-0.9x at 47-215 MiB; see
+#: benchmarks/results.md; the estimate runs ~1.3x above XLA's figure), so "auto" remats from
+#: ~50 MiB of estimated residuals on.
+CPU_MEMORY_BUDGET = 48 << 20
+#: default budget on accelerators when the device does not report its memory
+ACCELERATOR_MEMORY_BUDGET = 4 << 30
+#: kept for compatibility: the CPU default
+DEFAULT_MEMORY_BUDGET = CPU_MEMORY_BUDGET
+
+
+def default_memory_budget() -> int:
+    """Budget for ``checkpoint_every="auto"`` when none is given: :data:`CPU_MEMORY_BUDGET`
+    on CPU; a quarter of the device memory on an accelerator (recompute costs latency there
+    and memory is plentiful), else :data:`ACCELERATOR_MEMORY_BUDGET`. Per program:
+    :func:`stablebptt.train.train` divides it by the number of seeds vmapped together."""
+    if jax.default_backend() == "cpu":
+        return CPU_MEMORY_BUDGET
+    try:
+        limit = jax.devices()[0].memory_stats().get("bytes_limit")
+    except Exception:  # noqa: BLE001 - not every backend reports memory
+        limit = None
+    return int(limit) // 4 if limit else ACCELERATOR_MEMORY_BUDGET
 
 
 def _nbytes(tree) -> int:
@@ -368,15 +388,15 @@ def plan_checkpointing(model, x0, *, step, loss: TrajectoryLoss, horizon: int,
                        flow: "Flow | str" = "R", memory_budget: int | None = None) -> int | None:
     """``checkpoint_every`` for ``"auto"``: None (no remat) when the update's estimated memory,
     T·(max(loop, post) + fixed) of :func:`memory_model`, fits in ``memory_budget`` bytes
-    (default :data:`DEFAULT_MEMORY_BUDGET`); otherwise segments of s ≈ √T steps (a divisor
+    (default :func:`default_memory_budget`); otherwise segments of s ≈ √T steps (a divisor
     of T; memory ≈ T/s carries + s steps of residuals + T·fixed + one chunk of the deferred
     vjp), or, if that does not fit, the s with the least memory.
 
-    Measured on cart-pole with T = 10,000 (benchmarks/results.md): √T segments use ~30x
-    less memory than no remat and are *faster* (the working set stays in cache); at
-    T = 1,000 remat costs ~1.2x time, which is why it is only used when needed.
+    Measured on cart-pole (benchmarks/results.md): at T = 3,000 and 10,000, √T segments use
+    11-34x less memory than no remat and take 0.6-0.9x the time (the working set stays in
+    cache); at T = 1,000 remat costs 1.1-1.35x time, which is why it is only used when needed.
     """
-    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
+    budget = default_memory_budget() if memory_budget is None else int(memory_budget)
     m = memory_model(model, x0, step=step, loss=loss, horizon=horizon, flow=flow)
     if horizon * (max(m["loop"], m["post"]) + m["fixed"]) <= budget:
         return None
@@ -777,7 +797,7 @@ def value_and_update(model, x0, *, step, loss: TrajectoryLoss, horizon: int,
         (see :func:`plan_checkpointing`).
       validate: check inputs before tracing (disable inside jit/vmap'd code).
       memory_budget: bytes for ``checkpoint_every="auto"`` (default
-        :data:`DEFAULT_MEMORY_BUDGET`).
+        :func:`default_memory_budget`: 48 MiB on CPU).
 
     Returns:
       ``(loss, update, info)``: scalar loss (identical for every mode), the update pytree
@@ -832,7 +852,7 @@ def _and_masked(model, x0, *, flow: Flow, **kw):
     per = jax.tree_util.tree_map(lambda a: a[:, None], x0)
     if kw.get("checkpoint_every") == "auto":  # the budget is shared by the vmapped samples
         n = jax.tree_util.tree_leaves(x0)[0].shape[0]
-        kw["memory_budget"] = (kw.get("memory_budget") or DEFAULT_MEMORY_BUDGET) // max(n, 1)
+        kw["memory_budget"] = (kw.get("memory_budget") or default_memory_budget()) // max(n, 1)
 
     def one(xi):
         return value_and_update(model, xi, flow=inner, validate=False, **kw)

@@ -88,7 +88,7 @@ def _checkpoint_kw(config: RunConfig, n_programs: int = 1) -> dict:
     ce = config.checkpoint_every
     kw = {"checkpoint_every": ce}
     if isinstance(ce, str):
-        budget = getattr(config, "memory_budget", None) or flow_mod.DEFAULT_MEMORY_BUDGET
+        budget = getattr(config, "memory_budget", None) or flow_mod.default_memory_budget()
         kw["memory_budget"] = int(budget) // max(int(n_programs), 1)
     return kw
 
