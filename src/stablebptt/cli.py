@@ -44,7 +44,7 @@ def setup_jax(cache: bool = True) -> None:
     if cache and os.environ.get("STABLEBPTT_NO_CACHE") != "1":
         cache_dir = os.environ.get("STABLEBPTT_CACHE_DIR", str(Path.home() / ".cache" / "stablebptt" / "jax"))
         jax.config.update("jax_compilation_cache_dir", cache_dir)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
@@ -117,7 +117,7 @@ def train(
     and_mask: float = typer.Option(0.0, help="AND-mask across batch members: keep entries whose per-sample signs agree in at least this fraction (0 = off)"),
     diagnostics: bool = typer.Option(False, help="also compute G for cos(M,G) / sign agreement in any mode"),
     checkpoint_every: str = typer.Option("auto", help="remat: checkpoint the unroll every k steps, 'auto' (from --memory-budget) or 'none'"),
-    memory_budget: Optional[float] = typer.Option(None, help="memory budget in GiB for checkpoint_every=auto (default 0.25)"),
+    memory_budget: Optional[float] = typer.Option(None, help="memory budget in GiB for checkpoint_every=auto (default: 48 MiB on CPU, 1/4 of device memory on accelerators; see flow.default_memory_budget)"),
     init_weights: Optional[Path] = typer.Option(None, help=".npz weights to start from"),
     out_dir: Path = typer.Option(Path("runs"), "--out", "-o", help="folder that receives the run folder"),
     poles: Optional[int] = typer.Option(None, help="cartpole: number of poles"),

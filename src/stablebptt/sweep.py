@@ -302,7 +302,7 @@ def enable_compile_cache(cache_dir: str | None) -> None:
     import jax
 
     jax.config.update("jax_compilation_cache_dir", str(cache_dir))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     _CACHE["dir"] = cache_dir
 
