@@ -60,3 +60,12 @@ def fixed_control_loss(prob, s0, c, n):
     per_step = jax.vmap(prob.loss.state_loss, in_axes=1)(xs[:, 1:])  # (n,)
     weights = prob.loss.step_weight(jnp.arange(1, n + 1), n)
     return jnp.sum(weights * per_step) + n * prob.loss.control_term(c, n)
+
+
+def assert_leaves_global_rng_alone(sample_data):
+    """The "paper" data mode must not advance NumPy's global legacy stream."""
+    np.random.seed(7)
+    a = np.random.rand()
+    np.random.seed(7)
+    sample_data("paper", 4, 4)
+    assert np.random.rand() == a
