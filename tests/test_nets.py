@@ -1,4 +1,5 @@
 """Controllers: Keras-like init, layer-by-layer .npz weights."""
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,6 +46,32 @@ def test_cnn_matches_numpy_reference_convolution():
     h2 = np.tanh(h2)
     y = h2.reshape(2, -1) @ d["w2_kernel"] + d["w2_bias"]
     np.testing.assert_allclose(np.asarray(m(jnp.asarray(x, jnp.float32))), y, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("window,strides,spatial,c_in", [
+    ((3,), (2,), (15,), 60),       # the quantum CNN's Conv1D
+    ((3, 2), (2, 2), (32, 2), 1),  # the quantum CNN's Conv2D
+    ((4,), (1,), (11,), 3),
+    ((2, 3), (1, 2), (7, 9), 2),
+    ((5,), (3,), (5,), 4),         # one output position
+])
+def test_patch_conv_equals_xla_convolution_values_and_gradients(window, strides, spatial, c_in):
+    conv = nets.Conv.init(jax.random.PRNGKey(0), window, c_in, 5, strides)
+    conv = eqx.tree_at(lambda c: c.bias, conv, jax.random.normal(jax.random.PRNGKey(1), (5,)))
+    x = jax.random.normal(jax.random.PRNGKey(2), (3, *spatial, c_in))
+    np.testing.assert_allclose(conv(x), conv.conv_reference(x), rtol=1e-5, atol=1e-5)
+    ct = jax.random.normal(jax.random.PRNGKey(3), conv(x).shape)
+    loss = lambda c, x, f: jnp.sum(f(c, x) * ct)
+    g_new = jax.grad(loss, argnums=(0, 1))(conv, x, lambda c, x: c(x))
+    g_ref = jax.grad(loss, argnums=(0, 1))(conv, x, lambda c, x: c.conv_reference(x))
+    for a, b in zip(jax.tree_util.tree_leaves(g_new), jax.tree_util.tree_leaves(g_ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_patch_conv_rejects_input_smaller_than_window():
+    conv = nets.Conv.init(jax.random.PRNGKey(0), (5,), 1, 2, (1,))
+    with pytest.raises(ValueError, match="smaller than window"):
+        conv(jnp.zeros((1, 4, 1)))
 
 
 @pytest.mark.parametrize("make", [

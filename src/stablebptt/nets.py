@@ -10,6 +10,7 @@ Every controller maps a *batched* state (B, *state_shape) to a batched control
 """
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 from typing import Sequence
@@ -45,7 +46,15 @@ class Dense(eqx.Module):
 
 
 class Conv(eqx.Module):
-    """Valid, strided N-d convolution, channels last. kernel (*window, c_in, c_out)."""
+    """Valid, strided N-d convolution, channels last. kernel (*window, c_in, c_out).
+
+    Computed as patch extraction + one matrix product: for every window offset o a strided
+    slice x[:, o + s·j] (j = output position), the slices stacked in window-major order to
+    patches (B, *out, prod(window)·c_in), then ``patches @ kernel.reshape(-1, c_out)``. This
+    is the same sum as ``lax.conv_general_dilated`` (``conv_reference``), in another order;
+    on XLA:CPU the matrix product runs several times faster than the convolution kernel for
+    these small windows, forward and backward (the slices' transposes are pads and adds).
+    """
 
     kernel: jax.Array
     bias: jax.Array
@@ -57,7 +66,28 @@ class Conv(eqx.Module):
         kernel = glorot_uniform(key, (*window, c_in, c_out), rf * c_in, rf * c_out)
         return Conv(kernel, jnp.zeros((c_out,), jnp.float32), tuple(strides))
 
+    def patches(self, x):
+        """(B, *spatial, c_in) -> (B, *out, prod(window)·c_in), window-major, c_in minor."""
+        nd = len(self.strides)
+        window = self.kernel.shape[:nd]
+        spatial = x.shape[1:1 + nd]
+        out = [(n - w) // s + 1 for n, w, s in zip(spatial, window, self.strides)]
+        if min(out) < 1:
+            raise ValueError(f"Conv: input {spatial} smaller than window {window}")
+        cols = []
+        for offset in itertools.product(*(range(w) for w in window)):
+            idx = tuple(slice(o, o + s * (m - 1) + 1, s) for o, s, m in zip(offset, self.strides, out))
+            cols.append(x[(slice(None),) + idx])
+        p = jnp.stack(cols, axis=-2)  # (B, *out, prod(window), c_in)
+        return p.reshape(p.shape[:-2] + (-1,))
+
     def __call__(self, x):  # x: (B, *spatial, c_in)
+        k = self.kernel.reshape(-1, self.kernel.shape[-1])
+        y = jnp.matmul(self.patches(x), k, precision=jax.lax.Precision.HIGHEST)
+        return y + self.bias
+
+    def conv_reference(self, x):
+        """The same convolution with ``lax.conv_general_dilated`` (for tests)."""
         nd = len(self.strides)
         spatial = "HWD"[:nd]
         dn = jax.lax.conv_dimension_numbers(
