@@ -12,6 +12,8 @@ What is guarded (see docs/performance.md):
 * checkpointed (remat) C under jit, ``checkpoint_every="auto"``, the memory model, the
   chunked evaluation and the per-update trainer give the same numbers as the plain paths.
 """
+import dataclasses
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -146,15 +148,24 @@ def test_memory_plan_and_model():
     assert 0.5 * measured <= est <= 2.0 * measured, (est, measured)
 
 
-def test_chunked_evaluation_equals_one_rollout():
-    prob = problems.get("guidance")
+@pytest.mark.parametrize("chunk", [None, 32, 64, 100])
+def test_chunked_evaluation_equals_one_rollout(chunk):
+    prob = dataclasses.replace(problems.get("guidance"), eval_chunk=chunk)
     model = prob.make_controller(jax.random.PRNGKey(1), zero_last=False)
-    tr, te = (jnp.asarray(a) for a in prob.sample_data(3, 256, 256))
+    tr, te = (jnp.asarray(a) for a in prob.sample_data(3, 256, 192))
     params, static = eqx.partition(model, eqx.is_inexact_array)
     kw = dict(step=prob.step, loss=prob.loss, horizon=prob.horizon)
     got = jax.jit(T._make_evaluate(prob, static))(params, tr, te)
     want = [F.evaluate_loss(model, xs, **kw) for xs in (tr, te)]
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-6)
+
+
+def test_eval_chunk_is_the_largest_divisor_up_to_the_preferred_size():
+    assert T._eval_chunk(256, 64) == 64
+    assert T._eval_chunk(192, 100) == 96
+    assert T._eval_chunk(256, None) == min(256, T.EVAL_CHUNK)
+    assert T._eval_chunk(200, 256) == 200  # fits in one chunk
+    assert T._eval_chunk(97, 64) == 97  # prime: no divisor ≥ 32, one rollout
 
 
 def test_per_update_trainer_equals_epoch_program():

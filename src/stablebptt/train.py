@@ -118,16 +118,18 @@ def _make_update(problem: Problem, config: RunConfig, static, tx, n_programs: in
     return update
 
 
-#: states per chunk of the evaluation rollout on CPU (see :func:`_make_evaluate`)
+#: states per chunk of the evaluation rollout on CPU when the problem sets no ``eval_chunk``
 EVAL_CHUNK = 128
 
 
-def _eval_chunk(n: int) -> int:
-    """Chunk length for evaluating ``n`` states: on CPU the largest divisor of n ≤ EVAL_CHUNK
-    (≥ 32, else no chunking); on accelerators all n at once."""
-    if jax.default_backend() != "cpu" or n <= EVAL_CHUNK:
+def _eval_chunk(n: int, preferred: int | None = None) -> int:
+    """Chunk length for evaluating ``n`` states: on CPU the largest divisor of n ≤ the
+    preferred chunk (the problem's ``eval_chunk``, else :data:`EVAL_CHUNK`), at least 32,
+    else no chunking; on accelerators all n at once."""
+    want = int(preferred or EVAL_CHUNK)
+    if jax.default_backend() != "cpu" or n <= want:
         return n
-    for c in range(EVAL_CHUNK, 31, -1):
+    for c in range(want, 31, -1):
         if n % c == 0:
             return c
     return n
@@ -136,11 +138,12 @@ def _eval_chunk(n: int) -> int:
 def _make_evaluate(problem: Problem, static):
     """``evaluate(params, train, test) -> (train_loss, test_loss)``.
 
-    On CPU the states are rolled out in chunks of ≤ :data:`EVAL_CHUNK` (one ``lax.map`` over
-    the chunks of both sets): each step's intermediates then stay in cache, which makes the
-    evaluation of elementwise-heavy simulators (guidance) ~2x faster than one 512-wide
-    rollout, at a few per cent cost for matmul-bound ones. The loss is a batch mean
-    (problem contract), so the mean over equal chunks is the loss of the whole set.
+    On CPU the states are rolled out in chunks (one ``lax.map`` over the chunks of both sets)
+    of the problem's ``eval_chunk`` (default :data:`EVAL_CHUNK`): each step's intermediates
+    then stay in cache. Measured here (benchmarks/results.md): guidance, elementwise-heavy,
+    is fastest at 32–64 states (~2x faster than one 512-wide rollout), the quantum CNN at 256,
+    cart-pole does not care. The loss is a batch mean (problem contract), so the mean over
+    equal chunks is the loss of the whole set.
     """
     kw = dict(step=problem.step, loss=problem.loss, horizon=problem.horizon)
 
@@ -148,7 +151,7 @@ def _make_evaluate(problem: Problem, static):
         return flow_mod.evaluate_loss(eqx.combine(params, static), xs, **kw)
 
     def chunks(xs):
-        c = _eval_chunk(xs.shape[0])
+        c = _eval_chunk(xs.shape[0], problem.eval_chunk)
         return xs.reshape((xs.shape[0] // c, c) + xs.shape[1:])
 
     def evaluate(params, train, test):

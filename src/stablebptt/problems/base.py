@@ -41,6 +41,10 @@ class Problem:
       defaults: the paper's training settings (epochs, lr, batch_size, n_train, n_test, ...).
       zero_last_default: whether the paper preset zero-initialises the last kernel.
       description: one line for ``stablebptt problems``.
+      eval_chunk: states per chunk when the trainer evaluates the full train/test sets on CPU
+        (a speed knob only: the loss is a batch mean, so it does not change the numbers);
+        None uses ``train.EVAL_CHUNK``. Small chunks keep an elementwise-heavy simulator's
+        intermediates in cache; large ones suit matmul-bound controllers.
     """
 
     name: str
@@ -55,6 +59,7 @@ class Problem:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     zero_last_default: bool = False
     description: str = ""
+    eval_chunk: int | None = None
 
     def zero_control(self, batch: int) -> jax.Array:
         import jax.numpy as jnp

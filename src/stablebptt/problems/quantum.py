@@ -234,6 +234,7 @@ def make(
         control_shape=(1,),
         defaults=dict(epochs=1000, lr=1e-3, batch_size=8, n_train=256, n_test=256),
         zero_last_default=False,
+        eval_chunk=256,  # the CNN's matrix products prefer large chunks (see train._make_evaluate)
         description=(
             f"particle in a box (1-D Schrödinger, Crank–Nicolson, nx={nx}): steer "
             f"superpositions of eigenstates 1, 2 into eigenstate {target} (1-based)"
