@@ -47,6 +47,19 @@ def test_train_cli_writes_a_complete_run_folder(tmp_path, monkeypatch):
     assert res2.exit_code == 0 and len(list((tmp_path / "runs").iterdir())) == 1
 
 
+def test_train_cli_eval_every_records_evaluated_epochs(tmp_path, monkeypatch):
+    monkeypatch.setenv("STABLEBPTT_CACHE_DIR", str(tmp_path / "cache"))
+    res = runner.invoke(app, ["train", "cartpole", "--epochs", "5", "--n-train", "16", "--n-test", "8",
+                              "--eval-every", "2", "--param", "steps=10", "--out", str(tmp_path / "runs")])
+    assert res.exit_code == 0, res.output
+    (folder,) = list((tmp_path / "runs").iterdir())
+    m = pd.read_csv(folder / "metrics.csv")
+    assert list(m["epoch"]) == [2, 4, 5]
+    assert np.all(np.isfinite(m[["loss", "train_loss", "test_loss"]]))
+    man = json.loads((folder / "manifest.json").read_text())
+    assert "--eval-every 2" in man["cli_command"]
+
+
 @pytest.mark.parametrize("args, msg", [
     (["train", "cartpole", "--mode", "Q"], "unknown mode 'Q'"),
     (["train", "cartpole", "--poles", "0"], "poles"),
@@ -55,6 +68,7 @@ def test_train_cli_writes_a_complete_run_folder(tmp_path, monkeypatch):
     (["train", "quantum", "--target", "0"], "target"),
     (["train", "cartpole", "--clip", "sometimes"], "clip"),
     (["train", "cartpole", "--lr", "-1"], "lr"),
+    (["train", "cartpole", "--eval-every", "0"], "eval_every=0"),
 ])
 def test_cli_errors_name_the_bad_value(args, msg):
     res = runner.invoke(app, args)

@@ -1,4 +1,6 @@
 """Training loop: the Fig. 2 toy, determinism, divergence guard, vmapped seeds."""
+import equinox as eqx
+import jax
 import numpy as np
 import pytest
 
@@ -139,3 +141,62 @@ def test_config_errors_name_the_field():
         RunConfig(clip="sometimes")
     with pytest.raises(ValidationError, match="poles"):
         RunConfig(problem="linear", problem_params={"poles": 2})
+
+
+@pytest.mark.parametrize("seeds", [5, [5, 6]])
+def test_eval_every_records_only_evaluated_epochs_with_the_same_numbers(seeds):
+    prob = problems.get("cartpole", steps=10)
+    base = dict(problem="cartpole", problem_params={"steps": 10}, mode="C", epochs=7, n_train=32, n_test=16)
+    every = train(prob, RunConfig(**base), seeds)
+    sparse = train(prob, RunConfig(**base, eval_every=3), seeds)
+    for a, b in zip(every, sparse):
+        assert b.history["epoch"] == [3, 6, 7]  # every 3rd epoch and the last
+        for k in b.history:
+            if k != "wall_s":
+                assert b.history[k] == [a.history[k][e - 1] for e in (3, 6, 7)], k
+        assert b.initial == a.initial
+        for p, q in zip(jax.tree_util.tree_leaves(eqx.filter(a.model, eqx.is_inexact_array)),
+                        jax.tree_util.tree_leaves(eqx.filter(b.model, eqx.is_inexact_array))):
+            assert np.array_equal(np.asarray(p), np.asarray(q))
+
+
+def test_eval_every_still_stops_a_diverging_run():
+    prob = problems.get("linear", a=1.0, theta0=0.1)
+    cfg = RunConfig(problem="linear", problem_params=dict(a=1.0, theta0=0.1), mode="R", optimizer="sgd",
+                    lr=0.3, batch_size=1, n_train=1, n_test=1, epochs=20, eval_every=3)
+    (res,) = train(prob, cfg, 0)
+    assert res.diverged and res.diverged_epoch in (4, 5)  # 4 with every-epoch evaluation
+    assert res.history["epoch"] == [3]
+    assert all(np.all(np.isfinite(v)) for v in res.history.values())
+    assert np.all(np.isfinite(np.asarray(res.model.theta)))
+
+
+def test_eval_every_validation_and_run_ids():
+    from pydantic import ValidationError
+
+    from stablebptt.config import run_id
+
+    with pytest.raises(ValidationError, match="eval_every=0"):
+        RunConfig(eval_every=0)
+    cfg = RunConfig(problem="cartpole", mode="R")
+    # the default is not hashed: result folders written before the field existed keep their id
+    d = cfg.to_dict()
+    d.pop("eval_every")
+    import hashlib
+    import json
+    old = hashlib.sha256(json.dumps({"config": d, "seed": 3}, sort_keys=True).encode()).hexdigest()[:16]
+    assert run_id(cfg, 3) == old
+    assert run_id(RunConfig(problem="cartpole", mode="R", eval_every=2), 3) != old
+
+
+def test_eval_every_with_vmapped_seeds(monkeypatch):
+    from stablebptt import train as T
+
+    prob = problems.get("cartpole", steps=10)
+    base = dict(problem="cartpole", problem_params={"steps": 10}, mode="R", epochs=4, n_train=32, n_test=16)
+    loop = train(prob, RunConfig(**base, eval_every=2), [1, 2])
+    monkeypatch.setattr(T, "SEED_STRATEGY", "vmap")
+    vm = train(prob, RunConfig(**base, eval_every=2), [1, 2])
+    for a, b in zip(loop, vm):
+        assert b.history["epoch"] == a.history["epoch"] == [2, 4]
+        np.testing.assert_allclose(b.history["test_loss"], a.history["test_loss"], rtol=1e-5)

@@ -119,6 +119,7 @@ def train(
     checkpoint_every: str = typer.Option("auto", help="remat: checkpoint the unroll every k steps, 'auto' (from --memory-budget) or 'none'"),
     memory_budget: Optional[float] = typer.Option(None, help="memory budget in GiB for checkpoint_every=auto (default: 48 MiB on CPU, 1/4 of device memory on accelerators; see flow.default_memory_budget)"),
     init_weights: Optional[Path] = typer.Option(None, help=".npz weights to start from"),
+    eval_every: int = typer.Option(1, help="evaluate the full train/test sets every k epochs and after the last (paper: 1; evaluation is ~20 % of an epoch)"),
     out_dir: Path = typer.Option(Path("runs"), "--out", "-o", help="folder that receives the run folder"),
     poles: Optional[int] = typer.Option(None, help="cartpole: number of poles"),
     drivers: Optional[int] = typer.Option(None, help="guidance: drivers"),
@@ -163,6 +164,7 @@ def train(
             "auto" if checkpoint_every.lower() == "auto" else _int_option("--checkpoint-every", checkpoint_every),
             memory_budget=int(memory_budget * 2**30) if memory_budget else None,
             init_weights=str(init_weights) if init_weights else None,
+            eval_every=eval_every,
         )
     except ValidationError as e:
         raise fail("; ".join(f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}" for err in e.errors()))
@@ -181,7 +183,12 @@ def train(
 
         def on_epoch(e, rows):
             row = rows[0]
-            info = "diverged" if row is None else f"train {row['train_loss']:.4g}  test {row['test_loss']:.4g}"
+            if row is None:
+                info = "diverged"
+            elif "test_loss" in row:
+                info = f"train {row['train_loss']:.4g}  test {row['test_loss']:.4g}"
+            else:  # an epoch without evaluation (--eval-every)
+                info = f"minibatch loss {row['loss']:.4g}"
             progress.update(task, completed=e, description="training", info=info)
 
         try:

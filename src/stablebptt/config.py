@@ -48,6 +48,9 @@ class RunConfig(BaseModel):
     checkpoint_every: Optional[Union[int, Literal["auto"]]] = "auto"
     memory_budget: Optional[int] = None
     init_weights: Optional[str] = None
+    #: evaluate the full train/test sets every k epochs and after the last one (paper: 1).
+    #: Only evaluated epochs are recorded as rows; the others still train and are guarded.
+    eval_every: int = 1
 
     @field_validator("problem")
     @classmethod
@@ -84,7 +87,7 @@ class RunConfig(BaseModel):
             raise ValueError(f"clip_threshold={v!r}; must be ≥ 0")
         return v
 
-    @field_validator("batch_size", "epochs", "n_train", "n_test")
+    @field_validator("batch_size", "epochs", "n_train", "n_test", "eval_every")
     @classmethod
     def _positive(cls, v, info):
         if v < 1:
@@ -124,7 +127,16 @@ class RunConfig(BaseModel):
         return self.model_dump(mode="json")
 
 
+#: fields added after the first release, hashed only when not at their default so that
+#: existing result folders keep their ids
+_LATER_FIELDS = {"eval_every": 1}
+
+
 def run_id(config: RunConfig, seed: int) -> str:
     """Stable short hash of (config, seed): the name of the run's result folder."""
-    blob = json.dumps({"config": config.to_dict(), "seed": int(seed)}, sort_keys=True)
+    d = config.to_dict()
+    for k, default in _LATER_FIELDS.items():
+        if d.get(k) == default:
+            d.pop(k)
+    blob = json.dumps({"config": d, "seed": int(seed)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

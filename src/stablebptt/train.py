@@ -14,6 +14,10 @@ Per-epoch metrics (one row per epoch, epochs counted from 1):
                   (C runs, or any mode with ``diagnostics=True``)
   ``wall_s``      wall time of the epoch (compile time is reported separately)
 
+With ``eval_every = k > 1`` the full sets are evaluated only after every k-th and the last
+epoch, and only those epochs are recorded as rows (the others train normally; their
+minibatch losses and updates are still checked for divergence).
+
 A non-finite loss or update stops that run: its parameters are frozen at the last finite
 state, it is marked ``diverged`` with the epoch where it happened, and no row is written for
 that epoch (all recorded metrics are finite).
@@ -35,6 +39,8 @@ from .config import RunConfig
 from .problems import Problem
 
 METRICS = ("loss", "train_loss", "test_loss", "update_norm", "cos_mg", "sign_agree")
+#: the metrics that need the evaluation of the full sets (absent on skipped epochs)
+EVAL_METRICS = ("train_loss", "test_loss")
 
 
 @dataclass
@@ -255,11 +261,21 @@ class _Stepper:
             m = _metrics(stats, tr, te, bad)
             return (params, opt_state, alive, jnp.full_like(bad, -1), stats), m
 
+        def finish_unevaluated(carry):
+            """End of an epoch without evaluation (eval_every > 1): train_loss/test_loss NaN."""
+            params, opt_state, alive, bad, stats = carry
+            nan = jnp.float32(jnp.nan)
+            m = _metrics(stats, nan, nan, bad)
+            return (params, opt_state, alive, jnp.full_like(bad, -1), stats), m
+
         if K > 1:
             upd = jax.vmap(upd, in_axes=(0, 0, None))
             batches = jax.vmap(batches)
             finish = jax.vmap(finish)
+            finish_unevaluated = jax.vmap(finish_unevaluated)
         self._upd, self._batches, self._finish = upd, batches, finish
+        self._finish_unevaluated = finish_unevaluated
+        self.eval_every = config.eval_every
 
     def init_carry(self, params, opt_state):
         lead = () if self.K == 1 else (self.K,)
@@ -279,16 +295,20 @@ class _Stepper:
             jax.jit(self._finish, donate_argnums=0).lower(carry, train, test),
             jax.jit(self._batches).lower(train, key),
         ]
+        if self.eval_every > 1:
+            lowered.append(jax.jit(self._finish_unevaluated, donate_argnums=0).lower(carry))
         with ThreadPoolExecutor(2) as pool:
-            self.update, self.finish, self.batches = pool.map(lambda l: l.compile(), lowered)
+            compiled = list(pool.map(lambda l: l.compile(), lowered))
+        self.update, self.finish, self.batches = compiled[:3]
+        self.finish_unevaluated = compiled[3] if self.eval_every > 1 else None
         self.fixed = None if self.shuffle else self.batches(train, key)
         return time.perf_counter() - t0
 
-    def epoch(self, carry, train, test, key):
+    def epoch(self, carry, train, test, key, evaluate: bool = True):
         b = self.fixed if self.fixed is not None else self.batches(train, key)
         for i in self.idx:
             carry = self.update(carry, b, i)
-        return self.finish(carry, train, test)
+        return self.finish(carry, train, test) if evaluate else self.finish_unevaluated(carry)
 
     @staticmethod
     def alive(carry):
@@ -351,7 +371,7 @@ class _SeedLoop:
         out = [self.one.finish(c, tr[k], te[k]) for k, c in enumerate(carry)]
         return [c for c, _ in out], self._stack([m for _, m in out])
 
-    def epoch(self, carry, train, test, key):
+    def epoch(self, carry, train, test, key, evaluate: bool = True):
         tr, te = self._per_seed(train, test)
         keys = self._split(key, self.K) if self.one.fixed is None else [None] * self.K
         new, ms = [], []
@@ -359,7 +379,7 @@ class _SeedLoop:
             b = self.fixed[k] if self.one.fixed is not None else self.one.batches(tr[k], keys[k])
             for i in self.one.idx:
                 c = self.one.update(c, b, i)
-            c, m = self.one.finish(c, tr[k], te[k])
+            c, m = self.one.finish(c, tr[k], te[k]) if evaluate else self.one.finish_unevaluated(c)
             new.append(c)
             ms.append(m)
         return new, self._stack(ms)
@@ -385,7 +405,9 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
       config: the run configuration (its ``problem`` field is informational here).
       seeds: an int or a list of ints. A seed sets the initial weights and, with
         ``config.data == "seeded"``, the data.
-      on_epoch: called after each epoch with (epoch, [per-seed metric dicts]).
+      on_epoch: called after each epoch with (epoch, [per-seed metric dicts]); a dict is None
+        for a seed that has diverged, and lacks train_loss/test_loss on epochs that were not
+        evaluated (``config.eval_every``).
       data: optional ``(train, test)`` arrays overriding the sampler (same for all seeds).
 
     Returns: one :class:`TrainResult` per seed, in order.
@@ -444,7 +466,8 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
     t_train = time.perf_counter()
     for e in range(1, config.epochs + 1):
         t = time.perf_counter()
-        carry, M = stepper.epoch(carry, TR, TE, epoch_key(e))
+        evaluated = e % config.eval_every == 0 or e == config.epochs
+        carry, M = stepper.epoch(carry, TR, TE, epoch_key(e), evaluate=evaluated)
         M, alive_np = jax.device_get((M, stepper.alive(carry)))
         alive_np = np.atleast_1d(np.asarray(alive_np))
         wall = time.perf_counter() - t
@@ -453,7 +476,8 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
             if diverged_epoch[k] is not None:
                 rows.append(None)
                 continue
-            vals = {name: float(np.atleast_1d(M[name])[k]) for name in METRICS}
+            names = METRICS if evaluated else tuple(m for m in METRICS if m not in EVAL_METRICS)
+            vals = {name: float(np.atleast_1d(M[name])[k]) for name in names}
             if not alive_np[k] or not all(np.isfinite(list(vals.values()))):
                 diverged_epoch[k] = e
                 rows.append(None)
@@ -461,6 +485,9 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
             if not want_stats:
                 vals["cos_mg"] = float("nan")
                 vals["sign_agree"] = float("nan")
+            if not evaluated:
+                rows.append(vals)
+                continue
             h = histories[k]
             h["epoch"].append(e)
             for name in METRICS:
