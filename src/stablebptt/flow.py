@@ -486,7 +486,8 @@ def unrolled_loss(params, static, x0, *, step, loss: TrajectoryLoss, horizon: in
 #   (standard JAX AD through ``lax.scan``, or the two-adjoint cell for C) then only carries
 #   state adjoints λ_n and emits the control cotangents ac_n = ∂L/∂e_n; no parameter
 #   gradient is formed inside the loop.
-# * Afterwards one vjp of the controller, vmapped over all T steps, gives
+# * Afterwards one vjp of the controller, vmapped over all T steps (or called once on all
+#   T·B rows when the controller declares ``rows_independent``), gives
 #   ∇θ = Σ_n G_θ,nᵀ ac_n as a few large matrix products (T·B rows) instead of T small ones.
 #   For M and S the loop then contains no controller backward at all (its input gate is 0).
 # * With ``checkpoint_every`` the unroll runs in ``jax.checkpoint`` segments and the final
@@ -518,14 +519,30 @@ def _vjp_chunk(horizon: int, batch: int, seg: int | None) -> int | None:
     return None
 
 
+def rows_independent(model) -> bool:
+    """Does ``model`` treat the rows of its batch independently (``rows_independent = True``
+    on its class: the library's MLP and QuantumCNN)? Then the deferred parameter vjp may call it
+    once on all T·B rows instead of vmapping over the T steps."""
+    return bool(getattr(type(model), "rows_independent", False))
+
+
 def _param_vjp(params, static, xs, cts: Sequence[PyTree], seg: int | None) -> list[PyTree]:
-    """[Σ_n G_θ,nᵀ ct_n for ct in cts]: one vjp of the controller vmapped over the T steps.
+    """[Σ_n G_θ,nᵀ ct_n for ct in cts]: one vjp of the controller vmapped over the T steps, or,
+    for a controller with independent rows (:func:`rows_independent`), one vjp of one call on
+    all T·B rows (measured: quantum M 1.45x, R 1.27x faster; cart-pole ~6 %).
 
     ``xs`` holds x_0 … x_{T-1} (leading axes T, B); each ct the control cotangents (T, B, …).
     With ``seg`` the T steps are processed in chunks inside a scan (bounded memory).
     """
+    rowwise = rows_independent(static)
+
     def vjps(p, xs_, cts_):
-        _, vjp = jax.vjp(lambda q: jax.vmap(eqx.combine(q, static))(xs_), p)
+        if rowwise:  # one call on all T·B rows: plain 2-D matrix products, forward and back
+            flat = lambda t: jax.tree_util.tree_map(lambda a: a.reshape((-1,) + a.shape[2:]), t)
+            xs_, cts_ = flat(xs_), [flat(c) for c in cts_]
+            _, vjp = jax.vjp(lambda q: eqx.combine(q, static)(xs_), p)
+        else:
+            _, vjp = jax.vjp(lambda q: jax.vmap(eqx.combine(q, static))(xs_), p)
         if len(cts_) == 1:
             return [vjp(cts_[0])[0]]
         both = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *cts_)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import equinox as eqx
 import jax
@@ -83,8 +83,11 @@ class Conv(eqx.Module):
 
     def __call__(self, x):  # x: (B, *spatial, c_in)
         k = self.kernel.reshape(-1, self.kernel.shape[-1])
-        y = jnp.matmul(self.patches(x), k, precision=jax.lax.Precision.HIGHEST)
-        return y + self.bias
+        p = self.patches(x)
+        # one 2-D product over all (sample, position) rows: its transposes for the kernel and
+        # input gradients stay plain 2-D products too (with the 3-D form AD was ~2x slower)
+        y = jnp.matmul(p.reshape(-1, p.shape[-1]), k, precision=jax.lax.Precision.HIGHEST)
+        return y.reshape(p.shape[:-1] + (k.shape[-1],)) + self.bias
 
     def conv_reference(self, x):
         """The same convolution with ``lax.conv_general_dilated`` (for tests)."""
@@ -110,6 +113,8 @@ class MLP(eqx.Module):
 
     layers: tuple[Dense, ...]
     control_shape: tuple[int, ...] = eqx.field(static=True)
+    #: each batch row is mapped on its own (see flow.rows_independent)
+    rows_independent: ClassVar[bool] = True
 
     def __init__(self, key, in_size: int, control_shape: Sequence[int],
                  widths: Sequence[int] = (100, 100), zero_last: bool = False):
@@ -142,6 +147,7 @@ class QuantumCNN(eqx.Module):
     conv2d: Conv
     conv1d: Conv
     dense: Dense
+    rows_independent: ClassVar[bool] = True
 
     def __init__(self, key, nx: int = 32, filters: int = 60, zero_last: bool = False):
         k1, k2, k3 = jax.random.split(key, 3)
