@@ -34,11 +34,18 @@ PROBLEM_OPTIONS = ("poles", "drivers", "evaders", "rc", "nx", "dt", "steps", "ta
                    "a", "b", "x0", "theta0")
 
 
-def setup_jax(cache: bool = True) -> None:
+def setup_jax(cache: bool = True, cpu_devices: int = 1) -> None:
     """Persistent compilation cache (a second process start reuses compiled programs); on an
-    accelerator, float32 matmuls at "highest" precision (recorded in every run manifest)."""
+    accelerator, float32 matmuls at "highest" precision (recorded in every run manifest).
+    ``cpu_devices=2`` gives JAX two CPU devices (before its backend starts) so that a single
+    run evaluates on the second core while it trains on the first (train.OVERLAP_EVAL)."""
     import jax
 
+    if cpu_devices > 1:
+        try:
+            jax.config.update("jax_num_cpu_devices", int(cpu_devices))
+        except RuntimeError:  # the backend already started (e.g. the CLI called in-process)
+            pass
     if jax.default_backend() != "cpu":  # TF32 would silently change float32 results on GPUs
         jax.config.update("jax_default_matmul_precision", "highest")
     if cache and os.environ.get("STABLEBPTT_NO_CACHE") != "1":
@@ -169,7 +176,7 @@ def train(
     except ValidationError as e:
         raise fail("; ".join(f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}" for err in e.errors()))
 
-    setup_jax()
+    setup_jax(cpu_devices=2 if (os.cpu_count() or 1) >= 2 else 1)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from .run import run

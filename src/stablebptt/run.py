@@ -27,6 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable, Sequence
 
+from . import train as _train
 from .config import RunConfig, run_id
 
 RESULT_FILE = "result.json"
@@ -47,7 +48,8 @@ def manifest() -> dict:
         "versions": {n: ver(n) for n in ("stablebptt", "jax", "jaxlib", "optax", "equinox", "numpy")}
         | {"python": platform.python_version()},
         "device": {"platform": dev.platform, "kind": getattr(dev, "device_kind", str(dev)),
-                   "count": jax.device_count()},
+                   "count": jax.device_count(),
+                   "overlap_eval": str(_train.OVERLAP_EVAL)},  # evaluation on a 2nd CPU device
         "precision": {"dtype": "float32", "x64": bool(jax.config.jax_enable_x64),
                       "matmul_precision": str(jax.config.jax_default_matmul_precision)},
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
