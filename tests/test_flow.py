@@ -89,6 +89,16 @@ def test_row_coupled_controller_keeps_per_step_batches(toy, mode):
     tree_allclose(upd, ref, rtol=2e-5, atol=1e-8)
 
 
+def test_C_cotangents_in_turn_equal_vmapped(toy, monkeypatch):
+    model, x0 = toy
+    loss = TrajectoryLoss(lambda x: jnp.mean(x**2), on="every")
+    kw = dict(step=pendulum_step, loss=loss, horizon=8, flow="C")
+    _, vmapped, _ = F.value_and_update(model, x0, **kw)
+    monkeypatch.setattr(F, "TWO_COTANGENTS_IN_TURN_BYTES", 0)  # every controller: in turn
+    _, in_turn, _ = F.value_and_update(model, x0, **kw)
+    tree_allclose(in_turn, vmapped, rtol=1e-5, atol=1e-8)
+
+
 @pytest.mark.parametrize("mode", ["M", "R", "C"])
 def test_flattened_parameter_vjp_equals_per_step_vmap(toy, mode, monkeypatch):
     model, x0 = toy
