@@ -70,7 +70,7 @@ def render(data: dict, command: str, note: str | None = None) -> str:
               "core). `train() seq` / `train() overlapped`: steady epochs of real `train()` calls with the "
               "evaluation sequential / on the second CPU core while the next epoch trains (what `stablebptt "
               "train` does for one seed); `eval share overl.` = the wall time the overlapped epoch spends beyond "
-              "its updates.", "",
+              "its updates (overlapped `train()` epoch − (sequential `train()` epoch − evaluation); noisy: a difference of two medians).", "",
               "| problem | mode | epoch ms | update ms | eval ms | eval share | TF epoch s | speed-up | "
               "train() seq ms | train() overlapped ms | eval share overl. | speed-up overl. |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -548,6 +548,23 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
 
     train_names = tuple(m for m in METRICS if m not in EVAL_METRICS)
     overlap = _OverlappedEvaluation.make(problem, static, K, TR, TE, stepper.params(carry))
+
+    def finish_overlapped() -> bool:
+        """Complete the row of the pending overlapped evaluation; False if it diverged."""
+        nonlocal final_params
+        done = overlap.collect()
+        if done is None:
+            return True
+        (pe, pvals, pwall, pparams), (tr_l, te_l) = done
+        pvals = pvals | {"train_loss": tr_l, "test_loss": te_l}
+        ok = finite(pvals)
+        if ok:
+            record(0, pe, pvals, pwall)
+        else:
+            diverged_epoch[0], final_params = pe, pparams
+        if on_epoch is not None:
+            on_epoch(pe, [pvals if ok else None])
+        return ok
     t_train = time.perf_counter()
     try:
         for e in range(1, config.epochs + 1):
@@ -558,18 +575,8 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
                 carry, M = stepper.epoch(carry, TR, TE, epoch_key(e), evaluate=False)
                 M, alive_np = jax.device_get((M, stepper.alive(carry)))
                 wall = time.perf_counter() - t
-                done = overlap.collect()
-                if done is not None:
-                    (pe, pvals, pwall, pparams), (tr_l, te_l) = done
-                    pvals = pvals | {"train_loss": tr_l, "test_loss": te_l}
-                    if not finite(pvals):
-                        diverged_epoch[0], final_params = pe, pparams
-                        if on_epoch is not None:
-                            on_epoch(pe, [None])
-                        break
-                    record(0, pe, pvals, pwall)
-                    if on_epoch is not None:
-                        on_epoch(pe, [pvals])
+                if not finish_overlapped():
+                    break
                 vals = row_values(M, 0, train_names)
                 if not bool(np.atleast_1d(alive_np)[0]) or not finite(vals):
                     diverged_epoch[0] = e
@@ -604,18 +611,7 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
             if all(d is not None for d in diverged_epoch):
                 break
         if overlap is not None and diverged_epoch[0] is None:
-            done = overlap.collect()  # the last epoch's evaluation
-            if done is not None:
-                (pe, pvals, pwall, pparams), (tr_l, te_l) = done
-                pvals = pvals | {"train_loss": tr_l, "test_loss": te_l}
-                if not finite(pvals):
-                    diverged_epoch[0], final_params = pe, pparams
-                    if on_epoch is not None:
-                        on_epoch(pe, [None])
-                else:
-                    record(0, pe, pvals, pwall)
-                    if on_epoch is not None:
-                        on_epoch(pe, [pvals])
+            finish_overlapped()  # the last epoch's evaluation
     finally:
         if overlap is not None:
             overlap.close()
