@@ -99,6 +99,18 @@ def test_C_cotangents_in_turn_equal_vmapped(toy, monkeypatch):
     tree_allclose(in_turn, vmapped, rtol=1e-5, atol=1e-8)
 
 
+@pytest.mark.parametrize("mode", ["M", "S", "R", ("R", "M", "S", "R", "M", "M", "R", "S")])
+def test_kept_activations_equal_recomputed_forward(toy, mode, monkeypatch):
+    model, x0 = toy
+    assert F.saves_residuals(model)
+    loss = TrajectoryLoss(lambda x: jnp.mean(x**2), on="every", control_weight=0.1)
+    kw = dict(step=pendulum_step, loss=loss, horizon=8, flow=mode)
+    _, kept, _ = F.value_and_update(model, x0, **kw)
+    monkeypatch.setattr(F, "saves_residuals", lambda m: False)
+    _, recomputed, _ = F.value_and_update(model, x0, **kw)
+    tree_allclose(kept, recomputed, rtol=1e-5, atol=1e-8)
+
+
 @pytest.mark.parametrize("mode", ["M", "R", "C"])
 def test_flattened_parameter_vjp_equals_per_step_vmap(toy, mode, monkeypatch):
     model, x0 = toy

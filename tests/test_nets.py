@@ -68,6 +68,25 @@ def test_patch_conv_equals_xla_convolution_values_and_gradients(window, strides,
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("make, shape", [
+    (lambda k: nets.MLP(k, 4, (2,), widths=(30, 20)), (40, 2, 2)),
+    (lambda k: nets.QuantumCNN(k), (40, 32, 2)),
+])
+def test_parameter_vjp_from_kept_activations_equals_autodiff(make, shape):
+    m = make(jax.random.PRNGKey(0))
+    m = jax.tree_util.tree_map(lambda a: a + 0.05 if eqx.is_inexact_array(a) else a, m)  # no zero kernel
+    x = jax.random.normal(jax.random.PRNGKey(1), shape)
+    c, res = m.forward_with_residuals(x)
+    assert np.array_equal(np.asarray(c), np.asarray(m(x)))
+    ct = jax.random.normal(jax.random.PRNGKey(2), c.shape)
+    p, s = eqx.partition(m, eqx.is_inexact_array)
+    want = jax.vjp(lambda q: eqx.combine(q, s)(x), p)[1](ct)[0]
+    got = eqx.filter(m.param_vjp_from_residuals(x, res, ct), eqx.is_inexact_array)
+    assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+
+
 def test_patch_conv_rejects_input_smaller_than_window():
     conv = nets.Conv.init(jax.random.PRNGKey(0), (5,), 1, 2, (1,))
     with pytest.raises(ValueError, match="smaller than window"):

@@ -82,7 +82,9 @@ def programs(request):
 
 def test_fused_C_runs_controller_and_simulator_once(programs):
     name, j = programs
-    t = {m: count(j[m], "tanh") for m in j}
+    # in the loops (the deferred parameter vjp outside them may recompute the forward pass or
+    # use kept activations, see flow.KEEP_ACTIVATIONS_BYTES)
+    t = {m: count(j[m], "tanh", in_loops_only=True) for m in j}
     assert t["R"] >= 1
     assert t["C"] == t["R"] == t["M"] == t["S"], t
     assert t["naive"] == 2 * t["R"], t
