@@ -535,8 +535,9 @@ def rows_independent(model) -> bool:
 #: a single field's forward loop keeps the controller's activations for the deferred parameter
 #: vjp (instead of a second forward pass) when they take at most this many bytes per row.
 #: Measured, update time kept / recomputed, three interleaved runs: paper MLPs (1.6 KB/row)
-#: M 0.80-0.88x, R 0.83-0.98x; quantum CNN (10.5 KB/row) M 0.86-1.07x, R 1.01-1.12x. The
-#: fused C does not keep them (a variant that did: 0.95-1.17x).
+#: M 0.80-0.88x, R 0.83-0.98x; a hand-written version for the quantum CNN (10.5 KB/row):
+#: M 0.86-1.07x, R 1.01-1.12x, so it was not kept. The fused C does not keep activations
+#: (a variant that did: 0.95-1.17x).
 KEEP_ACTIVATIONS_BYTES = 4096
 
 
@@ -544,7 +545,7 @@ def saves_residuals(model) -> bool:
     """Can the forward loop keep ``model``'s activations so that the deferred parameter vjp
     needs no second forward pass? True for controllers with independent rows that implement
     ``forward_with_residuals(x) -> (c, res)`` and ``param_vjp_from_residuals(x, res, ct)``
-    (the library's MLP and QuantumCNN)."""
+    (the library's MLP)."""
     t = type(model)
     return rows_independent(model) and hasattr(t, "forward_with_residuals") and hasattr(t, "param_vjp_from_residuals")
 

@@ -82,20 +82,12 @@ class Conv(eqx.Module):
         return p.reshape(p.shape[:-2] + (-1,))
 
     def __call__(self, x):  # x: (B, *spatial, c_in)
-        return self.apply_patches(self.patches(x))
-
-    def apply_patches(self, p):
-        """(B, *out, prod(window)·c_in) patches -> (B, *out, c_out)."""
         k = self.kernel.reshape(-1, self.kernel.shape[-1])
+        p = self.patches(x)
         # one 2-D product over all (sample, position) rows: its transposes for the kernel and
         # input gradients stay plain 2-D products too (with the 3-D form AD was ~2x slower)
         y = jnp.matmul(p.reshape(-1, p.shape[-1]), k, precision=jax.lax.Precision.HIGHEST)
         return y.reshape(p.shape[:-1] + (k.shape[-1],)) + self.bias
-
-    def kernel_grad(self, p, dz):
-        """(∂/∂kernel, ∂/∂bias) of Σ dz·y for patches ``p`` and output cotangent ``dz``."""
-        k = p.reshape(-1, p.shape[-1]).T @ dz.reshape(-1, dz.shape[-1])
-        return k.reshape(self.kernel.shape), jnp.sum(dz.reshape(-1, dz.shape[-1]), axis=0)
 
     def conv_reference(self, x):
         """The same convolution with ``lax.conv_general_dilated`` (for tests)."""
@@ -191,32 +183,10 @@ class QuantumCNN(eqx.Module):
         self.dense = Dense.init(k3, n2 * filters, 1, zero_kernel=zero_last)
 
     def __call__(self, x):
-        return self.forward_with_residuals(x)[0]
-
-    def forward_with_residuals(self, x):
-        """``(u, (h0, h1))`` with the two convolutions' tanh outputs (B, n1, F), (B, n2, F)."""
-        h0 = jnp.tanh(self.conv2d(x[..., None]))[:, :, 0, :]  # (B, n1, F)
-        h1 = jnp.tanh(self.conv1d(h0))  # (B, n2, F)
-        return self.dense(h1.reshape(h1.shape[0], -1)), (h0, h1)
-
-    def param_vjp_from_residuals(self, x, res, ct):
-        """Σ over rows of (∂u/∂θ)ᵀ·ct from the activations of :meth:`forward_with_residuals`."""
-        h0, h1 = res
-        n = x.shape[0]
-        flat = h1.reshape(n, -1)
-        d = ct.reshape(n, -1)
-        g_dense = (flat.T @ d, jnp.sum(d, axis=0))
-        dz1 = (d @ self.dense.kernel.T).reshape(h1.shape) * (1.0 - h1 * h1)
-        p1 = self.conv1d.patches(h0)
-        g1 = self.conv1d.kernel_grad(p1, dz1)
-        k1 = self.conv1d.kernel.reshape(-1, self.conv1d.kernel.shape[-1])
-        dp1 = (dz1.reshape(-1, dz1.shape[-1]) @ k1.T).reshape(p1.shape)
-        (dh0,) = jax.linear_transpose(self.conv1d.patches, h0)(dp1)  # patches are linear
-        dz0 = dh0 * (1.0 - h0 * h0)
-        g0 = self.conv2d.kernel_grad(self.conv2d.patches(x[..., None]), dz0[:, :, None, :])
-        return eqx.tree_at(
-            lambda m: [m.conv2d.kernel, m.conv2d.bias, m.conv1d.kernel, m.conv1d.bias, m.dense.kernel, m.dense.bias],
-            self, [*g0, *g1, *g_dense])
+        h = jnp.tanh(self.conv2d(x[..., None]))  # (B, n1, 1, F)
+        h = h[:, :, 0, :]
+        h = jnp.tanh(self.conv1d(h))  # (B, n2, F)
+        return self.dense(h.reshape(h.shape[0], -1))
 
 
 # ---------------------------------------------------------------- weights in / out
