@@ -550,6 +550,16 @@ def saves_residuals(model) -> bool:
     return rows_independent(model) and hasattr(t, "forward_with_residuals") and hasattr(t, "param_vjp_from_residuals")
 
 
+def _merge_steps(t: PyTree) -> PyTree:
+    """(T, B, …) leaves -> (T·B, …): every step's batch as rows of one batch."""
+    return jax.tree_util.tree_map(lambda a: a.reshape((-1,) + a.shape[2:]), t)
+
+
+def _row_activation_bytes(params, static, x_row) -> int:
+    """Bytes of the controller's activations for one batch row ``x_row`` (leading axis 1)."""
+    return _activation_bytes(lambda p, x: eqx.combine(p, static)(x), params, x_row)
+
+
 def _param_vjp(params, static, xs, cts: Sequence[PyTree], seg: int | None, res=None) -> list[PyTree]:
     """[Σ_n G_θ,nᵀ ct_n for ct in cts]: one vjp of the controller vmapped over the T steps, or,
     for a controller with independent rows (:func:`rows_independent`), one vjp of one call on
@@ -559,20 +569,17 @@ def _param_vjp(params, static, xs, cts: Sequence[PyTree], seg: int | None, res=N
     With ``seg`` the T steps are processed in chunks inside a scan (bounded memory).
     """
     if res is not None:  # activations kept by the forward loop: no second forward pass
-        flat = lambda t: jax.tree_util.tree_map(lambda a: a.reshape((-1,) + a.shape[2:]), t)
         model = eqx.combine(params, static)
-        xf, rf = flat(xs), flat(res)
-        return [eqx.filter(model.param_vjp_from_residuals(xf, rf, flat(ct)), eqx.is_inexact_array) for ct in cts]
+        xf, rf = _merge_steps(xs), _merge_steps(res)
+        return [eqx.filter(model.param_vjp_from_residuals(xf, rf, _merge_steps(ct)), eqx.is_inexact_array)
+                for ct in cts]
     rowwise = rows_independent(static)
-    in_turn = False
-    if rowwise and len(cts) > 1:
-        x1 = jax.tree_util.tree_map(lambda a: a[0, :1], xs)
-        in_turn = _activation_bytes(lambda p, x: eqx.combine(p, static)(x), params, x1) > TWO_COTANGENTS_IN_TURN_BYTES
+    in_turn = rowwise and len(cts) > 1 and _row_activation_bytes(
+        params, static, jax.tree_util.tree_map(lambda a: a[0, :1], xs)) > TWO_COTANGENTS_IN_TURN_BYTES
 
     def vjps(p, xs_, cts_):
         if rowwise:  # one call on all T·B rows: plain 2-D matrix products, forward and back
-            flat = lambda t: jax.tree_util.tree_map(lambda a: a.reshape((-1,) + a.shape[2:]), t)
-            xs_, cts_ = flat(xs_), [flat(c) for c in cts_]
+            xs_, cts_ = _merge_steps(xs_), [_merge_steps(c) for c in cts_]
             _, vjp = jax.vjp(lambda q: eqx.combine(q, static)(xs_), p)
         else:
             _, vjp = jax.vjp(lambda q: jax.vmap(eqx.combine(q, static))(xs_), p)
@@ -609,9 +616,8 @@ def _field_value_and_grad(params, static, x0, *, step, loss: TrajectoryLoss, hor
     static_gates = isinstance(gates, tuple)
     seg = _segment_length(horizon, checkpoint_every)
     model = eqx.combine(jax.lax.stop_gradient(params), static)
-    save = seg is None and saves_residuals(static) and _activation_bytes(
-        lambda p, x: eqx.combine(p, static)(x), params, jax.tree_util.tree_map(lambda a: a[:1], x0)
-    ) <= KEEP_ACTIVATIONS_BYTES
+    save = seg is None and saves_residuals(static) and _row_activation_bytes(
+        params, static, jax.tree_util.tree_map(lambda a: a[:1], x0)) <= KEEP_ACTIVATIONS_BYTES
     E = _zeros_like_controls(model, x0, horizon)
     g_arr = jnp.zeros((horizon, 2), jnp.float32) if static_gates else jnp.asarray(gates)
 
