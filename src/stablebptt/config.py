@@ -129,14 +129,14 @@ class RunConfig(BaseModel):
 
 #: fields added after the first release, hashed only when not at their default so that
 #: existing result folders keep their ids
-_LATER_FIELDS = {"eval_every": 1}
+_LATER_FIELDS = ("eval_every",)
 
 
 def run_id(config: RunConfig, seed: int) -> str:
     """Stable short hash of (config, seed): the name of the run's result folder."""
     d = config.to_dict()
-    for k, default in _LATER_FIELDS.items():
-        if d.get(k) == default:
+    for k in _LATER_FIELDS:
+        if d.get(k) == RunConfig.model_fields[k].default:
             d.pop(k)
     blob = json.dumps({"config": d, "seed": int(seed)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -255,19 +255,21 @@ class _Stepper:
                 train = train[jax.random.permutation(key, train.shape[0])]
             return train[: nb * bs].reshape((nb, bs) + train.shape[1:])
 
+        def end_epoch(carry, tr, te):
+            params, opt_state, alive, bad, stats = carry
+            return (params, opt_state, alive, jnp.full_like(bad, -1), stats), _metrics(stats, tr, te, bad)
+
         def finish(carry, train, test):
             params, opt_state, alive, bad, stats = carry
             tr, te = evaluate(params, train, test)
             alive = alive & jnp.isfinite(tr) & jnp.isfinite(te)
-            m = _metrics(stats, tr, te, bad)
-            return (params, opt_state, alive, jnp.full_like(bad, -1), stats), m
+            return end_epoch((params, opt_state, alive, bad, stats), tr, te)
 
         def finish_unevaluated(carry):
-            """End of an epoch without evaluation (eval_every > 1): train_loss/test_loss NaN."""
-            params, opt_state, alive, bad, stats = carry
+            """End of an epoch without evaluation (eval_every > 1, or evaluated elsewhere):
+            train_loss/test_loss NaN."""
             nan = jnp.float32(jnp.nan)
-            m = _metrics(stats, nan, nan, bad)
-            return (params, opt_state, alive, jnp.full_like(bad, -1), stats), m
+            return end_epoch(carry, nan, nan)
 
         if K > 1:
             upd = jax.vmap(upd, in_axes=(0, 0, None))
@@ -444,15 +446,13 @@ class _OverlappedEvaluation:
         self.pending = ((epoch, vals, wall, p), self.pool.submit(run))
 
     def collect(self):
-        """``((epoch, train-metrics, wall, params), (train_loss, test_loss))`` of the pending
-        evaluation (waits for it), or None."""
+        """``((epoch, train-metrics, wall, params on the second device), (train_loss,
+        test_loss))`` of the pending evaluation (waits for it), or None."""
         if self.pending is None:
             return None
         meta, fut = self.pending
         self.pending = None
-        epoch, vals, wall, p = meta
-        p = jax.device_put(p, jax.devices("cpu")[0])
-        return (epoch, vals, wall, p), fut.result()
+        return meta, fut.result()
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
@@ -530,11 +530,13 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
     final_params = None  # set when an overlapped evaluation finds a divergence
 
     def row_values(M, k, names):
-        vals = {name: float(np.atleast_1d(M[name])[k]) for name in names}
-        if not want_stats:
-            vals["cos_mg"] = float("nan")
-            vals["sign_agree"] = float("nan")
-        return vals
+        return {name: float(np.atleast_1d(M[name])[k]) for name in names}
+
+    def finite(vals):
+        return all(np.isfinite(list(vals.values())))
+
+    def published(vals):  # cos_mg / sign_agree are only meaningful when computed
+        return vals if want_stats else vals | {"cos_mg": float("nan"), "sign_agree": float("nan")}
 
     def record(k, e, vals, wall):
         h = histories[k]
@@ -542,9 +544,6 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
         for name in METRICS:
             h[name].append(vals[name])
         h["wall_s"].append(wall)
-
-    def finite(vals):
-        return all(np.isfinite(v) for n, v in vals.items() if not (not want_stats and n in ("cos_mg", "sign_agree")))
 
     train_names = tuple(m for m in METRICS if m not in EVAL_METRICS)
     overlap = _OverlappedEvaluation.make(problem, static, K, TR, TE, stepper.params(carry))
@@ -559,9 +558,11 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
         pvals = pvals | {"train_loss": tr_l, "test_loss": te_l}
         ok = finite(pvals)
         if ok:
+            pvals = published(pvals)
             record(0, pe, pvals, pwall)
         else:
-            diverged_epoch[0], final_params = pe, pparams
+            diverged_epoch[0] = pe
+            final_params = jax.device_put(pparams, jax.devices("cpu")[0])
         if on_epoch is not None:
             on_epoch(pe, [pvals if ok else None])
         return ok
@@ -586,7 +587,7 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
                 if evaluated:
                     overlap.launch(e, vals, wall, stepper.params(carry))
                 elif on_epoch is not None:
-                    on_epoch(e, [vals])
+                    on_epoch(e, [published(vals)])
                 continue
 
             carry, M = stepper.epoch(carry, TR, TE, epoch_key(e), evaluate=evaluated)
@@ -603,6 +604,7 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
                     diverged_epoch[k] = e
                     rows.append(None)
                     continue
+                vals = published(vals)
                 if evaluated:
                     record(k, e, vals, wall)
                 rows.append(vals)
