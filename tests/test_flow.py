@@ -270,11 +270,14 @@ def test_fused_C_does_one_forward_pass(toy):
     kw = dict(step=pendulum_step, loss=loss, horizon=5, validate=False)
     count = lambda fn: count_primitive(jax.make_jaxpr(fn)(model).jaxpr, "sin")
     n_R = count(lambda m: F.value_and_update(m, x0, flow="R", **kw)[1])
+    n_M = count(lambda m: F.value_and_update(m, x0, flow="M", **kw)[1])
     n_C = count(lambda m: F.value_and_update(m, x0, flow="C", **kw)[1])
     n_naive = count(lambda m: F.naive_combined(m, x0, step=pendulum_step, loss=loss, horizon=5)[1])
-    assert n_R >= 1
-    assert n_C == n_R, (n_R, n_C)
-    assert n_naive == 2 * n_R
+    assert n_M >= 1
+    # R's reverse sweep recomputes the simulator's linearisation (batched input Jacobian)
+    assert n_R == 2 * n_M, (n_R, n_M)
+    assert n_C == n_R, (n_R, n_C)  # one forward pass: C costs what R costs
+    assert n_naive == n_M + n_R  # the authors' C: one complete pass per field
 
 
 # ------------------------------------------------------------------ properties
@@ -418,3 +421,95 @@ def test_errors_name_the_bad_value(toy):
         F.Flow("R", decay=1.5)
     with pytest.raises(ValueError, match="combiner"):
         F.Flow("C", combiner="nope")
+
+
+# ------------------------------------------------------------------ batched input Jacobian
+class RowMatrixGain(MatrixGain):
+    """c = Θ x row by row: takes the batched-Jacobian path without the MLP's own methods."""
+    rows_independent = True
+
+
+class DictPendulumController(eqx.Module):
+    """A controller of a pytree state {"th": (B,), "om": (B,)} -> (B, 1), rows independent."""
+    mlp: MLP
+    rows_independent = True
+
+    def __call__(self, x):
+        return self.mlp(jnp.stack([x["th"], x["om"]], axis=1))
+
+
+def dict_pendulum_step(x, c):
+    y = pendulum_step(jnp.stack([x["th"], x["om"]], axis=1), c)
+    return {"th": y[:, 0], "om": y[:, 1]}
+
+
+FLOWS = ["R", "N", "C", ("R", "M", "S", "N", "R", "R", "M", "R"), F.Flow("C", truncate=3),
+         F.Flow("R", decay=0.7), F.Flow(("M", "R", "R", "N", "S", "R", "M", "R"), c_fields=("M", "N"))]
+
+
+@pytest.mark.parametrize("flow", FLOWS, ids=lambda f: F.as_flow(f).label())
+@pytest.mark.parametrize("every", [True, False])
+@pytest.mark.parametrize("outputs", [1, 2])
+def test_batched_jacobian_path_equals_per_step_path(flow, every, outputs, monkeypatch):
+    """The batched-Jacobian path (MLP with its own Jacobian methods, m = 1 and m = 2 controls)
+    equals the per-step controller vjp, for every gate pattern; R also equals plain AD."""
+    model = MLP(jax.random.PRNGKey(3), 2, (outputs,), widths=(16, 16))
+    step = pendulum_step if outputs == 1 else (lambda x, c: pendulum_step(x, c[:, :1] - 0.5 * c[:, 1:]))
+    x0 = jax.random.normal(jax.random.PRNGKey(4), (6, 2))
+    loss = TrajectoryLoss(lambda x: jnp.mean(x**2), on="every" if every else "final", control_weight=0.2)
+    kw = dict(step=step, loss=loss, horizon=8, flow=flow)
+    calls = []
+    real = F._fields_via_jacobian
+    monkeypatch.setattr(F, "_fields_via_jacobian", lambda *a, **k: calls.append(1) or real(*a, **k))
+    val, batched, info = F.value_and_update(model, x0, **kw)
+    assert calls, "the batched-Jacobian path was not taken"
+    monkeypatch.setattr(F, "JACOBIAN_MAX_CONTROLS", 0)
+    val0, per_step, info0 = F.value_and_update(model, x0, **kw)
+    assert float(val) == float(val0)
+    tree_allclose(batched, per_step, rtol=2e-5, atol=1e-8)
+    for k in info0:
+        np.testing.assert_allclose(info[k], info0[k], rtol=2e-5, atol=1e-7)
+    if F.as_flow(flow).label() == "R":
+        p, s = eqx.partition(model, eqx.is_inexact_array)
+        ref = jax.grad(lambda p: F.unrolled_loss(p, s, x0, step=step, loss=loss, horizon=8))(p)
+        tree_allclose(batched, ref, rtol=2e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("mode", ["R", "C"])
+def test_batched_jacobian_without_controller_methods_equals_per_step(toy, mode, monkeypatch):
+    """The generic batched path (J from jax.vjp on all rows) on an MLP and on a pytree state."""
+    model, x0 = toy
+    loss = TrajectoryLoss(lambda x: jnp.mean(x**2), on="every", control_weight=0.1)
+    monkeypatch.setattr(F, "_jacobian_residuals", lambda *a: False)
+    kw = dict(step=pendulum_step, loss=loss, horizon=7, flow=mode)
+    _, generic, _ = F.value_and_update(model, x0, **kw)
+    dmodel = DictPendulumController(model)
+    dx0 = {"th": x0[:, 0], "om": x0[:, 1]}
+    dloss = TrajectoryLoss(lambda x: jnp.mean(x["th"] ** 2 + x["om"] ** 2) / 2, on="every", control_weight=0.1)
+    _, dict_state, _ = F.value_and_update(dmodel, dx0, step=dict_pendulum_step, loss=dloss, horizon=7, flow=mode)
+    monkeypatch.setattr(F, "JACOBIAN_MAX_CONTROLS", 0)
+    _, per_step, _ = F.value_and_update(model, x0, **kw)
+    tree_allclose(generic, per_step, rtol=2e-5, atol=1e-8)
+    tree_allclose(dict_state.mlp, per_step, rtol=2e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("mode", ["R", "M", "S", "N"])
+def test_batched_jacobian_linear_fields_match_hand_adjoints(mode):
+    A, Bm, Th, x0, T = linear_setup(seed=2)
+    step = lambda x, c: x @ A.T + c @ Bm.T
+    loss = TrajectoryLoss(lambda x: 0.5 * jnp.mean(jnp.sum(x**2, axis=1)), on="every")
+    _, upd, _ = F.value_and_update(RowMatrixGain(jnp.asarray(Th)), jnp.asarray(x0), step=step, loss=loss,
+                                   horizon=T, flow=mode)
+    np.testing.assert_allclose(upd.theta, hand_linear_field(A, Bm, Th, x0, T, mode), rtol=2e-5, atol=1e-6)
+
+
+def test_batched_jacobian_is_not_used_with_checkpointing_or_many_controls(toy):
+    model, x0 = toy
+    p, s = eqx.partition(model, eqx.is_inexact_array)
+    assert F._uses_batched_jacobian(p, s, x0, None, [(1.0, 1.0)])
+    assert not F._uses_batched_jacobian(p, s, x0, None, [(0.0, 1.0)])  # M: no controller backward
+    assert not F._uses_batched_jacobian(p, s, x0, 4, [(1.0, 1.0)])  # remat segments
+    wide = MLP(jax.random.PRNGKey(0), 2, (F.JACOBIAN_MAX_CONTROLS + 1,), widths=(4,))
+    pw, sw = eqx.partition(wide, eqx.is_inexact_array)
+    assert not F._uses_batched_jacobian(pw, sw, x0, None, [(1.0, 1.0)])
+    assert not F._uses_batched_jacobian(p, BatchCoupled(s), x0, None, [(1.0, 1.0)])

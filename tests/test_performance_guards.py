@@ -3,12 +3,13 @@ guards count primitives in the traced programs and check memory planning and equ
 so they are deterministic on any machine. Timings live in benchmarks/ (results.md).
 
 What is guarded (see docs/performance.md):
-* fused C runs the controller and the simulator once per step (same count as R; the
-  authors' two-pass C, ``naive_combined``, twice);
+* fused C runs the controller once per step and the simulator as often as R (the authors'
+  two-pass C, ``naive_combined``, as often as M + R);
 * both adjoints of C go through one tridiagonal solve with two right-hand sides (quantum);
-* parameter gradients are deferred out of the reverse sweep: the loops of R contain only
-  the forward and the controller's input-vjp matmuls, M's loops no controller backward at
-  all, and C's loops only R's input-vjp (no dead work for the M field);
+* parameter gradients are deferred out of the reverse sweep: with the batched input Jacobian
+  (default) no loop contains a controller backward; on the per-step path the loops of R
+  contain only the forward and the controller's input-vjp matmuls, M's loops no controller
+  backward at all, and C's loops only R's input-vjp (no dead work for the M field);
 * checkpointed (remat) C under jit, ``checkpoint_every="auto"``, the memory model, the
   chunked evaluation and the per-update trainer give the same numbers as the plain paths.
 """
@@ -74,41 +75,63 @@ def traced(prob, model, x0, mode):
     return jax.make_jaxpr(f)(model).jaxpr
 
 
-@pytest.fixture(scope="module", params=["cartpole", "guidance", "quantum"])
+#: the two ways the engine runs a field with a live controller gate (flow.JACOBIAN_MAX_CONTROLS):
+#: "batched" = the controller's input Jacobian on all T·B rows after the forward loop (default
+#: for the paper problems, m ≤ 4 controls per row), "per-step" = the controller's input vjp at
+#: every step of the reverse sweep
+PATHS = {"batched": F.JACOBIAN_MAX_CONTROLS, "per-step": 0}
+
+
+@pytest.fixture(scope="module", params=[(n, p) for n in ("cartpole", "guidance", "quantum") for p in PATHS])
 def programs(request):
-    prob, model, x0 = paper(request.param)
-    return request.param, {m: traced(prob, model, x0, m) for m in ("R", "M", "S", "C", "naive")}
+    name, path = request.param
+    prob, model, x0 = paper(name)
+    old = F.JACOBIAN_MAX_CONTROLS
+    F.JACOBIAN_MAX_CONTROLS = PATHS[path]
+    try:
+        return name, path, {m: traced(prob, model, x0, m) for m in ("R", "M", "S", "C", "naive")}
+    finally:
+        F.JACOBIAN_MAX_CONTROLS = old
 
 
 def test_fused_C_runs_controller_and_simulator_once(programs):
-    name, j = programs
-    # in the loops (the deferred parameter vjp outside them may recompute the forward pass or
-    # use kept activations, see flow.KEEP_ACTIVATIONS_BYTES)
+    name, path, j = programs
+    # the controller runs once per step in the loops (the deferred parameter vjp outside them
+    # may recompute the forward pass or use kept activations, see flow.KEEP_ACTIVATIONS_BYTES)
     t = {m: count(j[m], "tanh", in_loops_only=True) for m in j}
     assert t["R"] >= 1
     assert t["C"] == t["R"] == t["M"] == t["S"], t
     assert t["naive"] == 2 * t["R"], t
     if name == "quantum":
         s = {m: count(j[m], "tridiagonal_solve") for m in j}
-        assert s["R"] == 2, s  # forward solve + its transpose in the reverse sweep
-        assert s["C"] == s["R"], s  # both adjoints share one solve
-        assert s["naive"] == 2 * s["R"], s
+        # per-step: forward solve + its transpose in the reverse sweep; batched: the reverse
+        # sweep recomputes the simulator's linearisation (+1 forward solve)
+        assert s["R"] == (2 if path == "per-step" else 3), s
+        assert s["M"] == 2, s
+        assert s["C"] == s["R"], s  # both adjoints share the simulator's linearisation
+        assert s["naive"] == s["M"] + s["R"], s
 
 
-def test_C_solves_both_adjoints_as_two_right_hand_sides():
+@pytest.mark.parametrize("path", list(PATHS))
+def test_C_solves_both_adjoints_as_two_right_hand_sides(path, monkeypatch):
+    monkeypatch.setattr(F, "JACOBIAN_MAX_CONTROLS", PATHS[path])
     prob, model, x0 = paper("quantum")
     j = traced(prob, model, x0, "C")
     rhs_cols = sorted(e.invars[3].aval.shape[-1] for e in eqns_named(j, "tridiagonal_solve"))
-    assert rhs_cols == [1, 2], rhs_cols  # forward: 1 column; reverse sweep: M and R together
+    # forward: 1 column (the batched path recomputes it in the sweep); reverse: M and R together
+    assert rhs_cols == ([1, 2] if path == "per-step" else [1, 1, 2]), rhs_cols
 
 
 def test_parameter_gradients_are_deferred_out_of_the_loops(programs):
-    name, j = programs
+    name, path, j = programs
     loop = {m: count(j[m], "dot_general", in_loops_only=True) for m in j}  # convs are matmuls too
     fwd = loop["M"]  # M's loops: the forward controller only (no controller backward)
     assert fwd >= 1
     assert loop["S"] == fwd, loop
-    assert loop["R"] == 2 * fwd, loop  # forward + input-vjp; no per-step parameter products
+    if path == "per-step":
+        assert loop["R"] == 2 * fwd, loop  # forward + input-vjp; no per-step parameter products
+    else:  # no controller backward in any loop: at most the contraction J_nᵀ·ac (m > 1)
+        assert loop["R"] - fwd == (1 if name == "guidance" else 0), loop
     assert loop["C"] == loop["R"], loop  # only the R field needs the controller's input-vjp
 
 

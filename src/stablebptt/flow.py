@@ -615,6 +615,10 @@ def _field_value_and_grad(params, static, x0, *, step, loss: TrajectoryLoss, hor
     with the parameter gradient deferred out of the reverse sweep (see above)."""
     static_gates = isinstance(gates, tuple)
     seg = _segment_length(horizon, checkpoint_every)
+    if _uses_batched_jacobian(params, static, x0, seg, [gates]):
+        val, (grad,) = _fields_via_jacobian(params, static, x0, step=step, loss=loss, horizon=horizon,
+                                            gate_sets=[gates])
+        return val, grad
     model = eqx.combine(jax.lax.stop_gradient(params), static)
     save = seg is None and saves_residuals(static) and _row_activation_bytes(
         params, static, jax.tree_util.tree_map(lambda a: a[:1], x0)) <= KEEP_ACTIVATIONS_BYTES
@@ -645,9 +649,134 @@ def _field_value_and_grad(params, static, x0, *, step, loss: TrajectoryLoss, hor
     return val, grad
 
 
+# ----------------------------------------------------------------------------- batched Jacobian
+# For a field whose controller gate is live (R, N, the R field of C, traced schedules) the
+# reverse sweep needs the controller's input vjp λ_n ← … + J_nᵀ·ac_n at every step, with
+# J_n = ∂c_n/∂x_n. Run as a per-step controller backward (the path above) it is T small matrix
+# products of B rows. When the controller has few outputs per row (m ≤ JACOBIAN_MAX_CONTROLS)
+# the engine instead:
+#   1. runs the forward loop once, keeping x_n, c_n (and the controller's activations);
+#   2. forms every J_n in one batched pass on all T·B rows (m unit cotangents, large matmuls);
+#   3. runs the reverse sweep with the simulator's vjp recomputed from (x_n, c_n) — for the
+#      paper's simulators a few fused element-wise ops or one small solve — and the contraction
+#      J_nᵀ·ac_n (element-wise for m = 1); several fields share the sweep as stacked adjoints;
+#   4. forms the parameter gradients on all rows; with the MLP's ``param_vjp_from_jacobian``
+#      the backward products of step 2 are reused, so each field costs only inputᵀ·δ.
+# Same maths as the per-step path (tested against plain AD); the sums run in another order.
+
+#: controls per batch row up to which the batched-Jacobian path is used (it costs m batched
+#: controller backward passes). Measured per update vs the per-step path, interleaved runs
+#: (docs/performance.md): m = 1 (cart-pole, quantum) faster; guidance (m = 4) slower.
+JACOBIAN_MAX_CONTROLS = 4
+
+
+def _row_control_size(static, params, x0) -> int | None:
+    """m, the controls per batch row, when the control is one array (B, …); else None."""
+    c = jax.eval_shape(lambda p, x: eqx.combine(p, static)(x), _abstract(params), _abstract(x0))
+    if not isinstance(c, jax.ShapeDtypeStruct) or len(c.shape) < 1:
+        return None
+    return int(np.prod(c.shape[1:])) if len(c.shape) > 1 else 1
+
+
+def _uses_batched_jacobian(params, static, x0, seg, gate_sets) -> bool:
+    """Does :func:`_fields_via_jacobian` apply (see the comment above)?"""
+    if seg is not None or not rows_independent(static):
+        return False
+    if not any(_needs_k(g[0]) if isinstance(g, tuple) else True for g in gate_sets):
+        return False  # no live controller gate: the per-step path has no controller backward
+    m = _row_control_size(static, params, x0)
+    return m is not None and m <= JACOBIAN_MAX_CONTROLS
+
+
+def _jacobian_residuals(params, static, x0) -> bool:
+    """Can the forward loop keep activations from which the MLP forms J and the gradients?"""
+    return saves_residuals(static) and hasattr(type(static), "jacobian_from_residuals") and _row_activation_bytes(
+        params, static, jax.tree_util.tree_map(lambda a: a[:1], x0)) <= KEEP_ACTIVATIONS_BYTES
+
+
+def _fields_via_jacobian(params, static, x0, *, step, loss: TrajectoryLoss, horizon: int, gate_sets):
+    """``(L, [field for each gate set])`` by the batched-Jacobian path (one forward loop, one
+    reverse sweep carrying one adjoint per field)."""
+    model = eqx.combine(jax.lax.stop_gradient(params), static)
+    keep = _jacobian_residuals(params, static, x0)
+
+    def phys(n, x, c):
+        x1 = step(x, c)
+        return x1, _per_step_loss(loss, n + 1, x1, c, horizon)
+
+    def body(x, n):
+        c, res = model.forward_with_residuals(x) if keep else (model(x), None)
+        x1, l = phys(n, x, c)
+        return x1, (x, c, l, res)
+
+    xT, (xs, cs, ls, res) = jax.lax.scan(body, x0, jnp.arange(horizon))
+    if loss.on == "final":
+        l_final, lam_T = jax.value_and_grad(loss.state_loss)(xT)
+        val = jnp.sum(ls) + l_final
+    else:
+        val, lam_T = jnp.sum(ls), jax.tree_util.tree_map(jnp.zeros_like, xT)
+
+    # 2. J_n for all T·B rows: leaves (T, B, m, *row shape)
+    T_, B = cs.shape[0], cs.shape[1]
+    m = int(np.prod(cs.shape[2:])) if cs.ndim > 2 else 1
+    xf = _merge_steps(xs)
+    if keep:
+        rf = _merge_steps(res)
+        jac, deltas = model.jacobian_from_residuals(xf, rf)
+        jac = jax.tree_util.tree_map(lambda a: a.reshape((T_, B) + a.shape[1:]), jac)
+        param_grad = lambda ct: eqx.filter(model.param_vjp_from_jacobian(xf, rf, deltas, _merge_steps(ct)),
+                                           eqx.is_inexact_array)
+    else:
+        _, pull = jax.vjp(lambda p, x: eqx.combine(p, static)(x), params, xf)
+        basis = jnp.broadcast_to(jnp.eye(m, dtype=cs.dtype).reshape((m, 1) + cs.shape[2:]),
+                                 (m, T_ * B) + cs.shape[2:])
+        jac = jax.vmap(lambda b: pull(b)[1])(basis)  # leaves (m, T·B, …)
+        jac = jax.tree_util.tree_map(lambda a: jnp.moveaxis(a, 0, 1).reshape((T_, B, m) + a.shape[2:]), jac)
+        param_grad = lambda ct: pull(_merge_steps(ct))[0]
+
+    # 3. the reverse sweep, one adjoint per field (stacked on a leading axis)
+    static_g = [isinstance(g, tuple) for g in gate_sets]
+    need_k = [_needs_k(g[0]) if st else True for g, st in zip(gate_sets, static_g)]
+    g_arr = jnp.concatenate([jnp.broadcast_to(jnp.asarray(g, jnp.float32), (horizon, 2)) for g in gate_sets], axis=1)
+    nf = len(gate_sets)
+    lam0 = jax.tree_util.tree_map(lambda a: jnp.stack([a] * nf), lam_T)
+    one = jnp.ones((), ls.dtype)
+
+    def contract(jn, ac):  # J_nᵀ·ac for one field: jn leaves (B, m, …), ac (B, …)
+        acf = ac.reshape((B, m))
+        if m == 1:
+            return jax.tree_util.tree_map(lambda j: j[:, 0] * acf.reshape((B,) + (1,) * (j.ndim - 2)), jn)
+        return jax.tree_util.tree_map(lambda j: jnp.einsum("bk,bk...->b...", acf, j), jn)
+
+    def rbody(lam, inp):
+        n, x, c, jn, g = inp
+        _, vjp = jax.vjp(lambda x_, c_: phys(n, x_, c_), x, c)  # recomputed: cheaper than saved
+        ax, ac = jax.vmap(lambda l_: vjp((l_, one)))(lam)
+        new = []
+        for f in range(nf):
+            gc, gp = gate_sets[f] if static_g[f] else (g[2 * f], g[2 * f + 1])
+            ax_f = jax.tree_util.tree_map(lambda a: a[f], ax)
+            new.append(_mix_adjoint(ax_f, contract(jn, ac[f]) if need_k[f] else None, gc, gp))
+        return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *new), ac
+
+    _, acs = jax.lax.scan(rbody, lam0, (jnp.arange(horizon), xs, cs, jac, g_arr), reverse=True)
+    # 4. parameter gradients on all rows
+    return val, [param_grad(acs[:, f]) for f in range(nf)]
+
+
 def _needs_k(gc) -> bool:
     """Does a field with controller gate ``gc`` need the controller's input vjp Kᵀ·ac?"""
     return not (isinstance(gc, float) and gc == 0.0)
+
+
+def _mix_adjoint(ax, kx, gc, gp):
+    """λ_n = g_p·ax + g_c·kx (ax: the simulator's vjp into x_n, kx: the controller's input vjp
+    Kᵀ·ac, None when the controller gate is a static 0); static gates 0/1 add no work."""
+    if kx is None:  # static controller gate 0: physics path only
+        return ax if (isinstance(gp, float) and gp == 1.0) else jax.tree_util.tree_map(lambda u: gp * u, ax)
+    if isinstance(gp, float) and gp == 0.0:
+        return kx if (isinstance(gc, float) and gc == 1.0) else jax.tree_util.tree_map(lambda v: gc * v, kx)
+    return jax.tree_util.tree_map(lambda u, v: gp * u + gc * v, ax, kx)
 
 
 def _two_cell(static, step, loss: TrajectoryLoss, horizon: int, ga, gb):
@@ -702,14 +831,7 @@ def _two_cell(static, step, loss: TrajectoryLoss, horizon: int, ga, gb):
             kx_a = vjp_k(ac_a)[0] if need_a else None
             kx_b = vjp_k(ac_b)[0] if need_b else None
 
-        def mix(ax_, kx_, gc, gp):
-            if kx_ is None:  # static controller gate 0: physics path only
-                return ax_ if (isinstance(gp, float) and gp == 1.0) else jax.tree_util.tree_map(lambda u: gp * u, ax_)
-            if isinstance(gp, float) and gp == 0.0:
-                return kx_ if (isinstance(gc, float) and gc == 1.0) else jax.tree_util.tree_map(lambda v: gc * v, kx_)
-            return jax.tree_util.tree_map(lambda u, v: gp * u + gc * v, ax_, kx_)
-
-        return (None, mix(ax_a, kx_a, gac, gap), mix(ax_b, kx_b, gbc, gbp), ac_a, ac_b, None,
+        return (None, _mix_adjoint(ax_a, kx_a, gac, gap), _mix_adjoint(ax_b, kx_b, gbc, gbp), ac_a, ac_b, None,
                 jnp.zeros_like(g))
 
     cell.defvjp(fwd, bwd)
@@ -721,6 +843,10 @@ def _two_fields_value_and_grad(params, static, x0, *, step, loss: TrajectoryLoss
     """``(L, field_a, field_b)`` from one forward pass and one reverse sweep carrying two
     state adjoints; both parameter gradients come from one deferred controller vjp."""
     seg = _segment_length(horizon, checkpoint_every)
+    if _uses_batched_jacobian(params, static, x0, seg, [gates_a, gates_b]):
+        val, (ua, ub) = _fields_via_jacobian(params, static, x0, step=step, loss=loss, horizon=horizon,
+                                             gate_sets=[gates_a, gates_b])
+        return val, ua, ub
     p_sg = jax.lax.stop_gradient(params)
     cell = _two_cell(static, step, loss, horizon, gates_a, gates_b)
     E = _zeros_like_controls(eqx.combine(p_sg, static), x0, horizon)

@@ -155,8 +155,41 @@ class MLP(eqx.Module):
             kernels[i], biases[i] = inputs[i].T @ d, jnp.sum(d, axis=0)
             if i > 0:  # through layer i's kernel and the tanh that produced its input
                 d = (d @ self.layers[i].kernel.T) * (1.0 - inputs[i] * inputs[i])
+        return self._with_grads(kernels, biases)
+
+    def _with_grads(self, kernels, biases):
         return eqx.tree_at(lambda m: [leaf for l in m.layers for leaf in (l.kernel, l.bias)], self,
                            [leaf for pair in zip(kernels, biases) for leaf in pair])
+
+    # Optional protocol for the engine's batched input Jacobian (flow.JACOBIAN_MAX_CONTROLS):
+    # the controller's Jacobian on many rows at once, and parameter gradients that reuse its
+    # backward pass (for m outputs, ∂c/∂h_i is computed once per row; the parameter vjp of any
+    # cotangent then only needs the kernel products inputᵀ·δ).
+    def jacobian_from_residuals(self, x, hs):
+        """``(J, deltas)`` per row, from the activations ``hs`` of :meth:`forward_with_residuals`.
+
+        x (N, …) rows; m = prod(control_shape). J (N, m, *x.shape[1:]) = ∂control/∂x;
+        deltas[i] (N, m, width_i) = ∂control/∂(pre-activation of hidden layer i).
+        """
+        n, m = x.shape[0], int(np.prod(self.control_shape)) if self.control_shape else 1
+        d = jnp.broadcast_to(jnp.eye(m, dtype=x.dtype), (n, m, m))  # ∂c/∂(output)
+        deltas = [None] * (len(self.layers) - 1)
+        for i in reversed(range(1, len(self.layers))):
+            d = (d @ self.layers[i].kernel.T) * (1.0 - hs[i - 1] * hs[i - 1])[:, None, :]
+            deltas[i - 1] = d
+        jac = d @ self.layers[0].kernel.T  # (N, m, in)
+        return jac.reshape((n, m) + x.shape[1:]), tuple(deltas)
+
+    def param_vjp_from_jacobian(self, x, hs, deltas, ct):
+        """Σ over rows of (∂control/∂θ)ᵀ·ct from :meth:`jacobian_from_residuals`'s ``deltas``
+        (no backward matrix products: δ_i = Σ_k ct_k·deltas[i][:, k])."""
+        n = x.shape[0]
+        inputs = [x.reshape(n, -1), *hs]
+        c = ct.reshape(n, -1)  # (N, m)
+        ds = [jnp.einsum("nk,nkw->nw", c, dl) if c.shape[1] > 1 else c * dl[:, 0] for dl in deltas] + [c]
+        kernels = [inp.T @ d for inp, d in zip(inputs, ds)]
+        biases = [jnp.sum(d, axis=0) for d in ds]
+        return self._with_grads(kernels, biases)
 
 
 class QuantumCNN(eqx.Module):
