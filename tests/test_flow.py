@@ -475,12 +475,37 @@ def test_batched_jacobian_path_equals_per_step_path(flow, every, outputs, monkey
         tree_allclose(batched, ref, rtol=2e-5, atol=1e-8)
 
 
+@pytest.mark.parametrize("how", ["loop", "rows"])
+@pytest.mark.parametrize("mode", ["R", "C"])
+def test_activations_kept_by_the_loop_or_recomputed_on_rows_agree(toy, mode, how, monkeypatch):
+    """The batched-Jacobian path with the controller's methods, activations either kept by the
+    forward loop or recomputed on all rows, equals the per-step path (MLP and quantum CNN)."""
+    prob = problems.get("quantum", steps=6)
+    cnn = prob.make_controller(jax.random.PRNGKey(0), zero_last=False)
+    cases = [(toy[0], toy[1], pendulum_step, TrajectoryLoss(lambda x: jnp.mean(x**2), on="every", control_weight=0.1), 7),
+             (cnn, jnp.asarray(prob.sample_data("paper", 4, 4)[0]), prob.step, prob.loss, prob.horizon)]
+    for model, x0, step, loss, T in cases:
+        assert F.has_jacobian_methods(model)
+        kw = dict(step=step, loss=loss, horizon=T, flow=mode)
+        monkeypatch.setattr(F, "_jacobian_residuals", lambda *a: how)
+        _, got, _ = F.value_and_update(model, x0, **kw)
+        monkeypatch.setattr(F, "JACOBIAN_MAX_CONTROLS", 0)
+        _, per_step, _ = F.value_and_update(model, x0, **kw)
+        # round-off scale: how far the per-step field itself moves when x0 moves by 1 ulp (the
+        # short quantum problem's small fields are that ill-conditioned: ~1e-3 relative)
+        _, nudged, _ = F.value_and_update(model, x0 * (1 + 2.0**-23), **kw)
+        monkeypatch.undo()
+        fa, fb, fn = F._flat(got), F._flat(per_step), F._flat(nudged)
+        rel = lambda u, v: float(jnp.linalg.norm(u - v) / jnp.linalg.norm(v))
+        assert rel(fa, fb) <= max(1e-5, 4 * rel(fn, fb)), (how, mode, rel(fa, fb), rel(fn, fb))
+
+
 @pytest.mark.parametrize("mode", ["R", "C"])
 def test_batched_jacobian_without_controller_methods_equals_per_step(toy, mode, monkeypatch):
     """The generic batched path (J from jax.vjp on all rows) on an MLP and on a pytree state."""
     model, x0 = toy
     loss = TrajectoryLoss(lambda x: jnp.mean(x**2), on="every", control_weight=0.1)
-    monkeypatch.setattr(F, "_jacobian_residuals", lambda *a: False)
+    monkeypatch.setattr(F, "_jacobian_residuals", lambda *a: None)
     kw = dict(step=pendulum_step, loss=loss, horizon=7, flow=mode)
     _, generic, _ = F.value_and_update(model, x0, **kw)
     dmodel = DictPendulumController(model)

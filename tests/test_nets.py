@@ -105,6 +105,24 @@ def test_input_jacobian_and_its_parameter_vjp_equal_autodiff(widths, control_sha
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(b))))
 
 
+def test_quantum_cnn_jacobian_and_parameter_vjp_equal_autodiff():
+    m = nets.QuantumCNN(jax.random.PRNGKey(0))
+    m = jax.tree_util.tree_map(lambda a: a + 0.05 if eqx.is_inexact_array(a) else a, m)  # no zero bias
+    x = jax.random.normal(jax.random.PRNGKey(1), (9, 32, 2))
+    c, res = m.forward_with_residuals(x)
+    assert np.array_equal(np.asarray(c), np.asarray(m(x)))
+    jac, deltas = m.jacobian_from_residuals(x, res)
+    want_j = jax.vmap(jax.jacrev(lambda r: m(r[None]).reshape(-1)))(x)
+    np.testing.assert_allclose(jac, want_j, rtol=1e-5, atol=1e-6)
+    ct = jax.random.normal(jax.random.PRNGKey(2), c.shape)
+    p, s = eqx.partition(m, eqx.is_inexact_array)
+    want = jax.vjp(lambda q: eqx.combine(q, s)(x), p)[1](ct)[0]
+    got = eqx.filter(m.param_vjp_from_jacobian(x, res, deltas, ct), eqx.is_inexact_array)
+    assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+
+
 def test_patch_conv_rejects_input_smaller_than_window():
     conv = nets.Conv.init(jax.random.PRNGKey(0), (5,), 1, 2, (1,))
     with pytest.raises(ValueError, match="smaller than window"):

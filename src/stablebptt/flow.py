@@ -688,17 +688,31 @@ def _uses_batched_jacobian(params, static, x0, seg, gate_sets) -> bool:
     return m is not None and m <= JACOBIAN_MAX_CONTROLS
 
 
-def _jacobian_residuals(params, static, x0) -> bool:
-    """Can the forward loop keep activations from which the MLP forms J and the gradients?"""
-    return saves_residuals(static) and hasattr(type(static), "jacobian_from_residuals") and _row_activation_bytes(
-        params, static, jax.tree_util.tree_map(lambda a: a[:1], x0)) <= KEEP_ACTIVATIONS_BYTES
+def has_jacobian_methods(model) -> bool:
+    """Does ``model`` implement the batched-Jacobian protocol (the library's MLP and QuantumCNN):
+    ``forward_with_residuals``, ``jacobian_from_residuals(x, res) -> (J, deltas)`` and
+    ``param_vjp_from_jacobian(x, res, deltas, ct)``, with independent rows?"""
+    t = type(model)
+    return rows_independent(model) and all(
+        hasattr(t, a) for a in ("forward_with_residuals", "jacobian_from_residuals", "param_vjp_from_jacobian"))
+
+
+def _jacobian_residuals(params, static, x0) -> str | None:
+    """How the batched-Jacobian path gets the controller's activations: ``"loop"`` (kept by the
+    forward loop, at most KEEP_ACTIVATIONS_BYTES per row), ``"rows"`` (one forward pass on all
+    T·B rows afterwards) or None (no Jacobian methods: J and the gradients by jax.vjp)."""
+    if not has_jacobian_methods(static):
+        return None
+    small = _row_activation_bytes(params, static, jax.tree_util.tree_map(lambda a: a[:1], x0)) <= KEEP_ACTIVATIONS_BYTES
+    return "loop" if small else "rows"
 
 
 def _fields_via_jacobian(params, static, x0, *, step, loss: TrajectoryLoss, horizon: int, gate_sets):
     """``(L, [field for each gate set])`` by the batched-Jacobian path (one forward loop, one
     reverse sweep carrying one adjoint per field)."""
     model = eqx.combine(jax.lax.stop_gradient(params), static)
-    keep = _jacobian_residuals(params, static, x0)
+    how = _jacobian_residuals(params, static, x0)
+    keep = how == "loop"
 
     def phys(n, x, c):
         x1 = step(x, c)
@@ -720,8 +734,8 @@ def _fields_via_jacobian(params, static, x0, *, step, loss: TrajectoryLoss, hori
     T_, B = cs.shape[0], cs.shape[1]
     m = int(np.prod(cs.shape[2:])) if cs.ndim > 2 else 1
     xf = _merge_steps(xs)
-    if keep:
-        rf = _merge_steps(res)
+    if how is not None:
+        rf = _merge_steps(res) if keep else model.forward_with_residuals(xf)[1]
         jac, deltas = model.jacobian_from_residuals(xf, rf)
         jac = jax.tree_util.tree_map(lambda a: a.reshape((T_, B) + a.shape[1:]), jac)
         param_grad = lambda ct: eqx.filter(model.param_vjp_from_jacobian(xf, rf, deltas, _merge_steps(ct)),

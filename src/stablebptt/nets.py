@@ -89,6 +89,20 @@ class Conv(eqx.Module):
         y = jnp.matmul(p.reshape(-1, p.shape[-1]), k, precision=jax.lax.Precision.HIGHEST)
         return y.reshape(p.shape[:-1] + (k.shape[-1],)) + self.bias
 
+    def input_vjp(self, x_shape, ct):
+        """(∂y/∂x)ᵀ·ct for y = self(x) with x of shape ``x_shape`` (linear in x: no x needed)."""
+        nobias = lambda x: self(x) - self.bias
+        (g,) = jax.linear_transpose(nobias, jax.ShapeDtypeStruct(x_shape, ct.dtype))(ct)
+        return g
+
+    def param_grads(self, x, ct):
+        """(kernel, bias) gradients Σ over rows and positions for y = self(x) and cotangent ct."""
+        p = self.patches(x)
+        p = p.reshape(-1, p.shape[-1])
+        d = ct.reshape(-1, ct.shape[-1])
+        k = jnp.matmul(p.T, d, precision=jax.lax.Precision.HIGHEST)
+        return k.reshape(self.kernel.shape), jnp.sum(d, axis=0)
+
     def conv_reference(self, x):
         """The same convolution with ``lax.conv_general_dilated`` (for tests)."""
         nd = len(self.strides)
@@ -216,10 +230,36 @@ class QuantumCNN(eqx.Module):
         self.dense = Dense.init(k3, n2 * filters, 1, zero_kernel=zero_last)
 
     def __call__(self, x):
-        h = jnp.tanh(self.conv2d(x[..., None]))  # (B, n1, 1, F)
-        h = h[:, :, 0, :]
-        h = jnp.tanh(self.conv1d(h))  # (B, n2, F)
-        return self.dense(h.reshape(h.shape[0], -1))
+        return self.forward_with_residuals(x)[0]
+
+    # the engine's batched-Jacobian protocol (see MLP and flow.JACOBIAN_MAX_CONTROLS)
+    def forward_with_residuals(self, x):
+        """``(u (B, 1), (h1 (B, n1, F), h2 (B, n2, F)))``: the control and both tanh layers."""
+        h1 = jnp.tanh(self.conv2d(x[..., None]))[:, :, 0, :]  # (B, n1, F)
+        h2 = jnp.tanh(self.conv1d(h1))  # (B, n2, F)
+        return self.dense(h2.reshape(h2.shape[0], -1)), (h1, h2)
+
+    def jacobian_from_residuals(self, x, hs):
+        """``(J (N, 1, Nx, 2), (δ1 (N, 1, n1, F), δ2 (N, 1, n2, F)))``: ∂u/∂x and ∂u/∂ of each
+        convolution's pre-activation, per row, from :meth:`forward_with_residuals`'s ``hs``."""
+        h1, h2 = hs
+        n = x.shape[0]
+        d2 = self.dense.kernel[:, 0].reshape(h2.shape[1:]) * (1.0 - h2 * h2)  # (N, n2, F)
+        d1 = self.conv1d.input_vjp(h1.shape, d2) * (1.0 - h1 * h1)  # (N, n1, F)
+        jac = self.conv2d.input_vjp(x.shape + (1,), d1[:, :, None, :])[..., 0]  # (N, Nx, 2)
+        return jac[:, None], (d1[:, None], d2[:, None])
+
+    def param_vjp_from_jacobian(self, x, hs, deltas, ct):
+        """Σ over rows of (∂u/∂θ)ᵀ·ct from the unit deltas (only the kernel products remain)."""
+        h1, h2 = hs
+        c = ct.reshape(-1, 1, 1)
+        d1, d2 = c * deltas[0][:, 0], c * deltas[1][:, 0]
+        k2, b2 = self.conv2d.param_grads(x[..., None], d1[:, :, None, :])
+        k1, b1 = self.conv1d.param_grads(h1, d2)
+        kd = jnp.matmul(h2.reshape(h2.shape[0], -1).T, ct.reshape(-1, 1), precision=jax.lax.Precision.HIGHEST)
+        return eqx.tree_at(
+            lambda m: [m.conv2d.kernel, m.conv2d.bias, m.conv1d.kernel, m.conv1d.bias, m.dense.kernel, m.dense.bias],
+            self, [k2, b2, k1, b1, kd, jnp.sum(ct.reshape(-1, 1), axis=0)])
 
 
 # ---------------------------------------------------------------- weights in / out
