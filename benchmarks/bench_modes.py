@@ -6,7 +6,9 @@
 the others are the paper's problems at their paper settings (batch 8). Every variant is
 jit-compiled once; the variants of one problem are timed interleaved (see ``_common``).
 "C naive" is the authors' way (two complete passes, :func:`stablebptt.flow.naive_combined`),
-"C" the engine's fused one-forward-pass C.
+"C" the engine's fused one-forward-pass C. "R per-step" / "C per-step": the same modes with the
+controller's input vjp run at every step of the reverse sweep instead of the batched input
+Jacobian (``flow.JACOBIAN_MAX_CONTROLS = 0``), compiled and timed in the same rounds.
 """
 from __future__ import annotations
 
@@ -62,6 +64,14 @@ def make_fns(model, x0, step, loss, T):
     fns["C naive"] = jax.jit(lambda p, x: F.naive_combined(eqx.combine(p, static), x, **kw)[1]).lower(
         params, x0).compile()
     fns["C"] = single("C")
+    # the same R and C with the controller's input vjp at every step of the reverse sweep
+    # (the engine's path before the batched input Jacobian; flow.JACOBIAN_MAX_CONTROLS = 0)
+    default = F.JACOBIAN_MAX_CONTROLS
+    F.JACOBIAN_MAX_CONTROLS = 0
+    try:
+        fns["R per-step"], fns["C per-step"] = single("R"), single("C")
+    finally:
+        F.JACOBIAN_MAX_CONTROLS = default
     return {k: (lambda f=f: f(params, x0)) for k, f in fns.items()}
 
 
