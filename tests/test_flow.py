@@ -461,6 +461,7 @@ def test_batched_jacobian_path_equals_per_step_path(flow, every, outputs, monkey
     calls = []
     real = F._fields_via_jacobian
     monkeypatch.setattr(F, "_fields_via_jacobian", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(F, "JACOBIAN_MAX_CONTROLS", max(outputs, F.JACOBIAN_MAX_CONTROLS))
     val, batched, info = F.value_and_update(model, x0, **kw)
     assert calls, "the batched-Jacobian path was not taken"
     monkeypatch.setattr(F, "JACOBIAN_MAX_CONTROLS", 0)
@@ -519,13 +520,18 @@ def test_batched_jacobian_without_controller_methods_equals_per_step(toy, mode, 
 
 
 @pytest.mark.parametrize("mode", ["R", "M", "S", "N"])
-def test_batched_jacobian_linear_fields_match_hand_adjoints(mode):
+def test_batched_jacobian_linear_fields_match_hand_adjoints(mode, monkeypatch):
+    monkeypatch.setattr(F, "JACOBIAN_MAX_CONTROLS", 2)  # two controls per row
+    calls = []
+    real = F._fields_via_jacobian
+    monkeypatch.setattr(F, "_fields_via_jacobian", lambda *a, **k: calls.append(1) or real(*a, **k))
     A, Bm, Th, x0, T = linear_setup(seed=2)
     step = lambda x, c: x @ A.T + c @ Bm.T
     loss = TrajectoryLoss(lambda x: 0.5 * jnp.mean(jnp.sum(x**2, axis=1)), on="every")
     _, upd, _ = F.value_and_update(RowMatrixGain(jnp.asarray(Th)), jnp.asarray(x0), step=step, loss=loss,
                                    horizon=T, flow=mode)
     np.testing.assert_allclose(upd.theta, hand_linear_field(A, Bm, Th, x0, T, mode), rtol=2e-5, atol=1e-6)
+    assert bool(calls) == (mode in ("R", "N"))  # M and S have no live controller gate
 
 
 def test_batched_jacobian_is_not_used_with_checkpointing_or_many_controls(toy):

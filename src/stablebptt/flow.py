@@ -665,9 +665,11 @@ def _field_value_and_grad(params, static, x0, *, step, loss: TrajectoryLoss, hor
 # Same maths as the per-step path (tested against plain AD); the sums run in another order.
 
 #: controls per batch row up to which the batched-Jacobian path is used (it costs m batched
-#: controller backward passes). Measured per update vs the per-step path, interleaved runs
-#: (docs/performance.md): m = 1 (cart-pole, quantum) faster; guidance (m = 4) slower.
-JACOBIAN_MAX_CONTROLS = 4
+#: controller backward passes instead of one per-step backward per live field). Measured per
+#: update, per-step ÷ batched, interleaved (benchmarks/results.md, docs/performance.md): m = 1
+#: cart-pole R 1.3-1.4x, C 1.15-1.3x; quantum R 1.0-1.15x, C 1.1-1.15x. Guidance (m = 4): R
+#: 0.8-1.1x, C 1.0-1.1x, i.e. break-even, so it keeps the per-step path.
+JACOBIAN_MAX_CONTROLS = 1
 
 
 def _row_control_size(static, params, x0) -> int | None:
