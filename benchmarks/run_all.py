@@ -119,7 +119,7 @@ def render(data: dict, command: str, note: str | None = None) -> str:
         L += ["## Long horizons: memory and time vs horizon (cart-pole, batch 8)", "",
               "Memory = XLA's buffer assignment of the compiled update (temporaries + arguments + outputs). "
               "`remat` = `jax.checkpoint` segments of ≈ √T steps; `auto` = what `checkpoint_every=\"auto\"` picks "
-              "with the default CPU budget (48 MiB) (– = no remat needed).", "",
+              "with the default CPU budget (512 MiB) (– = no remat needed).", "",
               "| T | mode | no remat MiB | remat MiB | memory ÷ | no remat ms | remat ms | time × | auto |",
               "|---|---|---|---|---|---|---|---|---|"]
         for r in data["remat"]["rows"]:

@@ -124,7 +124,7 @@ def train(
     and_mask: float = typer.Option(0.0, help="AND-mask across batch members: keep entries whose per-sample signs agree in at least this fraction (0 = off)"),
     diagnostics: bool = typer.Option(False, help="also compute G for cos(M,G) / sign agreement in any mode"),
     checkpoint_every: str = typer.Option("auto", help="remat: checkpoint the unroll every k steps, 'auto' (from --memory-budget) or 'none'"),
-    memory_budget: Optional[float] = typer.Option(None, help="memory budget in GiB for checkpoint_every=auto (default: 48 MiB on CPU, 1/4 of device memory on accelerators; see flow.default_memory_budget)"),
+    memory_budget: Optional[float] = typer.Option(None, help="memory budget in GiB for checkpoint_every=auto (default: 512 MiB on CPU, 1/4 of device memory on accelerators; see flow.default_memory_budget)"),
     init_weights: Optional[Path] = typer.Option(None, help=".npz weights to start from"),
     eval_every: int = typer.Option(1, help="evaluate the full train/test sets every k epochs and after the last (paper: 1; evaluation is ~20 % of an epoch)"),
     out_dir: Path = typer.Option(Path("runs"), "--out", "-o", help="folder that receives the run folder"),

@@ -283,12 +283,13 @@ def _segment_length(horizon: int, checkpoint_every: int | None) -> int | None:
 
 
 # ----------------------------------------------------------------------------- memory plan
-#: default budget (bytes) for ``checkpoint_every="auto"`` on CPU. Small on purpose: on
-#: XLA:CPU segmenting the unroll is *faster* once its residuals outgrow the caches (cart-pole:
-#: 1.1-1.35x the time at 16-22 MiB of residuals, 0.6-0.9x at 47-215 MiB; see
-#: benchmarks/results.md; the estimate runs ~1.3x above XLA's figure), so "auto" remats from
-#: ~50 MiB of estimated residuals on.
-CPU_MEMORY_BUDGET = 48 << 20
+#: default budget (bytes) for ``checkpoint_every="auto"`` on CPU. Remat segments run the
+#: per-step controller vjp, without remat the engine uses the faster batched input Jacobian
+#: (m = 1): measured on cart-pole (benchmarks/results.md) no remat is faster at every horizon
+#: up to 10,000 steps (remat 1.2-2.3x the time; at T = 10,000 C the update needs 186 MiB, the
+#: whole training process 0.65 GiB), so "auto" remats only from ~0.5 GiB of estimated
+#: residuals on (the estimate runs above XLA's figure for the batched path).
+CPU_MEMORY_BUDGET = 512 << 20
 #: default budget on accelerators when the device does not report its memory
 ACCELERATOR_MEMORY_BUDGET = 4 << 30
 #: kept for compatibility: the CPU default
@@ -660,9 +661,13 @@ def _field_value_and_grad(params, static, x0, *, step, loss: TrajectoryLoss, hor
 #   3. runs the reverse sweep with the simulator's vjp recomputed from (x_n, c_n) — for the
 #      paper's simulators a few fused element-wise ops or one small solve — and the contraction
 #      J_nᵀ·ac_n (element-wise for m = 1); several fields share the sweep as stacked adjoints;
-#   4. forms the parameter gradients on all rows; with the MLP's ``param_vjp_from_jacobian``
-#      the backward products of step 2 are reused, so each field costs only inputᵀ·δ.
+#   4. forms the parameter gradients on all rows; with the controller's optional
+#      ``param_vjp_from_jacobian`` (MLP, QuantumCNN) the backward products of step 2 are
+#      reused, so each field costs only the kernel products inputᵀ·δ.
 # Same maths as the per-step path (tested against plain AD); the sums run in another order.
+# The price is one more simulator forward per step (the recomputation in step 3); for an
+# expensive simulator with a cheap controller the per-step path may be faster
+# (``JACOBIAN_MAX_CONTROLS = 0`` selects it).
 
 #: controls per batch row up to which the batched-Jacobian path is used (it costs m batched
 #: controller backward passes instead of one per-step backward per live field). Measured per
@@ -927,7 +932,7 @@ def value_and_update(model, x0, *, step, loss: TrajectoryLoss, horizon: int,
         (see :func:`plan_checkpointing`).
       validate: check inputs before tracing (disable inside jit/vmap'd code).
       memory_budget: bytes for ``checkpoint_every="auto"`` (default
-        :func:`default_memory_budget`: 48 MiB on CPU).
+        :func:`default_memory_budget`: 512 MiB on CPU).
 
     Returns:
       ``(loss, update, info)``: scalar loss (identical for every mode), the update pytree
