@@ -84,35 +84,14 @@ def test_parameter_vjp_from_kept_activations_equals_autodiff():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(b))))
 
 
-@pytest.mark.parametrize("widths,control_shape", [((30, 20), (1,)), ((30, 20), (2,)), ((12, 9, 7), (3,)), ((8,), ())])
-def test_input_jacobian_and_its_parameter_vjp_equal_autodiff(widths, control_shape):
-    m = nets.MLP(jax.random.PRNGKey(0), 4, control_shape, widths=widths)
-    m = jax.tree_util.tree_map(lambda a: a + 0.05 if eqx.is_inexact_array(a) else a, m)
-    x = jax.random.normal(jax.random.PRNGKey(1), (25, 2, 2))
-    c, res = m.forward_with_residuals(x)
-    jac, deltas = m.jacobian_from_residuals(x, res)
-    k = int(np.prod(control_shape)) if control_shape else 1
-    # J per row against jax.jacrev of one row
-    want_j = jax.vmap(jax.jacrev(lambda r: m(r[None]).reshape(-1)))(x)  # (N, m, 2, 2)
-    assert jac.shape == (25, k, 2, 2) and len(deltas) == len(widths)
-    np.testing.assert_allclose(jac, want_j, rtol=1e-5, atol=1e-6)
-    ct = jax.random.normal(jax.random.PRNGKey(2), c.shape)
-    p, s = eqx.partition(m, eqx.is_inexact_array)
-    want = jax.vjp(lambda q: eqx.combine(q, s)(x), p)[1](ct)[0]
-    got = eqx.filter(m.param_vjp_from_jacobian(x, res, deltas, ct), eqx.is_inexact_array)
-    assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
-    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(b))))
-
-
-def test_quantum_cnn_jacobian_and_parameter_vjp_equal_autodiff():
-    m = nets.QuantumCNN(jax.random.PRNGKey(0))
-    m = jax.tree_util.tree_map(lambda a: a + 0.05 if eqx.is_inexact_array(a) else a, m)  # no zero bias
-    x = jax.random.normal(jax.random.PRNGKey(1), (9, 32, 2))
+def check_jacobian_protocol(m, x):
+    """m's jacobian_from_residuals equals jax.jacrev per row, and param_vjp_from_jacobian equals
+    jax.vjp w.r.t. the parameters; returns (J, deltas)."""
+    m = jax.tree_util.tree_map(lambda a: a + 0.05 if eqx.is_inexact_array(a) else a, m)  # no zero kernel
     c, res = m.forward_with_residuals(x)
     assert np.array_equal(np.asarray(c), np.asarray(m(x)))
     jac, deltas = m.jacobian_from_residuals(x, res)
-    want_j = jax.vmap(jax.jacrev(lambda r: m(r[None]).reshape(-1)))(x)
+    want_j = jax.vmap(jax.jacrev(lambda r: m(r[None]).reshape(-1)))(x)  # (N, m, *row)
     np.testing.assert_allclose(jac, want_j, rtol=1e-5, atol=1e-6)
     ct = jax.random.normal(jax.random.PRNGKey(2), c.shape)
     p, s = eqx.partition(m, eqx.is_inexact_array)
@@ -121,6 +100,21 @@ def test_quantum_cnn_jacobian_and_parameter_vjp_equal_autodiff():
     assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
     for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+    return jac, deltas
+
+
+@pytest.mark.parametrize("widths,control_shape", [((30, 20), (1,)), ((30, 20), (2,)), ((12, 9, 7), (3,)), ((8,), ())])
+def test_input_jacobian_and_its_parameter_vjp_equal_autodiff(widths, control_shape):
+    m = nets.MLP(jax.random.PRNGKey(0), 4, control_shape, widths=widths)
+    jac, deltas = check_jacobian_protocol(m, jax.random.normal(jax.random.PRNGKey(1), (25, 2, 2)))
+    k = int(np.prod(control_shape)) if control_shape else 1
+    assert jac.shape == (25, k, 2, 2) and len(deltas) == len(widths)
+
+
+def test_quantum_cnn_jacobian_and_parameter_vjp_equal_autodiff():
+    jac, _ = check_jacobian_protocol(nets.QuantumCNN(jax.random.PRNGKey(0)),
+                                     jax.random.normal(jax.random.PRNGKey(1), (9, 32, 2)))
+    assert jac.shape == (9, 1, 32, 2)
 
 
 def test_patch_conv_rejects_input_smaller_than_window():
