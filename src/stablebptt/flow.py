@@ -34,8 +34,12 @@ the gates step by step, as the authors did for the quantum task.
 Mode C computes the two fields in **one forward pass and one reverse sweep** that carries
 two adjoints (the physics-only one and the regular one): each step is a ``custom_vjp``
 cell whose forward runs the controller and the simulator once, and whose backward applies
-the saved linearisation to both cotangents at once. :func:`naive_combined` computes the
-same thing with two complete passes, for verification.
+the saved linearisation to both cotangents at once. For controllers with one control per
+row (the paper's cart-pole and quantum controllers) the fields with a live controller gate
+instead take the batched-Jacobian path (``_fields_via_jacobian``): one forward loop, the
+controller's input Jacobian on all T·B rows at once, then one reverse sweep carrying both
+adjoints. :func:`naive_combined` computes the same thing with two complete passes, for
+verification.
 
 Shapes: states and controls are pytrees with a leading batch axis; the controller maps a
 batched state to a batched control; ``loss.state_loss`` reduces a batched state to a
@@ -493,6 +497,8 @@ def unrolled_loss(params, static, x0, *, step, loss: TrajectoryLoss, horizon: in
 #   For M and S the loop then contains no controller backward at all (its input gate is 0).
 # * With ``checkpoint_every`` the unroll runs in ``jax.checkpoint`` segments and the final
 #   controller vjp runs in chunks, so memory stays ~ T/seg carries + one segment.
+# * Without segments, fields with a live controller gate and one control per row use the
+#   batched-Jacobian path further below instead (no controller backward inside any loop).
 
 def _zeros_like_controls(model, x0, horizon: int):
     c_struct = jax.eval_shape(model, x0)

@@ -277,16 +277,14 @@ class _Stepper:
         if K > 1:
             upd = jax.vmap(upd, in_axes=(0, 0, None))
             batches = jax.vmap(batches)
-        one_update = upd
+            finish = jax.vmap(finish)
+            finish_unevaluated = jax.vmap(finish_unevaluated)
 
         def updates(carry, batches_):
             """All nb minibatch updates of an epoch, in order."""
-            return jax.lax.scan(lambda c, i: (one_update(c, batches_, i), None), carry,
+            return jax.lax.scan(lambda c, i: (upd(c, batches_, i), None), carry,
                                 jnp.arange(nb, dtype=jnp.int32))[0]
 
-        if K > 1:
-            finish = jax.vmap(finish)
-            finish_unevaluated = jax.vmap(finish_unevaluated)
         self._updates, self._batches, self._finish = updates, batches, finish
         self._finish_unevaluated = finish_unevaluated
 
