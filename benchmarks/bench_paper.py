@@ -1,8 +1,12 @@
 """Whole-paper cost: an estimate of running all three paper figures with 5 seeds, on this
 CPU (from measured epoch times) and on one GPU (from stated H100 figures), and a measured
-run of the cart-pole figure's quick variant on this CPU.
+run of the cart-pole figure's quick variant on this CPU (or, ``--quick-only``, on a GPU).
 
     python benchmarks/bench_paper.py [--epoch-json results-of-bench_epoch.json] [--no-quick]
+    python benchmarks/bench_paper.py --quick-only --workers 8      # on a GPU machine
+
+A GPU estimate from *measured* epochs: :func:`gpu_measured` with ``gpu_check.py``'s JSON
+(run_all.py renders it when ``gpu.json`` is in its folder).
 
 The grid is experiments.md's: guidance 4 rc x 4 modes x 3 clippings (100 epochs, our
 default; the authors' script ran 10), cart-pole 4 pole counts x 4 x 3 (1000 epochs), quantum
@@ -62,19 +66,45 @@ def estimate(epoch_rows: list[dict], compile_rows: list[dict] | None = None, wor
     return out
 
 
+def gpu_measured(gpu_epoch_rows: list[dict]) -> dict:
+    """Hours per figure on the GPU from *measured* steady epochs with the 5 seeds vmapped
+    (``gpu_check.py`` part "epochs"): configurations one after another in one process, each
+    ``epochs`` x its mode's epoch time + its cold compile time."""
+    ep = {(r["problem"], r["mode"]): (r["epoch_s"], r["compile_s"]) for r in gpu_epoch_rows}
+    out = {}
+    for prob, (configs, epochs) in GRID.items():
+        modes = [m for m in ("R", "M", "S", "C") if (prob, m) in ep]
+        if not modes:
+            continue
+        per_mode = configs / 4 * 4 / len(modes)
+        out[prob] = sum(per_mode * (epochs * ep[(prob, m)][0] + ep[(prob, m)][1]) for m in modes) / 3600
+    if out:
+        out["total"] = sum(out.values())
+    return out
+
+
 def quick_cartpole(workers: int = 2) -> dict:
     from stablebptt import sweep
 
     spec = sweep.load_spec("cartpole", quick=True)
     with tempfile.TemporaryDirectory(prefix="quick-cartpole-") as root:
         t = time.perf_counter()
-        rep = sweep.run_sweep(spec, root, executor="local", workers=workers, vmap_seeds=True)
+        seen = {"done": -1}
+
+        def progress(st: dict) -> None:  # a line per finished config (2 seeds): partial runs stay readable
+            if st["done"] != seen["done"]:
+                seen["done"] = st["done"]
+                print(f"  {st['done']}/{st['total']} runs done, {time.perf_counter() - t:.0f} s", flush=True)
+
+        rep = sweep.run_sweep(spec, root, executor="local", workers=workers, vmap_seeds=True, progress=progress)
         wall = time.perf_counter() - t
         d = rep.as_dict()
     d["wall_s"] = wall
+    d["workers"] = workers
+    d["device"] = _common.machine().get("device")
     d["spec"] = {"configs": 48, "seeds": spec.seeds if isinstance(spec.seeds, int) else len(spec.seeds),
                  "epochs": 60, "n_train": 64, "n_test": 64}
-    print(f"cart-pole quick figure ({d['jobs']} runs) on this CPU with {workers} workers: {wall:.0f} s wall "
+    print(f"cart-pole quick figure ({d['jobs']} runs) on {d['device']} with {workers} workers: {wall:.0f} s wall "
           f"({d['computed']} computed, {d['diverged']} diverged, {len(d['failed'])} failed)", flush=True)
     return d
 
@@ -84,9 +114,13 @@ def main(argv=None):
     ap.add_argument("--epoch-json", default=None, help="bench_epoch.py --json output (else measured now)")
     ap.add_argument("--compile-json", default=None, help="bench_compile.py --json output (compile seconds)")
     ap.add_argument("--no-quick", action="store_true", help="skip the quick cart-pole figure run")
+    ap.add_argument("--quick-only", action="store_true", help="only the quick cart-pole figure (e.g. on a GPU)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    if args.quick_only:
+        _common.write_json(args.json, {"machine": _common.machine(), "quick": quick_cartpole(args.workers)})
+        return
     if args.epoch_json:
         epoch_rows = json.loads(Path(args.epoch_json).read_text())["rows"]
     else:

@@ -1,30 +1,45 @@
-"""GPU recipe check (run on a machine with a GPU; does nothing useful without one).
+"""GPU checks and timings (run on a machine with a GPU; ``--allow-cpu`` dry-runs them here).
 
-    python benchmarks/gpu_check.py [--ks 1,64,512,4096] [--json out.json]
+    python benchmarks/gpu_check.py [--parts precision,throughput,epochs] [--json out.json]
 
-1. Precision: float32 updates of every paper problem and mode on the GPU vs the CPU, with
-   ``jax_default_matmul_precision`` at the default (TF32 on Ampere and newer: ~1e-3 relative
-   differences) and at "highest" (expected ≤ 1e-5, like CPU vs CPU with a different
-   summation order). Reported as max |gpu - cpu| / max |cpu| per update pytree.
-2. Throughput: seed-updates per second for K vmapped seeds (``SEED_STRATEGY = "vmap"``, the
-   accelerator default) on cart-pole, mode C, batch 8 per seed.
+1. ``precision``: float32 value and update of every paper problem, modes R and C, on the GPU vs
+   the CPU, with ``jax_default_matmul_precision`` at the default (TF32 on Ampere and newer)
+   and at "highest". Reported as max |gpu - cpu| / max |cpu| over the update pytree, for
+   one simulator step (``horizon=1``: no amplification, expected <= 1e-5 at "highest") and
+   for the paper horizon. Over a long horizon a chaotic problem amplifies any difference in
+   summation order, so the horizon result is put next to its *floor*: the same CPU update
+   with x0 moved by one ulp (CPU vs CPU). "highest" passes when the one-step difference is
+   <= 1e-5 and the horizon difference is <= 1e-5 or within 10x the floor.
+2. ``throughput``: seed-updates per second for K vmapped seeds (``SEED_STRATEGY = "vmap"``,
+   the accelerator default), batch 8 per seed, an epoch's 32 updates per call.
+3. ``epochs``: the steady epoch (32 updates + evaluation of 2 x 256 states per seed) with
+   the paper's 5 seeds vmapped, per problem and mode, and its cold compile time: the inputs
+   of the whole-paper GPU estimate (``bench_paper.py --gpu-json``).
 
-Recipe (docs/performance.md): ``pip install -U "jax[cuda12]"``; ``stablebptt.cli.setup_jax``
-sets ``jax_default_matmul_precision="highest"`` when a GPU is present; the run manifest
-records it under ``precision.matmul_precision``; train many seeds per program
-(``train(problem, config, seeds=range(K))`` or ``sweep ... vmap_seeds=True``).
+The JSON is rewritten after every part, so a run cut short keeps what it measured.
+Recipe (docs/performance.md): ``stablebptt.cli.setup_jax`` (and every sweep worker) sets
+``jax_default_matmul_precision="highest"`` when the backend is not the CPU; the run manifest
+records it under ``precision.matmul_precision``.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
+import traceback
 
-import equinox as eqx
-import jax
-import jax.numpy as jnp
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _common  # noqa: E402
+import equinox as eqx  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+PROBLEMS = ("cartpole", "guidance", "quantum")
+MODES = ("R", "M", "S", "C")
 
 
 def rel_diff(a, b) -> float:
@@ -33,73 +48,123 @@ def rel_diff(a, b) -> float:
                for x, y in zip(la, lb))
 
 
-def precision_check() -> list[dict]:
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import _common
+def next_ulp(tree):
+    """Every float entry moved up by one ulp."""
+    return jax.tree_util.tree_map(
+        lambda x: jnp.nextafter(x, jnp.asarray(jnp.inf, x.dtype)) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def precision_check(problems=PROBLEMS, modes=MODES) -> list[dict]:
     from stablebptt import flow as F
 
-    cpu, gpu = jax.devices("cpu")[0], jax.devices()[0]
+    cpu, acc = jax.devices("cpu")[0], jax.devices()[0]
     rows = []
-    for name in ("cartpole", "guidance", "quantum"):
+    for name in problems:
         _, prob, model, x0 = _common.paper_case(name)
         params, static = eqx.partition(model, eqx.is_inexact_array)
-        kw = dict(step=prob.step, loss=prob.loss, horizon=prob.horizon)
-        for mode in ("R", "M", "S", "C"):
-            f = jax.jit(lambda p, x, mode=mode: F.value_and_update(eqx.combine(p, static), x, flow=mode,
-                                                                     validate=False, **kw)[:2])
-            ref = f(jax.device_put(params, cpu), jax.device_put(x0, cpu))
+        for mode in modes:
             row = {"problem": name, "mode": mode}
-            for prec in ("default", "highest"):
-                with jax.default_matmul_precision(prec):
-                    g = jax.jit(lambda p, x, mode=mode: F.value_and_update(eqx.combine(p, static), x, flow=mode,
-                                                                             validate=False, **kw)[:2])
-                    out = g(jax.device_put(params, gpu), jax.device_put(x0, gpu))
-                row[f"loss_{prec}"] = abs(float(out[0]) - float(ref[0])) / max(abs(float(ref[0])), 1e-30)
-                row[f"update_{prec}"] = rel_diff(out[1], ref[1])
-            row["ok_highest"] = row["update_highest"] <= 1e-5 and row["loss_highest"] <= 1e-5
+            for label, horizon in (("step", 1), ("horizon", prob.horizon)):
+                def f(p, x, mode=mode, horizon=horizon):
+                    return F.value_and_update(eqx.combine(p, static), x, flow=mode, validate=False,
+                                              step=prob.step, loss=prob.loss, horizon=horizon)[:2]
+
+                pc, xc = jax.device_put(params, cpu), jax.device_put(x0, cpu)
+                ref = jax.jit(f)(pc, xc)
+                if label == "horizon":
+                    row["floor_ulp_x0"] = rel_diff(jax.jit(f)(pc, next_ulp(xc))[1], ref[1])
+                for prec in ("default", "highest"):
+                    with jax.default_matmul_precision(prec):
+                        out = jax.jit(f)(jax.device_put(params, acc), jax.device_put(x0, acc))
+                    row[f"{label}_loss_{prec}"] = abs(float(out[0]) - float(ref[0])) / max(abs(float(ref[0])), 1e-30)
+                    row[f"{label}_update_{prec}"] = rel_diff(out[1], ref[1])
+            row["ok_highest"] = bool(row["step_update_highest"] <= 1e-5 and row["step_loss_highest"] <= 1e-5 and (
+                row["horizon_update_highest"] <= max(1e-5, 10 * row["floor_ulp_x0"])))
             rows.append(row)
-            print(f"{name:9s} {mode}: rel. diff GPU vs CPU  default {row['update_default']:.1e}  "
-                  f"highest {row['update_highest']:.1e}  {'ok' if row['ok_highest'] else 'CHECK'}", flush=True)
+            print(f"{name:9s} {mode}: GPU vs CPU, one step: default {row['step_update_default']:.1e} "
+                  f"highest {row['step_update_highest']:.1e} | horizon: default {row['horizon_update_default']:.1e} "
+                  f"highest {row['horizon_update_highest']:.1e} (1-ulp floor {row['floor_ulp_x0']:.1e})  "
+                  f"{'ok' if row['ok_highest'] else 'CHECK'}", flush=True)
     return rows
 
 
-def throughput(ks) -> list[dict]:
+def throughput(cases, rounds: int = 3) -> list[dict]:
     import bench_seeds
     from stablebptt import train as T
 
     T.SEED_STRATEGY = "vmap"
     rows = []
-    for K in ks:
-        update, _, cs, _ = bench_seeds.setup("cartpole", "C", K, "vmap")
-        jax.block_until_ready(update())
-        best = 1e9
-        for _ in range(5):
-            t = time.perf_counter()
-            for _ in range(10):
-                out = update()
-            jax.block_until_ready(out)
-            best = min(best, (time.perf_counter() - t) / 10)
-        rows.append({"K": K, "update_s": best, "seed_updates_per_s": K / best, "compile_s": cs})
-        print(f"cart-pole C, K={K:5d}: {best * 1e3:7.2f} ms/update, {K / best:9.0f} seed-updates/s", flush=True)
+    for name, mode, ks in cases:
+        for K in ks:
+            updates, _, cs, nb = bench_seeds.setup(name, mode, K, "vmap")
+            t = _common.interleaved_min({"u": updates}, rounds=rounds)["u"] / nb
+            rows.append({"problem": name, "mode": mode, "K": K, "update_s": t, "seed_updates_per_s": K / t,
+                         "compile_s": cs})
+            print(f"{name:9s} {mode} K={K:5d}: {t * 1e3:7.2f} ms/update, {K / t:9.0f} seed-updates/s "
+                  f"(compile {cs:.1f} s)", flush=True)
     return rows
+
+
+def epochs(problems=PROBLEMS, modes=MODES, seeds: int = 5, rounds: int = 3) -> list[dict]:
+    import bench_seeds
+    from stablebptt import train as T
+
+    T.SEED_STRATEGY = "vmap"
+    rows = []
+    for name in problems:
+        for mode in modes:
+            _, epoch, cs, nb = bench_seeds.setup(name, mode, seeds, "vmap")
+            t = _common.interleaved_min({"e": epoch}, rounds=rounds)["e"]
+            rows.append({"problem": name, "mode": mode, "seeds": seeds, "epoch_s": t, "compile_s": cs})
+            print(f"{name:9s} {mode}: epoch with {seeds} vmapped seeds {t * 1e3:7.1f} ms "
+                  f"(compile {cs:.1f} s)", flush=True)
+    return rows
+
+
+THROUGHPUT_CASES = [("cartpole", "C", (1, 8, 64, 512, 4096)), ("cartpole", "R", (1, 64, 4096)),
+                    ("guidance", "C", (1, 8, 64, 512)), ("quantum", "C", (1, 8, 64, 512))]
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ks", default="1,64,512,4096")
+    ap.add_argument("--parts", default="precision,throughput,epochs")
+    ap.add_argument("--allow-cpu", action="store_true", help="dry run on the CPU (tiny sizes)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    if jax.default_backend() == "cpu":
-        print("no GPU: nothing to check (see docs/performance.md for the recipe)")
+    dry = jax.default_backend() == "cpu"
+    if dry and not args.allow_cpu:
+        print("no GPU: nothing to check (see docs/performance.md for the recipe; --allow-cpu dry-runs it)")
         return
-    prec = precision_check()
-    jax.config.update("jax_default_matmul_precision", "highest")  # what cli.setup_jax does on a GPU
-    thr = throughput([int(k) for k in args.ks.split(",")])
-    if args.json:
-        import json
-
-        with open(args.json, "w") as f:
-            json.dump({"device": str(jax.devices()[0]), "precision": prec, "throughput": thr}, f, indent=2)
+    out = {"machine": _common.machine(), "device": str(jax.devices()[0]), "backend": jax.default_backend()}
+    parts = args.parts.split(",")
+    unknown = set(parts) - {"precision", "throughput", "epochs"}
+    if unknown:
+        ap.error(f"--parts: unknown {sorted(unknown)}; allowed: precision, throughput, epochs")
+    for part in parts:
+        t0 = time.perf_counter()
+        try:
+            if part == "precision":
+                # R and C cover both gate patterns (M's field is C's first; S's has no controller path)
+                out["precision"] = precision_check(("cartpole",) if dry else PROBLEMS, ("R", "C"))
+                # from here on what cli.setup_jax (and every sweep worker) does on a GPU
+                jax.config.update("jax_default_matmul_precision", "highest")
+                out["matmul_precision_for_timings"] = "highest"
+            elif part == "throughput":
+                jax.config.update("jax_default_matmul_precision", "highest")
+                out["throughput"] = throughput([("cartpole", "C", (1, 2))] if dry else THROUGHPUT_CASES,
+                                               rounds=1 if dry else 3)
+            elif part == "epochs":
+                jax.config.update("jax_default_matmul_precision", "highest")
+                out["epochs"] = epochs(("cartpole",) if dry else PROBLEMS, ("R",) if dry else MODES,
+                                       seeds=2 if dry else 5, rounds=1 if dry else 3)
+        except Exception:  # noqa: BLE001 - keep the other parts
+            out.setdefault("errors", {})[part] = traceback.format_exc()
+            traceback.print_exc()
+        out.setdefault("part_s", {})[part] = time.perf_counter() - t0
+        print(f"[{part}: {out['part_s'][part]:.0f} s]", flush=True)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(out, f, indent=2, default=float)
 
 
 if __name__ == "__main__":

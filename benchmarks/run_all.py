@@ -160,7 +160,64 @@ def render(data: dict, command: str, note: str | None = None) -> str:
                   f"{s['n_test']} test states) on this CPU with 2 worker processes, seeds of a configuration together: "
                   f"**{quick['wall_s']:.0f} s** wall ({quick['computed']} runs computed, {quick['diverged']} diverged, "
                   f"{len(quick['failed'])} failed; compilation included, no persistent cache in the workers).", ""]
+    if data.get("gpu"):
+        L += render_gpu(data["gpu"], data.get("gpu_quick"))
     return "\n".join(L) + "\n"
+
+
+def render_gpu(g: dict, quick: dict | None) -> list[str]:
+    """The section for ``gpu_check.py``'s JSON (``gpu.json``) and the quick figure run on the
+    GPU (``bench_paper.py --quick-only``, ``gpu_quick.json``)."""
+    import bench_paper
+
+    m = g.get("machine", {})
+    L = ["## GPU", "",
+         f"Measured on {g.get('device', '?')} (Python {m.get('python', '?')}; "
+         + ", ".join(f"{k} {v}" for k, v in (m.get("versions") or {}).items())
+         + f"; {m.get('date', '?')}) by `benchmarks/gpu_check.py`. Timings with "
+         "`jax_default_matmul_precision=\"highest\"` (what the CLI and every sweep worker set on an accelerator).", ""]
+    if g.get("precision"):
+        L += ["### float32 results, GPU vs CPU", "",
+              "max |gpu − cpu| / max |cpu| over the update (the loss agrees as closely). One step: `horizon=1`, nothing "
+              "amplifies a rounding difference. Paper horizon: a long rollout amplifies any change in summation order; its "
+              "*floor* is the CPU's own update with x0 moved by one ulp. Pass: one step ≤ 1e-5 and horizon ≤ max(1e-5, 10 × floor).", "",
+              "| problem | mode | one step, default (TF32) | one step, highest | horizon, default | horizon, highest | 1-ulp floor | pass |",
+              "|---|---|---|---|---|---|---|---|"]
+        for r in g["precision"]:
+            L.append(f"| {r['problem']} | {r['mode']} | {r['step_update_default']:.1e} | {r['step_update_highest']:.1e} | "
+                     f"{r['horizon_update_default']:.1e} | {r['horizon_update_highest']:.1e} | {r['floor_ulp_x0']:.1e} | "
+                     f"{'yes' if r['ok_highest'] else '**no**'} |")
+        L.append("")
+    if g.get("throughput"):
+        L += ["### Seeds vmapped in one program", "",
+              "Batch 8 per seed, paper settings; one call = an epoch's 32 updates (scanned).", "",
+              "| problem | mode | K | ms per update | seed-updates/s | compile s |", "|---|---|---|---|---|---|"]
+        for r in g["throughput"]:
+            L.append(f"| {r['problem']} | {r['mode']} | {r['K']} | {r['update_s'] * 1e3:.2f} | "
+                     f"{r['seed_updates_per_s']:,.0f} | {r['compile_s']:.1f} |")
+        L.append("")
+    if g.get("epochs"):
+        est = bench_paper.gpu_measured(g["epochs"])
+        L += ["### Steady epoch with the paper's 5 seeds vmapped; whole-paper time on this GPU", "",
+              "Epoch = 32 updates + evaluation of 2 × 256 states, per seed, the 5 seeds in one program.", "",
+              "| problem | mode | epoch ms | compile s |", "|---|---|---|---|"]
+        for r in g["epochs"]:
+            L.append(f"| {r['problem']} | {r['mode']} | {r['epoch_s'] * 1e3:.1f} | {r['compile_s']:.1f} |")
+        L += ["", "Whole paper from these epochs (configurations one after another, each with its cold compile; "
+              "grid and epochs as in the CPU estimate above):", "", "| figure | GPU, measured epochs (h) |", "|---|---|"]
+        for k, v in est.items():
+            L.append(f"| {'**total**' if k == 'total' else k} | {v:.2f} |")
+        L.append("")
+    if quick and quick.get("quick"):
+        q = quick["quick"]
+        s = q["spec"]
+        L += [f"Cart-pole figure, quick preset ({s['configs']} configurations × {s['seeds']} seeds, {s['epochs']} epochs, "
+              f"{s['n_train']} train / {s['n_test']} test states), run on this GPU with {q.get('workers', '?')} worker "
+              f"processes sharing it, seeds of a configuration vmapped: **{q['wall_s']:.0f} s** wall ({q['computed']} runs "
+              f"computed, {q['diverged']} diverged, {len(q['failed'])} failed; compilation included).", ""]
+    if g.get("errors"):
+        L += ["Parts that failed: " + ", ".join(sorted(g["errors"])) + " (tracebacks in the JSON).", ""]
+    return L
 
 
 def main(argv=None):

@@ -46,8 +46,9 @@ def setup_jax(cache: bool = True, cpu_devices: int = 1) -> None:
             jax.config.update("jax_num_cpu_devices", int(cpu_devices))
         except RuntimeError:  # the backend already started (e.g. the CLI called in-process)
             pass
-    if jax.default_backend() != "cpu":  # TF32 would silently change float32 results on GPUs
-        jax.config.update("jax_default_matmul_precision", "highest")
+    from .run import use_full_float32_matmuls
+
+    use_full_float32_matmuls()  # TF32 would silently change float32 results on GPUs
     if cache and os.environ.get("STABLEBPTT_NO_CACHE") != "1":
         cache_dir = os.environ.get("STABLEBPTT_CACHE_DIR", str(Path.home() / ".cache" / "stablebptt" / "jax"))
         jax.config.update("jax_compilation_cache_dir", cache_dir)

@@ -33,6 +33,20 @@ from .config import RunConfig, run_id
 RESULT_FILE = "result.json"
 
 
+def use_full_float32_matmuls() -> None:
+    """On an accelerator, float32 matmuls at "highest" precision (this process, from now on).
+
+    GPUs since Ampere otherwise run float32 matmuls in TF32 (10-bit mantissa), which silently
+    changes results by ~1e-3 relative; at "highest" they match the CPU to ~1e-6 per step
+    (benchmarks/gpu_check.py). The CPU is left alone (its matmuls are full float32 anyway).
+    Called by the CLI and by every sweep worker; recorded in :func:`manifest`.
+    """
+    import jax
+
+    if jax.default_backend() != "cpu":
+        jax.config.update("jax_default_matmul_precision", "highest")
+
+
 def manifest() -> dict:
     """Versions, device and precision of this process (recorded next to every result)."""
     import jax

@@ -309,9 +309,10 @@ def enable_compile_cache(cache_dir: str | None) -> None:
 
 def _job(config_dict: dict, seeds: list[int], root: str, cache_dir: str | None = None) -> list[dict]:
     """Worker entry (picklable): run one config for the given seeds; return their summaries."""
-    from .run import run, run_seeds
+    from .run import run, run_seeds, use_full_float32_matmuls
 
     enable_compile_cache(cache_dir)
+    use_full_float32_matmuls()
 
     cfg = RunConfig(**config_dict)
     if len(seeds) == 1:
@@ -325,11 +326,14 @@ def _init_worker(xla_flags: str, parent_pid: int | None = None) -> None:
     """Pool initializer, run in each fresh (spawned) worker before its first job.
 
     Sets ``XLA_FLAGS`` (JAX reads them when it creates its CPU backend, i.e. at the first
-    computation, not at import) and, on Linux, asks the kernel to SIGKILL the worker when
+    computation, not at import), turns off GPU memory preallocation (the workers share the
+    device) and, on Linux, asks the kernel to SIGKILL the worker when
     the sweep process dies: a killed sweep leaves no orphan that could still write results
     while it is being resumed.
     """
     os.environ["XLA_FLAGS"] = xla_flags
+    # on a GPU the workers share one device: without this each would reserve 75 % of its memory
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     if parent_pid is not None and sys.platform.startswith("linux"):
         try:
             import ctypes
@@ -456,11 +460,11 @@ def run_sweep(spec: SweepSpec, root: str | Path, *, executor: str = "local", wor
         started = False
         if not ray.is_initialized():
             kw = dict(address=address) if address else dict(num_cpus=workers or os.cpu_count(), include_dashboard=False)
-            ray.init(runtime_env={"env_vars": {"XLA_FLAGS": SINGLE_THREAD_XLA}}, log_to_driver=False, **kw)
+            ray.init(runtime_env={"env_vars": {"XLA_FLAGS": SINGLE_THREAD_XLA, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}}, log_to_driver=False, **kw)
             started = True
         try:
             # per task as well, so an already initialised Ray gets the flags too
-            remote = ray.remote(num_cpus=1)(_job).options(runtime_env={"env_vars": {"XLA_FLAGS": SINGLE_THREAD_XLA}})
+            remote = ray.remote(num_cpus=1)(_job).options(runtime_env={"env_vars": {"XLA_FLAGS": SINGLE_THREAD_XLA, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}})
             refs = {remote.remote(c.to_dict(), seeds, str(root.resolve()), cache_dir): (c, seeds) for c, seeds in groups}
             try:
                 cpus = int(ray.cluster_resources().get("CPU", 1))
