@@ -62,8 +62,20 @@ def precision_check(problems=PROBLEMS, modes=MODES) -> list[dict]:
     for name in problems:
         _, prob, model, x0 = _common.paper_case(name)
         params, static = eqx.partition(model, eqx.is_inexact_array)
+        # the parts on their own: the controller's forward pass, one simulator step
+        parts = {}
+        c_cpu = jax.jit(lambda m, x: m(x))(jax.device_put(model, cpu), jax.device_put(x0, cpu))
+        for prec in ("default", "highest"):
+            with jax.default_matmul_precision(prec):
+                c_acc = jax.jit(lambda m, x: m(x))(jax.device_put(model, acc), jax.device_put(x0, acc))
+                s_acc = jax.jit(prob.step)(jax.device_put(x0, acc), jax.device_put(c_cpu, acc))
+            parts[f"controller_{prec}"] = rel_diff(c_acc, c_cpu)
+            parts[f"simulator_step_{prec}"] = rel_diff(s_acc, jax.jit(prob.step)(jax.device_put(x0, cpu), c_cpu))
+        print(f"{name:9s} parts, GPU vs CPU: controller default {parts['controller_default']:.1e} highest "
+              f"{parts['controller_highest']:.1e} | simulator step default {parts['simulator_step_default']:.1e} "
+              f"highest {parts['simulator_step_highest']:.1e}", flush=True)
         for mode in modes:
-            row = {"problem": name, "mode": mode}
+            row = {"problem": name, "mode": mode, **parts}
             for label, horizon in (("step", 1), ("horizon", prob.horizon)):
                 def f(p, x, mode=mode, horizon=horizon):
                     return F.value_and_update(eqx.combine(p, static), x, flow=mode, validate=False,
@@ -125,9 +137,25 @@ THROUGHPUT_CASES = [("cartpole", "C", (1, 8, 64, 512, 4096)), ("cartpole", "R", 
                     ("guidance", "C", (1, 8, 64, 512)), ("quantum", "C", (1, 8, 64, 512))]
 
 
+def cases_text(cases) -> str:
+    return ";".join(f"{p}:{m}:{','.join(map(str, ks))}" for p, m, ks in cases)
+
+
+def parse_cases(text: str):
+    out = []
+    for item in filter(None, text.split(";")):
+        p, m, ks = item.split(":")
+        out.append((p, m, tuple(int(k) for k in ks.split(","))))
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", default="precision,throughput,epochs")
+    ap.add_argument("--problems", default=",".join(PROBLEMS), help="for the precision and epochs parts")
+    ap.add_argument("--modes", default=",".join(MODES), help="for the epochs part")
+    ap.add_argument("--cases", default=None,
+                    help='throughput cases "problem:mode:K,K;..." (default: ' + cases_text(THROUGHPUT_CASES) + ")")
     ap.add_argument("--allow-cpu", action="store_true", help="dry run on the CPU (tiny sizes)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
@@ -140,22 +168,24 @@ def main(argv=None):
     unknown = set(parts) - {"precision", "throughput", "epochs"}
     if unknown:
         ap.error(f"--parts: unknown {sorted(unknown)}; allowed: precision, throughput, epochs")
+    problems, modes = args.problems.split(","), args.modes.split(",")
+    cases = parse_cases(args.cases) if args.cases else THROUGHPUT_CASES
     for part in parts:
         t0 = time.perf_counter()
         try:
             if part == "precision":
                 # R and C cover both gate patterns (M's field is C's first; S's has no controller path)
-                out["precision"] = precision_check(("cartpole",) if dry else PROBLEMS, ("R", "C"))
+                out["precision"] = precision_check(("cartpole",) if dry else problems, ("R", "C"))
                 # from here on what cli.setup_jax (and every sweep worker) does on a GPU
                 jax.config.update("jax_default_matmul_precision", "highest")
                 out["matmul_precision_for_timings"] = "highest"
             elif part == "throughput":
                 jax.config.update("jax_default_matmul_precision", "highest")
-                out["throughput"] = throughput([("cartpole", "C", (1, 2))] if dry else THROUGHPUT_CASES,
+                out["throughput"] = throughput([("cartpole", "C", (1, 2))] if dry else cases,
                                                rounds=1 if dry else 3)
             elif part == "epochs":
                 jax.config.update("jax_default_matmul_precision", "highest")
-                out["epochs"] = epochs(("cartpole",) if dry else PROBLEMS, ("R",) if dry else MODES,
+                out["epochs"] = epochs(("cartpole",) if dry else problems, ("R",) if dry else modes,
                                        seeds=2 if dry else 5, rounds=1 if dry else 3)
         except Exception:  # noqa: BLE001 - keep the other parts
             out.setdefault("errors", {})[part] = traceback.format_exc()

@@ -166,3 +166,18 @@ def test_cli_diagnose(tmp_path):
     assert "mode C" in res.output and (tmp_path / "linear.png").is_file()
     res = CliRunner().invoke(app, ["diagnose", "linear", "--param", "nope=1"])
     assert res.exit_code != 0 and "nope" in res.output
+
+
+def test_adjoint_norms_do_not_overflow_float32():
+    """Exploding adjoints are what the diagnosis measures: entries of 1e20-1e37, whose squares
+    overflow float32, must still give finite, exact norms (float64 reference)."""
+    rng = np.random.default_rng(0)
+    big = {"a": jnp.asarray(rng.normal(size=(3, 2, 4)) * np.array([1e37, 1e20, 1.0])[:, None, None], jnp.float32),
+           "b": jnp.asarray(rng.normal(size=(3, 2)) * np.array([1e36, 1e19, 1.0])[:, None], jnp.float32)}
+    zero = {"a": jnp.zeros((2, 2, 4), jnp.float32), "b": jnp.zeros((2, 2), jnp.float32)}
+    a, b = (np.asarray(big[k], np.float64) for k in ("a", "b"))
+    ref_sample = np.sqrt(np.sum(a**2, -1) + b**2)
+    ref_step = np.sqrt(np.sum(a.reshape(3, -1) ** 2, -1) + np.sum(b**2, -1))
+    np.testing.assert_allclose(np.asarray(D._sample_norms(big, 2)), ref_sample, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(D._step_norms(big)), ref_step, rtol=1e-5)
+    assert np.all(np.asarray(D._sample_norms(zero, 2)) == 0.0) and np.all(np.asarray(D._step_norms(zero)) == 0.0)

@@ -35,6 +35,8 @@ and guidance start with a zero last kernel, which makes K = ∂N/∂x = 0 and th
 """
 from __future__ import annotations
 
+import functools
+
 import json
 import math
 import time
@@ -340,15 +342,23 @@ def _perturbed_loss(eps, pstack, static, x0, *, step, loss: TrajectoryLoss, hori
     return jnp.sum(ls) + loss.step_weight(T, T) * loss.state_loss(xT)
 
 
+def _scaled_norm(parts: list[jax.Array]) -> jax.Array:
+    """L2 norm over the last axis of all ``parts`` together, scaled by the largest entry so
+    that exploding adjoints (> 1.8e19, whose squares overflow float32) keep a finite norm."""
+    scale = functools.reduce(jnp.maximum, [jnp.max(jnp.abs(a), -1) for a in parts])
+    safe = jnp.where(scale > 0, scale, 1.0)
+    sq = sum(jnp.sum(jnp.square(a / safe[..., None]), -1) for a in parts)
+    return jnp.where(scale > 0, safe * jnp.sqrt(sq), 0.0)
+
+
 def _sample_norms(tree, batch: int) -> jax.Array:
     """Per-(leading axis, sample) L2 norm over all remaining axes of all leaves: (L, B)."""
-    sq = sum(jnp.sum(jnp.square(a).reshape(a.shape[0], batch, -1), -1) for a in jax.tree_util.tree_leaves(tree))
-    return jnp.sqrt(sq)
+    return _scaled_norm([a.reshape(a.shape[0], batch, -1) for a in jax.tree_util.tree_leaves(tree)])
 
 
 def _step_norms(tree) -> jax.Array:
-    sq = sum(jnp.sum(jnp.square(a).reshape(a.shape[0], -1), -1) for a in jax.tree_util.tree_leaves(tree))
-    return jnp.sqrt(sq)
+    """Per-(leading axis) L2 norm over all remaining axes of all leaves: (L,)."""
+    return _scaled_norm([a.reshape(a.shape[0], -1) for a in jax.tree_util.tree_leaves(tree)])
 
 
 def _build_measure(step, loss: TrajectoryLoss, horizon: int, static):
