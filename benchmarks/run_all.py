@@ -174,19 +174,31 @@ def render_gpu(g: dict, quick: dict | None) -> list[str]:
     L = ["## GPU", "",
          f"Measured on {g.get('device', '?')} (Python {m.get('python', '?')}; "
          + ", ".join(f"{k} {v}" for k, v in (m.get("versions") or {}).items())
-         + f"; {m.get('date', '?')}) by `benchmarks/gpu_check.py`. Timings with "
+         + f"; {m.get('date', '?')}) by `benchmarks/gpu_check.py`"
+         + (f" ({g['source']})" if g.get("source") else "") + ". Timings with "
          "`jax_default_matmul_precision=\"highest\"` (what the CLI and every sweep worker set on an accelerator).", ""]
     if g.get("precision"):
         L += ["### float32 results, GPU vs CPU", "",
               "max |gpu − cpu| / max |cpu| over the update (the loss agrees as closely). One step: `horizon=1`, nothing "
               "amplifies a rounding difference. Paper horizon: a long rollout amplifies any change in summation order; its "
-              "*floor* is the CPU's own update with x0 moved by one ulp. Pass: one step ≤ 1e-5 and horizon ≤ max(1e-5, 10 × floor).", "",
-              "| problem | mode | one step, default (TF32) | one step, highest | horizon, default | horizon, highest | 1-ulp floor | pass |",
-              "|---|---|---|---|---|---|---|---|"]
+              "*floor* is the CPU's own update with x0 moved by one ulp (the quantum update is ill-conditioned even over one "
+              "step). Pass: each difference at \"highest\" ≤ max(1e-5, 10 × its floor).", "",
+              "| problem | mode | one step, default (TF32) | one step, highest | one step, 1-ulp floor | horizon, default | "
+              "horizon, highest | horizon, 1-ulp floor | pass |",
+              "|---|---|---|---|---|---|---|---|---|"]
         for r in g["precision"]:
+            sf = r.get("step_floor_ulp_x0")
             L.append(f"| {r['problem']} | {r['mode']} | {r['step_update_default']:.1e} | {r['step_update_highest']:.1e} | "
-                     f"{r['horizon_update_default']:.1e} | {r['horizon_update_highest']:.1e} | {r['floor_ulp_x0']:.1e} | "
-                     f"{'yes' if r['ok_highest'] else '**no**'} |")
+                     f"{fmt(sf, '.1e')} | {r['horizon_update_default']:.1e} | {r['horizon_update_highest']:.1e} | "
+                     f"{r['floor_ulp_x0']:.1e} | {'yes' if r['ok_highest'] else '**no**'} |")
+        parts = [r for r in g["precision"] if "controller_highest" in r]
+        for r in parts[::2]:
+            L.append(f"\n{r['problem']}, the parts alone at \"highest\": controller forward {r['controller_highest']:.1e}, "
+                     f"one simulator step {r['simulator_step_highest']:.1e} (default: {r['controller_default']:.1e}, "
+                     f"{r['simulator_step_default']:.1e}).")
+        where = {r.get("step_floor_measured_on") for r in g["precision"]} - {None}
+        if where:
+            L.append("\nOne-step floors measured on " + ", ".join(sorted(where)) + ".")
         L.append("")
     if g.get("throughput"):
         L += ["### Seeds vmapped in one program", "",
@@ -201,12 +213,26 @@ def render_gpu(g: dict, quick: dict | None) -> list[str]:
         L += ["### Steady epoch with the paper's 5 seeds vmapped; whole-paper time on this GPU", "",
               "Epoch = 32 updates + evaluation of 2 × 256 states, per seed, the 5 seeds in one program.", "",
               "| problem | mode | epoch ms | compile s |", "|---|---|---|---|"]
+        notes = []
         for r in g["epochs"]:
-            L.append(f"| {r['problem']} | {r['mode']} | {r['epoch_s'] * 1e3:.1f} | {r['compile_s']:.1f} |")
+            mark = ""
+            if r.get("note"):
+                notes.append(r["note"])
+                mark = " " + "*" * len(notes)
+            L.append(f"| {r['problem']} | {r['mode']}{mark} | {r['epoch_s'] * 1e3:.1f} | {r['compile_s']:.1f} |")
+        for i, n in enumerate(notes, 1):
+            L += ["", "*" * i + " " + n]
+        clean = bench_paper.gpu_measured([r for r in g["epochs"] if not r.get("note")]) if notes else None
         L += ["", "Whole paper from these epochs (configurations one after another, each with its cold compile; "
-              "grid and epochs as in the CPU estimate above):", "", "| figure | GPU, measured epochs (h) |", "|---|---|"]
-        for k, v in est.items():
-            L.append(f"| {'**total**' if k == 'total' else k} | {v:.2f} |")
+              "grid and epochs as in the CPU estimate above; the modes not measured take the mean of those measured):", ""]
+        if clean:
+            L += ["| figure | GPU, all measured epochs (h) | GPU, without the starred epochs (h) |", "|---|---|---|"]
+            for k, v in est.items():
+                L.append(f"| {'**total**' if k == 'total' else k} | {v:.2f} | {clean.get(k, float('nan')):.2f} |")
+        else:
+            L += ["| figure | GPU, measured epochs (h) |", "|---|---|"]
+            for k, v in est.items():
+                L.append(f"| {'**total**' if k == 'total' else k} | {v:.2f} |")
         L.append("")
     if quick and quick.get("quick"):
         q = quick["quick"]

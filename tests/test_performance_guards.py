@@ -29,19 +29,29 @@ from stablebptt.config import RunConfig
 LOOPS = ("scan", "while")
 
 
+def sub_jaxprs(eqn):
+    """The jaxprs nested in ``eqn`` that run. A ``custom_linear_solve`` carries four (matvec,
+    vecmat, solve, transpose_solve) but runs only ``solve`` (its transpose swaps them)."""
+    if eqn.primitive.name == "custom_linear_solve":
+        candidates = [eqn.params["jaxprs"].solve]
+    else:
+        candidates = [j for p in eqn.params.values() for j in (p if isinstance(p, (list, tuple)) else [p])]
+    for j in candidates:
+        inner = getattr(j, "jaxpr", None)
+        sub = inner if (inner is not None and hasattr(inner, "eqns")) else (j if hasattr(j, "eqns") else None)
+        if sub is not None:
+            yield sub
+
+
 def count(jaxpr, name, *, in_loops_only=False, _in_loop=False):
-    """Occurrences of primitive ``name`` in ``jaxpr`` and all sub-jaxprs."""
+    """Occurrences of primitive ``name`` in ``jaxpr`` and all sub-jaxprs that run."""
     n = 0
     for eqn in jaxpr.eqns:
         loop = _in_loop or eqn.primitive.name in LOOPS
         if eqn.primitive.name == name and (_in_loop or not in_loops_only):
             n += 1
-        for p in eqn.params.values():
-            for j in (p if isinstance(p, (list, tuple)) else [p]):
-                inner = getattr(j, "jaxpr", None)
-                sub = inner if (inner is not None and hasattr(inner, "eqns")) else (j if hasattr(j, "eqns") else None)
-                if sub is not None:
-                    n += count(sub, name, in_loops_only=in_loops_only, _in_loop=loop)
+        for sub in sub_jaxprs(eqn):
+            n += count(sub, name, in_loops_only=in_loops_only, _in_loop=loop)
     return n
 
 
@@ -50,12 +60,8 @@ def eqns_named(jaxpr, name):
     for eqn in jaxpr.eqns:
         if eqn.primitive.name == name:
             out.append(eqn)
-        for p in eqn.params.values():
-            for j in (p if isinstance(p, (list, tuple)) else [p]):
-                inner = getattr(j, "jaxpr", None)
-                sub = inner if (inner is not None and hasattr(inner, "eqns")) else (j if hasattr(j, "eqns") else None)
-                if sub is not None:
-                    out += eqns_named(sub, name)
+        for sub in sub_jaxprs(eqn):
+            out += eqns_named(sub, name)
     return out
 
 
@@ -119,6 +125,8 @@ def test_C_solves_both_adjoints_as_two_right_hand_sides(path, monkeypatch):
     j = traced(prob, model, x0, "C")
     rhs_cols = sorted(e.invars[3].aval.shape[-1] for e in eqns_named(j, "tridiagonal_solve"))
     # forward: 1 column (the batched path recomputes it in the sweep); reverse: M and R together
+    # (on the CPU, quantum.FOLD_COLUMNS; off it every system keeps one column, tested in
+    # test_quantum.py::test_combined_mode_with_vmapped_seeds_solves_one_column_per_system)
     assert rhs_cols == ([1, 2] if path == "per-step" else [1, 1, 2]), rhs_cols
 
 

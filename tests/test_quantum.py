@@ -207,3 +207,115 @@ def test_invalid_params(kw, word):
 def test_unknown_param_via_registry():
     with pytest.raises(ValueError, match="no parameter"):
         problems.get("quantum", Nx=32)
+
+
+# ---------------------------------------------------------------- the tridiagonal solve
+def _random_systems(seed, shape, n):
+    """Diagonally dominant complex tridiagonal systems (dl[..., 0] = du[..., -1] = 0)."""
+    r = np.random.default_rng(seed)
+    c = lambda *s: (r.normal(size=s) + 1j * r.normal(size=s)).astype(np.complex64)
+    dl, du = c(*shape, n) * 0.3, c(*shape, n) * 0.3
+    dl[..., 0] = 0
+    du[..., -1] = 0
+    d = c(*shape, n) * 0.2 + 2.0
+    return [jnp.asarray(a) for a in (dl, d, du, c(*shape, n))]
+
+
+def _primitive_solve(dl, d, du, b):
+    return jax.lax.linalg.tridiagonal_solve(dl, d, du, b[..., None])[..., 0]
+
+
+def test_solve_tridiagonal_values_and_derivatives_match_the_primitive():
+    dl, d, du, b = _random_systems(0, (3,), 7)
+    A = np.zeros((3, 7, 7), np.complex64)
+    for k in range(3):
+        A[k] = np.diag(np.asarray(d[k])) + np.diag(np.asarray(dl[k, 1:]), -1) + np.diag(np.asarray(du[k, :-1]), 1)
+    x = quantum.solve_tridiagonal(dl, d, du, b)
+    np.testing.assert_allclose(np.asarray(x), np.linalg.solve(A, np.asarray(b)[..., None])[..., 0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(_primitive_solve(dl, d, du, b)))
+    w = jnp.asarray(np.random.default_rng(1).normal(size=(3, 7)), jnp.float32)
+
+    def scalar(solve):  # a real loss of the complex solution, as in the quantum step
+        return lambda *a: jnp.sum(w * jnp.real(solve(*a)) - 0.5 * w * jnp.imag(solve(*a)) ** 2)
+
+    g_new = jax.grad(scalar(quantum.solve_tridiagonal), argnums=(0, 1, 2, 3))(dl, d, du, b)
+    g_ref = jax.grad(scalar(_primitive_solve), argnums=(0, 1, 2, 3))(dl, d, du, b)
+    for gn, gr, name in zip(g_new, g_ref, ("dl", "d", "du", "b")):
+        mask = np.ones(gn.shape, bool)
+        if name == "dl":
+            mask[..., 0] = False  # entries outside the matrix: their gradient is meaningless
+        if name == "du":
+            mask[..., -1] = False
+        np.testing.assert_allclose(np.asarray(gn)[mask], np.asarray(gr)[mask], rtol=2e-5, atol=1e-6, err_msg=name)
+    # forward mode (the diagnosis uses jax.jacfwd on the simulator step)
+    t0 = jnp.zeros(d.shape, jnp.float32)  # a real shift of the diagonal (like the control's potential)
+    jf_new = jax.jacfwd(lambda t: jnp.imag(quantum.solve_tridiagonal(dl, d + 1j * t, du, b)))(t0)
+    jf_ref = jax.jacfwd(lambda t: jnp.imag(_primitive_solve(dl, d + 1j * t, du, b)))(t0)
+    np.testing.assert_allclose(np.asarray(jf_new), np.asarray(jf_ref), rtol=2e-5, atol=1e-6)
+    # finite differences on one diagonal entry (an independent reference)
+    f = scalar(quantum.solve_tridiagonal)
+    eps = 1e-2
+    e = jnp.zeros_like(d).at[1, 3].set(eps)
+    fd = (f(dl, d + e, du, b) - f(dl, d - e, du, b)) / (2 * eps)
+    assert float(fd) == pytest.approx(float(jnp.real(g_new[1][1, 3])), rel=2e-2)
+
+
+@pytest.mark.parametrize("fold", [False, True])
+def test_solve_tridiagonal_keeps_one_column_under_vmap(monkeypatch, fold):
+    """vmapping b alone (C's two fields over one trajectory) must not fold b into extra
+    columns on a GPU, where several columns make the solver loop over the systems on the
+    host (FOLD_COLUMNS=False, the accelerator default); on the CPU folding is cheaper
+    (FOLD_COLUMNS=True, the CPU default). Same values either way."""
+    monkeypatch.setattr(quantum, "FOLD_COLUMNS", fold)
+    dl, d, du, _ = _random_systems(2, (4,), 6)
+    bs = _random_systems(3, (2, 4), 6)[3]  # two right-hand sides per system, batched on axis 0
+    ref = jnp.stack([_primitive_solve(dl, d, du, bs[i]) for i in range(2)])
+    got = jax.vmap(quantum.solve_tridiagonal, in_axes=(None, None, None, 0))(dl, d, du, bs)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-6, atol=1e-7)
+    # vjp over stacked cotangents (the reverse sweep's vmap over fields)
+    _, vjp = jax.vjp(lambda bb: quantum.solve_tridiagonal(dl, d, du, bb), bs[0])
+    cts = jax.vmap(lambda ct: vjp(ct)[0])(bs)
+    _, vjp_ref = jax.vjp(lambda bb: _primitive_solve(dl, d, du, bb), bs[0])
+    np.testing.assert_allclose(np.asarray(cts), np.asarray(jnp.stack([vjp_ref(bs[i])[0] for i in range(2)])),
+                               rtol=1e-5, atol=1e-6)
+    texts = [jax.jit(jax.vmap(quantum.solve_tridiagonal, in_axes=(None, None, None, 0))).lower(dl, d, du, bs).as_text(),
+             jax.jit(jax.vmap(lambda ct: vjp(ct)[0])).lower(bs).as_text()]
+    for txt in texts:
+        shapes = _solve_rhs_shapes(txt)
+        assert shapes and all(s.endswith("x2" if fold else "x1") for s in shapes), shapes
+
+
+def _solve_rhs_shapes(hlo_text: str) -> list[str]:
+    """Dimensions of the right-hand side operand (the 4th) of every tridiagonal-solve custom
+    call in a lowered program, e.g. "5x8x32x1" (CPU: lapack_*gtsv*, GPU: *sparse_gtsv2*)."""
+    import re
+
+    out = []
+    for line in hlo_text.splitlines():
+        if re.search(r"custom_call @\w*gtsv", line):
+            signature = line.rsplit("} : (", 1)[1].split(") ->")[0]
+            operands = re.findall(r"tensor<((?:[^<>]|<[^<>]*>)*)>", signature)
+            out.append(re.match(r"(?:\d+x)*", operands[3]).group(0).rstrip("x"))
+    return out
+
+
+def test_combined_mode_with_vmapped_seeds_solves_one_column_per_system(monkeypatch):
+    """The whole C update of the quantum problem, 2 seeds vmapped, as lowered for a GPU
+    (FOLD_COLUMNS=False): every solve in the traced program (forward and both fields'
+    reverse sweeps) has a single right-hand side column."""
+    import equinox as eqx
+
+    monkeypatch.setattr(quantum, "FOLD_COLUMNS", False)
+    from stablebptt import flow
+
+    p = problems.get("quantum", steps=4)
+    models = [p.make_controller(jax.random.PRNGKey(s), zero_last=False) for s in range(2)]
+    params = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *[eqx.filter(m, eqx.is_inexact_array) for m in models])
+    static = eqx.partition(models[0], eqx.is_inexact_array)[1]
+    x0 = jnp.asarray(p.sample_data(0, 4, 4)[0])
+
+    def update(pp):
+        return flow.value_and_update(eqx.combine(pp, static), x0, step=p.step, loss=p.loss, horizon=4, flow="C")[1]
+
+    shapes = _solve_rhs_shapes(jax.jit(jax.vmap(update)).lower(params).as_text())
+    assert len(shapes) >= 2 and all(s.endswith("x1") for s in shapes), shapes
