@@ -200,3 +200,28 @@ def test_eval_every_with_vmapped_seeds(monkeypatch):
     for a, b in zip(loop, vm):
         assert b.history["epoch"] == a.history["epoch"] == [2, 4]
         np.testing.assert_allclose(b.history["test_loss"], a.history["test_loss"], rtol=1e-5)
+
+
+def test_make_model_compiles_the_initialiser_once_per_problem():
+    """K seeds of one problem trace (and compile) the controller factory once, not K times,
+    and give the parameters of an eager call."""
+    import dataclasses
+
+    from stablebptt import train as T
+
+    prob = problems.get("cartpole")
+    traces = []
+
+    def factory(key, zero_last=False):
+        traces.append(1)  # runs once per trace, not per call of the compiled program
+        return prob.make_controller(key, zero_last=zero_last)
+
+    counted = dataclasses.replace(prob, make_controller=factory)
+    cfg = RunConfig(problem="cartpole", mode="C", epochs=1)
+    models = [T.make_model(counted, cfg, s) for s in range(3)]
+    assert len(traces) == 1
+    for s, m in enumerate(models):
+        eager = prob.make_controller(jax.random.PRNGKey(s), zero_last=prob.zero_last_default)
+        for a, b in zip(jax.tree_util.tree_leaves(eqx.filter(m, eqx.is_inexact_array)),
+                        jax.tree_util.tree_leaves(eqx.filter(eager, eqx.is_inexact_array))):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
