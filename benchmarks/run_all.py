@@ -160,9 +160,24 @@ def render(data: dict, command: str, note: str | None = None) -> str:
                   f"{s['n_test']} test states) on this CPU with 2 worker processes, seeds of a configuration together: "
                   f"**{quick['wall_s']:.0f} s** wall ({quick['computed']} runs computed, {quick['diverged']} diverged, "
                   f"{len(quick['failed'])} failed; compilation included, no persistent cache in the workers).", ""]
-    if data.get("gpu"):
-        L += render_gpu(data["gpu"], data.get("gpu_quick"))
+    gpu = data.get("gpu") or merge_gpu_parts(data)
+    if gpu:
+        L += render_gpu(gpu, data.get("gpu_quick"))
     return "\n".join(L) + "\n"
+
+
+def merge_gpu_parts(data: dict) -> dict | None:
+    """One ``gpu.json`` from gpu_session.sh's per-part files (gpu_epochs.json, ...)."""
+    parts = [data[k] for k in ("gpu_precision", "gpu_throughput", "gpu_epochs") if data.get(k)]
+    if not parts:
+        return None
+    g = dict(parts[0])
+    for part in parts:
+        for k in ("precision", "throughput", "epochs"):
+            if part.get(k):
+                g[k] = part[k]
+        g.setdefault("errors", {}).update(part.get("errors") or {})
+    return g
 
 
 def render_gpu(g: dict, quick: dict | None) -> list[str]:
