@@ -36,7 +36,6 @@ and guidance start with a zero last kernel, which makes K = ∂N/∂x = 0 and th
 from __future__ import annotations
 
 import functools
-
 import json
 import math
 import time

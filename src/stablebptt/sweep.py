@@ -75,6 +75,8 @@ from .config import RunConfig, run_id
 from .run import clean_stale_temps, is_done, read_result
 
 SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+#: environment of a Ray worker (the local pool's initializer sets the same)
+WORKER_ENV = {"XLA_FLAGS": SINGLE_THREAD_XLA, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
 EXECUTORS = ("local", "serial", "ray")
 
 
@@ -460,11 +462,11 @@ def run_sweep(spec: SweepSpec, root: str | Path, *, executor: str = "local", wor
         started = False
         if not ray.is_initialized():
             kw = dict(address=address) if address else dict(num_cpus=workers or os.cpu_count(), include_dashboard=False)
-            ray.init(runtime_env={"env_vars": {"XLA_FLAGS": SINGLE_THREAD_XLA, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}}, log_to_driver=False, **kw)
+            ray.init(runtime_env={"env_vars": WORKER_ENV}, log_to_driver=False, **kw)
             started = True
         try:
             # per task as well, so an already initialised Ray gets the flags too
-            remote = ray.remote(num_cpus=1)(_job).options(runtime_env={"env_vars": {"XLA_FLAGS": SINGLE_THREAD_XLA, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}})
+            remote = ray.remote(num_cpus=1)(_job).options(runtime_env={"env_vars": WORKER_ENV})
             refs = {remote.remote(c.to_dict(), seeds, str(root.resolve()), cache_dir): (c, seeds) for c, seeds in groups}
             try:
                 cpus = int(ray.cluster_resources().get("CPU", 1))

@@ -138,7 +138,8 @@ def solve_tridiagonal(dl, d, du, b):
 
     The same numbers as ``jax.lax.linalg.tridiagonal_solve(dl, d, du, b[..., None])[..., 0]``,
     with derivatives from ``lax.custom_linear_solve`` (x' = A⁻¹(b' − A' x), transposed through
-    Aᵀ's solve) so that every solve, under any vmap, keeps one right-hand side per system.
+    Aᵀ's solve), so that every solve goes through the vmap rule above: off the CPU it keeps
+    one right-hand side per system under any vmap (see :data:`FOLD_COLUMNS`).
     """
     zero = jnp.zeros_like(d[..., :1])
     dl_t = jnp.concatenate([zero, du[..., :-1]], -1)  # Aᵀ's sub-diagonal: A[i-1, i]
