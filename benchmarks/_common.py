@@ -129,6 +129,17 @@ def run_script(script: str, args: list[str], timeout: float, env: dict | None = 
     if proc.returncode:
         print(f"{script} failed (rc {proc.returncode})", file=sys.stderr)
         return None
-    data = json.loads(Path(out).read_text())
+    text = Path(out).read_text()
+    if not text.strip():  # the script had nothing to measure here (e.g. gpu_check.py on a CPU)
+        return None
+    data = json.loads(text)
     data["_wall_s"] = time.perf_counter() - t0
     return data
+
+
+def backend() -> str:
+    """JAX's default backend ("cpu", "gpu", ...), asked in a child process so that this one
+    does not start (and, on a GPU, preallocate) a backend of its own."""
+    proc = subprocess.run([sys.executable, "-c", "import jax; print(jax.default_backend())"],
+                          capture_output=True, text=True, timeout=300)
+    return proc.stdout.strip().splitlines()[-1] if proc.returncode == 0 and proc.stdout.strip() else "cpu"

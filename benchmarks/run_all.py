@@ -8,7 +8,9 @@ The scripts: bench_modes (time per update and mode ratios), bench_epoch (steady 
 the authors' TensorFlow code, evaluation share), bench_compile (first epoch with a cold and
 a warm compilation cache), bench_seeds (seed-updates/s for K seeds), bench_remat (memory and
 time vs horizon, 10,000-step training run), bench_paper (whole-paper estimate, quick
-cart-pole figure). Raw JSON goes to --keep DIR (default: a temporary folder).
+cart-pole figure), and on a machine whose JAX backend is not the CPU also gpu_check
+(precision, vmapped seeds, 5-seed epochs) and the quick cart-pole figure on the GPU.
+Raw JSON goes to --keep DIR (default: a temporary folder).
 """
 from __future__ import annotations
 
@@ -264,7 +266,8 @@ def render_gpu(g: dict, quick: dict | None) -> list[str]:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fast", action="store_true")
-    ap.add_argument("--only", default=None, help="comma list of steps (modes,epoch,compile,seeds,seeds_quantum,remat,paper)")
+    ap.add_argument("--only", default=None,
+                    help="comma list of steps (modes,epoch,compile,seeds,seeds_quantum,remat,paper,gpu)")
     ap.add_argument("--keep", default=None, help="folder for the raw JSON (reused by --from)")
     ap.add_argument("--from", dest="src", default=None, help="render results.md from JSON saved by --keep")
     ap.add_argument("--out", default=str(_common.HERE / "results.md"))
@@ -297,6 +300,14 @@ def main(argv=None):
             if r:
                 data["paper"] = r
                 (keep / "paper.json").write_text(json.dumps(r, indent=2, default=float))
+        if (not only or "gpu" in only) and _common.backend() != "cpu":
+            for name, script, a in (("gpu", "gpu_check.py", []),
+                                    ("gpu_quick", "bench_paper.py", ["--quick-only", "--workers", "8"])):
+                print(f"== {name}: {script}", flush=True)
+                r = _common.run_script(script, a, 3600, env={"XLA_PYTHON_CLIENT_PREALLOCATE": "false"})
+                if r:
+                    data[name] = r
+                    (keep / f"{name}.json").write_text(json.dumps(r, indent=2, default=float))
         print(f"all benchmarks: {time.perf_counter() - t0:.0f} s; raw JSON in {keep}", flush=True)
     Path(args.out).write_text(render(data, command, args.note))
     print(f"wrote {args.out}")
