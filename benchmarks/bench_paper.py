@@ -45,17 +45,23 @@ GPU_EVAL_UPDATES = 2
 GPU_SEED_UPDATES_PER_S = 80_000
 
 
+def _mean_over_modes(prob: str, table: dict, cost) -> float | None:
+    """Mean of ``cost(table[(prob, mode)])`` over the modes measured for ``prob`` (None if
+    none): a figure's configurations split evenly over the 4 modes, and a configuration of a
+    mode not measured costs the mean of those measured."""
+    modes = [m for m in ("R", "M", "S", "C") if (prob, m) in table]
+    return sum(cost(table[(prob, m)]) for m in modes) / len(modes) if modes else None
+
+
 def estimate(epoch_rows: list[dict], compile_rows: list[dict] | None = None, workers: int = 2) -> dict:
     ep = {(r["problem"], r["mode"]): r["epoch_s"] for r in epoch_rows}
     comp = {r["problem"]: r["compile_s"] for r in (compile_rows or []) if r.get("cache") == "cold"}
     out = {}
     for prob, (configs, epochs) in GRID.items():
-        modes = [m for m in ("R", "M", "S", "C") if (prob, m) in ep]
-        if not modes:
+        per_config = _mean_over_modes(prob, ep, lambda epoch_s: SEEDS * epochs * epoch_s)
+        if per_config is None:
             continue
-        per_mode_configs = configs / 4
-        cpu = sum(per_mode_configs * SEEDS * epochs * ep[(prob, m)] for m in modes) * 4 / len(modes)
-        cpu += configs * comp.get(prob, 4.0)
+        cpu = configs * per_config + configs * comp.get(prob, 4.0)
         gpu_serial = configs * epochs * (UPDATES_PER_EPOCH + GPU_EVAL_UPDATES) * GPU_UPDATE_S
         gpu_thru = configs * SEEDS * epochs * UPDATES_PER_EPOCH / GPU_SEED_UPDATES_PER_S
         out[prob] = {"configs": configs, "epochs": epochs, "seeds": SEEDS, "cpu_1proc_h": cpu / 3600,
@@ -73,11 +79,9 @@ def gpu_measured(gpu_epoch_rows: list[dict]) -> dict:
     ep = {(r["problem"], r["mode"]): (r["epoch_s"], r["compile_s"]) for r in gpu_epoch_rows}
     out = {}
     for prob, (configs, epochs) in GRID.items():
-        modes = [m for m in ("R", "M", "S", "C") if (prob, m) in ep]
-        if not modes:
-            continue
-        per_mode = configs / 4 * 4 / len(modes)
-        out[prob] = sum(per_mode * (epochs * ep[(prob, m)][0] + ep[(prob, m)][1]) for m in modes) / 3600
+        per_config = _mean_over_modes(prob, ep, lambda ec: epochs * ec[0] + ec[1])
+        if per_config is not None:
+            out[prob] = configs * per_config / 3600
     if out:
         out["total"] = sum(out.values())
     return out

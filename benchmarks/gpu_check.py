@@ -37,6 +37,7 @@ import equinox as eqx  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from stablebptt.run import use_full_float32_matmuls  # noqa: E402
 
 PROBLEMS = ("cartpole", "guidance", "quantum")
 MODES = ("R", "M", "S", "C")
@@ -182,6 +183,7 @@ def main(argv=None):
         ap.error(f"--parts: unknown {sorted(unknown)}; allowed: precision, throughput, epochs")
     problems, modes = args.problems.split(","), args.modes.split(",")
     cases = parse_cases(args.cases) if args.cases else THROUGHPUT_CASES
+
     def save():
         if args.json:
             with open(args.json, "w") as f:
@@ -193,25 +195,25 @@ def main(argv=None):
             if part == "precision":
                 # R and C cover both gate patterns (M's field is C's first; S's has no controller path)
                 out["precision"] = precision_check(("cartpole",) if dry else problems, ("R", "C"))
-                # from here on what cli.setup_jax (and every sweep worker) does on a GPU
-                jax.config.update("jax_default_matmul_precision", "highest")
-                out["matmul_precision_for_timings"] = "highest"
-            elif part == "throughput":
-                jax.config.update("jax_default_matmul_precision", "highest")
+                continue
+            # the timings run as the CLI and every sweep worker do: full float32 matmuls off the CPU
+            use_full_float32_matmuls()
+            out["matmul_precision_for_timings"] = str(jax.config.jax_default_matmul_precision)
+            if part == "throughput":
                 out["throughput"] = []
                 throughput([("cartpole", "C", (1, 2))] if dry else cases, rounds=1 if dry else 3,
                            rows=out["throughput"], saved=save)
             elif part == "epochs":
-                jax.config.update("jax_default_matmul_precision", "highest")
                 out["epochs"] = []
                 epochs(("cartpole",) if dry else problems, ("R",) if dry else modes, seeds=2 if dry else 5,
                        rounds=1 if dry else 3, rows=out["epochs"], saved=save)
         except Exception:  # noqa: BLE001 - keep the other parts
             out.setdefault("errors", {})[part] = traceback.format_exc()
             traceback.print_exc()
-        out.setdefault("part_s", {})[part] = time.perf_counter() - t0
-        print(f"[{part}: {out['part_s'][part]:.0f} s]", flush=True)
-        save()
+        finally:
+            out.setdefault("part_s", {})[part] = time.perf_counter() - t0
+            print(f"[{part}: {out['part_s'][part]:.0f} s]", flush=True)
+            save()
 
 
 if __name__ == "__main__":

@@ -281,33 +281,29 @@ def main(argv=None):
     if not args.src:
         only = set(args.only.split(",")) if args.only else None
         t0 = time.perf_counter()
-        for name, script, a, fast, timeout in STEPS:
-            if only and name not in only:
-                continue
+
+        def step(name, script, script_args, timeout, env=None):
+            """Run one script in a fresh process; keep its JSON (in ``data`` and ``keep``)."""
             print(f"== {name}: {script}", flush=True)
-            r = _common.run_script(script, fast if args.fast else a, timeout)
+            r = _common.run_script(script, script_args, timeout, env=env)
             if r:
                 data[name] = r
                 (keep / f"{name}.json").write_text(json.dumps(r, indent=2, default=float))
+
+        for name, script, a, fast, timeout in STEPS:
+            if not only or name in only:
+                step(name, script, fast if args.fast else a, timeout)
         if not only or "paper" in only:
-            print("== paper: bench_paper.py", flush=True)
             pa = []
             if (keep / "epoch.json").exists():
                 pa += ["--epoch-json", str(keep / "epoch.json")]
             if (keep / "compile.json").exists():
                 pa += ["--compile-json", str(keep / "compile.json")]
-            r = _common.run_script("bench_paper.py", pa, 3600)
-            if r:
-                data["paper"] = r
-                (keep / "paper.json").write_text(json.dumps(r, indent=2, default=float))
+            step("paper", "bench_paper.py", pa, 3600)
         if (not only or "gpu" in only) and _common.backend() != "cpu":
-            for name, script, a in (("gpu", "gpu_check.py", []),
-                                    ("gpu_quick", "bench_paper.py", ["--quick-only", "--workers", "8"])):
-                print(f"== {name}: {script}", flush=True)
-                r = _common.run_script(script, a, 3600, env={"XLA_PYTHON_CLIENT_PREALLOCATE": "false"})
-                if r:
-                    data[name] = r
-                    (keep / f"{name}.json").write_text(json.dumps(r, indent=2, default=float))
+            gpu_env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+            step("gpu", "gpu_check.py", [], 3600, gpu_env)
+            step("gpu_quick", "bench_paper.py", ["--quick-only", "--workers", "8"], 3600, gpu_env)
         print(f"all benchmarks: {time.perf_counter() - t0:.0f} s; raw JSON in {keep}", flush=True)
     Path(args.out).write_text(render(data, command, args.note))
     print(f"wrote {args.out}")

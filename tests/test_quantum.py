@@ -270,16 +270,15 @@ def test_solve_tridiagonal_keeps_one_column_under_vmap(monkeypatch, fold):
     dl, d, du, _ = _random_systems(2, (4,), 6)
     bs = _random_systems(3, (2, 4), 6)[3]  # two right-hand sides per system, batched on axis 0
     ref = jnp.stack([_primitive_solve(dl, d, du, bs[i]) for i in range(2)])
-    got = jax.vmap(quantum.solve_tridiagonal, in_axes=(None, None, None, 0))(dl, d, du, bs)
-    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-6, atol=1e-7)
+    solve_many = jax.vmap(quantum.solve_tridiagonal, in_axes=(None, None, None, 0))
+    np.testing.assert_allclose(np.asarray(solve_many(dl, d, du, bs)), np.asarray(ref), rtol=1e-6, atol=1e-7)
     # vjp over stacked cotangents (the reverse sweep's vmap over fields)
     _, vjp = jax.vjp(lambda bb: quantum.solve_tridiagonal(dl, d, du, bb), bs[0])
-    cts = jax.vmap(lambda ct: vjp(ct)[0])(bs)
+    vjp_many = jax.vmap(lambda ct: vjp(ct)[0])
     _, vjp_ref = jax.vjp(lambda bb: _primitive_solve(dl, d, du, bb), bs[0])
-    np.testing.assert_allclose(np.asarray(cts), np.asarray(jnp.stack([vjp_ref(bs[i])[0] for i in range(2)])),
+    np.testing.assert_allclose(np.asarray(vjp_many(bs)), np.asarray(jnp.stack([vjp_ref(bs[i])[0] for i in range(2)])),
                                rtol=1e-5, atol=1e-6)
-    texts = [jax.jit(jax.vmap(quantum.solve_tridiagonal, in_axes=(None, None, None, 0))).lower(dl, d, du, bs).as_text(),
-             jax.jit(jax.vmap(lambda ct: vjp(ct)[0])).lower(bs).as_text()]
+    texts = [jax.jit(solve_many).lower(dl, d, du, bs).as_text(), jax.jit(vjp_many).lower(bs).as_text()]
     for txt in texts:
         shapes = _solve_rhs_shapes(txt)
         assert shapes and all(s.endswith("x2" if fold else "x1") for s in shapes), shapes

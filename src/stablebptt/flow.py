@@ -457,6 +457,15 @@ def _per_step_loss(loss: TrajectoryLoss, n1, x1, c, horizon: int):
     return val
 
 
+def _phys(step, loss: TrajectoryLoss, horizon: int):
+    """``phys(n, x_n, c_n) -> (x_{n+1}, ℓ_n)``: one simulator step and its loss term."""
+    def phys(n, x, c):
+        x1 = step(x, c)
+        return x1, _per_step_loss(loss, n + 1, x1, c, horizon)
+
+    return phys
+
+
 def unrolled_loss(params, static, x0, *, step, loss: TrajectoryLoss, horizon: int,
                   gates=(1.0, 1.0), checkpoint_every: int | None = None) -> jax.Array:
     """L(θ) of one field; its gradient w.r.t. ``params`` is that field's update.
@@ -567,6 +576,13 @@ def _row_activation_bytes(params, static, x_row) -> int:
     return _activation_bytes(lambda p, x: eqx.combine(p, static)(x), params, x_row)
 
 
+def _keeps_activations(params, static, x0) -> bool:
+    """Are the controller's activations small enough (≤ KEEP_ACTIVATIONS_BYTES per row) for
+    the forward loop to keep them?"""
+    x_row = jax.tree_util.tree_map(lambda a: a[:1], x0)
+    return _row_activation_bytes(params, static, x_row) <= KEEP_ACTIVATIONS_BYTES
+
+
 def _param_vjp(params, static, xs, cts: Sequence[PyTree], seg: int | None, res=None) -> list[PyTree]:
     """[Σ_n G_θ,nᵀ ct_n for ct in cts]: one vjp of the controller vmapped over the T steps, or,
     for a controller with independent rows (:func:`rows_independent`), one vjp of one call on
@@ -627,8 +643,7 @@ def _field_value_and_grad(params, static, x0, *, step, loss: TrajectoryLoss, hor
                                             gate_sets=[gates])
         return val, grad
     model = eqx.combine(jax.lax.stop_gradient(params), static)
-    save = seg is None and saves_residuals(static) and _row_activation_bytes(
-        params, static, jax.tree_util.tree_map(lambda a: a[:1], x0)) <= KEEP_ACTIVATIONS_BYTES
+    save = seg is None and saves_residuals(static) and _keeps_activations(params, static, x0)
     E = _zeros_like_controls(model, x0, horizon)
     g_arr = jnp.zeros((horizon, 2), jnp.float32) if static_gates else jnp.asarray(gates)
 
@@ -695,7 +710,7 @@ def _uses_batched_jacobian(params, static, x0, seg, gate_sets) -> bool:
     """Does :func:`_fields_via_jacobian` apply (see the comment above)?"""
     if seg is not None or not rows_independent(static):
         return False
-    if not any(_needs_k(g[0]) if isinstance(g, tuple) else True for g in gate_sets):
+    if not any(_needs_k(g) for g in gate_sets):
         return False  # no live controller gate: the per-step path has no controller backward
     m = _row_control_size(static, params, x0)
     return m is not None and m <= JACOBIAN_MAX_CONTROLS
@@ -716,8 +731,7 @@ def _jacobian_residuals(params, static, x0) -> str | None:
     T·B rows afterwards) or None (no Jacobian methods: J and the gradients by jax.vjp)."""
     if not has_jacobian_methods(static):
         return None
-    small = _row_activation_bytes(params, static, jax.tree_util.tree_map(lambda a: a[:1], x0)) <= KEEP_ACTIVATIONS_BYTES
-    return "loop" if small else "rows"
+    return "loop" if _keeps_activations(params, static, x0) else "rows"
 
 
 def _fields_via_jacobian(params, static, x0, *, step, loss: TrajectoryLoss, horizon: int, gate_sets):
@@ -726,10 +740,7 @@ def _fields_via_jacobian(params, static, x0, *, step, loss: TrajectoryLoss, hori
     model = eqx.combine(jax.lax.stop_gradient(params), static)
     how = _jacobian_residuals(params, static, x0)
     keep = how == "loop"
-
-    def phys(n, x, c):
-        x1 = step(x, c)
-        return x1, _per_step_loss(loss, n + 1, x1, c, horizon)
+    phys = _phys(step, loss, horizon)
 
     def body(x, n):
         c, res = model.forward_with_residuals(x) if keep else (model(x), None)
@@ -763,7 +774,7 @@ def _fields_via_jacobian(params, static, x0, *, step, loss: TrajectoryLoss, hori
 
     # 3. the reverse sweep, one adjoint per field (stacked on a leading axis)
     static_g = [isinstance(g, tuple) for g in gate_sets]
-    need_k = [_needs_k(g[0]) if st else True for g, st in zip(gate_sets, static_g)]
+    need_k = [_needs_k(g) for g in gate_sets]
     g_arr = jnp.concatenate([jnp.broadcast_to(jnp.asarray(g, jnp.float32), (horizon, 2)) for g in gate_sets], axis=1)
     nf = len(gate_sets)
     lam0 = jax.tree_util.tree_map(lambda a: jnp.stack([a] * nf), lam_T)
@@ -791,9 +802,10 @@ def _fields_via_jacobian(params, static, x0, *, step, loss: TrajectoryLoss, hori
     return val, [param_grad(acs[:, f]) for f in range(nf)]
 
 
-def _needs_k(gc) -> bool:
-    """Does a field with controller gate ``gc`` need the controller's input vjp Kᵀ·ac?"""
-    return not (isinstance(gc, float) and gc == 0.0)
+def _needs_k(gates) -> bool:
+    """Does a field with ``gates`` (a static (g_ctrl, g_phys) pair or a traced (T, 2) array)
+    need the controller's input vjp Kᵀ·ac? Only a static controller gate 0 does not."""
+    return not (isinstance(gates, tuple) and isinstance(gates[0], float) and gates[0] == 0.0)
 
 
 def _mix_adjoint(ax, kx, gc, gp):
@@ -819,12 +831,8 @@ def _two_cell(static, step, loss: TrajectoryLoss, horizon: int, ga, gb):
     """
     static_a = isinstance(ga, tuple)
     static_b = isinstance(gb, tuple)
-    need_a = _needs_k(ga[0]) if static_a else True
-    need_b = _needs_k(gb[0]) if static_b else True
-
-    def phys(n, x, c):
-        x1 = step(x, c)
-        return x1, _per_step_loss(loss, n + 1, x1, c, horizon)
+    need_a, need_b = _needs_k(ga), _needs_k(gb)
+    phys = _phys(step, loss, horizon)
 
     @jax.custom_vjp
     def cell(p, xa, xb, ea, eb, n, g):
