@@ -118,16 +118,23 @@ def render(data: dict, command: str, note: str | None = None) -> str:
         L.append("")
 
     if data.get("remat"):
+        rows = data["remat"]["rows"]
+        per_step = all("ms_remat_per_step" in r for r in rows)  # older runs lack the per-step columns
         L += ["## Long horizons: memory and time vs horizon (cart-pole, batch 8)", "",
               "Memory = XLA's buffer assignment of the compiled update (temporaries + arguments + outputs). "
-              "`remat` = `jax.checkpoint` segments of ≈ √T steps; `auto` = what `checkpoint_every=\"auto\"` picks "
-              "with the default CPU budget (512 MiB) (– = no remat needed).", "",
-              "| T | mode | no remat MiB | remat MiB | memory ÷ | no remat ms | remat ms | time × | auto |",
-              "|---|---|---|---|---|---|---|---|---|"]
-        for r in data["remat"]["rows"]:
+              "`remat` = segments of ≈ √T steps, recomputed in the reverse pass; `auto` = what "
+              "`checkpoint_every=\"auto\"` picks with the default CPU budget (512 MiB) (– = no remat needed)."
+              + (" `per-step remat` = the same segments with the controller's input vjp at every reverse step "
+                 "(the engine before the batched-Jacobian path learnt segments), same run." if per_step else ""), "",
+              "| T | mode | no remat MiB | remat MiB | memory ÷ | no remat ms | remat ms | time × | "
+              + ("per-step remat MiB | per-step remat time × | " if per_step else "") + "auto |",
+              "|---|---|---|---|---|---|---|---|" + ("---|---|" if per_step else "") + "---|"]
+        for r in rows:
             L.append(f"| {r['steps']} | {r['mode']} | {r['bytes_none'] / 2**20:.1f} | {r['bytes_remat'] / 2**20:.1f} | "
                      f"{r['memory_ratio']:.0f} | {r['ms_none']:.1f} | {r['ms_remat']:.1f} | {r['remat_time_ratio']:.2f} | "
-                     f"{r['auto_segment'] or '–'} |")
+                     + (f"{r['bytes_remat_per_step'] / 2**20:.1f} | {r['per_step_remat_time_ratio']:.2f} | "
+                        if per_step else "")
+                     + f"{r['auto_segment'] or '–'} |")
         L.append("")
         if data["remat"].get("train"):
             L += ["Training cart-pole with T = 10,000 steps (mode C, 1 epoch = 32 updates + evaluation, fresh "

@@ -534,13 +534,62 @@ def test_batched_jacobian_linear_fields_match_hand_adjoints(mode, monkeypatch):
     assert bool(calls) == (mode in ("R", "N"))  # M and S have no live controller gate
 
 
-def test_batched_jacobian_is_not_used_with_checkpointing_or_many_controls(toy):
+def test_batched_jacobian_is_used_with_checkpointing_but_not_many_controls(toy):
     model, x0 = toy
     p, s = eqx.partition(model, eqx.is_inexact_array)
     assert F._uses_batched_jacobian(p, s, x0, None, [(1.0, 1.0)])
     assert not F._uses_batched_jacobian(p, s, x0, None, [(0.0, 1.0)])  # M: no controller backward
-    assert not F._uses_batched_jacobian(p, s, x0, 4, [(1.0, 1.0)])  # remat segments
+    assert F._uses_batched_jacobian(p, s, x0, 4, [(1.0, 1.0)])  # remat segments: per segment
     wide = MLP(jax.random.PRNGKey(0), 2, (F.JACOBIAN_MAX_CONTROLS + 1,), widths=(4,))
     pw, sw = eqx.partition(wide, eqx.is_inexact_array)
     assert not F._uses_batched_jacobian(pw, sw, x0, None, [(1.0, 1.0)])
     assert not F._uses_batched_jacobian(p, BatchCoupled(s), x0, None, [(1.0, 1.0)])
+
+
+SEGMENTED_FLOWS = ["R", "C", ("R", "M", "S", "N", "R", "R", "M", "R", "N", "R", "S", "R"), F.Flow("C", truncate=5)]
+
+
+@pytest.mark.parametrize("flow", SEGMENTED_FLOWS, ids=lambda f: F.as_flow(f).label())
+@pytest.mark.parametrize("every", [True, False])
+@pytest.mark.parametrize("how", ["loop", "rows", None])
+@pytest.mark.parametrize("checkpoint_every", [4, 5])
+def test_batched_jacobian_in_remat_segments_equals_unsegmented(toy, flow, every, how, checkpoint_every,
+                                                               monkeypatch):
+    """Remat segments on the batched-Jacobian path (forward loop kept per segment only, the
+    segments' reverse sweeps chained through their adjoints, gradients summed over segments)
+    give the unsegmented batched path's and the per-step path's fields and loss, for every way
+    of getting the controller's activations (kept by the loop, recomputed on rows, jax.vjp)."""
+    model, x0 = toy
+    loss = TrajectoryLoss(lambda x: jnp.mean(x**2), on="every" if every else "final", control_weight=0.1)
+    kw = dict(step=pendulum_step, loss=loss, horizon=12, flow=flow)
+    segs = []
+    real = F._fields_via_jacobian
+    monkeypatch.setattr(F, "_fields_via_jacobian", lambda *a, **k: segs.append(k["seg"]) or real(*a, **k))
+    monkeypatch.setattr(F, "_jacobian_residuals", lambda *a: how)
+    val, segmented, info = F.value_and_update(model, x0, checkpoint_every=checkpoint_every, **kw)
+    assert segs and segs[-1] == {4: 4, 5: 4}[checkpoint_every]  # the largest divisor of T up to the request
+    val1, whole, info1 = F.value_and_update(model, x0, **kw)
+    monkeypatch.setattr(F, "JACOBIAN_MAX_CONTROLS", 0)
+    _, per_step, _ = F.value_and_update(model, x0, checkpoint_every=checkpoint_every, **kw)
+    np.testing.assert_allclose(float(val), float(val1), rtol=1e-6)
+    tree_allclose(segmented, whole, rtol=2e-5, atol=1e-8)
+    tree_allclose(segmented, per_step, rtol=2e-5, atol=1e-8)
+    for k in info1:
+        np.testing.assert_allclose(info[k], info1[k], rtol=2e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("mode", ["R", "C"])
+def test_batched_jacobian_in_remat_segments_quantum_under_jit(mode):
+    """The quantum CNN (activations recomputed on each segment's rows) under jit: remat
+    segments equal no remat to the field's own 1-ulp sensitivity."""
+    prob = problems.get("quantum", steps=8)
+    model = prob.make_controller(jax.random.PRNGKey(0), zero_last=False)
+    x0 = jnp.asarray(prob.sample_data("paper", 4, 4)[0])
+    p, s = eqx.partition(model, eqx.is_inexact_array)
+    assert F._uses_batched_jacobian(p, s, x0, 2, [F.GATES["R"]])
+    kw = dict(step=prob.step, loss=prob.loss, horizon=prob.horizon, flow=mode, validate=False)
+    upd = jax.jit(lambda p, x, ce: F.value_and_update(eqx.combine(p, s), x, checkpoint_every=ce, **kw)[1],
+                  static_argnums=2)
+    whole, seg, nudged = upd(p, x0, None), upd(p, x0, 2), upd(p, x0 * (1 + 2.0**-23), None)
+    rel = lambda u, v: float(jnp.linalg.norm(F._flat(u) - F._flat(v)) / jnp.linalg.norm(F._flat(v)))
+    assert rel(seg, whole) <= max(1e-5, 4 * rel(nudged, whole)), (rel(seg, whole), rel(nudged, whole))

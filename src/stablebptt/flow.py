@@ -640,7 +640,7 @@ def _field_value_and_grad(params, static, x0, *, step, loss: TrajectoryLoss, hor
     seg = _segment_length(horizon, checkpoint_every)
     if _uses_batched_jacobian(params, static, x0, seg, [gates]):
         val, (grad,) = _fields_via_jacobian(params, static, x0, step=step, loss=loss, horizon=horizon,
-                                            gate_sets=[gates])
+                                            gate_sets=[gates], seg=seg)
         return val, grad
     model = eqx.combine(jax.lax.stop_gradient(params), static)
     save = seg is None and saves_residuals(static) and _keeps_activations(params, static, x0)
@@ -708,7 +708,7 @@ def _row_control_size(static, params, x0) -> int | None:
 
 def _uses_batched_jacobian(params, static, x0, seg, gate_sets) -> bool:
     """Does :func:`_fields_via_jacobian` apply (see the comment above)?"""
-    if seg is not None or not rows_independent(static):
+    if not rows_independent(static):
         return False
     if not any(_needs_k(g) for g in gate_sets):
         return False  # no live controller gate: the per-step path has no controller backward
@@ -734,72 +734,117 @@ def _jacobian_residuals(params, static, x0) -> str | None:
     return "loop" if _keeps_activations(params, static, x0) else "rows"
 
 
-def _fields_via_jacobian(params, static, x0, *, step, loss: TrajectoryLoss, horizon: int, gate_sets):
+def _fields_via_jacobian(params, static, x0, *, step, loss: TrajectoryLoss, horizon: int, gate_sets,
+                         seg: int | None = None):
     """``(L, [field for each gate set])`` by the batched-Jacobian path (one forward loop, one
-    reverse sweep carrying one adjoint per field)."""
+    reverse sweep carrying one adjoint per field).
+
+    With ``seg`` (a divisor of T, from :func:`_segment_length`) the same computation runs in
+    segments of ``seg`` steps, explicitly rematerialised: a first forward loop keeps only
+    every segment's initial state; then, segment by segment from the last, the segment's
+    forward loop is run again (keeping what steps 1-4 below need for ``seg`` steps only), its
+    Jacobians formed on its seg·B rows, its reverse sweep run from the adjoints handed back
+    by the segment after it, and its parameter gradients added up. Memory ~ T/seg states +
+    one segment; time ~ one more forward loop.
+    """
     model = eqx.combine(jax.lax.stop_gradient(params), static)
     how = _jacobian_residuals(params, static, x0)
     keep = how == "loop"
     phys = _phys(step, loss, horizon)
-
-    def body(x, n):
-        c, res = model.forward_with_residuals(x) if keep else (model(x), None)
-        x1, l = phys(n, x, c)
-        return x1, (x, c, l, res)
-
-    xT, (xs, cs, ls, res) = jax.lax.scan(body, x0, jnp.arange(horizon))
-    if loss.on == "final":
-        l_final, lam_T = jax.value_and_grad(loss.state_loss)(xT)
-        val = jnp.sum(ls) + l_final
-    else:
-        val, lam_T = jnp.sum(ls), jax.tree_util.tree_map(jnp.zeros_like, xT)
-
-    # 2. J_n for all T·B rows: leaves (T, B, m, *row shape)
-    T_, B = cs.shape[0], cs.shape[1]
-    m = int(np.prod(cs.shape[2:])) if cs.ndim > 2 else 1
-    xf = _merge_steps(xs)
-    if how is not None:
-        rf = _merge_steps(res) if keep else model.forward_with_residuals(xf)[1]
-        jac, deltas = model.jacobian_from_residuals(xf, rf)
-        jac = jax.tree_util.tree_map(lambda a: a.reshape((T_, B) + a.shape[1:]), jac)
-        param_grad = lambda ct: eqx.filter(model.param_vjp_from_jacobian(xf, rf, deltas, _merge_steps(ct)),
-                                           eqx.is_inexact_array)
-    else:
-        _, pull = jax.vjp(lambda p, x: eqx.combine(p, static)(x), params, xf)
-        basis = jnp.broadcast_to(jnp.eye(m, dtype=cs.dtype).reshape((m, 1) + cs.shape[2:]),
-                                 (m, T_ * B) + cs.shape[2:])
-        jac = jax.vmap(lambda b: pull(b)[1])(basis)  # leaves (m, T·B, …)
-        jac = jax.tree_util.tree_map(lambda a: jnp.moveaxis(a, 0, 1).reshape((T_, B, m) + a.shape[2:]), jac)
-        param_grad = lambda ct: pull(_merge_steps(ct))[0]
-
-    # 3. the reverse sweep, one adjoint per field (stacked on a leading axis)
     static_g = [isinstance(g, tuple) for g in gate_sets]
     need_k = [_needs_k(g) for g in gate_sets]
     g_arr = jnp.concatenate([jnp.broadcast_to(jnp.asarray(g, jnp.float32), (horizon, 2)) for g in gate_sets], axis=1)
     nf = len(gate_sets)
-    lam0 = jax.tree_util.tree_map(lambda a: jnp.stack([a] * nf), lam_T)
-    one = jnp.ones((), ls.dtype)
 
-    def contract(jn, ac):  # J_nᵀ·ac for one field: jn leaves (B, m, …), ac (B, …)
-        acf = ac.reshape((B, m))
-        if m == 1:
-            return jax.tree_util.tree_map(lambda j: j[:, 0] * acf.reshape((B,) + (1,) * (j.ndim - 2)), jn)
-        return jax.tree_util.tree_map(lambda j: jnp.einsum("bk,bk...->b...", acf, j), jn)
+    def forward(x, ns, keep_res: bool):
+        """1. the forward loop over steps ``ns`` from x: (x_end, (xs, cs, ℓs, activations))."""
+        def body(x, n):
+            c, res = model.forward_with_residuals(x) if keep_res else (model(x), None)
+            x1, l = phys(n, x, c)
+            return x1, (x, c, l, res)
 
-    def rbody(lam, inp):
-        n, x, c, jn, g = inp
-        _, vjp = jax.vjp(lambda x_, c_: phys(n, x_, c_), x, c)  # recomputed: cheaper than saved
-        ax, ac = jax.vmap(lambda l_: vjp((l_, one)))(lam)
-        new = []
-        for f in range(nf):
-            gc, gp = gate_sets[f] if static_g[f] else (g[2 * f], g[2 * f + 1])
-            ax_f = jax.tree_util.tree_map(lambda a: a[f], ax)
-            new.append(_mix_adjoint(ax_f, contract(jn, ac[f]) if need_k[f] else None, gc, gp))
-        return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *new), ac
+        return jax.lax.scan(body, x, ns)
 
-    _, acs = jax.lax.scan(rbody, lam0, (jnp.arange(horizon), xs, cs, jac, g_arr), reverse=True)
-    # 4. parameter gradients on all rows
-    return val, [param_grad(acs[:, f]) for f in range(nf)]
+    def backward(ns, gs, xs, cs, res, lam):
+        """2.-4. for the steps ``ns`` (leading axis of xs, cs, res, gs): from the stacked adjoints
+        ``lam`` after the last step, (the adjoints before the first, [parameter gradients])."""
+        # 2. J_n for all rows of these steps: leaves (steps, B, m, *row shape)
+        T_, B = cs.shape[0], cs.shape[1]
+        m = int(np.prod(cs.shape[2:])) if cs.ndim > 2 else 1
+        xf = _merge_steps(xs)
+        if how is not None:
+            rf = _merge_steps(res) if keep else model.forward_with_residuals(xf)[1]
+            jac, deltas = model.jacobian_from_residuals(xf, rf)
+            jac = jax.tree_util.tree_map(lambda a: a.reshape((T_, B) + a.shape[1:]), jac)
+            param_grad = lambda ct: eqx.filter(model.param_vjp_from_jacobian(xf, rf, deltas, _merge_steps(ct)),
+                                               eqx.is_inexact_array)
+        else:
+            _, pull = jax.vjp(lambda p, x: eqx.combine(p, static)(x), params, xf)
+            basis = jnp.broadcast_to(jnp.eye(m, dtype=cs.dtype).reshape((m, 1) + cs.shape[2:]),
+                                     (m, T_ * B) + cs.shape[2:])
+            jac = jax.vmap(lambda b: pull(b)[1])(basis)  # leaves (m, rows, …)
+            jac = jax.tree_util.tree_map(lambda a: jnp.moveaxis(a, 0, 1).reshape((T_, B, m) + a.shape[2:]), jac)
+            param_grad = lambda ct: pull(_merge_steps(ct))[0]
+
+        # 3. the reverse sweep, one adjoint per field (stacked on a leading axis)
+        one = jnp.ones((), cs.dtype)
+
+        def contract(jn, ac):  # J_nᵀ·ac for one field: jn leaves (B, m, …), ac (B, …)
+            acf = ac.reshape((B, m))
+            if m == 1:
+                return jax.tree_util.tree_map(lambda j: j[:, 0] * acf.reshape((B,) + (1,) * (j.ndim - 2)), jn)
+            return jax.tree_util.tree_map(lambda j: jnp.einsum("bk,bk...->b...", acf, j), jn)
+
+        def rbody(lam, inp):
+            n, x, c, jn, g = inp
+            _, vjp = jax.vjp(lambda x_, c_: phys(n, x_, c_), x, c)  # recomputed: cheaper than saved
+            ax, ac = jax.vmap(lambda l_: vjp((l_, one)))(lam)
+            new = []
+            for f in range(nf):
+                gc, gp = gate_sets[f] if static_g[f] else (g[2 * f], g[2 * f + 1])
+                ax_f = jax.tree_util.tree_map(lambda a: a[f], ax)
+                new.append(_mix_adjoint(ax_f, contract(jn, ac[f]) if need_k[f] else None, gc, gp))
+            return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *new), ac
+
+        lam, acs = jax.lax.scan(rbody, lam, (ns, xs, cs, jac, gs), reverse=True)
+        # 4. parameter gradients on all rows
+        return lam, [param_grad(acs[:, f]) for f in range(nf)]
+
+    def terminal(xT, ls):
+        """L and the stacked adjoints of x_T (∂L/∂x_T for a final-state loss, else 0)."""
+        if loss.on == "final":
+            l_final, lam_T = jax.value_and_grad(loss.state_loss)(xT)
+            val = jnp.sum(ls) + l_final
+        else:
+            val, lam_T = jnp.sum(ls), jax.tree_util.tree_map(jnp.zeros_like, xT)
+        return val, jax.tree_util.tree_map(lambda a: jnp.stack([a] * nf), lam_T)
+
+    ns = jnp.arange(horizon)
+    if seg is None or seg >= horizon:
+        xT, (xs, cs, ls, res) = forward(x0, ns, keep)
+        val, lam_T = terminal(xT, ls)
+        return val, backward(ns, g_arr, xs, cs, res, lam_T)[1]
+
+    nseg = horizon // seg
+    split = lambda a: a.reshape((nseg, seg) + a.shape[1:])
+
+    def forward_segment(x, ns_s):  # keeps only the segment's initial state (and its ℓs)
+        x1, (_, _, ls_s, _) = forward(x, ns_s, False)
+        return x1, (x, ls_s)
+
+    xT, (starts, ls) = jax.lax.scan(forward_segment, x0, split(ns))
+    val, lam_T = terminal(xT, ls)
+    zero = [jax.tree_util.tree_map(jnp.zeros_like, params) for _ in range(nf)]
+
+    def backward_segment(carry, inp):
+        lam, acc = carry
+        x, ns_s, gs_s = inp
+        _, (xs, cs, _, res) = forward(x, ns_s, keep)
+        lam, grads = backward(ns_s, gs_s, xs, cs, res, lam)
+        return (lam, [_tree_add(a, b) for a, b in zip(acc, grads)]), None
+
+    (_, grads), _ = jax.lax.scan(backward_segment, (lam_T, zero), (starts, split(ns), split(g_arr)), reverse=True)
+    return val, grads
 
 
 def _needs_k(gates) -> bool:
@@ -880,7 +925,7 @@ def _two_fields_value_and_grad(params, static, x0, *, step, loss: TrajectoryLoss
     seg = _segment_length(horizon, checkpoint_every)
     if _uses_batched_jacobian(params, static, x0, seg, [gates_a, gates_b]):
         val, (ua, ub) = _fields_via_jacobian(params, static, x0, step=step, loss=loss, horizon=horizon,
-                                             gate_sets=[gates_a, gates_b])
+                                             gate_sets=[gates_a, gates_b], seg=seg)
         return val, ua, ub
     p_sg = jax.lax.stop_gradient(params)
     cell = _two_cell(static, step, loss, horizon, gates_a, gates_b)
