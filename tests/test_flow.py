@@ -534,16 +534,15 @@ def test_batched_jacobian_linear_fields_match_hand_adjoints(mode, monkeypatch):
     assert bool(calls) == (mode in ("R", "N"))  # M and S have no live controller gate
 
 
-def test_batched_jacobian_is_used_with_checkpointing_but_not_many_controls(toy):
+def test_batched_jacobian_is_not_used_for_many_controls_or_coupled_rows(toy):
     model, x0 = toy
     p, s = eqx.partition(model, eqx.is_inexact_array)
-    assert F._uses_batched_jacobian(p, s, x0, None, [(1.0, 1.0)])
-    assert not F._uses_batched_jacobian(p, s, x0, None, [(0.0, 1.0)])  # M: no controller backward
-    assert F._uses_batched_jacobian(p, s, x0, 4, [(1.0, 1.0)])  # remat segments: per segment
+    assert F._uses_batched_jacobian(p, s, x0, [(1.0, 1.0)])
+    assert not F._uses_batched_jacobian(p, s, x0, [(0.0, 1.0)])  # M: no controller backward
     wide = MLP(jax.random.PRNGKey(0), 2, (F.JACOBIAN_MAX_CONTROLS + 1,), widths=(4,))
     pw, sw = eqx.partition(wide, eqx.is_inexact_array)
-    assert not F._uses_batched_jacobian(pw, sw, x0, None, [(1.0, 1.0)])
-    assert not F._uses_batched_jacobian(p, BatchCoupled(s), x0, None, [(1.0, 1.0)])
+    assert not F._uses_batched_jacobian(pw, sw, x0, [(1.0, 1.0)])
+    assert not F._uses_batched_jacobian(p, BatchCoupled(s), x0, [(1.0, 1.0)])
 
 
 SEGMENTED_FLOWS = ["R", "C", ("R", "M", "S", "N", "R", "R", "M", "R", "N", "R", "S", "R"), F.Flow("C", truncate=5)]
@@ -586,7 +585,7 @@ def test_batched_jacobian_in_remat_segments_quantum_under_jit(mode):
     model = prob.make_controller(jax.random.PRNGKey(0), zero_last=False)
     x0 = jnp.asarray(prob.sample_data("paper", 4, 4)[0])
     p, s = eqx.partition(model, eqx.is_inexact_array)
-    assert F._uses_batched_jacobian(p, s, x0, 2, [F.GATES["R"]])
+    assert F._uses_batched_jacobian(p, s, x0, [F.GATES["R"]])
     kw = dict(step=prob.step, loss=prob.loss, horizon=prob.horizon, flow=mode, validate=False)
     upd = jax.jit(lambda p, x, ce: F.value_and_update(eqx.combine(p, s), x, checkpoint_every=ce, **kw)[1],
                   static_argnums=2)

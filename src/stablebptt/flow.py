@@ -287,12 +287,12 @@ def _segment_length(horizon: int, checkpoint_every: int | None) -> int | None:
 
 
 # ----------------------------------------------------------------------------- memory plan
-#: default budget (bytes) for ``checkpoint_every="auto"`` on CPU. Remat segments run the
-#: per-step controller vjp, without remat the engine uses the faster batched input Jacobian
-#: (m = 1): measured on cart-pole (benchmarks/results.md) no remat is faster at every horizon
-#: up to 10,000 steps (remat 1.2-2.3x the time; at T = 10,000 C the update needs 186 MiB, the
-#: whole training process 0.65 GiB), so "auto" remats only from ~0.5 GiB of estimated
-#: residuals on (the estimate runs above XLA's figure for the batched path).
+#: default budget (bytes) for ``checkpoint_every="auto"`` on CPU. Measured on cart-pole
+#: (benchmarks/results.md), remat segments of ≈ √T steps cost 1.1-1.2x the time of no remat at
+#: T = 100, 1.8x at T = 1,000 (no remat's residuals still fit in the caches there) and 1.0x
+#: from T = 3,000 on (at T = 10,000 C: 2 MiB instead of 186 MiB; the whole training process
+#: needs 0.65 GiB either way), so "auto" remats only from ~0.5 GiB of estimated residuals on
+#: (the estimate runs above XLA's figure for the batched path).
 CPU_MEMORY_BUDGET = 512 << 20
 #: default budget on accelerators when the device does not report its memory
 ACCELERATOR_MEMORY_BUDGET = 4 << 30
@@ -397,9 +397,9 @@ def plan_checkpointing(model, x0, *, step, loss: TrajectoryLoss, horizon: int,
     of T; memory ≈ T/s carries + s steps of residuals + T·fixed + one chunk of the deferred
     vjp), or, if that does not fit, the s with the least memory.
 
-    Measured on cart-pole (benchmarks/results.md): at T = 3,000 and 10,000, √T segments use
-    11-34x less memory than no remat and take 0.6-0.9x the time (the working set stays in
-    cache); at T = 1,000 remat costs 1.1-1.35x time, which is why it is only used when needed.
+    Measured on cart-pole (benchmarks/results.md): √T segments use 6-116x less memory than
+    no remat and take 1.0x its time from T = 3,000 on, 1.8x at T = 1,000 and 1.1-1.2x at
+    T = 100, which is why segments are only used when needed.
     """
     budget = default_memory_budget() if memory_budget is None else int(memory_budget)
     m = memory_model(model, x0, step=step, loss=loss, horizon=horizon, flow=flow)
@@ -506,8 +506,9 @@ def unrolled_loss(params, static, x0, *, step, loss: TrajectoryLoss, horizon: in
 #   For M and S the loop then contains no controller backward at all (its input gate is 0).
 # * With ``checkpoint_every`` the unroll runs in ``jax.checkpoint`` segments and the final
 #   controller vjp runs in chunks, so memory stays ~ T/seg carries + one segment.
-# * Without segments, fields with a live controller gate and one control per row use the
-#   batched-Jacobian path further below instead (no controller backward inside any loop).
+# * Fields with a live controller gate and one control per row use the batched-Jacobian
+#   path further below instead (no controller backward inside any loop); it does its own
+#   segments for ``checkpoint_every``.
 
 def _zeros_like_controls(model, x0, horizon: int):
     c_struct = jax.eval_shape(model, x0)
@@ -638,7 +639,7 @@ def _field_value_and_grad(params, static, x0, *, step, loss: TrajectoryLoss, hor
     with the parameter gradient deferred out of the reverse sweep (see above)."""
     static_gates = isinstance(gates, tuple)
     seg = _segment_length(horizon, checkpoint_every)
-    if _uses_batched_jacobian(params, static, x0, seg, [gates]):
+    if _uses_batched_jacobian(params, static, x0, [gates]):
         val, (grad,) = _fields_via_jacobian(params, static, x0, step=step, loss=loss, horizon=horizon,
                                             gate_sets=[gates], seg=seg)
         return val, grad
@@ -706,7 +707,7 @@ def _row_control_size(static, params, x0) -> int | None:
     return int(np.prod(c.shape[1:])) if len(c.shape) > 1 else 1
 
 
-def _uses_batched_jacobian(params, static, x0, seg, gate_sets) -> bool:
+def _uses_batched_jacobian(params, static, x0, gate_sets) -> bool:
     """Does :func:`_fields_via_jacobian` apply (see the comment above)?"""
     if not rows_independent(static):
         return False
@@ -923,7 +924,7 @@ def _two_fields_value_and_grad(params, static, x0, *, step, loss: TrajectoryLoss
     """``(L, field_a, field_b)`` from one forward pass and one reverse sweep carrying two
     state adjoints; both parameter gradients come from one deferred controller vjp."""
     seg = _segment_length(horizon, checkpoint_every)
-    if _uses_batched_jacobian(params, static, x0, seg, [gates_a, gates_b]):
+    if _uses_batched_jacobian(params, static, x0, [gates_a, gates_b]):
         val, (ua, ub) = _fields_via_jacobian(params, static, x0, step=step, loss=loss, horizon=horizon,
                                              gate_sets=[gates_a, gates_b], seg=seg)
         return val, ua, ub
