@@ -204,6 +204,14 @@ def _metrics(stats, tr, te, bad):
     }
 
 
+def _minibatches(train, key, shuffle: bool, nb: int, bs: int):
+    """(nb, bs, …) minibatches of ``train`` in its order, or in a permutation drawn from
+    ``key`` when ``shuffle``; the last ``n_train mod bs`` states are left out."""
+    if shuffle:
+        train = train[jax.random.permutation(key, train.shape[0])]
+    return train[: nb * bs].reshape((nb, bs) + train.shape[1:])
+
+
 def build_epoch(problem: Problem, config: RunConfig, static, n_train: int):
     """Return ``epoch(params, opt_state, alive, train, test, key) -> (params, opt_state, alive, metrics)``.
 
@@ -227,10 +235,7 @@ def build_epoch(problem: Problem, config: RunConfig, static, n_train: int):
         return (params, opt_state, ok, bad, idx + 1), stats
 
     def epoch(params, opt_state, alive, train, test, key):
-        if config.shuffle:
-            perm = jax.random.permutation(key, train.shape[0])
-            train = train[perm]
-        batches = train[: nb * bs].reshape((nb, bs) + train.shape[1:])
+        batches = _minibatches(train, key, config.shuffle, nb, bs)
         (params, opt_state, alive, bad, _), stats = jax.lax.scan(
             one_update, (params, opt_state, alive, jnp.int32(-1), jnp.int32(0)), batches)
         tr, te = evaluate(params, train, test)
@@ -272,9 +277,7 @@ class _Stepper:
             return params, opt_state, ok, bad, stats.at[i].set(row)
 
         def batches(train, key):
-            if self.shuffle:
-                train = train[jax.random.permutation(key, train.shape[0])]
-            return train[: nb * bs].reshape((nb, bs) + train.shape[1:])
+            return _minibatches(train, key, self.shuffle, nb, bs)
 
         def end_epoch(carry, tr, te):
             params, opt_state, alive, bad, stats = carry
