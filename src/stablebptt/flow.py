@@ -554,7 +554,10 @@ def rows_independent(model) -> bool:
 #: Measured, update time kept / recomputed, three interleaved runs: paper MLPs (1.6 KB/row)
 #: M 0.80-0.88x, R 0.83-0.98x; a hand-written version for the quantum CNN (10.5 KB/row):
 #: M 0.86-1.07x, R 1.01-1.12x, so it was not kept. The fused C does not keep activations
-#: (a variant that did: 0.95-1.17x).
+#: (a variant that did: 0.95-1.17x). The batched-Jacobian path applies the same bound to
+#: what ``forward_with_residuals`` returns: the quantum CNN returns only its second layer
+#: (1.7 KB/row, 93 % of its multiply-adds), and keeping it made quantum R 0.82-0.93x and C
+#: 0.89-0.94x per update in three interleaved runs, with identical updates.
 KEEP_ACTIVATIONS_BYTES = 4096
 
 
@@ -726,13 +729,22 @@ def has_jacobian_methods(model) -> bool:
         hasattr(t, a) for a in ("forward_with_residuals", "jacobian_from_residuals", "param_vjp_from_jacobian"))
 
 
+def _residual_bytes_per_row(params, static, x0) -> int:
+    """Bytes per batch row of what ``forward_with_residuals`` returns as residuals."""
+    x_row = jax.tree_util.tree_map(lambda a: a[:1], x0)
+    res = jax.eval_shape(lambda p, x: eqx.combine(p, static).forward_with_residuals(x)[1],
+                         _abstract(params), _abstract(x_row))
+    return _nbytes(res)
+
+
 def _jacobian_residuals(params, static, x0) -> str | None:
-    """How the batched-Jacobian path gets the controller's activations: ``"loop"`` (kept by the
-    forward loop, at most KEEP_ACTIVATIONS_BYTES per row), ``"rows"`` (one forward pass on all
-    T·B rows afterwards) or None (no Jacobian methods: J and the gradients by jax.vjp)."""
+    """How the batched-Jacobian path gets the controller's residuals: ``"loop"`` (kept by the
+    forward loop, when ``forward_with_residuals`` returns at most KEEP_ACTIVATIONS_BYTES per
+    row), ``"rows"`` (one forward pass on all T·B rows afterwards) or None (no Jacobian
+    methods: J and the gradients by jax.vjp)."""
     if not has_jacobian_methods(static):
         return None
-    return "loop" if _keeps_activations(params, static, x0) else "rows"
+    return "loop" if _residual_bytes_per_row(params, static, x0) <= KEEP_ACTIVATIONS_BYTES else "rows"
 
 
 def _fields_via_jacobian(params, static, x0, *, step, loss: TrajectoryLoss, horizon: int, gate_sets,
