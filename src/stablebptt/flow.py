@@ -242,8 +242,8 @@ def check_problem_inputs(model, x0, step, horizon) -> None:
         if not np.all(np.isfinite(arr)):
             bad = int(np.size(arr) - np.isfinite(arr).sum())
             raise ValueError(f"initial state x0 contains {bad} non-finite value(s) (NaN/inf); all entries must be finite")
-    try:
-        c = jax.eval_shape(model, x0)
+    try:  # the model as an argument: its arrays may be abstract (ShapeDtypeStruct) too
+        c = eqx.filter_eval_shape(lambda m, x: m(x), model, x0)
     except Exception as e:  # noqa: BLE001 - re-raised with context
         raise ValueError(
             f"the controller cannot take the state: x0 has shapes {_tree_shapes(x0)} ({type(e).__name__}: {e})"

@@ -107,6 +107,30 @@ def make_model(problem: Problem, config: RunConfig, seed: int):
     return model
 
 
+def _abstract_split(problem: Problem, config: RunConfig):
+    """``(abstract params, static)`` of one controller from its factory's shapes (nothing is
+    compiled or run); None when the factory cannot be traced abstractly or the controller
+    holds arrays that are not floating point (they would belong to the static part of a real
+    controller)."""
+    zero_last = problem.zero_last_default if config.zero_last is None else config.zero_last
+    try:
+        model = jax.eval_shape(lambda k: problem.make_controller(k, zero_last=zero_last), jax.random.PRNGKey(0))
+    except Exception:  # noqa: BLE001 - the factory needs concrete values: no early compile
+        return None
+    is_float = lambda a: isinstance(a, jax.ShapeDtypeStruct) and jnp.issubdtype(a.dtype, jnp.inexact)
+    params, static = eqx.partition(model, is_float)
+    if any(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree_util.tree_leaves(static)):
+        return None
+    return params, static
+
+
+def _same_static(a, b) -> bool:
+    """Do two static parts of a partitioned controller describe the same program?"""
+    la, ta = jax.tree_util.tree_flatten(a)
+    lb, tb = jax.tree_util.tree_flatten(b)
+    return ta == tb and all(x is y or x == y for x, y in zip(la, lb))
+
+
 def _checkpoint_kw(config: RunConfig, n_programs: int = 1) -> dict:
     """checkpoint_every / memory_budget for the engine; with ``"auto"`` the budget is shared
     by the ``n_programs`` vmapped seeds."""
@@ -508,10 +532,8 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
     seeds = [int(seeds)] if single else [int(s) for s in seeds]
     if not seeds:
         raise ValueError("seeds is empty; give at least one seed")
-    models = [make_model(problem, config, s) for s in seeds]
+    K = len(seeds)
     datasets = [data if data is not None else make_data(problem, config, s) for s in seeds]
-    x_probe = jnp.asarray(datasets[0][0][: config.batch_size])
-    flow_mod.check_problem_inputs(models[0], x_probe, problem.step, problem.horizon)
     for tr, te in datasets:
         for name, arr in (("train", tr), ("test", te)):
             if not np.all(np.isfinite(arr)):
@@ -519,34 +541,62 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
     n_train = datasets[0][0].shape[0]
     if config.batch_size > n_train:
         raise ValueError(f"batch_size={config.batch_size} is larger than the training set ({n_train})")
+    x_probe = jnp.asarray(datasets[0][0][: config.batch_size])
+    train_x = [jnp.asarray(d[0]) for d in datasets]
+    test_x = [jnp.asarray(d[1]) for d in datasets]
+    keys = [jax.random.PRNGKey(s + 1_000_003) for s in seeds]
+    stack = lambda xs: jax.tree_util.tree_map(lambda *a: jnp.stack(a), *xs)
+    if K == 1:
+        TR, TE, KEY = train_x[0], test_x[0], keys[0]
+    else:
+        TR, TE, KEY = stack(train_x), stack(test_x), stack(keys)
+    epoch_key = lambda e: (jax.random.fold_in(KEY, e) if K == 1 else jax.vmap(lambda k: jax.random.fold_in(k, e))(KEY))
+    make_stepper = lambda static: (_SeedLoop if K > 1 and _seed_strategy() == "loop" else _Stepper)(
+        problem, config, static, n_train, K)
+
+    # The controllers' initialisation compiles a program too (~0.3-0.7 s cold): it runs on a
+    # worker thread while the training programs are traced and compiled from the controller's
+    # abstract shapes (XLA releases the GIL, so both cores compile).
+    from concurrent.futures import ThreadPoolExecutor
+
+    t0 = time.perf_counter()
+    stepper, compile_s = None, 0.0
+    with ThreadPoolExecutor(1) as pool:
+        models_f = pool.submit(lambda: [make_model(problem, config, s) for s in seeds])
+        early = _abstract_split(problem, config)
+        if early is not None:
+            p_abs, static_abs = early
+            flow_mod.check_problem_inputs(eqx.combine(p_abs, static_abs), x_probe, problem.step, problem.horizon)
+            stepper = make_stepper(static_abs)
+            carry_abs = jax.eval_shape(
+                lambda p: stepper.init_carry(*((p, stepper.tx.init(p)) if K == 1 else
+                                               (stack([p] * K), stack([stepper.tx.init(p)] * K)))), p_abs)
+            compile_s = stepper.compile(carry_abs, TR, TE, epoch_key(1))
+        models = models_f.result()
+    flow_mod.check_problem_inputs(models[0], x_probe, problem.step, problem.horizon)
 
     split = [eqx.partition(m, eqx.is_inexact_array) for m in models]
     static = split[0][1]
     params = [p for p, _ in split]
-    K = len(seeds)
-    if K > 1 and _seed_strategy() == "loop":
-        stepper = _SeedLoop(problem, config, static, n_train, K)
-    else:
-        stepper = _Stepper(problem, config, static, n_train, K)
+    stepper_fresh = stepper is None or not (
+        _same_static(static, static_abs)
+        and jax.tree_util.tree_structure(params[0]) == jax.tree_util.tree_structure(p_abs)
+        and all(a.shape == b.shape and a.dtype == b.dtype
+                for a, b in zip(jax.tree_util.tree_leaves(p_abs), jax.tree_util.tree_leaves(params[0]))))
+    if stepper_fresh:  # the real controller differs from its abstract shapes: compile for it
+        stepper = make_stepper(static)
     want_stats = config.flow().combined or config.diagnostics
-    opt_states = [stepper.tx.init(p) for p in params]
-    train_x = [jnp.asarray(d[0]) for d in datasets]
-    test_x = [jnp.asarray(d[1]) for d in datasets]
-    keys = [jax.random.PRNGKey(s + 1_000_003) for s in seeds]
-
-    stack = lambda xs: jax.tree_util.tree_map(lambda *a: jnp.stack(a), *xs)
-    if K == 1:
-        P, O, TR, TE, KEY = params[0], opt_states[0], train_x[0], test_x[0], keys[0]
-    else:
-        P, O, TR, TE, KEY = stack(params), stack(opt_states), stack(train_x), stack(test_x), stack(keys)
-    carry = stepper.init_carry(P, O)
-
-    t0 = time.perf_counter()
-    epoch_key = lambda e: (jax.random.fold_in(KEY, e) if K == 1 else jax.vmap(lambda k: jax.random.fold_in(k, e))(KEY))
-    compile_s = stepper.compile(carry, TR, TE, epoch_key(1))
+    # parameters, optimizer states and the loop's flags as one small program (as eager ops,
+    # each distinct shape compiled its own program: ~0.2 s at a cold start)
+    carry = jax.jit(lambda ps: stepper.init_carry(
+        *((ps[0], stepper.tx.init(ps[0])) if K == 1 else (stack(ps), stack([stepper.tx.init(p) for p in ps])))))(params)
+    if stepper_fresh:
+        compile_s = stepper.compile(carry, TR, TE, epoch_key(1))
+    else:  # compiled above, meanwhile the controllers were initialised
+        compile_s = time.perf_counter() - t0
 
     # loss of the untrained controllers: the evaluation program on the initial parameters
-    probe = jax.tree_util.tree_map(jnp.copy, carry)  # the finish program consumes its input
+    probe = jax.jit(lambda c: jax.tree_util.tree_map(jnp.copy, c))(carry)  # finish consumes its input
     _, M0 = stepper.finish(probe, TR, TE)
     M0 = jax.device_get(M0)
     initial = [{"train_loss": float(np.atleast_1d(M0["train_loss"])[k]),
