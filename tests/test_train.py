@@ -263,3 +263,46 @@ def test_shuffled_training_is_reproducible_and_matches_the_epoch_program():
         p, o, alive, m = jax.jit(epoch)(p, o, alive, tr, te, jax.random.fold_in(key, e))
         for k in ("loss", "train_loss", "test_loss"):
             assert float(m[k]) == pytest.approx(a.history[k][e - 1], rel=1e-5, abs=1e-7), (k, e)
+
+
+def test_training_programs_compile_from_abstract_shapes_or_after_the_controllers(monkeypatch):
+    """train() compiles its programs from the controller's abstract shapes while the
+    initialiser runs; a factory that cannot be traced abstractly (it needs concrete values)
+    takes the sequential path. Both give the same run, bit for bit."""
+    import dataclasses
+
+    prob = problems.get("cartpole", steps=8)
+    cfg = RunConfig(problem="cartpole", mode="C", epochs=2, n_train=16, n_test=8, problem_params={"steps": 8})
+    compiled_with = []
+    real_compile = T._Stepper.compile
+
+    def compile_spy(self, carry, *a):
+        compiled_with.append(isinstance(jax.tree_util.tree_leaves(carry[0])[0], jax.ShapeDtypeStruct))
+        return real_compile(self, carry, *a)
+
+    monkeypatch.setattr(T._Stepper, "compile", compile_spy)
+    (early,) = train(prob, cfg, 0)
+    assert compiled_with == [True]  # once, from abstract shapes
+
+    def concrete_factory(key, zero_last=False):
+        np.asarray(key)  # needs a concrete key: no abstract trace, no compiled initialiser
+        return prob.make_controller(key, zero_last=zero_last)
+
+    concrete = dataclasses.replace(prob, make_controller=concrete_factory)
+    assert T._abstract_split(concrete, cfg) is None
+    compiled_with.clear()
+    (late,) = train(concrete, cfg, 0)
+    assert compiled_with == [False]  # once, after the controllers exist
+    for k in ("loss", "train_loss", "test_loss", "update_norm", "cos_mg"):
+        assert early.history[k] == late.history[k], k
+    for a, b in zip(jax.tree_util.tree_leaves(eqx.filter(early.model, eqx.is_inexact_array)),
+                    jax.tree_util.tree_leaves(eqx.filter(late.model, eqx.is_inexact_array))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_missing_init_weights_file_fails_before_any_compilation(tmp_path):
+    prob = problems.get("cartpole", steps=8)
+    cfg = RunConfig(problem="cartpole", mode="C", epochs=1, n_train=16, n_test=8, problem_params={"steps": 8},
+                    init_weights=str(tmp_path / "missing.npz"))
+    with pytest.raises(FileNotFoundError, match="missing.npz"):
+        train(prob, cfg, 0)

@@ -533,6 +533,8 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
     if not seeds:
         raise ValueError("seeds is empty; give at least one seed")
     K = len(seeds)
+    if config.init_weights and not os.path.isfile(config.init_weights):
+        raise FileNotFoundError(f"init_weights={config.init_weights!r}: no such file (an .npz of controller weights)")
     datasets = [data if data is not None else make_data(problem, config, s) for s in seeds]
     for tr, te in datasets:
         for name, arr in (("train", tr), ("test", te)):
