@@ -339,22 +339,23 @@ class _Stepper:
                 jnp.zeros(lead + (self.nb, 4), jnp.float32))
 
     def compile(self, carry, train, test, key):
-        """AOT-compile the programs (the two big ones on two threads: XLA releases the GIL);
-        returns the seconds it took, tracing included."""
+        """AOT-compile the programs: each is traced here and compiled on a pool of two threads
+        as soon as it is traced (XLA releases the GIL), so the update program, the largest,
+        compiles while the others are traced; returns the seconds it took, tracing included."""
         from concurrent.futures import ThreadPoolExecutor
 
         t0 = time.perf_counter()
         b_abs = jax.eval_shape(self._batches, train, key)
-        lowered = [
-            jax.jit(self._updates, donate_argnums=0).lower(carry, b_abs),
-            jax.jit(self._finish, donate_argnums=0).lower(carry, train, test),
-            jax.jit(self._batches).lower(train, key),
+        programs = [  # the largest first: each compiles while the next ones are traced
+            lambda: jax.jit(self._updates, donate_argnums=0).lower(carry, b_abs),
+            lambda: jax.jit(self._finish, donate_argnums=0).lower(carry, train, test),
+            lambda: jax.jit(self._batches).lower(train, key),
+            # the end of an epoch without evaluation (eval_every > 1 or overlapped evaluation)
+            lambda: jax.jit(self._finish_unevaluated, donate_argnums=0).lower(carry),
         ]
-        # (the end of an epoch without evaluation: eval_every > 1 or overlapped evaluation)
-        lowered.append(jax.jit(self._finish_unevaluated, donate_argnums=0).lower(carry))
         with ThreadPoolExecutor(2) as pool:
-            self.updates, self.finish, self.batches, self.finish_unevaluated = pool.map(
-                lambda l: l.compile(), lowered)
+            futures = [pool.submit(lower().compile) for lower in programs]
+            self.updates, self.finish, self.batches, self.finish_unevaluated = [f.result() for f in futures]
         self.fixed = None if self.shuffle else self.batches(train, key)
         return time.perf_counter() - t0
 
