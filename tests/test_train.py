@@ -267,22 +267,26 @@ def test_shuffled_training_is_reproducible_and_matches_the_epoch_program():
 
 def test_training_programs_compile_from_abstract_shapes_or_after_the_controllers(monkeypatch):
     """train() compiles its programs from the controller's abstract shapes while the
-    initialiser runs; a factory that cannot be traced abstractly (it needs concrete values)
-    takes the sequential path. Both give the same run, bit for bit."""
+    initialiser runs, and checks the real controller against them; a factory that cannot be
+    traced abstractly (it needs concrete values) takes the sequential path, and a controller
+    that differs from its abstract shapes gets its programs compiled again. The same run, bit
+    for bit, every way."""
     import dataclasses
 
     prob = problems.get("cartpole", steps=8)
     cfg = RunConfig(problem="cartpole", mode="C", epochs=2, n_train=16, n_test=8, problem_params={"steps": 8})
-    compiled_with = []
-    real_compile = T._Stepper.compile
+    compiles, checks = [], []
+    real_compile, real_same = T._Stepper.compile, T._same_controller
+    monkeypatch.setattr(T._Stepper, "compile", lambda self, *a: compiles.append(1) or real_compile(self, *a))
+    monkeypatch.setattr(T, "_same_controller", lambda *a: checks.append(real_same(*a)) or checks[-1])
 
-    def compile_spy(self, carry, *a):
-        compiled_with.append(isinstance(jax.tree_util.tree_leaves(carry[0])[0], jax.ShapeDtypeStruct))
-        return real_compile(self, carry, *a)
+    def run(problem):
+        compiles.clear(), checks.clear()
+        (res,) = train(problem, cfg, 0)
+        return res, len(compiles), list(checks)
 
-    monkeypatch.setattr(T._Stepper, "compile", compile_spy)
-    (early,) = train(prob, cfg, 0)
-    assert compiled_with == [True]  # once, from abstract shapes
+    early, n_compiles, seen = run(prob)
+    assert (n_compiles, seen) == (1, [True])  # compiled once, from abstract shapes, and they matched
 
     def concrete_factory(key, zero_last=False):
         np.asarray(key)  # needs a concrete key: no abstract trace, no compiled initialiser
@@ -290,14 +294,29 @@ def test_training_programs_compile_from_abstract_shapes_or_after_the_controllers
 
     concrete = dataclasses.replace(prob, make_controller=concrete_factory)
     assert T._abstract_split(concrete, cfg) is None
-    compiled_with.clear()
-    (late,) = train(concrete, cfg, 0)
-    assert compiled_with == [False]  # once, after the controllers exist
-    for k in ("loss", "train_loss", "test_loss", "update_norm", "cos_mg"):
-        assert early.history[k] == late.history[k], k
-    for a, b in zip(jax.tree_util.tree_leaves(eqx.filter(early.model, eqx.is_inexact_array)),
-                    jax.tree_util.tree_leaves(eqx.filter(late.model, eqx.is_inexact_array))):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    late, n_compiles, seen = run(concrete)
+    assert (n_compiles, seen) == (1, [])  # compiled once, after the controllers existed
+
+    monkeypatch.setattr(T, "_same_controller", lambda *a: checks.append(False) or False)
+    again, n_compiles, seen = run(prob)
+    assert (n_compiles, seen) == (2, [False])  # the abstract programs were not used
+    for other in (late, again):
+        for k in ("loss", "train_loss", "test_loss", "update_norm", "cos_mg"):
+            assert early.history[k] == other.history[k], k
+        for a, b in zip(jax.tree_util.tree_leaves(eqx.filter(early.model, eqx.is_inexact_array)),
+                        jax.tree_util.tree_leaves(eqx.filter(other.model, eqx.is_inexact_array))):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_same_controller_compares_static_parts_and_parameter_shapes():
+    prob = problems.get("cartpole", steps=8)
+    cfg = RunConfig(problem="cartpole", mode="C", epochs=1)
+    p_abs, s_abs = T._abstract_split(prob, cfg)
+    p, s = eqx.partition(T.make_model(prob, cfg, 0), eqx.is_inexact_array)
+    assert T._same_controller(s, p, s_abs, p_abs)
+    wider = problems.get("cartpole", steps=8, poles=2)  # another input size: other kernel shapes
+    p2, s2 = eqx.partition(T.make_model(wider, cfg, 0), eqx.is_inexact_array)
+    assert not T._same_controller(s2, p2, s_abs, p_abs)
 
 
 def test_missing_init_weights_file_fails_before_any_compilation(tmp_path):

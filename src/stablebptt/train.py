@@ -124,11 +124,17 @@ def _abstract_split(problem: Problem, config: RunConfig):
     return params, static
 
 
-def _same_static(a, b) -> bool:
-    """Do two static parts of a partitioned controller describe the same program?"""
-    la, ta = jax.tree_util.tree_flatten(a)
-    lb, tb = jax.tree_util.tree_flatten(b)
-    return ta == tb and all(x is y or x == y for x, y in zip(la, lb))
+def _same_controller(static, params, static_abs, params_abs) -> bool:
+    """Does a real controller (static part, parameters) have the static part and parameter
+    shapes that the programs were compiled for from :func:`_abstract_split`?"""
+    ls, ts = jax.tree_util.tree_flatten(static)
+    la, ta = jax.tree_util.tree_flatten(static_abs)
+    if ts != ta or not all(x is y or x == y for x, y in zip(ls, la)):
+        return False
+    if jax.tree_util.tree_structure(params) != jax.tree_util.tree_structure(params_abs):
+        return False
+    return all(a.shape == b.shape and a.dtype == b.dtype
+               for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(params_abs)))
 
 
 def _checkpoint_kw(config: RunConfig, n_programs: int = 1) -> dict:
@@ -562,8 +568,12 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
     # abstract shapes (XLA releases the GIL, so both cores compile).
     from concurrent.futures import ThreadPoolExecutor
 
+    def build_carry(ps):  # per-seed parameters -> the stepper's carry (with optimizer states)
+        opt = [stepper.tx.init(p) for p in ps]
+        return stepper.init_carry(ps[0], opt[0]) if K == 1 else stepper.init_carry(stack(ps), stack(opt))
+
     t0 = time.perf_counter()
-    stepper, compile_s = None, 0.0
+    stepper = p_abs = static_abs = None
     with ThreadPoolExecutor(1) as pool:
         models_f = pool.submit(lambda: [make_model(problem, config, s) for s in seeds])
         early = _abstract_split(problem, config)
@@ -571,32 +581,21 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
             p_abs, static_abs = early
             flow_mod.check_problem_inputs(eqx.combine(p_abs, static_abs), x_probe, problem.step, problem.horizon)
             stepper = make_stepper(static_abs)
-            carry_abs = jax.eval_shape(
-                lambda p: stepper.init_carry(*((p, stepper.tx.init(p)) if K == 1 else
-                                               (stack([p] * K), stack([stepper.tx.init(p)] * K)))), p_abs)
-            compile_s = stepper.compile(carry_abs, TR, TE, epoch_key(1))
+            stepper.compile(jax.eval_shape(lambda p: build_carry([p] * K), p_abs), TR, TE, epoch_key(1))
         models = models_f.result()
     flow_mod.check_problem_inputs(models[0], x_probe, problem.step, problem.horizon)
 
     split = [eqx.partition(m, eqx.is_inexact_array) for m in models]
     static = split[0][1]
     params = [p for p, _ in split]
-    stepper_fresh = stepper is None or not (
-        _same_static(static, static_abs)
-        and jax.tree_util.tree_structure(params[0]) == jax.tree_util.tree_structure(p_abs)
-        and all(a.shape == b.shape and a.dtype == b.dtype
-                for a, b in zip(jax.tree_util.tree_leaves(p_abs), jax.tree_util.tree_leaves(params[0]))))
-    if stepper_fresh:  # the real controller differs from its abstract shapes: compile for it
-        stepper = make_stepper(static)
+    if stepper is None or not _same_controller(static, params[0], static_abs, p_abs):
+        stepper = make_stepper(static)  # no abstract shapes, or the real controller differs
+        stepper.compile(jax.eval_shape(build_carry, params), TR, TE, epoch_key(1))
+    compile_s = time.perf_counter() - t0  # tracing and compilation, the initialisation beside them
     want_stats = config.flow().combined or config.diagnostics
-    # parameters, optimizer states and the loop's flags as one small program (as eager ops,
-    # each distinct shape compiled its own program: ~0.2 s at a cold start)
-    carry = jax.jit(lambda ps: stepper.init_carry(
-        *((ps[0], stepper.tx.init(ps[0])) if K == 1 else (stack(ps), stack([stepper.tx.init(p) for p in ps])))))(params)
-    if stepper_fresh:
-        compile_s = stepper.compile(carry, TR, TE, epoch_key(1))
-    else:  # compiled above, meanwhile the controllers were initialised
-        compile_s = time.perf_counter() - t0
+    # the carry as one small program (as eager ops, each distinct shape compiled its own
+    # program: ~0.2 s at a cold start)
+    carry = jax.jit(build_carry)(params)
 
     # loss of the untrained controllers: the evaluation program on the initial parameters
     probe = jax.jit(lambda c: jax.tree_util.tree_map(jnp.copy, c))(carry)  # finish consumes its input
