@@ -581,10 +581,9 @@ def _row_activation_bytes(params, static, x_row) -> int:
 
 
 def _keeps_activations(params, static, x0) -> bool:
-    """Are the controller's activations small enough (≤ KEEP_ACTIVATIONS_BYTES per row) for
-    the forward loop to keep them?"""
-    x_row = jax.tree_util.tree_map(lambda a: a[:1], x0)
-    return _row_activation_bytes(params, static, x_row) <= KEEP_ACTIVATIONS_BYTES
+    """Are the residuals that the controller's ``forward_with_residuals`` returns small enough
+    (≤ KEEP_ACTIVATIONS_BYTES per row) for the forward loop to keep them?"""
+    return _residual_bytes_per_row(params, static, x0) <= KEEP_ACTIVATIONS_BYTES
 
 
 def _param_vjp(params, static, xs, cts: Sequence[PyTree], seg: int | None, res=None) -> list[PyTree]:
@@ -744,7 +743,7 @@ def _jacobian_residuals(params, static, x0) -> str | None:
     methods: J and the gradients by jax.vjp)."""
     if not has_jacobian_methods(static):
         return None
-    return "loop" if _residual_bytes_per_row(params, static, x0) <= KEEP_ACTIVATIONS_BYTES else "rows"
+    return "loop" if _keeps_activations(params, static, x0) else "rows"
 
 
 def _fields_via_jacobian(params, static, x0, *, step, loss: TrajectoryLoss, horizon: int, gate_sets,
