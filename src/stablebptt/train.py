@@ -95,8 +95,13 @@ def _init_program(factory: Callable, zero_last: bool) -> Callable:
     return hit[1]
 
 
+def _zero_last(problem: Problem, config: RunConfig) -> bool:
+    """Does the controller start with a zero last kernel (the config's choice, else the problem's)?"""
+    return problem.zero_last_default if config.zero_last is None else config.zero_last
+
+
 def make_model(problem: Problem, config: RunConfig, seed: int):
-    zero_last = problem.zero_last_default if config.zero_last is None else config.zero_last
+    zero_last = _zero_last(problem, config)
     key = jax.random.PRNGKey(int(seed))
     try:  # one compiled program instead of one per initialiser op (saves ~1 s at start-up)
         model = _init_program(problem.make_controller, zero_last)(key)
@@ -112,7 +117,7 @@ def _abstract_split(problem: Problem, config: RunConfig):
     compiled or run); None when the factory cannot be traced abstractly or the controller
     holds arrays that are not floating point (they would belong to the static part of a real
     controller)."""
-    zero_last = problem.zero_last_default if config.zero_last is None else config.zero_last
+    zero_last = _zero_last(problem, config)
     try:
         model = jax.eval_shape(lambda k: problem.make_controller(k, zero_last=zero_last), jax.random.PRNGKey(0))
     except Exception:  # noqa: BLE001 - the factory needs concrete values: no early compile
@@ -232,6 +237,10 @@ def _metrics(stats, tr, te, bad):
         "sign_agree": jnp.mean(stats[:, 3]),
         "bad": bad,
     }
+
+
+#: a copy of every array of a pytree as one program (compiled once per structure and shapes)
+_copy_tree = jax.jit(lambda t: jax.tree_util.tree_map(jnp.copy, t))
 
 
 def _minibatches(train, key, shuffle: bool, nb: int, bs: int):
@@ -583,13 +592,15 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
             stepper = make_stepper(static_abs)
             stepper.compile(jax.eval_shape(lambda p: build_carry([p] * K), p_abs), TR, TE, epoch_key(1))
         models = models_f.result()
-    flow_mod.check_problem_inputs(models[0], x_probe, problem.step, problem.horizon)
 
     split = [eqx.partition(m, eqx.is_inexact_array) for m in models]
     static = split[0][1]
     params = [p for p, _ in split]
     if stepper is None or not _same_controller(static, params[0], static_abs, p_abs):
-        stepper = make_stepper(static)  # no abstract shapes, or the real controller differs
+        # no abstract shapes, or the real controller differs from them (when it matches, the
+        # check above on its abstract twin already covered it)
+        flow_mod.check_problem_inputs(models[0], x_probe, problem.step, problem.horizon)
+        stepper = make_stepper(static)
         stepper.compile(jax.eval_shape(build_carry, params), TR, TE, epoch_key(1))
     compile_s = time.perf_counter() - t0  # tracing and compilation, the initialisation beside them
     want_stats = config.flow().combined or config.diagnostics
@@ -598,7 +609,7 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
     carry = jax.jit(build_carry)(params)
 
     # loss of the untrained controllers: the evaluation program on the initial parameters
-    probe = jax.jit(lambda c: jax.tree_util.tree_map(jnp.copy, c))(carry)  # finish consumes its input
+    probe = _copy_tree(carry)  # the finish program consumes its input
     _, M0 = stepper.finish(probe, TR, TE)
     M0 = jax.device_get(M0)
     initial = [{"train_loss": float(np.atleast_1d(M0["train_loss"])[k]),

@@ -107,8 +107,8 @@ def thomas_solve(dl, d, du, b):
 
     No pivoting. That is stable for the Crank–Nicolson matrix I + i·dt/2·H_h (H_h real
     symmetric): its Hermitian part is I, positive definite, and Gaussian elimination without
-    pivoting is stable for such matrices. Agrees with LAPACK's pivoting ``gtsv`` to ~1e-7
-    relative on the quantum problem (tested).
+    pivoting is stable for such matrices. As accurate as LAPACK's pivoting ``gtsv`` on the
+    quantum problem (tested: 128 steps of both against a complex128 reference).
     """
     shape = jnp.broadcast_shapes(dl.shape, d.shape, du.shape, b.shape)
     lower, diag, upper, rhs = (jnp.moveaxis(jnp.broadcast_to(a, shape), -1, 0) for a in (dl, d, du, b))
@@ -187,8 +187,9 @@ def solve_tridiagonal(dl, d, du, b):
     """x with A x = b for a batch of tridiagonal systems; dl, d, du, b (..., n), dl[..., 0] =
     du[..., -1] = 0, real or complex.
 
-    The same numbers as ``jax.lax.linalg.tridiagonal_solve(dl, d, du, b[..., None])[..., 0]``,
-    with derivatives from ``lax.custom_linear_solve`` (x' = A⁻¹(b' − A' x), transposed through
+    The same numbers as ``jax.lax.linalg.tridiagonal_solve(dl, d, du, b[..., None])[..., 0]``
+    (on the CPU from :data:`THOMAS_MIN_SYSTEMS` systems per solve on: :func:`thomas_solve`'s,
+    equal to round-off), with derivatives from ``lax.custom_linear_solve`` (x' = A⁻¹(b' − A' x), transposed through
     Aᵀ's solve), so that every solve goes through the vmap rule above: off the CPU it keeps
     one right-hand side per system under any vmap (see :data:`FOLD_COLUMNS`).
     """
