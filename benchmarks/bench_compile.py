@@ -32,6 +32,8 @@ import jax
 jax.config.update("jax_compilation_cache_dir", {cache!r})
 jax.config.update("jax_persistent_cache_min_compile_time_secs", {min_s})
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+if {devices} > 1:  # as `stablebptt train` does on a multi-core machine: the evaluation overlaps
+    jax.config.update("jax_num_cpu_devices", {devices})
 from stablebptt import problems
 from stablebptt.config import RunConfig
 from stablebptt.train import train
@@ -45,8 +47,8 @@ print(json.dumps(dict(import_s=t_import, first_epoch_s=marks[0], compile_s=res.c
 """
 
 
-def one(name: str, mode: str, cache: str, min_s: float) -> dict:
-    code = CHILD.format(bench=str(_common.HERE), cache=cache, min_s=min_s, name=name, mode=mode)
+def one(name: str, mode: str, cache: str, min_s: float, devices: int = 1) -> dict:
+    code = CHILD.format(bench=str(_common.HERE), cache=cache, min_s=min_s, name=name, mode=mode, devices=devices)
     t = time.perf_counter()
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
     wall = time.perf_counter() - t
@@ -63,17 +65,22 @@ def main(argv=None):
     ap.add_argument("--problems", default="cartpole,guidance,quantum")
     ap.add_argument("--mode", default="C")
     ap.add_argument("--min-compile-s", default="0.2,0")
+    ap.add_argument("--cpu-devices", default="1",
+                    help="comma list: 1 = the evaluation runs after each epoch's updates (sweep workers); "
+                         "2 = on a second CPU device, overlapped (what `stablebptt train` does for one seed)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     rows = []
-    for min_s in map(float, args.min_compile_s.split(",")):
+    for devices in map(int, args.cpu_devices.split(",")):
+      for min_s in map(float, args.min_compile_s.split(",")):
         for name in args.problems.split(","):
             with tempfile.TemporaryDirectory(prefix="jaxcache-") as cache:
-                cold = one(name, args.mode, cache, min_s)
-                warm = one(name, args.mode, cache, min_s)
+                cold = one(name, args.mode, cache, min_s, devices)
+                warm = one(name, args.mode, cache, min_s, devices)
             for kind, r in (("cold", cold), ("warm", warm)):
-                rows.append(dict(problem=name, mode=args.mode, cache=kind, min_compile_s=min_s, **r))
-            print(f"{name:9s} {args.mode} (cache min {min_s:g}s): first epoch incl. compile cold "
+                rows.append(dict(problem=name, mode=args.mode, cache=kind, min_compile_s=min_s,
+                                 cpu_devices=devices, **r))
+            print(f"{name:9s} {args.mode} {devices} cpu device(s) (cache min {min_s:g}s): first epoch incl. compile cold "
                   f"{cold['first_epoch_s']:5.2f} s (compile {cold['compile_s']:4.2f}) | warm {warm['first_epoch_s']:5.2f} s "
                   f"(compile {warm['compile_s']:4.2f}) | process start to end of epoch 1: cold "
                   f"{cold['wall_s'] - cold['process_s'] + cold['import_s'] + cold['first_epoch_s']:5.2f} s, warm "

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
+
 SCRIPT = textwrap.dedent('''
     import json, sys
     import jax
@@ -20,16 +22,20 @@ SCRIPT = textwrap.dedent('''
         T.OVERLAP_EVAL = overlap
         calls = []
         made = []
-        orig = T._OverlappedEvaluation.make
-        T._OverlappedEvaluation.make = classmethod(lambda cls, *a: made.append(orig(*a)) or made[-1])
+        compiled_eval = []  # the evaluate flag of each stepper compilation
+        orig_dev, orig_compile = T._OverlappedEvaluation.device, T._Stepper.compile
+        T._OverlappedEvaluation.device = staticmethod(lambda K: made.append(orig_dev(K)) or made[-1])
+        T._Stepper.compile = lambda self, *a, evaluate=True: compiled_eval.append(evaluate) or orig_compile(
+            self, *a, evaluate=evaluate)
         try:
             (r,) = T.train(prob, cfg, 0, on_epoch=lambda e, rows: calls.append([e, rows[0] is None]))
         finally:
-            T._OverlappedEvaluation.make = orig
+            T._OverlappedEvaluation.device, T._Stepper.compile = staticmethod(orig_dev), orig_compile
         leaves = jax.tree_util.tree_leaves(eqx.filter(r.model, eqx.is_inexact_array))
         return {"history": {k: v for k, v in r.history.items() if k != "wall_s"},
                 "diverged_epoch": r.diverged_epoch, "params": [np.asarray(a).tolist() for a in leaves],
-                "calls": calls, "overlapped": made[0] is not None}
+                "calls": calls, "overlapped": made[0] is not None, "initial": r.initial,
+                "compiled_eval": compiled_eval}
 
     cases = {
         "cartpole_C": (problems.get("cartpole", steps=10),
@@ -57,6 +63,11 @@ def test_overlapped_evaluation_gives_the_sequential_numbers():
         assert ov["diverged_epoch"] == seq["diverged_epoch"], name
         assert ov["params"] == seq["params"], name
         assert ov["calls"] == seq["calls"], name  # on_epoch: same epochs, same divergence reports
+        # the untrained controller's losses, evaluated on the second device while epoch 1 trains
+        assert ov["initial"] == seq["initial"], name
+        assert all(np.isfinite(v) for v in ov["initial"].values()), name
+        # overlapped: the training device compiles no evaluating program
+        assert seq["compiled_eval"] == [True] and ov["compiled_eval"] == [False], name
     assert out["linear_diverges"]["True"]["diverged_epoch"] == 4
     assert out["cartpole_R_every2"]["True"]["history"]["epoch"] == [2, 4, 5]
     assert out["cartpole_C"]["True"]["history"]["epoch"] == [1, 2, 3, 4, 5]

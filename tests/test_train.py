@@ -229,6 +229,29 @@ def test_make_model_compiles_the_initialiser_once_per_problem():
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.parametrize("name", ["cartpole", "guidance", "quantum", "toy-field", "linear"])
+def test_the_fast_compiled_initialiser_gives_the_eager_factorys_bits(name):
+    """The initialisation program compiles at a lower LLVM level (train.INIT_COMPILER_OPTIONS,
+    for a faster start): the weights must still be those of the factory run eagerly, bit for
+    bit, with and without a zero last kernel; the controller is otherwise the same (static
+    fields, structure)."""
+    from stablebptt import train as T
+
+    prob = problems.get(name)
+    for zero_last in (False, True):
+        init = T._CompiledInit(prob.make_controller, zero_last)
+        for s in (0, 7):
+            key = jax.random.PRNGKey(s)
+            fast, eager = init(key), prob.make_controller(key, zero_last=zero_last)
+            assert jax.tree_util.tree_structure(fast) == jax.tree_util.tree_structure(eager)
+            for a, b in zip(jax.tree_util.tree_leaves(fast), jax.tree_util.tree_leaves(eager)):
+                if eqx.is_array(b):
+                    assert a.dtype == b.dtype
+                    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+                else:
+                    assert a == b
+
+
 def test_minibatches_keep_the_order_or_draw_a_permutation_per_key():
     data = jnp.arange(20.0).reshape(10, 2)
     fixed = T._minibatches(data, jax.random.PRNGKey(0), False, 3, 3)
@@ -277,7 +300,7 @@ def test_training_programs_compile_from_abstract_shapes_or_after_the_controllers
     cfg = RunConfig(problem="cartpole", mode="C", epochs=2, n_train=16, n_test=8, problem_params={"steps": 8})
     compiles, checks = [], []
     real_compile, real_same = T._Stepper.compile, T._same_controller
-    monkeypatch.setattr(T._Stepper, "compile", lambda self, *a: compiles.append(1) or real_compile(self, *a))
+    monkeypatch.setattr(T._Stepper, "compile", lambda self, *a, **k: compiles.append(1) or real_compile(self, *a, **k))
     monkeypatch.setattr(T, "_same_controller", lambda *a: checks.append(real_same(*a)) or checks[-1])
 
     def run(problem):

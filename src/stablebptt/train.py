@@ -83,6 +83,33 @@ _INIT_PROGRAMS: dict = {}
 _INIT_PROGRAMS_MAX = 16
 
 
+#: XLA options for the controller-initialisation program on the CPU. It runs once per seed,
+#: but at LLVM's default level 3 its random-number code (threefry) took ~1 s to compile for
+#: the quantum CNN, ~0.6 s for the MLPs; level 1 takes ~0.4 s and gives the same bits (tested
+#: against the eager factory for every problem).
+INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
+
+
+class _CompiledInit:
+    """``key -> controller``: the factory traced once, its arrays computed by one program
+    (compiled at the first call, with :data:`INIT_COMPILER_OPTIONS` on the CPU), the rest
+    of the controller (static fields, non-array leaves) taken from that one trace."""
+
+    def __init__(self, factory: Callable, zero_last: bool):
+        self.factory, self.zero_last = factory, zero_last
+        self.compiled = self.rest = None
+
+    def _arrays(self, key):
+        arrays, self.rest = eqx.partition(self.factory(key, zero_last=self.zero_last), eqx.is_array)
+        return arrays
+
+    def __call__(self, key):
+        if self.compiled is None:
+            opts = INIT_COMPILER_OPTIONS if jax.default_backend() == "cpu" else {}
+            self.compiled = jax.jit(self._arrays).lower(key).compile(compiler_options=dict(opts))
+        return eqx.combine(self.compiled(key), self.rest)
+
+
 def _init_program(factory: Callable, zero_last: bool) -> Callable:
     """``key -> controller`` compiled once per factory: K seeds of one problem compile it
     once (a fresh jit per call compiled it K times, ~0.5 s each on CPU, more on a GPU)."""
@@ -91,7 +118,7 @@ def _init_program(factory: Callable, zero_last: bool) -> Callable:
     if hit is None or hit[0] is not factory:
         while len(_INIT_PROGRAMS) >= _INIT_PROGRAMS_MAX:
             _INIT_PROGRAMS.pop(next(iter(_INIT_PROGRAMS)))
-        hit = _INIT_PROGRAMS[k] = (factory, eqx.filter_jit(lambda key: factory(key, zero_last=zero_last)))
+        hit = _INIT_PROGRAMS[k] = (factory, _CompiledInit(factory, zero_last))
     return hit[1]
 
 
@@ -251,6 +278,12 @@ def _minibatches(train, key, shuffle: bool, nb: int, bs: int):
     return train[: nb * bs].reshape((nb, bs) + train.shape[1:])
 
 
+def _unused_key(key) -> np.ndarray:
+    """A key of ``key``'s shape and dtype for the minibatch program when it does not shuffle
+    (the key is then unused)."""
+    return np.zeros(key.shape, key.dtype)
+
+
 def build_epoch(problem: Problem, config: RunConfig, static, n_train: int):
     """Return ``epoch(params, opt_state, alive, train, test, key) -> (params, opt_state, alive, metrics)``.
 
@@ -353,31 +386,41 @@ class _Stepper:
         return (params, opt_state, jnp.ones(lead, bool), jnp.full(lead, -1, jnp.int32),
                 jnp.zeros(lead + (self.nb, 4), jnp.float32))
 
-    def compile(self, carry, train, test, key):
+    def compile(self, carry, train, test, key, evaluate: bool = True):
         """AOT-compile the programs: each is traced here and compiled on a pool of two threads
         as soon as it is traced (XLA releases the GIL), so the update program, the largest,
-        compiles while the others are traced; returns the seconds it took, tracing included."""
+        compiles while the others are traced; returns the seconds it took, tracing included.
+        ``key`` may be abstract (its shape and dtype are all that is needed: an eager key
+        computation would compile a program of its own at a cold start). ``evaluate=False``: no program that evaluates (every evaluation runs elsewhere, see
+        :class:`_OverlappedEvaluation`); :meth:`epoch` then only runs with ``evaluate=False``."""
         from concurrent.futures import ThreadPoolExecutor
 
         t0 = time.perf_counter()
         b_abs = jax.eval_shape(self._batches, train, key)
         programs = [  # the largest first: each compiles while the next ones are traced
             lambda: jax.jit(self._updates, donate_argnums=0).lower(carry, b_abs),
-            lambda: jax.jit(self._finish, donate_argnums=0).lower(carry, train, test),
             lambda: jax.jit(self._batches).lower(train, key),
             # the end of an epoch without evaluation (eval_every > 1 or overlapped evaluation)
             lambda: jax.jit(self._finish_unevaluated, donate_argnums=0).lower(carry),
         ]
+        if evaluate:
+            programs.insert(1, lambda: jax.jit(self._finish, donate_argnums=0).lower(carry, train, test))
         with ThreadPoolExecutor(2) as pool:
             futures = [pool.submit(lower().compile) for lower in programs]
-            self.updates, self.finish, self.batches, self.finish_unevaluated = [f.result() for f in futures]
-        self.fixed = None if self.shuffle else self.batches(train, key)
+            compiled = [f.result() for f in futures]
+        self.finish = compiled.pop(1) if evaluate else None
+        self.updates, self.batches, self.finish_unevaluated = compiled
+        self.fixed = None if self.shuffle else self.batches(train, _unused_key(key))
         return time.perf_counter() - t0
 
     def epoch(self, carry, train, test, key, evaluate: bool = True):
         b = self.fixed if self.fixed is not None else self.batches(train, key)
         carry = self.updates(carry, b)
-        return self.finish(carry, train, test) if evaluate else self.finish_unevaluated(carry)
+        if not evaluate:
+            return self.finish_unevaluated(carry)
+        if self.finish is None:
+            raise RuntimeError("compiled with evaluate=False: this stepper has no evaluating program")
+        return self.finish(carry, train, test)
 
     @staticmethod
     def alive(carry):
@@ -424,12 +467,12 @@ class _SeedLoop:
             self._data_key = key
         return self._data
 
-    def compile(self, carry, train, test, key):
+    def compile(self, carry, train, test, key, evaluate: bool = True):
         tr, te = self._per_seed(train, test)
-        keys = self._split(key, self.K)
-        t = self.one.compile(carry[0], tr[0], te[0], keys[0])
+        key_one = jax.ShapeDtypeStruct(key.shape[1:], key.dtype)  # one seed's key
+        t = self.one.compile(carry[0], tr[0], te[0], key_one, evaluate=evaluate)
         if self.one.fixed is not None:  # data order is fixed: each seed's minibatches once
-            self.fixed = [self.one.batches(tr[k], keys[k]) for k in range(self.K)]
+            self.fixed = [self.one.batches(tr[k], _unused_key(key_one)) for k in range(self.K)]
         return t
 
     def _stack(self, ms):
@@ -492,17 +535,20 @@ class _OverlappedEvaluation:
         self.compiled = self.pool.submit(lambda: ev.lower(p_abs, self.train, self.test).compile())
         self.pending = None
 
-    @classmethod
-    def make(cls, problem, static, K, train, test, params):
+    @staticmethod
+    def device(K: int):
+        """The second CPU device when :data:`OVERLAP_EVAL` applies to a run of K seeds, else None."""
         setting = OVERLAP_EVAL
         if setting is False or K != 1 or jax.default_backend() != "cpu":
             return None
         cpus = jax.devices("cpu")
         if len(cpus) < 2 or (setting == "auto" and (os.cpu_count() or 1) < 2):
             return None
-        return cls(problem, static, cpus[1], train, test, params)
+        return cpus[1]
 
-    def launch(self, epoch: int, vals: dict, wall: float, params) -> None:
+    def _submit(self, params):
+        """Copy ``params`` to the second device and queue their evaluation there:
+        ``(params there, future of (train_loss, test_loss))``."""
         p = jax.device_put(params, self.device)
         jax.block_until_ready(p)  # copied before the next update donates the buffers
 
@@ -510,7 +556,16 @@ class _OverlappedEvaluation:
             tr, te = jax.device_get(self.compiled.result()(p, self.train, self.test))
             return float(tr), float(te)
 
-        self.pending = ((epoch, vals, wall, p), self.pool.submit(run))
+        return p, self.pool.submit(run)
+
+    def evaluate_untrained(self, params):
+        """Future of (train_loss, test_loss) of the untrained ``params``: queued before epoch
+        1's evaluation, it runs while epoch 1 trains."""
+        return self._submit(params)[1]
+
+    def launch(self, epoch: int, vals: dict, wall: float, params) -> None:
+        p, fut = self._submit(params)
+        self.pending = ((epoch, vals, wall, p), fut)
 
     def collect(self):
         """``((epoch, train-metrics, wall, params on the second device), (train_loss,
@@ -569,6 +624,7 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
     else:
         TR, TE, KEY = stack(train_x), stack(test_x), stack(keys)
     epoch_key = lambda e: (jax.random.fold_in(KEY, e) if K == 1 else jax.vmap(lambda k: jax.random.fold_in(k, e))(KEY))
+    shuffle_key = lambda e: epoch_key(e) if config.shuffle else None  # unused in fixed order
     make_stepper = lambda static: (_SeedLoop if K > 1 and _seed_strategy() == "loop" else _Stepper)(
         problem, config, static, n_train, K)
 
@@ -581,6 +637,21 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
         opt = [stepper.tx.init(p) for p in ps]
         return stepper.init_carry(ps[0], opt[0]) if K == 1 else stepper.init_carry(stack(ps), stack(opt))
 
+    # With the evaluation overlapped on a second CPU device, every evaluation (the untrained
+    # controller's included) runs there: its program compiles on its own thread beside the
+    # training programs, and this device compiles no evaluating program.
+    eval_device = _OverlappedEvaluation.device(K)
+    overlap = None
+
+    def prepare(static_, params_abs, carry_abs):  # carry_abs: () -> the carry's abstract shapes
+        nonlocal stepper, overlap
+        stepper = make_stepper(static_)
+        if eval_device is not None:
+            if overlap is not None:
+                overlap.close()
+            overlap = _OverlappedEvaluation(problem, static_, eval_device, TR, TE, params_abs)
+        stepper.compile(carry_abs(), TR, TE, jax.eval_shape(lambda: epoch_key(1)), evaluate=overlap is None)
+
     t0 = time.perf_counter()
     stepper = p_abs = static_abs = None
     with ThreadPoolExecutor(1) as pool:
@@ -589,8 +660,7 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
         if early is not None:
             p_abs, static_abs = early
             flow_mod.check_problem_inputs(eqx.combine(p_abs, static_abs), x_probe, problem.step, problem.horizon)
-            stepper = make_stepper(static_abs)
-            stepper.compile(jax.eval_shape(lambda p: build_carry([p] * K), p_abs), TR, TE, epoch_key(1))
+            prepare(static_abs, p_abs, lambda: jax.eval_shape(lambda p: build_carry([p] * K), p_abs))
         models = models_f.result()
 
     split = [eqx.partition(m, eqx.is_inexact_array) for m in models]
@@ -600,8 +670,7 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
         # no abstract shapes, or the real controller differs from them (when it matches, the
         # check above on its abstract twin already covered it)
         flow_mod.check_problem_inputs(models[0], x_probe, problem.step, problem.horizon)
-        stepper = make_stepper(static)
-        stepper.compile(jax.eval_shape(build_carry, params), TR, TE, epoch_key(1))
+        prepare(static, params[0], lambda: jax.eval_shape(build_carry, params))
     compile_s = time.perf_counter() - t0  # tracing and compilation, the initialisation beside them
     want_stats = config.flow().combined or config.diagnostics
     # the carry as one small program (as eager ops, each distinct shape compiled its own
@@ -609,11 +678,15 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
     carry = jax.jit(build_carry)(params)
 
     # loss of the untrained controllers: the evaluation program on the initial parameters
-    probe = _copy_tree(carry)  # the finish program consumes its input
-    _, M0 = stepper.finish(probe, TR, TE)
-    M0 = jax.device_get(M0)
-    initial = [{"train_loss": float(np.atleast_1d(M0["train_loss"])[k]),
-                "test_loss": float(np.atleast_1d(M0["test_loss"])[k])} for k in range(K)]
+    # (overlapped: on the second device, while epoch 1 trains)
+    if overlap is not None:
+        initial_f = overlap.evaluate_untrained(params[0])
+    else:
+        probe = _copy_tree(carry)  # the finish program consumes its input
+        _, M0 = jax.device_get(stepper.finish(probe, TR, TE))
+        initial_f = None
+        initial = [{"train_loss": float(np.atleast_1d(M0["train_loss"])[k]),
+                    "test_loss": float(np.atleast_1d(M0["test_loss"])[k])} for k in range(K)]
 
     histories = [{k: [] for k in ("epoch", *METRICS, "wall_s")} for _ in range(K)]
     diverged_epoch: list[int | None] = [None] * K
@@ -636,7 +709,6 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
         h["wall_s"].append(wall)
 
     train_names = tuple(m for m in METRICS if m not in EVAL_METRICS)
-    overlap = _OverlappedEvaluation.make(problem, static, K, TR, TE, stepper.params(carry))
 
     def finish_overlapped() -> bool:
         """Complete the row of the pending overlapped evaluation; False if it diverged."""
@@ -662,12 +734,14 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
             t = time.perf_counter()
             evaluated = e % config.eval_every == 0 or e == config.epochs
             if overlap is not None:
-                # train epoch e on this device while epoch e-1 is evaluated on the other
-                carry, M = stepper.epoch(carry, TR, TE, epoch_key(e), evaluate=False)
-                M, alive_np = jax.device_get((M, stepper.alive(carry)))
-                wall = time.perf_counter() - t
+                # train epoch e on this device while epoch e-1 is evaluated on the other; the
+                # epoch is dispatched first, so epoch e-1's row is completed (and on_epoch
+                # called) as soon as its evaluation ends, while epoch e still trains
+                carry, M = stepper.epoch(carry, TR, TE, shuffle_key(e), evaluate=False)
                 if not finish_overlapped():
                     break
+                M, alive_np = jax.device_get((M, stepper.alive(carry)))
+                wall = time.perf_counter() - t
                 vals = row_values(M, 0, train_names)
                 if not bool(np.atleast_1d(alive_np)[0]) or not finite(vals):
                     diverged_epoch[0] = e
@@ -680,7 +754,7 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
                     on_epoch(e, [published(vals)])
                 continue
 
-            carry, M = stepper.epoch(carry, TR, TE, epoch_key(e), evaluate=evaluated)
+            carry, M = stepper.epoch(carry, TR, TE, shuffle_key(e), evaluate=evaluated)
             M, alive_np = jax.device_get((M, stepper.alive(carry)))
             alive_np = np.atleast_1d(np.asarray(alive_np))
             wall = time.perf_counter() - t
@@ -708,6 +782,9 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
         if overlap is not None:
             overlap.close()
     train_s = time.perf_counter() - t_train
+    if initial_f is not None:  # done: the pool ran it before any epoch's evaluation
+        tr0, te0 = initial_f.result()
+        initial = [{"train_loss": tr0, "test_loss": te0}]
 
     P = stepper.params(carry) if final_params is None else final_params
     results = []
