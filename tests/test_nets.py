@@ -100,6 +100,18 @@ def check_jacobian_protocol(m, x):
     assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
     for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+    # several fields at once (C's M and G: their kernel products as one matrix product): each
+    # equals its own autodiff vjp, in order
+    cts = [ct, jax.random.normal(jax.random.PRNGKey(3), c.shape), -2.0 * ct]
+    many = m.param_vjps_from_jacobian(x, res, deltas, cts)
+    assert len(many) == len(cts)
+    for ct_f, got_f in zip(cts, many):
+        want_f = jax.vjp(lambda q: eqx.combine(q, s)(x), p)[1](ct_f)[0]
+        got_f = eqx.filter(got_f, eqx.is_inexact_array)
+        assert jax.tree_util.tree_structure(got_f) == jax.tree_util.tree_structure(want_f)
+        for a, b in zip(jax.tree_util.tree_leaves(got_f), jax.tree_util.tree_leaves(want_f)):
+            assert a.shape == b.shape
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(b))))
     return jac, deltas
 
 

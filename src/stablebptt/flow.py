@@ -722,7 +722,8 @@ def _uses_batched_jacobian(params, static, x0, gate_sets) -> bool:
 def has_jacobian_methods(model) -> bool:
     """Does ``model`` implement the batched-Jacobian protocol (the library's MLP and QuantumCNN):
     ``forward_with_residuals``, ``jacobian_from_residuals(x, res) -> (J, deltas)`` and
-    ``param_vjp_from_jacobian(x, res, deltas, ct)``, with independent rows?"""
+    ``param_vjp_from_jacobian(x, res, deltas, ct)``, with independent rows? (Optional:
+    ``param_vjps_from_jacobian(x, res, deltas, cts)``, the vjps of several fields at once.)"""
     t = type(model)
     return rows_independent(model) and all(
         hasattr(t, a) for a in ("forward_with_residuals", "jacobian_from_residuals", "param_vjp_from_jacobian"))
@@ -788,15 +789,17 @@ def _fields_via_jacobian(params, static, x0, *, step, loss: TrajectoryLoss, hori
             rf = _merge_steps(res) if keep else model.forward_with_residuals(xf)[1]
             jac, deltas = model.jacobian_from_residuals(xf, rf)
             jac = jax.tree_util.tree_map(lambda a: a.reshape((T_, B) + a.shape[1:]), jac)
-            param_grad = lambda ct: eqx.filter(model.param_vjp_from_jacobian(xf, rf, deltas, _merge_steps(ct)),
-                                               eqx.is_inexact_array)
+            many = getattr(model, "param_vjps_from_jacobian", None)  # all fields' products at once
+            param_grads = lambda cts: [eqx.filter(g, eqx.is_inexact_array) for g in (
+                many(xf, rf, deltas, [_merge_steps(ct) for ct in cts]) if many is not None else
+                [model.param_vjp_from_jacobian(xf, rf, deltas, _merge_steps(ct)) for ct in cts])]
         else:
             _, pull = jax.vjp(lambda p, x: eqx.combine(p, static)(x), params, xf)
             basis = jnp.broadcast_to(jnp.eye(m, dtype=cs.dtype).reshape((m, 1) + cs.shape[2:]),
                                      (m, T_ * B) + cs.shape[2:])
             jac = jax.vmap(lambda b: pull(b)[1])(basis)  # leaves (m, rows, …)
             jac = jax.tree_util.tree_map(lambda a: jnp.moveaxis(a, 0, 1).reshape((T_, B, m) + a.shape[2:]), jac)
-            param_grad = lambda ct: pull(_merge_steps(ct))[0]
+            param_grads = lambda cts: [pull(_merge_steps(ct))[0] for ct in cts]
 
         # 3. the reverse sweep, one adjoint per field (stacked on a leading axis)
         one = jnp.ones((), cs.dtype)
@@ -820,7 +823,7 @@ def _fields_via_jacobian(params, static, x0, *, step, loss: TrajectoryLoss, hori
 
         lam, acs = jax.lax.scan(rbody, lam, (ns, xs, cs, jac, gs), reverse=True)
         # 4. parameter gradients on all rows
-        return lam, [param_grad(acs[:, f]) for f in range(nf)]
+        return lam, param_grads([acs[:, f] for f in range(nf)])
 
     def terminal(xT, ls):
         """L and the stacked adjoints of x_T (∂L/∂x_T for a final-state loss, else 0)."""

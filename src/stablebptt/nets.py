@@ -26,6 +26,20 @@ def glorot_uniform(key: jax.Array, shape: Sequence[int], fan_in: int, fan_out: i
     return jax.random.uniform(key, tuple(shape), jnp.float32, -limit, limit)
 
 
+def _kernel_products(inputs, ds, precision=None) -> list:
+    """[inputsᵀ·d for d in ds] as one matrix product inputsᵀ·[d_1 | d_2 | …], split after.
+
+    inputs (N, a); each d (N, b). The weight gradients of several fields (C's M and G) share
+    the layer inputs; one product with the fields side by side runs at a higher rate than one
+    product per field (measured: cart-pole C 1.54 → 1.39 ms per update, R 1.09 ms; one
+    cotangent gives the plain product)."""
+    if len(ds) == 1:
+        return [jnp.matmul(inputs.T, ds[0], precision=precision)]
+    k = jnp.matmul(inputs.T, jnp.concatenate(ds, axis=1), precision=precision)
+    w = [d.shape[1] for d in ds]
+    return jnp.split(k, np.cumsum(w)[:-1], axis=1)
+
+
 class Dense(eqx.Module):
     """y = x @ kernel + bias;  kernel (fan_in, fan_out)."""
 
@@ -97,11 +111,16 @@ class Conv(eqx.Module):
 
     def param_grads(self, x, ct):
         """(kernel, bias) gradients Σ over rows and positions for y = self(x) and cotangent ct."""
+        return self.param_grads_many(x, [ct])[0]
+
+    def param_grads_many(self, x, cts):
+        """[(kernel, bias) gradients for each cotangent in ``cts``]: the patches are formed
+        once and the kernel products of all cotangents are one matrix product
+        (patchesᵀ·[ct_1 | ct_2 | …], see :func:`_kernel_products`)."""
         p = self.patches(x)
-        p = p.reshape(-1, p.shape[-1])
-        d = ct.reshape(-1, ct.shape[-1])
-        k = jnp.matmul(p.T, d, precision=jax.lax.Precision.HIGHEST)
-        return k.reshape(self.kernel.shape), jnp.sum(d, axis=0)
+        ds = [ct.reshape(-1, ct.shape[-1]) for ct in cts]
+        ks = _kernel_products(p.reshape(-1, p.shape[-1]), ds, precision=jax.lax.Precision.HIGHEST)
+        return [(k.reshape(self.kernel.shape), jnp.sum(d, axis=0)) for k, d in zip(ks, ds)]
 
     def conv_reference(self, x):
         """The same convolution with ``lax.conv_general_dilated`` (for tests)."""
@@ -197,13 +216,19 @@ class MLP(eqx.Module):
     def param_vjp_from_jacobian(self, x, hs, deltas, ct):
         """Σ over rows of (∂control/∂θ)ᵀ·ct from :meth:`jacobian_from_residuals`'s ``deltas``
         (no backward matrix products: δ_i = Σ_k ct_k·deltas[i][:, k])."""
+        return self.param_vjps_from_jacobian(x, hs, deltas, [ct])[0]
+
+    def param_vjps_from_jacobian(self, x, hs, deltas, cts):
+        """[:meth:`param_vjp_from_jacobian` for each ct in ``cts``], each layer's kernel
+        products of all cotangents as one matrix product (:func:`_kernel_products`)."""
         n = x.shape[0]
         inputs = [x.reshape(n, -1), *hs]
-        c = ct.reshape(n, -1)  # (N, m)
-        ds = [jnp.einsum("nk,nkw->nw", c, dl) if c.shape[1] > 1 else c * dl[:, 0] for dl in deltas] + [c]
-        kernels = [inp.T @ d for inp, d in zip(inputs, ds)]
-        biases = [jnp.sum(d, axis=0) for d in ds]
-        return self._with_grads(kernels, biases)
+        cs = [ct.reshape(n, -1) for ct in cts]  # (N, m) each
+        dss = [[jnp.einsum("nk,nkw->nw", c, dl) if c.shape[1] > 1 else c * dl[:, 0] for dl in deltas] + [c]
+               for c in cs]  # per cotangent, per layer
+        per_layer = [_kernel_products(inp, [ds[i] for ds in dss]) for i, inp in enumerate(inputs)]
+        return [self._with_grads([ks[f] for ks in per_layer], [jnp.sum(d, axis=0) for d in ds])
+                for f, ds in enumerate(dss)]
 
 
 class QuantumCNN(eqx.Module):
@@ -259,16 +284,22 @@ class QuantumCNN(eqx.Module):
 
     def param_vjp_from_jacobian(self, x, hs, deltas, ct):
         """Σ over rows of (∂u/∂θ)ᵀ·ct from the unit deltas (only the kernel products remain)."""
+        return self.param_vjps_from_jacobian(x, hs, deltas, [ct])[0]
+
+    def param_vjps_from_jacobian(self, x, hs, deltas, cts):
+        """[:meth:`param_vjp_from_jacobian` for each ct in ``cts``], each layer's kernel
+        products of all cotangents as one matrix product."""
         (h2,) = hs
         h1 = self._hidden1(x)  # the same computation as in jacobian_from_residuals: XLA computes it once
-        c = ct.reshape(-1, 1, 1)
-        d1, d2 = c * deltas[0][:, 0], c * deltas[1][:, 0]
-        k2, b2 = self.conv2d.param_grads(x[..., None], d1[:, :, None, :])
-        k1, b1 = self.conv1d.param_grads(h1, d2)
-        kd = jnp.matmul(h2.reshape(h2.shape[0], -1).T, ct.reshape(-1, 1), precision=jax.lax.Precision.HIGHEST)
-        return eqx.tree_at(
+        cs = [ct.reshape(-1, 1, 1) for ct in cts]
+        conv2d = self.conv2d.param_grads_many(x[..., None], [(c * deltas[0][:, 0])[:, :, None, :] for c in cs])
+        conv1d = self.conv1d.param_grads_many(h1, [c * deltas[1][:, 0] for c in cs])
+        kds = _kernel_products(h2.reshape(h2.shape[0], -1), [ct.reshape(-1, 1) for ct in cts],
+                               precision=jax.lax.Precision.HIGHEST)
+        return [eqx.tree_at(
             lambda m: [m.conv2d.kernel, m.conv2d.bias, m.conv1d.kernel, m.conv1d.bias, m.dense.kernel, m.dense.bias],
-            self, [k2, b2, k1, b1, kd, jnp.sum(ct.reshape(-1, 1), axis=0)])
+            self, [*c2, *c1, kd, jnp.sum(ct.reshape(-1, 1), axis=0)])
+            for c2, c1, kd, ct in zip(conv2d, conv1d, kds, cts)]
 
 
 # ---------------------------------------------------------------- weights in / out
