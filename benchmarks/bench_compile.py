@@ -1,7 +1,7 @@
 """Start-up cost: the first epoch including compilation, with JAX's persistent compilation
 cache cold (first process ever) and warm (a second process start), per problem.
 
-    python benchmarks/bench_compile.py [--problems cartpole,guidance,quantum] [--mode C]
+    python benchmarks/bench_compile.py [--problems cartpole,guidance,quantum] [--mode C] [--cpu-devices 2,1]
 
 Each measurement is a fresh Python process that imports the library, enables the cache the
 way ``stablebptt.cli.setup_jax`` does (a fresh temporary cache folder per problem) and runs
@@ -10,7 +10,9 @@ calling ``train`` to the end of epoch 1 (data, model, tracing, compilation or ca
 evaluation of the untrained controller, epoch 1), the compile part of it, the steady epoch 2
 and the whole process wall time. ``--min-compile-s`` is the cache's
 ``jax_persistent_cache_min_compile_time_secs`` (``setup_jax`` uses 0.2; 0 also caches the
-small start-up programs).
+small start-up programs). ``--cpu-devices 2`` gives the child two CPU devices, as
+``stablebptt train`` does for one seed on a multi-core machine: every evaluation then runs on
+the second device, and epoch 1 counts as ended when its evaluation has.
 """
 from __future__ import annotations
 

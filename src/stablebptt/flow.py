@@ -697,8 +697,10 @@ def _field_value_and_grad(params, static, x0, *, step, loss: TrajectoryLoss, hor
 #: controller backward passes instead of one per-step backward per live field). Measured per
 #: update, per-step ÷ batched, interleaved (benchmarks/results.md, docs/performance.md): m = 1
 #: cart-pole R 1.3-1.4x, C 1.15-1.3x; quantum R 1.0-1.15x, C 1.1-1.15x. Guidance (m = 4): R
-#: 0.8-1.1x, C 1.0-1.1x, i.e. break-even, so it keeps the per-step path.
-JACOBIAN_MAX_CONTROLS = 1
+#: 0.8-1.1x, C 1.0-1.1x while each field's weight gradients were products of their own; since
+#: C's two fields share one product per layer (docs/performance.md item 25), R 1.01-1.03x and
+#: C 1.03-1.04x in two interleaved runs, so guidance takes the batched path too.
+JACOBIAN_MAX_CONTROLS = 4
 
 
 def _row_control_size(static, params, x0) -> int | None:
