@@ -391,7 +391,8 @@ class _Stepper:
         as soon as it is traced (XLA releases the GIL), so the update program, the largest,
         compiles while the others are traced; returns the seconds it took, tracing included.
         ``key`` may be abstract (its shape and dtype are all that is needed: an eager key
-        computation would compile a program of its own at a cold start). ``evaluate=False``: no program that evaluates (every evaluation runs elsewhere, see
+        computation would compile a program of its own at a cold start). ``evaluate=False``:
+        no program that evaluates (every evaluation runs elsewhere, see
         :class:`_OverlappedEvaluation`); :meth:`epoch` then only runs with ``evaluate=False``."""
         from concurrent.futures import ThreadPoolExecutor
 
@@ -514,7 +515,9 @@ OVERLAP_EVAL: bool | str = "auto"
 class _OverlappedEvaluation:
     """Pipelined evaluation for one seed on CPU: after epoch e's updates, the parameters are
     copied to the second CPU device and evaluated there by a worker thread (XLA releases the
-    GIL) while epoch e+1 trains on the first. Measured on the 2-core machine: the cart-pole
+    GIL) while epoch e+1 trains on the first (the untrained controller: while epoch 1
+    trains; the evaluation program compiles on that thread while the training programs
+    compile). Measured on the 2-core machine: the cart-pole
     evaluation (17 ms) disappears from the 90 ms epoch. Epoch e's row is completed when its
     evaluation is collected (one epoch later, or after the last epoch); a non-finite
     evaluation marks the run diverged at e with the parameters that were evaluated, as the
@@ -652,41 +655,46 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
             overlap = _OverlappedEvaluation(problem, static_, eval_device, TR, TE, params_abs)
         stepper.compile(carry_abs(), TR, TE, jax.eval_shape(lambda: epoch_key(1)), evaluate=overlap is None)
 
-    t0 = time.perf_counter()
-    stepper = p_abs = static_abs = None
-    with ThreadPoolExecutor(1) as pool:
-        models_f = pool.submit(lambda: [make_model(problem, config, s) for s in seeds])
-        early = _abstract_split(problem, config)
-        if early is not None:
-            p_abs, static_abs = early
-            flow_mod.check_problem_inputs(eqx.combine(p_abs, static_abs), x_probe, problem.step, problem.horizon)
-            prepare(static_abs, p_abs, lambda: jax.eval_shape(lambda p: build_carry([p] * K), p_abs))
-        models = models_f.result()
+    try:  # the overlapped evaluator's thread is shut down if start-up fails
+        t0 = time.perf_counter()
+        stepper = p_abs = static_abs = None
+        with ThreadPoolExecutor(1) as pool:
+            models_f = pool.submit(lambda: [make_model(problem, config, s) for s in seeds])
+            early = _abstract_split(problem, config)
+            if early is not None:
+                p_abs, static_abs = early
+                flow_mod.check_problem_inputs(eqx.combine(p_abs, static_abs), x_probe, problem.step, problem.horizon)
+                prepare(static_abs, p_abs, lambda: jax.eval_shape(lambda p: build_carry([p] * K), p_abs))
+            models = models_f.result()
 
-    split = [eqx.partition(m, eqx.is_inexact_array) for m in models]
-    static = split[0][1]
-    params = [p for p, _ in split]
-    if stepper is None or not _same_controller(static, params[0], static_abs, p_abs):
-        # no abstract shapes, or the real controller differs from them (when it matches, the
-        # check above on its abstract twin already covered it)
-        flow_mod.check_problem_inputs(models[0], x_probe, problem.step, problem.horizon)
-        prepare(static, params[0], lambda: jax.eval_shape(build_carry, params))
-    compile_s = time.perf_counter() - t0  # tracing and compilation, the initialisation beside them
-    want_stats = config.flow().combined or config.diagnostics
-    # the carry as one small program (as eager ops, each distinct shape compiled its own
-    # program: ~0.2 s at a cold start)
-    carry = jax.jit(build_carry)(params)
+        split = [eqx.partition(m, eqx.is_inexact_array) for m in models]
+        static = split[0][1]
+        params = [p for p, _ in split]
+        if stepper is None or not _same_controller(static, params[0], static_abs, p_abs):
+            # no abstract shapes, or the real controller differs from them (when it matches, the
+            # check above on its abstract twin already covered it)
+            flow_mod.check_problem_inputs(models[0], x_probe, problem.step, problem.horizon)
+            prepare(static, params[0], lambda: jax.eval_shape(build_carry, params))
+        compile_s = time.perf_counter() - t0  # tracing and compilation, the initialisation beside them
+        want_stats = config.flow().combined or config.diagnostics
+        # the carry as one small program (as eager ops, each distinct shape compiled its own
+        # program: ~0.2 s at a cold start)
+        carry = jax.jit(build_carry)(params)
 
-    # loss of the untrained controllers: the evaluation program on the initial parameters
-    # (overlapped: on the second device, while epoch 1 trains)
-    if overlap is not None:
-        initial_f = overlap.evaluate_untrained(params[0])
-    else:
-        probe = _copy_tree(carry)  # the finish program consumes its input
-        _, M0 = jax.device_get(stepper.finish(probe, TR, TE))
-        initial_f = None
-        initial = [{"train_loss": float(np.atleast_1d(M0["train_loss"])[k]),
-                    "test_loss": float(np.atleast_1d(M0["test_loss"])[k])} for k in range(K)]
+        # loss of the untrained controllers: the evaluation program on the initial parameters
+        # (overlapped: on the second device, while epoch 1 trains)
+        if overlap is not None:
+            initial_f = overlap.evaluate_untrained(params[0])
+        else:
+            probe = _copy_tree(carry)  # the finish program consumes its input
+            _, M0 = jax.device_get(stepper.finish(probe, TR, TE))
+            initial_f = None
+            initial = [{"train_loss": float(np.atleast_1d(M0["train_loss"])[k]),
+                        "test_loss": float(np.atleast_1d(M0["test_loss"])[k])} for k in range(K)]
+    except BaseException:
+        if overlap is not None:
+            overlap.close()
+        raise
 
     histories = [{k: [] for k in ("epoch", *METRICS, "wall_s")} for _ in range(K)]
     diverged_epoch: list[int | None] = [None] * K
