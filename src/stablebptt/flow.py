@@ -506,9 +506,9 @@ def unrolled_loss(params, static, x0, *, step, loss: TrajectoryLoss, horizon: in
 #   For M and S the loop then contains no controller backward at all (its input gate is 0).
 # * With ``checkpoint_every`` the unroll runs in ``jax.checkpoint`` segments and the final
 #   controller vjp runs in chunks, so memory stays ~ T/seg carries + one segment.
-# * Fields with a live controller gate and one control per row use the batched-Jacobian
-#   path further below instead (no controller backward inside any loop); it does its own
-#   segments for ``checkpoint_every``.
+# * Fields with a live controller gate and at most JACOBIAN_MAX_CONTROLS controls per row
+#   use the batched-Jacobian path further below instead (no controller backward inside any
+#   loop); it does its own segments for ``checkpoint_every``.
 
 def _zeros_like_controls(model, x0, horizon: int):
     c_struct = jax.eval_shape(model, x0)

@@ -109,12 +109,9 @@ class Conv(eqx.Module):
         (g,) = jax.linear_transpose(nobias, jax.ShapeDtypeStruct(x_shape, ct.dtype))(ct)
         return g
 
-    def param_grads(self, x, ct):
-        """(kernel, bias) gradients Σ over rows and positions for y = self(x) and cotangent ct."""
-        return self.param_grads_many(x, [ct])[0]
-
     def param_grads_many(self, x, cts):
-        """[(kernel, bias) gradients for each cotangent in ``cts``]: the patches are formed
+        """[(kernel, bias) gradients Σ over rows and positions for y = self(x), for each
+        cotangent in ``cts``]: the patches are formed
         once and the kernel products of all cotangents are one matrix product
         (patchesᵀ·[ct_1 | ct_2 | …], see :func:`_kernel_products`)."""
         p = self.patches(x)

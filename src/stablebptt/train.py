@@ -655,7 +655,7 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
             overlap = _OverlappedEvaluation(problem, static_, eval_device, TR, TE, params_abs)
         stepper.compile(carry_abs(), TR, TE, jax.eval_shape(lambda: epoch_key(1)), evaluate=overlap is None)
 
-    try:  # the overlapped evaluator's thread is shut down if start-up fails
+    try:  # the overlapped evaluator's thread is shut down however the run ends
         t0 = time.perf_counter()
         stepper = p_abs = static_abs = None
         with ThreadPoolExecutor(1) as pool:
@@ -691,53 +691,49 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
             initial_f = None
             initial = [{"train_loss": float(np.atleast_1d(M0["train_loss"])[k]),
                         "test_loss": float(np.atleast_1d(M0["test_loss"])[k])} for k in range(K)]
-    except BaseException:
-        if overlap is not None:
-            overlap.close()
-        raise
 
-    histories = [{k: [] for k in ("epoch", *METRICS, "wall_s")} for _ in range(K)]
-    diverged_epoch: list[int | None] = [None] * K
-    final_params = None  # set when an overlapped evaluation finds a divergence
+        histories = [{k: [] for k in ("epoch", *METRICS, "wall_s")} for _ in range(K)]
+        diverged_epoch: list[int | None] = [None] * K
+        final_params = None  # set when an overlapped evaluation finds a divergence
 
-    def row_values(M, k, names):
-        return {name: float(np.atleast_1d(M[name])[k]) for name in names}
+        def row_values(M, k, names):
+            return {name: float(np.atleast_1d(M[name])[k]) for name in names}
 
-    def finite(vals):
-        return all(np.isfinite(list(vals.values())))
+        def finite(vals):
+            return all(np.isfinite(list(vals.values())))
 
-    def published(vals):  # cos_mg / sign_agree are only meaningful when computed
-        return vals if want_stats else vals | {"cos_mg": float("nan"), "sign_agree": float("nan")}
+        def published(vals):  # cos_mg / sign_agree are only meaningful when computed
+            return vals if want_stats else vals | {"cos_mg": float("nan"), "sign_agree": float("nan")}
 
-    def record(k, e, vals, wall):
-        h = histories[k]
-        h["epoch"].append(e)
-        for name in METRICS:
-            h[name].append(vals[name])
-        h["wall_s"].append(wall)
+        def record(k, e, vals, wall):
+            h = histories[k]
+            h["epoch"].append(e)
+            for name in METRICS:
+                h[name].append(vals[name])
+            h["wall_s"].append(wall)
 
-    train_names = tuple(m for m in METRICS if m not in EVAL_METRICS)
+        train_names = tuple(m for m in METRICS if m not in EVAL_METRICS)
 
-    def finish_overlapped() -> bool:
-        """Complete the row of the pending overlapped evaluation; False if it diverged."""
-        nonlocal final_params
-        done = overlap.collect()
-        if done is None:
-            return True
-        (pe, pvals, pwall, pparams), (tr_l, te_l) = done
-        pvals = pvals | {"train_loss": tr_l, "test_loss": te_l}
-        ok = finite(pvals)
-        if ok:
-            pvals = published(pvals)
-            record(0, pe, pvals, pwall)
-        else:
-            diverged_epoch[0] = pe
-            final_params = jax.device_put(pparams, jax.devices("cpu")[0])
-        if on_epoch is not None:
-            on_epoch(pe, [pvals if ok else None])
-        return ok
-    t_train = time.perf_counter()
-    try:
+        def finish_overlapped() -> bool:
+            """Complete the row of the pending overlapped evaluation; False if it diverged."""
+            nonlocal final_params
+            done = overlap.collect()
+            if done is None:
+                return True
+            (pe, pvals, pwall, pparams), (tr_l, te_l) = done
+            pvals = pvals | {"train_loss": tr_l, "test_loss": te_l}
+            ok = finite(pvals)
+            if ok:
+                pvals = published(pvals)
+                record(0, pe, pvals, pwall)
+            else:
+                diverged_epoch[0] = pe
+                final_params = jax.device_put(pparams, jax.devices("cpu")[0])
+            if on_epoch is not None:
+                on_epoch(pe, [pvals if ok else None])
+            return ok
+
+        t_train = time.perf_counter()
         for e in range(1, config.epochs + 1):
             t = time.perf_counter()
             evaluated = e % config.eval_every == 0 or e == config.epochs
