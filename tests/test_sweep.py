@@ -236,11 +236,11 @@ def test_jobs_are_queued_seed_major_and_vmap_groups_hold_all_seeds():
     jobs = sweep.expand(sweep.load_spec(small_spec(seeds=3)))
     assert [s for _, s in jobs][:3] == [0, 1, 2]  # expansion: config-major
     groups = sweep._groups(jobs, vmap_seeds=False)
-    seeds = [s for _, (s,) in groups]
+    seeds = [s for _, (s,), _ in groups]
     assert seeds == sorted(seeds) and len(groups) == len(jobs)  # queue: seed-major (cache hits)
-    assert {(run_id(c, s)) for c, (s,) in groups} == {run_id(c, s) for c, s in jobs}
+    assert {(run_id(c, s)) for c, (s,), _ in groups} == {run_id(c, s) for c, s in jobs}
     vm = sweep._groups(jobs, vmap_seeds=True)
-    assert len(vm) == len(jobs) // 3 and all(s == [0, 1, 2] for _, s in vm)
+    assert len(vm) == len(jobs) // 3 and all(s == [0, 1, 2] and lanes is None for _, s, lanes in vm)
 
 
 def test_workers_use_full_float32_matmuls_on_accelerators(monkeypatch):

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import equinox as eqx
 import jax
@@ -1042,6 +1042,65 @@ def value_and_update(model, x0, *, step, loss: TrajectoryLoss, horizon: int,
         gates = _schedule_gates(flow.mode, horizon, flow)
         val, update = _field_value_and_grad(params, static, x0, gates=gates, **kw)
         info = {}
+    info["update_norm"] = tree_norm(update)
+    return val, update, info
+
+
+# ----------------------------------------------------------------------------- lanes
+class LaneFlow(NamedTuple):
+    """A gradient-flow mode as *data*, so that runs of different modes can be lanes of one
+    vmapped program (``train.train(..., lane_configs=...)``; a GPU runs 60 lanes in about
+    the time of one).
+
+    Every mode is two fields on one forward pass: field a with gates ``gates_a``, field b
+    with ``gates_b``; the update is ``combine(a, b)`` where ``combined`` is true (mode C:
+    a = M, b = R by default), else a (b is then the true gradient R, used only for the
+    cos/sign statistics, as with ``diagnostics``).
+
+    gates_a, gates_b: (T, 2) float32, (g_ctrl, g_phys) per step (truncation and decay
+    included); combined: bool scalar. Leading lane axes are added by ``vmap``.
+    """
+
+    gates_a: Any
+    gates_b: Any
+    combined: Any
+
+
+def lane_flow(flow: "Flow | str | Sequence[str]", horizon: int) -> LaneFlow:
+    """The :class:`LaneFlow` of ``flow`` (numpy arrays). Every mode, schedule, truncation and
+    decay is a lane; the AND-mask (per-sample updates) is not. The combiner is not part of the
+    lane: lanes of one program share it (``lane_value_and_update``'s ``combiner``)."""
+    flow = as_flow(flow)
+    if flow.and_mask:
+        raise ValueError(f"and_mask={flow.and_mask!r} cannot run as a lane (it needs per-sample updates); "
+                         "lanes allow and_mask=0 only")
+    fa, fb = flow.c_fields if flow.combined else (flow.mode, "R")
+    full = lambda g: np.array(np.broadcast_to(np.asarray(g, np.float32), (horizon, 2)))
+    gb = _schedule_gates(fb, horizon, flow) if flow.combined else GATES["R"]
+    return LaneFlow(full(_schedule_gates(fa, horizon, flow)), full(gb), np.bool_(flow.combined))
+
+
+def lane_value_and_update(model, x0, lane: LaneFlow, *, step, loss: TrajectoryLoss, horizon: int,
+                          combiner: "str | Callable" = "sign", checkpoint_every: int | str | None = None,
+                          memory_budget: int | None = None):
+    """:func:`value_and_update` with the mode given as data (a :class:`LaneFlow`, traced:
+    vmap it over lanes). Returns ``(loss, update, info)`` with ``update_norm``, ``cos_mg``
+    and ``sign_agree`` (cos/sign of the two fields, for every lane).
+
+    Same numbers as :func:`value_and_update` up to float32 round-off, not bit for bit: both
+    fields always come from the two-field program, whose merged weight-gradient products
+    sum in another order (relative differences ~1e-7 per update)."""
+    if isinstance(checkpoint_every, str):
+        checkpoint_every = resolve_checkpoint_every(checkpoint_every, model, x0, step=step, loss=loss,
+                                                    horizon=horizon, flow=Flow("C"), memory_budget=memory_budget)
+    params, static = _split(model)
+    ga = jnp.broadcast_to(jnp.asarray(lane.gates_a, jnp.float32), (horizon, 2))
+    gb = jnp.broadcast_to(jnp.asarray(lane.gates_b, jnp.float32), (horizon, 2))
+    val, ua, ub = _two_fields_value_and_grad(params, static, x0, step=step, loss=loss, horizon=horizon,
+                                             gates_a=ga, gates_b=gb, checkpoint_every=checkpoint_every)
+    combine = combiner if callable(combiner) else COMBINERS[combiner]
+    update = jax.tree_util.tree_map(lambda c, a: jnp.where(lane.combined, c, a), combine(ua, ub), ua)
+    info = field_stats(ua, ub)
     info["update_norm"] = tree_norm(update)
     return val, update, info
 

@@ -159,6 +159,31 @@ def run_seeds(config: RunConfig, seeds: Sequence[int], root: str | Path = "runs"
     return folders
 
 
+def run_lanes(lanes: Sequence[tuple[RunConfig, int]], root: str | Path = "runs", *,
+              on_epoch: Callable | None = None) -> list[Path]:
+    """Like :func:`run` for several (config, seed) pairs that differ only in
+    :data:`stablebptt.train.LANE_FIELDS` (mode, learning rate, clipping): the missing ones
+    train as the lanes of one vmapped program (``train(..., lane_configs=...)``). Each result
+    goes to the folder its own :func:`run` would write (the manifest names the lanes); its
+    numbers equal that run's up to float32 round-off."""
+    from . import problems
+    from .train import train
+
+    lanes = [(c, int(s)) for c, s in lanes]
+    if not lanes:
+        return []
+    folders = [Path(root) / run_id(c, s) for c, s in lanes]
+    todo = [(c, s) for (c, s), f in zip(lanes, folders) if not is_done(f)]
+    if todo:
+        configs, seeds = [c for c, _ in todo], [s for _, s in todo]
+        problem = problems.get(configs[0].problem, **configs[0].problem_params)
+        results = train(problem, configs[0], seeds, on_epoch=on_epoch, lane_configs=configs)
+        names = [run_id(c, s) for c, s in todo]
+        for (c, s), r in zip(todo, results):
+            write_result(Path(root) / run_id(c, s), c, s, r, {"vmapped_lanes": names})
+    return folders
+
+
 def clean_stale_temps(root: str | Path) -> int:
     """Remove temp folders left by killed runs; returns how many were removed."""
     root = Path(root)

@@ -54,7 +54,9 @@ Executors:
 * ``ray``: the same ``run(config, seed, root)`` as Ray tasks (``pip install "stablebptt[ray]"``;
   ``address=None`` starts a local cluster, ``"auto"`` or ``"ray://…"`` joins one).
 
-``vmap_seeds=True`` batches jobs that differ only in their seed into one vmapped program.
+``vmap_seeds=True`` batches jobs that differ only in their seed into one vmapped program;
+``vmap_configs=True`` also those that differ in mode, learning rate or clipping (lanes, for
+accelerators: the cart-pole figure's 60 runs per pole count as one program).
 """
 from __future__ import annotations
 
@@ -309,15 +311,19 @@ def enable_compile_cache(cache_dir: str | None) -> None:
     _CACHE["dir"] = cache_dir
 
 
-def _job(config_dict: dict, seeds: list[int], root: str, cache_dir: str | None = None) -> list[dict]:
-    """Worker entry (picklable): run one config for the given seeds; return their summaries."""
-    from .run import run, run_seeds, use_full_float32_matmuls
+def _job(config_dict: dict, seeds: list[int], root: str, cache_dir: str | None = None,
+         lanes: list[dict] | None = None) -> list[dict]:
+    """Worker entry (picklable): run one config for the given seeds, or with ``lanes`` (one
+    config dict per seed) the (config, seed) lanes of one program; return their summaries."""
+    from .run import run, run_lanes, run_seeds, use_full_float32_matmuls
 
     enable_compile_cache(cache_dir)
     use_full_float32_matmuls()
 
     cfg = RunConfig(**config_dict)
-    if len(seeds) == 1:
+    if lanes is not None:
+        folders = run_lanes([(RunConfig(**d), s) for d, s in zip(lanes, seeds)], root)
+    elif len(seeds) == 1:
         folders = [run(cfg, seeds[0], root)]
     else:
         folders = run_seeds(cfg, seeds, root)
@@ -362,21 +368,37 @@ class SweepReport:
                     diverged=self.diverged, failed=self.failed, wall_s=self.wall_s)
 
 
-def _groups(todo: list[tuple[RunConfig, int]], vmap_seeds: bool) -> list[tuple[RunConfig, list[int]]]:
+def _groups(todo: list[tuple[RunConfig, int]], vmap_seeds: bool,
+            vmap_configs: bool = False) -> list[tuple[RunConfig, list[int], list[dict] | None]]:
+    """Jobs as (config, seeds, lanes): one job per (config, seed), per config with
+    ``vmap_seeds``, or with ``vmap_configs`` per set of configs that can be lanes of one
+    program (:func:`stablebptt.train.lane_key`; lanes = one config dict per seed)."""
+    if vmap_configs:
+        from .train import lane_key
+
+        lanes: dict[str, list[tuple[RunConfig, int]]] = {}
+        single = []  # the AND-mask cannot be a lane; a group of one is a plain run
+        for c, s in todo:
+            if c.and_mask:
+                single.append((c, [s], None))
+            else:
+                lanes.setdefault(lane_key(c), []).append((c, s))
+        return [(g[0][0], [s for _, s in g], [c.to_dict() for c, _ in g]) if len(g) > 1 else (g[0][0], [g[0][1]], None)
+                for g in lanes.values()] + single
     if not vmap_seeds:
         # seed-major order: the seeds of one config never compile side by side, so all but the
         # first find its programs in the shared compilation cache
         order = {s: i for i, s in enumerate(dict.fromkeys(s for _, s in todo))}
-        return [(c, [s]) for c, s in sorted(todo, key=lambda cs: order[cs[1]])]
-    grouped: dict[str, tuple[RunConfig, list[int]]] = {}
+        return [(c, [s], None) for c, s in sorted(todo, key=lambda cs: order[cs[1]])]
+    grouped: dict[str, tuple[RunConfig, list[int], None]] = {}
     for c, s in todo:
         key = json.dumps(c.to_dict(), sort_keys=True)
-        grouped.setdefault(key, (c, []))[1].append(s)
+        grouped.setdefault(key, (c, [], None))[1].append(s)
     return list(grouped.values())
 
 
 def run_sweep(spec: SweepSpec, root: str | Path, *, executor: str = "local", workers: int | None = None,
-              address: str | None = None, vmap_seeds: bool = False,
+              address: str | None = None, vmap_seeds: bool = False, vmap_configs: bool = False,
               progress: Optional[Callable[[dict], None]] = None, cache_dir: str | None = None) -> SweepReport:
     """Run every missing job of ``spec`` under ``root``; return counts (computed / skipped / diverged).
 
@@ -386,6 +408,11 @@ def run_sweep(spec: SweepSpec, root: str | Path, *, executor: str = "local", wor
 
     ``progress`` receives a dict ``{done, running, diverged, skipped, total, eta_s}`` after
     every change.
+
+    ``vmap_configs``: the jobs that differ only in seed, mode, learning rate or clipping
+    (:data:`stablebptt.train.LANE_FIELDS`) train as the lanes of one vmapped program (for
+    accelerators, where they cost little more than one run; on a CPU it is slower than one
+    process per core, see docs/performance.md "Lanes").
     """
     if executor not in EXECUTORS:
         raise SpecError(f"executor={executor!r}; allowed: {', '.join(EXECUTORS)}")
@@ -396,7 +423,7 @@ def run_sweep(spec: SweepSpec, root: str | Path, *, executor: str = "local", wor
     jobs = expand(spec)
     todo = [(c, s) for c, s in jobs if not is_done(root / run_id(c, s))]
     report = SweepReport(root=root, jobs=len(jobs), skipped=len(jobs) - len(todo))
-    groups = _groups(todo, vmap_seeds)
+    groups = _groups(todo, vmap_seeds, vmap_configs)
     t0 = time.perf_counter()
     state = {"done": 0, "running": 0, "diverged": 0, "skipped": report.skipped, "total": len(jobs), "eta_s": None}
 
@@ -415,9 +442,9 @@ def run_sweep(spec: SweepSpec, root: str | Path, *, executor: str = "local", wor
     if progress:
         progress(dict(state))
     if executor == "serial":
-        for c, seeds in groups:
+        for c, seeds, lanes in groups:
             state["running"] = len(seeds)
-            finished(_job(c.to_dict(), seeds, str(root)))
+            finished(_job(c.to_dict(), seeds, str(root), None, lanes))
         state["running"] = 0
     elif executor == "local":
         import multiprocessing
@@ -430,8 +457,8 @@ def run_sweep(spec: SweepSpec, root: str | Path, *, executor: str = "local", wor
             with ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_init_worker,
                                      initargs=(SINGLE_THREAD_XLA, os.getpid())) as pool:
                 try:
-                    pending = {pool.submit(_job, c.to_dict(), seeds, str(root), cache_dir): (c, seeds)
-                               for c, seeds in groups}
+                    pending = {pool.submit(_job, c.to_dict(), seeds, str(root), cache_dir, lanes): (c, seeds)
+                               for c, seeds, lanes in groups}
                     while pending:
                         state["running"] = min(n, len(pending))
                         done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
@@ -467,7 +494,8 @@ def run_sweep(spec: SweepSpec, root: str | Path, *, executor: str = "local", wor
         try:
             # per task as well, so an already initialised Ray gets the flags too
             remote = ray.remote(num_cpus=1)(_job).options(runtime_env={"env_vars": WORKER_ENV})
-            refs = {remote.remote(c.to_dict(), seeds, str(root.resolve()), cache_dir): (c, seeds) for c, seeds in groups}
+            refs = {remote.remote(c.to_dict(), seeds, str(root.resolve()), cache_dir, lanes): (c, seeds)
+                    for c, seeds, lanes in groups}
             try:
                 cpus = int(ray.cluster_resources().get("CPU", 1))
                 while refs:

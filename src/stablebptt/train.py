@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import equinox as eqx
 import jax
@@ -180,18 +180,32 @@ def _checkpoint_kw(config: RunConfig, n_programs: int = 1) -> dict:
     return kw
 
 
-def _make_update(problem: Problem, config: RunConfig, static, tx, n_programs: int = 1):
+class _LaneState(NamedTuple):
+    """The optimizer state of a lane (``train(..., lane_configs=...)``): the lane's mode as
+    data and its optimizer state, whose settings hold the learning rate and clipping."""
+
+    flow: flow_mod.LaneFlow
+    opt: optim.LaneOptState
+
+
+def _make_update(problem: Problem, config: RunConfig, static, tx, n_programs: int = 1, lanes: bool = False):
     """``update(params, opt_state, alive, bad, idx, xb) -> (params, opt_state, ok, bad, stats)``:
-    one minibatch update with the divergence guard (stats = [loss, update_norm, cos_mg, sign_agree])."""
+    one minibatch update with the divergence guard (stats = [loss, update_norm, cos_mg, sign_agree]).
+    ``lanes``: the mode, learning rate and clipping come from ``opt_state`` (a :class:`_LaneState`)."""
     flow = config.flow()
     kw = dict(step=problem.step, loss=problem.loss, horizon=problem.horizon, **_checkpoint_kw(config, n_programs))
 
     def update(params, opt_state, alive, bad, idx, xb):
         model = eqx.combine(params, static)
-        val, upd, info = flow_mod.value_and_update(
-            model, xb, flow=flow, diagnostics=config.diagnostics, validate=False, **kw)
+        if lanes:
+            val, upd, info = flow_mod.lane_value_and_update(model, xb, opt_state.flow, combiner=config.combiner, **kw)
+            steps, new_inner = tx.update(upd, opt_state.opt, params)
+            new_opt = _LaneState(opt_state.flow, new_inner)
+        else:
+            val, upd, info = flow_mod.value_and_update(
+                model, xb, flow=flow, diagnostics=config.diagnostics, validate=False, **kw)
+            steps, new_opt = tx.update(upd, opt_state, params)
         ok = alive & jnp.isfinite(val) & _all_finite(upd)
-        steps, new_opt = tx.update(upd, opt_state, params)
         new_params = eqx.apply_updates(params, steps)
         ok = ok & _all_finite(new_params)
         keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
@@ -331,14 +345,21 @@ class _Stepper:
     gradients ~8x slower; that is no longer so.)
     """
 
-    def __init__(self, problem: Problem, config: RunConfig, static, n_train: int, K: int):
-        self.tx = optim.make(config.optimizer, config.lr, config.clip, config.clip_threshold,
-                             momentum=config.momentum)
+    def __init__(self, problem: Problem, config: RunConfig, static, n_train: int, K: int,
+                 lanes: Sequence[RunConfig] | None = None):
+        if lanes is None:
+            self.tx = optim.make(config.optimizer, config.lr, config.clip, config.clip_threshold,
+                                 momentum=config.momentum)
+        else:  # K lanes: mode, learning rate and clipping per lane, as data in the optimizer state
+            self.tx = optim.lane_optimizer(config.optimizer, momentum=config.momentum)
+            self._lanes = [(flow_mod.lane_flow(c.flow(), problem.horizon),
+                            optim.lane_settings(c.lr, c.clip, c.clip_threshold)) for c in lanes]
+        self.lanes = lanes
         self.bs = config.batch_size
         self.nb = n_train // self.bs
         self.shuffle = config.shuffle
         self.K = K
-        update = _make_update(problem, config, static, self.tx, n_programs=K)
+        update = _make_update(problem, config, static, self.tx, n_programs=K, lanes=lanes is not None)
         evaluate = _make_evaluate(problem, static)
         nb, bs = self.nb, self.bs
 
@@ -380,6 +401,13 @@ class _Stepper:
 
         self._updates, self._batches, self._finish = updates, batches, finish
         self._finish_unevaluated = finish_unevaluated
+
+    def init_opt(self, params, k: int):
+        """The optimizer state of seed (or lane) k with parameters ``params``."""
+        if self.lanes is None:
+            return self.tx.init(params)
+        lane_flow, settings = self._lanes[k]
+        return _LaneState(lane_flow, self.tx.init(params, settings))
 
     def init_carry(self, params, opt_state):
         lead = () if self.K == 1 else (self.K,)
@@ -453,6 +481,9 @@ class _SeedLoop:
     def __init__(self, problem: Problem, config: RunConfig, static, n_train: int, K: int):
         self.one = _Stepper(problem, config, static, n_train, 1)
         self.tx, self.K, self.nb = self.one.tx, K, self.one.nb
+
+    def init_opt(self, params, k: int):
+        return self.one.init_opt(params, 0)
 
     @staticmethod
     def _split(tree, K):
@@ -583,9 +614,42 @@ class _OverlappedEvaluation:
         self.pool.shutdown(wait=True)
 
 
+#: the RunConfig fields in which the lanes of one program may differ (``train``'s
+#: ``lane_configs``): the gradient flow (a :class:`stablebptt.flow.LaneFlow`), the learning
+#: rate and the clipping (a :class:`stablebptt.optim.LaneSettings`); ``diagnostics`` changes
+#: nothing there (lanes always compute cos/sign).
+LANE_FIELDS = ("mode", "truncate", "decay", "lr", "clip", "clip_threshold", "diagnostics")
+
+
+def lane_key(config: RunConfig) -> str:
+    """Configs with the same key can be lanes of one program (see :data:`LANE_FIELDS`)."""
+    import json
+
+    d = config.to_dict()
+    return json.dumps({k: v for k, v in d.items() if k not in LANE_FIELDS}, sort_keys=True, default=str)
+
+
+def check_lanes(lane_configs: Sequence[RunConfig], n: int) -> None:
+    """Raise ValueError unless ``lane_configs`` are ``n`` configs that can share one program."""
+    if len(lane_configs) != n:
+        raise ValueError(f"lane_configs has {len(lane_configs)} configs for {n} seeds; give one config per seed")
+    for i, c in enumerate(lane_configs):
+        if c.and_mask:
+            raise ValueError(f"lane_configs[{i}] has and_mask={c.and_mask}; lanes allow and_mask=0 only "
+                             "(the AND-mask needs per-sample updates)")
+    first = lane_configs[0].to_dict()
+    for i, c in enumerate(lane_configs[1:], 1):
+        d = c.to_dict()
+        diff = sorted(k for k in first if k not in LANE_FIELDS and first[k] != d[k])
+        if diff:
+            raise ValueError(f"lane_configs[{i}] differs from lane_configs[0] in {diff}; lanes of one program "
+                             f"may differ only in {', '.join(LANE_FIELDS)}")
+
+
 def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *,
           on_epoch: Callable[[int, list[dict]], None] | None = None,
-          data: tuple | None = None) -> list[TrainResult]:
+          data: tuple | None = None,
+          lane_configs: Sequence[RunConfig] | None = None) -> list[TrainResult]:
     """Train one controller per seed; K > 1 seeds run as one ``vmap``-ed program on
     accelerators and seed after seed with the one-seed programs on CPU (faster there, see
     :data:`SEED_STRATEGY`); the results are the same either way.
@@ -599,14 +663,25 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
         for a seed that has diverged, and lacks train_loss/test_loss on epochs that were not
         evaluated (``config.eval_every``).
       data: optional ``(train, test)`` arrays overriding the sampler (same for all seeds).
+      lane_configs: one config per seed, differing only in :data:`LANE_FIELDS` (mode,
+        learning rate, clipping): all (config, seed) pairs then train as *lanes* of one
+        vmapped program, the mode and settings of each as data (on CPU too). Made for
+        accelerators, where a whole figure's configurations cost little more than one
+        (docs/performance.md "Lanes"). Each lane's numbers equal its own run's up to float32
+        round-off, not bit for bit (:func:`stablebptt.flow.lane_value_and_update`).
+        ``config`` is then lane_configs[0].
 
-    Returns: one :class:`TrainResult` per seed, in order.
+    Returns: one :class:`TrainResult` per seed (per lane), in order.
     """
     single = isinstance(seeds, (int, np.integer))
     seeds = [int(seeds)] if single else [int(s) for s in seeds]
     if not seeds:
         raise ValueError("seeds is empty; give at least one seed")
     K = len(seeds)
+    if lane_configs is not None:
+        lane_configs = list(lane_configs)
+        check_lanes(lane_configs, K)
+        config = lane_configs[0]
     if config.init_weights and not os.path.isfile(config.init_weights):
         raise FileNotFoundError(f"init_weights={config.init_weights!r}: no such file (an .npz of controller weights)")
     datasets = [data if data is not None else make_data(problem, config, s) for s in seeds]
@@ -628,8 +703,11 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
         TR, TE, KEY = stack(train_x), stack(test_x), stack(keys)
     epoch_key = lambda e: (jax.random.fold_in(KEY, e) if K == 1 else jax.vmap(lambda k: jax.random.fold_in(k, e))(KEY))
     shuffle_key = lambda e: epoch_key(e) if config.shuffle else None  # unused in fixed order
-    make_stepper = lambda static: (_SeedLoop if K > 1 and _seed_strategy() == "loop" else _Stepper)(
-        problem, config, static, n_train, K)
+    if lane_configs is not None:
+        make_stepper = lambda static: _Stepper(problem, config, static, n_train, K, lanes=lane_configs)
+    else:
+        make_stepper = lambda static: (_SeedLoop if K > 1 and _seed_strategy() == "loop" else _Stepper)(
+            problem, config, static, n_train, K)
 
     # The controllers' initialisation compiles a program too (~0.3-0.7 s cold): it runs on a
     # worker thread while the training programs are traced and compiled from the controller's
@@ -637,7 +715,7 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
     from concurrent.futures import ThreadPoolExecutor
 
     def build_carry(ps):  # per-seed parameters -> the stepper's carry (with optimizer states)
-        opt = [stepper.tx.init(p) for p in ps]
+        opt = [stepper.init_opt(p, k) for k, p in enumerate(ps)]
         return stepper.init_carry(ps[0], opt[0]) if K == 1 else stepper.init_carry(stack(ps), stack(opt))
 
     # With the evaluation overlapped on a second CPU device, every evaluation (the untrained
@@ -676,7 +754,7 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
             flow_mod.check_problem_inputs(models[0], x_probe, problem.step, problem.horizon)
             prepare(static, params[0], lambda: jax.eval_shape(build_carry, params))
         compile_s = time.perf_counter() - t0  # tracing and compilation, the initialisation beside them
-        want_stats = config.flow().combined or config.diagnostics
+        want_stats = [c.flow().combined or c.diagnostics for c in (lane_configs or [config] * K)]
         # the carry as one small program (as eager ops, each distinct shape compiled its own
         # program: ~0.2 s at a cold start)
         carry = jax.jit(build_carry)(params)
@@ -702,8 +780,8 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
         def finite(vals):
             return all(np.isfinite(list(vals.values())))
 
-        def published(vals):  # cos_mg / sign_agree are only meaningful when computed
-            return vals if want_stats else vals | {"cos_mg": float("nan"), "sign_agree": float("nan")}
+        def published(vals, k=0):  # cos_mg / sign_agree are only meaningful when computed
+            return vals if want_stats[k] else vals | {"cos_mg": float("nan"), "sign_agree": float("nan")}
 
         def record(k, e, vals, wall):
             h = histories[k]
@@ -772,7 +850,7 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
                     diverged_epoch[k] = e
                     rows.append(None)
                     continue
-                vals = published(vals)
+                vals = published(vals, k)
                 if evaluated:
                     record(k, e, vals, wall)
                 rows.append(vals)
@@ -795,7 +873,7 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
     for k, s in enumerate(seeds):
         pk = P if K == 1 else jax.tree_util.tree_map(lambda a: a[k], P)
         h = histories[k]
-        if not want_stats:
+        if not want_stats[k]:
             h.pop("cos_mg")
             h.pop("sign_agree")
         results.append(TrainResult(

@@ -29,7 +29,7 @@ def _progress_runner(spec, root, **kw):
         return sweep.run_sweep(spec, root, progress=on_progress, **kw)
 
 
-def _run(spec_source, quick, seeds, out_dir, executor, workers, address, vmap_seeds):
+def _run(spec_source, quick, seeds, out_dir, executor, workers, address, vmap_seeds, vmap_configs=False):
     from .. import sweep
 
     try:
@@ -43,7 +43,7 @@ def _run(spec_source, quick, seeds, out_dir, executor, workers, address, vmap_se
     cache_dir = jax.config.jax_compilation_cache_dir  # the workers share this process's cache folder
     try:
         report = _progress_runner(spec, root, executor=executor, workers=workers, address=address,
-                                  vmap_seeds=vmap_seeds, cache_dir=cache_dir)
+                                  vmap_seeds=vmap_seeds, vmap_configs=vmap_configs, cache_dir=cache_dir)
     except sweep.SpecError as e:
         raise fail(str(e))
     except KeyboardInterrupt:
@@ -66,9 +66,11 @@ def sweep_cmd(
     workers: Optional[int] = typer.Option(None, help="worker processes (default: one per core)"),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: start a local one)"),
     vmap_seeds: bool = typer.Option(False, help="train the seeds of one config in one vmapped program"),
+    vmap_configs: bool = typer.Option(False, help="train the runs that differ only in seed, mode, lr or clipping "
+                                                  "as lanes of one vmapped program (for GPUs)"),
 ):
     """Run (or resume) a sweep; finished runs are never recomputed."""
-    _, report = _run(spec, quick, seeds, out_dir, executor, workers, address, vmap_seeds)
+    _, report = _run(spec, quick, seeds, out_dir, executor, workers, address, vmap_seeds, vmap_configs)
     if report.failed:
         raise typer.Exit(code=1)
 
@@ -111,13 +113,14 @@ def reproduce_cmd(
     workers: Optional[int] = typer.Option(None),
     address: Optional[str] = typer.Option(None),
     vmap_seeds: bool = typer.Option(False),
+    vmap_configs: bool = typer.Option(False, help="lanes: see `stablebptt sweep --help`"),
 ):
     """Sweep + the paper's figure + a Markdown summary table (SUMMARY.md in the sweep folder)."""
     from .. import sweep
 
     if figure not in sweep.PRESETS:
         raise fail(f"unknown figure {figure!r}; available: {', '.join(sweep.PRESETS)}")
-    root, report = _run(figure, quick, seeds, out_dir, executor, workers, address, vmap_seeds)
+    root, report = _run(figure, quick, seeds, out_dir, executor, workers, address, vmap_seeds, vmap_configs)
     figs = []
     try:
         from .. import plots  # written by another module owner; the table does not need it

@@ -1,0 +1,137 @@
+"""Lanes: runs that differ in mode, learning rate or clipping as one vmapped program.
+
+Each lane must give what its own run gives: the engine's update of its mode (checked against
+``value_and_update``, itself checked against jax.grad and finite differences in test_flow),
+the optimizer's step (against ``optim.make``), and the trainer's and the sweep's results
+(against one run per config).
+"""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from stablebptt import flow as F
+from stablebptt import optim, problems, run, sweep
+from stablebptt import train as T
+from stablebptt.config import RunConfig, run_id
+
+FLOWS = [F.Flow("R"), F.Flow("M"), F.Flow("S"), F.Flow("N"), F.Flow("C"), F.Flow("R", truncate=3),
+         F.Flow("M", decay=0.9), F.Flow(["R"] * 5 + ["M"] * 5), F.Flow(["R", "M", "R", "M"]),
+         F.Flow("C", c_fields=("S", "R"))]
+
+
+def _rel(a, b) -> float:
+    return max(float(jnp.max(jnp.abs(x - y)) / (jnp.max(jnp.abs(y)) + 1e-30))
+               for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+
+@pytest.mark.parametrize("name, steps", [("cartpole", 10), ("toy-field", 4), ("guidance", 10)])
+def test_lanes_of_one_program_give_each_modes_update(name, steps):
+    """All FLOWS as lanes of one vmapped program (traced gates; batched-Jacobian path for
+    the MLPs, the two-adjoint cell for the toy's controller) vs value_and_update per mode."""
+    pr = problems.get(name, steps=steps)
+    model = pr.make_controller(jax.random.PRNGKey(0), zero_last=False)
+    x0 = jnp.asarray(pr.sample_data(0, 4, 4)[0])
+    kw = dict(step=pr.step, loss=pr.loss, horizon=pr.horizon)
+    flows = [f for f in FLOWS if isinstance(f.mode, str) or len(f.mode) == pr.horizon]
+    lanes = jax.tree_util.tree_map(lambda *a: np.stack(a), *[F.lane_flow(f, pr.horizon) for f in flows])
+    vals, ups, infos = jax.jit(jax.vmap(lambda l: F.lane_value_and_update(model, x0, l, **kw)))(lanes)
+    for i, f in enumerate(flows):
+        v, u, info = F.value_and_update(model, x0, flow=f, diagnostics=True, **kw)
+        lane_u = jax.tree_util.tree_map(lambda a: a[i], ups)
+        assert float(vals[i]) == pytest.approx(float(v), rel=1e-5), f.label()
+        assert _rel(lane_u, u) < 2e-5, f.label()
+        for k in ("cos_mg", "sign_agree", "update_norm"):
+            assert float(infos[k][i]) == pytest.approx(float(info[k]), rel=1e-4, abs=1e-6), (f.label(), k)
+    # the lanes really differ (a lane that ignored its gates would pass only for R)
+    r, m = [flows.index(F.Flow(x)) for x in ("R", "M")]
+    assert _rel(jax.tree_util.tree_map(lambda a: a[r], ups), jax.tree_util.tree_map(lambda a: a[m], ups)) > 1e-3
+
+
+def test_lane_flow_rejects_the_and_mask():
+    with pytest.raises(ValueError, match="and_mask=0.5 cannot run as a lane"):
+        F.lane_flow(F.Flow("C", and_mask=0.5), 10)
+
+
+@pytest.mark.parametrize("name", optim.OPTIMIZERS)
+def test_lane_optimizer_is_make_with_settings_as_data(name):
+    key = jax.random.PRNGKey(0)
+    params = {"a": jax.random.normal(key, (5, 3)), "b": jnp.zeros(3)}
+    grads = [jax.tree_util.tree_map(lambda p: 3 * jax.random.normal(jax.random.fold_in(key, i), p.shape), params)
+             for i in range(4)]
+    lane = optim.lane_optimizer(name)
+    for clip in optim.CLIPPING:
+        for lr, t in ((1e-3, 1.0), (3e-2, 0.5)):
+            tx = optim.make(name, lr, clip, t)
+            s1, s2 = tx.init(params), lane.init(params, optim.lane_settings(lr, clip, t))
+            s3 = s2
+            p1 = p2 = p3 = params
+            for g in grads:
+                u1, s1 = tx.update(g, s1, p1)
+                u2, s2 = lane.update(g, s2, p2)
+                u3, s3 = jax.jit(lane.update)(g, s3, p3)
+                p1, p2, p3 = (jax.tree_util.tree_map(jnp.add, p, u) for p, u in ((p1, u1), (p2, u2), (p3, u3)))
+            for a, b, c in zip(*(jax.tree_util.tree_leaves(p) for p in (p1, p2, p3))):
+                np.testing.assert_array_equal(np.asarray(b), np.asarray(a))  # op by op: the same bits
+                np.testing.assert_allclose(np.asarray(c), np.asarray(a), rtol=1e-6, atol=1e-7)  # compiled
+    with pytest.raises(ValueError, match="unknown clipping 'soft'"):
+        optim.lane_settings(1e-3, "soft")
+
+
+def _base(**kw):
+    return dict(problem="cartpole", problem_params={"steps": 20}, epochs=3, n_train=32, n_test=32,
+                data="seeded") | kw
+
+
+def test_trained_lanes_match_one_run_per_config():
+    pr = problems.get("cartpole", steps=20)
+    cfgs = [RunConfig(mode="R", **_base()), RunConfig(mode="C", clip="value", **_base()),
+            RunConfig(mode="M", clip="norm", clip_threshold=0.5, lr=2e-3, **_base()), RunConfig(mode="S", **_base())]
+    seeds = [0, 1, 0, 2]
+    lanes = T.train(pr, cfgs[0], seeds, lane_configs=cfgs)
+    for c, s, lane in zip(cfgs, seeds, lanes):
+        (one,) = T.train(pr, c, s)
+        assert lane.seed == s and lane.initial == one.initial
+        assert list(lane.history) == list(one.history)  # cos/sign columns only where C (or diagnostics)
+        for k in one.history:
+            if k != "wall_s":
+                np.testing.assert_allclose(lane.history[k], one.history[k], rtol=1e-4, err_msg=f"{c.mode} {k}")
+    # different modes/settings really trained differently
+    assert lanes[0].history["test_loss"][-1] != lanes[2].history["test_loss"][-1]
+
+
+def test_lane_configs_are_checked():
+    pr = problems.get("cartpole", steps=20)
+    a, b = RunConfig(**_base()), RunConfig(**_base(epochs=4))
+    with pytest.raises(ValueError, match=r"lane_configs\[1\] differs from lane_configs\[0\] in \['epochs'\]"):
+        T.train(pr, a, [0, 1], lane_configs=[a, b])
+    with pytest.raises(ValueError, match="lane_configs has 1 configs for 2 seeds"):
+        T.train(pr, a, [0, 1], lane_configs=[a])
+    with pytest.raises(ValueError, match=r"lane_configs\[1\] has and_mask=0.5"):
+        T.train(pr, a, [0, 1], lane_configs=[a, RunConfig(**_base(and_mask=0.5))])
+
+
+def test_sweep_with_vmapped_configs_matches_one_run_per_job(tmp_path):
+    spec = sweep.load_spec({"name": "lanes", "seeds": 2, "experiment": [{
+        "problem": "linear", "level": {"theta0": [-0.5, -1.0]}, "modes": ["R", "M", "C"], "clips": ["none", "value"],
+        "optimizers": [{"optimizer": "adam", "lr": 0.01}], "config": {"epochs": 4}}]})
+    jobs = sweep.expand(spec)
+    groups = sweep._groups(jobs, vmap_seeds=False, vmap_configs=True)
+    assert len(groups) == 2 and sorted(len(s) for _, s, _ in groups) == [12, 12]  # one program per level
+    masked = RunConfig(problem="linear", mode="C", and_mask=1.0)  # not a lane: a run of its own
+    assert sweep._groups([(masked, 0), (masked, 1)], vmap_seeds=False, vmap_configs=True) == [
+        (masked, [0], None), (masked, [1], None)]
+    sweep.run_sweep(spec, tmp_path / "a", executor="serial")
+    rep = sweep.run_sweep(spec, tmp_path / "b", executor="serial", vmap_configs=True)
+    assert rep.computed == len(jobs) == 24 and not rep.failed
+    for c, s in jobs:
+        fa, fb = tmp_path / "a" / run_id(c, s), tmp_path / "b" / run_id(c, s)
+        ra, rb = run.read_result(fa), run.read_result(fb)
+        assert ra["status"] == rb["status"] and ra["initial"] == rb["initial"]
+        for k, v in ra["final"].items():
+            assert rb["final"][k] == pytest.approx(v, rel=1e-4, abs=1e-7), (c.mode, c.clip, s, k)
+        assert len(json.loads((fb / "manifest.json").read_text())["vmapped_lanes"]) == 12
+    again = sweep.run_sweep(spec, tmp_path / "b", executor="serial", vmap_configs=True)
+    assert again.computed == 0 and again.skipped == 24
