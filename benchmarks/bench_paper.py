@@ -87,11 +87,18 @@ def gpu_measured(gpu_epoch_rows: list[dict]) -> dict:
     return out
 
 
-def quick_cartpole(workers: int = 2) -> dict:
+def quick_cartpole(workers: int = 2, vmap_configs: bool = False, quick: bool = True,
+                   root: str | None = None) -> dict:
+    """The cart-pole figure's sweep (quick preset, or the full one with ``quick=False``),
+    seeds vmapped per config, or with ``vmap_configs`` every pole count's runs as lanes of
+    one program. ``root``: keep (and resume) the runs there instead of a temporary folder."""
+    import contextlib
+
     from stablebptt import sweep
 
-    spec = sweep.load_spec("cartpole", quick=True)
-    with tempfile.TemporaryDirectory(prefix="quick-cartpole-") as root:
+    spec = sweep.load_spec("cartpole", quick=quick)
+    where = contextlib.nullcontext(root) if root else tempfile.TemporaryDirectory(prefix="cartpole-figure-")
+    with where as root:
         t = time.perf_counter()
         seen = {"done": -1}
 
@@ -100,15 +107,20 @@ def quick_cartpole(workers: int = 2) -> dict:
                 seen["done"] = st["done"]
                 print(f"  {st['done']}/{st['total']} runs done, {time.perf_counter() - t:.0f} s", flush=True)
 
-        rep = sweep.run_sweep(spec, root, executor="local", workers=workers, vmap_seeds=True, progress=progress)
+        rep = sweep.run_sweep(spec, root, executor="local", workers=workers, vmap_seeds=True,
+                              vmap_configs=vmap_configs, progress=progress)
         wall = time.perf_counter() - t
         d = rep.as_dict()
     d["wall_s"] = wall
     d["workers"] = workers
+    d["vmap_configs"] = vmap_configs
     d["device"] = _common.machine().get("device")
+    cfg = spec.experiment[0].config
     d["spec"] = {"configs": 48, "seeds": spec.seeds if isinstance(spec.seeds, int) else len(spec.seeds),
-                 "epochs": 60, "n_train": 64, "n_test": 64}
-    print(f"cart-pole quick figure ({d['jobs']} runs) on {d['device']} with {workers} workers: {wall:.0f} s wall "
+                 "epochs": cfg.get("epochs"), "n_train": cfg.get("n_train", 256), "n_test": cfg.get("n_test", 256),
+                 "quick": quick}
+    print(f"cart-pole {'quick ' if quick else ''}figure ({d['jobs']} runs{', lanes' if vmap_configs else ''}) on "
+          f"{d['device']} with {workers} workers: {wall:.0f} s wall "
           f"({d['computed']} computed, {d['diverged']} diverged, {len(d['failed'])} failed)", flush=True)
     return d
 
@@ -120,10 +132,14 @@ def main(argv=None):
     ap.add_argument("--no-quick", action="store_true", help="skip the quick cart-pole figure run")
     ap.add_argument("--quick-only", action="store_true", help="only the quick cart-pole figure (e.g. on a GPU)")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--vmap-configs", action="store_true", help="the figure's runs as lanes (one program per pole count)")
+    ap.add_argument("--full", action="store_true", help="with --quick-only: the full cart-pole figure (1000 epochs)")
+    ap.add_argument("--root", default=None, help="keep the figure's runs here (resumable) instead of a temp folder")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if args.quick_only:
-        _common.write_json(args.json, {"machine": _common.machine(), "quick": quick_cartpole(args.workers)})
+        _common.write_json(args.json, {"machine": _common.machine(), "quick": quick_cartpole(
+            args.workers, args.vmap_configs, quick=not args.full, root=args.root)})
         return
     if args.epoch_json:
         epoch_rows = json.loads(Path(args.epoch_json).read_text())["rows"]

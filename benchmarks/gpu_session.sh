@@ -1,17 +1,27 @@
 #!/usr/bin/env bash
 # One device call (<= 9.5 min on an H100/H200; run it with timeout_s 600, carry .whl and
-# .fixtures): the README's training command on the GPU, then benchmarks/gpu_check.py, then
-# (QUICK=1) the cart-pole figure's quick preset on the GPU, with this repository's test
-# suite run on the machine's CPU (its jax and Python) in the background (TESTS=0: skip).
-# Results under $OUT (default /tmp/gpu_out): env.txt, gpu.json + gpu_check.txt,
-# gpu_quick.json + quick.txt, tests_cpu.txt. gpu_check rewrites its JSON after every
-# measured row, so a part cut by its time limit keeps what it measured.
+# .fixtures). Two plans (PLAN=figure is the default):
 #
-# Default plan (what the 2026-11-27 session, benchmarks/data/gpu-2026-11-27/, left to do):
-# the 5-seed epochs first (quantum C with the one-column solve is untimed), then the
-# throughput rows not reached, then the precision check. Each part gets its own limit.
+#   PLAN=figure  the FULL cart-pole figure
+#                (48 configs x 5 seeds x 1000 epochs) with every pole count's 60 runs as lanes
+#                of one program (`stablebptt reproduce cartpole --vmap-configs`, 4 worker
+#                processes), its wall time, SUMMARY.md, figure and acceptance claims, the run
+#                folders as runs.tar.gz; then bench_lanes.py (20 cart-pole runs as lanes of one
+#                program vs one 5-seed program per config). Estimated (not measured): ~100 s
+#                per pole count on an H200 if the 60-lane update costs what a 64-seed one did
+#                (2.85 ms), i.e. 100-400 s for the figure depending on how well 4 processes
+#                share the GPU; FIGURE_TIMEOUT (480 s) stops it otherwise, and a pole count's
+#                runs are written only when all its lanes finish. A figure cut by FIGURE_TIMEOUT keeps its
+#                finished runs in the tarball (a later call resumes from a carried copy of it:
+#                RESUME_TAR=path; weights are left out of the tarball, so resumed runs lack them).
+#   PLAN=checks  benchmarks/gpu_check.py (5-seed epochs, throughput incl. K = 4096,
+#                precision), then (QUICK=1) the quick cart-pole figure on the GPU.
+#
+# In both, this repository's test suite runs on the machine's CPU (its jax and Python) in the
+# background (TESTS=0: skip). Results under $OUT (default /tmp/gpu_out), at most 8 files.
 # Needs pydantic (not in the GPU image): wheels in .whl/ (see docs/performance.md).
-#   GPU_CHECK_ARGS="--allow-cpu" QUICK=1 QUICK_TIMEOUT=30 TESTS_TIMEOUT=30 bash benchmarks/gpu_session.sh  # dry run
+#   PLAN=figure QUICK=1 FIGURE_WORKERS=2 TESTS_TIMEOUT=30 bash benchmarks/gpu_session.sh   # CPU dry run
+#   PLAN=checks GPU_CHECK_ARGS="--allow-cpu" QUICK=1 QUICK_TIMEOUT=30 TESTS_TIMEOUT=30 bash benchmarks/gpu_session.sh
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
@@ -35,18 +45,45 @@ if [ "${TESTS:-1}" = 1 ]; then
     -W ignore tests > "$OUT/tests_cpu.txt" 2>&1; echo "rc=$?" >> "$OUT/tests_cpu.txt" ) &
   TESTS_PID=$!
 fi
-# the README's main command, on the GPU
-( cd /tmp && timeout "${CLI_TIMEOUT:-45}" $PY -c "from stablebptt.cli import app; app()" train cartpole ) 2>&1 | tail -8
+# the README's main command, on the GPU (checked in the fourth round; in the figure plan only with README_CMD=1)
+if [ "${PLAN:-figure}" = checks ] || [ "${README_CMD:-0}" = 1 ]; then
+  ( cd /tmp && timeout "${CLI_TIMEOUT:-45}" $PY -c "from stablebptt.cli import app; app()" train cartpole ) 2>&1 | tail -8
+fi
 run_check() {  # part, limit, extra args; appends to gpu_check.txt, one JSON per part
   timeout "$2" $PY benchmarks/gpu_check.py ${GPU_CHECK_ARGS:-} --parts "$1" "${@:3}" --json "$OUT/gpu_$1.json" \
     2>&1 | grep -v "Delay kernel" | tee -a "$OUT/gpu_check.txt"
 }
-run_check epochs "${EPOCHS_TIMEOUT:-200}" --modes "${EPOCH_MODES:-R,C}"
-run_check throughput "${THROUGHPUT_TIMEOUT:-170}" --cases "${CASES:-quantum:C:1,64,512;cartpole:C:4096;cartpole:R:1,64,4096;guidance:C:1,64,512}"
-run_check precision "${PRECISION_TIMEOUT:-90}"
-if [ "${QUICK:-0}" = 1 ]; then
-  XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "${QUICK_TIMEOUT:-200}" $PY benchmarks/bench_paper.py --quick-only \
-    --workers "${QUICK_WORKERS:-8}" --json "$OUT/gpu_quick.json" 2>&1 | grep -v "Delay kernel" | tee "$OUT/quick.txt"
+if [ "${PLAN:-figure}" = checks ]; then
+  run_check epochs "${EPOCHS_TIMEOUT:-200}" --modes "${EPOCH_MODES:-R,C}"
+  run_check throughput "${THROUGHPUT_TIMEOUT:-170}" --cases "${CASES:-quantum:C:1,64,512;cartpole:C:4096;cartpole:R:1,64,4096;guidance:C:1,64,512}"
+  run_check precision "${PRECISION_TIMEOUT:-90}"
+  if [ "${QUICK:-0}" = 1 ]; then
+    XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "${QUICK_TIMEOUT:-200}" $PY benchmarks/bench_paper.py --quick-only \
+      --workers "${QUICK_WORKERS:-8}" --json "$OUT/gpu_quick.json" 2>&1 | grep -v "Delay kernel" | tee "$OUT/quick.txt"
+  fi
+else
+  # 1. the cart-pole figure, every pole count's runs as lanes of one program, one worker per pole count
+  FIG=/tmp/cartpole-figure
+  # resume a figure cut short by an earlier call: RESUME_TAR=<a carried copy of its runs.tar.gz>
+  if [ -n "${RESUME_TAR:-}" ] && [ -f "$RESUME_TAR" ]; then mkdir -p "$FIG" && tar -xzf "$RESUME_TAR" -C "$FIG"; fi
+  QFLAG=""; [ "${QUICK:-0}" = 1 ] && QFLAG="--quick"
+  T0=$(date +%s)
+  ( cd /tmp && XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "${FIGURE_TIMEOUT:-480}" $PY -c "from stablebptt.cli import app; app()" \
+      reproduce cartpole $QFLAG --vmap-configs --workers "${FIGURE_WORKERS:-4}" --out "$FIG" ) 2>&1 \
+    | grep -v "Delay kernel" | tail -20 | tee -a "$OUT/figure.txt"
+  T1=$(date +%s)
+  echo "figure wall_s $((T1 - T0)) (quick=${QUICK:-0}, workers ${FIGURE_WORKERS:-4}, resumed from ${RESUME_TAR:-nothing})" | tee -a "$OUT/figure.txt"
+  cp "$FIG/SUMMARY.md" "$OUT/" 2>/dev/null
+  ls "$FIG"/figures/*.png 2>/dev/null | head -1 | xargs -r -I{} cp {} "$OUT/figure.png"
+  $PY -c "
+from stablebptt import claims
+for c in claims.cartpole_claims('$FIG'): print(c.row())
+" 2>&1 | tee -a "$OUT/figure.txt"
+  ( cd "$FIG" && tar --exclude='weights.npz' -czf "$OUT/runs.tar.gz" . ) 2>/dev/null
+  # 2. (if time is left) lanes vs one 5-seed program per config (4 modes x 5 seeds = 20 runs, cart-pole 1 pole; the
+  #    baseline's 4 programs compile in ~20 s on a GPU, all 12 configs would take a minute)
+  timeout "${LANES_TIMEOUT:-70}" $PY benchmarks/bench_lanes.py --seeds "${LANES_SEEDS:-5}" --per-config seeds \
+    --clips "${LANES_CLIPS:-none}" --rounds 1 --json "$OUT/gpu_lanes.json" 2>&1 | grep -v "Delay kernel" | tee -a "$OUT/figure.txt"
 fi
 if [ -n "$TESTS_PID" ]; then
   wait "$TESTS_PID"

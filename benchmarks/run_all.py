@@ -7,8 +7,9 @@
 The scripts: bench_modes (time per update and mode ratios), bench_epoch (steady epochs vs
 the authors' TensorFlow code, evaluation share), bench_compile (first epoch with a cold and
 a warm compilation cache), bench_seeds (seed-updates/s for K seeds), bench_remat (memory and
-time vs horizon, 10,000-step training run), bench_paper (whole-paper estimate, quick
-cart-pole figure), and on a machine whose JAX backend is not the CPU also gpu_check
+time vs horizon, 10,000-step training run), bench_lanes (a figure's runs as lanes of one
+program vs one by one), bench_paper (whole-paper estimate, quick cart-pole figure, also with
+lanes), and on a machine whose JAX backend is not the CPU also gpu_check
 (precision, vmapped seeds, 5-seed epochs) and the quick cart-pole figure on the GPU.
 Raw JSON goes to --keep DIR (default: a temporary folder).
 """
@@ -33,6 +34,9 @@ STEPS = [  # (name, script, args, fast args, timeout s)
     ("seeds_quantum", "bench_seeds.py", ["--problems", "quantum", "--modes", "C", "--ks", "1,8", "--rounds", "2"],
      ["--problems", "quantum", "--modes", "C", "--ks", "1,8", "--rounds", "1", "--strategies", "loop"], 3600),
     ("remat", "bench_remat.py", [], ["--horizons", "100,1000,10000", "--modes", "C", "--rounds", "1"], 3600),
+    ("lanes", "bench_lanes.py", [], ["--rounds", "2"], 1800),
+    ("lanes_4poles", "bench_lanes.py", ["--params", "poles=4"], ["--params", "poles=4", "--rounds", "2"], 1800),
+    ("lanes_5seeds", "bench_lanes.py", ["--seeds", "5", "--rounds", "3"], ["--seeds", "5", "--rounds", "1"], 1800),
 ]
 
 
@@ -172,6 +176,29 @@ def render(data: dict, command: str, note: str | None = None) -> str:
                   f"{s['n_test']} test states) on this CPU with 2 worker processes, seeds of a configuration together: "
                   f"**{quick['wall_s']:.0f} s** wall ({quick['computed']} runs computed, {quick['diverged']} diverged, "
                   f"{len(quick['failed'])} failed; compilation included, no persistent cache in the workers).", ""]
+    lanes = [data[k] for k in ("lanes", "lanes_4poles", "lanes_5seeds") if data.get(k)]
+    if lanes or data.get("paper_lanes"):
+        L += ["## Lanes: a figure's runs as one vmapped program", "",
+              "`train(..., lane_configs=...)` / `stablebptt sweep --vmap-configs`: runs that differ only in mode, "
+              "learning rate, clipping and seed train as lanes of one program (mode and settings as data). "
+              "`bench_lanes.py`: one steady epoch (32 updates of batch 8 + evaluation of 2 × 256 states) of every "
+              "run, as lanes vs one by one (`runs`: the one-run programs, run after run, what a sweep worker does on "
+              "a CPU; `seeds`: one program per configuration with its seeds vmapped), interleaved, one process.", "",
+              "| problem | runs (modes × clips × seeds) | device | lanes, ms | one by one, ms | one by one ÷ lanes | "
+              "compile lanes / one by one, s |", "|---|---|---|---|---|---|---|"]
+        for r in lanes:
+            dev = (r.get("machine") or {}).get("device", "?")
+            L.append(f"| {r['problem']} {r['params'] or ''} | {r['runs']} ({r['modes']} × {r['clips']} × {r['seeds']}) "
+                     f"| {dev}, {r.get('per_config', 'runs')} | {r['lanes_epoch_ms']:.0f} | {r['one_by_one_epoch_ms']:.0f} "
+                     f"| {r['one_by_one_over_lanes']:.2f} | {r['lanes_compile_s']:.1f} / {r['one_by_one_compile_s']:.1f} |")
+        L.append("")
+        q = (data.get("paper_lanes") or {}).get("quick")
+        base = (data.get("paper") or {}).get("quick")
+        if q:
+            L += [f"The cart-pole figure's quick preset with every pole count's runs as lanes of one program "
+                  f"({q['workers']} worker processes): **{q['wall_s']:.0f} s** wall ({q['computed']} runs computed, "
+                  f"{q['diverged']} diverged, {len(q['failed'])} failed)"
+                  + (f"; seeds vmapped per configuration (section above): {base['wall_s']:.0f} s." if base else "."), ""]
     gpu = data.get("gpu") or merge_gpu_parts(data)
     if gpu:
         L += render_gpu(gpu, data.get("gpu_quick"))
@@ -277,7 +304,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fast", action="store_true")
     ap.add_argument("--only", default=None,
-                    help="comma list of steps (modes,epoch,compile,seeds,seeds_quantum,remat,paper,gpu)")
+                    help="comma list of steps (modes,epoch,compile,seeds,seeds_quantum,remat,lanes,lanes_4poles,"
+                         "lanes_5seeds,paper,paper_lanes,gpu)")
     ap.add_argument("--keep", default=None, help="folder for the raw JSON (reused by --from)")
     ap.add_argument("--from", dest="src", default=None, help="render results.md from JSON saved by --keep")
     ap.add_argument("--out", default=str(_common.HERE / "results.md"))
@@ -310,6 +338,8 @@ def main(argv=None):
             if (keep / "compile.json").exists():
                 pa += ["--compile-json", str(keep / "compile.json")]
             step("paper", "bench_paper.py", pa, 3600)
+        if not only or "paper_lanes" in only:
+            step("paper_lanes", "bench_paper.py", ["--quick-only", "--vmap-configs"], 3600)
         if (not only or "gpu" in only) and _common.backend() != "cpu":
             gpu_env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
             step("gpu", "gpu_check.py", [], 3600, gpu_env)

@@ -135,3 +135,13 @@ def test_sweep_with_vmapped_configs_matches_one_run_per_job(tmp_path):
         assert len(json.loads((fb / "manifest.json").read_text())["vmapped_lanes"]) == 12
     again = sweep.run_sweep(spec, tmp_path / "b", executor="serial", vmap_configs=True)
     assert again.computed == 0 and again.skipped == 24
+
+
+def test_one_lane_is_its_run():
+    """One lane (e.g. the last missing run of a group) takes the unvmapped lane program."""
+    pr = problems.get("cartpole", steps=20)
+    c = RunConfig(mode="C", clip="norm", **_base(epochs=2, n_train=16, n_test=16))
+    (lane,) = T.train(pr, c, [3], lane_configs=[c])
+    (one,) = T.train(pr, c, 3)
+    assert list(lane.history) == list(one.history) and lane.initial == one.initial
+    np.testing.assert_allclose(lane.history["test_loss"], one.history["test_loss"], rtol=1e-5)
