@@ -2,18 +2,17 @@
 # One device call (<= 9.5 min on an H100/H200; run it with timeout_s 600, carry .whl and
 # .fixtures). Two plans (PLAN=figure is the default):
 #
-#   PLAN=figure  the FULL cart-pole figure
-#                (48 configs x 5 seeds x 1000 epochs) with every pole count's 60 runs as lanes
-#                of one program (`stablebptt reproduce cartpole --vmap-configs`, 4 worker
-#                processes), its wall time, SUMMARY.md, figure and acceptance claims, the run
-#                folders as runs.tar.gz; then bench_lanes.py (20 cart-pole runs as lanes of one
-#                program vs one 5-seed program per config). Estimated (not measured): ~100 s
-#                per pole count on an H200 if the 60-lane update costs what a 64-seed one did
-#                (2.85 ms), i.e. 100-400 s for the figure depending on how well 4 processes
-#                share the GPU; FIGURE_TIMEOUT (480 s) stops it otherwise, and a pole count's
-#                runs are written only when all its lanes finish. A figure cut by FIGURE_TIMEOUT keeps its
-#                finished runs in the tarball (a later call resumes from a carried copy of it:
-#                RESUME_TAR=path; weights are left out of the tarball, so resumed runs lack them).
+#   PLAN=figure  bench_lanes.py (20 cart-pole runs as lanes of one program vs one 5-seed
+#                program per config); then the FULL cart-pole figure (48 configs x 5 seeds x
+#                1000 epochs) with every pole count's 60 runs as lanes of one program
+#                (`stablebptt reproduce cartpole --vmap-configs`, 4 worker processes): its wall
+#                time, SUMMARY.md, figure, acceptance claims, and the run folders (without
+#                weights) as runs.tar.gz. Estimated, not measured: ~100 s per pole count on an
+#                H200 if a 60-lane update costs what a 64-seed one did (2.85 ms), so 100-400 s
+#                for the figure depending on how well 4 processes share the GPU.
+#                FIGURE_TIMEOUT (480 s) stops it otherwise; a pole count's runs are written
+#                only when all its lanes finish, and the tarball keeps those that did (a later
+#                call resumes from a carried copy of it: RESUME_TAR=path).
 #   PLAN=checks  benchmarks/gpu_check.py (5-seed epochs, throughput incl. K = 4096,
 #                precision), then (QUICK=1) the quick cart-pole figure on the GPU.
 #
@@ -62,7 +61,12 @@ if [ "${PLAN:-figure}" = checks ]; then
       --workers "${QUICK_WORKERS:-8}" --json "$OUT/gpu_quick.json" 2>&1 | grep -v "Delay kernel" | tee "$OUT/quick.txt"
   fi
 else
-  # 1. the cart-pole figure, every pole count's runs as lanes of one program, one worker per pole count
+  # 1. lanes vs one 5-seed program per config (4 modes x 5 seeds = 20 runs, cart-pole 1 pole; the
+  #    baseline's 4 programs compile in ~20 s on a GPU, all 12 configs would take a minute); first, so that
+  #    a figure cut by its time limit still leaves the lanes' epoch time to estimate it from
+  timeout "${LANES_TIMEOUT:-70}" $PY benchmarks/bench_lanes.py --seeds "${LANES_SEEDS:-5}" --per-config seeds \
+    --clips "${LANES_CLIPS:-none}" --rounds 1 --json "$OUT/gpu_lanes.json" 2>&1 | grep -v "Delay kernel" | tee -a "$OUT/figure.txt"
+  # 2. the cart-pole figure, every pole count's runs as lanes of one program, one worker per pole count
   FIG=/tmp/cartpole-figure
   # resume a figure cut short by an earlier call: RESUME_TAR=<a carried copy of its runs.tar.gz>
   if [ -n "${RESUME_TAR:-}" ] && [ -f "$RESUME_TAR" ]; then mkdir -p "$FIG" && tar -xzf "$RESUME_TAR" -C "$FIG"; fi
@@ -80,10 +84,6 @@ from stablebptt import claims
 for c in claims.cartpole_claims('$FIG'): print(c.row())
 " 2>&1 | tee -a "$OUT/figure.txt"
   ( cd "$FIG" && tar --exclude='weights.npz' -czf "$OUT/runs.tar.gz" . ) 2>/dev/null
-  # 2. (if time is left) lanes vs one 5-seed program per config (4 modes x 5 seeds = 20 runs, cart-pole 1 pole; the
-  #    baseline's 4 programs compile in ~20 s on a GPU, all 12 configs would take a minute)
-  timeout "${LANES_TIMEOUT:-70}" $PY benchmarks/bench_lanes.py --seeds "${LANES_SEEDS:-5}" --per-config seeds \
-    --clips "${LANES_CLIPS:-none}" --rounds 1 --json "$OUT/gpu_lanes.json" 2>&1 | grep -v "Delay kernel" | tee -a "$OUT/figure.txt"
 fi
 if [ -n "$TESTS_PID" ]; then
   wait "$TESTS_PID"

@@ -411,8 +411,11 @@ def run_sweep(spec: SweepSpec, root: str | Path, *, executor: str = "local", wor
 
     ``vmap_configs``: the jobs that differ only in seed, mode, learning rate or clipping
     (:data:`stablebptt.train.LANE_FIELDS`) train as the lanes of one vmapped program (for
-    accelerators, where they cost little more than one run; on a CPU it is slower than one
-    process per core, see docs/performance.md "Lanes").
+    accelerators, where they cost little more than one run; on a CPU the training is 7-17 %
+    slower, the compilation ~7x faster, see docs/performance.md "Lanes"). A lane equals its
+    own run up to float32 round-off per update, which long training amplifies like any
+    change of summation order: compare statistics over seeds, and do not mix runs computed
+    with and without lanes in one comparison (each run's manifest says which).
     """
     if executor not in EXECUTORS:
         raise SpecError(f"executor={executor!r}; allowed: {', '.join(EXECUTORS)}")
