@@ -145,3 +145,21 @@ def test_one_lane_is_its_run():
     (one,) = T.train(pr, c, 3)
     assert list(lane.history) == list(one.history) and lane.initial == one.initial
     np.testing.assert_allclose(lane.history["test_loss"], one.history["test_loss"], rtol=1e-5)
+
+
+def test_a_diverging_lane_stops_alone_at_its_runs_epoch():
+    """The divergence guard per lane: the lane with lr 0.3 overflows in epoch 4 (the float64
+    reference of test_train), the lane with lr 0.01 trains on; both as their own runs."""
+    from test_train import reference_divergence_epoch
+
+    pp = dict(a=1.0, theta0=0.1)
+    prob = problems.get("linear", **pp)
+    base = dict(problem="linear", problem_params=pp, mode="R", optimizer="sgd", batch_size=1, n_train=1,
+                n_test=1, epochs=8)
+    cfgs = [RunConfig(lr=0.3, **base), RunConfig(lr=0.01, **base)]
+    bad, good = T.train(prob, cfgs[0], [0, 0], lane_configs=cfgs)
+    assert bad.diverged and bad.diverged_epoch == reference_divergence_epoch(1.0, 1.0, 4, 1.0, 0.1, 0.3, 8) == 4
+    assert bad.epochs_done == 3 and all(np.all(np.isfinite(v)) for v in bad.history.values())
+    assert not good.diverged and good.epochs_done == 8
+    (alone,) = T.train(prob, cfgs[1], 0)
+    np.testing.assert_allclose(good.history["test_loss"], alone.history["test_loss"], rtol=1e-5)
