@@ -107,6 +107,8 @@ def test_lane_configs_are_checked():
     a, b = RunConfig(**_base()), RunConfig(**_base(epochs=4))
     with pytest.raises(ValueError, match=r"lane_configs\[1\] differs from lane_configs\[0\] in \['epochs'\]"):
         T.train(pr, a, [0, 1], lane_configs=[a, b])
+    with pytest.raises(ValueError, match=r"config differs from lane_configs\[0\] in \['epochs'\]"):
+        T.train(pr, b, [0, 1], lane_configs=[a, RunConfig(**_base(mode="R"))])
     with pytest.raises(ValueError, match="lane_configs has 1 configs for 2 seeds"):
         T.train(pr, a, [0, 1], lane_configs=[a])
     with pytest.raises(ValueError, match=r"lane_configs\[1\] has and_mask=0.5"):

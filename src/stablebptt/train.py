@@ -1,5 +1,6 @@
 """The training loop: one jit-compiled epoch (a scan over minibatches), metrics, a
-divergence guard, and K seeds at once with ``vmap``.
+divergence guard, and K seeds at once with ``vmap`` — or K runs of different modes, learning
+rates and clippings as the lanes of one program (``lane_configs``).
 
 Protocol (paper): minibatches in fixed data order (``shuffle=False``), the remainder of
 ``n_train / batch_size`` dropped; after each epoch the loss of the full training and test
@@ -669,7 +670,7 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
         accelerators, where a whole figure's configurations cost little more than one
         (docs/performance.md "Lanes"). Each lane's numbers equal its own run's up to float32
         round-off, not bit for bit (:func:`stablebptt.flow.lane_value_and_update`).
-        ``config`` is then lane_configs[0].
+        ``config`` must share the lanes' other settings.
 
     Returns: one :class:`TrainResult` per seed (per lane), in order.
     """
@@ -681,6 +682,11 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
     if lane_configs is not None:
         lane_configs = list(lane_configs)
         check_lanes(lane_configs, K)
+        if lane_key(config) != lane_key(lane_configs[0]):
+            d0, d = config.to_dict(), lane_configs[0].to_dict()
+            diff = sorted(k for k in d0 if k not in LANE_FIELDS and d0[k] != d[k])
+            raise ValueError(f"config differs from lane_configs[0] in {diff}; the lanes' shared settings must "
+                             "be config's (they may differ only in " + ", ".join(LANE_FIELDS) + ")")
         config = lane_configs[0]
     if config.init_weights and not os.path.isfile(config.init_weights):
         raise FileNotFoundError(f"init_weights={config.init_weights!r}: no such file (an .npz of controller weights)")
