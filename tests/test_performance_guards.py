@@ -110,9 +110,9 @@ def test_fused_C_runs_controller_and_simulator_once(programs):
     assert t["naive"] == 2 * t["R"], t
     if name == "quantum":
         s = {m: count(j[m], "tridiagonal_solve") for m in j}
-        # per-step: forward solve + its transpose in the reverse sweep; batched: the reverse
-        # sweep recomputes the simulator's linearisation (+1 forward solve)
-        assert s["R"] == (2 if path == "per-step" else 3), s
+        # forward solve + its transpose in the reverse sweep, on both paths (the batched path
+        # saves the step's linearisation instead of solving again: flow._saves_linearization)
+        assert s["R"] == 2, s
         assert s["M"] == 2, s
         assert s["C"] == s["R"], s  # both adjoints share the simulator's linearisation
         assert s["naive"] == s["M"] + s["R"], s
@@ -124,10 +124,10 @@ def test_C_solves_both_adjoints_as_two_right_hand_sides(path, monkeypatch):
     prob, model, x0 = paper("quantum")
     j = traced(prob, model, x0, "C")
     rhs_cols = sorted(e.invars[3].aval.shape[-1] for e in eqns_named(j, "tridiagonal_solve"))
-    # forward: 1 column (the batched path recomputes it in the sweep); reverse: M and R together
+    # forward: 1 column; reverse: M and R together
     # (on the CPU, quantum.FOLD_COLUMNS; off it every system keeps one column, tested in
     # test_quantum.py::test_combined_mode_with_vmapped_seeds_solves_one_column_per_system)
-    assert rhs_cols == ([1, 2] if path == "per-step" else [1, 1, 2]), rhs_cols
+    assert rhs_cols == [1, 2], rhs_cols
 
 
 def test_parameter_gradients_are_deferred_out_of_the_loops(programs):
@@ -230,3 +230,33 @@ def test_seed_strategies_agree(monkeypatch):
     for a, b in zip(out["loop"], out["vmap"]):
         np.testing.assert_allclose(a.history["test_loss"], b.history["test_loss"], rtol=1e-5)
         np.testing.assert_allclose(a.history["update_norm"], b.history["update_norm"], rtol=1e-5)
+
+
+def test_the_sweep_saves_a_costly_steps_linearization_and_recomputes_a_cheap_one(monkeypatch):
+    """The batched path's reverse sweep reuses the forward loop's linearisation of a step with
+    a solve or a loop (quantum: no second forward solve, guarded above) and recomputes an
+    element-wise one (cart-pole, guidance); saved or recomputed, the update is the same bits,
+    with and without remat segments."""
+    def saves(name):
+        prob, model, x0 = paper(name)
+        params, static = eqx.partition(model, eqx.is_inexact_array)
+        return F._saves_linearization(F._phys(prob.step, prob.loss, prob.horizon), params, static, x0)
+
+    assert saves("quantum") and not saves("cartpole") and not saves("guidance")
+    # a step with an inner loop (two half steps) counts as costly
+    looped = lambda x, c: jax.lax.fori_loop(0, 2, lambda i, y: y + 0.5 * (c - y), x)
+    model = problems.get("linear").make_controller(jax.random.PRNGKey(0))
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    lin = problems.get("linear")
+    assert F._saves_linearization(F._phys(looped, lin.loss, 4), params, static, jnp.ones((2, 1)))
+
+    prob, model, x0 = paper("quantum", steps=16)
+    kw = dict(step=prob.step, loss=prob.loss, horizon=prob.horizon, validate=False)
+    for mode in ("R", "C"):
+        for seg in (None, 4):
+            saved = F.value_and_update(model, x0, flow=mode, checkpoint_every=seg, **kw)[1]
+            monkeypatch.setattr(F, "_saves_linearization", lambda *a: False)
+            again = F.value_and_update(model, x0, flow=mode, checkpoint_every=seg, **kw)[1]
+            monkeypatch.undo()
+            for a, b in zip(jax.tree_util.tree_leaves(saved), jax.tree_util.tree_leaves(again)):
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f"{mode} seg={seg}")
