@@ -1097,8 +1097,9 @@ def value_and_update(model, x0, *, step, loss: TrajectoryLoss, horizon: int,
 # ----------------------------------------------------------------------------- lanes
 class LaneFlow(NamedTuple):
     """A gradient-flow mode as *data*, so that runs of different modes can be lanes of one
-    vmapped program (``train.train(..., lane_configs=...)``; a GPU runs 60 lanes in about
-    the time of one).
+    vmapped program (``train.train(..., lane_configs=...)``; made for GPUs, where an update
+    costs little more for many lanes than for one: 2.85 ms for 64 vmapped seeds vs 2.19 ms
+    for one, measured on an H200).
 
     Every mode is two fields on one forward pass: field a with gates ``gates_a``, field b
     with ``gates_b``; the update is ``combine(a, b)`` where ``combined`` is true (mode C:
