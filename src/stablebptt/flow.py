@@ -748,18 +748,12 @@ COSTLY_STEP_PRIMITIVES = frozenset({
 
 def _primitives(jaxpr, acc: set) -> set:
     """Names of the primitives in ``jaxpr`` and in the jaxprs nested in its equations."""
+    from jax.extend.core import jaxprs_in_params
+
     for eqn in jaxpr.eqns:
         acc.add(eqn.primitive.name)
-        for v in eqn.params.values():
-            for sub in (v if isinstance(v, (tuple, list)) else [v]):
-                inner = getattr(sub, "jaxpr", sub)  # ClosedJaxpr -> Jaxpr
-                if hasattr(inner, "eqns"):
-                    _primitives(inner, acc)
-                elif hasattr(sub, "_fields"):  # e.g. custom_linear_solve's jaxprs (a namedtuple)
-                    for j in sub:
-                        j = getattr(j, "jaxpr", j)
-                        if hasattr(j, "eqns"):
-                            _primitives(j, acc)
+        for sub in jaxprs_in_params(eqn.params):
+            _primitives(sub, acc)
     return acc
 
 

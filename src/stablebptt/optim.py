@@ -77,12 +77,16 @@ def clipping(kind: str = "none", threshold: float = 1.0) -> optax.GradientTransf
     return optax.clip_by_global_norm(threshold)
 
 
+def _check_learning_rate(learning_rate) -> None:
+    if not (learning_rate > 0):
+        raise ValueError(f"learning rate={learning_rate!r}; must be > 0")
+
+
 def optimizer(name: str = "adam", learning_rate: float = 1e-3, *, momentum: float = 0.9,
               eps: float = 1e-7) -> optax.GradientTransformation:
     """One of :data:`OPTIMIZERS` with the given learning rate (Keras defaults otherwise)."""
     name = str(name).lower()
-    if not (learning_rate > 0):
-        raise ValueError(f"learning rate={learning_rate!r}; must be > 0")
+    _check_learning_rate(learning_rate)
     if name == "adam":
         return keras_adam(learning_rate, eps=eps)
     if name == "adam_optax":
@@ -121,8 +125,7 @@ class LaneSettings(NamedTuple):
 def lane_settings(learning_rate: float = 1e-3, clip: str = "none", clip_threshold: float = 1.0) -> LaneSettings:
     """The :class:`LaneSettings` of ``make(name, learning_rate, clip, clip_threshold)``."""
     clipping(clip, clip_threshold)  # validates kind and threshold
-    if not (learning_rate > 0):
-        raise ValueError(f"learning rate={learning_rate!r}; must be > 0")
+    _check_learning_rate(learning_rate)
     kind = str(clip).lower()
     f = lambda v: jnp.asarray(v, jnp.float32)
     return LaneSettings(f(learning_rate), f(clip_threshold if kind == "value" else jnp.inf),

@@ -179,8 +179,8 @@ def run_lanes(lanes: Sequence[tuple[RunConfig, int]], root: str | Path = "runs",
         problem = problems.get(configs[0].problem, **configs[0].problem_params)
         results = train(problem, configs[0], seeds, on_epoch=on_epoch, lane_configs=configs)
         names = [run_id(c, s) for c, s in todo]
-        for (c, s), r in zip(todo, results):
-            write_result(Path(root) / run_id(c, s), c, s, r, {"vmapped_lanes": names})
+        for (c, s), name, r in zip(todo, names, results):
+            write_result(Path(root) / name, c, s, r, {"vmapped_lanes": names})
     return folders
 
 

@@ -630,6 +630,12 @@ def lane_key(config: RunConfig) -> str:
     return json.dumps({k: v for k, v in d.items() if k not in LANE_FIELDS}, sort_keys=True, default=str)
 
 
+def _lane_mismatch(a: RunConfig, b: RunConfig) -> list[str]:
+    """The fields outside :data:`LANE_FIELDS` in which ``a`` and ``b`` differ (sorted)."""
+    da, db = a.to_dict(), b.to_dict()
+    return sorted(k for k in da if k not in LANE_FIELDS and da[k] != db[k])
+
+
 def check_lanes(lane_configs: Sequence[RunConfig], n: int) -> None:
     """Raise ValueError unless ``lane_configs`` are ``n`` configs that can share one program."""
     if len(lane_configs) != n:
@@ -638,10 +644,8 @@ def check_lanes(lane_configs: Sequence[RunConfig], n: int) -> None:
         if c.and_mask:
             raise ValueError(f"lane_configs[{i}] has and_mask={c.and_mask}; lanes allow and_mask=0 only "
                              "(the AND-mask needs per-sample updates)")
-    first = lane_configs[0].to_dict()
     for i, c in enumerate(lane_configs[1:], 1):
-        d = c.to_dict()
-        diff = sorted(k for k in first if k not in LANE_FIELDS and first[k] != d[k])
+        diff = _lane_mismatch(lane_configs[0], c)
         if diff:
             raise ValueError(f"lane_configs[{i}] differs from lane_configs[0] in {diff}; lanes of one program "
                              f"may differ only in {', '.join(LANE_FIELDS)}")
@@ -682,9 +686,8 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
     if lane_configs is not None:
         lane_configs = list(lane_configs)
         check_lanes(lane_configs, K)
-        if lane_key(config) != lane_key(lane_configs[0]):
-            d0, d = config.to_dict(), lane_configs[0].to_dict()
-            diff = sorted(k for k in d0 if k not in LANE_FIELDS and d0[k] != d[k])
+        diff = _lane_mismatch(config, lane_configs[0])
+        if diff:
             raise ValueError(f"config differs from lane_configs[0] in {diff}; the lanes' shared settings must "
                              "be config's (they may differ only in " + ", ".join(LANE_FIELDS) + ")")
         config = lane_configs[0]
