@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-#: single-threaded XLA per process (steadier and as fast for batch 8; see docs/performance.md)
+#: asks XLA for one thread per process; XLA:CPU still uses its intra-op pool (one thread per
+#: core) for products and large loops, see bench_cores.py and docs/performance.md item 29
 SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 os.environ.setdefault("XLA_FLAGS", SINGLE_THREAD_XLA)
 

@@ -5,7 +5,7 @@ spent in the evaluation.
 
     python benchmarks/bench_epoch.py [--problems cartpole,guidance,quantum] [--modes R,M,S,C]
 
-One seed, one process, single-threaded XLA. The modes of one problem are timed interleaved.
+One seed, one process (XLA keeps 1.2-1.8 cores busy, see bench_cores.py). The modes of one problem are timed interleaved.
 
 Two ways an epoch runs: ``sequential`` = the updates, then the evaluation on the same core
 (the epoch program as timed by the first columns); ``overlapped`` = what ``train()`` does for

@@ -6,7 +6,7 @@ Two strategies (``stablebptt.train.SEED_STRATEGY``): "vmap", one vmapped program
 seeds (what an accelerator wants), and "loop", the one-seed programs called seed after seed
 (the CPU default). For each K the minibatch update is timed (K seeds, batch 8 each, paper
 settings), giving seed-updates per second, and a full epoch (32 updates + evaluation of
-2 x 256 states per seed) gives seconds per seed-epoch. One process, single-threaded XLA.
+2 x 256 states per seed) gives seconds per seed-epoch. One process (XLA keeps more than one core busy, see bench_cores.py).
 """
 from __future__ import annotations
 

@@ -25,8 +25,10 @@ duplicated, and a finished job is never recomputed. Diverged runs are results to
 
 Executors:
 
-* ``local`` (default): a ``spawn`` process pool, one single-threaded XLA process per core
-  (``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1``).
+* ``local`` (default): a ``spawn`` process pool, one XLA process per core
+  (``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1``; with
+  jax 0.10 a process still keeps 1.2–1.8 cores busy through XLA's intra-op pool, so the
+  second worker adds ×1.1–1.7 rather than ×2, see docs/performance.md item 29).
   Workers share the persistent compilation cache folder they are given (``cache_dir``; the
   CLI passes ``stablebptt train``'s), and jobs are queued seed-major, so the seeds after the
   first of a config load its compiled programs instead of compiling them again.
@@ -48,8 +50,7 @@ Executors:
 
   Both cost the same CPU time; the wall-time differences (±20 %, either way) are within the
   noise of the shared machine. The pool stays the default: it is the only variant whose
-  throughput grows with the cores (one single-threaded process each; a single run gains
-  nothing from more XLA threads at batch 8), and it isolates crashes and memory per run.
+  throughput grows with the cores, and it isolates crashes and memory per run.
 * ``serial``: everything in this process (multi-threaded XLA).
 * ``ray``: the same ``run(config, seed, root)`` as Ray tasks (``pip install "stablebptt[ray]"``;
   ``address=None`` starts a local cluster, ``"auto"`` or ``"ray://…"`` joins one).
