@@ -80,20 +80,26 @@ def _together(kind: str, mode: str, seconds: float, pins: list[int]) -> list[dic
     procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", kind, mode,
                                str(seconds), str(p)], cwd=HERE, stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True) for p in pins]
-    for p in procs:
-        line = p.stdout.readline()
-        if line.strip() != "ready":
-            raise RuntimeError(f"bench_cores worker for {kind} {mode} did not start (printed {line!r})")
-    for p in procs:
-        p.stdin.write("go\n")
-        p.stdin.flush()
-    out = []
-    for p in procs:
-        res, _ = p.communicate(timeout=600)
-        if p.returncode:
-            raise RuntimeError(f"bench_cores worker for {kind} {mode} failed (exit {p.returncode})")
-        out.append(json.loads(res.strip().splitlines()[-1]))
-    return out
+    try:
+        for p in procs:
+            line = p.stdout.readline()
+            if line.strip() != "ready":
+                raise RuntimeError(f"bench_cores worker for {kind} {mode} did not start (printed {line!r})")
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        out = []
+        for p in procs:
+            res, _ = p.communicate(timeout=600)
+            if p.returncode:
+                raise RuntimeError(f"bench_cores worker for {kind} {mode} failed (exit {p.returncode})")
+            out.append(json.loads(res.strip().splitlines()[-1]))
+        return out
+    finally:  # a worker that failed must not leave its twin waiting for "go"
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
 
 
 def measure(kind: str, mode: str, seconds: float, pinned: bool) -> dict:
@@ -131,10 +137,18 @@ def main(argv=None):
         return _worker(kind, mode, float(seconds), int(pin))
     if (os.cpu_count() or 1) < 2:
         raise SystemExit("bench_cores: needs at least 2 CPU cores")
+    from stablebptt import problems
+    from stablebptt.flow import MODES
+
+    names, modes = args.problems.split(","), args.modes.split(",")
+    bad = [n for n in names if n not in problems.names()] + [m for m in modes if m not in MODES]
+    if bad:
+        raise SystemExit(f"bench_cores: unknown {', '.join(map(repr, bad))}; problems: "
+                         f"{', '.join(problems.names())}; modes: {', '.join(MODES)}")
     pinned = hasattr(os, "sched_setaffinity") and not args.no_pinned
     rows = [measure("numpy", "-", args.seconds / 2, pinned)]
-    for name in args.problems.split(","):
-        for mode in args.modes.split(","):
+    for name in names:
+        for mode in modes:
             rows.append(measure(name, mode, args.seconds, pinned))
     _common.write_json(args.json, {"machine": _common.machine(), "rows": rows})
     return rows
