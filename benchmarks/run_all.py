@@ -1,6 +1,6 @@
 """Run every benchmark (each in a fresh process) and write benchmarks/results.md.
 
-    python benchmarks/run_all.py                 # everything, ~20 min on the 2-core machine
+    python benchmarks/run_all.py                 # everything, ~30 min on the 2-core machine (cores: 11)
     python benchmarks/run_all.py --fast          # fewer rounds / smaller K, ~8 min
     python benchmarks/run_all.py --from DIR      # re-render results.md from saved JSON
 
@@ -57,7 +57,7 @@ def render(data: dict, command: str, note: str | None = None) -> str:
          f"Load average when the first script started: {fmt((m.get('loadavg') or [None])[0], '.1f')} "
          "(other jobs shared the machine: every comparison is interleaved within one process and "
          "reports the minimum over rounds, see `_common.py`; treat absolute times as best-case).",
-         "", "Regenerate: `python benchmarks/run_all.py` (about 20 minutes on a quiet machine).", ""]
+         "", "Regenerate: `python benchmarks/run_all.py` (about 30 minutes on a quiet machine, 11 of them for the section on cores).", ""]
     if note:
         L += [note, ""]
 
