@@ -286,15 +286,20 @@ def render_gpu(g: dict, quick: dict | None) -> list[str]:
     if g.get("epochs"):
         est = bench_paper.gpu_measured(g["epochs"])
         L += ["### Steady epoch with the paper's 5 seeds vmapped; whole-paper time on this GPU", "",
-              "Epoch = 32 updates + evaluation of 2 × 256 states, per seed, the 5 seeds in one program.", "",
-              "| problem | mode | epoch ms | compile s |", "|---|---|---|---|"]
+              "Epoch = 32 updates + evaluation of 2 × 256 states, per seed, the 5 seeds in one program; "
+              "evaluation share = (epoch − its scanned updates, timed interleaved) ÷ epoch (– where not measured).", "",
+              "| problem | mode | epoch ms | updates ms | evaluation share | compile s |", "|---|---|---|---|---|---|"]
         notes = []
         for r in g["epochs"]:
             mark = ""
             if r.get("note"):
                 notes.append(r["note"])
                 mark = " " + "*" * len(notes)
-            L.append(f"| {r['problem']} | {r['mode']}{mark} | {r['epoch_s'] * 1e3:.1f} | {r['compile_s']:.1f} |")
+            upd = r.get("updates_s")
+            L.append(f"| {r['problem']} | {r['mode']}{mark} | {r['epoch_s'] * 1e3:.1f} | "
+                     f"{fmt(upd * 1e3 if upd is not None else None, '.1f')} | "
+                     f"{fmt(r['eval_share'] * 100 if r.get('eval_share') is not None else None, '.0f')}"
+                     f"{' %' if r.get('eval_share') is not None else ''} | {r['compile_s']:.1f} |")
         for i, n in enumerate(notes, 1):
             L += ["", "*" * i + " " + n]
         clean = bench_paper.gpu_measured([r for r in g["epochs"] if not r.get("note")]) if notes else None
