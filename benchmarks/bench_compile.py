@@ -17,6 +17,7 @@ the second device, and epoch 1 counts as ended when its evaluation has.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import subprocess
 import sys
@@ -73,20 +74,20 @@ def main(argv=None):
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     rows = []
-    for devices in map(int, args.cpu_devices.split(",")):
-      for min_s in map(float, args.min_compile_s.split(",")):
-        for name in args.problems.split(","):
-            with tempfile.TemporaryDirectory(prefix="jaxcache-") as cache:
-                cold = one(name, args.mode, cache, min_s, devices)
-                warm = one(name, args.mode, cache, min_s, devices)
-            for kind, r in (("cold", cold), ("warm", warm)):
-                rows.append(dict(problem=name, mode=args.mode, cache=kind, min_compile_s=min_s,
-                                 cpu_devices=devices, **r))
-            print(f"{name:9s} {args.mode} {devices} cpu device(s) (cache min {min_s:g}s): first epoch incl. compile cold "
-                  f"{cold['first_epoch_s']:5.2f} s (compile {cold['compile_s']:4.2f}) | warm {warm['first_epoch_s']:5.2f} s "
-                  f"(compile {warm['compile_s']:4.2f}) | process start to end of epoch 1: cold "
-                  f"{cold['wall_s'] - cold['process_s'] + cold['import_s'] + cold['first_epoch_s']:5.2f} s, warm "
-                  f"{warm['wall_s'] - warm['process_s'] + warm['import_s'] + warm['first_epoch_s']:5.2f} s", flush=True)
+    settings = itertools.product(map(int, args.cpu_devices.split(",")), map(float, args.min_compile_s.split(",")),
+                                 args.problems.split(","))
+    for devices, min_s, name in settings:
+        with tempfile.TemporaryDirectory(prefix="jaxcache-") as cache:
+            cold = one(name, args.mode, cache, min_s, devices)
+            warm = one(name, args.mode, cache, min_s, devices)
+        for kind, r in (("cold", cold), ("warm", warm)):
+            rows.append(dict(problem=name, mode=args.mode, cache=kind, min_compile_s=min_s,
+                             cpu_devices=devices, **r))
+        print(f"{name:9s} {args.mode} {devices} cpu device(s) (cache min {min_s:g}s): first epoch incl. compile cold "
+              f"{cold['first_epoch_s']:5.2f} s (compile {cold['compile_s']:4.2f}) | warm {warm['first_epoch_s']:5.2f} s "
+              f"(compile {warm['compile_s']:4.2f}) | process start to end of epoch 1: cold "
+              f"{cold['wall_s'] - cold['process_s'] + cold['import_s'] + cold['first_epoch_s']:5.2f} s, warm "
+              f"{warm['wall_s'] - warm['process_s'] + warm['import_s'] + warm['first_epoch_s']:5.2f} s", flush=True)
     _common.write_json(args.json, {"machine": _common.machine(), "rows": rows})
     return rows
 

@@ -16,7 +16,7 @@ CPU: epoch time per (problem, mode) at the first complexity level (the levels co
 same: cart-pole with 4 poles is within a few per cent of 1 pole, see bench_modes), clipping
 is free, seeds cost linearly on CPU (bench_seeds), plus one compilation per configuration.
 2 worker processes on the 2 cores (the sweep's default executor): throughput per problem as
-measured by ``bench_cores.py`` (``--cores-json``; a single XLA process already keeps 1.2-1.7
+measured by ``bench_cores.py`` (``--cores-json``; a single XLA process already keeps 1.2-1.8
 cores busy, so a second one adds less than 2x), else the ideal 2x (flagged in the JSON).
 
 GPU (an *estimate*, not measured here): an H100 takes ~3-4 ms per update whatever the batch
@@ -73,10 +73,11 @@ def estimate(epoch_rows: list[dict], compile_rows: list[dict] | None = None, wor
         cpu = configs * per_config + configs * comp.get(prob, 4.0)
         gpu_serial = configs * epochs * (UPDATES_PER_EPOCH + GPU_EVAL_UPDATES) * GPU_UPDATE_S
         gpu_thru = configs * SEEDS * epochs * UPDATES_PER_EPOCH / GPU_SEED_UPDATES_PER_S
-        speedup = sum(two[prob]) / len(two[prob]) if prob in two and workers == 2 else float(workers)
+        measured = prob in two and workers == 2
+        speedup = sum(two[prob]) / len(two[prob]) if measured else float(workers)
         out[prob] = {"configs": configs, "epochs": epochs, "seeds": SEEDS, "cpu_1proc_h": cpu / 3600,
                      "cpu_2proc_h": cpu / speedup / 3600, "two_process_speedup": speedup,
-                     "two_process_measured": prob in two and workers == 2, "gpu_serial_h": gpu_serial / 3600,
+                     "two_process_measured": measured, "gpu_serial_h": gpu_serial / 3600,
                      "gpu_throughput_h": gpu_thru / 3600}
     tot = {k: sum(v[k] for v in out.values()) for k in ("cpu_1proc_h", "cpu_2proc_h", "gpu_serial_h", "gpu_throughput_h")}
     out["total"] = tot

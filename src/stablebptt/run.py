@@ -173,14 +173,14 @@ def run_lanes(lanes: Sequence[tuple[RunConfig, int]], root: str | Path = "runs",
     if not lanes:
         return []
     folders = [Path(root) / run_id(c, s) for c, s in lanes]
-    todo = [(c, s) for (c, s), f in zip(lanes, folders) if not is_done(f)]
+    todo = [(c, s, f) for (c, s), f in zip(lanes, folders) if not is_done(f)]
     if todo:
-        configs, seeds = [c for c, _ in todo], [s for _, s in todo]
+        configs, seeds = [c for c, _, _ in todo], [s for _, s, _ in todo]
         problem = problems.get(configs[0].problem, **configs[0].problem_params)
         results = train(problem, configs[0], seeds, on_epoch=on_epoch, lane_configs=configs)
-        names = [run_id(c, s) for c, s in todo]
-        for (c, s), name, r in zip(todo, names, results):
-            write_result(Path(root) / name, c, s, r, {"vmapped_lanes": names})
+        names = [f.name for _, _, f in todo]
+        for (c, s, f), r in zip(todo, results):
+            write_result(f, c, s, r, {"vmapped_lanes": names})
     return folders
 
 
