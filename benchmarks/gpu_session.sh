@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
-# One device call (<= 9.5 min on an H100/H200; run it with timeout_s 600, carry .whl and
-# .fixtures). Two plans (PLAN=figure is the default):
+# One device call (<= 9.5 min on an H100/H200; run it with timeout_s 600, carry .whl).
+# Three plans (PLAN=figure is the default):
+#
+#   PLAN=paper   benchmarks/gpu_paper.py: the full-scale figures of issue 17 (FIGURES, default
+#                cart-pole, guidance and quantum target 5 with 3 seeds), every lane group in
+#                its own process, all at once, stopped PAPER_DEADLINE (470) s after the start;
+#                the run folders (without weights) come back as paper_runs.tar.gz, the
+#                progress log as paper.txt.
 #
 #   PLAN=figure  bench_lanes.py (20 cart-pole runs as lanes of one program vs one 5-seed
 #                program per config); then the FULL cart-pole figure (48 configs x 5 seeds x
@@ -39,8 +45,8 @@ TESTS_PID=""
 if [ "${TESTS:-1}" = 1 ]; then
   # the suite on this machine's CPU (other jax/Python than CI), 4 workers, niced, in the background
   XDIST=""; $PY -c "import xdist" 2>/dev/null && XDIST="-n ${TEST_WORKERS:-4}"
-  ( JAX_PLATFORMS=cpu XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" STABLEBPTT_FIXTURES=${STABLEBPTT_FIXTURES:-$PWD/.fixtures} STABLEBPTT_NO_CACHE=1 \
-    timeout "${TESTS_TIMEOUT:-300}" nice -n 10 $PY -m pytest -q -p no:cacheprovider $XDIST \
+  ( JAX_PLATFORMS=cpu XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" STABLEBPTT_NO_CACHE=1 \
+    timeout "${TESTS_TIMEOUT:-300}" nice -n "${TESTS_NICE:-10}" $PY -m pytest -q -p no:cacheprovider $XDIST \
     -W ignore tests > "$OUT/tests_cpu.txt" 2>&1; echo "rc=$?" >> "$OUT/tests_cpu.txt" ) &
   TESTS_PID=$!
 fi
@@ -52,7 +58,18 @@ run_check() {  # part, limit, extra args; appends to gpu_check.txt, one JSON per
   timeout "$2" $PY benchmarks/gpu_check.py ${GPU_CHECK_ARGS:-} --parts "$1" "${@:3}" --json "$OUT/gpu_$1.json" \
     2>&1 | grep -v "Delay kernel" | tee -a "$OUT/gpu_check.txt"
 }
-if [ "${PLAN:-figure}" = checks ]; then
+if [ "${PLAN:-figure}" = paper ]; then
+  P=/tmp/paper
+  T0=$(date +%s)
+  # shellcheck disable=SC2086
+  FIGS=""; for f in ${FIGURES:-cartpole guidance quantum:target=5:seeds=3}; do FIGS="$FIGS --figure $f"; done
+  ( XLA_PYTHON_CLIENT_PREALLOCATE=false $PY benchmarks/gpu_paper.py --out "$P" $FIGS \
+      --deadline "${PAPER_DEADLINE:-470}" --log-every "${LOG_EVERY:-50}" ${PAPER_ARGS:-} ) 2>&1 \
+    | grep -v -E "Delay kernel|UserWarning|warnings.warn" | tee "$OUT/paper.txt"
+  echo "paper wall_s $(( $(date +%s) - T0 ))" | tee -a "$OUT/paper.txt"
+  ( cd "$P" && tar --exclude='weights.npz' -czf "$OUT/paper_runs.tar.gz" . ) 2>/dev/null
+  ls -la "$OUT"
+elif [ "${PLAN:-figure}" = checks ]; then
   run_check epochs "${EPOCHS_TIMEOUT:-200}" --modes "${EPOCH_MODES:-R,C}"
   run_check throughput "${THROUGHPUT_TIMEOUT:-170}" --cases "${CASES:-quantum:C:1,64,512;cartpole:C:4096;cartpole:R:1,64,4096;guidance:C:1,64,512}"
   run_check precision "${PRECISION_TIMEOUT:-90}"

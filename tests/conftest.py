@@ -9,14 +9,15 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+#: the authors' reference arrays, copied into the repository with their README
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
 def fixtures_dir() -> Path:
-    """The authors' reference arrays: $STABLEBPTT_FIXTURES or ../shared/fixtures beside the repo."""
-    d = Path(os.environ.get("STABLEBPTT_FIXTURES", REPO.parent / "shared" / "fixtures"))
+    """The authors' reference arrays: ``tests/fixtures`` (override with $STABLEBPTT_FIXTURES)."""
+    d = Path(os.environ.get("STABLEBPTT_FIXTURES", FIXTURES))
     if not d.is_dir():
-        raise FileNotFoundError(
-            f"reference fixtures not found at {d}; set STABLEBPTT_FIXTURES to the folder "
-            "holding cartpole_1.npz etc."
-        )
+        raise FileNotFoundError(f"reference fixtures not found at {d} (STABLEBPTT_FIXTURES or tests/fixtures)")
     return d
 
 

@@ -47,6 +47,25 @@ def use_full_float32_matmuls() -> None:
         jax.config.update("jax_default_matmul_precision", "highest")
 
 
+def source_commit() -> str | None:
+    """The git commit of the stablebptt source that runs: ``$STABLEBPTT_COMMIT`` when set (a
+    copy of the tree without its ``.git``), else ``git rev-parse HEAD`` of the checkout this
+    package is imported from (with ``-dirty`` when it has uncommitted changes), else None."""
+    import subprocess
+
+    if os.environ.get("STABLEBPTT_COMMIT"):
+        return os.environ["STABLEBPTT_COMMIT"]
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."],
+                               cwd=here, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("-dirty" if dirty else "") if head else None
+
+
 def manifest() -> dict:
     """Versions, device and precision of this process (recorded next to every result)."""
     import jax
@@ -61,6 +80,7 @@ def manifest() -> dict:
     return {
         "versions": {n: ver(n) for n in ("stablebptt", "jax", "jaxlib", "optax", "equinox", "numpy")}
         | {"python": platform.python_version()},
+        "commit": source_commit(),
         "device": {"platform": dev.platform, "kind": getattr(dev, "device_kind", str(dev)),
                    "count": jax.device_count(),
                    "overlap_eval": str(_train.OVERLAP_EVAL)},  # evaluation on a 2nd CPU device
