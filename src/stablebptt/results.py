@@ -42,7 +42,8 @@ def load_run(folder: str | Path) -> pd.DataFrame:
     folder = Path(folder)
     res = json.loads((folder / RESULT_FILE).read_text())
     cfg = json.loads((folder / "config.json").read_text())
-    metrics = pd.read_csv(folder / "metrics.csv")
+    csv = folder / "metrics.csv"
+    metrics = pd.read_csv(csv if csv.is_file() else folder / "metrics.csv.gz")  # .gz: archived records
     if metrics.empty:
         metrics = pd.DataFrame([{"epoch": 0, "train_loss": res["initial"]["train_loss"],
                                  "test_loss": res["initial"]["test_loss"]}])
