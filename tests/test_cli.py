@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from stablebptt import nets, problems
+from stablebptt import controllers, problems
 from stablebptt.cli import app
 from stablebptt.config import RunConfig
 from stablebptt.train import train
@@ -36,8 +36,8 @@ def test_train_cli_writes_a_complete_run_folder(tmp_path, monkeypatch):
     assert "after 3 epochs" in res.output
     # weights load back into the problem's controller and reproduce the stored test loss
     prob = problems.get("cartpole", poles=2)
-    model = nets.load_weights(prob.make_controller(__import__("jax").random.PRNGKey(9)), folder / "weights.npz")
-    from stablebptt.flow import evaluate_loss
+    model = controllers.load_weights(prob.make_controller(__import__("jax").random.PRNGKey(9)), folder / "weights.npz")
+    from stablebptt import evaluate_loss
     _, test = prob.sample_data("paper", 16, 8)
     loss = float(evaluate_loss(model, test, step=prob.step, loss=prob.loss, horizon=prob.horizon))
     assert loss == pytest.approx(m["test_loss"].iloc[-1], rel=1e-5)

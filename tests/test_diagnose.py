@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 import equinox as eqx
 
-from stablebptt import flow, problems
+import stablebptt as sb
+from stablebptt import problems
 from stablebptt import diagnose as D
 from stablebptt.cli import app
 from stablebptt.problems.linear import closed_form_fields
@@ -47,7 +48,7 @@ def test_linear_closed_forms(a, b, T, x0, theta):
     assert d.norm_M == pytest.approx(abs(M), rel=1e-5)
     model = p.make_controller(None)
     x0b = jnp.full((2, 1), x0, jnp.float32)
-    _, _, info = flow.value_and_update(model, x0b, step=p.step, loss=p.loss, horizon=T, flow="M", diagnostics=True)
+    _, _, info = sb.value_and_update(model, x0b, step=p.step, loss=p.loss, horizon=T, flow="M", diagnostics=True)
     assert d.cos_mg == pytest.approx(float(info["cos_mg"]), abs=1e-6)
     assert d.sign_agree == pytest.approx(float(info["sign_agree"]))
     assert d.loss == pytest.approx(0.5 * xT**2, rel=1e-5)
@@ -85,7 +86,7 @@ def test_verdict_flags_more_than_six_orders():
 
 def _every_state_problem():
     """A small nonlinear 2-D system with an every-state loss and a control penalty."""
-    from stablebptt import nets
+    from stablebptt import controllers as nets
     from stablebptt.losses import TrajectoryLoss
 
     W = jnp.asarray([[0.3, -1.2], [0.8, 0.1]], jnp.float32)
@@ -101,7 +102,7 @@ def _every_state_problem():
 
 def test_contributions_sum_to_engine_fields_and_adjoint_matches_jax_grad():
     """Every-state loss with a control penalty and a final-state loss with a nonlinear
-    controller (toy-field): Σ_n contributions == flow.field for R and M, and
+    controller (toy-field): Σ_n contributions == the engine's R and M fields, and
     λ^R_0 == B·∂L/∂x_0 per sample from jax.grad."""
     p = problems.get("toy-field")
     cases = [_every_state_problem(),
@@ -110,10 +111,10 @@ def test_contributions_sum_to_engine_fields_and_adjoint_matches_jax_grad():
         params, static = eqx.partition(model, eqx.is_inexact_array)
         out = D._build_measure(step, loss, T, static)(params, x0)
         for mode in ("R", "M"):
-            _, f = flow.field(model, x0, step=step, loss=loss, horizon=T, mode=mode)
+            _, f, _ = sb.value_and_update(model, x0, step=step, loss=loss, horizon=T, flow=mode)
             for u, v in zip(jax.tree_util.tree_leaves(out["fields"][mode]), jax.tree_util.tree_leaves(f)):
                 np.testing.assert_allclose(u, v, rtol=2e-4, atol=1e-6 * float(jnp.max(jnp.abs(v))))
-        gx = jax.grad(lambda x: flow.evaluate_loss(model, x, step=step, loss=loss, horizon=T))(x0)
+        gx = jax.grad(lambda x: sb.evaluate_loss(model, x, step=step, loss=loss, horizon=T))(x0)
         per = np.sqrt(np.sum(np.asarray(gx).reshape(3, -1) ** 2, 1)) * 3
         np.testing.assert_allclose(out["adjoint_R"][0], per, rtol=1e-4)
         # R and M really differ here (the controller feeds back)

@@ -1,7 +1,7 @@
 """Lanes: runs that differ in mode, learning rate or clipping as one vmapped program.
 
 Each lane must give what its own run gives: the engine's update of its mode (checked against
-``value_and_update``, itself checked against jax.grad and finite differences in test_flow),
+``value_and_update``, itself checked against jax.grad and finite differences in test_engine),
 the optimizer's step (against ``optim.make``), and the trainer's and the sweep's results
 (against one run per config).
 """
@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stablebptt import flow as F
+import stablebptt as sb
+from stablebptt import core as F
 from stablebptt import optim, problems, run, sweep
 from stablebptt import train as T
 from stablebptt.config import RunConfig, run_id
@@ -36,8 +37,10 @@ def test_lanes_of_one_program_give_each_modes_update(name, steps):
     x0 = jnp.asarray(pr.sample_data(0, 4, 4)[0])
     kw = dict(step=pr.step, loss=pr.loss, horizon=pr.horizon)
     flows = [f for f in FLOWS if isinstance(f.mode, str) or len(f.mode) == pr.horizon]
-    lanes = jax.tree_util.tree_map(lambda *a: np.stack(a), *[F.lane_flow(f, pr.horizon) for f in flows])
-    vals, ups, infos = jax.jit(jax.vmap(lambda l: F.lane_value_and_update(model, x0, l, **kw)))(lanes)
+    lanes = jax.tree_util.tree_map(lambda *a: np.stack(a), *[f.gates(pr.horizon, diagnostics=True) for f in flows])
+    strategy = F.select_backward(model, x0, gates=lanes.fields, **kw)
+    vals, ups, infos, _ = jax.jit(jax.vmap(lambda l: F.update_from_gates(
+        model, x0, gates=l, live_ctrl=(True, True), backward=strategy, combine=F.gates.combine_sign, **kw)))(lanes)
     for i, f in enumerate(flows):
         v, u, info = F.value_and_update(model, x0, flow=f, diagnostics=True, **kw)
         lane_u = jax.tree_util.tree_map(lambda a: a[i], ups)
@@ -48,11 +51,6 @@ def test_lanes_of_one_program_give_each_modes_update(name, steps):
     # the lanes really differ (a lane that ignored its gates would pass only for R)
     r, m = [flows.index(F.Flow(x)) for x in ("R", "M")]
     assert _rel(jax.tree_util.tree_map(lambda a: a[r], ups), jax.tree_util.tree_map(lambda a: a[m], ups)) > 1e-3
-
-
-def test_lane_flow_rejects_the_and_mask():
-    with pytest.raises(ValueError, match="and_mask=0.5 cannot run as a lane"):
-        F.lane_flow(F.Flow("C", and_mask=0.5), 10)
 
 
 @pytest.mark.parametrize("name", optim.OPTIMIZERS)

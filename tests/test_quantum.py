@@ -329,7 +329,7 @@ def test_combined_mode_with_vmapped_seeds_solves_one_column_per_system(monkeypat
     import equinox as eqx
 
     monkeypatch.setattr(quantum, "FOLD_COLUMNS", False)
-    from stablebptt import flow
+    import stablebptt as sb
 
     p = problems.get("quantum", steps=4)
     models = [p.make_controller(jax.random.PRNGKey(s), zero_last=False) for s in range(2)]
@@ -338,7 +338,7 @@ def test_combined_mode_with_vmapped_seeds_solves_one_column_per_system(monkeypat
     x0 = jnp.asarray(p.sample_data(0, 4, 4)[0])
 
     def update(pp):
-        return flow.value_and_update(eqx.combine(pp, static), x0, step=p.step, loss=p.loss, horizon=4, flow="C")[1]
+        return sb.value_and_update(eqx.combine(pp, static), x0, step=p.step, loss=p.loss, horizon=4, flow="C")[1]
 
     shapes = _solve_rhs_shapes(jax.jit(jax.vmap(update)).lower(params).as_text())
     assert len(shapes) >= 2 and all(s.endswith("x1") for s in shapes), shapes

@@ -273,9 +273,9 @@ def render_frames(problem, model, x0, *, stride: int | None = None) -> list[np.n
     (a list of (H, W, 3) uint8 arrays, ``ceil(T / stride) + 1`` of them)."""
     import jax
 
-    from . import flow
+    from .core import unroll
 
-    xs, cs = jax.device_get(flow.rollout(model, x0, step=problem.step, horizon=problem.horizon))
+    xs, cs = jax.device_get(unroll.rollout(model, x0, step=problem.step, horizon=problem.horizon))
     xs, cs = np.asarray(xs), np.asarray(cs)
     idx = frame_indices(problem.horizon, stride)
     render = RENDERERS.get(problem.name, _render_series)

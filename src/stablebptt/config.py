@@ -12,7 +12,7 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from . import flow as flow_mod
+from .core.gates import Flow
 from . import optim
 
 
@@ -98,7 +98,7 @@ class RunConfig(BaseModel):
     def _whole(self):
         from . import problems
 
-        flow_mod.Flow(mode=self.mode if isinstance(self.mode, str) else tuple(self.mode),
+        Flow(mode=self.mode if isinstance(self.mode, str) else tuple(self.mode),
                       combiner=self.combiner, truncate=self.truncate, decay=self.decay,
                       and_mask=self.and_mask)
         spec = problems.param_spec(self.problem)
@@ -115,9 +115,9 @@ class RunConfig(BaseModel):
             raise ValueError(f"memory_budget={self.memory_budget!r}; must be a number of bytes ≥ 1")
         return self
 
-    def flow(self) -> flow_mod.Flow:
+    def flow(self) -> Flow:
         mode = self.mode if isinstance(self.mode, str) else tuple(self.mode)
-        return flow_mod.Flow(mode=mode, combiner=self.combiner, truncate=self.truncate, decay=self.decay,
+        return Flow(mode=mode, combiner=self.combiner, truncate=self.truncate, decay=self.decay,
                              and_mask=self.and_mask)
 
     def mode_label(self) -> str:

@@ -15,14 +15,14 @@ combined (C) updates of Schnell & Thuerey (ICLR 2024) are needed:
 (b) **credit per step**: the norm of step n's contribution G_θ,nᵀ B_nᵀ λ_{n+1} (plus the
     control-penalty term of step n, if any) to the batch update, for R and for M. Obtained
     the same way with one copy of the parameters per step; the contributions sum to the
-    engine's fields :func:`stablebptt.flow.field` exactly.
+    engine's fields (:func:`stablebptt.core.value_and_update`) exactly.
 (c) **Jacobian spectra** per step on one sample (the state flattened, ``jax.jacfwd``): the
     physics Jacobian A_n = ∂P/∂x and the closed loop A_n + B_n K_n = d P(x, N(x))/dx, their
     singular values, and finite-horizon Lyapunov estimates (1/T)·log σ_max(J_{T−1} ⋯ J_0)
     (float64 product with QR re-orthonormalisation, so nothing overflows).
 (d) **agreement of the fields**: cos(M, G) and the fraction of parameter entries where
     sign(M_j) = sign(G_j), with G = Σ_n (R contributions) and M = Σ_n (M contributions)
-    — the same numbers as ``flow.value_and_update(..., flow="M", diagnostics=True)``.
+    — the same numbers as ``value_and_update(..., flow="M", diagnostics=True)``.
 
 From these a :class:`Verdict` recommends a mode and a clipping setting and flags the
 horizons over which R's credit spans more than 6 orders of magnitude (see
@@ -49,7 +49,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from . import flow as flow_mod
+from .core import gates as gates_mod
+from .core import unroll
 from .losses import TrajectoryLoss
 
 #: R's credit may span at most this many orders of magnitude before a horizon is flagged
@@ -368,7 +369,7 @@ def _build_measure(step, loss: TrajectoryLoss, horizon: int, static):
         pstack = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (T,) + a.shape), params)
         eps = jax.tree_util.tree_map(lambda a: jnp.zeros((T + 1,) + a.shape, a.dtype), x0)
         out = {}
-        gates = jnp.asarray([flow_mod.GATES["R"], flow_mod.GATES["M"]], jnp.float32)
+        gates = jnp.asarray([gates_mod.GATES["R"], gates_mod.GATES["M"]], jnp.float32)
 
         def f(e, p, g):
             return _perturbed_loss(e, p, static, x0, step=step, loss=loss, horizon=T, gates=(g[0], g[1]))
@@ -391,7 +392,7 @@ def _build_measure(step, loss: TrajectoryLoss, horizon: int, static):
 
         # Jacobians along sample 0's trajectory
         model = eqx.combine(params, static)
-        xs, cs = flow_mod.rollout(model, x0, step=step, horizon=T)
+        xs, cs = unroll.rollout(model, x0, step=step, horizon=T)
         one = lambda t: jax.tree_util.tree_map(lambda a: a[:, :1], t)
         xs1, cs1 = one(xs), one(cs)
         _, unravel = ravel_pytree(jax.tree_util.tree_map(lambda a: a[0], xs1))
@@ -417,7 +418,7 @@ def _build_measure(step, loss: TrajectoryLoss, horizon: int, static):
 
 
 def field_agreement(m, g) -> tuple[float, float, float, float]:
-    """``(cos(M, G), sign agreement, ‖G‖, ‖M‖)`` in float64 (as ``flow.field_stats``, but safe
+    """``(cos(M, G), sign agreement, ‖G‖, ‖M‖)`` in float64 (as ``core.field_stats``, but safe
     from float32 overflow when the fields are huge)."""
     fm = np.concatenate([np.asarray(a, np.float64).ravel() for a in jax.tree_util.tree_leaves(m)])
     fg = np.concatenate([np.asarray(a, np.float64).ravel() for a in jax.tree_util.tree_leaves(g)])
@@ -564,7 +565,7 @@ def diagnose(step: Callable, loss: TrajectoryLoss, horizon: int, model, x0, *, s
         if int(states) < 1:
             raise ValueError(f"states={states!r}; must be ≥ 1")
         x0 = jax.tree_util.tree_map(lambda a: a[: int(states)], x0)
-    flow_mod.check_problem_inputs(model, x0, step, horizon)
+    unroll.check_problem_inputs(model, x0, step, horizon)
     params, static = eqx.partition(model, eqx.is_inexact_array)
     measure = _build_measure(step, loss, int(horizon), static)
     out = jax.device_get(measure(params, x0))
@@ -592,7 +593,7 @@ def diagnose(step: Callable, loss: TrajectoryLoss, horizon: int, model, x0, *, s
 
 def load_run(run_dir: str | Path):
     """``(problem, model, config, seed)`` of a run folder (config.json + weights.npz)."""
-    from . import nets, problems
+    from . import controllers, problems
     from .config import RunConfig
     from .train import make_model
 
@@ -610,7 +611,7 @@ def load_run(run_dir: str | Path):
     weights = run_dir / "weights.npz"
     if not weights.is_file():
         raise FileNotFoundError(f"{run_dir} has no weights.npz (unfinished run?)")
-    model = nets.load_weights(model, weights)
+    model = controllers.load_weights(model, weights)
     return problem, model, config, seed
 
 
@@ -629,7 +630,7 @@ def diagnose_problem(problem, model=None, n: int = 8, *, weights: str | Path | N
       weights: a run folder or an ``.npz`` file whose weights are loaded into the controller.
       seed: PRNG seed of the untrained controller.
     """
-    from . import nets, problems
+    from . import controllers, problems
 
     if isinstance(problem, str):
         problem = problems.get(problem, **params)
@@ -644,7 +645,7 @@ def diagnose_problem(problem, model=None, n: int = 8, *, weights: str | Path | N
         w = Path(weights)
         if w.is_dir():
             w = w / "weights.npz"
-        model = nets.load_weights(model, w)
+        model = controllers.load_weights(model, w)
         what = f"weights from {weights}"
     _, test = problem.sample_data(int(data_seed), int(n), int(n))
     ptxt = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in dict(problem.params).items())

@@ -29,7 +29,7 @@ Toy figures
 -----------
 * :func:`fig1_fields` (paper Fig. 1): the gradient field G (mode R) and the modified field M
   (mode M) of the scalar toy ``toy-field`` over θ ∈ [-4, 4]², each computed by the engine
-  (``flow.field``, vmapped over θ). Heat map of log10 ‖field‖ with streamlines of the
+  (``value_and_update`` of mode R and M, vmapped over θ). Heat map of log10 ‖field‖ with streamlines of the
   negative field (the direction a plain descent step moves), side by side; the dashed curve
   bounds the region L < 10. G's magnitude varies
   by three orders of magnitude across the low-loss region, M's far less: the returned
@@ -385,13 +385,14 @@ def plot_sweep(sweep_dir: str | Path, out_dir: str | Path | None = None, *, smoo
 def toy_field_grid(n: int = 401, lim: float = 4.0, **problem_params) -> dict[str, np.ndarray]:
     """L, G (mode R) and M (mode M) of ``toy-field`` on an n×n grid over θ ∈ [-lim, lim]².
 
-    Each field comes from the engine (``flow.field`` on a :class:`PolyController`), vmapped
+    Each field comes from the engine (``value_and_update`` on a :class:`PolyController`), vmapped
     over θ. Arrays are indexed ``[i2, i1]`` (rows θ2, columns θ1), fields have a last axis of 2.
     """
     import jax
     import jax.numpy as jnp
 
-    from . import flow, problems
+    from . import problems
+    from .core import value_and_update
     from .problems.toys import PolyController
 
     prob = problems.get("toy-field", **problem_params)
@@ -401,8 +402,8 @@ def toy_field_grid(n: int = 401, lim: float = 4.0, **problem_params) -> dict[str
     thetas = jnp.asarray(np.stack([T1.ravel(), T2.ravel()], -1))
 
     def one(theta, mode):
-        L, fld = flow.field(PolyController(theta), x0, step=prob.step, loss=prob.loss,
-                            horizon=prob.horizon, mode=mode)
+        L, fld, _ = value_and_update(PolyController(theta), x0, step=prob.step, loss=prob.loss,
+                                     horizon=prob.horizon, flow=mode, validate=False)
         return L, fld.theta
 
     L, G = jax.jit(jax.vmap(lambda t: one(t, "R")))(thetas)
@@ -476,7 +477,8 @@ def rotation_run(mode: str, *, iterations: int = 200, lr: float = 0.1,
     import jax
     import jax.numpy as jnp
 
-    from . import flow, optim, problems
+    from . import optim, problems
+    from .core import evaluate_loss, value_and_update
 
     prob = problems.get("toy-rotation")
     model = prob.make_controller(None, theta=tuple(float(t) for t in theta0))
@@ -488,14 +490,14 @@ def rotation_run(mode: str, *, iterations: int = 200, lr: float = 0.1,
     @jax.jit
     def step(params, state):
         m = eqx.combine(params, static)
-        val, upd, _ = flow.value_and_update(m, x0, step=prob.step, loss=prob.loss, horizon=prob.horizon,
+        val, upd, _ = value_and_update(m, x0, step=prob.step, loss=prob.loss, horizon=prob.horizon,
                                             flow=mode, validate=False)
         u, state = opt.update(upd, state, params)
         return eqx.apply_updates(params, u), state, val
 
     @jax.jit
     def loss_of(params):
-        return flow.evaluate_loss(eqx.combine(params, static), x0, step=prob.step, loss=prob.loss,
+        return evaluate_loss(eqx.combine(params, static), x0, step=prob.step, loss=prob.loss,
                                   horizon=prob.horizon)
 
     losses, thetas = [], [np.asarray(params.theta)]

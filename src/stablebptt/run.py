@@ -5,7 +5,7 @@ Folder layout (``<root>/<run_id>/``, ``run_id`` = hash of config and seed)::
     config.json     the RunConfig and the seed
     metrics.csv     one row per finished epoch (see stablebptt.train for the columns)
     result.json     summary: status (finished | diverged), diverged_epoch, final losses, times
-    weights.npz     the trained controller (Keras layout, see stablebptt.nets)
+    weights.npz     the trained controller (Keras layout, see stablebptt.controllers)
     manifest.json   versions, device, precision, XLA flags, the exact command, host, date
 
 Writes are atomic: everything goes to a temporary sibling folder that is renamed into
@@ -108,7 +108,7 @@ def _write_json(path: Path, obj) -> None:
 
 def write_result(folder: Path, config: RunConfig, seed: int, result, extra_manifest: dict | None = None) -> Path:
     """Atomically write one TrainResult into ``folder`` (temp folder + rename)."""
-    from . import nets
+    from . import controllers
 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -122,7 +122,7 @@ def write_result(folder: Path, config: RunConfig, seed: int, result, extra_manif
             w.writerow(cols)
             for i in range(len(result.history["epoch"])):
                 w.writerow([result.history[c][i] for c in cols])
-        nets.save_weights(result.model, tmp / "weights.npz")
+        controllers.save_weights(result.model, tmp / "weights.npz")
         _write_json(tmp / "manifest.json", manifest() | (extra_manifest or {}))
         summary = {
             "run_id": folder.name,

@@ -35,8 +35,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import flow as flow_mod
-from . import nets, optim
+from . import core
+from .core import backward as backward_mod
+from . import controllers, optim
 from .config import RunConfig
 from .problems import Problem
 
@@ -136,7 +137,7 @@ def make_model(problem: Problem, config: RunConfig, seed: int):
     except Exception:  # noqa: BLE001 - a factory that cannot be traced runs eagerly
         model = problem.make_controller(key, zero_last=zero_last)
     if config.init_weights:
-        model = nets.load_weights(model, config.init_weights)
+        model = controllers.load_weights(model, config.init_weights)
     return model
 
 
@@ -176,7 +177,7 @@ def _checkpoint_kw(config: RunConfig, n_programs: int = 1) -> dict:
     ce = config.checkpoint_every
     kw = {"checkpoint_every": ce}
     if isinstance(ce, str):
-        budget = getattr(config, "memory_budget", None) or flow_mod.default_memory_budget()
+        budget = getattr(config, "memory_budget", None) or backward_mod.default_memory_budget()
         kw["memory_budget"] = int(budget) // max(int(n_programs), 1)
     return kw
 
@@ -185,7 +186,7 @@ class _LaneState(NamedTuple):
     """The optimizer state of a lane (``train(..., lane_configs=...)``): the lane's mode as
     data and its optimizer state, whose settings hold the learning rate and clipping."""
 
-    flow: flow_mod.LaneFlow
+    flow: core.Gates
     opt: optim.LaneOptState
 
 
@@ -199,11 +200,14 @@ def _make_update(problem: Problem, config: RunConfig, static, tx, n_programs: in
     def update(params, opt_state, alive, bad, idx, xb):
         model = eqx.combine(params, static)
         if lanes:
-            val, upd, info = flow_mod.lane_value_and_update(model, xb, opt_state.flow, combiner=config.combiner, **kw)
+            val, upd, info, _ = core.update_from_gates(
+                model, xb, gates=opt_state.flow, live_ctrl=(True, True), combine=config.flow().combine_fn(),
+                backward=core.engine.resolve_backward("auto", model, xb, gates=np.ones((2, problem.horizon, 2)), **kw),
+                **{k: kw[k] for k in ("step", "loss", "horizon")})
             steps, new_inner = tx.update(upd, opt_state.opt, params)
             new_opt = _LaneState(opt_state.flow, new_inner)
         else:
-            val, upd, info = flow_mod.value_and_update(
+            val, upd, info = core.value_and_update(
                 model, xb, flow=flow, diagnostics=config.diagnostics, validate=False, **kw)
             steps, new_opt = tx.update(upd, opt_state, params)
         ok = alive & jnp.isfinite(val) & _all_finite(upd)
@@ -250,7 +254,7 @@ def _make_evaluate(problem: Problem, static):
     kw = dict(step=problem.step, loss=problem.loss, horizon=problem.horizon)
 
     def one(params, xs):
-        return flow_mod.evaluate_loss(eqx.combine(params, static), xs, **kw)
+        return core.evaluate_loss(eqx.combine(params, static), xs, **kw)
 
     def chunks(xs):
         c = _eval_chunk(xs.shape[0], problem.eval_chunk)
@@ -353,7 +357,7 @@ class _Stepper:
                                  momentum=config.momentum)
         else:  # K lanes: mode, learning rate and clipping per lane, as data in the optimizer state
             self.tx = optim.lane_optimizer(config.optimizer, momentum=config.momentum)
-            self._lanes = [(flow_mod.lane_flow(c.flow(), problem.horizon),
+            self._lanes = [(c.flow().gates(problem.horizon, diagnostics=True),
                             optim.lane_settings(c.lr, c.clip, c.clip_threshold)) for c in lanes]
         self.lanes = lanes
         self.bs = config.batch_size
@@ -750,7 +754,7 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
             early = _abstract_split(problem, config)
             if early is not None:
                 p_abs, static_abs = early
-                flow_mod.check_problem_inputs(eqx.combine(p_abs, static_abs), x_probe, problem.step, problem.horizon)
+                core.check_problem_inputs(eqx.combine(p_abs, static_abs), x_probe, problem.step, problem.horizon)
                 prepare(static_abs, p_abs, lambda: jax.eval_shape(lambda p: build_carry([p] * K), p_abs))
             models = models_f.result()
 
@@ -760,7 +764,7 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
         if stepper is None or not _same_controller(static, params[0], static_abs, p_abs):
             # no abstract shapes, or the real controller differs from them (when it matches, the
             # check above on its abstract twin already covered it)
-            flow_mod.check_problem_inputs(models[0], x_probe, problem.step, problem.horizon)
+            core.check_problem_inputs(models[0], x_probe, problem.step, problem.horizon)
             prepare(static, params[0], lambda: jax.eval_shape(build_carry, params))
         compile_s = time.perf_counter() - t0  # tracing and compilation, the initialisation beside them
         want_stats = [c.flow().combined or c.diagnostics for c in (lane_configs or [config] * K)]

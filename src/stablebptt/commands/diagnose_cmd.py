@@ -35,7 +35,7 @@ def diagnose_command(
     import jax
 
     from .. import diagnose as diag
-    from .. import nets
+    from .. import controllers
 
     t0 = time.perf_counter()
     name = problem
@@ -54,7 +54,7 @@ def diagnose_command(
             if weights is not None:
                 if not weights.is_file():
                     raise fail(f"--weights {weights}: no such file or run folder")
-                model = nets.load_weights(prob.make_controller(jax.random.PRNGKey(seed), zero_last=False), weights)
+                model = controllers.load_weights(prob.make_controller(jax.random.PRNGKey(seed), zero_last=False), weights)
                 label = f"{problem} — weights {weights.name}"
                 name = f"{problem}-{weights.stem}"
         d = diag.diagnose_problem(prob, model=model, n=states, zero_last=zero_last, seed=seed)

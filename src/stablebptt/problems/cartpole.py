@@ -56,7 +56,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import nets
+from .. import controllers
 from ..losses import TrajectoryLoss
 from .base import Problem
 
@@ -192,7 +192,7 @@ def make(
 
     def make_controller(key, zero_last: bool = True):
         """The paper's MLP: (B, 1+n, 2) -> force (B,); zero last kernel by default."""
-        return nets.MLP(
+        return controllers.MLP(
             key, in_size=2 * (1 + poles), control_shape=(), widths=(100, 100), zero_last=zero_last
         )
 

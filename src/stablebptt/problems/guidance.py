@@ -61,7 +61,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import nets
+from .. import controllers
 from ..losses import TrajectoryLoss
 from .base import Problem
 
@@ -250,7 +250,7 @@ def make(
 
     def make_controller(key, zero_last: bool = True):
         """The paper's MLP: (B, n_d+n_e, 2, 2) -> (B, n_d, 2); zero last kernel by default."""
-        return nets.MLP(
+        return controllers.MLP(
             key, in_size=4 * (n_d + n_e), control_shape=(n_d, 2), widths=(100, 100),
             zero_last=zero_last,
         )

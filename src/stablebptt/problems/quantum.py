@@ -59,7 +59,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import nets
+from .. import controllers
 from ..losses import TrajectoryLoss
 from .base import Problem
 
@@ -334,7 +334,7 @@ def make(
     )
 
     def make_controller(key, zero_last: bool = False):
-        return nets.QuantumCNN(key, nx=nx, zero_last=zero_last)
+        return controllers.QuantumCNN(key, nx=nx, zero_last=zero_last)
 
     return Problem(
         name="quantum",

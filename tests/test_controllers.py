@@ -1,11 +1,12 @@
-"""Controllers: Keras-like init, layer-by-layer .npz weights."""
+"""Controllers: Keras-like init, layer-by-layer .npz weights, the engine's hooks against autodiff."""
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stablebptt import nets
+from stablebptt import controllers as nets
+from stablebptt.core import hooks
 
 
 def test_mlp_shapes_init_and_zero_last():
@@ -78,15 +79,16 @@ def test_parameter_vjp_from_kept_activations_equals_autodiff():
     ct = jax.random.normal(jax.random.PRNGKey(2), c.shape)
     p, s = eqx.partition(m, eqx.is_inexact_array)
     want = jax.vjp(lambda q: eqx.combine(q, s)(x), p)[1](ct)[0]
-    got = eqx.filter(m.param_vjp_from_residuals(x, res, ct), eqx.is_inexact_array)
+    (got,) = [eqx.filter(g, eqx.is_inexact_array) for g in m.param_vjps_from_residuals(x, res, [ct])]
     assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
     for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(b))))
 
 
 def check_jacobian_protocol(m, x):
-    """m's jacobian_from_residuals equals jax.jacrev per row, and param_vjp_from_jacobian equals
-    jax.vjp w.r.t. the parameters; returns (J, deltas)."""
+    """m's jacobian_from_residuals equals jax.jacrev per row, and param_vjps_from_jacobian and
+    param_vjps_from_residuals equal jax.vjp w.r.t. the parameters; returns (J, deltas)."""
+    assert isinstance(m, hooks.RowwiseController) and hooks.has_hooks(m)
     m = jax.tree_util.tree_map(lambda a: a + 0.05 if eqx.is_inexact_array(a) else a, m)  # no zero kernel
     c, res = m.forward_with_residuals(x)
     assert np.array_equal(np.asarray(c), np.asarray(m(x)))
@@ -96,10 +98,11 @@ def check_jacobian_protocol(m, x):
     ct = jax.random.normal(jax.random.PRNGKey(2), c.shape)
     p, s = eqx.partition(m, eqx.is_inexact_array)
     want = jax.vjp(lambda q: eqx.combine(q, s)(x), p)[1](ct)[0]
-    got = eqx.filter(m.param_vjp_from_jacobian(x, res, deltas, ct), eqx.is_inexact_array)
-    assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
-    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+    for got in (m.param_vjps_from_jacobian(x, res, deltas, [ct])[0], m.param_vjps_from_residuals(x, res, [ct])[0]):
+        got = eqx.filter(got, eqx.is_inexact_array)
+        assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
+        for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(b))))
     # several fields at once (C's M and G: their kernel products as one matrix product): each
     # equals its own autodiff vjp, in order
     cts = [ct, jax.random.normal(jax.random.PRNGKey(3), c.shape), -2.0 * ct]

@@ -1,5 +1,9 @@
 """Controllers: the paper's MLP and quantum CNN as equinox modules.
 
+Both treat the rows of a batch independently and implement the engine's hooks
+(:class:`stablebptt.core.hooks.RowwiseController`): residuals, input Jacobian and parameter
+vjps as a few large matrix products on many rows at once (tested against autodiff).
+
 Weights are stored in the Keras/TensorFlow layout so trained controllers move between
 frameworks: Dense kernels (fan_in, fan_out), Conv kernels (kh, kw, c_in, c_out) for 2-D and
 (k, c_in, c_out) for 1-D. Initialisation is Keras': Glorot-uniform kernels
@@ -29,10 +33,8 @@ def glorot_uniform(key: jax.Array, shape: Sequence[int], fan_in: int, fan_out: i
 def _kernel_products(inputs, ds, precision=None) -> list:
     """[inputsᵀ·d for d in ds] as one matrix product inputsᵀ·[d_1 | d_2 | …], split after.
 
-    inputs (N, a); each d (N, b). The weight gradients of several fields (C's M and G) share
-    the layer inputs; one product with the fields side by side runs at a higher rate than one
-    product per field (measured: cart-pole C 1.54 → 1.39 ms per update, R 1.09 ms; one
-    cotangent gives the plain product)."""
+    inputs (N, a); each d (N, b_i) -> (a, b_i). The weight gradients of several fields (C's M
+    and G) share the layer inputs, so they are one product with the fields side by side."""
     if len(ds) == 1:
         return [jnp.matmul(inputs.T, ds[0], precision=precision)]
     k = jnp.matmul(inputs.T, jnp.concatenate(ds, axis=1), precision=precision)
@@ -64,10 +66,9 @@ class Conv(eqx.Module):
 
     Computed as patch extraction + one matrix product: for every window offset o a strided
     slice x[:, o + s·j] (j = output position), the slices stacked in window-major order to
-    patches (B, *out, prod(window)·c_in), then ``patches @ kernel.reshape(-1, c_out)``. This
-    is the same sum as ``lax.conv_general_dilated`` (``conv_reference``), in another order;
-    on XLA:CPU the matrix product runs several times faster than the convolution kernel for
-    these small windows, forward and backward (the slices' transposes are pads and adds).
+    patches (B, *out, prod(window)·c_in), then ``patches @ kernel.reshape(-1, c_out)``: the
+    same sum as ``lax.conv_general_dilated`` (``conv_reference``) in another order, with
+    plain 2-D products forward and backward (the slices' transposes are pads and adds).
     """
 
     kernel: jax.Array
@@ -98,8 +99,7 @@ class Conv(eqx.Module):
     def __call__(self, x):  # x: (B, *spatial, c_in)
         k = self.kernel.reshape(-1, self.kernel.shape[-1])
         p = self.patches(x)
-        # one 2-D product over all (sample, position) rows: its transposes for the kernel and
-        # input gradients stay plain 2-D products too (with the 3-D form AD was ~2x slower)
+        # one 2-D product over all (sample, position) rows: its transposes stay 2-D products
         y = jnp.matmul(p.reshape(-1, p.shape[-1]), k, precision=jax.lax.Precision.HIGHEST)
         return y.reshape(p.shape[:-1] + (k.shape[-1],)) + self.bias
 
@@ -143,7 +143,7 @@ class MLP(eqx.Module):
 
     layers: tuple[Dense, ...]
     control_shape: tuple[int, ...] = eqx.field(static=True)
-    #: each batch row is mapped on its own (see flow.rows_independent)
+    #: each batch row is mapped on its own (the engine verifies it, see core.hooks)
     rows_independent: ClassVar[bool] = True
 
     def __init__(self, key, in_size: int, control_shape: Sequence[int],
@@ -161,11 +161,9 @@ class MLP(eqx.Module):
     def __call__(self, x):
         return self.forward_with_residuals(x)[0]
 
-    # Optional controller protocol used by the engine (flow.saves_residuals): the forward pass
-    # also returns per-row activations, from which the parameter gradient is formed without a
-    # second forward pass.
+    # the engine's hooks (core.hooks.RowwiseController)
     def forward_with_residuals(self, x):
-        """``(control, hidden activations)``; activations: tuple of (B, width) arrays."""
+        """``(control, hidden activations)``; activations: a tuple of (N, width) arrays."""
         h = x.reshape(x.shape[0], -1)
         hs = []
         for layer in self.layers[:-1]:
@@ -174,9 +172,12 @@ class MLP(eqx.Module):
         out = self.layers[-1](h)
         return out.reshape((x.shape[0],) + self.control_shape), tuple(hs)
 
-    def param_vjp_from_residuals(self, x, hs, ct):
-        """Σ over rows of (∂control/∂θ)ᵀ·ct, from the activations ``hs`` of
-        :meth:`forward_with_residuals` (rows: any leading count N)."""
+    def param_vjps_from_residuals(self, x, hs, cts):
+        """[Σ over rows of (∂control/∂θ)ᵀ·ct for ct in cts], from the activations ``hs`` of
+        :meth:`forward_with_residuals` (backpropagation through the kept activations)."""
+        return [self._param_vjp_from_residuals(x, hs, ct) for ct in cts]
+
+    def _param_vjp_from_residuals(self, x, hs, ct):
         n = x.shape[0]
         inputs = [x.reshape(n, -1), *hs]  # the input of layer i
         d = ct.reshape(n, -1)
@@ -191,10 +192,6 @@ class MLP(eqx.Module):
         return eqx.tree_at(lambda m: [leaf for l in m.layers for leaf in (l.kernel, l.bias)], self,
                            [leaf for pair in zip(kernels, biases) for leaf in pair])
 
-    # Optional protocol for the engine's batched input Jacobian (flow.JACOBIAN_MAX_CONTROLS):
-    # the controller's Jacobian on many rows at once, and parameter gradients that reuse its
-    # backward pass (for m outputs, ∂c/∂h_i is computed once per row; the parameter vjp of any
-    # cotangent then only needs the kernel products inputᵀ·δ).
     def jacobian_from_residuals(self, x, hs):
         """``(J, deltas)`` per row, from the activations ``hs`` of :meth:`forward_with_residuals`.
 
@@ -210,13 +207,9 @@ class MLP(eqx.Module):
         jac = d @ self.layers[0].kernel.T  # (N, m, in)
         return jac.reshape((n, m) + x.shape[1:]), tuple(deltas)
 
-    def param_vjp_from_jacobian(self, x, hs, deltas, ct):
-        """Σ over rows of (∂control/∂θ)ᵀ·ct from :meth:`jacobian_from_residuals`'s ``deltas``
-        (no backward matrix products: δ_i = Σ_k ct_k·deltas[i][:, k])."""
-        return self.param_vjps_from_jacobian(x, hs, deltas, [ct])[0]
-
     def param_vjps_from_jacobian(self, x, hs, deltas, cts):
-        """[:meth:`param_vjp_from_jacobian` for each ct in ``cts``], each layer's kernel
+        """[Σ over rows of (∂control/∂θ)ᵀ·ct for ct in cts] from :meth:`jacobian_from_residuals`'s
+        ``deltas`` (no backward products: δ_i = Σ_k ct_k·deltas[i][:, k]); each layer's kernel
         products of all cotangents as one matrix product (:func:`_kernel_products`)."""
         n = x.shape[0]
         inputs = [x.reshape(n, -1), *hs]
@@ -254,14 +247,12 @@ class QuantumCNN(eqx.Module):
     def __call__(self, x):
         return self.forward_with_residuals(x)[0]
 
-    # the engine's batched-Jacobian protocol (see MLP and flow.JACOBIAN_MAX_CONTROLS)
+    # the engine's hooks (core.hooks.RowwiseController)
     def forward_with_residuals(self, x):
-        """``(u (B, 1), (h2 (B, n2, F),))``: the control and the second tanh layer's output.
+        """``(u (N, 1), (h2 (N, n2, F),))``: the control and the second tanh layer's output.
 
-        Only h2 is a residual: it costs 93 % of the forward's multiply-adds (7·180·60 per row);
-        h1 (15·6·60 per row, but 2.1x h2's bytes) is recomputed from x where needed. Kept by
-        the engine's forward loop (1.7 KB per row), this saves the batched Jacobian a second
-        pass through the expensive layer."""
+        Only h2 is a residual (93 % of the forward's multiply-adds, 1.7 KB per row); h1 is
+        recomputed from x where needed."""
         h2 = jnp.tanh(self.conv1d(self._hidden1(x)))  # (B, n2, F)
         return self.dense(h2.reshape(h2.shape[0], -1)), (h2,)
 
@@ -279,13 +270,17 @@ class QuantumCNN(eqx.Module):
         jac = self.conv2d.input_vjp(x.shape + (1,), d1[:, :, None, :])[..., 0]  # (N, Nx, 2)
         return jac[:, None], (d1[:, None], d2[:, None])
 
-    def param_vjp_from_jacobian(self, x, hs, deltas, ct):
-        """Σ over rows of (∂u/∂θ)ᵀ·ct from the unit deltas (only the kernel products remain)."""
-        return self.param_vjps_from_jacobian(x, hs, deltas, [ct])[0]
+    def param_vjps_from_residuals(self, x, hs, cts):
+        """[Σ over rows of (∂u/∂θ)ᵀ·ct for ct in cts] by autodiff on the rows (the forward pass
+        again: faster here than the deltas of :meth:`jacobian_from_residuals`)."""
+        del hs
+        params, static = eqx.partition(self, eqx.is_inexact_array)
+        _, pull = jax.vjp(lambda p: eqx.combine(p, static)(x), params)
+        return [pull(ct)[0] for ct in cts]
 
     def param_vjps_from_jacobian(self, x, hs, deltas, cts):
-        """[:meth:`param_vjp_from_jacobian` for each ct in ``cts``], each layer's kernel
-        products of all cotangents as one matrix product."""
+        """[Σ over rows of (∂u/∂θ)ᵀ·ct for ct in cts] from the unit deltas (only the kernel
+        products remain, all cotangents' as one matrix product per layer)."""
         (h2,) = hs
         h1 = self._hidden1(x)  # the same computation as in jacobian_from_residuals: XLA computes it once
         cs = [ct.reshape(-1, 1, 1) for ct in cts]
