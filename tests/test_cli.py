@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from stablebptt import controllers, problems
 from stablebptt.cli import app
 from stablebptt.config import RunConfig
-from stablebptt.train import train
+from stablebptt.runner import train
 
 runner = CliRunner()
 

@@ -24,17 +24,16 @@ def ref(fixture):
 
 
 # ---------------------------------------------------------------- reference arrays
-#: both solvers of the step against the authors' arrays (64 samples): LAPACK's gtsv
-#: (THOMAS_MIN_SYSTEMS None) and the vectorised Thomas algorithm (from 1 system on)
-SOLVERS = {"lapack": None, "thomas": 1}
+#: both solvers of the step against the authors' arrays (64 samples): LAPACK's gtsv and the
+#: vectorised Thomas algorithm (the problem's ``solver`` parameter)
+@pytest.fixture(params=["lapack", "thomas"])
+def solver(request):
+    return request.param
 
 
-@pytest.fixture(params=sorted(SOLVERS))
-def solver(request, monkeypatch):
-    monkeypatch.setattr(quantum, "THOMAS_MIN_SYSTEMS", SOLVERS[request.param])
-    jax.clear_caches()  # the choice is made while tracing, and JAX caches traces by shape
-    yield request.param
-    jax.clear_caches()
+@pytest.fixture
+def sprob(solver):
+    return quantum.make(solver=solver)
 
 
 def _assert_solver_ran(fn, args, solver):
@@ -50,14 +49,16 @@ def test_eigenstates(ref):
     np.testing.assert_allclose(es @ es.T, np.eye(5), atol=1e-6)
 
 
-def test_one_step(prob, ref, solver):
+def test_one_step(sprob, ref, solver):
+    prob = sprob
     _assert_solver_ran(prob.step, (ref["state0"], ref["control"]), solver)
     s1 = jax.jit(lambda s, c: prob.step(s, c))(ref["state0"], ref["control"])
     assert s1.shape == (64, 32, 2) and s1.dtype == jnp.float32
     assert rel_err(s1, ref["state1"]) <= 1e-5
 
 
-def test_rollout_and_losses(prob, ref, solver):
+def test_rollout_and_losses(sprob, ref, solver):
+    prob = sprob
     xs = jax.jit(lambda s, c: _rollout(prob.step, s, c, N_ROLL))(ref["state0"], ref["control"])
     assert xs.shape == ref["rollout"].shape
     assert rel_err(xs, ref["rollout"]) <= 1e-4
@@ -73,8 +74,8 @@ def test_rollout_and_losses(prob, ref, solver):
     assert float(cont) > 19.0
 
 
-def test_gradients(prob, ref, solver):
-    loss = lambda s, c: _trajectory_loss(prob, s, c, N_ROLL)
+def test_gradients(sprob, ref, solver):
+    loss = lambda s, c: _trajectory_loss(sprob, s, c, N_ROLL)
     _assert_solver_ran(jax.grad(loss, argnums=(0, 1)), (ref["state0"], ref["control"]), solver)
     grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
     g_state0, g_control = grad(ref["state0"], ref["control"])
@@ -189,11 +190,11 @@ def test_step_rejects_bad_control_shape(prob):
 # ---------------------------------------------------------------- problem object
 def test_problem_contract(prob):
     assert prob.name == "quantum"
-    assert dict(prob.params) == dict(nx=32, dt=0.0625, steps=128, target=3, weighting=1)
+    assert dict(prob.params) == dict(nx=32, dt=0.0625, steps=128, target=3, weighting=1, solver="auto")
     assert prob.state_shape == (32, 2) and prob.control_shape == (1,)
     assert prob.zero_last_default is False
     assert dict(prob.defaults) == dict(epochs=1000, lr=1e-3, batch_size=8, n_train=256, n_test=256)
-    assert set(quantum.PARAMS) == {"nx", "dt", "steps", "target", "weighting"}
+    assert set(quantum.PARAMS) == {"nx", "dt", "steps", "target", "weighting", "solver"}
     assert {k: v[0] for k, v in quantum.PARAMS.items()} == dict(prob.params)
     net = prob.make_controller(jax.random.PRNGKey(0))
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(net) if hasattr(x, "size"))
@@ -218,6 +219,7 @@ def test_problem_contract(prob):
         (dict(nx=8, target=9), "target"),
         (dict(weighting=2), "weighting"),
         (dict(weighting=True), "weighting"),
+        (dict(solver="cholesky"), "solver="),
     ],
 )
 def test_invalid_params(kw, word):
@@ -247,11 +249,12 @@ def _primitive_solve(dl, d, du, b):
 
 
 def test_solve_tridiagonal_values_and_derivatives_match_the_primitive(solver):
+    solve_tridiagonal = lambda *a: quantum.solve_tridiagonal(*a, method=solver)
     dl, d, du, b = _random_systems(0, (3,), 7)
     A = np.zeros((3, 7, 7), np.complex64)
     for k in range(3):
         A[k] = np.diag(np.asarray(d[k])) + np.diag(np.asarray(dl[k, 1:]), -1) + np.diag(np.asarray(du[k, :-1]), 1)
-    x = quantum.solve_tridiagonal(dl, d, du, b)
+    x = solve_tridiagonal(dl, d, du, b)
     np.testing.assert_allclose(np.asarray(x), np.linalg.solve(A, np.asarray(b)[..., None])[..., 0], rtol=1e-5, atol=1e-6)
     if solver == "lapack":  # the same calls: the same numbers
         np.testing.assert_array_equal(np.asarray(x), np.asarray(_primitive_solve(dl, d, du, b)))
@@ -262,7 +265,7 @@ def test_solve_tridiagonal_values_and_derivatives_match_the_primitive(solver):
     def scalar(solve):  # a real loss of the complex solution, as in the quantum step
         return lambda *a: jnp.sum(w * jnp.real(solve(*a)) - 0.5 * w * jnp.imag(solve(*a)) ** 2)
 
-    g_new = jax.grad(scalar(quantum.solve_tridiagonal), argnums=(0, 1, 2, 3))(dl, d, du, b)
+    g_new = jax.grad(scalar(solve_tridiagonal), argnums=(0, 1, 2, 3))(dl, d, du, b)
     g_ref = jax.grad(scalar(_primitive_solve), argnums=(0, 1, 2, 3))(dl, d, du, b)
     for gn, gr, name in zip(g_new, g_ref, ("dl", "d", "du", "b")):
         mask = np.ones(gn.shape, bool)
@@ -273,11 +276,11 @@ def test_solve_tridiagonal_values_and_derivatives_match_the_primitive(solver):
         np.testing.assert_allclose(np.asarray(gn)[mask], np.asarray(gr)[mask], rtol=2e-5, atol=1e-6, err_msg=name)
     # forward mode (the diagnosis uses jax.jacfwd on the simulator step)
     t0 = jnp.zeros(d.shape, jnp.float32)  # a real shift of the diagonal (like the control's potential)
-    jf_new = jax.jacfwd(lambda t: jnp.imag(quantum.solve_tridiagonal(dl, d + 1j * t, du, b)))(t0)
+    jf_new = jax.jacfwd(lambda t: jnp.imag(solve_tridiagonal(dl, d + 1j * t, du, b)))(t0)
     jf_ref = jax.jacfwd(lambda t: jnp.imag(_primitive_solve(dl, d + 1j * t, du, b)))(t0)
     np.testing.assert_allclose(np.asarray(jf_new), np.asarray(jf_ref), rtol=2e-5, atol=1e-6)
     # finite differences on one diagonal entry (an independent reference)
-    f = scalar(quantum.solve_tridiagonal)
+    f = scalar(solve_tridiagonal)
     eps = 1e-2
     e = jnp.zeros_like(d).at[1, 3].set(eps)
     fd = (f(dl, d + e, du, b) - f(dl, d - e, du, b)) / (2 * eps)
@@ -285,19 +288,19 @@ def test_solve_tridiagonal_values_and_derivatives_match_the_primitive(solver):
 
 
 @pytest.mark.parametrize("fold", [False, True])
-def test_solve_tridiagonal_keeps_one_column_under_vmap(monkeypatch, fold):
+def test_solve_tridiagonal_keeps_one_column_under_vmap(fold):
     """vmapping b alone (C's two fields over one trajectory) must not fold b into extra
     columns on a GPU, where several columns make the solver loop over the systems on the
-    host (FOLD_COLUMNS=False, the accelerator default); on the CPU folding is cheaper
-    (FOLD_COLUMNS=True, the CPU default). Same values either way."""
-    monkeypatch.setattr(quantum, "FOLD_COLUMNS", fold)
+    host (fold=False, the accelerator default); on the CPU folding is cheaper (fold=True, the
+    CPU default). Same values either way."""
     dl, d, du, _ = _random_systems(2, (4,), 6)
     bs = _random_systems(3, (2, 4), 6)[3]  # two right-hand sides per system, batched on axis 0
+    solve = lambda dl_, d_, du_, b_: quantum.solve_tridiagonal(dl_, d_, du_, b_, method="lapack", fold=fold)
     ref = jnp.stack([_primitive_solve(dl, d, du, bs[i]) for i in range(2)])
-    solve_many = jax.vmap(quantum.solve_tridiagonal, in_axes=(None, None, None, 0))
+    solve_many = jax.vmap(solve, in_axes=(None, None, None, 0))
     np.testing.assert_allclose(np.asarray(solve_many(dl, d, du, bs)), np.asarray(ref), rtol=1e-6, atol=1e-7)
     # vjp over stacked cotangents (the reverse sweep's vmap over fields)
-    _, vjp = jax.vjp(lambda bb: quantum.solve_tridiagonal(dl, d, du, bb), bs[0])
+    _, vjp = jax.vjp(lambda bb: solve(dl, d, du, bb), bs[0])
     vjp_many = jax.vmap(lambda ct: vjp(ct)[0])
     _, vjp_ref = jax.vjp(lambda bb: _primitive_solve(dl, d, du, bb), bs[0])
     np.testing.assert_allclose(np.asarray(vjp_many(bs)), np.asarray(jnp.stack([vjp_ref(bs[i])[0] for i in range(2)])),
@@ -322,23 +325,26 @@ def _solve_rhs_shapes(hlo_text: str) -> list[str]:
     return out
 
 
-def test_combined_mode_with_vmapped_seeds_solves_one_column_per_system(monkeypatch):
-    """The whole C update of the quantum problem, 2 seeds vmapped, as lowered for a GPU
-    (FOLD_COLUMNS=False): every solve in the traced program (forward and both fields'
-    reverse sweeps) has a single right-hand side column."""
+def test_combined_mode_with_vmapped_seeds_solves_one_column_per_system():
+    """The whole C update of the quantum problem, 2 seeds vmapped, with the step as built for a
+    GPU (fold=False): every solve in the traced program (forward and both fields' reverse
+    sweeps) has a single right-hand side column."""
+    import dataclasses
+
     import equinox as eqx
 
-    monkeypatch.setattr(quantum, "FOLD_COLUMNS", False)
     import stablebptt as sb
 
-    p = problems.get("quantum", steps=4)
+    p = problems.get("quantum", steps=4, solver="lapack")
+    p = dataclasses.replace(p, step=quantum._build_step(32, p.params["dt"], "lapack", fold=False))
     models = [p.make_controller(jax.random.PRNGKey(s), zero_last=False) for s in range(2)]
     params = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *[eqx.filter(m, eqx.is_inexact_array) for m in models])
     static = eqx.partition(models[0], eqx.is_inexact_array)[1]
     x0 = jnp.asarray(p.sample_data(0, 4, 4)[0])
 
     def update(pp):
-        return sb.value_and_update(eqx.combine(pp, static), x0, step=p.step, loss=p.loss, horizon=4, flow="C")[1]
+        return sb.value_and_update(eqx.combine(pp, static), x0, step=p.step, loss=p.loss, horizon=4, flow="C",
+                                   validate=False)[1]
 
     shapes = _solve_rhs_shapes(jax.jit(jax.vmap(update)).lower(params).as_text())
     assert len(shapes) >= 2 and all(s.endswith("x1") for s in shapes), shapes
@@ -379,21 +385,18 @@ def _crank_nicolson_float64(psi, u, n_steps, nx=quantum.PARAMS["nx"][0], dt=quan
     return np.stack([z.real, z.imag], -1)
 
 
-def test_crank_nicolson_step_by_thomas_is_as_accurate_as_lapack(prob, monkeypatch):
-    """The CPU's solver choice by system count: 256 samples (the evaluation's chunk) use Thomas,
-    8 (a training batch) LAPACK. Over 128 steps from the paper data, with strong controls,
-    both are as far from a float64 dense reference as float32 round-off makes them."""
+def test_crank_nicolson_step_by_thomas_is_as_accurate_as_lapack(prob):
+    """The CPU's automatic solver choice by system count: 256 samples (the evaluation's chunk)
+    use Thomas, 8 (a training batch) LAPACK. Over 128 steps from the paper data, with strong
+    controls, both are as far from a float64 dense reference as float32 round-off makes them."""
     train, _ = prob.sample_data("paper", 256, 8)
     u = jnp.asarray(np.random.default_rng(0).normal(size=(256, 1)) * 5, jnp.float32)
-    last = lambda s, c: _rollout(prob.step, s, c, 128)[:, -1]
     _assert_solver_ran(prob.step, (train, u), "thomas")
     _assert_solver_ran(prob.step, (train[:8], u[:8]), "lapack")
-    by_thomas = jax.jit(last)(jnp.asarray(train), u)
-    monkeypatch.setattr(quantum, "THOMAS_MIN_SYSTEMS", None)
-    jax.clear_caches()  # the choice is made while tracing, and JAX caches traces by shape
-    _assert_solver_ran(prob.step, (train, u), "lapack")
-    by_lapack = jax.jit(last)(jnp.asarray(train), u)
-    jax.clear_caches()
+    lapack = quantum.make(solver="lapack")
+    _assert_solver_ran(lapack.step, (train, u), "lapack")
+    by_thomas = jax.jit(lambda s, c: _rollout(prob.step, s, c, 128)[:, -1])(jnp.asarray(train), u)
+    by_lapack = jax.jit(lambda s, c: _rollout(lapack.step, s, c, 128)[:, -1])(jnp.asarray(train), u)
     exact = _crank_nicolson_float64(train, u, 128)
     err_thomas, err_lapack = rel_err(by_thomas, exact), rel_err(by_lapack, exact)
     assert err_lapack <= 1e-4, err_lapack

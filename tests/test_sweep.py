@@ -243,22 +243,9 @@ def test_jobs_are_queued_seed_major_and_vmap_groups_hold_all_seeds():
     assert len(vm) == len(jobs) // 3 and all(s == [0, 1, 2] and lanes is None for _, s, lanes in vm)
 
 
-def test_workers_use_full_float32_matmuls_on_accelerators(monkeypatch):
-    """Sweep workers follow the CLI's precision policy: "highest" on a GPU (no TF32), the
-    CPU untouched; and the pool initializer turns GPU memory preallocation off."""
-    import jax
-
-    from stablebptt import run as R
-
-    before = jax.config.jax_default_matmul_precision
-    try:
-        R.use_full_float32_matmuls()  # on this CPU: nothing changes
-        assert jax.config.jax_default_matmul_precision == before
-        monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-        R.use_full_float32_matmuls()
-        assert jax.config.jax_default_matmul_precision == "highest"
-    finally:
-        jax.config.update("jax_default_matmul_precision", before)
+def test_the_pool_initializer_sets_the_workers_environment(monkeypatch):
+    """The pool initializer turns GPU memory preallocation off and sets the XLA flags (the
+    float32 precision of the programs no longer depends on the process: test_train)."""
     monkeypatch.setenv("XLA_PYTHON_CLIENT_PREALLOCATE", "")  # restored (to unset) at teardown
     monkeypatch.delenv("XLA_PYTHON_CLIENT_PREALLOCATE")
     monkeypatch.setenv("XLA_FLAGS", "")

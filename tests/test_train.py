@@ -1,14 +1,16 @@
-"""Training loop: the Fig. 2 toy, determinism, divergence guard, vmapped seeds."""
+"""Training: the Fig. 2 toy, determinism, the divergence guard, seeds batched or in turn, the
+pure functions of make_train against the host loop, the overlapped evaluation."""
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import stablebptt as sb
 from stablebptt import problems
-from stablebptt.config import RunConfig
 from stablebptt import train as T
-from stablebptt.train import train
+from stablebptt.config import RunConfig
+from stablebptt.runner import train
 
 
 def local_minima(L):
@@ -102,13 +104,22 @@ def test_diverging_run_is_marked_at_the_right_epoch():
     assert np.all(np.isfinite(np.asarray(res.model.theta)))
 
 
-def test_vmapped_seeds_match_individual_runs():
-    prob = problems.get("toy-field")
-    cfg = toy_field_cfg(mode="R", epochs=10)
-    many = train(prob, cfg, [1, 2, 3])
+@pytest.mark.parametrize("batching", ["vmap", "loop"])
+def test_seeds_batched_or_in_turn_match_individual_runs(batching):
+    """Several seeds as one vmapped program or one after another: each equals its own run
+    (vmapped: up to round-off; in turn: the same program, the same bits)."""
+    prob = problems.get("cartpole", steps=10)
+    cfg = RunConfig(problem="cartpole", mode="C", epochs=2, n_train=16, n_test=8, data="seeded",
+                    problem_params={"steps": 10})
+    many = train(prob, cfg, [0, 1], batching=batching)
     for r in many:
+        assert r.ran["batching"] == batching
         (single,) = train(prob, cfg, r.seed)
-        np.testing.assert_allclose(r.history["train_loss"], single.history["train_loss"], rtol=1e-5)
+        for k in ("test_loss", "update_norm", "cos_mg"):
+            if batching == "loop":
+                assert r.history[k] == single.history[k], k
+            else:
+                np.testing.assert_allclose(r.history[k], single.history[k], rtol=1e-5)
 
 
 def test_vmapped_seed_divergence_is_per_seed():
@@ -143,6 +154,8 @@ def test_config_errors_name_the_field():
         RunConfig(clip="sometimes")
     with pytest.raises(ValidationError, match="poles"):
         RunConfig(problem="linear", problem_params={"poles": 2})
+    with pytest.raises(ValidationError, match="backward='fast'; allowed: auto, autodiff, batched, per_step"):
+        RunConfig(backward="fast")
 
 
 @pytest.mark.parametrize("seeds", [5, [5, 6]])
@@ -184,162 +197,124 @@ def test_eval_every_validation_and_run_ids():
     # the default is not hashed: result folders written before the field existed keep their id
     d = cfg.to_dict()
     d.pop("eval_every")
+    d.pop("backward")  # added later too, hashed only when not at its default
     import hashlib
     import json
     old = hashlib.sha256(json.dumps({"config": d, "seed": 3}, sort_keys=True).encode()).hexdigest()[:16]
     assert run_id(cfg, 3) == old
     assert run_id(RunConfig(problem="cartpole", mode="R", eval_every=2), 3) != old
+    assert run_id(RunConfig(problem="cartpole", mode="R", backward="autodiff"), 3) != run_id(cfg, 3)
 
 
-def test_eval_every_with_vmapped_seeds(monkeypatch):
-    from stablebptt import train as T
-
+@pytest.mark.parametrize("batching", ["vmap", "loop"])
+def test_eval_every_with_several_seeds(batching):
     prob = problems.get("cartpole", steps=10)
     base = dict(problem="cartpole", problem_params={"steps": 10}, mode="R", epochs=4, n_train=32, n_test=16)
-    loop = train(prob, RunConfig(**base, eval_every=2), [1, 2])
-    monkeypatch.setattr(T, "SEED_STRATEGY", "vmap")
-    vm = train(prob, RunConfig(**base, eval_every=2), [1, 2])
-    for a, b in zip(loop, vm):
-        assert b.history["epoch"] == a.history["epoch"] == [2, 4]
-        np.testing.assert_allclose(b.history["test_loss"], a.history["test_loss"], rtol=1e-5)
-
-
-def test_make_model_compiles_the_initialiser_once_per_problem():
-    """K seeds of one problem trace (and compile) the controller factory once, not K times,
-    and give the parameters of an eager call."""
-    import dataclasses
-
-    from stablebptt import train as T
-
-    prob = problems.get("cartpole")
-    traces = []
-
-    def factory(key, zero_last=False):
-        traces.append(1)  # runs once per trace, not per call of the compiled program
-        return prob.make_controller(key, zero_last=zero_last)
-
-    counted = dataclasses.replace(prob, make_controller=factory)
-    cfg = RunConfig(problem="cartpole", mode="C", epochs=1)
-    models = [T.make_model(counted, cfg, s) for s in range(3)]
-    assert len(traces) == 1
-    for s, m in enumerate(models):
-        eager = prob.make_controller(jax.random.PRNGKey(s), zero_last=prob.zero_last_default)
-        for a, b in zip(jax.tree_util.tree_leaves(eqx.filter(m, eqx.is_inexact_array)),
-                        jax.tree_util.tree_leaves(eqx.filter(eager, eqx.is_inexact_array))):
-            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    every = train(prob, RunConfig(**base), [1, 2])
+    sparse = train(prob, RunConfig(**base, eval_every=2), [1, 2], batching=batching)
+    for a, b in zip(every, sparse):
+        assert b.history["epoch"] == [2, 4]
+        np.testing.assert_allclose(b.history["test_loss"], [a.history["test_loss"][e - 1] for e in (2, 4)], rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["cartpole", "guidance", "quantum", "toy-field", "linear"])
-def test_the_fast_compiled_initialiser_gives_the_eager_factorys_bits(name):
-    """The initialisation program compiles at a lower LLVM level (train.INIT_COMPILER_OPTIONS,
-    for a faster start): the weights must still be those of the factory run eagerly, bit for
-    bit, with and without a zero last kernel; the controller is otherwise the same (static
-    fields, structure)."""
-    from stablebptt import train as T
+def test_the_compiled_initialiser_gives_the_eager_factorys_bits(name):
+    """init_params compiles at a lower LLVM level on the CPU (runner.INIT_COMPILER_OPTIONS):
+    the weights must still be those of the factory run eagerly, bit for bit."""
+    from stablebptt.runner import INIT_COMPILER_OPTIONS
 
     prob = problems.get(name)
     for zero_last in (False, True):
-        init = T._CompiledInit(prob.make_controller, zero_last)
+        cfg = RunConfig(problem=name, zero_last=zero_last)
+        trainer = T.make_train(prob, cfg)
+        init = jax.jit(trainer.init_params).lower(jax.random.PRNGKey(0)).compile(INIT_COMPILER_OPTIONS)
         for s in (0, 7):
             key = jax.random.PRNGKey(s)
-            fast, eager = init(key), prob.make_controller(key, zero_last=zero_last)
+            eager = eqx.filter(prob.make_controller(key, zero_last=zero_last), eqx.is_inexact_array)
+            fast = init(key)
             assert jax.tree_util.tree_structure(fast) == jax.tree_util.tree_structure(eager)
             for a, b in zip(jax.tree_util.tree_leaves(fast), jax.tree_util.tree_leaves(eager)):
-                if eqx.is_array(b):
-                    assert a.dtype == b.dtype
-                    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-                else:
-                    assert a == b
+                assert a.dtype == b.dtype
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_minibatches_keep_the_order_or_draw_a_permutation_per_key():
-    data = jnp.arange(20.0).reshape(10, 2)
-    fixed = T._minibatches(data, jax.random.PRNGKey(0), False, 3, 3)
-    np.testing.assert_array_equal(fixed, data[:9].reshape(3, 3, 2))  # paper: data order, remainder left out
-    a = T._minibatches(data, jax.random.PRNGKey(1), True, 5, 2)
-    b = T._minibatches(data, jax.random.PRNGKey(1), True, 5, 2)
-    c = T._minibatches(data, jax.random.PRNGKey(2), True, 5, 2)
-    np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(a, c)
-    for x in (a, c):  # every state once, rows intact
-        rows = np.asarray(x).reshape(-1, 2)
-        np.testing.assert_array_equal(rows[np.argsort(rows[:, 0])], data)
-        assert not np.array_equal(rows, data)
+def hand_loop(prob, cfg, seed):
+    """The pure functions of make_train driven by a plain Python loop (the reference for the host loop)."""
+    trainer = T.make_train(prob, cfg)
+    tr, te = (jnp.asarray(a) for a in T.make_data(prob, cfg, seed))
+    with jax.default_matmul_precision("highest"):
+        updates, evaluate = jax.jit(trainer.updates), jax.jit(trainer.evaluate)
+        params = jax.jit(trainer.init_params)(jax.random.PRNGKey(seed))
+        state = trainer.init(params, trainer.settings(cfg))
+        key = jax.random.PRNGKey(seed + 1_000_003)
+        rows = []
+        for e in range(1, cfg.epochs + 1):
+            state, m = updates(state, tr, jax.random.fold_in(key, e) if cfg.shuffle else key)
+            rows.append({k: float(v) for k, v in m.items()} | dict(zip(("train_loss", "test_loss"),
+                                                                        map(float, evaluate(state.params, tr, te)))))
+    return rows, state
 
 
-def test_shuffled_training_is_reproducible_and_matches_the_epoch_program():
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_the_host_loop_runs_the_pure_functions(shuffle):
+    """train() equals make_train's functions driven by hand, bit for bit; shuffling draws
+    another order per epoch from the seed's key (reproducibly)."""
     prob = problems.get("cartpole", steps=8)
-    cfg = RunConfig(problem="cartpole", mode="C", epochs=2, n_train=32, n_test=16, shuffle=True,
+    cfg = RunConfig(problem="cartpole", mode="C", epochs=3, n_train=32, n_test=16, shuffle=shuffle,
                     problem_params={"steps": 8})
-    (a,), (b,) = T.train(prob, cfg, 0), T.train(prob, cfg, 0)
-    (fixed,) = T.train(prob, cfg.model_copy(update={"shuffle": False}), 0)
-    assert a.history["loss"] == b.history["loss"] and a.history["test_loss"] == b.history["test_loss"]
-    assert a.history["loss"][1] != fixed.history["loss"][1]  # the order changed the second epoch's updates
-    # the one-program epoch with train()'s per-epoch keys gives the same numbers
-    model = T.make_model(prob, cfg, 0)
-    tr, te = (jnp.asarray(x) for x in T.make_data(prob, cfg, 0))
-    params, static = eqx.partition(model, eqx.is_inexact_array)
-    epoch, tx, _ = T.build_epoch(prob, cfg, static, tr.shape[0])
-    p, o, alive = params, tx.init(params), jnp.bool_(True)
-    key = jax.random.PRNGKey(0 + 1_000_003)
-    for e in (1, 2):
-        p, o, alive, m = jax.jit(epoch)(p, o, alive, tr, te, jax.random.fold_in(key, e))
-        for k in ("loss", "train_loss", "test_loss"):
-            assert float(m[k]) == pytest.approx(a.history[k][e - 1], rel=1e-5, abs=1e-7), (k, e)
+    (res,) = train(prob, cfg, 0)
+    rows, state = hand_loop(prob, cfg, 0)
+    for k in ("loss", "train_loss", "test_loss", "update_norm", "cos_mg", "sign_agree"):
+        assert res.history[k] == [r[k] for r in rows], k
+    for a, b in zip(jax.tree_util.tree_leaves(state.params),
+                    jax.tree_util.tree_leaves(eqx.filter(res.model, eqx.is_inexact_array))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    if shuffle:
+        (fixed,) = train(prob, cfg.model_copy(update={"shuffle": False}), 0)
+        assert res.history["loss"][1] != fixed.history["loss"][1]
+        (again,) = train(prob, cfg, 0)
+        assert again.history["loss"] == res.history["loss"]
 
 
-def test_training_programs_compile_from_abstract_shapes_or_after_the_controllers(monkeypatch):
-    """train() compiles its programs from the controller's abstract shapes while the
-    initialiser runs, and checks the real controller against them; a factory that cannot be
-    traced abstractly (it needs concrete values) takes the sequential path, and a controller
-    that differs from its abstract shapes gets its programs compiled again. The same run, bit
-    for bit, every way."""
+def test_the_minibatch_order():
+    """Data order (the paper): minibatch i is rows i·bs … (i+1)·bs − 1, the remainder left out —
+    checked through the loss of the first minibatch of an untrained, frozen controller."""
+    prob = problems.get("cartpole", steps=4)
+    cfg = RunConfig(problem="cartpole", mode="S", epochs=1, n_train=10, n_test=4, batch_size=4, lr=1e-30,
+                    problem_params={"steps": 4}, optimizer="sgd")
+    trainer = T.make_train(prob, cfg)
+    tr, _ = T.make_data(prob, cfg, 0)
+    params = trainer.init_params(jax.random.PRNGKey(0))
+    state = trainer.init(params, trainer.settings(cfg))
+    _, m = jax.jit(trainer.updates)(state, jnp.asarray(tr), jax.random.PRNGKey(0))
+    model = eqx.combine(params, trainer.static)
+    kw = dict(step=prob.step, loss=prob.loss, horizon=prob.horizon)
+    want = np.mean([float(sb.evaluate_loss(model, jnp.asarray(tr[i:i + 4]), **kw)) for i in (0, 4)])
+    assert float(m["loss"]) == pytest.approx(want, rel=1e-6)
+
+
+def test_a_factory_that_needs_concrete_values_is_built_eagerly_and_other_errors_propagate():
+    """(Was: make_model fell back to eager initialisation on *any* exception.) Only a factory
+    that cannot be traced is built eagerly; a factory's own error reaches the caller."""
     import dataclasses
 
     prob = problems.get("cartpole", steps=8)
     cfg = RunConfig(problem="cartpole", mode="C", epochs=2, n_train=16, n_test=8, problem_params={"steps": 8})
-    compiles, checks = [], []
-    real_compile, real_same = T._Stepper.compile, T._same_controller
-    monkeypatch.setattr(T._Stepper, "compile", lambda self, *a, **k: compiles.append(1) or real_compile(self, *a, **k))
-    monkeypatch.setattr(T, "_same_controller", lambda *a: checks.append(real_same(*a)) or checks[-1])
-
-    def run(problem):
-        compiles.clear(), checks.clear()
-        (res,) = train(problem, cfg, 0)
-        return res, len(compiles), list(checks)
-
-    early, n_compiles, seen = run(prob)
-    assert (n_compiles, seen) == (1, [True])  # compiled once, from abstract shapes, and they matched
 
     def concrete_factory(key, zero_last=False):
-        np.asarray(key)  # needs a concrete key: no abstract trace, no compiled initialiser
+        np.asarray(key)  # needs a concrete key
         return prob.make_controller(key, zero_last=zero_last)
 
-    concrete = dataclasses.replace(prob, make_controller=concrete_factory)
-    assert T._abstract_split(concrete, cfg) is None
-    late, n_compiles, seen = run(concrete)
-    assert (n_compiles, seen) == (1, [])  # compiled once, after the controllers existed
+    params, _ = T.controller_parts(dataclasses.replace(prob, make_controller=concrete_factory), cfg)
+    assert all(isinstance(a, jax.Array) for a in jax.tree_util.tree_leaves(params))
+    params, _ = T.controller_parts(prob, cfg)
+    assert all(isinstance(a, jax.ShapeDtypeStruct) for a in jax.tree_util.tree_leaves(params))
 
-    monkeypatch.setattr(T, "_same_controller", lambda *a: checks.append(False) or False)
-    again, n_compiles, seen = run(prob)
-    assert (n_compiles, seen) == (2, [False])  # the abstract programs were not used
-    for other in (late, again):
-        for k in ("loss", "train_loss", "test_loss", "update_norm", "cos_mg"):
-            assert early.history[k] == other.history[k], k
-        for a, b in zip(jax.tree_util.tree_leaves(eqx.filter(early.model, eqx.is_inexact_array)),
-                        jax.tree_util.tree_leaves(eqx.filter(other.model, eqx.is_inexact_array))):
-            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    def broken_factory(key, zero_last=False):
+        raise KeyError("a bug in the factory")
 
-
-def test_same_controller_compares_static_parts_and_parameter_shapes():
-    prob = problems.get("cartpole", steps=8)
-    cfg = RunConfig(problem="cartpole", mode="C", epochs=1)
-    p_abs, s_abs = T._abstract_split(prob, cfg)
-    p, s = eqx.partition(T.make_model(prob, cfg, 0), eqx.is_inexact_array)
-    assert T._same_controller(s, p, s_abs, p_abs)
-    wider = problems.get("cartpole", steps=8, poles=2)  # another input size: other kernel shapes
-    p2, s2 = eqx.partition(T.make_model(wider, cfg, 0), eqx.is_inexact_array)
-    assert not T._same_controller(s2, p2, s_abs, p_abs)
+    with pytest.raises(KeyError, match="a bug in the factory"):
+        train(dataclasses.replace(prob, make_controller=broken_factory), cfg, 0)
 
 
 def test_missing_init_weights_file_fails_before_any_compilation(tmp_path):
@@ -348,3 +323,110 @@ def test_missing_init_weights_file_fails_before_any_compilation(tmp_path):
                     init_weights=str(tmp_path / "missing.npz"))
     with pytest.raises(FileNotFoundError, match="missing.npz"):
         train(prob, cfg, 0)
+
+
+def count_dots(jaxpr, precision):
+    from jax.extend.core import jaxprs_in_params
+
+    n = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            n += eqn.params["precision"] == precision
+        for sub in jaxprs_in_params(eqn.params):
+            n += count_dots(sub, precision)
+    return n
+
+
+def test_training_programs_use_full_float32_matmuls_on_any_backend():
+    """(Was: only the CLI and the sweep workers set the matmul precision, so train() from
+    Python on a GPU ran TF32.) The host loop traces its programs at "highest"; checked on the
+    program's jaxpr, which is what a GPU would compile."""
+    from stablebptt import runner
+
+    prob = problems.get("cartpole", steps=4)
+    cfg = RunConfig(problem="cartpole", mode="C", epochs=1, n_train=16, n_test=8, problem_params={"steps": 4})
+    trainer = T.make_train(prob, cfg)
+    runs = runner._runs(prob, cfg, 0, None, None)
+    seen = []
+    real_jit = jax.jit
+
+    def spy(f, **kw):
+        jitted = real_jit(f, **kw)
+
+        class Lower:
+            def lower(self, *a):
+                seen.append(jax.make_jaxpr(f)(*a).jaxpr)
+                return jitted.lower(*a)
+        return Lower()
+
+    import unittest.mock as mock
+    with mock.patch.object(runner.jax, "jit", spy):
+        runner._compile(prob, cfg, runs, False, None, None)
+    highest = (jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGHEST)
+    assert sum(count_dots(j, highest) for j in seen) > 0
+    assert sum(count_dots(j, None) for j in seen) == 0
+
+
+OVERLAP_SCRIPT = """
+import json, sys
+import jax
+jax.config.update("jax_num_cpu_devices", 2)
+import equinox as eqx, numpy as np
+from stablebptt import problems
+from stablebptt.config import RunConfig
+from stablebptt.runner import train
+
+def run(overlap, prob, cfg):
+    calls = []
+    (r,) = train(prob, cfg, 0, overlap_eval=overlap, on_epoch=lambda e, rows: calls.append([e, rows[0] is None]))
+    leaves = jax.tree_util.tree_leaves(eqx.filter(r.model, eqx.is_inexact_array))
+    return {"history": {k: v for k, v in r.history.items() if k != "wall_s"}, "diverged_epoch": r.diverged_epoch,
+            "params": [np.asarray(a).tolist() for a in leaves], "calls": calls, "initial": r.initial,
+            "evaluation": r.ran["evaluation"]}
+
+cases = {
+    "cartpole_C": (problems.get("cartpole", steps=10),
+                   RunConfig(problem="cartpole", problem_params={"steps": 10}, mode="C", epochs=5, n_train=32, n_test=16)),
+    "cartpole_R_every2": (problems.get("cartpole", steps=10),
+                          RunConfig(problem="cartpole", problem_params={"steps": 10}, mode="R", epochs=5,
+                                    n_train=32, n_test=16, eval_every=2)),
+    "linear_diverges": (problems.get("linear", a=1.0, theta0=0.1),
+                        RunConfig(problem="linear", problem_params=dict(a=1.0, theta0=0.1), mode="R",
+                                  optimizer="sgd", lr=0.3, batch_size=1, n_train=1, n_test=1, epochs=20)),
+}
+print(json.dumps({name: {str(ov): run(ov, *c) for ov in (False, True)} for name, c in cases.items()}))
+"""
+
+
+def test_overlapped_evaluation_gives_the_sequential_numbers():
+    """The evaluation on a second CPU device while the next epoch trains gives exactly the
+    numbers of the sequential loop, including divergence and the on_epoch calls. JAX's CPU
+    device count is fixed when its backend starts, so this runs in a fresh process."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", OVERLAP_SCRIPT], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name, runs in out.items():
+        seq, ov = runs["False"], runs["True"]
+        assert seq["evaluation"] == "after the updates" and ov["evaluation"] == "second CPU device", name
+        for k in ("history", "diverged_epoch", "params", "calls", "initial"):
+            assert ov[k] == seq[k], (name, k)
+        assert all(np.isfinite(v) for v in ov["initial"].values()), name
+    assert out["linear_diverges"]["True"]["diverged_epoch"] == 4
+    assert out["cartpole_R_every2"]["True"]["history"]["epoch"] == [2, 4, 5]
+    assert out["cartpole_C"]["True"]["history"]["epoch"] == [1, 2, 3, 4, 5]
+
+
+def test_overlap_needs_two_cpu_devices():
+    prob = problems.get("cartpole", steps=4)
+    cfg = RunConfig(problem="cartpole", epochs=1, n_train=8, n_test=8, problem_params={"steps": 4})
+    if len(jax.devices("cpu")) >= 2:  # a process started with two CPU devices overlaps
+        assert train(prob, cfg, 0, overlap_eval=True)[0].ran["evaluation"] == "second CPU device"
+    else:  # the suite's processes have one: a clear error, not a silent sequential run
+        with pytest.raises(ValueError, match="overlap_eval=True needs two CPU devices"):
+            train(prob, cfg, 0, overlap_eval=True)
+    with pytest.raises(ValueError, match="batching='sometimes'"):
+        train(prob, cfg, 0, batching="sometimes")

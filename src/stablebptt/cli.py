@@ -34,26 +34,23 @@ PROBLEM_OPTIONS = ("poles", "drivers", "evaders", "rc", "nx", "dt", "steps", "ta
                    "a", "b", "x0", "theta0")
 
 
-def setup_jax(cache: bool = True, cpu_devices: int = 1) -> None:
-    """Persistent compilation cache (a second process start reuses compiled programs); on an
-    accelerator, float32 matmuls at "highest" precision (recorded in every run manifest).
-    ``cpu_devices=2`` gives JAX two CPU devices (before its backend starts) so that a single
-    run evaluates on the second core while it trains on the first (train.OVERLAP_EVAL)."""
+def setup_jax(cache: bool = True, cpu_devices: int = 1) -> int:
+    """Turn on the persistent compilation cache (a second process start reuses compiled
+    programs) and ask for ``cpu_devices`` CPU devices (possible only before JAX's backend
+    starts). Returns the number of CPU devices JAX has (on a CPU backend; 0 otherwise)."""
     import jax
 
     if cpu_devices > 1:
         try:
             jax.config.update("jax_num_cpu_devices", int(cpu_devices))
-        except RuntimeError:  # the backend already started (e.g. the CLI called in-process)
+        except RuntimeError:  # the backend already started (the CLI called in-process): what it has counts
             pass
-    from .run import use_full_float32_matmuls
-
-    use_full_float32_matmuls()  # TF32 would silently change float32 results on GPUs
     if cache and os.environ.get("STABLEBPTT_NO_CACHE") != "1":
         cache_dir = os.environ.get("STABLEBPTT_CACHE_DIR", str(Path.home() / ".cache" / "stablebptt" / "jax"))
         jax.config.update("jax_compilation_cache_dir", cache_dir)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return len(jax.devices("cpu")) if jax.default_backend() == "cpu" else 0
 
 
 def fail(msg: str) -> "typer.Exit":
@@ -127,7 +124,9 @@ def train(
     checkpoint_every: str = typer.Option("auto", help="remat: checkpoint the unroll every k steps, 'auto' (from --memory-budget) or 'none'"),
     memory_budget: Optional[float] = typer.Option(None, help="memory budget in GiB for checkpoint_every=auto (default: 512 MiB on CPU, 1/4 of device memory on accelerators; see flow.default_memory_budget)"),
     init_weights: Optional[Path] = typer.Option(None, help=".npz weights to start from"),
-    eval_every: int = typer.Option(1, help="evaluate the full train/test sets every k epochs and after the last (paper: 1; evaluation is ~20 % of an epoch)"),
+    eval_every: int = typer.Option(1, help="evaluate the full train/test sets every k epochs and after the last (paper: 1)"),
+    backward: str = typer.Option("auto", help="backward strategy: auto | autodiff (the reference) | batched | per_step"),
+    overlap_eval: Optional[bool] = typer.Option(None, "--overlap-eval/--no-overlap-eval", help="evaluate on a second CPU core while the next epoch trains (default: on, with two or more cores)"),
     out_dir: Path = typer.Option(Path("runs"), "--out", "-o", help="folder that receives the run folder"),
     poles: Optional[int] = typer.Option(None, help="cartpole: number of poles"),
     drivers: Optional[int] = typer.Option(None, help="guidance: drivers"),
@@ -172,12 +171,18 @@ def train(
             "auto" if checkpoint_every.lower() == "auto" else _int_option("--checkpoint-every", checkpoint_every),
             memory_budget=int(memory_budget * 2**30) if memory_budget else None,
             init_weights=str(init_weights) if init_weights else None,
-            eval_every=eval_every,
+            eval_every=eval_every, backward=backward,
         )
     except ValidationError as e:
         raise fail("; ".join(f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}" for err in e.errors()))
 
-    setup_jax(cpu_devices=2 if (os.cpu_count() or 1) >= 2 else 1)
+    want_overlap = (os.cpu_count() or 1) >= 2 if overlap_eval is None else overlap_eval
+    cpus = setup_jax(cpu_devices=2 if want_overlap else 1)
+    if want_overlap and cpus < 2:
+        if overlap_eval:
+            raise fail("--overlap-eval needs two CPU devices, but JAX had already started with "
+                       f"{cpus or 'no'} CPU device(s) in this process")
+        want_overlap = False
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from .run import run
@@ -200,7 +205,7 @@ def train(
             progress.update(task, completed=e, description="training", info=info)
 
         try:
-            folder = run(cfg, seed, out_dir, on_epoch=on_epoch,
+            folder = run(cfg, seed, out_dir, on_epoch=on_epoch, overlap_eval=want_overlap,
                          extra_manifest={"cli_command": command_for(cfg, seed, out_dir)})
         except ValueError as e:
             raise fail(str(e))

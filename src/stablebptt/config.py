@@ -51,6 +51,10 @@ class RunConfig(BaseModel):
     #: evaluate the full train/test sets every k epochs and after the last one (paper: 1).
     #: Only evaluated epochs are recorded as rows; the others still train and are guarded.
     eval_every: int = 1
+    #: the backward strategy: "auto" (``core.backward.select_backward``), "autodiff" (the
+    #: reference: one complete pass per field), "batched" or "per_step" (the reverse sweep
+    #: with that input Jacobian); the strategy that ran is recorded in the run's manifest
+    backward: str = "auto"
 
     @field_validator("problem")
     @classmethod
@@ -71,6 +75,15 @@ class RunConfig(BaseModel):
     def _opt(cls, v):
         if v not in optim.OPTIMIZERS:
             raise ValueError(f"unknown optimizer {v!r}; allowed: {', '.join(optim.OPTIMIZERS)}")
+        return v
+
+    @field_validator("backward")
+    @classmethod
+    def _backward(cls, v):
+        from .core.backward import BACKWARDS
+
+        if v not in BACKWARDS:
+            raise ValueError(f"backward={v!r}; allowed: {', '.join(BACKWARDS)}")
         return v
 
     @field_validator("lr")
@@ -129,7 +142,7 @@ class RunConfig(BaseModel):
 
 #: fields added after the first release, hashed only when not at their default so that
 #: existing result folders keep their ids
-_LATER_FIELDS = ("eval_every",)
+_LATER_FIELDS = ("eval_every", "backward")
 
 
 def run_id(config: RunConfig, seed: int) -> str:

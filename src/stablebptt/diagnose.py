@@ -595,7 +595,7 @@ def load_run(run_dir: str | Path):
     """``(problem, model, config, seed)`` of a run folder (config.json + weights.npz)."""
     from . import controllers, problems
     from .config import RunConfig
-    from .train import make_model
+    from .train import zero_last
 
     run_dir = Path(run_dir)
     cfg_file = run_dir / "config.json"
@@ -607,7 +607,7 @@ def load_run(run_dir: str | Path):
     problem = problems.get(config.problem, **config.problem_params)
     if config.init_weights and not Path(config.init_weights).is_file():
         config = config.model_copy(update={"init_weights": None})
-    model = make_model(problem, config, seed)
+    model = problem.make_controller(jax.random.PRNGKey(seed), zero_last=zero_last(problem, config))
     weights = run_dir / "weights.npz"
     if not weights.is_file():
         raise FileNotFoundError(f"{run_dir} has no weights.npz (unfinished run?)")

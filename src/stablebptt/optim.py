@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
+import numpy as np
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -85,8 +87,12 @@ def _check_learning_rate(learning_rate) -> None:
 def optimizer(name: str = "adam", learning_rate: float = 1e-3, *, momentum: float = 0.9,
               eps: float = 1e-7) -> optax.GradientTransformation:
     """One of :data:`OPTIMIZERS` with the given learning rate (Keras defaults otherwise)."""
-    name = str(name).lower()
     _check_learning_rate(learning_rate)
+    return _optimizer(str(name).lower(), learning_rate, momentum=momentum, eps=eps)
+
+
+def _optimizer(name: str, learning_rate, *, momentum: float = 0.9, eps: float = 1e-7):
+    """:func:`optimizer` without checks (``learning_rate`` may be traced)."""
     if name == "adam":
         return keras_adam(learning_rate, eps=eps)
     if name == "adam_optax":
@@ -112,57 +118,30 @@ def make(name: str = "adam", learning_rate: float = 1e-3, clip: str = "none", cl
     return optax.chain(clipping(clip, clip_threshold), optimizer(name, learning_rate, **kw))
 
 
-# ----------------------------------------------------------------------------- lanes
-class LaneSettings(NamedTuple):
-    """A run's learning rate and clipping as data (float32 scalars), so runs that differ in
-    them can be lanes of one vmapped program. ``inf`` switches a clipping off."""
-
-    lr: jax.Array
-    clip_value: jax.Array
-    clip_norm: jax.Array
-
-
-def lane_settings(learning_rate: float = 1e-3, clip: str = "none", clip_threshold: float = 1.0) -> LaneSettings:
-    """The :class:`LaneSettings` of ``make(name, learning_rate, clip, clip_threshold)``."""
+# ----------------------------------------------------------------------------- as data
+def hyperparams(learning_rate: float = 1e-3, clip: str = "none", clip_threshold: float = 1.0) -> dict:
+    """The run's hyperparameters as data (float32 scalars): ``learning_rate``, ``clip_value``
+    and ``clip_norm`` (``inf``: that clipping is off). Runs that differ only in these share one
+    program (:func:`injected`)."""
     clipping(clip, clip_threshold)  # validates kind and threshold
     _check_learning_rate(learning_rate)
     kind = str(clip).lower()
-    f = lambda v: jnp.asarray(v, jnp.float32)
-    return LaneSettings(f(learning_rate), f(clip_threshold if kind == "value" else jnp.inf),
-                        f(clip_threshold if kind == "norm" else jnp.inf))
+    f = lambda v: np.asarray(v, np.float32)
+    return {"learning_rate": f(learning_rate), "clip_value": f(clip_threshold if kind == "value" else np.inf),
+            "clip_norm": f(clip_threshold if kind == "norm" else np.inf)}
 
 
-class LaneOptState(NamedTuple):
-    settings: LaneSettings
-    inner: optax.OptState
+def injected(name: str = "adam", *, momentum: float = 0.9) -> Callable[..., optax.GradientTransformation]:
+    """``tx(**hyperparams(...))``: clipping by value at ``clip_value``, then by global norm at
+    ``clip_norm`` (an ``inf`` threshold changes nothing), then the optimizer at
+    ``learning_rate`` — :func:`make`'s arithmetic with the hyperparameters held in the
+    optimizer state (``optax.inject_hyperparams``), so they can differ per run under ``vmap``."""
+    name = str(name).lower()
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; allowed: {', '.join(OPTIMIZERS)}")
 
+    def chain(learning_rate, clip_value, clip_norm):
+        return optax.chain(optax.clip(clip_value), optax.clip_by_global_norm(clip_norm),
+                           _optimizer(name, learning_rate, momentum=momentum))
 
-class LaneOptimizer(NamedTuple):
-    """``init(params, settings) -> state``; ``update(updates, state, params) -> (steps, state)``."""
-
-    init: Callable
-    update: Callable
-
-
-def lane_optimizer(name: str = "adam", **kw) -> LaneOptimizer:
-    """:func:`make` with the learning rate and clipping read from the state (a
-    :class:`LaneSettings`), the same bits as ``make(name, lr, clip, threshold)``: clipping
-    by value at ``clip_value`` then by global norm at ``clip_norm`` (an ``inf`` threshold
-    changes nothing), then the optimizer at learning rate 1 (its last step scales by −1),
-    then × lr: (−d)·lr = d·(−lr). Executed op by op this is :func:`make`'s arithmetic bit
-    for bit (tested for every optimizer and clipping); compiled, XLA may fold :func:`make`'s
-    constant learning rate into other operations (1-ulp differences seen for
-    ``adam_optax`` and ``adadelta``, none for the paper's ``adam``)."""
-    base = optimizer(name, 1.0, **kw)
-
-    def init(params, settings: LaneSettings) -> LaneOptState:
-        return LaneOptState(settings, base.init(params))
-
-    def update(updates, state: LaneOptState, params=None):
-        s = state.settings
-        updates, _ = optax.clip(s.clip_value).update(updates, None)
-        updates, _ = optax.clip_by_global_norm(s.clip_norm).update(updates, None)
-        steps, inner = base.update(updates, state.inner, params)
-        return jax.tree_util.tree_map(lambda t: t * s.lr, steps), LaneOptState(s, inner)
-
-    return LaneOptimizer(init, update)
+    return optax.inject_hyperparams(chain)

@@ -27,24 +27,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import train as _train
 from .config import RunConfig, run_id
 
 RESULT_FILE = "result.json"
-
-
-def use_full_float32_matmuls() -> None:
-    """On an accelerator, float32 matmuls at "highest" precision (this process, from now on).
-
-    GPUs since Ampere otherwise run float32 matmuls in TF32 (10-bit mantissa), which silently
-    changes results by ~1e-3 relative; at "highest" they match the CPU to ~1e-6 per step
-    (benchmarks/gpu_check.py). The CPU is left alone (its matmuls are full float32 anyway).
-    Called by the CLI and by every sweep worker; recorded in :func:`manifest`.
-    """
-    import jax
-
-    if jax.default_backend() != "cpu":
-        jax.config.update("jax_default_matmul_precision", "highest")
 
 
 def source_commit() -> str | None:
@@ -82,10 +67,9 @@ def manifest() -> dict:
         | {"python": platform.python_version()},
         "commit": source_commit(),
         "device": {"platform": dev.platform, "kind": getattr(dev, "device_kind", str(dev)),
-                   "count": jax.device_count(),
-                   "overlap_eval": str(_train.OVERLAP_EVAL)},  # evaluation on a 2nd CPU device
+                   "count": jax.device_count()},
         "precision": {"dtype": "float32", "x64": bool(jax.config.jax_enable_x64),
-                      "matmul_precision": str(jax.config.jax_default_matmul_precision)},
+                      "matmul_precision": "highest (the training programs are traced at full float32 precision)"},
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "command": " ".join(sys.argv),
         "host": socket.gethostname(),
@@ -123,7 +107,7 @@ def write_result(folder: Path, config: RunConfig, seed: int, result, extra_manif
             for i in range(len(result.history["epoch"])):
                 w.writerow([result.history[c][i] for c in cols])
         controllers.save_weights(result.model, tmp / "weights.npz")
-        _write_json(tmp / "manifest.json", manifest() | (extra_manifest or {}))
+        _write_json(tmp / "manifest.json", manifest() | {"ran": result.ran} | (extra_manifest or {}))
         summary = {
             "run_id": folder.name,
             "seed": int(seed),
@@ -149,58 +133,48 @@ def write_result(folder: Path, config: RunConfig, seed: int, result, extra_manif
     return folder
 
 
-def run(config: RunConfig, seed: int, root: str | Path = "runs", *,
-        on_epoch: Callable | None = None, extra_manifest: dict | None = None) -> Path:
-    """Train (config, seed) unless its result exists; return the result folder."""
+def run(config: RunConfig, seed: int, root: str | Path = "runs", *, on_epoch: Callable | None = None,
+        extra_manifest: dict | None = None, overlap_eval: bool = False) -> Path:
+    """Train (config, seed) unless its result exists; return the result folder.
+    ``overlap_eval``: see :func:`stablebptt.runner.train`."""
     from . import problems
-    from .train import train
+    from .runner import train
 
     folder = Path(root) / run_id(config, seed)
     if is_done(folder):
         return folder
     problem = problems.get(config.problem, **config.problem_params)
-    (result,) = train(problem, config, int(seed), on_epoch=on_epoch)
+    (result,) = train(problem, config, int(seed), on_epoch=on_epoch, overlap_eval=overlap_eval)
     return write_result(folder, config, seed, result, extra_manifest)
 
 
 def run_seeds(config: RunConfig, seeds: Sequence[int], root: str | Path = "runs", *,
               on_epoch: Callable | None = None) -> list[Path]:
-    """Like :func:`run` for several seeds, training the missing ones in one vmapped program."""
-    from . import problems
-    from .train import train
-
-    folders = [Path(root) / run_id(config, s) for s in seeds]
-    todo = [s for s, f in zip(seeds, folders) if not is_done(f)]
-    if todo:
-        problem = problems.get(config.problem, **config.problem_params)
-        results = train(problem, config, todo if len(todo) > 1 else todo[0], on_epoch=on_epoch)
-        for s, r in zip(todo, results):
-            write_result(Path(root) / run_id(config, s), config, s, r, {"vmapped_seeds": list(map(int, todo))})
-    return folders
+    """Like :func:`run` for several seeds, the missing ones trained together (one program)."""
+    return run_lanes([(config, s) for s in seeds], root, on_epoch=on_epoch)
 
 
 def run_lanes(lanes: Sequence[tuple[RunConfig, int]], root: str | Path = "runs", *,
               on_epoch: Callable | None = None) -> list[Path]:
-    """Like :func:`run` for several (config, seed) pairs that differ only in
-    :data:`stablebptt.train.LANE_FIELDS` (mode, learning rate, clipping): the missing ones
-    train as the lanes of one vmapped program (``train(..., lane_configs=...)``). Each result
-    goes to the folder its own :func:`run` would write (the manifest names the lanes); its
-    numbers equal that run's up to float32 round-off."""
+    """Like :func:`run` for several (config, seed) pairs that share one program: the same
+    config (seeds, :func:`stablebptt.runner.train`'s ``batching="auto"``), or configs that
+    differ only in :data:`stablebptt.runner.LANE_FIELDS` (lanes of one vmapped program; each
+    equals its own run up to float32 round-off). Each result goes to the folder its own
+    :func:`run` would write; the manifest names the runs trained together."""
     from . import problems
-    from .train import train
+    from .runner import train
 
     lanes = [(c, int(s)) for c, s in lanes]
-    if not lanes:
-        return []
     folders = [Path(root) / run_id(c, s) for c, s in lanes]
     todo = [(c, s, f) for (c, s), f in zip(lanes, folders) if not is_done(f)]
     if todo:
         configs, seeds = [c for c, _, _ in todo], [s for _, s, _ in todo]
+        same = all(c == configs[0] for c in configs)
         problem = problems.get(configs[0].problem, **configs[0].problem_params)
-        results = train(problem, configs[0], seeds, on_epoch=on_epoch, lane_configs=configs)
+        results = train(problem, configs[0], seeds, on_epoch=on_epoch, lane_configs=None if same else configs)
         names = [f.name for _, _, f in todo]
         for (c, s, f), r in zip(todo, results):
-            write_result(f, c, s, r, {"vmapped_lanes": names})
+            write_result(f, c, s, r, {"trained_together": names} if len(names) > 1 else None)
     return folders
 
 

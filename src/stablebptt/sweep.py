@@ -316,10 +316,9 @@ def _job(config_dict: dict, seeds: list[int], root: str, cache_dir: str | None =
          lanes: list[dict] | None = None) -> list[dict]:
     """Worker entry (picklable): run one config for the given seeds, or with ``lanes`` (one
     config dict per seed) the (config, seed) lanes of one program; return their summaries."""
-    from .run import run, run_lanes, run_seeds, use_full_float32_matmuls
+    from .run import run, run_lanes, run_seeds
 
     enable_compile_cache(cache_dir)
-    use_full_float32_matmuls()
 
     cfg = RunConfig(**config_dict)
     if lanes is not None:
@@ -375,7 +374,7 @@ def _groups(todo: list[tuple[RunConfig, int]], vmap_seeds: bool,
     ``vmap_seeds``, or with ``vmap_configs`` per set of configs that can be lanes of one
     program (:func:`stablebptt.train.lane_key`; lanes = one config dict per seed)."""
     if vmap_configs:
-        from .train import lane_key
+        from .runner import lane_key
 
         lanes: dict[str, list[tuple[RunConfig, int]]] = {}
         single = []  # the AND-mask cannot be a lane; a group of one is a plain run

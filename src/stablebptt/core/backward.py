@@ -374,7 +374,7 @@ def segment_length(horizon: int, checkpoint_every: int | None) -> int | None:
 
 def select_backward(model, x0, *, step, loss: TrajectoryLoss, horizon: int, gates,
                     prefer: str = "auto", checkpoint_every: int | str | None = "auto",
-                    memory_budget: int | None = None):
+                    memory_budget: int | None = None, verify_rows: bool = True):
     """The strategy for this controller, simulator, horizon and flow — the one visible rule.
 
     ``gates``: the flow's concrete gate fields (…, F, T, 2) (``Gates.fields``; leading axes:
@@ -395,14 +395,15 @@ def select_backward(model, x0, *, step, loss: TrajectoryLoss, horizon: int, gate
       ``memory_budget`` (default :func:`default_memory_budget`), else ≈ √T-step segments.
 
     ``model`` may be abstract (arrays as ``jax.ShapeDtypeStruct``); nothing is compiled except
-    the small check of independent rows.
+    the small check of independent rows (``verify_rows=False``: the caller runs
+    :func:`~stablebptt.core.hooks.verify_rows_independent` itself before using the strategy).
     """
     if prefer not in BACKWARDS:
         raise ValueError(f"backward={prefer!r}; allowed: {', '.join(BACKWARDS)}")
     if prefer == "autodiff":
         return Autodiff()
     merge = hooks.claims_rows_independent(model)
-    if merge:
+    if merge and verify_rows:
         hooks.verify_rows_independent(model, x0)
     m = hooks.controls_per_row(model, x0)
     if prefer == "batched" and not merge:
@@ -439,20 +440,25 @@ def memory_estimate(sweep: ReverseSweep, model, x0, *, step, loss: TrajectoryLos
     without segments the update needs ≈ T·per_step; with s-step segments ≈ (T/s)·state +
     s·per_step.
     """
-    params, static = eqx.partition(model, eqx.is_inexact_array)
-    sw = _Sweep(sweep, params, static, step, loss, horizon, np.ones((len(live_ctrl), horizon, 2), np.float32),
-                tuple(live_ctrl))
-    x_abs = _abstract(x0)
-    _, fwd = jax.eval_shape(lambda x: sw.forward(x, jnp.arange(1), keep=True), x_abs)
-    per_step = _nbytes(fwd)
-    if sweep.merge_rows:
-        xf, rf = jax.eval_shape(lambda f: sw._rows(f[0], f[3]), fwd)
-        per_step += 0 if sw.keep_res else _nbytes(rf)  # residuals recomputed on the rows
-        if sw.need_k and not sw.per_step_k:
-            jac, extra = jax.eval_shape(lambda f: sw._jacobian(*sw._rows(f[0], f[3]), f[1]), fwd)
-            per_step += _nbytes(jac) + _nbytes(extra)  # J and the deltas (or the rows' vjp residuals)
+    params, static = hooks.split(model)
+    ones = np.ones((len(live_ctrl), horizon, 2), np.float32)
+
+    def parts(p, x):
+        sw = _Sweep(sweep, p, static, step, loss, horizon, ones, tuple(live_ctrl))
+        _, fwd = sw.forward(x, jnp.arange(1), keep=True)
+        out = {"fwd": fwd}
+        if sweep.merge_rows:
+            xf, rf = sw._rows(fwd[0], fwd[3])
+            out["rows"] = None if sw.keep_res else rf  # residuals recomputed on the rows
+            if sw.need_k and not sw.per_step_k:
+                out["jac"] = sw._jacobian(xf, rf, fwd[1])  # J and the deltas (or the rows' vjp residuals)
+        return out
+
+    shapes = jax.eval_shape(parts, _abstract(params), _abstract(x0))
+    fwd = shapes["fwd"]
+    per_step = _nbytes(shapes)
     per_step += len(live_ctrl) * _nbytes(fwd[1])  # the control cotangents of every field
-    return {"per_step": per_step, "state": _nbytes(x_abs)}
+    return {"per_step": per_step, "state": _nbytes(_abstract(x0))}
 
 
 def plan_segments(sweep: ReverseSweep, model, x0, *, step, loss: TrajectoryLoss, horizon: int,

@@ -77,13 +77,14 @@ def update_from_gates(model, x0, *, step, loss: TrajectoryLoss, horizon: int, ga
 
 def resolve_backward(backward: "str | Backward", model, x0, *, step, loss: TrajectoryLoss, horizon: int,
                      gates, checkpoint_every: "int | str | None" = None,
-                     memory_budget: int | None = None) -> Backward:
+                     memory_budget: int | None = None, verify_rows: bool = True) -> Backward:
     """A strategy object as given, or the one :func:`select_backward` picks for a name
     (``checkpoint_every`` and ``memory_budget`` apply to names only; ``gates``: concrete gate
     fields (…, F, T, 2))."""
     if isinstance(backward, str):
-        return select_backward(model, x0, step=step, loss=loss, horizon=horizon, gates=gates,
-                               prefer=backward, checkpoint_every=checkpoint_every, memory_budget=memory_budget)
+        return select_backward(model, x0, step=step, loss=loss, horizon=horizon, gates=gates, prefer=backward,
+                               checkpoint_every=checkpoint_every, memory_budget=memory_budget,
+                               verify_rows=verify_rows)
     if checkpoint_every not in (None, "auto") or memory_budget is not None:
         raise ValueError("checkpoint_every / memory_budget apply to a backward given by name; set them on the "
                          f"strategy object instead (got backward={backward!r})")

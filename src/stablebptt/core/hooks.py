@@ -55,6 +55,18 @@ class RowwiseController(Protocol):
     def param_vjps_from_jacobian(self, x, res, deltas, cts: Sequence) -> list: ...
 
 
+def is_param(a) -> bool:
+    """A floating-point array leaf, concrete or abstract (``jax.ShapeDtypeStruct``): a parameter."""
+    if isinstance(a, jax.ShapeDtypeStruct):
+        return bool(jnp.issubdtype(a.dtype, jnp.inexact))
+    return eqx.is_inexact_array(a)
+
+
+def split(model):
+    """``(params, static)`` of a controller, concrete or abstract."""
+    return eqx.partition(model, is_param)
+
+
 def claims_rows_independent(model) -> bool:
     """Does the controller's class declare ``rows_independent = True``?"""
     return bool(getattr(type(model), "rows_independent", False))
@@ -83,7 +95,7 @@ def verify_rows_independent(model, x0, rows: int = 3) -> None:
 
 def _leak(model, x_row) -> list[int]:
     """Rows other than 0 whose control tangent is not exactly 0 (see verify_rows_independent)."""
-    params, static = eqx.partition(model, eqx.is_inexact_array)
+    params, static = split(model)
     p_abs = _abstract(params)
     rng = np.random.default_rng(0)
     rand = lambda s: np.asarray(0.5 * rng.standard_normal(s.shape), s.dtype)

@@ -112,7 +112,7 @@ def check_problem_inputs(model, x0, step, horizon) -> None:
     if not leaves:
         raise ValueError("initial state x0 has no arrays")
     for a in leaves:
-        if isinstance(a, jax.core.Tracer):
+        if isinstance(a, (jax.core.Tracer, jax.ShapeDtypeStruct)):
             continue
         arr = np.asarray(a)
         if not np.all(np.isfinite(arr)):

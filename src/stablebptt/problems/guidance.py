@@ -269,7 +269,7 @@ def make(
         control_shape=(n_d, 2),
         defaults=dict(epochs=100, lr=1e-3, batch_size=8, n_train=256, n_test=256),
         zero_last_default=True,
-        eval_chunk=64,  # elementwise-heavy: small chunks stay in cache (see train._make_evaluate)
+        eval_chunk=64,  # elementwise-heavy: small chunks stay in cache (see train.make_evaluate)
         description=(
             f"guidance by repulsion: {n_d} driver(s) herd {n_e} evader(s) to the origin "
             f"(every-state loss, rc={rc:g})"

@@ -51,6 +51,7 @@ train = the first n_train) and their complex64 arithmetic.
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import Any
@@ -69,6 +70,7 @@ PARAMS: dict[str, tuple[Any, str]] = {
     "steps": (128, "simulator steps per trajectory (horizon T)"),
     "target": (3, "target eigenstate, 1-based (1 = ground state; paper: 3, 4, 5)"),
     "weighting": (1, "factor on c1 in the initial-state draw: 1, 3, 7 or 15"),
+    "solver": ("auto", "tridiagonal solver: auto (Thomas for large batches on the CPU), lapack or thomas"),
 }
 
 _WEIGHTINGS = (1, 3, 7, 15)
@@ -91,12 +93,12 @@ def eigenstate(n: int, nx: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- tridiagonal solve
-#: systems per solve from which the CPU uses :func:`thomas_solve` (vectorised over the
-#: systems) instead of LAPACK's ``gtsv`` (one call per system, ~0.8 µs each). Measured
-#: (interleaved): the paper's evaluation of 256 + 256 states 179 -> 139 ms; one update at
-#: batch 8 (R 11.8 vs 11.9 ms, C 13.8 vs 13.3 ms: no gain, so training batches of 8 keep
-#: LAPACK and its numbers). None: always LAPACK.
-THOMAS_MIN_SYSTEMS: int | None = 32
+#: how the tridiagonal systems are solved: "lapack" — ``jax.lax.linalg.tridiagonal_solve``
+#: (LAPACK's gtsv on the CPU, one call per system; cuSPARSE on GPUs), "thomas" —
+#: :func:`thomas_solve` vectorised over the systems, "auto" — Thomas on the CPU from
+#: :data:`THOMAS_MIN_SYSTEMS` systems per solve on (evaluations), else the primitive
+SOLVERS = ("auto", "lapack", "thomas")
+THOMAS_MIN_SYSTEMS = 32
 
 
 def thomas_solve(dl, d, du, b):
@@ -132,47 +134,34 @@ def thomas_solve(dl, d, du, b):
     return jnp.moveaxis(x, 0, -1)
 
 
-def _use_thomas(d, b) -> bool:
+def _uses_thomas(method: str, d, b) -> bool:
     systems = int(np.prod(jnp.broadcast_shapes(d.shape, b.shape)[:-1]))
-    return (THOMAS_MIN_SYSTEMS is not None and systems >= THOMAS_MIN_SYSTEMS
-            and jax.default_backend() == "cpu")
+    return method == "thomas" or (method == "auto" and systems >= THOMAS_MIN_SYSTEMS
+                                  and jax.default_backend() == "cpu")
 
 
-def _tridiagonal_solve(dl, d, du, b):
-    """One right-hand side per system: b (..., n) -> x (..., n); ``tridiagonal_solve`` (LAPACK
-    on the CPU, cuSPARSE on GPUs), or :func:`thomas_solve` for many systems on the CPU."""
-    if _use_thomas(d, b):
-        return thomas_solve(dl, d, du, b)
-    return jax.lax.linalg.tridiagonal_solve(dl, d, du, b[..., None])[..., 0]
+@functools.lru_cache(maxsize=None)
+def _column_solver(method: str, fold: bool):
+    """``solve(dl, d, du, b)`` for one right-hand side per system, b (..., n) -> x (..., n),
+    with a vmap rule: a right-hand side vmapped over shared diagonals (C's two fields over one
+    trajectory) is folded into extra columns of one solve when ``fold`` (the primitive's own
+    rule; cheapest on the CPU), else the diagonals are broadcast so that every system keeps
+    one column (GPUs: several columns make cuSPARSE loop over the systems on the host)."""
+    def solve(dl, d, du, b):
+        if _uses_thomas(method, d, b):
+            return thomas_solve(dl, d, du, b)
+        return jax.lax.linalg.tridiagonal_solve(dl, d, du, b[..., None])[..., 0]
 
+    one = jax.custom_batching.custom_vmap(solve)
 
-_solve_one_column = jax.custom_batching.custom_vmap(_tridiagonal_solve)
+    @one.def_vmap
+    def _vmap(axis_size, in_batched, dl, d, du, b):
+        if fold and not any(in_batched[:3]):
+            return jax.vmap(solve, in_axes=(None, None, None, 0))(dl, d, du, b), True
+        full = [a if bat else jnp.broadcast_to(a, (axis_size,) + a.shape) for a, bat in zip((dl, d, du, b), in_batched)]
+        return one(*full), True
 
-
-#: how a right-hand side vmapped over shared diagonals is solved: True folds it into extra
-#: columns of one solve (the primitive's own rule: one LAPACK call, cheapest on the CPU:
-#: quantum C is ~10 % slower per update without it), False broadcasts the diagonals so that
-#: every system keeps one column (what GPUs need, see below); "auto": fold on the CPU only.
-FOLD_COLUMNS: bool | str = "auto"
-
-
-def _fold_columns() -> bool:
-    return jax.default_backend() == "cpu" if FOLD_COLUMNS == "auto" else bool(FOLD_COLUMNS)
-
-
-@_solve_one_column.def_vmap
-def _solve_one_column_vmap(axis_size, in_batched, dl, d, du, b):
-    # C's two fields share the diagonals of one trajectory, so in the reverse sweep only b
-    # is batched, and the primitive's rule folds it into extra columns. On a GPU one column
-    # per system is a single batched cuSPARSE call (gtsv2StridedBatch), while several
-    # columns loop over the systems on the host, once per system and step (measured on an
-    # H200: quantum C with 5 vmapped seeds took 20.6 s per epoch, R 0.33 s). So off the CPU
-    # the unbatched operands are broadcast instead: more systems, one column each.
-    if _fold_columns() and not any(in_batched[:3]):
-        return jax.vmap(_tridiagonal_solve, in_axes=(None, None, None, 0))(dl, d, du, b), True
-    full = [a if bat else jnp.broadcast_to(a, (axis_size,) + a.shape)
-            for a, bat in zip((dl, d, du, b), in_batched)]
-    return _solve_one_column(*full), True
+    return one
 
 
 def _tridiagonal_matvec(dl, d, du, v):
@@ -183,27 +172,29 @@ def _tridiagonal_matvec(dl, d, du, v):
     return d * v + dl * below + du * above  # the order of jax's own tridiagonal product
 
 
-def solve_tridiagonal(dl, d, du, b):
+def solve_tridiagonal(dl, d, du, b, *, method: str = "auto", fold: bool | None = None):
     """x with A x = b for a batch of tridiagonal systems; dl, d, du, b (..., n), dl[..., 0] =
     du[..., -1] = 0, real or complex.
 
-    The same numbers as ``jax.lax.linalg.tridiagonal_solve(dl, d, du, b[..., None])[..., 0]``
-    (on the CPU from :data:`THOMAS_MIN_SYSTEMS` systems per solve on: :func:`thomas_solve`'s,
-    equal to round-off), with derivatives from ``lax.custom_linear_solve`` (x' = A⁻¹(b' − A' x), transposed through
-    Aᵀ's solve), so that every solve goes through the vmap rule above: off the CPU it keeps
-    one right-hand side per system under any vmap (see :data:`FOLD_COLUMNS`).
+    ``method``: one of :data:`SOLVERS`. ``fold``: how a vmapped right-hand side is solved
+    (:func:`_column_solver`; default: folded on the CPU, one column per system elsewhere).
+    Derivatives from ``lax.custom_linear_solve`` (x' = A⁻¹(b' − A' x), transposed through Aᵀ's
+    solve), so that every solve, forward and backward, goes through the same solver.
     """
+    if method not in SOLVERS:
+        raise ValueError(f"solver={method!r}; allowed: {', '.join(SOLVERS)}")
+    one = _column_solver(method, jax.default_backend() == "cpu" if fold is None else bool(fold))
     zero = jnp.zeros_like(d[..., :1])
     dl_t = jnp.concatenate([zero, du[..., :-1]], -1)  # Aᵀ's sub-diagonal: A[i-1, i]
     du_t = jnp.concatenate([dl[..., 1:], zero], -1)  # Aᵀ's super-diagonal: A[i+1, i]
     return jax.lax.custom_linear_solve(
         lambda v: _tridiagonal_matvec(dl, d, du, v), b,
-        solve=lambda _, r: _solve_one_column(dl, d, du, r),
-        transpose_solve=lambda _, r: _solve_one_column(dl_t, d, du_t, r))
+        solve=lambda _, r: one(dl, d, du, r),
+        transpose_solve=lambda _, r: one(dl_t, d, du_t, r))
 
 
 # ---------------------------------------------------------------- simulator
-def _build_step(nx: int, dt: float):
+def _build_step(nx: int, dt: float, solver: str = "auto", fold: bool | None = None):
     dx = 2.0 / (nx + 1)
     x = jnp.asarray((np.arange(1, nx + 1, dtype=np.float64) * dx).astype(np.float32))
     r = dt / dx**2
@@ -239,7 +230,7 @@ def _build_step(nx: int, dt: float):
         zc = jnp.zeros(d.shape[:-1] + (1,), jnp.complex64)
         dl = jnp.concatenate([zc, inner], -1)
         du = jnp.concatenate([inner, zc], -1)
-        out = solve_tridiagonal(dl, d, du, rhs)
+        out = solve_tridiagonal(dl, d, du, rhs, method=solver, fold=fold)
         return jnp.stack([jnp.real(out), jnp.imag(out)], -1).astype(jnp.float32)
 
     return step
@@ -310,6 +301,7 @@ def make(
     steps: int = PARAMS["steps"][0],
     target: int = PARAMS["target"][0],
     weighting: int = PARAMS["weighting"][0],
+    solver: str = PARAMS["solver"][0],
 ) -> Problem:
     """Build the quantum-control problem (see the module docstring)."""
     if not _is_int(nx) or nx < 3:
@@ -327,6 +319,8 @@ def make(
         )
     if not _is_int(weighting) or weighting not in _WEIGHTINGS:
         raise ValueError(f"quantum: weighting={weighting!r}; allowed: 1, 3, 7, 15")
+    if solver not in SOLVERS:
+        raise ValueError(f"quantum: solver={solver!r}; allowed: {', '.join(SOLVERS)}")
     nx, steps, target, weighting, dt = int(nx), int(steps), int(target), int(weighting), float(dt)
 
     loss = TrajectoryLoss(
@@ -338,8 +332,8 @@ def make(
 
     return Problem(
         name="quantum",
-        params=dict(nx=nx, dt=dt, steps=steps, target=target, weighting=weighting),
-        step=_build_step(nx, dt),
+        params=dict(nx=nx, dt=dt, steps=steps, target=target, weighting=weighting, solver=solver),
+        step=_build_step(nx, dt, solver),
         loss=loss,
         horizon=steps,
         sample_data=_build_sample_data(nx, weighting),
@@ -348,7 +342,7 @@ def make(
         control_shape=(1,),
         defaults=dict(epochs=1000, lr=1e-3, batch_size=8, n_train=256, n_test=256),
         zero_last_default=False,
-        eval_chunk=256,  # the CNN's matrix products prefer large chunks (see train._make_evaluate)
+        eval_chunk=256,  # the CNN's matrix products prefer large chunks (see train.make_evaluate)
         description=(
             f"particle in a box (1-D Schrödinger, Crank–Nicolson, nx={nx}): steer "
             f"superpositions of eigenstates 1, 2 into eigenstate {target} (1-based)"

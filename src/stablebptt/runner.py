@@ -1,0 +1,397 @@
+r"""The host loop: :func:`train` runs the pure functions of :func:`stablebptt.train.make_train`
+epoch by epoch for one or more runs and turns their metrics into rows.
+
+Runs are (config, seed) pairs. Those that differ only in their seed, or — as *lanes* — in mode,
+learning rate or clipping (:data:`LANE_FIELDS`) share one program. How they execute is an
+explicit choice (``batching``), recorded with the result:
+
+* ``"vmap"``: one call per epoch for all runs, their states stacked (what accelerators want);
+* ``"loop"``: the one-run program called for each run in turn (on a CPU each run's products
+  are already as large as they get, and vmapping makes them batched products with a larger
+  working set);
+* ``"auto"``: vmap for lanes and on accelerators, loop for seeds on a CPU.
+
+``overlap_eval=True`` evaluates on the second CPU device while the next epoch trains on the
+first (JAX dispatches asynchronously; no threads): the same numbers, a row completed one epoch
+later. It needs two CPU devices (``jax.config.update("jax_num_cpu_devices", 2)`` before JAX
+starts; ``stablebptt train`` does this on multi-core machines).
+
+Rows. Every epoch ends with the mean minibatch ``loss``, ``update_norm``, ``cos_mg`` and
+``sign_agree`` (the last two only where two fields are computed: C, diagnostics, lanes), and
+with ``eval_every = k`` every k-th and the last epoch also with ``train_loss`` and
+``test_loss``; only those are recorded. A non-finite loss, update or evaluation stops that run:
+its parameters stay at the last finite state (for a non-finite evaluation: the parameters
+evaluated), it is marked ``diverged`` at that epoch, and no row is written for the epoch.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import controllers
+from .config import RunConfig
+from .problems import Problem
+from .train import TRAIN_METRICS, Trainer, init_params_fn, make_data, make_train, verify_controller
+
+METRICS = ("loss", "train_loss", "test_loss", "update_norm", "cos_mg", "sign_agree")
+#: the RunConfig fields in which runs sharing one program (lanes) may differ; ``diagnostics``
+#: changes nothing there (lanes always compute both fields)
+LANE_FIELDS = ("mode", "truncate", "decay", "lr", "clip", "clip_threshold", "diagnostics")
+BATCHING = ("auto", "vmap", "loop")
+#: XLA options of the controller-initialisation program on the CPU: it runs once per run,
+#: and at LLVM's default level its random-number code takes longer to compile than to run
+INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
+
+
+@dataclass
+class TrainResult:
+    """One run's outcome."""
+
+    seed: int
+    history: dict[str, list]  # metric -> values over recorded epochs (+ "epoch", "wall_s")
+    diverged: bool
+    diverged_epoch: int | None
+    initial: dict[str, float]  # train/test loss of the untrained controller
+    model: Any  # the trained controller (last finite parameters)
+    compile_s: float
+    train_s: float
+    ran: dict = field(default_factory=dict)  # what executed: backward strategy, batching, evaluation
+
+    @property
+    def epochs_done(self) -> int:
+        return len(self.history["epoch"])
+
+    def final(self, key: str = "test_loss") -> float:
+        vals = self.history.get(key) or []
+        return float(vals[-1]) if vals else float(self.initial.get(key, float("nan")))
+
+
+def lane_key(config: RunConfig) -> str:
+    """Configs with the same key can be lanes of one program (see :data:`LANE_FIELDS`)."""
+    d = config.to_dict()
+    return json.dumps({k: v for k, v in d.items() if k not in LANE_FIELDS}, sort_keys=True, default=str)
+
+
+def check_lanes(config: RunConfig, lane_configs: Sequence[RunConfig], n: int) -> None:
+    """Raise ValueError unless ``lane_configs`` are ``n`` configs that can share ``config``'s program."""
+    if len(lane_configs) != n:
+        raise ValueError(f"lane_configs has {len(lane_configs)} configs for {n} seeds; give one config per seed")
+    for i, c in enumerate(lane_configs):
+        if c.and_mask:
+            raise ValueError(f"lane_configs[{i}] has and_mask={c.and_mask}; lanes allow and_mask=0 only "
+                             "(the AND-mask needs per-sample updates)")
+    for i, c in enumerate(lane_configs):
+        diff = sorted(k for k, v in c.to_dict().items() if k not in LANE_FIELDS and v != config.to_dict()[k])
+        if diff:
+            who = "config" if i == 0 else f"lane_configs[{i}]"
+            raise ValueError(f"{who} differs from {'lane_configs[0]' if i == 0 else 'config'} in {diff}; lanes of "
+                             f"one program may differ only in {', '.join(LANE_FIELDS)}")
+
+
+@dataclass
+class _Run:
+    """Host-side record of one run."""
+
+    config: RunConfig
+    seed: int
+    train: Any
+    test: Any
+    key: Any
+    history: dict = field(default_factory=lambda: {k: [] for k in ("epoch", *METRICS, "wall_s")})
+    initial: dict = field(default_factory=dict)
+    diverged_epoch: int | None = None
+    final_params: Any = None  # set when a non-finite evaluation stopped the run
+
+
+@dataclass
+class _Group:
+    """Runs executed by one program call: ``idx`` into the runs, their state (stacked if vmapped)."""
+
+    idx: list[int]
+    state: Any
+    vmapped: bool
+    train: Any
+    test: Any
+    eval_data: Any  # (train, test) on the evaluating device
+    metrics: Any = None
+    pending: list = field(default_factory=list)  # evaluations dispatched, not yet collected
+
+
+def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *,
+          on_epoch: Callable[[int, list], None] | None = None, data: tuple | None = None,
+          lane_configs: Sequence[RunConfig] | None = None, batching: str = "auto",
+          overlap_eval: bool = False) -> list[TrainResult]:
+    """Train one controller per seed (or per lane) and return one :class:`TrainResult` each.
+
+    Args:
+      problem: from :func:`stablebptt.problems.get`.
+      config: the run configuration.
+      seeds: an int or a list; a seed sets the initial weights and, with ``data="seeded"``, the data.
+      on_epoch: called after each epoch as ``on_epoch(epoch, rows)``: one dict per run (None for a
+        run that has diverged; without train_loss/test_loss on epochs not evaluated).
+      data: ``(train, test)`` arrays for every run instead of the problem's sampler.
+      lane_configs: one config per seed, differing from ``config`` only in :data:`LANE_FIELDS`:
+        the runs train as lanes of one program. A lane equals its own run up to float32
+        round-off (its flow is data and it always computes two fields).
+      batching: ``"auto"``, ``"vmap"`` or ``"loop"`` (module docstring).
+      overlap_eval: evaluate on the second CPU device while the next epoch trains.
+    """
+    runs = _runs(problem, config, seeds, data, lane_configs)
+    if batching not in BATCHING:
+        raise ValueError(f"batching={batching!r}; allowed: {', '.join(BATCHING)}")
+    vmapped = batching == "vmap" or (batching == "auto" and (lane_configs is not None or jax.default_backend() != "cpu"))
+    eval_device = _eval_device(overlap_eval)
+    t0 = time.perf_counter()
+    trainer, programs = _compile(problem, config, runs, vmapped, eval_device, lane_configs)
+    groups = _initial_groups(trainer, programs, runs, vmapped, eval_device)
+    for g in groups:  # the untrained controllers (overlapped: while epoch 1 trains)
+        _dispatch_eval(g, programs, 0, {}, t0, eval_device)
+        if eval_device is None:
+            _collect(g, runs, False)
+    compile_s = time.perf_counter() - t0
+    t_train = time.perf_counter()
+    _loop(config, programs, groups, runs, eval_device is not None, eval_device, on_epoch)
+    train_s = time.perf_counter() - t_train
+    ran = {"backward": repr(trainer.backward), "batching": "vmap" if vmapped else "loop",
+           "evaluation": "second CPU device" if eval_device is not None else "after the updates",
+           "lanes": lane_configs is not None}
+    return _results(trainer, groups, runs, compile_s, train_s, ran)
+
+
+def _runs(problem, config, seeds, data, lane_configs) -> list[_Run]:
+    """Validated runs with their data and keys."""
+    seeds = [int(seeds)] if isinstance(seeds, (int, np.integer)) else [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds is empty; give at least one seed")
+    if lane_configs is not None:
+        check_lanes(config, list(lane_configs), len(seeds))
+    if config.init_weights and not os.path.isfile(config.init_weights):
+        raise FileNotFoundError(f"init_weights={config.init_weights!r}: no such file (an .npz of controller weights)")
+    runs = []
+    for i, s in enumerate(seeds):
+        tr, te = data if data is not None else make_data(problem, config, s)
+        for name, arr in (("train", tr), ("test", te)):
+            if not np.all(np.isfinite(arr)):
+                raise ValueError(f"{name} data contain non-finite values")
+        if config.batch_size > tr.shape[0]:
+            raise ValueError(f"batch_size={config.batch_size} is larger than the training set ({tr.shape[0]})")
+        runs.append(_Run(lane_configs[i] if lane_configs is not None else config, s, np.asarray(tr), np.asarray(te),
+                         jax.random.PRNGKey(s + 1_000_003)))
+    return runs
+
+
+def _eval_device(overlap: bool):
+    """The second CPU device for an overlapped evaluation, or None."""
+    if not overlap:
+        return None
+    cpus = jax.devices("cpu") if jax.default_backend() == "cpu" else []
+    if len(cpus) < 2:
+        found = f"{len(cpus)} CPU device(s)" if cpus else f"a {jax.default_backend()} backend"
+        raise ValueError("overlap_eval=True needs two CPU devices: call jax.config.update('jax_num_cpu_devices', 2) "
+                         f"before JAX starts (found {found})")
+    return cpus[1]
+
+
+def _stack(trees):
+    return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *trees)
+
+
+def _abstract(tree, lead=(), sharding=None):
+    return jax.tree_util.tree_map(
+        lambda a: jax.ShapeDtypeStruct(lead + tuple(np.shape(a)), jnp.result_type(a), sharding=sharding), tree)
+
+
+def _compile(problem: Problem, config: RunConfig, runs: list[_Run], vmapped: bool, eval_device,
+             lane_configs) -> tuple[Trainer, dict]:
+    """The trainer and its programs, traced from abstract shapes (float32 matmuls at full
+    precision on every backend) and compiled on two threads (XLA compiles without the GIL),
+    each as soon as it is traced: init_params first (it needs no backward strategy, so it
+    compiles while make_train chooses one), then updates, evaluate and init — the last three
+    vmapped over the runs of a vmapped group."""
+    lead = (len(runs),) if vmapped else ()
+    v = jax.vmap if vmapped else (lambda f: f)
+    key = runs[0].key
+    ev = jax.sharding.SingleDeviceSharding(eval_device) if eval_device is not None else None
+    cpu_opts = INIT_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
+    init_params = init_params_fn(problem, config)
+    # the updates program is the largest: it compiles on a thread of its own as soon as it is
+    # traced; everything else compiles or runs in turn on a second thread
+    with jax.default_matmul_precision("highest"), ThreadPoolExecutor(1) as main, ThreadPoolExecutor(1) as side:
+        futures = {"init_params": side.submit(jax.jit(init_params).lower(key).compile, cpu_opts)}
+        trainer = make_train(problem, config, lanes=lane_configs, n_runs=len(runs) if vmapped else 1,
+                             verify_rows=False)
+        settings = trainer.settings(runs[0].config)
+        state = jax.eval_shape(trainer.init, trainer.params_shape, settings)
+        futures["updates"] = main.submit(jax.jit(v(trainer.updates), donate_argnums=0).lower(
+            _abstract(state, lead), _abstract(runs[0].train, lead), _abstract(key, lead)).compile)
+        verified = side.submit(verify_controller, trainer, problem, config)  # before any run starts
+        futures["evaluate"] = side.submit(jax.jit(v(trainer.evaluate)).lower(
+            _abstract(trainer.params_shape, lead, ev), _abstract(runs[0].train, lead, ev),
+            _abstract(runs[0].test, lead, ev)).compile)
+        futures["init"] = side.submit(jax.jit(v(trainer.init)).lower(
+            _abstract(trainer.params_shape, lead), _abstract(settings, lead)).compile, cpu_opts)
+        verified.result()
+        return trainer, {k: f.result() for k, f in futures.items()}
+
+
+def _initial_groups(trainer: Trainer, programs: dict, runs: list[_Run], vmapped: bool, eval_device) -> list[_Group]:
+    """The groups with their initial states (each run's controller from the compiled
+    initialiser, its optional weights, its optimizer) and data on the devices."""
+    params = []
+    for r in runs:
+        p = programs["init_params"](jax.random.PRNGKey(r.seed))
+        if r.config.init_weights:
+            model = controllers.load_weights(eqx.combine(p, trainer.static), r.config.init_weights)
+            p = eqx.filter(model, eqx.is_inexact_array)
+        params.append(p)
+    settings = [trainer.settings(r.config) for r in runs]
+    groups = []
+    for idx in [list(range(len(runs)))] if vmapped else [[i] for i in range(len(runs))]:
+        pick = (lambda xs: _stack([xs[i] for i in idx])) if vmapped else (lambda xs: xs[idx[0]])
+        data = tuple(jnp.asarray(pick([getattr(r, name) for r in runs])) for name in ("train", "test"))
+        groups.append(_Group(idx, programs["init"](pick(params), pick(settings)), vmapped, *data,
+                             eval_data=jax.device_put(data, eval_device) if eval_device is not None else data))
+    return groups
+
+
+def _dispatch_eval(g: _Group, programs: dict, epoch: int, rows: dict, t_start: float, eval_device) -> None:
+    """Queue the evaluation of the group's current parameters (a copy: the next update donates them)."""
+    if eval_device is not None:
+        params = jax.block_until_ready(jax.device_put(g.state.params, eval_device))
+    else:
+        params = jax.tree_util.tree_map(jnp.copy, g.state.params)
+    g.pending.append((epoch, rows, t_start, params, programs["evaluate"](params, *g.eval_data)))
+
+
+def _collect(g: _Group, runs: list[_Run], overlap: bool) -> dict[int, dict]:
+    """Complete the rows of the group's pending evaluations: {epoch: {run index: row or None}};
+    an epoch 0 evaluation sets the runs' untrained losses. A non-finite loss stops the run at
+    that epoch with the parameters evaluated."""
+    out: dict[int, dict] = {}
+    while g.pending:
+        epoch, rows, t_start, params, (tr, te) = g.pending.pop(0)
+        tr, te = np.atleast_1d(np.asarray(tr)), np.atleast_1d(np.asarray(te))
+        for j, i in enumerate(g.idx):
+            run, row = runs[i], rows.get(i)
+            if epoch == 0:
+                run.initial = {"train_loss": float(tr[j]), "test_loss": float(te[j])}
+            elif row is not None:
+                row = {k: v for k, v in row.items() if k != "_wall"} | {"train_loss": float(tr[j]),
+                                                                         "test_loss": float(te[j])}
+                if np.isfinite(row["train_loss"]) and np.isfinite(row["test_loss"]):
+                    _record(run, epoch, row, rows[i]["_wall"] if overlap else time.perf_counter() - t_start)
+                else:
+                    run.diverged_epoch, row = epoch, None
+                    run.final_params = jax.tree_util.tree_map(lambda a: a[j], params) if g.vmapped else params
+                    alive = g.state.alive.at[j].set(False) if g.vmapped else jnp.bool_(False)
+                    g.state = g.state._replace(alive=alive)
+                out.setdefault(epoch, {})[i] = row
+            elif i in rows:  # diverged in this epoch's training
+                out.setdefault(epoch, {})[i] = None
+    return out
+
+
+def _record(run: _Run, epoch: int, row: dict, wall: float) -> None:
+    h = run.history
+    h["epoch"].append(epoch)
+    for name in METRICS:
+        h[name].append(row[name])
+    h["wall_s"].append(wall)
+
+
+def _train_rows(g: _Group, runs: list[_Run], metrics: dict, alive, epoch: int, t_start: float) -> dict:
+    """{run index: the epoch's training metrics, or None where the run diverged in this epoch}."""
+    out = {}
+    alive = np.atleast_1d(np.asarray(alive))
+    for j, i in enumerate(g.idx):
+        run = runs[i]
+        if run.diverged_epoch is not None:
+            continue
+        row = {k: float(np.atleast_1d(metrics[k])[j]) for k in TRAIN_METRICS}
+        if not alive[j] or not all(np.isfinite(v) for k, v in row.items() if k in ("loss", "update_norm")):
+            run.diverged_epoch = epoch
+            out[i] = None
+            continue
+        out[i] = row | {"_wall": time.perf_counter() - t_start}
+    return out
+
+
+def _loop(config: RunConfig, programs: dict, groups: list[_Group], runs: list[_Run], overlap: bool,
+          eval_device, on_epoch) -> None:
+    """The epochs: every group's updates dispatched, then its rows. With ``overlap`` the
+    evaluation of epoch e runs on the second device while epoch e+1 trains, so an evaluated
+    epoch's rows are completed (and reported) one epoch later."""
+    def report(done: dict[int, dict]) -> None:
+        for e in sorted(done):
+            if e > 0 and on_epoch is not None:
+                on_epoch(e, [_published(runs[i], done[e].get(i)) for i in range(len(runs))])
+
+    for e in range(1, config.epochs + 1):
+        t_start = time.perf_counter()
+        evaluated = e % config.eval_every == 0 or e == config.epochs
+        live = [g for g in groups if any(runs[i].diverged_epoch is None for i in g.idx)]
+        if not live:
+            break
+        for g in live:
+            keys = [jax.random.fold_in(runs[i].key, e) if config.shuffle else runs[i].key for i in g.idx]
+            g.state, g.metrics = programs["updates"](g.state, g.train, _stack(keys) if g.vmapped else keys[0])
+        done: dict[int, dict] = {}
+        for g in live:
+            if overlap:  # the rows evaluated while this epoch trained
+                _merge(done, _collect(g, runs, overlap))
+            metrics, alive = jax.device_get((g.metrics, g.state.alive))
+            rows = _train_rows(g, runs, metrics, alive, e, t_start)
+            if evaluated:
+                _dispatch_eval(g, programs, e, rows, t_start, eval_device)
+                if not overlap:
+                    _merge(done, _collect(g, runs, overlap))
+            else:
+                _merge(done, {e: {i: r and {k: v for k, v in r.items() if k != "_wall"} for i, r in rows.items()}})
+        report(done)
+    done = {}
+    for g in groups:  # the last evaluation (overlapped)
+        _merge(done, _collect(g, runs, overlap))
+    report(done)
+
+
+def _merge(into: dict, more: dict) -> None:
+    for e, rows in more.items():
+        into.setdefault(e, {}).update(rows)
+
+
+def _published(run: _Run, row: dict | None) -> dict | None:
+    """A row as on_epoch sees it (cos/sign only where computed)."""
+    if row is None:
+        return None
+    return row if _two_fields(run.config) else row | {"cos_mg": float("nan"), "sign_agree": float("nan")}
+
+
+def _two_fields(config: RunConfig) -> bool:
+    return config.flow().combined or config.diagnostics
+
+
+def _results(trainer: Trainer, groups: list[_Group], runs: list[_Run], compile_s: float, train_s: float,
+             ran: dict) -> list[TrainResult]:
+    out = [None] * len(runs)
+    for g in groups:
+        params = g.state.params
+        for j, i in enumerate(g.idx):
+            run = runs[i]
+            p = run.final_params if run.final_params is not None else (
+                jax.tree_util.tree_map(lambda a: a[j], params) if g.vmapped else params)
+            h = dict(run.history)
+            if not _two_fields(run.config):
+                h.pop("cos_mg")
+                h.pop("sign_agree")
+            out[i] = TrainResult(run.seed, h, run.diverged_epoch is not None, run.diverged_epoch, run.initial,
+                                 eqx.combine(p, trainer.static), compile_s, train_s, dict(ran))
+    return out
