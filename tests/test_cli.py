@@ -1,4 +1,5 @@
-"""The command line and the run folder it writes; learning smoke tests on the paper problems."""
+"""The command line and the run folder it writes; learning smoke tests on the paper problems;
+bad input as one line."""
 import json
 
 import numpy as np
@@ -103,3 +104,65 @@ def test_C_learns_guidance_and_S_gets_a_zero_update():
         else:  # experiments.md: S gets an exactly zero update at the zero-initialised controller
             assert r.history["update_norm"] == [0.0, 0.0]
             assert r.history["test_loss"][-1] == pytest.approx(r.initial["test_loss"])
+
+
+def _spec(tmp_path, name, text):
+    f = tmp_path / name
+    f.write_text(text)
+    return str(f)
+
+
+BAD_INPUTS = [  # (arguments, with a spec file written first: (name, text) or None, words the line must hold)
+    (["train", "cartpole", "--epochs", "0"], None, ["epochs=0", "≥ 1"]),
+    (["train", "cartpole", "--epochs", "-3"], None, ["epochs=-3"]),
+    (["train", "cartpole", "--init-weights", "/no/such/w.npz"], None, ["/no/such/w.npz", "no such file"]),
+    (["train", "cartpole", "--clip", "foo"], None, ["'foo'", "'none', 'value' or 'norm'"]),
+    (["train", "cartpole", "--backward", "fast"], None, ["'fast'", "auto, autodiff, batched, per_step"]),
+    (["train", "cartpole", "--batch-size", "300"], None, ["batch_size=300", "n_train=256"]),
+    (["train", "cartpole", "--param", "polez=2"], None, ["polez", "poles"]),
+    (["train", "cartpole", "--data", "mine"], None, ["'mine'", "'paper' or 'seeded'"]),
+    (["sweep", "SPEC"], ("bad.toml", 'name = "x"\n[[experiment]\nproblem = "linear"\n'), ["bad.toml", "not valid TOML"]),
+    (["sweep", "SPEC"], ("bad.yaml", "name: [unclosed\n"), ["bad.yaml", "not valid YAML"]),
+    (["sweep", "SPEC"], ("typo.toml", 'name = "x"\n[[experiment]]\nproblem = "linear"\nmodez = ["R"]\n'),
+     ["'modez'", "allowed: clips, config, level, modes"]),
+    (["sweep", "SPEC"], ("clip.toml", 'name = "x"\n[[experiment]]\nproblem = "linear"\nclips = ["foo"]\n'),
+     ["'foo'", "none, value, norm"]),
+    (["sweep", "SPEC"], ("cfg.toml", 'name = "x"\n[[experiment]]\nproblem = "linear"\n[experiment.config]\n'
+                                     "epoch = 3\n"), ["'epoch'", "epochs"]),
+    (["sweep", "/no/such/spec.toml"], None, ["/no/such/spec.toml"]),
+    (["results", "/no/such/folder"], None, ["/no/such/folder"]),
+    (["diagnose", "pendulum"], None, ["'pendulum'"]),
+]
+
+
+@pytest.mark.parametrize("args, spec, words", BAD_INPUTS, ids=lambda v: None)
+def test_every_bad_input_is_one_line_naming_the_value(tmp_path, args, spec, words):
+    """Exit code 2, one line on the terminal, the bad value and what is allowed named, no
+    traceback, no pydantic prefix (issue 19)."""
+    if spec is not None:
+        args = [a if a != "SPEC" else _spec(tmp_path, *spec) for a in args]
+    res = runner.invoke(app, args + (["--out", str(tmp_path / "o")] if args[0] in ("train", "sweep") else []))
+    text = res.output.strip()
+    assert res.exit_code == 2, text
+    assert len(text.splitlines()) == 1, text
+    assert text.startswith("error: ") and "Traceback" not in text and "Value error," not in text, text
+    for w in words:
+        assert w in text, (w, text)
+
+
+def test_debug_shows_the_traceback(monkeypatch):
+    monkeypatch.setenv("STABLEBPTT_DEBUG", "0")  # restored after the test (--debug sets it to 1)
+    args = ["train", "cartpole", "--mode", "RRM", "--out", "/tmp/unused"]  # a schedule of 3 steps for T = 100
+    plain = runner.invoke(app, args)
+    assert plain.exit_code == 2 and "3 entries; the horizon is 100" in plain.output
+    res = runner.invoke(app, ["--debug", *args])
+    assert isinstance(res.exception, ValueError)  # raised with its traceback, not turned into one line
+
+
+def test_a_finished_run_is_shown_not_recompiled(tmp_path, monkeypatch):
+    monkeypatch.setenv("STABLEBPTT_CACHE_DIR", str(tmp_path / "cache"))
+    args = ["train", "cartpole", "--epochs", "2", "--n-train", "16", "--n-test", "8", "--param", "steps=5",
+            "--out", str(tmp_path / "runs")]
+    assert runner.invoke(app, args).exit_code == 0
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and "already trained" in again.output and "compiling" not in again.output

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 import pkgutil
+import shutil
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -54,8 +55,63 @@ def setup_jax(cache: bool = True, cpu_devices: int = 1) -> int:
 
 
 def fail(msg: str) -> "typer.Exit":
-    console.print(f"[bold red]error:[/] {msg}")
+    """Print ``error: msg`` on one line (stderr) and return the exit (code 2) to raise."""
+    console.print(f"[bold red]error:[/] {' '.join(str(msg).split())}", soft_wrap=True, highlight=False)
     return typer.Exit(code=2)
+
+
+def _debug() -> bool:
+    return os.environ.get("STABLEBPTT_DEBUG") == "1"
+
+
+def _one_line(e: BaseException) -> str:
+    """A bad input as one line: the exception's message (file errors: the path and why)."""
+    from pydantic import ValidationError
+
+    from .config import RunConfig, describe_errors
+
+    if isinstance(e, ValidationError):
+        return describe_errors(e, RunConfig)
+    if isinstance(e, FileNotFoundError) and e.filename and not str(e).startswith(str(e.args[0]) if e.args else "~"):
+        return f"{e.filename}: no such file or folder"
+    return str(e) if str(e) else type(e).__name__
+
+
+def cli_errors(fn):
+    """Wrap a command: bad input (ValueError and its kinds, missing files, a run claimed by
+    another process) becomes one line and exit code 2; Ctrl-C one line and exit code 130. The
+    traceback is printed instead with ``--debug`` or ``STABLEBPTT_DEBUG=1``."""
+    import functools
+
+    from pydantic import ValidationError
+
+    from .run import Claimed
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except KeyboardInterrupt:
+            if _debug():
+                raise
+            console.print("[yellow]interrupted[/]")
+            raise typer.Exit(code=130)
+        except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, Claimed, ValidationError) as e:
+            if _debug():
+                raise
+            raise fail(_one_line(e))
+
+    return wrapper
+
+
+@app.callback()
+def main_options(debug: bool = typer.Option(False, "--debug", help="show tracebacks instead of one-line errors")):
+    """Train controllers through differentiable simulators with stabilised BPTT (Schnell &
+    Thuerey, ICLR 2024)."""
+    if debug:
+        os.environ["STABLEBPTT_DEBUG"] = "1"
 
 
 def parse_value(text: str):
@@ -127,6 +183,8 @@ def train(
     eval_every: int = typer.Option(1, help="evaluate the full train/test sets every k epochs and after the last (paper: 1)"),
     backward: str = typer.Option("auto", help="backward strategy: auto | autodiff (the reference) | batched | per_step"),
     overlap_eval: Optional[bool] = typer.Option(None, "--overlap-eval/--no-overlap-eval", help="evaluate on a second CPU core while the next epoch trains (default: on, with two or more cores)"),
+    checkpoint_seconds: float = typer.Option(30.0, help="seconds between checkpoints (an interrupted run continues from the last)"),
+    restart: bool = typer.Option(False, "--restart", help="start over: ignore a checkpoint or an earlier result of the same run"),
     out_dir: Path = typer.Option(Path("runs"), "--out", "-o", help="folder that receives the run folder"),
     poles: Optional[int] = typer.Option(None, help="cartpole: number of poles"),
     drivers: Optional[int] = typer.Option(None, help="guidance: drivers"),
@@ -143,6 +201,7 @@ def train(
     from pydantic import ValidationError
 
     from . import problems as problems_mod
+    from .config import describe_errors
 
     if problem not in problems_mod.names():
         raise fail(f"unknown problem {problem!r}; available: {', '.join(problems_mod.names())}")
@@ -163,9 +222,10 @@ def train(
         cfg = RunConfig(
             problem=problem, problem_params=pparams, mode=mode_val, combiner=combiner, truncate=truncate,
             decay=decay, and_mask=and_mask, optimizer=optimizer, lr=lr, momentum=momentum, clip=clip,
-            clip_threshold=clip_threshold, batch_size=min(batch_size, n_train or d.get("n_train", 256)),
-            epochs=epochs or QUICK_EPOCHS.get(problem, 10), n_train=n_train or d.get("n_train", 256),
-            n_test=n_test or d.get("n_test", 256), data=data, shuffle=shuffle, zero_last=zero_last,
+            clip_threshold=clip_threshold, batch_size=batch_size,
+            epochs=QUICK_EPOCHS.get(problem, 10) if epochs is None else epochs,
+            n_train=d.get("n_train", 256) if n_train is None else n_train,
+            n_test=d.get("n_test", 256) if n_test is None else n_test, data=data, shuffle=shuffle, zero_last=zero_last,
             diagnostics=diagnostics,
             checkpoint_every=None if checkpoint_every.lower() == "none" else
             "auto" if checkpoint_every.lower() == "auto" else _int_option("--checkpoint-every", checkpoint_every),
@@ -174,7 +234,21 @@ def train(
             eval_every=eval_every, backward=backward,
         )
     except ValidationError as e:
-        raise fail("; ".join(f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}" for err in e.errors()))
+        raise fail(describe_errors(e, RunConfig))
+    if cfg.init_weights and not Path(cfg.init_weights).is_file():
+        raise fail(f"--init-weights {cfg.init_weights}: no such file (an .npz of controller weights)")
+
+    from .run import is_done, partial_folder, read_result, run
+    from .config import run_id
+
+    folder = Path(out_dir) / run_id(cfg, seed)
+    if is_done(folder) and not restart:
+        console.print(f"already trained: {folder} (the same command ran before; its result is shown, nothing "
+                      "was recomputed; --restart trains it again)", soft_wrap=True)
+        _print_summary(folder)
+        return
+    if is_done(folder):
+        shutil.rmtree(folder)
 
     want_overlap = (os.cpu_count() or 1) >= 2 if overlap_eval is None else overlap_eval
     cpus = setup_jax(cpu_devices=2 if want_overlap else 1)
@@ -184,8 +258,6 @@ def train(
                        f"{cpus or 'no'} CPU device(s) in this process")
         want_overlap = False
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    from .run import run
 
     console.print(f"[bold]{problem}[/] {pparams or ''} mode={cfg.mode_label()} clip={cfg.clip} "
                   f"opt={cfg.optimizer} lr={cfg.lr:g} epochs={cfg.epochs} seed={seed} data={cfg.data}")
@@ -206,11 +278,30 @@ def train(
 
         try:
             folder = run(cfg, seed, out_dir, on_epoch=on_epoch, overlap_eval=want_overlap,
-                         extra_manifest={"cli_command": command_for(cfg, seed, out_dir)})
-        except ValueError as e:
-            raise fail(str(e))
+                         extra_manifest={"cli_command": command_for(cfg, seed, out_dir)},
+                         checkpoint_seconds=checkpoint_seconds, restart=restart)
+        except KeyboardInterrupt:
+            progress.stop()
+            ck = partial_folder(out_dir, [folder.name]) / "checkpoint.npz"
+            raise fail_interrupted(ck, cfg.epochs)
         progress.update(task, completed=cfg.epochs)
     _print_summary(folder)
+
+
+def fail_interrupted(checkpoint: Path, epochs: int) -> "typer.Exit":
+    """The one-line message of an interrupted ``stablebptt train`` (exit code 130)."""
+    import json
+
+    import numpy as np
+
+    if checkpoint.is_file():
+        with np.load(checkpoint) as f:
+            done = json.loads(str(f["meta"]))["epoch"]
+        console.print(f"[yellow]interrupted[/]: epochs 1-{done} of {epochs} are saved in {checkpoint.parent}; run the "
+                      "same command to continue (--restart to start over)", soft_wrap=True)
+    else:
+        console.print("[yellow]interrupted[/] before the first checkpoint; nothing to continue from", soft_wrap=True)
+    return typer.Exit(code=130)
 
 
 def command_for(cfg, seed: int, out_dir: Path) -> str:
@@ -284,6 +375,8 @@ def _load_commands() -> None:
 
 
 _load_commands()
+for _cmd in app.registered_commands:  # one-line errors for every command
+    _cmd.callback = cli_errors(_cmd.callback)
 
 
 def main():  # pragma: no cover

@@ -140,6 +140,49 @@ class RunConfig(BaseModel):
         return self.model_dump(mode="json")
 
 
+def _fields_at(model: type[BaseModel], path) -> list[str] | None:
+    """The field names of the (sub)model that ``path`` (an error location without its last
+    entry) points into, or None when it does not lead to a model."""
+    import typing
+
+    for part in path:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return None
+        ann = field.annotation
+        while typing.get_origin(ann) in (list, Union, typing.Union, Optional) or str(typing.get_origin(ann)) == "types.UnionType":
+            args = [a for a in typing.get_args(ann) if a is not type(None)]
+            ann = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), args[0] if args else ann)
+            if typing.get_origin(ann) not in (list, Union, typing.Union, Optional):
+                break
+        model = ann
+    return sorted(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def describe_errors(e, model: type[BaseModel], where: str = "") -> str:
+    """A pydantic ValidationError as one line: every bad field with its location (``where``
+    prefixed), the value given and what is allowed; unknown fields with the allowed names."""
+    parts = []
+    for err in e.errors():
+        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
+        loc = f"{where}.{loc}" if where and loc else (where or loc)
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            allowed = _fields_at(model, err["loc"][:-1])
+            parent = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"][:-1]).lstrip(".")
+            parent = ".".join(x for x in (where, parent) if x)
+            msg = f"unknown field {err['loc'][-1]!r}" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
+            parts.append(f"{parent}: {msg}" if parent else msg)
+            continue
+        value = err.get("input")
+        if isinstance(value, (str, int, float, bool)) and repr(value) not in msg:
+            msg = f"got {value!r}; {msg[0].lower()}{msg[1:]}"
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
 #: fields added after the first release, hashed only when not at their default so that
 #: existing result folders keep their ids
 _LATER_FIELDS = ("eval_every", "backward")

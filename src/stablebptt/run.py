@@ -3,25 +3,35 @@
 Folder layout (``<root>/<run_id>/``, ``run_id`` = hash of config and seed)::
 
     config.json     the RunConfig and the seed
-    metrics.csv     one row per finished epoch (see stablebptt.train for the columns)
+    metrics.csv     one row per recorded epoch (see stablebptt.runner for the columns)
     result.json     summary: status (finished | diverged), diverged_epoch, final losses, times
     weights.npz     the trained controller (Keras layout, see stablebptt.controllers)
-    manifest.json   versions, device, precision, XLA flags, the exact command, host, date
+    manifest.json   versions, commit, device, precision, what ran, the exact command, host, date
 
 Writes are atomic: everything goes to a temporary sibling folder that is renamed into
 place at the end, so a folder with ``result.json`` is always complete and an interrupted
 run leaves nothing that looks finished. A finished run is never recomputed.
+
+While runs train, ``<root>/.partial/<id>/`` holds their progress (``id``: the run id, or
+``group-…`` for runs trained together): ``checkpoint.npz`` (saved every
+``checkpoint_seconds``; an interrupted run continues from it and ends with the numbers of an
+uninterrupted one), ``<run_id>.metrics.csv`` (the rows so far) and ``lease.json`` — the
+claim of the process computing them (host, pid, start), so that concurrent sweeps on one
+folder compute each run once. A claim is taken over when its owner is dead (same host) or its
+heartbeat (the file's modification time, refreshed while training) is older than
+``LEASE_STALE_S``.
 """
 from __future__ import annotations
 
-import csv
 import datetime as _dt
+import hashlib
 import json
 import os
 import platform
 import shutil
 import socket
 import sys
+import time
 import uuid
 from importlib import metadata
 from pathlib import Path
@@ -93,6 +103,7 @@ def _write_json(path: Path, obj) -> None:
 def write_result(folder: Path, config: RunConfig, seed: int, result, extra_manifest: dict | None = None) -> Path:
     """Atomically write one TrainResult into ``folder`` (temp folder + rename)."""
     from . import controllers
+    from .runner import write_metrics
 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -100,12 +111,7 @@ def write_result(folder: Path, config: RunConfig, seed: int, result, extra_manif
     tmp.mkdir()
     try:
         _write_json(tmp / "config.json", {"config": config.to_dict(), "seed": int(seed), "run_id": folder.name})
-        cols = list(result.history)
-        with open(tmp / "metrics.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(cols)
-            for i in range(len(result.history["epoch"])):
-                w.writerow([result.history[c][i] for c in cols])
+        write_metrics(tmp / "metrics.csv", result.history)
         controllers.save_weights(result.model, tmp / "weights.npz")
         _write_json(tmp / "manifest.json", manifest() | {"ran": result.ran} | (extra_manifest or {}))
         summary = {
@@ -133,49 +139,167 @@ def write_result(folder: Path, config: RunConfig, seed: int, result, extra_manif
     return folder
 
 
+#: seconds after which a claim on another host (or without a live owner) counts as abandoned
+LEASE_STALE_S = 600.0
+LEASE_FILE = "lease.json"
+
+
+class Claimed(RuntimeError):
+    """The runs are being computed by another live process (the message names it)."""
+
+
+def _proc_start(pid: int) -> str | None:
+    """The start time of process ``pid`` (Linux /proc; None elsewhere or when it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _owner_alive(lease: dict) -> bool:
+    if lease.get("host") != socket.gethostname():
+        return True  # another machine: only its heartbeat can tell
+    try:
+        os.kill(int(lease["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, KeyError, ValueError):
+        return True
+    start = lease.get("start")
+    return start is None or _proc_start(int(lease["pid"])) == start
+
+
+class Lease:
+    """This process's claim on a partial folder (see the module docstring)."""
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / LEASE_FILE
+        self.token = uuid.uuid4().hex
+        self._touched = 0.0
+
+    def acquire(self) -> "Lease":
+        """Take the claim, or raise :class:`Claimed` if a live owner holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "start": _proc_start(os.getpid()),
+              "token": self.token, "since": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        for _ in range(10):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    other = json.loads(self.path.read_text())
+                    age = time.time() - self.path.stat().st_mtime
+                except (OSError, ValueError):
+                    time.sleep(0.05)  # being written or taken over right now
+                    continue
+                if _owner_alive(other) and age < LEASE_STALE_S:
+                    raise Claimed(f"claimed by {other.get('host')} pid {other.get('pid')} since {other.get('since')}")
+                try:  # abandoned: move it aside (only one taker succeeds), then claim anew
+                    os.rename(self.path, self.path.with_name(f"{LEASE_FILE}.stale-{self.token}"))
+                except FileNotFoundError:
+                    pass
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            return self
+        raise Claimed(f"could not claim {self.path.parent} (contended)")
+
+    def refresh(self, every_s: float = 10.0) -> None:
+        """Advance the heartbeat (at most every ``every_s`` seconds)."""
+        now = time.time()
+        if now - self._touched >= every_s:
+            try:
+                os.utime(self.path)
+            except OSError:
+                pass
+            self._touched = now
+
+    def release(self) -> None:
+        try:
+            if json.loads(self.path.read_text()).get("token") == self.token:
+                self.path.unlink()
+        except (OSError, ValueError):
+            pass
+
+
+def partial_folder(root: str | Path, names: Sequence[str]) -> Path:
+    """The progress folder of the runs ``names`` trained together (see the module docstring)."""
+    names = sorted(names)
+    key = names[0] if len(names) == 1 else "group-" + hashlib.sha256(" ".join(names).encode()).hexdigest()[:16]
+    return Path(root) / ".partial" / key
+
+
 def run(config: RunConfig, seed: int, root: str | Path = "runs", *, on_epoch: Callable | None = None,
-        extra_manifest: dict | None = None, overlap_eval: bool = False) -> Path:
+        extra_manifest: dict | None = None, overlap_eval: bool = False, checkpoint_seconds: float = 30.0,
+        restart: bool = False) -> Path:
     """Train (config, seed) unless its result exists; return the result folder.
+
+    An interrupted earlier call is continued from its checkpoint (``restart=True``: from
+    scratch); a live process computing the same run makes this call raise :class:`Claimed`.
     ``overlap_eval``: see :func:`stablebptt.runner.train`."""
-    from . import problems
-    from .runner import train
-
-    folder = Path(root) / run_id(config, seed)
-    if is_done(folder):
-        return folder
-    problem = problems.get(config.problem, **config.problem_params)
-    (result,) = train(problem, config, int(seed), on_epoch=on_epoch, overlap_eval=overlap_eval)
-    return write_result(folder, config, seed, result, extra_manifest)
+    return _train_and_write([(config, int(seed))], root, on_epoch=on_epoch, extra_manifest=extra_manifest,
+                            overlap_eval=overlap_eval, checkpoint_seconds=checkpoint_seconds, restart=restart)[0][0]
 
 
-def run_seeds(config: RunConfig, seeds: Sequence[int], root: str | Path = "runs", *,
-              on_epoch: Callable | None = None) -> list[Path]:
+def run_seeds(config: RunConfig, seeds: Sequence[int], root: str | Path = "runs", **kw) -> list[Path]:
     """Like :func:`run` for several seeds, the missing ones trained together (one program)."""
-    return run_lanes([(config, s) for s in seeds], root, on_epoch=on_epoch)
+    return run_lanes([(config, s) for s in seeds], root, **kw)
 
 
-def run_lanes(lanes: Sequence[tuple[RunConfig, int]], root: str | Path = "runs", *,
-              on_epoch: Callable | None = None) -> list[Path]:
+def run_lanes(lanes: Sequence[tuple[RunConfig, int]], root: str | Path = "runs", **kw) -> list[Path]:
     """Like :func:`run` for several (config, seed) pairs that share one program: the same
     config (seeds, :func:`stablebptt.runner.train`'s ``batching="auto"``), or configs that
     differ only in :data:`stablebptt.runner.LANE_FIELDS` (lanes of one vmapped program; each
     equals its own run up to float32 round-off). Each result goes to the folder its own
     :func:`run` would write; the manifest names the runs trained together."""
-    from . import problems
-    from .runner import train
+    return _train_and_write([(c, int(s)) for c, s in lanes], root, **kw)[0]
 
-    lanes = [(c, int(s)) for c, s in lanes]
-    folders = [Path(root) / run_id(c, s) for c, s in lanes]
-    todo = [(c, s, f) for (c, s), f in zip(lanes, folders) if not is_done(f)]
-    if todo:
+
+def _train_and_write(pairs, root, *, on_epoch=None, extra_manifest=None, overlap_eval=False,
+                     checkpoint_seconds=30.0, restart=False) -> tuple[list[Path], list[str]]:
+    """Train the missing runs of ``pairs`` together under a claim, with checkpoints; write each
+    finished run's folder and remove the progress folder. Returns (all folders, the names of
+    the runs this call computed)."""
+    from . import problems
+    from .runner import Checkpoint, train
+
+    folders = [Path(root) / run_id(c, s) for c, s in pairs]
+    todo = [(c, s, f) for (c, s), f in zip(pairs, folders) if not is_done(f)]
+    if not todo:
+        return folders, []
+    names = [f.name for _, _, f in todo]
+    partial = partial_folder(root, names)
+    lease = Lease(partial).acquire()
+    try:
+        if all(is_done(f) for _, _, f in todo):  # finished by another process meanwhile
+            return folders, []
+        if restart:
+            for p in partial.glob("*"):
+                if p.name != LEASE_FILE:
+                    p.unlink()
         configs, seeds = [c for c, _, _ in todo], [s for _, s, _ in todo]
         same = all(c == configs[0] for c in configs)
         problem = problems.get(configs[0].problem, **configs[0].problem_params)
-        results = train(problem, configs[0], seeds, on_epoch=on_epoch, lane_configs=None if same else configs)
-        names = [f.name for _, _, f in todo]
+        ck = Checkpoint(partial / "checkpoint.npz", checkpoint_seconds, [partial / f"{n}.metrics.csv" for n in names])
+
+        def beat(e, rows):
+            lease.refresh()
+            if on_epoch is not None:
+                on_epoch(e, rows)
+
+        results = train(problem, configs[0], seeds, on_epoch=beat, lane_configs=None if same else configs,
+                        overlap_eval=overlap_eval, checkpoint=ck)
+        together = {"trained_together": names} if len(names) > 1 else {}
         for (c, s, f), r in zip(todo, results):
-            write_result(f, c, s, r, {"trained_together": names} if len(names) > 1 else None)
-    return folders
+            write_result(f, c, s, r, together | (extra_manifest or {}))
+        shutil.rmtree(partial, ignore_errors=True)
+        try:
+            partial.parent.rmdir()  # the last progress folder under root
+        except OSError:
+            pass
+    finally:
+        lease.release()
+    return folders, names
 
 
 def clean_stale_temps(root: str | Path) -> int:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -73,6 +74,24 @@ class TrainResult:
     def final(self, key: str = "test_loss") -> float:
         vals = self.history.get(key) or []
         return float(vals[-1]) if vals else float(self.initial.get(key, float("nan")))
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where and how often the host loop saves its state, so that an interrupted training
+    continues where it stopped and ends with the same numbers, bit for bit on the CPU.
+
+    path: the ``.npz`` file (written atomically: a temporary sibling, then renamed). It holds
+      the training state of every run (parameters, optimizer state, the divergence guard),
+      the rows so far and the last complete epoch; the per-epoch keys are derived from the
+      seed and the epoch, so nothing else is needed.
+    every_s: seconds between saves (0: after every epoch).
+    metrics: one CSV path per run, rewritten at every save (the rows so far), or None.
+    """
+
+    path: Path
+    every_s: float = 30.0
+    metrics: Sequence[Path] | None = None
 
 
 def lane_key(config: RunConfig) -> str:
@@ -129,7 +148,7 @@ class _Group:
 def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *,
           on_epoch: Callable[[int, list], None] | None = None, data: tuple | None = None,
           lane_configs: Sequence[RunConfig] | None = None, batching: str = "auto",
-          overlap_eval: bool = False) -> list[TrainResult]:
+          overlap_eval: bool = False, checkpoint: Checkpoint | None = None) -> list[TrainResult]:
     """Train one controller per seed (or per lane) and return one :class:`TrainResult` each.
 
     Args:
@@ -144,6 +163,8 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
         round-off (its flow is data and it always computes two fields).
       batching: ``"auto"``, ``"vmap"`` or ``"loop"`` (module docstring).
       overlap_eval: evaluate on the second CPU device while the next epoch trains.
+      checkpoint: save the state periodically (:class:`Checkpoint`); if its file exists and
+        belongs to these runs, training continues from it (``ran["resumed_from_epoch"]``).
     """
     runs = _runs(problem, config, seeds, data, lane_configs)
     if batching not in BATCHING:
@@ -153,17 +174,18 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
     t0 = time.perf_counter()
     trainer, programs = _compile(problem, config, runs, vmapped, eval_device, lane_configs)
     groups = _initial_groups(trainer, programs, runs, vmapped, eval_device)
-    for g in groups:  # the untrained controllers (overlapped: while epoch 1 trains)
+    start = _restore(checkpoint, groups, runs, trainer) if checkpoint is not None else 0
+    for g in groups if start == 0 else ():  # the untrained controllers (overlapped: while epoch 1 trains)
         _dispatch_eval(g, programs, 0, {}, t0, eval_device)
         if eval_device is None:
             _collect(g, runs, False)
     compile_s = time.perf_counter() - t0
     t_train = time.perf_counter()
-    _loop(config, programs, groups, runs, eval_device is not None, eval_device, on_epoch)
+    _loop(config, programs, groups, runs, eval_device is not None, eval_device, on_epoch, start + 1, checkpoint)
     train_s = time.perf_counter() - t_train
     ran = {"backward": repr(trainer.backward), "batching": "vmap" if vmapped else "loop",
            "evaluation": "second CPU device" if eval_device is not None else "after the updates",
-           "lanes": lane_configs is not None}
+           "lanes": lane_configs is not None} | ({"resumed_from_epoch": start} if start else {})
     return _results(trainer, groups, runs, compile_s, train_s, ran)
 
 
@@ -326,16 +348,18 @@ def _train_rows(g: _Group, runs: list[_Run], metrics: dict, alive, epoch: int, t
 
 
 def _loop(config: RunConfig, programs: dict, groups: list[_Group], runs: list[_Run], overlap: bool,
-          eval_device, on_epoch) -> None:
-    """The epochs: every group's updates dispatched, then its rows. With ``overlap`` the
-    evaluation of epoch e runs on the second device while epoch e+1 trains, so an evaluated
-    epoch's rows are completed (and reported) one epoch later."""
+          eval_device, on_epoch, start: int = 1, checkpoint: Checkpoint | None = None) -> None:
+    """Epochs ``start`` … E: every group's updates dispatched, then its rows. With ``overlap``
+    the evaluation of epoch e runs on the second device while epoch e+1 trains, so an evaluated
+    epoch's rows are completed (and reported) one epoch later. A checkpoint is saved after an
+    epoch whose rows are all complete (a pending evaluation is waited for first)."""
     def report(done: dict[int, dict]) -> None:
         for e in sorted(done):
             if e > 0 and on_epoch is not None:
                 on_epoch(e, [_published(runs[i], done[e].get(i)) for i in range(len(runs))])
 
-    for e in range(1, config.epochs + 1):
+    saved = time.perf_counter()
+    for e in range(start, config.epochs + 1):
         t_start = time.perf_counter()
         evaluated = e % config.eval_every == 0 or e == config.epochs
         live = [g for g in groups if any(runs[i].diverged_epoch is None for i in g.idx)]
@@ -356,11 +380,84 @@ def _loop(config: RunConfig, programs: dict, groups: list[_Group], runs: list[_R
                     _merge(done, _collect(g, runs, overlap))
             else:
                 _merge(done, {e: {i: r and {k: v for k, v in r.items() if k != "_wall"} for i, r in rows.items()}})
+        if checkpoint is not None and e < config.epochs and time.perf_counter() - saved >= checkpoint.every_s:
+            for g in live:  # complete every row up to epoch e first
+                _merge(done, _collect(g, runs, overlap))
+            _save(checkpoint, e, groups, runs)
+            saved = time.perf_counter()
         report(done)
     done = {}
     for g in groups:  # the last evaluation (overlapped)
         _merge(done, _collect(g, runs, overlap))
     report(done)
+
+
+def write_metrics(path: Path, history: dict) -> None:
+    """One run's rows as CSV (columns: the history's keys), written atomically."""
+    import csv
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    cols = list(history)
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for i in range(len(history["epoch"])):
+            w.writerow([history[c][i] for c in cols])
+    os.replace(tmp, path)
+
+
+def _signature(groups: list[_Group], runs: list[_Run]) -> str:
+    """What a checkpoint belongs to: the runs (config, seed) and how they are grouped."""
+    import hashlib
+
+    blob = json.dumps({"runs": [[r.config.to_dict(), r.seed] for r in runs], "groups": [g.idx for g in groups],
+                       "vmapped": [g.vmapped for g in groups]}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _save(ck: Checkpoint, epoch: int, groups: list[_Group], runs: list[_Run]) -> None:
+    """Write the checkpoint after ``epoch`` (all its rows complete), atomically."""
+    arrays = {}
+    for k, g in enumerate(groups):
+        for i, leaf in enumerate(jax.tree_util.tree_leaves(jax.device_get(g.state))):
+            arrays[f"state{k}_{i}"] = np.asarray(leaf)
+    for j, r in enumerate(runs):
+        for i, leaf in enumerate(jax.tree_util.tree_leaves(jax.device_get(r.final_params if r.final_params is not None else {}))):
+            arrays[f"final{j}_{i}"] = np.asarray(leaf)
+    meta = {"epoch": epoch, "signature": _signature(groups, runs),
+            "runs": [{"history": r.history, "initial": r.initial, "diverged_epoch": r.diverged_epoch,
+                      "final": r.final_params is not None} for r in runs]}
+    path = Path(ck.path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez(tmp, meta=np.asarray(json.dumps(meta)), **arrays)
+    os.replace(tmp, path)
+    for r, m in zip(runs, ck.metrics or ()):
+        write_metrics(m, r.history)
+
+
+def _restore(ck: Checkpoint, groups: list[_Group], runs: list[_Run], trainer: Trainer) -> int:
+    """Load a checkpoint of these runs into the groups and runs; the last complete epoch (0: none)."""
+    path = Path(ck.path)
+    if not path.is_file():
+        return 0
+    with np.load(path) as f:
+        meta = json.loads(str(f["meta"]))
+        if meta["signature"] != _signature(groups, runs):
+            raise ValueError(f"checkpoint {path} belongs to other runs or another grouping; remove it (or "
+                             "use --restart) to start these runs over")
+        for k, g in enumerate(groups):
+            leaves, treedef = jax.tree_util.tree_flatten(g.state)
+            g.state = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(f[f"state{k}_{i}"], dtype=leaf.dtype)
+                                                             for i, leaf in enumerate(leaves)])
+        p_leaves, p_def = jax.tree_util.tree_flatten(trainer.params_shape)
+        for j, (r, m) in enumerate(zip(runs, meta["runs"])):
+            r.history, r.initial, r.diverged_epoch = m["history"], m["initial"], m["diverged_epoch"]
+            if m["final"]:
+                r.final_params = jax.tree_util.tree_unflatten(p_def, [jnp.asarray(f[f"final{j}_{i}"])
+                                                                      for i in range(len(p_leaves))])
+    return int(meta["epoch"])
 
 
 def _merge(into: dict, more: dict) -> None:

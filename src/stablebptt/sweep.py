@@ -145,12 +145,9 @@ class SpecError(ValueError):
 
 
 def _fmt_errors(e: ValidationError, prefix: str = "") -> str:
-    parts = []
-    for err in e.errors():
-        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
-        msg = err["msg"].removeprefix("Value error, ")
-        parts.append(f"{prefix.strip()}{('.' + loc) if prefix and loc else loc or ('' if prefix else 'spec')}: {msg}")
-    return "; ".join(parts)
+    from .config import describe_errors
+
+    return describe_errors(e, SweepSpec, prefix) or "spec"
 
 
 # ----------------------------------------------------------------------------- presets
@@ -204,17 +201,7 @@ def load_spec(source: "str | Path | dict", *, quick: bool = False, seeds: int | 
         path = Path(source)
         if not path.is_file():
             raise SpecError(f"{source!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
-        text = path.read_text()
-        if path.suffix.lower() == ".toml":
-            import tomllib
-
-            raw = tomllib.loads(text)
-        elif path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            raw = yaml.safe_load(text)
-        else:
-            raise SpecError(f"{path.name}: unknown spec format {path.suffix!r}; use .toml, .yaml or .yml")
+        raw = _read_spec_file(path)
         if quick:
             raise SpecError("--quick applies to presets only; set epochs in the file instead")
     if seeds is not None:
@@ -225,6 +212,26 @@ def load_spec(source: "str | Path | dict", *, quick: bool = False, seeds: int | 
         raise SpecError(_fmt_errors(e)) from None
     expand(spec)  # validates every job's RunConfig now, before any work
     return spec
+
+
+def _read_spec_file(path: Path) -> dict:
+    """The mapping in a TOML or YAML file; SpecError naming the file and the problem otherwise."""
+    suffix = path.suffix.lower()
+    if suffix not in (".toml", ".yaml", ".yml"):
+        raise SpecError(f"{path}: unknown spec format {path.suffix!r}; use .toml, .yaml or .yml")
+    import tomllib
+
+    import yaml
+
+    text = path.read_text()
+    try:
+        raw = tomllib.loads(text) if suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as e:
+        kind = "TOML" if suffix == ".toml" else "YAML"
+        raise SpecError(f"{path}: not valid {kind}: {' '.join(str(e).split())}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: the spec must be a mapping (name, seeds, [[experiment]] …), got {type(raw).__name__}")
+    return raw
 
 
 def expand(spec: SweepSpec) -> list[tuple[RunConfig, int]]:
@@ -268,13 +275,25 @@ def expand(spec: SweepSpec) -> list[tuple[RunConfig, int]]:
 
 def _config_errors(e: ValidationError, ex: Experiment, where: str) -> str:
     """RunConfig errors located in the spec: ``experiment[0].config.epochs: …``."""
+    from .config import describe_errors
+
     parts = []
     for err in e.errors():
         name = str(err["loc"][0]) if err["loc"] else ""
-        sub = "config." if name in ex.config else "optimizers." if name in OptimizerSetting.model_fields else ""
-        msg = err["msg"].removeprefix("Value error, ")
-        parts.append(f"{where}.{sub}{name}: {msg}" if name else f"{where}: {msg}")
+        sub = "config" if name in ex.config else "optimizers" if name in OptimizerSetting.model_fields else ""
+        one = ValidationError.from_exception_data(e.title, [_line_error(err)])
+        parts.append(describe_errors(one, RunConfig, f"{where}.{sub}" if sub else where))
     return "; ".join(parts)
+
+
+def _line_error(err: dict) -> dict:
+    """A pydantic error dict as ``ValidationError.from_exception_data`` takes it."""
+    out = {k: err[k] for k in ("type", "loc", "input") if k in err}
+    if err["type"] == "value_error":
+        out["ctx"] = {"error": err["msg"].removeprefix("Value error, ")}
+    elif err.get("ctx"):
+        out["ctx"] = err["ctx"]
+    return out
 
 
 def _params_ok(ex: Experiment, where: str) -> bool:
@@ -313,21 +332,19 @@ def enable_compile_cache(cache_dir: str | None) -> None:
 
 
 def _job(config_dict: dict, seeds: list[int], root: str, cache_dir: str | None = None,
-         lanes: list[dict] | None = None) -> list[dict]:
+         lanes: list[dict] | None = None, checkpoint_seconds: float = 30.0) -> list[dict]:
     """Worker entry (picklable): run one config for the given seeds, or with ``lanes`` (one
     config dict per seed) the (config, seed) lanes of one program; return their summaries."""
-    from .run import run, run_lanes, run_seeds
+    from .run import Claimed, _train_and_write
 
     enable_compile_cache(cache_dir)
-
     cfg = RunConfig(**config_dict)
-    if lanes is not None:
-        folders = run_lanes([(RunConfig(**d), s) for d, s in zip(lanes, seeds)], root)
-    elif len(seeds) == 1:
-        folders = [run(cfg, seeds[0], root)]
-    else:
-        folders = run_seeds(cfg, seeds, root)
-    return [read_result(f) for f in folders]
+    pairs = [(RunConfig(**d), s) for d, s in zip(lanes, seeds)] if lanes is not None else [(cfg, s) for s in seeds]
+    try:
+        folders, computed = _train_and_write(pairs, root, checkpoint_seconds=checkpoint_seconds)
+    except Claimed as e:
+        return [{"status": "claimed", "run_id": run_id(c, s), "owner": str(e)} for c, s in pairs]
+    return [read_result(f) | {"computed_here": f.name in computed} for f in folders]
 
 
 def _init_worker(xla_flags: str, parent_pid: int | None = None) -> None:
@@ -357,15 +374,16 @@ def _init_worker(xla_flags: str, parent_pid: int | None = None) -> None:
 class SweepReport:
     root: Path
     jobs: int
-    skipped: int = 0  # already finished before this call
-    computed: int = 0
-    diverged: int = 0
+    skipped: int = 0  # finished by earlier calls or other processes
+    computed: int = 0  # by this call
+    diverged: int = 0  # of those computed
+    claimed: int = 0  # being computed by another live process (not waited for)
     failed: list = field(default_factory=list)
     wall_s: float = 0.0
 
     def as_dict(self) -> dict:
         return dict(root=str(self.root), jobs=self.jobs, skipped=self.skipped, computed=self.computed,
-                    diverged=self.diverged, failed=self.failed, wall_s=self.wall_s)
+                    diverged=self.diverged, claimed=self.claimed, failed=self.failed, wall_s=self.wall_s)
 
 
 def _groups(todo: list[tuple[RunConfig, int]], vmap_seeds: bool,
@@ -399,7 +417,8 @@ def _groups(todo: list[tuple[RunConfig, int]], vmap_seeds: bool,
 
 def run_sweep(spec: SweepSpec, root: str | Path, *, executor: str = "local", workers: int | None = None,
               address: str | None = None, vmap_seeds: bool = False, vmap_configs: bool = False,
-              progress: Optional[Callable[[dict], None]] = None, cache_dir: str | None = None) -> SweepReport:
+              progress: Optional[Callable[[dict], None]] = None, cache_dir: str | None = None,
+              checkpoint_seconds: float = 30.0) -> SweepReport:
     """Run every missing job of ``spec`` under ``root``; return counts (computed / skipped / diverged).
 
     ``cache_dir``: a persistent compilation cache folder for the worker processes (local and
@@ -408,6 +427,11 @@ def run_sweep(spec: SweepSpec, root: str | Path, *, executor: str = "local", wor
 
     ``progress`` receives a dict ``{done, running, diverged, skipped, total, eta_s}`` after
     every change.
+
+    ``checkpoint_seconds``: how often each job saves its training state; an interrupted sweep
+    resumes its unfinished runs from their checkpoints (:mod:`stablebptt.run`). Every job is
+    claimed before it runs, so concurrent sweeps on one folder compute each run once (a job
+    claimed by another live process is counted in ``claimed`` and not waited for).
 
     ``vmap_configs``: the jobs that differ only in seed, mode, learning rate or clipping
     (:data:`stablebptt.train.LANE_FIELDS`) train as the lanes of one vmapped program (for
@@ -432,8 +456,10 @@ def run_sweep(spec: SweepSpec, root: str | Path, *, executor: str = "local", wor
 
     def finished(summaries: list[dict]) -> None:
         state["done"] += len(summaries)
-        report.computed += len(summaries)
-        d = sum(1 for r in summaries if r["status"] == "diverged")
+        report.computed += sum(1 for r in summaries if r.get("computed_here"))
+        report.claimed += sum(1 for r in summaries if r["status"] == "claimed")
+        report.skipped += sum(1 for r in summaries if r["status"] != "claimed" and not r.get("computed_here"))
+        d = sum(1 for r in summaries if r["status"] == "diverged" and r.get("computed_here"))
         state["diverged"] += d
         report.diverged += d
         elapsed = time.perf_counter() - t0
@@ -447,7 +473,7 @@ def run_sweep(spec: SweepSpec, root: str | Path, *, executor: str = "local", wor
     if executor == "serial":
         for c, seeds, lanes in groups:
             state["running"] = len(seeds)
-            finished(_job(c.to_dict(), seeds, str(root), None, lanes))
+            finished(_job(c.to_dict(), seeds, str(root), None, lanes, checkpoint_seconds))
         state["running"] = 0
     elif executor == "local":
         import multiprocessing
@@ -460,7 +486,8 @@ def run_sweep(spec: SweepSpec, root: str | Path, *, executor: str = "local", wor
             with ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_init_worker,
                                      initargs=(SINGLE_THREAD_XLA, os.getpid())) as pool:
                 try:
-                    pending = {pool.submit(_job, c.to_dict(), seeds, str(root), cache_dir, lanes): (c, seeds)
+                    pending = {pool.submit(_job, c.to_dict(), seeds, str(root), cache_dir, lanes, checkpoint_seconds):
+                               (c, seeds)
                                for c, seeds, lanes in groups}
                     while pending:
                         state["running"] = min(n, len(pending))
@@ -497,7 +524,7 @@ def run_sweep(spec: SweepSpec, root: str | Path, *, executor: str = "local", wor
         try:
             # per task as well, so an already initialised Ray gets the flags too
             remote = ray.remote(num_cpus=1)(_job).options(runtime_env={"env_vars": WORKER_ENV})
-            refs = {remote.remote(c.to_dict(), seeds, str(root.resolve()), cache_dir, lanes): (c, seeds)
+            refs = {remote.remote(c.to_dict(), seeds, str(root.resolve()), cache_dir, lanes, checkpoint_seconds): (c, seeds)
                     for c, seeds, lanes in groups}
             try:
                 cpus = int(ray.cluster_resources().get("CPU", 1))

@@ -29,7 +29,8 @@ def _progress_runner(spec, root, **kw):
         return sweep.run_sweep(spec, root, progress=on_progress, **kw)
 
 
-def _run(spec_source, quick, seeds, out_dir, executor, workers, address, vmap_seeds, vmap_configs=False):
+def _run(spec_source, quick, seeds, out_dir, executor, workers, address, vmap_seeds, vmap_configs=False,
+         checkpoint_seconds=30.0):
     from .. import sweep
 
     try:
@@ -43,14 +44,17 @@ def _run(spec_source, quick, seeds, out_dir, executor, workers, address, vmap_se
     cache_dir = jax.config.jax_compilation_cache_dir  # the workers share this process's cache folder
     try:
         report = _progress_runner(spec, root, executor=executor, workers=workers, address=address,
-                                  vmap_seeds=vmap_seeds, vmap_configs=vmap_configs, cache_dir=cache_dir)
+                                  vmap_seeds=vmap_seeds, vmap_configs=vmap_configs, cache_dir=cache_dir,
+                                  checkpoint_seconds=checkpoint_seconds)
     except sweep.SpecError as e:
         raise fail(str(e))
     except KeyboardInterrupt:
-        console.print(f"[yellow]interrupted[/]: finished runs are kept in {root}; run the same command to resume")
+        console.print(f"[yellow]interrupted[/]: finished runs are kept in {root}, unfinished ones continue from "
+                      "their checkpoints: run the same command to resume")
         raise typer.Exit(code=130)
     out.print(f"{report.jobs} jobs: {report.computed} computed, {report.skipped} already done, "
-              f"{report.diverged} diverged, {len(report.failed)} failed, {report.wall_s:.1f} s -> {root}")
+              + (f"{report.claimed} being computed by other processes, " if report.claimed else "")
+              + f"{report.diverged} diverged, {len(report.failed)} failed, {report.wall_s:.1f} s -> {root}")
     for f in report.failed:
         console.print(f"[red]failed[/] {f['config']['problem']} {f['config']['mode']} seeds {f['seeds']}: {f['error']}")
     return root, report
@@ -68,9 +72,11 @@ def sweep_cmd(
     vmap_seeds: bool = typer.Option(False, help="train the seeds of one config in one vmapped program"),
     vmap_configs: bool = typer.Option(False, help="train the runs that differ only in seed, mode, lr or clipping "
                                                   "as lanes of one vmapped program (for GPUs)"),
+    checkpoint_seconds: float = typer.Option(30.0, help="seconds between the checkpoints of each job"),
 ):
-    """Run (or resume) a sweep; finished runs are never recomputed."""
-    _, report = _run(spec, quick, seeds, out_dir, executor, workers, address, vmap_seeds, vmap_configs)
+    """Run (or resume) a sweep; finished runs are never recomputed, interrupted ones continue."""
+    _, report = _run(spec, quick, seeds, out_dir, executor, workers, address, vmap_seeds, vmap_configs,
+                     checkpoint_seconds)
     if report.failed:
         raise typer.Exit(code=1)
 
