@@ -28,7 +28,7 @@ def small_spec(seeds=2, epochs=3, modes=("R", "C"), clips=("none", "value")):
     ({"experiment": [{"problem": "cartpole", "level": {"poles": [1, 0]}}]}, "poles=0"),
     ({"experiment": [{"problem": "pendulum"}]}, "unknown problem 'pendulum'"),
     ({"experiment": [{"problem": "linear", "config": {"epochs": 0}}]}, "experiment[0].config.epochs: epochs=0"),
-    ({"experiment": [{"problem": "linear", "colour": "red"}]}, "experiment[0].colour"),
+    ({"experiment": [{"problem": "linear", "colour": "red"}]}, "experiment[0]: unknown field 'colour'; allowed: clips"),
     ({"seeds": 0, "experiment": [{"problem": "linear"}]}, "seeds=0"),
 ])
 def test_spec_validation_names_the_bad_field(bad, msg):
