@@ -14,6 +14,7 @@ from .core import (  # noqa: F401
     value_and_update,
 )
 from .losses import TrajectoryLoss  # noqa: F401
+from .run import load_run  # noqa: F401
 from .train import make_train  # noqa: F401
 
 __version__ = "0.1.0"

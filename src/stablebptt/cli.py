@@ -157,7 +157,7 @@ def collect_problem_params(problem: str, given: dict, extra: list[str]) -> dict:
 
 @app.command()
 def train(
-    problem: str = typer.Argument("cartpole", help="problem name (see `stablebptt problems`)"),
+    problem: str = typer.Argument("cartpole", help="a problem name (see `stablebptt problems`), FILE.py:FUNCTION or module:FUNCTION"),
     mode: str = typer.Option("C", "--mode", "-m", help="R, M, S, N, C, or a per-step schedule like 'RRMM…' (one letter per step)"),
     clip: str = typer.Option("none", help="none | value | norm"),
     clip_threshold: float = typer.Option(1.0, help="clipping threshold"),
@@ -179,12 +179,13 @@ def train(
     diagnostics: bool = typer.Option(False, help="also compute G for cos(M,G) / sign agreement in any mode"),
     checkpoint_every: str = typer.Option("auto", help="remat: checkpoint the unroll every k steps, 'auto' (from --memory-budget) or 'none'"),
     memory_budget: Optional[float] = typer.Option(None, help="memory budget in GiB for checkpoint_every=auto (default: 512 MiB on CPU, 1/4 of device memory on accelerators; see flow.default_memory_budget)"),
-    init_weights: Optional[Path] = typer.Option(None, help=".npz weights to start from"),
+    init_weights: Optional[Path] = typer.Option(None, help="start from these weights: an .npz file or a run folder"),
     eval_every: int = typer.Option(1, help="evaluate the full train/test sets every k epochs and after the last (paper: 1)"),
     backward: str = typer.Option("auto", help="backward strategy: auto | autodiff (the reference) | batched | per_step"),
     overlap_eval: Optional[bool] = typer.Option(None, "--overlap-eval/--no-overlap-eval", help="evaluate on a second CPU core while the next epoch trains (default: on, with two or more cores)"),
     checkpoint_seconds: float = typer.Option(30.0, help="seconds between checkpoints (an interrupted run continues from the last)"),
     restart: bool = typer.Option(False, "--restart", help="start over: ignore a checkpoint or an earlier result of the same run"),
+    tensorboard: Optional[Path] = typer.Option(None, help="write the per-epoch metrics as TensorBoard events into this folder"),
     out_dir: Path = typer.Option(Path("runs"), "--out", "-o", help="folder that receives the run folder"),
     poles: Optional[int] = typer.Option(None, help="cartpole: number of poles"),
     drivers: Optional[int] = typer.Option(None, help="guidance: drivers"),
@@ -203,8 +204,7 @@ def train(
     from . import problems as problems_mod
     from .config import describe_errors
 
-    if problem not in problems_mod.names():
-        raise fail(f"unknown problem {problem!r}; available: {', '.join(problems_mod.names())}")
+    problems_mod.param_spec(problem)  # an unknown source: one line naming it and what is allowed
     given = dict(poles=poles, drivers=drivers, evaders=evaders, rc=rc, nx=nx, dt=dt, steps=steps,
                  target=target, weighting=weighting)
     if target is not None and problem == "quantum":
@@ -223,7 +223,7 @@ def train(
             problem=problem, problem_params=pparams, mode=mode_val, combiner=combiner, truncate=truncate,
             decay=decay, and_mask=and_mask, optimizer=optimizer, lr=lr, momentum=momentum, clip=clip,
             clip_threshold=clip_threshold, batch_size=batch_size,
-            epochs=QUICK_EPOCHS.get(problem, 10) if epochs is None else epochs,
+            epochs=QUICK_EPOCHS.get(problem, d.get("epochs", 10)) if epochs is None else epochs,
             n_train=d.get("n_train", 256) if n_train is None else n_train,
             n_test=d.get("n_test", 256) if n_test is None else n_test, data=data, shuffle=shuffle, zero_last=zero_last,
             diagnostics=diagnostics,
@@ -235,8 +235,13 @@ def train(
         )
     except ValidationError as e:
         raise fail(describe_errors(e, RunConfig))
-    if cfg.init_weights and not Path(cfg.init_weights).is_file():
-        raise fail(f"--init-weights {cfg.init_weights}: no such file (an .npz of controller weights)")
+    if cfg.init_weights:
+        from .run import weights_file
+
+        try:
+            weights_file(cfg.init_weights)
+        except FileNotFoundError as e:
+            raise fail(f"--init-weights {e}")
 
     from .run import is_done, partial_folder, read_result, run
     from .config import run_id
@@ -276,10 +281,18 @@ def train(
                 info = f"minibatch loss {row['loss']:.4g}"
             progress.update(task, completed=e, description="training", info=info)
 
+        board = None
+        if tensorboard is not None:
+            from .tracking import TensorBoard
+
+            board, show = TensorBoard(tensorboard), on_epoch
+            on_epoch = lambda e, rows: (board(e, rows), show(e, rows))  # noqa: E731
         try:
             folder = run(cfg, seed, out_dir, on_epoch=on_epoch, overlap_eval=want_overlap,
                          extra_manifest={"cli_command": command_for(cfg, seed, out_dir)},
                          checkpoint_seconds=checkpoint_seconds, restart=restart)
+            if board is not None:
+                board.close()
         except KeyboardInterrupt:
             progress.stop()
             ck = partial_folder(out_dir, [folder.name]) / "checkpoint.npz"
@@ -302,6 +315,42 @@ def fail_interrupted(checkpoint: Path, epochs: int) -> "typer.Exit":
     else:
         console.print("[yellow]interrupted[/] before the first checkpoint; nothing to continue from", soft_wrap=True)
     return typer.Exit(code=130)
+
+
+@app.command()
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="a finished run folder"),
+    data: str = typer.Option("test", help="test | train (the run's own sets) | FILE.npz (its array of states)"),
+    per_state: Optional[Path] = typer.Option(None, help="write each state's loss to this CSV"),
+):
+    """The trained controller's loss on the run's test or training set, or on states from a file."""
+    import numpy as np
+
+    from .run import load_run
+
+    r = load_run(run_dir)
+    for note in r.notes:
+        console.print(f"note: {note}")
+    if data in ("train", "test"):
+        states = r.data(data)
+    else:
+        path = Path(data)
+        if not path.is_file():
+            raise fail(f"--data {data!r}: allowed: test, train, or an existing .npz file of states")
+        with np.load(path) as f:
+            if len(f.files) != 1:
+                raise fail(f"--data {data}: holds arrays {f.files}; give a file with one array of states")
+            states = f[f.files[0]]
+        want = tuple(r.problem.state_shape)
+        if states.ndim != len(want) + 1 or tuple(states.shape[1:]) != want:
+            raise fail(f"--data {data}: states of shape {states.shape}; this problem's are (N, {', '.join(map(str, want))})")
+    loss, each = r.evaluate(states)
+    out.print(f"{r.config.problem} {r.config.mode_label()} seed {r.seed}: loss on {data} ({len(each)} states) = {loss:.6g}")
+    if per_state is not None:
+        per_state.parent.mkdir(parents=True, exist_ok=True)
+        np.savetxt(per_state, np.stack([np.arange(len(each)), each], 1), delimiter=",", header="state,loss",
+                   comments="", fmt=["%d", "%.9g"])
+        out.print(f"per-state losses: {per_state}")
 
 
 def command_for(cfg, seed: int, out_dir: Path) -> str:
@@ -349,19 +398,22 @@ def _print_summary(folder: Path) -> None:
 
 
 @app.command("problems")
-def list_problems():
-    """List the problems and their parameters."""
+def list_problems(sources: List[str] = typer.Argument(None, help="problems to show (default: the built-in, "
+                                                                 "registered and installed ones), also FILE.py:FUNCTION")):
+    """List problems and their parameters."""
     from . import problems as problems_mod
 
     t = Table(title="problems")
     t.add_column("name")
     t.add_column("parameters (default)")
     t.add_column("description")
-    for name in problems_mod.names():
+    for name in sources or problems_mod.names():
         try:
             spec = problems_mod.param_spec(name)
             desc = problems_mod.get(name).description
-        except Exception as e:  # noqa: BLE001 - a broken module must not hide the others
+        except Exception as e:  # noqa: BLE001 - a broken problem module must not hide the others
+            if sources:
+                raise
             spec, desc = {}, f"(unavailable: {e})"
         t.add_row(name, "\n".join(f"{k} ({v[0]!r}): {v[1]}" for k, v in spec.items()) or "-", desc)
     out.print(t)

@@ -25,6 +25,8 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    #: a built-in or registered name, ``FILE.py:FUNCTION``, ``module:FUNCTION`` or an installed
+    #: entry point (:mod:`stablebptt.problems`)
     problem: str = "cartpole"
     problem_params: dict[str, Any] = Field(default_factory=dict)
     mode: Union[str, list[str]] = "C"
@@ -61,8 +63,7 @@ class RunConfig(BaseModel):
     def _problem(cls, v):
         from . import problems
 
-        if v not in problems.names():
-            raise ValueError(f"unknown problem {v!r}; available: {', '.join(problems.names())}")
+        problems.param_spec(v)  # resolves the source; a bad one raises naming it and what is allowed
         return v
 
     @field_validator("clip", mode="before")

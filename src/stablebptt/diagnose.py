@@ -592,27 +592,11 @@ def diagnose(step: Callable, loss: TrajectoryLoss, horizon: int, model, x0, *, s
 
 
 def load_run(run_dir: str | Path):
-    """``(problem, model, config, seed)`` of a run folder (config.json + weights.npz)."""
-    from . import controllers, problems
-    from .config import RunConfig
-    from .train import zero_last
+    """``(problem, model, config, seed)`` of a finished run folder (:func:`stablebptt.run.load_run`)."""
+    from .run import load_run as load
 
-    run_dir = Path(run_dir)
-    cfg_file = run_dir / "config.json"
-    if not cfg_file.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run folder: no config.json")
-    blob = json.loads(cfg_file.read_text())
-    config = RunConfig(**blob["config"])
-    seed = int(blob.get("seed", 0))
-    problem = problems.get(config.problem, **config.problem_params)
-    if config.init_weights and not Path(config.init_weights).is_file():
-        config = config.model_copy(update={"init_weights": None})
-    model = problem.make_controller(jax.random.PRNGKey(seed), zero_last=zero_last(problem, config))
-    weights = run_dir / "weights.npz"
-    if not weights.is_file():
-        raise FileNotFoundError(f"{run_dir} has no weights.npz (unfinished run?)")
-    model = controllers.load_weights(model, weights)
-    return problem, model, config, seed
+    r = load(run_dir)
+    return r.problem, r.model, r.config, r.seed
 
 
 def diagnose_problem(problem, model=None, n: int = 8, *, weights: str | Path | None = None,

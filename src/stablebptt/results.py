@@ -29,7 +29,9 @@ def run_folders(root: str | Path) -> list[Path]:
 
 
 def config_columns(config: dict) -> dict:
-    cfg = RunConfig(**config)
+    """A run's config as table columns (nothing is resolved: the problem's source need not be
+    importable where the table is read)."""
+    cfg = RunConfig.model_construct(**config)
     cols = {k: v for k, v in config.items() if k != "problem_params"}
     cols["mode"] = cfg.mode_label()
     for k, v in sorted(config.get("problem_params", {}).items()):

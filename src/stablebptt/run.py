@@ -35,7 +35,8 @@ import time
 import uuid
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 from .config import RunConfig, run_id
 
@@ -229,16 +230,19 @@ def partial_folder(root: str | Path, names: Sequence[str]) -> Path:
     return Path(root) / ".partial" / key
 
 
-def run(config: RunConfig, seed: int, root: str | Path = "runs", *, on_epoch: Callable | None = None,
+def run(config: RunConfig, seed: int, root: str | Path = "runs", *, problem=None, on_epoch: Callable | None = None,
         extra_manifest: dict | None = None, overlap_eval: bool = False, checkpoint_seconds: float = 30.0,
         restart: bool = False) -> Path:
     """Train (config, seed) unless its result exists; return the result folder.
 
-    An interrupted earlier call is continued from its checkpoint (``restart=True``: from
-    scratch); a live process computing the same run makes this call raise :class:`Claimed`.
+    ``problem``: the :class:`~stablebptt.problems.Problem` to train (default: the one the config
+    names, built from its source); one that is not what the config names is refused. An
+    interrupted earlier call is continued from its checkpoint (``restart=True``: from scratch);
+    a live process computing the same run makes this call raise :class:`Claimed`.
     ``overlap_eval``: see :func:`stablebptt.runner.train`."""
-    return _train_and_write([(config, int(seed))], root, on_epoch=on_epoch, extra_manifest=extra_manifest,
-                            overlap_eval=overlap_eval, checkpoint_seconds=checkpoint_seconds, restart=restart)[0][0]
+    return _train_and_write([(config, int(seed))], root, problem=problem, on_epoch=on_epoch,
+                            extra_manifest=extra_manifest, overlap_eval=overlap_eval,
+                            checkpoint_seconds=checkpoint_seconds, restart=restart)[0][0]
 
 
 def run_seeds(config: RunConfig, seeds: Sequence[int], root: str | Path = "runs", **kw) -> list[Path]:
@@ -255,7 +259,7 @@ def run_lanes(lanes: Sequence[tuple[RunConfig, int]], root: str | Path = "runs",
     return _train_and_write([(c, int(s)) for c, s in lanes], root, **kw)[0]
 
 
-def _train_and_write(pairs, root, *, on_epoch=None, extra_manifest=None, overlap_eval=False,
+def _train_and_write(pairs, root, *, problem=None, on_epoch=None, extra_manifest=None, overlap_eval=False,
                      checkpoint_seconds=30.0, restart=False) -> tuple[list[Path], list[str]]:
     """Train the missing runs of ``pairs`` together under a claim, with checkpoints; write each
     finished run's folder and remove the progress folder. Returns (all folders, the names of
@@ -267,6 +271,8 @@ def _train_and_write(pairs, root, *, on_epoch=None, extra_manifest=None, overlap
     todo = [(c, s, f) for (c, s), f in zip(pairs, folders) if not is_done(f)]
     if not todo:
         return folders, []
+    if problem is not None:
+        problems.check_matches(problem, pairs[0][0].problem, pairs[0][0].problem_params)
     names = [f.name for _, _, f in todo]
     partial = partial_folder(root, names)
     lease = Lease(partial).acquire()
@@ -279,7 +285,9 @@ def _train_and_write(pairs, root, *, on_epoch=None, extra_manifest=None, overlap
                     p.unlink()
         configs, seeds = [c for c, _, _ in todo], [s for _, s, _ in todo]
         same = all(c == configs[0] for c in configs)
-        problem = problems.get(configs[0].problem, **configs[0].problem_params)
+        if problem is None:
+            problem = problems.get(configs[0].problem, **configs[0].problem_params)
+        source = {"problem_source": problems.origin(configs[0].problem)}
         ck = Checkpoint(partial / "checkpoint.npz", checkpoint_seconds, [partial / f"{n}.metrics.csv" for n in names])
 
         def beat(e, rows):
@@ -291,15 +299,113 @@ def _train_and_write(pairs, root, *, on_epoch=None, extra_manifest=None, overlap
                         overlap_eval=overlap_eval, checkpoint=ck)
         together = {"trained_together": names} if len(names) > 1 else {}
         for (c, s, f), r in zip(todo, results):
-            write_result(f, c, s, r, together | (extra_manifest or {}))
+            write_result(f, c, s, r, together | source | (extra_manifest or {}))
         shutil.rmtree(partial, ignore_errors=True)
-        try:
-            partial.parent.rmdir()  # the last progress folder under root
-        except OSError:
-            pass
     finally:
         lease.release()
+        for empty in (partial, partial.parent):  # nothing left to continue from
+            try:
+                empty.rmdir()
+            except OSError:
+                pass
     return folders, names
+
+
+def weights_file(path: str | Path) -> Path:
+    """A controller's ``.npz`` weights: ``path`` itself, or ``path/weights.npz`` for a run folder.
+    FileNotFoundError naming what is missing."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "weights.npz").is_file():
+            raise FileNotFoundError(f"{path} is a folder without weights.npz (not a finished run folder)")
+        return path / "weights.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file or run folder (an .npz of controller weights, or a run folder)")
+    return path
+
+
+@dataclass
+class LoadedRun:
+    """A finished run, read back (:func:`load_run`).
+
+    folder: the run folder; config, seed: what it ran; problem: the problem, rebuilt from the
+    config's source (a moved problem file is found again through the manifest's path); model:
+    the trained controller; history: the per-epoch rows (pandas DataFrame); result: the
+    summary (result.json); notes: anything noticed while loading (e.g. a problem file whose
+    content changed since the run)."""
+
+    folder: Path
+    config: RunConfig
+    seed: int
+    problem: Any
+    model: Any
+    history: Any
+    result: dict
+    notes: list
+
+    def data(self, which: str = "test"):
+        """The run's ``"train"`` or ``"test"`` states (numpy, (N, *state_shape))."""
+        from .train import make_data
+
+        if which not in ("train", "test"):
+            raise ValueError(f"data={which!r}; allowed: train, test, or an .npz file of states")
+        tr, te = make_data(self.problem, self.config, self.seed)
+        return tr if which == "train" else te
+
+    def evaluate(self, states=None) -> tuple[float, "np.ndarray"]:
+        """``(loss, per-state losses)`` of the trained controller on ``states`` (default: the
+        test set): the trajectory loss of the whole batch, and of each state alone (N,). For the
+        library's batch-mean losses the first is the mean of the second."""
+        import jax
+        import jax.numpy as jnp
+        import numpy as np
+
+        from .core import evaluate_loss
+
+        x = np.asarray(self.data() if states is None else states, np.float32)
+        kw = dict(step=self.problem.step, loss=self.problem.loss, horizon=self.problem.horizon)
+        with jax.default_matmul_precision("highest"):
+            total = jax.jit(lambda xs: evaluate_loss(self.model, xs, **kw))(jnp.asarray(x))
+            each = jax.jit(jax.vmap(lambda xi: evaluate_loss(self.model, xi[None], **kw)))(jnp.asarray(x))
+        return float(total), np.asarray(each)
+
+
+def load_run(folder: str | Path) -> LoadedRun:
+    """Read a finished run folder back: its config, problem, trained controller and rows."""
+    import jax
+    import pandas as pd
+    from pydantic import ValidationError
+
+    from . import controllers, problems
+    from .train import zero_last
+
+    folder = Path(folder)
+    if not is_done(folder):
+        raise FileNotFoundError(f"{folder} is not a finished run folder (no {RESULT_FILE})")
+    blob = json.loads((folder / "config.json").read_text())
+    man = json.loads((folder / "manifest.json").read_text()) if (folder / "manifest.json").is_file() else {}
+    notes = []
+    try:
+        config = RunConfig(**blob["config"])
+    except (ValidationError, ValueError):
+        src = man.get("problem_source", {})
+        if src.get("kind") != "file" or not Path(src.get("path", "")).is_file():
+            raise
+        func = blob["config"]["problem"].rsplit(":", 1)[1]
+        config = RunConfig(**(blob["config"] | {"problem": f"{src['path']}:{func}"}))
+        notes.append(f"problem file found at its recorded path {src['path']}")
+    src = man.get("problem_source", {})
+    if src.get("kind") == "file" and problems.origin(config.problem).get("sha256") != src.get("sha256"):
+        notes.append(f"the problem file changed since this run ({config.problem})")
+    if config.init_weights and not Path(config.init_weights).exists():
+        config = config.model_copy(update={"init_weights": None})
+    seed = int(blob.get("seed", 0))
+    problem = problems.get(config.problem, **config.problem_params)
+    model = problem.make_controller(jax.random.PRNGKey(seed), zero_last=zero_last(problem, config))
+    model = controllers.load_weights(model, weights_file(folder))
+    csv = folder / "metrics.csv"
+    history = pd.read_csv(csv if csv.is_file() else folder / "metrics.csv.gz")
+    return LoadedRun(folder, config, seed, problem, model, history, read_result(folder), notes)
 
 
 def clean_stale_temps(root: str | Path) -> int:

@@ -152,7 +152,8 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
     """Train one controller per seed (or per lane) and return one :class:`TrainResult` each.
 
     Args:
-      problem: from :func:`stablebptt.problems.get`.
+      problem: from :func:`stablebptt.problems.get`; it must be the problem ``config`` names, with
+        its parameters (:func:`stablebptt.problems.check_matches`: a clear error otherwise).
       config: the run configuration.
       seeds: an int or a list; a seed sets the initial weights and, with ``data="seeded"``, the data.
       on_epoch: called after each epoch as ``on_epoch(epoch, rows)``: one dict per run (None for a
@@ -166,6 +167,9 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
       checkpoint: save the state periodically (:class:`Checkpoint`); if its file exists and
         belongs to these runs, training continues from it (``ran["resumed_from_epoch"]``).
     """
+    from . import problems as problems_mod
+
+    problems_mod.check_matches(problem, config.problem, config.problem_params)
     runs = _runs(problem, config, seeds, data, lane_configs)
     if batching not in BATCHING:
         raise ValueError(f"batching={batching!r}; allowed: {', '.join(BATCHING)}")
@@ -196,8 +200,10 @@ def _runs(problem, config, seeds, data, lane_configs) -> list[_Run]:
         raise ValueError("seeds is empty; give at least one seed")
     if lane_configs is not None:
         check_lanes(config, list(lane_configs), len(seeds))
-    if config.init_weights and not os.path.isfile(config.init_weights):
-        raise FileNotFoundError(f"init_weights={config.init_weights!r}: no such file (an .npz of controller weights)")
+    if config.init_weights:
+        from .run import weights_file
+
+        weights_file(config.init_weights)  # a missing file or folder: named before anything compiles
     runs = []
     for i, s in enumerate(seeds):
         tr, te = data if data is not None else make_data(problem, config, s)
@@ -272,7 +278,9 @@ def _initial_groups(trainer: Trainer, programs: dict, runs: list[_Run], vmapped:
     for r in runs:
         p = programs["init_params"](jax.random.PRNGKey(r.seed))
         if r.config.init_weights:
-            model = controllers.load_weights(eqx.combine(p, trainer.static), r.config.init_weights)
+            from .run import weights_file
+
+            model = controllers.load_weights(eqx.combine(p, trainer.static), weights_file(r.config.init_weights))
             p = eqx.filter(model, eqx.is_inexact_array)
         params.append(p)
     settings = [trainer.settings(r.config) for r in runs]

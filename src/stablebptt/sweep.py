@@ -241,8 +241,10 @@ def expand(spec: SweepSpec) -> list[tuple[RunConfig, int]]:
     jobs = []
     for i, ex in enumerate(spec.experiment):
         where = f"experiment[{i}]"
-        if ex.problem not in problems.names():
-            raise SpecError(f"{where}.problem: unknown problem {ex.problem!r}; available: {', '.join(problems.names())}")
+        try:
+            problems.param_spec(ex.problem)
+        except ValueError as e:
+            raise SpecError(f"{where}.problem: {e}") from None
         defaults = dict(problems.get(ex.problem, **ex.problem_params).defaults) if _params_ok(ex, where) else {}
         base = {k: defaults[k] for k in ("lr", "batch_size", "n_train", "n_test", "epochs") if k in defaults}
         level_items = list(ex.level.items())

@@ -1,18 +1,38 @@
-"""Registry of problems: ``stablebptt.problems.get(name, **params)`` (like ``gymnasium.make``).
+"""Problems from anywhere: ``stablebptt.problems.get(source, **params)`` (like ``gymnasium.make``).
 
-Each problem module defines ``make(**params) -> Problem`` and ``PARAMS``, a dict
-``name -> (default, description)`` of its parameters; unknown parameters are an error.
+A problem *source* is one of
+
+* a built-in name: ``cartpole``, ``guidance``, ``quantum``, ``toy-field``, ``toy-rotation``, ``linear``;
+* a name given to :func:`register` in this process;
+* ``FILE.py:FUNCTION`` — a Python file (absolute, or relative to the working folder) and the
+  function in it;
+* ``package.module:FUNCTION`` — an importable module and the function in it;
+* a name that an installed package publishes in the entry-point group ``stablebptt.problems``
+  (``[project.entry-points."stablebptt.problems"] pointmass = "mypkg.pointmass:make"``).
+
+The function is ``make(**params) -> Problem``. Its parameters and their help come from the
+module's ``PARAMS`` dict (``{name: (default, help)}``, as the built-in modules have) or, without
+one, from the function's keyword defaults; unknown parameters are an error. A problem built from
+a file or a module is named by its source (``Problem.name == source``), so a run config that
+names the source identifies the problem (likewise a registered or installed one: its name). :func:`origin` says where a source was found (for a
+file: its absolute path and SHA-256), which every run records in its manifest.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import importlib
+import importlib.util
 import inspect
-from typing import Any
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
 
 from .base import Problem
 
-# name -> module (relative to this package)
-_REGISTRY: dict[str, str] = {
+# built-in name -> module (relative to this package)
+_BUILTIN: dict[str, str] = {
     "toy-field": "toys",
     "toy-rotation": "toys",
     "linear": "linear",
@@ -20,39 +40,152 @@ _REGISTRY: dict[str, str] = {
     "guidance": "guidance",
     "quantum": "quantum",
 }
+#: the entry-point group through which installed packages publish problems
+ENTRY_POINTS = "stablebptt.problems"
+_REGISTERED: dict[str, tuple[Callable, dict]] = {}
+
+
+def register(name: str, make: Callable[..., Problem], params: dict[str, tuple[Any, str]] | None = None) -> None:
+    """Make ``make(**params) -> Problem`` available as ``name`` in this process (``params``:
+    ``{name: (default, help)}``; default: the function's keyword defaults). Worker processes of
+    a sweep do not see it: for those, give the problem as ``FILE.py:FUNCTION``,
+    ``module:FUNCTION`` or an entry point."""
+    if not isinstance(name, str) or not name or ":" in name:
+        raise ValueError(f"register: name={name!r}; must be a non-empty string without ':'")
+    if name in _BUILTIN:
+        raise ValueError(f"register: {name!r} is a built-in problem; choose another name")
+    if not callable(make):
+        raise ValueError(f"register: make={make!r} is not callable (a function make(**params) -> Problem)")
+    _REGISTERED[name] = (make, dict(params) if params is not None else _signature_params(make))
+
+
+def unregister(name: str) -> None:
+    """Forget a name given to :func:`register`."""
+    _REGISTERED.pop(name, None)
 
 
 def names() -> list[str]:
-    """All registered problem names."""
-    return list(_REGISTRY)
+    """The built-in, registered and installed (entry-point) problem names."""
+    return list(_BUILTIN) + list(_REGISTERED) + [n for n in _entry_points() if n not in _BUILTIN]
 
 
-def _module(name: str):
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown problem {name!r}; available: {', '.join(_REGISTRY)}")
-    return importlib.import_module(f".{_REGISTRY[name]}", __name__)
+def _entry_points() -> dict:
+    return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINTS)}
 
 
-def param_spec(name: str) -> dict[str, tuple[Any, str]]:
-    """``{param: (default, description)}`` for problem ``name``."""
-    mod = _module(name)
-    spec = getattr(mod, "PARAMS")
-    return dict(spec[name]) if name in spec and isinstance(spec[name], dict) else dict(spec)
+def _signature_params(make: Callable) -> dict[str, tuple[Any, str]]:
+    return {n: (p.default, "") for n, p in inspect.signature(make).parameters.items()
+            if p.default is not inspect.Parameter.empty and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
 
 
-def get(name: str, **params) -> Problem:
-    """Build problem ``name`` with the given parameters (others take their defaults)."""
-    mod = _module(name)
-    allowed = param_spec(name)
-    unknown = sorted(set(params) - set(allowed))
+def _file_module(path: Path):
+    """Import a Python file as a module (once per path and content)."""
+    path = path.resolve()
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    key = f"stablebptt_problem_{digest}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[key]
+            raise
+    return sys.modules[key]
+
+
+def _resolve(source: str) -> tuple[Callable, dict, dict]:
+    """``(make, params spec, origin)`` of a problem source (see the module docstring)."""
+    if not isinstance(source, str) or not source:
+        raise ValueError(f"problem={source!r}; give a problem name, FILE.py:FUNCTION or module:FUNCTION")
+    if source in _BUILTIN:
+        mod = importlib.import_module(f".{_BUILTIN[source]}", __name__)
+        spec = getattr(mod, "PARAMS")
+        spec = dict(spec[source]) if source in spec and isinstance(spec[source], dict) else dict(spec)
+        make = getattr(mod, "make")
+        if "name" in inspect.signature(make).parameters:
+            make = _named(make, source)
+        return make, spec, {"kind": "builtin", "name": source}
+    if source in _REGISTERED:
+        make, spec = _REGISTERED[source]
+        return _named(make, source), spec, {"kind": "registered", "name": source}
+    if ":" in source:
+        where, func = source.rsplit(":", 1)
+        if where.endswith(".py"):
+            path = Path(where)
+            if not path.is_file():
+                raise ValueError(f"problem {source!r}: no such file {where!r} (relative paths start in {Path.cwd()})")
+            mod = _file_module(path)
+            origin = {"kind": "file", "path": str(path.resolve()),
+                      "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+        else:
+            try:
+                mod = importlib.import_module(where)
+            except ImportError as e:
+                raise ValueError(f"problem {source!r}: cannot import module {where!r} ({e})") from None
+            origin = {"kind": "module", "module": where, "path": getattr(mod, "__file__", None)}
+        make = getattr(mod, func, None)
+        if not callable(make):
+            raise ValueError(f"problem {source!r}: {where} has no function {func!r} (a make(**params) -> Problem)")
+        spec = getattr(mod, "PARAMS", None)
+        return _named(make, source), dict(spec) if isinstance(spec, dict) else _signature_params(make), origin
+    eps = _entry_points()
+    if source in eps:
+        make = eps[source].load()
+        spec = getattr(sys.modules.get(make.__module__), "PARAMS", None)
+        return _named(make, source), dict(spec) if isinstance(spec, dict) else _signature_params(make), {
+            "kind": "entry_point", "name": source, "value": eps[source].value}
+    raise ValueError(f"unknown problem {source!r}; available: {', '.join(names())}, or FILE.py:FUNCTION, "
+                     "or module:FUNCTION")
+
+
+def _named(make: Callable, name: str) -> Callable:
+    """``make`` whose Problem carries ``name`` (the source that built it)."""
+    def named(**params):
+        kw = {"name": name} if "name" in inspect.signature(make).parameters and name in _BUILTIN else {}
+        problem = make(**kw, **params)
+        if not isinstance(problem, Problem):
+            raise ValueError(f"problem {name!r}: make() returned {type(problem).__name__}, not a "
+                             "stablebptt.problems.Problem")
+        return problem if problem.name == name else dataclasses.replace(problem, name=name)
+
+    return named
+
+
+def param_spec(source: str) -> dict[str, tuple[Any, str]]:
+    """``{param: (default, description)}`` of a problem source."""
+    return _resolve(source)[1]
+
+
+def origin(source: str) -> dict:
+    """Where a problem source was found: ``{"kind": builtin | registered | file | module |
+    entry_point, …}``; a file's absolute ``path`` and ``sha256``."""
+    return _resolve(source)[2]
+
+
+def get(source: str, **params) -> Problem:
+    """Build the problem ``source`` with the given parameters (the others take their defaults)."""
+    make, spec, _ = _resolve(source)
+    unknown = sorted(set(params) - set(spec))
     if unknown:
-        raise ValueError(
-            f"problem {name!r} has no parameter(s) {unknown}; allowed: {sorted(allowed)}"
-        )
-    make = getattr(mod, "make")
-    if "name" in inspect.signature(make).parameters:
-        return make(name=name, **params)
+        raise ValueError(f"problem {source!r} has no parameter(s) {unknown}; allowed: {sorted(spec)}")
     return make(**params)
 
 
-__all__ = ["Problem", "get", "names", "param_spec"]
+def check_matches(problem: Problem, source: str, params: dict) -> None:
+    """Raise ValueError unless ``problem`` is what ``source`` with ``params`` builds: the same
+    name and, for every parameter of the source, the same value (given or default)."""
+    if problem.name != source:
+        raise ValueError(f"the problem given is {problem.name!r} but the config names {source!r}; pass the "
+                         "problem the config names (or set config.problem to the problem's source)")
+    spec = param_spec(source)
+    want = {k: params.get(k, d) for k, (d, _) in spec.items()}
+    have = {k: problem.params.get(k, want[k]) for k in want}
+    diff = sorted(k for k in want if have[k] != want[k])
+    if diff:
+        raise ValueError(f"problem {source!r} was built with {', '.join(f'{k}={have[k]!r}' for k in diff)} but the "
+                         f"config says {', '.join(f'{k}={want[k]!r}' for k in diff)}")
+
+
+__all__ = ["Problem", "get", "names", "param_spec", "register", "unregister", "origin", "check_matches"]
