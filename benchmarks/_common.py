@@ -1,12 +1,16 @@
-"""Shared helpers for the benchmark scripts (timing, machine description, paper problems).
+"""Shared helpers for the benchmark scripts: timing, the machine's description, the paper
+problems, compiled update functions and the trainer's programs without the host loop.
 
 Timing on a shared, noisy machine: every script measures the variants it compares
 *interleaved* in rounds (A B C, A B C, ...) and keeps the minimum per variant, so a burst of
 load from another process hits all variants alike and the ratios stay meaningful. Absolute
 numbers are the best observed, i.e. what the machine does when it is not disturbed.
+
+Importing this module sets ``XLA_FLAGS`` (unless already set) before JAX starts.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -15,10 +19,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Sequence
 
-#: asks XLA for one thread per process; XLA:CPU still uses its intra-op pool (one thread per
-#: core) for products and large loops, see bench_cores.py and docs/performance.md item 29
+#: asks XLA for one thread per process, as the sweep's worker processes do. XLA:CPU still runs
+#: matrix products and large fused loops on its intra-op pool (one thread per core), so one
+#: process keeps more than one core busy: bench_cores.py measures how many
 SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 os.environ.setdefault("XLA_FLAGS", SINGLE_THREAD_XLA)
 
@@ -144,3 +149,142 @@ def backend() -> str:
     proc = subprocess.run([sys.executable, "-c", "import jax; print(jax.default_backend())"],
                           capture_output=True, text=True, timeout=300)
     return proc.stdout.strip().splitlines()[-1] if proc.returncode == 0 and proc.stdout.strip() else "cpu"
+
+
+# ----------------------------------------------------------------------------- engine
+def compile_update(model, x0, *, step, loss, horizon: int, flow, backward, what: str = "update"):
+    """``f(params) -> update`` (or ``-> (loss, update)`` with ``what="both"``): one jitted,
+    AOT-compiled :func:`stablebptt.value_and_update` of the batch ``x0`` with this flow and
+    backward strategy, traced at full float32 precision as the trainer's programs are.
+
+    ``backward``: a strategy object (``stablebptt.core.Autodiff()``, ``ReverseSweep(...)``)
+    or a name (``"auto"``, ...). Returns the compiled function and ``params`` (the
+    controller's array leaves) to call it with."""
+    import equinox as eqx
+    import jax
+
+    import stablebptt as sb
+
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+
+    def f(p):
+        out = sb.value_and_update(eqx.combine(p, static), x0, step=step, loss=loss, horizon=horizon, flow=flow,
+                                  backward=backward, validate=False)
+        return out[1] if what == "update" else out[:2]
+
+    with jax.default_matmul_precision("highest"):
+        return jax.jit(f).lower(params).compile(), params
+
+
+def default_strategy(model, x0, *, step, loss, horizon: int, flow, checkpoint_every=None):
+    """The backward strategy the automatic rule (:func:`stablebptt.select_backward`) picks for
+    this controller, simulator and flow (no remat segments unless ``checkpoint_every``)."""
+    import stablebptt as sb
+    from stablebptt.core import as_flow
+
+    return sb.select_backward(model, x0, step=step, loss=loss, horizon=horizon,
+                              gates=as_flow(flow).gates(horizon).fields, checkpoint_every=checkpoint_every)
+
+
+# ----------------------------------------------------------------------------- trainer
+@dataclasses.dataclass
+class TrainerPrograms:
+    """The compiled programs of :func:`stablebptt.train.make_train` for a set of runs, with
+    their state, called without :func:`stablebptt.runner.train`'s host loop.
+
+    updates(): one epoch's minibatch updates of every run (one scanned program per call;
+        ``batching="vmap"``: one call for all runs, ``"loop"``: the one-run program called run
+        after run); returns the metrics (to block on).
+    evaluate(): the loss of the full train and test sets of every run (forward rollouts).
+    epoch(): updates, then the evaluation of a copy of the new parameters (what
+        ``runner.train`` does per epoch without ``overlap_eval``).
+    compile_s: seconds from ``make_train`` to the compiled updates and evaluation programs
+        (traced and compiled one after the other; ``runner.train`` compiles on two threads).
+    updates_per_epoch: minibatch updates per run and epoch.
+    runs: how many runs; batching: ``"vmap"`` or ``"loop"``; backward: ``repr`` of the
+    strategy the updates use.
+    """
+
+    updates: Callable[[], Any]
+    evaluate: Callable[[], Any]
+    epoch: Callable[[], Any]
+    compile_s: float
+    updates_per_epoch: int
+    runs: int
+    batching: str
+    backward: str
+
+
+def trainer_programs(problem, config, seeds: Sequence[int], *, lane_configs=None, batching: str = "vmap",
+                     distinct: int | None = None) -> TrainerPrograms:
+    """:class:`TrainerPrograms` for the runs ``(config, seed)`` — or, with ``lane_configs``
+    (one config per seed, differing only in ``stablebptt.runner.LANE_FIELDS``), the lanes of
+    one vmapped program.
+
+    ``batching``: ``"vmap"`` (the runs' states stacked, one vmapped program; a single run is
+    not vmapped) or ``"loop"`` (the one-run program for each run; not for lanes).
+    ``distinct``: build the initial parameters and data of at most this many different
+    seeds and repeat them (the time does not depend on the values; building thousands of
+    controllers one by one would dominate a GPU run). Data: ``make_data(problem, config,
+    seed)`` (``config.data="paper"``: the same for every seed)."""
+    import jax
+    import jax.numpy as jnp
+
+    from stablebptt.runner import check_lanes
+    from stablebptt.train import make_data, make_train
+
+    seeds = [int(s) for s in seeds]
+    K = len(seeds)
+    if batching not in ("vmap", "loop"):
+        raise ValueError(f"batching={batching!r}; allowed: 'vmap', 'loop'")
+    if lane_configs is not None:
+        lane_configs = list(lane_configs)
+        check_lanes(config, lane_configs, K)
+        if batching != "vmap":
+            raise ValueError("lanes are one vmapped program: batching='vmap'")
+    configs = lane_configs if lane_configs is not None else [config] * K
+    vmapped = batching == "vmap" and (K > 1 or lane_configs is not None)
+    src = [seeds[i % distinct] if distinct else s for i, s in enumerate(seeds)]
+    stack = lambda xs: jax.tree_util.tree_map(lambda *a: jnp.stack(a), *xs)
+
+    t0 = time.perf_counter()
+    trainer = make_train(problem, config, lanes=lane_configs, n_runs=K if vmapped else 1)
+    v = jax.vmap if vmapped else (lambda f: f)
+    with jax.default_matmul_precision("highest"):  # as runner.train traces its programs
+        init_params = jax.jit(trainer.init_params)
+        init = jax.jit(v(trainer.init))
+        upd = jax.jit(v(trainer.updates), donate_argnums=0)
+        ev = jax.jit(v(trainer.evaluate))
+        built = {s: (init_params(jax.random.PRNGKey(s)), make_data(problem, configs[0], s)) for s in dict.fromkeys(src)}
+        params = [built[s][0] for s in src]
+        data = [tuple(jnp.asarray(a) for a in built[s][1]) for s in src]
+        settings = [trainer.settings(c) for c in configs]
+        keys = [jax.random.PRNGKey(s + 1_000_003) for s in seeds]
+        if vmapped:
+            states = [init(stack(params), stack(settings))]
+            args = [(stack([d[0] for d in data]), stack([d[1] for d in data]), stack(keys))]
+        else:
+            states = [init(p, st) for p, st in zip(params, settings)]
+            args = [(d[0], d[1], k) for d, k in zip(data, keys)]
+        upd_c = upd.lower(states[0], args[0][0], args[0][2]).compile()
+        ev_c = ev.lower(states[0].params, args[0][0], args[0][1]).compile()
+    compile_s = time.perf_counter() - t0
+
+    def updates():
+        out = []
+        for i, (tr, _, key) in enumerate(args):
+            states[i], metrics = upd_c(states[i], tr, key)
+            out.append(metrics)
+        return out
+
+    def evaluate():
+        return [ev_c(s.params, tr, te) for s, (tr, te, _) in zip(states, args)]
+
+    def epoch():
+        metrics = updates()
+        copies = [jax.tree_util.tree_map(jnp.copy, s.params) for s in states]  # the next update donates them
+        return metrics, [ev_c(p, tr, te) for p, (tr, te, _) in zip(copies, args)]
+
+    nb = config.n_train // config.batch_size
+    return TrainerPrograms(updates, evaluate, epoch, compile_s, nb, K, "vmap" if vmapped else "loop",
+                           repr(trainer.backward))

@@ -1,12 +1,14 @@
 """How many cores an epoch program keeps busy, and what a second process on the other core
 costs it (the sweep's 2 workers on this 2-core machine).
 
-    python benchmarks/bench_cores.py [--problems cartpole,guidance,quantum] [--modes R] [--seconds 8]
+    python benchmarks/bench_cores.py [--problems cartpole,guidance,quantum] [--modes R]
+                                     [--seconds 8] [--no-pinned] [--json out.json]
+    python benchmarks/bench_cores.py --problems cartpole --seconds 1 --no-pinned   # dry run, ~1 min
 
 For each problem and mode, fresh worker processes (this script with ``--worker``) build the
-paper-setting epoch program of ``bench_epoch.py`` (32 updates of batch 8 + the evaluation of
-2 × 256 states, one seed), wait until all are ready, then time steady epochs for
-``--seconds``:
+paper-setting epoch of ``bench_epoch.setup`` (the programs of ``stablebptt.train.make_train``:
+32 updates of batch 8, then the evaluation of 2 × 256 states, one seed), wait until all are
+ready, then time steady epochs for ``--seconds`` (medians, milliseconds):
 
 * ``solo``: one process. Its CPU time ÷ wall time is the number of cores the program keeps
   busy: XLA:CPU runs matrix products (YNNPACK) and large fused loops as tasks on an intra-op
@@ -21,7 +23,7 @@ paper-setting epoch program of ``bench_epoch.py`` (32 updates of batch 8 + the e
   program confined to the other.
 
 Reference: a NumPy 512 × 512 float32 product loop, solo and duo (a pure multiply-add load).
-Medians of the epochs' wall times; every worker is a fresh process.
+Every worker is a fresh process. Needs at least 2 cores.
 """
 from __future__ import annotations
 
@@ -103,6 +105,8 @@ def _together(kind: str, mode: str, seconds: float, pins: list[int]) -> list[dic
 
 
 def measure(kind: str, mode: str, seconds: float, pinned: bool) -> dict:
+    """One row: solo, duo and (``pinned``) the pinned settings of the module docstring, epoch
+    medians in ms, ``*_cores`` = CPU time ÷ wall time, ``two_process_throughput`` = 2 · solo ÷ duo."""
     solo = _together(kind, mode, seconds, [-1])[0]
     duo = _together(kind, mode, seconds, [-1, -1])
     duo_s = sum(d["median_s"] for d in duo) / 2
@@ -138,7 +142,7 @@ def main(argv=None):
     if (os.cpu_count() or 1) < 2:
         raise SystemExit("bench_cores: needs at least 2 CPU cores")
     from stablebptt import problems
-    from stablebptt.flow import MODES
+    from stablebptt.core import MODES
 
     names, modes = args.problems.split(","), args.modes.split(",")
     bad = [n for n in names if n not in problems.names()] + [m for m in modes if m not in MODES]

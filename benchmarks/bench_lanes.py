@@ -1,23 +1,28 @@
-"""A figure's runs as lanes of one program vs one program per run.
+"""A figure's runs as lanes of one program vs one program per configuration.
 
     python benchmarks/bench_lanes.py [--problem cartpole] [--params poles=1] [--seeds 1]
-                                     [--modes R,M,S,C] [--clips none,value,norm] [--json out.json]
+                                     [--modes R,M,S,C] [--clips none,value,norm]
+                                     [--per-config runs|seeds|auto] [--rounds 5] [--json out.json]
+    python benchmarks/bench_lanes.py --modes R,C --clips none --rounds 1   # dry run, ~1 min
 
-The lanes are modes × clips × seeds (the paper's cart-pole figure per pole count: 4 × 3 × 5
-= 60). Timed interleaved (``_common.interleaved_min``), one steady epoch each (32 minibatch
-updates of batch 8 per run + the evaluation of 2 × 256 states per run):
+The runs are modes × clips × seeds (the paper's cart-pole figure per pole count: 4 × 3 × 5
+= 60), ``data="seeded"``. Timed interleaved (``_common.interleaved_min``), one steady epoch
+of every run (32 minibatch updates of batch 8 per run + the evaluation of 2 × 256 states per
+run), in milliseconds for all runs together:
 
-* ``lanes``: ``train``'s stepper with ``lane_configs``: one vmapped program for all runs
-  (mode, clipping and seed as data);
-* ``one by one``: ``--per-config runs`` (the CPU default): the one-run programs (one per mode
-  and clipping, every seed reusing its config's program), called run after run: what a
-  sweep worker does; ``--per-config seeds`` (the accelerator default): one program per
-  config with its seeds vmapped (``--vmap-seeds``), config after config.
+* ``lanes``: ``make_train(..., lanes=configs)`` — one vmapped program for all runs (mode,
+  clipping and seed as data), what ``runner.train(..., lane_configs=...)`` and ``stablebptt
+  sweep --vmap-configs`` run;
+* ``one by one``: one program per configuration (mode and clipping), with its seeds
+  ``--per-config runs``: run after run (``batching="loop"``, what a sweep worker does on a
+  CPU) or ``seeds``: vmapped (``batching="vmap"``, what it does on an accelerator);
+  ``auto``: runs on a CPU, seeds elsewhere.
 
-Reported: ms per epoch of all runs together, the ratio, and run-epochs per second. On a CPU
-the one-by-one programs are expected to win (vmapping only turns each run's matmuls into
-batched ones, and an R lane pays for C's two fields); on a GPU, where one update costs about
-the same for 1 or 64 runs, the lanes are the point.
+Also reported: the ratio one by one ÷ lanes, run-epochs per second and the compile seconds
+(``TrainerPrograms.compile_s``: one program for the lanes, the sum over the configurations
+one by one). A lane computes two fields whatever its mode, and vmapping turns each run's
+matrix products into batched ones; on an accelerator an update costs about the same for 1
+or 64 runs.
 """
 from __future__ import annotations
 
@@ -25,39 +30,16 @@ import argparse
 import json
 
 import _common
-import equinox as eqx
 import jax
-import jax.numpy as jnp
 
 from stablebptt import problems
-from stablebptt import train as T
 from stablebptt.config import RunConfig
 
 
-def _stepper(prob, cfgs, seeds, lanes: bool):
-    """(epoch() callable, compile seconds) for these runs as lanes or for one run (len 1)."""
-    models = [T.make_model(prob, c, s) for c, s in zip(cfgs, seeds)]
-    data = [T.make_data(prob, c, s) for c, s in zip(cfgs, seeds)]
-    static = eqx.partition(models[0], eqx.is_inexact_array)[1]
-    params = [eqx.partition(m, eqx.is_inexact_array)[0] for m in models]
-    K = len(cfgs)
-    st = T._Stepper(prob, cfgs[0], static, data[0][0].shape[0], K, lanes=cfgs if lanes else None)
-    opt = [st.init_opt(p, k) for k, p in enumerate(params)]
-    stack = lambda xs: jax.tree_util.tree_map(lambda *a: jnp.stack(a), *xs)
-    if K == 1:
-        P, O, TR, TE, KEY = params[0], opt[0], jnp.asarray(data[0][0]), jnp.asarray(data[0][1]), jax.random.PRNGKey(0)
-    else:
-        P, O = stack(params), stack(opt)
-        TR, TE = jnp.stack([jnp.asarray(d[0]) for d in data]), jnp.stack([jnp.asarray(d[1]) for d in data])
-        KEY = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
-    state = {"carry": st.init_carry(P, O)}
-    compile_s = st.compile(state["carry"], TR, TE, KEY)
-
-    def epoch():
-        state["carry"], m = st.epoch(state["carry"], TR, TE, KEY)
-        return m["test_loss"]
-
-    return epoch, compile_s
+def _programs(prob, config, seeds, lane_configs=None, batching: str = "vmap"):
+    """(epoch() callable, compile seconds) for these runs (see ``_common.trainer_programs``)."""
+    p = _common.trainer_programs(prob, config, seeds, lane_configs=lane_configs, batching=batching)
+    return p.epoch, p.compile_s
 
 
 def main(argv=None) -> dict:
@@ -78,20 +60,14 @@ def main(argv=None) -> dict:
     base = dict(problem=a.problem, problem_params=params, epochs=1, data="seeded")
     configs = [RunConfig(mode=m, clip=c, **base) for m in a.modes.split(",") for c in a.clips.split(",")]
     runs = [(c, s) for c in configs for s in range(a.seeds)]
-    lanes, lanes_compile = _stepper(prob, [c for c, _ in runs], [s for _, s in runs], lanes=True)
+    lanes, lanes_compile = _programs(prob, runs[0][0], [s for _, s in runs], lane_configs=[c for c, _ in runs])
     per = a.per_config if a.per_config != "auto" else ("runs" if jax.default_backend() == "cpu" else "seeds")
     ones = []
     one_compile = 0.0
-    for c in configs:
-        if per == "seeds":  # one program per config, its seeds vmapped
-            f, t = _stepper(prob, [c] * a.seeds, list(range(a.seeds)), lanes=False)
-            ones.append(f)
-            one_compile += t
-            continue
-        for s in range(a.seeds):  # one program per config; its seeds reuse it
-            f, t = _stepper(prob, [c], [s], lanes=False)
-            ones.append(f)
-            one_compile += t if s == 0 else 0.0
+    for c in configs:  # one program per config: its seeds vmapped ("seeds") or run after run ("runs")
+        f, t = _programs(prob, c, list(range(a.seeds)), batching="vmap" if per == "seeds" else "loop")
+        ones.append(f)
+        one_compile += t
 
     def one_by_one():
         return [f() for f in ones]

@@ -2,8 +2,16 @@
 CPU (from measured epoch times) and on one GPU (from stated H100 figures), and a measured
 run of the cart-pole figure's quick variant on this CPU (or, ``--quick-only``, on a GPU).
 
-    python benchmarks/bench_paper.py [--epoch-json results-of-bench_epoch.json] [--no-quick]
+    python benchmarks/bench_paper.py [--epoch-json results-of-bench_epoch.json] [--compile-json ...]
+                                     [--cores-json ...] [--no-quick] [--vmap-configs] [--json out.json]
     python benchmarks/bench_paper.py --quick-only --workers 8      # on a GPU machine
+    python benchmarks/bench_paper.py --epoch-json E.json --no-quick          # dry run: the estimate only
+    python benchmarks/bench_paper.py --quick-only --workers 1 --poles 1 --modes R --clips none \
+        --seeds 1 --epochs 2                                       # dry run of the figure, ~1 min
+
+Hours (``*_h``) per figure and in total; the measured figure run in wall seconds.
+The figure's options ``--poles/--modes/--clips/--seeds/--epochs`` trim the preset (for dry
+runs; the JSON records the trimmed spec).
 
 A GPU estimate from *measured* epochs: :func:`gpu_measured` with ``gpu_check.py``'s JSON
 (run_all.py renders it when ``gpu.json`` is in its folder).
@@ -12,12 +20,12 @@ The grid is experiments.md's: guidance 4 rc x 4 modes x 3 clippings (100 epochs,
 default; the authors' script ran 10), cart-pole 4 pole counts x 4 x 3 (1000 epochs), quantum
 3 targets x 4 x 3 (1000 epochs); 32 updates + evaluation of 2 x 256 states per epoch.
 
-CPU: epoch time per (problem, mode) at the first complexity level (the levels cost about the
-same: cart-pole with 4 poles is within a few per cent of 1 pole, see bench_modes), clipping
-is free, seeds cost linearly on CPU (bench_seeds), plus one compilation per configuration.
-2 worker processes on the 2 cores (the sweep's default executor): throughput per problem as
-measured by ``bench_cores.py`` (``--cores-json``; a single XLA process already keeps 1.2-1.8
-cores busy, so a second one adds less than 2x), else the ideal 2x (flagged in the JSON).
+CPU: epoch time per (problem, mode) at the first complexity level (assumed: every level
+costs the same), clipping free, seeds linear in cost (runs one after another), plus one
+cold compilation per configuration (``--compile-json``, else 4 s). 2 worker processes on 2
+cores (the sweep's default executor): the throughput gain per problem as measured by
+``bench_cores.py`` (``--cores-json``; one XLA process already keeps more than one core busy,
+so a second adds less than 2x), else the ideal 2x (flagged in the JSON).
 
 GPU (an *estimate*, not measured here): an H100 takes ~3-4 ms per update whatever the batch
 (latency-bound: T sequential small steps), and ~80,000 seed-updates/s for cart-pole with
@@ -35,13 +43,16 @@ from pathlib import Path
 
 import _common
 
-GRID = {  # problem -> (configurations, epochs)
+#: problem -> (configurations, epochs) of its figure
+GRID = {
     "guidance": (4 * 4 * 3, 100),
     "cartpole": (4 * 4 * 3, 1000),
     "quantum": (3 * 4 * 3, 1000),
 }
 SEEDS = 5
 UPDATES_PER_EPOCH = 32
+#: the GPU estimate's assumptions (stated H100 figures, see the module docstring): seconds per
+#: update, the evaluation's cost in updates, seed-updates per second at full batching
 GPU_UPDATE_S = 3.5e-3
 GPU_EVAL_UPDATES = 2
 GPU_SEED_UPDATES_PER_S = 80_000
@@ -99,22 +110,45 @@ def gpu_measured(gpu_epoch_rows: list[dict]) -> dict:
     return out
 
 
+def figure_spec(quick: bool = True, *, poles=None, modes=None, clips=None, seeds=None, epochs=None):
+    """The cart-pole figure's sweep spec (``stablebptt.sweep`` preset, quick or full), with
+    the pole counts, modes, clippings, seed count or epochs replaced where given."""
+    from stablebptt import sweep
+
+    raw = sweep.load_spec("cartpole", quick=quick).model_dump(mode="json")
+    ex = raw["experiment"][0]
+    if poles:
+        ex["level"] = {"poles": [int(p) for p in poles]}
+    if modes:
+        ex["modes"] = list(modes)
+    if clips:
+        ex["clips"] = list(clips)
+    if epochs:
+        ex["config"]["epochs"] = int(epochs)
+    if seeds:
+        raw["seeds"] = int(seeds)
+    return sweep.load_spec(raw)
+
+
 def quick_cartpole(workers: int = 2, vmap_configs: bool = False, quick: bool = True,
-                   root: str | None = None) -> dict:
-    """The cart-pole figure's sweep (quick preset, or the full one with ``quick=False``),
-    seeds vmapped per config, or with ``vmap_configs`` every pole count's runs as lanes of
-    one program. ``root``: keep (and resume) the runs there instead of a temporary folder."""
+                   root: str | None = None, **trim) -> dict:
+    """Run the cart-pole figure's sweep (quick preset, or the full one with ``quick=False``;
+    ``trim``: :func:`figure_spec`'s replacements) with the local executor: seeds vmapped per
+    config, or with ``vmap_configs`` every pole count's runs as lanes of one program.
+    ``root``: keep (and resume) the runs there instead of a temporary folder. Returns the
+    sweep report with ``wall_s`` (seconds), ``workers``, ``device`` and ``spec``."""
     import contextlib
 
     from stablebptt import sweep
 
-    spec = sweep.load_spec("cartpole", quick=quick)
+    spec = figure_spec(quick, **trim)
+    jobs = sweep.expand(spec)
     where = contextlib.nullcontext(root) if root else tempfile.TemporaryDirectory(prefix="cartpole-figure-")
     with where as root:
         t = time.perf_counter()
         seen = {"done": -1}
 
-        def progress(st: dict) -> None:  # a line per finished config (2 seeds): partial runs stay readable
+        def progress(st: dict) -> None:  # a line per change of the finished count: partial runs stay readable
             if st["done"] != seen["done"]:
                 seen["done"] = st["done"]
                 print(f"  {st['done']}/{st['total']} runs done, {time.perf_counter() - t:.0f} s", flush=True)
@@ -127,10 +161,10 @@ def quick_cartpole(workers: int = 2, vmap_configs: bool = False, quick: bool = T
     d["workers"] = workers
     d["vmap_configs"] = vmap_configs
     d["device"] = _common.machine().get("device")
-    cfg = spec.experiment[0].config
-    d["spec"] = {"configs": 48, "seeds": spec.seeds if isinstance(spec.seeds, int) else len(spec.seeds),
-                 "epochs": cfg.get("epochs"), "n_train": cfg.get("n_train", 256), "n_test": cfg.get("n_test", 256),
-                 "quick": quick}
+    cfg = jobs[0][0]
+    n_seeds = spec.seeds if isinstance(spec.seeds, int) else len(spec.seeds)
+    d["spec"] = {"configs": len(jobs) // n_seeds, "seeds": n_seeds, "epochs": cfg.epochs, "n_train": cfg.n_train,
+                 "n_test": cfg.n_test, "quick": quick, "trimmed": {k: v for k, v in trim.items() if v}}
     print(f"cart-pole {'quick ' if quick else ''}figure ({d['jobs']} runs{', lanes' if vmap_configs else ''}) on "
           f"{d['device']} with {workers} workers: {wall:.0f} s wall "
           f"({d['computed']} computed, {d['diverged']} diverged, {len(d['failed'])} failed)", flush=True)
@@ -148,11 +182,19 @@ def main(argv=None):
     ap.add_argument("--vmap-configs", action="store_true", help="the figure's runs as lanes (one program per pole count)")
     ap.add_argument("--full", action="store_true", help="with --quick-only: the full cart-pole figure (1000 epochs)")
     ap.add_argument("--root", default=None, help="keep the figure's runs here (resumable) instead of a temp folder")
+    ap.add_argument("--poles", default=None, help="figure: comma list of pole counts (default: the preset's)")
+    ap.add_argument("--modes", default=None, help="figure: comma list of modes (default: the preset's)")
+    ap.add_argument("--clips", default=None, help="figure: comma list of clippings (default: the preset's)")
+    ap.add_argument("--seeds", type=int, default=None, help="figure: seeds (default: the preset's)")
+    ap.add_argument("--epochs", type=int, default=None, help="figure: epochs (default: the preset's)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    split = lambda v: v.split(",") if v else None
+    trim = dict(poles=split(args.poles), modes=split(args.modes), clips=split(args.clips), seeds=args.seeds,
+                epochs=args.epochs)
     if args.quick_only:
         _common.write_json(args.json, {"machine": _common.machine(), "quick": quick_cartpole(
-            args.workers, args.vmap_configs, quick=not args.full, root=args.root)})
+            args.workers, args.vmap_configs, quick=not args.full, root=args.root, **trim)})
         return
     if args.epoch_json:
         epoch_rows = json.loads(Path(args.epoch_json).read_text())["rows"]
@@ -166,7 +208,7 @@ def main(argv=None):
     for k, v in est.items():
         print(f"{k:9s} CPU {v['cpu_1proc_h']:7.1f} h (1 process) / {v['cpu_2proc_h']:7.1f} h (2 processes) | "
               f"GPU estimate {v['gpu_throughput_h']:5.2f}-{v['gpu_serial_h']:5.1f} h", flush=True)
-    quick = None if args.no_quick else quick_cartpole(args.workers)
+    quick = None if args.no_quick else quick_cartpole(args.workers, args.vmap_configs, **trim)
     _common.write_json(args.json, {"machine": _common.machine(), "estimate": est, "quick": quick})
 
 

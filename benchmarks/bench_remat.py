@@ -1,38 +1,54 @@
-"""Long horizons: memory and time per update vs horizon, with and without remat
-(``jax.checkpoint`` over segments of the unroll), and a 10,000-step cart-pole training run.
+"""Long horizons: memory and time per update vs horizon, with and without remat segments,
+and a long-horizon cart-pole training run.
 
-    python benchmarks/bench_remat.py [--horizons 100,1000,3000,10000] [--train-steps 10000]
+    python benchmarks/bench_remat.py [--horizons 100,1000,3000,10000] [--modes R,C]
+                                     [--rounds 3] [--train-steps 10000] [--json out.json]
+    python benchmarks/bench_remat.py --horizons 100 --modes C --rounds 1 \
+        --train-steps 100 --train-modes none                   # dry run, ~1 min
 
-Memory is XLA's buffer assignment of the compiled update (``memory_analysis()``: temporaries
-+ arguments + outputs), exact for the program and independent of machine load. "auto" is
-``checkpoint_every="auto"`` with the default budget (no remat while the estimate fits);
-"remat" forces segments of ≈ √T steps (what "auto" picks when the budget is small). The
-training run happens in a fresh process; its peak resident memory (ru_maxrss) includes the
-Python interpreter and JAX itself (~0.3–0.4 GB).
+Per update (cart-pole with T = ``--horizons`` steps, batch 8, paper controller), three backward
+strategies, compiled and timed interleaved in one process:
+
+* ``none``: the strategy of :func:`stablebptt.select_backward` without segments;
+* ``remat``: the same with ``checkpoint_every`` ≈ √T (a divisor of T): the forward loop keeps
+  only each segment's initial state, the sweep recomputes one segment at a time;
+* ``remat_per_step``: the same segments with ``jacobian="per_step"`` (the controller's input
+  vjp at every reverse step instead of each segment's batched input Jacobian).
+
+Memory is XLA's buffer assignment of the compiled update (``memory_analysis()``:
+temporaries + arguments + outputs, bytes), exact for the program and independent of machine
+load; ``estimate_bytes_none`` is :func:`stablebptt.core.backward.memory_estimate`'s T ·
+per-step bytes, the figure ``checkpoint_every="auto"`` compares with the memory budget, and
+``auto_segment`` what ``"auto"`` picks with the default budget (None: no segments).
+
+The training run (``--train-steps``; 0 skips it): one epoch of mode C (32 updates + the
+evaluation of 2 × 256 states) with ``checkpoint_every`` = "auto", √T and None
+(``--train-modes``), each in a fresh process via :func:`stablebptt.runner.train`; its peak
+resident memory (``ru_maxrss``, bytes) includes the Python interpreter and JAX itself.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
-import resource
 import subprocess
 import sys
-import time
 
 import _common
-import equinox as eqx
-import jax
 
-from stablebptt import flow as F
+from stablebptt.core.gates import Flow, live_ctrl
+from stablebptt.core.backward import memory_estimate
 
 
 def compiled_bytes(c) -> int:
+    """Bytes of a compiled program's buffers: temporaries + arguments + outputs."""
     m = c.memory_analysis()
     return int(m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes)
 
 
 def sqrt_segment(T: int) -> int:
+    """The smallest divisor of T that is at least √T (rounded)."""
     want = max(1, int(round(math.sqrt(T))))
     for s in range(want, T + 1):
         if T % s == 0:
@@ -41,30 +57,24 @@ def sqrt_segment(T: int) -> int:
 
 
 def measure(steps: int, mode: str, rounds: int) -> dict:
+    """Memory and time per update of the three strategies (module docstring) at T = ``steps``."""
     label, prob, model, x0 = _common.paper_case("cartpole", steps=steps)
-    params, static = eqx.partition(model, eqx.is_inexact_array)
     kw = dict(step=prob.step, loss=prob.loss, horizon=prob.horizon)
-    est = F.memory_model(model, x0, flow=mode, **kw)
-    auto = F.plan_checkpointing(model, x0, flow=mode, **kw)
+    none = _common.default_strategy(model, x0, flow=mode, **kw)
+    auto = _common.default_strategy(model, x0, flow=mode, checkpoint_every="auto", **kw).checkpoint_every
+    est = memory_estimate(none, model, x0, live_ctrl=live_ctrl(Flow(mode).gates(steps).fields), **kw)
     seg = sqrt_segment(steps)
-    # "remat_per_step": the same segments on the per-step controller vjp (the engine before
-    # the batched-Jacobian path learnt segments), for the time and memory ratios in one run
-    variants = {"none": None, "remat": seg, "remat_per_step": seg}
+    variants = {"none": none, "remat": dataclasses.replace(none, checkpoint_every=seg),
+                "remat_per_step": dataclasses.replace(none, checkpoint_every=seg, jacobian="per_step")}
     out = {"steps": steps, "mode": mode, "auto_segment": auto, "remat_segment": seg,
-           "estimate_bytes_per_step": max(est["loop"], est["post"]) + est["fixed"]}
+           "estimate_bytes_per_step": est["per_step"], "estimate_bytes_none": steps * est["per_step"],
+           "strategies": {k: repr(v) for k, v in variants.items()}}
     fns = {}
-    for name, ce in variants.items():
-        f = jax.jit(lambda p, x, ce=ce: F.value_and_update(eqx.combine(p, static), x, flow=mode, validate=False,
-                                                             checkpoint_every=ce, **kw)[1])
-        saved = F.JACOBIAN_MAX_CONTROLS
-        F.JACOBIAN_MAX_CONTROLS = 0 if name == "remat_per_step" else saved  # read while tracing
-        try:
-            c = f.lower(params, x0).compile()
-        finally:
-            F.JACOBIAN_MAX_CONTROLS = saved
+    for name, backward in variants.items():
+        c, params = _common.compile_update(model, x0, flow=mode, backward=backward, **kw)
         out[f"bytes_{name}"] = compiled_bytes(c)
-        fns[name] = lambda c=c: c(params, x0)
-    t = _common.interleaved_min(fns, rounds=rounds, reps=1, min_round_s=0.1)
+        fns[name] = lambda c=c, params=params: c(params)
+    t = _common.interleaved_min(fns, rounds=rounds, reps=1, min_round_s=0.1 if rounds > 1 else 0.0)
     for name in variants:
         out[f"ms_{name}"] = t[name] * 1e3
     out["remat_time_ratio"] = t["remat"] / t["none"]
@@ -74,8 +84,8 @@ def measure(steps: int, mode: str, rounds: int) -> dict:
           f"remat(seg {seg}) {out['bytes_remat'] / 2**20:7.1f} MiB {t['remat'] * 1e3:8.1f} ms "
           f"({out['remat_time_ratio']:.2f}x time, {out['memory_ratio']:.0f}x less memory) | per-step remat "
           f"{out['bytes_remat_per_step'] / 2**20:7.1f} MiB {t['remat_per_step'] * 1e3:8.1f} ms "
-          f"({out['per_step_remat_time_ratio']:.2f}x) | auto -> {auto}",
-          flush=True)
+          f"({out['per_step_remat_time_ratio']:.2f}x) | estimate {out['estimate_bytes_none'] / 2**20:.1f} MiB, "
+          f"auto -> {auto}", flush=True)
     return out
 
 
@@ -85,19 +95,20 @@ sys.path.insert(0, {bench!r})
 import _common
 from stablebptt import problems
 from stablebptt.config import RunConfig
-from stablebptt.train import train
+from stablebptt.runner import train
 steps, ce, mode, epochs = {steps}, {ce!r}, {mode!r}, {epochs}
 prob = problems.get("cartpole", steps=steps)
-cfg = RunConfig.model_construct(**(RunConfig(problem="cartpole", mode=mode, epochs=epochs).model_dump()
-                                   | dict(checkpoint_every=ce)))
+cfg = RunConfig(problem="cartpole", problem_params=dict(steps=steps), mode=mode, epochs=epochs, checkpoint_every=ce)
 t = time.perf_counter()
 (res,) = train(prob, cfg, 0)
 print(json.dumps(dict(wall_s=time.perf_counter() - t, compile_s=res.compile_s, epoch_s=res.history["wall_s"],
-                      test_loss=res.history["test_loss"], peak_rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)))
+                      test_loss=res.history["test_loss"], backward=res.ran["backward"],
+                      peak_rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)))
 """
 
 
 def train_run(steps: int, ce, mode: str, epochs: int, timeout: float) -> dict | None:
+    """One training run in a fresh process (module docstring); None if it failed or timed out."""
     code = TRAIN_CHILD.format(bench=str(_common.HERE), steps=steps, ce=ce, mode=mode, epochs=epochs)
     try:
         p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
@@ -120,12 +131,15 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--train-steps", type=int, default=10000)
     ap.add_argument("--train-epochs", type=int, default=1)
+    ap.add_argument("--train-modes", default="auto,sqrt,none",
+                    help="checkpoint_every of the training runs: auto, sqrt (segments of about sqrt(T)), none")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     rows = [measure(T, m, args.rounds) for T in map(int, args.horizons.split(",")) for m in args.modes.split(",")]
     runs = []
     if args.train_steps:
-        for ce in ("auto", sqrt_segment(args.train_steps), None):
+        choice = {"auto": "auto", "sqrt": sqrt_segment(args.train_steps), "none": None}
+        for ce in (choice[k] for k in args.train_modes.split(",")):
             r = train_run(args.train_steps, ce, "C", args.train_epochs, timeout=1800)
             if r:
                 runs.append(r)

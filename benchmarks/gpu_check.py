@@ -1,25 +1,29 @@
 """GPU checks and timings (run on a machine with a GPU; ``--allow-cpu`` dry-runs them here).
 
-    python benchmarks/gpu_check.py [--parts precision,throughput,epochs] [--json out.json]
+    python benchmarks/gpu_check.py [--parts precision,throughput,epochs] [--problems ...]
+                                   [--modes ...] [--cases "problem:mode:K,K;..."] [--json out.json]
+    python benchmarks/gpu_check.py --allow-cpu --json /tmp/gpu.json   # dry run on a CPU, ~2 min
 
-1. ``precision``: float32 value and update of every paper problem, modes R and C, on the GPU vs
-   the CPU, with ``jax_default_matmul_precision`` at the default (TF32 on Ampere and newer)
+1. ``precision``: float32 loss and update of every paper problem (``stablebptt.
+   value_and_update``, the automatic backward strategy), modes R and C, on the GPU vs the
+   CPU, traced with ``jax.default_matmul_precision`` at the default (TF32 on Ampere and newer)
    and at "highest". Reported as max |gpu - cpu| / max |cpu| over the update pytree, for
    one simulator step (``horizon=1``: no amplification, expected <= 1e-5 at "highest") and
    for the paper horizon. A long rollout amplifies any difference in summation order, and
    the quantum update is ill-conditioned even over one step, so each result is put next to
    its *floor*: the same CPU update with x0 moved by one ulp (CPU vs CPU). "highest" passes
    when each difference is <= 1e-5 or within 10x its floor.
-2. ``throughput``: seed-updates per second for K vmapped seeds (``SEED_STRATEGY = "vmap"``,
-   the accelerator default), batch 8 per seed, an epoch's 32 updates per call.
+2. ``throughput``: seed-updates per second for K vmapped seeds (``batching="vmap"``, what
+   ``runner.train`` picks on an accelerator), batch 8 per seed, an epoch's 32 updates per
+   call (``bench_seeds.setup``).
 3. ``epochs``: the steady epoch (32 updates + evaluation of 2 x 256 states per seed) with
-   the paper's 5 seeds vmapped, per problem and mode, and its cold compile time: the inputs
-   of the whole-paper GPU estimate (``bench_paper.py --gpu-json``).
+   the paper's 5 seeds vmapped, per problem and mode, its scanned updates alone, and its
+   compile time (seconds): the inputs of the whole-paper GPU estimate
+   (``bench_paper.gpu_measured``).
 
-The JSON is rewritten after every part, so a run cut short keeps what it measured.
-Recipe (docs/performance.md): ``stablebptt.cli.setup_jax`` (and every sweep worker) sets
-``jax_default_matmul_precision="highest"`` when the backend is not the CPU; the run manifest
-records it under ``precision.matmul_precision``.
+The timed programs are traced at full float32 precision ("highest"), as ``runner.train``
+traces its programs on every backend. The JSON is rewritten after every part, so a run cut
+short keeps what it measured. On a CPU without ``--allow-cpu`` it writes nothing.
 """
 from __future__ import annotations
 
@@ -37,13 +41,14 @@ import equinox as eqx  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from stablebptt.run import use_full_float32_matmuls  # noqa: E402
+import stablebptt as sb  # noqa: E402
 
 PROBLEMS = ("cartpole", "guidance", "quantum")
 MODES = ("R", "M", "S", "C")
 
 
 def rel_diff(a, b) -> float:
+    """max over the leaves of max |a - b| / max |b| (b: the reference)."""
     la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
     return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))) / max(float(np.max(np.abs(np.asarray(y)))), 1e-30))
                for x, y in zip(la, lb))
@@ -64,8 +69,7 @@ def passes(row: dict) -> bool:
 
 
 def precision_check(problems=PROBLEMS, modes=MODES) -> list[dict]:
-    from stablebptt import flow as F
-
+    """Rows of relative differences GPU vs CPU (module docstring, part 1)."""
     cpu, acc = jax.devices("cpu")[0], jax.devices()[0]
     rows = []
     for name in problems:
@@ -87,8 +91,8 @@ def precision_check(problems=PROBLEMS, modes=MODES) -> list[dict]:
             row = {"problem": name, "mode": mode, **parts}
             for label, horizon in (("step", 1), ("horizon", prob.horizon)):
                 def f(p, x, mode=mode, horizon=horizon):
-                    return F.value_and_update(eqx.combine(p, static), x, flow=mode, validate=False,
-                                              step=prob.step, loss=prob.loss, horizon=horizon)[:2]
+                    return sb.value_and_update(eqx.combine(p, static), x, flow=mode, validate=False,
+                                               step=prob.step, loss=prob.loss, horizon=horizon)[:2]
 
                 pc, xc = jax.device_put(params, cpu), jax.device_put(x0, cpu)
                 ref = jax.jit(f)(pc, xc)
@@ -109,12 +113,11 @@ def precision_check(problems=PROBLEMS, modes=MODES) -> list[dict]:
 
 
 def throughput(cases, rounds: int = 3, rows: list | None = None, saved=lambda: None) -> list[dict]:
-    """``rows`` is filled as it goes and ``saved()`` called after each row (a cut-short run
+    """Rows of seconds per update and seed-updates per second for K vmapped seeds (part 2).
+    ``rows`` is filled as it goes and ``saved()`` called after each row (a cut-short run
     keeps what it measured)."""
     import bench_seeds
-    from stablebptt import train as T
 
-    T.SEED_STRATEGY = "vmap"
     rows = [] if rows is None else rows
     for name, mode, ks in cases:
         for K in ks:
@@ -130,10 +133,10 @@ def throughput(cases, rounds: int = 3, rows: list | None = None, saved=lambda: N
 
 def epochs(problems=PROBLEMS, modes=MODES, seeds: int = 5, rounds: int = 3, rows: list | None = None,
            saved=lambda: None) -> list[dict]:
+    """Rows of the steady epoch with ``seeds`` vmapped seeds (part 3), filled as they are
+    measured (``saved()`` after each)."""
     import bench_seeds
-    from stablebptt import train as T
 
-    T.SEED_STRATEGY = "vmap"
     rows = [] if rows is None else rows
     for name in problems:
         for mode in modes:
@@ -141,7 +144,7 @@ def epochs(problems=PROBLEMS, modes=MODES, seeds: int = 5, rounds: int = 3, rows
             ts = _common.interleaved_min({"e": epoch, "u": updates}, rounds=rounds)
             t = ts["e"]
             # the epoch minus its scanned updates: the evaluation of 2 x 256 states per seed
-            # (plus the minibatch slicing and the epoch's bookkeeping), issue 5's target 5
+            # (plus the parameter copy and the dispatch)
             share = max(t - ts["u"], 0.0) / t
             rows.append({"problem": name, "mode": mode, "seeds": seeds, "epoch_s": t, "updates_s": ts["u"],
                          "eval_share": share, "compile_s": cs})
@@ -156,10 +159,12 @@ THROUGHPUT_CASES = [("cartpole", "C", (1, 8, 64, 512, 4096)), ("cartpole", "R", 
 
 
 def cases_text(cases) -> str:
+    """[(problem, mode, (K, ...)), ...] -> "problem:mode:K,K;..." (the --cases syntax)."""
     return ";".join(f"{p}:{m}:{','.join(map(str, ks))}" for p, m, ks in cases)
 
 
 def parse_cases(text: str):
+    """The inverse of :func:`cases_text`."""
     out = []
     for item in filter(None, text.split(";")):
         p, m, ks = item.split(":")
@@ -179,7 +184,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     dry = jax.default_backend() == "cpu"
     if dry and not args.allow_cpu:
-        print("no GPU: nothing to check (see docs/performance.md for the recipe; --allow-cpu dry-runs it)")
+        print("no GPU: nothing to check (--allow-cpu dry-runs it)")
         return
     out = {"machine": _common.machine(), "device": str(jax.devices()[0]), "backend": jax.default_backend()}
     parts = args.parts.split(",")
@@ -201,9 +206,7 @@ def main(argv=None):
                 # R and C cover both gate patterns (M's field is C's first; S's has no controller path)
                 out["precision"] = precision_check(("cartpole",) if dry else problems, ("R", "C"))
                 continue
-            # the timings run as the CLI and every sweep worker do: full float32 matmuls off the CPU
-            use_full_float32_matmuls()
-            out["matmul_precision_for_timings"] = str(jax.config.jax_default_matmul_precision)
+            out["matmul_precision_for_timings"] = "highest (traced as runner.train traces its programs)"
             if part == "throughput":
                 out["throughput"] = []
                 throughput([("cartpole", "C", (1, 2))] if dry else cases, rounds=1 if dry else 3,

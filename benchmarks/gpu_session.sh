@@ -1,32 +1,31 @@
 #!/usr/bin/env bash
-# One device call (<= 9.5 min on an H100/H200; run it with timeout_s 600, carry .whl).
+# One prepared device call (<= 9.5 min on an H100/H200; run it with timeout_s 600, carry .whl).
 # Three plans (PLAN=figure is the default):
 #
-#   PLAN=paper   benchmarks/gpu_paper.py: the full-scale figures of issue 17 (FIGURES, default
-#                cart-pole, guidance and quantum target 5 with 3 seeds), every lane group in
-#                its own process, all at once, stopped PAPER_DEADLINE (470) s after the start;
-#                the run folders (without weights) come back as paper_runs.tar.gz, the
-#                progress log as paper.txt.
+#   PLAN=figure  bench_lanes.py (a cart-pole panel's runs as lanes of one program vs one
+#                program per config with its seeds vmapped; LANES_SEEDS, LANES_MODES,
+#                LANES_CLIPS), then the cart-pole figure (full, or QUICK=1 the quick preset)
+#                with every pole count's runs as lanes of one program (`stablebptt reproduce
+#                cartpole --vmap-configs`, FIGURE_WORKERS worker processes): its wall time,
+#                SUMMARY.md, figure, acceptance claims, and the run folders (without weights)
+#                as runs.tar.gz. FIGURE_TIMEOUT (480 s) stops it; a pole count's runs are
+#                written only when all its lanes finish, and a later call resumes from a
+#                carried copy of runs.tar.gz (RESUME_TAR=path).
+#   PLAN=checks  benchmarks/gpu_check.py part by part (5-seed epochs, throughput, precision),
+#                then (QUICK=1) the quick cart-pole figure on the GPU (bench_paper.py
+#                --quick-only), and the README's `stablebptt train cartpole`.
+#   PLAN=paper   benchmarks/gpu_paper.py: the full-scale figures (FIGURES, default cart-pole,
+#                guidance and quantum target 5 with 3 seeds), every lane group in its own
+#                process, all at once, stopped PAPER_DEADLINE (470) s after the start; the run
+#                folders (without weights) come back as paper_runs.tar.gz, the log as paper.txt.
 #
-#   PLAN=figure  bench_lanes.py (20 cart-pole runs as lanes of one program vs one 5-seed
-#                program per config); then the FULL cart-pole figure (48 configs x 5 seeds x
-#                1000 epochs) with every pole count's 60 runs as lanes of one program
-#                (`stablebptt reproduce cartpole --vmap-configs`, 4 worker processes): its wall
-#                time, SUMMARY.md, figure, acceptance claims, and the run folders (without
-#                weights) as runs.tar.gz. Estimated, not measured: ~100 s per pole count on an
-#                H200 if a 60-lane update costs what a 64-seed one did (2.85 ms), so 100-400 s
-#                for the figure depending on how well 4 processes share the GPU.
-#                FIGURE_TIMEOUT (480 s) stops it otherwise; a pole count's runs are written
-#                only when all its lanes finish, and the tarball keeps those that did (a later
-#                call resumes from a carried copy of it: RESUME_TAR=path).
-#   PLAN=checks  benchmarks/gpu_check.py (5-seed epochs, throughput incl. K = 4096,
-#                precision), then (QUICK=1) the quick cart-pole figure on the GPU.
-#
-# In both, this repository's test suite runs on the machine's CPU (its jax and Python) in the
-# background (TESTS=0: skip). Results under $OUT (default /tmp/gpu_out), at most 8 files.
-# Needs pydantic (not in the GPU image): wheels in .whl/ (see docs/performance.md).
-#   PLAN=figure QUICK=1 FIGURE_WORKERS=2 TESTS_TIMEOUT=30 bash benchmarks/gpu_session.sh   # CPU dry run
-#   PLAN=checks GPU_CHECK_ARGS="--allow-cpu" QUICK=1 QUICK_TIMEOUT=30 TESTS_TIMEOUT=30 bash benchmarks/gpu_session.sh
+# In every plan this repository's test suite runs on the machine's CPU in the background
+# (TESTS=0: skip). Results under $OUT (default /tmp/gpu_out), at most 8 files. The GPU image
+# lacks pydantic: its wheels (and its dependencies') travel in .whl/ and are installed here.
+# Dry runs on a CPU (about two minutes each):
+#   PLAN=checks GPU_CHECK_ARGS="--allow-cpu" TESTS=0 OUT=/tmp/gs bash benchmarks/gpu_session.sh
+#   PLAN=figure QUICK=1 FIGURE_WORKERS=1 FIGURE_TIMEOUT=40 LANES_SEEDS=1 LANES_MODES=R,C TESTS=0 \
+#     OUT=/tmp/gs bash benchmarks/gpu_session.sh
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
@@ -50,7 +49,7 @@ if [ "${TESTS:-1}" = 1 ]; then
     -W ignore tests > "$OUT/tests_cpu.txt" 2>&1; echo "rc=$?" >> "$OUT/tests_cpu.txt" ) &
   TESTS_PID=$!
 fi
-# the README's main command, on the GPU (checked in the fourth round; in the figure plan only with README_CMD=1)
+# the README's main command, on the GPU (in the figure plan only with README_CMD=1)
 if [ "${PLAN:-figure}" = checks ] || [ "${README_CMD:-0}" = 1 ]; then
   ( cd /tmp && timeout "${CLI_TIMEOUT:-45}" $PY -c "from stablebptt.cli import app; app()" train cartpole ) 2>&1 | tail -8
 fi
@@ -78,11 +77,11 @@ elif [ "${PLAN:-figure}" = checks ]; then
       --workers "${QUICK_WORKERS:-8}" --json "$OUT/gpu_quick.json" 2>&1 | grep -v "Delay kernel" | tee "$OUT/quick.txt"
   fi
 else
-  # 1. lanes vs one 5-seed program per config (4 modes x 5 seeds = 20 runs, cart-pole 1 pole; the
-  #    baseline's 4 programs compile in ~20 s on a GPU, all 12 configs would take a minute); first, so that
-  #    a figure cut by its time limit still leaves the lanes' epoch time to estimate it from
+  # 1. lanes vs one program per config with its seeds vmapped (default 4 modes x 5 seeds = 20 runs,
+  #    cart-pole 1 pole, no clipping); first, so that a figure cut by its time limit still leaves
+  #    the lanes' epoch time to estimate it from
   timeout "${LANES_TIMEOUT:-70}" $PY benchmarks/bench_lanes.py --seeds "${LANES_SEEDS:-5}" --per-config seeds \
-    --clips "${LANES_CLIPS:-none}" --rounds 1 --json "$OUT/gpu_lanes.json" 2>&1 | grep -v "Delay kernel" | tee -a "$OUT/figure.txt"
+    --modes "${LANES_MODES:-R,M,S,C}" --clips "${LANES_CLIPS:-none}" --rounds 1 --json "$OUT/gpu_lanes.json" 2>&1 | grep -v "Delay kernel" | tee -a "$OUT/figure.txt"
   # 2. the cart-pole figure, every pole count's runs as lanes of one program, one worker per pole count
   FIG=/tmp/cartpole-figure
   # resume a figure cut short by an earlier call: RESUME_TAR=<a carried copy of its runs.tar.gz>

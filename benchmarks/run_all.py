@@ -1,18 +1,24 @@
 """Run every benchmark (each in a fresh process) and write benchmarks/results.md.
 
-    python benchmarks/run_all.py                 # everything, ~30 min on the 2-core machine (cores: 11)
+    python benchmarks/run_all.py                 # everything, ~30 min on a quiet 2-core machine (cores: 11)
     python benchmarks/run_all.py --fast          # fewer rounds / smaller K, ~8 min
+    python benchmarks/run_all.py --only modes,epoch --keep DIR   # some steps; raw JSON kept in DIR
     python benchmarks/run_all.py --from DIR      # re-render results.md from saved JSON
+    python benchmarks/run_all.py --smoke         # dry run: every step at its smallest, ~10 min;
+                                                 # writes results.md into the temporary JSON folder
 
-The scripts: bench_modes (time per update and mode ratios), bench_epoch (steady epochs vs
-the authors' TensorFlow code, evaluation share), bench_compile (first epoch with a cold and
-a warm compilation cache), bench_seeds (seed-updates/s for K seeds), bench_remat (memory and
-time vs horizon, 10,000-step training run), bench_lanes (a figure's runs as lanes of one
-program vs one by one), bench_cores (cores a program keeps busy, two worker processes vs
-one), bench_paper (whole-paper estimate, quick cart-pole figure, also with
-lanes), and on a machine whose JAX backend is not the CPU also gpu_check
-(precision, vmapped seeds, 5-seed epochs) and the quick cart-pole figure on the GPU.
-Raw JSON goes to --keep DIR (default: a temporary folder).
+The steps (``STEPS``, then ``paper``, ``paper_lanes`` and, where JAX's backend is not the
+CPU, ``gpu`` and ``gpu_quick``): bench_modes (time per update of each mode and backward
+strategy), bench_epoch (steady epochs vs the authors' TensorFlow code, evaluation share,
+overlapped evaluation), bench_compile (first epoch with a cold and a warm compilation cache),
+bench_seeds (seed-updates/s for K seeds, vmapped and looped), bench_remat (memory and time
+vs horizon, long-horizon training run), bench_lanes (a figure's runs as lanes of one program
+vs one program per config), bench_cores (cores a program keeps busy, two worker processes vs
+one), bench_paper (whole-paper estimate, quick cart-pole figure, also with lanes),
+gpu_check (precision, vmapped seeds, 5-seed epochs). Each writes JSON; ``render`` turns the
+JSON of all steps into the markdown page. Raw JSON goes to ``--keep DIR`` (default: a
+temporary folder). Run it on a quiet machine: the scripts interleave the variants they
+compare, but absolute times still move with other load.
 """
 from __future__ import annotations
 
@@ -26,27 +32,37 @@ from pathlib import Path
 
 import _common
 
-STEPS = [  # (name, script, args, fast args, timeout s)
-    ("modes", "bench_modes.py", [], ["--rounds", "5"], 1800),
-    ("epoch", "bench_epoch.py", [], ["--rounds", "4"], 1800),
-    ("compile", "bench_compile.py", ["--cpu-devices", "2,1"], ["--min-compile-s", "0.2", "--cpu-devices", "2,1"], 2400),
+STEPS = [  # (name, script, args, --fast args, --smoke args, timeout s)
+    ("modes", "bench_modes.py", [], ["--rounds", "5"], ["--problems", "pendulum", "--rounds", "1", "--reps", "1"], 1800),
+    ("epoch", "bench_epoch.py", [], ["--rounds", "4"],
+     ["--problems", "cartpole", "--modes", "R", "--rounds", "1", "--train-rounds", "1", "--train-epochs", "3"], 1800),
+    ("compile", "bench_compile.py", ["--cpu-devices", "2,1"], ["--cpu-devices", "2,1"],
+     ["--problems", "cartpole", "--cpu-devices", "1"], 2400),
     ("seeds", "bench_seeds.py", ["--problems", "cartpole,guidance", "--modes", "R,C", "--ks", "1,8,64"],
-     ["--problems", "cartpole", "--modes", "C", "--ks", "1,8,64", "--rounds", "2"], 3600),
+     ["--problems", "cartpole", "--modes", "C", "--ks", "1,8,64", "--rounds", "2"],
+     ["--problems", "cartpole", "--modes", "C", "--ks", "1,2", "--rounds", "1"], 3600),
     ("seeds_quantum", "bench_seeds.py", ["--problems", "quantum", "--modes", "C", "--ks", "1,8", "--rounds", "2"],
-     ["--problems", "quantum", "--modes", "C", "--ks", "1,8", "--rounds", "1", "--strategies", "loop"], 3600),
-    ("remat", "bench_remat.py", [], ["--horizons", "100,1000,10000", "--modes", "C", "--rounds", "1"], 3600),
-    ("lanes", "bench_lanes.py", [], ["--rounds", "2"], 1800),
-    ("lanes_4poles", "bench_lanes.py", ["--params", "poles=4"], ["--params", "poles=4", "--rounds", "2"], 1800),
-    ("lanes_5seeds", "bench_lanes.py", ["--seeds", "5", "--rounds", "3"], ["--seeds", "5", "--rounds", "1"], 1800),
-    ("cores", "bench_cores.py", ["--modes", "R,C"], ["--seconds", "4"], 1800),
+     ["--problems", "quantum", "--modes", "C", "--ks", "1,8", "--rounds", "1", "--strategies", "loop"], None, 3600),
+    ("remat", "bench_remat.py", [], ["--horizons", "100,1000,10000", "--modes", "C", "--rounds", "1"],
+     ["--horizons", "100", "--modes", "C", "--rounds", "1", "--train-steps", "100", "--train-modes", "none"], 3600),
+    ("lanes", "bench_lanes.py", [], ["--rounds", "2"], ["--modes", "R,C", "--clips", "none", "--rounds", "1"], 1800),
+    ("lanes_4poles", "bench_lanes.py", ["--params", "poles=4"], ["--params", "poles=4", "--rounds", "2"], None, 1800),
+    ("lanes_5seeds", "bench_lanes.py", ["--seeds", "5", "--rounds", "3"], ["--seeds", "5", "--rounds", "1"], None, 1800),
+    ("cores", "bench_cores.py", ["--modes", "R,C"], ["--seconds", "4"],
+     ["--problems", "cartpole", "--seconds", "1", "--no-pinned"], 1800),
 ]
+#: --smoke: the cart-pole figure trimmed to one pole count, modes R and C, one seed, 2 epochs
+SMOKE_FIGURE = ["--poles", "1", "--modes", "R,C", "--clips", "none", "--seeds", "1", "--epochs", "2", "--workers", "1"]
 
 
 def fmt(x, spec=".2f", none="–"):
+    """``x`` formatted, or ``none`` for None."""
     return none if x is None else format(x, spec)
 
 
 def render(data: dict, command: str, note: str | None = None) -> str:
+    """The markdown page from the steps' JSON (``data``: step name -> JSON); sections whose
+    step is missing are left out."""
     m = (data.get("modes") or data.get("epoch") or {}).get("machine", {})
     L = ["# Benchmarks", "",
          f"Generated by `{command}` on {m.get('date', '?')} (commit {m.get('commit', '?')}).", "",
@@ -63,28 +79,34 @@ def render(data: dict, command: str, note: str | None = None) -> str:
 
     if data.get("modes"):
         L += ["## Time per update and mode ratios (batch 8, paper settings)", "",
-              "Ratios are to R in the same run. `C naive` = the authors' two full passes; `C` = the fused "
-              "one-forward-pass combined mode. Targets: C ≤ 1.3× R, M and S ≤ 1.05× R. `per-step ÷ batched`: "
-              "R and C with the controller's input vjp at every reverse step (the engine before the batched "
-              "input Jacobian) divided by the default, same run (> 1: the batched Jacobian is faster).", "",
-              "| problem | R ms/update | M/R | S/R | C naive/R | C/R | C ms/update | R per-step ÷ batched | C per-step ÷ batched |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "`bench_modes.py`: `value_and_update` of one batch, jitted; ratios are to R in the same run. "
+              "R, M, S, C: the strategy `select_backward` picks (one forward loop, one reverse sweep; C carries "
+              "both fields' adjoints in it). `C naive` = C by `Autodiff` (the authors' two complete passes); "
+              "`R autodiff` = R by `Autodiff` (`jax.grad` of the unrolled loss). Targets: C ≤ 1.3× R, M and "
+              "S ≤ 1.05× R. `per-step ÷ batched`: the same strategy with `jacobian=\"per_step\"` (the "
+              "controller's input vjp at every reverse step) divided by the batched input Jacobian on all "
+              "T·B rows, same run (> 1: the batched Jacobian is faster).", "",
+              "| problem | R ms/update | M/R | S/R | C naive/R | C/R | C ms/update | R autodiff/R | "
+              "R per-step ÷ batched | C per-step ÷ batched |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
         for r in data["modes"]["rows"]:
             q, ms = r["ratio"], r["ms"]
             ps = lambda k: fmt(ms[k + " per-step"] / ms[k]) if (k + " per-step") in ms else "–"
             L.append(f"| {r['label']} | {ms['R']:.2f} | {q['M']:.2f} | {q['S']:.2f} | {q['C naive']:.2f} | {q['C']:.2f} "
-                     f"| {ms['C']:.2f} | {ps('R')} | {ps('C')} |")
+                     f"| {ms['C']:.2f} | {fmt(q.get('R autodiff'))} | {ps('R')} | {ps('C')} |")
         L.append("")
 
     if data.get("epoch"):
         L += ["## Steady epoch vs the authors' TensorFlow code (one seed, one process)", "",
-              "Epoch = 32 updates + evaluation of 256 train and 256 test states, as `train()` runs it. "
+              "Epoch = 32 updates + evaluation of 256 train and 256 test states. "
               "TF = the authors' code on this machine (issue 5). Target: ≥ 15× faster; evaluation < 10 % of the epoch.", "",
-              "Sequential columns: the epoch program timed directly (updates, then evaluation on the same "
-              "core). `train() seq` / `train() overlapped`: steady epochs of real `train()` calls with the "
-              "evaluation sequential / on the second CPU core while the next epoch trains (what `stablebptt "
-              "train` does for one seed); `eval share overl.` = the wall time the overlapped epoch spends beyond "
-              "its updates (overlapped `train()` epoch − (sequential `train()` epoch − evaluation); noisy: a difference of two medians).", "",
+              "Sequential columns (`bench_epoch.py`): the trainer's programs (`make_train`) timed directly, "
+              "the updates (one scanned program) and the evaluation, one after the other on the same core. "
+              "`train() seq` / `train() overlapped`: steady epochs of real `runner.train()` calls with "
+              "`overlap_eval=False` / `True` (the evaluation on the second CPU device while the next epoch "
+              "trains, what `stablebptt train` does for one seed); `eval share overl.` = the wall time the "
+              "overlapped epoch spends beyond its updates (overlapped epoch − (sequential epoch − evaluation); "
+              "noisy: a difference of two medians).", "",
               "| problem | mode | epoch ms | update ms | eval ms | eval share | TF epoch s | speed-up | "
               "train() seq ms | train() overlapped ms | eval share overl. | speed-up overl. |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -100,8 +122,9 @@ def render(data: dict, command: str, note: str | None = None) -> str:
 
     if data.get("compile"):
         L += ["## First epoch including compilation (fresh processes)", "",
+              "`bench_compile.py`, `stablebptt.cli.setup_jax` as `stablebptt train` calls it. "
               "Cold = empty persistent compilation cache; warm = a second process start with the cache "
-              "filled by the first. `first epoch` = from calling `train()` to the end of epoch 1 (model, data, "
+              "filled by the first. `first epoch` = from calling `runner.train()` to the end of epoch 1 (model, data, "
               "tracing, compilation or cache load, evaluation of the untrained controller, epoch 1); `process` "
               "adds interpreter start and imports. The authors' code spent 17–150 s tracing. Target: < 5 s. "
               "`CPU devices` 2 = what `stablebptt train` runs for one seed (every evaluation, the untrained "
@@ -118,8 +141,9 @@ def render(data: dict, command: str, note: str | None = None) -> str:
     seed_rows = (data.get("seeds") or {}).get("rows", []) + (data.get("seeds_quantum") or {}).get("rows", [])
     if seed_rows:
         L += ["## K seeds in one process", "",
-              "`loop` = the one-seed programs called seed after seed (the CPU default of `train(..., seeds=[...])`); "
-              "`vmap` = one vmapped program (the accelerator default). One process, one core.", "",
+              "`bench_seeds.py`: `runner.train(..., batching=)`'s two ways: `loop` = the one-seed program called "
+              "seed after seed (`batching=\"auto\"` on a CPU); `vmap` = one vmapped program (`\"auto\"` on an "
+              "accelerator). One process.", "",
               "| problem | mode | K | strategy | ms/update (all K) | seed-updates/s | ms per seed-epoch |",
               "|---|---|---|---|---|---|---|"]
         for r in seed_rows:
@@ -129,26 +153,30 @@ def render(data: dict, command: str, note: str | None = None) -> str:
 
     if data.get("remat"):
         rows = data["remat"]["rows"]
-        per_step = all("ms_remat_per_step" in r for r in rows)  # older runs lack the per-step columns
+        per_step = all("ms_remat_per_step" in r for r in rows)
         L += ["## Long horizons: memory and time vs horizon (cart-pole, batch 8)", "",
-              "Memory = XLA's buffer assignment of the compiled update (temporaries + arguments + outputs). "
-              "`remat` = segments of ≈ √T steps, recomputed in the reverse pass; `auto` = what "
-              "`checkpoint_every=\"auto\"` picks with the default CPU budget (512 MiB) (– = no remat needed)."
-              + (" `per-step remat` = the same segments with the controller's input vjp at every reverse step "
-                 "(the engine before the batched-Jacobian path learnt segments), same run." if per_step else ""), "",
-              "| T | mode | no remat MiB | remat MiB | memory ÷ | no remat ms | remat ms | time × | "
+              "`bench_remat.py`. Memory = XLA's buffer assignment of the compiled update (temporaries + "
+              "arguments + outputs); `estimate` = `memory_estimate`'s T · per-step bytes, what "
+              "`checkpoint_every=\"auto\"` compares with its budget. `remat` = segments of ≈ √T steps, "
+              "recomputed in the reverse sweep; `auto` = what `\"auto\"` picks with the default CPU budget "
+              "(512 MiB) (– = no segments)."
+              + (" `per-step remat` = the same segments with `jacobian=\"per_step\"`, same run." if per_step else ""), "",
+              "| T | mode | no remat MiB | estimate MiB | remat MiB | memory ÷ | no remat ms | remat ms | time × | "
               + ("per-step remat MiB | per-step remat time × | " if per_step else "") + "auto |",
-              "|---|---|---|---|---|---|---|---|" + ("---|---|" if per_step else "") + "---|"]
+              "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if per_step else "") + "---|"]
         for r in rows:
-            L.append(f"| {r['steps']} | {r['mode']} | {r['bytes_none'] / 2**20:.1f} | {r['bytes_remat'] / 2**20:.1f} | "
+            est = r.get("estimate_bytes_none")
+            L.append(f"| {r['steps']} | {r['mode']} | {r['bytes_none'] / 2**20:.1f} | "
+                     f"{fmt(est and est / 2**20, '.1f')} | {r['bytes_remat'] / 2**20:.1f} | "
                      f"{r['memory_ratio']:.0f} | {r['ms_none']:.1f} | {r['ms_remat']:.1f} | {r['remat_time_ratio']:.2f} | "
                      + (f"{r['bytes_remat_per_step'] / 2**20:.1f} | {r['per_step_remat_time_ratio']:.2f} | "
                         if per_step else "")
                      + f"{r['auto_segment'] or '–'} |")
         L.append("")
         if data["remat"].get("train"):
-            L += ["Training cart-pole with T = 10,000 steps (mode C, 1 epoch = 32 updates + evaluation, fresh "
-                  "process; peak RSS includes Python and JAX). Target: < 2 GB.", "",
+            T = data["remat"]["train"][0].get("steps", 10000)
+            L += [f"Training cart-pole with T = {T:,} steps (mode C, 1 epoch = 32 updates + evaluation, fresh "
+                  "process; peak RSS includes Python and JAX). Target at T = 10,000: < 2 GB.", "",
                   "| checkpoint_every | peak RSS GiB | epoch s | compile s |", "|---|---|---|---|"]
             for r in data["remat"]["train"]:
                 L.append(f"| {r['checkpoint_every']!r} | {r['peak_rss'] / 2**30:.2f} | {r['epoch_s'][0]:.1f} | {r['compile_s']:.1f} |")
@@ -161,7 +189,7 @@ def render(data: dict, command: str, note: str | None = None) -> str:
               "matrix products and large fused loops as tasks on a thread pool with one thread per core whatever "
               "`XLA_FLAGS` says. *Two processes*: two identical ones at once (a 2-worker sweep). *Pinned*: each "
               "process and its threads confined to one core (solo on core 0; beside a pinned twin on core 1). "
-              "The NumPy row (a 512³ float32 product loop) shows the two cores themselves run two loads at full speed.", "",
+              "The NumPy row (a 512³ float32 product loop, one thread) is the reference: what two plain loads do side by side.", "",
               "| problem | mode | solo ms | cores busy | two processes, ms each | throughput of two ÷ one | "
               "pinned to 1 core, ms | pinned, beside a pinned twin, ms |", "|---|---|---|---|---|---|---|---|"]
         for r in data["cores"]["rows"]:
@@ -192,7 +220,7 @@ def render(data: dict, command: str, note: str | None = None) -> str:
         L.append("")
         if quick:
             s = quick["spec"]
-            L += [f"Measured: the cart-pole figure's quick preset (`stablebptt.sweep.load_spec(\"cartpole\", quick=True)`: "
+            L += [f"Measured: the cart-pole figure's quick preset{trimmed(s)} (`stablebptt.sweep.load_spec(\"cartpole\", quick=True)`: "
                   f"{s['configs']} configurations × {s['seeds']} seeds, {s['epochs']} epochs, {s['n_train']} train / "
                   f"{s['n_test']} test states) on this CPU with 2 worker processes, seeds of a configuration together: "
                   f"**{quick['wall_s']:.0f} s** wall ({quick['computed']} runs computed, {quick['diverged']} diverged, "
@@ -200,11 +228,11 @@ def render(data: dict, command: str, note: str | None = None) -> str:
     lanes = [data[k] for k in ("lanes", "lanes_4poles", "lanes_5seeds") if data.get(k)]
     if lanes or data.get("paper_lanes"):
         L += ["## Lanes: a figure's runs as one vmapped program", "",
-              "`train(..., lane_configs=...)` / `stablebptt sweep --vmap-configs`: runs that differ only in mode, "
-              "learning rate, clipping and seed train as lanes of one program (mode and settings as data). "
+              "`runner.train(..., lane_configs=...)` / `stablebptt sweep --vmap-configs`: runs that differ only in "
+              "mode, learning rate, clipping and seed train as lanes of one program (mode and settings as data). "
               "`bench_lanes.py`: one steady epoch (32 updates of batch 8 + evaluation of 2 × 256 states) of every "
-              "run, as lanes vs one by one (`runs`: the one-run programs, run after run, what a sweep worker does on "
-              "a CPU; `seeds`: one program per configuration with its seeds vmapped), interleaved, one process.", "",
+              "run, as lanes vs one program per configuration (`runs`: its seeds run after run, what a sweep worker "
+              "does on a CPU; `seeds`: its seeds vmapped), interleaved, one process.", "",
               "| problem | runs (modes × clips × seeds) | device | lanes, ms | one by one, ms | one by one ÷ lanes | "
               "compile lanes / one by one, s |", "|---|---|---|---|---|---|---|"]
         for r in lanes:
@@ -216,7 +244,7 @@ def render(data: dict, command: str, note: str | None = None) -> str:
         q = (data.get("paper_lanes") or {}).get("quick")
         base = (data.get("paper") or {}).get("quick")
         if q:
-            L += [f"The cart-pole figure's quick preset with every pole count's runs as lanes of one program "
+            L += [f"The cart-pole figure's quick preset{trimmed(q['spec'])} with every pole count's runs as lanes of one program "
                   f"({q['workers']} worker processes): **{q['wall_s']:.0f} s** wall ({q['computed']} runs computed, "
                   f"{q['diverged']} diverged, {len(q['failed'])} failed)"
                   + (f"; seeds vmapped per configuration (section above): {base['wall_s']:.0f} s." if base else "."), ""]
@@ -224,6 +252,12 @@ def render(data: dict, command: str, note: str | None = None) -> str:
     if gpu:
         L += render_gpu(gpu, data.get("gpu_quick"))
     return "\n".join(L) + "\n"
+
+
+def trimmed(spec: dict) -> str:
+    """" (trimmed: ...)" for a figure spec that ``bench_paper.py --poles/--modes/...`` trimmed, else ""."""
+    t = spec.get("trimmed")
+    return " (trimmed: " + ", ".join(f"{k}={v}" for k, v in t.items()) + ")" if t else ""
 
 
 def merge_gpu_parts(data: dict) -> dict | None:
@@ -250,8 +284,8 @@ def render_gpu(g: dict, quick: dict | None) -> list[str]:
          f"Measured on {g.get('device', '?')} (Python {m.get('python', '?')}; "
          + ", ".join(f"{k} {v}" for k, v in (m.get("versions") or {}).items())
          + f"; {m.get('date', '?')}) by `benchmarks/gpu_check.py`"
-         + (f" ({g['source']})" if g.get("source") else "") + ". Timings with "
-         "`jax_default_matmul_precision=\"highest\"` (what the CLI and every sweep worker set on an accelerator).", ""]
+         + (f" ({g['source']})" if g.get("source") else "") + ". Timed programs traced at full float32 "
+         "precision (\"highest\"), as the trainer's are.", ""]
     if g.get("precision"):
         L += ["### float32 results, GPU vs CPU", "",
               "max |gpu − cpu| / max |cpu| over the update (the loss agrees as closely). One step: `horizon=1`, nothing "
@@ -317,7 +351,7 @@ def render_gpu(g: dict, quick: dict | None) -> list[str]:
     if quick and quick.get("quick"):
         q = quick["quick"]
         s = q["spec"]
-        L += [f"Cart-pole figure, quick preset ({s['configs']} configurations × {s['seeds']} seeds, {s['epochs']} epochs, "
+        L += [f"Cart-pole figure, quick preset{trimmed(s)} ({s['configs']} configurations × {s['seeds']} seeds, {s['epochs']} epochs, "
               f"{s['n_train']} train / {s['n_test']} test states), run on this GPU with {q.get('workers', '?')} worker "
               f"processes sharing it, seeds of a configuration vmapped: **{q['wall_s']:.0f} s** wall ({q['computed']} runs "
               f"computed, {q['diverged']} diverged, {len(q['failed'])} failed; compilation included).", ""]
@@ -328,19 +362,29 @@ def render_gpu(g: dict, quick: dict | None) -> list[str]:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--fast", action="store_true")
+    ap.add_argument("--fast", action="store_true", help="fewer rounds and smaller K (~8 min)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="dry run: every step at its smallest (numbers meaningless); results.md goes to the JSON "
+                         "folder unless --out names another file (never benchmarks/results.md)")
     ap.add_argument("--only", default=None,
-                    help="comma list of steps (modes,epoch,compile,seeds,seeds_quantum,remat,lanes,lanes_4poles,"
-                         "lanes_5seeds,cores,paper,paper_lanes,gpu)")
+                    help="comma list of steps (" + ",".join(s[0] for s in STEPS) + ",paper,paper_lanes,gpu)")
     ap.add_argument("--keep", default=None, help="folder for the raw JSON (reused by --from)")
     ap.add_argument("--from", dest="src", default=None, help="render results.md from JSON saved by --keep")
-    ap.add_argument("--out", default=str(_common.HERE / "results.md"))
+    ap.add_argument("--out", default=None, help="the markdown file (default benchmarks/results.md)")
     ap.add_argument("--note", default=None, help="a line added under the header")
     ap.add_argument("--command", default=None, help="the command named in the header")
     args = ap.parse_args(argv)
     command = args.command or ("python benchmarks/run_all.py" + (" " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])) if (argv or sys.argv[1:]) else ""))
     keep = Path(args.src or args.keep or tempfile.mkdtemp(prefix="stablebptt-bench-"))
     keep.mkdir(parents=True, exist_ok=True)
+    committed = _common.HERE / "results.md"
+    out = Path(args.out) if args.out else (keep / "results.md" if args.smoke else committed)
+    if args.smoke and out.resolve() == committed.resolve():
+        ap.error("--smoke does not write benchmarks/results.md (its numbers are meaningless); give another --out")
+    note = args.note
+    if args.smoke:
+        note = "**Smoke run** (`--smoke`: every step at its smallest settings on a shared machine): the numbers " \
+               "only show that the scripts run." + (" " + note if note else "")
     data = {p.stem: json.loads(p.read_text()) for p in keep.glob("*.json")}
     if not args.src:
         only = set(args.only.split(",")) if args.only else None
@@ -348,33 +392,42 @@ def main(argv=None):
 
         def step(name, script, script_args, timeout, env=None):
             """Run one script in a fresh process; keep its JSON (in ``data`` and ``keep``)."""
-            print(f"== {name}: {script}", flush=True)
+            print(f"== {name}: {script} {' '.join(script_args)}", flush=True)
             r = _common.run_script(script, script_args, timeout, env=env)
             if r:
                 data[name] = r
                 (keep / f"{name}.json").write_text(json.dumps(r, indent=2, default=float))
 
-        for name, script, a, fast, timeout in STEPS:
-            if not only or name in only:
-                step(name, script, fast if args.fast else a, timeout)
+        for name, script, a, fast, smoke, timeout in STEPS:
+            if only and name not in only:
+                continue
+            if args.smoke and smoke is None:
+                print(f"== {name}: skipped in --smoke", flush=True)
+                continue
+            step(name, script, smoke if args.smoke else fast if args.fast else a, timeout)
         if not only or "paper" in only:
             pa = []
-            if (keep / "epoch.json").exists():
-                pa += ["--epoch-json", str(keep / "epoch.json")]
-            if (keep / "compile.json").exists():
-                pa += ["--compile-json", str(keep / "compile.json")]
-            if (keep / "cores.json").exists():
-                pa += ["--cores-json", str(keep / "cores.json")]
-            step("paper", "bench_paper.py", pa, 3600)
+            for name in ("epoch", "compile", "cores"):
+                if (keep / f"{name}.json").exists():
+                    pa += [f"--{name}-json", str(keep / f"{name}.json")]
+            if args.smoke:
+                pa += ["--no-quick"]
+            if args.smoke and not (keep / "epoch.json").exists():
+                print("== paper: skipped in --smoke (needs the epoch step's JSON)", flush=True)
+            else:
+                step("paper", "bench_paper.py", pa, 3600)
         if not only or "paper_lanes" in only:
-            step("paper_lanes", "bench_paper.py", ["--quick-only", "--vmap-configs"], 3600)
-        if (not only or "gpu" in only) and _common.backend() != "cpu":
+            step("paper_lanes", "bench_paper.py", ["--quick-only", "--vmap-configs"] + (SMOKE_FIGURE if args.smoke else []),
+                 3600)
+        on_cpu = _common.backend() == "cpu"
+        if (not only or "gpu" in only) and (not on_cpu or args.smoke):
             gpu_env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
-            step("gpu", "gpu_check.py", [], 3600, gpu_env)
-            step("gpu_quick", "bench_paper.py", ["--quick-only", "--workers", "8"], 3600, gpu_env)
+            step("gpu", "gpu_check.py", ["--allow-cpu"] if args.smoke else [], 3600, gpu_env)
+            step("gpu_quick", "bench_paper.py", ["--quick-only"] + (SMOKE_FIGURE if args.smoke else ["--workers", "8"]),
+                 3600, gpu_env)
         print(f"all benchmarks: {time.perf_counter() - t0:.0f} s; raw JSON in {keep}", flush=True)
-    Path(args.out).write_text(render(data, command, args.note))
-    print(f"wrote {args.out}")
+    out.write_text(render(data, command, note))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
