@@ -43,9 +43,7 @@ def _figure_spec(text: str, quick: bool = False) -> tuple[str, dict]:
 def _group(label: str, lane_dicts: list[dict], seeds: list[int], root: str, log_every: int, queue) -> None:
     """One lane group in its own process: train, write the run folders, report."""
     from stablebptt.config import RunConfig
-    from stablebptt.run import run_lanes, use_full_float32_matmuls
-
-    use_full_float32_matmuls()
+    from stablebptt.run import run_lanes
     t0 = time.perf_counter()
     last = {"e": 0, "t": t0}
 

@@ -272,7 +272,7 @@ class QuantumCNN(eqx.Module):
 
     def param_vjps_from_residuals(self, x, hs, cts):
         """[Σ over rows of (∂u/∂θ)ᵀ·ct for ct in cts] by autodiff on the rows (the forward pass
-        again: faster here than the deltas of :meth:`jacobian_from_residuals`)."""
+        again: cheaper on the CPU than forming the deltas of :meth:`jacobian_from_residuals`)."""
         del hs
         params, static = eqx.partition(self, eqx.is_inexact_array)
         _, pull = jax.vjp(lambda p: eqx.combine(p, static)(x), params)

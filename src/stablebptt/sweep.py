@@ -25,32 +25,13 @@ duplicated, and a finished job is never recomputed. Diverged runs are results to
 
 Executors:
 
-* ``local`` (default): a ``spawn`` process pool, one XLA process per core
-  (``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1``; with
-  jax 0.10 a process still keeps 1.2–1.8 cores busy through XLA's intra-op pool, so the
-  second worker adds ×1.1–1.7 rather than ×2, see docs/performance.md item 29).
-  Workers share the persistent compilation cache folder they are given (``cache_dir``; the
-  CLI passes ``stablebptt train``'s), and jobs are queued seed-major, so the seeds after the
-  first of a config load its compiled programs instead of compiling them again.
-  Killed sweep -> killed workers (``PR_SET_PDEATHSIG``); Ctrl-C stops at once.
-
-  Measured on the 2-core development machine, 16-job cart-pole sweep (poles 1, 4 × R, C ×
-  clip none, value × 2 seeds; 20 epochs, 64/64 states), each variant in a fresh process,
-  interleaved rounds. The machine was shared with other jobs the whole time (load average
-  4–10, Linux autogroup scheduling), so a variant got about one core whatever its threads:
-
-  ==========================================  =======================  ======================
-  setting                                     local, 2 workers         serial (1 process)
-  ==========================================  =======================  ======================
-  no compile cache (load 8–10)                161.0, 136.5, 168.8 s    137.9, 146.9, 185.0 s
-  CLI setting: shared compile cache           54.3, 51.6, 50.3, 73.2 s 42.4, 44.2, 52.2, 71.8 s
-  CPU seconds, CLI setting                    52.2, 52.7               49.9, 49.5
-  first measurement (no cache, job spans)     77 s                     90 s
-  ==========================================  =======================  ======================
-
-  Both cost the same CPU time; the wall-time differences (±20 %, either way) are within the
-  noise of the shared machine. The pool stays the default: it is the only variant whose
-  throughput grows with the cores, and it isolates crashes and memory per run.
+* ``local`` (default): a ``spawn`` process pool, one XLA process per core (an XLA:CPU process
+  keeps more than one core busy through its intra-op pool, so a second worker adds less than
+  ×2; benchmarks/bench_cores.py measures it). Workers share the persistent compilation cache
+  folder they are given (``cache_dir``; the CLI passes ``stablebptt train``'s), and jobs are
+  queued seed-major, so the seeds after the first of a config load its compiled programs
+  instead of compiling them again. Killed sweep -> killed workers (``PR_SET_PDEATHSIG``);
+  Ctrl-C stops at once.
 * ``serial``: everything in this process (multi-threaded XLA).
 * ``ray``: the same ``run(config, seed, root)`` as Ray tasks (``pip install "stablebptt[ray]"``;
   ``address=None`` starts a local cluster, ``"auto"`` or ``"ray://…"`` joins one).
@@ -436,10 +417,10 @@ def run_sweep(spec: SweepSpec, root: str | Path, *, executor: str = "local", wor
     claimed by another live process is counted in ``claimed`` and not waited for).
 
     ``vmap_configs``: the jobs that differ only in seed, mode, learning rate or clipping
-    (:data:`stablebptt.train.LANE_FIELDS`) train as the lanes of one vmapped program (for
-    accelerators, where they cost little more than one run; on a CPU the training is 7-17 %
-    slower, the compilation ~7x faster, see docs/performance.md "Lanes"). A lane equals its
-    own run up to float32 round-off per update, which long training amplifies like any
+    (:data:`stablebptt.runner.LANE_FIELDS`) train as the lanes of one vmapped program (for
+    accelerators, where they cost little more than one run; on a CPU they compile once
+    instead of once per config but train a little slower, benchmarks/bench_lanes.py). A lane
+    equals its own run up to float32 round-off per update, which long training amplifies like any
     change of summation order: compare statistics over seeds, and do not mix runs computed
     with and without lanes in one comparison (each run's manifest says which).
     """
