@@ -35,6 +35,23 @@ def fixture():
     return load
 
 
+#: float32's machine epsilon: tolerances are stated as a multiple of it (an amplification)
+EPS32 = float(np.finfo(np.float32).eps)
+
+
+def assert_close(got, ref, rel: float, what: str = "") -> None:
+    """max |got − ref| ≤ rel · max |ref|, over all entries of two arrays or pytrees: an error
+    measured against the reference's scale, so that entries far smaller than the largest one
+    (whose relative error float32 cannot bound) do not decide the test."""
+    def flat(tree):
+        return np.concatenate([np.ravel(np.asarray(x)).astype(np.complex128) for x in jax.tree_util.tree_leaves(tree)])
+
+    a, b = flat(got), flat(ref)
+    assert a.shape == b.shape, (what, a.shape, b.shape)
+    err, scale = float(np.max(np.abs(a - b), initial=0.0)), float(np.max(np.abs(b), initial=0.0))
+    assert err <= rel * scale, f"{what}: max |difference| {err:.3g} > {rel:.3g} × max |reference| {scale:.3g}"
+
+
 def rel_err(a, b) -> float:
     """max |a - b| / max |b| (error relative to the reference's largest entry)."""
     a = np.asarray(a, np.float64)

@@ -53,7 +53,7 @@ def test_animate_cartpole_run_cli(tmp_path):
     assert frames.shape[0] == 100 // 10 + 1  # ceil(T / stride) + 1 with T = 100
     assert frames.shape[2] == 2 * 320  # two rollouts side by side
     res = CliRunner().invoke(app, ["animate", str(tmp_path)])
-    assert res.exit_code != 0 and "config.json" in res.output
+    assert res.exit_code != 0 and "not a finished run folder" in res.output, res.output
 
 
 @pytest.mark.parametrize("name, params, stride", [("guidance", dict(steps=6), None), ("quantum", dict(steps=5), 2),

@@ -7,6 +7,8 @@ the optimizer's step (against ``optim.make``), and the trainer's and the sweep's
 """
 import json
 
+from conftest import assert_close
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -107,7 +109,9 @@ def test_trained_lanes_match_one_run_per_config():
         assert list(lane.history) == list(one.history)  # cos/sign columns only where C (or diagnostics)
         for k in one.history:
             if k != "wall_s":
-                np.testing.assert_allclose(lane.history[k], one.history[k], rtol=1e-4, err_msg=f"{c.mode} {k}")
+                # a lane sums in another order than its run (~1e-7 per update); 3 epochs of
+                # training amplify it, measured against each metric's scale
+                assert_close(lane.history[k], one.history[k], 1e-4, f"{c.mode} {k}")
     # different modes/settings really trained differently
     assert lanes[0].history["test_loss"][-1] != lanes[2].history["test_loss"][-1]
 
@@ -157,7 +161,7 @@ def test_one_lane_is_its_run():
     (lane,) = T.train(pr, c, [3], lane_configs=[c])
     (one,) = T.train(pr, c, 3)
     assert list(lane.history) == list(one.history) and lane.initial == one.initial
-    np.testing.assert_allclose(lane.history["test_loss"], one.history["test_loss"], rtol=1e-5)
+    assert_close(lane.history["test_loss"], one.history["test_loss"], 1e-5)
 
 
 def test_a_diverging_lane_stops_alone_at_its_runs_epoch():
@@ -175,4 +179,4 @@ def test_a_diverging_lane_stops_alone_at_its_runs_epoch():
     assert bad.epochs_done == 3 and all(np.all(np.isfinite(v)) for v in bad.history.values())
     assert not good.diverged and good.epochs_done == 8
     (alone,) = T.train(prob, cfgs[1], 0)
-    np.testing.assert_allclose(good.history["test_loss"], alone.history["test_loss"], rtol=1e-5)
+    assert_close(good.history["test_loss"], alone.history["test_loss"], 1e-5)

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import fixed_control_loss as _trajectory_loss
 from conftest import fixed_control_rollout as _rollout
-from conftest import assert_leaves_global_rng_alone, rel_err
+from conftest import EPS32, assert_close, assert_leaves_global_rng_alone, rel_err
 from stablebptt import problems
 from stablebptt.problems import quantum
 
@@ -255,11 +255,11 @@ def test_solve_tridiagonal_values_and_derivatives_match_the_primitive(solver):
     for k in range(3):
         A[k] = np.diag(np.asarray(d[k])) + np.diag(np.asarray(dl[k, 1:]), -1) + np.diag(np.asarray(du[k, :-1]), 1)
     x = solve_tridiagonal(dl, d, du, b)
-    np.testing.assert_allclose(np.asarray(x), np.linalg.solve(A, np.asarray(b)[..., None])[..., 0], rtol=1e-5, atol=1e-6)
+    assert_close(np.asarray(x), np.linalg.solve(A, np.asarray(b)[..., None])[..., 0], 64 * EPS32, "solve")
     if solver == "lapack":  # the same calls: the same numbers
         np.testing.assert_array_equal(np.asarray(x), np.asarray(_primitive_solve(dl, d, du, b)))
     else:
-        np.testing.assert_allclose(np.asarray(x), np.asarray(_primitive_solve(dl, d, du, b)), rtol=1e-5, atol=1e-6)
+        assert_close(np.asarray(x), np.asarray(_primitive_solve(dl, d, du, b)), 64 * EPS32, "thomas vs primitive")
     w = jnp.asarray(np.random.default_rng(1).normal(size=(3, 7)), jnp.float32)
 
     def scalar(solve):  # a real loss of the complex solution, as in the quantum step
@@ -273,12 +273,12 @@ def test_solve_tridiagonal_values_and_derivatives_match_the_primitive(solver):
             mask[..., 0] = False  # entries outside the matrix: their gradient is meaningless
         if name == "du":
             mask[..., -1] = False
-        np.testing.assert_allclose(np.asarray(gn)[mask], np.asarray(gr)[mask], rtol=2e-5, atol=1e-6, err_msg=name)
+        assert_close(np.asarray(gn)[mask], np.asarray(gr)[mask], 128 * EPS32, name)
     # forward mode (the diagnosis uses jax.jacfwd on the simulator step)
     t0 = jnp.zeros(d.shape, jnp.float32)  # a real shift of the diagonal (like the control's potential)
     jf_new = jax.jacfwd(lambda t: jnp.imag(solve_tridiagonal(dl, d + 1j * t, du, b)))(t0)
     jf_ref = jax.jacfwd(lambda t: jnp.imag(_primitive_solve(dl, d + 1j * t, du, b)))(t0)
-    np.testing.assert_allclose(np.asarray(jf_new), np.asarray(jf_ref), rtol=2e-5, atol=1e-6)
+    assert_close(np.asarray(jf_new), np.asarray(jf_ref), 128 * EPS32, "forward mode")
     # finite differences on one diagonal entry (an independent reference)
     f = scalar(solve_tridiagonal)
     eps = 1e-2
@@ -298,7 +298,7 @@ def test_solve_tridiagonal_keeps_one_column_under_vmap(fold):
     solve = lambda dl_, d_, du_, b_: quantum.solve_tridiagonal(dl_, d_, du_, b_, method="lapack", fold=fold)
     ref = jnp.stack([_primitive_solve(dl, d, du, bs[i]) for i in range(2)])
     solve_many = jax.vmap(solve, in_axes=(None, None, None, 0))
-    np.testing.assert_allclose(np.asarray(solve_many(dl, d, du, bs)), np.asarray(ref), rtol=1e-6, atol=1e-7)
+    assert_close(np.asarray(solve_many(dl, d, du, bs)), np.asarray(ref), 16 * EPS32, "vmapped solve")
     # vjp over stacked cotangents (the reverse sweep's vmap over fields)
     _, vjp = jax.vjp(lambda bb: solve(dl, d, du, bb), bs[0])
     vjp_many = jax.vmap(lambda ct: vjp(ct)[0])
@@ -358,12 +358,12 @@ def test_thomas_solve_matches_dense_solves_with_shared_or_per_system_diagonals()
     dense = np.linalg.solve(A.astype(np.complex128), np.asarray(b, np.complex128)[..., None])[..., 0]
     x = quantum.thomas_solve(dl, d, du, b)
     assert x.shape == b.shape and x.dtype == jnp.complex64
-    np.testing.assert_allclose(np.asarray(x), dense, rtol=1e-5, atol=1e-6)
+    assert_close(np.asarray(x), dense, 64 * EPS32, "thomas vs dense")
     # diagonals shared by all right-hand sides (broadcast), as in the Crank–Nicolson step
     bs = _random_systems(5, (3, 5), 9)[3]
     shared = quantum.thomas_solve(dl[0], d[0], du[0], bs)
     ref = np.linalg.solve(A[0].astype(np.complex128), np.asarray(bs, np.complex128).reshape(-1, 9).T).T
-    np.testing.assert_allclose(np.asarray(shared).reshape(-1, 9), ref, rtol=1e-5, atol=1e-6)
+    assert_close(np.asarray(shared).reshape(-1, 9), ref, 64 * EPS32, "shared diagonals")
 
 
 def _crank_nicolson_float64(psi, u, n_steps, nx=quantum.PARAMS["nx"][0], dt=quantum.PARAMS["dt"][0]):
