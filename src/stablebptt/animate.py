@@ -134,13 +134,16 @@ def _ncols(n: int) -> int:
     return min(n, 4)
 
 
-def _grid(fig, n: int, rows_per: int = 1, height_ratios=None, top: float = 0.88, right: float = 0.98,
-          left: float = 0.06, wspace: float = 0.25, hspace: float = 0.45):
-    """Axes for n rollouts, ``rows_per`` stacked axes each, at most 4 rollouts per row."""
+def _grid(fig, n: int, rows_per: int = 1, height_ratios=None, top_px: float = 36, right: float = 0.98,
+          left: float = 0.06, bottom: float = 0.08, wspace: float = 0.25, hspace: float = 0.45):
+    """Axes for n rollouts, ``rows_per`` stacked axes each, at most 4 rollouts per row; the
+    first row starts ``top_px`` pixels below the figure's top edge (room for the titles)."""
     cols = _ncols(n)
     rows = math.ceil(n / cols)
+    top = 1.0 - top_px / (fig.get_figheight() * fig.dpi)
+    bottom = bottom / rows
     gs = fig.add_gridspec(rows * rows_per, cols, height_ratios=(height_ratios or [1] * rows_per) * rows,
-                          left=left, right=right, bottom=0.08, top=top, wspace=wspace, hspace=hspace)
+                          left=left, right=right, bottom=bottom, top=top, wspace=wspace, hspace=hspace)
     axes = []
     for i in range(n):
         r, c = divmod(i, cols)
@@ -239,7 +242,7 @@ def _scene_guidance(problem, xs, cs, trail: int = GUIDANCE_TRAIL):
     dt = float(problem.params.get("dt", 1.0))
     t = np.arange(T1) * dt
     fig = _canvas(*_size(S, 320, 440, head=72))
-    axes = _grid(fig, S, rows_per=2, height_ratios=[3, 1], top=0.86, hspace=0.35)
+    axes = _grid(fig, S, rows_per=2, height_ratios=[3, 1], top_px=72, hspace=0.35)
     red, blue = "tab:red", "tab:blue"
     trail_cols = [_fading(red if k < n_d else blue, trail) for k in range(n_obj)]
     arts, panels, limits = [], [], []
@@ -337,7 +340,8 @@ def _scene_quantum(problem, xs, cs):
     u = np.asarray(cs, np.float64).reshape(T, S)
     dx = 2.0 / (nx + 1)  # the box [0, 2], interior points x_j = j·dx
     fig = _canvas(*_size(S, 340, 520))
-    axes = _grid(fig, S, rows_per=3, height_ratios=[2.4, 1, 1], right=0.90, wspace=0.42, hspace=0.5)
+    axes = _grid(fig, S, rows_per=3, height_ratios=[2.4, 1, 1], top_px=64, right=0.90, wspace=0.42,
+                 hspace=0.5)
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")
     vmax = float(max(np.nanmax(prob), np.max(tvec**2)))
     extent = (-dt / 2, T * dt + dt / 2, dx / 2, 2.0 - dx / 2)  # cells centred on (n·dt, x_j)
@@ -408,11 +412,13 @@ def _scene_quantum(problem, xs, cs):
 
 def _scene_series(problem, xs, cs, max_components: int = 8):
     """Any state: its (flattened) components against the step n."""
+    from matplotlib.ticker import MaxNLocator
+
     T1, S = xs.shape[0], xs.shape[1]
     flat = np.asarray(xs, np.float64).reshape(T1, S, -1)[:, :, :max_components]
     d = flat.shape[2]
     fig = _canvas(*_size(S, 320, 260))
-    axes = [a[0] for a in _grid(fig, S)]
+    axes = [a[0] for a in _grid(fig, S, bottom=0.13)]
     steps = np.arange(T1)
     arts = []
     colors = [f"C{k}" for k in range(10)]
@@ -422,6 +428,7 @@ def _scene_series(problem, xs, cs, max_components: int = 8):
         ax.set_xlim(-0.2, T1 - 0.8)
         ax.set_ylim(lo - pad, hi + pad)
         ax.set_xlabel("step n")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"rollout {i}", fontsize=9)
         for k in range(d):
             ax.plot(steps, flat[:, i, k], color=colors[k % 10], alpha=0.2, lw=1)
