@@ -77,3 +77,89 @@ def test_mp4(tmp_path):
     path = write_frames(frames, tmp_path / "lin.mp4", fps=4)
     back = iio.imread(path, plugin="FFMPEG", index=None)
     assert back.shape[0] == 7 and back.shape[1:3] == frames[0].shape[:2]
+
+
+# ----------------------------------------------------------------------------- what the pictures show
+def _guidance_rollout(steps=12, states=3, far_driver=None):
+    """A short guidance rollout of a random controller; ``far_driver`` = (rollout, driver, distance)
+    moves one driver that far from the origin in every state (to leave the view)."""
+    from stablebptt.animate import rollout
+
+    p = problems.get("guidance", steps=steps)
+    model = p.make_controller(jax.random.PRNGKey(1), zero_last=False)
+    _, test = p.sample_data(0, states, states)
+    xs, cs = rollout(p, model, test[:states])
+    if far_driver is not None:
+        i, k, dist = far_driver
+        xs = xs.copy()
+        xs[:, i, k, 0] = [dist, -dist]
+    return p, xs, cs
+
+
+def test_guidance_frames_the_evaders_and_the_target():
+    from stablebptt.animate import GUIDANCE_TRAIL, build_scene, guidance_view
+
+    p, xs, cs = _guidance_rollout(far_driver=(1, 0, 40.0))
+    n_d = p.control_shape[0]
+    scene = build_scene(p, xs, cs)
+    T, S = xs.shape[0] - 1, xs.shape[1]
+    assert len(scene.panels) == S and all(set(d) == {"view", "distance"} for d in scene.panels)
+    for i, panel in enumerate(scene.panels):
+        (x0, x1), (y0, y1) = panel["view"].get_xlim(), panel["view"].get_ylim()
+        ev = xs[:, i, n_d:, 0]  # (T+1, n_e, 2) every evader position of the rollout
+        # every evader at every step and the target (origin) are inside the view ...
+        assert x0 < ev[..., 0].min() and ev[..., 0].max() < x1 and y0 < ev[..., 1].min() and ev[..., 1].max() < y1
+        assert x0 < 0 < x1 and y0 < 0 < y1
+        # ... and the view is framed on them, not on the drivers: its size follows the
+        # evaders' and origin's extent, so they are not a dot
+        need = max(np.ptp(np.concatenate([ev[..., 0].ravel(), [0.0]])),
+                   np.ptp(np.concatenate([ev[..., 1].ravel(), [0.0]])))
+        assert x1 - x0 <= max(1.5 * need, 2 * 1.5)
+        c, r = guidance_view(ev)
+        np.testing.assert_allclose([x0, x1, y0, y1], [c[0] - r, c[0] + r, c[1] - r, c[1] + r])
+    # the far driver (rollout 1, driver 0) is outside the view: drawn as an edge marker inside it
+    edge = scene.info["edge_markers"]
+    for n in (0, T // 2, T):
+        scene.update(n)
+        (x0, x1), (y0, y1) = scene.panels[1]["view"].get_xlim(), scene.panels[1]["view"].get_ylim()
+        ex, ey = edge[1][0].get_data()
+        assert len(ex) == 1 and x0 < ex[0] < x1 and y0 < ey[0] < y1
+        # pointing to the driver: the marker sits on the view's edge facing it (+x, −y)
+        assert ex[0] > (x0 + x1) / 2 and ey[0] < (y0 + y1) / 2
+        # trails hold the recent past only
+        segs = scene.info["trails"][0][-1].get_segments()
+        assert len(segs) == min(n, GUIDANCE_TRAIL)
+    frames = [scene.frame(n) for n in frame_indices(T)]
+    assert len(frames) == T + 1 and len({f.shape for f in frames}) == 1
+
+
+def test_quantum_has_a_colour_bar_and_the_growing_overlap():
+    from stablebptt.animate import build_scene, rollout
+    from stablebptt.problems.quantum import eigenstate
+
+    p = problems.get("quantum", steps=6, target=4)
+    model = p.make_controller(jax.random.PRNGKey(0))
+    _, test = p.sample_data(0, 5, 5)
+    xs, cs = rollout(p, model, test[:5])
+    scene = build_scene(p, xs, cs)
+    T, S = 6, 5
+    assert all(set(d) == {"density", "target", "overlap", "control"} for d in scene.panels)
+    # one colour bar per row of (at most 4) panels, for the density images
+    assert len(scene.colorbars) == 2
+    img = scene.panels[0]["density"].images[0]
+    for cax in scene.colorbars:
+        assert cax in scene.fig.axes and "ψ" in cax.get_ylabel()
+        assert cax.get_ylim()[1] == pytest.approx(img.norm.vmax)
+    # the overlap with the target eigenstate, from the states
+    t = eigenstate(4, p.params["nx"]).astype(np.float64)
+    ref = (xs[..., 0] @ t) ** 2 + (xs[..., 1] @ t) ** 2
+    np.testing.assert_allclose(scene.info["overlap"], ref, rtol=1e-5, atol=1e-7)
+    assert np.all(scene.info["overlap"] <= 1 + 1e-5) and np.all(scene.info["overlap"][0] < 1e-6)
+    for n in range(T + 1):  # a growing curve: n + 1 points at step n
+        scene.update(n)
+        x, y = scene.info["overlap_lines"][2].get_data()
+        assert len(x) == n + 1
+        np.testing.assert_allclose(y, ref[: n + 1, 2], rtol=1e-5, atol=1e-7)
+    assert scene.frame(T).shape == scene.frame(0).shape
+    with pytest.raises(ValueError, match="0 … 6"):
+        scene.frame(T + 1)

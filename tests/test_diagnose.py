@@ -182,3 +182,54 @@ def test_adjoint_norms_do_not_overflow_float32():
     np.testing.assert_allclose(np.asarray(D._sample_norms(big, 2)), ref_sample, rtol=1e-5)
     np.testing.assert_allclose(np.asarray(D._step_norms(big)), ref_step, rtol=1e-5)
     assert np.all(np.asarray(D._sample_norms(zero, 2)) == 0.0) and np.all(np.asarray(D._step_norms(zero)) == 0.0)
+
+
+def _shown_pixels(fig, artist):
+    """Pixels that show ``artist``: they change when it is hidden and have its colour
+    (composited over white with its alpha). A line drawn exactly under another has none."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import to_rgba
+
+    def render():
+        fig.canvas.draw()
+        return np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(int)
+
+    if not isinstance(fig.canvas, FigureCanvasAgg):
+        FigureCanvasAgg(fig)
+    base = render()
+    artist.set_visible(False)
+    hidden = render()
+    artist.set_visible(True)
+    rgba = np.asarray(to_rgba(artist.get_color() if hasattr(artist, "get_color") else artist.get_facecolor()))
+    alpha = rgba[3] if artist.get_alpha() is None else artist.get_alpha()
+    colour = 255 * (rgba[:3] * alpha + (1 - alpha))
+    changed = np.abs(hidden - base).max(-1) > 10
+    return int(np.sum(changed & (np.abs(base - colour).max(-1) < 50)))
+
+
+@pytest.mark.parametrize("case", ["R = M", "R close to M", "R far from M"])
+def test_figure_legend_lists_only_visible_lines(case):
+    """Every legend entry of the diagnosis figure is a curve one can see; curves that
+    coincide exactly are one entry that says so ("R = M")."""
+    if case == "R far from M":
+        _, d = _linear(1.1, 1.0, 8, 1.0, 48.9)
+    else:  # cart-pole over 30 steps: R and M coincide for K = 0, nearly so for a random controller
+        d = D.diagnose_problem(problems.get("cartpole", steps=30), n=2, zero_last=case == "R = M")
+    fig = d.figure()
+    entries = 0
+    for ax in fig.axes:
+        handles, labels = ax.get_legend_handles_labels()
+        assert ax.get_legend() is not None and len(ax.get_legend().get_texts()) == len(labels)
+        for h, label in zip(handles, labels):
+            entries += 1
+            assert _shown_pixels(fig, h) >= 30, f"{ax.get_title()}: legend entry {label!r} is not visible"
+    a_labels = fig.axes[0].get_legend_handles_labels()[1]
+    if case == "R = M":
+        assert np.array_equal(d.adjoint_R, d.adjoint_M) or np.allclose(d.adjoint_R, d.adjoint_M, rtol=1e-6)
+        assert len(a_labels) == 1 and a_labels[0].startswith("R = M")
+    else:
+        assert [lab[:2] for lab in a_labels[:2]] == ["R:", "M:"]
+        # where R and M coincide (within 0.1 %), R's entry says so
+        close = np.abs(np.median(d.adjoint_R, 1) - np.median(d.adjoint_M, 1)) <= 1e-3 * np.median(d.adjoint_R, 1)
+        assert ("≈ M" in a_labels[0]) == (close.sum() >= max(2, math.ceil(0.1 * close.size)))
+    assert entries >= 6

@@ -87,7 +87,9 @@ def test_sweep_is_idempotent_and_results_table(tmp_path):
     results.collect(tmp_path, parquet=tmp_path / "all.parquet")
     assert pd.read_parquet(tmp_path / "all.parquet").shape == df.shape
     table = sweep.summary_table(tmp_path)
-    assert "| clip | R | C |" in table and "± " in table
+    assert "| clip | R | C | epochs |" in table and "± " in table
+    rows = [line for line in table.splitlines() if line.startswith("| -")]
+    assert len(rows) == 2 and all(line.endswith("| 3 |") for line in rows)  # 3 epochs done in every row
 
 
 CHILD = r"""
@@ -196,6 +198,15 @@ def test_local_pool_and_ray_cluster_give_identical_metrics(tmp_path):
     assert "xla_cpu_multi_thread_eigen=false" in man["xla_flags"]
 
 
+def _table_column(output: str, name: str) -> list[str]:
+    """The cells of column ``name`` in a rich table printed by the CLI (box-drawing borders)."""
+    lines = [line for line in output.splitlines() if line.count("│") + line.count("┃") >= 3]
+    header = [c.strip() for c in lines[0].replace("┃", "│").split("│")]
+    k = header.index(name)
+    rows = [[c.strip() for c in line.split("│")] for line in lines[1:]]
+    return [r[k] for r in rows if r[1]]  # r[1] (problem) is empty on a wrapped row's continuation lines
+
+
 def test_cli_sweep_results_and_reproduce(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
@@ -220,6 +231,29 @@ def test_cli_sweep_results_and_reproduce(tmp_path, monkeypatch):
         results.collect(tmp_path / "sw").columns))
     s = sweep.summary_frame(tmp_path / "sw")
     assert len(s) == 4 and set(s["n"]) == {2} and list(s["mode"][:2]) == ["R", "C"]
+    # the epoch each row's values come from: a column of the frame and of the printed table
+    assert set(s["epochs"]) == {"4"} and set(s["epoch_min"]) == set(s["epoch_max"]) == {4}
+    assert _table_column(res.output, "epochs") == ["4"] * 4
+    res = runner.invoke(app, ["results", str(tmp_path / "sw"), "--epoch", "2"])
+    assert res.exit_code == 0, res.output
+    assert _table_column(res.output, "epochs") == ["2"] * 4
+    assert set(sweep.summary_frame(tmp_path / "sw", epoch=2)["epochs"]) == {"2"}
+    for bad, msg in (("-1", "--epoch -1: must be ≥ 0"), ("0", "no run under")):
+        res = runner.invoke(app, ["results", str(tmp_path / "sw"), "--epoch", bad])
+        assert res.exit_code != 0 and msg in res.output, res.output
+    # runs of one row that stopped at different epochs (one run lost its last two): a range
+    full = results.collect(tmp_path / "sw")
+    short = sorted(full["run_id"].unique())[0]
+    with monkeypatch.context() as m:
+        m.setattr(results, "collect", lambda root, **kw: full[(full["run_id"] != short) | (full["epoch"] <= 2)])
+        s2 = sweep.summary_frame(tmp_path / "sw")
+        row = s2[(s2["mode"] == full.loc[full["run_id"] == short, "mode"].iloc[0])
+                 & (s2["clip"] == full.loc[full["run_id"] == short, "clip"].iloc[0])]
+        assert list(row["epochs"]) == ["2–4"] and list(row["epoch_min"]) == [2] and list(row["epoch_max"]) == [4]
+        assert sorted(s2["epochs"]) == ["2–4", "4", "4", "4"]
+        assert "| 2–4 |" in sweep.summary_table(tmp_path / "sw")
+        res = runner.invoke(app, ["results", str(tmp_path / "sw")])
+        assert sorted(_table_column(res.output, "epochs")) == ["2–4", "4", "4", "4"]
     # errors name the field; unknown executor is refused before any work
     res = runner.invoke(app, ["sweep", str(spec), "--out", str(tmp_path / "sw2"), "--executor", "slurm"])
     assert res.exit_code != 0 and "executor='slurm'" in res.output

@@ -3,16 +3,30 @@ r"""Animations of trained controllers: ``animate(run_dir) -> path of a GIF or MP
 The run folder's ``config.json`` and ``weights.npz`` are loaded (see
 :func:`stablebptt.diagnose.load_run`), the controller is rolled out on the first ``states``
 test states of the run's own data, and every frame is drawn with matplotlib (Agg, no
-display needed):
+display needed). Each picture is framed on the problem's *objective*:
 
 * **cartpole** — one panel per rollout: the cart, its n poles, the force as an arrow; the view
   follows the cart (the ground ticks show how far it moved);
-* **guidance** — one panel per rollout: drivers (red triangles), evaders (blue dots), their
-  paths so far and the origin (the evaders' target, black +);
-* **quantum** — one column per rollout: |ψ(x, t)|² as an image over x and time, filled in up
-  to the current step, and below it the control signal u(t);
+* **guidance** — one column per rollout. Top: the view is framed on what the loss measures,
+  the evaders and their target (the origin, black ⊕): the square box holding every evader
+  position of the whole rollout and the origin, with a margin, fixed over the clip. Evaders
+  are blue dots, drivers red triangles, each with a fading trail of its last
+  ``GUIDANCE_TRAIL`` steps. A driver outside the view is drawn as a hollow triangle on the
+  frame's edge, pointing towards it; the panel's top right lists such drivers' distances from
+  the target. (The drivers roam far from the herd; a view that held them too made the herd a
+  dot.) Bottom: the
+  evaders' mean squared distance to the target, mean_e ‖x_e(t)‖², drawn up to the current time
+  (the state term of the loss is half of it);
+* **quantum** — one column per rollout. Top: |ψ_j(t)|² (probability per grid point, Σ_j = 1)
+  as an image over position x and time t, filled in up to the current step, with the target
+  eigenstate's |ψ_target,j|² as a strip at its right in the same colours and a colour bar per
+  row of panels. Below it the overlap |⟨ψ_target, ψ(t)⟩|² (the quantity the loss maximises,
+  0 … 1) drawn up to the current step, and the control u(t);
 * anything else (the toys, ``linear``, your own problems) — the state components against the
   step n, drawn up to the current step.
+
+:func:`build_scene` returns the figure with its named axes and an ``update(n)`` that draws
+step n, so a picture can be inspected (or saved) without writing a clip.
 
 Frames
 ------
@@ -30,13 +44,19 @@ package). Default file: ``<run_dir>/animation.gif``. Default ``fps``: n_frames /
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
-#: the renderers by problem name; others use :func:`_render_series`
+#: the scene builders by problem name; others use :func:`_scene_series`
 RENDERERS: dict[str, Callable] = {}
+
+#: guidance: number of past steps in the fading trails (15 steps = 1 time unit at dt = 1/15)
+GUIDANCE_TRAIL = 15
+#: guidance: the view's half-width is at least this (length units), so a tight herd is not a dot
+GUIDANCE_MIN_HALF_WIDTH = 1.0
 
 
 def frame_indices(horizon: int, stride: int | None = None) -> list[int]:
@@ -56,6 +76,47 @@ def default_fps(n_frames: int) -> float:
     return float(min(25, max(2, round(n_frames / 4))))
 
 
+@dataclass
+class Scene:
+    """A figure that can be drawn at any step of a rollout.
+
+    Attributes:
+      fig: the matplotlib ``Figure`` (Agg canvas attached; no pyplot state).
+      update: ``update(n)`` sets every artist to step n (0 … T); then :meth:`grab` or
+        ``fig.savefig``.
+      panels: one dict per rollout naming its axes, e.g. guidance ``{"view", "distance"}``,
+        quantum ``{"density", "target", "overlap", "control"}``, cart-pole and the generic
+        renderer ``{"view"}``.
+      colorbars: the colour-bar axes (quantum: one per row of panels; empty elsewhere).
+      horizon: T.
+      info: renderer-specific numbers and artists: guidance ``"limits"`` (per rollout
+        ``(x0, x1, y0, y1)`` of the view), ``"distance2"`` ((T+1, S) mean_e ‖x_e‖²),
+        ``"trails"`` (per rollout one ``LineCollection`` per object) and ``"edge_markers"``
+        (per rollout one ``Line2D`` per driver, empty while the driver is in view); quantum
+        ``"overlap"`` ((T+1, S) |⟨ψ_target, ψ_n⟩|²), ``"target"`` and ``"overlap_lines"``.
+    """
+
+    fig: Any
+    update: Callable[[int], None]
+    panels: list[dict[str, Any]]
+    horizon: int
+    colorbars: list[Any] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def grab(self) -> np.ndarray:
+        """The current picture as an (H, W, 3) uint8 array."""
+        canvas = self.fig.canvas
+        canvas.draw()
+        return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+    def frame(self, n: int) -> np.ndarray:
+        """Draw step ``n`` and return the picture (see :meth:`grab`)."""
+        if not 0 <= int(n) <= self.horizon:
+            raise ValueError(f"n={n!r}; must be a step in 0 … {self.horizon}")
+        self.update(int(n))
+        return self.grab()
+
+
 # ----------------------------------------------------------------------------- drawing helpers
 def _canvas(width_px: int, height_px: int, dpi: int = 80):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -65,24 +126,24 @@ def _canvas(width_px: int, height_px: int, dpi: int = 80):
     w = max(16, int(round(width_px / 16)) * 16)
     h = max(16, int(round(height_px / 16)) * 16)
     fig = Figure(figsize=(w / dpi, h / dpi), dpi=dpi)
-    canvas = FigureCanvasAgg(fig)
-    return fig, canvas
-
-
-def _grab(canvas) -> np.ndarray:
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def _ncols(n: int) -> int:
     return min(n, 4)
 
 
-def _grid(fig, n: int, rows_per: int = 1, height_ratios=None):
+def _grid(fig, n: int, rows_per: int = 1, height_ratios=None, top_px: float = 36, right: float = 0.98,
+          left: float = 0.06, bottom: float = 0.08, wspace: float = 0.25, hspace: float = 0.45):
+    """Axes for n rollouts, ``rows_per`` stacked axes each, at most 4 rollouts per row; the
+    first row starts ``top_px`` pixels below the figure's top edge (room for the titles)."""
     cols = _ncols(n)
     rows = math.ceil(n / cols)
+    top = 1.0 - top_px / (fig.get_figheight() * fig.dpi)
+    bottom = bottom / rows
     gs = fig.add_gridspec(rows * rows_per, cols, height_ratios=(height_ratios or [1] * rows_per) * rows,
-                          left=0.06, right=0.98, bottom=0.08, top=0.88, wspace=0.25, hspace=0.45)
+                          left=left, right=right, bottom=bottom, top=top, wspace=wspace, hspace=hspace)
     axes = []
     for i in range(n):
         r, c = divmod(i, cols)
@@ -90,24 +151,34 @@ def _grid(fig, n: int, rows_per: int = 1, height_ratios=None):
     return axes
 
 
-def _size(n: int, panel_w: int, panel_h: int) -> tuple[int, int]:
+def _size(n: int, panel_w: int, panel_h: int, head: int = 48) -> tuple[int, int]:
     cols = _ncols(n)
     rows = math.ceil(n / cols)
-    return cols * panel_w, rows * panel_h + 48
+    return cols * panel_w, rows * panel_h + head
 
 
-# ----------------------------------------------------------------------------- renderers
-def _render_cartpole(problem, xs, cs, idx):
+def _fading(rgb: str, k: int) -> np.ndarray:
+    """(k, 4) RGBA rows of one colour, alpha rising from 0.1 (oldest) to 0.9 (newest)."""
+    from matplotlib.colors import to_rgba
+
+    c = np.tile(np.asarray(to_rgba(rgb)), (max(k, 1), 1))
+    c[:, 3] = np.linspace(0.1, 0.9, max(k, 1))
+    return c
+
+
+# ----------------------------------------------------------------------------- scenes
+def _scene_cartpole(problem, xs, cs):
     """xs (T+1, S, 1+n, 2), cs (T, S)."""
     from matplotlib.patches import Rectangle
 
     S = xs.shape[1]
     poles = xs.shape[2] - 1
+    T = xs.shape[0] - 1
     dt = float(problem.params.get("dt", 0.01))
     length = 1.0  # drawn pole length 2l (l = 0.5 is the half-length)
     force = np.asarray(cs, np.float64).reshape(cs.shape[0], S)
     fmax = max(float(np.max(np.abs(force))), 1e-6)
-    fig, canvas = _canvas(*_size(S, 320, 230))
+    fig = _canvas(*_size(S, 320, 230))
     axes = [a[0] for a in _grid(fig, S)]
     colors = ["tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown"]
     arts = []
@@ -123,8 +194,8 @@ def _render_cartpole(problem, xs, cs, idx):
         arrow = ax.plot([], [], color="k", lw=2, zorder=5)[0]
         arts.append((cart, lines, arrow))
     title = fig.suptitle("")
-    frames = []
-    for n in idx:
+
+    def update(n):
         for i, ax in enumerate(axes):
             cart, lines, arrow = arts[i]
             x = float(xs[n, i, 0, 0])
@@ -136,103 +207,218 @@ def _render_cartpole(problem, xs, cs, idx):
                 line.set_data([x, x + length * math.sin(th)], [0.0, length * math.cos(th)])
             f = float(force[min(n, force.shape[0] - 1), i])
             arrow.set_data([x, x + 0.8 * f / fmax], [-0.2, -0.2])
-        title.set_text(f"cart-pole ({poles} pole{'s' if poles > 1 else ''})   t = {n * dt:.2f} s   step {n}/{xs.shape[0] - 1}")
-        frames.append(_grab(canvas))
-    return frames
+        title.set_text(f"cart-pole ({poles} pole{'s' if poles > 1 else ''})   t = {n * dt:.2f} s   step {n}/{T}")
+
+    return Scene(fig=fig, update=update, panels=[{"view": ax} for ax in axes], horizon=T)
 
 
-def _render_guidance(problem, xs, cs, idx):
+def guidance_view(evaders: np.ndarray, min_half_width: float = GUIDANCE_MIN_HALF_WIDTH,
+                  margin: float = 0.25) -> tuple[np.ndarray, float]:
+    """The square view of one guidance rollout: ``(centre (2,), half-width)`` in length units.
+
+    It holds every evader position of the rollout (``evaders`` of shape (T+1, n_e, 2)) and the
+    target (the origin), widened by ``margin`` (a fraction of the half-width) and to at least
+    ``min_half_width``.
+    """
+    p = np.concatenate([np.asarray(evaders, np.float64).reshape(-1, 2), np.zeros((1, 2))])
+    p = p[np.all(np.isfinite(p), axis=1)]
+    lo, hi = p.min(0), p.max(0)
+    centre = (lo + hi) / 2
+    half = max(float(np.max(hi - lo)) / 2 * (1 + margin), min_half_width)
+    return centre, half
+
+
+def _scene_guidance(problem, xs, cs, trail: int = GUIDANCE_TRAIL):
     """xs (T+1, S, n_d + n_e, 2, 2)."""
-    S = xs.shape[1]
+    from matplotlib.collections import LineCollection
+    from matplotlib.lines import Line2D
+
+    T1, S = xs.shape[0], xs.shape[1]
+    T = T1 - 1
     n_d = int(problem.control_shape[0])
     pos = np.asarray(xs[:, :, :, 0, :], np.float64)  # (T+1, S, n, 2)
     n_obj = pos.shape[2]
-    fig, canvas = _canvas(*_size(S, 320, 320))
-    axes = [a[0] for a in _grid(fig, S)]
-    arts = []
-    for i, ax in enumerate(axes):
-        p = pos[:, i].reshape(-1, 2)
-        lo, hi = p.min(0), p.max(0)
-        c, r = (lo + hi) / 2, max(float(np.max(hi - lo)) / 2, 0.5) * 1.1
+    dist2 = np.mean(np.sum(pos[:, :, n_d:] ** 2, -1), -1)  # (T+1, S): mean_e ‖x_e‖²
+    dt = float(problem.params.get("dt", 1.0))
+    t = np.arange(T1) * dt
+    fig = _canvas(*_size(S, 320, 440, head=72))
+    axes = _grid(fig, S, rows_per=2, height_ratios=[3, 1], top_px=72, hspace=0.35)
+    red, blue = "tab:red", "tab:blue"
+    trail_cols = [_fading(red if k < n_d else blue, trail) for k in range(n_obj)]
+    arts, panels, limits = [], [], []
+    for i, (ax, bot) in enumerate(axes):
+        c, r = guidance_view(pos[:, i, n_d:])
         ax.set_xlim(c[0] - r, c[0] + r)
         ax.set_ylim(c[1] - r, c[1] + r)
+        limits.append((c[0] - r, c[0] + r, c[1] - r, c[1] + r))
         ax.set_aspect("equal")
-        ax.plot([0], [0], "k+", ms=12, mew=2)
-        ax.set_title(f"rollout {i}", fontsize=9)
-        paths = [ax.plot([], [], lw=1, color="tab:red" if k < n_d else "tab:blue", alpha=0.6)[0]
-                 for k in range(n_obj)]
-        drv = ax.plot([], [], "^", color="tab:red", ms=9, label="drivers")[0]
-        eva = ax.plot([], [], "o", color="tab:blue", ms=6, label="evaders")[0]
-        if i == 0:
-            ax.legend(fontsize=7, loc="upper right")
-        arts.append((paths, drv, eva))
-    title = fig.suptitle("")
-    dt = float(problem.params.get("dt", 1.0))
-    frames = []
-    for n in idx:
+        ax.set_title(f"rollout {i}", fontsize=9, loc="left")
+        ax.tick_params(labelsize=7)
+        ax.plot([0], [0], "o", ms=14, mfc="none", mec="k", mew=1.5, zorder=2)
+        ax.plot([0], [0], "k+", ms=14, mew=1.5, zorder=2)
+        trails = [ax.add_collection(LineCollection([], lw=2 if k >= n_d else 1.5, zorder=3)) for k in range(n_obj)]
+        drv = ax.plot([], [], "^", color=red, ms=10, mec="k", mew=0.6, zorder=5)[0]
+        eva = ax.plot([], [], "o", color=blue, ms=8, mec="k", mew=0.6, zorder=6)[0]
+        edge = [ax.plot([], [], marker=(3, 0, 0), ms=11, mfc="white", mec=red, mew=1.8, ls="none", zorder=7)[0]
+                for _ in range(n_d)]
+        edge_txt = ax.text(1.0, 1.02, "", transform=ax.transAxes, color=red, fontsize=7, ha="right", va="bottom")
+        top = max(float(np.nanmax(dist2[:, i])), 1e-6)
+        curve = bot.plot([], [], color=blue, lw=1.8)[0]
+        now = bot.plot([], [], "o", color=blue, ms=4)[0]
+        bot.set_xlim(t[0], t[-1])
+        bot.set_ylim(0, 1.08 * top)
+        bot.set_xlabel("t", fontsize=8)
+        bot.set_ylabel("mean ‖x_e‖²", fontsize=8)
+        bot.tick_params(labelsize=7)
+        arts.append((trails, drv, eva, edge, edge_txt, curve, now, c, r))
+        panels.append({"view": ax, "distance": bot})
+    handles = [Line2D([], [], ls="none", marker="o", color=blue, mec="k", mew=0.6, ms=8, label="evaders"),
+               Line2D([], [], ls="none", marker="^", color=red, mec="k", mew=0.6, ms=9, label="drivers"),
+               Line2D([], [], ls="none", marker="^", mfc="white", mec=red, mew=1.8, ms=9,
+                      label="driver outside the view (on the edge, pointing to it)"),
+               Line2D([], [], ls="none", marker="$\\oplus$", color="k", ms=11, label="target (origin)")]
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.955), ncol=4, fontsize=8,
+               frameon=False, handletextpad=0.3, columnspacing=1.2)
+    title = fig.suptitle("", y=0.995)
+
+    def update(n):
+        lo = max(0, n - trail)
         for i in range(S):
-            paths, drv, eva = arts[i]
-            for k, line in enumerate(paths):
-                line.set_data(pos[: n + 1, i, k, 0], pos[: n + 1, i, k, 1])
-            drv.set_data(pos[n, i, :n_d, 0], pos[n, i, :n_d, 1])
+            trails, drv, eva, edge, edge_txt, curve, now, c, r = arts[i]
+            for k, lc in enumerate(trails):
+                seg = pos[lo: n + 1, i, k]
+                segs = np.stack([seg[:-1], seg[1:]], 1) if len(seg) > 1 else np.zeros((0, 2, 2))
+                lc.set_segments(list(segs))
+                lc.set_color(trail_cols[k][-len(segs):] if len(segs) else trail_cols[k][:0])
+            p_d = pos[n, i, :n_d]
+            off = np.max(np.abs(p_d - c), axis=1) > r  # outside the square view
+            drv.set_data(p_d[~off, 0], p_d[~off, 1])
             eva.set_data(pos[n, i, n_d:, 0], pos[n, i, n_d:, 1])
-        title.set_text(f"guidance by repulsion   t = {n * dt:.2f}   step {n}/{xs.shape[0] - 1}")
-        frames.append(_grab(canvas))
-    return frames
+            far = []
+            for k in range(n_d):
+                if not off[k]:
+                    edge[k].set_data([], [])
+                    continue
+                d = p_d[k] - c
+                m = float(np.max(np.abs(d)))
+                q = c + d * (0.93 * r / m)
+                ang = math.degrees(math.atan2(d[1], d[0]))
+                edge[k].set_data([q[0]], [q[1]])
+                edge[k].set_marker((3, 0, ang - 90.0))
+                far.append(f"{float(np.hypot(*p_d[k])):.1f}")
+            edge_txt.set_text(f"outside: {', '.join(far)} from target" if far else "")
+            curve.set_data(t[: n + 1], dist2[: n + 1, i])
+            now.set_data([t[n]], [dist2[n, i]])
+        title.set_text(f"guidance by repulsion   t = {n * dt:.2f}   step {n}/{T}")
+
+    return Scene(fig=fig, update=update, panels=panels, horizon=T,
+                 info={"limits": limits, "distance2": dist2, "drivers": n_d,
+                       "trails": [a[0] for a in arts], "edge_markers": [a[3] for a in arts]})
 
 
-def _render_quantum(problem, xs, cs, idx):
-    """xs (T+1, S, nx, 2), cs (T, S, 1)."""
+def _quantum_target(problem, nx: int) -> tuple[int, np.ndarray]:
+    from .problems.quantum import eigenstate
+
+    target = problem.params.get("target")
+    if target is None or not 1 <= int(target) <= nx:
+        raise ValueError(f"quantum animation: problem parameter target={target!r}; must be an eigenstate "
+                         f"index in 1..{nx} (the state has {nx} grid points)")
+    return int(target), np.asarray(eigenstate(int(target), nx), np.float64)
+
+
+def _scene_quantum(problem, xs, cs):
+    """xs (T+1, S, nx, 2) = (Re ψ, Im ψ) on the interior grid points, cs (T, S, 1)."""
+    import matplotlib
+
     T1, S, nx = xs.shape[0], xs.shape[1], xs.shape[2]
     T = T1 - 1
     dt = float(problem.params.get("dt", 1.0))
-    prob = np.asarray(xs[..., 0], np.float64) ** 2 + np.asarray(xs[..., 1], np.float64) ** 2  # (T+1, S, nx)
+    re, im = np.asarray(xs[..., 0], np.float64), np.asarray(xs[..., 1], np.float64)
+    prob = re**2 + im**2  # (T+1, S, nx)
+    target, tvec = _quantum_target(problem, nx)
+    overlap = np.einsum("tsj,j->ts", re, tvec) ** 2 + np.einsum("tsj,j->ts", im, tvec) ** 2  # (T+1, S)
     u = np.asarray(cs, np.float64).reshape(T, S)
-    fig, canvas = _canvas(*_size(S, 320, 420))
-    axes = _grid(fig, S, rows_per=2, height_ratios=[2, 1])
-    import matplotlib
-
+    dx = 2.0 / (nx + 1)  # the box [0, 2], interior points x_j = j·dx
+    fig = _canvas(*_size(S, 340, 520))
+    axes = _grid(fig, S, rows_per=3, height_ratios=[2.4, 1, 1], top_px=64, right=0.90, wspace=0.42,
+                 hspace=0.5)
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")
-    arts = []
-    t_edges = (0.0, T * dt)
-    vmax = float(prob.max())
-    for i, (top, bot) in enumerate(axes):
-        im = top.imshow(np.full((nx, T1), np.nan), origin="lower", aspect="auto", cmap=cmap, vmin=0, vmax=vmax,
-                        extent=(t_edges[0], t_edges[1], 0.0, 2.0), interpolation="nearest")
+    vmax = float(max(np.nanmax(prob), np.max(tvec**2)))
+    extent = (-dt / 2, T * dt + dt / 2, dx / 2, 2.0 - dx / 2)  # cells centred on (n·dt, x_j)
+    tt_state = np.arange(T1) * dt
+    tt_ctrl = np.arange(T) * dt
+    arts, panels = [], []
+    for i, (top, mid, bot) in enumerate(axes):
+        img = top.imshow(np.full((nx, T1), np.nan), origin="lower", aspect="auto", cmap=cmap, vmin=0, vmax=vmax,
+                         extent=extent, interpolation="nearest")
+        top.set_ylim(0.0, 2.0)
         top.set_title(f"rollout {i}: |ψ(x, t)|²", fontsize=9)
-        top.set_ylabel("x")
+        top.set_ylabel("x", fontsize=8)
+        top.tick_params(labelsize=7)
         cur = top.axvline(0, color="w", lw=1)
-        tt = np.arange(T) * dt
-        bot.plot(tt, u[:, i], color="0.8", lw=1)
+        strip = top.inset_axes([1.02, 0.0, 0.07, 1.0])
+        strip.imshow((tvec**2)[:, None], origin="lower", aspect="auto", cmap=cmap, vmin=0, vmax=vmax,
+                     extent=(0, 1, dx / 2, 2.0 - dx / 2), interpolation="nearest")
+        strip.set_ylim(0.0, 2.0)
+        strip.set_xticks([])
+        strip.set_yticks([])
+        strip.set_title(f"ψ_{target}", fontsize=7, pad=2)
+        mid.axhline(1.0, color="0.6", lw=0.6, ls=":")
+        ov = mid.plot([], [], color="tab:green", lw=1.8)[0]
+        ov_now = mid.plot([], [], "o", color="tab:green", ms=4)[0]
+        ov_txt = mid.text(0.02, 0.9, "", transform=mid.transAxes, fontsize=7, va="top")
+        mid.set_xlim(extent[0], extent[1])
+        mid.set_ylim(-0.03, 1.05)
+        mid.set_ylabel(f"|⟨ψ_{target}, ψ⟩|²", fontsize=8)
+        mid.tick_params(labelsize=7)
+        bot.plot(tt_ctrl, u[:, i], color="0.85", lw=1)
         line = bot.plot([], [], color="tab:red", lw=1.5)[0]
-        bot.set_xlim(*t_edges)
+        bot.set_xlim(extent[0], extent[1])
         span = max(float(np.max(np.abs(u[:, i]))), 1e-6)
         bot.set_ylim(-1.1 * span, 1.1 * span)
-        bot.set_xlabel("t")
-        bot.set_ylabel("u(t)")
-        arts.append((im, cur, line, tt))
+        bot.set_xlabel("t", fontsize=8)
+        bot.set_ylabel("u(t)", fontsize=8)
+        bot.tick_params(labelsize=7)
+        arts.append((img, cur, ov, ov_now, ov_txt, line))
+        panels.append({"density": top, "target": strip, "overlap": mid, "control": bot})
+    # one colour bar per row of panels, right of the row's density images
+    cols = _ncols(S)
+    colorbars = []
+    for r0 in range(0, S, cols):
+        box = axes[r0][0].get_position()
+        cax = fig.add_axes([0.925, box.y0, 0.014, box.height])
+        cb = fig.colorbar(arts[r0][0], cax=cax)
+        cb.set_label("|ψ_j|²  (Σ_j = 1)", fontsize=8)
+        cax.tick_params(labelsize=7)
+        colorbars.append(cax)
     title = fig.suptitle("")
-    frames = []
-    for n in idx:
+
+    def update(n):
         for i in range(S):
-            im, cur, line, tt = arts[i]
-            img = np.full((nx, T1), np.nan)
-            img[:, : n + 1] = prob[: n + 1, i].T
-            im.set_data(img)
+            img, cur, ov, ov_now, ov_txt, line = arts[i]
+            data = np.full((nx, T1), np.nan)
+            data[:, : n + 1] = prob[: n + 1, i].T
+            img.set_data(data)
             cur.set_xdata([n * dt, n * dt])
-            line.set_data(tt[: min(n + 1, T)], u[: min(n + 1, T), i])
-        title.set_text(f"quantum control   t = {n * dt:.3f}   step {n}/{T}")
-        frames.append(_grab(canvas))
-    return frames
+            ov.set_data(tt_state[: n + 1], overlap[: n + 1, i])
+            ov_now.set_data([tt_state[n]], [overlap[n, i]])
+            ov_txt.set_text(f"overlap {overlap[n, i]:.3f}")
+            line.set_data(tt_ctrl[: min(n + 1, T)], u[: min(n + 1, T), i])
+        title.set_text(f"quantum control into eigenstate {target}   t = {n * dt:.3f}   step {n}/{T}")
+
+    return Scene(fig=fig, update=update, panels=panels, horizon=T, colorbars=colorbars,
+                 info={"overlap": overlap, "target": target, "overlap_lines": [a[2] for a in arts]})
 
 
-def _render_series(problem, xs, cs, idx, max_components: int = 8):
+def _scene_series(problem, xs, cs, max_components: int = 8):
     """Any state: its (flattened) components against the step n."""
+    from matplotlib.ticker import MaxNLocator
+
     T1, S = xs.shape[0], xs.shape[1]
     flat = np.asarray(xs, np.float64).reshape(T1, S, -1)[:, :, :max_components]
     d = flat.shape[2]
-    fig, canvas = _canvas(*_size(S, 320, 260))
-    axes = [a[0] for a in _grid(fig, S)]
+    fig = _canvas(*_size(S, 320, 260))
+    axes = [a[0] for a in _grid(fig, S, bottom=0.13)]
     steps = np.arange(T1)
     arts = []
     colors = [f"C{k}" for k in range(10)]
@@ -242,6 +428,7 @@ def _render_series(problem, xs, cs, idx, max_components: int = 8):
         ax.set_xlim(-0.2, T1 - 0.8)
         ax.set_ylim(lo - pad, hi + pad)
         ax.set_xlabel("step n")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"rollout {i}", fontsize=9)
         for k in range(d):
             ax.plot(steps, flat[:, i, k], color=colors[k % 10], alpha=0.2, lw=1)
@@ -252,34 +439,50 @@ def _render_series(problem, xs, cs, idx, max_components: int = 8):
             ax.legend(fontsize=7)
         arts.append((lines, dots))
     title = fig.suptitle("")
-    frames = []
-    for n in idx:
+
+    def update(n):
         for i in range(S):
             lines, dots = arts[i]
             for k, line in enumerate(lines):
                 line.set_data(steps[: n + 1], flat[: n + 1, i, k])
             dots.set_data(np.full(d, n), flat[n, i])
         title.set_text(f"{problem.name}   step {n}/{T1 - 1}")
-        frames.append(_grab(canvas))
-    return frames
+
+    return Scene(fig=fig, update=update, panels=[{"view": ax} for ax in axes], horizon=T1 - 1)
 
 
-RENDERERS.update(cartpole=_render_cartpole, guidance=_render_guidance, quantum=_render_quantum)
+RENDERERS.update(cartpole=_scene_cartpole, guidance=_scene_guidance, quantum=_scene_quantum)
 
 
 # ----------------------------------------------------------------------------- public API
-def render_frames(problem, model, x0, *, stride: int | None = None) -> list[np.ndarray]:
-    """Roll ``model`` out from the batch ``x0`` on ``problem`` and draw the frames
-    (a list of (H, W, 3) uint8 arrays, ``ceil(T / stride) + 1`` of them)."""
+def rollout(problem, model, x0) -> tuple[np.ndarray, np.ndarray]:
+    """Roll ``model`` out from the batch ``x0`` on ``problem``: numpy ``(xs, cs)`` with
+    xs of shape (T+1, S, *state_shape) (x_0 … x_T) and cs of shape (T, S, *control_shape)."""
     import jax
 
     from .core import unroll
 
     xs, cs = jax.device_get(unroll.rollout(model, x0, step=problem.step, horizon=problem.horizon))
+    return np.asarray(xs), np.asarray(cs)
+
+
+def build_scene(problem, xs, cs) -> Scene:
+    """The :class:`Scene` of a rollout (``xs`` (T+1, S, …), ``cs`` (T, S, …), see :func:`rollout`)
+    drawn by the problem's renderer (by ``problem.name``; the generic one otherwise)."""
     xs, cs = np.asarray(xs), np.asarray(cs)
+    if xs.ndim < 2 or xs.shape[0] != cs.shape[0] + 1 or xs.shape[1] != cs.shape[1]:
+        raise ValueError(f"xs shape {xs.shape} and cs shape {cs.shape}: expected xs (T+1, S, …) and "
+                         f"cs (T, S, …) from the same rollout")
+    return RENDERERS.get(problem.name, _scene_series)(problem, xs, cs)
+
+
+def render_frames(problem, model, x0, *, stride: int | None = None) -> list[np.ndarray]:
+    """Roll ``model`` out from the batch ``x0`` on ``problem`` and draw the frames
+    (a list of (H, W, 3) uint8 arrays, ``ceil(T / stride) + 1`` of them)."""
+    xs, cs = rollout(problem, model, x0)
     idx = frame_indices(problem.horizon, stride)
-    render = RENDERERS.get(problem.name, _render_series)
-    return render(problem, xs, cs, idx)
+    scene = build_scene(problem, xs, cs)
+    return [scene.frame(n) for n in idx]
 
 
 def write_frames(frames: list[np.ndarray], out: str | Path, fps: float) -> Path:
@@ -287,20 +490,20 @@ def write_frames(frames: list[np.ndarray], out: str | Path, fps: float) -> Path:
     import imageio.v3 as iio
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     suffix = out.suffix.lower()
+    if suffix not in (".gif", ".mp4"):
+        raise ValueError(f"out={str(out)!r}: the file must end in .gif or .mp4")
+    out.parent.mkdir(parents=True, exist_ok=True)
     arr = np.stack(frames)
     if suffix == ".gif":
         iio.imwrite(out, arr, extension=".gif", duration=1000.0 / fps, loop=0)
-    elif suffix == ".mp4":
+    else:
         try:
             import imageio_ffmpeg  # noqa: F401
         except ImportError as e:
             raise RuntimeError("writing .mp4 needs the imageio-ffmpeg package (pip install imageio-ffmpeg); "
                                "or write a .gif") from e
         iio.imwrite(out, arr, plugin="FFMPEG", fps=fps, codec="libx264", macro_block_size=16)
-    else:
-        raise ValueError(f"out={str(out)!r}: the file must end in .gif or .mp4")
     return out
 
 
@@ -335,4 +538,5 @@ def animate(run_dir: str | Path, out: str | Path | None = None, states: int = 4,
     return write_frames(frames, out, fps if fps is not None else default_fps(len(frames)))
 
 
-__all__ = ["animate", "render_frames", "write_frames", "frame_indices", "default_stride", "default_fps"]
+__all__ = ["animate", "render_frames", "write_frames", "frame_indices", "default_stride", "default_fps",
+           "rollout", "build_scene", "Scene", "guidance_view", "GUIDANCE_TRAIL"]

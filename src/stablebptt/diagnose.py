@@ -208,8 +208,17 @@ class Diagnosis:
         return paths
 
     def figure(self, title: str | None = None):
-        """The four-panel figure (a matplotlib ``Figure``; no pyplot state is touched)."""
+        """The four-panel figure (a matplotlib ``Figure``; no pyplot state is touched).
+
+        Pairs of curves that may coincide (R and M in (a) and (b), the physics and closed-loop
+        singular values in (c), cos(M, G) and the sign agreement in (d)) are drawn so that both
+        stay visible: the first as a wide solid line, the second dashed on top of it. A pair
+        equal to within :data:`SAME_RTOL` everywhere is drawn once, in black, with one legend
+        entry saying so (e.g. "R = M"); where a pair only partly coincides (within
+        :data:`CLOSE_RTOL`) the first curve's legend entry says over which steps.
+        """
         from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
 
         T = self.horizon
         fig = Figure(figsize=(11, 7.5), layout="constrained")
@@ -220,11 +229,16 @@ class Diagnosis:
 
         # (a) adjoint norms
         a = ax[0, 0]
-        for mode, arr in (("R", self.adjoint_R), ("M", self.adjoint_M)):
+        med = {m: np.median(arr, 1) for m, arr in (("R", self.adjoint_R), ("M", self.adjoint_M))}
+        same = _same(med["R"], med["M"]) and _same(self.adjoint_R, self.adjoint_M)
+        for mode, arr in (("R", self.adjoint_R),) if same else (("R", self.adjoint_R), ("M", self.adjoint_M)):
             for i in range(arr.shape[1]):
-                a.plot(n_adj, _pos(arr[:, i]), color=colors[mode], alpha=0.15, lw=0.8)
-            a.plot(n_adj, _pos(np.median(arr, 1)), color=colors[mode], lw=2,
-                   label=f"{mode}: ‖λ_n‖ (median; spans {orders_spanned(np.median(arr, 1)):.1f} orders)")
+                a.plot(n_adj, _pos(arr[:, i]), color="k" if same else colors[mode], alpha=0.15, lw=0.8)
+        _draw_pair(a, n_adj, _pos(med["R"]), _pos(med["M"]), colors=(colors["R"], colors["M"]),
+                   labels=(f"R: ‖λ_n‖ (median; spans {orders_spanned(med['R']):.1f} orders)",
+                           f"M: ‖λ_n‖ (median; spans {orders_spanned(med['M']):.1f} orders)"),
+                   same_label=f"R = M: ‖λ_n‖ (median; spans {orders_spanned(med['R']):.1f} orders)",
+                   names=("M", "n"))
         a.set_yscale("log")
         a.set_xlabel("step n")
         a.set_title("(a) adjoint norm ‖∂L/∂x_n‖ along each gradient path")
@@ -235,8 +249,10 @@ class Diagnosis:
 
         # (b) credit per step
         b = ax[0, 1]
-        b.plot(n_step, _pos(self.contrib_R), color=colors["R"], lw=1.8, label=r"R: $\|G_{\theta,n}^T B_n^T \lambda^R_{n+1}\|$")
-        b.plot(n_step, _pos(self.contrib_M), color=colors["M"], lw=1.8, label=r"M: $\|G_{\theta,n}^T B_n^T \lambda^M_{n+1}\|$")
+        credit = r"$\|G_{\theta,n}^T B_n^T \lambda_{n+1}\|$"
+        _draw_pair(b, n_step, _pos(self.contrib_R), _pos(self.contrib_M), colors=(colors["R"], colors["M"]),
+                   labels=(r"R: $\|G_{\theta,n}^T B_n^T \lambda^R_{n+1}\|$", r"M: $\|G_{\theta,n}^T B_n^T \lambda^M_{n+1}\|$"),
+                   same_label=f"R = M: {credit}", names=("M", "n"))
         b.set_yscale("log")
         b.set_xlabel("step n")
         b.set_title("(b) contribution of step n to the update")
@@ -244,27 +260,40 @@ class Diagnosis:
 
         # (c) Jacobian spectra
         c = ax[1, 0]
-        c.plot(n_step, self.sv_phys[:, 0], color="tab:green", lw=1.8,
-               label=f"σ_max(∂P/∂x); Lyapunov {self.lyap_phys:+.3g}")
-        c.plot(n_step, self.sv_closed[:, 0], color="tab:purple", lw=1.8,
-               label=f"σ_max(∂P/∂x + ∂P/∂c·∂N/∂x); Lyapunov {self.lyap_closed:+.3g}")
+        _draw_pair(c, n_step, self.sv_phys[:, 0], self.sv_closed[:, 0], colors=("tab:green", "tab:purple"),
+                   labels=(f"σ_max(∂P/∂x); Lyapunov {self.lyap_phys:+.3g}",
+                           f"σ_max(∂P/∂x + ∂P/∂c·∂N/∂x); Lyapunov {self.lyap_closed:+.3g}"),
+                   same_label=f"σ_max(∂P/∂x) = σ_max(closed loop); Lyapunov {self.lyap_phys:+.3g}",
+                   names=("closed loop", "n"))
         if self.sv_phys.shape[1] > 1:
-            c.plot(n_step, self.sv_phys[:, -1], color="tab:green", lw=1, ls="--", label="σ_min(∂P/∂x)")
-            c.plot(n_step, self.sv_closed[:, -1], color="tab:purple", lw=1, ls="--", label="σ_min(closed loop)")
+            _draw_pair(c, n_step, self.sv_phys[:, -1], self.sv_closed[:, -1], colors=("tab:green", "tab:purple"),
+                       labels=("σ_min(∂P/∂x)", "σ_min(closed loop)"),
+                       same_label="σ_min(∂P/∂x) = σ_min(closed loop)", names=("closed loop", "n"), thin=True)
         c.axhline(1.0, color="k", lw=0.6)
         c.set_yscale("log")
         c.set_xlabel("step n")
         c.set_title("(c) Jacobian spectra per step (sample 0)")
         c.legend(fontsize=8, loc="best")
 
-        # (d) agreement
+        # (d) agreement: the two constants as a pair, the per-step cosine as dots on top
         d = ax[1, 1]
-        d.plot(n_step, self.contrib_cos, color="0.3", lw=1.5, label="cos(R_n, M_n) per step")
-        d.axhline(self.cos_mg, color="tab:orange", lw=2, label=f"cos(M, G) = {self.cos_mg:+.3f}")
-        d.axhline(self.sign_agree, color="tab:cyan", lw=2, ls="--",
-                  label=f"sign agreement = {100 * self.sign_agree:.1f}%")
+        ones = np.ones(2)
+        span = np.array([-0.5, max(T - 0.5, 0.5)])
+        _draw_pair(d, span, self.cos_mg * ones, self.sign_agree * ones, colors=("tab:orange", "tab:cyan"),
+                   labels=(f"cos(M, G) = {self.cos_mg:+.3f}", f"sign agreement = {100 * self.sign_agree:.1f}%"),
+                   same_label=f"cos(M, G) = sign agreement = {self.cos_mg:+.3f}", names=("sign agreement", None))
+        every = max(1, math.ceil(T / 40))
+        finite = np.isfinite(self.contrib_cos)
+        if finite.any():  # no legend entry for a curve that is not drawn
+            bad = "" if finite.all() else f" (not finite at {int((~finite).sum())} of {T} steps)"
+            d.plot(n_step, self.contrib_cos, color="0.3", lw=1.0, marker="o", ms=3.5, markevery=every, zorder=5,
+                   label="cos(R_n, M_n) per step" + bad)
+        else:
+            d.text(0.98, 0.04, f"cos(R_n, M_n) per step: not finite at all {T} steps", transform=d.transAxes,
+                   ha="right", va="bottom", fontsize=8, color="0.3")
         d.axhline(0.0, color="k", lw=0.6)
-        d.set_ylim(-1.05, 1.05)
+        d.set_xlim(span)
+        d.set_ylim(-1.05, 1.08)
         d.set_xlabel("step n")
         d.set_title("(d) agreement of M with the true gradient G")
         d.legend(fontsize=8, loc="lower left")
@@ -272,12 +301,72 @@ class Diagnosis:
         head = title or self.label or "gradient diagnosis"
         if self.verdict is not None:
             head += f"  →  mode {self.verdict.mode}, clip {self.verdict.clip}"
-        from matplotlib.ticker import MaxNLocator
-
         for axis in ax.ravel():
             axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         fig.suptitle(head)
         return fig
+
+
+#: two curves equal to within this relative difference everywhere are drawn as one ("R = M")
+SAME_RTOL = 1e-6
+#: points of two curves within this relative difference are "coinciding" (indistinguishable
+#: in the figure); the legend says over which steps
+CLOSE_RTOL = 1e-3
+
+
+def _close(a, b, rtol: float) -> np.ndarray:
+    """Elementwise: |a − b| ≤ rtol·max(|a|, |b|), or both NaN (both not drawn)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    both_nan = np.isnan(a) & np.isnan(b)
+    with np.errstate(invalid="ignore"):
+        close = np.abs(a - b) <= rtol * np.maximum(np.abs(a), np.abs(b))
+    return close | both_nan
+
+
+def _same(a, b) -> bool:
+    return bool(np.all(_close(a, b, SAME_RTOL)))
+
+
+def _where_close(x: np.ndarray, close: np.ndarray, var: str | None) -> str:
+    """Words for the steps where two curves coincide: "for n ≥ 12", "for n ≤ 3", "everywhere",
+    "at 7 of 30 steps"; "" when they coincide at fewer than 2 points (or 10 % of them)."""
+    k = int(close.sum())
+    if k < max(2, math.ceil(0.1 * close.size)):
+        return ""
+    if k == close.size or var is None:
+        return "everywhere" if k == close.size else f"at {k} of {close.size} points"
+    idx = np.flatnonzero(close)
+    contiguous = idx[-1] - idx[0] + 1 == k
+    if contiguous and idx[-1] == close.size - 1:
+        return f"for {var} ≥ {x[idx[0]]:g}"
+    if contiguous and idx[0] == 0:
+        return f"for {var} ≤ {x[idx[-1]]:g}"
+    if contiguous:
+        return f"for {x[idx[0]]:g} ≤ {var} ≤ {x[idx[-1]]:g}"
+    return f"at {k} of {close.size} steps"
+
+
+def _draw_pair(ax, x, first, second, *, colors, labels, same_label: str, names, thin: bool = False):
+    """Draw two curves that may coincide so that neither hides the other.
+
+    ``first`` is drawn wide and solid, ``second`` narrower and dashed on top of it, so where
+    they coincide both colours show. If they are equal within :data:`SAME_RTOL` at every
+    point, one black line labelled ``same_label`` is drawn instead. ``names = (name of the
+    second curve, step variable or None)`` words the note on the first curve's label where the
+    two coincide within :data:`CLOSE_RTOL` (e.g. "≈ M for n ≥ 12").
+    """
+    lw_wide, lw_thin = (2.6, 1.2) if thin else (3.4, 1.6)
+    if _same(first, second):
+        ax.plot(x, first, color="k", lw=lw_thin + 0.4, ls=":" if thin else "-", label=same_label, zorder=3)
+        return
+    note = _where_close(np.asarray(x), _close(first, second, CLOSE_RTOL), names[1])
+    label = labels[0]
+    if note:  # a pair of constants (no step variable) that coincide: just "≈ name"
+        label += f" (≈ {names[0]})" if names[1] is None and note == "everywhere" else f" (≈ {names[0]} {note})"
+    ax.plot(x, first, color=colors[0], lw=lw_wide, alpha=0.55 if thin else 0.9, solid_capstyle="butt",
+            label=label, zorder=3)
+    ax.plot(x, second, color=colors[1], lw=lw_thin, ls=(0, (4, 3)) if not thin else (0, (1.5, 2)),
+            label=labels[1], zorder=4)
 
 
 def _pos(v: np.ndarray) -> np.ndarray:

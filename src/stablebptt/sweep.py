@@ -552,8 +552,12 @@ def summary_frame(root: str | Path, epoch: int | None = None):
     """Mean ± std over seeds of the final (or epoch-``epoch``) test loss as a DataFrame.
 
     One row per (problem, level, clip, mode) with columns ``problem, level, clip, mode,
-    mean, std, n, diverged``; ``level`` is e.g. ``poles=4`` (empty for problems without a
-    complexity axis). A run that diverged before ``epoch`` counts with its last finite value.
+    mean, std, n, diverged, epoch_min, epoch_max, epochs``; ``level`` is e.g. ``poles=4``
+    (empty for problems without a complexity axis). A run that diverged before ``epoch``
+    counts with its last finite value. ``epoch_min`` / ``epoch_max`` are the smallest and
+    largest epoch the cell's values come from (the last recorded epoch of each run, at most
+    ``epoch``; 0 = the untrained controller) and ``epochs`` shows them as text: ``"60"`` when
+    all runs agree, ``"12–60"`` when they differ (e.g. a run that diverged at epoch 13).
     """
     import numpy as np
     import pandas as pd
@@ -562,8 +566,9 @@ def summary_frame(root: str | Path, epoch: int | None = None):
 
     df = results.collect(root)
     rows = []
+    columns = ["problem", "level", "clip", "mode", "mean", "std", "n", "diverged", "epoch_min", "epoch_max", "epochs"]
     if df.empty:
-        return pd.DataFrame(columns=["problem", "level", "clip", "mode", "mean", "std", "n", "diverged"])
+        return pd.DataFrame(columns=columns)
     for problem, d in df.groupby("problem", sort=False):
         if epoch is not None:
             d = d[d["epoch"] <= epoch]
@@ -572,11 +577,15 @@ def summary_frame(root: str | Path, epoch: int | None = None):
         for keys, g in last.groupby([*lvls, "clip", "mode"], sort=True):
             levels, (clip, mode) = keys[:len(lvls)], keys[len(lvls):]
             x = g["test_loss"].to_numpy(float)
+            e_lo, e_hi = int(g["epoch"].min()), int(g["epoch"].max())
             rows.append(dict(problem=problem, level=", ".join(f"{c[6:]}={v:g}" if isinstance(v, float) else f"{c[6:]}={v}"
                                                               for c, v in zip(lvls, levels)),
                              _lv=tuple(levels), clip=clip, mode=mode,
                              mean=float(np.mean(x)), std=float(np.std(x, ddof=1)) if len(x) > 1 else 0.0,
-                             n=len(x), diverged=int((g["status"] == "diverged").sum())))
+                             n=len(x), diverged=int((g["status"] == "diverged").sum()),
+                             epoch_min=e_lo, epoch_max=e_hi, epochs=_epoch_range(g["epoch"])))
+    if not rows:  # no run has a recorded epoch ≤ epoch
+        return pd.DataFrame(columns=columns)
     out = pd.DataFrame(rows)
     order = {m: i for i, m in enumerate("RMCSN")}
     out["_m"] = out["mode"].map(lambda m: order.get(m, 9))
@@ -584,8 +593,22 @@ def summary_frame(root: str | Path, epoch: int | None = None):
     return out.drop(columns=["_m", "_lv"]).reset_index(drop=True)
 
 
+def _epoch_range(epochs) -> str:
+    """``"60"`` if all the given epochs are equal, else ``"12–60"`` (min–max); ``""`` if none."""
+    import numpy as np
+
+    e = np.asarray(epochs, dtype=float)
+    e = e[np.isfinite(e)]
+    if e.size == 0:
+        return ""
+    lo, hi = int(e.min()), int(e.max())
+    return str(hi) if lo == hi else f"{lo}–{hi}"
+
+
 def summary_table(root: str | Path, epoch: int | None = None) -> str:
-    """Markdown: final (or given-epoch) test loss per problem, level, clipping and mode, mean ± std over seeds."""
+    """Markdown: final (or given-epoch) test loss per problem, level, clipping and mode, mean ± std
+    over seeds; the last column, ``epochs``, is the epoch (or min–max range) the row's values
+    come from (see :func:`summary_frame`)."""
     import numpy as np
 
     from . import results
@@ -598,10 +621,14 @@ def summary_table(root: str | Path, epoch: int | None = None) -> str:
         if epoch is not None:
             d = d[d["epoch"] <= epoch]
         last = d.sort_values("epoch").groupby("run_id").tail(1)
+        if last.empty:
+            out += [f"### {problem}", "", f"_no run has a recorded epoch ≤ {epoch}_", ""]
+            continue
         keys = _level_cols(problem, last) + ["clip"]
         modes = sorted(last["mode"].unique(), key=lambda m: ("RMCSN".find(m) if m in "RMCSN" else 9, m))
-        title = f"### {problem}" + (f" (test loss at epoch {epoch})" if epoch else " (final test loss)")
-        out += [title, "", "| " + " | ".join(keys + list(modes)) + " |", "|" + "---|" * (len(keys) + len(modes))]
+        title = f"### {problem}" + (f" (test loss at epoch {epoch})" if epoch is not None else " (final test loss)")
+        out += [title, "", "| " + " | ".join(keys + list(modes) + ["epochs"]) + " |",
+                "|" + "---|" * (len(keys) + len(modes) + 1)]
         for vals, g in last.groupby(keys, sort=True) if keys else [((), last)]:
             vals = vals if isinstance(vals, tuple) else (vals,)
             cells = []
@@ -613,7 +640,7 @@ def summary_table(root: str | Path, epoch: int | None = None) -> str:
                     continue
                 sd = float(np.std(x, ddof=1)) if len(x) > 1 else 0.0
                 cells.append(f"{np.mean(x):.3g} ± {sd:.2g}" + (f" ({div} div.)" if div else ""))
-            out.append("| " + " | ".join([str(v) for v in vals] + cells) + " |")
+            out.append("| " + " | ".join([str(v) for v in vals] + cells + [_epoch_range(g["epoch"])]) + " |")
         n_seeds = last.groupby(["mode"] + keys)["seed"].nunique().min()
         out += ["", f"mean ± std over {n_seeds} seed(s) per cell.", ""]
     return "\n".join(out) + "\n"

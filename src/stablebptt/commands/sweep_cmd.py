@@ -86,23 +86,32 @@ def results_cmd(
     sweep_dir: Path = typer.Argument(..., help="a sweep (or runs) folder"),
     csv: Optional[Path] = typer.Option(None, help="write all rows (run × epoch) as CSV"),
     parquet: Optional[Path] = typer.Option(None, help="write all rows as Parquet"),
-    epoch: Optional[int] = typer.Option(None, help="report the test loss at this epoch instead of the last"),
+    epoch: Optional[int] = typer.Option(None, help="report the test loss at this epoch (each run's last recorded "
+                                                          "epoch ≤ EPOCH) instead of the last"),
 ):
-    """Collect finished runs into one table; print mean ± std of the final test loss."""
+    """Collect finished runs into one table; print mean ± std of the final test loss and the
+    epoch it comes from (a range when the runs of a row stopped at different epochs)."""
     from .. import results, sweep
 
     if not sweep_dir.is_dir():
         raise fail(f"{sweep_dir} is not a folder")
+    if epoch is not None and epoch < 0:
+        raise fail(f"--epoch {epoch}: must be ≥ 0 (0 = the untrained controller)")
     df = results.collect(sweep_dir, csv=csv, parquet=parquet)
     if df.empty:
         raise fail(f"no finished runs under {sweep_dir}")
     s = sweep.summary_frame(sweep_dir, epoch=epoch)
-    t = Table(title=f"{sweep_dir}: test loss " + (f"at epoch {epoch}" if epoch else "at the last epoch")
-              + ", mean ± std over seeds")
-    for col in ("problem", "level", "clip", "mode", "test loss", "seeds", "diverged"):
-        t.add_column(col, justify="right" if col in ("test loss", "seeds", "diverged") else "left")
+    if s.empty:
+        raise fail(f"--epoch {epoch}: no run under {sweep_dir} has a recorded epoch ≤ {epoch} "
+                   f"(recorded epochs: {int(df['epoch'].min())} … {int(df['epoch'].max())})")
+    t = Table(title=f"{sweep_dir}: test loss " + (f"at epoch ≤ {epoch}" if epoch is not None else "at the last epoch")
+              + ", mean ± std over seeds",
+              caption="epochs: the epoch the values come from (min–max where the runs of a row differ)")
+    for col in ("problem", "level", "clip", "mode", "test loss", "epochs", "seeds", "diverged"):
+        t.add_column(col, justify="right" if col in ("test loss", "epochs", "seeds", "diverged") else "left",
+                     no_wrap=col == "epochs")
     for r in s.itertuples():
-        t.add_row(r.problem, r.level, r.clip, r.mode, f"{r.mean:.4g} ± {r.std:.2g}", str(r.n),
+        t.add_row(r.problem, r.level, r.clip, r.mode, f"{r.mean:.4g} ± {r.std:.2g}", r.epochs, str(r.n),
                   str(r.diverged) if r.diverged else "")
     out.print(t)
     out.print(f"{df['run_id'].nunique()} runs, {len(df)} rows (run × epoch)" + (f"; wrote {csv}" if csv else "")
