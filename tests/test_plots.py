@@ -52,14 +52,15 @@ def sweep(tmp_path_factory):
 def test_plot_sweep_writes_png_and_pdf(sweep, tmp_path):
     paths = plots.plot_sweep(sweep)
     names = sorted(p.name for p in paths)
-    assert names == ["linear-test-loss.pdf", "linear-test-loss.png",
-                     "toy-field-test-loss.pdf", "toy-field-test-loss.png"]
+    assert names == ["linear-paired-R-C.pdf", "linear-paired-R-C.png", "linear-test-loss.pdf", "linear-test-loss.png",
+                     "toy-field-test-loss.pdf", "toy-field-test-loss.png"]  # toy-field has no R/C pair
     for p in paths:
         assert p.parent == sweep / "figures"
         assert p.is_file() and p.stat().st_size > 1000
     assert paths[0].read_bytes()[:4] in (b"\x89PNG", b"%PDF")
     raw = plots.plot_sweep(sweep, tmp_path / "out", smooth=False, band="ci", formats=("png",))
-    assert [p.name for p in raw] == ["linear-test-loss-raw-ci.png", "toy-field-test-loss-raw-ci.png"]
+    assert [p.name for p in raw] == ["linear-test-loss-raw-ci.png", "linear-paired-R-C.png",
+                                     "toy-field-test-loss-raw-ci.png"]
     assert all(p.is_file() for p in raw)
 
 
@@ -68,17 +69,18 @@ def test_layout_from_real_runs(sweep):
 
     df = results.collect(sweep)
     fig = plots.problem_figure(df, "toy-field")
-    assert len(fig.axes) == 2  # one panel per target
+    assert len(fig.axes) == 2  # one panel per target, one clipping row
     assert [a.get_title() for a in fig.axes] == ["toy-field: target=1", "toy-field: target=2"]
     fig = plots.problem_figure(df, "linear")
-    assert len(fig.axes) == 1
-    ax = fig.axes[0]
-    assert ax.get_yscale() == "log"
-    styles = {(l.get_color(), l.get_linestyle()) for l in ax.get_lines()}
-    assert styles == {(plots.MODE_COLORS["R"], "-"), (plots.MODE_COLORS["R"], ":"),
-                      (plots.MODE_COLORS["C"], "-"), (plots.MODE_COLORS["C"], ":")}
-    legend = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert legend == ["R", "C", "clip none", "clip norm"]
+    assert len(fig.axes) == 2  # one level, a row per clipping mode
+    assert [a.get_ylabel() for a in fig.axes] == ["no clipping\ntest loss", "clip norm\ntest loss"]
+    for ax in fig.axes:
+        assert ax.get_yscale() == "log"
+        assert {(l.get_color(), l.get_marker()) for l in ax.get_lines()} == {
+            (plots.MODE_COLORS["R"], plots.MODE_MARKERS["R"]), (plots.MODE_COLORS["C"], plots.MODE_MARKERS["C"])}
+    legend = fig.legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == ["R", "C", "×/÷ geometric std"]
+    assert "geometric mean over 2 seeds" in legend.get_title().get_text()
 
 
 def test_diverged_run_is_marked(tmp_path):
@@ -94,21 +96,27 @@ def test_diverged_run_is_marked(tmp_path):
     marks = [l for l in ax.get_lines() if l.get_marker() == "x"]
     assert len(marks) == 1
     assert marks[0].get_xdata()[0] == df["epoch"].max() == 3
-    assert "diverged" in [t.get_text() for t in fig.legends[0].get_texts()]
+    legend = fig.legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == ["R", "diverged"]  # one run: no band entry
+    title = legend.get_title().get_text()
+    assert "one run (seed 0)" in title and "raw" in title and "mean" not in title and "std" not in title
 
 
 # ------------------------------------------------------------------ synthetic tables: the paper's layouts
 def fake_table(problem, level_col, levels, *, modes="RMCS", clips=("none", "value", "norm"), seeds=3,
-               epochs=60, scale=1.0, update_norm=False):
+               epochs=60, scale=1.0, update_norm=False, same_curve=False):
+    """A results table; with ``same_curve`` every mode of a seed has the identical curve."""
     rows = []
     rng = np.random.default_rng(1)
     rid = 0
     for lev in levels:
-        for m in modes:
-            for c in clips:
-                for s in range(seeds):
+        for c in clips:
+            for s in range(seeds):
+                shared = (0.5 + np.exp(-np.arange(1, epochs + 1) / 20)) * (1 + 0.05 * rng.random(epochs))
+                for m in modes:
                     rid += 1
-                    curve = scale * (0.5 + np.exp(-np.arange(1, epochs + 1) / 20)) * (1 + 0.05 * rng.random(epochs))
+                    curve = scale * (shared if same_curve else
+                                     (0.5 + np.exp(-np.arange(1, epochs + 1) / 20)) * (1 + 0.05 * rng.random(epochs)))
                     for e in range(epochs):
                         r = dict(run_id=f"r{rid}", seed=s, status="finished", diverged_epoch=None, problem=problem,
                                  mode=m, clip=c, optimizer="adam", lr=1e-3, epoch=e + 1, test_loss=curve[e])
@@ -122,18 +130,68 @@ def fake_table(problem, level_col, levels, *, modes="RMCS", clips=("none", "valu
 def test_cartpole_layout_band_and_author_range():
     df = fake_table("cartpole", "param_poles", [1, 2, 3, 4], seeds=2, epochs=40)
     fig = plots.problem_figure(df, "cartpole", window=30)
-    assert [a.get_title() for a in fig.axes] == ["cart-pole, 1 pole", "cart-pole, 2 poles",
-                                                 "cart-pole, 3 poles", "cart-pole, 4 poles"]
+    assert len(fig.axes) == 12  # 3 clipping rows × 4 levels
+    assert [a.get_title() for a in fig.axes[:4]] == ["cart-pole, 1 pole", "cart-pole, 2 poles",
+                                                     "cart-pole, 3 poles", "cart-pole, 4 poles"]
+    assert [a.get_ylabel() for a in fig.axes[::4]] == ["no clipping\ntest loss", "clip value\ntest loss",
+                                                       "clip norm\ntest loss"]
     for ax in fig.axes:
         assert ax.get_ylim() == pytest.approx((1e-6, 3.0))
-        assert len(ax.collections) == 12  # one band per mode × clip
-        colors = {l.get_color() for l in ax.get_lines()}
-        assert colors == {plots.MODE_COLORS[m] for m in "RMCS"}
-        assert {l.get_linestyle() for l in ax.get_lines()} == {"-", "--", ":"}
+        assert len(ax.collections) == 4  # one band per mode
+        assert {l.get_color() for l in ax.get_lines()} == {plots.MODE_COLORS[m] for m in "RMCS"}
+        assert {l.get_marker() for l in ax.get_lines()} == {plots.MODE_MARKERS[m] for m in "RMCS"}
     # data outside the authors' range: autoscale
     fig = plots.problem_figure(fake_table("cartpole", "param_poles", [1], modes="C", clips=("none",),
                                           scale=10.0), "cartpole")
     assert fig.axes[0].get_ylim()[1] > 3.0
+
+
+def test_coinciding_curves_stay_visible():
+    """M and S (and R, C) identical: each mode's markers sit at epochs no other mode marks, and
+    a mode drawn later is thinner with a smaller marker, so the earlier one shows as a rim."""
+    df = fake_table("cartpole", "param_poles", [4], clips=("none",), seeds=2, epochs=60, same_curve=True)
+    ax = plots.problem_figure(df, "cartpole").axes[0]
+    lines = sorted([l for l in ax.get_lines() if l.get_linestyle() == "-"], key=lambda l: l.get_zorder())
+    assert [l.get_color() for l in lines] == [plots.MODE_COLORS[m] for m in "RMCS"]  # drawn R, M, C, S
+    np.testing.assert_array_equal(lines[1].get_ydata(), lines[3].get_ydata())  # M and S coincide
+    widths = [l.get_linewidth() for l in lines]
+    sizes = [l.get_markersize() for l in lines]
+    assert widths == sorted(widths, reverse=True) and len(set(widths)) == 4
+    assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == 4
+    marked = []
+    for l in lines:
+        start, step = l.get_markevery()
+        marked.append(set(np.asarray(l.get_xdata())[start::step]))
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert not marked[i] & marked[j]
+
+
+def test_markevery_staggers():
+    assert plots.markevery(60, 0, 4) == (0, 10)
+    assert plots.markevery(60, 3, 4) == (7, 10)
+    assert plots.markevery(3, 2, 4) == (0, 1)  # too short to stagger: concentric markers instead
+
+
+def test_legend_is_compact():
+    df = fake_table("cartpole", "param_poles", [1, 2, 3, 4], seeds=2, epochs=40)
+    fig = plots.problem_figure(df, "cartpole")
+    fig.canvas.draw()
+    legend = fig.legends[0]
+    assert len(legend.get_texts()) == 5  # R, M, C, S, band
+    assert legend.get_window_extent().height < 0.15 * fig.bbox.height
+
+
+def test_titles_say_how_many_seeds():
+    df = fake_table("cartpole", "param_poles", [1, 4], clips=("none",), seeds=3, epochs=40)
+    df = df[~((df["param_poles"] == 1) & (df["seed"] > 0))]  # 1 pole: seed 0 only
+    fig = plots.problem_figure(df, "cartpole")
+    assert [a.get_title() for a in fig.axes] == ["cart-pole, 1 pole\none run, seed 0", "cart-pole, 4 poles"]
+    title = fig.legends[0].get_title().get_text()
+    assert "geometric mean over 3 seeds" in title and "fewer seeds: 1 pole (one run, seed 0)" in title
+    one = fake_table("cartpole", "param_poles", [4], clips=("none",), seeds=1, epochs=40)
+    title = plots.problem_figure(one, "cartpole").legends[0].get_title().get_text()
+    assert "each line is one run (seed 0)" in title and "mean" not in title
 
 
 def test_guidance_panels_go_from_easy_to_hard_and_ci_band():
@@ -142,7 +200,11 @@ def test_guidance_panels_go_from_easy_to_hard_and_ci_band():
     assert [a.get_title() for a in fig.axes] == ["guidance, rc = 1", "guidance, rc = 0.1",
                                                  "guidance, rc = 0.01", "guidance, rc = 0.001"]
     assert fig.axes[0].get_ylim() == pytest.approx((0.4, 6.0))
-    assert "bootstrap 95% CI" in fig._suptitle.get_text()
+    assert "bootstrap 95 % CI of the geometric mean" in fig.legends[0].get_title().get_text()
+    with pytest.raises(ValueError, match="band='sem'; allowed: std, ci"):
+        plots.problem_figure(df, "guidance", band="sem")
+    with pytest.raises(ValueError, match="no runs of problem 'quantum'"):
+        plots.problem_figure(df, "quantum")
 
 
 def test_quantum_has_update_size_panel_for_highest_target():
@@ -158,15 +220,37 @@ def test_quantum_has_update_size_panel_for_highest_target():
     assert plots.MODE_COLORS["R"] in colors and plots.MODE_COLORS["C"] in colors and len(colors) == 3
 
 
-def test_band_statistics():
-    vals = np.array([[1.0, 3.0], [2.0, np.nan]])
-    mean, lo, hi = plots._band(vals, "std", np.random.default_rng(0))
-    np.testing.assert_allclose(mean, [2.0, 2.0])
-    np.testing.assert_allclose(hi - mean, [np.std([1, 3], ddof=1), 0.0])
-    vals = np.random.default_rng(3).normal(10.0, 1.0, size=(1, 400))
-    mean, lo, hi = plots._band(vals, "ci", np.random.default_rng(0))
-    assert lo[0] < mean[0] < hi[0]
-    assert hi[0] - lo[0] == pytest.approx(2 * 1.96 / np.sqrt(400), rel=0.15)
+def test_log_band_statistics():
+    vals = np.array([[1.0, 100.0], [10.0, np.nan], [4.0, -1.0]])
+    centre, lo, hi = plots.log_band(vals, "std", np.random.default_rng(0))
+    sd = np.log(100.0) / np.sqrt(2)  # sample std of (0, ln 100)
+    np.testing.assert_allclose(centre, [10.0, 10.0, 4.0], rtol=1e-12)  # NaN and ≤ 0 are missing
+    np.testing.assert_allclose(lo, [10.0 * np.exp(-sd), 10.0, 4.0], rtol=1e-12)
+    np.testing.assert_allclose(hi, [10.0 * np.exp(sd), 10.0, 4.0], rtol=1e-12)
+    logs = np.random.default_rng(3).normal(1.0, 1.0, size=(1, 400))
+    centre, lo, hi = plots.log_band(np.exp(logs), "ci", np.random.default_rng(0))
+    assert lo[0] < centre[0] < hi[0]
+    assert np.log(hi[0] / lo[0]) == pytest.approx(2 * 1.96 * logs.std(ddof=1) / np.sqrt(400), rel=0.15)
+
+
+def test_paired_figure_places_each_seed_and_clipping():
+    df = fake_table("cartpole", "param_poles", [1, 4], modes="RC", clips=("none", "norm"), seeds=3, epochs=40)
+    from stablebptt import claims
+
+    finals = claims.final_losses(df).set_index(["param_poles", "clip", "seed", "mode"])["final"]
+    fig = plots.paired_figure(df, "cartpole")
+    assert [a.get_title() for a in fig.axes] == ["cart-pole, 1 pole (3 seeds)", "cart-pole, 4 poles (3 seeds)"]
+    for ax, poles in zip(fig.axes, (1, 4)):
+        assert ax.get_xscale() == ax.get_yscale() == "log"
+        assert ax.get_xlim() == pytest.approx(ax.get_ylim())
+        pts = np.concatenate([c.get_offsets() for c in ax.collections if len(c.get_offsets())])
+        want = [(finals[(poles, clip, s, "R")], finals[(poles, clip, s, "C")])
+                for clip in ("none", "norm") for s in range(3)]
+        np.testing.assert_allclose(pts, want, rtol=1e-12)
+        diag = ax.get_lines()[0]
+        np.testing.assert_allclose(diag.get_xdata(), diag.get_ydata())
+    with pytest.raises(ValueError, match="no seed has both a R and a S run"):
+        plots.paired_figure(df, "cartpole", y="S")
 
 
 # ------------------------------------------------------------------ toy figures

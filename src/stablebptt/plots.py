@@ -1,29 +1,40 @@
-r"""Figures: the paper's sweep figures (mean ± spread over seeds) and the two toy figures.
+r"""Figures: the paper's sweep figures (over seeds, in log space), the paired picture, the toy figures.
 
-Sweep figures (:func:`plot_sweep`)
-----------------------------------
-One figure per problem in a sweep folder, in the paper's layout: one panel per complexity
-level (cart-pole: number of poles; guidance: the control regulariser rc, from easy 1 to
-hard 0.001; quantum: the target eigenstate; any other problem: one panel per combination of
-the problem parameters that vary in the sweep, or a single panel). Each panel shows the
-**test loss per epoch** on a log y axis:
+Sweep figures (:func:`problem_figure`, :func:`plot_sweep`)
+---------------------------------------------------------
+One figure per problem, in the paper's layout: one panel column per complexity level
+(cart-pole: number of poles; guidance: the control regulariser rc, from easy 1 to hard
+0.001; quantum: the target eigenstate; any other problem: one column per combination of the
+problem parameters that vary, or a single column) and **one panel row per clipping mode**
+(none, value, norm). Rows rather than line styles: with four modes × three clippings one
+panel would hold twelve curves and twelve overlapping bands; a row keeps the comparison the
+paper makes (modes under one setting) readable, and the shared y axis lets clippings be
+compared down a column. Each panel shows the **test loss per epoch** on a log y axis:
 
-* one curve per gradient-flow mode and clipping variant: the mean over seeds, with a shaded
-  band (± one standard deviation over seeds, or a bootstrap 95% confidence interval of the
-  mean with ``band="ci"``);
-* raw, or smoothed like the authors: a 30-epoch trailing moving average left-padded with
-  the first value (:func:`smooth_curve`), applied to each run before averaging;
+* one curve per gradient-flow mode: the geometric mean over seeds (losses span decades, so
+  seeds are averaged in log space), with a band ×/÷ one geometric standard deviation
+  (e^(μ ± σ) of ln L over seeds), or a bootstrap 95 % interval of the geometric mean with
+  ``band="ci"`` (:func:`log_band`); a curve from one run has no band;
+* smoothed like the authors: a 30-epoch trailing moving average left-padded with the first
+  value (:func:`smooth_curve`), applied to each run before averaging; or raw;
 * colours are the authors' (R #ef476f, M #ffd166, C #06d6a0, S #073b4c; other mode labels get
-  other colours); clipping is the line style (none solid, value dashed, norm dotted);
+  other colours); every mode also has its own marker, placed at staggered epochs
+  (:func:`markevery`), and modes are drawn R, M, C, S with falling line width and marker size
+  (:func:`mode_styles`), so a curve lying exactly on another still shows;
 * a run that diverged is drawn up to its last finite epoch and marked with an ``x`` there
   (the mean at later epochs is over the seeds still alive);
-* the y range is the authors' (guidance 0.4–6, cart-pole 1e-6–3, quantum 16.5–135) when the
-  curves lie inside it, otherwise matplotlib's autoscaling.
+* the y range is the authors' (guidance 0.4–6, cart-pole 1e-6–3, quantum 16.5–135) when all
+  curves and bands lie inside it, otherwise matplotlib's autoscaling;
+* the title says what a line is: the geometric mean over n seeds, or one run (seed s); a
+  panel with fewer seeds than the rest says so in its title.
 
-The quantum figure gets one more panel: the per-epoch mean update size (``update_norm``, the
-global L2 norm of the update handed to the optimizer, averaged over the epoch's minibatches)
-for the highest target, on a log y axis, which shows how many orders of magnitude R's
+The quantum figure gets one more column: the per-epoch update size (``update_norm``, the
+global L2 norm of the update handed to the optimizer, averaged over the epoch's minibatches;
+raw, not smoothed) at the highest target, which shows how many orders of magnitude R's
 update spans compared with C's.
+
+The paired picture (:func:`paired_figure`): per seed and clipping mode, R's final loss
+against C's, log–log, with the diagonal, one panel per level.
 
 Toy figures
 -----------
@@ -58,15 +69,27 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib import patheffects  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 #: the authors' mode colours
 MODE_COLORS = {"R": "#ef476f", "M": "#ffd166", "C": "#06d6a0", "S": "#073b4c"}
 #: colours for every other mode label (assigned in sorted order of the labels)
 EXTRA_COLORS = ("#118ab2", "#8338ec", "#fb8500", "#6a994e", "#9d4edd", "#bc6c25", "#e5383b",
                 "#3a86ff", "#8d99ae", "#2a9d8f")
-#: clipping variant -> line style
-CLIP_STYLES = {"none": "-", "value": "--", "norm": ":"}
+#: a marker per mode (the authors told modes apart by colour only)
+MODE_MARKERS = {"R": "o", "M": "s", "C": "^", "S": "v", "N": "D"}
+#: markers for every other mode label
+EXTRA_MARKERS = ("P", "X", "*", "h", "<", ">", "d", "p")
+#: clipping modes in panel-row order, and their row labels
+CLIP_ORDER = ("none", "value", "norm")
+CLIP_NAMES = {"none": "no clipping", "value": "clip value", "norm": "clip norm"}
+#: paired picture: clipping mode -> (marker, colour)
+PAIR_STYLES = {"none": ("o", "#222222"), "value": ("s", "#3a86ff"), "norm": ("^", "#fb8500")}
+#: band kinds of the sweep figures (see log_band)
+BANDS = ("std", "ci")
+#: problem -> name in titles
+PROBLEM_NAMES = {"cartpole": "cart-pole", "guidance": "guidance by repulsion", "quantum": "quantum control"}
 #: problem -> the results column that holds its complexity level
 LEVEL_PARAMS = {"cartpole": "param_poles", "guidance": "param_rc", "quantum": "param_target"}
 #: problem -> (ymin, ymax) the authors used (applied only when the curves lie inside)
@@ -110,35 +133,67 @@ def mode_colors(labels: Iterable[str]) -> dict[str, str]:
     return out
 
 
+def mode_styles(labels: Iterable[str]) -> dict[str, dict]:
+    """Line style per mode label, in drawing order (R, M, C, S, then the rest).
+
+    Each entry: ``color``, ``marker`` and, falling with the drawing order, ``lw`` (line width,
+    points), ``ms`` (marker size, points) and rising ``zorder``: a curve drawn later is thinner
+    and sits on top, so where two modes coincide (M and S on the toys, R under M in some
+    panels) the earlier one still shows as a wider rim and a larger marker around the later one.
+    ``k``/``of``: the position in the drawing order, used to stagger the markers along x.
+    """
+    labels = sorted(set(labels), key=_mode_sort_key)
+    colors = mode_colors(labels)
+    return {lab: {"color": colors[lab], "marker": MODE_MARKERS.get(lab, EXTRA_MARKERS[k % len(EXTRA_MARKERS)]),
+                  "lw": max(2.6 - 0.5 * k, 0.8), "ms": max(6.0 - 1.0 * k, 3.0), "zorder": 3 + k,
+                  "k": k, "of": len(labels)}
+            for k, lab in enumerate(labels)}
+
+
 def _mode_sort_key(label: str):
     base = str(label).split(" ")[0]
     return (MODE_ORDER.index(base) if base in MODE_ORDER else len(MODE_ORDER), str(label))
 
 
-def _clip_style(clip: str) -> str:
-    return CLIP_STYLES.get(str(clip), "-.")
+def _clip_order(clips: Iterable[str]) -> list[str]:
+    have = set(clips)
+    return [c for c in CLIP_ORDER if c in have] + sorted(have - set(CLIP_ORDER))
 
 
-def _band(values: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(mean, lower, upper) over seeds of an (epochs, seeds) array with NaN for missing."""
-    n = np.sum(np.isfinite(values), axis=1)
-    with warnings.catch_warnings():
+def markevery(n_points: int, k: int, of: int, marks: int = 6) -> tuple[int, int]:
+    """``(start, step)`` for matplotlib's ``markevery``: about ``marks`` markers per curve, with
+    curve ``k`` of ``of`` starting ``k/of`` of a step later than curve 0, so coinciding curves
+    put their markers at different epochs (whenever ``step ≥ of``)."""
+    step = max(1, int(n_points) // int(marks))
+    return (k * step) // max(int(of), 1), step
+
+
+def log_band(values: np.ndarray, kind: str, rng: np.random.Generator,
+             n_boot: int = 1000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(centre, lower, upper) per row of an (epochs, seeds) array, computed in log space.
+
+    Entries that are NaN or ≤ 0 are missing. Per row with mean μ and sample std σ of ln v over
+    the present seeds: centre = e^μ (the geometric mean); ``kind="std"``: the band e^(μ∓σ)
+    (×/÷ the geometric std); ``kind="ci"``: a percentile bootstrap 95 % interval of e^μ
+    (``n_boot`` resamples of the seeds). Rows with one seed get a zero-width band.
+    """
+    if kind not in BANDS:
+        raise ValueError(f"band={kind!r}; allowed: {', '.join(BANDS)}")
+    v = np.asarray(values, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        mean = np.nanmean(values, axis=1)
+        lv = np.log(np.where(v > 0, v, np.nan))
+        n = np.sum(np.isfinite(lv), axis=1)
+        mu = np.nanmean(lv, axis=1)
         if kind == "std":
-            sd = np.where(n > 1, np.nanstd(values, axis=1, ddof=1) if values.shape[1] > 1 else 0.0, 0.0)
-            return mean, mean - sd, mean + sd
-        if kind == "ci":
-            if values.shape[1] < 2:
-                return mean, mean, mean
-            B = 2000
-            idx = rng.integers(0, values.shape[1], size=(B, values.shape[1]))
-            boots = np.nanmean(values[:, idx], axis=2)  # (epochs, B)
-            lo, hi = np.nanpercentile(boots, [2.5, 97.5], axis=1)
-            lo = np.where(n > 1, lo, mean)
-            hi = np.where(n > 1, hi, mean)
-            return mean, lo, hi
-    raise ValueError(f"band={kind!r}; allowed: std, ci")
+            sd = np.where(n > 1, np.nanstd(lv, axis=1, ddof=1), 0.0) if v.shape[1] > 1 else np.zeros_like(mu)
+            return np.exp(mu), np.exp(mu - sd), np.exp(mu + sd)
+        if v.shape[1] < 2:
+            return np.exp(mu), np.exp(mu), np.exp(mu)
+        idx = rng.integers(0, v.shape[1], size=(n_boot, v.shape[1]))
+        boots = np.nanmean(lv[:, idx], axis=2)  # (epochs, n_boot)
+        lo, hi = np.nanpercentile(boots, [2.5, 97.5], axis=1)
+    return np.exp(mu), np.exp(np.where(n > 1, lo, mu)), np.exp(np.where(n > 1, hi, mu))
 
 
 def _level_columns(df: pd.DataFrame, problem: str) -> list[str]:
@@ -172,7 +227,7 @@ def _level_sort(problem: str, values: list) -> list:
 
 def _level_title(problem: str, cols: Sequence[str], value) -> str:
     if not cols:
-        return problem
+        return PROBLEM_NAMES.get(problem, problem)
     if problem == "cartpole" and cols == ["param_poles"]:
         n = int(value)
         return f"cart-pole, {n} pole{'s' if n != 1 else ''}"
@@ -186,6 +241,10 @@ def _level_title(problem: str, cols: Sequence[str], value) -> str:
 
 def _fmt(v) -> str:
     return f"{v:g}" if isinstance(v, (float, np.floating)) else str(v)
+
+
+def _clip_name(clip: str) -> str:
+    return CLIP_NAMES.get(str(clip), f"clip {clip}")
 
 
 def _curves(sub: pd.DataFrame, metric: str, smooth: bool, window: int):
@@ -207,57 +266,53 @@ def _curves(sub: pd.DataFrame, metric: str, smooth: bool, window: int):
     return out
 
 
-def _draw_group(ax, runs, *, color, ls, band, rng, label=None):
-    """Mean ± band of a list of (epochs, values, diverged); returns the plotted mean's (min, max)."""
+def _draw_group(ax, runs, style: dict, band: str, rng) -> tuple[float, float] | None:
+    """Geometric mean and log-space band of a list of (epochs, values, diverged) runs.
+
+    Diverged runs get an ``x`` at their last finite point. Returns the (min, max) of what was
+    drawn (band included), or None when nothing positive was drawn.
+    """
     epochs = np.unique(np.concatenate([r[0] for r in runs]))
     pos = {e: i for i, e in enumerate(epochs)}
     vals = np.full((len(epochs), len(runs)), np.nan)
     for j, (e, y, _) in enumerate(runs):
         vals[[pos[k] for k in e], j] = y
-    mean, lo, hi = _band(vals, band, rng)
-    finite_pos = mean[np.isfinite(mean) & (mean > 0)]
-    floor = float(np.min(finite_pos)) * 1e-3 if finite_pos.size else 1e-30
-    lo = np.maximum(lo, floor)  # keep the band drawable on a log axis
-    line = "-" if len(epochs) > 1 else ""
-    ax.plot(epochs, mean, color=color, ls=ls if line else "", marker=None if line else "o", lw=1.6,
-            label=label, zorder=3)
+    centre, lo, hi = log_band(vals, band, rng)
+    start, step = markevery(len(epochs), style["k"], style["of"])
+    line = len(epochs) > 1
+    ax.plot(epochs, centre, color=style["color"], lw=style["lw"], ls="-" if line else "",
+            marker=style["marker"], ms=style["ms"], markevery=(start, step) if line else None,
+            mec="white" if line else style["color"], mew=0.6, zorder=style["zorder"])
     if len(runs) > 1:
-        ax.fill_between(epochs, lo, hi, color=color, alpha=0.22, lw=0, zorder=2)
+        ax.fill_between(epochs, lo, hi, color=style["color"], alpha=0.2, lw=0, zorder=1)
     for e, y, div in runs:
         if div:
-            ax.plot([e[-1]], [y[-1]], marker="x", ms=8, mew=2, color=color, ls="", zorder=4)
-    return (float(np.nanmin(mean)), float(np.nanmax(mean))) if np.isfinite(mean).any() else None
-
-
-def _legend_handles(labels: Sequence[str], clips: Sequence[str], colors: dict, diverged: bool):
-    h = [Line2D([], [], color=colors[lab], lw=3, label=lab) for lab in labels]
-    if len(clips) > 1 or (clips and clips[0] != "none"):
-        h += [Line2D([], [], color="0.25", ls=_clip_style(c), lw=1.6, label=f"clip {c}") for c in clips]
-    if diverged:
-        h.append(Line2D([], [], color="0.25", marker="x", ls="", mew=2, label="diverged"))
-    return h
+            ax.plot([e[-1]], [y[-1]], marker="x", ms=8, mew=2, color=style["color"], ls="", zorder=10)
+    drawn = np.concatenate([lo, hi, centre])
+    drawn = drawn[np.isfinite(drawn) & (drawn > 0)]
+    return (float(drawn.min()), float(drawn.max())) if drawn.size else None
 
 
 def _apply_ylim(ax, problem: str, ranges: list) -> None:
+    """The authors' y range when everything drawn lies inside it; else matplotlib's autoscale."""
     lim = AUTHOR_YLIM.get(problem)
     if lim is None or not ranges:
         return
-    lo = min(r[0] for r in ranges)
-    hi = max(r[1] for r in ranges)
-    if lim[0] <= lo and hi <= lim[1]:
+    if lim[0] <= min(r[0] for r in ranges) and max(r[1] for r in ranges) <= lim[1]:
         ax.set_ylim(*lim)
 
 
+def _seed_text(n: int, seeds: Sequence[int]) -> str:
+    return f"one run, seed {seeds[0]}" if n == 1 and len(seeds) == 1 else f"{n} seed{'s' if n != 1 else ''}"
+
+
 # ----------------------------------------------------------------------------- sweep figures
-def problem_figure(df: pd.DataFrame, problem: str, *, smooth: bool = True, window: int = 30,
-                   band: str = "std", seed: int = 0) -> plt.Figure:
-    """The figure of one problem (see the module docstring) from a :func:`results.collect` table."""
-    if band not in ("std", "ci"):
-        raise ValueError(f"band={band!r}; allowed: std, ci")
+def _prepare(df: pd.DataFrame, problem: str) -> tuple[pd.DataFrame, list, list[str], list[str], list[str]]:
+    """(runs of ``problem`` with ``_label``/``_level`` columns, levels, level columns, labels, clips)."""
     sub = df[df["problem"] == problem].copy()
     if sub.empty:
-        raise ValueError(f"no runs of problem {problem!r} in the table")
-    rng = np.random.default_rng(seed)
+        raise ValueError(f"no runs of problem {problem!r} in the table; problems there: "
+                         f"{', '.join(sorted(map(str, df['problem'].unique()))) if len(df) else 'none'}")
     level_cols = _level_columns(sub, problem)
     variants = _variant_columns(sub, level_cols)
     sub["_label"] = sub["mode"].astype(str)
@@ -265,68 +320,232 @@ def problem_figure(df: pd.DataFrame, problem: str, *, smooth: bool = True, windo
         sub["_label"] = sub["_label"] + " (" + sub[variants].astype(str).agg(
             lambda r: ", ".join(f"{c.removeprefix('param_')}={v}" for c, v in zip(variants, r)), axis=1) + ")"
     if level_cols:
-        keys = sub[level_cols].apply(lambda r: tuple(r) if len(level_cols) > 1 else r.iloc[0], axis=1)
-        sub["_level"] = keys
-        levels = _level_sort(problem, list(pd.unique(keys)))
+        sub["_level"] = sub[level_cols].apply(lambda r: tuple(r) if len(level_cols) > 1 else r.iloc[0], axis=1)
+        levels = _level_sort(problem, list(pd.unique(sub["_level"])))
     else:
         sub["_level"] = 0
         levels = [0]
     labels = sorted(sub["_label"].unique(), key=_mode_sort_key)
-    clips = [c for c in CLIP_STYLES if c in set(sub["clip"])] + sorted(set(sub["clip"]) - set(CLIP_STYLES))
-    colors = mode_colors(labels)
-    extra = problem == "quantum" and "update_norm" in sub.columns
-    npan = len(levels) + int(extra)
-    fig, axes = plt.subplots(1, npan, figsize=(4.2 * npan + 1.8, 3.8), squeeze=False)
-    axes = axes[0]
-    any_div = False
-    for ax, level in zip(axes, levels):
-        ranges = []
-        part = sub[sub["_level"].apply(lambda v: v == level)]
-        for lab in labels:
-            for clip in clips:
-                grp = part[(part["_label"] == lab) & (part["clip"] == clip)]
-                if grp.empty:
-                    continue
-                runs = _curves(grp, "test_loss", smooth, window)
-                if not runs:
-                    continue
-                any_div |= any(r[2] for r in runs)
-                rg = _draw_group(ax, runs, color=colors[lab], ls=_clip_style(clip), band=band, rng=rng)
-                if rg is not None:
-                    ranges.append(rg)
-        ax.set_yscale("log")
-        _apply_ylim(ax, problem, ranges)
-        ax.set_title(_level_title(problem, level_cols, level), fontsize=10)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(True, which="major", alpha=0.3)
-    axes[0].set_ylabel("test loss" + (f" ({window}-epoch moving avg.)" if smooth else ""))
-    if extra:
-        ax = axes[-1]
-        top = levels[-1]
-        part = sub[sub["_level"].apply(lambda v: v == top)]
-        for lab in labels:
-            for clip in clips:
-                grp = part[(part["_label"] == lab) & (part["clip"] == clip)]
-                runs = _curves(grp, "update_norm", smooth, window) if not grp.empty else []
-                runs = [(e, y, d) for e, y, d in runs if np.all(y > 0)] or runs
-                if runs:
-                    _draw_group(ax, runs, color=colors[lab], ls=_clip_style(clip), band=band, rng=rng)
-        ax.set_yscale("log")
-        ax.set_title(f"update size, {_level_title(problem, level_cols, top).split(', ', 1)[-1]}", fontsize=10)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel("mean update norm per epoch")
-        ax.grid(True, which="major", alpha=0.3)
-    nseeds = sub.groupby(["_level", "_label", "clip"])["seed"].nunique()
-    seeds_txt = f"{nseeds.min()}" if nseeds.min() == nseeds.max() else f"{nseeds.min()}–{nseeds.max()}"
-    band_txt = "± 1 std" if band == "std" else "bootstrap 95% CI of the mean"
-    fig.suptitle(f"{problem}: test loss, mean over {seeds_txt} seed(s) {band_txt}"
-                 f"{'' if smooth else ' (raw)'}", fontsize=11)
-    fig.legend(handles=_legend_handles(labels, clips, colors, any_div), loc="center right",
-               frameon=False, fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1 - 1.6 / fig.get_figwidth(), 0.95))
+    return sub, levels, level_cols, labels, _clip_order(sub["clip"].astype(str))
+
+
+def _panel(ax, part: pd.DataFrame, labels, styles, metric, smooth, window, band, rng) -> tuple[list, bool]:
+    """One panel: every mode's curve in ``part``; returns (drawn ranges, any run diverged)."""
+    ranges, diverged = [], False
+    for lab in labels:
+        runs = _curves(part[part["_label"] == lab], metric, smooth, window)
+        if not runs:
+            continue
+        diverged |= any(r[2] for r in runs)
+        rg = _draw_group(ax, runs, styles[lab], band, rng)
+        if rg is not None:
+            ranges.append(rg)
+    ax.set_yscale("log")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
+    return ranges, diverged
+
+
+def _seed_counts(sub: pd.DataFrame) -> pd.Series:
+    """Seeds per (level, label, clip) curve."""
+    return sub.groupby(["_level", "_label", "clip"])["seed"].nunique()
+
+
+def _description(problem: str, sub: pd.DataFrame, levels, level_cols, smooth: bool, window: int, band: str) -> str:
+    """Two lines saying what is drawn: the quantity, and what a line and a band are."""
+    counts = _seed_counts(sub)
+    top = int(counts.max())
+    what = f"test loss, {window}-epoch moving average" if smooth else "test loss, raw per epoch"
+    if top == 1:
+        seeds = sorted(sub["seed"].unique())
+        line = f"each line is one run (seed {seeds[0]})" if len(seeds) == 1 else "each line is one run"
+    else:
+        line = (f"line: geometric mean over {top} seeds; band: "
+                + ("×/÷ geometric std" if band == "std" else "bootstrap 95 % CI of the geometric mean"))
+        fewer = [lv for lv in levels if _level_seeds(counts, lv) < top]
+        if fewer:
+            line += "; fewer seeds: " + ", ".join(
+                f"{_level_title(problem, level_cols, lv).split(', ', 1)[-1]} "
+                f"({_seed_text(_level_seeds(counts, lv), _seeds_at(sub, lv))})" for lv in fewer)
+    return f"{PROBLEM_NAMES.get(problem, problem)}: {what}\n{line}"
+
+
+def _seeds_at(sub: pd.DataFrame, level) -> list:
+    return sorted(sub.loc[sub["_level"].apply(lambda v: v == level), "seed"].unique())
+
+
+def _level_seeds(counts: pd.Series, level) -> int:
+    """The fewest seeds of any curve at ``level``."""
+    return int(counts[counts.index.get_level_values(0).map(lambda v: v == level)].min())
+
+
+def _legend(fig, handles, title: str) -> None:
+    """One compact legend row above the panels, titled with what the figure shows."""
+    fig.legend(handles=handles, loc="outside upper center", ncol=len(handles), frameon=False, fontsize=9,
+               handlelength=2.2, columnspacing=1.4, title=title, title_fontsize=10)
+
+
+def _mode_handles(labels, styles, band: str, multi_seed: bool, diverged: bool) -> list:
+    h = [Line2D([], [], color=styles[lab]["color"], lw=styles[lab]["lw"], marker=styles[lab]["marker"],
+                ms=styles[lab]["ms"], mec="white", mew=0.6, label=lab) for lab in labels]
+    if multi_seed:
+        h.append(Patch(color="0.5", alpha=0.3, label="×/÷ geometric std" if band == "std" else "95 % CI"))
+    if diverged:
+        h.append(Line2D([], [], color="0.25", marker="x", ls="", mew=2, label="diverged"))
+    return h
+
+
+def _plain_log_labels(ax, axis: str = "y") -> None:
+    """On a log axis spanning under two decades, label ticks as plain numbers at 1, 2, 3 and 5
+    times a power of ten (0.5, 1, 2, 3, 5), leaving the other minor ticks unlabelled."""
+    lo, hi = ax.get_ylim() if axis == "y" else ax.get_xlim()
+    if not (lo > 0 and hi / lo < 100):
+        return
+    a = ax.yaxis if axis == "y" else ax.xaxis
+    a.set_major_formatter(FuncFormatter(_plain_tick))
+    a.set_minor_formatter(FuncFormatter(_plain_tick))
+
+
+def _plain_tick(v: float, _pos=None) -> str:
+    if v <= 0:
+        return ""
+    mantissa = v / 10 ** np.floor(np.log10(v) + 1e-9)
+    return f"{v:g}" if any(abs(mantissa - m) < 1e-6 for m in (1, 2, 3, 5)) else ""
+
+
+def problem_figure(df: pd.DataFrame, problem: str, *, smooth: bool = True, window: int = 30,
+                   band: str = "std", seed: int = 0) -> plt.Figure:
+    """The figure of one problem (see the module docstring) from a :func:`results.collect` table.
+
+    Rows: clipping modes (none, value, norm, others); columns: complexity levels, easy to hard
+    (plus, for quantum, the update size at the highest target). All test-loss panels share one
+    log y axis. ``band``: ``"std"`` (×/÷ geometric std) or ``"ci"``; ``seed``: the bootstrap's.
+    """
+    if band not in BANDS:
+        raise ValueError(f"band={band!r}; allowed: {', '.join(BANDS)}")
+    sub, levels, level_cols, labels, clips = _prepare(df, problem)
+    rng = np.random.default_rng(seed)
+    styles = mode_styles(labels)
+    extra = problem == "quantum" and "update_norm" in sub.columns and sub["update_norm"].notna().any()
+    ncol = len(levels) + int(extra)
+    fig, axes = plt.subplots(len(clips), ncol, figsize=(2.9 * ncol + 0.9, 2.25 * len(clips) + 0.9),
+                             squeeze=False, sharex=True, layout="constrained")
+    counts = _seed_counts(sub)
+    top = int(counts.max())
+    ranges, any_div = [], False
+    for i, clip in enumerate(clips):
+        for j, level in enumerate(levels):
+            ax = axes[i, j]
+            if (i, j) != (0, 0):
+                ax.sharey(axes[0, 0])
+            part = sub[(sub["clip"] == clip) & sub["_level"].apply(lambda v: v == level)]
+            rg, div = _panel(ax, part, labels, styles, "test_loss", smooth, window, band, rng)
+            ranges += rg
+            any_div |= div
+            if i == 0:
+                n = _level_seeds(counts, level)
+                ax.set_title(_level_title(problem, level_cols, level)
+                             + (f"\n{_seed_text(n, _seeds_at(sub, level))}" if n < top else ""), fontsize=10)
+            if j == 0:
+                ax.set_ylabel(f"{_clip_name(clip)}\ntest loss", fontsize=9)
+            if i == len(clips) - 1:
+                ax.set_xlabel("epoch")
+        if extra:
+            ax = axes[i, -1]
+            part = sub[(sub["clip"] == clip) & sub["_level"].apply(lambda v: v == levels[-1])]
+            _panel(ax, part, labels, styles, "update_norm", False, 1, band, rng)
+            if i == 0:
+                ax.set_title(f"update size, {_level_title(problem, level_cols, levels[-1]).split(', ', 1)[-1]}",
+                             fontsize=10)
+            ax.set_ylabel("update norm\n(raw, per epoch)", fontsize=9)
+            if i == len(clips) - 1:
+                ax.set_xlabel("epoch")
+    _apply_ylim(axes[0, 0], problem, ranges)
+    for ax in axes[:, : len(levels)].ravel():
+        _plain_log_labels(ax)
+    _legend(fig, _mode_handles(labels, styles, band, top > 1, any_div),
+            _description(problem, sub, levels, level_cols, smooth, window, band))
     return fig
+
+
+def paired_figure(df: pd.DataFrame, problem: str, *, x: str = "R", y: str = "C", epoch: int | None = None,
+                  window: int = 30) -> plt.Figure:
+    """Per seed: mode ``x``'s final loss (horizontal) against mode ``y``'s (vertical), log–log.
+
+    Final loss as in :mod:`stablebptt.claims` (the last point of the ``window``-epoch moving
+    average, at ``epoch`` if given; a diverged run is drawn at the panel's edge with a hollow
+    marker). One panel per level, one marker per (seed, clipping mode): the clipping mode is
+    the marker (and its colour), the seed the number beside it. Solid diagonal: equal loss
+    (below it ``y`` is lower); dotted: ``y`` 10× lower. Each panel has square limits around
+    its own points (the levels' losses differ by decades).
+    Raises ValueError when no seed has both modes.
+    """
+    from . import claims
+
+    sub, levels, level_cols, _, clips = _prepare(df, problem)
+    runs = claims.final_losses(sub.drop(columns=["_label"]), epoch=epoch, window=window)
+    pairs = claims.paired(runs, x, y, ["_level", "clip"])
+    if pairs.empty:
+        raise ValueError(f"{problem}: no seed has both a {x} and a {y} run; nothing to pair")
+    levels = [lv for lv in levels if (pairs["_level"].apply(lambda v: v == lv)).any()]
+    fig, axes = plt.subplots(1, len(levels), figsize=(3.1 * len(levels) + 0.6, 3.7), squeeze=False,
+                             layout="constrained")
+    tenfold_shown = False
+    for ax, level in zip(axes[0], levels):
+        p = pairs[pairs["_level"].apply(lambda v: v == level)]
+        tenfold_shown |= _paired_panel(ax, p, x, y)
+        n = p["seed"].nunique()
+        ax.set_title(_level_title(problem, level_cols, level) + f" ({n} seed{'s' if n != 1 else ''})", fontsize=10)
+        ax.set_xlabel(f"{x}: final test loss")
+    axes[0, 0].set_ylabel(f"{y}: final test loss")
+    h = [Line2D([], [], marker=_pair_style(c)[0], color=_pair_style(c)[1], ls="", label=_clip_name(c))
+         for c in _clip_order(pairs["clip"])]
+    h.append(Line2D([], [], color="0.35", lw=1.0, label=f"{y} = {x}"))
+    if tenfold_shown:
+        h.append(Line2D([], [], color="0.35", lw=0.9, ls=":", label=f"{y} = {x}/10"))
+    if not np.isfinite(pairs[[x, y]].to_numpy(float)).all():
+        h.append(Line2D([], [], marker="o", mfc="none", mec="0.3", ls="", label="diverged (at the edge)"))
+    when = f"at epoch {epoch}" if epoch is not None else "final"
+    _legend(fig, h, f"{PROBLEM_NAMES.get(problem, problem)}: {when} test loss ({window}-epoch moving average), "
+                    f"{y} against {x}, paired by seed\nnumbers: seeds; below the solid diagonal {y} is lower")
+    return fig
+
+
+def _pair_style(clip: str) -> tuple[str, str]:
+    return PAIR_STYLES.get(str(clip), ("D", "0.4"))
+
+
+def _paired_panel(ax, p: pd.DataFrame, x: str, y: str) -> bool:
+    """One level of :func:`paired_figure`: square log–log limits around its own points.
+
+    Returns whether the dotted line ``y = x/10`` crosses the panel (it does when the limits
+    span more than one decade)."""
+    vals = p[[x, y]].to_numpy(float)
+    fin = vals[np.isfinite(vals) & (vals > 0)]
+    lo, hi = (np.log10(fin.min()) - 0.3, np.log10(fin.max()) + 0.3) if fin.size else (-1.0, 1.0)
+    edge = 10 ** (hi - 0.1)
+    g = np.logspace(lo, hi, 2)
+    ax.plot(g, g, color="0.35", lw=1.0, zorder=1)
+    ax.plot(g, g / 10, color="0.35", lw=0.9, ls=":", zorder=1)
+    for clip in _clip_order(p["clip"]):
+        c = p[p["clip"] == clip]
+        px, py = c[x].to_numpy(float), c[y].to_numpy(float)
+        div = ~np.isfinite(px) | ~np.isfinite(py)
+        px, py = np.where(np.isfinite(px), px, edge), np.where(np.isfinite(py), py, edge)
+        marker, color = _pair_style(clip)
+        ax.scatter(px[~div], py[~div], marker=marker, color=color, s=34, zorder=3, edgecolor="white", lw=0.5)
+        ax.scatter(px[div], py[div], marker=marker, facecolor="none", edgecolor=color, s=34, zorder=3)
+        for sx, sy, s in zip(px, py, c["seed"]):
+            ax.annotate(str(int(s)), (sx, sy), xytext=(3, 2), textcoords="offset points", fontsize=7, color="0.3")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(10 ** lo, 10 ** hi)
+    ax.set_ylim(10 ** lo, 10 ** hi)
+    ax.set_aspect("equal")
+    ax.grid(True, which="major", alpha=0.3)
+    _plain_log_labels(ax, "x")
+    _plain_log_labels(ax, "y")
+    return hi - lo > 1
 
 
 def _save(fig, out_dir: Path, stem: str, formats: Sequence[str]) -> list[Path]:
@@ -345,7 +564,9 @@ def _save(fig, out_dir: Path, stem: str, formats: Sequence[str]) -> list[Path]:
 
 def plot_frame(df: pd.DataFrame, out_dir: str | Path, *, smooth: bool = True, window: int = 30,
                band: str = "std", formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
-    """:func:`problem_figure` for every problem of a results table, saved to ``out_dir``."""
+    """For every problem of a results table: :func:`problem_figure`, saved as
+    ``<problem>-test-loss[-raw][-ci].<fmt>``, and, where some seed has both R and C,
+    :func:`paired_figure` as ``<problem>-paired-R-C.<fmt>``. Returns the files written."""
     if df.empty:
         raise ValueError("the results table is empty (no finished runs)")
     out_dir = Path(out_dir)
@@ -354,6 +575,13 @@ def plot_frame(df: pd.DataFrame, out_dir: str | Path, *, smooth: bool = True, wi
         fig = problem_figure(df, problem, smooth=smooth, window=window, band=band)
         stem = f"{problem}-test-loss" + ("" if smooth else "-raw") + ("-ci" if band == "ci" else "")
         paths += _save(fig, out_dir, stem, formats)
+        modes = set(df.loc[df["problem"] == problem, "mode"])
+        if {"R", "C"} <= modes:
+            try:
+                fig = paired_figure(df, problem, window=window)
+            except ValueError:  # R and C never share a seed
+                continue
+            paths += _save(fig, out_dir, f"{problem}-paired-R-C", formats)
     return paths
 
 
@@ -362,13 +590,13 @@ def plot_sweep(sweep_dir: str | Path, out_dir: str | Path | None = None, *, smoo
     """Draw the paper's figures for every problem of a sweep folder; return the files written.
 
     Reads the finished runs under ``sweep_dir`` (:func:`stablebptt.results.collect`) and
-    writes ``<problem>-test-loss[-raw][-ci].<fmt>`` for each problem into ``out_dir``
-    (default ``<sweep_dir>/figures``). See the module docstring for what a figure shows.
+    writes the files of :func:`plot_frame` into ``out_dir`` (default ``<sweep_dir>/figures``).
+    See the module docstring for what a figure shows.
     """
     from . import results
 
-    if band not in ("std", "ci"):
-        raise ValueError(f"band={band!r}; allowed: std, ci")
+    if band not in BANDS:
+        raise ValueError(f"band={band!r}; allowed: {', '.join(BANDS)}")
     if int(window) < 1:
         raise ValueError(f"window={window!r}; must be ≥ 1")
     sweep_dir = Path(sweep_dir)
@@ -572,5 +800,6 @@ def toy_figures(out_dir: str | Path, formats: Sequence[str] = ("png", "pdf")) ->
     return {"fig1": fig1_fields(out_dir, formats=formats), "fig2": fig2_rotation(out_dir, formats=formats)}
 
 
-__all__ = ["smooth_curve", "plot_sweep", "plot_frame", "problem_figure", "fig1_fields", "fig2_rotation",
-           "rotation_run", "toy_field_grid", "spread", "toy_figures", "MODE_COLORS", "CLIP_STYLES"]
+__all__ = ["smooth_curve", "log_band", "markevery", "mode_styles", "plot_sweep", "plot_frame", "problem_figure",
+           "paired_figure", "fig1_fields", "fig2_rotation", "rotation_run", "toy_field_grid", "spread", "toy_figures",
+           "MODE_COLORS", "MODE_MARKERS", "CLIP_ORDER"]
