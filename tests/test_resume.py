@@ -134,7 +134,7 @@ def test_processes_racing_for_an_abandoned_claim_get_it_once(tmp_path):
 
 
 # ------------------------------------------------------------------ the command line, killed
-TRAIN = ["train", "cartpole", "--param", "steps=10", "--epochs", "60", "--n-train", "32", "--n-test", "16",
+TRAIN = ["train", "cartpole", "--param", "steps=10", "--epochs", "300", "--n-train", "32", "--n-test", "16",
          "--checkpoint-seconds", "0"]
 
 
@@ -157,6 +157,7 @@ def interrupt_at(out: Path, sig, epoch: int, env) -> subprocess.CompletedProcess
     deadline = time.time() + 300
     while checkpoint_epoch(out) < epoch and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
+    assert proc.poll() is None, f"the run ended before its checkpoint reached epoch {epoch}: nothing to interrupt"
     proc.send_signal(sig)
     text = proc.communicate(timeout=120)[0]
     return subprocess.CompletedProcess(proc.args, proc.returncode, text)

@@ -91,6 +91,18 @@ def test_sweep_is_idempotent_and_results_table(tmp_path):
     rows = [line for line in table.splitlines() if line.startswith("| -")]
     assert len(rows) == 2 and all(line.endswith("| 3 |") for line in rows)  # 3 epochs done in every row
 
+    # the readable index: one row per finished run, what each hash folder holds, sorted
+    index = pd.read_csv(tmp_path / "index.csv")
+    assert sorted(index["run_id"]) == sorted(df["run_id"].unique())
+    assert list(index.columns[:6]) == ["run_id", "problem", "level", "mode", "clip", "seed"]
+    last = df.sort_values("epoch").groupby("run_id").tail(1).set_index("run_id")
+    for _, row in index.iterrows():
+        want = last.loc[row["run_id"]]
+        assert (row["mode"], row["clip"], row["seed"]) == (want["mode"], want["clip"], want["seed"])
+        assert row["level"] == f"theta0={want['param_theta0']}" and row["final_test_loss"] == want["test_loss"]
+    keys = list(zip(index["level"], index["mode"], index["seed"]))
+    assert keys == sorted(keys) and len(set(keys)) == 8
+
 
 CHILD = r"""
 import sys

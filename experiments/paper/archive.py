@@ -8,7 +8,8 @@ the destination is copied there as a compact record: ``config.json``, ``result.j
 ``stablebptt results``, the claims and the figures read these records as they read run
 folders, and a sweep pointed at the destination skips them (it looks for ``result.json``).
 Copies are written to a temporary sibling and renamed, so an interrupted archive leaves no
-half record. Prints how many records were added.
+half record. Prints how many records were added, and rewrites the destination's index.csv
+(the readable list of its runs: problem, level, mode, clip, seed, final test loss).
 """
 from __future__ import annotations
 
@@ -48,4 +49,7 @@ if __name__ == "__main__":
     if len(sys.argv) != 3:
         sys.exit(__doc__)
     n = archive(Path(sys.argv[1]), Path(sys.argv[2]))
+    from stablebptt.run import write_index
+
+    write_index(Path(sys.argv[2]))
     print(f"{n} record(s) added to {sys.argv[2]}")

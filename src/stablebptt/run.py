@@ -8,6 +8,11 @@ Folder layout (``<root>/<run_id>/``, ``run_id`` = hash of config and seed)::
     weights.npz     the trained controller (Keras layout, see stablebptt.controllers)
     manifest.json   versions, commit, device, precision, what ran, the exact command, host, date
 
+Folder names are hashes (so that a config always finds its folder); ``<root>/index.csv`` is
+what a person reads: one row per finished run — run_id, problem, level (the problem's
+parameters as ``k=v``), mode, clip, seed, status, epochs_done, final test loss — sorted by
+those columns and rewritten (atomically, under a lock) whenever a run finishes.
+
 Writes are atomic: everything goes to a temporary sibling folder that is renamed into
 place at the end, so a folder with ``result.json`` is always complete and an interrupted
 run leaves nothing that looks finished. A finished run is never recomputed.
@@ -23,7 +28,9 @@ heartbeat (the file's modification time, refreshed while training) is older than
 """
 from __future__ import annotations
 
+import csv
 import datetime as _dt
+import fcntl
 import hashlib
 import json
 import os
@@ -138,6 +145,41 @@ def write_result(folder: Path, config: RunConfig, seed: int, result, extra_manif
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+INDEX_FILE = "index.csv"
+INDEX_COLUMNS = ("run_id", "problem", "level", "mode", "clip", "seed", "status", "epochs_done", "final_test_loss")
+
+
+def _index_row(folder: Path) -> dict:
+    cfg = json.loads((folder / "config.json").read_text())
+    res = read_result(folder)
+    c = RunConfig.model_construct(**cfg["config"])
+    level = " ".join(f"{k}={v}" for k, v in sorted(cfg["config"].get("problem_params", {}).items()))
+    return dict(run_id=folder.name, problem=c.problem, level=level, mode=c.mode_label(), clip=c.clip,
+                seed=cfg["seed"], status=res["status"], epochs_done=res["epochs_done"],
+                final_test_loss=(res.get("final") or {}).get("test_loss"))
+
+
+def write_index(root: str | Path) -> Path:
+    """Rewrite ``<root>/index.csv`` from the finished run folders directly under ``root``
+    (columns :data:`INDEX_COLUMNS`, sorted by problem, level, mode, clip, seed). Concurrent
+    writers take turns on ``<root>/.index.lock``, and each reads the folders after taking it, so
+    the last one to write has seen every run finished before it."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".index.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = [_index_row(f) for f in root.iterdir()
+                if f.is_dir() and not f.name.startswith(".") and is_done(f) and (f / "config.json").is_file()]
+        rows.sort(key=lambda r: (r["problem"], r["level"], r["mode"], r["clip"], r["seed"], r["run_id"]))
+        tmp = root / f".{INDEX_FILE}.{uuid.uuid4().hex[:8]}"
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, INDEX_COLUMNS)
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(tmp, root / INDEX_FILE)
+    return root / INDEX_FILE
 
 
 #: seconds after which a claim on another host (or without a live owner) counts as abandoned
@@ -300,6 +342,7 @@ def _train_and_write(pairs, root, *, problem=None, on_epoch=None, extra_manifest
         together = {"trained_together": names} if len(names) > 1 else {}
         for (c, s, f), r in zip(todo, results):
             write_result(f, c, s, r, together | source | (extra_manifest or {}))
+        write_index(root)
         shutil.rmtree(partial, ignore_errors=True)
     finally:
         lease.release()
