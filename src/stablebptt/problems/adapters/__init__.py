@@ -1,0 +1,25 @@
+"""Adapters: a problem from the engines JAX researchers already simulate with.
+
+* :func:`brax_problem` (``stablebptt.problems.adapters.brax``, extra ``[brax]``): a Brax
+  environment's physics pipeline, the state (q, q̇), a state loss or a reward to maximise.
+* :func:`ode_problem` / :func:`ode_step` (``stablebptt.problems.adapters.diffrax``, extra
+  ``[diffrax]``): a controlled ODE f(t, y, c), one ``diffeqsolve`` per step.
+
+Each returns a :class:`~stablebptt.problems.Problem` for :func:`stablebptt.value_and_update` and
+:func:`stablebptt.runner.train`. The engines are imported when an adapter is first used, so this
+package imports without them.
+"""
+from __future__ import annotations
+
+from importlib import import_module
+
+_EXPORTS = {"brax_problem": ".brax", "ode_problem": ".diffrax", "ode_step": ".diffrax"}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = list(_EXPORTS)

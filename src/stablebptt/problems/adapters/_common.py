@@ -1,0 +1,104 @@
+"""What the adapters share: seeds, checks of sampled states, the controller factory."""
+from __future__ import annotations
+
+import numbers
+from typing import Callable, ClassVar, Sequence
+
+import equinox as eqx
+import jax
+import numpy as np
+
+from ... import controllers
+
+#: the seed that ``sample_data("paper", …)`` stands for: an adapter's problem has no published data
+#: set, so "paper" (the trainer's default ``data="paper"``) is the fixed draw of this seed
+PAPER_SEED = 42
+
+
+def rng_for(seed, who: str) -> np.random.Generator:
+    """``np.random.default_rng`` of an int seed; ``"paper"`` is :data:`PAPER_SEED`."""
+    if isinstance(seed, str):
+        if seed != "paper":
+            raise ValueError(f"{who}: seed={seed!r}; allowed: 'paper' or an int")
+        seed = PAPER_SEED
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+        raise ValueError(f"{who}: seed={seed!r}; allowed: 'paper' or an int")
+    return np.random.default_rng(int(seed))
+
+
+def check_count(n, name: str, who: str) -> int:
+    if not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 0:
+        raise ValueError(f"{who}: {name}={n!r}; must be an integer ≥ 0")
+    return int(n)
+
+
+def positive_int(v, name: str, who: str) -> int:
+    if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1:
+        raise ValueError(f"{who}: {name}={v!r}; must be an integer ≥ 1")
+    return int(v)
+
+
+def positive_float(v, name: str, who: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (np.isfinite(v) and v > 0):
+        raise ValueError(f"{who}: {name}={v!r}; must be a finite number > 0")
+    return float(v)
+
+
+def checked_states(arr, n: int, state_shape: tuple[int, ...], who: str) -> np.ndarray:
+    """``arr`` as float32 (n, *state_shape); a wrong shape or a non-finite value raises ValueError."""
+    out = np.asarray(arr, dtype=np.float32)
+    if out.shape != (n,) + tuple(state_shape):
+        raise ValueError(f"{who}: sample_states returned shape {out.shape}; expected {(n,) + tuple(state_shape)} "
+                         "(n states of the problem's state_shape)")
+    if not np.all(np.isfinite(out)):
+        raise ValueError(f"{who}: sample_states returned non-finite values")
+    return out
+
+
+class ObservationMLP(eqx.Module):
+    """An :class:`~stablebptt.controllers.MLP` on features of each state row:
+    control_i = MLP(features(x_i)) for every row i of a batch (B, *state_shape).
+
+    ``features`` maps ONE state row (*state_shape) to a 1-D feature vector (k,) and has no
+    parameters (it is a static field). Rows are independent by construction (the features are
+    vmapped over rows); the engine verifies the claim. The module has no hooks: the reverse sweep
+    differentiates it by autodiff (cheap next to a physics engine's step).
+    """
+
+    mlp: controllers.MLP
+    features: Callable = eqx.field(static=True)
+    rows_independent: ClassVar[bool] = True
+
+    def __call__(self, x):
+        return self.mlp(jax.vmap(self.features)(x))
+
+
+def controller_factory(state_shape: tuple[int, ...], control_shape: tuple[int, ...], widths: Sequence[int],
+                       features: Callable | None = None, feature_size: int | None = None) -> Callable:
+    """``make_controller(key, zero_last=True)``: an MLP on the flattened state, or on
+    ``features(row)`` (k = ``feature_size`` entries) when ``features`` is given."""
+    in_size = int(np.prod(state_shape)) if features is None else int(feature_size)
+
+    def make_controller(key, zero_last: bool = True):
+        mlp = controllers.MLP(key, in_size=in_size, control_shape=control_shape, widths=tuple(widths),
+                              zero_last=zero_last)
+        return mlp if features is None else ObservationMLP(mlp, features)
+
+    return make_controller
+
+
+def check_widths(widths, who: str) -> tuple[int, ...]:
+    try:
+        ws = tuple(widths)
+    except TypeError:
+        ws = None
+    if ws is None or not all(isinstance(w, numbers.Integral) and not isinstance(w, bool) and w >= 1 for w in ws):
+        raise ValueError(f"{who}: widths={widths!r}; must be a sequence of integers ≥ 1 (hidden layer widths)")
+    return tuple(int(w) for w in ws)
+
+
+def callable_name(f) -> str | None:
+    """A JSON-able record of a user function: its qualified name (None for None)."""
+    if f is None:
+        return None
+    return f"{getattr(f, '__module__', '?')}.{getattr(f, '__qualname__', type(f).__name__)}"

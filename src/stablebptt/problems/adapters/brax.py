@@ -1,0 +1,246 @@
+r"""A Brax environment as a :class:`~stablebptt.problems.Problem` (``pip install stablebptt[brax]``).
+
+    problem = brax_problem("inverted_double_pendulum", horizon=50, reward=my_reward)
+
+Any Brax ``PipelineEnv`` with a differentiable pipeline (``generalized``, ``positional``,
+``spring``; ``mjx`` where its solver is differentiable) works: only the physics pipeline of the
+environment is used — its ``pipeline_init`` and ``pipeline_step`` — never its ``reset``/``step``,
+reward or termination.
+
+State, control, step
+--------------------
+The library carries one float32 array per sample, the generalized coordinates and velocities::
+
+    x = (q, q̇) ∈ R^(nq + nv)          state_shape = (nq + nv,)   (metres / radians, per second)
+
+(q in the system's coordinates: slide joints in m, hinges in rad, free joints as position and
+unit quaternion.) The control is the environment's action, c ∈ R^(action_size),
+control_shape = (action_size,); the actuators clip it to their control range (outside the
+range its gradient is 0; a ``control_weight`` keeps it inside). One step of length
+``env.dt`` = ``n_frames`` · ``sys.opt.timestep`` [s] is, for each row::
+
+    ps  = env.pipeline_init(q, q̇)            (the pipeline state rebuilt from the array)
+    ps' = env.pipeline_step(ps, c)           (n_frames physics steps, a lax.scan)
+    x'  = (ps'.q, ps'.qd)
+
+vmapped over the batch. Rebuilding the pipeline state costs one ``pipeline_init`` per row and
+step (kinematics and the pipeline's derived quantities) on top of the ``n_frames`` steps, and
+drops what ``(q, q̇)`` does not hold: MJX's solver warm start (the solver then starts from zero
+every step, a different iterate where it stops before converging) and actuator activations
+(systems with activation states, ``sys.na > 0``, are refused).
+
+Loss
+----
+The user gives exactly one of ``state_loss(ps)`` or ``reward(ps)``: a float32 scalar for ONE
+pipeline state (unbatched), so it can read body positions (``ps.x.pos``), velocities
+(``ps.xd``), ``ps.q`` and ``ps.qd``. The batched state loss is the batch mean on the pipeline
+states rebuilt from x_n (``pipeline_init`` again; unused parts of it are compiled away when the
+function only reads ``ps.q``/``ps.qd``)::
+
+    ℓ(x_n) = mean_b state_loss(ps_{n,b})     or     ℓ(x_n) = −mean_b reward(ps_{n,b})
+
+and the trajectory loss is a :class:`~stablebptt.losses.TrajectoryLoss` of ℓ: with
+``on="every"`` (default) L = (1/T) Σ_{n=1..T} ℓ(x_n), with ``on="final"`` L = ℓ(x_T), plus
+``control_weight`` · (1/T) Σ_n mean(c_n²). A Brax environment's reward that depends on the
+previous state or on the action (e.g. a forward velocity from two positions, a control cost) is
+written with ``ps.qd`` and ``control_weight`` instead.
+
+Data, controller
+----------------
+``sample_data(seed, n_train, n_test)`` draws x_0 with ``sample_states(rng, n)`` (a
+``np.random.Generator`` and a count → (n, nq + nv)); by default q = ``sys.init_q`` + U[−q_noise,
+q_noise] and q̇ = U[−qd_noise, qd_noise] entrywise (the classic control environments' reset, with
+a chosen spread). ``seed="paper"`` is the fixed seed 42 (there is no published data set). The
+controller is the library's MLP on x, or on ``observe(ps)`` (one pipeline state → a 1-D
+observation) when ``observe`` is given, with ``widths`` hidden tanh layers and a linear output.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ...losses import TrajectoryLoss
+from ..base import Problem
+from . import _common
+
+WHO = "brax_problem"
+ON = ("every", "final")
+
+
+def _import_brax():
+    try:
+        import brax  # noqa: F401
+        from brax import envs
+    except ImportError as e:  # pragma: no cover - exercised only without the extra
+        raise ImportError("brax_problem needs Brax: pip install 'stablebptt[brax]'") from e
+    return envs
+
+
+def _environment(env, backend: str, env_kwargs: Mapping[str, Any] | None):
+    """A Brax ``PipelineEnv`` (unwrapped) from an instance or a registered name."""
+    if isinstance(env, str):
+        envs = _import_brax()
+        try:
+            return envs.get_environment(env, backend=backend, **dict(env_kwargs or {}))
+        except KeyError:
+            raise ValueError(f"{WHO}: env={env!r} is not a registered Brax environment; "
+                             f"available: {', '.join(sorted(getattr(envs, '_envs', {})))}") from None
+    if env_kwargs:
+        raise ValueError(f"{WHO}: env_kwargs apply to an environment given by name; got an instance "
+                         f"({type(env).__name__}) with env_kwargs={dict(env_kwargs)!r}")
+    inner = getattr(env, "unwrapped", env)
+    missing = [a for a in ("pipeline_init", "pipeline_step", "sys", "dt") if not hasattr(inner, a)]
+    if missing:
+        raise ValueError(f"{WHO}: env={env!r} is not a Brax PipelineEnv (it lacks {', '.join(missing)}); "
+                         "give a registered name or a brax.envs.PipelineEnv instance")
+    return inner
+
+
+def _default_sampler(init_q: np.ndarray, nv: int, q_noise: float, qd_noise: float) -> Callable:
+    def sample_states(rng: np.random.Generator, n: int) -> np.ndarray:
+        q = init_q[None, :] + rng.uniform(-q_noise, q_noise, (n, init_q.size))
+        qd = rng.uniform(-qd_noise, qd_noise, (n, nv))
+        return np.concatenate([q, qd], axis=1).astype(np.float32)
+
+    return sample_states
+
+
+def brax_problem(
+    env,
+    *,
+    horizon: int,
+    state_loss: Callable | None = None,
+    reward: Callable | None = None,
+    on: str = "every",
+    control_weight: float = 0.0,
+    observe: Callable | None = None,
+    sample_states: Callable | None = None,
+    q_noise: float = 0.1,
+    qd_noise: float = 0.1,
+    backend: str = "generalized",
+    env_kwargs: Mapping[str, Any] | None = None,
+    widths: Sequence[int] = (64, 64),
+    zero_last: bool = True,
+    name: str | None = None,
+    defaults: Mapping[str, Any] | None = None,
+) -> Problem:
+    """A Brax environment's physics as a problem (module docstring: state, step, loss, data).
+
+    Args:
+      env: a registered Brax environment name (built with ``backend`` and ``env_kwargs``) or a
+        ``brax.envs.PipelineEnv`` instance (wrappers are unwrapped).
+      horizon: T, simulator steps per trajectory (each ``env.dt`` seconds).
+      state_loss / reward: exactly one; ``f(pipeline_state) -> scalar`` for one unbatched state.
+      on: ``"every"`` (mean over x_1 … x_T) or ``"final"`` (x_T only).
+      control_weight: weight of the mean squared action (≥ 0).
+      observe: ``observe(pipeline_state) -> (k,)``: the controller's input; None: x itself.
+      sample_states: ``(rng, n) -> (n, nq + nv)`` initial states; None: uniform around
+        ``sys.init_q`` with half-widths ``q_noise`` (q) and ``qd_noise`` (q̇).
+      widths: hidden layer widths of the MLP controller.
+      zero_last: the controller's default for a zero-initialised last kernel (untrained: c = 0).
+      name: the problem's name (default ``"brax-<environment class>"``).
+      defaults: training settings the trainer's CLI shows (epochs, lr, batch_size, n_train, n_test).
+    """
+    horizon = _common.positive_int(horizon, "horizon", WHO)
+    if (state_loss is None) == (reward is None):
+        raise ValueError(f"{WHO}: give exactly one of state_loss= or reward= (a function of one pipeline state "
+                         f"returning a scalar); got {'both' if state_loss is not None else 'neither'}")
+    loss_fn, sign = (state_loss, 1.0) if state_loss is not None else (reward, -1.0)
+    if not callable(loss_fn):
+        raise ValueError(f"{WHO}: {'state_loss' if sign > 0 else 'reward'}={loss_fn!r} is not callable")
+    if on not in ON:
+        raise ValueError(f"{WHO}: on={on!r}; allowed: {', '.join(map(repr, ON))}")
+    if observe is not None and not callable(observe):
+        raise ValueError(f"{WHO}: observe={observe!r} is not callable (pipeline state -> 1-D observation)")
+    if sample_states is not None and not callable(sample_states):
+        raise ValueError(f"{WHO}: sample_states={sample_states!r} is not callable ((rng, n) -> (n, nq + nv))")
+    q_noise = float(q_noise)
+    qd_noise = float(qd_noise)
+    if not (np.isfinite(q_noise) and q_noise >= 0 and np.isfinite(qd_noise) and qd_noise >= 0):
+        raise ValueError(f"{WHO}: q_noise={q_noise!r}, qd_noise={qd_noise!r}; both must be finite and ≥ 0")
+    widths = _common.check_widths(widths, WHO)
+
+    penv = _environment(env, backend, env_kwargs)
+    sys = penv.sys
+    na = int(getattr(sys, "na", 0) or 0)
+    if na:
+        raise ValueError(f"{WHO}: the system has {na} actuator activation state(s) (sys.na = {na}); the adapter "
+                         "carries (q, q̇) only and cannot rebuild them")
+    nq, nv, nu = int(sys.q_size()), int(sys.qd_size()), int(penv.action_size)
+    state_shape, control_shape = (nq + nv,), (nu,)
+
+    def pipeline_state(x_row):
+        return penv.pipeline_init(x_row[:nq], x_row[nq:])
+
+    def row_step(x_row, c_row):
+        ps = penv.pipeline_step(pipeline_state(x_row), c_row)
+        return jnp.concatenate([ps.q, ps.qd]).astype(jnp.float32)
+
+    def step(x: jax.Array, c: jax.Array) -> jax.Array:
+        """(B, nq + nv) float32 (q, q̇), actions (B, action_size) -> (B, nq + nv) after env.dt."""
+        x = jnp.asarray(x, jnp.float32)
+        c = jnp.asarray(c, jnp.float32)
+        if x.ndim != 2 or x.shape[1:] != state_shape:
+            raise ValueError(f"{WHO} step: state shape {x.shape}; expected (B, {nq + nv}) = (q, q̇) per row")
+        if c.shape != (x.shape[0], nu):
+            raise ValueError(f"{WHO} step: control shape {c.shape}; expected ({x.shape[0]}, {nu}) "
+                             "(one action vector per row)")
+        return jax.vmap(row_step)(x, c)
+
+    label = "state_loss" if sign > 0 else "reward"
+
+    def row_value(x_row):
+        v = jnp.asarray(loss_fn(pipeline_state(x_row)))
+        if v.shape != ():
+            raise ValueError(f"{WHO}: {label} returned shape {v.shape} for one pipeline state; expected a scalar")
+        return v.astype(jnp.float32)
+
+    def batch_loss(x: jax.Array) -> jax.Array:
+        """ℓ(x): batch mean of state_loss, or minus the batch mean of reward; x (B, nq + nv) -> scalar."""
+        return sign * jnp.mean(jax.vmap(row_value)(x))
+
+    features = feature_size = None
+    if observe is not None:
+        def features(x_row):
+            return jnp.ravel(jnp.asarray(observe(pipeline_state(x_row)), jnp.float32))
+
+        feature_size = int(jax.eval_shape(features, jax.ShapeDtypeStruct(state_shape, jnp.float32)).shape[0])
+
+    sampler = sample_states or _default_sampler(np.asarray(sys.init_q, np.float64), nv, q_noise, qd_noise)
+
+    def sample_data(seed, n_train: int, n_test: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(train, test)`` float32 (n, nq + nv); train drawn first, from one generator of ``seed``."""
+        n_train = _common.check_count(n_train, "n_train", WHO)
+        n_test = _common.check_count(n_test, "n_test", WHO)
+        rng = _common.rng_for(seed, WHO)
+        train = _common.checked_states(sampler(rng, n_train), n_train, state_shape, WHO)
+        test = _common.checked_states(sampler(rng, n_test), n_test, state_shape, WHO)
+        return train, test
+
+    env_name = env if isinstance(env, str) else type(penv).__name__
+    dt = float(penv.dt)
+    return Problem(
+        name=name or f"brax-{type(penv).__name__}",
+        params=dict(env=env_name, backend=getattr(penv, "backend", backend), horizon=horizon, dt=dt,
+                    state_loss=_common.callable_name(state_loss), reward=_common.callable_name(reward), on=on,
+                    control_weight=float(control_weight), observe=_common.callable_name(observe),
+                    sample_states=_common.callable_name(sample_states), q_noise=q_noise, qd_noise=qd_noise,
+                    widths=list(widths)),
+        step=step,
+        loss=TrajectoryLoss(state_loss=batch_loss, on=on, control_weight=float(control_weight)),
+        horizon=horizon,
+        sample_data=sample_data,
+        make_controller=_common.controller_factory(state_shape, control_shape, widths, features, feature_size),
+        state_shape=state_shape,
+        control_shape=control_shape,
+        defaults=dict(defaults or dict(epochs=50, lr=1e-3, batch_size=8, n_train=64, n_test=64)),
+        zero_last_default=bool(zero_last),
+        description=(f"Brax {env_name} ({getattr(penv, 'backend', backend)} pipeline), T = {horizon * dt:g} s "
+                     f"({horizon} steps of {dt:g} s): {'mean' if on == 'every' else 'final'} {label}"),
+    )
+
+
+__all__ = ["brax_problem"]
