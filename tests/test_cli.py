@@ -20,7 +20,7 @@ def test_train_cli_writes_a_complete_run_folder(tmp_path, monkeypatch):
     res = runner.invoke(app, ["train", "cartpole", "--epochs", "3", "--n-train", "16", "--n-test", "8",
                               "--poles", "2", "--clip", "value", "--out", str(tmp_path / "runs")])
     assert res.exit_code == 0, res.output
-    (folder,) = list((tmp_path / "runs").iterdir())
+    (folder,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
     for f in ("config.json", "metrics.csv", "result.json", "weights.npz", "manifest.json"):
         assert (folder / f).is_file(), f
     cfg = json.loads((folder / "config.json").read_text())
@@ -45,7 +45,7 @@ def test_train_cli_writes_a_complete_run_folder(tmp_path, monkeypatch):
     # a second identical call computes nothing and reuses the folder
     res2 = runner.invoke(app, ["train", "cartpole", "--epochs", "3", "--n-train", "16", "--n-test", "8",
                                "--poles", "2", "--clip", "value", "--out", str(tmp_path / "runs")])
-    assert res2.exit_code == 0 and len(list((tmp_path / "runs").iterdir())) == 1
+    assert res2.exit_code == 0 and len([p for p in (tmp_path / "runs").iterdir() if p.is_dir()]) == 1
 
 
 def test_train_cli_eval_every_records_evaluated_epochs(tmp_path, monkeypatch):
@@ -53,7 +53,7 @@ def test_train_cli_eval_every_records_evaluated_epochs(tmp_path, monkeypatch):
     res = runner.invoke(app, ["train", "cartpole", "--epochs", "5", "--n-train", "16", "--n-test", "8",
                               "--eval-every", "2", "--param", "steps=10", "--out", str(tmp_path / "runs")])
     assert res.exit_code == 0, res.output
-    (folder,) = list((tmp_path / "runs").iterdir())
+    (folder,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
     m = pd.read_csv(folder / "metrics.csv")
     assert list(m["epoch"]) == [2, 4, 5]
     assert np.all(np.isfinite(m[["loss", "train_loss", "test_loss"]]))

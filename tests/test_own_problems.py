@@ -81,6 +81,11 @@ def test_a_file_is_a_problem_everywhere(pm, tmp_path):
 
 
 def test_a_sweep_file_with_it_then_results_and_plots(pm, tmp_path):
+    """The problem given by a path in a subfolder (its source has '/' and ':'): sweep, results,
+    plots (file names made from the source's file and function)."""
+    (tmp_path / "sims").mkdir()
+    (tmp_path / "pointmass.py").rename(tmp_path / "sims" / "pointmass.py")
+    pm = "sims/pointmass.py:make"
     spec = tmp_path / "s.toml"
     spec.write_text(f'name = "own"\nseeds = 2\n[[experiment]]\nproblem = "{pm}"\nlevel = {{ steps = [4, 8] }}\n'
                     'modes = ["R", "C"]\n[experiment.config]\nepochs = 3\nn_train = 16\nn_test = 8\n')
@@ -93,7 +98,8 @@ def test_a_sweep_file_with_it_then_results_and_plots(pm, tmp_path):
     assert table.exit_code == 0 and "steps=4" in table.output
     shown = runner.invoke(app, ["plot", "sw", "--out", "figs"])
     assert shown.exit_code == 0, shown.output
-    assert list(Path("figs").glob("*.png"))
+    assert {p.name for p in Path("figs").glob("*.png")} == {"pointmass-make-test-loss.png",
+                                                           "pointmass-make-paired-R-C.png"}
 
 
 def test_register_and_entry_points(pm, tmp_path, monkeypatch):
@@ -165,6 +171,12 @@ def test_load_evaluate_and_start_from_a_run(pm, tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     (nxt,) = [p for p in Path("next").iterdir() if (p / "result.json").is_file()]
     assert json.loads((nxt / "result.json").read_text())["initial"]["test_loss"] == pytest.approx(stored, rel=1e-6)
+    # diagnose and animate take it too (by its source, and as the run folder)
+    res = runner.invoke(app, ["diagnose", pm, "-p", "steps=6", "--states", "2", "--weights", str(folder), "--out", "dg"])
+    assert res.exit_code == 0, res.output
+    assert (Path("dg") / f"pointmass-make-{folder.name}.png").is_file()
+    res = runner.invoke(app, ["animate", str(folder), "--states", "1", "--out", "pm.gif"])
+    assert res.exit_code == 0 and Path("pm.gif").stat().st_size > 0, res.output
 
 
 def read_scalars(logdir: Path) -> dict:

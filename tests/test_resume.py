@@ -262,3 +262,56 @@ def test_a_sweep_killed_at_random_moments_ends_as_an_uninterrupted_one(tmp_path)
     for k in want:
         pd.testing.assert_frame_equal(got[k], want[k])
     assert not (root / ".partial").exists() and not list(root.glob(".tmp-*"))
+
+
+# ------------------------------------------------------------------ leftovers of killed processes
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_progress_left_by_a_kill_after_the_results_is_removed(tmp_path):
+    """A process killed between writing its results and removing its progress folder leaves
+    ``.partial/<id>`` with a dead owner's claim: the next run of the same config (which has
+    nothing to compute) removes it; a group's folder goes once all its runs have finished, and
+    a folder claimed by a live process, or with an unfinished run, stays."""
+    import socket
+
+    cfg = RunConfig(problem="cartpole", problem_params={"steps": 4}, epochs=2, n_train=8, n_test=8)
+    ids = [run_id(cfg, s) for s in range(3)]
+    for i in ids[:2]:  # two finished runs (only result.json decides "finished")
+        (tmp_path / i).mkdir()
+        (tmp_path / i / "result.json").write_text("{}")
+    dead = {"host": socket.gethostname(), "pid": _dead_pid(), "start": None, "token": "x", "since": "then"}
+
+    def leftover(names, owner=dead):
+        d = R.partial_folder(tmp_path, names)
+        d.mkdir(parents=True)
+        for n in names:
+            (d / f"{n}.metrics.csv").write_text("epoch\n1\n")
+        (d / R.LEASE_FILE).write_text(json.dumps(owner))
+        return d
+
+    single = leftover([ids[0]])
+    assert R.run(cfg, 0, tmp_path) == tmp_path / ids[0]  # nothing to compute ...
+    assert not single.exists()  # ... and the leftover is gone
+    group, unfinished = leftover(ids[:2]), leftover([ids[1], ids[2]])
+    live = leftover([ids[1]], owner=dict(dead, pid=os.getpid(), start=R._proc_start(os.getpid())))
+    assert R.clean_finished_partials(tmp_path) == 1
+    assert not group.exists() and unfinished.exists() and live.exists()
+
+
+def test_only_temp_folders_of_dead_writers_are_removed(tmp_path):
+    import socket
+
+    host = socket.gethostname()
+    dead = tmp_path / f".tmp-aaaa-0123abcd-{_dead_pid()}@{host}"
+    mine = tmp_path / f".tmp-bbbb-0123abcd-{os.getpid()}@{host}"
+    elsewhere_new = tmp_path / f".tmp-cccc-0123abcd-1@another-host"
+    unnamed_old = tmp_path / ".tmp-dddd-0123abcd"
+    for d in (dead, mine, elsewhere_new, unnamed_old):
+        d.mkdir()
+    os.utime(unnamed_old, (time.time() - 2 * R.TEMP_STALE_S,) * 2)
+    assert R.clean_stale_temps(tmp_path) == 2
+    assert not dead.exists() and not unnamed_old.exists() and mine.exists() and elsewhere_new.exists()

@@ -4,7 +4,7 @@ Every function reads a results table (:func:`stablebptt.results.collect`); nothi
 training. The vocabulary:
 
 * **final loss** of a run: the last point of its 30-epoch trailing moving average of the
-  test loss (:func:`stablebptt.plots.smooth_curve`, left-padded with the first value), at the
+  test loss (:func:`smooth_curve`, left-padded with the first value), at the
   run's last epoch or at a given epoch ``e`` (then the average of the epochs up to ``e``, the
   last point of the authors' plot had they stopped at ``e``). A run that diverged at or
   before that epoch has final loss ``+inf``: it did not solve the task, and its last finite
@@ -37,8 +37,9 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from .plots import LEVEL_PARAMS, smooth_curve
 
+#: problem -> the results column that holds its complexity level
+LEVEL_PARAMS = {"cartpole": "param_poles", "guidance": "param_rc", "quantum": "param_target"}
 WINDOW = 30
 N_BOOT = 10_000
 CONFIDENCE = 0.95
@@ -50,6 +51,26 @@ SIDES: dict[str, Callable[[float, float], bool]] = {
 EPOCH_COLUMNS = ("epoch", "loss", "train_loss", "test_loss", "update_norm", "cos_mg", "sign_agree", "wall_s")
 #: how a side is printed
 SIDE_TEXT = {">": ">", ">=": "≥", "<": "<", "<=": "≤"}
+
+
+
+def smooth_curve(y: Sequence[float], window: int = 30) -> np.ndarray:
+    """Trailing moving average over ``window`` points, left-padded with the first value.
+
+    ``out[i] = mean(y[i-window+1 .. i])`` where indices below 0 read ``y[0]`` (the authors'
+    smoothing): ``smooth_curve([1, 2, 3, 4], 3) == [1, 4/3, 2, 3]``. Same length as ``y``.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    if y.ndim != 1:
+        raise ValueError(f"smooth_curve expects a 1-d array, got shape {y.shape}")
+    if int(window) < 1:
+        raise ValueError(f"window={window!r}; must be an int ≥ 1")
+    if y.size == 0 or window == 1:
+        return y.copy()
+    w = int(window)
+    padded = np.concatenate([np.full(w - 1, y[0]), y])
+    c = np.concatenate([[0.0], np.cumsum(padded)])
+    return (c[w:] - c[:-w]) / w
 
 
 def undecided(n: int | Sequence[int]) -> str:

@@ -236,18 +236,19 @@ def train(
     except ValidationError as e:
         raise fail(describe_errors(e, RunConfig))
     if cfg.init_weights:
-        from .run import weights_file
+        from .controllers import weights_file
 
         try:
             weights_file(cfg.init_weights)
         except FileNotFoundError as e:
             raise fail(f"--init-weights {e}")
 
-    from .run import is_done, partial_folder, read_result, run
     from .config import run_id
+    from .run import clean_finished_partials, is_done
 
     folder = Path(out_dir) / run_id(cfg, seed)
     if is_done(folder) and not restart:
+        clean_finished_partials(out_dir)
         console.print(f"already trained: {folder} (the same command ran before; its result is shown, nothing "
                       "was recomputed; --restart trains it again)", soft_wrap=True)
         _print_summary(folder)
@@ -262,10 +263,23 @@ def train(
             raise fail("--overlap-eval needs two CPU devices, but JAX had already started with "
                        f"{cpus or 'no'} CPU device(s) in this process")
         want_overlap = False
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
     console.print(f"[bold]{problem}[/] {pparams or ''} mode={cfg.mode_label()} clip={cfg.clip} "
                   f"opt={cfg.optimizer} lr={cfg.lr:g} epochs={cfg.epochs} seed={seed} data={cfg.data}")
+    folder = _run_with_progress(cfg, seed, out_dir, overlap=want_overlap, tensorboard=tensorboard,
+                                checkpoint_seconds=checkpoint_seconds, restart=restart)
+    _print_summary(folder)
+
+
+def _run_with_progress(cfg, seed: int, out_dir: Path, *, overlap: bool, tensorboard: Optional[Path],
+                       checkpoint_seconds: float, restart: bool) -> Path:
+    """``run.run`` with a progress bar (and TensorBoard events); Ctrl-C ends in one line that says
+    how to continue. Returns the run folder."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from .config import run_id
+    from .run import partial_folder, run
+
+    folder = Path(out_dir) / run_id(cfg, seed)
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
                   console=console, transient=False) as progress:
@@ -288,7 +302,7 @@ def train(
             board, show = TensorBoard(tensorboard), on_epoch
             on_epoch = lambda e, rows: (board(e, rows), show(e, rows))  # noqa: E731
         try:
-            folder = run(cfg, seed, out_dir, on_epoch=on_epoch, overlap_eval=want_overlap,
+            folder = run(cfg, seed, out_dir, on_epoch=on_epoch, overlap_eval=overlap,
                          extra_manifest={"cli_command": command_for(cfg, seed, out_dir)},
                          checkpoint_seconds=checkpoint_seconds, restart=restart)
             if board is not None:
@@ -298,7 +312,7 @@ def train(
             ck = partial_folder(out_dir, [folder.name]) / "checkpoint.npz"
             raise fail_interrupted(ck, cfg.epochs)
         progress.update(task, completed=cfg.epochs)
-    _print_summary(folder)
+    return folder
 
 
 def fail_interrupted(checkpoint: Path, epochs: int) -> "typer.Exit":

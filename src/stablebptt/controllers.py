@@ -363,3 +363,16 @@ def load_weights(model, source) -> "eqx.Module":
 
 def count_params(model) -> int:
     return sum(x.size for x in jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_array)))
+
+
+def weights_file(path: str | Path) -> Path:
+    """A controller's ``.npz`` weights: ``path`` itself, or ``path/weights.npz`` for a run folder.
+    FileNotFoundError naming what is missing."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "weights.npz").is_file():
+            raise FileNotFoundError(f"{path} is a folder without weights.npz (not a finished run folder)")
+        return path / "weights.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file or run folder (an .npz of controller weights, or a run folder)")
+    return path

@@ -57,6 +57,7 @@ All drawing uses matplotlib's Agg backend (no display needed).
 """
 from __future__ import annotations
 
+import textwrap
 import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -71,6 +72,10 @@ from matplotlib import patheffects  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
+
+from . import claims  # noqa: E402
+from .claims import LEVEL_PARAMS, smooth_curve  # noqa: E402  (the statistics own them; plots re-exports)
+from .problems import file_stem  # noqa: E402
 
 #: the authors' mode colours
 MODE_COLORS = {"R": "#ef476f", "M": "#ffd166", "C": "#06d6a0", "S": "#073b4c"}
@@ -90,8 +95,6 @@ PAIR_STYLES = {"none": ("o", "#222222"), "value": ("s", "#3a86ff"), "norm": ("^"
 BANDS = ("std", "ci")
 #: problem -> name in titles
 PROBLEM_NAMES = {"cartpole": "cart-pole", "guidance": "guidance by repulsion", "quantum": "quantum control"}
-#: problem -> the results column that holds its complexity level
-LEVEL_PARAMS = {"cartpole": "param_poles", "guidance": "param_rc", "quantum": "param_target"}
 #: problem -> (ymin, ymax) the authors used (applied only when the curves lie inside)
 AUTHOR_YLIM = {"guidance": (0.4, 6.0), "cartpole": (1e-6, 3.0), "quantum": (16.5, 135.0)}
 #: order of modes in legends
@@ -101,25 +104,6 @@ _NOT_VARIANT = {"problem", "mode", "clip", "epochs", "diagnostics", "checkpoint_
 
 
 # ----------------------------------------------------------------------------- helpers
-def smooth_curve(y: Sequence[float], window: int = 30) -> np.ndarray:
-    """Trailing moving average over ``window`` points, left-padded with the first value.
-
-    ``out[i] = mean(y[i-window+1 .. i])`` where indices below 0 read ``y[0]`` (the authors'
-    smoothing): ``smooth_curve([1, 2, 3, 4], 3) == [1, 4/3, 2, 3]``. Same length as ``y``.
-    """
-    y = np.asarray(y, dtype=np.float64)
-    if y.ndim != 1:
-        raise ValueError(f"smooth_curve expects a 1-d array, got shape {y.shape}")
-    if int(window) < 1:
-        raise ValueError(f"window={window!r}; must be an int ≥ 1")
-    if y.size == 0 or window == 1:
-        return y.copy()
-    w = int(window)
-    padded = np.concatenate([np.full(w - 1, y[0]), y])
-    c = np.concatenate([[0.0], np.cumsum(padded)])
-    return (c[w:] - c[:-w]) / w
-
-
 def mode_colors(labels: Iterable[str]) -> dict[str, str]:
     """Colour per mode label: the authors' for R/M/C/S, distinct others for the rest."""
     labels = sorted(set(labels), key=_mode_sort_key)
@@ -227,7 +211,7 @@ def _level_sort(problem: str, values: list) -> list:
 
 def _level_title(problem: str, cols: Sequence[str], value) -> str:
     if not cols:
-        return PROBLEM_NAMES.get(problem, problem)
+        return _display(problem)
     if problem == "cartpole" and cols == ["param_poles"]:
         n = int(value)
         return f"cart-pole, {n} pole{'s' if n != 1 else ''}"
@@ -236,7 +220,7 @@ def _level_title(problem: str, cols: Sequence[str], value) -> str:
     if problem == "quantum" and cols == ["param_target"]:
         return f"quantum, target {int(value)}"
     vals = value if isinstance(value, tuple) else (value,)
-    return f"{problem}: " + ", ".join(f"{c[len('param_'):]}={_fmt(v)}" for c, v in zip(cols, vals))
+    return f"{_display(problem)}: " + ", ".join(f"{c[len('param_'):]}={_fmt(v)}" for c, v in zip(cols, vals))
 
 
 def _fmt(v) -> str:
@@ -367,7 +351,7 @@ def _description(problem: str, sub: pd.DataFrame, levels, level_cols, smooth: bo
             line += "; fewer seeds: " + ", ".join(
                 f"{_level_title(problem, level_cols, lv).split(', ', 1)[-1]} "
                 f"({_seed_text(_level_seeds(counts, lv), _seeds_at(sub, lv))})" for lv in fewer)
-    return f"{PROBLEM_NAMES.get(problem, problem)}: {what}\n{line}"
+    return f"{_display(problem)}: {what}\n{line}"
 
 
 def _seeds_at(sub: pd.DataFrame, level) -> list:
@@ -379,9 +363,23 @@ def _level_seeds(counts: pd.Series, level) -> int:
     return int(counts[counts.index.get_level_values(0).map(lambda v: v == level)].min())
 
 
+def _display(problem: str) -> str:
+    """A problem's name in titles: the paper's names for ours; a source ``dir/sim.py:make`` as
+    ``sim.py:make`` (the folder is in the run's config)."""
+    if problem in PROBLEM_NAMES:
+        return PROBLEM_NAMES[problem]
+    where, sep, fn = problem.rpartition(":")
+    return f"{Path(where).name}:{fn}" if sep and where.endswith(".py") else problem
+
+
 def _legend(fig, handles, title: str) -> None:
-    """One compact legend row above the panels, titled with what the figure shows."""
-    fig.legend(handles=handles, loc="outside upper center", ncol=len(handles), frameon=False, fontsize=9,
+    """One compact legend above the panels (as many columns as fit), titled with what the
+    figure shows, each title line wrapped to the figure's width."""
+    width_in = fig.get_figwidth()
+    chars = max(30, int(width_in * 72 / (10 * 0.56)))  # 10 pt title characters per line
+    title = "\n".join(textwrap.fill(line, chars) for line in title.split("\n"))
+    ncol = max(1, min(len(handles), int(width_in / 1.05)))
+    fig.legend(handles=handles, loc="outside upper center", ncol=ncol, frameon=False, fontsize=9,
                handlelength=2.2, columnspacing=1.4, title=title, title_fontsize=10)
 
 
@@ -480,8 +478,6 @@ def paired_figure(df: pd.DataFrame, problem: str, *, x: str = "R", y: str = "C",
     its own points (the levels' losses differ by decades).
     Raises ValueError when no seed has both modes.
     """
-    from . import claims
-
     sub, levels, level_cols, _, clips = _prepare(df, problem)
     runs = claims.final_losses(sub.drop(columns=["_label"]), epoch=epoch, window=window)
     pairs = claims.paired(runs, x, y, ["_level", "clip"])
@@ -506,7 +502,7 @@ def paired_figure(df: pd.DataFrame, problem: str, *, x: str = "R", y: str = "C",
     if not np.isfinite(pairs[[x, y]].to_numpy(float)).all():
         h.append(Line2D([], [], marker="o", mfc="none", mec="0.3", ls="", label="diverged (at the edge)"))
     when = f"at epoch {epoch}" if epoch is not None else "final"
-    _legend(fig, h, f"{PROBLEM_NAMES.get(problem, problem)}: {when} test loss ({window}-epoch moving average), "
+    _legend(fig, h, f"{_display(problem)}: {when} test loss ({window}-epoch moving average), "
                     f"{y} against {x}, paired by seed\nnumbers: seeds; below the solid diagonal {y} is lower")
     return fig
 
@@ -565,15 +561,15 @@ def _save(fig, out_dir: Path, stem: str, formats: Sequence[str]) -> list[Path]:
 def plot_frame(df: pd.DataFrame, out_dir: str | Path, *, smooth: bool = True, window: int = 30,
                band: str = "std", formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
     """For every problem of a results table: :func:`problem_figure`, saved as
-    ``<problem>-test-loss[-raw][-ci].<fmt>``, and, where some seed has both R and C,
-    :func:`paired_figure` as ``<problem>-paired-R-C.<fmt>``. Returns the files written."""
+    ``<stem>-test-loss[-raw][-ci].<fmt>`` (``stem``: :func:`stablebptt.problems.file_stem` of the problem), and, where some seed has both R and C,
+    :func:`paired_figure` as ``<stem>-paired-R-C.<fmt>``. Returns the files written."""
     if df.empty:
         raise ValueError("the results table is empty (no finished runs)")
     out_dir = Path(out_dir)
     paths = []
     for problem in sorted(df["problem"].unique()):
         fig = problem_figure(df, problem, smooth=smooth, window=window, band=band)
-        stem = f"{problem}-test-loss" + ("" if smooth else "-raw") + ("-ci" if band == "ci" else "")
+        stem = f"{file_stem(problem)}-test-loss" + ("" if smooth else "-raw") + ("-ci" if band == "ci" else "")
         paths += _save(fig, out_dir, stem, formats)
         modes = set(df.loc[df["problem"] == problem, "mode"])
         if {"R", "C"} <= modes:
@@ -581,7 +577,7 @@ def plot_frame(df: pd.DataFrame, out_dir: str | Path, *, smooth: bool = True, wi
                 fig = paired_figure(df, problem, window=window)
             except ValueError:  # R and C never share a seed
                 continue
-            paths += _save(fig, out_dir, f"{problem}-paired-R-C", formats)
+            paths += _save(fig, out_dir, f"{file_stem(problem)}-paired-R-C", formats)
     return paths
 
 

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from .config import RunConfig, run_id
+from .controllers import weights_file  # noqa: F401  (run folders hold weights.npz; re-exported)
 
 RESULT_FILE = "result.json"
 
@@ -115,7 +116,7 @@ def write_result(folder: Path, config: RunConfig, seed: int, result, extra_manif
 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}"
+    tmp = folder.parent / f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}-{os.getpid()}@{socket.gethostname()}"
     tmp.mkdir()
     try:
         _write_json(tmp / "config.json", {"config": config.to_dict(), "seed": int(seed), "run_id": folder.name})
@@ -312,6 +313,7 @@ def _train_and_write(pairs, root, *, problem=None, on_epoch=None, extra_manifest
     folders = [Path(root) / run_id(c, s) for c, s in pairs]
     todo = [(c, s, f) for (c, s), f in zip(pairs, folders) if not is_done(f)]
     if not todo:
+        clean_finished_partials(root)
         return folders, []
     if problem is not None:
         problems.check_matches(problem, pairs[0][0].problem, pairs[0][0].problem_params)
@@ -352,19 +354,6 @@ def _train_and_write(pairs, root, *, problem=None, on_epoch=None, extra_manifest
             except OSError:
                 pass
     return folders, names
-
-
-def weights_file(path: str | Path) -> Path:
-    """A controller's ``.npz`` weights: ``path`` itself, or ``path/weights.npz`` for a run folder.
-    FileNotFoundError naming what is missing."""
-    path = Path(path)
-    if path.is_dir():
-        if not (path / "weights.npz").is_file():
-            raise FileNotFoundError(f"{path} is a folder without weights.npz (not a finished run folder)")
-        return path / "weights.npz"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file or run folder (an .npz of controller weights, or a run folder)")
-    return path
 
 
 @dataclass
@@ -451,12 +440,66 @@ def load_run(folder: str | Path) -> LoadedRun:
     return LoadedRun(folder, config, seed, problem, model, history, read_result(folder), notes)
 
 
+#: seconds after which a ``.tmp-*`` folder of a writer on another host (or of unknown owner)
+#: counts as abandoned (a live writer renames it within milliseconds)
+TEMP_STALE_S = 120.0
+
+
+def _temp_abandoned(p: Path) -> bool:
+    """Whether the temp folder ``.tmp-<run>-<hex>-<pid>@<host>`` has no live writer: its pid is
+    dead on this host; for another host or an unnamed owner, it is older than TEMP_STALE_S."""
+    left, _, host = p.name.rpartition("@")
+    pid = left.rsplit("-", 1)[-1]
+    if host == socket.gethostname() and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+    try:
+        return time.time() - p.stat().st_mtime > TEMP_STALE_S
+    except OSError:
+        return False
+
+
 def clean_stale_temps(root: str | Path) -> int:
-    """Remove temp folders left by killed runs; returns how many were removed."""
+    """Remove temp folders left by killed writers (a live writer's is left alone), and progress
+    folders whose runs have all finished (:func:`clean_finished_partials`); returns how many
+    were removed."""
     root = Path(root)
     n = 0
     if root.is_dir():
         for p in root.glob(".tmp-*"):
-            shutil.rmtree(p, ignore_errors=True)
-            n += 1
+            if _temp_abandoned(p):
+                shutil.rmtree(p, ignore_errors=True)
+                n += 1
+    return n + clean_finished_partials(root)
+
+
+def clean_finished_partials(root: str | Path) -> int:
+    """Remove every ``<root>/.partial/<id>/`` whose runs (its ``<run_id>.metrics.csv`` files, or
+    the folder's own name for a single run) all have a finished folder — left behind when a
+    process was killed between writing the results and removing its progress — unless a live
+    process holds its claim. Returns how many were removed."""
+    base = Path(root) / ".partial"
+    n = 0
+    for d in sorted(base.iterdir()) if base.is_dir() else []:
+        names = {f.name[: -len(".metrics.csv")] for f in d.glob("*.metrics.csv")}
+        if not d.name.startswith("group-"):
+            names.add(d.name)
+        if not names or not all(is_done(Path(root) / name) for name in names):
+            continue
+        try:
+            lease = Lease(d).acquire()
+        except Claimed:
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        lease.release()
+        n += 1
+    try:
+        base.rmdir()
+    except OSError:
+        pass
     return n

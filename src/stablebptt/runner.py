@@ -201,9 +201,7 @@ def _runs(problem, config, seeds, data, lane_configs) -> list[_Run]:
     if lane_configs is not None:
         check_lanes(config, list(lane_configs), len(seeds))
     if config.init_weights:
-        from .run import weights_file
-
-        weights_file(config.init_weights)  # a missing file or folder: named before anything compiles
+        controllers.weights_file(config.init_weights)  # a missing file or folder: named before anything compiles
     runs = []
     for i, s in enumerate(seeds):
         tr, te = data if data is not None else make_data(problem, config, s)
@@ -278,9 +276,7 @@ def _initial_groups(trainer: Trainer, programs: dict, runs: list[_Run], vmapped:
     for r in runs:
         p = programs["init_params"](jax.random.PRNGKey(r.seed))
         if r.config.init_weights:
-            from .run import weights_file
-
-            model = controllers.load_weights(eqx.combine(p, trainer.static), weights_file(r.config.init_weights))
+            model = controllers.load_weights(eqx.combine(p, trainer.static), controllers.weights_file(r.config.init_weights))
             p = eqx.filter(model, eqx.is_inexact_array)
         params.append(p)
     settings = [trainer.settings(r.config) for r in runs]

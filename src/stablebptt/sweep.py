@@ -56,7 +56,7 @@ from typing import Any, Callable, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .config import RunConfig, run_id
-from .run import clean_stale_temps, is_done, read_result
+from .run import clean_finished_partials, clean_stale_temps, is_done, read_result
 
 SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 #: environment of a Ray worker (the local pool's initializer sets the same)
@@ -398,6 +398,80 @@ def _groups(todo: list[tuple[RunConfig, int]], vmap_seeds: bool,
     return list(grouped.values())
 
 
+def _run_local(groups, root: Path, n: int, cache_dir, checkpoint_seconds, finished, state, report) -> None:
+    """The sweep's groups on a pool of ``n`` spawned worker processes (single-threaded XLA each)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    old = os.environ.get("XLA_FLAGS")
+    os.environ["XLA_FLAGS"] = SINGLE_THREAD_XLA  # inherited by the spawned workers
+    try:
+        with ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(SINGLE_THREAD_XLA, os.getpid())) as pool:
+            try:
+                pending = {pool.submit(_job, c.to_dict(), seeds, str(root), cache_dir, lanes, checkpoint_seconds):
+                           (c, seeds)
+                           for c, seeds, lanes in groups}
+                while pending:
+                    state["running"] = min(n, len(pending))
+                    done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        c, seeds = pending.pop(fut)
+                        try:
+                            finished(fut.result())
+                        except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on
+                            report.failed.append({"config": c.to_dict(), "seeds": seeds, "error": repr(e)})
+            except BaseException:
+                # Ctrl-C (or an error here): stop at once instead of waiting for the queued
+                # jobs. A killed worker leaves at most a .tmp-* folder, removed at the next start.
+                procs = list((pool._processes or {}).values())  # private, but the only handle
+                pool.shutdown(wait=False, cancel_futures=True)
+                for proc in procs:
+                    proc.kill()
+                raise
+    finally:
+        if old is None:
+            os.environ.pop("XLA_FLAGS", None)
+        else:
+            os.environ["XLA_FLAGS"] = old
+
+
+def _run_ray(groups, root: Path, workers, address, cache_dir, checkpoint_seconds, finished, state, report) -> None:
+    """The sweep's groups as Ray tasks (a local Ray started for the sweep, or the cluster at ``address``)."""
+    try:
+        import ray
+    except ImportError as e:  # pragma: no cover - depends on the extra
+        raise SpecError('executor "ray" needs Ray: pip install "stablebptt[ray]"') from e
+    started = False
+    if not ray.is_initialized():
+        kw = dict(address=address) if address else dict(num_cpus=workers or os.cpu_count(), include_dashboard=False)
+        ray.init(runtime_env={"env_vars": WORKER_ENV}, log_to_driver=False, **kw)
+        started = True
+    try:
+        # per task as well, so an already initialised Ray gets the flags too
+        remote = ray.remote(num_cpus=1)(_job).options(runtime_env={"env_vars": WORKER_ENV})
+        refs = {remote.remote(c.to_dict(), seeds, str(root.resolve()), cache_dir, lanes, checkpoint_seconds): (c, seeds)
+                for c, seeds, lanes in groups}
+        try:
+            cpus = int(ray.cluster_resources().get("CPU", 1))
+            while refs:
+                state["running"] = min(len(refs), cpus)
+                ready, _ = ray.wait(list(refs), num_returns=1)
+                for ref in ready:
+                    c, seeds = refs.pop(ref)
+                    try:
+                        finished(ray.get(ref))
+                    except Exception as e:  # noqa: BLE001
+                        report.failed.append({"config": c.to_dict(), "seeds": seeds, "error": repr(e)})
+        except BaseException:
+            for ref in refs:  # Ctrl-C: stop the remaining tasks (a killed task leaves a .tmp-* folder)
+                ray.cancel(ref, force=True)
+            raise
+    finally:
+        if started:
+            ray.shutdown()
+
+
 def run_sweep(spec: SweepSpec, root: str | Path, *, executor: str = "local", workers: int | None = None,
               address: str | None = None, vmap_seeds: bool = False, vmap_configs: bool = False,
               progress: Optional[Callable[[dict], None]] = None, cache_dir: str | None = None,
@@ -459,74 +533,10 @@ def run_sweep(spec: SweepSpec, root: str | Path, *, executor: str = "local", wor
             finished(_job(c.to_dict(), seeds, str(root), None, lanes, checkpoint_seconds))
         state["running"] = 0
     elif executor == "local":
-        import multiprocessing
-
-        n = workers or os.cpu_count() or 1
-        ctx = multiprocessing.get_context("spawn")
-        old = os.environ.get("XLA_FLAGS")
-        os.environ["XLA_FLAGS"] = SINGLE_THREAD_XLA  # inherited by the spawned workers
-        try:
-            with ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_init_worker,
-                                     initargs=(SINGLE_THREAD_XLA, os.getpid())) as pool:
-                try:
-                    pending = {pool.submit(_job, c.to_dict(), seeds, str(root), cache_dir, lanes, checkpoint_seconds):
-                               (c, seeds)
-                               for c, seeds, lanes in groups}
-                    while pending:
-                        state["running"] = min(n, len(pending))
-                        done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-                        for fut in done:
-                            c, seeds = pending.pop(fut)
-                            try:
-                                finished(fut.result())
-                            except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on
-                                report.failed.append({"config": c.to_dict(), "seeds": seeds, "error": repr(e)})
-                except BaseException:
-                    # Ctrl-C (or an error here): stop at once instead of waiting for the queued
-                    # jobs. A killed worker leaves at most a .tmp-* folder, removed at the next start.
-                    procs = list((pool._processes or {}).values())  # private, but the only handle
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    for proc in procs:
-                        proc.kill()
-                    raise
-        finally:
-            if old is None:
-                os.environ.pop("XLA_FLAGS", None)
-            else:
-                os.environ["XLA_FLAGS"] = old
-    else:  # ray
-        try:
-            import ray
-        except ImportError as e:  # pragma: no cover - depends on the extra
-            raise SpecError('executor "ray" needs Ray: pip install "stablebptt[ray]"') from e
-        started = False
-        if not ray.is_initialized():
-            kw = dict(address=address) if address else dict(num_cpus=workers or os.cpu_count(), include_dashboard=False)
-            ray.init(runtime_env={"env_vars": WORKER_ENV}, log_to_driver=False, **kw)
-            started = True
-        try:
-            # per task as well, so an already initialised Ray gets the flags too
-            remote = ray.remote(num_cpus=1)(_job).options(runtime_env={"env_vars": WORKER_ENV})
-            refs = {remote.remote(c.to_dict(), seeds, str(root.resolve()), cache_dir, lanes, checkpoint_seconds): (c, seeds)
-                    for c, seeds, lanes in groups}
-            try:
-                cpus = int(ray.cluster_resources().get("CPU", 1))
-                while refs:
-                    state["running"] = min(len(refs), cpus)
-                    ready, _ = ray.wait(list(refs), num_returns=1)
-                    for ref in ready:
-                        c, seeds = refs.pop(ref)
-                        try:
-                            finished(ray.get(ref))
-                        except Exception as e:  # noqa: BLE001
-                            report.failed.append({"config": c.to_dict(), "seeds": seeds, "error": repr(e)})
-            except BaseException:
-                for ref in refs:  # Ctrl-C: stop the remaining tasks (a killed task leaves a .tmp-* folder)
-                    ray.cancel(ref, force=True)
-                raise
-        finally:
-            if started:
-                ray.shutdown()
+        _run_local(groups, root, workers or os.cpu_count() or 1, cache_dir, checkpoint_seconds, finished, state, report)
+    else:
+        _run_ray(groups, root, workers, address, cache_dir, checkpoint_seconds, finished, state, report)
+    clean_finished_partials(root)  # progress left by runs killed after their results were written
     state["running"] = 0
     if progress:
         progress(dict(state))

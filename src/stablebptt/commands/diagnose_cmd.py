@@ -26,8 +26,7 @@ def diagnose_command(
     """Which gradient-flow mode suits PROBLEM? Adjoint norms, credit per step, Jacobian spectra, cos(M, G); writes a 4-panel figure."""
     from .. import problems as problems_mod
 
-    if problem not in problems_mod.names():
-        raise fail(f"unknown problem {problem!r}; available: {', '.join(problems_mod.names())}")
+    problems_mod.param_spec(problem)  # an unknown source: one line naming it and what is allowed
     if states < 1:
         raise fail(f"--states {states}: must be ≥ 1")
     pparams = collect_problem_params(problem, {}, param)
@@ -38,7 +37,7 @@ def diagnose_command(
     from .. import controllers
 
     t0 = time.perf_counter()
-    name = problem
+    name = problems_mod.file_stem(problem)
     try:
         if weights is not None and weights.is_dir():
             prob, model, cfg, _ = diag.load_run(weights)
@@ -47,7 +46,7 @@ def diagnose_command(
             if pparams and pparams != {k: v for k, v in cfg.problem_params.items() if k in pparams}:
                 raise fail(f"--param {pparams} differs from the run's problem parameters {cfg.problem_params}")
             label = f"{problem} — trained run {weights.name} (mode {cfg.mode_label()}, {cfg.epochs} epochs)"
-            name = f"{problem}-{weights.name}"
+            name = f"{problems_mod.file_stem(problem)}-{weights.name}"
         else:
             prob = problems_mod.get(problem, **pparams)
             model, label = None, None
@@ -56,7 +55,7 @@ def diagnose_command(
                     raise fail(f"--weights {weights}: no such file or run folder")
                 model = controllers.load_weights(prob.make_controller(jax.random.PRNGKey(seed), zero_last=False), weights)
                 label = f"{problem} — weights {weights.name}"
-                name = f"{problem}-{weights.stem}"
+                name = f"{problems_mod.file_stem(problem)}-{weights.stem}"
         d = diag.diagnose_problem(prob, model=model, n=states, zero_last=zero_last, seed=seed)
     except (ValueError, FileNotFoundError) as e:
         raise fail(str(e))

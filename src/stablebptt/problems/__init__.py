@@ -24,6 +24,7 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import re
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -173,6 +174,17 @@ def get(source: str, **params) -> Problem:
     return make(**params)
 
 
+def file_stem(source: str) -> str:
+    """A file-name stem for a problem source: a name stays (``cartpole``); ``FILE.py:FUNCTION``
+    becomes ``<file's stem>-FUNCTION`` (``sims/pm.py:make`` -> ``pm-make``), ``module:FUNCTION``
+    ``module-FUNCTION``; any character outside [A-Za-z0-9._-] becomes ``-``."""
+    name = source
+    if ":" in name:
+        where, fn = name.rsplit(":", 1)
+        name = f"{Path(where).stem if where.endswith('.py') else where}-{fn}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name)
+
+
 def check_matches(problem: Problem, source: str, params: dict) -> None:
     """Raise ValueError unless ``problem`` is what ``source`` with ``params`` builds: the same
     name and, for every parameter of the source, the same value (given or default)."""
@@ -188,4 +200,4 @@ def check_matches(problem: Problem, source: str, params: dict) -> None:
                          f"config says {', '.join(f'{k}={want[k]!r}' for k in diff)}")
 
 
-__all__ = ["Problem", "get", "names", "param_spec", "register", "unregister", "origin", "check_matches"]
+__all__ = ["Problem", "get", "names", "param_spec", "register", "unregister", "origin", "check_matches", "file_stem"]
