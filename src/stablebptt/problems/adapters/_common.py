@@ -55,6 +55,22 @@ def checked_states(arr, n: int, state_shape: tuple[int, ...], who: str) -> np.nd
     return out
 
 
+def data_sampler(sample_states: Callable, state_shape: tuple[int, ...], who: str) -> Callable:
+    """``sample_data(seed, n_train, n_test) -> (train, test)``, float32 (n, *state_shape): one
+    generator of ``seed`` (:func:`rng_for`), train drawn first, each draw checked
+    (:func:`checked_states`)."""
+
+    def sample_data(seed, n_train: int, n_test: int) -> tuple[np.ndarray, np.ndarray]:
+        n_train = check_count(n_train, "n_train", who)
+        n_test = check_count(n_test, "n_test", who)
+        rng = rng_for(seed, who)
+        train = checked_states(sample_states(rng, n_train), n_train, state_shape, who)
+        test = checked_states(sample_states(rng, n_test), n_test, state_shape, who)
+        return train, test
+
+    return sample_data
+
+
 class ObservationMLP(eqx.Module):
     """An :class:`~stablebptt.controllers.MLP` on features of each state row:
     control_i = MLP(features(x_i)) for every row i of a batch (B, *state_shape).

@@ -211,14 +211,7 @@ def brax_problem(
 
     sampler = sample_states or _default_sampler(np.asarray(sys.init_q, np.float64), nv, q_noise, qd_noise)
 
-    def sample_data(seed, n_train: int, n_test: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(train, test)`` float32 (n, nq + nv); train drawn first, from one generator of ``seed``."""
-        n_train = _common.check_count(n_train, "n_train", WHO)
-        n_test = _common.check_count(n_test, "n_test", WHO)
-        rng = _common.rng_for(seed, WHO)
-        train = _common.checked_states(sampler(rng, n_train), n_train, state_shape, WHO)
-        test = _common.checked_states(sampler(rng, n_test), n_test, state_shape, WHO)
-        return train, test
+    sample_data = _common.data_sampler(sampler, state_shape, WHO)
 
     env_name = env if isinstance(env, str) else type(penv).__name__
     dt = float(penv.dt)

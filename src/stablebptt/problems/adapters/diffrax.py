@@ -171,14 +171,7 @@ def ode_problem(
 
         feature_size = int(jax.eval_shape(features, jax.ShapeDtypeStruct(state_shape, jnp.float32)).shape[0])
 
-    def sample_data(seed, n_train: int, n_test: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(train, test)`` float32 (n, *state_shape); train drawn first, from one generator of ``seed``."""
-        n_train = _common.check_count(n_train, "n_train", WHO)
-        n_test = _common.check_count(n_test, "n_test", WHO)
-        rng = _common.rng_for(seed, WHO)
-        train = _common.checked_states(sample_states(rng, n_train), n_train, state_shape, WHO)
-        test = _common.checked_states(sample_states(rng, n_test), n_test, state_shape, WHO)
-        return train, test
+    sample_data = _common.data_sampler(sample_states, state_shape, WHO)
 
     solver_name = "Tsit5" if solver is None else type(solver).__name__
     record = dict(vector_field=_common.callable_name(vector_field), solver=solver_name, dt=float(dt),
