@@ -231,7 +231,6 @@ def guidance_view(evaders: np.ndarray, min_half_width: float = GUIDANCE_MIN_HALF
 def _scene_guidance(problem, xs, cs, trail: int = GUIDANCE_TRAIL):
     """xs (T+1, S, n_d + n_e, 2, 2)."""
     from matplotlib.collections import LineCollection
-    from matplotlib.lines import Line2D
 
     T1, S = xs.shape[0], xs.shape[1]
     T = T1 - 1
@@ -272,13 +271,7 @@ def _scene_guidance(problem, xs, cs, trail: int = GUIDANCE_TRAIL):
         bot.tick_params(labelsize=7)
         arts.append((trails, drv, eva, edge, edge_txt, curve, now, c, r))
         panels.append({"view": ax, "distance": bot})
-    handles = [Line2D([], [], ls="none", marker="o", color=blue, mec="k", mew=0.6, ms=8, label="evaders"),
-               Line2D([], [], ls="none", marker="^", color=red, mec="k", mew=0.6, ms=9, label="drivers"),
-               Line2D([], [], ls="none", marker="^", mfc="white", mec=red, mew=1.8, ms=9,
-                      label="driver outside the view (on the edge, pointing to it)"),
-               Line2D([], [], ls="none", marker="$\\oplus$", color="k", ms=11, label="target (origin)")]
-    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.955), ncol=4, fontsize=8,
-               frameon=False, handletextpad=0.3, columnspacing=1.2)
+    _guidance_legend(fig, red, blue)
     title = fig.suptitle("", y=0.995)
 
     def update(n):
@@ -291,22 +284,9 @@ def _scene_guidance(problem, xs, cs, trail: int = GUIDANCE_TRAIL):
                 lc.set_segments(list(segs))
                 lc.set_color(trail_cols[k][-len(segs):] if len(segs) else trail_cols[k][:0])
             p_d = pos[n, i, :n_d]
-            off = np.max(np.abs(p_d - c), axis=1) > r  # outside the square view
+            off = _place_edge_markers(edge, edge_txt, p_d, c, r)
             drv.set_data(p_d[~off, 0], p_d[~off, 1])
             eva.set_data(pos[n, i, n_d:, 0], pos[n, i, n_d:, 1])
-            far = []
-            for k in range(n_d):
-                if not off[k]:
-                    edge[k].set_data([], [])
-                    continue
-                d = p_d[k] - c
-                m = float(np.max(np.abs(d)))
-                q = c + d * (0.93 * r / m)
-                ang = math.degrees(math.atan2(d[1], d[0]))
-                edge[k].set_data([q[0]], [q[1]])
-                edge[k].set_marker((3, 0, ang - 90.0))
-                far.append(f"{float(np.hypot(*p_d[k])):.1f}")
-            edge_txt.set_text(f"outside: {', '.join(far)} from target" if far else "")
             curve.set_data(t[: n + 1], dist2[: n + 1, i])
             now.set_data([t[n]], [dist2[n, i]])
         title.set_text(f"guidance by repulsion   t = {n * dt:.2f}   step {n}/{T}")
@@ -314,6 +294,40 @@ def _scene_guidance(problem, xs, cs, trail: int = GUIDANCE_TRAIL):
     return Scene(fig=fig, update=update, panels=panels, horizon=T,
                  info={"limits": limits, "distance2": dist2, "drivers": n_d,
                        "trails": [a[0] for a in arts], "edge_markers": [a[3] for a in arts]})
+
+
+def _guidance_legend(fig, red: str, blue: str) -> None:
+    """The guidance animation's legend: evaders, drivers, drivers outside the view, target."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], ls="none", marker="o", color=blue, mec="k", mew=0.6, ms=8, label="evaders"),
+               Line2D([], [], ls="none", marker="^", color=red, mec="k", mew=0.6, ms=9, label="drivers"),
+               Line2D([], [], ls="none", marker="^", mfc="white", mec=red, mew=1.8, ms=9,
+                      label="driver outside the view (on the edge, pointing to it)"),
+               Line2D([], [], ls="none", marker="$\\oplus$", color="k", ms=11, label="target (origin)")]
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.955), ncol=4, fontsize=8,
+               frameon=False, handletextpad=0.3, columnspacing=1.2)
+
+
+def _place_edge_markers(edge, edge_txt, p_d: np.ndarray, c: np.ndarray, r: float) -> np.ndarray:
+    """Drivers outside the square view (centre ``c`` (2,), half-width ``r``) as hollow triangles
+    on its edge pointing towards them, and their distances from the target in ``edge_txt``.
+
+    ``p_d`` (n_d, 2) are the drivers' positions; returns the mask (n_d,) of those outside.
+    """
+    off = np.max(np.abs(p_d - c), axis=1) > r
+    far = []
+    for k in range(len(p_d)):
+        if not off[k]:
+            edge[k].set_data([], [])
+            continue
+        d = p_d[k] - c
+        q = c + d * (0.93 * r / float(np.max(np.abs(d))))
+        edge[k].set_data([q[0]], [q[1]])
+        edge[k].set_marker((3, 0, math.degrees(math.atan2(d[1], d[0])) - 90.0))
+        far.append(f"{float(np.hypot(*p_d[k])):.1f}")
+    edge_txt.set_text(f"outside: {', '.join(far)} from target" if far else "")
+    return off
 
 
 def _quantum_target(problem, nx: int) -> tuple[int, np.ndarray]:
@@ -356,13 +370,7 @@ def _scene_quantum(problem, xs, cs):
         top.set_ylabel("x", fontsize=8)
         top.tick_params(labelsize=7)
         cur = top.axvline(0, color="w", lw=1)
-        strip = top.inset_axes([1.02, 0.0, 0.07, 1.0])
-        strip.imshow((tvec**2)[:, None], origin="lower", aspect="auto", cmap=cmap, vmin=0, vmax=vmax,
-                     extent=(0, 1, dx / 2, 2.0 - dx / 2), interpolation="nearest")
-        strip.set_ylim(0.0, 2.0)
-        strip.set_xticks([])
-        strip.set_yticks([])
-        strip.set_title(f"ψ_{target}", fontsize=7, pad=2)
+        strip = _target_strip(top, tvec**2, f"ψ_{target}", cmap, vmax, dx)
         mid.axhline(1.0, color="0.6", lw=0.6, ls=":")
         ov = mid.plot([], [], color="tab:green", lw=1.8)[0]
         ov_now = mid.plot([], [], "o", color="tab:green", ms=4)[0]
@@ -381,16 +389,7 @@ def _scene_quantum(problem, xs, cs):
         bot.tick_params(labelsize=7)
         arts.append((img, cur, ov, ov_now, ov_txt, line))
         panels.append({"density": top, "target": strip, "overlap": mid, "control": bot})
-    # one colour bar per row of panels, right of the row's density images
-    cols = _ncols(S)
-    colorbars = []
-    for r0 in range(0, S, cols):
-        box = axes[r0][0].get_position()
-        cax = fig.add_axes([0.925, box.y0, 0.014, box.height])
-        cb = fig.colorbar(arts[r0][0], cax=cax)
-        cb.set_label("|ψ_j|²  (Σ_j = 1)", fontsize=8)
-        cax.tick_params(labelsize=7)
-        colorbars.append(cax)
+    colorbars = [_row_colorbar(fig, axes[r0][0], arts[r0][0]) for r0 in range(0, S, _ncols(S))]
     title = fig.suptitle("")
 
     def update(n):
@@ -408,6 +407,30 @@ def _scene_quantum(problem, xs, cs):
 
     return Scene(fig=fig, update=update, panels=panels, horizon=T, colorbars=colorbars,
                  info={"overlap": overlap, "target": target, "overlap_lines": [a[2] for a in arts]})
+
+
+def _target_strip(top, density: np.ndarray, name: str, cmap, vmax: float, dx: float):
+    """A narrow image right of the density panel ``top``: the target's |ψ_j|² (nx,) on the same
+    x axis [0, 2] and colour scale, titled ``name``."""
+    strip = top.inset_axes([1.02, 0.0, 0.07, 1.0])
+    strip.imshow(density[:, None], origin="lower", aspect="auto", cmap=cmap, vmin=0, vmax=vmax,
+                 extent=(0, 1, dx / 2, 2.0 - dx / 2), interpolation="nearest")
+    strip.set_ylim(0.0, 2.0)
+    strip.set_xticks([])
+    strip.set_yticks([])
+    strip.set_title(name, fontsize=7, pad=2)
+    return strip
+
+
+def _row_colorbar(fig, first, image):
+    """One colour bar for a row of density panels, right of the figure at the height of the
+    row's first panel ``first``; returns its axes."""
+    box = first.get_position()
+    cax = fig.add_axes([0.925, box.y0, 0.014, box.height])
+    cb = fig.colorbar(image, cax=cax)
+    cb.set_label("|ψ_j|²  (Σ_j = 1)", fontsize=8)
+    cax.tick_params(labelsize=7)
+    return cax
 
 
 def _scene_series(problem, xs, cs, max_components: int = 8):

@@ -220,15 +220,23 @@ class Diagnosis:
         from matplotlib.figure import Figure
         from matplotlib.ticker import MaxNLocator
 
-        T = self.horizon
         fig = Figure(figsize=(11, 7.5), layout="constrained")
         ax = fig.subplots(2, 2)
-        n_adj = np.arange(T + 1)
-        n_step = np.arange(T)
-        colors = {"R": "tab:red", "M": "tab:blue"}
+        self._panel_adjoints(ax[0, 0])
+        self._panel_credit(ax[0, 1])
+        self._panel_spectra(ax[1, 0])
+        self._panel_agreement(ax[1, 1])
+        head = title or self.label or "gradient diagnosis"
+        if self.verdict is not None:
+            head += f"  →  mode {self.verdict.mode}, clip {self.verdict.clip}"
+        for axis in ax.ravel():
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        fig.suptitle(head)
+        return fig
 
-        # (a) adjoint norms
-        a = ax[0, 0]
+    def _panel_adjoints(self, a) -> None:
+        """(a) Adjoint norms ‖λ_n‖ of R and M per sample (thin) and their medians, log scale."""
+        T, n_adj, colors = self.horizon, np.arange(self.horizon + 1), PANEL_COLORS
         med = {m: np.median(arr, 1) for m, arr in (("R", self.adjoint_R), ("M", self.adjoint_M))}
         same = _same(med["R"], med["M"]) and _same(self.adjoint_R, self.adjoint_M)
         for mode, arr in (("R", self.adjoint_R),) if same else (("R", self.adjoint_R), ("M", self.adjoint_M)):
@@ -247,8 +255,9 @@ class Diagnosis:
             a.axvspan(0, T - k, color="0.85", zorder=0, label=f"R spans > {MAX_ORDERS:g} orders beyond {k} steps")
         a.legend(fontsize=8)
 
-        # (b) credit per step
-        b = ax[0, 1]
+    def _panel_credit(self, b) -> None:
+        """(b) Contribution ‖G_θ,nᵀ B_nᵀ λ_{n+1}‖ of each step n to the update, R and M, log scale."""
+        n_step, colors = np.arange(self.horizon), PANEL_COLORS
         credit = r"$\|G_{\theta,n}^T B_n^T \lambda_{n+1}\|$"
         _draw_pair(b, n_step, _pos(self.contrib_R), _pos(self.contrib_M), colors=(colors["R"], colors["M"]),
                    labels=(r"R: $\|G_{\theta,n}^T B_n^T \lambda^R_{n+1}\|$", r"M: $\|G_{\theta,n}^T B_n^T \lambda^M_{n+1}\|$"),
@@ -258,8 +267,9 @@ class Diagnosis:
         b.set_title("(b) contribution of step n to the update")
         b.legend(fontsize=8)
 
-        # (c) Jacobian spectra
-        c = ax[1, 0]
+    def _panel_spectra(self, c) -> None:
+        """(c) Largest (and smallest) singular values of ∂P/∂x and of the closed loop per step."""
+        n_step = np.arange(self.horizon)
         _draw_pair(c, n_step, self.sv_phys[:, 0], self.sv_closed[:, 0], colors=("tab:green", "tab:purple"),
                    labels=(f"σ_max(∂P/∂x); Lyapunov {self.lyap_phys:+.3g}",
                            f"σ_max(∂P/∂x + ∂P/∂c·∂N/∂x); Lyapunov {self.lyap_closed:+.3g}"),
@@ -275,8 +285,9 @@ class Diagnosis:
         c.set_title("(c) Jacobian spectra per step (sample 0)")
         c.legend(fontsize=8, loc="best")
 
-        # (d) agreement: the two constants as a pair, the per-step cosine as dots on top
-        d = ax[1, 1]
+    def _panel_agreement(self, d) -> None:
+        """(d) cos(M, G) and the sign agreement of M with G; cos(R_n, M_n) per step as dots."""
+        T, n_step = self.horizon, np.arange(self.horizon)
         ones = np.ones(2)
         span = np.array([-0.5, max(T - 0.5, 0.5)])
         _draw_pair(d, span, self.cos_mg * ones, self.sign_agree * ones, colors=("tab:orange", "tab:cyan"),
@@ -298,14 +309,9 @@ class Diagnosis:
         d.set_title("(d) agreement of M with the true gradient G")
         d.legend(fontsize=8, loc="lower left")
 
-        head = title or self.label or "gradient diagnosis"
-        if self.verdict is not None:
-            head += f"  →  mode {self.verdict.mode}, clip {self.verdict.clip}"
-        for axis in ax.ravel():
-            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-        fig.suptitle(head)
-        return fig
 
+#: colours of the R and M curves in the figure's panels (a) and (b)
+PANEL_COLORS = {"R": "tab:red", "M": "tab:blue"}
 
 #: two curves equal to within this relative difference everywhere are drawn as one ("R = M")
 SAME_RTOL = 1e-6
