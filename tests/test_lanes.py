@@ -14,7 +14,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import stablebptt as sb
 from stablebptt import core as F
 from stablebptt import optim, problems, run, sweep
 from stablebptt import runner as T

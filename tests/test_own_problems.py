@@ -2,7 +2,6 @@
 everywhere a problem is accepted; loading and evaluating a run; TensorBoard events."""
 import json
 import struct
-import sys
 import textwrap
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from stablebptt import problems, results, sweep
+from stablebptt import problems, results
 from stablebptt.cli import app
 from stablebptt.config import RunConfig
 from stablebptt.run import load_run, run

@@ -3,7 +3,6 @@ faults injected at random moments (SIGINT, SIGKILL), two sweeps on one folder.""
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stablebptt import problems, run as R, sweep
+from stablebptt import problems, run as R
 from stablebptt.config import RunConfig, run_id
 from stablebptt.runner import Checkpoint, train
 
@@ -308,7 +307,7 @@ def test_only_temp_folders_of_dead_writers_are_removed(tmp_path):
     host = socket.gethostname()
     dead = tmp_path / f".tmp-aaaa-0123abcd-{_dead_pid()}@{host}"
     mine = tmp_path / f".tmp-bbbb-0123abcd-{os.getpid()}@{host}"
-    elsewhere_new = tmp_path / f".tmp-cccc-0123abcd-1@another-host"
+    elsewhere_new = tmp_path / ".tmp-cccc-0123abcd-1@another-host"
     unnamed_old = tmp_path / ".tmp-dddd-0123abcd"
     for d in (dead, mine, elsewhere_new, unnamed_old):
         d.mkdir()

@@ -10,7 +10,6 @@ import importlib
 import os
 import pkgutil
 import shutil
-import sys
 from pathlib import Path
 from typing import List, Optional
 

@@ -1,4 +1,5 @@
-"""What the adapters share: seeds, checks of sampled states, the controller factory."""
+"""What the adapters share: seeds, checks of sampled states, the batch loss of a per-state
+function, observation features, the controller factory."""
 from __future__ import annotations
 
 import numbers
@@ -6,6 +7,7 @@ from typing import Callable, ClassVar, Sequence
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ... import controllers
@@ -69,6 +71,38 @@ def data_sampler(sample_states: Callable, state_shape: tuple[int, ...], who: str
         return train, test
 
     return sample_data
+
+
+def mean_row_loss(row_loss: Callable, label: str, who: str, sign: float = 1.0) -> Callable:
+    """ℓ(x) = sign · mean_b row_loss(x_b) for a batch x (B, *state_shape) -> scalar float32.
+
+    ``row_loss`` maps ONE state row to a scalar (``label`` names it in the error raised, at trace
+    time, when it returns another shape); ``sign`` = −1 turns a reward into a loss.
+    """
+
+    def row_value(x_row):
+        v = jnp.asarray(row_loss(x_row))
+        if v.shape != ():
+            raise ValueError(f"{who}: {label} returned shape {v.shape} for one state; expected a scalar")
+        return v.astype(jnp.float32)
+
+    def batch_loss(x: jax.Array) -> jax.Array:
+        return sign * jnp.mean(jax.vmap(row_value)(x))
+
+    return batch_loss
+
+
+def row_features(observe: Callable | None, state_shape: tuple[int, ...]) -> tuple[Callable | None, int | None]:
+    """``(features, k)``: the controller's input of one state row, ``observe(row)`` flattened to
+    float32 (k,), and k found by tracing it once; ``(None, None)`` when ``observe`` is None (the
+    controller sees the flattened state)."""
+    if observe is None:
+        return None, None
+
+    def features(x_row):
+        return jnp.ravel(jnp.asarray(observe(x_row), jnp.float32))
+
+    return features, int(jax.eval_shape(features, jax.ShapeDtypeStruct(state_shape, jnp.float32)).shape[0])
 
 
 class ObservationMLP(eqx.Module):

@@ -108,6 +108,34 @@ def _default_sampler(init_q: np.ndarray, nv: int, q_noise: float, qd_noise: floa
     return sample_states
 
 
+def _loss_and_sign(state_loss: Callable | None, reward: Callable | None) -> tuple[Callable, float]:
+    """The one given per-state function and the sign that makes it a loss (+1 loss, −1 reward)."""
+    if (state_loss is None) == (reward is None):
+        raise ValueError(f"{WHO}: give exactly one of state_loss= or reward= (a function of one pipeline state "
+                         f"returning a scalar); got {'both' if state_loss is not None else 'neither'}")
+    loss_fn, sign = (state_loss, 1.0) if state_loss is not None else (reward, -1.0)
+    if not callable(loss_fn):
+        raise ValueError(f"{WHO}: {'state_loss' if sign > 0 else 'reward'}={loss_fn!r} is not callable")
+    return loss_fn, sign
+
+
+def _check_options(on: str, observe: Callable | None, sample_states: Callable | None) -> None:
+    if on not in ON:
+        raise ValueError(f"{WHO}: on={on!r}; allowed: {', '.join(map(repr, ON))}")
+    if observe is not None and not callable(observe):
+        raise ValueError(f"{WHO}: observe={observe!r} is not callable (pipeline state -> 1-D observation)")
+    if sample_states is not None and not callable(sample_states):
+        raise ValueError(f"{WHO}: sample_states={sample_states!r} is not callable ((rng, n) -> (n, nq + nv))")
+
+
+def _noise(q_noise: float, qd_noise: float) -> tuple[float, float]:
+    """The default sampler's half-widths as floats, both finite and ≥ 0."""
+    q_noise, qd_noise = float(q_noise), float(qd_noise)
+    if not (np.isfinite(q_noise) and q_noise >= 0 and np.isfinite(qd_noise) and qd_noise >= 0):
+        raise ValueError(f"{WHO}: q_noise={q_noise!r}, qd_noise={qd_noise!r}; both must be finite and ≥ 0")
+    return q_noise, qd_noise
+
+
 def brax_problem(
     env,
     *,
@@ -145,23 +173,10 @@ def brax_problem(
       defaults: training settings the trainer's CLI shows (epochs, lr, batch_size, n_train, n_test).
     """
     horizon = _common.positive_int(horizon, "horizon", WHO)
-    if (state_loss is None) == (reward is None):
-        raise ValueError(f"{WHO}: give exactly one of state_loss= or reward= (a function of one pipeline state "
-                         f"returning a scalar); got {'both' if state_loss is not None else 'neither'}")
-    loss_fn, sign = (state_loss, 1.0) if state_loss is not None else (reward, -1.0)
-    if not callable(loss_fn):
-        raise ValueError(f"{WHO}: {'state_loss' if sign > 0 else 'reward'}={loss_fn!r} is not callable")
-    if on not in ON:
-        raise ValueError(f"{WHO}: on={on!r}; allowed: {', '.join(map(repr, ON))}")
-    if observe is not None and not callable(observe):
-        raise ValueError(f"{WHO}: observe={observe!r} is not callable (pipeline state -> 1-D observation)")
-    if sample_states is not None and not callable(sample_states):
-        raise ValueError(f"{WHO}: sample_states={sample_states!r} is not callable ((rng, n) -> (n, nq + nv))")
-    q_noise = float(q_noise)
-    qd_noise = float(qd_noise)
-    if not (np.isfinite(q_noise) and q_noise >= 0 and np.isfinite(qd_noise) and qd_noise >= 0):
-        raise ValueError(f"{WHO}: q_noise={q_noise!r}, qd_noise={qd_noise!r}; both must be finite and ≥ 0")
     widths = _common.check_widths(widths, WHO)
+    loss_fn, sign = _loss_and_sign(state_loss, reward)
+    _check_options(on, observe, sample_states)
+    q_noise, qd_noise = _noise(q_noise, qd_noise)
 
     penv = _environment(env, backend, env_kwargs)
     sys = penv.sys
@@ -191,23 +206,9 @@ def brax_problem(
         return jax.vmap(row_step)(x, c)
 
     label = "state_loss" if sign > 0 else "reward"
-
-    def row_value(x_row):
-        v = jnp.asarray(loss_fn(pipeline_state(x_row)))
-        if v.shape != ():
-            raise ValueError(f"{WHO}: {label} returned shape {v.shape} for one pipeline state; expected a scalar")
-        return v.astype(jnp.float32)
-
-    def batch_loss(x: jax.Array) -> jax.Array:
-        """ℓ(x): batch mean of state_loss, or minus the batch mean of reward; x (B, nq + nv) -> scalar."""
-        return sign * jnp.mean(jax.vmap(row_value)(x))
-
-    features = feature_size = None
-    if observe is not None:
-        def features(x_row):
-            return jnp.ravel(jnp.asarray(observe(pipeline_state(x_row)), jnp.float32))
-
-        feature_size = int(jax.eval_shape(features, jax.ShapeDtypeStruct(state_shape, jnp.float32)).shape[0])
+    batch_loss = _common.mean_row_loss(lambda x_row: loss_fn(pipeline_state(x_row)), label, WHO, sign)
+    features, feature_size = _common.row_features(
+        None if observe is None else (lambda x_row: observe(pipeline_state(x_row))), state_shape)
 
     sampler = sample_states or _default_sampler(np.asarray(sys.init_q, np.float64), nv, q_noise, qd_noise)
 

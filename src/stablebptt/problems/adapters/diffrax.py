@@ -41,7 +41,6 @@ from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ...losses import TrajectoryLoss
 from ..base import Problem
@@ -154,23 +153,8 @@ def ode_problem(
     widths = _common.check_widths(widths, WHO)
     step = ode_step(vector_field, dt=dt, solver=solver, substeps=substeps)
 
-    def row_value(y):
-        v = jnp.asarray(state_loss(y))
-        if v.shape != ():
-            raise ValueError(f"{WHO}: state_loss returned shape {v.shape} for one state; expected a scalar")
-        return v.astype(jnp.float32)
-
-    def batch_loss(x: jax.Array) -> jax.Array:
-        """ℓ(x) = mean_b state_loss(x_b); x (B, *state_shape) -> scalar."""
-        return jnp.mean(jax.vmap(row_value)(x))
-
-    features = feature_size = None
-    if observe is not None:
-        def features(y):
-            return jnp.ravel(jnp.asarray(observe(y), jnp.float32))
-
-        feature_size = int(jax.eval_shape(features, jax.ShapeDtypeStruct(state_shape, jnp.float32)).shape[0])
-
+    batch_loss = _common.mean_row_loss(state_loss, "state_loss", WHO)
+    features, feature_size = _common.row_features(observe, state_shape)
     sample_data = _common.data_sampler(sample_states, state_shape, WHO)
 
     solver_name = "Tsit5" if solver is None else type(solver).__name__
