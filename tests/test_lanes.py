@@ -62,7 +62,8 @@ def test_hyperparameters_as_data_are_make_s_arithmetic(name):
     """optim.injected (learning rate and clipping thresholds in the optimizer state, so lanes
     can differ in them) against optim.make with constants: the same bits op by op for the
     paper's Adam; otherwise, and compiled (XLA may fold a constant learning rate), within the
-    rounding of the operations of four updates."""
+    rounding of the operations of four updates. optim.fixed (one configuration's
+    hyperparameters as constants of the program, the state laid out as injected's) likewise."""
     key = jax.random.PRNGKey(0)
     params = {"a": jax.random.normal(key, (5, 3)), "b": jnp.zeros(3)}
     grads = [jax.tree_util.tree_map(lambda p: 3 * jax.random.normal(jax.random.fold_in(key, i), p.shape), params)
@@ -71,22 +72,29 @@ def test_hyperparameters_as_data_are_make_s_arithmetic(name):
         for lr, t in ((1e-3, 1.0), (3e-2, 0.5)):
             tx = optim.make(name, lr, clip, t)
             lane = optim.injected(name)(**optim.hyperparams(lr, clip, t))
-            s1, s2 = tx.init(params), lane.init(params)
+            fix = optim.fixed(name, **optim.hyperparams(lr, clip, t))
+            s1, s2, s4 = tx.init(params), lane.init(params), fix.init(params)
             s3 = s2
-            p1 = p2 = p3 = params
+            p1 = p2 = p3 = p4 = params
             for g in grads:
                 u1, s1 = tx.update(g, s1, p1)
                 u2, s2 = lane.update(g, s2, p2)
                 u3, s3 = jax.jit(lane.update)(g, s3, p3)
-                p1, p2, p3 = (jax.tree_util.tree_map(jnp.add, p, u) for p, u in ((p1, u1), (p2, u2), (p3, u3)))
-            for a, b, c in zip(*(jax.tree_util.tree_leaves(p) for p in (p1, p2, p3))):
+                u4, s4 = jax.jit(fix.update)(g, s4, p4)
+                p1, p2, p3, p4 = (jax.tree_util.tree_map(jnp.add, p, u)
+                                  for p, u in ((p1, u1), (p2, u2), (p3, u3), (p4, u4)))
+            assert jax.tree_util.tree_structure(s4) == jax.tree_util.tree_structure(s2)
+            assert int(s4.count) == int(s2.count) == len(grads)
+            for a, b, c, d in zip(*(jax.tree_util.tree_leaves(p) for p in (p1, p2, p3, p4))):
                 if name == "adam":
                     np.testing.assert_array_equal(np.asarray(b), np.asarray(a))
+                    np.testing.assert_array_equal(np.asarray(d), np.asarray(c))  # both compiled
                 # 4 updates of ~16 float32 operations, each rounded at most 1 ulp differently when
                 # XLA folds or reassociates them: at most 64 ulps of the largest entry
                 bound = 64 * EPS * float(np.max(np.abs(np.asarray(a))))
                 np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=bound)
                 np.testing.assert_allclose(np.asarray(c), np.asarray(a), rtol=0, atol=bound)
+                np.testing.assert_allclose(np.asarray(d), np.asarray(a), rtol=0, atol=bound)
     with pytest.raises(ValueError, match="unknown clipping 'soft'"):
         optim.hyperparams(1e-3, "soft")
 

@@ -145,3 +145,23 @@ def injected(name: str = "adam", *, momentum: float = 0.9) -> Callable[..., opta
                            _optimizer(name, learning_rate, momentum=momentum))
 
     return optax.inject_hyperparams(chain)
+
+
+def fixed(name: str = "adam", *, momentum: float = 0.9, learning_rate, clip_value, clip_norm
+          ) -> optax.GradientTransformation:
+    """:func:`injected` for hyperparameters known when the program is built (one run, or seeds
+    that share them): ``init`` is ``injected(name)(**hyper).init`` (the same state, so
+    checkpoints read alike), but ``update`` takes the hyperparameters from here, not from the
+    state: the learning rate is a constant of the program and a clipping at ``inf`` (off) is
+    left out of it. The arithmetic is :func:`injected`'s (clipping at ``inf`` is the identity)."""
+    lr, cv, cn = float(learning_rate), float(clip_value), float(clip_norm)
+    init = injected(name, momentum=momentum)(learning_rate=lr, clip_value=cv, clip_norm=cn).init
+    inner = optax.chain(optax.clip(cv) if np.isfinite(cv) else optax.identity(),
+                        optax.clip_by_global_norm(cn) if np.isfinite(cn) else optax.identity(),
+                        _optimizer(str(name).lower(), lr, momentum=momentum))
+
+    def update(updates, state, params=None):
+        out, inner_state = inner.update(updates, state.inner_state, params)
+        return out, state._replace(count=optax.safe_increment(state.count), inner_state=inner_state)
+
+    return optax.GradientTransformation(init, update)

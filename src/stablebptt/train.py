@@ -131,7 +131,9 @@ def make_train(problem: Problem, config: RunConfig, *, lanes: Sequence[RunConfig
         checkpoint_every=config.checkpoint_every, memory_budget=max(int(budget) // max(n_runs, 1), 1),
         verify_rows=verify_rows)
     tx = optim.injected(config.optimizer, momentum=config.momentum)
-    tx_config = tx(**optim.hyperparams(config.lr, config.clip, config.clip_threshold))
+    hyper = optim.hyperparams(config.lr, config.clip, config.clip_threshold)
+    # lanes read their hyperparameters from the state; one configuration's are constants
+    tx_update = tx(**hyper) if lanes else optim.fixed(config.optimizer, momentum=config.momentum, **hyper)
     combine = flow.combine_fn()
     kw = dict(step=problem.step, loss=problem.loss, horizon=T)
     nb, bs = config.n_train // config.batch_size, config.batch_size
@@ -148,7 +150,7 @@ def make_train(problem: Problem, config: RunConfig, *, lanes: Sequence[RunConfig
         g = state.gates if lanes else gates
         val, upd, info, _ = core.update_from_gates(model, xb, gates=g, live_ctrl=live, backward=strategy,
                                                   combine=combine, **kw)
-        steps, opt = tx_config.update(upd, state.opt, state.params)  # the state's hyperparameters apply
+        steps, opt = tx_update.update(upd, state.opt, state.params)
         params = eqx.apply_updates(state.params, steps)
         ok = state.alive & jnp.isfinite(val) & _all_finite(upd) & _all_finite(params)
         keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
