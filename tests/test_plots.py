@@ -188,6 +188,19 @@ def test_legend_is_compact():
     assert legend.get_window_extent().height < 0.15 * fig.bbox.height
 
 
+def test_records_from_engines_that_differ_only_in_backward_strategy_are_one_series():
+    """Records of an older tree have no `backward` field (NaN), newer ones "auto" or another
+    strategy; every strategy computes the same update, so they are one line per mode."""
+    df = fake_table("cartpole", "param_poles", [2], clips=("none",), seeds=3, epochs=40)
+    df["backward"] = [None if s == 0 else "auto" for s in df["seed"]]
+    df["memory_budget"] = np.where(df["seed"] == 2, 1e9, np.nan)
+    fig = plots.problem_figure(df, "cartpole")
+    assert len(fig.legends[0].get_texts()) == 5  # R, M, C, S, band
+    assert fig.axes[0].get_title() == "cart-pole, 2 poles"  # all 3 seeds in each mean
+    df["lr"] = np.where(df["seed"] == 0, 1e-3, 1e-2)  # a field that changes training still splits
+    assert len(plots.problem_figure(df, "cartpole").legends[0].get_texts()) > 5
+
+
 def test_titles_say_how_many_seeds():
     df = fake_table("cartpole", "param_poles", [1, 4], clips=("none",), seeds=3, epochs=40)
     df = df[~((df["param_poles"] == 1) & (df["seed"] > 0))]  # 1 pole: seed 0 only

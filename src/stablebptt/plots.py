@@ -100,7 +100,10 @@ AUTHOR_YLIM = {"guidance": (0.4, 6.0), "cartpole": (1e-6, 3.0), "quantum": (16.5
 #: order of modes in legends
 MODE_ORDER = ("R", "M", "C", "S", "N")
 #: config columns that never split curves (they do not change results or are the axes)
-_NOT_VARIANT = {"problem", "mode", "clip", "epochs", "diagnostics", "checkpoint_every", "init_weights"}
+#: configuration fields that never make a separate line: the mode and clipping are drawn anyway, and
+#: how the gradient is computed (backward strategy, remat, memory) does not change it
+_NOT_VARIANT = {"problem", "mode", "clip", "epochs", "diagnostics", "checkpoint_every", "init_weights",
+                "backward", "memory_budget"}
 
 
 # ----------------------------------------------------------------------------- helpers
