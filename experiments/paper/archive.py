@@ -62,7 +62,7 @@ def fill_commit(dest: Path, rev: str) -> int:
         if not m.get("commit"):
             m["commit"], m["commit_from"] = full, "archive --commit"
             tmp = man.with_name(f".manifest-{uuid.uuid4().hex[:8]}.json")
-            tmp.write_text(json.dumps(m, indent=2) + "\n")
+            tmp.write_text(json.dumps(m, indent=2, sort_keys=True, default=float))  # as run.py writes it
             os.replace(tmp, man)
             filled += 1
     return filled
