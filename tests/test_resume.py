@@ -17,7 +17,7 @@ import pytest
 
 from stablebptt import problems, run as R
 from stablebptt.config import RunConfig, run_id
-from stablebptt.runner import Checkpoint, train
+from stablebptt.runner import Checkpoint, sigint_deferred, train
 
 
 def same_runs(a, b):
@@ -56,6 +56,56 @@ def test_an_interrupted_training_continues_bit_for_bit(tmp_path, batching):
     other = cfg.model_copy(update={"mode": "R"})
     with pytest.raises(ValueError, match="belongs to other runs"):
         train(prob, other, [0, 1], batching=batching, checkpoint=ck)
+
+
+def test_ctrl_c_during_a_file_write_waits_for_its_end():
+    """Ctrl-C inside :func:`sigint_deferred` lets the block finish (the file complete, the code
+    after it run) and only then raises KeyboardInterrupt; the handler is restored after it."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # e.g. a suite started in the background
+    finished = []
+    with pytest.raises(KeyboardInterrupt):
+        with sigint_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the signal is delivered here
+            finished.append(True)
+    assert finished == [True]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with sigint_deferred():  # no signal: nothing raised
+        finished.append(True)
+    assert finished == [True, True]
+
+
+def test_ctrl_c_while_a_checkpoint_is_written_leaves_it_whole(tmp_path, monkeypatch):
+    """Ctrl-C arriving while the checkpoint of epoch 3 is being written (here: sent just before
+    ``np.savez``) ends training with KeyboardInterrupt only after that checkpoint is complete,
+    and the next call continues from epoch 3 to the uninterrupted numbers. Without the deferral
+    the write was cut off (or np.savez's zip writer turned the interrupt into a ValueError)."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    prob = problems.get("cartpole", steps=10)
+    cfg = RunConfig(problem="cartpole", problem_params={"steps": 10}, mode="C", epochs=5, n_train=32, n_test=16,
+                    data="seeded")
+    ref = train(prob, cfg, [0])
+    ck = Checkpoint(tmp_path / "c.npz", every_s=0)
+    savez, epochs = np.savez, []
+
+    def interrupted_savez(*args, **kwargs):
+        epochs.append(len(epochs) + 1)
+        if len(epochs) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+        return savez(*args, **kwargs)
+
+    monkeypatch.setattr(np, "savez", interrupted_savez)
+    with pytest.raises(KeyboardInterrupt):
+        train(prob, cfg, [0], checkpoint=ck)
+    monkeypatch.setattr(np, "savez", savez)
+    with np.load(ck.path) as f:
+        assert json.loads(str(f["meta"]))["epoch"] == 3
+    got = train(prob, cfg, [0], checkpoint=ck)
+    assert got[0].ran["resumed_from_epoch"] == 3
+    same_runs(ref[0], got[0])
 
 
 def test_divergence_survives_a_resume(tmp_path):

@@ -112,39 +112,40 @@ def _write_json(path: Path, obj) -> None:
 def write_result(folder: Path, config: RunConfig, seed: int, result, extra_manifest: dict | None = None) -> Path:
     """Atomically write one TrainResult into ``folder`` (temp folder + rename)."""
     from . import controllers
-    from .runner import write_metrics
+    from .runner import sigint_deferred, write_metrics
 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}-{os.getpid()}@{socket.gethostname()}"
     tmp.mkdir()
-    try:
-        _write_json(tmp / "config.json", {"config": config.to_dict(), "seed": int(seed), "run_id": folder.name})
-        write_metrics(tmp / "metrics.csv", result.history)
-        controllers.save_weights(result.model, tmp / "weights.npz")
-        _write_json(tmp / "manifest.json", manifest() | {"ran": result.ran} | (extra_manifest or {}))
-        summary = {
-            "run_id": folder.name,
-            "seed": int(seed),
-            "status": "diverged" if result.diverged else "finished",
-            "diverged_epoch": result.diverged_epoch,
-            "epochs_done": result.epochs_done,
-            "initial": result.initial,
-            "final": {k: (result.history[k][-1] if result.history[k] else None)
-                      for k in result.history if k not in ("epoch", "wall_s")},
-            "compile_s": result.compile_s,
-            "train_s": result.train_s,
-        }
-        _write_json(tmp / RESULT_FILE, summary)
-        if folder.exists():
-            if is_done(folder):  # someone else finished it meanwhile: keep theirs
-                shutil.rmtree(tmp)
-                return folder
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with sigint_deferred():  # a result is written whole or not at all
+        try:
+            _write_json(tmp / "config.json", {"config": config.to_dict(), "seed": int(seed), "run_id": folder.name})
+            write_metrics(tmp / "metrics.csv", result.history)
+            controllers.save_weights(result.model, tmp / "weights.npz")
+            _write_json(tmp / "manifest.json", manifest() | {"ran": result.ran} | (extra_manifest or {}))
+            summary = {
+                "run_id": folder.name,
+                "seed": int(seed),
+                "status": "diverged" if result.diverged else "finished",
+                "diverged_epoch": result.diverged_epoch,
+                "epochs_done": result.epochs_done,
+                "initial": result.initial,
+                "final": {k: (result.history[k][-1] if result.history[k] else None)
+                          for k in result.history if k not in ("epoch", "wall_s")},
+                "compile_s": result.compile_s,
+                "train_s": result.train_s,
+            }
+            _write_json(tmp / RESULT_FILE, summary)
+            if folder.exists():
+                if is_done(folder):  # someone else finished it meanwhile: keep theirs
+                    shutil.rmtree(tmp)
+                    return folder
+                shutil.rmtree(folder)
+            os.replace(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return folder
 
 

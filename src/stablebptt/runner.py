@@ -25,8 +25,11 @@ evaluated), it is marked ``diverged`` at that epoch, and no row is written for t
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
@@ -396,6 +399,31 @@ def _loop(config: RunConfig, programs: dict, groups: list[_Group], runs: list[_R
     report(done)
 
 
+@contextlib.contextmanager
+def sigint_deferred():
+    """Hold Ctrl-C (SIGINT) while the block runs and raise :class:`KeyboardInterrupt` after it.
+
+    Files are written to a temporary name and renamed, so an interrupt cannot leave a torn file;
+    but ``np.savez`` interrupted inside its zip writer raises ``ValueError`` ("Can't close the
+    ZIP file while there is an open writing handle") instead of ``KeyboardInterrupt``, which a
+    command would report as bad input. Writes of checkpoints and results run in this block.
+    Only the main thread can receive signals, and only Python's default handler is replaced:
+    elsewhere, or with SIGINT ignored or handled by someone else, the block runs unchanged.
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    received = []
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if received:
+        raise KeyboardInterrupt
+
+
 def write_metrics(path: Path, history: dict) -> None:
     """One run's rows as CSV (columns: the history's keys), written atomically."""
     import csv
@@ -435,10 +463,11 @@ def _save(ck: Checkpoint, epoch: int, groups: list[_Group], runs: list[_Run]) ->
     path = Path(ck.path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez(tmp, meta=np.asarray(json.dumps(meta)), **arrays)
-    os.replace(tmp, path)
-    for r, m in zip(runs, ck.metrics or ()):
-        write_metrics(m, r.history)
+    with sigint_deferred():
+        np.savez(tmp, meta=np.asarray(json.dumps(meta)), **arrays)
+        os.replace(tmp, path)
+        for r, m in zip(runs, ck.metrics or ()):
+            write_metrics(m, r.history)
 
 
 def _restore(ck: Checkpoint, groups: list[_Group], runs: list[_Run], trainer: Trainer) -> int:
