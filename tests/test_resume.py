@@ -58,11 +58,18 @@ def test_an_interrupted_training_continues_bit_for_bit(tmp_path, batching):
         train(prob, other, [0, 1], batching=batching, checkpoint=ck)
 
 
-def test_ctrl_c_during_a_file_write_waits_for_its_end():
+@pytest.fixture
+def default_sigint():
+    """SIGINT at Python's default (KeyboardInterrupt) for the test, the previous handler after it
+    (a suite started in the background by a non-interactive shell inherits SIGINT ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_during_a_file_write_waits_for_its_end(default_sigint):
     """Ctrl-C inside :func:`sigint_deferred` lets the block finish (the file complete, the code
     after it run) and only then raises KeyboardInterrupt; the handler is restored after it."""
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # e.g. a suite started in the background
     finished = []
     with pytest.raises(KeyboardInterrupt):
         with sigint_deferred():
@@ -76,13 +83,11 @@ def test_ctrl_c_during_a_file_write_waits_for_its_end():
     assert finished == [True, True]
 
 
-def test_ctrl_c_while_a_checkpoint_is_written_leaves_it_whole(tmp_path, monkeypatch):
+def test_ctrl_c_while_a_checkpoint_is_written_leaves_it_whole(tmp_path, monkeypatch, default_sigint):
     """Ctrl-C arriving while the checkpoint of epoch 3 is being written (here: sent just before
     ``np.savez``) ends training with KeyboardInterrupt only after that checkpoint is complete,
     and the next call continues from epoch 3 to the uninterrupted numbers. Without the deferral
     the write was cut off (or np.savez's zip writer turned the interrupt into a ValueError)."""
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
     prob = problems.get("cartpole", steps=10)
     cfg = RunConfig(problem="cartpole", problem_params={"steps": 10}, mode="C", epochs=5, n_train=32, n_test=16,
                     data="seeded")
