@@ -213,6 +213,32 @@ def test_titles_say_how_many_seeds():
     assert "each line is one run (seed 0)" in title and "mean" not in title
 
 
+def test_one_level_with_curves_of_different_seed_counts():
+    """One level where R has 3 seeds and C one (a sweep half done): the panel and the legend say
+    1–3 seeds per curve, not "1 seed" (the fewest) nor "3 seeds" (the most)."""
+    df = fake_table("quantum", "param_target", [5], modes="RC", clips=("none",), seeds=3, epochs=40)
+    df = df[~((df["mode"] == "C") & (df["seed"] > 0))]
+    fig = plots.problem_figure(df, "quantum")
+    assert fig.axes[0].get_title() == "quantum, target 5\n1–3 seeds per curve"
+    title = flat(fig.legends[0].get_title().get_text())
+    assert "geometric mean over a curve's seeds (1–3)" in title and "fewer seeds" not in title
+
+
+@pytest.mark.parametrize("levels", [[5], [3, 4, 5]])
+def test_paired_legend_lies_inside_the_figure(levels):
+    """The paired figure's legend (clipping modes, diagonal, diverged) fits the figure's width
+    also for a single level, where the figure is narrow."""
+    df = fake_table("quantum", "param_target", levels, modes="RC", seeds=2, epochs=40)
+    first_r = df[(df["mode"] == "R") & (df["clip"] == "value")]["run_id"].iloc[0]
+    df.loc[df["run_id"] == first_r, ["status", "diverged_epoch"]] = ["diverged", 10]
+    fig = plots.paired_figure(df, "quantum")
+    fig.canvas.draw()
+    legend = fig.legends[0]
+    assert "diverged (at the edge)" in [t.get_text() for t in legend.get_texts()]
+    box, page = legend.get_window_extent(), fig.bbox
+    assert box.x0 >= page.x0 - 1 and box.x1 <= page.x1 + 1, (box, page)
+
+
 def test_guidance_panels_go_from_easy_to_hard_and_ci_band():
     df = fake_table("guidance", "param_rc", [0.001, 1.0, 0.1, 0.01], modes="RC", clips=("none",), seeds=4)
     fig = plots.problem_figure(df, "guidance", band="ci")

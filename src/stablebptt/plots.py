@@ -289,8 +289,13 @@ def _apply_ylim(ax, problem: str, ranges: list) -> None:
         ax.set_ylim(*lim)
 
 
-def _seed_text(n: int, seeds: Sequence[int]) -> str:
-    return f"one run, seed {seeds[0]}" if n == 1 and len(seeds) == 1 else f"{n} seed{'s' if n != 1 else ''}"
+def _seed_text(n: int, seeds: Sequence[int], most: int | None = None) -> str:
+    """How many seeds the curves of a level have: ``n`` (the fewest), up to ``most``."""
+    if n == 1 and len(seeds) == 1:
+        return f"one run, seed {seeds[0]}"
+    if most is not None and most > n:
+        return f"{n}–{most} seeds per curve"
+    return f"{n} seed{'s' if n != 1 else ''}"
 
 
 # ----------------------------------------------------------------------------- sweep figures
@@ -347,13 +352,16 @@ def _description(problem: str, sub: pd.DataFrame, levels, level_cols, smooth: bo
         seeds = sorted(sub["seed"].unique())
         line = f"each line is one run (seed {seeds[0]})" if len(seeds) == 1 else "each line is one run"
     else:
-        line = (f"line: geometric mean over {top} seeds; band: "
+        fewest = int(counts.min())
+        over = f"{top} seeds" if fewest == top or len(levels) > 1 else f"a curve's seeds ({fewest}–{top})"
+        line = (f"line: geometric mean over {over}; band: "
                 + ("×/÷ geometric std" if band == "std" else "bootstrap 95 % CI of the geometric mean"))
         fewer = [lv for lv in levels if _level_seeds(counts, lv) < top]
-        if fewer:
+        if fewer and len(levels) > 1:
             line += "; fewer seeds: " + ", ".join(
                 f"{_level_title(problem, level_cols, lv).split(', ', 1)[-1]} "
-                f"({_seed_text(_level_seeds(counts, lv), _seeds_at(sub, lv))})" for lv in fewer)
+                f"({_seed_text(_level_seeds(counts, lv), _seeds_at(sub, lv), _level_seeds(counts, lv, most=True))})"
+                for lv in fewer)
     return f"{_display(problem)}: {what}\n{line}"
 
 
@@ -361,9 +369,10 @@ def _seeds_at(sub: pd.DataFrame, level) -> list:
     return sorted(sub.loc[sub["_level"].apply(lambda v: v == level), "seed"].unique())
 
 
-def _level_seeds(counts: pd.Series, level) -> int:
-    """The fewest seeds of any curve at ``level``."""
-    return int(counts[counts.index.get_level_values(0).map(lambda v: v == level)].min())
+def _level_seeds(counts: pd.Series, level, most: bool = False) -> int:
+    """The fewest (``most``: the most) seeds of any curve at ``level``."""
+    at = counts[counts.index.get_level_values(0).map(lambda v: v == level)]
+    return int(at.max() if most else at.min())
 
 
 def _display(problem: str) -> str:
@@ -376,14 +385,18 @@ def _display(problem: str) -> str:
 
 
 def _legend(fig, handles, title: str) -> None:
-    """One compact legend above the panels (as many columns as fit), titled with what the
-    figure shows, each title line wrapped to the figure's width."""
+    """One compact legend above the panels (as many columns as fit, measured), titled with what
+    the figure shows, each title line wrapped to the figure's width."""
     width_in = fig.get_figwidth()
     chars = max(30, int(width_in * 72 / (10 * 0.56)))  # 10 pt title characters per line
     title = "\n".join(textwrap.fill(line, chars) for line in title.split("\n"))
-    ncol = max(1, min(len(handles), int(width_in / 1.05)))
-    fig.legend(handles=handles, loc="outside upper center", ncol=ncol, frameon=False, fontsize=9,
-               handlelength=2.2, columnspacing=1.4, title=title, title_fontsize=10)
+    renderer = fig.canvas.get_renderer()
+    for ncol in range(len(handles), 0, -1):  # as many columns as fit the figure's width
+        legend = fig.legend(handles=handles, loc="outside upper center", ncol=ncol, frameon=False, fontsize=9,
+                            handlelength=2.2, columnspacing=1.4, title=title, title_fontsize=10)
+        if ncol == 1 or legend.get_window_extent(renderer).width <= 0.98 * fig.bbox.width:
+            return
+        legend.remove()
 
 
 def _mode_handles(labels, styles, band: str, multi_seed: bool, diverged: bool) -> list:
@@ -446,7 +459,8 @@ def problem_figure(df: pd.DataFrame, problem: str, *, smooth: bool = True, windo
             if i == 0:
                 n = _level_seeds(counts, level)
                 ax.set_title(_level_title(problem, level_cols, level)
-                             + (f"\n{_seed_text(n, _seeds_at(sub, level))}" if n < top else ""), fontsize=10)
+                             + (f"\n{_seed_text(n, _seeds_at(sub, level), _level_seeds(counts, level, most=True))}"
+                                if n < top else ""), fontsize=10)
             if j == 0:
                 ax.set_ylabel(f"{_clip_name(clip)}\ntest loss", fontsize=9)
             if i == len(clips) - 1:
@@ -487,7 +501,7 @@ def paired_figure(df: pd.DataFrame, problem: str, *, x: str = "R", y: str = "C",
     if pairs.empty:
         raise ValueError(f"{problem}: no seed has both a {x} and a {y} run; nothing to pair")
     levels = [lv for lv in levels if (pairs["_level"].apply(lambda v: v == lv)).any()]
-    fig, axes = plt.subplots(1, len(levels), figsize=(3.1 * len(levels) + 0.6, 3.7), squeeze=False,
+    fig, axes = plt.subplots(1, len(levels), figsize=(max(5.0, 3.1 * len(levels) + 0.6), 3.7), squeeze=False,
                              layout="constrained")
     tenfold_shown = False
     for ax, level in zip(axes[0], levels):
