@@ -289,11 +289,13 @@ def _apply_ylim(ax, problem: str, ranges: list) -> None:
         ax.set_ylim(*lim)
 
 
-def _seed_text(n: int, seeds: Sequence[int], most: int | None = None) -> str:
-    """How many seeds the curves of a level have: ``n`` (the fewest), up to ``most``."""
+def _seed_text(counts: pd.Series, sub: pd.DataFrame, level) -> str:
+    """How many seeds the curves of ``level`` have (``counts``: :func:`_seed_counts` of ``sub``)."""
+    n, most = _level_seeds(counts, level), _level_seeds(counts, level, most=True)
+    seeds = _seeds_at(sub, level)
     if n == 1 and len(seeds) == 1:
         return f"one run, seed {seeds[0]}"
-    if most is not None and most > n:
+    if most > n:
         return f"{n}–{most} seeds per curve"
     return f"{n} seed{'s' if n != 1 else ''}"
 
@@ -360,8 +362,7 @@ def _description(problem: str, sub: pd.DataFrame, levels, level_cols, smooth: bo
         if fewer and len(levels) > 1:
             line += "; fewer seeds: " + ", ".join(
                 f"{_level_title(problem, level_cols, lv).split(', ', 1)[-1]} "
-                f"({_seed_text(_level_seeds(counts, lv), _seeds_at(sub, lv), _level_seeds(counts, lv, most=True))})"
-                for lv in fewer)
+                f"({_seed_text(counts, sub, lv)})" for lv in fewer)
     return f"{_display(problem)}: {what}\n{line}"
 
 
@@ -459,8 +460,7 @@ def problem_figure(df: pd.DataFrame, problem: str, *, smooth: bool = True, windo
             if i == 0:
                 n = _level_seeds(counts, level)
                 ax.set_title(_level_title(problem, level_cols, level)
-                             + (f"\n{_seed_text(n, _seeds_at(sub, level), _level_seeds(counts, level, most=True))}"
-                                if n < top else ""), fontsize=10)
+                             + (f"\n{_seed_text(counts, sub, level)}" if n < top else ""), fontsize=10)
             if j == 0:
                 ax.set_ylabel(f"{_clip_name(clip)}\ntest loss", fontsize=9)
             if i == len(clips) - 1:
