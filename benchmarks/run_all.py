@@ -360,6 +360,21 @@ def render_gpu(g: dict, quick: dict | None) -> list[str]:
     return L
 
 
+HAND_WRITTEN = "<!-- Below this line: sections written by hand (run_all.py keeps them when it rewrites the page) -->"
+
+
+def keep_hand_written(rendered: str, previous: str | None) -> str:
+    """The page ``rendered`` from JSON, followed by the hand-written tail of ``previous``.
+
+    The tail is everything from the line ``HAND_WRITTEN`` on (one-off measurements such as an
+    A/B of two commits or a device session's figure wall times, which have no JSON to render
+    from). Without the marker in ``previous`` (or no previous page) ``rendered`` is returned.
+    """
+    if previous is None or HAND_WRITTEN not in previous:
+        return rendered
+    return rendered.rstrip("\n") + "\n\n\n" + previous[previous.index(HAND_WRITTEN):]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fast", action="store_true", help="fewer rounds and smaller K (~8 min)")
@@ -426,7 +441,8 @@ def main(argv=None):
             step("gpu_quick", "bench_paper.py", ["--quick-only"] + (SMOKE_FIGURE if args.smoke else ["--workers", "8"]),
                  3600, gpu_env)
         print(f"all benchmarks: {time.perf_counter() - t0:.0f} s; raw JSON in {keep}", flush=True)
-    out.write_text(render(data, command, note))
+    previous = out.read_text() if out.exists() else None
+    out.write_text(keep_hand_written(render(data, command, note), previous))
     print(f"wrote {out}")
 
 
