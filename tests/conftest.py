@@ -1,4 +1,6 @@
+import importlib
 import os
+import sys
 from pathlib import Path
 
 import jax
@@ -7,6 +9,31 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+#: the benchmark scripts (not a package: tests import them by putting this folder on sys.path)
+BENCHMARKS = REPO / "benchmarks"
+
+
+@pytest.fixture()
+def bench_module(monkeypatch):
+    """bench_module('run_all') -> that script of ``benchmarks/`` imported as a module.
+
+    The folder is on ``sys.path`` and the scripts' modules are loaded for this test only.
+    ``benchmarks/_common`` sets ``XLA_FLAGS`` with ``setdefault`` on import; setting the
+    variable to its present value (or empty) here means the change is undone after the test.
+    """
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
+    loaded = []
+
+    def load(name: str):
+        loaded.append(name)
+        return importlib.import_module(name)
+
+    yield load
+    for name in loaded:
+        sys.modules.pop(name, None)
 
 
 #: the authors' reference arrays, copied into the repository with their README

@@ -1,22 +1,11 @@
 """The whole-paper estimate of benchmarks/bench_paper.py: the second worker's measured gain
 (bench_cores.py) replaces the ideal ×2 where it was measured, and only there."""
-import os
-import sys
-from pathlib import Path
-
 import pytest
-
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 @pytest.fixture()
-def bench_paper(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))
-    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # _common's setdefault is undone
-    import bench_paper
-
-    yield bench_paper
-    sys.modules.pop("bench_paper", None)
+def bench_paper(bench_module):
+    return bench_module("bench_paper")
 
 
 def test_two_worker_estimate_uses_the_measured_gain(bench_paper):

@@ -1,22 +1,12 @@
 """benchmarks/run_all.py rewrites benchmarks/results.md from JSON but keeps the sections written
 by hand below its marker line (one-off measurements with no JSON to render from)."""
-import os
-import sys
-from pathlib import Path
-
 import pytest
-
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+from conftest import BENCHMARKS
 
 
 @pytest.fixture()
-def run_all(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))
-    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # _common's setdefault is undone
-    import run_all
-
-    yield run_all
-    sys.modules.pop("run_all", None)
+def run_all(bench_module):
+    return bench_module("run_all")
 
 
 def test_the_hand_written_tail_survives_a_rerender(run_all):
@@ -43,7 +33,7 @@ def test_main_keeps_the_tail_of_the_page_it_rewrites(run_all, tmp_path):
 
 
 def test_the_committed_page_keeps_its_hand_written_sections_below_the_marker(run_all):
-    text = (BENCH / "results.md").read_text()
+    text = (BENCHMARKS / "results.md").read_text()
     assert text.count(run_all.HAND_WRITTEN) == 1
     tail = text[text.index(run_all.HAND_WRITTEN):]
     for heading in ("## Full-scale figures on the GPU", "## Engine and trainer redesign"):
