@@ -14,7 +14,7 @@ import pytest
 import stablebptt as sb
 from stablebptt import problems
 from stablebptt.controllers import MLP
-from stablebptt.core import Autodiff, Flow, ReverseSweep, engine, gates as G, select_backward, unroll
+from stablebptt.core import Autodiff, Flow, ReverseSweep, candidates, engine, gates as G, unroll
 from stablebptt.losses import TrajectoryLoss
 from stablebptt.problems.linear import closed_form_fields
 
@@ -150,11 +150,11 @@ def test_every_strategy_equals_autodiff_on_every_problem(case):
     T = prob.horizon
     gates = [Flow(m).gates(T, diagnostics=True) for m in MODES]
     stacked = G.Gates(np.stack([g.fields for g in gates]), np.stack([g.combined for g in gates]))
-    kw = dict(step=prob.step, loss=prob.loss, horizon=T, live_ctrl=(True, True), combine=G.combine_sign)
+    kw = dict(step=prob.step, loss=prob.loss, horizon=T, plan=engine.Plan((True, True), G.combine_sign))
 
     def updates(strategy, x):
         def one(g):
-            return engine.update_from_gates(model, x, gates=g, backward=strategy, **kw)[1]
+            return engine.flow_update(model, x, gates=g, backward=strategy, **kw)[1]
         return jax.jit(jax.vmap(one))(stacked)
 
     ref = updates(Autodiff(), x0)
@@ -203,8 +203,9 @@ def test_row_coupled_controller_keeps_per_step_batches(toy, mode):
     T = 7
     loss = TrajectoryLoss(lambda x: jnp.mean(x**2), on="every")
     kw = dict(step=pendulum_step, loss=loss, horizon=T)
-    chosen = select_backward(coupled, x0, gates=Flow("R").gates(T).fields, **kw)
-    assert chosen == ReverseSweep("per_step", merge_rows=False)
+    cands = candidates(coupled, x0, gates=Flow("R").gates(T).fields, **kw)
+    assert Autodiff() in cands and ReverseSweep("per_step", merge_rows=False) in cands
+    assert not any(getattr(c, "merge_rows", False) for c in cands)  # no strategy merges its rows
     _, upd, _ = sb.value_and_update(coupled, x0, flow=mode, **kw)
     p, s = eqx.partition(coupled, eqx.is_inexact_array)
     g = jax.grad(lambda p: hand_loss(eqx.combine(p, s), x0, T))(p)  # plain AD of a Python loop
@@ -270,11 +271,12 @@ def test_generic_batched_path_on_a_pytree_state(toy, mode):
     dx0 = {"th": x0[:, 0], "om": x0[:, 1]}
     dloss = TrajectoryLoss(lambda x: jnp.mean(x["th"] ** 2 + x["om"] ** 2) / 2, on="every", control_weight=0.1)
     kw = dict(step=dict_pendulum_step, loss=dloss, horizon=7, flow=mode)
-    chosen = select_backward(dmodel, dx0, step=dict_pendulum_step, loss=dloss, horizon=7, gates=Flow("R").gates(7).fields)
-    assert chosen == ReverseSweep("batched", merge_rows=True, keep_activations=False)
-    _, got, _ = sb.value_and_update(dmodel, dx0, **kw)
+    cands = candidates(dmodel, dx0, step=dict_pendulum_step, loss=dloss, horizon=7, gates=Flow("R").gates(7).fields)
+    assert ReverseSweep("batched", merge_rows=True) in cands
     _, ref, _ = sb.value_and_update(dmodel, dx0, backward=Autodiff(), **kw)
-    assert_close(got, ref, amp=200)
+    for strategy in cands:
+        _, got, _ = sb.value_and_update(dmodel, dx0, backward=strategy, **kw)
+        assert_close(got, ref, amp=200)
 
 
 # ------------------------------------------------------------------ linear system, by hand
@@ -509,27 +511,80 @@ def test_and_mask_matches_hand_reference(toy):
 
 
 # ------------------------------------------------------------------ choosing a strategy
-def test_select_backward_rule():
+def test_candidates_follow_the_controller_and_the_flow():
+    """The candidates are every strategy that can compute the flow: no guess about speed
+    removes one; structure (independent rows, hooks, a live controller gate, the memory
+    budget) does."""
     kw = lambda prob: dict(step=prob.step, loss=prob.loss, horizon=prob.horizon)
-    R = lambda prob: Flow("R").gates(prob.horizon).fields
+    gates = lambda prob, mode: Flow(mode).gates(prob.horizon).fields
     prob, model, x0 = paper_case("cartpole", None, batch=8)
-    assert select_backward(model, x0, gates=R(prob), **kw(prob)) == ReverseSweep(
-        "batched", merge_rows=True, keep_activations=True, save_linearization=False)
-    assert select_backward(model, x0, gates=R(prob), prefer="per_step", **kw(prob)).jacobian == "per_step"
-    assert select_backward(model, x0, gates=R(prob), prefer="autodiff", **kw(prob)) == Autodiff()
-    small = select_backward(model, x0, gates=Flow("C").gates(prob.horizon).fields, memory_budget=100_000, **kw(prob))
-    assert small.checkpoint_every is not None and prob.horizon % small.checkpoint_every == 0
-    prob, model, x0 = paper_case("quantum", None, batch=8)
-    assert select_backward(model, x0, gates=R(prob), **kw(prob)).save_linearization  # a solve per step
-    prob, model, x0 = paper_case("guidance", None, batch=8)  # 4 controls per row: still batched
-    assert select_backward(model, x0, gates=R(prob), **kw(prob)).jacobian == "batched"
-    wide = MLP(jax.random.PRNGKey(0), 24, (5,), widths=(8,))  # 5 controls per row: per step
-    step5 = lambda x, c: x + 0.01 * jnp.sum(c) * jnp.ones_like(x)
-    assert select_backward(wide, x0, step=step5, loss=prob.loss, horizon=3, gates=Flow("R").gates(3).fields).jacobian == "per_step"
+    every = candidates(model, x0, gates=gates(prob, "R"), **kw(prob))
+    sweeps = [c for c in every if isinstance(c, ReverseSweep)]
+    assert every[0] == Autodiff()
+    # batched × keep × save, per-step × save (per-step reads no kept activations)
+    assert {(c.jacobian, c.keep_activations, c.save_linearization) for c in sweeps} == {
+        ("batched", k, s) for k in (False, True) for s in (False, True)} | {("per_step", False, s) for s in (False, True)}
+    assert all(c.merge_rows and c.checkpoint_every is None for c in sweeps)
+    # M needs no input Jacobian: one jacobian value (it is not used)
+    assert len(candidates(model, x0, gates=gates(prob, "M"), **kw(prob))) == 1 + 4
+    assert candidates(model, x0, gates=gates(prob, "R"), prefer="autodiff", **kw(prob)) == [Autodiff()]
+    assert {c.jacobian for c in candidates(model, x0, gates=gates(prob, "R"), prefer="per_step", **kw(prob))} == {"per_step"}
+    # a budget that needs segments: every sweep has them, autodiff (which cannot) is left out
+    small = candidates(model, x0, gates=gates(prob, "C"), memory_budget=100_000, **kw(prob))
+    assert Autodiff() not in small
+    assert all(c.checkpoint_every is not None and prob.horizon % c.checkpoint_every == 0 for c in small)
+    # a plain equinox controller (no rows claim, no hooks): autodiff and the per-step sweeps
+    plain = eqx.nn.MLP(4, 1, 8, 1, key=jax.random.PRNGKey(0))
+    xb = jnp.ones((3, 4))
+    step = lambda x, c: x + 0.1 * c
+    got = candidates(_Rows(plain), xb, step=step, loss=prob.loss, horizon=3,
+                     gates=Flow("C").gates(3).fields)
+    assert got == [Autodiff(), ReverseSweep("per_step", merge_rows=False),
+                   ReverseSweep("per_step", merge_rows=False, save_linearization=True)]
     with pytest.raises(ValueError, match="backward='sometimes'"):
-        select_backward(model, x0, gates=R(prob), prefer="sometimes", **kw(prob))
+        candidates(model, x0, gates=gates(prob, "R"), prefer="sometimes", **kw(prob))
     with pytest.raises(ValueError, match="checkpoint_every='often'"):
-        select_backward(model, x0, gates=R(prob), checkpoint_every="often", **kw(prob))
+        candidates(model, x0, gates=gates(prob, "R"), checkpoint_every="often", **kw(prob))
+    with pytest.raises(ValueError, match="needs a controller with independent rows"):
+        candidates(_Rows(plain), xb, step=step, loss=prob.loss, horizon=3, gates=Flow("C").gates(3).fields,
+                   prefer="batched")
+
+
+class _Rows(eqx.Module):
+    """A user's controller: an equinox MLP applied row by row (no hooks, no claim)."""
+    mlp: eqx.nn.MLP
+
+    def __call__(self, x):
+        return jax.vmap(self.mlp)(x)
+
+
+def test_auto_is_the_fastest_measured_candidate_and_is_cached(tmp_path, monkeypatch):
+    """backward="auto" keeps the candidate with the least measured time (the record lists
+    every candidate with its time), a second call with the same signature reuses the decision
+    without measuring (in this process and, through the cache folder, in a new one), and a
+    changed simulator is a new signature."""
+    from stablebptt.core import choose
+
+    monkeypatch.setenv("STABLEBPTT_CACHE", str(tmp_path))
+    prob, model, x0 = paper_case("cartpole", 12, batch=8)
+    kw = dict(step=prob.step, loss=prob.loss, horizon=prob.horizon, gates=Flow("C").gates(prob.horizon).fields)
+    strategy, rec = engine.choose_backward("auto", model, x0, **kw)
+    times = rec["candidates"]
+    assert set(times) == {repr(c) for c in candidates(model, x0, **kw)} and not rec["cached"]
+    assert rec["chosen"] == repr(strategy) == min(times, key=times.get)
+    assert all(t > 0 for t in times.values()) and rec["measure_s"] > 0
+    again, rec2 = engine.choose_backward("auto", model, x0, **kw)
+    assert again == strategy and rec2["cached"] and rec2["candidates"] == times
+    choose._MEMORY.clear()  # a new process: the decision comes from the cache folder
+    again, rec3 = engine.choose_backward("auto", model, x0, **kw)
+    assert again == strategy and rec3["cached"]
+    assert len(list((tmp_path / "backward").glob("*.json"))) == 1
+    other = lambda x, c: prob.step(x, 0.5 * c)  # a different simulator: measured anew
+    _, rec4 = engine.choose_backward("auto", model, x0, **dict(kw, step=other))
+    assert not rec4["cached"] and len(list((tmp_path / "backward").glob("*.json"))) == 2
+    # a strategy object is used as given, a single candidate is not measured
+    assert engine.choose_backward(Autodiff(), model, x0, **kw)[0] == Autodiff()
+    assert engine.choose_backward("autodiff", model, x0, **kw)[1]["measure_s"] == 0.0
 
 
 def test_strategy_options_are_validated():

@@ -22,7 +22,7 @@ import pytest
 
 import stablebptt as sb
 from stablebptt import problems
-from stablebptt.core import Autodiff, ReverseSweep, backward as B, select_backward
+from stablebptt.core import Autodiff, ReverseSweep, backward as B, candidates
 
 LOOPS = ("scan", "while")
 
@@ -75,17 +75,21 @@ def traced(prob, model, x0, mode, backward):
     return jax.make_jaxpr(lambda m: sb.value_and_update(m, x0, flow=mode, backward=backward, **kw)[1])(model).jaxpr
 
 
-#: the two ways the sweep brings in K_nᵀ·ac_n (the strategy select_backward picks, with either jacobian)
+#: the two ways the sweep brings in K_nᵀ·ac_n
 PATHS = ("batched", "per_step")
+
+
+def sweep(name, path):
+    """The sweep with ``path``'s input Jacobian: activations kept where the batched Jacobian
+    reads them, the simulator's linearisation saved where the step has a solve (quantum)."""
+    return ReverseSweep(path, keep_activations=path == "batched", save_linearization=name == "quantum")
 
 
 @pytest.fixture(scope="module", params=[(n, p) for n in ("cartpole", "guidance", "quantum") for p in PATHS])
 def programs(request):
     name, path = request.param
     prob, model, x0 = paper(name)
-    chosen = select_backward(model, x0, step=prob.step, loss=prob.loss, horizon=prob.horizon,
-                             gates=sb.Flow("R").gates(prob.horizon).fields,
-                             prefer=path, checkpoint_every=None)
+    chosen = sweep(name, path)
     out = {m: traced(prob, model, x0, m, chosen) for m in ("R", "M", "S", "C")}
     out["ad-R"], out["ad-C"] = (traced(prob, model, x0, m, Autodiff()) for m in ("R", "C"))
     return name, path, out
@@ -111,9 +115,7 @@ def test_fused_C_runs_controller_and_simulator_once(programs):
 @pytest.mark.parametrize("path", PATHS)
 def test_C_solves_both_adjoints_as_two_right_hand_sides(path):
     prob, model, x0 = paper("quantum")
-    chosen = select_backward(model, x0, step=prob.step, loss=prob.loss, horizon=prob.horizon,
-                             gates=sb.Flow("R").gates(prob.horizon).fields,
-                             prefer=path, checkpoint_every=None)
+    chosen = sweep("quantum", path)
     j = traced(prob, model, x0, "C", chosen)
     rhs_cols = sorted(e.invars[3].aval.shape[-1] for e in eqns_named(j, "tridiagonal_solve"))
     # forward: 1 column; reverse: M and R together (on the CPU the two columns of one solve;
@@ -151,14 +153,11 @@ def test_segments_under_jit_match_plain():
 
 @pytest.mark.parametrize("mode", ["C", "M"])
 def test_memory_estimate_is_within_a_factor_two_of_xla(mode):
-    """The estimate of the strategy that runs (select_backward's) against XLA's buffer
-    assignment, per step (T vs 2T)."""
+    """The estimate of the sweep against XLA's buffer assignment, per step (T vs 2T)."""
     prob, model, x0 = paper("cartpole")
     params, static = eqx.partition(model, eqx.is_inexact_array)
     live = sb.Flow(mode).live_ctrl(prob.horizon)
-    chosen = select_backward(model, x0, step=prob.step, loss=prob.loss, horizon=prob.horizon,
-                             gates=sb.Flow(mode).gates(prob.horizon).fields,
-                             checkpoint_every=None)
+    chosen = sweep("cartpole", "batched")
     temps = []
     for steps in (50, 100):
         p2 = problems.get("cartpole", steps=steps)
@@ -174,26 +173,17 @@ def test_memory_estimate_is_within_a_factor_two_of_xla(mode):
 def test_auto_segments_follow_the_budget():
     prob, model, x0 = paper("cartpole")
     kw = dict(step=prob.step, loss=prob.loss, horizon=prob.horizon, gates=sb.Flow("C").gates(prob.horizon).fields)
-    assert select_backward(model, x0, **kw).checkpoint_every is None  # the paper setting fits the default
-    seg = select_backward(model, x0, memory_budget=100_000, **kw).checkpoint_every
-    assert seg is not None and prob.horizon % seg == 0 and 1 <= seg < prob.horizon
-    assert select_backward(model, x0, checkpoint_every=7, **kw).checkpoint_every == 7
+    sweeps = lambda **o: [c for c in candidates(model, x0, **kw, **o) if isinstance(c, ReverseSweep)]
+    assert all(c.checkpoint_every is None for c in sweeps())  # the paper setting fits the default
+    for c in sweeps(memory_budget=100_000):
+        assert c.checkpoint_every is not None and prob.horizon % c.checkpoint_every == 0
+        assert 1 <= c.checkpoint_every < prob.horizon
+    assert {c.checkpoint_every for c in sweeps(checkpoint_every=7)} == {7}
 
 
-def test_the_sweep_saves_a_costly_steps_linearization_and_recomputes_a_cheap_one():
-    """select_backward saves the linearisation of a step with a solve or a loop (quantum: no
-    second forward solve, guarded above) and recomputes an element-wise one (cart-pole,
-    guidance); saved or recomputed, the update is the same bits, with and without segments."""
-    def saves(name):
-        prob, model, x0 = paper(name)
-        return B.step_is_costly(prob.step, prob.loss, prob.horizon, model, x0)
-
-    assert saves("quantum") and not saves("cartpole") and not saves("guidance")
-    # a step with an inner loop (two half steps) counts as costly
-    looped = lambda x, c: jax.lax.fori_loop(0, 2, lambda i, y: y + 0.5 * (c - y), x)
-    lin = problems.get("linear")
-    assert B.step_is_costly(looped, lin.loss, 4, lin.make_controller(None), jnp.ones((2, 1)))
-
+def test_a_saved_linearization_gives_the_same_bits_as_a_recomputed_one():
+    """Saved or recomputed, the simulator's linearisation gives the same update bits, with
+    and without segments (quantum: a solve per step)."""
     prob, model, x0 = paper("quantum", steps=16)
     kw = dict(step=prob.step, loss=prob.loss, horizon=prob.horizon, validate=False)
     for mode in ("R", "C"):

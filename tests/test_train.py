@@ -431,3 +431,48 @@ def test_overlap_needs_two_cpu_devices():
             train(prob, cfg, 0, overlap_eval=True)
     with pytest.raises(ValueError, match="batching='sometimes'"):
         train(prob, cfg, 0, batching="sometimes")
+
+
+#: every flow option of a run configuration (clipping is the optimizer's, after the flow)
+FLOW_OPTIONS = [dict(mode=m) for m in ("R", "M", "S", "N", "C")] + [
+    dict(mode=["R", "R", "M", "M", "S", "N"]), dict(mode="R", truncate=2), dict(mode="M", decay=0.5),
+    dict(mode="C", combiner="sign_g"), dict(mode="R", and_mask=1.0), dict(mode="C", and_mask=0.5),
+    dict(mode="C", clip="value", clip_threshold=1e-3), dict(mode="R", clip="norm", clip_threshold=1e-3),
+    dict(mode="M", and_mask=1.0, clip="value", clip_threshold=1e-3)]
+
+
+@pytest.mark.parametrize("strategy", [sb.Autodiff(), sb.ReverseSweep("batched", keep_activations=True),
+                                      sb.ReverseSweep("per_step")], ids=["autodiff", "batched", "per_step"])
+def test_every_flow_option_trains_with_value_and_updates_update(strategy):
+    """The trainer and value_and_update take one path into the engine: for every flow option
+    the parameter change of one SGD step (lr 1) is minus value_and_update's update (clipped as
+    configured), and the AND-mask changes the update (it was once ignored in training)."""
+    import optax
+
+    prob = problems.get("cartpole", steps=6)
+    base = dict(problem="cartpole", problem_params={"steps": 6}, epochs=1, n_train=4, n_test=4, batch_size=4,
+                optimizer="sgd", lr=1.0)
+    deltas = {}
+    for opts in FLOW_OPTIONS:
+        cfg = RunConfig(**base, **opts)
+        trainer = T.make_train(prob, cfg, backward=strategy)
+        assert trainer.backward == strategy
+        tr, _ = T.make_data(prob, cfg, 0)
+        params = trainer.init_params(jax.random.PRNGKey(3))
+        state = trainer.init(params, trainer.settings(cfg))
+        new, _ = jax.jit(trainer.updates)(state, jnp.asarray(tr), jax.random.PRNGKey(0))
+        delta = jax.tree_util.tree_map(lambda a, b: a - b, new.params, params)
+        _, upd, _ = sb.value_and_update(eqx.combine(params, trainer.static), jnp.asarray(tr[:4]), step=prob.step,
+                                        loss=prob.loss, horizon=prob.horizon, flow=cfg.flow(), backward=strategy)
+        clip = {"none": optax.identity(), "value": optax.clip(cfg.clip_threshold),
+                "norm": optax.clip_by_global_norm(cfg.clip_threshold)}[cfg.clip]
+        want = jax.tree_util.tree_map(jnp.negative, clip.update(upd, clip.init(upd))[0])
+        # new − old carries the round-off of the parameters (scale |θ|) besides the update's own
+        flat = lambda t: np.concatenate([np.ravel(np.asarray(a)) for a in jax.tree_util.tree_leaves(t)])
+        tol = 4 * np.finfo(np.float32).eps * np.max(np.abs(flat(params))) + 1e-5 * np.max(np.abs(flat(want)))
+        assert np.max(np.abs(flat(delta) - flat(want))) <= tol, opts
+        deltas[str(opts)] = delta
+    unmasked = deltas[str(dict(mode="R"))]
+    masked = deltas[str(dict(mode="R", and_mask=1.0))]
+    assert any(not np.allclose(a, b) for a, b in zip(jax.tree_util.tree_leaves(masked),
+                                                     jax.tree_util.tree_leaves(unmasked)))

@@ -190,7 +190,8 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
     t_train = time.perf_counter()
     _loop(config, programs, groups, runs, eval_device is not None, eval_device, on_epoch, start + 1, checkpoint)
     train_s = time.perf_counter() - t_train
-    ran = {"backward": repr(trainer.backward), "batching": "vmap" if vmapped else "loop",
+    ran = {"backward": repr(trainer.backward), "backward_choice": trainer.backward_choice,
+           "batching": "vmap" if vmapped else "loop",
            "evaluation": "second CPU device" if eval_device is not None else "after the updates",
            "lanes": lane_configs is not None} | ({"resumed_from_epoch": start} if start else {})
     return _results(trainer, groups, runs, compile_s, train_s, ran)
@@ -257,7 +258,7 @@ def _compile(problem: Problem, config: RunConfig, runs: list[_Run], vmapped: boo
     with jax.default_matmul_precision("highest"), ThreadPoolExecutor(1) as main, ThreadPoolExecutor(1) as side:
         futures = {"init_params": side.submit(jax.jit(init_params).lower(key).compile, cpu_opts)}
         trainer = make_train(problem, config, lanes=lane_configs, n_runs=len(runs) if vmapped else 1,
-                             verify_rows=False)
+                             verify_rows=False, probe=_probe(runs[0].train, config.batch_size))
         settings = trainer.settings(runs[0].config)
         state = jax.eval_shape(trainer.init, trainer.params_shape, settings)
         futures["updates"] = main.submit(jax.jit(v(trainer.updates), donate_argnums=0).lower(
@@ -270,6 +271,15 @@ def _compile(problem: Problem, config: RunConfig, runs: list[_Run], vmapped: boo
             _abstract(trainer.params_shape, lead), _abstract(settings, lead)).compile, cpu_opts)
         verified.result()
         return trainer, {k: f.result() for k, f in futures.items()}
+
+
+def _probe(train: np.ndarray, batch_size: int) -> np.ndarray:
+    """The first minibatches of a training set, (k, batch_size, …): what the candidate
+    strategies of ``backward="auto"`` are timed on (k = ``core.engine.MEASURE_BATCHES`` or fewer)."""
+    from .core.engine import MEASURE_BATCHES
+
+    k = max(min(MEASURE_BATCHES, train.shape[0] // batch_size), 1)
+    return train[: k * batch_size].reshape((k, batch_size) + train.shape[1:])
 
 
 def _initial_groups(trainer: Trainer, programs: dict, runs: list[_Run], vmapped: bool, eval_device) -> list[_Group]:

@@ -10,7 +10,7 @@ seeds and lanes are the same vmap.
 Protocol (the paper's): minibatches of ``batch_size`` in data order (``shuffle=False``; else a
 permutation drawn per epoch), the last ``n_train mod batch_size`` states left out; after each
 epoch the loss of the full training and test sets. The update of a minibatch is the flow's
-(:func:`stablebptt.core.engine.update_from_gates`); it is clipped and handed to the optimizer.
+(:func:`stablebptt.core.engine.flow_update`, the path :func:`stablebptt.value_and_update` takes too); it is clipped and handed to the optimizer.
 
 The divergence guard: a non-finite loss, update or new parameter vector stops the run — its
 parameters and optimizer state stay at the last finite values (``alive`` becomes False) and
@@ -63,6 +63,9 @@ class Trainer(NamedTuple):
     static: the controller's non-array part (``eqx.combine(params, static)`` is the controller).
     params_shape: the controller's parameters as ``jax.ShapeDtypeStruct`` leaves.
     backward: the backward strategy the updates use (:mod:`stablebptt.core.backward`).
+    backward_choice: how it was chosen: the candidates with their measured seconds per call,
+        the cost of measuring and whether the decision came from the cache
+        (:func:`stablebptt.core.engine.choose_backward`).
     """
 
     init_params: Callable
@@ -73,6 +76,7 @@ class Trainer(NamedTuple):
     static: Any
     params_shape: Any
     backward: Any
+    backward_choice: dict
 
 
 def make_data(problem: Problem, config: RunConfig, seed: int):
@@ -105,7 +109,7 @@ def controller_parts(problem: Problem, config: RunConfig, key=None):
 
 
 def make_train(problem: Problem, config: RunConfig, *, lanes: Sequence[RunConfig] | None = None,
-               n_runs: int = 1, verify_rows: bool = True) -> Trainer:
+               n_runs: int = 1, verify_rows: bool = True, probe=None, backward=None) -> Trainer:
     """The pure functions that train ``config`` on ``problem`` (see :class:`Trainer`).
 
     ``lanes``: runs that share this program differ in mode, learning rate or clipping
@@ -113,28 +117,32 @@ def make_train(problem: Problem, config: RunConfig, *, lanes: Sequence[RunConfig
     lane computes two fields). ``n_runs``: how many runs one call carries (the memory budget
     of ``checkpoint_every="auto"`` is shared by them). ``verify_rows=False``: the caller
     checks a controller's claim of independent rows itself (:func:`verify_controller`),
-    before the functions run.
+    before the functions run. ``probe``: states (k, batch_size, …) on which the candidate
+    strategies of ``backward="auto"`` are timed (e.g. the first minibatches of the training set).
+    ``backward``: a strategy object (or name) instead of ``config.backward``.
     """
     flow = config.flow()
     T = problem.horizon
     lane_gates = [c.flow().gates(T, diagnostics=True) for c in lanes] if lanes else None
     gates = None if lanes else flow.gates(T, diagnostics=config.diagnostics)
     fields = np.stack([g.fields for g in lane_gates]) if lanes else gates.fields
-    live = core.gates.live_ctrl(fields)
     params_abs, static = controller_parts(problem, config)
     x_probe = jax.ShapeDtypeStruct((config.batch_size,) + tuple(problem.state_shape), jnp.float32)
     model_abs = eqx.combine(params_abs, static)
     core.check_problem_inputs(model_abs, x_probe, problem.step, T)
-    budget = config.memory_budget or backward_mod.default_memory_budget()
-    strategy = core.engine.resolve_backward(
-        config.backward, model_abs, x_probe, step=problem.step, loss=problem.loss, horizon=T, gates=fields,
-        checkpoint_every=config.checkpoint_every, memory_budget=max(int(budget) // max(n_runs, 1), 1),
-        verify_rows=verify_rows)
+    budget = max(int(config.memory_budget or backward_mod.default_memory_budget()) // max(n_runs, 1), 1)
+    if flow.and_mask:  # the fields are computed per batch member, all at once
+        budget = max(budget // config.batch_size, 1)
+    strategy, choice = core.choose_backward(
+        config.backward if backward is None else backward, model_abs, x_probe, step=problem.step, loss=problem.loss, horizon=T, gates=fields,
+        checkpoint_every=config.checkpoint_every if backward is None or isinstance(backward, str) else None,
+        memory_budget=budget if backward is None or isinstance(backward, str) else None, verify_rows=verify_rows,
+        per_sample=bool(flow.and_mask), probe=probe)
+    flow_plan = core.plan(flow, fields)
     tx = optim.injected(config.optimizer, momentum=config.momentum)
     hyper = optim.hyperparams(config.lr, config.clip, config.clip_threshold)
     # lanes read their hyperparameters from the state; one configuration's are constants
     tx_update = tx(**hyper) if lanes else optim.fixed(config.optimizer, momentum=config.momentum, **hyper)
-    combine = flow.combine_fn()
     kw = dict(step=problem.step, loss=problem.loss, horizon=T)
     nb, bs = config.n_train // config.batch_size, config.batch_size
 
@@ -148,8 +156,7 @@ def make_train(problem: Problem, config: RunConfig, *, lanes: Sequence[RunConfig
     def update(state: TrainState, xb):
         model = eqx.combine(state.params, static)
         g = state.gates if lanes else gates
-        val, upd, info, _ = core.update_from_gates(model, xb, gates=g, live_ctrl=live, backward=strategy,
-                                                  combine=combine, **kw)
+        val, upd, info, _ = core.flow_update(model, xb, gates=g, plan=flow_plan, backward=strategy, **kw)
         steps, opt = tx_update.update(upd, state.opt, state.params)
         params = eqx.apply_updates(state.params, steps)
         ok = state.alive & jnp.isfinite(val) & _all_finite(upd) & _all_finite(params)
@@ -173,7 +180,7 @@ def make_train(problem: Problem, config: RunConfig, *, lanes: Sequence[RunConfig
         return state, metrics | {"bad": bad}
 
     return Trainer(init_params_fn(problem, config), settings, init, updates, make_evaluate(problem, static), static,
-                   _shapes(params_abs), strategy)
+                   _shapes(params_abs), strategy, choice)
 
 
 def _shapes(tree):

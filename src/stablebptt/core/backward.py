@@ -19,8 +19,9 @@ at (x_n, c_n)::
   sweep needs no parameter gradient inside the loop: it emits the control cotangents ac_n,
   and ∇θ = Σ_n G_θ,nᵀ ac_n is formed afterwards. Its options say how.
 
-:func:`select_backward` is the one rule that picks a :class:`ReverseSweep` for a controller,
-a simulator and a memory budget.
+:func:`candidates` lists every strategy that can compute a flow for a controller, a simulator
+and a memory budget; :func:`stablebptt.core.engine.choose_backward` picks the fastest of them by
+measurement (:mod:`stablebptt.core.choose`).
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ import numpy as np
 
 from ..losses import TrajectoryLoss
 from . import hooks
-from .gates import Gates, carries_physics, live_ctrl
+from .gates import Gates, live_ctrl
 from .unroll import physics, terminal_loss, unrolled_loss
 
 PyTree = Any
@@ -55,14 +56,33 @@ def _merge_steps(t):
     return jax.tree_util.tree_map(lambda a: a.reshape((-1,) + a.shape[2:]), t)
 
 
+# ----------------------------------------------------------------------------- the contract
+class Strategy:
+    """A backward strategy: how the fields of a flow are computed (frozen dataclasses; their
+    fields are the strategy's options and their ``repr`` names them in a run's manifest).
+
+    ``fields(params, static, x0, *, step, loss, horizon, gates, live_ctrl) -> (L, [∇θ_f])``:
+    the loss L (a float32 scalar) and, for each field f of ``gates`` (:class:`Gates` whose
+    ``fields`` are (F, T, 2)), the parameter gradient of the field (a pytree shaped like
+    ``params``). ``params``/``static``: the controller split by ``eqx.partition``; ``x0``: a
+    batch of initial states; ``live_ctrl`` (static, one bool per field): does the field need
+    the controller's input Jacobian. Every strategy returns the same numbers up to float32
+    round-off.
+    """
+
+    def fields(self, params, static, x0, *, step, loss: TrajectoryLoss, horizon: int, gates: Gates,
+               live_ctrl: Sequence[bool]):
+        raise NotImplementedError
+
+
 # ----------------------------------------------------------------------------- reference
 @dataclass(frozen=True)
-class Autodiff:
+class Autodiff(Strategy):
     """The reference strategy: each field is ``jax.grad`` of its gated unrolled loss."""
 
     def fields(self, params, static, x0, *, step, loss: TrajectoryLoss, horizon: int, gates: Gates,
                live_ctrl: Sequence[bool]):
-        """``(L, [∇θ of each field])`` (see the module docstring)."""
+        """``(L, [∇θ of each field])`` (see :class:`Strategy`)."""
         out = [jax.value_and_grad(unrolled_loss)(params, static, x0, step=step, loss=loss, horizon=horizon,
                                                  gates=gates.fields[f]) for f in range(len(live_ctrl))]
         return out[0][0], [g for _, g in out]
@@ -70,7 +90,7 @@ class Autodiff:
 
 # ----------------------------------------------------------------------------- the sweep
 @dataclass(frozen=True)
-class ReverseSweep:
+class ReverseSweep(Strategy):
     """One forward loop, one reverse sweep carrying every field's adjoint, then the parameter
     gradients of all fields from the control cotangents.
 
@@ -94,6 +114,9 @@ class ReverseSweep:
         from the last, repeating the segment's forward loop, its J, its sweep and its
         parameter gradients. Memory ~ T/s states + one segment; time ~ one more forward loop.
         None: no segments.
+
+    Which options are fastest depends on the controller, the simulator and the machine:
+    :func:`stablebptt.core.engine.choose_backward` measures them.
     """
 
     jacobian: Literal["batched", "per_step"] = "batched"
@@ -310,16 +333,6 @@ class _Sweep:
 
 
 # ----------------------------------------------------------------------------- choosing
-#: controls per batch row up to which ``select_backward`` forms the input Jacobian on all rows
-#: (it costs m batched backward passes of the controller instead of one per step)
-MAX_BATCHED_CONTROLS = 4
-#: residual bytes per row up to which ``select_backward`` keeps the controller's activations
-#: in the forward loop (larger ones are recomputed on the rows after it)
-KEEP_ACTIVATIONS_BYTES = 4096
-#: primitives that make a simulator step expensive to run again: solves, factorisations, loops
-COSTLY_STEP_PRIMITIVES = frozenset({
-    "tridiagonal_solve", "custom_linear_solve", "triangular_solve", "lu", "cholesky", "qr", "eigh",
-    "eig", "svd", "while", "scan"})
 #: memory budget (bytes) of ``checkpoint_every="auto"`` on the CPU; on an accelerator a quarter
 #: of the device's memory (or ACCELERATOR_MEMORY_BUDGET when it does not say)
 CPU_MEMORY_BUDGET = 512 << 20
@@ -338,26 +351,6 @@ def default_memory_budget() -> int:
     return int(limit) // 4 if limit else ACCELERATOR_MEMORY_BUDGET
 
 
-def _primitives(jaxpr, acc: set) -> set:
-    """Names of the primitives in ``jaxpr`` and in the jaxprs nested in its equations."""
-    from jax.extend.core import jaxprs_in_params
-
-    for eqn in jaxpr.eqns:
-        acc.add(eqn.primitive.name)
-        for sub in jaxprs_in_params(eqn.params):
-            _primitives(sub, acc)
-    return acc
-
-
-def step_is_costly(step, loss: TrajectoryLoss, horizon: int, model, x0) -> bool:
-    """Does the step contain a solve, a factorisation or a loop (:data:`COSTLY_STEP_PRIMITIVES`)?
-    Then the sweep reuses the forward loop's linearisation instead of running the step again."""
-    c = eqx.filter_eval_shape(lambda m, x: m(x), model, x0)
-    phys = physics(step, loss, horizon)
-    closed = jax.make_jaxpr(lambda x, c_: phys(jnp.int32(0), x, c_))(_abstract(x0), c)
-    return bool(_primitives(closed.jaxpr, set()) & COSTLY_STEP_PRIMITIVES)
-
-
 def _abstract(tree):
     return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)), tree)
 
@@ -372,58 +365,84 @@ def segment_length(horizon: int, checkpoint_every: int | None) -> int | None:
     return 1
 
 
-def select_backward(model, x0, *, step, loss: TrajectoryLoss, horizon: int, gates,
-                    prefer: str = "auto", checkpoint_every: int | str | None = "auto",
-                    memory_budget: int | None = None, verify_rows: bool = True):
-    """The strategy for this controller, simulator, horizon and flow — the one visible rule.
+def candidates(model, x0, *, step, loss: TrajectoryLoss, horizon: int, gates, prefer: str = "auto",
+               checkpoint_every: int | str | None = "auto", memory_budget: int | None = None,
+               verify_rows: bool = True) -> list:
+    """Every strategy that can compute this flow for this controller, simulator and memory
+    budget (:func:`stablebptt.core.choose.choose` measures them; none is ruled out by a guess
+    about speed).
 
     ``gates``: the flow's concrete gate fields (…, F, T, 2) (``Gates.fields``; leading axes:
-    runs that share the program).
+    runs that share the program). ``prefer``: ``"auto"`` (all), ``"autodiff"`` (the
+    reference alone), ``"batched"`` or ``"per_step"`` (the sweeps with that input Jacobian).
 
-    * ``prefer="autodiff"``: :class:`Autodiff`.
-    * Otherwise a :class:`ReverseSweep` with ``merge_rows`` when the controller declares
-      independent rows (the claim is verified: a false claim raises ValueError);
-      ``jacobian="batched"`` when rows merge and there are at most
-      :data:`MAX_BATCHED_CONTROLS` controls per row, else ``"per_step"`` (``prefer`` may
-      force either); ``keep_activations`` for controllers with hooks whose residuals take at
-      most :data:`KEEP_ACTIVATIONS_BYTES` per row; ``save_linearization`` for steps with a
-      solve or a loop (:func:`step_is_costly`), and for every-state losses where no field
-      carries the physics path (S, N): each step's control cotangent then needs the step's
-      output, and its linearisation w.r.t. the control alone is small; ``checkpoint_every``:
-      an int, None, or
-      ``"auto"``: none when the estimated memory (:func:`memory_estimate`) fits
-      ``memory_budget`` (default :func:`default_memory_budget`), else ≈ √T-step segments.
+    The sweeps: ``jacobian="batched"`` only for a controller that declares independent rows
+    (the claim is verified here: a false claim raises ValueError; ``verify_rows=False``: the
+    caller runs :func:`~stablebptt.core.hooks.verify_rows_independent` itself), and only where a
+    field needs the controller's input Jacobian at all; ``save_linearization`` off and on;
+    ``keep_activations`` off and on for controllers with hooks (where the batched Jacobian or
+    the parameter gradients read them). ``checkpoint_every``: an int ≥ 1, None, or ``"auto"``:
+    per sweep, none when its estimated memory (:func:`memory_estimate`) fits ``memory_budget``
+    (default :func:`default_memory_budget`), else ≈ √T-step segments. :class:`Autodiff` is a
+    candidate for ``"auto"`` only where no segments are needed (it cannot make them).
 
     ``model`` may be abstract (arrays as ``jax.ShapeDtypeStruct``); nothing is compiled except
-    the small check of independent rows (``verify_rows=False``: the caller runs
-    :func:`~stablebptt.core.hooks.verify_rows_independent` itself before using the strategy).
+    the small check of independent rows.
     """
     if prefer not in BACKWARDS:
         raise ValueError(f"backward={prefer!r}; allowed: {', '.join(BACKWARDS)}")
+    if isinstance(checkpoint_every, str) and checkpoint_every != "auto":
+        raise ValueError(f"checkpoint_every={checkpoint_every!r}; allowed: an int ≥ 1, 'auto' or None")
     if prefer == "autodiff":
-        return Autodiff()
+        return [Autodiff()]
     merge = hooks.claims_rows_independent(model)
-    if merge and verify_rows:
-        hooks.verify_rows_independent(model, x0)
-    m = hooks.controls_per_row(model, x0)
     if prefer == "batched" and not merge:
         raise ValueError(f"backward='batched' needs a controller with independent rows; {type(model).__name__} "
                          "does not declare rows_independent = True (use 'per_step' or 'auto')")
-    batched = prefer == "batched" or (prefer == "auto" and merge and m is not None and m <= MAX_BATCHED_CONTROLS)
+    if merge and verify_rows:
+        hooks.verify_rows_independent(model, x0)
     has = merge and hooks.has_hooks(model)
     if has:
         hooks.check_hook_shapes(model, x0)
-    keep = has and hooks.residual_bytes_per_row(model, x0) <= KEEP_ACTIVATIONS_BYTES
-    save = step_is_costly(step, loss, horizon, model, x0) or (loss.on == "every" and not carries_physics(gates))
-    sweep = ReverseSweep(jacobian="batched" if batched else "per_step", merge_rows=merge, keep_activations=keep,
-                         save_linearization=save)
     live = live_ctrl(gates)
-    if isinstance(checkpoint_every, str):
-        if checkpoint_every != "auto":
-            raise ValueError(f"checkpoint_every={checkpoint_every!r}; allowed: an int ≥ 1, 'auto' or None")
-        checkpoint_every = plan_segments(sweep, model, x0, step=step, loss=loss, horizon=horizon,
-                                         live_ctrl=live, memory_budget=memory_budget)
-    return dataclasses.replace(sweep, checkpoint_every=checkpoint_every)
+    need_k = any(live)
+    if prefer == "auto":
+        jacobians = (["batched"] if merge else []) + ["per_step"] if need_k else ["batched" if merge else "per_step"]
+    else:
+        jacobians = [prefer]
+    sweeps = []
+    for jac in jacobians:
+        reads_activations = has and not (need_k and jac == "per_step")
+        for keep in ((False, True) if reads_activations else (False,)):
+            for save in (False, True):
+                sweeps.append(ReverseSweep(jacobian=jac, merge_rows=merge, keep_activations=keep,
+                                           save_linearization=save))
+    out = []
+    fits = True
+    for sw in sweeps:
+        ce = checkpoint_every
+        if ce == "auto":
+            ce = plan_segments(sw, model, x0, step=step, loss=loss, horizon=horizon, live_ctrl=live,
+                               memory_budget=memory_budget)
+        fits = fits and ce is None
+        out.append(dataclasses.replace(sw, checkpoint_every=ce))
+    if prefer == "auto" and fits and checkpoint_every in (None, "auto"):
+        out.insert(0, Autodiff())
+    return out
+
+
+def select_backward(model, x0, *, step, loss: TrajectoryLoss, horizon: int, gates, prefer: str = "auto",
+                    checkpoint_every: int | str | None = "auto", memory_budget: int | None = None,
+                    verify_rows: bool = True):
+    """The strategy for this controller, simulator, horizon and flow: the only one of
+    :func:`candidates`, or the fastest by measurement for the single-field or combined flow
+    ``gates`` describes (:func:`stablebptt.core.engine.choose_backward`, which also returns
+    the record of the measurement)."""
+    from .engine import choose_backward
+
+    return choose_backward(prefer, model, x0, step=step, loss=loss, horizon=horizon, gates=gates,
+                           checkpoint_every=checkpoint_every, memory_budget=memory_budget,
+                           verify_rows=verify_rows)[0]
 
 
 # ----------------------------------------------------------------------------- memory

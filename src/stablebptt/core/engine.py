@@ -8,8 +8,8 @@ states (Schnell & Thuerey, ICLR 2024).
 * ``step(x, c) -> x'``: the simulator, batched and JAX-traceable.
 * ``loss``: a :class:`~stablebptt.losses.TrajectoryLoss`; ``horizon``: T ≥ 1 steps.
 * ``flow``: a mode letter, a per-step schedule or a :class:`~stablebptt.core.gates.Flow`.
-* ``backward``: ``"auto"`` (:func:`~stablebptt.core.backward.select_backward`), ``"autodiff"``,
-  ``"batched"``, ``"per_step"`` or a strategy object (:mod:`stablebptt.core.backward`).
+* ``backward``: ``"auto"`` (the fastest strategy, measured: :func:`choose_backward`),
+  ``"autodiff"``, ``"batched"``, ``"per_step"`` or a strategy object (:mod:`stablebptt.core.backward`).
 
 The update is a gradient to *descend* (hand it to an optimizer as the gradient): the true
 gradient G for R, the modified field M for M, and for C, entry by entry, M_j where
@@ -19,19 +19,22 @@ sign(M_j) = sign(G_j), else 0. It is a pytree shaped like the controller's array
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ..losses import TrajectoryLoss
-from .backward import Autodiff, ReverseSweep, default_memory_budget, select_backward
+from . import backward as backward_mod
+from . import choose, hooks
+from .backward import Autodiff, Strategy, default_memory_budget
 from .gates import Flow, Gates, as_flow, live_ctrl
-from .unroll import check_problem_inputs
+from .unroll import check_problem_inputs, physics, terminal_loss
 
 PyTree = Any
-Backward = Autodiff | ReverseSweep
 
 
 def _flat(t) -> jax.Array:
@@ -53,46 +56,184 @@ def field_stats(m: PyTree, g: PyTree) -> dict[str, jax.Array]:
     return {"cos_mg": cos, "sign_agree": agree}
 
 
-def update_from_gates(model, x0, *, step, loss: TrajectoryLoss, horizon: int, gates: Gates,
-                      live_ctrl: Sequence[bool], backward: Backward, combine: Callable):
-    """``(L, update, info, fields)`` of a flow given as :class:`Gates` (data: traced gates
-    make one program serve runs of different modes) and a concrete strategy.
+@dataclass(frozen=True)
+class Plan:
+    """What the engine needs of a flow besides its gate arrays (static: it shapes the program).
 
-    ``live_ctrl`` (static, one bool per field) says which fields need the controller's input
-    Jacobian. With two fields the update is ``combine(a, b)`` where ``gates.combined``, else
-    a; ``info`` then also holds cos(a, b) and the sign agreement (:func:`field_stats`).
+    Attributes:
+      live_ctrl: one bool per field: does the field need the controller's input Jacobian
+        (in any run that shares the program)?
+      combine: ``combine(field_a, field_b) -> update`` for a combined flow (read only where
+        ``Gates.combined`` is true: whether a flow is combined is data in its gates).
+      and_mask: τ > 0: the AND-mask across batch members (:func:`and_mask`); 0: off.
     """
+
+    live_ctrl: tuple[bool, ...]
+    combine: Callable
+    and_mask: float = 0.0
+
+
+def plan(flow: Flow, gate_fields) -> Plan:
+    """The :class:`Plan` of ``flow`` for concrete gate fields (…, F, T, 2) (leading axes: runs
+    that share the program, which must agree in combiner and AND-mask)."""
+    return Plan(live_ctrl(gate_fields), flow.combine_fn(), float(flow.and_mask))
+
+
+def flow_update(model, x0, *, step, loss: TrajectoryLoss, horizon: int, gates: Gates, plan: Plan,
+                backward: Strategy):
+    """``(L, update, info, fields)`` of a flow given as :class:`Gates` (data: traced gates make
+    one program serve runs of different modes) and its :class:`Plan`, with a concrete strategy.
+    The one path into the engine: :func:`value_and_update` and the trainer both call it.
+
+    With two fields the update is ``plan.combine(a, b)`` where ``gates.combined``, else a;
+    ``info`` then also holds cos(a, b) and the sign agreement (:func:`field_stats`). With
+    ``plan.and_mask`` the fields are computed per batch member (a batch of one each, vmapped)
+    and the update is :func:`and_mask` of the members' updates.
+    """
+    if plan.and_mask:
+        per = jax.tree_util.tree_map(lambda a: a[:, None], x0)
+        inner = dataclasses.replace(plan, and_mask=0.0)
+
+        def one(xi):
+            return flow_update(model, xi, step=step, loss=loss, horizon=horizon, gates=gates, plan=inner,
+                               backward=backward)
+
+        vals, ups, infos, fields = jax.vmap(one)(per)
+        update = and_mask(ups, plan.and_mask)
+        info = {k: jnp.mean(v) for k, v in infos.items()}
+        info["update_norm"] = tree_norm(update)
+        return jnp.mean(vals), update, info, [jax.tree_util.tree_map(lambda a: jnp.mean(a, 0), f) for f in fields]
     params, static = eqx.partition(model, eqx.is_inexact_array)
     val, fields = backward.fields(params, static, x0, step=step, loss=loss, horizon=horizon, gates=gates,
-                                  live_ctrl=live_ctrl)
+                                  live_ctrl=plan.live_ctrl)
     if len(fields) == 1:
         update, info = fields[0], {}
     else:
         a, b = fields
-        update = jax.tree_util.tree_map(lambda c, u: jnp.where(gates.combined, c, u), combine(a, b), a)
+        update = jax.tree_util.tree_map(lambda c, u: jnp.where(gates.combined, c, u), plan.combine(a, b), a)
         info = field_stats(a, b)
     info["update_norm"] = tree_norm(update)
     return val, update, info, fields
 
 
-def resolve_backward(backward: "str | Backward", model, x0, *, step, loss: TrajectoryLoss, horizon: int,
-                     gates, checkpoint_every: "int | str | None" = None,
-                     memory_budget: int | None = None, verify_rows: bool = True) -> Backward:
-    """A strategy object as given, or the one :func:`select_backward` picks for a name
-    (``checkpoint_every`` and ``memory_budget`` apply to names only; ``gates``: concrete gate
-    fields (…, F, T, 2))."""
-    if isinstance(backward, str):
-        return select_backward(model, x0, step=step, loss=loss, horizon=horizon, gates=gates, prefer=backward,
-                               checkpoint_every=checkpoint_every, memory_budget=memory_budget,
-                               verify_rows=verify_rows)
-    if checkpoint_every not in (None, "auto") or memory_budget is not None:
-        raise ValueError("checkpoint_every / memory_budget apply to a backward given by name; set them on the "
-                         f"strategy object instead (got backward={backward!r})")
-    return backward
+#: minibatches in one timed program call of :func:`choose_backward` (a scan over them, as in a
+#: training epoch)
+MEASURE_BATCHES = 4
+
+
+def choose_backward(backward: "str | Strategy", model, x0, *, step, loss: TrajectoryLoss, horizon: int, gates,
+                    checkpoint_every: "int | str | None" = "auto", memory_budget: int | None = None,
+                    verify_rows: bool = True, per_sample: bool = False, probe=None) -> tuple[Strategy, dict]:
+    """The strategy for ``backward`` and the record of how it was chosen.
+
+    A strategy object is used as given. A name (``"auto"``, ``"autodiff"``, ``"batched"``,
+    ``"per_step"``) selects :func:`~stablebptt.core.backward.candidates`; where there are
+    several, each is compiled into a program that computes the fields of :data:`MEASURE_BATCHES`
+    minibatches in a scan (as a training epoch does) and the fastest is kept
+    (:func:`stablebptt.core.choose.choose`; the decision is cached per signature).
+
+    Args:
+      gates: the flow's concrete gate fields (…, F, T, 2) (leading axes: runs sharing the program).
+      checkpoint_every / memory_budget: for a name (see ``candidates``).
+      per_sample: the fields are computed per batch member (AND-mask): candidates are planned
+        and timed on batches of one, vmapped over the members.
+      probe: concrete initial states (k, B, …) to time on (e.g. the first minibatches of the
+        training set); default: ``x0`` repeated where it is concrete, else random normal
+        states. ``model`` may be abstract; its parameters are then random for the timing.
+
+    Returns:
+      ``(strategy, record)``: record ``{"chosen", "candidates": {name: s per call or None},
+      "measure_s", "cached"}``.
+    """
+    if not isinstance(backward, str):
+        if checkpoint_every not in (None, "auto") or memory_budget is not None:
+            raise ValueError("checkpoint_every / memory_budget apply to a backward given by name; set them on the "
+                             f"strategy object instead (got backward={backward!r})")
+        return backward, {"chosen": repr(backward), "candidates": {repr(backward): None}, "measure_s": 0.0,
+                          "cached": False}
+    fields = np.asarray(gates)
+    one_fields = fields.reshape((-1,) + fields.shape[-3:])[0]  # the program's gates: one run's
+    x_plan = x0
+    if per_sample:
+        x_plan = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((1,) + tuple(np.shape(a))[1:],
+                                                                       jnp.result_type(a)), x0)
+    cands = backward_mod.candidates(model, x_plan, step=step, loss=loss, horizon=horizon, gates=fields,
+                                    prefer=backward, checkpoint_every=checkpoint_every,
+                                    memory_budget=memory_budget, verify_rows=verify_rows)
+    params, static = hooks.split(model)
+    live = live_ctrl(fields)
+    g = Gates(jnp.asarray(one_fields), jnp.bool_(False))
+
+    def program(strategy):
+        def fields_of(p, x):
+            return strategy.fields(p, static, x, step=step, loss=loss, horizon=horizon, gates=g, live_ctrl=live)
+
+        def run(p, xs):
+            def body(acc, x):
+                if per_sample:
+                    val, fs = jax.vmap(lambda xi: fields_of(p, jax.tree_util.tree_map(lambda a: a[None], xi)))(x)
+                    fs = jax.tree_util.tree_map(lambda a: jnp.sum(a, axis=0), fs)
+                else:
+                    val, fs = fields_of(p, x)
+                return jax.tree_util.tree_map(jnp.add, acc, (jnp.sum(val), fs)), None
+
+            x_one = jax.tree_util.tree_map(lambda a: a[0, :1] if per_sample else a[0], xs)
+            zero = jax.eval_shape(fields_of, p, x_one)
+            acc0 = (jnp.zeros((), jnp.float32),
+                    [jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), f) for f in zero[1]])
+            return jax.lax.scan(body, acc0, xs)[0]
+
+        return run
+
+    args = (_concrete_params(params), _probe_states(x0, probe))
+    key_parts = [_jaxpr_text(model, x0, step, loss, horizon), horizon, np.asarray(one_fields, np.float32), live,
+                 per_sample, MEASURE_BATCHES, str(jax.tree_util.tree_map(lambda a: (np.shape(a), str(a.dtype)),
+                                                                         args[1]))]
+    return choose.choose(cands, program, args, key_parts)
+
+
+def _jaxpr_text(model, x0, step, loss, horizon) -> str:
+    """The jaxprs of one controller call and one simulator step with its loss term at these
+    shapes: what the cost of a strategy depends on (:func:`choose_backward`'s signature)."""
+    xa = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)), x0)
+    params, static = hooks.split(model)
+    pa = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)), params)
+    ctrl = jax.make_jaxpr(lambda p, x: eqx.combine(p, static)(x))(pa, xa)
+    c = jax.eval_shape(lambda p, x: eqx.combine(p, static)(x), pa, xa)
+    phys = physics(step, loss, horizon)
+    sim = jax.make_jaxpr(lambda x, c_: (phys(jnp.int32(0), x, c_), terminal_loss(loss, x)))(xa, c)
+    return f"{ctrl}\n{sim}\n{loss.on}"
+
+
+def _concrete_params(params):
+    """The parameters as arrays (abstract leaves become random normal × 0.1, a fixed draw)."""
+    rng = np.random.default_rng(0)
+
+    def one(a):
+        if isinstance(a, (jax.ShapeDtypeStruct, jax.core.Tracer)):
+            return jnp.asarray(0.1 * rng.standard_normal(np.shape(a)), a.dtype)
+        return a
+
+    return jax.tree_util.tree_map(one, params)
+
+
+def _probe_states(x0, probe):
+    """(k, B, …) states to time on: ``probe``, or ``x0`` repeated k = MEASURE_BATCHES times
+    (random normal states where ``x0`` is abstract)."""
+    if probe is not None:
+        return jax.tree_util.tree_map(jnp.asarray, probe)
+    rng = np.random.default_rng(1)
+
+    def one(a):
+        if isinstance(a, (jax.ShapeDtypeStruct, jax.core.Tracer)):
+            a = jnp.asarray(rng.standard_normal(np.shape(a)), jnp.result_type(a))
+        return jnp.broadcast_to(a, (MEASURE_BATCHES,) + tuple(np.shape(a)))
+
+    return jax.tree_util.tree_map(one, x0)
 
 
 def value_and_update(model, x0, *, step, loss: TrajectoryLoss, horizon: int, flow: "Flow | str" = "C",
-                     backward: "str | Backward" = "auto", diagnostics: bool = False,
+                     backward: "str | Strategy" = "auto", diagnostics: bool = False,
                      checkpoint_every: "int | str | None" = None, memory_budget: int | None = None,
                      validate: bool = True):
     """Loss and update of one gradient-flow mode for a batch of initial states (module docstring).
@@ -118,17 +259,14 @@ def _value_update_fields(model, x0, *, step, loss, horizon, flow, backward, diag
     flow = as_flow(flow)
     if validate:
         check_problem_inputs(model, x0, step, horizon)
-    kw = dict(step=step, loss=loss, horizon=horizon)
-    if flow.and_mask:
-        if isinstance(checkpoint_every, str) and memory_budget is None:  # the budget is shared by the samples
-            memory_budget = default_memory_budget() // max(jax.tree_util.tree_leaves(x0)[0].shape[0], 1)
-        return _and_masked(model, x0, flow=flow, backward=backward, diagnostics=diagnostics,
-                           checkpoint_every=checkpoint_every, memory_budget=memory_budget, **kw)
     gates = flow.gates(horizon, diagnostics)
-    strategy = resolve_backward(backward, model, x0, gates=gates.fields, checkpoint_every=checkpoint_every,
-                                memory_budget=memory_budget, **kw)
-    return update_from_gates(model, x0, gates=gates, live_ctrl=live_ctrl(gates.fields), backward=strategy,
-                             combine=flow.combine_fn(), **kw)
+    if flow.and_mask and isinstance(checkpoint_every, str) and memory_budget is None:
+        memory_budget = default_memory_budget() // max(jax.tree_util.tree_leaves(x0)[0].shape[0], 1)
+    strategy, _ = choose_backward(backward, model, x0, step=step, loss=loss, horizon=horizon, gates=gates.fields,
+                                  checkpoint_every=checkpoint_every, memory_budget=memory_budget,
+                                  per_sample=bool(flow.and_mask))
+    return flow_update(model, x0, step=step, loss=loss, horizon=horizon, gates=gates, plan=plan(flow, gates.fields),
+                       backward=strategy)
 
 
 def and_mask(per_sample: PyTree, tau: float) -> PyTree:
@@ -138,21 +276,6 @@ def and_mask(per_sample: PyTree, tau: float) -> PyTree:
         return jnp.where(agree >= tau - 1e-6, jnp.mean(u, axis=0), 0.0)
 
     return jax.tree_util.tree_map(one, per_sample)
-
-
-def _and_masked(model, x0, *, flow: Flow, **kw):
-    """Per-sample updates of ``flow`` (a batch of one each, vmapped), then :func:`and_mask`."""
-    inner = dataclasses.replace(flow, and_mask=0.0)
-    per = jax.tree_util.tree_map(lambda a: a[:, None], x0)
-
-    def one(xi):
-        return _value_update_fields(model, xi, flow=inner, validate=False, **kw)
-
-    vals, ups, infos, fields = jax.vmap(one)(per)
-    update = and_mask(ups, float(flow.and_mask))
-    info = {k: jnp.mean(v) for k, v in infos.items()}
-    info["update_norm"] = tree_norm(update)
-    return jnp.mean(vals), update, info, [jax.tree_util.tree_map(lambda a: jnp.mean(a, 0), f) for f in fields]
 
 
 def naive_combined(model, x0, *, step, loss: TrajectoryLoss, horizon: int, flow: Flow | None = None):

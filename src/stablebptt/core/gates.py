@@ -181,12 +181,6 @@ def live_ctrl(fields) -> tuple[bool, ...]:
     return tuple(bool(np.any(g[..., f, :, 0] != 0)) for f in range(g.shape[-3]))
 
 
-def carries_physics(fields) -> bool:
-    """Is any physics gate of concrete gates (…, F, T, 2) nonzero (does any field carry an
-    adjoint back along the simulator)? If not (S, N), the sweep needs only control cotangents."""
-    return bool(np.any(np.asarray(fields)[..., 1] != 0))
-
-
 # ----------------------------------------------------------------------------- validation
 def _check_schedule(sched, what: str) -> None:
     if isinstance(sched, str) and len(sched) == 1:

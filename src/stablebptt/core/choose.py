@@ -1,0 +1,149 @@
+r"""Choosing a backward strategy by measurement.
+
+Every strategy of :mod:`stablebptt.core.backward` computes the same update up to float32
+round-off; which one is fastest depends on the controller, the simulator, the flow, the batch
+and the machine, in ways no fixed rule captures (a user's convolutional controller and the
+paper's MLPs prefer different strategies). :func:`choose` therefore compiles every candidate's
+program, runs each a few times on the same inputs and keeps the fastest.
+
+The decision is cached under a *signature*: a hash of what determines the programs' cost —
+the jaxprs of one controller call and of one simulator step with its loss term at the given
+shapes, the horizon, the gates, the candidates, the JAX version and the device. A later run, a
+resumed run or the other runs of a sweep with the same signature reuse the decision (in this
+process, and across processes through one small JSON file per signature in
+:func:`cache_dir`) without measuring again.
+
+The record of a choice (``choice["chosen"]``, ``choice["candidates"]`` = {strategy: seconds
+per program call}, ``choice["measure_s"]`` = wall time spent measuring, ``choice["cached"]``)
+is what the trainer writes to a run's manifest.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+
+#: environment variable naming the folder of the decision cache ("off": no disk cache)
+CACHE_ENV = "STABLEBPTT_CACHE"
+#: calls of each compiled candidate that are timed (after one untimed call); the minimum counts
+REPEATS = 3
+#: bump when the measurement itself changes, so that older decisions are not reused
+_VERSION = 1
+
+#: decisions of this process, by signature
+_MEMORY: dict[str, dict] = {}
+
+
+def cache_dir() -> Path | None:
+    """The folder of the decision cache: ``$STABLEBPTT_CACHE`` if set (``off``: None, no disk
+    cache), else ``$XDG_CACHE_HOME/stablebptt`` or ``~/.cache/stablebptt``."""
+    env = os.environ.get(CACHE_ENV)
+    if env is not None:
+        return None if env.strip().lower() in ("", "off", "0", "none") else Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "stablebptt"
+
+
+def signature(parts: Sequence[Any]) -> str:
+    """A hex digest of ``parts`` (strings, numbers, arrays) with the JAX version and device."""
+    h = hashlib.sha256()
+    dev = jax.devices()[0]
+    for p in [_VERSION, jax.__version__, jax.default_backend(), getattr(dev, "device_kind", ""), *parts]:
+        if isinstance(p, np.ndarray):
+            h.update(str(p.dtype).encode() + str(p.shape).encode() + np.ascontiguousarray(p).tobytes())
+        else:
+            h.update(repr(p).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:24]
+
+
+def _load(key: str) -> dict | None:
+    if key in _MEMORY:
+        return _MEMORY[key]
+    d = cache_dir()
+    if d is None:
+        return None
+    try:
+        rec = json.loads((d / "backward" / f"{key}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) and "chosen" in rec else None
+
+
+def _store(key: str, rec: dict) -> None:
+    _MEMORY[key] = rec
+    d = cache_dir()
+    if d is None:
+        return
+    try:  # atomic: a concurrent reader sees the old file or the new one
+        (d / "backward").mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=d / "backward", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(rec, f, indent=1, sort_keys=True)
+        os.replace(tmp, d / "backward" / f"{key}.json")
+    except OSError:
+        pass  # a read-only or missing home: the decision lives in this process only
+
+
+def choose(candidates: Sequence[Any], program: Callable[[Any], Callable], args: Sequence[Any],
+           key_parts: Sequence[Any]) -> tuple[Any, dict]:
+    """The fastest of ``candidates`` and the record of the decision.
+
+    Args:
+      candidates: strategy objects (their ``repr`` names them in the record).
+      program: ``program(candidate) -> f`` where ``f(*args)`` is the work to time (a pure
+        function; it is jitted and compiled here).
+      args: concrete arguments of ``f`` (the same for every candidate).
+      key_parts: what, besides the candidates, determines the cost (see :func:`signature`).
+
+    Returns:
+      ``(strategy, record)``; a single candidate is returned unmeasured.
+    """
+    names = [repr(c) for c in candidates]
+    if len(candidates) == 1:
+        return candidates[0], {"chosen": names[0], "candidates": {names[0]: None}, "measure_s": 0.0,
+                               "cached": False}
+    key = signature([*key_parts, *names])
+    rec = _load(key)
+    if rec is not None and rec["chosen"] in names:
+        rec = dict(rec, cached=True)
+        _MEMORY[key] = rec
+        return candidates[names.index(rec["chosen"])], rec
+    t0 = time.perf_counter()
+    times = measure(candidates, program, args)
+    best = min(range(len(candidates)), key=lambda i: times[i])
+    rec = {"chosen": names[best], "candidates": dict(zip(names, times)),
+           "measure_s": round(time.perf_counter() - t0, 3), "cached": False, "signature": key}
+    _store(key, rec)
+    return candidates[best], rec
+
+
+def measure(candidates: Sequence[Any], program: Callable[[Any], Callable], args: Sequence[Any]) -> list[float]:
+    """Seconds per call of each candidate's compiled program: the minimum of :data:`REPEATS`
+    calls after one untimed call, the candidates interleaved (compiled two at a time: XLA
+    compiles without the GIL)."""
+    abstract = [jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), a) for a in args]
+
+    def compile_one(c):
+        with jax.default_matmul_precision("highest"):
+            return jax.jit(program(c)).lower(*abstract).compile()
+
+    with ThreadPoolExecutor(2) as pool:
+        compiled = list(pool.map(compile_one, candidates))
+    for f in compiled:
+        jax.block_until_ready(f(*args))
+    best = [float("inf")] * len(compiled)
+    for _ in range(REPEATS):
+        for i, f in enumerate(compiled):
+            t = time.perf_counter()
+            jax.block_until_ready(f(*args))
+            best[i] = min(best[i], time.perf_counter() - t)
+    return best
