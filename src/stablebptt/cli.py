@@ -367,29 +367,39 @@ def evaluate(
 
 
 def command_for(cfg, seed: int, out_dir: Path) -> str:
-    """A ``stablebptt train`` command line that reproduces (cfg, seed)."""
+    """A ``stablebptt train`` command line that reproduces (cfg, seed): parsed by :func:`train`,
+    it builds a RunConfig equal to ``cfg``.
+
+    Options whose value is the RunConfig default are left out, except ``--mode`` and those
+    whose CLI default depends on the problem (``--epochs``, ``--n-train``, ``--n-test``).
+    ``--memory-budget`` is written in GiB (the option's unit; the config holds bytes) as the
+    float that converts back to the same number of bytes; ``checkpoint_every=None`` is
+    ``--checkpoint-every none``."""
     import shlex
 
     from .config import RunConfig
 
     default = RunConfig(problem=cfg.problem)
+    always = ("mode", "epochs", "n_train", "n_test")
     parts = ["stablebptt", "train", cfg.problem]
     for k, v in cfg.to_dict().items():
-        if k in ("problem", "problem_params") or v == getattr(default, k) and k not in ("epochs", "mode"):
+        if k in ("problem", "problem_params") or v == getattr(default, k) and k not in always:
             continue
-        if v is None:
-            continue
+        flag = k.replace("_", "-")
         if isinstance(v, bool):
-            flag = k.replace("_", "-")
-            parts.append(f"--{flag}" if v else f"--no-{flag}" if k == "zero_last" else "")
+            parts.append(f"--{flag}" if v else f"--no-{flag}")
             continue
-        if isinstance(v, list):
+        if k == "checkpoint_every" and v is None:
+            v = "none"
+        elif k == "memory_budget":
+            v = repr(v / 2**30)  # exact: the CLI multiplies by 2**30 again
+        elif isinstance(v, list):
             v = "".join(v)
-        parts += [f"--{k.replace('_', '-')}", str(v)]
+        parts += [f"--{flag}", str(v)]
     for k, v in cfg.problem_params.items():
         parts += ["--param", f"{k}={v}"]
     parts += ["--seed", str(seed), "--out", str(out_dir)]
-    return shlex.join([p for p in parts if p])
+    return shlex.join(parts)
 
 
 def _print_summary(folder: Path) -> None:
