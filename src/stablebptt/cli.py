@@ -214,12 +214,11 @@ def train(
     except (ValueError, TypeError) as e:
         raise fail(str(e))
     d = dict(prob.defaults)
-    mode_val = mode if len(mode) == 1 else list(mode)
     try:
         from .config import RunConfig
 
         cfg = RunConfig(
-            problem=problem, problem_params=pparams, mode=mode_val, combiner=combiner, truncate=truncate,
+            problem=problem, problem_params=pparams, mode=mode, combiner=combiner, truncate=truncate,
             decay=decay, and_mask=and_mask, optimizer=optimizer, lr=lr, momentum=momentum, clip=clip,
             clip_threshold=clip_threshold, batch_size=batch_size,
             epochs=QUICK_EPOCHS.get(problem, d.get("epochs", 10)) if epochs is None else epochs,

@@ -29,6 +29,8 @@ class RunConfig(BaseModel):
     #: entry point (:mod:`stablebptt.problems`)
     problem: str = "cartpole"
     problem_params: dict[str, Any] = Field(default_factory=dict)
+    #: a gradient-flow mode ``R | M | S | N | C``, or a per-step schedule of R/M/S/N letters,
+    #: stored as a list of letters (a string of several letters is turned into one)
     mode: Union[str, list[str]] = "C"
     combiner: str = "sign"
     truncate: int = 0
@@ -65,6 +67,13 @@ class RunConfig(BaseModel):
 
         problems.param_spec(v)  # resolves the source; a bad one raises naming it and what is allowed
         return v
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _mode(cls, v):
+        # one form per schedule: "RRMM" is stored as ["R", "R", "M", "M"] (what the CLI passes),
+        # so both spellings are one config with one run_id; a single letter stays a string
+        return list(v) if isinstance(v, str) and len(v) > 1 else v
 
     @field_validator("clip", mode="before")
     @classmethod
