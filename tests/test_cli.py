@@ -151,7 +151,8 @@ def test_C_learns_guidance_and_S_gets_a_zero_update():
         (r,) = train(prob, cfg, 0)
         if mode == "C":
             assert r.history["test_loss"][-1] < r.initial["test_loss"]
-        else:  # experiments.md: S gets an exactly zero update at the zero-initialised controller
+        else:  # S gets an exactly zero update at the zero-initialised controller: its one-step credit
+            # reaches only driver velocities, the loss sees only evader positions, the penalty is 0 at c = 0
             assert r.history["update_norm"] == [0.0, 0.0]
             assert r.history["test_loss"][-1] == pytest.approx(r.initial["test_loss"])
 

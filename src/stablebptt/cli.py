@@ -29,10 +29,6 @@ out = Console()
 #: epochs used by `stablebptt train` when --epochs is not given: short runs that visibly learn
 QUICK_EPOCHS = {"cartpole": 40, "guidance": 10, "quantum": 5, "toy-field": 100, "toy-rotation": 200, "linear": 50}
 
-# CLI option name -> problem parameter name (options that only some problems accept)
-PROBLEM_OPTIONS = ("poles", "drivers", "evaders", "rc", "nx", "dt", "steps", "target", "weighting",
-                   "a", "b", "x0", "theta0")
-
 
 def setup_jax(cache: bool = True, cpu_devices: int = 1) -> int:
     """Turn on the persistent compilation cache (a second process start reuses compiled
@@ -177,7 +173,7 @@ def train(
     and_mask: float = typer.Option(0.0, help="AND-mask across batch members: keep entries whose per-sample signs agree in at least this fraction (0 = off)"),
     diagnostics: bool = typer.Option(False, help="also compute G for cos(M,G) / sign agreement in any mode"),
     checkpoint_every: str = typer.Option("auto", help="remat: checkpoint the unroll every k steps, 'auto' (from --memory-budget) or 'none'"),
-    memory_budget: Optional[float] = typer.Option(None, help="memory budget in GiB for checkpoint_every=auto (default: 512 MiB on CPU, 1/4 of device memory on accelerators; see flow.default_memory_budget)"),
+    memory_budget: Optional[float] = typer.Option(None, help="memory budget in GiB for checkpoint_every=auto (default: 512 MiB on CPU, 1/4 of device memory on accelerators; see stablebptt.core.backward.default_memory_budget)"),
     init_weights: Optional[Path] = typer.Option(None, help="start from these weights: an .npz file or a run folder"),
     eval_every: int = typer.Option(1, help="evaluate the full train/test sets every k epochs and after the last (paper: 1)"),
     backward: str = typer.Option("auto", help="backward strategy: auto | autodiff (the reference) | batched | per_step"),
