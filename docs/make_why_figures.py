@@ -23,7 +23,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from stablebptt import flow, optim, problems
-from stablebptt.diagnose import diagnose_problem, load_run
+from stablebptt.diagnose import diagnose_problem, load_problem_and_controller
 
 IMG = Path(__file__).resolve().parent / "img"
 NUMBERS: dict = {}
@@ -208,7 +208,7 @@ def diagnose_paper(runs_dir: Path, quick_train: bool):
         t0 = time.perf_counter()
         folder = run(cfg, 0, runs_dir)
         train_s = time.perf_counter() - t0
-        prob, model, cfg, _ = load_run(folder)
+        prob, model, cfg, _ = load_problem_and_controller(folder)
         d = diagnose_problem(prob, model=model, n=8)
         res = json.loads((folder / "result.json").read_text())
         ptxt = ", ".join(f"{k}={v}" for k, v in cfg.problem_params.items())

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from stablebptt import problems, results
-from stablebptt.cli import app
+from stablebptt.cli import app, command_for
 from stablebptt.config import RunConfig
 from stablebptt.run import load_run, run
 from stablebptt.runner import train
@@ -139,6 +139,39 @@ def test_a_problem_that_is_not_the_configs_is_refused(pm):
     cfg = RunConfig(problem=pm, problem_params={"steps": 8}, **small())
     with pytest.raises(ValueError, match="built with steps=6 but the config says steps=8"):
         train(own, cfg, 0)
+
+
+@pytest.mark.parametrize("record", ["np.float32(dt)", "float(np.float32(dt))"])
+def test_a_problem_that_records_its_parameters_as_float32_is_the_configs(record, tmp_path, monkeypatch):
+    """A make() that stores dt as float32 (or its float64 widening) builds the problem the config
+    names; a value that differs by more than float32 rounding is still refused."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("STABLEBPTT_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "pm32.py").write_text(POINTMASS.replace("params=dict(dt=dt,", f"params=dict(dt={record},"))
+    src = "pm32.py:make"
+    cfg = RunConfig(problem=src, problem_params={"dt": 0.05, "steps": 6}, **small())
+    problems.check_matches(problems.get(src, dt=0.05, steps=6), src, cfg.problem_params)
+    folder = run(cfg, 0, "runs", problem=problems.get(src, dt=0.05, steps=6))
+    assert json.loads((folder / "config.json").read_text())["config"]["problem_params"] == {"dt": 0.05, "steps": 6}
+    for other in (0.06, 0.0501, 0.05 + 1e-7):
+        with pytest.raises(ValueError, match=r"built with dt=.* but the config says dt=0.05"):
+            problems.check_matches(problems.get(src, dt=other, steps=6), src, cfg.problem_params)
+
+
+def test_numpy_scalars_in_problem_params_are_stored_as_plain_json(pm):
+    """Problem parameters given as NumPy scalars are held (and written to config.json and the
+    manifest) as the Python numbers of the same value, with the run id of those."""
+    cfg = RunConfig(problem=pm, problem_params={"dt": np.float32(0.05), "steps": np.int64(6)}, **small())
+    plain = RunConfig(problem=pm, problem_params={"dt": float(np.float32(0.05)), "steps": 6}, **small())
+    assert cfg == plain and cfg.to_dict() == plain.to_dict()
+    assert type(cfg.problem_params["dt"]) is float and type(cfg.problem_params["steps"]) is int
+    folder = run(cfg, 0, "runs", extra_manifest={"built_with": {"dt": np.float32(0.05), "steps": np.int64(6)}})
+    stored = json.loads((folder / "config.json").read_text())["config"]["problem_params"]
+    man = json.loads((folder / "manifest.json").read_text())
+    assert man["built_with"] == stored and type(man["built_with"]["steps"]) is int
+    assert stored == {"dt": float(np.float32(0.05)), "steps": 6} and type(stored["steps"]) is int
+    assert "--param steps=6" in command_for(cfg, 0, Path("runs"))
+    assert load_run(folder).config == cfg
 
 
 def test_load_evaluate_and_start_from_a_run(pm, tmp_path, monkeypatch):

@@ -1,9 +1,9 @@
 r"""Animations of trained controllers: ``animate(run_dir) -> path of a GIF or MP4``.
 
 The run folder's ``config.json`` and ``weights.npz`` are loaded (see
-:func:`stablebptt.diagnose.load_run`), the controller is rolled out on the first ``states``
-test states of the run's own data, and every frame is drawn with matplotlib (Agg, no
-display needed). Each picture is framed on the problem's *objective*:
+:func:`stablebptt.diagnose.load_problem_and_controller`), the controller is rolled out on the
+first ``states`` test states of the run's own data, and every frame is drawn with matplotlib
+(Agg, no display needed). Each picture is framed on the problem's *objective*:
 
 * **cartpole** — one panel per rollout: the cart, its n poles, the force as an arrow; the view
   follows the cart (the ground ticks show how far it moved);
@@ -547,13 +547,13 @@ def animate(run_dir: str | Path, out: str | Path | None = None, states: int = 4,
     Returns:
       the path written.
     """
-    from .diagnose import load_run
+    from .diagnose import load_problem_and_controller
     from .train import make_data
 
     run_dir = Path(run_dir)
     if int(states) < 1:
         raise ValueError(f"states={states!r}; must be ≥ 1")
-    problem, model, config, seed = load_run(run_dir)
+    problem, model, config, seed = load_problem_and_controller(run_dir)
     _, test = make_data(problem, config, seed)
     x0 = test[: int(states)]
     frames = render_frames(problem, model, x0, stride=stride)

@@ -1,4 +1,5 @@
-r"""The reproduction's acceptance claims (``experiments.md``), tested seed by seed on run records.
+r"""The reproduction's acceptance claims, tested seed by seed on run records (their verdicts on the
+committed records: ``docs/reproduction.md``).
 
 Every function reads a results table (:func:`stablebptt.results.collect`); nothing here runs
 training. The vocabulary:
@@ -257,7 +258,8 @@ def make_test(setting: str, quantity: str, side: str, threshold: float, seeds: S
 
 @dataclass(frozen=True)
 class Claim:
-    """One claim of ``experiments.md``: the statement, what it stands for, and its tests.
+    """One acceptance claim: the quantitative statement, the paper's qualitative one it stands
+    for, and its tests.
 
     ``rule`` turns the deciding ``tests`` into the claim's verdict: ``"all"`` (every test
     held → held; any not held → not held; else undecided) or ``"majority"`` (held in more
@@ -370,7 +372,7 @@ QUALITATIVE_S = "S (no long-range feedback) is a weak baseline; in cart-pole it 
 
 
 def cartpole_claims(df: pd.DataFrame, **boot) -> list[Claim]:
-    """Claim 2 of experiments.md: 4 poles C ≥ 10× below R; 1 pole R < 1e-2; S > 1.5 everywhere."""
+    """Claim 2 (cart-pole): 4 poles C ≥ 10× below R; 1 pole R < 1e-2; S > 1.5 everywhere."""
     runs = final_losses(df[df["problem"] == "cartpole"]) if not df.empty else pd.DataFrame()
     col = LEVEL_PARAMS["cartpole"]
     levels = _levels(runs, col) if not runs.empty else []
@@ -485,10 +487,11 @@ def c_vs_m(tables: dict[str, pd.DataFrame], **boot) -> Claim:
                  note="" if tests else "no setting with both C and M")
 
 
-#: method.md's Fig. 2 numbers as printed there: mode -> (local minima of L, L(200))
+#: the paper's Fig. 2 toy (Adam lr 0.1, 200 iterations from θ = (2, 4)) as numbers reconstructed
+#: from the figure, with the digits that count: mode -> (local minima of L, L(200))
 FIG2_PRINTED = {"M": (("0.84", "1.13", "1.65", "2.49"), "6.2"),
                 "C": (("0.49", "0.13", "0.057", "0.030", "0.019"), "0.067")}
-#: method.md: under the gradient (mode R) L first dips below 2e-3 near this iteration (±1)
+#: the same figure: under the gradient (mode R) L first dips below 2e-3 near this iteration (±1)
 FIG2_R_BELOW_2E3 = 59
 
 
@@ -505,23 +508,24 @@ def local_minima(L: Sequence[float]) -> list[float]:
 
 
 def fig2_claim(losses: dict[str, Sequence[float]]) -> Claim:
-    """Claim 1 (toy, deterministic): Adam's losses L[0..200] under R, M, C against method.md.
+    """Claim 1 (toy, deterministic): Adam's losses L[0..200] under R, M, C against the numbers
+    reconstructed from the paper's Fig. 2 (:data:`FIG2_PRINTED`, :data:`FIG2_R_BELOW_2E3`).
 
     Held when R first drops below 2e-3 within one iteration of 59 and, for M and C, the
     first local minima and L(200) round to the printed numbers at the printed decimals.
     """
     first = int(np.argmax(np.asarray(losses["R"]) < 2e-3)) if np.any(np.asarray(losses["R"]) < 2e-3) else -1
     ok = abs(first - FIG2_R_BELOW_2E3) <= 1
-    parts = [f"R first < 2e-3 at iteration {first} (method.md: near {FIG2_R_BELOW_2E3})"]
+    parts = [f"R first < 2e-3 at iteration {first} (reference: near {FIG2_R_BELOW_2E3})"]
     for m, (minima, final) in FIG2_PRINTED.items():
         got = local_minima(losses[m])[: len(minima)]
         ok &= len(got) == len(minima) and all(matches_printed(g, w) for g, w in zip(got, minima))
         ok &= matches_printed(losses[m][-1], final)
         parts.append(f"{m}: minima {', '.join(f'{g:.3g}' for g in got)}, L(200) {losses[m][-1]:.3g} "
-                     f"(method.md: {', '.join(minima)}; {final})")
-    return Claim("fig2-toy", "Fig. 2 toy: Adam under g, r and the combination reproduces method.md's numbers "
-                 "to the digits printed", "M makes Adam orbit the minimum; C converges", note="; ".join(parts),
-                 exact=HELD if ok else NOT_HELD)
+                     f"(reference: {', '.join(minima)}; {final})")
+    return Claim("fig2-toy", "Fig. 2 toy: Adam under g, r and the combination reproduces the numbers reconstructed "
+                 "from the paper's Fig. 2 to the digits given", "M makes Adam orbit the minimum; C converges",
+                 note="; ".join(parts), exact=HELD if ok else NOT_HELD)
 
 
 # ----------------------------------------------------------------------------- Markdown

@@ -29,10 +29,6 @@ out = Console()
 #: epochs used by `stablebptt train` when --epochs is not given: short runs that visibly learn
 QUICK_EPOCHS = {"cartpole": 40, "guidance": 10, "quantum": 5, "toy-field": 100, "toy-rotation": 200, "linear": 50}
 
-# CLI option name -> problem parameter name (options that only some problems accept)
-PROBLEM_OPTIONS = ("poles", "drivers", "evaders", "rc", "nx", "dt", "steps", "target", "weighting",
-                   "a", "b", "x0", "theta0")
-
 
 def setup_jax(cache: bool = True, cpu_devices: int = 1) -> int:
     """Turn on the persistent compilation cache (a second process start reuses compiled
@@ -177,7 +173,7 @@ def train(
     and_mask: float = typer.Option(0.0, help="AND-mask across batch members: keep entries whose per-sample signs agree in at least this fraction (0 = off)"),
     diagnostics: bool = typer.Option(False, help="also compute G for cos(M,G) / sign agreement in any mode"),
     checkpoint_every: str = typer.Option("auto", help="remat: checkpoint the unroll every k steps, 'auto' (from --memory-budget) or 'none'"),
-    memory_budget: Optional[float] = typer.Option(None, help="memory budget in GiB for checkpoint_every=auto (default: 512 MiB on CPU, 1/4 of device memory on accelerators; see flow.default_memory_budget)"),
+    memory_budget: Optional[float] = typer.Option(None, help="memory budget in GiB for checkpoint_every=auto (default: 512 MiB on CPU, 1/4 of device memory on accelerators; see stablebptt.core.backward.default_memory_budget)"),
     init_weights: Optional[Path] = typer.Option(None, help="start from these weights: an .npz file or a run folder"),
     eval_every: int = typer.Option(1, help="evaluate the full train/test sets every k epochs and after the last (paper: 1)"),
     backward: str = typer.Option("auto", help="backward strategy: auto | autodiff (the reference) | batched | per_step"),
@@ -214,12 +210,11 @@ def train(
     except (ValueError, TypeError) as e:
         raise fail(str(e))
     d = dict(prob.defaults)
-    mode_val = mode if len(mode) == 1 else list(mode)
     try:
         from .config import RunConfig
 
         cfg = RunConfig(
-            problem=problem, problem_params=pparams, mode=mode_val, combiner=combiner, truncate=truncate,
+            problem=problem, problem_params=pparams, mode=mode, combiner=combiner, truncate=truncate,
             decay=decay, and_mask=and_mask, optimizer=optimizer, lr=lr, momentum=momentum, clip=clip,
             clip_threshold=clip_threshold, batch_size=batch_size,
             epochs=QUICK_EPOCHS.get(problem, d.get("epochs", 10)) if epochs is None else epochs,
@@ -367,29 +362,39 @@ def evaluate(
 
 
 def command_for(cfg, seed: int, out_dir: Path) -> str:
-    """A ``stablebptt train`` command line that reproduces (cfg, seed)."""
+    """A ``stablebptt train`` command line that reproduces (cfg, seed): parsed by :func:`train`,
+    it builds a RunConfig equal to ``cfg``.
+
+    Options whose value is the RunConfig default are left out, except ``--mode`` and those
+    whose CLI default depends on the problem (``--epochs``, ``--n-train``, ``--n-test``).
+    ``--memory-budget`` is written in GiB (the option's unit; the config holds bytes) as the
+    float that converts back to the same number of bytes; ``checkpoint_every=None`` is
+    ``--checkpoint-every none``."""
     import shlex
 
     from .config import RunConfig
 
     default = RunConfig(problem=cfg.problem)
+    always = ("mode", "epochs", "n_train", "n_test")
     parts = ["stablebptt", "train", cfg.problem]
     for k, v in cfg.to_dict().items():
-        if k in ("problem", "problem_params") or v == getattr(default, k) and k not in ("epochs", "mode"):
+        if k in ("problem", "problem_params") or v == getattr(default, k) and k not in always:
             continue
-        if v is None:
-            continue
+        flag = k.replace("_", "-")
         if isinstance(v, bool):
-            flag = k.replace("_", "-")
-            parts.append(f"--{flag}" if v else f"--no-{flag}" if k == "zero_last" else "")
+            parts.append(f"--{flag}" if v else f"--no-{flag}")
             continue
-        if isinstance(v, list):
+        if k == "checkpoint_every" and v is None:
+            v = "none"
+        elif k == "memory_budget":
+            v = repr(v / 2**30)  # exact: the CLI multiplies by 2**30 again
+        elif isinstance(v, list):
             v = "".join(v)
-        parts += [f"--{k.replace('_', '-')}", str(v)]
+        parts += [f"--{flag}", str(v)]
     for k, v in cfg.problem_params.items():
         parts += ["--param", f"{k}={v}"]
     parts += ["--seed", str(seed), "--out", str(out_dir)]
-    return shlex.join([p for p in parts if p])
+    return shlex.join(parts)
 
 
 def _print_summary(folder: Path) -> None:

@@ -16,6 +16,23 @@ from .core.gates import Flow
 from . import optim
 
 
+def _plain(x):
+    """``x`` with NumPy/JAX scalars and arrays (also inside lists, tuples and dicts) replaced by
+    the Python numbers and lists of the same value (``np.float32(0.05)`` -> 0.05000000074505806,
+    ``np.int64(6)`` -> 6); anything else unchanged."""
+    import numpy as np
+
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_plain(v) for v in x)
+    if isinstance(x, np.generic):
+        return x.item()
+    if hasattr(x, "__array__") and hasattr(x, "shape"):
+        return np.asarray(x).tolist()
+    return x
+
+
 class RunConfig(BaseModel):
     """Everything that defines one training run except the seed.
 
@@ -29,6 +46,8 @@ class RunConfig(BaseModel):
     #: entry point (:mod:`stablebptt.problems`)
     problem: str = "cartpole"
     problem_params: dict[str, Any] = Field(default_factory=dict)
+    #: a gradient-flow mode ``R | M | S | N | C``, or a per-step schedule of R/M/S/N letters,
+    #: stored as a list of letters (a string of several letters is turned into one)
     mode: Union[str, list[str]] = "C"
     combiner: str = "sign"
     truncate: int = 0
@@ -65,6 +84,20 @@ class RunConfig(BaseModel):
 
         problems.param_spec(v)  # resolves the source; a bad one raises naming it and what is allowed
         return v
+
+    @field_validator("problem_params")
+    @classmethod
+    def _plain_params(cls, v):
+        # NumPy/JAX scalars and arrays become the Python numbers and lists of the same value, so
+        # the config is JSON (config.json, run_id) and equals the config written with those
+        return {k: _plain(x) for k, x in v.items()}
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _mode(cls, v):
+        # one form per schedule: "RRMM" is stored as ["R", "R", "M", "M"] (what the CLI passes),
+        # so both spellings are one config with one run_id; a single letter stays a string
+        return list(v) if isinstance(v, str) and len(v) > 1 else v
 
     @field_validator("clip", mode="before")
     @classmethod

@@ -137,7 +137,7 @@ class MLP(eqx.Module):
     """Flatten → [Dense width, tanh] × depth → Dense (linear) → reshape to control_shape.
 
     The paper's controller is widths (100, 100). ``zero_last=True`` starts the last kernel at
-    zero (the authors' cart-pole / guidance runs did, see problems.md), so the untrained
+    zero (the authors' cart-pole / guidance runs did, see docs/physics.md), so the untrained
     controller outputs exactly 0.
     """
 

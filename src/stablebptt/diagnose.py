@@ -686,8 +686,9 @@ def diagnose(step: Callable, loss: TrajectoryLoss, horizon: int, model, x0, *, s
     return d
 
 
-def load_run(run_dir: str | Path):
-    """``(problem, model, config, seed)`` of a finished run folder (:func:`stablebptt.run.load_run`)."""
+def load_problem_and_controller(run_dir: str | Path):
+    """``(problem, model, config, seed)`` of a finished run folder: its problem, its trained
+    controller, its RunConfig and its seed (read by :func:`stablebptt.run.load_run`)."""
     from .run import load_run as load
 
     r = load(run_dir)
@@ -733,4 +734,4 @@ def diagnose_problem(problem, model=None, n: int = 8, *, weights: str | Path | N
 
 
 __all__ = ["Diagnosis", "Verdict", "diagnose", "diagnose_problem", "make_verdict", "lyapunov",
-           "orders_spanned", "horizon_flags", "load_run", "MAX_ORDERS"]
+           "orders_spanned", "horizon_flags", "load_problem_and_controller", "MAX_ORDERS"]

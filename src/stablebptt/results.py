@@ -39,7 +39,7 @@ def config_columns(config: dict) -> dict:
     return cols
 
 
-def load_run(folder: str | Path) -> pd.DataFrame:
+def run_rows(folder: str | Path) -> pd.DataFrame:
     """One run's per-epoch rows with its run and config columns."""
     folder = Path(folder)
     res = json.loads((folder / RESULT_FILE).read_text())
@@ -58,7 +58,7 @@ def load_run(folder: str | Path) -> pd.DataFrame:
 
 def collect(root: str | Path, *, parquet: str | Path | None = None, csv: str | Path | None = None) -> pd.DataFrame:
     """All finished runs under ``root`` as one DataFrame; optionally write Parquet / CSV."""
-    frames = [load_run(f) for f in run_folders(root)]
+    frames = [run_rows(f) for f in run_folders(root)]
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if parquet is not None:
         df.to_parquet(parquet, index=False)

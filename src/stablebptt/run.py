@@ -105,8 +105,20 @@ def read_result(folder: Path) -> dict:
     return json.loads((Path(folder) / RESULT_FILE).read_text())
 
 
+def _json_value(o):
+    """A value ``json`` cannot write as the JSON one of the same value: a NumPy/JAX scalar as its
+    Python number (an int stays an int), an array as a list, anything else as a float."""
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if hasattr(o, "__array__") and hasattr(o, "shape"):
+        return np.asarray(o).tolist()
+    return float(o)
+
+
 def _write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=float))
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_value))
 
 
 def write_result(folder: Path, config: RunConfig, seed: int, result, extra_manifest: dict | None = None) -> Path:

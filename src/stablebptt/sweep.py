@@ -373,7 +373,7 @@ def _groups(todo: list[tuple[RunConfig, int]], vmap_seeds: bool,
             vmap_configs: bool = False) -> list[tuple[RunConfig, list[int], list[dict] | None]]:
     """Jobs as (config, seeds, lanes): one job per (config, seed), per config with
     ``vmap_seeds``, or with ``vmap_configs`` per set of configs that can be lanes of one
-    program (:func:`stablebptt.train.lane_key`; lanes = one config dict per seed)."""
+    program (:func:`stablebptt.runner.lane_key`; lanes = one config dict per seed)."""
     if vmap_configs:
         from .runner import lane_key
 

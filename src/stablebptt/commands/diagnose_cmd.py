@@ -40,7 +40,7 @@ def diagnose_command(
     name = problems_mod.file_stem(problem)
     try:
         if weights is not None and weights.is_dir():
-            prob, model, cfg, _ = diag.load_run(weights)
+            prob, model, cfg, _ = diag.load_problem_and_controller(weights)
             if cfg.problem != problem:
                 raise fail(f"--weights {weights} is a {cfg.problem!r} run, not {problem!r}")
             if pparams and pparams != {k: v for k, v in cfg.problem_params.items() if k in pparams}:

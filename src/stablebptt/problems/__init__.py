@@ -194,10 +194,40 @@ def check_matches(problem: Problem, source: str, params: dict) -> None:
     spec = param_spec(source)
     want = {k: params.get(k, d) for k, (d, _) in spec.items()}
     have = {k: problem.params.get(k, want[k]) for k in want}
-    diff = sorted(k for k in want if have[k] != want[k])
+    diff = sorted(k for k in want if not same_param(have[k], want[k]))
     if diff:
         raise ValueError(f"problem {source!r} was built with {', '.join(f'{k}={have[k]!r}' for k in diff)} but the "
-                         f"config says {', '.join(f'{k}={want[k]!r}' for k in diff)}")
+                         f"config says {', '.join(f'{k}={want[k]!r}' for k in diff)} (a parameter must equal the "
+                         "config's value, or its float32 rounding)")
+
+
+def _real(x) -> tuple[float, bool] | None:
+    """``(float(x), whether x is floating)`` for a real scalar (Python, NumPy or JAX; not a bool
+    or a string), else None."""
+    import numpy as np
+
+    if isinstance(x, (str, bytes, bool, np.bool_)):
+        return None
+    try:
+        a = np.asarray(x)
+    except Exception:  # noqa: BLE001 - anything numpy cannot hold is not a number
+        return None
+    return (float(a), a.dtype.kind == "f") if a.shape == () and a.dtype.kind in "fiu" else None
+
+
+def same_param(have, want) -> bool:
+    """Whether a problem's recorded parameter value ``have`` is the configured value ``want``:
+    equal, or, when either is a floating number, one is exactly the float32 rounding of the
+    other (a problem that stores its parameters as float32 records ``float32(0.05)`` for a
+    configured 0.05; 0.0501 is not 0.05)."""
+    import numpy as np
+
+    h, w = _real(have), _real(want)
+    if h is None or w is None or not (h[1] or w[1]):
+        return bool(have == want)
+    (h, _), (w, _) = h, w
+    with np.errstate(over="ignore"):
+        return h == w or float(np.float32(w)) == h or float(np.float32(h)) == w
 
 
 __all__ = ["Problem", "get", "names", "param_spec", "register", "unregister", "origin", "check_matches", "file_stem"]

@@ -1,4 +1,5 @@
-r"""The linear (LQR-style) system where the combined update stalls (``method.md``).
+r"""The linear (LQR-style) system where the combined update stalls (``docs/why-stop-the-gradient.md``,
+"When M and C do not help: the linear stall").
 
     x_{n+1} = a·x_n + b·c_n,   c_n = θ·x_n,   x_0 given,   L = ½ mean(x_T²)
 
