@@ -352,3 +352,87 @@ def test_cli_plot(sweep, tmp_path):
     assert res.exit_code == 2
     res = CliRunner().invoke(app, ["plot", str(tmp_path / "missing")])
     assert res.exit_code == 2
+
+
+# ------------------------------------------------------------------ paired figure: readable labels
+def const_table(problem, level_col, finals, epochs=40):
+    """A results table whose runs are constant curves: ``finals`` maps (level, clip, seed, mode)
+    to the loss, which is then each run's final (smoothed) loss."""
+    rows = []
+    for k, ((lev, clip, seed, mode), v) in enumerate(finals.items()):
+        for e in range(1, epochs + 1):
+            rows.append(dict(run_id=f"r{k}", seed=seed, status="finished", diverged_epoch=None, problem=problem,
+                             mode=mode, clip=clip, optimizer="adam", lr=1e-3, epoch=e, test_loss=v,
+                             **{level_col: lev}))
+    return pd.DataFrame(rows)
+
+
+def _boxes_overlap(a, b, slack=0.5):
+    return (min(a.x1, b.x1) - max(a.x0, b.x0) > slack) and (min(a.y1, b.y1) - max(a.y0, b.y0) > slack)
+
+
+def _drawn_tick_labels(ax, axis):
+    """The non-empty tick labels (major and minor) drawn along ``axis`` of ``ax``, with their boxes."""
+    renderer = ax.figure.canvas.get_renderer()
+    box = ax.get_window_extent(renderer)
+    a = ax.xaxis if axis == "x" else ax.yaxis
+    out = []
+    for t in a.get_majorticklabels() + a.get_minorticklabels():
+        if not (t.get_visible() and t.get_text()):
+            continue
+        b = t.get_window_extent(renderer)
+        mid = (b.x0 + b.x1) / 2 if axis == "x" else (b.y0 + b.y1) / 2
+        lo, hi = (box.x0, box.x1) if axis == "x" else (box.y0, box.y1)
+        if lo - 1 <= mid <= hi + 1:  # ticks outside the view are not drawn
+            out.append((t.get_text(), b))
+    return out
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1e-2, 1.0, 30.0])
+def test_paired_log_tick_labels_do_not_overlap(scale):
+    """Under two decades the log axes get plain-number labels; the minor ones (2, 3, 5 × 10^k)
+    only where they fit: no "0.0020.003" on a narrow panel."""
+    rng = np.random.default_rng(0)
+    finals = {}
+    for clip in ("none", "norm"):
+        for s in range(3):
+            finals[(1, clip, s, "R")] = scale * 10 ** rng.uniform(0.1, 1.0)
+            finals[(1, clip, s, "C")] = scale * 10 ** rng.uniform(0.1, 1.0)
+    fig = plots.paired_figure(const_table("cartpole", "param_poles", finals), "cartpole")
+    fig.canvas.draw()
+    for ax in fig.axes:
+        for axis in ("x", "y"):
+            labels = _drawn_tick_labels(ax, axis)
+            assert len(labels) >= 2, (axis, [t for t, _ in labels])  # still readable: at least two numbers
+            for i in range(len(labels)):
+                for j in range(i + 1, len(labels)):
+                    assert not _boxes_overlap(labels[i][1], labels[j][1]), (axis, labels[i][0], labels[j][0])
+
+
+def _seed_labels(ax):
+    return [t for t in ax.texts if t.get_text()]
+
+
+def test_paired_seed_labels_of_coinciding_points_are_merged_and_labels_do_not_overlap():
+    """Seeds with identical losses share one label ("0,1"), and no two seed labels overlap,
+    also in a crowded panel."""
+    finals = {}
+    for clip in ("none", "value", "norm"):
+        for s in range(5):
+            # seeds 0 and 1 identical; the rest close together (a crowded panel)
+            finals[(1, clip, s, "R")] = 2.0 if s < 2 else 2.0 + 0.05 * s + 0.02 * len(clip)
+            finals[(1, clip, s, "C")] = 1.9 if s < 2 else 1.9 + 0.04 * s - 0.01 * len(clip)
+    fig = plots.paired_figure(const_table("guidance", "param_rc", {(0.1,) + k[1:]: v for k, v in finals.items()}),
+                              "guidance")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    texts = _seed_labels(ax)
+    assert "0,1" in [t.get_text() for t in texts]
+    assert sorted(t.get_text() for t in texts).count("0") == 0  # seed 0 only in the merged label
+    boxes = [t.get_window_extent(renderer) for t in texts]
+    frame = ax.get_window_extent(renderer)
+    for i in range(len(boxes)):
+        assert frame.x0 - 1 <= boxes[i].x0 and boxes[i].x1 <= frame.x1 + 1  # inside the panel
+        for j in range(i + 1, len(boxes)):
+            assert not _boxes_overlap(boxes[i], boxes[j]), (texts[i].get_text(), texts[j].get_text())

@@ -34,7 +34,9 @@ raw, not smoothed) at the highest target, which shows how many orders of magnitu
 update spans compared with C's.
 
 The paired picture (:func:`paired_figure`): per seed and clipping mode, R's final loss
-against C's, log–log, with the diagonal, one panel per level.
+against C's, log–log, with the diagonal, one panel per level; coinciding points share one
+seed label, and a log axis spanning under two decades labels 2, 3, 5 × 10^k only where the
+labels fit.
 
 Toy figures
 -----------
@@ -71,7 +73,7 @@ import pandas as pd  # noqa: E402
 from matplotlib import patheffects  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
-from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
+from matplotlib.ticker import Formatter, MaxNLocator  # noqa: E402
 
 from . import claims  # noqa: E402
 from .claims import LEVEL_PARAMS, smooth_curve  # noqa: E402  (the statistics own them; plots re-exports)
@@ -411,21 +413,71 @@ def _mode_handles(labels, styles, band: str, multi_seed: bool, diverged: bool) -
 
 
 def _plain_log_labels(ax, axis: str = "y") -> None:
-    """On a log axis spanning under two decades, label ticks as plain numbers at 1, 2, 3 and 5
-    times a power of ten (0.5, 1, 2, 3, 5), leaving the other minor ticks unlabelled."""
+    """On a log axis spanning under two decades, label ticks as plain numbers (0.5, 1, 2, …) at
+    the densest of 1-2-3-5, 1-2-5, 1-3 or 1 × 10^k whose labels do not collide at the axis's
+    drawn length (:class:`_FittingLogFormatter`); the other minor ticks stay unlabelled."""
     lo, hi = ax.get_ylim() if axis == "y" else ax.get_xlim()
     if not (lo > 0 and hi / lo < 100):
         return
     a = ax.yaxis if axis == "y" else ax.xaxis
-    a.set_major_formatter(FuncFormatter(_plain_tick))
-    a.set_minor_formatter(FuncFormatter(_plain_tick))
+    a.set_major_formatter(_FittingLogFormatter())
+    a.set_minor_formatter(_FittingLogFormatter())
 
 
-def _plain_tick(v: float, _pos=None) -> str:
+#: mantissas labelled on a short log axis, densest first (see _FittingLogFormatter)
+LOG_LABEL_SETS = ((1, 2, 3, 5), (1, 2, 5), (1, 3), (1,))
+
+
+class _FittingLogFormatter(Formatter):
+    """Plain-number tick labels on a log axis at m × 10^k for the densest mantissa set of
+    :data:`LOG_LABEL_SETS` whose neighbouring labels keep apart at the axis's drawn size
+    (measured when the ticks are drawn: a narrow panel gets fewer labels than a wide one)."""
+
+    def __call__(self, v, pos=None) -> str:
+        return _plain_tick(v, self._mantissas())
+
+    def format_ticks(self, values):
+        keep = self._mantissas()
+        return [_plain_tick(v, keep) for v in values]
+
+    def _mantissas(self) -> tuple:
+        axis = getattr(self, "axis", None)
+        if axis is None or axis.axes is None:
+            return LOG_LABEL_SETS[0]
+        ax = axis.axes
+        horizontal = axis.axis_name == "x"
+        lo, hi = sorted(ax.get_xlim() if horizontal else ax.get_ylim())
+        if not (lo > 0 and hi > lo):
+            return LOG_LABEL_SETS[0]
+        box = ax.get_window_extent()
+        length = box.width if horizontal else box.height  # pixels
+        px_per_decade = length / np.log10(hi / lo)
+        size = axis.get_major_ticks()[0].label1.get_fontsize() if axis.get_major_ticks() else 10.0
+        pt = ax.figure.dpi / 72.0
+        for keep in LOG_LABEL_SETS:
+            vals = [m * 10.0 ** k for k in range(int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi))) + 1)
+                    for m in keep]
+            vals = [v for v in vals if lo <= v <= hi]
+            fits = True
+            for a, b in zip(vals, vals[1:]):
+                gap = px_per_decade * np.log10(b / a)
+                if horizontal:  # digits are about 0.62 em wide, plus half an em between labels
+                    need = (0.62 * size * (len(f"{a:g}") + len(f"{b:g}")) / 2 + 0.5 * size) * pt
+                else:
+                    need = 1.3 * size * pt
+                if gap < need:
+                    fits = False
+                    break
+            if fits:
+                return keep
+        return LOG_LABEL_SETS[-1]
+
+
+def _plain_tick(v: float, keep=(1, 2, 3, 5)) -> str:
     if v <= 0:
         return ""
     mantissa = v / 10 ** np.floor(np.log10(v) + 1e-9)
-    return f"{v:g}" if any(abs(mantissa - m) < 1e-6 for m in (1, 2, 3, 5)) else ""
+    return f"{v:g}" if any(abs(mantissa - m) < 1e-6 for m in keep) else ""
 
 
 def problem_figure(df: pd.DataFrame, problem: str, *, smooth: bool = True, window: int = 30,
@@ -490,7 +542,9 @@ def paired_figure(df: pd.DataFrame, problem: str, *, x: str = "R", y: str = "C",
     Final loss as in :mod:`stablebptt.claims` (the last point of the ``window``-epoch moving
     average, at ``epoch`` if given; a diverged run is drawn at the panel's edge with a hollow
     marker). One panel per level, one marker per (seed, clipping mode): the clipping mode is
-    the marker (and its colour), the seed the number beside it. Solid diagonal: equal loss
+    the marker (and its colour), the seed the number beside it (points at the same spot share
+    one label, e.g. ``0,2``; labels are moved around their points so none overlaps another).
+    Solid diagonal: equal loss
     (below it ``y`` is lower); dotted: ``y`` 10× lower. Each panel has square limits around
     its own points (the levels' losses differ by decades).
     Raises ValueError when no seed has both modes.
@@ -503,10 +557,12 @@ def paired_figure(df: pd.DataFrame, problem: str, *, x: str = "R", y: str = "C",
     levels = [lv for lv in levels if (pairs["_level"].apply(lambda v: v == lv)).any()]
     fig, axes = plt.subplots(1, len(levels), figsize=(max(5.0, 3.1 * len(levels) + 0.6), 3.7), squeeze=False,
                              layout="constrained")
-    tenfold_shown = False
+    tenfold_shown, seed_points = False, []
     for ax, level in zip(axes[0], levels):
         p = pairs[pairs["_level"].apply(lambda v: v == level)]
-        tenfold_shown |= _paired_panel(ax, p, x, y)
+        tenfold, pts = _paired_panel(ax, p, x, y)
+        tenfold_shown |= tenfold
+        seed_points.append(pts)
         n = p["seed"].nunique()
         ax.set_title(_level_title(problem, level_cols, level) + f" ({n} seed{'s' if n != 1 else ''})", fontsize=10)
         ax.set_xlabel(f"{x}: final test loss")
@@ -521,6 +577,10 @@ def paired_figure(df: pd.DataFrame, problem: str, *, x: str = "R", y: str = "C",
     when = f"at epoch {epoch}" if epoch is not None else "final"
     _legend(fig, h, f"{_display(problem)}: {when} test loss ({window}-epoch moving average), "
                     f"{y} against {x}, paired by seed\nnumbers: seeds; below the solid diagonal {y} is lower")
+    fig.draw_without_rendering()  # the layout, so the seed labels can be placed in pixels
+    renderer = fig.canvas.get_renderer()
+    for ax, pts in zip(axes[0], seed_points):
+        _seed_labels(ax, pts, renderer)
     return fig
 
 
@@ -532,7 +592,8 @@ def _paired_panel(ax, p: pd.DataFrame, x: str, y: str) -> bool:
     """One level of :func:`paired_figure`: square log–log limits around its own points.
 
     Returns whether the dotted line ``y = x/10`` crosses the panel (it does when the limits
-    span more than one decade)."""
+    span more than one decade) and the points' ``(x, y, seed)`` for :func:`_seed_labels`."""
+    seeds = []
     vals = p[[x, y]].to_numpy(float)
     fin = vals[np.isfinite(vals) & (vals > 0)]
     lo, hi = (np.log10(fin.min()) - 0.3, np.log10(fin.max()) + 0.3) if fin.size else (-1.0, 1.0)
@@ -548,8 +609,7 @@ def _paired_panel(ax, p: pd.DataFrame, x: str, y: str) -> bool:
         marker, color = _pair_style(clip)
         ax.scatter(px[~div], py[~div], marker=marker, color=color, s=34, zorder=3, edgecolor="white", lw=0.5)
         ax.scatter(px[div], py[div], marker=marker, facecolor="none", edgecolor=color, s=34, zorder=3)
-        for sx, sy, s in zip(px, py, c["seed"]):
-            ax.annotate(str(int(s)), (sx, sy), xytext=(3, 2), textcoords="offset points", fontsize=7, color="0.3")
+        seeds += [(float(sx), float(sy), int(s)) for sx, sy, s in zip(px, py, c["seed"])]
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(10 ** lo, 10 ** hi)
@@ -558,7 +618,78 @@ def _paired_panel(ax, p: pd.DataFrame, x: str, y: str) -> bool:
     ax.grid(True, which="major", alpha=0.3)
     _plain_log_labels(ax, "x")
     _plain_log_labels(ax, "y")
-    return hi - lo > 1
+    return hi - lo > 1, seeds
+
+
+#: seed labels: where a label may sit relative to its point, in points (dx, dy, ha, va), first choice first
+_LABEL_SPOTS = tuple((f * dx, f * dy, ha, va) for f in (1, 2.2, 3.5) for dx, dy, ha, va in (
+    (3, 2, "left", "bottom"), (3, -2, "left", "top"), (-3, 2, "right", "bottom"), (-3, -2, "right", "top"),
+    (5, 0, "left", "center"), (-5, 0, "right", "center"), (0, 4, "center", "bottom"), (0, -4, "center", "top")))
+#: seed labels: points closer than this (in points) share one label
+_SAME_SPOT_PT = 3.0
+
+
+def _seed_labels(ax, points, renderer) -> list:
+    """Label the paired panel's points with their seeds, readable: points at (nearly) the same
+    spot (closer than :data:`_SAME_SPOT_PT`) share one label ("0,2"), and each label goes to the
+    first spot around its point (:data:`_LABEL_SPOTS`) where it overlaps no other label, no
+    other point and stays in the panel (the least overlap if none is free). Needs the figure's
+    layout done (positions in pixels). Returns the texts."""
+    if not points:
+        return []
+    pt = ax.figure.dpi / 72.0
+    xy = ax.transData.transform(np.array([(x, y) for x, y, _ in points]))
+    n = len(points)
+    group = list(range(n))  # union-find of points at the same spot
+
+    def root(i):
+        while group[i] != i:
+            group[i] = group[group[i]]
+            i = group[i]
+        return i
+
+    for i in range(n):
+        for j in range(i + 1, n):
+            if np.hypot(*(xy[i] - xy[j])) < _SAME_SPOT_PT * pt:
+                group[root(j)] = root(i)
+    clusters: dict[int, list[int]] = {}
+    for i in range(n):
+        clusters.setdefault(root(i), []).append(i)
+    frame = ax.get_window_extent(renderer)
+    r = 3.2 * pt  # a marker's half-width (s = 34 pt²)
+    marks = [(x - r, y - r, x + r, y + r) for x, y in xy]
+
+    def overlap(b, o):
+        return max(0.0, min(b.x1, o[2]) - max(b.x0, o[0])) * max(0.0, min(b.y1, o[3]) - max(b.y0, o[1]))
+
+    placed, texts = [], []
+    order = sorted(clusters.values(), key=lambda m: (xy[m[0], 0], xy[m[0], 1]))
+    for members in order:
+        seeds = sorted({points[i][2] for i in members})
+        anchor = points[members[0]][:2]
+        t = ax.annotate(",".join(map(str, seeds)), anchor, xytext=_LABEL_SPOTS[0][:2], textcoords="offset points",
+                        fontsize=7, color="0.3", ha="left", va="bottom", annotation_clip=False)
+        others = [m for k, m in enumerate(marks) if k not in members]
+        best = None
+        for dx, dy, ha, va in _LABEL_SPOTS:
+            t.xyann = (dx, dy)
+            t.set_ha(ha)
+            t.set_va(va)
+            b = t.get_window_extent(renderer)
+            outside = (max(0.0, frame.x0 - b.x0) + max(0.0, b.x1 - frame.x1)
+                       + max(0.0, frame.y0 - b.y0) + max(0.0, b.y1 - frame.y1)) * 100
+            cost = outside + sum(overlap(b, o) for o in placed) + sum(overlap(b, o) for o in others)
+            if best is None or cost < best[0]:
+                best = (cost, dx, dy, ha, va, (b.x0, b.y0, b.x1, b.y1))
+            if cost == 0:
+                break
+        _, dx, dy, ha, va, box = best
+        t.xyann = (dx, dy)
+        t.set_ha(ha)
+        t.set_va(va)
+        placed.append(box)
+        texts.append(t)
+    return texts
 
 
 def _save(fig, out_dir: Path, stem: str, formats: Sequence[str]) -> list[Path]:
