@@ -111,7 +111,8 @@ def test_diverged_run_is_marked(tmp_path):
 # ------------------------------------------------------------------ synthetic tables: the paper's layouts
 def fake_table(problem, level_col, levels, *, modes="RMCS", clips=("none", "value", "norm"), seeds=3,
                epochs=60, scale=1.0, update_norm=False, same_curve=False):
-    """A results table; with ``same_curve`` every mode of a seed has the identical curve."""
+    """A results table; with ``same_curve`` every mode of a seed has the identical curve (or,
+    ``same_curve="MS"``, the modes named)."""
     rows = []
     rng = np.random.default_rng(1)
     rid = 0
@@ -121,7 +122,8 @@ def fake_table(problem, level_col, levels, *, modes="RMCS", clips=("none", "valu
                 shared = (0.5 + np.exp(-np.arange(1, epochs + 1) / 20)) * (1 + 0.05 * rng.random(epochs))
                 for m in modes:
                     rid += 1
-                    curve = scale * (shared if same_curve else
+                    same = m in same_curve if isinstance(same_curve, str) else same_curve
+                    curve = scale * (shared if same else
                                      (0.5 + np.exp(-np.arange(1, epochs + 1) / 20)) * (1 + 0.05 * rng.random(epochs)))
                     for e in range(epochs):
                         r = dict(run_id=f"r{rid}", seed=s, status="finished", diverged_epoch=None, problem=problem,
@@ -152,12 +154,22 @@ def test_cartpole_layout_band_and_author_range():
     assert fig.axes[0].get_ylim()[1] > 3.0
 
 
+def _mode_lines(ax):
+    """The mode curves of a panel (not the diverged marks), in drawing order."""
+    return sorted([l for l in ax.get_lines() if l.get_linestyle() != "None"], key=lambda l: l.get_zorder())
+
+
+def _dashes(line):
+    return line._unscaled_dash_pattern  # (offset, on-off sequence) of a dashed line; matplotlib has no getter
+
+
 def test_coinciding_curves_stay_visible():
-    """M and S (and R, C) identical: each mode's markers sit at epochs no other mode marks, and
-    a mode drawn later is thinner with a smaller marker, so the earlier one shows as a rim."""
+    """M and S (and R, C) identical: each mode's markers sit at epochs no other mode marks, a
+    mode drawn later is thinner with a smaller marker, and each curve equal to one drawn before
+    it is dashed, each with its own dash pattern; the legend says which modes coincide."""
     df = fake_table("cartpole", "param_poles", [4], clips=("none",), seeds=2, epochs=60, same_curve=True)
-    ax = plots.problem_figure(df, "cartpole").axes[0]
-    lines = sorted([l for l in ax.get_lines() if l.get_linestyle() == "-"], key=lambda l: l.get_zorder())
+    fig = plots.problem_figure(df, "cartpole")
+    lines = _mode_lines(fig.axes[0])
     assert [l.get_color() for l in lines] == [plots.MODE_COLORS[m] for m in "RMCS"]  # drawn R, M, C, S
     np.testing.assert_array_equal(lines[1].get_ydata(), lines[3].get_ydata())  # M and S coincide
     widths = [l.get_linewidth() for l in lines]
@@ -171,6 +183,30 @@ def test_coinciding_curves_stay_visible():
     for i in range(4):
         for j in range(i + 1, 4):
             assert not marked[i] & marked[j]
+    assert not lines[0].is_dashed() and all(l.is_dashed() for l in lines[1:])
+    assert len({_dashes(l) for l in lines[1:]}) == 3
+    assert "R = M = C = S (M, C, S dashed)" in [t.get_text() for t in fig.legends[0].get_texts()]
+
+
+def test_only_the_coinciding_curves_are_dashed():
+    """M and S equal, R and C not: S dashed over M, the rest solid, the legend says "M = S"."""
+    df = fake_table("cartpole", "param_poles", [2, 4], clips=("none", "norm"), seeds=2, epochs=60, same_curve="MS")
+    fig = plots.problem_figure(df, "cartpole")
+    for ax in fig.axes:
+        lines = _mode_lines(ax)
+        assert [l.get_color() for l in lines] == [plots.MODE_COLORS[m] for m in "RMCS"]
+        assert [l.is_dashed() for l in lines] == [False, False, False, True]
+    texts = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "M = S (S dashed)" in texts and not any(" = " in t and t != "M = S (S dashed)" for t in texts)
+    # where they coincide in some panels only, the legend says in how many
+    other = df["run_id"].isin(df[(df["mode"] == "S") & (df["param_poles"] == 2) & (df["clip"] == "norm")]["run_id"])
+    df.loc[other, "test_loss"] *= 1.5
+    texts = [t.get_text() for t in plots.problem_figure(df, "cartpole").legends[0].get_texts()]
+    assert "M = S (S dashed) in 3 of 4 panels" in texts
+    # no coinciding curves: nothing dashed, no note
+    fig = plots.problem_figure(fake_table("cartpole", "param_poles", [4], clips=("none",), seeds=2), "cartpole")
+    assert not any(l.is_dashed() for l in _mode_lines(fig.axes[0]))
+    assert not any(" = " in t.get_text() for t in fig.legends[0].get_texts())
 
 
 def test_markevery_staggers():

@@ -20,7 +20,10 @@ compared down a column. Each panel shows the **test loss per epoch** on a log y 
 * colours are the authors' (R #ef476f, M #ffd166, C #06d6a0, S #073b4c; other mode labels get
   other colours); every mode also has its own marker, placed at staggered epochs
   (:func:`markevery`), and modes are drawn R, M, C, S with falling line width and marker size
-  (:func:`mode_styles`), so a curve lying exactly on another still shows;
+  (:func:`mode_styles`), so a curve lying exactly on another still shows; a curve equal to one
+  drawn before it in the panel (to 1e-5 relative at every epoch, e.g. M and S on the toys) is
+  dashed, each with its own dash pattern, and the legend says which modes coincide
+  (``M = S (S dashed)``, with ``in k of n panels`` where they coincide in some panels only);
 * a run that diverged is drawn up to its last finite epoch and marked with an ``x`` there
   (the mean at later epochs is over the seeds still alive);
 * the y range is the authors' (guidance 0.4–6, cart-pole 1e-6–3, quantum 16.5–135) when all
@@ -101,6 +104,10 @@ PROBLEM_NAMES = {"cartpole": "cart-pole", "guidance": "guidance by repulsion", "
 AUTHOR_YLIM = {"guidance": (0.4, 6.0), "cartpole": (1e-6, 3.0), "quantum": (16.5, 135.0)}
 #: order of modes in legends
 MODE_ORDER = ("R", "M", "C", "S", "N")
+#: curves whose geometric means agree to this relative tolerance at every epoch are equal (up to rounding)
+COINCIDE_RTOL = 1e-5
+#: dash patterns of the 2nd, 3rd, … of coinciding curves (the first stays solid)
+COINCIDE_DASHES = ((0, (4, 2)), (0, (1.5, 1.5)), (0, (6, 1.5, 1.5, 1.5)), (0, (1, 3)))
 #: config columns that never split curves (they do not change results or are the axes)
 #: configuration fields that never make a separate line: the mode and clipping are drawn anyway, and
 #: how the gradient is computed (backward strategy, remat, memory) does not change it
@@ -255,21 +262,27 @@ def _curves(sub: pd.DataFrame, metric: str, smooth: bool, window: int):
     return out
 
 
-def _draw_group(ax, runs, style: dict, band: str, rng) -> tuple[float, float] | None:
-    """Geometric mean and log-space band of a list of (epochs, values, diverged) runs.
-
-    Diverged runs get an ``x`` at their last finite point. Returns the (min, max) of what was
-    drawn (band included), or None when nothing positive was drawn.
-    """
+def _group_curve(runs, band: str, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(epochs, centre, lower, upper) of a list of (epochs, values, diverged) runs: the geometric
+    mean and log-space band over the runs at every epoch any of them has."""
     epochs = np.unique(np.concatenate([r[0] for r in runs]))
     pos = {e: i for i, e in enumerate(epochs)}
     vals = np.full((len(epochs), len(runs)), np.nan)
     for j, (e, y, _) in enumerate(runs):
         vals[[pos[k] for k in e], j] = y
     centre, lo, hi = log_band(vals, band, rng)
+    return epochs, centre, lo, hi
+
+
+def _draw_group(ax, runs, curve, style: dict, ls="-") -> tuple[float, float] | None:
+    """Draw the geometric mean and band ``curve`` (:func:`_group_curve`) of ``runs`` with line
+    style ``ls``. Diverged runs get an ``x`` at their last finite point. Returns the (min, max)
+    of what was drawn (band included), or None when nothing positive was drawn.
+    """
+    epochs, centre, lo, hi = curve
     start, step = markevery(len(epochs), style["k"], style["of"])
     line = len(epochs) > 1
-    ax.plot(epochs, centre, color=style["color"], lw=style["lw"], ls="-" if line else "",
+    ax.plot(epochs, centre, color=style["color"], lw=style["lw"], ls=ls if line else "",
             marker=style["marker"], ms=style["ms"], markevery=(start, step) if line else None,
             mec="white" if line else style["color"], mew=0.6, zorder=style["zorder"])
     if len(runs) > 1:
@@ -280,6 +293,28 @@ def _draw_group(ax, runs, style: dict, band: str, rng) -> tuple[float, float] | 
     drawn = np.concatenate([lo, hi, centre])
     drawn = drawn[np.isfinite(drawn) & (drawn > 0)]
     return (float(drawn.min()), float(drawn.max())) if drawn.size else None
+
+
+def _same_curve(a, b) -> bool:
+    """Whether two curves (:func:`_group_curve`) coincide: the same epochs and geometric means
+    equal to within :data:`COINCIDE_RTOL` at each of them."""
+    return (len(a[0]) == len(b[0]) and np.array_equal(a[0], b[0])
+            and np.allclose(a[1], b[1], rtol=COINCIDE_RTOL, atol=0.0, equal_nan=True))
+
+
+def _coincidence_notes(panels: list[tuple[set, list]]) -> list[str]:
+    """Legend notes on coinciding curves from each panel's (labels drawn, coinciding groups):
+    ``"M = S (S dashed)"``, followed by ``" in k of n panels"`` when the group coincides in only
+    k of the n panels that draw all its modes."""
+    groups = []
+    for _, gs in panels:
+        groups += [g for g in gs if g not in groups]
+    notes = []
+    for g in groups:
+        k = sum(g in gs for _, gs in panels)
+        n = sum(set(g) <= drawn for drawn, _ in panels)
+        notes.append(f"{' = '.join(g)} ({', '.join(g[1:])} dashed)" + (f" in {k} of {n} panels" if k < n else ""))
+    return notes
 
 
 def _apply_ylim(ax, problem: str, ranges: list) -> None:
@@ -325,21 +360,37 @@ def _prepare(df: pd.DataFrame, problem: str) -> tuple[pd.DataFrame, list, list[s
     return sub, levels, level_cols, labels, _clip_order(sub["clip"].astype(str))
 
 
-def _panel(ax, part: pd.DataFrame, labels, styles, metric, smooth, window, band, rng) -> tuple[list, bool]:
-    """One panel: every mode's curve in ``part``; returns (drawn ranges, any run diverged)."""
+def _panel(ax, part: pd.DataFrame, labels, styles, metric, smooth, window, band, rng):
+    """One panel: every mode's curve in ``part``. A curve equal to one drawn before it
+    (:func:`_same_curve`) is dashed, each with its own dash pattern (:data:`COINCIDE_DASHES`),
+    so both stay visible. Returns (drawn ranges, any run diverged, labels drawn, coinciding
+    groups: tuples of labels in drawing order)."""
     ranges, diverged = [], False
+    drawn: list[tuple[str, tuple]] = []
+    groups: list[list[str]] = []
     for lab in labels:
         runs = _curves(part[part["_label"] == lab], metric, smooth, window)
         if not runs:
             continue
         diverged |= any(r[2] for r in runs)
-        rg = _draw_group(ax, runs, styles[lab], band, rng)
+        curve = _group_curve(runs, band, rng)
+        ls = "-"
+        twin = next((other for other, c in drawn if _same_curve(curve, c)), None)
+        if twin is not None:
+            group = next((g for g in groups if twin in g), None)
+            if group is None:
+                group = [twin]
+                groups.append(group)
+            group.append(lab)
+            ls = COINCIDE_DASHES[(len(group) - 2) % len(COINCIDE_DASHES)]
+        drawn.append((lab, curve))
+        rg = _draw_group(ax, runs, curve, styles[lab], ls)
         if rg is not None:
             ranges.append(rg)
     ax.set_yscale("log")
     ax.grid(True, which="major", alpha=0.3)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
-    return ranges, diverged
+    return ranges, diverged, {lab for lab, _ in drawn}, [tuple(g) for g in groups]
 
 
 def _seed_counts(sub: pd.DataFrame) -> pd.Series:
@@ -499,14 +550,15 @@ def problem_figure(df: pd.DataFrame, problem: str, *, smooth: bool = True, windo
                              squeeze=False, sharex=True, layout="constrained")
     counts = _seed_counts(sub)
     top = int(counts.max())
-    ranges, any_div = [], False
+    ranges, any_div, coincide = [], False, []
     for i, clip in enumerate(clips):
         for j, level in enumerate(levels):
             ax = axes[i, j]
             if (i, j) != (0, 0):
                 ax.sharey(axes[0, 0])
             part = sub[(sub["clip"] == clip) & sub["_level"].apply(lambda v: v == level)]
-            rg, div = _panel(ax, part, labels, styles, "test_loss", smooth, window, band, rng)
+            rg, div, drawn, same = _panel(ax, part, labels, styles, "test_loss", smooth, window, band, rng)
+            coincide.append((drawn, same))
             ranges += rg
             any_div |= div
             if i == 0:
@@ -530,8 +582,10 @@ def problem_figure(df: pd.DataFrame, problem: str, *, smooth: bool = True, windo
     _apply_ylim(axes[0, 0], problem, ranges)
     for ax in axes[:, : len(levels)].ravel():
         _plain_log_labels(ax)
-    _legend(fig, _mode_handles(labels, styles, band, top > 1, any_div),
-            _description(problem, sub, levels, level_cols, smooth, window, band))
+    handles = _mode_handles(labels, styles, band, top > 1, any_div)
+    handles += [Line2D([], [], color="0.3", lw=1.2, ls=COINCIDE_DASHES[0], label=note)
+                for note in _coincidence_notes(coincide)]
+    _legend(fig, handles, _description(problem, sub, levels, level_cols, smooth, window, band))
     return fig
 
 
