@@ -8,6 +8,15 @@ from stablebptt.config import RunConfig
 from stablebptt.run import run
 
 
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Figures made through pyplot stay open until closed: close each test's."""
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
 def flat(text):
     """`text` with line breaks and runs of spaces as single spaces: legends wrap to the
     figure's width, which depends on the installed fonts."""
@@ -243,7 +252,8 @@ def test_titles_say_how_many_seeds():
     fig = plots.problem_figure(df, "cartpole")
     assert [a.get_title() for a in fig.axes] == ["cart-pole, 1 pole\none run, seed 0", "cart-pole, 4 poles"]
     title = flat(fig.legends[0].get_title().get_text())
-    assert "geometric mean over 3 seeds" in title and "fewer seeds: 1 pole (one run, seed 0)" in title
+    assert "geometric mean over 3 seeds" in title
+    assert "fewer seeds: 1 pole (one run, seed 0)" in _footnote(fig)  # a footnote under the panels
     one = fake_table("cartpole", "param_poles", [4], clips=("none",), seeds=1, epochs=40)
     title = flat(plots.problem_figure(one, "cartpole").legends[0].get_title().get_text())
     assert "each line is one run (seed 0)" in title and "mean" not in title
@@ -472,3 +482,55 @@ def test_paired_seed_labels_of_coinciding_points_are_merged_and_labels_do_not_ov
         assert frame.x0 - 1 <= boxes[i].x0 and boxes[i].x1 <= frame.x1 + 1  # inside the panel
         for j in range(i + 1, len(boxes)):
             assert not _boxes_overlap(boxes[i], boxes[j]), (texts[i].get_text(), texts[j].get_text())
+
+
+# ------------------------------------------------------------------ titles fit
+def _titles(fig):
+    """Every title of a figure: the legend titles (the figure's title) and the panels' titles."""
+    out = [lg.get_title().get_text() for lg in fig.legends if lg.get_title().get_text()]
+    out += [ax.get_title() for ax in fig.axes if ax.get_title()]
+    if fig._suptitle is not None:
+        out.append(fig._suptitle.get_text())
+    return out
+
+
+def _footnote(fig):
+    return " ".join(flat(lg.get_title().get_text()) for lg in fig.legends[1:])
+
+
+def _check_titles(fig):
+    fig.canvas.draw()
+    for t in _titles(fig):
+        assert t.count("\n") <= 1, t  # at most two lines
+    page = fig.bbox
+    for lg in fig.legends:
+        box = lg.get_window_extent()
+        assert box.x0 >= page.x0 - 1 and box.x1 <= page.x1 + 1 and box.y0 >= page.y0 - 1 and box.y1 <= page.y1 + 1
+
+
+def test_paired_title_of_one_narrow_panel_has_two_lines():
+    df = fake_table("quantum", "param_target", [5], modes="RC", seeds=2, epochs=40)
+    fig = plots.paired_figure(df, "quantum")
+    _check_titles(fig)
+    title = flat(fig.legends[0].get_title().get_text())
+    assert "quantum control: final test loss, C against R, paired by seed" in title
+    assert "30-epoch moving average" in _footnote(fig)  # the detail moved to a footnote
+
+
+def test_sweep_figure_titles_have_at_most_two_lines():
+    df = fake_table("cartpole", "param_poles", [1, 4], clips=("none",), seeds=3, epochs=40)
+    df = df[~((df["param_poles"] == 1) & (df["seed"] > 0))]  # 1 pole: seed 0 only
+    fig = plots.problem_figure(df, "cartpole")
+    _check_titles(fig)
+    assert "fewer seeds: 1 pole (one run, seed 0)" in _footnote(fig)
+
+
+@pytest.mark.parametrize("kind", ["paired", "sweep"])
+def test_titles_of_an_own_problem_with_a_long_name_have_at_most_two_lines(kind):
+    name = "simulators/a_rather_long_simulator_file_name.py:make_the_heat_equation_problem"
+    df = fake_table(name, "param_steps", [4], modes="RC", clips=("none", "norm"), seeds=2, epochs=40)
+    df["param_conductivity_of_the_rod"] = 0.25
+    fig = plots.paired_figure(df, name) if kind == "paired" else plots.problem_figure(df, name)
+    _check_titles(fig)
+    assert "a_rather_long_simulator_file_name.py:make_the_heat_equation_problem" in flat(
+        fig.legends[0].get_title().get_text()).replace(" ", "")

@@ -29,7 +29,11 @@ compared down a column. Each panel shows the **test loss per epoch** on a log y 
 * the y range is the authors' (guidance 0.4–6, cart-pole 1e-6–3, quantum 16.5–135) when all
   curves and bands lie inside it, otherwise matplotlib's autoscaling;
 * the title says what a line is: the geometric mean over n seeds, or one run (seed s); a
-  panel with fewer seeds than the rest says so in its title.
+  panel with fewer seeds than the rest says so in its title;
+* a figure's title takes at most two lines (down to 8 pt for long problem names; what still
+  does not fit goes below), panel titles fit their panel (smaller, or without the problem's
+  name), and details are a footnote below the panels (which levels have fewer seeds; in the
+  paired figure, which point of the moving average is the final loss).
 
 The quantum figure gets one more column: the per-epoch update size (``update_norm``, the
 global L2 norm of the update handed to the optimizer, averaged over the epoch's minibatches;
@@ -235,6 +239,17 @@ def _level_title(problem: str, cols: Sequence[str], value) -> str:
     return f"{_display(problem)}: " + ", ".join(f"{c[len('param_'):]}={_fmt(v)}" for c, v in zip(cols, vals))
 
 
+def _short_level_title(problem: str, cols: Sequence[str], value) -> str:
+    """:func:`_level_title` without the problem's name where there is more (``1 pole``,
+    ``rc = 1``, ``steps=4, n=3``): for panels too narrow for the full title."""
+    full = _level_title(problem, cols, value)
+    if not cols:
+        return full
+    if problem in PROBLEM_NAMES or problem in LEVEL_PARAMS:
+        return full.split(", ", 1)[-1]
+    return full[len(f"{_display(problem)}: "):]
+
+
 def _fmt(v) -> str:
     return f"{v:g}" if isinstance(v, (float, np.floating)) else str(v)
 
@@ -398,11 +413,14 @@ def _seed_counts(sub: pd.DataFrame) -> pd.Series:
     return sub.groupby(["_level", "_label", "clip"])["seed"].nunique()
 
 
-def _description(problem: str, sub: pd.DataFrame, levels, level_cols, smooth: bool, window: int, band: str) -> str:
-    """Two lines saying what is drawn: the quantity, and what a line and a band are."""
+def _description(problem: str, sub: pd.DataFrame, levels, level_cols, smooth: bool, window: int,
+                 band: str) -> tuple[str, str]:
+    """What is drawn: a title of two lines (the quantity; what a line and a band are) and a
+    footnote (levels with fewer seeds than the rest; empty if none)."""
     counts = _seed_counts(sub)
     top = int(counts.max())
     what = f"test loss, {window}-epoch moving average" if smooth else "test loss, raw per epoch"
+    note = ""
     if top == 1:
         seeds = sorted(sub["seed"].unique())
         line = f"each line is one run (seed {seeds[0]})" if len(seeds) == 1 else "each line is one run"
@@ -413,10 +431,10 @@ def _description(problem: str, sub: pd.DataFrame, levels, level_cols, smooth: bo
                 + ("×/÷ geometric std" if band == "std" else "bootstrap 95 % CI of the geometric mean"))
         fewer = [lv for lv in levels if _level_seeds(counts, lv) < top]
         if fewer and len(levels) > 1:
-            line += "; fewer seeds: " + ", ".join(
+            note = "fewer seeds: " + ", ".join(
                 f"{_level_title(problem, level_cols, lv).split(', ', 1)[-1]} "
                 f"({_seed_text(counts, sub, lv)})" for lv in fewer)
-    return f"{_display(problem)}: {what}\n{line}"
+    return f"{_display(problem)}: {what}\n{line}", note
 
 
 def _seeds_at(sub: pd.DataFrame, level) -> list:
@@ -438,19 +456,81 @@ def _display(problem: str) -> str:
     return f"{Path(where).name}:{fn}" if sep and where.endswith(".py") else problem
 
 
-def _legend(fig, handles, title: str) -> None:
+#: the figure title's font sizes (points), tried largest first until the title fits in two lines
+TITLE_SIZES = (10, 9, 8)
+#: font size of the footnote under the panels (details that do not fit in the title)
+FOOTNOTE_SIZE = 8
+
+
+def _chars_per_line(width_in: float, size: float) -> int:
+    """About how many characters of a ``size``-point text fit in ``width_in`` inches (an
+    average character is taken 0.58 em wide, and 4 % of the width is kept free)."""
+    return max(24, int(0.96 * width_in * 72 / (size * 0.58)))
+
+
+def _fit_title(title: str, width_in: float, footnote: str = "") -> tuple[str, float, str]:
+    """Fit a figure title into at most two lines of ``width_in`` inches.
+
+    Each ``\\n``-separated line of ``title`` is wrapped; the largest size of
+    :data:`TITLE_SIZES` at which all of it takes two lines wins. If none does, the title keeps
+    the lines that fit at the smallest size and the rest goes in front of ``footnote``.
+    Returns ``(title, size, footnote)``.
+    """
+    lines = [line for line in title.split("\n") if line]
+    for size in TITLE_SIZES:
+        rows = [r for line in lines for r in textwrap.wrap(line, _chars_per_line(width_in, size))]
+        if len(rows) <= 2:
+            return "\n".join(rows), size, footnote
+    size = TITLE_SIZES[-1]
+    chars = _chars_per_line(width_in, size)
+    keep, rest = [], []
+    for line in lines:
+        rows = textwrap.wrap(line, chars)
+        if not rest and len(keep) + len(rows) <= 2:
+            keep += rows
+        else:
+            rest.append(line)
+    if not keep:  # the first line alone wraps to more than two rows: its first two, the rest below
+        rows = textwrap.wrap(lines[0], chars)
+        keep, rest[0] = rows[:2], "… " + " ".join(rows[2:])
+    return "\n".join(keep), size, "; ".join(rest + ([footnote] if footnote else []))
+
+
+def _fit_panel_title(ax, text: str, short: str | None = None, size: float = 10) -> None:
+    """Set a panel's title so that each of its lines fits the panel's width (about the figure's
+    width over its number of columns): at ``size`` points, else smaller (down to 8), else the
+    ``short`` form, else wrapped."""
+    ncols = ax.get_subplotspec().get_gridspec().ncols if ax.get_subplotspec() is not None else 1
+    width_in = ax.figure.get_figwidth() / ncols * 0.92
+    for cand in (text, short):
+        if not cand:
+            continue
+        for sz in (size, size - 1, size - 2):
+            if all(len(line) <= _chars_per_line(width_in, sz) for line in cand.split("\n")):
+                ax.set_title(cand, fontsize=sz)
+                return
+    cand = short or text
+    ax.set_title("\n".join(r for line in cand.split("\n")
+                           for r in textwrap.wrap(line, _chars_per_line(width_in, size - 2))), fontsize=size - 2)
+
+
+def _legend(fig, handles, title: str, footnote: str = "") -> None:
     """One compact legend above the panels (as many columns as fit, measured), titled with what
-    the figure shows, each title line wrapped to the figure's width."""
-    width_in = fig.get_figwidth()
-    chars = max(30, int(width_in * 72 / (10 * 0.56)))  # 10 pt title characters per line
-    title = "\n".join(textwrap.fill(line, chars) for line in title.split("\n"))
+    the figure shows in at most two lines (:func:`_fit_title`); details that do not fit, and
+    ``footnote``, go in a footnote below the panels."""
+    title, size, footnote = _fit_title(title, fig.get_figwidth(), footnote)
     renderer = fig.canvas.get_renderer()
     for ncol in range(len(handles), 0, -1):  # as many columns as fit the figure's width
         legend = fig.legend(handles=handles, loc="outside upper center", ncol=ncol, frameon=False, fontsize=9,
-                            handlelength=2.2, columnspacing=1.4, title=title, title_fontsize=10)
+                            handlelength=2.2, columnspacing=1.4, title=title, title_fontsize=size)
         if ncol == 1 or legend.get_window_extent(renderer).width <= 0.98 * fig.bbox.width:
-            return
+            break
         legend.remove()
+    if footnote:
+        text = "\n".join(textwrap.wrap(footnote, _chars_per_line(fig.get_figwidth(), FOOTNOTE_SIZE)))
+        note = fig.legend(handles=[], loc="outside lower center", frameon=False, title=text,
+                          title_fontsize=FOOTNOTE_SIZE)
+        note.get_title().set_color("0.3")
 
 
 def _mode_handles(labels, styles, band: str, multi_seed: bool, diverged: bool) -> list:
@@ -546,7 +626,7 @@ def problem_figure(df: pd.DataFrame, problem: str, *, smooth: bool = True, windo
     styles = mode_styles(labels)
     extra = problem == "quantum" and "update_norm" in sub.columns and sub["update_norm"].notna().any()
     ncol = len(levels) + int(extra)
-    fig, axes = plt.subplots(len(clips), ncol, figsize=(2.9 * ncol + 0.9, 2.25 * len(clips) + 0.9),
+    fig, axes = plt.subplots(len(clips), ncol, figsize=(max(5.0, 2.9 * ncol + 0.9), 2.25 * len(clips) + 0.9),
                              squeeze=False, sharex=True, layout="constrained")
     counts = _seed_counts(sub)
     top = int(counts.max())
@@ -563,8 +643,9 @@ def problem_figure(df: pd.DataFrame, problem: str, *, smooth: bool = True, windo
             any_div |= div
             if i == 0:
                 n = _level_seeds(counts, level)
-                ax.set_title(_level_title(problem, level_cols, level)
-                             + (f"\n{_seed_text(counts, sub, level)}" if n < top else ""), fontsize=10)
+                seeds_note = f"\n{_seed_text(counts, sub, level)}" if n < top else ""
+                _fit_panel_title(ax, _level_title(problem, level_cols, level) + seeds_note,
+                                 _short_level_title(problem, level_cols, level) + seeds_note)
             if j == 0:
                 ax.set_ylabel(f"{_clip_name(clip)}\ntest loss", fontsize=9)
             if i == len(clips) - 1:
@@ -585,7 +666,7 @@ def problem_figure(df: pd.DataFrame, problem: str, *, smooth: bool = True, windo
     handles = _mode_handles(labels, styles, band, top > 1, any_div)
     handles += [Line2D([], [], color="0.3", lw=1.2, ls=COINCIDE_DASHES[0], label=note)
                 for note in _coincidence_notes(coincide)]
-    _legend(fig, handles, _description(problem, sub, levels, level_cols, smooth, window, band))
+    _legend(fig, handles, *_description(problem, sub, levels, level_cols, smooth, window, band))
     return fig
 
 
@@ -618,7 +699,9 @@ def paired_figure(df: pd.DataFrame, problem: str, *, x: str = "R", y: str = "C",
         tenfold_shown |= tenfold
         seed_points.append(pts)
         n = p["seed"].nunique()
-        ax.set_title(_level_title(problem, level_cols, level) + f" ({n} seed{'s' if n != 1 else ''})", fontsize=10)
+        seeds_note = f" ({n} seed{'s' if n != 1 else ''})"
+        _fit_panel_title(ax, _level_title(problem, level_cols, level) + seeds_note,
+                         _short_level_title(problem, level_cols, level) + seeds_note)
         ax.set_xlabel(f"{x}: final test loss")
     axes[0, 0].set_ylabel(f"{y}: final test loss")
     h = [Line2D([], [], marker=_pair_style(c)[0], color=_pair_style(c)[1], ls="", label=_clip_name(c))
@@ -629,8 +712,10 @@ def paired_figure(df: pd.DataFrame, problem: str, *, x: str = "R", y: str = "C",
     if not np.isfinite(pairs[[x, y]].to_numpy(float)).all():
         h.append(Line2D([], [], marker="o", mfc="none", mec="0.3", ls="", label="diverged (at the edge)"))
     when = f"at epoch {epoch}" if epoch is not None else "final"
-    _legend(fig, h, f"{_display(problem)}: {when} test loss ({window}-epoch moving average), "
-                    f"{y} against {x}, paired by seed\nnumbers: seeds; below the solid diagonal {y} is lower")
+    _legend(fig, h, f"{_display(problem)}: {when} test loss, {y} against {x}, paired by seed\n"
+                    f"numbers: seeds; below the solid diagonal {y} is lower",
+            f"{when} test loss: " + ("the last point" if epoch is None else f"the point at epoch {epoch}")
+            + f" of the {window}-epoch moving average of each run")
     fig.draw_without_rendering()  # the layout, so the seed labels can be placed in pixels
     renderer = fig.canvas.get_renderer()
     for ax, pts in zip(axes[0], seed_points):
