@@ -163,3 +163,116 @@ def test_quantum_has_a_colour_bar_and_the_growing_overlap():
     assert scene.frame(T).shape == scene.frame(0).shape
     with pytest.raises(ValueError, match="0 … 6"):
         scene.frame(T + 1)
+
+
+# ----------------------------------------------------------------------------- your own problem: every state entry
+def _series(n_entries, T=5, S=2):
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(0)
+    xs = rng.normal(size=(T + 1, S, n_entries)).cumsum(0)
+    return SimpleNamespace(name="heat.py:make"), xs, np.zeros((T, S, 1))
+
+
+def _curves(ax):
+    """The entries' growing curves of a generic panel (not the faint full traces, not the dots)."""
+    return [l for l in ax.get_lines() if l.get_label().startswith("x")]
+
+
+def _legend_labels(scene):
+    legends = [lg for lg in scene.fig.legends] + [ax.get_legend() for ax in scene.fig.axes if ax.get_legend()]
+    return [t.get_text() for lg in legends for t in lg.get_texts()]
+
+
+def test_a_16_entry_state_draws_all_16():
+    from stablebptt.animate import build_scene
+
+    problem, xs, cs = _series(16)
+    scene = build_scene(problem, xs, cs)
+    for panel in scene.panels:
+        assert len(_curves(panel["view"])) == 16
+    assert _legend_labels(scene) == [f"x[{k}]" for k in range(16)]
+    assert scene.info["components"] == list(range(16)) and scene.info["note"] == ""
+    colors = {tuple(np.round(matplotlib_rgba(l.get_color()), 3)) for l in _curves(scene.panels[0]["view"])}
+    assert len(colors) == 16  # each entry its own colour
+    scene.update(5)
+    x, y = _curves(scene.panels[1]["view"])[15].get_data()
+    np.testing.assert_allclose(y, xs[:, 1, 15])
+
+
+def matplotlib_rgba(c):
+    from matplotlib.colors import to_rgba
+
+    return to_rgba(c)
+
+
+def test_a_long_state_says_which_entries_are_drawn_and_how_to_choose(tmp_path):
+    from stablebptt.animate import SERIES_MAX_COMPONENTS, build_scene, parse_components
+
+    n = SERIES_MAX_COMPONENTS + 6
+    problem, xs, cs = _series(n, S=1)  # one rollout: the narrowest picture
+    scene = build_scene(problem, xs, cs)
+    k = SERIES_MAX_COMPONENTS
+    assert len(_curves(scene.panels[0]["view"])) == k
+    note = scene.info["note"]
+    assert f"x[0]–x[{k - 1}] of the {n} state entries" in note and "--components" in note
+    assert note in [" ".join(t.get_text().split("\n")) for t in scene.fig.texts]  # said in the picture
+    scene.fig.canvas.draw()
+    page = scene.fig.bbox
+    for artist in scene.fig.texts + scene.fig.legends:  # inside it
+        box = artist.get_window_extent()
+        assert box.x0 >= page.x0 - 1 and box.x1 <= page.x1 + 1 and box.y0 >= page.y0 - 1, artist
+    # other entries, chosen
+    scene = build_scene(problem, xs, cs, components=parse_components(f"3,{n - 2}-{n - 1}", n))
+    assert [l.get_label() for l in _curves(scene.panels[0]["view"])] == ["x[3]", f"x[{n - 2}]", f"x[{n - 1}]"]
+    assert f"x[3], x[{n - 2}], x[{n - 1}] of the {n} state entries" in scene.info["note"]
+    scene.update(2)
+    np.testing.assert_allclose(_curves(scene.panels[0]["view"])[1].get_data()[1], xs[:3, 0, n - 2])
+    assert parse_components("0-3", 16) == [0, 1, 2, 3] and parse_components("5, 1", 16) == [5, 1]
+    for bad in ("16", "a", "3-1", "", "-1"):
+        with pytest.raises(ValueError, match="components"):
+            parse_components(bad, 16)
+    with pytest.raises(ValueError, match="components"):  # a problem with its own picture
+        p = problems.get("guidance", steps=4)
+        build_scene(p, np.zeros((5, 1) + tuple(p.state_shape)), np.zeros((4, 1) + tuple(p.control_shape)),
+                    components=[0])
+
+
+CHAIN = '''
+import jax.numpy as jnp
+import numpy as np
+from stablebptt import TrajectoryLoss
+from stablebptt.controllers import MLP
+from stablebptt.problems import Problem
+
+def make(n=15, steps=3):
+    def step(x, c):
+        return 0.9 * x + 0.1 * c[:, :1]
+
+    def sample(seed, n_train, n_test):
+        rng = np.random.default_rng(0 if seed == "paper" else seed)
+        return tuple(rng.uniform(-1, 1, (m, n)).astype(np.float32) for m in (n_train, n_test))
+
+    return Problem(name="chain", params=dict(n=n, steps=steps), step=step,
+                   loss=TrajectoryLoss(lambda x: jnp.mean(x ** 2), on="every"), horizon=steps,
+                   sample_data=sample, state_shape=(n,), control_shape=(1,), defaults=dict(epochs=1),
+                   make_controller=lambda key, zero_last=False: MLP(key, n, (1,), widths=(4,), zero_last=zero_last))
+'''
+
+
+def test_cli_animate_of_an_own_problem_says_what_it_draws(tmp_path, monkeypatch):
+    from stablebptt.animate import SERIES_MAX_COMPONENTS
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "chain.py").write_text(CHAIN)
+    n = SERIES_MAX_COMPONENTS + 2
+    folder = run(RunConfig(problem="chain.py:make", problem_params=dict(n=n), epochs=1, n_train=2, n_test=2,
+                           batch_size=2), 0, tmp_path / "runs")
+    res = CliRunner().invoke(app, ["animate", str(folder), "--states", "1", "--out", "a.gif"])
+    assert res.exit_code == 0, res.output
+    assert f"of the {n} state entries" in res.output and "--components" in res.output
+    res = CliRunner().invoke(app, ["animate", str(folder), "--states", "1", "--out", "b.gif", "--components", "20-25"])
+    assert res.exit_code == 0, res.output
+    assert "state entries" not in res.output and _frames(tmp_path / "b.gif").shape[0] == 4
+    res = CliRunner().invoke(app, ["animate", str(folder), "--components", f"{n}"])
+    assert res.exit_code != 0 and "--components" in res.output

@@ -8,6 +8,15 @@ from stablebptt.config import RunConfig
 from stablebptt.run import run
 
 
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Figures made through pyplot stay open until closed: close each test's."""
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
 def flat(text):
     """`text` with line breaks and runs of spaces as single spaces: legends wrap to the
     figure's width, which depends on the installed fonts."""
@@ -111,7 +120,8 @@ def test_diverged_run_is_marked(tmp_path):
 # ------------------------------------------------------------------ synthetic tables: the paper's layouts
 def fake_table(problem, level_col, levels, *, modes="RMCS", clips=("none", "value", "norm"), seeds=3,
                epochs=60, scale=1.0, update_norm=False, same_curve=False):
-    """A results table; with ``same_curve`` every mode of a seed has the identical curve."""
+    """A results table; with ``same_curve`` every mode of a seed has the identical curve (or,
+    ``same_curve="MS"``, the modes named)."""
     rows = []
     rng = np.random.default_rng(1)
     rid = 0
@@ -121,7 +131,8 @@ def fake_table(problem, level_col, levels, *, modes="RMCS", clips=("none", "valu
                 shared = (0.5 + np.exp(-np.arange(1, epochs + 1) / 20)) * (1 + 0.05 * rng.random(epochs))
                 for m in modes:
                     rid += 1
-                    curve = scale * (shared if same_curve else
+                    same = m in same_curve if isinstance(same_curve, str) else same_curve
+                    curve = scale * (shared if same else
                                      (0.5 + np.exp(-np.arange(1, epochs + 1) / 20)) * (1 + 0.05 * rng.random(epochs)))
                     for e in range(epochs):
                         r = dict(run_id=f"r{rid}", seed=s, status="finished", diverged_epoch=None, problem=problem,
@@ -152,12 +163,22 @@ def test_cartpole_layout_band_and_author_range():
     assert fig.axes[0].get_ylim()[1] > 3.0
 
 
+def _mode_lines(ax):
+    """The mode curves of a panel (not the diverged marks), in drawing order."""
+    return sorted([l for l in ax.get_lines() if l.get_linestyle() != "None"], key=lambda l: l.get_zorder())
+
+
+def _dashes(line):
+    return line._unscaled_dash_pattern  # (offset, on-off sequence) of a dashed line; matplotlib has no getter
+
+
 def test_coinciding_curves_stay_visible():
-    """M and S (and R, C) identical: each mode's markers sit at epochs no other mode marks, and
-    a mode drawn later is thinner with a smaller marker, so the earlier one shows as a rim."""
+    """M and S (and R, C) identical: each mode's markers sit at epochs no other mode marks, a
+    mode drawn later is thinner with a smaller marker, and each curve equal to one drawn before
+    it is dashed, each with its own dash pattern; the legend says which modes coincide."""
     df = fake_table("cartpole", "param_poles", [4], clips=("none",), seeds=2, epochs=60, same_curve=True)
-    ax = plots.problem_figure(df, "cartpole").axes[0]
-    lines = sorted([l for l in ax.get_lines() if l.get_linestyle() == "-"], key=lambda l: l.get_zorder())
+    fig = plots.problem_figure(df, "cartpole")
+    lines = _mode_lines(fig.axes[0])
     assert [l.get_color() for l in lines] == [plots.MODE_COLORS[m] for m in "RMCS"]  # drawn R, M, C, S
     np.testing.assert_array_equal(lines[1].get_ydata(), lines[3].get_ydata())  # M and S coincide
     widths = [l.get_linewidth() for l in lines]
@@ -171,6 +192,30 @@ def test_coinciding_curves_stay_visible():
     for i in range(4):
         for j in range(i + 1, 4):
             assert not marked[i] & marked[j]
+    assert not lines[0].is_dashed() and all(l.is_dashed() for l in lines[1:])
+    assert len({_dashes(l) for l in lines[1:]}) == 3
+    assert "R = M = C = S (M, C, S dashed)" in [t.get_text() for t in fig.legends[0].get_texts()]
+
+
+def test_only_the_coinciding_curves_are_dashed():
+    """M and S equal, R and C not: S dashed over M, the rest solid, the legend says "M = S"."""
+    df = fake_table("cartpole", "param_poles", [2, 4], clips=("none", "norm"), seeds=2, epochs=60, same_curve="MS")
+    fig = plots.problem_figure(df, "cartpole")
+    for ax in fig.axes:
+        lines = _mode_lines(ax)
+        assert [l.get_color() for l in lines] == [plots.MODE_COLORS[m] for m in "RMCS"]
+        assert [l.is_dashed() for l in lines] == [False, False, False, True]
+    texts = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "M = S (S dashed)" in texts and not any(" = " in t and t != "M = S (S dashed)" for t in texts)
+    # where they coincide in some panels only, the legend says in how many
+    other = df["run_id"].isin(df[(df["mode"] == "S") & (df["param_poles"] == 2) & (df["clip"] == "norm")]["run_id"])
+    df.loc[other, "test_loss"] *= 1.5
+    texts = [t.get_text() for t in plots.problem_figure(df, "cartpole").legends[0].get_texts()]
+    assert "M = S (S dashed) in 3 of 4 panels" in texts
+    # no coinciding curves: nothing dashed, no note
+    fig = plots.problem_figure(fake_table("cartpole", "param_poles", [4], clips=("none",), seeds=2), "cartpole")
+    assert not any(l.is_dashed() for l in _mode_lines(fig.axes[0]))
+    assert not any(" = " in t.get_text() for t in fig.legends[0].get_texts())
 
 
 def test_markevery_staggers():
@@ -207,7 +252,8 @@ def test_titles_say_how_many_seeds():
     fig = plots.problem_figure(df, "cartpole")
     assert [a.get_title() for a in fig.axes] == ["cart-pole, 1 pole\none run, seed 0", "cart-pole, 4 poles"]
     title = flat(fig.legends[0].get_title().get_text())
-    assert "geometric mean over 3 seeds" in title and "fewer seeds: 1 pole (one run, seed 0)" in title
+    assert "geometric mean over 3 seeds" in title
+    assert "fewer seeds: 1 pole (one run, seed 0)" in _footnote(fig)  # a footnote under the panels
     one = fake_table("cartpole", "param_poles", [4], clips=("none",), seeds=1, epochs=40)
     title = flat(plots.problem_figure(one, "cartpole").legends[0].get_title().get_text())
     assert "each line is one run (seed 0)" in title and "mean" not in title
@@ -352,3 +398,139 @@ def test_cli_plot(sweep, tmp_path):
     assert res.exit_code == 2
     res = CliRunner().invoke(app, ["plot", str(tmp_path / "missing")])
     assert res.exit_code == 2
+
+
+# ------------------------------------------------------------------ paired figure: readable labels
+def const_table(problem, level_col, finals, epochs=40):
+    """A results table whose runs are constant curves: ``finals`` maps (level, clip, seed, mode)
+    to the loss, which is then each run's final (smoothed) loss."""
+    rows = []
+    for k, ((lev, clip, seed, mode), v) in enumerate(finals.items()):
+        for e in range(1, epochs + 1):
+            rows.append(dict(run_id=f"r{k}", seed=seed, status="finished", diverged_epoch=None, problem=problem,
+                             mode=mode, clip=clip, optimizer="adam", lr=1e-3, epoch=e, test_loss=v,
+                             **{level_col: lev}))
+    return pd.DataFrame(rows)
+
+
+def _boxes_overlap(a, b, slack=0.5):
+    return (min(a.x1, b.x1) - max(a.x0, b.x0) > slack) and (min(a.y1, b.y1) - max(a.y0, b.y0) > slack)
+
+
+def _drawn_tick_labels(ax, axis):
+    """The non-empty tick labels (major and minor) drawn along ``axis`` of ``ax``, with their boxes."""
+    renderer = ax.figure.canvas.get_renderer()
+    box = ax.get_window_extent(renderer)
+    a = ax.xaxis if axis == "x" else ax.yaxis
+    out = []
+    for t in a.get_majorticklabels() + a.get_minorticklabels():
+        if not (t.get_visible() and t.get_text()):
+            continue
+        b = t.get_window_extent(renderer)
+        mid = (b.x0 + b.x1) / 2 if axis == "x" else (b.y0 + b.y1) / 2
+        lo, hi = (box.x0, box.x1) if axis == "x" else (box.y0, box.y1)
+        if lo - 1 <= mid <= hi + 1:  # ticks outside the view are not drawn
+            out.append((t.get_text(), b))
+    return out
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1e-2, 1.0, 30.0])
+def test_paired_log_tick_labels_do_not_overlap(scale):
+    """Under two decades the log axes get plain-number labels; the minor ones (2, 3, 5 × 10^k)
+    only where they fit: no "0.0020.003" on a narrow panel."""
+    rng = np.random.default_rng(0)
+    finals = {}
+    for clip in ("none", "norm"):
+        for s in range(3):
+            finals[(1, clip, s, "R")] = scale * 10 ** rng.uniform(0.1, 1.0)
+            finals[(1, clip, s, "C")] = scale * 10 ** rng.uniform(0.1, 1.0)
+    fig = plots.paired_figure(const_table("cartpole", "param_poles", finals), "cartpole")
+    fig.canvas.draw()
+    for ax in fig.axes:
+        for axis in ("x", "y"):
+            labels = _drawn_tick_labels(ax, axis)
+            assert len(labels) >= 2, (axis, [t for t, _ in labels])  # still readable: at least two numbers
+            for i in range(len(labels)):
+                for j in range(i + 1, len(labels)):
+                    assert not _boxes_overlap(labels[i][1], labels[j][1]), (axis, labels[i][0], labels[j][0])
+
+
+def _seed_labels(ax):
+    return [t for t in ax.texts if t.get_text()]
+
+
+def test_paired_seed_labels_of_coinciding_points_are_merged_and_labels_do_not_overlap():
+    """Seeds with identical losses share one label ("0,1"), and no two seed labels overlap,
+    also in a crowded panel."""
+    finals = {}
+    for clip in ("none", "value", "norm"):
+        for s in range(5):
+            # seeds 0 and 1 identical; the rest close together (a crowded panel)
+            finals[(1, clip, s, "R")] = 2.0 if s < 2 else 2.0 + 0.05 * s + 0.02 * len(clip)
+            finals[(1, clip, s, "C")] = 1.9 if s < 2 else 1.9 + 0.04 * s - 0.01 * len(clip)
+    fig = plots.paired_figure(const_table("guidance", "param_rc", {(0.1,) + k[1:]: v for k, v in finals.items()}),
+                              "guidance")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    texts = _seed_labels(ax)
+    assert "0,1" in [t.get_text() for t in texts]
+    assert sorted(t.get_text() for t in texts).count("0") == 0  # seed 0 only in the merged label
+    boxes = [t.get_window_extent(renderer) for t in texts]
+    frame = ax.get_window_extent(renderer)
+    for i in range(len(boxes)):
+        assert frame.x0 - 1 <= boxes[i].x0 and boxes[i].x1 <= frame.x1 + 1  # inside the panel
+        for j in range(i + 1, len(boxes)):
+            assert not _boxes_overlap(boxes[i], boxes[j]), (texts[i].get_text(), texts[j].get_text())
+
+
+# ------------------------------------------------------------------ titles fit
+def _titles(fig):
+    """Every title of a figure: the legend titles (the figure's title) and the panels' titles."""
+    out = [lg.get_title().get_text() for lg in fig.legends if lg.get_title().get_text()]
+    out += [ax.get_title() for ax in fig.axes if ax.get_title()]
+    if fig._suptitle is not None:
+        out.append(fig._suptitle.get_text())
+    return out
+
+
+def _footnote(fig):
+    return " ".join(flat(lg.get_title().get_text()) for lg in fig.legends[1:])
+
+
+def _check_titles(fig):
+    fig.canvas.draw()
+    for t in _titles(fig):
+        assert t.count("\n") <= 1, t  # at most two lines
+    page = fig.bbox
+    for lg in fig.legends:
+        box = lg.get_window_extent()
+        assert box.x0 >= page.x0 - 1 and box.x1 <= page.x1 + 1 and box.y0 >= page.y0 - 1 and box.y1 <= page.y1 + 1
+
+
+def test_paired_title_of_one_narrow_panel_has_two_lines():
+    df = fake_table("quantum", "param_target", [5], modes="RC", seeds=2, epochs=40)
+    fig = plots.paired_figure(df, "quantum")
+    _check_titles(fig)
+    title = flat(fig.legends[0].get_title().get_text())
+    assert "quantum control: final test loss, C against R, paired by seed" in title
+    assert "30-epoch moving average" in _footnote(fig)  # the detail moved to a footnote
+
+
+def test_sweep_figure_titles_have_at_most_two_lines():
+    df = fake_table("cartpole", "param_poles", [1, 4], clips=("none",), seeds=3, epochs=40)
+    df = df[~((df["param_poles"] == 1) & (df["seed"] > 0))]  # 1 pole: seed 0 only
+    fig = plots.problem_figure(df, "cartpole")
+    _check_titles(fig)
+    assert "fewer seeds: 1 pole (one run, seed 0)" in _footnote(fig)
+
+
+@pytest.mark.parametrize("kind", ["paired", "sweep"])
+def test_titles_of_an_own_problem_with_a_long_name_have_at_most_two_lines(kind):
+    name = "simulators/a_rather_long_simulator_file_name.py:make_the_heat_equation_problem"
+    df = fake_table(name, "param_steps", [4], modes="RC", clips=("none", "norm"), seeds=2, epochs=40)
+    df["param_conductivity_of_the_rod"] = 0.25
+    fig = plots.paired_figure(df, name) if kind == "paired" else plots.problem_figure(df, name)
+    _check_titles(fig)
+    assert "a_rather_long_simulator_file_name.py:make_the_heat_equation_problem" in flat(
+        fig.legends[0].get_title().get_text()).replace(" ", "")

@@ -22,8 +22,10 @@ first ``states`` test states of the run's own data, and every frame is drawn wit
   eigenstate's |ψ_target,j|² as a strip at its right in the same colours and a colour bar per
   row of panels. Below it the overlap |⟨ψ_target, ψ(t)⟩|² (the quantity the loss maximises,
   0 … 1) drawn up to the current step, and the control u(t);
-* anything else (the toys, ``linear``, your own problems) — the state components against the
-  step n, drawn up to the current step.
+* anything else (the toys, ``linear``, your own problems) — the state entries (flattened)
+  against the step n, drawn up to the current step, each in its own colour: all of them up to
+  ``SERIES_MAX_COMPONENTS`` (24); of a longer state the first 24, and the picture (and a
+  warning) says which are drawn and how to choose others (``components``, ``--components``).
 
 :func:`build_scene` returns the figure with its named axes and an ``update(n)`` that draws
 step n, so a picture can be inspected (or saved) without writing a clip.
@@ -44,6 +46,7 @@ package). Default file: ``<run_dir>/animation.gif``. Default ``fps``: n_frames /
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -53,6 +56,14 @@ import numpy as np
 #: the scene builders by problem name; others use :func:`_scene_series`
 RENDERERS: dict[str, Callable] = {}
 
+class PictureNote(UserWarning):
+    """What a picture leaves out (e.g. state entries not drawn), warned when frames are drawn;
+    ``stablebptt animate`` prints it as a note."""
+
+
+#: the generic picture (state entries against the step) draws at most this many entries unless
+#: told which (``components``); 16 entries, say, are all drawn
+SERIES_MAX_COMPONENTS = 24
 #: guidance: number of past steps in the fading trails (15 steps = 1 time unit at dt = 1/15)
 GUIDANCE_TRAIL = 15
 #: guidance: the view's half-width is at least this (length units), so a tight herd is not a dot
@@ -433,18 +444,89 @@ def _row_colorbar(fig, first, image):
     return cax
 
 
-def _scene_series(problem, xs, cs, max_components: int = 8):
-    """Any state: its (flattened) components against the step n."""
+def parse_components(text: str, n: int) -> list[int]:
+    """State entries to draw from text such as ``"8-15"``, ``"0,3,5"`` or ``"0-3,10"`` (ranges
+    include both ends), for a state of ``n`` entries; raises ValueError naming ``components``."""
+    out: list[int] = []
+    parts = [p.strip() for p in str(text).split(",")]
+    if not any(parts):
+        raise ValueError(f"components={text!r}: give entries such as 8-15 or 0,3,5 (0 … {n - 1})")
+    for part in parts:
+        try:
+            if "-" in part[1:]:
+                a, b = (int(v) for v in part.split("-", 1))
+                if b < a:
+                    raise ValueError
+                out += list(range(a, b + 1))
+            else:
+                out.append(int(part))
+        except ValueError:
+            raise ValueError(f"components={text!r}: {part!r} is not an entry (k) or a range (a-b)") from None
+    return _check_components(out, n)
+
+
+def _check_components(components, n: int) -> list[int]:
+    comps = list(dict.fromkeys(int(k) for k in components))
+    bad = [k for k in comps if not 0 <= k < n]
+    if not comps or bad:
+        raise ValueError(f"components={list(components)!r}: the state has {n} entries (0 … {n - 1})"
+                         + (f"; {bad} are not among them" if bad else ""))
+    return comps
+
+
+def _entries_text(comps: list[int]) -> str:
+    """``x[0]–x[23]`` for a contiguous run of entries, else ``x[3], x[7], …``."""
+    if len(comps) > 2 and comps == list(range(comps[0], comps[-1] + 1)):
+        return f"x[{comps[0]}]–x[{comps[-1]}]"
+    return ", ".join(f"x[{k}]" for k in comps)
+
+
+def _series_colors(d: int) -> list:
+    import matplotlib
+
+    if d <= 10:
+        return [f"C{k}" for k in range(d)]
+    if d <= 20:
+        cmap = matplotlib.colormaps["tab20"]
+        return [cmap(k) for k in range(d)]
+    cmap = matplotlib.colormaps["turbo"]
+    return [cmap(v) for v in np.linspace(0.05, 0.95, d)]
+
+
+def _scene_series(problem, xs, cs, components=None):
+    """Any state: its (flattened) entries against the step n, every entry up to
+    :data:`SERIES_MAX_COMPONENTS` of them (else the first that many, or ``components``). When
+    not all are drawn, the picture says which are and how to choose others (``info["note"]``)."""
+    from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
     T1, S = xs.shape[0], xs.shape[1]
-    flat = np.asarray(xs, np.float64).reshape(T1, S, -1)[:, :, :max_components]
+    everything = np.asarray(xs, np.float64).reshape(T1, S, -1)
+    n = everything.shape[2]
+    comps = list(range(min(n, SERIES_MAX_COMPONENTS))) if components is None else _check_components(components, n)
+    flat = everything[:, :, comps]
     d = flat.shape[2]
-    fig = _canvas(*_size(S, 320, 260))
-    axes = [a[0] for a in _grid(fig, S, bottom=0.13)]
+    note = ""
+    if d < n:
+        note = f"drawn: {_entries_text(comps)} of the {n} state entries"
+        if components is None:
+            note += (f"; choose others with --components (e.g. --components {d}-{min(2 * d, n) - 1}) "
+                     "or animate(..., components=[...])")
+    names = [f"x[{k}]" if n > 1 else "x" for k in comps]
+    big_legend = d > 8  # a legend below the panels instead of inside the first
+    w, h = _size(S, 320, 260)
+    legend_cols = max(1, min(d, 8, w // 60))  # an entry is about 55 px wide at 7 pt
+    note_lines = textwrap.wrap(note, max(30, int(w / 4.6))) if note else []  # 7 pt: about 4.5 px a character
+    note_px = 11 * len(note_lines) + 6 if note else 0
+    extra = (math.ceil(d / legend_cols) * 14 + 8 if big_legend else 0) + note_px
+    fig = _canvas(w, h + extra)
+    height = fig.get_figheight() * fig.dpi
+    rows = math.ceil(S / _ncols(S))
+    # _grid divides ``bottom`` by the rows: the usual margin (0.13 of a row's share) plus the legend and note
+    axes = [a[0] for a in _grid(fig, S, bottom=rows * (0.13 * (height - extra) / rows + extra) / height)]
     steps = np.arange(T1)
     arts = []
-    colors = [f"C{k}" for k in range(10)]
+    colors = _series_colors(d)
     for i, ax in enumerate(axes):
         lo, hi = float(flat[:, i].min()), float(flat[:, i].max())
         pad = 0.05 * (hi - lo) if hi > lo else 0.5
@@ -454,24 +536,32 @@ def _scene_series(problem, xs, cs, max_components: int = 8):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"rollout {i}", fontsize=9)
         for k in range(d):
-            ax.plot(steps, flat[:, i, k], color=colors[k % 10], alpha=0.2, lw=1)
-        lines = [ax.plot([], [], color=colors[k % 10], lw=2, marker="o", ms=3,
-                         label=f"x[{k}]" if d > 1 else "x")[0] for k in range(d)]
-        dots = ax.plot([], [], "ko", ms=5)[0]
-        if i == 0:
+            ax.plot(steps, flat[:, i, k], color=colors[k], alpha=0.2, lw=1, label="_trace")
+        lines = [ax.plot([], [], color=colors[k], lw=2 if d <= 8 else 1.4, marker="o", ms=3 if d <= 8 else 2,
+                         label=names[k])[0] for k in range(d)]
+        dots = ax.plot([], [], "ko", ms=5 if d <= 8 else 3, label="_now")[0]
+        if i == 0 and not big_legend:
             ax.legend(fontsize=7)
         arts.append((lines, dots))
+    if big_legend:
+        handles = [Line2D([], [], color=colors[k], lw=1.6, label=names[k]) for k in range(d)]
+        fig.legend(handles=handles, loc="lower center", ncol=legend_cols, fontsize=7, frameon=False,
+                   bbox_to_anchor=(0.5, note_px / height), handlelength=1.5, columnspacing=1.0)
+    if note:
+        fig.text(0.5, 4 / height, "\n".join(note_lines), ha="center", va="bottom", fontsize=7, color="0.25",
+                 linespacing=1.2)
     title = fig.suptitle("")
 
-    def update(n):
+    def update(n_):
         for i in range(S):
             lines, dots = arts[i]
             for k, line in enumerate(lines):
-                line.set_data(steps[: n + 1], flat[: n + 1, i, k])
-            dots.set_data(np.full(d, n), flat[n, i])
-        title.set_text(f"{problem.name}   step {n}/{T1 - 1}")
+                line.set_data(steps[: n_ + 1], flat[: n_ + 1, i, k])
+            dots.set_data(np.full(d, n_), flat[n_, i])
+        title.set_text(f"{problem.name}   step {n_}/{T1 - 1}")
 
-    return Scene(fig=fig, update=update, panels=[{"view": ax} for ax in axes], horizon=T1 - 1)
+    return Scene(fig=fig, update=update, panels=[{"view": ax} for ax in axes], horizon=T1 - 1,
+                 info={"components": comps, "note": note, "entries": n, "cut": components is None and d < n})
 
 
 RENDERERS.update(cartpole=_scene_cartpole, guidance=_scene_guidance, quantum=_scene_quantum)
@@ -489,22 +579,37 @@ def rollout(problem, model, x0) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(xs), np.asarray(cs)
 
 
-def build_scene(problem, xs, cs) -> Scene:
+def build_scene(problem, xs, cs, components=None) -> Scene:
     """The :class:`Scene` of a rollout (``xs`` (T+1, S, …), ``cs`` (T, S, …), see :func:`rollout`)
-    drawn by the problem's renderer (by ``problem.name``; the generic one otherwise)."""
+    drawn by the problem's renderer (by ``problem.name``; the generic one otherwise).
+
+    ``components``: for the generic picture, the (flattened) state entries to draw (default:
+    all, up to :data:`SERIES_MAX_COMPONENTS`; the picture and ``info["note"]`` say when some
+    are left out)."""
     xs, cs = np.asarray(xs), np.asarray(cs)
     if xs.ndim < 2 or xs.shape[0] != cs.shape[0] + 1 or xs.shape[1] != cs.shape[1]:
         raise ValueError(f"xs shape {xs.shape} and cs shape {cs.shape}: expected xs (T+1, S, …) and "
                          f"cs (T, S, …) from the same rollout")
-    return RENDERERS.get(problem.name, _scene_series)(problem, xs, cs)
+    if problem.name in RENDERERS:
+        if components is not None:
+            raise ValueError(f"components: {problem.name} has its own picture; choosing state entries applies "
+                             "to the generic one (state entries against the step)")
+        return RENDERERS[problem.name](problem, xs, cs)
+    return _scene_series(problem, xs, cs, components=components)
 
 
-def render_frames(problem, model, x0, *, stride: int | None = None) -> list[np.ndarray]:
+def render_frames(problem, model, x0, *, stride: int | None = None, components=None) -> list[np.ndarray]:
     """Roll ``model`` out from the batch ``x0`` on ``problem`` and draw the frames
-    (a list of (H, W, 3) uint8 arrays, ``ceil(T / stride) + 1`` of them)."""
+    (a list of (H, W, 3) uint8 arrays, ``ceil(T / stride) + 1`` of them). ``components``: see
+    :func:`build_scene`; when the picture leaves state entries out it says so, and, unless
+    ``components`` chose them, so does a :class:`PictureNote` warning."""
     xs, cs = rollout(problem, model, x0)
     idx = frame_indices(problem.horizon, stride)
-    scene = build_scene(problem, xs, cs)
+    scene = build_scene(problem, xs, cs, components=components)
+    if scene.info.get("cut"):  # entries left out without being asked
+        import warnings
+
+        warnings.warn(scene.info["note"], PictureNote, stacklevel=2)
     return [scene.frame(n) for n in idx]
 
 
@@ -531,7 +636,7 @@ def write_frames(frames: list[np.ndarray], out: str | Path, fps: float) -> Path:
 
 
 def animate(run_dir: str | Path, out: str | Path | None = None, states: int = 4, fps: float | None = None,
-            stride: int | None = None) -> Path:
+            stride: int | None = None, components=None) -> Path:
     """Animate the trained controller of a run folder.
 
     Args:
@@ -543,6 +648,10 @@ def animate(run_dir: str | Path, out: str | Path | None = None, states: int = 4,
       fps: frames per second (default: n_frames / 4 clipped to 2 … 25).
       stride: draw every ``stride``-th step (default ``ceil(T / 100)``); the final state is
         always drawn, so there are ``ceil(T / stride) + 1`` frames.
+      components: for problems drawn as state entries against the step (your own, the toys):
+        which (flattened) entries, a list of indices or text such as ``"8-15"``
+        (:func:`parse_components`); default all, up to :data:`SERIES_MAX_COMPONENTS` (when some
+        are left out the picture says which are drawn, and a :class:`PictureNote` warning too).
 
     Returns:
       the path written.
@@ -556,10 +665,13 @@ def animate(run_dir: str | Path, out: str | Path | None = None, states: int = 4,
     problem, model, config, seed = load_problem_and_controller(run_dir)
     _, test = make_data(problem, config, seed)
     x0 = test[: int(states)]
-    frames = render_frames(problem, model, x0, stride=stride)
+    if isinstance(components, str):
+        components = parse_components(components, int(np.prod(problem.state_shape)))
+    frames = render_frames(problem, model, x0, stride=stride, components=components)
     out = Path(out) if out is not None else run_dir / "animation.gif"
     return write_frames(frames, out, fps if fps is not None else default_fps(len(frames)))
 
 
 __all__ = ["animate", "render_frames", "write_frames", "frame_indices", "default_stride", "default_fps",
-           "rollout", "build_scene", "Scene", "guidance_view", "GUIDANCE_TRAIL"]
+           "rollout", "build_scene", "Scene", "guidance_view", "parse_components", "PictureNote", "GUIDANCE_TRAIL",
+           "SERIES_MAX_COMPONENTS"]

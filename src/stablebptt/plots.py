@@ -20,13 +20,20 @@ compared down a column. Each panel shows the **test loss per epoch** on a log y 
 * colours are the authors' (R #ef476f, M #ffd166, C #06d6a0, S #073b4c; other mode labels get
   other colours); every mode also has its own marker, placed at staggered epochs
   (:func:`markevery`), and modes are drawn R, M, C, S with falling line width and marker size
-  (:func:`mode_styles`), so a curve lying exactly on another still shows;
+  (:func:`mode_styles`), so a curve lying exactly on another still shows; a curve equal to one
+  drawn before it in the panel (to 1e-5 relative at every epoch, e.g. M and S on the toys) is
+  dashed, each with its own dash pattern, and the legend says which modes coincide
+  (``M = S (S dashed)``, with ``in k of n panels`` where they coincide in some panels only);
 * a run that diverged is drawn up to its last finite epoch and marked with an ``x`` there
   (the mean at later epochs is over the seeds still alive);
 * the y range is the authors' (guidance 0.4–6, cart-pole 1e-6–3, quantum 16.5–135) when all
   curves and bands lie inside it, otherwise matplotlib's autoscaling;
 * the title says what a line is: the geometric mean over n seeds, or one run (seed s); a
-  panel with fewer seeds than the rest says so in its title.
+  panel with fewer seeds than the rest says so in its title;
+* a figure's title takes at most two lines (down to 8 pt for long problem names; what still
+  does not fit goes below), panel titles fit their panel (smaller, or without the problem's
+  name), and details are a footnote below the panels (which levels have fewer seeds; in the
+  paired figure, which point of the moving average is the final loss).
 
 The quantum figure gets one more column: the per-epoch update size (``update_norm``, the
 global L2 norm of the update handed to the optimizer, averaged over the epoch's minibatches;
@@ -34,7 +41,9 @@ raw, not smoothed) at the highest target, which shows how many orders of magnitu
 update spans compared with C's.
 
 The paired picture (:func:`paired_figure`): per seed and clipping mode, R's final loss
-against C's, log–log, with the diagonal, one panel per level.
+against C's, log–log, with the diagonal, one panel per level; coinciding points share one
+seed label, and a log axis spanning under two decades labels 2, 3, 5 × 10^k only where the
+labels fit.
 
 Toy figures
 -----------
@@ -71,7 +80,7 @@ import pandas as pd  # noqa: E402
 from matplotlib import patheffects  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
-from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
+from matplotlib.ticker import Formatter, MaxNLocator  # noqa: E402
 
 from . import claims  # noqa: E402
 from .claims import LEVEL_PARAMS, smooth_curve  # noqa: E402  (the statistics own them; plots re-exports)
@@ -99,6 +108,10 @@ PROBLEM_NAMES = {"cartpole": "cart-pole", "guidance": "guidance by repulsion", "
 AUTHOR_YLIM = {"guidance": (0.4, 6.0), "cartpole": (1e-6, 3.0), "quantum": (16.5, 135.0)}
 #: order of modes in legends
 MODE_ORDER = ("R", "M", "C", "S", "N")
+#: curves whose geometric means agree to this relative tolerance at every epoch are equal (up to rounding)
+COINCIDE_RTOL = 1e-5
+#: dash patterns of the 2nd, 3rd, … of coinciding curves (the first stays solid)
+COINCIDE_DASHES = ((0, (4, 2)), (0, (1.5, 1.5)), (0, (6, 1.5, 1.5, 1.5)), (0, (1, 3)))
 #: config columns that never split curves (they do not change results or are the axes)
 #: configuration fields that never make a separate line: the mode and clipping are drawn anyway, and
 #: how the gradient is computed (backward strategy, remat, memory) does not change it
@@ -226,6 +239,17 @@ def _level_title(problem: str, cols: Sequence[str], value) -> str:
     return f"{_display(problem)}: " + ", ".join(f"{c[len('param_'):]}={_fmt(v)}" for c, v in zip(cols, vals))
 
 
+def _short_level_title(problem: str, cols: Sequence[str], value) -> str:
+    """:func:`_level_title` without the problem's name where there is more (``1 pole``,
+    ``rc = 1``, ``steps=4, n=3``): for panels too narrow for the full title."""
+    full = _level_title(problem, cols, value)
+    if not cols:
+        return full
+    if problem in PROBLEM_NAMES or problem in LEVEL_PARAMS:
+        return full.split(", ", 1)[-1]
+    return full[len(f"{_display(problem)}: "):]
+
+
 def _fmt(v) -> str:
     return f"{v:g}" if isinstance(v, (float, np.floating)) else str(v)
 
@@ -253,21 +277,27 @@ def _curves(sub: pd.DataFrame, metric: str, smooth: bool, window: int):
     return out
 
 
-def _draw_group(ax, runs, style: dict, band: str, rng) -> tuple[float, float] | None:
-    """Geometric mean and log-space band of a list of (epochs, values, diverged) runs.
-
-    Diverged runs get an ``x`` at their last finite point. Returns the (min, max) of what was
-    drawn (band included), or None when nothing positive was drawn.
-    """
+def _group_curve(runs, band: str, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(epochs, centre, lower, upper) of a list of (epochs, values, diverged) runs: the geometric
+    mean and log-space band over the runs at every epoch any of them has."""
     epochs = np.unique(np.concatenate([r[0] for r in runs]))
     pos = {e: i for i, e in enumerate(epochs)}
     vals = np.full((len(epochs), len(runs)), np.nan)
     for j, (e, y, _) in enumerate(runs):
         vals[[pos[k] for k in e], j] = y
     centre, lo, hi = log_band(vals, band, rng)
+    return epochs, centre, lo, hi
+
+
+def _draw_group(ax, runs, curve, style: dict, ls="-") -> tuple[float, float] | None:
+    """Draw the geometric mean and band ``curve`` (:func:`_group_curve`) of ``runs`` with line
+    style ``ls``. Diverged runs get an ``x`` at their last finite point. Returns the (min, max)
+    of what was drawn (band included), or None when nothing positive was drawn.
+    """
+    epochs, centre, lo, hi = curve
     start, step = markevery(len(epochs), style["k"], style["of"])
     line = len(epochs) > 1
-    ax.plot(epochs, centre, color=style["color"], lw=style["lw"], ls="-" if line else "",
+    ax.plot(epochs, centre, color=style["color"], lw=style["lw"], ls=ls if line else "",
             marker=style["marker"], ms=style["ms"], markevery=(start, step) if line else None,
             mec="white" if line else style["color"], mew=0.6, zorder=style["zorder"])
     if len(runs) > 1:
@@ -278,6 +308,28 @@ def _draw_group(ax, runs, style: dict, band: str, rng) -> tuple[float, float] | 
     drawn = np.concatenate([lo, hi, centre])
     drawn = drawn[np.isfinite(drawn) & (drawn > 0)]
     return (float(drawn.min()), float(drawn.max())) if drawn.size else None
+
+
+def _same_curve(a, b) -> bool:
+    """Whether two curves (:func:`_group_curve`) coincide: the same epochs and geometric means
+    equal to within :data:`COINCIDE_RTOL` at each of them."""
+    return (len(a[0]) == len(b[0]) and np.array_equal(a[0], b[0])
+            and np.allclose(a[1], b[1], rtol=COINCIDE_RTOL, atol=0.0, equal_nan=True))
+
+
+def _coincidence_notes(panels: list[tuple[set, list]]) -> list[str]:
+    """Legend notes on coinciding curves from each panel's (labels drawn, coinciding groups):
+    ``"M = S (S dashed)"``, followed by ``" in k of n panels"`` when the group coincides in only
+    k of the n panels that draw all its modes."""
+    groups = []
+    for _, gs in panels:
+        groups += [g for g in gs if g not in groups]
+    notes = []
+    for g in groups:
+        k = sum(g in gs for _, gs in panels)
+        n = sum(set(g) <= drawn for drawn, _ in panels)
+        notes.append(f"{' = '.join(g)} ({', '.join(g[1:])} dashed)" + (f" in {k} of {n} panels" if k < n else ""))
+    return notes
 
 
 def _apply_ylim(ax, problem: str, ranges: list) -> None:
@@ -323,21 +375,37 @@ def _prepare(df: pd.DataFrame, problem: str) -> tuple[pd.DataFrame, list, list[s
     return sub, levels, level_cols, labels, _clip_order(sub["clip"].astype(str))
 
 
-def _panel(ax, part: pd.DataFrame, labels, styles, metric, smooth, window, band, rng) -> tuple[list, bool]:
-    """One panel: every mode's curve in ``part``; returns (drawn ranges, any run diverged)."""
+def _panel(ax, part: pd.DataFrame, labels, styles, metric, smooth, window, band, rng):
+    """One panel: every mode's curve in ``part``. A curve equal to one drawn before it
+    (:func:`_same_curve`) is dashed, each with its own dash pattern (:data:`COINCIDE_DASHES`),
+    so both stay visible. Returns (drawn ranges, any run diverged, labels drawn, coinciding
+    groups: tuples of labels in drawing order)."""
     ranges, diverged = [], False
+    drawn: list[tuple[str, tuple]] = []
+    groups: list[list[str]] = []
     for lab in labels:
         runs = _curves(part[part["_label"] == lab], metric, smooth, window)
         if not runs:
             continue
         diverged |= any(r[2] for r in runs)
-        rg = _draw_group(ax, runs, styles[lab], band, rng)
+        curve = _group_curve(runs, band, rng)
+        ls = "-"
+        twin = next((other for other, c in drawn if _same_curve(curve, c)), None)
+        if twin is not None:
+            group = next((g for g in groups if twin in g), None)
+            if group is None:
+                group = [twin]
+                groups.append(group)
+            group.append(lab)
+            ls = COINCIDE_DASHES[(len(group) - 2) % len(COINCIDE_DASHES)]
+        drawn.append((lab, curve))
+        rg = _draw_group(ax, runs, curve, styles[lab], ls)
         if rg is not None:
             ranges.append(rg)
     ax.set_yscale("log")
     ax.grid(True, which="major", alpha=0.3)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
-    return ranges, diverged
+    return ranges, diverged, {lab for lab, _ in drawn}, [tuple(g) for g in groups]
 
 
 def _seed_counts(sub: pd.DataFrame) -> pd.Series:
@@ -345,11 +413,14 @@ def _seed_counts(sub: pd.DataFrame) -> pd.Series:
     return sub.groupby(["_level", "_label", "clip"])["seed"].nunique()
 
 
-def _description(problem: str, sub: pd.DataFrame, levels, level_cols, smooth: bool, window: int, band: str) -> str:
-    """Two lines saying what is drawn: the quantity, and what a line and a band are."""
+def _description(problem: str, sub: pd.DataFrame, levels, level_cols, smooth: bool, window: int,
+                 band: str) -> tuple[str, str]:
+    """What is drawn: a title of two lines (the quantity; what a line and a band are) and a
+    footnote (levels with fewer seeds than the rest; empty if none)."""
     counts = _seed_counts(sub)
     top = int(counts.max())
     what = f"test loss, {window}-epoch moving average" if smooth else "test loss, raw per epoch"
+    note = ""
     if top == 1:
         seeds = sorted(sub["seed"].unique())
         line = f"each line is one run (seed {seeds[0]})" if len(seeds) == 1 else "each line is one run"
@@ -360,10 +431,10 @@ def _description(problem: str, sub: pd.DataFrame, levels, level_cols, smooth: bo
                 + ("×/÷ geometric std" if band == "std" else "bootstrap 95 % CI of the geometric mean"))
         fewer = [lv for lv in levels if _level_seeds(counts, lv) < top]
         if fewer and len(levels) > 1:
-            line += "; fewer seeds: " + ", ".join(
+            note = "fewer seeds: " + ", ".join(
                 f"{_level_title(problem, level_cols, lv).split(', ', 1)[-1]} "
                 f"({_seed_text(counts, sub, lv)})" for lv in fewer)
-    return f"{_display(problem)}: {what}\n{line}"
+    return f"{_display(problem)}: {what}\n{line}", note
 
 
 def _seeds_at(sub: pd.DataFrame, level) -> list:
@@ -385,19 +456,81 @@ def _display(problem: str) -> str:
     return f"{Path(where).name}:{fn}" if sep and where.endswith(".py") else problem
 
 
-def _legend(fig, handles, title: str) -> None:
+#: the figure title's font sizes (points), tried largest first until the title fits in two lines
+TITLE_SIZES = (10, 9, 8)
+#: font size of the footnote under the panels (details that do not fit in the title)
+FOOTNOTE_SIZE = 8
+
+
+def _chars_per_line(width_in: float, size: float) -> int:
+    """About how many characters of a ``size``-point text fit in ``width_in`` inches (an
+    average character is taken 0.58 em wide, and 4 % of the width is kept free)."""
+    return max(24, int(0.96 * width_in * 72 / (size * 0.58)))
+
+
+def _fit_title(title: str, width_in: float, footnote: str = "") -> tuple[str, float, str]:
+    """Fit a figure title into at most two lines of ``width_in`` inches.
+
+    Each ``\\n``-separated line of ``title`` is wrapped; the largest size of
+    :data:`TITLE_SIZES` at which all of it takes two lines wins. If none does, the title keeps
+    the lines that fit at the smallest size and the rest goes in front of ``footnote``.
+    Returns ``(title, size, footnote)``.
+    """
+    lines = [line for line in title.split("\n") if line]
+    for size in TITLE_SIZES:
+        rows = [r for line in lines for r in textwrap.wrap(line, _chars_per_line(width_in, size))]
+        if len(rows) <= 2:
+            return "\n".join(rows), size, footnote
+    size = TITLE_SIZES[-1]
+    chars = _chars_per_line(width_in, size)
+    keep, rest = [], []
+    for line in lines:
+        rows = textwrap.wrap(line, chars)
+        if not rest and len(keep) + len(rows) <= 2:
+            keep += rows
+        else:
+            rest.append(line)
+    if not keep:  # the first line alone wraps to more than two rows: its first two, the rest below
+        rows = textwrap.wrap(lines[0], chars)
+        keep, rest[0] = rows[:2], "… " + " ".join(rows[2:])
+    return "\n".join(keep), size, "; ".join(rest + ([footnote] if footnote else []))
+
+
+def _fit_panel_title(ax, text: str, short: str | None = None, size: float = 10) -> None:
+    """Set a panel's title so that each of its lines fits the panel's width (about the figure's
+    width over its number of columns): at ``size`` points, else smaller (down to 8), else the
+    ``short`` form, else wrapped."""
+    ncols = ax.get_subplotspec().get_gridspec().ncols if ax.get_subplotspec() is not None else 1
+    width_in = ax.figure.get_figwidth() / ncols * 0.92
+    for cand in (text, short):
+        if not cand:
+            continue
+        for sz in (size, size - 1, size - 2):
+            if all(len(line) <= _chars_per_line(width_in, sz) for line in cand.split("\n")):
+                ax.set_title(cand, fontsize=sz)
+                return
+    cand = short or text
+    ax.set_title("\n".join(r for line in cand.split("\n")
+                           for r in textwrap.wrap(line, _chars_per_line(width_in, size - 2))), fontsize=size - 2)
+
+
+def _legend(fig, handles, title: str, footnote: str = "") -> None:
     """One compact legend above the panels (as many columns as fit, measured), titled with what
-    the figure shows, each title line wrapped to the figure's width."""
-    width_in = fig.get_figwidth()
-    chars = max(30, int(width_in * 72 / (10 * 0.56)))  # 10 pt title characters per line
-    title = "\n".join(textwrap.fill(line, chars) for line in title.split("\n"))
+    the figure shows in at most two lines (:func:`_fit_title`); details that do not fit, and
+    ``footnote``, go in a footnote below the panels."""
+    title, size, footnote = _fit_title(title, fig.get_figwidth(), footnote)
     renderer = fig.canvas.get_renderer()
     for ncol in range(len(handles), 0, -1):  # as many columns as fit the figure's width
         legend = fig.legend(handles=handles, loc="outside upper center", ncol=ncol, frameon=False, fontsize=9,
-                            handlelength=2.2, columnspacing=1.4, title=title, title_fontsize=10)
+                            handlelength=2.2, columnspacing=1.4, title=title, title_fontsize=size)
         if ncol == 1 or legend.get_window_extent(renderer).width <= 0.98 * fig.bbox.width:
-            return
+            break
         legend.remove()
+    if footnote:
+        text = "\n".join(textwrap.wrap(footnote, _chars_per_line(fig.get_figwidth(), FOOTNOTE_SIZE)))
+        note = fig.legend(handles=[], loc="outside lower center", frameon=False, title=text,
+                          title_fontsize=FOOTNOTE_SIZE)
+        note.get_title().set_color("0.3")
 
 
 def _mode_handles(labels, styles, band: str, multi_seed: bool, diverged: bool) -> list:
@@ -411,21 +544,71 @@ def _mode_handles(labels, styles, band: str, multi_seed: bool, diverged: bool) -
 
 
 def _plain_log_labels(ax, axis: str = "y") -> None:
-    """On a log axis spanning under two decades, label ticks as plain numbers at 1, 2, 3 and 5
-    times a power of ten (0.5, 1, 2, 3, 5), leaving the other minor ticks unlabelled."""
+    """On a log axis spanning under two decades, label ticks as plain numbers (0.5, 1, 2, …) at
+    the densest of 1-2-3-5, 1-2-5, 1-3 or 1 × 10^k whose labels do not collide at the axis's
+    drawn length (:class:`_FittingLogFormatter`); the other minor ticks stay unlabelled."""
     lo, hi = ax.get_ylim() if axis == "y" else ax.get_xlim()
     if not (lo > 0 and hi / lo < 100):
         return
     a = ax.yaxis if axis == "y" else ax.xaxis
-    a.set_major_formatter(FuncFormatter(_plain_tick))
-    a.set_minor_formatter(FuncFormatter(_plain_tick))
+    a.set_major_formatter(_FittingLogFormatter())
+    a.set_minor_formatter(_FittingLogFormatter())
 
 
-def _plain_tick(v: float, _pos=None) -> str:
+#: mantissas labelled on a short log axis, densest first (see _FittingLogFormatter)
+LOG_LABEL_SETS = ((1, 2, 3, 5), (1, 2, 5), (1, 3), (1,))
+
+
+class _FittingLogFormatter(Formatter):
+    """Plain-number tick labels on a log axis at m × 10^k for the densest mantissa set of
+    :data:`LOG_LABEL_SETS` whose neighbouring labels keep apart at the axis's drawn size
+    (measured when the ticks are drawn: a narrow panel gets fewer labels than a wide one)."""
+
+    def __call__(self, v, pos=None) -> str:
+        return _plain_tick(v, self._mantissas())
+
+    def format_ticks(self, values):
+        keep = self._mantissas()
+        return [_plain_tick(v, keep) for v in values]
+
+    def _mantissas(self) -> tuple:
+        axis = getattr(self, "axis", None)
+        if axis is None or axis.axes is None:
+            return LOG_LABEL_SETS[0]
+        ax = axis.axes
+        horizontal = axis.axis_name == "x"
+        lo, hi = sorted(ax.get_xlim() if horizontal else ax.get_ylim())
+        if not (lo > 0 and hi > lo):
+            return LOG_LABEL_SETS[0]
+        box = ax.get_window_extent()
+        length = box.width if horizontal else box.height  # pixels
+        px_per_decade = length / np.log10(hi / lo)
+        size = axis.get_major_ticks()[0].label1.get_fontsize() if axis.get_major_ticks() else 10.0
+        pt = ax.figure.dpi / 72.0
+        for keep in LOG_LABEL_SETS:
+            vals = [m * 10.0 ** k for k in range(int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi))) + 1)
+                    for m in keep]
+            vals = [v for v in vals if lo <= v <= hi]
+            fits = True
+            for a, b in zip(vals, vals[1:]):
+                gap = px_per_decade * np.log10(b / a)
+                if horizontal:  # digits are about 0.62 em wide, plus half an em between labels
+                    need = (0.62 * size * (len(f"{a:g}") + len(f"{b:g}")) / 2 + 0.5 * size) * pt
+                else:
+                    need = 1.3 * size * pt
+                if gap < need:
+                    fits = False
+                    break
+            if fits:
+                return keep
+        return LOG_LABEL_SETS[-1]
+
+
+def _plain_tick(v: float, keep=(1, 2, 3, 5)) -> str:
     if v <= 0:
         return ""
     mantissa = v / 10 ** np.floor(np.log10(v) + 1e-9)
-    return f"{v:g}" if any(abs(mantissa - m) < 1e-6 for m in (1, 2, 3, 5)) else ""
+    return f"{v:g}" if any(abs(mantissa - m) < 1e-6 for m in keep) else ""
 
 
 def problem_figure(df: pd.DataFrame, problem: str, *, smooth: bool = True, window: int = 30,
@@ -443,24 +626,26 @@ def problem_figure(df: pd.DataFrame, problem: str, *, smooth: bool = True, windo
     styles = mode_styles(labels)
     extra = problem == "quantum" and "update_norm" in sub.columns and sub["update_norm"].notna().any()
     ncol = len(levels) + int(extra)
-    fig, axes = plt.subplots(len(clips), ncol, figsize=(2.9 * ncol + 0.9, 2.25 * len(clips) + 0.9),
+    fig, axes = plt.subplots(len(clips), ncol, figsize=(max(5.0, 2.9 * ncol + 0.9), 2.25 * len(clips) + 0.9),
                              squeeze=False, sharex=True, layout="constrained")
     counts = _seed_counts(sub)
     top = int(counts.max())
-    ranges, any_div = [], False
+    ranges, any_div, coincide = [], False, []
     for i, clip in enumerate(clips):
         for j, level in enumerate(levels):
             ax = axes[i, j]
             if (i, j) != (0, 0):
                 ax.sharey(axes[0, 0])
             part = sub[(sub["clip"] == clip) & sub["_level"].apply(lambda v: v == level)]
-            rg, div = _panel(ax, part, labels, styles, "test_loss", smooth, window, band, rng)
+            rg, div, drawn, same = _panel(ax, part, labels, styles, "test_loss", smooth, window, band, rng)
+            coincide.append((drawn, same))
             ranges += rg
             any_div |= div
             if i == 0:
                 n = _level_seeds(counts, level)
-                ax.set_title(_level_title(problem, level_cols, level)
-                             + (f"\n{_seed_text(counts, sub, level)}" if n < top else ""), fontsize=10)
+                seeds_note = f"\n{_seed_text(counts, sub, level)}" if n < top else ""
+                _fit_panel_title(ax, _level_title(problem, level_cols, level) + seeds_note,
+                                 _short_level_title(problem, level_cols, level) + seeds_note)
             if j == 0:
                 ax.set_ylabel(f"{_clip_name(clip)}\ntest loss", fontsize=9)
             if i == len(clips) - 1:
@@ -478,8 +663,10 @@ def problem_figure(df: pd.DataFrame, problem: str, *, smooth: bool = True, windo
     _apply_ylim(axes[0, 0], problem, ranges)
     for ax in axes[:, : len(levels)].ravel():
         _plain_log_labels(ax)
-    _legend(fig, _mode_handles(labels, styles, band, top > 1, any_div),
-            _description(problem, sub, levels, level_cols, smooth, window, band))
+    handles = _mode_handles(labels, styles, band, top > 1, any_div)
+    handles += [Line2D([], [], color="0.3", lw=1.2, ls=COINCIDE_DASHES[0], label=note)
+                for note in _coincidence_notes(coincide)]
+    _legend(fig, handles, *_description(problem, sub, levels, level_cols, smooth, window, band))
     return fig
 
 
@@ -490,7 +677,9 @@ def paired_figure(df: pd.DataFrame, problem: str, *, x: str = "R", y: str = "C",
     Final loss as in :mod:`stablebptt.claims` (the last point of the ``window``-epoch moving
     average, at ``epoch`` if given; a diverged run is drawn at the panel's edge with a hollow
     marker). One panel per level, one marker per (seed, clipping mode): the clipping mode is
-    the marker (and its colour), the seed the number beside it. Solid diagonal: equal loss
+    the marker (and its colour), the seed the number beside it (points at the same spot share
+    one label, e.g. ``0,2``; labels are moved around their points so none overlaps another).
+    Solid diagonal: equal loss
     (below it ``y`` is lower); dotted: ``y`` 10× lower. Each panel has square limits around
     its own points (the levels' losses differ by decades).
     Raises ValueError when no seed has both modes.
@@ -503,12 +692,16 @@ def paired_figure(df: pd.DataFrame, problem: str, *, x: str = "R", y: str = "C",
     levels = [lv for lv in levels if (pairs["_level"].apply(lambda v: v == lv)).any()]
     fig, axes = plt.subplots(1, len(levels), figsize=(max(5.0, 3.1 * len(levels) + 0.6), 3.7), squeeze=False,
                              layout="constrained")
-    tenfold_shown = False
+    tenfold_shown, seed_points = False, []
     for ax, level in zip(axes[0], levels):
         p = pairs[pairs["_level"].apply(lambda v: v == level)]
-        tenfold_shown |= _paired_panel(ax, p, x, y)
+        tenfold, pts = _paired_panel(ax, p, x, y)
+        tenfold_shown |= tenfold
+        seed_points.append(pts)
         n = p["seed"].nunique()
-        ax.set_title(_level_title(problem, level_cols, level) + f" ({n} seed{'s' if n != 1 else ''})", fontsize=10)
+        seeds_note = f" ({n} seed{'s' if n != 1 else ''})"
+        _fit_panel_title(ax, _level_title(problem, level_cols, level) + seeds_note,
+                         _short_level_title(problem, level_cols, level) + seeds_note)
         ax.set_xlabel(f"{x}: final test loss")
     axes[0, 0].set_ylabel(f"{y}: final test loss")
     h = [Line2D([], [], marker=_pair_style(c)[0], color=_pair_style(c)[1], ls="", label=_clip_name(c))
@@ -519,8 +712,14 @@ def paired_figure(df: pd.DataFrame, problem: str, *, x: str = "R", y: str = "C",
     if not np.isfinite(pairs[[x, y]].to_numpy(float)).all():
         h.append(Line2D([], [], marker="o", mfc="none", mec="0.3", ls="", label="diverged (at the edge)"))
     when = f"at epoch {epoch}" if epoch is not None else "final"
-    _legend(fig, h, f"{_display(problem)}: {when} test loss ({window}-epoch moving average), "
-                    f"{y} against {x}, paired by seed\nnumbers: seeds; below the solid diagonal {y} is lower")
+    _legend(fig, h, f"{_display(problem)}: {when} test loss, {y} against {x}, paired by seed\n"
+                    f"numbers: seeds; below the solid diagonal {y} is lower",
+            f"{when} test loss: " + ("the last point" if epoch is None else f"the point at epoch {epoch}")
+            + f" of the {window}-epoch moving average of each run")
+    fig.draw_without_rendering()  # the layout, so the seed labels can be placed in pixels
+    renderer = fig.canvas.get_renderer()
+    for ax, pts in zip(axes[0], seed_points):
+        _seed_labels(ax, pts, renderer)
     return fig
 
 
@@ -532,7 +731,8 @@ def _paired_panel(ax, p: pd.DataFrame, x: str, y: str) -> bool:
     """One level of :func:`paired_figure`: square log–log limits around its own points.
 
     Returns whether the dotted line ``y = x/10`` crosses the panel (it does when the limits
-    span more than one decade)."""
+    span more than one decade) and the points' ``(x, y, seed)`` for :func:`_seed_labels`."""
+    seeds = []
     vals = p[[x, y]].to_numpy(float)
     fin = vals[np.isfinite(vals) & (vals > 0)]
     lo, hi = (np.log10(fin.min()) - 0.3, np.log10(fin.max()) + 0.3) if fin.size else (-1.0, 1.0)
@@ -548,8 +748,7 @@ def _paired_panel(ax, p: pd.DataFrame, x: str, y: str) -> bool:
         marker, color = _pair_style(clip)
         ax.scatter(px[~div], py[~div], marker=marker, color=color, s=34, zorder=3, edgecolor="white", lw=0.5)
         ax.scatter(px[div], py[div], marker=marker, facecolor="none", edgecolor=color, s=34, zorder=3)
-        for sx, sy, s in zip(px, py, c["seed"]):
-            ax.annotate(str(int(s)), (sx, sy), xytext=(3, 2), textcoords="offset points", fontsize=7, color="0.3")
+        seeds += [(float(sx), float(sy), int(s)) for sx, sy, s in zip(px, py, c["seed"])]
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(10 ** lo, 10 ** hi)
@@ -558,7 +757,78 @@ def _paired_panel(ax, p: pd.DataFrame, x: str, y: str) -> bool:
     ax.grid(True, which="major", alpha=0.3)
     _plain_log_labels(ax, "x")
     _plain_log_labels(ax, "y")
-    return hi - lo > 1
+    return hi - lo > 1, seeds
+
+
+#: seed labels: where a label may sit relative to its point, in points (dx, dy, ha, va), first choice first
+_LABEL_SPOTS = tuple((f * dx, f * dy, ha, va) for f in (1, 2.2, 3.5) for dx, dy, ha, va in (
+    (3, 2, "left", "bottom"), (3, -2, "left", "top"), (-3, 2, "right", "bottom"), (-3, -2, "right", "top"),
+    (5, 0, "left", "center"), (-5, 0, "right", "center"), (0, 4, "center", "bottom"), (0, -4, "center", "top")))
+#: seed labels: points closer than this (in points) share one label
+_SAME_SPOT_PT = 3.0
+
+
+def _seed_labels(ax, points, renderer) -> list:
+    """Label the paired panel's points with their seeds, readable: points at (nearly) the same
+    spot (closer than :data:`_SAME_SPOT_PT`) share one label ("0,2"), and each label goes to the
+    first spot around its point (:data:`_LABEL_SPOTS`) where it overlaps no other label, no
+    other point and stays in the panel (the least overlap if none is free). Needs the figure's
+    layout done (positions in pixels). Returns the texts."""
+    if not points:
+        return []
+    pt = ax.figure.dpi / 72.0
+    xy = ax.transData.transform(np.array([(x, y) for x, y, _ in points]))
+    n = len(points)
+    group = list(range(n))  # union-find of points at the same spot
+
+    def root(i):
+        while group[i] != i:
+            group[i] = group[group[i]]
+            i = group[i]
+        return i
+
+    for i in range(n):
+        for j in range(i + 1, n):
+            if np.hypot(*(xy[i] - xy[j])) < _SAME_SPOT_PT * pt:
+                group[root(j)] = root(i)
+    clusters: dict[int, list[int]] = {}
+    for i in range(n):
+        clusters.setdefault(root(i), []).append(i)
+    frame = ax.get_window_extent(renderer)
+    r = 3.2 * pt  # a marker's half-width (s = 34 pt²)
+    marks = [(x - r, y - r, x + r, y + r) for x, y in xy]
+
+    def overlap(b, o):
+        return max(0.0, min(b.x1, o[2]) - max(b.x0, o[0])) * max(0.0, min(b.y1, o[3]) - max(b.y0, o[1]))
+
+    placed, texts = [], []
+    order = sorted(clusters.values(), key=lambda m: (xy[m[0], 0], xy[m[0], 1]))
+    for members in order:
+        seeds = sorted({points[i][2] for i in members})
+        anchor = points[members[0]][:2]
+        t = ax.annotate(",".join(map(str, seeds)), anchor, xytext=_LABEL_SPOTS[0][:2], textcoords="offset points",
+                        fontsize=7, color="0.3", ha="left", va="bottom", annotation_clip=False)
+        others = [m for k, m in enumerate(marks) if k not in members]
+        best = None
+        for dx, dy, ha, va in _LABEL_SPOTS:
+            t.xyann = (dx, dy)
+            t.set_ha(ha)
+            t.set_va(va)
+            b = t.get_window_extent(renderer)
+            outside = (max(0.0, frame.x0 - b.x0) + max(0.0, b.x1 - frame.x1)
+                       + max(0.0, frame.y0 - b.y0) + max(0.0, b.y1 - frame.y1)) * 100
+            cost = outside + sum(overlap(b, o) for o in placed) + sum(overlap(b, o) for o in others)
+            if best is None or cost < best[0]:
+                best = (cost, dx, dy, ha, va, (b.x0, b.y0, b.x1, b.y1))
+            if cost == 0:
+                break
+        _, dx, dy, ha, va, box = best
+        t.xyann = (dx, dy)
+        t.set_ha(ha)
+        t.set_va(va)
+        placed.append(box)
+        texts.append(t)
+    return texts
 
 
 def _save(fig, out_dir: Path, stem: str, formats: Sequence[str]) -> list[Path]:

@@ -8,6 +8,9 @@
   plus ``param_<name>`` for each problem parameter;
 * per-epoch metrics: ``epoch, loss, train_loss, test_loss, update_norm, cos_mg, sign_agree, wall_s``.
 
+:func:`console_table` prints the summary of :func:`stablebptt.sweep.summary_frame` as the
+rich table of ``stablebptt results``.
+
 A run that diverged before its first epoch contributes one row with ``epoch = 0`` and its
 untrained losses, so it is never silently missing.
 """
@@ -76,3 +79,45 @@ def summary(df: pd.DataFrame, metric: str = "test_loss", by=("problem", "mode", 
     g = last.groupby(by, dropna=False)[metric]
     out = g.agg(["mean", "std", "count"]).reset_index()
     return out
+
+
+def problem_label(source: str, others=()) -> str:
+    """A problem's name in a table: a file source ``dir/sim.py:make`` as ``sim.py:make`` (its
+    folder is in each run's config), unless another of ``others`` has the same file name and
+    function; every other name as it is."""
+    where, sep, fn = str(source).rpartition(":")
+    if not (sep and where.endswith(".py")):
+        return str(source)
+    short = f"{Path(where).name}:{fn}"
+    clash = any(o != source and problem_label(o) == short for o in others)
+    return str(source) if clash else short
+
+
+#: the problem column of :func:`console_table` is at least this wide (or as wide as its longest
+#: name), so that on an 80-column console the other columns wrap before a short name does
+PROBLEM_COLUMN_MIN = 12
+
+
+def console_table(summary: pd.DataFrame, title: str | None = None, caption: str | None = None):
+    """The rich table of ``stablebptt results`` from a :func:`stablebptt.sweep.summary_frame`.
+
+    Columns: problem, level, clip, mode, test loss (mean ± std), epochs, seeds, div. (runs
+    that diverged). No cell is ever cut short: on a narrow console a long cell wraps (at its
+    spaces, or within a word where it has none), and the table fits 80 columns. A file source
+    shows as ``sim.py:make`` (:func:`problem_label`).
+    """
+    from rich.table import Table
+
+    problems = list(dict.fromkeys(map(str, summary["problem"]))) if len(summary) else []
+    labels = {p: problem_label(p, problems) for p in problems}
+    note = "div.: runs that diverged (counted in seeds)"
+    t = Table(title=title, caption=f"{caption}; {note}" if caption else note, pad_edge=False)
+    longest = max((len(v) for v in labels.values()), default=7)
+    for col in ("problem", "level", "clip", "mode", "test loss", "epochs", "seeds", "div."):
+        right = col in ("test loss", "epochs", "seeds", "div.")
+        t.add_column(col, justify="right" if right else "left", overflow="fold", no_wrap=col == "epochs",
+                     min_width=min(longest, PROBLEM_COLUMN_MIN) if col == "problem" else None)
+    for r in summary.itertuples():
+        t.add_row(labels[str(r.problem)], r.level, r.clip, r.mode, f"{r.mean:.4g} ± {r.std:.2g}", r.epochs, str(r.n),
+                  str(r.diverged) if r.diverged else "")
+    return t

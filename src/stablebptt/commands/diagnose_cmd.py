@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
@@ -78,6 +79,9 @@ def animate_command(
     out_file: Optional[Path] = typer.Option(None, "--out", "-o", help="output .gif or .mp4 (default RUN_DIR/animation.gif)"),
     fps: Optional[float] = typer.Option(None, help="frames per second (default: a ~4 s clip, 2…25 fps)"),
     stride: Optional[int] = typer.Option(None, help="draw every k-th step (default ceil(T/100)); frames = ceil(T/k) + 1"),
+    components: Optional[str] = typer.Option(None, help="problems drawn as state entries against the step (your own, "
+                                                        "the toys): which entries, e.g. 8-15 or 0,3,5 (default: all, "
+                                                        "up to 24)"),
 ):
     """Roll out a trained controller on a few test states and write a GIF or MP4."""
     if states < 1:
@@ -89,11 +93,20 @@ def animate_command(
     if out_file is not None and out_file.suffix.lower() not in (".gif", ".mp4"):
         raise fail(f"--out {out_file}: must end in .gif or .mp4")
     setup_jax()
-    from ..animate import animate
+    from rich.markup import escape
+
+    from ..animate import PictureNote, animate
 
     t0 = time.perf_counter()
     try:
-        path = animate(run_dir, out=out_file, states=states, fps=fps, stride=stride)
+        with warnings.catch_warnings(record=True) as notes:
+            warnings.simplefilter("always", PictureNote)
+            path = animate(run_dir, out=out_file, states=states, fps=fps, stride=stride, components=components)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
-        raise fail(str(e))
+        raise fail(str(e).replace("components=", "--components ", 1))
+    for note in notes:
+        if issubclass(note.category, PictureNote):
+            console.print(f"[yellow]note[/]: {escape(str(note.message))}", highlight=False)
+        else:
+            warnings.warn_explicit(note.message, note.category, note.filename, note.lineno)
     out.print(f"wrote {path} in {time.perf_counter() - t0:.1f} s", markup=False, highlight=False)

@@ -5,7 +5,6 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
 
 from ..cli import app, console, fail, out, setup_jax
 
@@ -104,15 +103,10 @@ def results_cmd(
     if s.empty:
         raise fail(f"--epoch {epoch}: no run under {sweep_dir} has a recorded epoch ≤ {epoch} "
                    f"(recorded epochs: {int(df['epoch'].min())} … {int(df['epoch'].max())})")
-    t = Table(title=f"{sweep_dir}: test loss " + (f"at epoch ≤ {epoch}" if epoch is not None else "at the last epoch")
-              + ", mean ± std over seeds",
-              caption="epochs: the epoch the values come from (min–max where the runs of a row differ)")
-    for col in ("problem", "level", "clip", "mode", "test loss", "epochs", "seeds", "diverged"):
-        t.add_column(col, justify="right" if col in ("test loss", "epochs", "seeds", "diverged") else "left",
-                     no_wrap=col == "epochs")
-    for r in s.itertuples():
-        t.add_row(r.problem, r.level, r.clip, r.mode, f"{r.mean:.4g} ± {r.std:.2g}", r.epochs, str(r.n),
-                  str(r.diverged) if r.diverged else "")
+    t = results.console_table(
+        s, title=f"{sweep_dir}: test loss " + (f"at epoch ≤ {epoch}" if epoch is not None else "at the last epoch")
+        + ", mean ± std over seeds",
+        caption="epochs: the epoch the values come from (min–max where the runs of a row differ)")
     out.print(t)
     out.print(f"{df['run_id'].nunique()} runs, {len(df)} rows (run × epoch)" + (f"; wrote {csv}" if csv else "")
               + (f"; wrote {parquet}" if parquet else ""))
