@@ -216,7 +216,7 @@ class TrainerPrograms:
 
 
 def trainer_programs(problem, config, seeds: Sequence[int], *, lane_configs=None, batching: str = "vmap",
-                     distinct: int | None = None) -> TrainerPrograms:
+                     distinct: int | None = None, backward=None) -> TrainerPrograms:
     """:class:`TrainerPrograms` for the runs ``(config, seed)`` — or, with ``lane_configs``
     (one config per seed, differing only in ``stablebptt.runner.LANE_FIELDS``), the lanes of
     one vmapped program.
@@ -226,7 +226,8 @@ def trainer_programs(problem, config, seeds: Sequence[int], *, lane_configs=None
     ``distinct``: build the initial parameters and data of at most this many different
     seeds and repeat them (the time does not depend on the values; building thousands of
     controllers one by one would dominate a GPU run). Data: ``make_data(problem, config,
-    seed)`` (``config.data="paper"``: the same for every seed)."""
+    seed)`` (``config.data="paper"``: the same for every seed). ``backward``: a strategy
+    object or name instead of ``config.backward``."""
     import jax
     import jax.numpy as jnp
 
@@ -248,7 +249,7 @@ def trainer_programs(problem, config, seeds: Sequence[int], *, lane_configs=None
     stack = lambda xs: jax.tree_util.tree_map(lambda *a: jnp.stack(a), *xs)
 
     t0 = time.perf_counter()
-    trainer = make_train(problem, config, lanes=lane_configs, n_runs=K if vmapped else 1)
+    trainer = make_train(problem, config, lanes=lane_configs, n_runs=K if vmapped else 1, backward=backward)
     v = jax.vmap if vmapped else (lambda f: f)
     with jax.default_matmul_precision("highest"):  # as runner.train traces its programs
         init_params = jax.jit(trainer.init_params)

@@ -13,12 +13,10 @@ ODE). Default: all of them (quantum is slow on a CPU: minutes).
 
 Strategies (the columns; :func:`candidates`, extended by :data:`EXTRA_CANDIDATES` and ``--extra``):
 ``autodiff`` (the reference, ``stablebptt.core.Autodiff``: one complete pass per field),
-``auto`` (whatever ``select_backward`` picks; the JSON records which), and the explicit
-``ReverseSweep`` variants valid for the controller: ``per_step`` with and without
-``save_linearization`` (``+save``) for any controller; for controllers that declare independent
-rows also ``batched`` (± ``+save``; ± ``+keep`` = ``keep_activations`` for controllers with
-hooks). A column is a name (passed as ``backward=NAME`` to ``value_and_update`` and to the
-trainer) or a strategy object; a name the engine does not know yet shows as ``error``.
+``auto`` (the engine's measured choice; the JSON records which), and every strategy the engine
+considers for the controller (``stablebptt.core.candidates``, named by :func:`label`). A column
+is a name (passed as ``backward=NAME`` to ``value_and_update`` and to the trainer) or a
+strategy object; a name the engine does not know shows as ``error``.
 
 Per (problem, mode) cell, for each strategy:
 
@@ -43,8 +41,7 @@ Per (problem, mode) cell, for each strategy:
    included), n_train / batch_size updates (the problem's n_train; ``--quick``: 2 updates).
    Compile time: ``trainer_programs``' ``compile_s`` (make_train, initialisation, compiling the
    updates and the evaluation programs; the evaluation is the same for every strategy). The
-   trainer takes names through ``RunConfig.backward``; a strategy object (or a name RunConfig
-   does not know yet) is handed to it by :func:`trainer_backward`.
+   strategy is handed to ``make_train(..., backward=)``.
 
 Output: JSON (machine, settings, one row per problem × mode with every strategy's numbers) in
 ``benchmarks/data/backward-<date>/backward.json`` (``--quick``: ``backward-quick-<date>``;
@@ -56,7 +53,6 @@ keeps the ratios of one row comparable, absolute times are best-case.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as _dt
 import sys
 import time
@@ -68,10 +64,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import stablebptt.core.engine as engine
 from stablebptt.config import RunConfig
-from stablebptt.core import ReverseSweep, hooks
-from stablebptt.core.backward import BACKWARDS
+from stablebptt.core import Flow, ReverseSweep, hooks
+from stablebptt.core import candidates as engine_candidates
 
 import user_problems
 
@@ -83,18 +78,24 @@ REFERENCE = "autodiff"
 
 
 # ----------------------------------------------------------------------------- strategies
-def candidates(model, x0, problem) -> dict[str, object]:
-    """Column name -> backward (a name or a strategy object) for this controller: the reference,
-    the automatic rule and the explicit ``ReverseSweep`` variants valid for it (module docstring)."""
+def label(strategy) -> str:
+    """A short column name of a strategy: ``autodiff``, or the sweep's jacobian with
+    ``+keep`` (activations kept), ``+save`` (linearisation saved), ``+insweep`` (parameter
+    gradients in the sweep), ``-rows`` (rows not merged although they could be)."""
+    if not isinstance(strategy, ReverseSweep):
+        return "autodiff"
+    return (strategy.jacobian + ("+keep" if strategy.keep_activations else "")
+            + ("+save" if strategy.save_linearization else "")
+            + ("+insweep" if strategy.param_grads == "in_sweep" else ""))
+
+
+def candidates(model, x0, problem, mode="C") -> dict[str, object]:
+    """Column name -> backward for this controller: the reference, ``auto`` and every strategy
+    the engine considers (:func:`stablebptt.core.candidates`, no remat segments)."""
     out: dict[str, object] = {"autodiff": "autodiff", "auto": "auto"}
-    rows = hooks.claims_rows_independent(model)
-    with_hooks = hooks.has_hooks(model)
-    for jac in (("batched", "per_step") if rows else ("per_step",)):
-        for keep in ((False, True) if with_hooks and jac == "batched" else (False,)):
-            for save in (False, True):
-                name = jac + ("+keep" if keep else "") + ("+save" if save else "")
-                out[name] = ReverseSweep(jacobian=jac, merge_rows=rows, keep_activations=keep,
-                                         save_linearization=save)
+    for c in engine_candidates(model, x0, step=problem.step, loss=problem.loss, horizon=problem.horizon,
+                               gates=Flow(mode).gates(problem.horizon).fields, checkpoint_every=None):
+        out.setdefault(label(c), c)
     return out
 
 
@@ -103,10 +104,10 @@ def candidates(model, x0, problem) -> dict[str, object]:
 EXTRA_CANDIDATES: list[Callable] = []
 
 
-def all_candidates(model, x0, problem, extra_names=(), only=None) -> dict[str, object]:
+def all_candidates(model, x0, problem, extra_names=(), only=None, mode="C") -> dict[str, object]:
     """:func:`candidates`, then :data:`EXTRA_CANDIDATES`, then ``extra_names`` (backward names
     passed as they are); ``only``: keep these columns (the reference is always kept)."""
-    out = candidates(model, x0, problem)
+    out = candidates(model, x0, problem, mode)
     for f in EXTRA_CANDIDATES:
         out |= f(model, x0, problem)
     out |= {n: n for n in extra_names}
@@ -117,27 +118,6 @@ def all_candidates(model, x0, problem, extra_names=(), only=None) -> dict[str, o
 
 def describe(spec) -> str:
     return spec if isinstance(spec, str) else repr(spec)
-
-
-@contextlib.contextmanager
-def trainer_backward(spec):
-    """Yield the ``RunConfig.backward`` with which ``make_train`` uses ``spec``: a name in
-    ``BACKWARDS`` as it is; a strategy object or another name by replacing, while the context
-    lasts, the engine's ``resolve_backward`` (which ``make_train`` calls) with one that returns
-    the object, or resolves that name."""
-    if isinstance(spec, str) and spec in BACKWARDS:
-        yield spec
-        return
-    original = engine.resolve_backward
-
-    def resolve(backward, *args, **kw):
-        return original(spec, *args, **kw) if isinstance(spec, str) else spec
-
-    engine.resolve_backward = resolve
-    try:
-        yield "auto"
-    finally:
-        engine.resolve_backward = original
 
 
 # ----------------------------------------------------------------------------- correctness
@@ -223,10 +203,9 @@ def measure_cell(name: str, problem, model, x0, mode: str, cands: dict, *, repea
         epoch_fns, nb = {}, None
         for col in ok:
             try:
-                with trainer_backward(cands[col]) as cfg_backward:
-                    cfg = RunConfig(problem=source, problem_params=params, mode=mode, epochs=1, batch_size=bs,
-                                    n_train=n_train, n_test=bs, zero_last=False, backward=cfg_backward)
-                    p = _common.trainer_programs(problem, cfg, [0])
+                cfg = RunConfig(problem=source, problem_params=params, mode=mode, epochs=1, batch_size=bs,
+                                n_train=n_train, n_test=bs, zero_last=False)
+                p = _common.trainer_programs(problem, cfg, [0], backward=cands[col])
             except Exception as e:  # noqa: BLE001
                 cells[col]["epoch_error"] = _error(e)
                 continue

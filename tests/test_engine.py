@@ -55,6 +55,9 @@ SWEEPS = {
     "per-step-saved-lin": ReverseSweep("per_step", merge_rows=False, save_linearization=True),
     "segments-3": ReverseSweep("batched", keep_activations=True, checkpoint_every=3),
     "per-step-segments-4": ReverseSweep("per_step", merge_rows=False, checkpoint_every=4),
+    "in-sweep": ReverseSweep("per_step", merge_rows=False, param_grads="in_sweep"),
+    "in-sweep-saved-lin": ReverseSweep("per_step", merge_rows=False, save_linearization=True, param_grads="in_sweep"),
+    "in-sweep-segments-4": ReverseSweep("per_step", merge_rows=False, param_grads="in_sweep", checkpoint_every=4),
 }
 STRATEGIES = {"autodiff": Autodiff(), **SWEEPS}
 
@@ -522,11 +525,12 @@ def test_candidates_follow_the_controller_and_the_flow():
     sweeps = [c for c in every if isinstance(c, ReverseSweep)]
     assert every[0] == Autodiff()
     # batched × keep × save, per-step × save (per-step reads no kept activations)
-    assert {(c.jacobian, c.keep_activations, c.save_linearization) for c in sweeps} == {
-        ("batched", k, s) for k in (False, True) for s in (False, True)} | {("per_step", False, s) for s in (False, True)}
-    assert all(c.merge_rows and c.checkpoint_every is None for c in sweeps)
+    assert {(c.jacobian, c.keep_activations, c.save_linearization, c.param_grads) for c in sweeps} == {
+        ("batched", k, s, "after") for k in (False, True) for s in (False, True)} | {
+        ("per_step", False, s, p) for s in (False, True) for p in ("after", "in_sweep")}
+    assert all(c.merge_rows != (c.param_grads == "in_sweep") and c.checkpoint_every is None for c in sweeps)
     # M needs no input Jacobian: one jacobian value (it is not used)
-    assert len(candidates(model, x0, gates=gates(prob, "M"), **kw(prob))) == 1 + 4
+    assert len(candidates(model, x0, gates=gates(prob, "M"), **kw(prob))) == 1 + 4 + 2
     assert candidates(model, x0, gates=gates(prob, "R"), prefer="autodiff", **kw(prob)) == [Autodiff()]
     assert {c.jacobian for c in candidates(model, x0, gates=gates(prob, "R"), prefer="per_step", **kw(prob))} == {"per_step"}
     # a budget that needs segments: every sweep has them, autodiff (which cannot) is left out
@@ -539,8 +543,8 @@ def test_candidates_follow_the_controller_and_the_flow():
     step = lambda x, c: x + 0.1 * c
     got = candidates(_Rows(plain), xb, step=step, loss=prob.loss, horizon=3,
                      gates=Flow("C").gates(3).fields)
-    assert got == [Autodiff(), ReverseSweep("per_step", merge_rows=False),
-                   ReverseSweep("per_step", merge_rows=False, save_linearization=True)]
+    assert got == [Autodiff()] + [ReverseSweep("per_step", merge_rows=False, save_linearization=s, param_grads=p)
+                                  for p in ("after", "in_sweep") for s in (False, True)]
     with pytest.raises(ValueError, match="backward='sometimes'"):
         candidates(model, x0, gates=gates(prob, "R"), prefer="sometimes", **kw(prob))
     with pytest.raises(ValueError, match="checkpoint_every='often'"):
@@ -582,6 +586,11 @@ def test_auto_is_the_fastest_measured_candidate_and_is_cached(tmp_path, monkeypa
     other = lambda x, c: prob.step(x, 0.5 * c)  # a different simulator: measured anew
     _, rec4 = engine.choose_backward("auto", model, x0, **dict(kw, step=other))
     assert not rec4["cached"] and len(list((tmp_path / "backward").glob("*.json"))) == 2
+    # inside a caller's jit trace (parameters traced): measured outside the trace, same numbers
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    vu = lambda b: jax.jit(lambda p: sb.value_and_update(eqx.combine(p, static), x0, step=prob.step, loss=prob.loss,
+                                                         horizon=prob.horizon, flow="C", backward=b)[1])(params)
+    assert_close(vu("auto"), vu(Autodiff()), amp=200)
     # a strategy object is used as given, a single candidate is not measured
     assert engine.choose_backward(Autodiff(), model, x0, **kw)[0] == Autodiff()
     assert engine.choose_backward("autodiff", model, x0, **kw)[1]["measure_s"] == 0.0

@@ -109,6 +109,12 @@ class ReverseSweep(Strategy):
         parameter gradients and J; otherwise they are recomputed on the rows afterwards.
       save_linearization: the forward loop keeps the simulator's linearisation (the leaves of
         its vjp) for the sweep; otherwise the sweep runs the step again to get it.
+      param_grads: where Σ_n G_θ,nᵀ ac_n is formed: ``"after"`` the sweep (on the T·B rows
+        with ``merge_rows``, else one vjp vmapped over the steps: the controller runs again),
+        or ``"in_sweep"``: the forward loop keeps each step's vjp of the controller with
+        respect to (θ, x_n) and the sweep applies it to every field's control cotangent at
+        once, accumulating the parameter gradients (the controller's forward runs once;
+        needs ``jacobian="per_step"``; any controller).
       checkpoint_every: remat segments of this many steps (a divisor of T): the first forward
         loop keeps only each segment's initial state; the sweep then runs segment by segment
         from the last, repeating the segment's forward loop, its J, its sweep and its
@@ -123,6 +129,7 @@ class ReverseSweep(Strategy):
     merge_rows: bool = True
     keep_activations: bool = False
     save_linearization: bool = False
+    param_grads: Literal["after", "in_sweep"] = "after"
     checkpoint_every: int | None = None
 
     def __post_init__(self):
@@ -130,6 +137,10 @@ class ReverseSweep(Strategy):
             raise ValueError(f"jacobian={self.jacobian!r}; allowed: 'batched', 'per_step'")
         if self.jacobian == "batched" and not self.merge_rows:
             raise ValueError("jacobian='batched' needs merge_rows=True (a controller with independent rows)")
+        if self.param_grads not in ("after", "in_sweep"):
+            raise ValueError(f"param_grads={self.param_grads!r}; allowed: 'after', 'in_sweep'")
+        if self.param_grads == "in_sweep" and self.jacobian != "per_step":
+            raise ValueError("param_grads='in_sweep' needs jacobian='per_step'")
         ce = self.checkpoint_every
         if ce is not None and (not isinstance(ce, (int, np.integer)) or isinstance(ce, bool) or ce < 1):
             raise ValueError(f"checkpoint_every={ce!r}; must be an int ≥ 1 or None")
@@ -205,7 +216,8 @@ class _Sweep:
         self.hooks = opts.merge_rows and hooks.has_hooks(static)
         self.need_k = any(live_ctrl)
         self.per_step_k = self.need_k and opts.jacobian == "per_step"
-        self.keep_res = self.hooks and opts.keep_activations and not self.per_step_k
+        self.in_sweep = opts.param_grads == "in_sweep"
+        self.keep_res = self.hooks and opts.keep_activations and not self.per_step_k and not self.in_sweep
         self.treedefs = {}  # treedefs of saved vjps, set while the forward loop is traced
 
     def _step_vjp(self, n, x, c):
@@ -229,7 +241,13 @@ class _Sweep:
 
         def body(x, n):
             res = lin = kvjp = None
-            if self.per_step_k and keep:
+            if self.in_sweep and keep:  # the controller's vjp w.r.t. θ (and x_n where K is needed)
+                if self.need_k:
+                    c, vjp_p = jax.vjp(lambda p, x_: eqx.combine(p, self.static)(x_), self.params, x)
+                else:
+                    c, vjp_p = jax.vjp(lambda p: eqx.combine(p, self.static)(x), self.params)
+                kvjp = self._save("p", vjp_p)
+            elif self.per_step_k and keep:
                 c, vjp_k = jax.vjp(self.model, x)
                 kvjp = self._save("k", vjp_k)
             elif self.keep_res and keep:
@@ -294,7 +312,7 @@ class _Sweep:
         """From the stacked adjoints ``lam`` after the last step of ``ns``: (the adjoints before
         the first step, [parameter gradient of each field over these steps])."""
         xs, cs, _, res, lins, kvjps = fwd
-        xf, rf = self._rows(xs, res) if self.o.merge_rows else (None, None)
+        xf, rf = self._rows(xs, res) if self.o.merge_rows and not self.in_sweep else (None, None)
         jac = extra = None
         if self.need_k and not self.per_step_k:
             jac, extra = self._jacobian(xf, rf, cs)
@@ -308,7 +326,8 @@ class _Sweep:
                 return jax.tree_util.tree_map(lambda j: j[:, 0] * acf.reshape((B,) + (1,) * (j.ndim - 2)), jn)
             return jax.tree_util.tree_map(lambda j: jnp.einsum("bk,bk...->b...", acf, j), jn)
 
-        def rbody(lam, inp):
+        def rbody(carry, inp):
+            lam, acc = carry
             n, x, c, g, lin, kvjp, jn = inp
             if lin is not None:  # saved by the forward loop
                 vjp = self._load("phys", lin)
@@ -316,19 +335,34 @@ class _Sweep:
                 vjp = self._step_vjp(n, x, c)[1]
             cot = jax.vmap(lambda l_: vjp((l_, one)))(lam)
             ax, ac = cot if self.need_x else (None, cot[0])
-            vjp_k = self._load("k", kvjp) if kvjp is not None else None
+            vjp_k = xk = None
+            if self.in_sweep:  # every field's parameter (and input) cotangent in one batched vjp
+                pulled = jax.vmap(self._load("p", kvjp))(ac)
+                acc = _tree_add(acc, pulled[0])
+                xk = pulled[1] if self.need_k else None
+            elif kvjp is not None:
+                vjp_k = self._load("k", kvjp)
             new = []
             for f, live in enumerate(self.live):
                 gc, gp = self.static_gates[f] or (g[f, 0], g[f, 1])
                 lam_f = _scaled(_take(ax, f), gp) if ax is not None else None
                 if live:
-                    k_f = vjp_k(_take(ac, f))[0] if vjp_k is not None else contract(jn, _take(ac, f))
+                    if xk is not None:
+                        k_f = _take(xk, f)
+                    elif vjp_k is not None:
+                        k_f = vjp_k(_take(ac, f))[0]
+                    else:
+                        k_f = contract(jn, _take(ac, f))
                     lam_f = _sum(lam_f, _scaled(k_f, gc))
                 new.append(lam_f if lam_f is not None else jax.tree_util.tree_map(jnp.zeros_like, x))
-            return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *new), ac
+            return (jax.tree_util.tree_map(lambda *a: jnp.stack(a), *new), acc), (None if self.in_sweep else ac)
 
-        lam, acs = jax.lax.scan(rbody, lam, (ns, xs, cs, g_steps[ns], lins, kvjps, jac), reverse=True)
-        cts = [_take(acs, (slice(None), f)) for f in range(len(self.live))]
+        F = len(self.live)
+        acc0 = jax.tree_util.tree_map(lambda a: jnp.zeros((F,) + a.shape, a.dtype), self.params) if self.in_sweep else None
+        (lam, acc), acs = jax.lax.scan(rbody, (lam, acc0), (ns, xs, cs, g_steps[ns], lins, kvjps, jac), reverse=True)
+        if self.in_sweep:
+            return lam, [_take(acc, f) for f in range(F)]
+        cts = [_take(acs, (slice(None), f)) for f in range(F)]
         return lam, self._param_grads(xs, xf, rf, extra, cts)
 
 
@@ -381,7 +415,8 @@ def candidates(model, x0, *, step, loss: TrajectoryLoss, horizon: int, gates, pr
     caller runs :func:`~stablebptt.core.hooks.verify_rows_independent` itself), and only where a
     field needs the controller's input Jacobian at all; ``save_linearization`` off and on;
     ``keep_activations`` off and on for controllers with hooks (where the batched Jacobian or
-    the parameter gradients read them). ``checkpoint_every``: an int ≥ 1, None, or ``"auto"``:
+    the parameter gradients read them); ``param_grads="in_sweep"`` (per-step Jacobian, any
+    controller). ``checkpoint_every``: an int ≥ 1, None, or ``"auto"``:
     per sweep, none when its estimated memory (:func:`memory_estimate`) fits ``memory_budget``
     (default :func:`default_memory_budget`), else ≈ √T-step segments. :class:`Autodiff` is a
     candidate for ``"auto"`` only where no segments are needed (it cannot make them).
@@ -417,6 +452,9 @@ def candidates(model, x0, *, step, loss: TrajectoryLoss, horizon: int, gates, pr
             for save in (False, True):
                 sweeps.append(ReverseSweep(jacobian=jac, merge_rows=merge, keep_activations=keep,
                                            save_linearization=save))
+    if prefer in ("auto", "per_step"):  # the controller's vjp kept per step, parameters in the sweep
+        sweeps += [ReverseSweep(jacobian="per_step", merge_rows=False, save_linearization=save,
+                                param_grads="in_sweep") for save in (False, True)]
     out = []
     fits = True
     for sw in sweeps:

@@ -138,6 +138,11 @@ def measure(candidates: Sequence[Any], program: Callable[[Any], Callable], args:
 
     with ThreadPoolExecutor(2) as pool:
         compiled = list(pool.map(compile_one, candidates))
+    with jax.ensure_compile_time_eval():  # run now, also when the caller is being traced
+        return _time(compiled, args)
+
+
+def _time(compiled, args) -> list[float]:
     for f in compiled:
         jax.block_until_ready(f(*args))
     best = [float("inf")] * len(compiled)

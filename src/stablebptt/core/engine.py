@@ -162,7 +162,7 @@ def choose_backward(backward: "str | Strategy", model, x0, *, step, loss: Trajec
                                     memory_budget=memory_budget, verify_rows=verify_rows)
     params, static = hooks.split(model)
     live = live_ctrl(fields)
-    g = Gates(jnp.asarray(one_fields), jnp.bool_(False))
+    g = Gates(np.asarray(one_fields, np.float32), np.bool_(False))  # numpy: no tracer of a caller's trace
 
     def program(strategy):
         def fields_of(p, x):
@@ -206,28 +206,29 @@ def _jaxpr_text(model, x0, step, loss, horizon) -> str:
 
 
 def _concrete_params(params):
-    """The parameters as arrays (abstract leaves become random normal × 0.1, a fixed draw)."""
+    """The parameters as numpy arrays (abstract or traced leaves become random normal × 0.1, a
+    fixed draw): the measurement runs outside any trace its caller is in."""
     rng = np.random.default_rng(0)
 
     def one(a):
         if isinstance(a, (jax.ShapeDtypeStruct, jax.core.Tracer)):
-            return jnp.asarray(0.1 * rng.standard_normal(np.shape(a)), a.dtype)
-        return a
+            return np.asarray(0.1 * rng.standard_normal(np.shape(a)), a.dtype)
+        return np.asarray(a)
 
     return jax.tree_util.tree_map(one, params)
 
 
 def _probe_states(x0, probe):
-    """(k, B, …) states to time on: ``probe``, or ``x0`` repeated k = MEASURE_BATCHES times
-    (random normal states where ``x0`` is abstract)."""
-    if probe is not None:
-        return jax.tree_util.tree_map(jnp.asarray, probe)
+    """(k, B, …) numpy states to time on: ``probe``, or ``x0`` repeated k = MEASURE_BATCHES
+    times (random normal states where ``x0`` is abstract or traced)."""
+    if probe is not None and not any(isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves(probe)):
+        return jax.tree_util.tree_map(np.asarray, probe)
     rng = np.random.default_rng(1)
 
     def one(a):
         if isinstance(a, (jax.ShapeDtypeStruct, jax.core.Tracer)):
-            a = jnp.asarray(rng.standard_normal(np.shape(a)), jnp.result_type(a))
-        return jnp.broadcast_to(a, (MEASURE_BATCHES,) + tuple(np.shape(a)))
+            a = np.asarray(rng.standard_normal(np.shape(a)), jnp.result_type(a))
+        return np.broadcast_to(np.asarray(a), (MEASURE_BATCHES,) + tuple(np.shape(a))).copy()
 
     return jax.tree_util.tree_map(one, x0)
 
