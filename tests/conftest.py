@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # the measured choices of backward="auto" are cached for this test session only (shared with
 # the CLI subprocesses the tests start), never in the user's cache
-os.environ.setdefault("STABLEBPTT_CACHE", tempfile.mkdtemp(prefix="stablebptt-test-cache-"))
+os.environ.setdefault("STABLEBPTT_BACKWARD_CACHE", tempfile.mkdtemp(prefix="stablebptt-test-cache-"))
 
 
 #: the benchmark scripts (not a package: tests import them by putting this folder on sys.path)

@@ -569,7 +569,7 @@ def test_auto_is_the_fastest_measured_candidate_and_is_cached(tmp_path, monkeypa
     changed simulator is a new signature."""
     from stablebptt.core import choose
 
-    monkeypatch.setenv("STABLEBPTT_CACHE", str(tmp_path))
+    monkeypatch.setenv("STABLEBPTT_BACKWARD_CACHE", str(tmp_path))
     prob, model, x0 = paper_case("cartpole", 12, batch=8)
     kw = dict(step=prob.step, loss=prob.loss, horizon=prob.horizon, gates=Flow("C").gates(prob.horizon).fields)
     strategy, rec = engine.choose_backward("auto", model, x0, **kw)
@@ -579,13 +579,13 @@ def test_auto_is_the_fastest_measured_candidate_and_is_cached(tmp_path, monkeypa
     assert all(t > 0 for t in times.values()) and rec["measure_s"] > 0
     again, rec2 = engine.choose_backward("auto", model, x0, **kw)
     assert again == strategy and rec2["cached"] and rec2["candidates"] == times
-    choose._MEMORY.clear()  # a new process: the decision comes from the cache folder
+    choose.forget()  # a new process: the decision comes from the cache folder
     again, rec3 = engine.choose_backward("auto", model, x0, **kw)
     assert again == strategy and rec3["cached"]
-    assert len(list((tmp_path / "backward").glob("*.json"))) == 1
+    assert len(list(tmp_path.glob("*.json"))) == 1
     other = lambda x, c: prob.step(x, 0.5 * c)  # a different simulator: measured anew
     _, rec4 = engine.choose_backward("auto", model, x0, **dict(kw, step=other))
-    assert not rec4["cached"] and len(list((tmp_path / "backward").glob("*.json"))) == 2
+    assert not rec4["cached"] and len(list(tmp_path.glob("*.json"))) == 2
     # inside a caller's jit trace (parameters traced): measured outside the trace, same numbers
     params, static = eqx.partition(model, eqx.is_inexact_array)
     vu = lambda b: jax.jit(lambda p: sb.value_and_update(eqx.combine(p, static), x0, step=prob.step, loss=prob.loss,

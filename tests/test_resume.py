@@ -58,6 +58,37 @@ def test_an_interrupted_training_continues_bit_for_bit(tmp_path, batching):
         train(prob, other, [0, 1], batching=batching, checkpoint=ck)
 
 
+def test_a_resumed_run_keeps_the_strategy_that_ran(tmp_path, monkeypatch):
+    """The checkpoint holds the backward strategy; the resumed run uses it without measuring,
+    even where a new measurement (an empty decision cache) could pick another one."""
+    from stablebptt.core import choose
+
+    prob = problems.get("cartpole", steps=6)
+    cfg = RunConfig(problem="cartpole", problem_params={"steps": 6}, mode="C", epochs=3, n_train=16, n_test=8)
+    ck = Checkpoint(tmp_path / "c.npz", every_s=0)
+
+    def stop(e, rows):
+        if e == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(prob, cfg, 0, checkpoint=ck, on_epoch=stop)
+    with np.load(ck.path) as f:
+        saved = json.loads(str(f["meta"]))["backward"]
+    monkeypatch.setenv("STABLEBPTT_BACKWARD_CACHE", str(tmp_path / "empty-cache"))
+    choose.forget()  # as in a new process
+    (got,) = train(prob, cfg, 0, checkpoint=ck)
+    assert got.ran["resumed_from_epoch"] == 2 and got.ran["backward_choice"]["from_checkpoint"]
+    assert got.ran["backward"] == repr(R_strategy(saved))
+    assert not (tmp_path / "empty-cache").exists()  # nothing was measured
+
+
+def R_strategy(spec):
+    from stablebptt.runner import strategy_from_spec
+
+    return strategy_from_spec(spec)
+
+
 @pytest.fixture
 def default_sigint():
     """SIGINT at Python's default (KeyboardInterrupt) for the test, the previous handler after it

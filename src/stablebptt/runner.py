@@ -33,6 +33,7 @@ import threading
 import time
 from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -95,6 +96,8 @@ class Checkpoint:
     path: Path
     every_s: float = 30.0
     metrics: Sequence[Path] | None = None
+    #: the strategy the runs use (``strategy_spec``), set by ``train``; saved with the state
+    backward: dict | None = None
 
 
 def lane_key(config: RunConfig) -> str:
@@ -179,8 +182,12 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
     vmapped = batching == "vmap" or (batching == "auto" and (lane_configs is not None or jax.default_backend() != "cpu"))
     eval_device = _eval_device(overlap_eval)
     t0 = time.perf_counter()
-    trainer, programs = _compile(problem, config, runs, vmapped, eval_device, lane_configs)
+    # a resumed run continues with the strategy that ran (backward="auto" is not measured again)
+    resumed_backward = _checkpoint_backward(checkpoint) if checkpoint is not None else None
+    trainer, programs = _compile(problem, config, runs, vmapped, eval_device, lane_configs, resumed_backward)
     groups = _initial_groups(trainer, programs, runs, vmapped, eval_device)
+    if checkpoint is not None:
+        checkpoint = dataclasses.replace(checkpoint, backward=strategy_spec(trainer.backward))
     start = _restore(checkpoint, groups, runs, trainer) if checkpoint is not None else 0
     for g in groups if start == 0 else ():  # the untrained controllers (overlapped: while epoch 1 trains)
         _dispatch_eval(g, programs, 0, {}, t0, eval_device)
@@ -190,7 +197,8 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
     t_train = time.perf_counter()
     _loop(config, programs, groups, runs, eval_device is not None, eval_device, on_epoch, start + 1, checkpoint)
     train_s = time.perf_counter() - t_train
-    ran = {"backward": repr(trainer.backward), "backward_choice": trainer.backward_choice,
+    choice = trainer.backward_choice | ({"from_checkpoint": True} if resumed_backward is not None else {})
+    ran = {"backward": repr(trainer.backward), "backward_choice": choice,
            "batching": "vmap" if vmapped else "loop",
            "evaluation": "second CPU device" if eval_device is not None else "after the updates",
            "lanes": lane_configs is not None} | ({"resumed_from_epoch": start} if start else {})
@@ -241,7 +249,7 @@ def _abstract(tree, lead=(), sharding=None):
 
 
 def _compile(problem: Problem, config: RunConfig, runs: list[_Run], vmapped: bool, eval_device,
-             lane_configs) -> tuple[Trainer, dict]:
+             lane_configs, backward=None) -> tuple[Trainer, dict]:
     """The trainer and its programs, traced from abstract shapes (float32 matmuls at full
     precision on every backend) and compiled on two threads (XLA compiles without the GIL),
     each as soon as it is traced: init_params first (it needs no backward strategy, so it
@@ -258,7 +266,7 @@ def _compile(problem: Problem, config: RunConfig, runs: list[_Run], vmapped: boo
     with jax.default_matmul_precision("highest"), ThreadPoolExecutor(1) as main, ThreadPoolExecutor(1) as side:
         futures = {"init_params": side.submit(jax.jit(init_params).lower(key).compile, cpu_opts)}
         trainer = make_train(problem, config, lanes=lane_configs, n_runs=len(runs) if vmapped else 1,
-                             verify_rows=False, probe=_probe(runs[0].train, config.batch_size))
+                             verify_rows=False, probe=_probe(runs[0].train, config.batch_size), backward=backward)
         settings = trainer.settings(runs[0].config)
         state = jax.eval_shape(trainer.init, trainer.params_shape, settings)
         futures["updates"] = main.submit(jax.jit(v(trainer.updates), donate_argnums=0).lower(
@@ -458,6 +466,36 @@ def _signature(groups: list[_Group], runs: list[_Run]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def strategy_spec(strategy) -> dict:
+    """A backward strategy as JSON-able data: ``{"type": class name, "options": fields}``."""
+    import dataclasses
+
+    return {"type": type(strategy).__name__, "options": dataclasses.asdict(strategy)}
+
+
+def strategy_from_spec(spec: dict):
+    """The strategy of :func:`strategy_spec`'s data."""
+    from .core import backward as backward_mod
+
+    cls = {c.__name__: c for c in (backward_mod.Autodiff, backward_mod.ReverseSweep)}.get(spec.get("type"))
+    if cls is None:
+        raise ValueError(f"unknown backward strategy {spec.get('type')!r} in a checkpoint")
+    return cls(**spec.get("options", {}))
+
+
+def _checkpoint_backward(ck: Checkpoint):
+    """The strategy saved in the checkpoint file, or None (no file, or a file without one)."""
+    path = Path(ck.path)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as f:
+            spec = json.loads(str(f["meta"])).get("backward")
+    except (OSError, ValueError, KeyError):
+        return None  # _restore names the problem with the file
+    return strategy_from_spec(spec) if spec else None
+
+
 def _save(ck: Checkpoint, epoch: int, groups: list[_Group], runs: list[_Run]) -> None:
     """Write the checkpoint after ``epoch`` (all its rows complete), atomically."""
     arrays = {}
@@ -467,7 +505,7 @@ def _save(ck: Checkpoint, epoch: int, groups: list[_Group], runs: list[_Run]) ->
     for j, r in enumerate(runs):
         for i, leaf in enumerate(jax.tree_util.tree_leaves(jax.device_get(r.final_params if r.final_params is not None else {}))):
             arrays[f"final{j}_{i}"] = np.asarray(leaf)
-    meta = {"epoch": epoch, "signature": _signature(groups, runs),
+    meta = {"epoch": epoch, "signature": _signature(groups, runs), "backward": ck.backward,
             "runs": [{"history": r.history, "initial": r.initial, "diverged_epoch": r.diverged_epoch,
                       "final": r.final_params is not None} for r in runs]}
     path = Path(ck.path)

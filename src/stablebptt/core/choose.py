@@ -11,7 +11,8 @@ the jaxprs of one controller call and of one simulator step with its loss term a
 shapes, the horizon, the gates, the candidates, the JAX version and the device. A later run, a
 resumed run or the other runs of a sweep with the same signature reuse the decision (in this
 process, and across processes through one small JSON file per signature in
-:func:`cache_dir`) without measuring again.
+:func:`cache_dir`, ``~/.cache/stablebptt/backward`` or ``$STABLEBPTT_BACKWARD_CACHE``) without
+measuring again.
 
 The record of a choice (``choice["chosen"]``, ``choice["candidates"]`` = {strategy: seconds
 per program call}, ``choice["measure_s"]`` = wall time spent measuring, ``choice["cached"]``)
@@ -32,7 +33,7 @@ import jax
 import numpy as np
 
 #: environment variable naming the folder of the decision cache ("off": no disk cache)
-CACHE_ENV = "STABLEBPTT_CACHE"
+CACHE_ENV = "STABLEBPTT_BACKWARD_CACHE"
 #: calls of each compiled candidate that are timed (after one untimed call); the minimum counts
 REPEATS = 3
 #: bump when the measurement itself changes, so that older decisions are not reused
@@ -42,14 +43,20 @@ _VERSION = 1
 _MEMORY: dict[str, dict] = {}
 
 
+def forget() -> None:
+    """Drop this process's decisions (the disk cache stays): the next choice reads the cache
+    folder again, as a new process would."""
+    _MEMORY.clear()
+
+
 def cache_dir() -> Path | None:
-    """The folder of the decision cache: ``$STABLEBPTT_CACHE`` if set (``off``: None, no disk
-    cache), else ``$XDG_CACHE_HOME/stablebptt`` or ``~/.cache/stablebptt``."""
+    """The folder of the decision cache: ``$STABLEBPTT_BACKWARD_CACHE`` if set (``off``: None,
+    no disk cache), else ``$XDG_CACHE_HOME/stablebptt/backward`` or ``~/.cache/stablebptt/backward``."""
     env = os.environ.get(CACHE_ENV)
     if env is not None:
         return None if env.strip().lower() in ("", "off", "0", "none") else Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "stablebptt"
+    return Path(base) / "stablebptt" / "backward"
 
 
 def signature(parts: Sequence[Any]) -> str:
@@ -72,7 +79,7 @@ def _load(key: str) -> dict | None:
     if d is None:
         return None
     try:
-        rec = json.loads((d / "backward" / f"{key}.json").read_text())
+        rec = json.loads((d / f"{key}.json").read_text())
     except (OSError, ValueError):
         return None
     return rec if isinstance(rec, dict) and "chosen" in rec else None
@@ -84,11 +91,11 @@ def _store(key: str, rec: dict) -> None:
     if d is None:
         return
     try:  # atomic: a concurrent reader sees the old file or the new one
-        (d / "backward").mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=d / "backward", suffix=".tmp")
+        d.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
         with os.fdopen(fd, "w") as f:
             json.dump(rec, f, indent=1, sort_keys=True)
-        os.replace(tmp, d / "backward" / f"{key}.json")
+        os.replace(tmp, d / f"{key}.json")
     except OSError:
         pass  # a read-only or missing home: the decision lives in this process only
 
