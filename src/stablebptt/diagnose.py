@@ -418,22 +418,21 @@ def _perturbed_loss(eps, pstack, static, x0, *, step, loss: TrajectoryLoss, hori
     gc, gp = gates
     T = horizon
     add = lambda x, e: jax.tree_util.tree_map(jnp.add, x, e)
+    at = lambda tree, n: jax.tree_util.tree_map(lambda a: a[n], tree)
 
-    def body(x, inp):
-        n, e, p = inp
-        x = add(x, e)
-        val = jnp.zeros((), jnp.float32)
+    def control(n, x):
+        return eqx.combine(at(pstack, n), static)(_gate(add(x, at(eps, n)), gc)), {}
+
+    def phys(n, x, c):
+        x = add(x, at(eps, n))
+        val = loss.control_term(c, T)
         if loss.on == "every":
             val = val + jnp.where(n > 0, loss.step_weight(n, T), 0.0) * loss.state_loss(x)
-        model = eqx.combine(p, static)
-        c = model(_gate(x, gc))
-        x1 = step(_gate(x, gp), c)
-        return x1, val + loss.control_term(c, T)
+        return step(_gate(x, gp), c), val, None
 
-    eps_head = jax.tree_util.tree_map(lambda a: a[:T], eps)
-    eps_last = jax.tree_util.tree_map(lambda a: a[T], eps)
-    xT, ls = jax.lax.scan(body, x0, (jnp.arange(T), eps_head, pstack))
-    xT = add(xT, eps_last)
+    xT, fwd = unroll.forward_loop(control, phys, x0, jnp.arange(T))
+    xT = add(xT, at(eps, T))
+    ls = fwd.ls
     return jnp.sum(ls) + loss.step_weight(T, T) * loss.state_loss(xT)
 
 

@@ -38,7 +38,7 @@ import numpy as np
 from ..losses import TrajectoryLoss
 from . import hooks
 from .gates import Gates, live_ctrl
-from .unroll import physics, terminal_loss, unrolled_loss
+from .unroll import forward_loop, physics, terminal_loss, unrolled_loss
 
 PyTree = Any
 
@@ -153,13 +153,13 @@ class ReverseSweep(Strategy):
         ns = jnp.arange(horizon)
         if seg is None:
             xT, fwd = sweep.forward(x0, ns, keep=True)
-            val, lam_T = sweep.terminal(xT, fwd[2])
+            val, lam_T = sweep.terminal(xT, fwd.ls)
             return val, sweep.backward(ns, fwd, lam_T)[1]
         split = lambda a: a.reshape((horizon // seg, seg) + a.shape[1:])
 
         def forward_segment(x, ns_s):  # keeps only the segment's initial state and its loss terms
             x1, fwd = sweep.forward(x, ns_s, keep=False)
-            return x1, (x, fwd[2])
+            return x1, (x, fwd.ls)
 
         xT, (starts, ls) = jax.lax.scan(forward_segment, x0, split(ns))
         val, lam_T = sweep.terminal(xT, ls)
@@ -174,6 +174,10 @@ class ReverseSweep(Strategy):
 
         (_, grads), _ = jax.lax.scan(backward_segment, (lam_T, zero), (starts, split(ns)), reverse=True)
         return val, grads
+
+
+#: what the sweep's forward loop stacks (:class:`~stablebptt.core.unroll.Forward` fields)
+KEPT = ("xs", "cs", "ls", "res", "lin", "kvjp")
 
 
 def _static_gates(gate_fields) -> list:
@@ -235,33 +239,31 @@ class _Sweep:
         return jax.tree_util.tree_unflatten(self.treedefs[name], leaves)
 
     def forward(self, x, ns, keep: bool):
-        """The forward loop over steps ``ns`` from x: ``(x_end, (xs, cs, ℓs, res, lin, kvjp))``;
-        with ``keep=False`` only the loss terms are stacked (what a segment start needs)."""
-        o = self.o
-
-        def body(x, n):
-            res = lin = kvjp = None
+        """The forward loop over steps ``ns`` from x: ``(x_end, Forward)``
+        (:func:`~stablebptt.core.unroll.forward_loop`); with ``keep=False`` only the loss terms
+        are stacked (what a segment start needs)."""
+        def control(n, x):
             if self.in_sweep and keep:  # the controller's vjp w.r.t. θ (and x_n where K is needed)
                 if self.need_k:
                     c, vjp_p = jax.vjp(lambda p, x_: eqx.combine(p, self.static)(x_), self.params, x)
                 else:
                     c, vjp_p = jax.vjp(lambda p: eqx.combine(p, self.static)(x), self.params)
-                kvjp = self._save("p", vjp_p)
-            elif self.per_step_k and keep:
+                return c, {"kvjp": self._save("p", vjp_p)}
+            if self.per_step_k and keep:
                 c, vjp_k = jax.vjp(self.model, x)
-                kvjp = self._save("k", vjp_k)
-            elif self.keep_res and keep:
+                return c, {"kvjp": self._save("k", vjp_k)}
+            if self.keep_res and keep:
                 c, res = self.model.forward_with_residuals(x)
-            else:
-                c = self.model(x)
-            if o.save_linearization and keep:
-                (x1, l), vjp = self._step_vjp(n, x, c)
-                lin = self._save("phys", vjp)
-            else:
-                x1, l = self.phys(n, x, c)
-            return x1, ((x, c, l, res, lin, kvjp) if keep else (None, None, l, None, None, None))
+                return c, {"res": res}
+            return self.model(x), {}
 
-        return jax.lax.scan(body, x, ns)
+        def phys(n, x, c):
+            if self.o.save_linearization and keep:
+                (x1, l), vjp = self._step_vjp(n, x, c)
+                return x1, l, self._save("phys", vjp)
+            return (*self.phys(n, x, c), None)
+
+        return forward_loop(control, phys, x, ns, keep=KEPT if keep else ("ls",))
 
     def terminal(self, xT, ls):
         """L and the stacked adjoints of x_T (one per field)."""
@@ -311,7 +313,7 @@ class _Sweep:
     def backward(self, ns, fwd, lam):
         """From the stacked adjoints ``lam`` after the last step of ``ns``: (the adjoints before
         the first step, [parameter gradient of each field over these steps])."""
-        xs, cs, _, res, lins, kvjps = fwd
+        xs, cs, res, lins, kvjps = fwd.xs, fwd.cs, fwd.res, fwd.lin, fwd.kvjp
         xf, rf = self._rows(xs, res) if self.o.merge_rows and not self.in_sweep else (None, None)
         jac = extra = None
         if self.need_k and not self.per_step_k:
@@ -504,17 +506,17 @@ def memory_estimate(sweep: ReverseSweep, model, x0, *, step, loss: TrajectoryLos
         sw = _Sweep(sweep, p, static, step, loss, horizon, ones, tuple(live_ctrl))
         _, fwd = sw.forward(x, jnp.arange(1), keep=True)
         out = {"fwd": fwd}
-        if sweep.merge_rows:
-            xf, rf = sw._rows(fwd[0], fwd[3])
+        if sweep.merge_rows and not sw.in_sweep:
+            xf, rf = sw._rows(fwd.xs, fwd.res)
             out["rows"] = None if sw.keep_res else rf  # residuals recomputed on the rows
             if sw.need_k and not sw.per_step_k:
-                out["jac"] = sw._jacobian(xf, rf, fwd[1])  # J and the deltas (or the rows' vjp residuals)
+                out["jac"] = sw._jacobian(xf, rf, fwd.cs)  # J and the deltas (or the rows' vjp residuals)
         return out
 
     shapes = jax.eval_shape(parts, _abstract(params), _abstract(x0))
     fwd = shapes["fwd"]
     per_step = _nbytes(shapes)
-    per_step += len(live_ctrl) * _nbytes(fwd[1])  # the control cotangents of every field
+    per_step += len(live_ctrl) * _nbytes(fwd.cs)  # the control cotangents of every field
     return {"per_step": per_step, "state": _nbytes(_abstract(x0))}
 
 

@@ -10,7 +10,7 @@ penalty of c_n) plus, for final-state losses, the state loss of x_T::
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple, Sequence
 
 import equinox as eqx
 import jax
@@ -50,6 +50,44 @@ def gate(x: PyTree, g) -> PyTree:
     return jax.tree_util.tree_map(lambda a: jax.lax.stop_gradient(a) + g * (a - jax.lax.stop_gradient(a)), x)
 
 
+class Forward(NamedTuple):
+    """What a forward loop stacks over its steps n (leaves (T, …); None where not kept).
+
+    xs: x_n, the state each step starts from; cs: c_n; ls: ℓ_n (T,) float32; res: the
+    controller's residuals (``forward_with_residuals``); lin: the leaves of the simulator's vjp
+    at (x_n, c_n); kvjp: the leaves of the controller's vjp at x_n (and θ)."""
+
+    xs: Any = None
+    cs: Any = None
+    ls: Any = None
+    res: Any = None
+    lin: Any = None
+    kvjp: Any = None
+
+
+def forward_loop(control: Callable, phys: Callable, x0, ns, keep: Sequence[str] = ("ls",)):
+    """The forward loop of every computation in the engine: over steps ``ns``,
+
+        c_n, extra = control(n, x_n);   x_{n+1}, ℓ_n, lin_n = phys(n, x_n, c_n)
+
+    (``extra``: a dict with ``res`` and/or ``kvjp``; ``lin`` may be None). Returns ``(x_end,
+    Forward)`` with the fields named in ``keep`` stacked over the steps (the others None).
+    """
+    keep = frozenset(keep)
+
+    def body(x, n):
+        c, extra = control(n, x)
+        x1, l, lin = phys(n, x, c)
+        rec = dict(xs=x, cs=c, ls=l, lin=lin, **extra)
+        return x1, Forward(**{k: (v if k in keep else None) for k, v in rec.items()})
+
+    return jax.lax.scan(body, x0, ns)
+
+
+def _plain_phys(phys):
+    return lambda n, x, c: (*phys(n, x, c), None)
+
+
 def unrolled_loss(params, static, x0, *, step, loss: TrajectoryLoss, horizon: int, gates) -> jax.Array:
     """L(θ) of one field: the unroll with the field's gates on x_n's two edges at every step.
 
@@ -58,39 +96,28 @@ def unrolled_loss(params, static, x0, *, step, loss: TrajectoryLoss, horizon: in
     """
     g_arr = jnp.asarray(gates, jnp.float32)
     phys = physics(step, loss, horizon)
-
-    def body(x, inp):
-        n, g = inp
-        c = eqx.combine(params, static)(gate(x, g[0]))
-        return phys(n, gate(x, g[1]), c)
-
-    xT, ls = jax.lax.scan(body, x0, (jnp.arange(horizon), g_arr))
-    return jnp.sum(ls) + terminal_loss(loss, xT)
+    model = eqx.combine(params, static)
+    control = lambda n, x: (model(gate(x, g_arr[n, 0])), {})
+    gated = lambda n, x, c: (*phys(n, gate(x, g_arr[n, 1]), c), None)
+    xT, fwd = forward_loop(control, gated, x0, jnp.arange(horizon))
+    return jnp.sum(fwd.ls) + terminal_loss(loss, xT)
 
 
 def rollout(model, x0, *, step, horizon: int):
     """Forward trajectory without gradients: ``(states (T+1, B, …), controls (T, B, …))``."""
-    def body(x, _):
-        c = model(x)
-        x1 = step(x, c)
-        return x1, (x1, c)
-
-    _, (xs, cs) = jax.lax.scan(body, x0, None, length=horizon)
-    xs = jax.tree_util.tree_map(lambda a0, a: jnp.concatenate([a0[None], a]), x0, xs)
-    return xs, cs
+    phys = lambda n, x, c: (step(x, c), jnp.zeros((), jnp.float32), None)
+    xT, fwd = forward_loop(lambda n, x: (model(x), {}), phys, x0, jnp.arange(horizon), keep=("xs", "cs"))
+    xs = jax.tree_util.tree_map(lambda a, aT: jnp.concatenate([a, aT[None]]), fwd.xs, xT)
+    return xs, fwd.cs
 
 
 def evaluate_loss(model, x0, *, step, loss: TrajectoryLoss, horizon: int) -> jax.Array:
     """The trajectory loss L of the batch x0, forward only (train/test evaluation)."""
     params, static = eqx.partition(model, eqx.is_inexact_array)
-    phys = physics(step, loss, horizon)
     ctrl = eqx.combine(jax.lax.stop_gradient(params), static)
-
-    def body(x, n):
-        return phys(n, x, ctrl(x))
-
-    xT, ls = jax.lax.scan(body, x0, jnp.arange(horizon))
-    return jnp.sum(ls) + terminal_loss(loss, xT)
+    phys = _plain_phys(physics(step, loss, horizon))
+    xT, fwd = forward_loop(lambda n, x: (ctrl(x), {}), phys, x0, jnp.arange(horizon))
+    return jnp.sum(fwd.ls) + terminal_loss(loss, xT)
 
 
 # ----------------------------------------------------------------------------- checks
