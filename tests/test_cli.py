@@ -101,8 +101,9 @@ REPRODUCED_CONFIGS = {
 def test_the_recorded_command_reproduces_the_config(fields, tmp_path, monkeypatch):
     from stablebptt.cli import command_for
 
-    if fields.get("init_weights") == "WEIGHTS":
-        (tmp_path / "w.npz").write_bytes(b"")
+    if fields.get("init_weights") == "WEIGHTS":  # weights of the problem's controller (checked before training)
+        shapes = problems.weight_shapes(problems.check_problem(problems.get(fields["problem"]), n_train=0, n_test=0))
+        np.savez(tmp_path / "w.npz", **{k: np.zeros(v, np.float32) for k, v in shapes.items()})
         fields = fields | {"init_weights": str(tmp_path / "w.npz")}
     cfg = RunConfig(**fields)
     command = command_for(cfg, 5, tmp_path / "runs")

@@ -74,8 +74,9 @@ def _one_line(e: BaseException) -> str:
 
 def cli_errors(fn):
     """Wrap a command: bad input (ValueError and its kinds, missing files, a run claimed by
-    another process) becomes one line and exit code 2; Ctrl-C one line and exit code 130. The
-    traceback is printed instead with ``--debug`` or ``STABLEBPTT_DEBUG=1``."""
+    another process, any exception raised in a user's problem file: named by its file and line)
+    becomes one line and exit code 2; Ctrl-C one line and exit code 130. The traceback is
+    printed instead with ``--debug`` or ``STABLEBPTT_DEBUG=1``."""
     import functools
 
     from pydantic import ValidationError
@@ -97,6 +98,13 @@ def cli_errors(fn):
             if _debug():
                 raise
             raise fail(_one_line(e))
+        except Exception as e:  # noqa: BLE001 - raised in a user's problem file: named there, one line
+            from .problems import user_code_error
+
+            err = user_code_error(e)
+            if err is None or _debug():
+                raise
+            raise fail(str(err))
 
     return wrapper
 
@@ -129,6 +137,87 @@ def _int_option(name: str, text: str) -> int:
         raise fail(f"{name}={text!r}; allowed: an int ≥ 1, 'auto' or 'none'")
 
 
+def _write_probe(option: str, value, folder: Path, missing: bool) -> None:
+    """Fail unless files can be created in ``folder`` (tried: a temporary folder made and removed)."""
+    import errno
+    import tempfile
+
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".stablebptt-write-test-", dir=folder))
+    except OSError as e:
+        why = {errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+               errno.EROFS: "read-only file system", errno.ENOSPC: "no space left on the device",
+               errno.ENOENT: "no files or folders can be created there"}.get(e.errno, e.strerror or str(e))
+        what = f"cannot create {value} in {folder}" if missing else f"cannot write in {folder}"
+        raise fail(f"{option} {value}: {what} ({why}); give a folder you can write to")
+
+
+def check_out_folder(option: str, value: Optional[Path]) -> None:
+    """An output folder option, checked before any work: ``value`` is a writable folder, or one
+    that can be created (its nearest existing parent is a writable folder). Fails (exit 2) with
+    one line naming the option, the value and what is wrong."""
+    if value is None:
+        return
+    _check_folder(option, value, Path(value))
+
+
+def _check_folder(option: str, value, p: Path) -> None:
+    """:func:`check_out_folder` of folder ``p``, the message naming ``option`` and ``value``."""
+    try:
+        if p.is_dir():
+            return _write_probe(option, value, p, missing=False)
+        if p.exists() and p == Path(value):
+            raise fail(f"{option} {value}: is a file, not a folder; give a folder (it is created if missing)")
+        if p.exists():
+            raise fail(f"{option} {value}: {p} is a file, so no file can be created in it; give a path in a folder")
+        parent = p.absolute().parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+    except OSError as e:
+        raise fail(f"{option} {value}: cannot be checked ({e.strerror or e}); give a folder you can write to")
+    if not parent.is_dir():
+        raise fail(f"{option} {value}: {parent} is a file, so no folder can be created in it; give a folder path")
+    _write_probe(option, value, parent, missing=True)
+
+
+def check_out_file(option: str, value: Optional[Path]) -> None:
+    """An output file option, checked before any work: not a folder, and its folder writable or
+    creatable (:func:`check_out_folder`)."""
+    if value is None:
+        return
+    p = Path(value)
+    if p.is_dir():
+        raise fail(f"{option} {value}: is a folder; give a file name")
+    _check_folder(option, value, p.parent)
+
+
+def _read_weights(option: str, value: Path, what: str = "controller weights") -> dict:
+    """The arrays of the .npz file (weights: or run folder) of ``option``; one line naming it otherwise."""
+    from .problems import read_weights
+
+    try:
+        return read_weights(value, option, what)
+    except ValueError as e:
+        raise fail(str(e))
+
+
+def _typed_param(problem: str, key: str, text: str, default):
+    """``-p KEY=VALUE``'s value: a number where the parameter's default is a number, true/false
+    where it is a bool; one line naming the parameter and what it takes otherwise."""
+    import numbers
+
+    value = parse_value(text)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise fail(f"--param {key}={text!r}: parameter {key} of problem {problem!r} takes true or false "
+                       f"(default {str(default).lower()})")
+    elif isinstance(default, numbers.Real) and not isinstance(value, numbers.Real) or \
+            isinstance(default, numbers.Real) and isinstance(value, bool):
+        kind = "an integer" if isinstance(default, numbers.Integral) else "a number"
+        raise fail(f"--param {key}={text!r}: parameter {key} of problem {problem!r} takes {kind} (default {default!r})")
+    return value
+
+
 def collect_problem_params(problem: str, given: dict, extra: list[str]) -> dict:
     from . import problems
 
@@ -146,7 +235,7 @@ def collect_problem_params(problem: str, given: dict, extra: list[str]) -> dict:
         k, v = item.split("=", 1)
         if k not in spec:
             raise fail(f"--param {k}: problem {problem!r} has no such parameter; allowed: {', '.join(spec) or '(none)'}")
-        params[k] = parse_value(v)
+        params[k] = _typed_param(problem, k, v, spec[k][0])
     return params
 
 
@@ -199,6 +288,12 @@ def train(
     from . import problems as problems_mod
     from .config import describe_errors
 
+    check_out_folder("--out", out_dir)
+    check_out_folder("--tensorboard", tensorboard)
+    if checkpoint_seconds <= 0:
+        raise fail(f"--checkpoint-seconds {checkpoint_seconds:g}: must be > 0 (seconds between checkpoints)")
+    if memory_budget is not None and not memory_budget > 0:
+        raise fail(f"--memory-budget {memory_budget:g}: must be > 0 (GiB)")
     problems_mod.param_spec(problem)  # an unknown source: one line naming it and what is allowed
     given = dict(poles=poles, drivers=drivers, evaders=evaders, rc=rc, nx=nx, dt=dt, steps=steps,
                  target=target, weighting=weighting)
@@ -229,13 +324,7 @@ def train(
         )
     except ValidationError as e:
         raise fail(describe_errors(e, RunConfig))
-    if cfg.init_weights:
-        from .controllers import weights_file
-
-        try:
-            weights_file(cfg.init_weights)
-        except FileNotFoundError as e:
-            raise fail(f"--init-weights {e}")
+    weights = _read_weights("--init-weights", init_weights) if cfg.init_weights else None
 
     from .config import run_id
     from .run import clean_finished_partials, is_done
@@ -257,6 +346,9 @@ def train(
             raise fail("--overlap-eval needs two CPU devices, but JAX had already started with "
                        f"{cpus or 'no'} CPU device(s) in this process")
         want_overlap = False
+    # the problem's data, controller, step and loss against its contract, and the weights against
+    # the controller: one line naming the user's file and line, before anything compiles
+    problems_mod.check_for_training(prob, cfg, seed, weights=weights, weights_label="--init-weights")
     console.print(f"[bold]{problem}[/] {pparams or ''} mode={cfg.mode_label()} clip={cfg.clip} "
                   f"opt={cfg.optimizer} lr={cfg.lr:g} epochs={cfg.epochs} seed={seed} data={cfg.data}")
     folder = _run_with_progress(cfg, seed, out_dir, overlap=want_overlap, tensorboard=tensorboard,
@@ -334,24 +426,26 @@ def evaluate(
     """The trained controller's loss on the run's test or training set, or on states from a file."""
     import numpy as np
 
+    from . import problems as problems_mod
     from .run import load_run
 
+    check_out_file("--per-state", per_state)
+    arrays = None
+    if data not in ("train", "test"):
+        if not Path(data).is_file():
+            raise fail(f"--data {data!r}: allowed: test, train, or an existing .npz file of states")
+        arrays = _read_weights("--data", Path(data), "states")  # named arrays, read without pickles
+        if len(arrays) != 1:
+            raise fail(f"--data {data}: holds arrays {sorted(arrays)}; give a file with one array of states")
     r = load_run(run_dir)
     for note in r.notes:
         console.print(f"note: {note}")
-    if data in ("train", "test"):
-        states = r.data(data)
+    problems_mod.check_problem(r.problem, n_train=0, n_test=0, model=r.model)  # controller, step, loss
+    if arrays is None:
+        states = problems_mod.check_states(r.problem, r.data(data), what=f"{data} states")
     else:
-        path = Path(data)
-        if not path.is_file():
-            raise fail(f"--data {data!r}: allowed: test, train, or an existing .npz file of states")
-        with np.load(path) as f:
-            if len(f.files) != 1:
-                raise fail(f"--data {data}: holds arrays {f.files}; give a file with one array of states")
-            states = f[f.files[0]]
-        want = tuple(r.problem.state_shape)
-        if states.ndim != len(want) + 1 or tuple(states.shape[1:]) != want:
-            raise fail(f"--data {data}: states of shape {states.shape}; this problem's are (N, {', '.join(map(str, want))})")
+        states = problems_mod.check_states(r.problem, next(iter(arrays.values())), what="states",
+                                           where=f"--data {data}: the file holds")
     loss, each = r.evaluate(states)
     out.print(f"{r.config.problem} {r.config.mode_label()} seed {r.seed}: loss on {data} ({len(each)} states) = {loss:.6g}")
     if per_state is not None:

@@ -10,7 +10,8 @@ from typing import List, Optional
 
 import typer
 
-from ..cli import app, collect_problem_params, console, fail, out, setup_jax
+from ..cli import (_read_weights, app, check_out_file, check_out_folder, collect_problem_params, console, fail,
+                   out, setup_jax)
 
 
 @app.command("diagnose")
@@ -30,7 +31,9 @@ def diagnose_command(
     problems_mod.param_spec(problem)  # an unknown source: one line naming it and what is allowed
     if states < 1:
         raise fail(f"--states {states}: must be ≥ 1")
+    check_out_folder("--out", out_dir)
     pparams = collect_problem_params(problem, {}, param)
+    arrays = _read_weights("--weights", weights) if weights is not None else None
     setup_jax()
     import jax
 
@@ -51,10 +54,11 @@ def diagnose_command(
         else:
             prob = problems_mod.get(problem, **pparams)
             model, label = None, None
+            abstract = problems_mod.check_problem(prob, n_train=states, n_test=states, data=0, zero_last=zero_last,
+                                                  seed=seed)
             if weights is not None:
-                if not weights.is_file():
-                    raise fail(f"--weights {weights}: no such file or run folder")
-                model = controllers.load_weights(prob.make_controller(jax.random.PRNGKey(seed), zero_last=False), weights)
+                problems_mod.check_weights(prob, abstract, arrays, f"--weights {weights}")
+                model = controllers.load_weights(prob.make_controller(jax.random.PRNGKey(seed), zero_last=False), arrays)
                 label = f"{problem} — weights {weights.name}"
                 name = f"{problems_mod.file_stem(problem)}-{weights.stem}"
         d = diag.diagnose_problem(prob, model=model, n=states, zero_last=zero_last, seed=seed)
@@ -92,6 +96,7 @@ def animate_command(
         raise fail(f"--stride {stride}: must be ≥ 1")
     if out_file is not None and out_file.suffix.lower() not in (".gif", ".mp4"):
         raise fail(f"--out {out_file}: must end in .gif or .mp4")
+    check_out_file("--out", out_file)
     setup_jax()
     from rich.markup import escape
 

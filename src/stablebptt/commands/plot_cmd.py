@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ..cli import app, console, fail, out
+from ..cli import app, check_out_folder, console, fail, out
 
 
 @app.command("plot")
@@ -22,6 +22,7 @@ def plot_command(
     """Test loss per epoch for every problem of a sweep, one panel per complexity level."""
     if not sweep_dir.is_dir():
         raise fail(f"{sweep_dir}: no such folder")
+    check_out_folder("--out", out_dir)
     if band not in ("std", "ci"):
         raise fail(f"--band {band!r}: allowed std, ci")
     if window < 1:
@@ -49,6 +50,7 @@ def toyfigs_command(
     formats = [f.strip().lower().lstrip(".") for f in fmt.split(",") if f.strip()]
     if not formats:
         raise fail("--format: give at least one format, e.g. png,pdf")
+    check_out_folder("--out", out_dir)
     from .. import plots
 
     console.print("computing the Fig. 1 fields on a 401×401 grid and the Fig. 2 Adam runs …")

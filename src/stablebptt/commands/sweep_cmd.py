@@ -1,12 +1,13 @@
 """CLI: ``stablebptt sweep``, ``stablebptt results``, ``stablebptt reproduce``."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from ..cli import app, console, fail, out, setup_jax
+from ..cli import app, check_out_file, check_out_folder, console, fail, out, setup_jax
 
 
 def _progress_runner(spec, root, **kw):
@@ -32,12 +33,20 @@ def _run(spec_source, quick, seeds, out_dir, executor, workers, address, vmap_se
          checkpoint_seconds=30.0):
     from .. import sweep
 
+    if workers is not None and workers < 1:
+        raise fail(f"--workers {workers}: must be ≥ 1 (default: one per core, here {os.cpu_count()})")
+    if checkpoint_seconds <= 0:
+        raise fail(f"--checkpoint-seconds {checkpoint_seconds:g}: must be > 0 (seconds between checkpoints)")
+    if seeds is not None and seeds < 1:
+        raise fail(f"--seeds {seeds}: must be ≥ 1")
     try:
         spec = sweep.load_spec(spec_source, quick=quick, seeds=seeds)
     except sweep.SpecError as e:
         raise fail(str(e))
     root = out_dir or Path("sweeps") / spec.name
+    check_out_folder("--out" if out_dir else f"the sweep folder (--out, default sweeps/{spec.name})", root)
     setup_jax()
+    check_problems(spec)
     import jax
 
     cache_dir = jax.config.jax_compilation_cache_dir  # the workers share this process's cache folder
@@ -57,6 +66,23 @@ def _run(spec_source, quick, seeds, out_dir, executor, workers, address, vmap_se
     for f in report.failed:
         console.print(f"[red]failed[/] {f['config']['problem']} {f['config']['mode']} seeds {f['seeds']}: {f['error']}")
     return root, report
+
+
+def check_problems(spec) -> None:
+    """Every problem of the sweep (each source with each set of parameters, once) against its
+    contract with the first job's config and seed (:func:`stablebptt.problems.check_for_training`),
+    before any worker starts: a broken problem file is one line, not a failed job per run."""
+    import json
+
+    from .. import problems, sweep
+
+    seen = set()
+    for cfg, seed in sweep.expand(spec):
+        key = (cfg.problem, json.dumps(cfg.problem_params, sort_keys=True, default=str), cfg.init_weights)
+        if key in seen:
+            continue
+        seen.add(key)
+        problems.check_for_training(problems.get(cfg.problem, **cfg.problem_params), cfg, seed)
 
 
 @app.command("sweep")
@@ -94,6 +120,8 @@ def results_cmd(
 
     if not sweep_dir.is_dir():
         raise fail(f"{sweep_dir} is not a folder")
+    check_out_file("--csv", csv)
+    check_out_file("--parquet", parquet)
     if epoch is not None and epoch < 0:
         raise fail(f"--epoch {epoch}: must be ≥ 0 (0 = the untrained controller)")
     df = results.collect(sweep_dir, csv=csv, parquet=parquet)

@@ -24,8 +24,10 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import os
 import re
 import sys
+import traceback
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
@@ -79,21 +81,48 @@ def _signature_params(make: Callable) -> dict[str, tuple[Any, str]]:
             if p.default is not inspect.Parameter.empty and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
 
 
-def _file_module(path: Path):
-    """Import a Python file as a module (once per path and content)."""
+def _file_module(path: Path, source: str | None = None):
+    """Import a Python file as a module (once per path and content). An exception raised while
+    the file runs (a syntax error, a failed import, …) becomes a :class:`UserCodeError` naming
+    the file and line (``source``: the problem source, for the message)."""
     path = path.resolve()
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     key = f"stablebptt_problem_{digest}"
     if key not in sys.modules:
+        note_user_file(path)
         spec = importlib.util.spec_from_file_location(key, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[key] = module
         try:
             spec.loader.exec_module(module)
-        except BaseException:
+        except BaseException as e:
             del sys.modules[key]
+            err = user_code_error(e, f"loading problem {source or str(path)!r}") if isinstance(e, Exception) else None
+            if err is not None:
+                raise err from e
             raise
     return sys.modules[key]
+
+
+def _import_user_module(where: str, source: str):
+    """Import ``where`` (a module:FUNCTION source), its file noted as user code."""
+    try:
+        found = importlib.util.find_spec(where)
+    except (ImportError, ValueError) as e:
+        raise ValueError(f"problem {source!r}: cannot import module {where!r} ({e})") from None
+    if found is None:
+        raise ValueError(f"problem {source!r}: cannot import module {where!r} (No module named {where!r})")
+    if found.origin and found.has_location:
+        note_user_file(found.origin)
+    try:
+        return importlib.import_module(where)
+    except Exception as e:  # noqa: BLE001 - located in the user's file when it is there
+        err = user_code_error(e, f"loading problem {source!r}")
+        if err is not None:
+            raise err from e
+        if isinstance(e, ImportError):
+            raise ValueError(f"problem {source!r}: cannot import module {where!r} ({e})") from None
+        raise
 
 
 def _resolve(source: str) -> tuple[Callable, dict, dict]:
@@ -110,6 +139,7 @@ def _resolve(source: str) -> tuple[Callable, dict, dict]:
         return make, spec, {"kind": "builtin", "name": source}
     if source in _REGISTERED:
         make, spec = _REGISTERED[source]
+        note_user_file(_code_file(make))
         return _named(make, source), spec, {"kind": "registered", "name": source}
     if ":" in source:
         where, func = source.rsplit(":", 1)
@@ -117,14 +147,11 @@ def _resolve(source: str) -> tuple[Callable, dict, dict]:
             path = Path(where)
             if not path.is_file():
                 raise ValueError(f"problem {source!r}: no such file {where!r} (relative paths start in {Path.cwd()})")
-            mod = _file_module(path)
+            mod = _file_module(path, source)
             origin = {"kind": "file", "path": str(path.resolve()),
                       "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
         else:
-            try:
-                mod = importlib.import_module(where)
-            except ImportError as e:
-                raise ValueError(f"problem {source!r}: cannot import module {where!r} ({e})") from None
+            mod = _import_user_module(where, source)
             origin = {"kind": "module", "module": where, "path": getattr(mod, "__file__", None)}
         make = getattr(mod, func, None)
         if not callable(make):
@@ -133,6 +160,7 @@ def _resolve(source: str) -> tuple[Callable, dict, dict]:
         return _named(make, source), dict(spec) if isinstance(spec, dict) else _signature_params(make), origin
     eps = _entry_points()
     if source in eps:
+        _import_user_module(eps[source].module, source)  # the package's file is user code
         make = eps[source].load()
         spec = getattr(sys.modules.get(make.__module__), "PARAMS", None)
         return _named(make, source), dict(spec) if isinstance(spec, dict) else _signature_params(make), {
@@ -145,7 +173,13 @@ def _named(make: Callable, name: str) -> Callable:
     """``make`` whose Problem carries ``name`` (the source that built it)."""
     def named(**params):
         kw = {"name": name} if "name" in inspect.signature(make).parameters and name in _BUILTIN else {}
-        problem = make(**kw, **params)
+        try:
+            problem = make(**kw, **params)
+        except Exception as e:  # noqa: BLE001 - located in the user's file when it is there
+            err = user_code_error(e, f"building problem {name!r}")
+            if err is not None:
+                raise err from e
+            raise
         if not isinstance(problem, Problem):
             raise ValueError(f"problem {name!r}: make() returned {type(problem).__name__}, not a "
                              "stablebptt.problems.Problem")
@@ -230,4 +264,316 @@ def same_param(have, want) -> bool:
         return h == w or float(np.float32(w)) == h or float(np.float32(h)) == w
 
 
-__all__ = ["Problem", "get", "names", "param_spec", "register", "unregister", "origin", "check_matches", "file_stem"]
+# ----------------------------------------------------------------------------- user code: located errors
+class UserCodeError(ValueError):
+    """A mistake in a problem's own code, as one line ``FILE:LINE: what`` (the file and line in
+    the user's problem file; ``problem 'NAME': what`` where the code is not in a user file). The
+    exception it was made from, with its full traceback, is its ``__cause__``."""
+
+
+#: the (real) paths of the files problems were loaded from: FILE.py sources, the modules of
+#: module:FUNCTION sources and entry points, the files of registered functions
+_USER_FILES: set[str] = set()
+#: longest exception message quoted in a located error (the rest is in the --debug traceback)
+MAX_QUOTED = 600
+
+
+def note_user_file(path) -> None:
+    """Treat ``path`` as user code: errors raised in it are located there."""
+    if path:
+        _USER_FILES.add(os.path.realpath(str(path)))
+
+
+def is_user_file(filename) -> bool:
+    return bool(filename) and not str(filename).startswith("<") and os.path.realpath(str(filename)) in _USER_FILES
+
+
+def _code_file(fn) -> str | None:
+    try:
+        return inspect.getsourcefile(inspect.unwrap(fn))
+    except (TypeError, ValueError):
+        return None
+
+
+def _shown(path: str) -> str:
+    """``path`` as the user would type it: relative to the working folder when inside it."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return path if rel.startswith("..") else rel
+
+
+def _flat(text: str, limit: int = MAX_QUOTED) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def user_frame(exc: BaseException) -> tuple[str, int, str | None] | None:
+    """``(file, line, function)`` of the innermost traceback frame of ``exc`` (or of the
+    exceptions it was raised from) in a user file (:func:`note_user_file`); a syntax error in a
+    user file: its own file and line. None where no frame is in user code."""
+    todo, seen = [exc], set()
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, SyntaxError) and e.lineno and is_user_file(e.filename):
+            return e.filename, int(e.lineno), None
+        found = None
+        for frame, line in traceback.walk_tb(e.__traceback__):
+            if is_user_file(frame.f_code.co_filename):
+                found = (frame.f_code.co_filename, int(line), frame.f_code.co_name)
+        if found is not None:
+            return found
+        todo += [e.__cause__, e.__context__]
+    return None
+
+
+def user_code_error(exc: BaseException, during: str = "") -> UserCodeError | None:
+    """``exc`` as a :class:`UserCodeError` located at its innermost frame in user code
+    (``FILE:LINE: Type: message (in function(), while …)``), or None when no frame of it is in a
+    user file (an error of the library, or of a library the problem calls, stays as it is)."""
+    if isinstance(exc, UserCodeError):
+        return exc
+    loc = user_frame(exc)
+    if loc is None:
+        return None
+    path, line, func = loc
+    msg = exc.msg if isinstance(exc, SyntaxError) and loc[2] is None else str(exc)
+    context = ", ".join(x for x in (f"in {func}()" if func and not func.startswith("<") else "",
+                                    f"while {during}" if during else "") if x)
+    text = f"{_shown(path)}:{line}: {type(exc).__name__}" + (f": {_flat(msg)}" if msg else "")
+    return UserCodeError(text + (f" ({context})" if context else ""))
+
+
+def _located(problem: Problem, *fns) -> str:
+    """Where to point for a contract a problem's function breaks: ``FILE:LINE`` of the first of
+    ``fns`` defined in a user file (its ``def`` line), else ``problem 'NAME'``."""
+    for fn in fns:
+        target = fn
+        if fn is not None and not inspect.isfunction(inspect.unwrap(fn)) and not inspect.ismethod(fn):
+            target = getattr(type(fn), "__call__", None)  # a callable object (a module): its __call__
+        path = _code_file(target) if target is not None else None
+        if path and is_user_file(path):
+            try:
+                line = inspect.getsourcelines(inspect.unwrap(target))[1]
+            except (OSError, TypeError):
+                continue
+            return f"{_shown(path)}:{line}"
+    return f"problem {problem.name!r}"
+
+
+def _run_user(problem: Problem, during: str, call, *, contract: str | None = None, at=()):
+    """``call()``; an exception raised in user code becomes a located :class:`UserCodeError`;
+    a shape error the library raises on the problem's behalf (TypeError, ValueError, IndexError)
+    becomes one that states ``contract``, located at the first user function of ``at``."""
+    try:
+        return call()
+    except Exception as e:  # noqa: BLE001 - re-raised unless it can be located
+        err = user_code_error(e, during)
+        if err is not None:
+            raise err from e
+        if contract and isinstance(e, (TypeError, ValueError, IndexError)):
+            raise UserCodeError(f"{_located(problem, *at)}: {contract} ({type(e).__name__}: {_flat(e)})") from e
+        raise
+
+
+def _shape(shape) -> tuple[int, ...]:
+    return tuple(int(n) for n in shape)
+
+
+def check_states(problem: Problem, states, *, n: int | None = None, what: str = "states", where: str | None = None):
+    """``states`` as a numpy array after checking them against the problem's contract: shape
+    ``(n, *state_shape)``, a floating dtype, every entry finite. ValueError naming ``what`` and
+    ``where`` (default: the problem's ``sample_data``) otherwise."""
+    import numpy as np
+
+    at = where or f"{_located(problem, problem.sample_data)}: sample_data returned"
+    want = _shape(problem.state_shape)
+    try:
+        arr = np.asarray(states)
+    except Exception as e:  # noqa: BLE001 - whatever it is, it is not an array of states
+        raise UserCodeError(f"{at} {what} of type {type(states).__name__}, not an array of states "
+                            f"({type(e).__name__}: {_flat(e, 200)})") from e
+    if arr.dtype == object or arr.ndim == 0:
+        raise UserCodeError(f"{at} {what} of type {type(states).__name__}, not an array of states of shape "
+                            f"(N, {', '.join(map(str, want))})".replace(", )", ")"))
+    lead = "N" if n is None else str(n)
+    expect = "(" + ", ".join([lead, *map(str, want)]) + ")"
+    if tuple(arr.shape[1:]) != want or (n is not None and arr.shape[0] != n):
+        why = (f"the problem's state_shape is {want}" if tuple(arr.shape[1:]) != want
+               else f"{n} states were asked for")
+        raise UserCodeError(f"{at} {what} of shape {tuple(arr.shape)}; {why}, so the shape must be {expect}")
+    if arr.dtype.kind != "f":
+        raise UserCodeError(f"{at} {what} of dtype {arr.dtype}; states must be floating point (float32)")
+    bad = int(arr.size - np.isfinite(arr).sum())
+    if bad:
+        raise UserCodeError(f"{at} {what} with {bad} non-finite value(s) (NaN/inf) of {arr.size}; "
+                            "every entry must be finite")
+    return arr
+
+
+
+def _not_traceable():
+    import jax
+
+    return (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
+            jax.errors.TracerBoolConversionError, jax.errors.TracerIntegerConversionError)
+
+
+def _controller(problem: Problem, zero_last: bool, seed: int = 0):
+    """The problem's controller, abstract (nothing runs) where its factory can be traced."""
+    import equinox as eqx
+    import jax
+
+    make = lambda k: problem.make_controller(k, zero_last=zero_last)  # noqa: E731
+    key = jax.random.PRNGKey(seed)
+    try:
+        return eqx.filter_eval_shape(make, key)
+    except _not_traceable():
+        return make(key)
+
+
+def weight_shapes(model) -> dict[str, tuple[int, ...]]:
+    """``{name: shape}`` of a controller's weights as :func:`stablebptt.controllers.weights_dict`
+    names them (the controller may be abstract)."""
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+
+    from ..controllers import _leaf_name, _weight_layers
+
+    layers = _weight_layers(model)
+    if layers:
+        return {f"w{i}_{p}": _shape(getattr(layer, p).shape) for i, layer in enumerate(layers) for p in ("kernel", "bias")}
+    inexact = lambda a: (eqx.is_inexact_array(a) or isinstance(a, jax.ShapeDtypeStruct)  # noqa: E731
+                         and jnp.issubdtype(a.dtype, jnp.inexact))
+    params = eqx.filter(model, inexact)
+    return {_leaf_name(p): _shape(a.shape) for p, a in jax.tree_util.tree_leaves_with_path(params)}
+
+
+def read_weights(path, label: str = "init_weights", what: str = "controller weights") -> dict:
+    """The arrays of a weights file (an ``.npz``, or a run folder's ``weights.npz``); ValueError
+    naming ``label`` and the file when it is missing or not an ``.npz`` of arrays (``what``:
+    what the file should hold, for the message). Object (pickled) arrays are not read."""
+    import zipfile
+
+    import numpy as np
+
+    from ..controllers import weights_file
+
+    try:
+        f = weights_file(path)
+    except FileNotFoundError as e:
+        raise ValueError(f"{label} {e}") from None
+    try:
+        with np.load(f, allow_pickle=False) as data:
+            if not hasattr(data, "files"):
+                raise ValueError("it holds a single .npy array, not named arrays")
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        why = str(e) if "single .npy" in str(e) else "numpy cannot read it as an .npz archive"
+        raise ValueError(f"{label} {f}: not an .npz of {what} ({why})") from None
+
+
+def check_weights(problem: Problem, model, arrays: dict, label: str) -> None:
+    """ValueError naming ``label`` unless ``arrays`` have the names and shapes of ``model``'s weights."""
+    want = weight_shapes(model)
+    if set(arrays) != set(want):
+        raise ValueError(f"{label}: holds arrays {sorted(arrays)}; the controller of problem {problem.name!r} "
+                         f"has weights {sorted(want)}")
+    for k, shape in want.items():
+        if tuple(arrays[k].shape) != shape:
+            raise ValueError(f"{label}: {k} has shape {tuple(arrays[k].shape)}; the controller of problem "
+                             f"{problem.name!r} expects {shape}")
+
+
+def check_problem(problem: Problem, *, n_train: int = 8, n_test: int = 8, data="paper", batch_size: int = 8,
+                  zero_last: bool | None = None, seed: int = 0, model=None) -> Any:
+    """Check a problem against its contract before anything compiles: ``sample_data(data,
+    n_train, n_test)`` returns (train, test) states of shape (n, *state_shape), floating point,
+    finite; the controller maps a batch of states to controls of shape (B, *control_shape)
+    (by abstract evaluation, ``jax.eval_shape``); ``step`` maps states and controls of the
+    declared shapes to states of the state's shape and dtype; ``loss.state_loss`` returns a
+    scalar. Raises :class:`UserCodeError` (a ValueError) naming the file and line of the user
+    code at fault and the contract broken; an exception raised in user code is located at its
+    innermost frame there. ``model``: check this controller instead of a new one. Returns the
+    controller checked (abstract where its factory can be traced)."""
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+
+    if n_train or n_test:
+        out = _run_user(problem, "sampling the data (sample_data)",
+                        lambda: problem.sample_data(data, int(n_train), int(n_test)))
+        if not isinstance(out, (tuple, list)) or len(out) != 2:
+            raise UserCodeError(f"{_located(problem, problem.sample_data)}: sample_data returned "
+                                f"{type(out).__name__}; it must return a pair (train, test) of state arrays")
+        for what, arr, n in (("train states", out[0], n_train), ("test states", out[1], n_test)):
+            check_states(problem, arr, n=int(n), what=what)
+    zl = problem.zero_last_default if zero_last is None else bool(zero_last)
+    if model is None:
+        model = _run_user(problem, "building the controller (make_controller)", lambda: _controller(problem, zl, seed),
+                          contract="make_controller(key, zero_last=…) fails", at=(problem.make_controller,))
+    b = max(1, min(int(batch_size), int(n_train) if n_train else int(batch_size)))
+    state_shape, control_shape = _shape(problem.state_shape), _shape(problem.control_shape)
+    x = jax.ShapeDtypeStruct((b, *state_shape), jnp.float32)
+    c = _run_user(problem, "applying the controller", lambda: eqx.filter_eval_shape(lambda m, s: m(s), model, x),
+                  contract=f"the controller cannot take a batch of states of shape {x.shape} (state_shape {state_shape})",
+                  at=(model, problem.make_controller))
+    want = (b, *control_shape)
+    at = _located(problem, model, problem.make_controller)
+    if not isinstance(c, jax.ShapeDtypeStruct):
+        raise UserCodeError(f"{at}: the controller returns {type(c).__name__} for a batch of {b} states; it must return "
+                            f"one array of controls of shape {want} (control_shape {control_shape})")
+    if tuple(c.shape) != want:
+        raise UserCodeError(f"{at}: the controller returns controls of shape {tuple(c.shape)} for a batch of {b} "
+                            f"states of shape {state_shape}; the problem's control_shape is {control_shape}, so the "
+                            f"shape must be {want}")
+    if not jnp.issubdtype(c.dtype, jnp.floating):
+        raise UserCodeError(f"{at}: the controller returns controls of dtype {c.dtype}; controls must be floating "
+                            "point (float32)")
+    u = jax.ShapeDtypeStruct(want, jnp.float32)
+    x1 = _run_user(problem, "applying step(x, c)", lambda: jax.eval_shape(problem.step, x, u),
+                   contract=f"step(x, c) fails for states of shape {x.shape} and controls of shape {u.shape}",
+                   at=(problem.step,))
+    at = _located(problem, problem.step)
+    if not isinstance(x1, jax.ShapeDtypeStruct) or tuple(x1.shape) != x.shape:
+        got = f"shape {tuple(x1.shape)}" if isinstance(x1, jax.ShapeDtypeStruct) else type(x1).__name__
+        raise UserCodeError(f"{at}: step(x, c) returns {got} for states of shape {x.shape} and controls of shape "
+                            f"{u.shape}; it must return the next states, of shape {x.shape} (state_shape {state_shape})")
+    if x1.dtype != x.dtype:
+        raise UserCodeError(f"{at}: step(x, c) returns states of dtype {x1.dtype}; they must be {x.dtype} like the "
+                            "states it is given")
+    state_loss = getattr(problem.loss, "state_loss", None)
+    if callable(state_loss):
+        loss = _run_user(problem, "applying the loss (state_loss)", lambda: jax.eval_shape(state_loss, x),
+                         contract=f"state_loss fails for states of shape {x.shape}", at=(state_loss,))
+        if not isinstance(loss, jax.ShapeDtypeStruct) or tuple(loss.shape) != ():
+            got = f"shape {tuple(loss.shape)}" if isinstance(loss, jax.ShapeDtypeStruct) else type(loss).__name__
+            raise UserCodeError(f"{_located(problem, state_loss)}: state_loss returns {got} for states of shape "
+                                f"{x.shape}; it must return a scalar (the loss of the batch, e.g. a mean)")
+    return model
+
+
+def check_for_training(problem: Problem, config, seed: int = 0, *, weights: dict | None = None,
+                       weights_label: str | None = None) -> None:
+    """:func:`check_problem` with the sizes, data and controller that training ``config`` with
+    ``seed`` uses, and the config's ``init_weights`` (or ``weights``, arrays already read)
+    against the controller's weights. Raises ValueError naming what is wrong (see
+    :func:`check_problem`), before anything compiles."""
+    zl = problem.zero_last_default if config.zero_last is None else config.zero_last
+    model = check_problem(problem, n_train=config.n_train, n_test=config.n_test,
+                          data="paper" if config.data == "paper" else int(seed), batch_size=config.batch_size,
+                          zero_last=zl, seed=int(seed))
+    if config.init_weights or weights is not None:
+        label = weights_label or "init_weights"
+        arrays = weights if weights is not None else read_weights(config.init_weights, label)
+        check_weights(problem, model, arrays, f"{label} {config.init_weights}")
+
+
+__all__ = ["Problem", "get", "names", "param_spec", "register", "unregister", "origin", "check_matches", "file_stem",
+           "UserCodeError", "user_code_error", "check_problem", "check_for_training", "check_states", "check_weights", "read_weights",
+           "weight_shapes"]
