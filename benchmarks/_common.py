@@ -177,7 +177,7 @@ def compile_update(model, x0, *, step, loss, horizon: int, flow, backward, what:
 
 
 def default_strategy(model, x0, *, step, loss, horizon: int, flow, checkpoint_every=None):
-    """The backward strategy the automatic rule (:func:`stablebptt.select_backward`) picks for
+    """The backward strategy ``backward="auto"`` (:func:`stablebptt.select_backward`, measured) picks for
     this controller, simulator and flow (no remat segments unless ``checkpoint_every``)."""
     import stablebptt as sb
     from stablebptt.core import as_flow

@@ -72,7 +72,7 @@ class RunConfig(BaseModel):
     #: evaluate the full train/test sets every k epochs and after the last one (paper: 1).
     #: Only evaluated epochs are recorded as rows; the others still train and are guarded.
     eval_every: int = 1
-    #: the backward strategy: "auto" (``core.backward.select_backward``), "autodiff" (the
+    #: the backward strategy: "auto" (the fastest, measured: ``core.engine.choose_backward``), "autodiff" (the
     #: reference: one complete pass per field), "batched" or "per_step" (the reverse sweep
     #: with that input Jacobian); the strategy that ran is recorded in the run's manifest
     backward: str = "auto"

@@ -1,6 +1,6 @@
 r"""A gradient-flow mode as data: per-step *gates* of each field, and the combiners.
 
-Setting (``method.md``): a controller N drives a simulator P over T steps::
+Setting (Schnell & Thuerey, ICLR 2024, Sec. 3): a controller N drives a simulator P over T steps::
 
     c_n = N(x_n; θ),   x_{n+1} = P(x_n, c_n),   n = 0 … T-1
 
