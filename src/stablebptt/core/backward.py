@@ -471,6 +471,29 @@ def candidates(model, x0, *, step, loss: TrajectoryLoss, horizon: int, gates, pr
     return out
 
 
+def first_round(cands: Sequence) -> list:
+    """One candidate of each family (:class:`Autodiff`; per sweep the jacobian and where the
+    parameter gradients are formed), the one with kept activations (where that is an option)
+    and a recomputed linearisation: the first round of :func:`stablebptt.core.choose.choose`."""
+    out, seen = [], set()
+    for c in sorted(cands, key=lambda c: (not getattr(c, "keep_activations", False),
+                                          getattr(c, "save_linearization", False))):
+        fam = (type(c).__name__, getattr(c, "jacobian", None), getattr(c, "param_grads", None))
+        if fam not in seen:
+            seen.add(fam)
+            out.append(c)
+    return [c for c in cands if c in out]  # in the candidates' order
+
+
+def neighbours(strategy) -> list:
+    """The sweeps that differ from ``strategy`` in one option (saved linearisation, kept
+    activations): the second round of :func:`stablebptt.core.choose.choose`."""
+    if not isinstance(strategy, ReverseSweep):
+        return []
+    return [dataclasses.replace(strategy, save_linearization=not strategy.save_linearization),
+            dataclasses.replace(strategy, keep_activations=not strategy.keep_activations)]
+
+
 def select_backward(model, x0, *, step, loss: TrajectoryLoss, horizon: int, gates, prefer: str = "auto",
                     checkpoint_every: int | str | None = "auto", memory_budget: int | None = None,
                     verify_rows: bool = True):

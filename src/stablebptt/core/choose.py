@@ -101,7 +101,8 @@ def _store(key: str, rec: dict) -> None:
 
 
 def choose(candidates: Sequence[Any], program: Callable[[Any], Callable], args: Sequence[Any],
-           key_parts: Sequence[Any]) -> tuple[Any, dict]:
+           key_parts: Sequence[Any], first: Sequence[Any] | None = None,
+           neighbours: Callable[[Any], Sequence[Any]] | None = None) -> tuple[Any, dict]:
     """The fastest of ``candidates`` and the record of the decision.
 
     Args:
@@ -110,9 +111,15 @@ def choose(candidates: Sequence[Any], program: Callable[[Any], Callable], args: 
         function; it is jitted and compiled here).
       args: concrete arguments of ``f`` (the same for every candidate).
       key_parts: what, besides the candidates, determines the cost (see :func:`signature`).
+      first, neighbours: a search in two rounds instead of timing every candidate (each costs
+        a compilation): round one times ``first`` (one candidate of each family), round two
+        the best of them again beside ``neighbours(best)`` (the candidates that differ from
+        it in one option); the fastest of round two is kept.
 
     Returns:
-      ``(strategy, record)``; a single candidate is returned unmeasured.
+      ``(strategy, record)``; a single candidate is returned unmeasured. The record's
+      ``candidates`` holds the seconds per call of every candidate timed (round two's time for
+      the one timed twice).
     """
     names = [repr(c) for c in candidates]
     if len(candidates) == 1:
@@ -125,28 +132,38 @@ def choose(candidates: Sequence[Any], program: Callable[[Any], Callable], args: 
         _MEMORY[key] = rec
         return candidates[names.index(rec["chosen"])], rec
     t0 = time.perf_counter()
-    times = measure(candidates, program, args)
-    best = min(range(len(candidates)), key=lambda i: times[i])
-    rec = {"chosen": names[best], "candidates": dict(zip(names, times)),
+    compiled: dict[str, Any] = {}
+    round1 = list(first) if first is not None else list(candidates)
+    times = dict(zip(map(repr, round1), measure(round1, program, args, compiled)))
+    best = min(round1, key=lambda c: times[repr(c)])
+    if neighbours is not None:
+        round2 = [best] + [c for c in neighbours(best) if repr(c) in names and repr(c) not in times]
+        if len(round2) > 1:
+            times |= dict(zip(map(repr, round2), measure(round2, program, args, compiled)))
+            best = min(round2, key=lambda c: times[repr(c)])
+    rec = {"chosen": repr(best), "candidates": times,
            "measure_s": round(time.perf_counter() - t0, 3), "cached": False, "signature": key}
     _store(key, rec)
-    return candidates[best], rec
+    return best, rec
 
 
-def measure(candidates: Sequence[Any], program: Callable[[Any], Callable], args: Sequence[Any]) -> list[float]:
+def measure(candidates: Sequence[Any], program: Callable[[Any], Callable], args: Sequence[Any],
+            compiled: dict | None = None) -> list[float]:
     """Seconds per call of each candidate's compiled program: the minimum of :data:`REPEATS`
     calls after one untimed call, the candidates interleaved (compiled two at a time: XLA
-    compiles without the GIL)."""
+    compiles without the GIL; ``compiled``: programs already compiled, by name, extended here)."""
+    compiled = {} if compiled is None else compiled
     abstract = [jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), a) for a in args]
 
     def compile_one(c):
         with jax.default_matmul_precision("highest"):
             return jax.jit(program(c)).lower(*abstract).compile()
 
+    todo = [c for c in candidates if repr(c) not in compiled]
     with ThreadPoolExecutor(2) as pool:
-        compiled = list(pool.map(compile_one, candidates))
+        compiled |= dict(zip(map(repr, todo), pool.map(compile_one, todo)))
     with jax.ensure_compile_time_eval():  # run now, also when the caller is being traced
-        return _time(compiled, args)
+        return _time([compiled[repr(c)] for c in candidates], args)
 
 
 def _time(compiled, args) -> list[float]:

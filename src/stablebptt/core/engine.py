@@ -130,7 +130,9 @@ def choose_backward(backward: "str | Strategy", model, x0, *, step, loss: Trajec
     ``"per_step"``) selects :func:`~stablebptt.core.backward.candidates`; where there are
     several, each is compiled into a program that computes the fields of :data:`MEASURE_BATCHES`
     minibatches in a scan (as a training epoch does) and the fastest is kept
-    (:func:`stablebptt.core.choose.choose`; the decision is cached per signature).
+    (:func:`stablebptt.core.choose.choose`, in two rounds: one candidate of each family
+    (:func:`~stablebptt.core.backward.first_round`), then the best beside its one-option
+    :func:`~stablebptt.core.backward.neighbours`; the decision is cached per signature).
 
     Args:
       gates: the flow's concrete gate fields (…, F, T, 2) (leading axes: runs sharing the program).
@@ -189,7 +191,8 @@ def choose_backward(backward: "str | Strategy", model, x0, *, step, loss: Trajec
     key_parts = [_jaxpr_text(model, x0, step, loss, horizon), horizon, np.asarray(one_fields, np.float32), live,
                  per_sample, MEASURE_BATCHES, str(jax.tree_util.tree_map(lambda a: (np.shape(a), str(a.dtype)),
                                                                          args[1]))]
-    return choose.choose(cands, program, args, key_parts)
+    return choose.choose(cands, program, args, key_parts, first=backward_mod.first_round(cands),
+                         neighbours=backward_mod.neighbours)
 
 
 def _jaxpr_text(model, x0, step, loss, horizon) -> str:
