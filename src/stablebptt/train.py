@@ -137,7 +137,8 @@ def make_train(problem: Problem, config: RunConfig, *, lanes: Sequence[RunConfig
         config.backward if backward is None else backward, model_abs, x_probe, step=problem.step, loss=problem.loss, horizon=T, gates=fields,
         checkpoint_every=config.checkpoint_every if backward is None or isinstance(backward, str) else None,
         memory_budget=budget if backward is None or isinstance(backward, str) else None, verify_rows=verify_rows,
-        per_sample=bool(flow.and_mask), probe=probe)
+        per_sample=bool(flow.and_mask), probe=probe,
+        updates=config.epochs * (config.n_train // config.batch_size) * max(n_runs, 1))
     flow_plan = core.plan(flow, fields)
     tx = optim.injected(config.optimizer, momentum=config.momentum)
     hyper = optim.hyperparams(config.lr, config.clip, config.clip_threshold)

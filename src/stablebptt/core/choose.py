@@ -36,6 +36,8 @@ import numpy as np
 CACHE_ENV = "STABLEBPTT_BACKWARD_CACHE"
 #: calls of each compiled candidate that are timed (after one untimed call); the minimum counts
 REPEATS = 3
+#: the share of a run's time that timing the other candidates may cost (see ``choose``'s ``calls``)
+WORTH = 0.1
 #: bump when the measurement itself changes, so that older decisions are not reused
 _VERSION = 1
 
@@ -102,7 +104,7 @@ def _store(key: str, rec: dict) -> None:
 
 def choose(candidates: Sequence[Any], program: Callable[[Any], Callable], args: Sequence[Any],
            key_parts: Sequence[Any], first: Sequence[Any] | None = None,
-           neighbours: Callable[[Any], Sequence[Any]] | None = None) -> tuple[Any, dict]:
+           neighbours: Callable[[Any], Sequence[Any]] | None = None, calls: float | None = None) -> tuple[Any, dict]:
     """The fastest of ``candidates`` and the record of the decision.
 
     Args:
@@ -115,6 +117,10 @@ def choose(candidates: Sequence[Any], program: Callable[[Any], Callable], args: 
         a compilation): round one times ``first`` (one candidate of each family), round two
         the best of them again beside ``neighbours(best)`` (the candidates that differ from
         it in one option); the fastest of round two is kept.
+      calls: how often the run will call the timed work (None: unknown, measure). The first
+        candidate (the reference) is timed alone first; when compiling the others is expected
+        to cost more than :data:`WORTH` of the run's time with the reference, the reference is
+        returned without timing them (the record says so under ``skipped``; not cached).
 
     Returns:
       ``(strategy, record)``; a single candidate is returned unmeasured. The record's
@@ -134,7 +140,18 @@ def choose(candidates: Sequence[Any], program: Callable[[Any], Callable], args: 
     t0 = time.perf_counter()
     compiled: dict[str, Any] = {}
     round1 = list(first) if first is not None else list(candidates)
-    times = dict(zip(map(repr, round1), measure(round1, program, args, compiled)))
+    times: dict[str, float] = {}
+    if calls is not None:  # is measuring worth it? Time the first candidate alone first
+        ref = round1[0]
+        times[repr(ref)] = measure([ref], program, args, compiled)[0]
+        compile_s = time.perf_counter() - t0 - REPEATS * times[repr(ref)]
+        others = len(round1) - 1 + (2 if neighbours is not None else 0)
+        run_s = calls * times[repr(ref)]
+        if others * compile_s > WORTH * run_s:
+            return ref, {"chosen": repr(ref), "candidates": times, "measure_s": round(time.perf_counter() - t0, 3),
+                         "cached": False, "skipped": f"timing {others} more candidates would take ~{others * compile_s:.0f} s, "
+                                                     f"over {WORTH:.0%} of the run's ~{run_s:.0f} s"}
+    times |= dict(zip(map(repr, round1), measure(round1, program, args, compiled)))
     best = min(round1, key=lambda c: times[repr(c)])
     if neighbours is not None:
         round2 = [best] + [c for c in neighbours(best) if repr(c) in names and repr(c) not in times]
@@ -160,6 +177,9 @@ def measure(candidates: Sequence[Any], program: Callable[[Any], Callable], args:
             return jax.jit(program(c)).lower(*abstract).compile()
 
     todo = [c for c in candidates if repr(c) not in compiled]
+    if len(todo) == 1:
+        compiled[repr(todo[0])] = compile_one(todo[0])
+        todo = []
     with ThreadPoolExecutor(2) as pool:
         compiled |= dict(zip(map(repr, todo), pool.map(compile_one, todo)))
     with jax.ensure_compile_time_eval():  # run now, also when the caller is being traced

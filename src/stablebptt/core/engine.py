@@ -123,7 +123,8 @@ MEASURE_BATCHES = 4
 
 def choose_backward(backward: "str | Strategy", model, x0, *, step, loss: TrajectoryLoss, horizon: int, gates,
                     checkpoint_every: "int | str | None" = "auto", memory_budget: int | None = None,
-                    verify_rows: bool = True, per_sample: bool = False, probe=None) -> tuple[Strategy, dict]:
+                    verify_rows: bool = True, per_sample: bool = False, probe=None,
+                    updates: int | None = None) -> tuple[Strategy, dict]:
     """The strategy for ``backward`` and the record of how it was chosen.
 
     A strategy object is used as given. A name (``"auto"``, ``"autodiff"``, ``"batched"``,
@@ -139,6 +140,9 @@ def choose_backward(backward: "str | Strategy", model, x0, *, step, loss: Trajec
       checkpoint_every / memory_budget: for a name (see ``candidates``).
       per_sample: the fields are computed per batch member (AND-mask): candidates are planned
         and timed on batches of one, vmapped over the members.
+      updates: how many minibatch updates the run will make (None: unknown). Timing the
+        candidates is skipped when it would cost more than a tenth of the run's time with the
+        first candidate (:class:`Autodiff` where it is one; ``calls`` of ``choose``).
       probe: concrete initial states (k, B, …) to time on (e.g. the first minibatches of the
         training set); default: ``x0`` repeated where it is concrete, else random normal
         states. ``model`` may be abstract; its parameters are then random for the timing.
@@ -191,8 +195,9 @@ def choose_backward(backward: "str | Strategy", model, x0, *, step, loss: Trajec
     key_parts = [_jaxpr_text(model, x0, step, loss, horizon), horizon, np.asarray(one_fields, np.float32), live,
                  per_sample, MEASURE_BATCHES, str(jax.tree_util.tree_map(lambda a: (np.shape(a), str(a.dtype)),
                                                                          args[1]))]
+    calls = None if updates is None else updates / len(jax.tree_util.tree_leaves(args[1])[0])
     return choose.choose(cands, program, args, key_parts, first=backward_mod.first_round(cands),
-                         neighbours=backward_mod.neighbours)
+                         neighbours=backward_mod.neighbours, calls=calls)
 
 
 def _jaxpr_text(model, x0, step, loss, horizon) -> str:
