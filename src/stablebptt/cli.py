@@ -238,10 +238,14 @@ def train(
             raise fail(f"--init-weights {e}")
 
     from .config import run_id
-    from .run import clean_finished_partials, is_done
+    from .run import clean_finished_partials, code_change, is_done
 
     folder = Path(out_dir) / run_id(cfg, seed)
     if is_done(folder) and not restart:
+        change = code_change(folder, cfg)
+        if change:
+            raise fail(f"{change}; its result is not shown: --restart recomputes it with the new code, or choose "
+                       "another --out")
         clean_finished_partials(out_dir)
         console.print(f"already trained: {folder} (the same command ran before; its result is shown, nothing "
                       "was recomputed; --restart trains it again)", soft_wrap=True)

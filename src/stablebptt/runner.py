@@ -98,6 +98,9 @@ class Checkpoint:
     metrics: Sequence[Path] | None = None
     #: the strategy the runs use (``strategy_spec``), set by ``train``; saved with the state
     backward: dict | None = None
+    #: what identifies the problem's code (:func:`stablebptt.problems.code_identity`), saved with
+    #: the state: a checkpoint saved with other code is refused (None: not checked)
+    code: dict | None = None
 
 
 def lane_key(config: RunConfig) -> str:
@@ -182,6 +185,8 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
     vmapped = batching == "vmap" or (batching == "auto" and (lane_configs is not None or jax.default_backend() != "cpu"))
     eval_device = _eval_device(overlap_eval)
     t0 = time.perf_counter()
+    if checkpoint is not None:
+        _check_checkpoint_code(checkpoint)
     # a resumed run continues with the strategy that ran (backward="auto" is not measured again)
     resumed_backward = _checkpoint_backward(checkpoint) if checkpoint is not None else None
     trainer, programs = _compile(problem, config, runs, vmapped, eval_device, lane_configs, resumed_backward)
@@ -483,6 +488,31 @@ def strategy_from_spec(spec: dict):
     return cls(**spec.get("options", {}))
 
 
+def _checkpoint_meta(ck: Checkpoint) -> dict | None:
+    """The metadata saved in the checkpoint file, or None (no file, or one that cannot be read:
+    :func:`_restore` names the problem with it)."""
+    path = Path(ck.path)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as f:
+            return json.loads(str(f["meta"]))
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _check_checkpoint_code(ck: Checkpoint) -> None:
+    """Raise ValueError when the checkpoint was saved with other problem code than ``ck.code``."""
+    from . import problems
+
+    meta = _checkpoint_meta(ck)
+    change = problems.describe_code_change((meta or {}).get("code"), ck.code,
+                                           f"the checkpoint {ck.path} was saved")
+    if change:
+        raise ValueError(f"{change}; --restart (restart=True) starts the run over with the new code, or choose "
+                         "another --out")
+
+
 def _checkpoint_backward(ck: Checkpoint):
     """The strategy saved in the checkpoint file, or None (no file, or a file without one)."""
     path = Path(ck.path)
@@ -505,7 +535,7 @@ def _save(ck: Checkpoint, epoch: int, groups: list[_Group], runs: list[_Run]) ->
     for j, r in enumerate(runs):
         for i, leaf in enumerate(jax.tree_util.tree_leaves(jax.device_get(r.final_params if r.final_params is not None else {}))):
             arrays[f"final{j}_{i}"] = np.asarray(leaf)
-    meta = {"epoch": epoch, "signature": _signature(groups, runs), "backward": ck.backward,
+    meta = {"epoch": epoch, "signature": _signature(groups, runs), "backward": ck.backward, "code": ck.code,
             "runs": [{"history": r.history, "initial": r.initial, "diverged_epoch": r.diverged_epoch,
                       "final": r.final_params is not None} for r in runs]}
     path = Path(ck.path)

@@ -21,7 +21,10 @@ The whole spec is validated before any work starts; a bad field names itself.
 ones with an executor and returns a report. Each job is ``stablebptt.run.run(config, seed,
 root)``: it writes exactly one folder named by the hash of (config, seed), atomically, so a
 sweep that is interrupted (Ctrl-C, SIGKILL) resumes with nothing lost and nothing
-duplicated, and a finished job is never recomputed. Diverged runs are results too.
+duplicated, and a finished job is never recomputed. Diverged runs are results too. A finished
+job whose problem code has changed since (an edited problem file,
+:func:`stablebptt.run.code_change`) stops the sweep before any work, with one line naming the
+file: its old numbers are not counted as done.
 
 Executors:
 
@@ -472,6 +475,30 @@ def _run_ray(groups, root: Path, workers, address, cache_dir, checkpoint_seconds
             ray.shutdown()
 
 
+def _check_code(jobs: list[tuple[RunConfig, int]], root: Path) -> None:
+    """Raise :class:`SpecError` when a finished job under ``root`` was made with problem code
+    that has changed since (one line: the file, old → new hash, how many runs, what to do)."""
+    from . import problems
+    from .run import code_change
+
+    current: dict[str, dict | None] = {}
+    stale, first = [], None
+    for c, s in jobs:
+        folder = root / run_id(c, s)
+        if not is_done(folder):
+            continue
+        if c.problem not in current:
+            current[c.problem] = problems.code_identity(c.problem)
+        change = code_change(folder, c, current[c.problem])
+        if change:
+            stale.append(folder.name)
+            first = first or change
+    if stale:
+        raise SpecError(f"{first}: {len(stale)} finished run(s) under {root} were made with the old code and are not "
+                        f"counted as done; sweep into another --out, or remove those run folders ({', '.join(stale[:3])}"
+                        f"{', …' if len(stale) > 3 else ''}) to recompute them")
+
+
 def run_sweep(spec: SweepSpec, root: str | Path, *, executor: str = "local", workers: int | None = None,
               address: str | None = None, vmap_seeds: bool = False, vmap_configs: bool = False,
               progress: Optional[Callable[[dict], None]] = None, cache_dir: str | None = None,
@@ -505,6 +532,7 @@ def run_sweep(spec: SweepSpec, root: str | Path, *, executor: str = "local", wor
     clean_stale_temps(root)
     (root / "sweep.json").write_text(json.dumps(spec.model_dump(mode="json"), indent=2))
     jobs = expand(spec)
+    _check_code(jobs, root)
     todo = [(c, s) for c, s in jobs if not is_done(root / run_id(c, s))]
     report = SweepReport(root=root, jobs=len(jobs), skipped=len(jobs) - len(todo))
     groups = _groups(todo, vmap_seeds, vmap_configs)
