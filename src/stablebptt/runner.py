@@ -16,6 +16,10 @@ first (JAX dispatches asynchronously; no threads): the same numbers, a row compl
 later. It needs two CPU devices (``jax.config.update("jax_num_cpu_devices", 2)`` before JAX
 starts; ``stablebptt train`` does this on multi-core machines).
 
+An untrained controller whose loss is not finite stops ``train`` before it trains (with
+overlapped evaluation: once the first epoch's updates are dispatched): a ValueError says at
+which step its rollout first gives NaN or Inf (:func:`nonfinite_start_message`).
+
 Rows. Every epoch ends with the mean minibatch ``loss``, ``update_norm``, ``cos_mg`` and
 ``sign_agree`` (the last two only where two fields are computed: C, diagnostics, lanes), and
 with ``eval_every = k`` every k-th and the last epoch also with ``train_loss`` and
@@ -194,13 +198,17 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
     if checkpoint is not None:
         checkpoint = dataclasses.replace(checkpoint, backward=strategy_spec(trainer.backward))
     start = _restore(checkpoint, groups, runs, trainer) if checkpoint is not None else 0
-    for g in groups if start == 0 else ():  # the untrained controllers (overlapped: while epoch 1 trains)
-        _dispatch_eval(g, programs, 0, {}, t0, eval_device)
-        if eval_device is None:
-            _collect(g, runs, False)
-    compile_s = time.perf_counter() - t0
-    t_train = time.perf_counter()
-    _loop(config, programs, groups, runs, eval_device is not None, eval_device, on_epoch, start + 1, checkpoint)
+    try:
+        for g in groups if start == 0 else ():  # the untrained controllers (overlapped: while epoch 1 trains)
+            _dispatch_eval(g, programs, 0, {}, t0, eval_device)
+            if eval_device is None:
+                _collect(g, runs, False)
+        compile_s = time.perf_counter() - t0
+        t_train = time.perf_counter()
+        _loop(config, programs, groups, runs, eval_device is not None, eval_device, on_epoch, start + 1, checkpoint)
+    except _NonFiniteStart as e:
+        raise ValueError(nonfinite_start_message(problem, eqx.combine(e.params, trainer.static), runs[e.index],
+                                                 config.batch_size)) from None
     train_s = time.perf_counter() - t_train
     choice = trainer.backward_choice | ({"from_checkpoint": True} if resumed_backward is not None else {})
     ran = {"backward": repr(trainer.backward), "backward_choice": choice,
@@ -324,10 +332,72 @@ def _dispatch_eval(g: _Group, programs: dict, epoch: int, rows: dict, t_start: f
     g.pending.append((epoch, rows, t_start, params, programs["evaluate"](params, *g.eval_data)))
 
 
+class _NonFiniteStart(Exception):
+    """The untrained controller of run ``index`` (parameters ``params``) has a non-finite loss."""
+
+    def __init__(self, index: int, params):
+        super().__init__(index)
+        self.index, self.params = index, params
+
+
+def first_nonfinite(model, states: np.ndarray, problem: Problem, batch_size: int) -> dict | None:
+    """Where a forward rollout of ``model`` on ``states`` first gives a non-finite value,
+    minibatch by minibatch (``batch_size`` states each, in order): ``{"batch": k (1-based),
+    "step": n (1 … horizon), "what": "state" | "control", "value": "NaN" | "Inf"}``, or None
+    when every state and control is finite. Step n's control is the controller's output on the
+    state after step n−1; its state is the simulator's output on that state and control."""
+    from .core import rollout
+
+    def scan(x0):
+        xs, cs = rollout(model, x0, step=problem.step, horizon=problem.horizon)
+
+        def per_step(tree):  # (finite, any NaN) per step
+            leaves = [a.reshape(a.shape[0], -1) for a in jax.tree_util.tree_leaves(tree)]
+            return (jnp.stack([jnp.all(jnp.isfinite(a), 1) for a in leaves]).all(0),
+                    jnp.stack([jnp.any(jnp.isnan(a), 1) for a in leaves]).any(0))
+
+        (fx, nx), (fc, nc) = per_step(xs), per_step(cs)
+        return fx[1:], nx[1:], fc, nc  # index n-1: step n
+
+    with jax.default_matmul_precision("highest"):
+        fn = jax.jit(scan)
+        for k in range(max(states.shape[0] // batch_size, 1)):
+            fx, nx, fc, nc = jax.device_get(fn(jnp.asarray(states[k * batch_size:(k + 1) * batch_size])))
+            bad_x = int(np.argmin(fx)) if not fx.all() else None
+            bad_c = int(np.argmin(fc)) if not fc.all() else None
+            if bad_x is None and bad_c is None:
+                continue
+            if bad_c is not None and (bad_x is None or bad_c <= bad_x):
+                return {"batch": k + 1, "step": bad_c + 1, "what": "control", "value": "NaN" if nc[bad_c] else "Inf"}
+            return {"batch": k + 1, "step": bad_x + 1, "what": "state", "value": "NaN" if nx[bad_x] else "Inf"}
+    return None
+
+
+def nonfinite_start_message(problem: Problem, model, run: "_Run", batch_size: int) -> str:
+    """One line for an untrained controller whose loss is not finite: its losses and the first
+    step at which the rollout of the training set (minibatch by minibatch), else of the test
+    set, is not finite (:func:`first_nonfinite`)."""
+    head = (f"the untrained controller's loss is {run.initial['train_loss']:.4g} on the training set and "
+            f"{run.initial['test_loss']:.4g} on the test set (seed {run.seed}), nothing was trained")
+    for name, states in (("training", run.train), ("test", run.test)):
+        hit = first_nonfinite(model, states, problem, batch_size)
+        if hit is None:
+            continue
+        where = f"of {problem.horizon}, minibatch {hit['batch']} of the {name} set"
+        if hit["what"] == "control":
+            return (f"{head}: the controller first produced {hit['value']} at step {hit['step']} {where} (from a "
+                    "finite state); check the states the problem's data and step produce")
+        return (f"{head}: the simulator first produced {hit['value']} at step {hit['step']} {where} (from a finite "
+                "state and control); check the problem's step function")
+    return (f"{head}: every state and control of the rollout is finite, the loss is not; check the problem's "
+            "loss (TrajectoryLoss)")
+
+
 def _collect(g: _Group, runs: list[_Run], overlap: bool) -> dict[int, dict]:
     """Complete the rows of the group's pending evaluations: {epoch: {run index: row or None}};
-    an epoch 0 evaluation sets the runs' untrained losses. A non-finite loss stops the run at
-    that epoch with the parameters evaluated."""
+    an epoch 0 evaluation sets the runs' untrained losses (a non-finite one raises
+    :class:`_NonFiniteStart`). A non-finite loss stops the run at that epoch with the
+    parameters evaluated."""
     out: dict[int, dict] = {}
     while g.pending:
         epoch, rows, t_start, params, (tr, te) = g.pending.pop(0)
@@ -336,6 +406,8 @@ def _collect(g: _Group, runs: list[_Run], overlap: bool) -> dict[int, dict]:
             run, row = runs[i], rows.get(i)
             if epoch == 0:
                 run.initial = {"train_loss": float(tr[j]), "test_loss": float(te[j])}
+                if not (np.isfinite(tr[j]) and np.isfinite(te[j])):
+                    raise _NonFiniteStart(i, jax.tree_util.tree_map(lambda a: a[j], params) if g.vmapped else params)
             elif row is not None:
                 row = {k: v for k, v in row.items() if k != "_wall"} | {"train_loss": float(tr[j]),
                                                                          "test_loss": float(te[j])}
