@@ -71,8 +71,8 @@ class TrainResult:
     diverged_epoch: int | None
     initial: dict[str, float]  # train/test loss of the untrained controller
     model: Any  # the trained controller (last finite parameters)
-    compile_s: float
-    train_s: float
+    compile_s: float  # this session's
+    train_s: float  # seconds training, summed over the sessions of a resumed run (up to each one's checkpoint)
     ran: dict = field(default_factory=dict)  # what executed: backward strategy, batching, evaluation
 
     @property
@@ -91,8 +91,9 @@ class Checkpoint:
 
     path: the ``.npz`` file (written atomically: a temporary sibling, then renamed). It holds
       the training state of every run (parameters, optimizer state, the divergence guard),
-      the rows so far and the last complete epoch; the per-epoch keys are derived from the
-      seed and the epoch, so nothing else is needed.
+      the rows so far, the last complete epoch and the seconds spent training up to it (a
+      resumed run's ``train_s`` adds them); the per-epoch keys are derived from the seed and
+      the epoch, so nothing else is needed.
     every_s: seconds between saves (0: after every epoch).
     metrics: one CSV path per run, rewritten at every save (the rows so far), or None.
     """
@@ -197,7 +198,7 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
     groups = _initial_groups(trainer, programs, runs, vmapped, eval_device)
     if checkpoint is not None:
         checkpoint = dataclasses.replace(checkpoint, backward=strategy_spec(trainer.backward))
-    start = _restore(checkpoint, groups, runs, trainer) if checkpoint is not None else 0
+    start, train_s_before = _restore(checkpoint, groups, runs, trainer) if checkpoint is not None else (0, 0.0)
     try:
         for g in groups if start == 0 else ():  # the untrained controllers (overlapped: while epoch 1 trains)
             _dispatch_eval(g, programs, 0, {}, t0, eval_device)
@@ -205,11 +206,12 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
                 _collect(g, runs, False)
         compile_s = time.perf_counter() - t0
         t_train = time.perf_counter()
-        _loop(config, programs, groups, runs, eval_device is not None, eval_device, on_epoch, start + 1, checkpoint)
+        _loop(config, programs, groups, runs, eval_device is not None, eval_device, on_epoch, start + 1, checkpoint,
+              train_s_before)
     except _NonFiniteStart as e:
         raise ValueError(nonfinite_start_message(problem, eqx.combine(e.params, trainer.static), runs[e.index],
                                                  config.batch_size)) from None
-    train_s = time.perf_counter() - t_train
+    train_s = train_s_before + time.perf_counter() - t_train
     choice = trainer.backward_choice | ({"from_checkpoint": True} if resumed_backward is not None else {})
     ran = {"backward": repr(trainer.backward), "backward_choice": choice,
            "batching": "vmap" if vmapped else "loop",
@@ -450,17 +452,19 @@ def _train_rows(g: _Group, runs: list[_Run], metrics: dict, alive, epoch: int, t
 
 
 def _loop(config: RunConfig, programs: dict, groups: list[_Group], runs: list[_Run], overlap: bool,
-          eval_device, on_epoch, start: int = 1, checkpoint: Checkpoint | None = None) -> None:
+          eval_device, on_epoch, start: int = 1, checkpoint: Checkpoint | None = None,
+          train_s_before: float = 0.0) -> None:
     """Epochs ``start`` … E: every group's updates dispatched, then its rows. With ``overlap``
     the evaluation of epoch e runs on the second device while epoch e+1 trains, so an evaluated
     epoch's rows are completed (and reported) one epoch later. A checkpoint is saved after an
-    epoch whose rows are all complete (a pending evaluation is waited for first)."""
+    epoch whose rows are all complete (a pending evaluation is waited for first), with the
+    training time so far (``train_s_before``: of the sessions before this one)."""
     def report(done: dict[int, dict]) -> None:
         for e in sorted(done):
             if e > 0 and on_epoch is not None:
                 on_epoch(e, [_published(runs[i], done[e].get(i)) for i in range(len(runs))])
 
-    saved = time.perf_counter()
+    saved = t_loop = time.perf_counter()
     for e in range(start, config.epochs + 1):
         t_start = time.perf_counter()
         evaluated = e % config.eval_every == 0 or e == config.epochs
@@ -485,7 +489,7 @@ def _loop(config: RunConfig, programs: dict, groups: list[_Group], runs: list[_R
         if checkpoint is not None and e < config.epochs and time.perf_counter() - saved >= checkpoint.every_s:
             for g in live:  # complete every row up to epoch e first
                 _merge(done, _collect(g, runs, overlap))
-            _save(checkpoint, e, groups, runs)
+            _save(checkpoint, e, groups, runs, train_s_before + time.perf_counter() - t_loop)
             saved = time.perf_counter()
         report(done)
     done = {}
@@ -598,8 +602,9 @@ def _checkpoint_backward(ck: Checkpoint):
     return strategy_from_spec(spec) if spec else None
 
 
-def _save(ck: Checkpoint, epoch: int, groups: list[_Group], runs: list[_Run]) -> None:
-    """Write the checkpoint after ``epoch`` (all its rows complete), atomically."""
+def _save(ck: Checkpoint, epoch: int, groups: list[_Group], runs: list[_Run], train_s: float = 0.0) -> None:
+    """Write the checkpoint after ``epoch`` (all its rows complete), with the seconds spent
+    training epochs 1 … ``epoch`` (``train_s``, summed over sessions), atomically."""
     arrays = {}
     for k, g in enumerate(groups):
         for i, leaf in enumerate(jax.tree_util.tree_leaves(jax.device_get(g.state))):
@@ -607,7 +612,8 @@ def _save(ck: Checkpoint, epoch: int, groups: list[_Group], runs: list[_Run]) ->
     for j, r in enumerate(runs):
         for i, leaf in enumerate(jax.tree_util.tree_leaves(jax.device_get(r.final_params if r.final_params is not None else {}))):
             arrays[f"final{j}_{i}"] = np.asarray(leaf)
-    meta = {"epoch": epoch, "signature": _signature(groups, runs), "backward": ck.backward, "code": ck.code,
+    meta = {"epoch": epoch, "train_s": float(train_s), "signature": _signature(groups, runs), "backward": ck.backward,
+            "code": ck.code,
             "runs": [{"history": r.history, "initial": r.initial, "diverged_epoch": r.diverged_epoch,
                       "final": r.final_params is not None} for r in runs]}
     path = Path(ck.path)
@@ -620,11 +626,12 @@ def _save(ck: Checkpoint, epoch: int, groups: list[_Group], runs: list[_Run]) ->
             write_metrics(m, r.history)
 
 
-def _restore(ck: Checkpoint, groups: list[_Group], runs: list[_Run], trainer: Trainer) -> int:
-    """Load a checkpoint of these runs into the groups and runs; the last complete epoch (0: none)."""
+def _restore(ck: Checkpoint, groups: list[_Group], runs: list[_Run], trainer: Trainer) -> tuple[int, float]:
+    """Load a checkpoint of these runs into the groups and runs; (the last complete epoch, the
+    seconds spent training up to it), (0, 0.0) without one."""
     path = Path(ck.path)
     if not path.is_file():
-        return 0
+        return 0, 0.0
     with np.load(path) as f:
         meta = json.loads(str(f["meta"]))
         if meta["signature"] != _signature(groups, runs):
@@ -640,7 +647,7 @@ def _restore(ck: Checkpoint, groups: list[_Group], runs: list[_Run], trainer: Tr
             if m["final"]:
                 r.final_params = jax.tree_util.tree_unflatten(p_def, [jnp.asarray(f[f"final{j}_{i}"])
                                                                       for i in range(len(p_leaves))])
-    return int(meta["epoch"])
+    return int(meta["epoch"]), float(meta.get("train_s", 0.0))
 
 
 def _merge(into: dict, more: dict) -> None:
