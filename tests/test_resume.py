@@ -167,6 +167,51 @@ def test_divergence_survives_a_resume(tmp_path):
         same_runs(a, b)
 
 
+def test_the_command_says_it_resumed_and_counts_every_sessions_training_time(tmp_path, monkeypatch):
+    """A run interrupted after epoch 4 — its first session slept 0.5 s after each of epochs 1-3,
+    inside the training time — and continued by `stablebptt train`: the command says where it
+    resumed, and result.json's train_s covers both sessions."""
+    import shlex
+
+    from typer.testing import CliRunner
+
+    from stablebptt.cli import app, command_for
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("STABLEBPTT_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = RunConfig(problem="cartpole", problem_params={"steps": 6}, mode="C", epochs=6, n_train=16, n_test=8)
+
+    def slow_then_stop(e, rows):
+        if e == 4:
+            raise KeyboardInterrupt
+        time.sleep(0.5)
+
+    with pytest.raises(KeyboardInterrupt):
+        R.run(cfg, 0, "runs", on_epoch=slow_then_stop, checkpoint_seconds=0)
+    res = CliRunner().invoke(app, shlex.split(command_for(cfg, 0, Path("runs")))[1:])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 0, res.output
+    assert "resuming: epochs 1-4 of 6 are saved in" in text and "resumed from epoch 4 of 6" in text
+    result = json.loads((Path("runs") / run_id(cfg, 0) / "result.json").read_text())
+    assert result["epochs_done"] == 6 and result["train_s"] >= 1.5
+
+
+def test_a_run_from_initial_weights_says_so_in_its_summary(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from stablebptt.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("STABLEBPTT_CACHE_DIR", str(tmp_path / "cache"))
+    args = ["train", "cartpole", "--param", "steps=6", "--epochs", "1", "--n-train", "16", "--n-test", "8"]
+    first = CliRunner().invoke(app, [*args, "--out", "runs"])
+    assert first.exit_code == 0 and "│ untrained" in first.output, first.output
+    (folder,) = [p for p in Path("runs").iterdir() if (p / "result.json").is_file()]
+    res = CliRunner().invoke(app, [*args, "--init-weights", str(folder), "--out", "next"])
+    assert res.exit_code == 0, res.output
+    assert f"initial weights ({folder})" in res.output and "untrained" not in res.output
+
+
 # ------------------------------------------------------------------ claims
 def test_a_live_claim_is_respected_and_a_dead_or_stale_one_taken_over(tmp_path, monkeypatch):
     folder = tmp_path / "p"

@@ -327,10 +327,14 @@ def train(
     weights = _read_weights("--init-weights", init_weights) if cfg.init_weights else None
 
     from .config import run_id
-    from .run import clean_finished_partials, is_done
+    from .run import clean_finished_partials, code_change, is_done
 
     folder = Path(out_dir) / run_id(cfg, seed)
     if is_done(folder) and not restart:
+        change = code_change(folder, cfg)
+        if change:
+            raise fail(f"{change}; its result is not shown: --restart recomputes it with the new code, or choose "
+                       "another --out")
         clean_finished_partials(out_dir)
         console.print(f"already trained: {folder} (the same command ran before; its result is shown, nothing "
                       "was recomputed; --restart trains it again)", soft_wrap=True)
@@ -366,10 +370,14 @@ def _run_with_progress(cfg, seed: int, out_dir: Path, *, overlap: bool, tensorbo
     from .run import partial_folder, run
 
     folder = Path(out_dir) / run_id(cfg, seed)
+    saved = 0 if restart else checkpoint_epoch(partial_folder(out_dir, [folder.name]) / "checkpoint.npz")
+    if saved:
+        console.print(f"resuming: epochs 1-{saved} of {cfg.epochs} are saved in {partial_folder(out_dir, [folder.name])}",
+                      soft_wrap=True)
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
                   console=console, transient=False) as progress:
-        task = progress.add_task("compiling…", total=cfg.epochs, info="")
+        task = progress.add_task("compiling…", total=cfg.epochs, info="", completed=saved)
 
         def on_epoch(e, rows):
             row = rows[0]
@@ -401,15 +409,23 @@ def _run_with_progress(cfg, seed: int, out_dir: Path, *, overlap: bool, tensorbo
     return folder
 
 
-def fail_interrupted(checkpoint: Path, epochs: int) -> "typer.Exit":
-    """The one-line message of an interrupted ``stablebptt train`` (exit code 130)."""
+def checkpoint_epoch(checkpoint: Path) -> int:
+    """The last epoch saved in a checkpoint file (0: no file, or one that cannot be read)."""
     import json
 
     import numpy as np
 
-    if checkpoint.is_file():
+    try:
         with np.load(checkpoint) as f:
-            done = json.loads(str(f["meta"]))["epoch"]
+            return int(json.loads(str(f["meta"]))["epoch"])
+    except (OSError, ValueError, KeyError, EOFError):
+        return 0
+
+
+def fail_interrupted(checkpoint: Path, epochs: int) -> "typer.Exit":
+    """The one-line message of an interrupted ``stablebptt train`` (exit code 130)."""
+    done = checkpoint_epoch(checkpoint)
+    if done:
         console.print(f"[yellow]interrupted[/]: epochs 1-{done} of {epochs} are saved in {checkpoint.parent}; run the "
                       "same command to continue (--restart to start over)", soft_wrap=True)
     else:
@@ -492,18 +508,30 @@ def command_for(cfg, seed: int, out_dir: Path) -> str:
 
 
 def _print_summary(folder: Path) -> None:
+    """The run's losses before and after training (the first row: ``untrained``, or ``initial
+    weights (FILE)`` for a run started from ``--init-weights``), its times (training summed
+    over the sessions of a resumed run) and, for a resumed run, the epoch it resumed from."""
+    import json
+
     from .run import read_result
 
     res = read_result(folder)
+    config = json.loads((folder / "config.json").read_text())["config"]
+    ran = {}
+    if (folder / "manifest.json").is_file():
+        ran = json.loads((folder / "manifest.json").read_text()).get("ran") or {}
     t = Table(title=f"run {res['run_id']}  ({res['status']})")
     for col in ("", "train loss", "test loss"):
         t.add_column(col)
-    t.add_row("untrained", f"{res['initial']['train_loss']:.5g}", f"{res['initial']['test_loss']:.5g}")
+    first = f"initial weights ({config['init_weights']})" if config.get("init_weights") else "untrained"
+    t.add_row(first, f"{res['initial']['train_loss']:.5g}", f"{res['initial']['test_loss']:.5g}")
     fin = res["final"]
     if fin.get("test_loss") is not None:
         t.add_row(f"after {res['epochs_done']} epochs", f"{fin['train_loss']:.5g}", f"{fin['test_loss']:.5g}")
     out.print(t)
     extra = f"compile {res['compile_s']:.1f}s, train {res['train_s']:.1f}s"
+    if ran.get("resumed_from_epoch"):
+        extra += f" (all sessions); resumed from epoch {ran['resumed_from_epoch']} of {config['epochs']}"
     if res["status"] == "diverged":
         extra += f"; diverged in epoch {res['diverged_epoch']}"
     out.print(f"{extra}\nresults: {folder}")

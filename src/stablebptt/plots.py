@@ -378,7 +378,8 @@ def _prepare(df: pd.DataFrame, problem: str) -> tuple[pd.DataFrame, list, list[s
 def _panel(ax, part: pd.DataFrame, labels, styles, metric, smooth, window, band, rng):
     """One panel: every mode's curve in ``part``. A curve equal to one drawn before it
     (:func:`_same_curve`) is dashed, each with its own dash pattern (:data:`COINCIDE_DASHES`),
-    so both stay visible. Returns (drawn ranges, any run diverged, labels drawn, coinciding
+    so both stay visible. Runs without a finite value leave a note in the panel instead of empty
+    axes. Returns (drawn ranges, any run diverged, labels drawn, coinciding
     groups: tuples of labels in drawing order)."""
     ranges, diverged = [], False
     drawn: list[tuple[str, tuple]] = []
@@ -402,6 +403,12 @@ def _panel(ax, part: pd.DataFrame, labels, styles, metric, smooth, window, band,
         rg = _draw_group(ax, runs, curve, styles[lab], ls)
         if rg is not None:
             ranges.append(rg)
+    if not drawn and len(part):
+        n = part["run_id"].nunique()
+        diverged = diverged or bool((part["status"] == "diverged").any())
+        ax.text(0.5, 0.5, f"no finite values of {metric.replace('_', ' ')}\n({n} run{'s' if n != 1 else ''}"
+                f"{', diverged' if diverged else ''})", transform=ax.transAxes, ha="center", va="center",
+                fontsize=8, color="0.35")
     ax.set_yscale("log")
     ax.grid(True, which="major", alpha=0.3)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))

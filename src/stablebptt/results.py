@@ -101,8 +101,9 @@ PROBLEM_COLUMN_MIN = 12
 def console_table(summary: pd.DataFrame, title: str | None = None, caption: str | None = None):
     """The rich table of ``stablebptt results`` from a :func:`stablebptt.sweep.summary_frame`.
 
-    Columns: problem, level, clip, mode, test loss (mean ± std), epochs, seeds, div. (runs
-    that diverged). No cell is ever cut short: on a narrow console a long cell wraps (at its
+    Columns: problem, level, clip, mode, test loss (mean ± std; where a run's value is not
+    finite, how many are not instead of a spread: :func:`stablebptt.sweep.loss_cell`), epochs,
+    seeds, div. (runs that diverged). No cell is ever cut short: on a narrow console a long cell wraps (at its
     spaces, or within a word where it has none), and the table fits 80 columns. A file source
     shows as ``sim.py:make`` (:func:`problem_label`).
     """
@@ -117,7 +118,10 @@ def console_table(summary: pd.DataFrame, title: str | None = None, caption: str 
         right = col in ("test loss", "epochs", "seeds", "div.")
         t.add_column(col, justify="right" if right else "left", overflow="fold", no_wrap=col == "epochs",
                      min_width=min(longest, PROBLEM_COLUMN_MIN) if col == "problem" else None)
+    from .sweep import loss_cell
+
     for r in summary.itertuples():
-        t.add_row(labels[str(r.problem)], r.level, r.clip, r.mode, f"{r.mean:.4g} ± {r.std:.2g}", r.epochs, str(r.n),
+        cell = loss_cell(r.mean, r.std, r.n, r.diverged, getattr(r, "nonfinite", 0) or 0)
+        t.add_row(labels[str(r.problem)], r.level, r.clip, r.mode, cell, r.epochs, str(r.n),
                   str(r.diverged) if r.diverged else "")
     return t

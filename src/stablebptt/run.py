@@ -15,7 +15,11 @@ those columns and rewritten (atomically, under a lock) whenever a run finishes.
 
 Writes are atomic: everything goes to a temporary sibling folder that is renamed into
 place at the end, so a folder with ``result.json`` is always complete and an interrupted
-run leaves nothing that looks finished. A finished run is never recomputed.
+run leaves nothing that looks finished. A finished run is never recomputed. The run id does not
+include the problem's code: a run of a file or module problem records its code identity
+(``manifest.json``'s ``problem_code``, :func:`stablebptt.problems.code_identity`, also saved in
+its checkpoints), and a finished or interrupted run whose code has changed since is refused
+with one line naming the file (:func:`code_change`), never shown or continued.
 
 While runs train, ``<root>/.partial/<id>/`` holds their progress (``id``: the run id, or
 ``group-…`` for runs trained together): ``checkpoint.npz`` (saved every
@@ -95,6 +99,34 @@ def manifest() -> dict:
         "machine": platform.machine(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def recorded_code(folder: Path) -> dict | None:
+    """The problem code identity a run folder was made with (its manifest's ``problem_code``;
+    for a run recorded before that key existed, its problem file's SHA-256), or None."""
+    path = Path(folder) / "manifest.json"
+    try:
+        man = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if "problem_code" in man:
+        return man["problem_code"]
+    src = man.get("problem_source") or {}
+    return {"file": src.get("path"), "sha256": src["sha256"]} if src.get("kind") == "file" and src.get("sha256") else None
+
+
+_CURRENT = object()
+
+
+def code_change(folder: Path, config: RunConfig, current=_CURRENT) -> str | None:
+    """None when the run in ``folder`` was made with the problem code that ``config`` names now
+    (or either is unknown: built-in problems); else one line naming the file and its old and new
+    hash (:func:`stablebptt.problems.describe_code_change`). ``current``: the present
+    :func:`~stablebptt.problems.code_identity`, if already known."""
+    from . import problems
+
+    now = problems.code_identity(config.problem) if current is _CURRENT else current
+    return problems.describe_code_change(recorded_code(folder), now, f"the run in {folder} was made")
 
 
 def is_done(folder: Path) -> bool:
@@ -294,7 +326,8 @@ def run(config: RunConfig, seed: int, root: str | Path = "runs", *, problem=None
     ``problem``: the :class:`~stablebptt.problems.Problem` to train (default: the one the config
     names, built from its source); one that is not what the config names is refused. An
     interrupted earlier call is continued from its checkpoint (``restart=True``: from scratch);
-    a live process computing the same run makes this call raise :class:`Claimed`.
+    a live process computing the same run makes this call raise :class:`Claimed`. A finished
+    run or a checkpoint made with other problem code (:func:`code_change`) raises ValueError.
     ``overlap_eval``: see :func:`stablebptt.runner.train`."""
     return _train_and_write([(config, int(seed))], root, problem=problem, on_epoch=on_epoch,
                             extra_manifest=extra_manifest, overlap_eval=overlap_eval,
@@ -325,6 +358,11 @@ def _train_and_write(pairs, root, *, problem=None, on_epoch=None, extra_manifest
 
     folders = [Path(root) / run_id(c, s) for c, s in pairs]
     todo = [(c, s, f) for (c, s), f in zip(pairs, folders) if not is_done(f)]
+    code = problems.code_identity(pairs[0][0].problem)
+    for (c, _), f in zip(pairs, folders):
+        change = is_done(f) and code_change(f, c, code)
+        if change:
+            raise ValueError(f"{change}; its result is not used: remove {f} to recompute it, or use another root")
     if not todo:
         clean_finished_partials(root)
         return folders, []
@@ -344,8 +382,9 @@ def _train_and_write(pairs, root, *, problem=None, on_epoch=None, extra_manifest
         same = all(c == configs[0] for c in configs)
         if problem is None:
             problem = problems.get(configs[0].problem, **configs[0].problem_params)
-        source = {"problem_source": problems.origin(configs[0].problem)}
-        ck = Checkpoint(partial / "checkpoint.npz", checkpoint_seconds, [partial / f"{n}.metrics.csv" for n in names])
+        source = {"problem_source": problems.origin(configs[0].problem), "problem_code": code}
+        ck = Checkpoint(partial / "checkpoint.npz", checkpoint_seconds, [partial / f"{n}.metrics.csv" for n in names],
+                        code=code)
 
         def beat(e, rows):
             lease.refresh()

@@ -16,6 +16,10 @@ first (JAX dispatches asynchronously; no threads): the same numbers, a row compl
 later. It needs two CPU devices (``jax.config.update("jax_num_cpu_devices", 2)`` before JAX
 starts; ``stablebptt train`` does this on multi-core machines).
 
+An untrained controller whose loss is not finite stops ``train`` before it trains (with
+overlapped evaluation: once the first epoch's updates are dispatched): a ValueError says at
+which step its rollout first gives NaN or Inf (:func:`nonfinite_start_message`).
+
 Rows. Every epoch ends with the mean minibatch ``loss``, ``update_norm``, ``cos_mg`` and
 ``sign_agree`` (the last two only where two fields are computed: C, diagnostics, lanes), and
 with ``eval_every = k`` every k-th and the last epoch also with ``train_loss`` and
@@ -67,8 +71,8 @@ class TrainResult:
     diverged_epoch: int | None
     initial: dict[str, float]  # train/test loss of the untrained controller
     model: Any  # the trained controller (last finite parameters)
-    compile_s: float
-    train_s: float
+    compile_s: float  # this session's
+    train_s: float  # seconds training, summed over the sessions of a resumed run (up to each one's checkpoint)
     ran: dict = field(default_factory=dict)  # what executed: backward strategy, batching, evaluation
 
     @property
@@ -87,8 +91,9 @@ class Checkpoint:
 
     path: the ``.npz`` file (written atomically: a temporary sibling, then renamed). It holds
       the training state of every run (parameters, optimizer state, the divergence guard),
-      the rows so far and the last complete epoch; the per-epoch keys are derived from the
-      seed and the epoch, so nothing else is needed.
+      the rows so far, the last complete epoch and the seconds spent training up to it (a
+      resumed run's ``train_s`` adds them); the per-epoch keys are derived from the seed and
+      the epoch, so nothing else is needed.
     every_s: seconds between saves (0: after every epoch).
     metrics: one CSV path per run, rewritten at every save (the rows so far), or None.
     """
@@ -98,6 +103,9 @@ class Checkpoint:
     metrics: Sequence[Path] | None = None
     #: the strategy the runs use (``strategy_spec``), set by ``train``; saved with the state
     backward: dict | None = None
+    #: what identifies the problem's code (:func:`stablebptt.problems.code_identity`), saved with
+    #: the state: a checkpoint saved with other code is refused (None: not checked)
+    code: dict | None = None
 
 
 def lane_key(config: RunConfig) -> str:
@@ -182,21 +190,28 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
     vmapped = batching == "vmap" or (batching == "auto" and (lane_configs is not None or jax.default_backend() != "cpu"))
     eval_device = _eval_device(overlap_eval)
     t0 = time.perf_counter()
+    if checkpoint is not None:
+        _check_checkpoint_code(checkpoint)
     # a resumed run continues with the strategy that ran (backward="auto" is not measured again)
     resumed_backward = _checkpoint_backward(checkpoint) if checkpoint is not None else None
     trainer, programs = _compile(problem, config, runs, vmapped, eval_device, lane_configs, resumed_backward)
     groups = _initial_groups(trainer, programs, runs, vmapped, eval_device)
     if checkpoint is not None:
         checkpoint = dataclasses.replace(checkpoint, backward=strategy_spec(trainer.backward))
-    start = _restore(checkpoint, groups, runs, trainer) if checkpoint is not None else 0
-    for g in groups if start == 0 else ():  # the untrained controllers (overlapped: while epoch 1 trains)
-        _dispatch_eval(g, programs, 0, {}, t0, eval_device)
-        if eval_device is None:
-            _collect(g, runs, False)
-    compile_s = time.perf_counter() - t0
-    t_train = time.perf_counter()
-    _loop(config, programs, groups, runs, eval_device is not None, eval_device, on_epoch, start + 1, checkpoint)
-    train_s = time.perf_counter() - t_train
+    start, train_s_before = _restore(checkpoint, groups, runs, trainer) if checkpoint is not None else (0, 0.0)
+    try:
+        for g in groups if start == 0 else ():  # the untrained controllers (overlapped: while epoch 1 trains)
+            _dispatch_eval(g, programs, 0, {}, t0, eval_device)
+            if eval_device is None:
+                _collect(g, runs, False)
+        compile_s = time.perf_counter() - t0
+        t_train = time.perf_counter()
+        _loop(config, programs, groups, runs, eval_device is not None, eval_device, on_epoch, start + 1, checkpoint,
+              train_s_before)
+    except _NonFiniteStart as e:
+        raise ValueError(nonfinite_start_message(problem, eqx.combine(e.params, trainer.static), runs[e.index],
+                                                 config.batch_size)) from None
+    train_s = train_s_before + time.perf_counter() - t_train
     choice = trainer.backward_choice | ({"from_checkpoint": True} if resumed_backward is not None else {})
     ran = {"backward": repr(trainer.backward), "backward_choice": choice,
            "batching": "vmap" if vmapped else "loop",
@@ -319,10 +334,72 @@ def _dispatch_eval(g: _Group, programs: dict, epoch: int, rows: dict, t_start: f
     g.pending.append((epoch, rows, t_start, params, programs["evaluate"](params, *g.eval_data)))
 
 
+class _NonFiniteStart(Exception):
+    """The untrained controller of run ``index`` (parameters ``params``) has a non-finite loss."""
+
+    def __init__(self, index: int, params):
+        super().__init__(index)
+        self.index, self.params = index, params
+
+
+def first_nonfinite(model, states: np.ndarray, problem: Problem, batch_size: int) -> dict | None:
+    """Where a forward rollout of ``model`` on ``states`` first gives a non-finite value,
+    minibatch by minibatch (``batch_size`` states each, in order): ``{"batch": k (1-based),
+    "step": n (1 … horizon), "what": "state" | "control", "value": "NaN" | "Inf"}``, or None
+    when every state and control is finite. Step n's control is the controller's output on the
+    state after step n−1; its state is the simulator's output on that state and control."""
+    from .core import rollout
+
+    def scan(x0):
+        xs, cs = rollout(model, x0, step=problem.step, horizon=problem.horizon)
+
+        def per_step(tree):  # (finite, any NaN) per step
+            leaves = [a.reshape(a.shape[0], -1) for a in jax.tree_util.tree_leaves(tree)]
+            return (jnp.stack([jnp.all(jnp.isfinite(a), 1) for a in leaves]).all(0),
+                    jnp.stack([jnp.any(jnp.isnan(a), 1) for a in leaves]).any(0))
+
+        (fx, nx), (fc, nc) = per_step(xs), per_step(cs)
+        return fx[1:], nx[1:], fc, nc  # index n-1: step n
+
+    with jax.default_matmul_precision("highest"):
+        fn = jax.jit(scan)
+        for k in range(max(states.shape[0] // batch_size, 1)):
+            fx, nx, fc, nc = jax.device_get(fn(jnp.asarray(states[k * batch_size:(k + 1) * batch_size])))
+            bad_x = int(np.argmin(fx)) if not fx.all() else None
+            bad_c = int(np.argmin(fc)) if not fc.all() else None
+            if bad_x is None and bad_c is None:
+                continue
+            if bad_c is not None and (bad_x is None or bad_c <= bad_x):
+                return {"batch": k + 1, "step": bad_c + 1, "what": "control", "value": "NaN" if nc[bad_c] else "Inf"}
+            return {"batch": k + 1, "step": bad_x + 1, "what": "state", "value": "NaN" if nx[bad_x] else "Inf"}
+    return None
+
+
+def nonfinite_start_message(problem: Problem, model, run: "_Run", batch_size: int) -> str:
+    """One line for an untrained controller whose loss is not finite: its losses and the first
+    step at which the rollout of the training set (minibatch by minibatch), else of the test
+    set, is not finite (:func:`first_nonfinite`)."""
+    head = (f"the untrained controller's loss is {run.initial['train_loss']:.4g} on the training set and "
+            f"{run.initial['test_loss']:.4g} on the test set (seed {run.seed}), nothing was trained")
+    for name, states in (("training", run.train), ("test", run.test)):
+        hit = first_nonfinite(model, states, problem, batch_size)
+        if hit is None:
+            continue
+        where = f"of {problem.horizon}, minibatch {hit['batch']} of the {name} set"
+        if hit["what"] == "control":
+            return (f"{head}: the controller first produced {hit['value']} at step {hit['step']} {where} (from a "
+                    "finite state); check the states the problem's data and step produce")
+        return (f"{head}: the simulator first produced {hit['value']} at step {hit['step']} {where} (from a finite "
+                "state and control); check the problem's step function")
+    return (f"{head}: every state and control of the rollout is finite, the loss is not; check the problem's "
+            "loss (TrajectoryLoss)")
+
+
 def _collect(g: _Group, runs: list[_Run], overlap: bool) -> dict[int, dict]:
     """Complete the rows of the group's pending evaluations: {epoch: {run index: row or None}};
-    an epoch 0 evaluation sets the runs' untrained losses. A non-finite loss stops the run at
-    that epoch with the parameters evaluated."""
+    an epoch 0 evaluation sets the runs' untrained losses (a non-finite one raises
+    :class:`_NonFiniteStart`). A non-finite loss stops the run at that epoch with the
+    parameters evaluated."""
     out: dict[int, dict] = {}
     while g.pending:
         epoch, rows, t_start, params, (tr, te) = g.pending.pop(0)
@@ -331,6 +408,8 @@ def _collect(g: _Group, runs: list[_Run], overlap: bool) -> dict[int, dict]:
             run, row = runs[i], rows.get(i)
             if epoch == 0:
                 run.initial = {"train_loss": float(tr[j]), "test_loss": float(te[j])}
+                if not (np.isfinite(tr[j]) and np.isfinite(te[j])):
+                    raise _NonFiniteStart(i, jax.tree_util.tree_map(lambda a: a[j], params) if g.vmapped else params)
             elif row is not None:
                 row = {k: v for k, v in row.items() if k != "_wall"} | {"train_loss": float(tr[j]),
                                                                          "test_loss": float(te[j])}
@@ -373,17 +452,19 @@ def _train_rows(g: _Group, runs: list[_Run], metrics: dict, alive, epoch: int, t
 
 
 def _loop(config: RunConfig, programs: dict, groups: list[_Group], runs: list[_Run], overlap: bool,
-          eval_device, on_epoch, start: int = 1, checkpoint: Checkpoint | None = None) -> None:
+          eval_device, on_epoch, start: int = 1, checkpoint: Checkpoint | None = None,
+          train_s_before: float = 0.0) -> None:
     """Epochs ``start`` … E: every group's updates dispatched, then its rows. With ``overlap``
     the evaluation of epoch e runs on the second device while epoch e+1 trains, so an evaluated
     epoch's rows are completed (and reported) one epoch later. A checkpoint is saved after an
-    epoch whose rows are all complete (a pending evaluation is waited for first)."""
+    epoch whose rows are all complete (a pending evaluation is waited for first), with the
+    training time so far (``train_s_before``: of the sessions before this one)."""
     def report(done: dict[int, dict]) -> None:
         for e in sorted(done):
             if e > 0 and on_epoch is not None:
                 on_epoch(e, [_published(runs[i], done[e].get(i)) for i in range(len(runs))])
 
-    saved = time.perf_counter()
+    saved = t_loop = time.perf_counter()
     for e in range(start, config.epochs + 1):
         t_start = time.perf_counter()
         evaluated = e % config.eval_every == 0 or e == config.epochs
@@ -408,7 +489,7 @@ def _loop(config: RunConfig, programs: dict, groups: list[_Group], runs: list[_R
         if checkpoint is not None and e < config.epochs and time.perf_counter() - saved >= checkpoint.every_s:
             for g in live:  # complete every row up to epoch e first
                 _merge(done, _collect(g, runs, overlap))
-            _save(checkpoint, e, groups, runs)
+            _save(checkpoint, e, groups, runs, train_s_before + time.perf_counter() - t_loop)
             saved = time.perf_counter()
         report(done)
     done = {}
@@ -483,6 +564,31 @@ def strategy_from_spec(spec: dict):
     return cls(**spec.get("options", {}))
 
 
+def _checkpoint_meta(ck: Checkpoint) -> dict | None:
+    """The metadata saved in the checkpoint file, or None (no file, or one that cannot be read:
+    :func:`_restore` names the problem with it)."""
+    path = Path(ck.path)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as f:
+            return json.loads(str(f["meta"]))
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _check_checkpoint_code(ck: Checkpoint) -> None:
+    """Raise ValueError when the checkpoint was saved with other problem code than ``ck.code``."""
+    from . import problems
+
+    meta = _checkpoint_meta(ck)
+    change = problems.describe_code_change((meta or {}).get("code"), ck.code,
+                                           f"the checkpoint {ck.path} was saved")
+    if change:
+        raise ValueError(f"{change}; --restart (restart=True) starts the run over with the new code, or choose "
+                         "another --out")
+
+
 def _checkpoint_backward(ck: Checkpoint):
     """The strategy saved in the checkpoint file, or None (no file, or a file without one)."""
     path = Path(ck.path)
@@ -496,8 +602,9 @@ def _checkpoint_backward(ck: Checkpoint):
     return strategy_from_spec(spec) if spec else None
 
 
-def _save(ck: Checkpoint, epoch: int, groups: list[_Group], runs: list[_Run]) -> None:
-    """Write the checkpoint after ``epoch`` (all its rows complete), atomically."""
+def _save(ck: Checkpoint, epoch: int, groups: list[_Group], runs: list[_Run], train_s: float = 0.0) -> None:
+    """Write the checkpoint after ``epoch`` (all its rows complete), with the seconds spent
+    training epochs 1 … ``epoch`` (``train_s``, summed over sessions), atomically."""
     arrays = {}
     for k, g in enumerate(groups):
         for i, leaf in enumerate(jax.tree_util.tree_leaves(jax.device_get(g.state))):
@@ -505,7 +612,8 @@ def _save(ck: Checkpoint, epoch: int, groups: list[_Group], runs: list[_Run]) ->
     for j, r in enumerate(runs):
         for i, leaf in enumerate(jax.tree_util.tree_leaves(jax.device_get(r.final_params if r.final_params is not None else {}))):
             arrays[f"final{j}_{i}"] = np.asarray(leaf)
-    meta = {"epoch": epoch, "signature": _signature(groups, runs), "backward": ck.backward,
+    meta = {"epoch": epoch, "train_s": float(train_s), "signature": _signature(groups, runs), "backward": ck.backward,
+            "code": ck.code,
             "runs": [{"history": r.history, "initial": r.initial, "diverged_epoch": r.diverged_epoch,
                       "final": r.final_params is not None} for r in runs]}
     path = Path(ck.path)
@@ -518,11 +626,12 @@ def _save(ck: Checkpoint, epoch: int, groups: list[_Group], runs: list[_Run]) ->
             write_metrics(m, r.history)
 
 
-def _restore(ck: Checkpoint, groups: list[_Group], runs: list[_Run], trainer: Trainer) -> int:
-    """Load a checkpoint of these runs into the groups and runs; the last complete epoch (0: none)."""
+def _restore(ck: Checkpoint, groups: list[_Group], runs: list[_Run], trainer: Trainer) -> tuple[int, float]:
+    """Load a checkpoint of these runs into the groups and runs; (the last complete epoch, the
+    seconds spent training up to it), (0, 0.0) without one."""
     path = Path(ck.path)
     if not path.is_file():
-        return 0
+        return 0, 0.0
     with np.load(path) as f:
         meta = json.loads(str(f["meta"]))
         if meta["signature"] != _signature(groups, runs):
@@ -538,7 +647,7 @@ def _restore(ck: Checkpoint, groups: list[_Group], runs: list[_Run], trainer: Tr
             if m["final"]:
                 r.final_params = jax.tree_util.tree_unflatten(p_def, [jnp.asarray(f[f"final{j}_{i}"])
                                                                       for i in range(len(p_leaves))])
-    return int(meta["epoch"])
+    return int(meta["epoch"]), float(meta.get("train_s", 0.0))
 
 
 def _merge(into: dict, more: dict) -> None:

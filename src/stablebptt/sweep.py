@@ -21,7 +21,10 @@ The whole spec is validated before any work starts; a bad field names itself.
 ones with an executor and returns a report. Each job is ``stablebptt.run.run(config, seed,
 root)``: it writes exactly one folder named by the hash of (config, seed), atomically, so a
 sweep that is interrupted (Ctrl-C, SIGKILL) resumes with nothing lost and nothing
-duplicated, and a finished job is never recomputed. Diverged runs are results too.
+duplicated, and a finished job is never recomputed. Diverged runs are results too. A finished
+job whose problem code has changed since (an edited problem file,
+:func:`stablebptt.run.code_change`) stops the sweep before any work, with one line naming the
+file: its old numbers are not counted as done.
 
 Executors:
 
@@ -472,6 +475,30 @@ def _run_ray(groups, root: Path, workers, address, cache_dir, checkpoint_seconds
             ray.shutdown()
 
 
+def _check_code(jobs: list[tuple[RunConfig, int]], root: Path) -> None:
+    """Raise :class:`SpecError` when a finished job under ``root`` was made with problem code
+    that has changed since (one line: the file, old → new hash, how many runs, what to do)."""
+    from . import problems
+    from .run import code_change
+
+    current: dict[str, dict | None] = {}
+    stale, first = [], None
+    for c, s in jobs:
+        folder = root / run_id(c, s)
+        if not is_done(folder):
+            continue
+        if c.problem not in current:
+            current[c.problem] = problems.code_identity(c.problem)
+        change = code_change(folder, c, current[c.problem])
+        if change:
+            stale.append(folder.name)
+            first = first or change
+    if stale:
+        raise SpecError(f"{first}: {len(stale)} finished run(s) under {root} were made with the old code and are not "
+                        f"counted as done; sweep into another --out, or remove those run folders ({', '.join(stale[:3])}"
+                        f"{', …' if len(stale) > 3 else ''}) to recompute them")
+
+
 def run_sweep(spec: SweepSpec, root: str | Path, *, executor: str = "local", workers: int | None = None,
               address: str | None = None, vmap_seeds: bool = False, vmap_configs: bool = False,
               progress: Optional[Callable[[dict], None]] = None, cache_dir: str | None = None,
@@ -505,6 +532,7 @@ def run_sweep(spec: SweepSpec, root: str | Path, *, executor: str = "local", wor
     clean_stale_temps(root)
     (root / "sweep.json").write_text(json.dumps(spec.model_dump(mode="json"), indent=2))
     jobs = expand(spec)
+    _check_code(jobs, root)
     todo = [(c, s) for c, s in jobs if not is_done(root / run_id(c, s))]
     report = SweepReport(root=root, jobs=len(jobs), skipped=len(jobs) - len(todo))
     groups = _groups(todo, vmap_seeds, vmap_configs)
@@ -562,7 +590,9 @@ def summary_frame(root: str | Path, epoch: int | None = None):
     """Mean ± std over seeds of the final (or epoch-``epoch``) test loss as a DataFrame.
 
     One row per (problem, level, clip, mode) with columns ``problem, level, clip, mode,
-    mean, std, n, diverged, epoch_min, epoch_max, epochs``; ``level`` is e.g. ``poles=4``
+    mean, std, n, diverged, nonfinite, epoch_min, epoch_max, epochs`` (``nonfinite``: runs whose
+    value is NaN or Inf — records of runs whose untrained loss was not finite, which training
+    now refuses); ``level`` is e.g. ``poles=4``
     (empty for problems without a complexity axis). A run that diverged before ``epoch``
     counts with its last finite value. ``epoch_min`` / ``epoch_max`` are the smallest and
     largest epoch the cell's values come from (the last recorded epoch of each run, at most
@@ -576,7 +606,8 @@ def summary_frame(root: str | Path, epoch: int | None = None):
 
     df = results.collect(root)
     rows = []
-    columns = ["problem", "level", "clip", "mode", "mean", "std", "n", "diverged", "epoch_min", "epoch_max", "epochs"]
+    columns = ["problem", "level", "clip", "mode", "mean", "std", "n", "diverged", "nonfinite", "epoch_min",
+               "epoch_max", "epochs"]
     if df.empty:
         return pd.DataFrame(columns=columns)
     for problem, d in df.groupby("problem", sort=False):
@@ -593,6 +624,7 @@ def summary_frame(root: str | Path, epoch: int | None = None):
                              _lv=tuple(levels), clip=clip, mode=mode,
                              mean=float(np.mean(x)), std=float(np.std(x, ddof=1)) if len(x) > 1 else 0.0,
                              n=len(x), diverged=int((g["status"] == "diverged").sum()),
+                             nonfinite=int((~np.isfinite(x)).sum()),
                              epoch_min=e_lo, epoch_max=e_hi, epochs=_epoch_range(g["epoch"])))
     if not rows:  # no run has a recorded epoch ≤ epoch
         return pd.DataFrame(columns=columns)
@@ -601,6 +633,14 @@ def summary_frame(root: str | Path, epoch: int | None = None):
     out["_m"] = out["mode"].map(lambda m: order.get(m, 9))
     out = out.sort_values(["problem", "_lv", "clip", "_m"], kind="stable")
     return out.drop(columns=["_m", "_lv"]).reset_index(drop=True)
+
+
+def loss_cell(mean: float, std: float, n: int, diverged: int, nonfinite: int, digits: int = 4) -> str:
+    """A table cell for a mean ± std over ``n`` runs: ``"0.123 ± 0.01"``; where some values are
+    not finite, the mean says so instead of a spread: ``"nan (diverged; 1/1 runs non-finite)"``."""
+    if not nonfinite:
+        return f"{mean:.{digits}g} ± {std:.2g}"
+    return f"{mean:.{digits}g} ({'diverged; ' if diverged else ''}{nonfinite}/{n} runs non-finite)"
 
 
 def _epoch_range(epochs) -> str:
@@ -649,7 +689,9 @@ def summary_table(root: str | Path, epoch: int | None = None) -> str:
                     cells.append("–")
                     continue
                 sd = float(np.std(x, ddof=1)) if len(x) > 1 else 0.0
-                cells.append(f"{np.mean(x):.3g} ± {sd:.2g}" + (f" ({div} div.)" if div else ""))
+                bad = int((~np.isfinite(x)).sum())
+                cells.append(loss_cell(float(np.mean(x)), sd, len(x), div, bad, digits=3) if bad else
+                             f"{np.mean(x):.3g} ± {sd:.2g}" + (f" ({div} div.)" if div else ""))
             out.append("| " + " | ".join([str(v) for v in vals] + cells + [_epoch_range(g["epoch"])]) + " |")
         n_seeds = last.groupby(["mode"] + keys)["seed"].nunique().min()
         out += ["", f"mean ± std over {n_seeds} seed(s) per cell.", ""]

@@ -16,6 +16,9 @@ one, from the function's keyword defaults; unknown parameters are an error. A pr
 a file or a module is named by its source (``Problem.name == source``), so a run config that
 names the source identifies the problem (likewise a registered or installed one: its name). :func:`origin` says where a source was found (for a
 file: its absolute path and SHA-256), which every run records in its manifest.
+:func:`code_identity` is what identifies the problem's code (a file's or module's SHA-256, an
+installed distribution's version; nothing for built-in problems): a run id does not include it,
+and a finished or interrupted run made with other code is refused instead of shown or continued.
 """
 from __future__ import annotations
 
@@ -186,6 +189,88 @@ def _named(make: Callable, name: str) -> Callable:
         return problem if problem.name == name else dataclasses.replace(problem, name=name)
 
     return named
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _installed_from(module) -> tuple[str, str] | None:
+    """``(distribution, version)`` when ``module``'s source file is one of the files an installed
+    distribution lists (its RECORD): a package installed by pip, not an editable checkout."""
+    file = getattr(module, "__file__", None)
+    if not file:
+        return None
+    file = Path(file).resolve()
+    top = module.__name__.split(".")[0]
+    for dist_name in metadata.packages_distributions().get(top, []):
+        try:
+            dist = metadata.distribution(dist_name)
+        except metadata.PackageNotFoundError:
+            continue
+        for f in dist.files or ():
+            if f.suffix == ".py" and Path(dist.locate_file(f)).resolve() == file:
+                return dist.metadata["Name"], dist.version
+    return None
+
+
+def code_identity(source: str) -> dict | None:
+    """What identifies the code of a problem source; every run records it in its manifest
+    (``problem_code``) and its checkpoints, and a finished or interrupted run whose recorded
+    identity differs from the current one is refused (:func:`stablebptt.run.code_change`):
+
+    * ``FILE.py:FUNCTION``: ``{"file": absolute path, "sha256": the file's SHA-256}``;
+    * ``module:FUNCTION`` and an installed entry point: ``{"module": name, "file": its source
+      file, "sha256": …}`` — or, for a module installed from a distribution (a file its RECORD
+      lists), ``{"module": name, "distribution": name, "version": …}``. Only the module's own
+      file is hashed (the file on disk: what the next process imports);
+    * built-in problems (part of the library, whose commit the manifest records) and registered
+      ones (they exist in one process only): None.
+    """
+    kind = origin(source)
+    if kind["kind"] == "file":
+        return {"file": kind["path"], "sha256": kind["sha256"]}
+    if kind["kind"] not in ("module", "entry_point"):
+        return None
+    name = kind["module"] if kind["kind"] == "module" else kind["value"].split(":", 1)[0].strip()
+    module = importlib.import_module(name)
+    installed = _installed_from(module)
+    if installed is not None:
+        return {"module": name, "distribution": installed[0], "version": installed[1]}
+    file = getattr(module, "__file__", None)
+    if not file or not Path(file).is_file():
+        return None
+    return {"module": name, "file": str(Path(file).resolve()), "sha256": _sha256(Path(file))}
+
+
+def code_key(identity: dict | None) -> str | None:
+    """The part of a :func:`code_identity` that decides whether two are the same code: the
+    SHA-256, or ``distribution==version`` (a moved file with the same content is the same)."""
+    if not identity:
+        return None
+    if identity.get("sha256"):
+        return f"sha256:{identity['sha256']}"
+    if identity.get("distribution"):
+        return f"{identity['distribution']}=={identity.get('version')}"
+    return None
+
+
+def describe_code_change(old: dict | None, new: dict | None, since: str) -> str | None:
+    """None when ``old`` and ``new`` (:func:`code_identity`) are the same code or either is
+    unknown; else one line: ``problem file F changed since SINCE (sha256 1a2b3c4d → 5e6f7a8b)``."""
+    a, b = code_key(old), code_key(new)
+    if a is None or b is None or a == b:
+        return None
+    if new.get("module"):
+        what = f"problem module {new['module']}" + (f" ({new['file']})" if new.get("file") else "")
+    else:
+        what = f"problem file {new.get('file')}"
+    if a.startswith("sha256:") and b.startswith("sha256:"):
+        how = f"sha256 {a[7:15]} → {b[7:15]}"
+    else:
+        how = f"{a.removeprefix('sha256:')[:8] if a.startswith('sha256:') else a} → " \
+              f"{b.removeprefix('sha256:')[:8] if b.startswith('sha256:') else b}"
+    return f"{what} changed since {since} ({how})"
 
 
 def param_spec(source: str) -> dict[str, tuple[Any, str]]:
@@ -576,4 +661,4 @@ def check_for_training(problem: Problem, config, seed: int = 0, *, weights: dict
 
 __all__ = ["Problem", "get", "names", "param_spec", "register", "unregister", "origin", "check_matches", "file_stem",
            "UserCodeError", "user_code_error", "check_problem", "check_for_training", "check_states", "check_weights", "read_weights",
-           "weight_shapes"]
+           "weight_shapes", "code_identity"]
