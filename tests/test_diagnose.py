@@ -233,3 +233,20 @@ def test_figure_legend_lists_only_visible_lines(case):
         close = np.abs(np.median(d.adjoint_R, 1) - np.median(d.adjoint_M, 1)) <= 1e-3 * np.median(d.adjoint_R, 1)
         assert ("≈ M" in a_labels[0]) == (close.sum() >= max(2, math.ceil(0.1 * close.size)))
     assert entries >= 6
+
+
+def test_a_simulator_that_returns_nan_is_named_not_an_svd_failure():
+    """diagnose on a step that turns NaN at step 3 says so in one ValueError (it was "SVD did
+    not converge")."""
+    from stablebptt.controllers import MLP
+
+    def step(x, c):  # NaN from step 3 on: x_3 = x_2 · (0/0)
+        k = x[:, 2:3] + 1.0
+        x = jnp.concatenate([x[:, :2] + 0.1 * c, k], axis=1)
+        return jnp.where(k >= 3.0, jnp.nan, x)
+
+    model = MLP(jax.random.PRNGKey(0), in_size=3, control_shape=(2,), widths=(8,))
+    x0 = jnp.zeros((2, 3))
+    loss = sb.TrajectoryLoss(lambda x: jnp.mean(x ** 2), on="every")
+    with pytest.raises(ValueError, match=r"simulator first produced a non-finite state at step 3 of 5"):
+        D.diagnose(step, loss, 5, model, x0)

@@ -663,10 +663,12 @@ def diagnose(step: Callable, loss: TrajectoryLoss, horizon: int, model, x0, *, s
     params, static = eqx.partition(model, eqx.is_inexact_array)
     measure = _build_measure(step, loss, int(horizon), static)
     out = jax.device_get(measure(params, x0))
+    if not np.isfinite(float(out["loss"])):
+        raise ValueError(_nonfinite_message(model, x0, step, int(horizon), float(out["loss"])))
     f64 = lambda k: np.asarray(out[k], np.float64)
     Jp, Jc = f64("J_phys"), f64("J_closed")
-    sv_p = np.linalg.svd(Jp, compute_uv=False)
-    sv_c = np.linalg.svd(Jc, compute_uv=False)
+    svd = lambda J: np.linalg.svd(J, compute_uv=False) if np.all(np.isfinite(J)) else np.array([np.inf])
+    sv_p, sv_c = svd(Jp), svd(Jc)  # a product that overflows float32: unbounded growth
     lp, spec_p = lyapunov(Jp)
     lc, spec_c = lyapunov(Jc)
     n_states = int(jax.tree_util.tree_leaves(x0)[0].shape[0])
@@ -683,6 +685,21 @@ def diagnose(step: Callable, loss: TrajectoryLoss, horizon: int, model, x0, *, s
     d.verdict = make_verdict(d, k_is_zero=k_zero)
     d.wall_s = time.perf_counter() - t0
     return d
+
+
+def _nonfinite_message(model, x0, step, horizon: int, loss: float) -> str:
+    """One line for a controller whose loss is not finite: the first step n (1 … T) at which
+    its rollout from ``x0`` gives a non-finite state or control."""
+    xs, cs = jax.device_get(unroll.rollout(model, x0, step=step, horizon=horizon))
+    bad = lambda tree, n: not all(np.all(np.isfinite(np.asarray(a)[n])) for a in jax.tree_util.tree_leaves(tree))
+    for n in range(horizon):
+        if bad(cs, n):
+            return (f"the loss is {loss:.4g}: the controller first produced a non-finite control at step {n + 1} of "
+                    f"{horizon} (from a finite state); nothing can be diagnosed")
+        if bad(xs, n + 1):
+            return (f"the loss is {loss:.4g}: the simulator first produced a non-finite state at step {n + 1} of "
+                    f"{horizon} (from a finite state and control); check the problem's step function")
+    return f"the loss is {loss:.4g} although every state and control of the rollout is finite; check the loss"
 
 
 def load_problem_and_controller(run_dir: str | Path):

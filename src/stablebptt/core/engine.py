@@ -141,8 +141,8 @@ def choose_backward(backward: "str | Strategy", model, x0, *, step, loss: Trajec
       per_sample: the fields are computed per batch member (AND-mask): candidates are planned
         and timed on batches of one, vmapped over the members.
       updates: how many minibatch updates the run will make (None: unknown). Timing the
-        candidates is skipped when it would cost more than a tenth of the run's time with the
-        first candidate (:class:`Autodiff` where it is one; ``calls`` of ``choose``).
+        candidates is skipped when it would cost more than the run itself with the first
+        candidate (:class:`Autodiff` where it is one; ``calls`` and ``WORTH`` of ``choose``).
       probe: concrete initial states (k, B, …) to time on (e.g. the first minibatches of the
         training set); default: ``x0`` repeated where it is concrete, else random normal
         states. ``model`` may be abstract; its parameters are then random for the timing.
