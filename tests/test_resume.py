@@ -449,3 +449,24 @@ def test_only_temp_folders_of_dead_writers_are_removed(tmp_path):
     os.utime(unnamed_old, (time.time() - 2 * R.TEMP_STALE_S,) * 2)
     assert R.clean_stale_temps(tmp_path) == 2
     assert not dead.exists() and not unnamed_old.exists() and mine.exists() and elsewhere_new.exists()
+
+
+def test_a_sweep_says_which_runs_it_resumed(tmp_path):
+    """A run interrupted inside run() and finished by a sweep: its result.json says from which
+    epoch it resumed, and the sweep's report counts it as resumed."""
+    from stablebptt import sweep
+
+    spec = sweep.load_spec({"name": "r", "seeds": 1, "experiment": [
+        {"problem": "linear", "level": {"theta0": [-0.5]}, "modes": ["C"], "clips": ["none"],
+         "optimizers": [{"optimizer": "adam", "lr": 0.01}], "config": {"epochs": 4}}]})
+    (cfg, seed), = sweep.expand(spec)
+
+    def stop(e, rows):
+        if e == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        R.run(cfg, seed, tmp_path, on_epoch=stop, checkpoint_seconds=0)
+    report = sweep.run_sweep(spec, tmp_path, executor="serial")
+    assert (report.computed, report.resumed) == (1, 1)
+    assert R.read_result(tmp_path / run_id(cfg, seed))["resumed_from_epoch"] == 2

@@ -179,7 +179,8 @@ def write_result(folder: Path, config: RunConfig, seed: int, result, extra_manif
                           for k in result.history if k not in ("epoch", "wall_s")},
                 "compile_s": result.compile_s,
                 "train_s": result.train_s,
-            }
+            } | ({"resumed_from_epoch": result.ran["resumed_from_epoch"]}
+                 if result.ran.get("resumed_from_epoch") else {})
             _write_json(tmp / RESULT_FILE, summary)
             if folder.exists():
                 if is_done(folder):  # someone else finished it meanwhile: keep theirs

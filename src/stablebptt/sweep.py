@@ -364,12 +364,14 @@ class SweepReport:
     computed: int = 0  # by this call
     diverged: int = 0  # of those computed
     claimed: int = 0  # being computed by another live process (not waited for)
+    resumed: int = 0  # of those computed: continued from an interrupted run's checkpoint
     failed: list = field(default_factory=list)
     wall_s: float = 0.0
 
     def as_dict(self) -> dict:
         return dict(root=str(self.root), jobs=self.jobs, skipped=self.skipped, computed=self.computed,
-                    diverged=self.diverged, claimed=self.claimed, failed=self.failed, wall_s=self.wall_s)
+                    diverged=self.diverged, claimed=self.claimed, resumed=self.resumed, failed=self.failed,
+                    wall_s=self.wall_s)
 
 
 def _groups(todo: list[tuple[RunConfig, int]], vmap_seeds: bool,
@@ -542,6 +544,7 @@ def run_sweep(spec: SweepSpec, root: str | Path, *, executor: str = "local", wor
     def finished(summaries: list[dict]) -> None:
         state["done"] += len(summaries)
         report.computed += sum(1 for r in summaries if r.get("computed_here"))
+        report.resumed += sum(1 for r in summaries if r.get("computed_here") and r.get("resumed_from_epoch"))
         report.claimed += sum(1 for r in summaries if r["status"] == "claimed")
         report.skipped += sum(1 for r in summaries if r["status"] != "claimed" and not r.get("computed_here"))
         d = sum(1 for r in summaries if r["status"] == "diverged" and r.get("computed_here"))

@@ -60,7 +60,9 @@ def _run(spec_source, quick, seeds, out_dir, executor, workers, address, vmap_se
         console.print(f"[yellow]interrupted[/]: finished runs are kept in {root}, unfinished ones continue from "
                       "their checkpoints: run the same command to resume")
         raise typer.Exit(code=130)
-    out.print(f"{report.jobs} jobs: {report.computed} computed, {report.skipped} already done, "
+    out.print(f"{report.jobs} jobs: {report.computed} computed"
+              + (f" ({report.resumed} resumed from their checkpoints)" if report.resumed else "")
+              + f", {report.skipped} already done, "
               + (f"{report.claimed} being computed by other processes, " if report.claimed else "")
               + f"{report.diverged} diverged, {len(report.failed)} failed, {report.wall_s:.1f} s -> {root}")
     for f in report.failed:
