@@ -137,7 +137,6 @@ ROWS = [  # (id, arguments, words the one line must hold); FILE:LINE stands for 
     ("sweep out below a file", ["sweep", "toys", "--quick", "--out", "afile.txt/sw"], ["--out afile.txt/sw", "is a file"]),
     ("sweep out not writable", ["sweep", "toys", "--quick", "--out", "UNWRITABLE/sw"], ["--out", "UNWRITABLE"]),
     ("sweep workers 0", ["sweep", "toys", "--quick", "--workers", "0"], ["--workers 0", "≥ 1"]),
-    ("checkpoint seconds 0", ["train", "cartpole", "--checkpoint-seconds", "0"], ["--checkpoint-seconds 0", "> 0"]),
     ("memory budget 0", ["train", "cartpole", "--memory-budget", "0"], ["--memory-budget 0", "> 0"]),
     ("evaluate per-state below a file", ["evaluate", "no-run", "--per-state", "afile.txt/x.csv"],
      ["--per-state afile.txt/x.csv", "is a file"]),

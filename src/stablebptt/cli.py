@@ -290,8 +290,8 @@ def train(
 
     check_out_folder("--out", out_dir)
     check_out_folder("--tensorboard", tensorboard)
-    if checkpoint_seconds <= 0:
-        raise fail(f"--checkpoint-seconds {checkpoint_seconds:g}: must be > 0 (seconds between checkpoints)")
+    if not checkpoint_seconds >= 0:
+        raise fail(f"--checkpoint-seconds {checkpoint_seconds:g}: must be ≥ 0 (seconds between checkpoints; 0: after every epoch)")
     if memory_budget is not None and not memory_budget > 0:
         raise fail(f"--memory-budget {memory_budget:g}: must be > 0 (GiB)")
     problems_mod.param_spec(problem)  # an unknown source: one line naming it and what is allowed

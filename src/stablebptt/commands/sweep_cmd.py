@@ -35,8 +35,8 @@ def _run(spec_source, quick, seeds, out_dir, executor, workers, address, vmap_se
 
     if workers is not None and workers < 1:
         raise fail(f"--workers {workers}: must be ≥ 1 (default: one per core, here {os.cpu_count()})")
-    if checkpoint_seconds <= 0:
-        raise fail(f"--checkpoint-seconds {checkpoint_seconds:g}: must be > 0 (seconds between checkpoints)")
+    if not checkpoint_seconds >= 0:
+        raise fail(f"--checkpoint-seconds {checkpoint_seconds:g}: must be ≥ 0 (seconds between checkpoints; 0: after every epoch)")
     if seeds is not None and seeds < 1:
         raise fail(f"--seeds {seeds}: must be ≥ 1")
     try:
