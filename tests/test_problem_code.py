@@ -111,6 +111,10 @@ def test_an_interrupted_run_is_not_continued_with_other_code(pm):
 
 
 def test_a_module_problem_is_identified_by_its_file_or_its_installed_version(tmp_path, monkeypatch):
+    import sys
+
+    for name in ("mypm", "simpkg", "simpkg.pmmod"):  # modules of the same names imported by other tests
+        monkeypatch.delitem(sys.modules, name, raising=False)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("STABLEBPTT_CACHE_DIR", str(tmp_path / "cache"))
     (tmp_path / "simpkg").mkdir()
