@@ -67,10 +67,11 @@ def _parse_train_command(command: str, monkeypatch):
     import shlex
 
     from stablebptt import cli
+    from stablebptt import run as run_mod
 
     seen = []
     monkeypatch.setattr(cli, "setup_jax", lambda **kw: 1)
-    monkeypatch.setattr(cli, "_run_with_progress", lambda cfg, seed, out_dir, **kw: seen.append((cfg, seed, out_dir)))
+    monkeypatch.setattr(run_mod, "train_runs", lambda pairs, root, **kw: seen.append((*pairs[0], root)))
     monkeypatch.setattr(cli, "_print_summary", lambda folder: None)
     argv = shlex.split(command)
     assert argv[:2] == ["stablebptt", "train"], command

@@ -17,6 +17,7 @@ from .core import (  # noqa: F401
     value_and_update,
 )
 from .losses import TrajectoryLoss  # noqa: F401
+from .optim import Optimizer  # noqa: F401
 from .run import load_run  # noqa: F401
 from .train import make_train  # noqa: F401
 
