@@ -616,6 +616,14 @@ def picked_text(rec: str, best: str | None, ratios: dict, reference: str) -> str
 
 
 # ----------------------------------------------------------------------------- entry point
+def default_folder(problem: str, params: dict) -> Path:
+    """``comparisons/<problem>[-key=value…]``: the default folder of a comparison."""
+    from . import problems
+
+    return Path("comparisons") / (problems.file_stem(problem)
+                                  + "".join(f"-{k}={_opt_text(v)}" for k, v in sorted(params.items())))
+
+
 def compare(problem: str, modes: "str | Sequence[str]" = DEFAULT_VARIANTS, seeds: "int | Sequence[int]" = 5,
             params: dict | None = None, root: str | Path | None = None, *, epochs: int | None = None,
             quick: bool = False, config: dict | None = None, reference: str = "R", window: int | None = None,
@@ -630,7 +638,7 @@ def compare(problem: str, modes: "str | Sequence[str]" = DEFAULT_VARIANTS, seeds
       modes: variants (:func:`parse_variant`): ``"R,M,C,S"`` or ``["R", "R:truncate=4", "C"]``.
       seeds: a number n (seeds 0 … n−1) or the seeds; a seed fixes data and initial weights.
       params: the problem's parameters.
-      root: the folder of the run records and the results (default ``comparisons/<problem>``).
+      root: the folder of the run records and the results (default :func:`default_folder`).
       epochs: training epochs (default: the problem's, or the quick ones with ``quick``).
       quick: short training (:func:`quick_config`), under any ``config`` and ``epochs`` given.
       config: other :class:`~stablebptt.config.RunConfig` fields shared by all runs (lr, clip,
@@ -667,7 +675,8 @@ def compare(problem: str, modes: "str | Sequence[str]" = DEFAULT_VARIANTS, seeds
     win = default_window(n_epochs) if window is None else int(window)
     if win < 1:
         raise ValueError(f"window={window!r}; must be an int ≥ 1")
-    root = Path(root) if root is not None else Path("comparisons") / problems.file_stem(problem)
+    root = Path(root) if root is not None else default_folder(problem, params)
+    problems.check_for_training(problems.get(problem, **params), jobs[0][0], jobs[0][1])
     report = sweep.run_sweep(spec, root, executor=executor, workers=workers, address=address, vmap_seeds=vmap_seeds,
                              vmap_configs=vmap_configs, progress=progress, cache_dir=cache_dir,
                              checkpoint_seconds=checkpoint_seconds)
@@ -683,4 +692,4 @@ def compare(problem: str, modes: "str | Sequence[str]" = DEFAULT_VARIANTS, seeds
 
 __all__ = ["Comparison", "Ratio", "Variant", "compare", "load", "analyse", "parse_variant", "parse_variants",
            "comparison_spec", "quick_config", "default_window", "pair_verdict", "ratio", "variant_table",
-           "best_variant", "final_table", "draw", "VARIANT_OPTIONS", "DEFAULT_VARIANTS"]
+           "best_variant", "final_table", "draw", "default_folder", "VARIANT_OPTIONS", "DEFAULT_VARIANTS"]
