@@ -394,8 +394,9 @@ class Comparison:
             return f"answer: {self.best} has the lowest final loss; no seed pairs it with {self.reference}"
         decided = r.verdict == f"{self.best} better"
         head = "yes" if decided else f"not decided at {r.n} seeds"
-        return (f"answer: {head} — {self.best} has the lowest final loss, {_fmt(r.estimate)}× below "
-                f"{self.reference} [95 % CI {_fmt(r.lo)}, {_fmt(r.hi)}] over {r.n} paired seeds ({r.verdict})")
+        return (f"answer: {head} — {self.best} has the lowest final loss, {fmt_ratio(r.estimate)}× below "
+                f"{self.reference}'s [95 % CI {fmt_ratio(r.lo)}, {fmt_ratio(r.hi)}] over {r.n} paired seeds "
+                f"({r.verdict})")
 
     def diagnosis_summary(self) -> str:
         """One line: diagnose's recommendation and whether it picked the winner."""
@@ -435,9 +436,9 @@ class Comparison:
     def ratios_markdown(self) -> str:
         rows = [f"| ratio | per seed | gm [95 % CI] | verdict |", "|---|---|---|---|"]
         for r in self.ratios.values():
-            seeds = ", ".join(f"s{s}: {_fmt(x)}" for s, x in zip(r.test.seeds, r.test.per_seed))
-            ci = f"[{_fmt(r.lo)}, {_fmt(r.hi)}]" if r.n > 1 else "(one seed: no interval)"
-            rows.append(f"| {r.reference}/{r.variant} | {seeds} | {_fmt(r.estimate)} {ci} | **{r.verdict}** |")
+            seeds = ", ".join(f"s{s}: {fmt_ratio(x)}" for s, x in zip(r.test.seeds, r.test.per_seed))
+            ci = f"[{fmt_ratio(r.lo)}, {fmt_ratio(r.hi)}]" if r.n > 1 else "(one seed: no interval)"
+            rows.append(f"| {r.reference}/{r.variant} | {seeds} | {fmt_ratio(r.estimate)} {ci} | **{r.verdict}** |")
         return "\n".join(rows) + "\n"
 
     def markdown(self) -> str:
@@ -495,8 +496,11 @@ def _fmt(x) -> str:
     return f"{x:.3g}"
 
 
-def _from_json(x):
-    return float(x) if isinstance(x, str) else x
+def fmt_ratio(x) -> str:
+    """A ratio as text: 3 significant digits, more within 1 % of 1 (``1.0003``), so that a
+    ratio that is not 1 never reads as 1."""
+    x = float(x)
+    return f"{x:.5g}" if math.isfinite(x) and 0.99 < x < 1.01 and x != 1 else _fmt(x)
 
 
 # ----------------------------------------------------------------------------- analysis

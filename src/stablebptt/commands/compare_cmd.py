@@ -121,7 +121,7 @@ def print_comparison(c) -> None:
     """The comparison's tables, its answer and where its files are, on stdout."""
     from rich.table import Table
 
-    from ..comparison import _fmt, final_text
+    from ..comparison import _fmt, final_text, fmt_ratio
 
     r = c.report
     if r is not None:
@@ -145,8 +145,8 @@ def print_comparison(c) -> None:
         for col in ("ratio", "gm", "95 % CI", "seeds", "verdict"):
             rt.add_column(col, justify="left" if col in ("ratio", "verdict") else "right")
         for x in c.ratios.values():
-            ci = f"[{_fmt(x.lo)}, {_fmt(x.hi)}]" if x.n > 1 else "–"
-            rt.add_row(f"{x.reference}/{x.variant}", _fmt(x.estimate), ci, str(x.n), x.verdict)
+            ci = f"[{fmt_ratio(x.lo)}, {fmt_ratio(x.hi)}]" if x.n > 1 else "–"
+            rt.add_row(f"{x.reference}/{x.variant}", fmt_ratio(x.estimate), ci, str(x.n), x.verdict)
         out.print(rt)
     out.print(c.answer(), highlight=False, markup=False, soft_wrap=True)
     if c.diagnosis:
