@@ -2,8 +2,6 @@
 computation from the run records, verdicts on constructed records, resuming, the command line,
 loading a comparison folder and the page generator over comparison folders."""
 import json
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -225,6 +223,21 @@ def test_cli_prints_the_table_and_writes_the_figures(done, monkeypatch):
     assert "| R/C |" in md and "figures/pm-make-compare-ratios.png" in md
 
 
+@pytest.mark.slow
+def test_cli_diagnose_says_whether_its_recommendation_won(done, monkeypatch):
+    monkeypatch.chdir(done["dir"])
+    monkeypatch.setenv("STABLEBPTT_CACHE_DIR", str(done["dir"] / "cache"))
+    res = runner.invoke(app, ["compare", done["src"], "--modes", VARIANTS, "--seeds", "2", "--window", "2",
+                              "--executor", "serial", "-c", "backward=autodiff", "-c", "batch_size=8",
+                              "--out", str(done["root"]), "--diagnose"])
+    assert res.exit_code == 0, res.output
+    out, c = res.output, comparison.load(done["root"])
+    d = json.loads((done["root"] / "comparison.json").read_text())["diagnosis"]
+    assert d["recommended_mode"] in ("R", "C") and (done["root"] / "diagnosis.png").is_file()
+    assert d["picked_winner"] == (d["recommended_mode"] == c.best)
+    assert f"recommends {d['recommended_mode']}" in out and ("picked the winner" in out) == d["picked_winner"]
+
+
 @pytest.mark.parametrize("args, msg", [
     (["--modes", "R,Q"], "--modes: variant 'Q': unknown mode 'Q'"),
     (["--modes", "R,R:trunc=3"], "unknown option 'trunc'; allowed: truncate, decay, combiner, and_mask"),
@@ -243,15 +256,27 @@ def test_cli_bad_input_is_one_line(done, args, msg, monkeypatch):
     assert not (done["dir"] / "nowhere").exists()
 
 
-def test_make_beyond_writes_a_page_from_comparison_folders(done, tmp_path):
+def make_beyond():
+    """docs/make_beyond.py imported as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_beyond", REPO / "docs" / "make_beyond.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_make_beyond_writes_a_page_from_comparison_folders(done, tmp_path, capsys):
     page = tmp_path / "beyond.md"
-    res = subprocess.run([sys.executable, str(REPO / "docs" / "make_beyond.py"), str(done["root"]), str(done["root"]),
-                          "--out", str(page)], capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr
+    assert make_beyond().main([str(done["root"]), "--out", str(page)]) == 0
     text = page.read_text()
-    c = done["third"]
-    assert "pm.py:make" in text and "R/C" in text
-    assert c.ratios["C"].verdict in text
-    bad = subprocess.run([sys.executable, str(REPO / "docs" / "make_beyond.py"), str(tmp_path)],
-                         capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "no comparison.json" in bad.stderr and bad.stderr.count("\n") == 1
+    c = comparison.load(done["root"])
+    assert "pm.py:make" in text and "| R/C | R/R:truncate=2 |" in text
+    for v, r in c.ratios.items():
+        assert f"{comparison.fmt_ratio(r.estimate)} [{comparison.fmt_ratio(r.lo)}, {comparison.fmt_ratio(r.hi)}] " \
+               f"*{r.verdict}*" in text
+    assert f"| **{c.best}** |" in text and "figures/pm-make-compare-ratios.png" in text
+    capsys.readouterr()
+    assert make_beyond().main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no comparison.json" in err and err.count("\n") == 1
