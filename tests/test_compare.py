@@ -43,7 +43,7 @@ POINTMASS = textwrap.dedent('''
                        make_controller=lambda key, zero_last=False: MLP(key, 2, (1,), widths=(8,),
                                                                         zero_last=zero_last))
 ''')
-VARIANTS = "R,C,R:truncate=2"
+VARIANTS = "R,C:truncate=2"  # a mode letter and a variant with options: two sweep blocks
 SETTINGS = dict(backward="autodiff", batch_size=8)
 
 
@@ -153,7 +153,7 @@ def hand_final(folder: Path, window: int) -> float:
 def test_table_and_ratios_equal_a_hand_computation(done):
     c, root = done["second"], done["root"]
     rec = json.loads((root / "comparison.json").read_text())
-    assert rec["variants"] == ["R", "C", "R:truncate=2"] and rec["seeds"] == [0, 1] and rec["window"] == 2
+    assert rec["variants"] == ["R", "C:truncate=2"] and rec["seeds"] == [0, 1] and rec["window"] == 2
     L = {v: np.array([hand_final(root / rec["runs"][v][str(s)], 2) for s in (0, 1)]) for v in rec["variants"]}
     for v in rec["variants"]:  # every run folder is the variant it claims to be
         cfg = json.loads((root / rec["runs"][v]["0"] / "config.json").read_text())["config"]
@@ -165,7 +165,7 @@ def test_table_and_ratios_equal_a_hand_computation(done):
         assert row["gsd"] == pytest.approx(np.exp(np.std(np.log(x), ddof=1)), rel=1e-12)
         assert (row["min"], row["max"], row["n"], row["diverged"]) == (x.min(), x.max(), 2, 0)
         assert rec["table"][[t["variant"] for t in rec["table"]].index(row["variant"])]["gm"] == row["gm"]
-    for v in ("C", "R:truncate=2"):
+    for v in ("C:truncate=2",):
         r = L["R"] / L[v]
         got = c.ratios[v]
         assert got.test.per_seed == pytest.approx(r, rel=1e-12)
@@ -181,13 +181,13 @@ def test_table_and_ratios_equal_a_hand_computation(done):
 
 def test_resume_computes_only_what_is_new(done):
     first, second, third = done["first"], done["second"], done["third"]
-    assert (first.report.jobs, first.report.computed) == (3, 3)
-    assert (second.report.jobs, second.report.computed, second.report.skipped) == (6, 3, 3)
-    assert (third.report.computed, third.report.skipped) == (0, 6)
+    assert (first.report.jobs, first.report.computed) == (2, 2)
+    assert (second.report.jobs, second.report.computed, second.report.skipped) == (4, 2, 2)
+    assert (third.report.computed, third.report.skipped) == (0, 4)
     after = {p.name: (p / "result.json").stat().st_mtime_ns for p in done["root"].iterdir()
              if (p / "result.json").exists()}
     assert {k: after[k] for k in done["before"]} == done["before"]  # the first seed's runs were not rewritten
-    assert len(after) == 6
+    assert len(after) == 4
 
 
 def test_load_rebuilds_the_comparison_from_the_records(done):
@@ -209,18 +209,17 @@ def test_cli_prints_the_table_and_writes_the_figures(done, monkeypatch):
             "-c", "backward=autodiff", "-c", "batch_size=8", "--out", str(done["root"])]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
-    out = res.output
-    assert "6 runs: 0 computed, 6 already done" in out
-    for v in ("R:truncate=2", "R/C", "R/R:truncate=2"):
+    out, c = res.output, done["third"]
+    assert "4 runs: 0 computed, 4 already done" in out
+    for v in ("C:truncate=2 (best)" if c.best == "C:truncate=2" else "R (best)", "R/C:truncate=2"):
         assert v in out
-    c = done["third"]
     assert c.answer() in " ".join(out.split()) or c.answer()[:40] in out
     assert f"{c.table[0]['gm']:.3g}" in out
     figs = sorted(p.name for p in (done["root"] / "figures").glob("*.png"))
     assert figs == ["pm-make-compare-ratios.png", "pm-make-compare-test-loss.png"]
     assert all((done["root"] / "figures" / f).stat().st_size > 10_000 for f in figs)
     md = (done["root"] / "COMPARISON.md").read_text()
-    assert "| R/C |" in md and "figures/pm-make-compare-ratios.png" in md
+    assert "| R/C:truncate=2 |" in md and "figures/pm-make-compare-ratios.png" in md
 
 
 @pytest.mark.slow
@@ -271,7 +270,7 @@ def test_make_beyond_writes_a_page_from_comparison_folders(done, tmp_path, capsy
     assert make_beyond().main([str(done["root"]), "--out", str(page)]) == 0
     text = page.read_text()
     c = comparison.load(done["root"])
-    assert "pm.py:make" in text and "| R/C | R/R:truncate=2 |" in text
+    assert "pm.py:make" in text and "| R/C:truncate=2 | diagnose |" in text
     for v, r in c.ratios.items():
         assert f"{comparison.fmt_ratio(r.estimate)} [{comparison.fmt_ratio(r.lo)}, {comparison.fmt_ratio(r.hi)}] " \
                f"*{r.verdict}*" in text
