@@ -141,6 +141,26 @@ def test_verdicts_on_constructed_records():
     assert (row["n"], row["diverged"], row["gm"], row["gsd"]) == (2, 1, pytest.approx(1e-6), 1.0)
 
 
+def constructed(data: dict, reference: str = "R"):
+    f = finals(data)
+    return comparison.from_finals(f, variants=list(data), reference=reference, problem="x", params={},
+                                  seeds=sorted(f["seed"].unique()), epochs=1, window=1, config={}, runs={},
+                                  folder=Path("."))
+
+
+def test_the_answer_on_constructed_records():
+    R = np.array([1.0, 2.0, 0.5, 4.0, 1.5])
+    c = constructed({"R": R, "M": R * 2, "C": R / 3})
+    assert c.best == "C" and c.answer().startswith("answer: C beats R — C has the lowest final loss, 3× below R's")
+    c = constructed({"R": R, "M": R * 2, "C": R * np.array([0.5, 2, 0.5, 2, 0.9])})
+    assert c.best == "C" and c.answer().startswith("answer: undecided at 5 seeds — C has the lowest final loss")
+    c = constructed({"R": R, "M": R * 2, "C": R * np.array([1.5, 0.9, 1.5, 0.9, 1.0])})
+    assert c.answer() == (f"answer: no variant beats R — it has the lowest final loss (gm "
+                          f"{np.exp(np.mean(np.log(R))):.3g} over 5 seeds); M decidedly worse; C undecided against it")
+    c = constructed({"M": R, "R": R * 2}, reference="M")  # any variant can be the reference
+    assert c.best == "M" and list(c.ratios) == ["R"] and c.ratios["R"].verdict == "M better"
+
+
 # ----------------------------------------------------------------------------- records
 def hand_final(folder: Path, window: int) -> float:
     """The last point of the window-epoch trailing mean of the run's test loss (left-padded

@@ -380,23 +380,22 @@ class Comparison:
             return "answer: no finished runs yet"
         n = len(self.finals["seed"].unique())
         if self.best == self.reference:
-            worse = [r for r in self.ratios.values() if r.verdict == f"{self.reference} better"]
-            open_ = [r for r in self.ratios.values() if r.verdict != f"{self.reference} better"]
-            txt = (f"answer: no — the reference {self.reference} has the lowest final loss "
+            worse = [r.variant for r in self.ratios.values() if r.verdict == f"{self.reference} better"]
+            open_ = [r.variant for r in self.ratios.values() if r.verdict != f"{self.reference} better"]
+            txt = (f"answer: no variant beats {self.reference} — it has the lowest final loss "
                    f"(gm {_fmt(self.row(self.reference)['gm'])} over {n} seeds)")
             if worse:
-                txt += f"; {', '.join(r.variant for r in worse)} decidedly worse"
+                txt += f"; {', '.join(worse)} decidedly worse"
             if open_:
-                txt += f"; {', '.join(r.variant for r in open_)} undecided against it"
+                txt += f"; {', '.join(open_)} undecided against it"
             return txt
         r = self.ratios.get(self.best)
         if r is None:
             return f"answer: {self.best} has the lowest final loss; no seed pairs it with {self.reference}"
-        decided = r.verdict == f"{self.best} better"
-        head = "yes" if decided else f"not decided at {r.n} seeds"
+        head = (f"{self.best} beats {self.reference}" if r.verdict == f"{self.best} better"
+                else f"undecided at {r.n} seeds")
         return (f"answer: {head} — {self.best} has the lowest final loss, {fmt_ratio(r.estimate)}× below "
-                f"{self.reference}'s [95 % CI {fmt_ratio(r.lo)}, {fmt_ratio(r.hi)}] over {r.n} paired seeds "
-                f"({r.verdict})")
+                f"{self.reference}'s [95 % CI {fmt_ratio(r.lo)}, {fmt_ratio(r.hi)}] over {r.n} paired seeds")
 
     def diagnosis_summary(self) -> str:
         """One line: diagnose's recommendation and whether it picked the winner."""
@@ -532,16 +531,24 @@ def analyse(folder: str | Path, *, problem: str, params: dict, variants: Sequenc
             seeds: Sequence[int], epochs: int, window: int, config: dict, runs: dict, n_boot: int | None = None,
             **extra) -> Comparison:
     """The :class:`Comparison` of the finished runs ``runs`` under ``folder`` (no training)."""
-    finals = final_table(folder, runs, window)
+    return from_finals(final_table(folder, runs, window), variants=variants, reference=reference, n_boot=n_boot,
+                       problem=problem, params=dict(params), seeds=[int(s) for s in seeds], epochs=int(epochs),
+                       window=int(window), config=dict(config), runs=runs, folder=Path(folder), **extra)
+
+
+def from_finals(finals, *, variants: Sequence[str], reference: str, n_boot: int | None = None,
+                **fields) -> Comparison:
+    """A :class:`Comparison` from a table of final losses (``variant, seed, final``, and
+    ``run_id``): its table, its ratios against ``reference`` and its best variant; ``fields``:
+    the other attributes."""
     boot = {"n_boot": n_boot} if n_boot else {}
     ratios = {}
     for v in variants:
         if v != reference and (r := ratio(finals, v, reference, **boot)) is not None:
             ratios[v] = r
-    return Comparison(problem=problem, params=dict(params), variants=list(variants), reference=reference,
-                      seeds=[int(s) for s in seeds], epochs=int(epochs), window=int(window), config=dict(config),
-                      runs=runs, folder=Path(folder), finals=finals, table=variant_table(finals, variants),
-                      ratios=ratios, best=best_variant(finals, variants), **extra)
+    return Comparison(variants=list(variants), reference=reference, finals=finals,
+                      table=variant_table(finals, variants), ratios=ratios, best=best_variant(finals, variants),
+                      **fields)
 
 
 def load(folder: str | Path) -> Comparison:
@@ -688,12 +695,13 @@ def compare(problem: str, modes: "str | Sequence[str]" = DEFAULT_VARIANTS, seeds
               if k in cfg or k in ("epochs", "lr", "optimizer", "batch_size", "n_train", "n_test", "clip", "data")}
     c = analyse(root, problem=problem, params=params, variants=names, reference=ref, seeds=spec.seed_list(),
                 epochs=n_epochs, window=win, config=shared, runs=run_ids(spec), n_boot=n_boot, report=report)
+    c.save(figures=figures)  # the results are kept even if the diagnosis fails
     if diagnose:
         c.diagnosis = diagnosis_record(problem, params, c.best, c.ratios, ref, folder=root)
-    c.save(figures=figures)
+        c.save(figures=False)
     return c
 
 
 __all__ = ["Comparison", "Ratio", "Variant", "compare", "load", "analyse", "parse_variant", "parse_variants",
            "comparison_spec", "quick_config", "default_window", "pair_verdict", "ratio", "variant_table",
-           "best_variant", "final_table", "draw", "default_folder", "VARIANT_OPTIONS", "DEFAULT_VARIANTS"]
+           "best_variant", "final_table", "from_finals", "draw", "default_folder", "VARIANT_OPTIONS", "DEFAULT_VARIANTS"]
