@@ -586,7 +586,8 @@ def draw(c: Comparison, out_dir: str | Path, formats: Sequence[str] = ("png",)) 
             df[k] = v
     stem = problems.file_stem(c.problem)
     out_dir = Path(out_dir)
-    paths = plots._save(plots.problem_figure(df, c.problem, smooth=c.window > 1, window=c.window), out_dir, f"{stem}-compare-test-loss",
+    paths = plots._save(plots.problem_figure(df, c.problem, smooth=c.window > 1, window=c.window,
+                                                       author_ylim=False), out_dir, f"{stem}-compare-test-loss",
                         formats)
     if c.ratios:
         fig = plots.ratio_figure(list(c.ratios.values()), title=f"{c.label()}: final test loss, paired by seed",
@@ -622,8 +623,24 @@ def picked_text(rec: str, best: str | None, ratios: dict, reference: str) -> str
         return f"picked the winner ({best})"
     if rec != reference and rec not in ratios:
         return f"{rec} was not compared; the winner is {best}"
-    how = ratios[rec].verdict if rec in ratios else ratios[best].verdict if best in ratios else "no pairs"
-    return f"missed: the winner is {best} ({how})"
+    pair = ratios.get(rec) or ratios.get(best)
+    how = f" ({pair.reference}/{pair.variant}: {pair.verdict})" if pair is not None else ""
+    return f"missed: the winner is {best}{how}"
+
+
+def _recorded_diagnosis(folder: Path, c: Comparison) -> dict | None:
+    """The diagnosis an earlier comparison of the same problem and parameters recorded in
+    ``folder`` (its verdict on the winner redone for ``c``), or None."""
+    f = Path(folder) / COMPARISON_FILE
+    try:
+        old = json.loads(f.read_text()) if f.is_file() else {}
+    except (OSError, ValueError):
+        return None
+    d = old.get("diagnosis")
+    if not d or old.get("problem") != c.problem or old.get("params") != c.params:
+        return None
+    rec = d["recommended_mode"]
+    return d | dict(picked=picked_text(rec, c.best, c.ratios, c.reference), picked_winner=rec == c.best)
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -695,6 +712,7 @@ def compare(problem: str, modes: "str | Sequence[str]" = DEFAULT_VARIANTS, seeds
               if k in cfg or k in ("epochs", "lr", "optimizer", "batch_size", "n_train", "n_test", "clip", "data")}
     c = analyse(root, problem=problem, params=params, variants=names, reference=ref, seeds=spec.seed_list(),
                 epochs=n_epochs, window=win, config=shared, runs=run_ids(spec), n_boot=n_boot, report=report)
+    c.diagnosis = None if diagnose else _recorded_diagnosis(root, c)
     c.save(figures=figures)  # the results are kept even if the diagnosis fails
     if diagnose:
         c.diagnosis = diagnosis_record(problem, params, c.best, c.ratios, ref, folder=root)

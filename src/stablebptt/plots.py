@@ -619,12 +619,13 @@ def _plain_tick(v: float, keep=(1, 2, 3, 5)) -> str:
 
 
 def problem_figure(df: pd.DataFrame, problem: str, *, smooth: bool = True, window: int = 30,
-                   band: str = "std", seed: int = 0) -> plt.Figure:
+                   band: str = "std", seed: int = 0, author_ylim: bool = True) -> plt.Figure:
     """The figure of one problem (see the module docstring) from a :func:`results.collect` table.
 
     Rows: clipping modes (none, value, norm, others); columns: complexity levels, easy to hard
     (plus, for quantum, the update size at the highest target). All test-loss panels share one
-    log y axis. ``band``: ``"std"`` (×/÷ geometric std) or ``"ci"``; ``seed``: the bootstrap's.
+    log y axis. ``band``: ``"std"`` (×/÷ geometric std) or ``"ci"``; ``seed``: the bootstrap's;
+    ``author_ylim``: use the authors' y range where everything fits in it (else autoscale always).
     """
     if band not in BANDS:
         raise ValueError(f"band={band!r}; allowed: {', '.join(BANDS)}")
@@ -667,7 +668,8 @@ def problem_figure(df: pd.DataFrame, problem: str, *, smooth: bool = True, windo
             ax.set_ylabel("update norm\n(raw, per epoch)", fontsize=9)
             if i == len(clips) - 1:
                 ax.set_xlabel("epoch")
-    _apply_ylim(axes[0, 0], problem, ranges)
+    if author_ylim:
+        _apply_ylim(axes[0, 0], problem, ranges)
     for ax in axes[:, : len(levels)].ravel():
         _plain_log_labels(ax)
     handles = _mode_handles(labels, styles, band, top > 1, any_div)
