@@ -101,6 +101,17 @@ def test_variant_lists():
         comparison.parse_variants(" , ")
 
 
+def test_quick_settings_come_from_the_presets(monkeypatch):
+    from stablebptt import cli
+
+    assert comparison.quick_config("cartpole") == {"epochs": 60, "n_train": 64, "n_test": 64}  # sweep preset
+    assert comparison.quick_config("linear") == {"epochs": 60}  # the toys preset
+    monkeypatch.setitem(cli.QUICK_EPOCHS, "pointmass.py:make", 7)  # stablebptt train's quick epochs
+    assert comparison.quick_config("pointmass.py:make") == {"epochs": 7}
+    monkeypatch.delitem(cli.QUICK_EPOCHS, "pointmass.py:make")
+    assert comparison.quick_config("pointmass.py:make") == {"epochs": 20, "n_train": 64, "n_test": 64}
+
+
 def test_spec_has_one_block_per_set_of_options():
     vs = comparison.parse_variants("R,M,R:truncate=4,C:truncate=4")
     spec = comparison.comparison_spec("linear", vs, 2, {"steps": 5}, {"epochs": 3, "clip": "norm"})
@@ -108,6 +119,11 @@ def test_spec_has_one_block_per_set_of_options():
         [(["R", "M"], 0, ["norm"]), (["R", "C"], 4, ["norm"])]
     ids = comparison.run_ids(spec)
     assert list(ids) == ["R", "M", "R:truncate=4", "C:truncate=4"] and all(set(s) == {0, 1} for s in ids.values())
+    # every shared setting reaches every run (the optimizer and clipping included)
+    shared = dict(optimizer="momentum", momentum=0.5, lr=0.2, clip="value", n_train=4, batch_size=2, epochs=2)
+    spec = comparison.comparison_spec("linear", vs, [3], {}, shared)
+    for cfg, seed in sweep.expand(spec):
+        assert {k: getattr(cfg, k) for k in shared} == shared and seed == 3
     with pytest.raises(sweep.SpecError, match="config sets truncate"):
         comparison.comparison_spec("linear", vs, 2, {}, {"truncate": 3})
 

@@ -179,11 +179,13 @@ def comparison_spec(problem: str, variants: Sequence[Variant], seeds: "int | Seq
     for v in variants:
         blocks.setdefault(v.options, []).append(v.mode)
     seed_list = list(range(int(seeds))) if isinstance(seeds, (int, np.integer)) else [int(s) for s in seeds]
+    # the sweep takes clipping and the optimizer from blocks of their own (the latter would override config)
+    own = {"clips": [config.get("clip", "none")],
+           "optimizers": [{k: config[k] for k in ("optimizer", "momentum") if k in config}]}
+    rest = {k: v for k, v in config.items() if k not in ("clip", "optimizer", "momentum")}
     raw = {"name": name or f"compare-{problems.file_stem(problem)}", "seeds": seed_list if seed_list else 0,
-           "experiment": [{"problem": problem, "problem_params": dict(params), "modes": modes, "clips":
-                           [config.get("clip", "none")],
-                           "config": {k: v for k, v in config.items() if k != "clip"} | dict(opts)}
-                          for opts, modes in blocks.items()]}
+           "experiment": [{"problem": problem, "problem_params": dict(params), "modes": modes, **own,
+                           "config": rest | dict(opts)} for opts, modes in blocks.items()]}
     if isinstance(seeds, (int, np.integer)) and int(seeds) < 1:
         raise sweep.SpecError(f"seeds={seeds}; must be ≥ 1")
     return sweep.load_spec(raw)
