@@ -109,7 +109,13 @@ def test_quick_settings_come_from_the_presets(monkeypatch):
     monkeypatch.setitem(cli.QUICK_EPOCHS, "pointmass.py:make", 7)  # stablebptt train's quick epochs
     assert comparison.quick_config("pointmass.py:make") == {"epochs": 7}
     monkeypatch.delitem(cli.QUICK_EPOCHS, "pointmass.py:make")
-    assert comparison.quick_config("pointmass.py:make") == {"epochs": 20, "n_train": 64, "n_test": 64}
+    assert comparison.quick_config("toy-field") == {"epochs": 60}
+    assert comparison.quick_config("cartpole", {"poles": 3}) == {"epochs": 60, "n_train": 64, "n_test": 64}
+
+
+def test_quick_settings_of_a_problem_without_a_preset(done):
+    # the point mass has no preset and no quick epochs: 20 epochs, its own 8 states (fewer than 64)
+    assert comparison.quick_config(done["src"]) == {"epochs": 20, "n_train": 8, "n_test": 8}
 
 
 def test_spec_has_one_block_per_set_of_options():
@@ -233,6 +239,14 @@ def test_load_rebuilds_the_comparison_from_the_records(done):
     # the same ratios (with two seeds the interval is [min, max] for any number of resamples)
     assert {v: (r.estimate, r.lo, r.hi, r.verdict) for v, r in loaded.ratios.items()} == \
         {v: (r.estimate, r.lo, r.hi, r.verdict) for v, r in c.ratios.items()}
+    # a table across comparisons: one row per (folder, variant)
+    t = comparison.collect([done["root"], done["root"]])
+    assert len(t) == 4 and list(t["variant"][:2]) == ["R", "C:truncate=2"] and set(t["folder"]) == {str(done["root"])}
+    row = t.iloc[1]
+    r = c.ratios["C:truncate=2"]
+    assert (row["ratio"], row["lo"], row["hi"], row["verdict"]) == (r.estimate, r.lo, r.hi, r.verdict)
+    assert not [col for col in t if col.startswith("param_")]  # compared at the problem's defaults
+    assert t["best"].sum() == 2 and t.loc[t["best"], "variant"].iloc[0] == c.best
     assert stablebptt.load_comparison is comparison.load and stablebptt.compare is comparison.compare
     with pytest.raises(FileNotFoundError, match="no comparison.json"):
         comparison.load(done["dir"])

@@ -44,8 +44,8 @@ VARIANT_MODES = ("R", "M", "S", "N", "C")
 DEFAULT_VARIANTS = ("R", "M", "C", "S")
 COMPARISON_FILE = "comparison.json"
 SUMMARY_FILE = "COMPARISON.md"
-#: the RunConfig fields a comparison never takes from ``config`` (the variants and the problem set them)
-_NOT_CONFIG = ("problem", "problem_params", "mode") + tuple(VARIANT_OPTIONS)
+#: the RunConfig fields a comparison never takes from the shared ``config`` (the variants and the problem set them)
+NOT_SHARED = ("problem", "problem_params", "mode") + tuple(VARIANT_OPTIONS)
 
 
 # ----------------------------------------------------------------------------- variants
@@ -147,11 +147,12 @@ def parse_variants(texts: "str | Sequence[str]") -> list[Variant]:
 
 
 # ----------------------------------------------------------------------------- the sweep
-def quick_config(problem: str) -> dict:
+def quick_config(problem: str, params: dict | None = None) -> dict:
     """Short-training RunConfig fields for ``problem``: its sweep preset's quick settings where
     there is one (:data:`stablebptt.sweep.PRESETS`), else the quick epochs of ``stablebptt
-    train`` (``QUICK_EPOCHS``), else 20 epochs with at most 64 train and test states."""
-    from . import sweep
+    train`` (``QUICK_EPOCHS``), else 20 epochs with at most 64 train and test states (fewer
+    where the problem's defaults have fewer)."""
+    from . import problems, sweep
     from .cli import QUICK_EPOCHS
 
     for name in sweep.PRESETS:
@@ -160,7 +161,8 @@ def quick_config(problem: str) -> dict:
                 return {k: v for k, v in ex.get("config", {}).items() if k != "data"}
     if problem in QUICK_EPOCHS:
         return {"epochs": QUICK_EPOCHS[problem]}
-    return {"epochs": 20, "n_train": 64, "n_test": 64}
+    d = problems.get(problem, **(params or {})).defaults
+    return {"epochs": 20, "n_train": min(64, d.get("n_train", 256)), "n_test": min(64, d.get("n_test", 256))}
 
 
 def comparison_spec(problem: str, variants: Sequence[Variant], seeds: "int | Sequence[int]", params: dict,
@@ -171,7 +173,7 @@ def comparison_spec(problem: str, variants: Sequence[Variant], seeds: "int | Seq
     Raises :class:`stablebptt.sweep.SpecError` naming a bad field."""
     from . import problems, sweep
 
-    bad = sorted(set(config) & set(_NOT_CONFIG))
+    bad = sorted(set(config) & set(NOT_SHARED))
     if bad:
         raise sweep.SpecError(f"config sets {', '.join(bad)}: the problem and its parameters are arguments of "
                               f"their own, and modes and flow options belong to the variants (e.g. R:truncate=4)")
@@ -399,6 +401,27 @@ class Comparison:
         return (f"answer: {head} — {self.best} has the lowest final loss, {fmt_ratio(r.estimate)}× below "
                 f"{self.reference}'s [95 % CI {fmt_ratio(r.lo)}, {fmt_ratio(r.hi)}] over {r.n} paired seeds")
 
+    def frame(self):
+        """One row per variant, for tables across problems: ``problem``, ``param_<name>`` per
+        problem parameter, ``variant, reference, n, diverged, gm, gsd, min, max`` (final losses),
+        ``ratio, lo, hi, verdict`` (reference / variant; NaN and "" for the reference itself),
+        ``best`` (bool), ``epochs``, ``window`` and, with a diagnosis, ``span_R, span_M,
+        growth_phys, recommended_mode``."""
+        import pandas as pd
+
+        diag = {k: self.diagnosis[k] for k in ("span_R", "span_M", "growth_phys", "recommended_mode")} \
+            if self.diagnosis else {}
+        rows = []
+        for r in self.table:
+            x = self.ratios.get(r["variant"])
+            rows.append({"problem": self.problem} | {f"param_{k}": v for k, v in self.params.items()}
+                        | {k: v for k, v in r.items() if k != "per_seed"} | dict(
+                            reference=self.reference, ratio=x.estimate if x else float("nan"),
+                            lo=x.lo if x else float("nan"), hi=x.hi if x else float("nan"),
+                            verdict=x.verdict if x else "", best=r["variant"] == self.best, epochs=self.epochs,
+                            window=self.window) | diag)
+        return pd.DataFrame(rows)
+
     def diagnosis_summary(self) -> str:
         """One line: diagnose's recommendation and whether it picked the winner."""
         d = self.diagnosis
@@ -570,6 +593,15 @@ def load(folder: str | Path) -> Comparison:
     return c
 
 
+def collect(folders: Sequence[str | Path]):
+    """:meth:`Comparison.frame` of every comparison folder (:func:`load`), concatenated: one row
+    per (folder, variant), with a ``folder`` column."""
+    import pandas as pd
+
+    frames = [load(f).frame().assign(folder=str(f)) for f in folders]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
 # ----------------------------------------------------------------------------- figures
 def draw(c: Comparison, out_dir: str | Path, formats: Sequence[str] = ("png",)) -> list[Path]:
     """The comparison's figures: the test loss per epoch of every variant (geometric mean and
@@ -588,9 +620,8 @@ def draw(c: Comparison, out_dir: str | Path, formats: Sequence[str] = ("png",)) 
             df[k] = v
     stem = problems.file_stem(c.problem)
     out_dir = Path(out_dir)
-    paths = plots._save(plots.problem_figure(df, c.problem, smooth=c.window > 1, window=c.window,
-                                                       author_ylim=False), out_dir, f"{stem}-compare-test-loss",
-                        formats)
+    fig = plots.problem_figure(df, c.problem, smooth=c.window > 1, window=c.window, author_ylim=False)
+    paths = plots._save(fig, out_dir, f"{stem}-compare-test-loss", formats)
     if c.ratios:
         fig = plots.ratio_figure(list(c.ratios.values()), title=f"{c.label()}: final test loss, paired by seed",
                                  window=c.window)
@@ -696,7 +727,7 @@ def compare(problem: str, modes: "str | Sequence[str]" = DEFAULT_VARIANTS, seeds
         raise ValueError(f"reference {reference!r} is not one of the variants ({', '.join(names)}); add it to the modes")
     params = dict(params or {})
     problems.param_spec(problem)
-    cfg = (quick_config(problem) if quick else {}) | dict(config or {})
+    cfg = (quick_config(problem, params) if quick else {}) | dict(config or {})
     if epochs is not None:
         cfg["epochs"] = int(epochs)
     spec = comparison_spec(problem, variants, seeds, params, cfg, name=None)
@@ -722,6 +753,6 @@ def compare(problem: str, modes: "str | Sequence[str]" = DEFAULT_VARIANTS, seeds
     return c
 
 
-__all__ = ["Comparison", "Ratio", "Variant", "compare", "load", "analyse", "parse_variant", "parse_variants",
+__all__ = ["Comparison", "Ratio", "Variant", "compare", "load", "collect", "analyse", "parse_variant", "parse_variants",
            "comparison_spec", "quick_config", "default_window", "pair_verdict", "ratio", "variant_table",
            "best_variant", "final_table", "from_finals", "draw", "default_folder", "VARIANT_OPTIONS", "DEFAULT_VARIANTS"]

@@ -16,17 +16,17 @@ def config_options(problem: str, params: dict, items: list[str]) -> dict:
     one line naming a bad key or value and what is allowed."""
     from pydantic import ValidationError
 
-    from ..comparison import _NOT_CONFIG
+    from ..comparison import NOT_SHARED
     from ..config import RunConfig, describe_errors
 
-    allowed = [k for k in RunConfig.model_fields if k not in _NOT_CONFIG]
+    allowed = [k for k in RunConfig.model_fields if k not in NOT_SHARED]
     cfg = {}
     for item in items:
         key, eq, text = item.partition("=")
         if not eq:
             raise fail(f"--config {item!r}: expected KEY=VALUE")
         if key not in allowed:
-            why = " (give it per variant, e.g. R:truncate=4)" if key in _NOT_CONFIG else ""
+            why = " (give it per variant, e.g. R:truncate=4)" if key in NOT_SHARED else ""
             raise fail(f"--config {key}: not a setting shared by the runs{why}; allowed: {', '.join(allowed)}")
         cfg[key] = parse_value(text)
     try:
