@@ -219,3 +219,14 @@ def test_a_finished_run_is_shown_not_recompiled(tmp_path, monkeypatch):
     assert runner.invoke(app, args).exit_code == 0
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and "already trained" in again.output and "compiling" not in again.output
+
+
+@pytest.mark.parametrize("module", ["stablebptt", "stablebptt.cli"])
+def test_python_dash_m_runs_every_command(module):
+    """``python -m stablebptt`` and ``python -m stablebptt.cli`` know the commands that live in
+    ``stablebptt.commands`` (registered on the package's app, not on a second copy)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", module, "sweep", "--help"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "Usage" in out.stdout, out.stdout + out.stderr

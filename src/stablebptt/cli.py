@@ -577,5 +577,7 @@ def main():  # pragma: no cover
     app()
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
+if __name__ == "__main__":  # ``python -m stablebptt.cli``: the package's app, with every command
+    from stablebptt.cli import app as _package_app
+
+    _package_app()
