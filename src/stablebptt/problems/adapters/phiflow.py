@@ -220,12 +220,15 @@ class FieldLayout:
                              f"template's {self.treedef} (PhiFlow Fields or Tensors)")
         return [_values(x) for x in leaves]
 
+    def _label(self, where: str, i: int) -> str:
+        return f"{where} (entry {i})" if len(self.specs) > 1 else where
+
     def pack(self, obj, where: str | None = None) -> jax.Array:
         """The vector (N,) float32 of ONE sample's PhiFlow objects (no batch dims)."""
         where = where or f"the {self.what}"
         math = _math()
         parts = [a for i, (s, t) in enumerate(zip(self.specs, self._leaves_of(obj, where)))
-                 for a in s.natives(t, math.EMPTY_SHAPE, f"{where} [{i}]", to_numpy=False)]
+                 for a in s.natives(t, math.EMPTY_SHAPE, self._label(where, i), to_numpy=False)]
         return jnp.concatenate([jnp.ravel(jnp.asarray(a, jnp.float32)) for a in parts])
 
     def pack_batch(self, obj, where: str | None = None) -> np.ndarray:
@@ -239,7 +242,7 @@ class FieldLayout:
             raise ValueError(f"{WHO}: {where} have no batch dimension; give n samples along a batch dim "
                              "(e.g. math.batch(b=n)) or an array (n, N)")
         parts = [a for i, (s, t) in enumerate(zip(self.specs, values))
-                 for a in s.natives(t, batch, f"{where} [{i}]", to_numpy=True)]
+                 for a in s.natives(t, batch, self._label(where, i), to_numpy=True)]
         return np.concatenate([np.asarray(a, np.float32) for a in parts], axis=1)
 
 
