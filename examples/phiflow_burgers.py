@@ -68,5 +68,5 @@ if __name__ == "__main__":
         cfg = RunConfig(problem=problem.name, mode=mode, epochs=2, n_train=16, n_test=16, batch_size=8, lr=3e-3,
                         data="seeded", backward="autodiff")
         (res,) = train(problem, cfg, seeds=[0])
-        print(f"{mode}: test loss {res.initial["test_loss"]:.5g} -> {res.history["test_loss"][-1]:.5g} "
+        print(f"{mode}: test loss {res.initial['test_loss']:.5g} -> {res.history['test_loss'][-1]:.5g} "
               f"after 2 epochs ({time.perf_counter() - t:.1f} s with compilation)")
