@@ -79,6 +79,21 @@ def test_phiflow_import_restores_a_user_set_x64():
     assert out.split() == ["True"]
 
 
+def test_phiflow_imported_elsewhere_first_is_reported():
+    """PhiFlow's own import before the adapter's leaves x64 on: the adapter cannot know the
+    previous value, keeps it, and warns in one line."""
+    out = _run("""
+        import warnings, jax
+        import phi.jax.flow
+        from stablebptt.problems.adapters.phiflow import import_phiflow
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            import_phiflow()
+        print(jax.config.jax_enable_x64, sum("jax_enable_x64 is on" in str(w.message) for w in caught))
+    """)
+    assert out.split() == ["True", "1"]
+
+
 # ----------------------------------------------------------------------------- the problem
 def _burgers(u, f):
     """1-D viscous Burgers, one PhiFlow step: explicit diffusion, semi-Lagrangian advection, force."""

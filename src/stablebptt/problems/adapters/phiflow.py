@@ -62,6 +62,8 @@ values before anything is traced.
 from __future__ import annotations
 
 import functools
+import sys
+import warnings
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -74,6 +76,8 @@ from . import _common
 
 WHO = "phiflow_problem"
 ON = ("every", "final")
+#: the module whose import switches jax_enable_x64 on
+_PHIML_JAX = "phiml.backend.jax._jax_backend"
 
 
 @functools.lru_cache(maxsize=None)
@@ -81,15 +85,21 @@ def import_phiflow():
     """``phi.jax.flow``, imported with ``jax_enable_x64`` restored to its value before the import.
 
     Idempotent: later calls return the same module and switch nothing. A one-line ImportError
-    names the extra when PhiFlow is missing.
+    names the extra when PhiFlow is missing. When PhiFlow's JAX backend was imported before (by
+    other code) and float64 is on, the previous value is unknown: a warning says so.
     """
     x64 = bool(jax.config.jax_enable_x64)
+    earlier = sys.modules.get(_PHIML_JAX) is not None
     try:
         import phi.jax.flow as flow
     except ImportError as e:
         raise ImportError("the PhiFlow adapter needs PhiFlow: pip install 'stablebptt[phiflow]'") from e
     finally:
         jax.config.update("jax_enable_x64", x64)
+    if earlier and x64:
+        warnings.warn("PhiFlow's JAX backend was imported before stablebptt's PhiFlow adapter and jax_enable_x64 is "
+                      "on (JAX computes in float64); import PhiFlow through stablebptt.problems.adapters.phiflow, or "
+                      "call jax.config.update('jax_enable_x64', False)", stacklevel=2)
     return flow
 
 
