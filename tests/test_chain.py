@@ -315,3 +315,17 @@ def test_trains_one_epoch_through_the_cli(tmp_path, monkeypatch):
     m = pd.read_csv(folder / "metrics.csv")
     assert list(m["epoch"]) == [1] and np.all(np.isfinite(m[["loss", "train_loss", "test_loss"]]))
     assert json.loads((folder / "result.json").read_text())["status"] == "finished"
+
+
+def test_sweep_preset_covers_the_ladder():
+    """The ``cart-chain`` sweep preset: links 1 … 6 × R, M, C, S on seeded data; quick: 60 epochs
+    of 64 states, 2 seeds."""
+    from stablebptt import sweep
+
+    jobs = sweep.expand(sweep.load_spec("cart-chain", quick=True))
+    assert sorted({(c.problem_params["links"], c.mode) for c, _ in jobs}) == sorted(
+        (n, m) for n in LINKS for m in "RMCS")
+    assert {s for _, s in jobs} == {0, 1} and len(jobs) == 6 * 4 * 2
+    assert all(c.problem == "cart-chain" and c.epochs == 60 and c.n_train == 64 and c.data == "seeded" for c, _ in jobs)
+    full = sweep.expand(sweep.load_spec("cart-chain"))
+    assert len(full) == 6 * 4 * 5 and all(c.epochs == 1000 and c.n_train == 256 for c, _ in full)
