@@ -329,3 +329,27 @@ def test_sweep_preset_covers_the_ladder():
     assert all(c.problem == "cart-chain" and c.epochs == 60 and c.n_train == 64 and c.data == "seeded" for c, _ in jobs)
     full = sweep.expand(sweep.load_spec("cart-chain"))
     assert len(full) == 6 * 4 * 5 and all(c.epochs == 1000 and c.n_train == 256 for c, _ in full)
+
+
+def test_animation_draws_the_links_as_a_chain(tmp_path):
+    """The picture of a cart-chain rollout: link k starts at the tip of link k − 1, and the last
+    tip is at x + L Σ_k (sin θ_k, cos θ_k); the frames render and write."""
+    from stablebptt.animate import build_scene, frame_indices, render_frames, rollout, write_frames
+
+    p = problems.get("cart-chain", links=3, steps=6)
+    model = p.make_controller(jax.random.PRNGKey(0), zero_last=False)
+    _, test = p.sample_data(0, 2, 2)
+    xs, cs = rollout(p, model, test)
+    scene = build_scene(p, xs, cs)
+    scene.update(4)
+    for i, panel in enumerate(scene.panels):
+        lines = panel["view"].lines  # the ground, the 3 links, the force arrow
+        assert len(lines) == 5
+        links = [np.asarray(line.get_xydata()) for line in lines[1:4]]
+        for a, b in zip(links, links[1:]):
+            np.testing.assert_allclose(a[1], b[0])
+        x, th = float(xs[4, i, 0, 0]), np.asarray(xs[4, i, 1:, 0], np.float64)
+        np.testing.assert_allclose(links[-1][1], [x + np.sin(th).sum(), np.cos(th).sum()], rtol=1e-6, atol=1e-6)
+    frames = render_frames(p, model, test, stride=2)
+    assert len(frames) == len(frame_indices(p.horizon, 2)) and frames[0].std() > 0
+    assert write_frames(frames, tmp_path / "chain.gif", fps=5).is_file()
