@@ -7,6 +7,8 @@ first ``states`` test states of the run's own data, and every frame is drawn wit
 
 * **cartpole** — one panel per rollout: the cart, its n poles, the force as an arrow; the view
   follows the cart (the ground ticks show how far it moved);
+* **cart-chain** — the same, with link k drawn from the tip of link k − 1 (a chain) and the
+  view sized to the chain's length;
 * **guidance** — one column per rollout. Top: the view is framed on what the loss measures,
   the evaders and their target (the origin, black ⊕): the square box holding every evader
   position of the whole rollout and the origin, with a margin, fixed over the clip. Evaders
@@ -45,6 +47,7 @@ package). Default file: ``<run_dir>/animation.gif``. Default ``fps``: n_frames /
 """
 from __future__ import annotations
 
+import functools
 import math
 import textwrap
 from dataclasses import dataclass, field
@@ -178,15 +181,18 @@ def _fading(rgb: str, k: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- scenes
-def _scene_cartpole(problem, xs, cs):
-    """xs (T+1, S, 1+n, 2), cs (T, S)."""
+def _scene_cartpole(problem, xs, cs, chained: bool = False):
+    """xs (T+1, S, 1+n, 2), cs (T, S). ``chained``: link k hangs from the tip of link k − 1
+    (``cart-chain``), else every pole from the cart."""
     from matplotlib.patches import Rectangle
 
     S = xs.shape[1]
     poles = xs.shape[2] - 1
     T = xs.shape[0] - 1
     dt = float(problem.params.get("dt", 0.01))
-    length = 1.0  # drawn pole length 2l (l = 0.5 is the half-length)
+    length = float(problem.params.get("link_length", 1.0))  # drawn pole length 2l (l = 0.5 is the half-length)
+    reach = length * (poles if chained else 1)  # how far the tip can get from the cart
+    half_width = max(2.0, 1.1 * reach)
     force = np.asarray(cs, np.float64).reshape(cs.shape[0], S)
     fmax = max(float(np.max(np.abs(force))), 1e-6)
     fig = _canvas(*_size(S, 320, 230))
@@ -195,7 +201,7 @@ def _scene_cartpole(problem, xs, cs):
     arts = []
     for i, ax in enumerate(axes):
         ax.set_aspect("equal")
-        ax.set_ylim(-1.25 * length, 1.25 * length)
+        ax.set_ylim(-1.25 * reach, 1.25 * reach)
         ax.set_yticks([])
         ax.axhline(0, color="0.5", lw=1)
         ax.set_title(f"rollout {i}", fontsize=9)
@@ -210,15 +216,21 @@ def _scene_cartpole(problem, xs, cs):
         for i, ax in enumerate(axes):
             cart, lines, arrow = arts[i]
             x = float(xs[n, i, 0, 0])
-            ax.set_xlim(x - 2.0, x + 2.0)
-            ax.set_xticks(np.arange(math.floor(x - 2.0), math.ceil(x + 2.0) + 1))
+            ax.set_xlim(x - half_width, x + half_width)
+            ax.set_xticks(np.arange(math.floor(x - half_width), math.ceil(x + half_width) + 1))
             cart.set_xy((x - 0.2, -0.1))
+            bx, by = x, 0.0
             for k, line in enumerate(lines):
                 th = float(xs[n, i, 1 + k, 0])
-                line.set_data([x, x + length * math.sin(th)], [0.0, length * math.cos(th)])
+                tx, ty = bx + length * math.sin(th), by + length * math.cos(th)
+                line.set_data([bx, tx], [by, ty])
+                if chained:
+                    bx, by = tx, ty
             f = float(force[min(n, force.shape[0] - 1), i])
             arrow.set_data([x, x + 0.8 * f / fmax], [-0.2, -0.2])
-        title.set_text(f"cart-pole ({poles} pole{'s' if poles > 1 else ''})   t = {n * dt:.2f} s   step {n}/{T}")
+        what = (f"cart-chain ({poles} link{'s' if poles > 1 else ''})" if chained
+                else f"cart-pole ({poles} pole{'s' if poles > 1 else ''})")
+        title.set_text(f"{what}   t = {n * dt:.2f} s   step {n}/{T}")
 
     return Scene(fig=fig, update=update, panels=[{"view": ax} for ax in axes], horizon=T)
 
@@ -565,6 +577,7 @@ def _scene_series(problem, xs, cs, components=None):
 
 
 RENDERERS.update(cartpole=_scene_cartpole, guidance=_scene_guidance, quantum=_scene_quantum)
+RENDERERS["cart-chain"] = functools.partial(_scene_cartpole, chained=True)
 
 
 # ----------------------------------------------------------------------------- public API

@@ -169,10 +169,18 @@ def _preset(name: str, quick: bool) -> dict:
             dict(problem="linear", modes=_PAPER_MODES, clips=["none"],
                  optimizers=[dict(optimizer="adam", lr=0.01)], config=dict(epochs=ep if not quick else 60)),
         ])
+    if name == "cart-chain":
+        cfg = dict(epochs=1000, data="seeded")
+        if quick:
+            cfg = dict(epochs=60, n_train=64, n_test=64, data="seeded")
+        return dict(name="cart-chain" + ("-quick" if quick else ""), seeds=5 if not quick else 2, experiment=[dict(
+            problem="cart-chain", level={"links": [1, 2, 3, 4, 5, 6]}, modes=_PAPER_MODES, clips=["none"],
+            config=cfg)])
     raise SpecError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
 
 
 PRESETS = ("cartpole", "guidance", "quantum", "toys")
+PRESETS += ("cart-chain",)
 
 
 def load_spec(source: "str | Path | dict", *, quick: bool = False, seeds: int | None = None) -> SweepSpec:
@@ -577,6 +585,7 @@ def run_sweep(spec: SweepSpec, root: str | Path, *, executor: str = "local", wor
 
 # ----------------------------------------------------------------------------- summaries
 LEVEL_PARAM = {"cartpole": "param_poles", "guidance": "param_rc", "quantum": "param_target"}
+LEVEL_PARAM["cart-chain"] = "param_links"
 
 
 def _level_cols(problem: str, d) -> list[str]:
