@@ -45,6 +45,9 @@ _BUILTIN: dict[str, str] = {
     "cartpole": "cartpole",
     "guidance": "guidance",
     "quantum": "quantum",
+    "ks": "ks",
+    "burgers": "burgers",
+    "kolmogorov": "kolmogorov",
 }
 #: the entry-point group through which installed packages publish problems
 ENTRY_POINTS = "stablebptt.problems"

@@ -4,6 +4,9 @@
   environment's physics pipeline, the state (q, q̇), a state loss or a reward to maximise.
 * :func:`ode_problem` / :func:`ode_step` (``stablebptt.problems.adapters.diffrax``, extra
   ``[diffrax]``): a controlled ODE f(t, y, c), one ``diffeqsolve`` per step.
+* :func:`exponax_problem` / :func:`exponax_step` / :func:`gaussian_actuators`
+  (``stablebptt.problems.adapters.exponax``, extra ``[exponax]``): a PDE of an exponax
+  stepper with an additive control (a force field or K actuators).
 
 Each returns a :class:`~stablebptt.problems.Problem` for :func:`stablebptt.value_and_update` and
 :func:`stablebptt.runner.train`. The engines are imported when an adapter is first used, so this
@@ -13,7 +16,8 @@ from __future__ import annotations
 
 from importlib import import_module
 
-_EXPORTS = {"brax_problem": ".brax", "ode_problem": ".diffrax", "ode_step": ".diffrax"}
+_EXPORTS = {"brax_problem": ".brax", "ode_problem": ".diffrax", "ode_step": ".diffrax",
+            "exponax_problem": ".exponax", "exponax_step": ".exponax", "gaussian_actuators": ".exponax"}
 
 
 def __getattr__(name: str):
