@@ -16,7 +16,9 @@ splitting, first order in time)::
 
     u_{n+1} = stepper(u_n + Δt · f_n)
 
-with f_n held over the step. The forcing is either
+with f_n held over the step. An ``exponax.RepeatedStepper`` (k substeps of Δt/k: explicit
+nonlinear terms need a CFL-limited substep) is one simulator step of Δt = k · (Δt/k), the
+forcing applied once per step as above. The forcing is either
 
 * a **force field** (``actuators=None``): the control c_n *is* f_n, of shape (C, N, …);
 * **K actuators** (``actuators`` = profiles b_k of shape (K, N, …) or (K, C, N, …)): the control
@@ -74,9 +76,10 @@ def _import_exponax():
 def _check_stepper(stepper) -> tuple[int, tuple[int, ...]]:
     """``(C, spatial shape)`` of an exponax stepper; ValueError for anything else."""
     exponax = _import_exponax()
-    if not isinstance(stepper, exponax.BaseStepper):
-        raise ValueError(f"{WHO}: stepper={stepper!r} is not an exponax stepper (e.g. "
-                         "exponax.stepper.KuramotoSivashinskyConservative(1, 22.0, 64, 0.5))")
+    if not isinstance(stepper, (exponax.BaseStepper, exponax.RepeatedStepper)):
+        raise ValueError(f"{WHO}: stepper={type(stepper).__name__} is not an exponax stepper (e.g. "
+                         "exponax.stepper.KuramotoSivashinskyConservative(1, 22.0, 64, 0.5), or an "
+                         "exponax.RepeatedStepper of one)")
     return int(stepper.num_channels), (int(stepper.num_points),) * int(stepper.num_spatial_dims)
 
 
