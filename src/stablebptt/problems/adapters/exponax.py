@@ -48,7 +48,7 @@ exact gradient of the discrete step).
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import equinox as eqx
 import jax
@@ -189,10 +189,11 @@ class PeriodicCNN(eqx.Module):
     them, linear last layer. (B, C_in, N, …) → (B, C_out, N, …), every layer keeps the grid
     (kernel ``kernel_size`` odd, padding ``kernel_size // 2`` wrapped around the periodic
     domain), so the map commutes with periodic shifts like the physics. Rows of a batch are
-    independent (the layers are vmapped over rows)."""
+    independent (the layers are vmapped over rows) but the class does not declare
+    ``rows_independent``: the engine would then consider forming the input Jacobian of all T·B
+    rows at once, (T·B, C·N^D, C·N^D) — gigabytes for a field; per step it stays small."""
 
     layers: tuple
-    rows_independent: ClassVar[bool] = True
 
     def __init__(self, key, num_spatial_dims: int, in_channels: int, out_channels: int,
                  widths: Sequence[int] = (16, 16), kernel_size: int = 5, zero_last: bool = True):
