@@ -169,10 +169,16 @@ def _preset(name: str, quick: bool) -> dict:
             dict(problem="linear", modes=_PAPER_MODES, clips=["none"],
                  optimizers=[dict(optimizer="adam", lr=0.01)], config=dict(epochs=ep if not quick else 60)),
         ])
+    if name == "pde":
+        cfg = dict(epochs=100, data="seeded") if not quick else dict(epochs=5, n_train=64, n_test=32, data="seeded")
+        return dict(name="pde" + ("-quick" if quick else ""), seeds=5 if not quick else 2, experiment=[
+            dict(problem="ks", level={"L": [22, 36, 60, 100]}, modes=_PAPER_MODES, config=cfg),
+            dict(problem="burgers", modes=_PAPER_MODES, config=cfg),
+            dict(problem="kolmogorov", modes=_PAPER_MODES, config=cfg)])
     raise SpecError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
 
 
-PRESETS = ("cartpole", "guidance", "quantum", "toys")
+PRESETS = ("cartpole", "guidance", "quantum", "toys", "pde")
 
 
 def load_spec(source: "str | Path | dict", *, quick: bool = False, seeds: int | None = None) -> SweepSpec:
