@@ -192,3 +192,16 @@ def test_burgers_target_is_carried_and_reachable():
     x1 = np.asarray(jax.jit(p.step)(jnp.asarray(x), jnp.ones((3, 1, 128), jnp.float32)))
     np.testing.assert_array_equal(x1[:, 1], x[:, 1])
     assert np.abs(x[:, 0] - x[:, 1]).max() > 0.1
+
+
+def test_the_worked_example_trains_from_the_command_line(tmp_path):
+    """examples/exponax_ks.py trains one epoch through the CLI (a real process) with a finite,
+    reported loss."""
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-m", "stablebptt.cli", "train", f"{REPO / 'examples' / 'exponax_ks.py'}:make",
+                          "--mode", "C", "--epochs", "1", "--n-train", "8", "--n-test", "4", "--out", str(tmp_path)],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    (result,) = tmp_path.glob("*/result.json")
+    rec = json.loads(result.read_text())
+    assert rec["epochs_done"] == 1 and np.isfinite(rec["final"]["test_loss"]) and rec["final"]["test_loss"] > 0
