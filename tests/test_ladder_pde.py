@@ -166,7 +166,7 @@ TINY = {"ks": dict(L=22, steps=4, spin_up=8), "burgers": dict(steps=4),
         "kolmogorov": dict(n=16, steps=3, spin_up=4)}
 
 
-@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n != "ks" else n for n in sorted(TINY)])
 def test_ladder_problem_data_contract_and_one_epoch(name):
     """Seeded data are deterministic and finite, the problem meets the contract, and one epoch of
     C trains through the library's trainer with finite losses."""
@@ -194,6 +194,7 @@ def test_burgers_target_is_carried_and_reachable():
     assert np.abs(x[:, 0] - x[:, 1]).max() > 0.1
 
 
+@pytest.mark.slow
 def test_the_worked_example_trains_from_the_command_line(tmp_path):
     """examples/exponax_ks.py trains one epoch through the CLI (a real process) with a finite,
     reported loss."""
