@@ -180,16 +180,15 @@ def default_strategy(model, x0, *, step, loss, horizon: int, flow, checkpoint_ev
     """The backward strategy ``backward="auto"`` (:func:`stablebptt.select_backward`, measured) picks for
     this controller, simulator and flow (no remat segments unless ``checkpoint_every``)."""
     import stablebptt as sb
-    from stablebptt.core import as_flow
 
-    return sb.select_backward(model, x0, step=step, loss=loss, horizon=horizon,
-                              gates=as_flow(flow).gates(horizon).fields, checkpoint_every=checkpoint_every)
+    return sb.select_backward(model, x0, step=step, loss=loss, horizon=horizon, flow=flow,
+                              checkpoint_every=checkpoint_every)
 
 
 # ----------------------------------------------------------------------------- trainer
 @dataclasses.dataclass
 class TrainerPrograms:
-    """The compiled programs of :func:`stablebptt.train.make_train` for a set of runs, with
+    """The compiled programs of :func:`stablebptt.runner.make_trainer` for a set of runs, with
     their state, called without :func:`stablebptt.runner.train`'s host loop.
 
     updates(): one epoch's minibatch updates of every run (one scanned program per call;
@@ -231,8 +230,8 @@ def trainer_programs(problem, config, seeds: Sequence[int], *, lane_configs=None
     import jax
     import jax.numpy as jnp
 
-    from stablebptt.runner import check_lanes
-    from stablebptt.train import make_data, make_train
+    from stablebptt.runner import check_lanes, make_trainer
+    from stablebptt.train import make_data
 
     seeds = [int(s) for s in seeds]
     K = len(seeds)
@@ -249,7 +248,7 @@ def trainer_programs(problem, config, seeds: Sequence[int], *, lane_configs=None
     stack = lambda xs: jax.tree_util.tree_map(lambda *a: jnp.stack(a), *xs)
 
     t0 = time.perf_counter()
-    trainer = make_train(problem, config, lanes=lane_configs, n_runs=K if vmapped else 1, backward=backward)
+    trainer = make_trainer(problem, config, lane_configs, n_runs=K if vmapped else 1, backward=backward)
     v = jax.vmap if vmapped else (lambda f: f)
     with jax.default_matmul_precision("highest"):  # as runner.train traces its programs
         init_params = jax.jit(trainer.init_params)
@@ -259,7 +258,7 @@ def trainer_programs(problem, config, seeds: Sequence[int], *, lane_configs=None
         built = {s: (init_params(jax.random.PRNGKey(s)), make_data(problem, configs[0], s)) for s in dict.fromkeys(src)}
         params = [built[s][0] for s in src]
         data = [tuple(jnp.asarray(a) for a in built[s][1]) for s in src]
-        settings = [trainer.settings(c) for c in configs]
+        settings = [trainer.settings(c.flow(), c.optimizer_setting()) for c in configs]
         keys = [jax.random.PRNGKey(s + 1_000_003) for s in seeds]
         if vmapped:
             states = [init(stack(params), stack(settings))]

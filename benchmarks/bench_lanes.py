@@ -10,7 +10,7 @@ The runs are modes × clips × seeds (the paper's cart-pole figure per pole coun
 of every run (32 minibatch updates of batch 8 per run + the evaluation of 2 × 256 states per
 run), in milliseconds for all runs together:
 
-* ``lanes``: ``make_train(..., lanes=configs)`` — one vmapped program for all runs (mode,
+* ``lanes``: ``make_trainer(problem, config, lane_configs)`` — one vmapped program for all runs (mode,
   clipping and seed as data), what ``runner.train(..., lane_configs=...)`` and ``stablebptt
   sweep --vmap-configs`` run;
 * ``one by one``: one program per configuration (mode and clipping), with its seeds

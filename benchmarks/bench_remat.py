@@ -37,7 +37,7 @@ import sys
 
 import _common
 
-from stablebptt.core.gates import Flow, live_ctrl
+from stablebptt.core.gates import Flow
 from stablebptt.core.backward import memory_estimate
 
 
@@ -62,7 +62,7 @@ def measure(steps: int, mode: str, rounds: int) -> dict:
     kw = dict(step=prob.step, loss=prob.loss, horizon=prob.horizon)
     none = _common.default_strategy(model, x0, flow=mode, **kw)
     auto = _common.default_strategy(model, x0, flow=mode, checkpoint_every="auto", **kw).checkpoint_every
-    est = memory_estimate(none, model, x0, live_ctrl=live_ctrl(Flow(mode).gates(steps).fields), **kw)
+    est = memory_estimate(none, model, x0, live_ctrl=Flow(mode).gates(steps).live, **kw)
     seg = sqrt_segment(steps)
     variants = {"none": none, "remat": dataclasses.replace(none, checkpoint_every=seg),
                 "remat_per_step": dataclasses.replace(none, checkpoint_every=seg, jacobian="per_step")}

@@ -67,10 +67,11 @@ def _parse_train_command(command: str, monkeypatch):
     import shlex
 
     from stablebptt import cli
+    from stablebptt import run as run_mod
 
     seen = []
     monkeypatch.setattr(cli, "setup_jax", lambda **kw: 1)
-    monkeypatch.setattr(cli, "_run_with_progress", lambda cfg, seed, out_dir, **kw: seen.append((cfg, seed, out_dir)))
+    monkeypatch.setattr(run_mod, "train_runs", lambda pairs, root, **kw: seen.append((*pairs[0], root)))
     monkeypatch.setattr(cli, "_print_summary", lambda folder: None)
     argv = shlex.split(command)
     assert argv[:2] == ["stablebptt", "train"], command
@@ -218,3 +219,14 @@ def test_a_finished_run_is_shown_not_recompiled(tmp_path, monkeypatch):
     assert runner.invoke(app, args).exit_code == 0
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and "already trained" in again.output and "compiling" not in again.output
+
+
+@pytest.mark.parametrize("module", ["stablebptt", "stablebptt.cli"])
+def test_python_dash_m_runs_every_command(module):
+    """``python -m stablebptt`` and ``python -m stablebptt.cli`` know the commands that live in
+    ``stablebptt.commands`` (registered on the package's app, not on a second copy)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", module, "sweep", "--help"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "Usage" in out.stdout, out.stdout + out.stderr

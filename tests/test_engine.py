@@ -153,7 +153,7 @@ def test_every_strategy_equals_autodiff_on_every_problem(case):
     T = prob.horizon
     gates = [Flow(m).gates(T, diagnostics=True) for m in MODES]
     stacked = G.Gates(np.stack([g.fields for g in gates]), np.stack([g.combined for g in gates]))
-    kw = dict(step=prob.step, loss=prob.loss, horizon=T, plan=engine.Plan((True, True), G.combine_sign))
+    kw = dict(step=prob.step, loss=prob.loss, horizon=T, flow=Flow("C"))
 
     def updates(strategy, x):
         def one(g):
@@ -571,24 +571,26 @@ def test_auto_is_the_fastest_measured_candidate_and_is_cached(tmp_path, monkeypa
 
     monkeypatch.setenv("STABLEBPTT_BACKWARD_CACHE", str(tmp_path))
     prob, model, x0 = paper_case("cartpole", 12, batch=8)
-    kw = dict(step=prob.step, loss=prob.loss, horizon=prob.horizon, gates=Flow("C").gates(prob.horizon).fields)
-    strategy, rec = engine.choose_backward("auto", model, x0, **kw)
+    kw = dict(step=prob.step, loss=prob.loss, horizon=prob.horizon)
+    gates = Flow("C").gates(prob.horizon)
+    kw_choose = dict(kw, flow=Flow("C"), gates=gates)
+    strategy, rec = engine.choose_backward("auto", model, x0, **kw_choose)
     times = rec["candidates"]
-    every = candidates(model, x0, **kw)
+    every = candidates(model, x0, gates=gates.fields, **kw)
     first = B.first_round(every)
     # round one: one candidate per family; round two: the best beside its one-option neighbours
     assert {repr(c) for c in first} <= set(times) <= {repr(c) for c in every} and not rec["cached"]
     assert len(first) == 4
     assert rec["chosen"] == repr(strategy) == min(times, key=times.get)
     assert all(t > 0 for t in times.values()) and rec["measure_s"] > 0
-    again, rec2 = engine.choose_backward("auto", model, x0, **kw)
+    again, rec2 = engine.choose_backward("auto", model, x0, **kw_choose)
     assert again == strategy and rec2["cached"] and rec2["candidates"] == times
     choose.forget()  # a new process: the decision comes from the cache folder
-    again, rec3 = engine.choose_backward("auto", model, x0, **kw)
+    again, rec3 = engine.choose_backward("auto", model, x0, **kw_choose)
     assert again == strategy and rec3["cached"]
     assert len(list(tmp_path.glob("*.json"))) == 1
     other = lambda x, c: prob.step(x, 0.5 * c)  # a different simulator: measured anew
-    _, rec4 = engine.choose_backward("auto", model, x0, **dict(kw, step=other))
+    _, rec4 = engine.choose_backward("auto", model, x0, **dict(kw_choose, step=other))
     assert not rec4["cached"] and len(list(tmp_path.glob("*.json"))) == 2
     # inside a caller's jit trace (parameters traced): measured outside the trace, same numbers
     params, static = eqx.partition(model, eqx.is_inexact_array)
@@ -596,8 +598,8 @@ def test_auto_is_the_fastest_measured_candidate_and_is_cached(tmp_path, monkeypa
                                                          horizon=prob.horizon, flow="C", backward=b)[1])(params)
     assert_close(vu("auto"), vu(Autodiff()), amp=200)
     # a strategy object is used as given, a single candidate is not measured
-    assert engine.choose_backward(Autodiff(), model, x0, **kw)[0] == Autodiff()
-    assert engine.choose_backward("autodiff", model, x0, **kw)[1]["measure_s"] == 0.0
+    assert engine.choose_backward(Autodiff(), model, x0, **kw_choose)[0] == Autodiff()
+    assert engine.choose_backward("autodiff", model, x0, **kw_choose)[1]["measure_s"] == 0.0
 
 
 def test_strategy_options_are_validated():

@@ -156,7 +156,7 @@ def test_memory_estimate_is_within_a_factor_two_of_xla(mode):
     """The estimate of the sweep against XLA's buffer assignment, per step (T vs 2T)."""
     prob, model, x0 = paper("cartpole")
     params, static = eqx.partition(model, eqx.is_inexact_array)
-    live = sb.Flow(mode).live_ctrl(prob.horizon)
+    live = sb.Flow(mode).gates(prob.horizon).live
     chosen = sweep("cartpole", "batched")
     temps = []
     for steps in (50, 100):
@@ -193,3 +193,41 @@ def test_a_saved_linearization_gives_the_same_bits_as_a_recomputed_one():
             again = sb.value_and_update(model, x0, flow=mode, backward=base, **kw)[1]
             for a, b in zip(jax.tree_util.tree_leaves(saved), jax.tree_util.tree_leaves(again)):
                 np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f"{mode} seg={seg}")
+
+
+def test_the_cli_reaches_the_reverse_loop_through_six_functions(tmp_path):
+    """``stablebptt train --mode C`` reaches the strategy's reverse loop through at most six of
+    the library's functions: the stack of library frames when the training program traces the
+    reverse sweep, between the command (``cli.train``) and the sweep's ``backward``."""
+    import sys
+
+    from typer.testing import CliRunner
+
+    from stablebptt import core
+    from stablebptt.cli import app
+
+    stacks = []
+    sweep_backward = core.backward._Sweep.backward.__code__
+
+    def profile(frame, event, arg):
+        if event == "call" and frame.f_code is sweep_backward:
+            names, f = [], frame
+            while f is not None:
+                if "stablebptt" in f.f_code.co_filename:
+                    names.append(f.f_code.co_qualname)
+                f = f.f_back
+            stacks.append(names[::-1])
+
+    sys.setprofile(profile)
+    try:
+        res = CliRunner().invoke(app, ["train", "cartpole", "-p", "steps=4", "--mode", "C", "--epochs", "1",
+                                       "--n-train", "8", "--n-test", "8", "--backward", "per_step",
+                                       "--no-overlap-eval", "--out", str(tmp_path)])
+    finally:
+        sys.setprofile(None)
+    assert res.exit_code == 0, res.output
+    training = [s for s in stacks if "make_train.<locals>.updates_fn" in s]
+    assert training, stacks
+    for s in training:
+        between = s[s.index("train") + 1: -1]
+        assert len(between) <= 6, between

@@ -41,12 +41,12 @@ def test_lanes_of_one_program_give_each_modes_update(name, steps):
     x0 = jnp.asarray(pr.sample_data(0, 4, 4)[0])
     kw = dict(step=pr.step, loss=pr.loss, horizon=pr.horizon)
     flows = [f for f in FLOWS if isinstance(f.mode, str) or len(f.mode) == pr.horizon]
-    lanes = jax.tree_util.tree_map(lambda *a: np.stack(a), *[f.gates(pr.horizon, diagnostics=True) for f in flows])
+    each = [f.gates(pr.horizon, diagnostics=True) for f in flows]
+    lanes = F.Gates(np.stack([g.fields for g in each]), np.stack([g.combined for g in each]))
     # the batched Jacobian where rows are independent (the MLPs), else the per-step one
     strategy = [c for c in F.candidates(model, x0, gates=lanes.fields, **kw) if isinstance(c, F.ReverseSweep)][0]
-    plan = F.Plan((True, True), F.gates.combine_sign)
     vals, ups, infos, _ = jax.jit(jax.vmap(lambda l: F.flow_update(
-        model, x0, gates=l, plan=plan, backward=strategy, **kw)))(lanes)
+        model, x0, flow=F.Flow("C"), gates=l, backward=strategy, **kw)))(lanes)
     for i, f in enumerate(flows):
         v, u, info = F.value_and_update(model, x0, flow=f, diagnostics=True, **kw)
         lane_u = jax.tree_util.tree_map(lambda a: a[i], ups)

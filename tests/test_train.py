@@ -11,7 +11,7 @@ import stablebptt as sb
 from stablebptt import problems
 from stablebptt import train as T
 from stablebptt.config import RunConfig
-from stablebptt.runner import train
+from stablebptt.runner import make_trainer, train
 
 
 def local_minima(L):
@@ -227,7 +227,7 @@ def test_the_compiled_initialiser_gives_the_eager_factorys_bits(name):
     prob = problems.get(name)
     for zero_last in (False, True):
         cfg = RunConfig(problem=name, zero_last=zero_last)
-        trainer = T.make_train(prob, cfg)
+        trainer = make_trainer(prob, cfg)
         init = jax.jit(trainer.init_params).lower(jax.random.PRNGKey(0)).compile(INIT_COMPILER_OPTIONS)
         for s in (0, 7):
             key = jax.random.PRNGKey(s)
@@ -241,12 +241,12 @@ def test_the_compiled_initialiser_gives_the_eager_factorys_bits(name):
 
 def hand_loop(prob, cfg, seed):
     """The pure functions of make_train driven by a plain Python loop (the reference for the host loop)."""
-    trainer = T.make_train(prob, cfg)
+    trainer = make_trainer(prob, cfg)
     tr, te = (jnp.asarray(a) for a in T.make_data(prob, cfg, seed))
     with jax.default_matmul_precision("highest"):
         updates, evaluate = jax.jit(trainer.updates), jax.jit(trainer.evaluate)
         params = jax.jit(trainer.init_params)(jax.random.PRNGKey(seed))
-        state = trainer.init(params, trainer.settings(cfg))
+        state = trainer.init(params, trainer.settings(cfg.flow(), cfg.optimizer_setting()))
         key = jax.random.PRNGKey(seed + 1_000_003)
         rows = []
         for e in range(1, cfg.epochs + 1):
@@ -283,10 +283,10 @@ def test_the_minibatch_order():
     prob = problems.get("cartpole", steps=4)
     cfg = RunConfig(problem="cartpole", mode="S", epochs=1, n_train=10, n_test=4, batch_size=4, lr=1e-30,
                     problem_params={"steps": 4}, optimizer="sgd")
-    trainer = T.make_train(prob, cfg)
+    trainer = make_trainer(prob, cfg)
     tr, _ = T.make_data(prob, cfg, 0)
     params = trainer.init_params(jax.random.PRNGKey(0))
-    state = trainer.init(params, trainer.settings(cfg))
+    state = trainer.init(params, trainer.settings(cfg.flow(), cfg.optimizer_setting()))
     _, m = jax.jit(trainer.updates)(state, jnp.asarray(tr), jax.random.PRNGKey(0))
     model = eqx.combine(params, trainer.static)
     kw = dict(step=prob.step, loss=prob.loss, horizon=prob.horizon)
@@ -306,9 +306,9 @@ def test_a_factory_that_needs_concrete_values_is_built_eagerly_and_other_errors_
         np.asarray(key)  # needs a concrete key
         return prob.make_controller(key, zero_last=zero_last)
 
-    params, _ = T.controller_parts(dataclasses.replace(prob, make_controller=concrete_factory), cfg)
+    params, _ = T.controller_parts(dataclasses.replace(prob, make_controller=concrete_factory), T.zero_last(prob, cfg))
     assert all(isinstance(a, jax.Array) for a in jax.tree_util.tree_leaves(params))
-    params, _ = T.controller_parts(prob, cfg)
+    params, _ = T.controller_parts(prob, T.zero_last(prob, cfg))
     assert all(isinstance(a, jax.ShapeDtypeStruct) for a in jax.tree_util.tree_leaves(params))
 
     def broken_factory(key, zero_last=False):
@@ -339,15 +339,13 @@ def count_dots(jaxpr, precision):
 
 
 def test_training_programs_use_full_float32_matmuls_on_any_backend():
-    """(Was: only the CLI and the sweep workers set the matmul precision, so train() from
-    Python on a GPU ran TF32.) The host loop traces its programs at "highest"; checked on the
-    program's jaxpr, which is what a GPU would compile."""
+    """train() traces its programs at matmul precision "highest" (a GPU would otherwise run
+    TF32): checked on the jaxprs of every program it lowers, which is what a GPU would compile."""
     from stablebptt import runner
 
     prob = problems.get("cartpole", steps=4)
-    cfg = RunConfig(problem="cartpole", mode="C", epochs=1, n_train=16, n_test=8, problem_params={"steps": 4})
-    trainer = T.make_train(prob, cfg)
-    runs = runner._runs(prob, cfg, 0, None, None)
+    cfg = RunConfig(problem="cartpole", mode="C", epochs=1, n_train=16, n_test=8, problem_params={"steps": 4},
+                    backward="autodiff")
     seen = []
     real_jit = jax.jit
 
@@ -358,12 +356,16 @@ def test_training_programs_use_full_float32_matmuls_on_any_backend():
             def lower(self, *a):
                 seen.append(jax.make_jaxpr(f)(*a).jaxpr)
                 return jitted.lower(*a)
+
+            def __call__(self, *a):
+                return jitted(*a)
         return Lower()
 
     import unittest.mock as mock
     with mock.patch.object(runner.jax, "jit", spy):
-        runner._compile(prob, cfg, runs, False, None, None)
+        runner.train(prob, cfg, 0)
     highest = (jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGHEST)
+    assert len(seen) >= 4  # init_params, updates, evaluate, init
     assert sum(count_dots(j, highest) for j in seen) > 0
     assert sum(count_dots(j, None) for j in seen) == 0
 
@@ -455,11 +457,11 @@ def test_every_flow_option_trains_with_value_and_updates_update(strategy):
     deltas = {}
     for opts in FLOW_OPTIONS:
         cfg = RunConfig(**base, **opts)
-        trainer = T.make_train(prob, cfg, backward=strategy)
+        trainer = make_trainer(prob, cfg, backward=strategy)
         assert trainer.backward == strategy
         tr, _ = T.make_data(prob, cfg, 0)
         params = trainer.init_params(jax.random.PRNGKey(3))
-        state = trainer.init(params, trainer.settings(cfg))
+        state = trainer.init(params, trainer.settings(cfg.flow(), cfg.optimizer_setting()))
         new, _ = jax.jit(trainer.updates)(state, jnp.asarray(tr), jax.random.PRNGKey(0))
         delta = jax.tree_util.tree_map(lambda a, b: a - b, new.params, params)
         _, upd, _ = sb.value_and_update(eqx.combine(params, trainer.static), jnp.asarray(tr[:4]), step=prob.step,
@@ -476,3 +478,29 @@ def test_every_flow_option_trains_with_value_and_updates_update(strategy):
     masked = deltas[str(dict(mode="R", and_mask=1.0))]
     assert any(not np.allclose(a, b) for a, b in zip(jax.tree_util.tree_leaves(masked),
                                                      jax.tree_util.tree_leaves(unmasked)))
+
+
+def test_make_train_takes_plain_values():
+    """make_train from plain values (problem, flow, optimizer, batch size, strategy) builds the
+    program that a run configuration builds (make_trainer): one epoch, bit for bit."""
+    prob = problems.get("cartpole", steps=6)
+    cfg = RunConfig(problem="cartpole", problem_params={"steps": 6}, mode="C", clip="norm", clip_threshold=0.5,
+                    optimizer="momentum", lr=0.01, momentum=0.8, n_train=16, n_test=8, epochs=1, batch_size=4)
+    plain = sb.make_train(prob, sb.Flow("C"), sb.Optimizer("momentum", 0.01, "norm", 0.5, momentum=0.8), batch_size=4,
+                          backward=sb.Autodiff())
+    from_config = make_trainer(prob, cfg, backward=sb.Autodiff())
+    tr, _ = (jnp.asarray(a) for a in T.make_data(prob, cfg, 0))
+    out = []
+    for trainer in (plain, from_config):
+        params = trainer.init_params(jax.random.PRNGKey(0))
+        state = trainer.init(params, trainer.settings(sb.Flow("C"), sb.Optimizer("momentum", 0.01, "norm", 0.5, 0.8)))
+        out.append(jax.jit(trainer.updates)(state, tr, jax.random.PRNGKey(1)))
+    for a, b in zip(jax.tree_util.tree_leaves(out[0]), jax.tree_util.tree_leaves(out[1])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert float(out[0][1]["update_norm"]) > 0
+    with pytest.raises(ValueError, match="unknown optimizer 'adamw'"):
+        sb.Optimizer("adamw")
+    with pytest.raises(ValueError, match="momentum=1.5"):
+        sb.Optimizer("momentum", momentum=1.5)
+    with pytest.raises(ValueError, match="learning rate=0"):
+        sb.Optimizer(learning_rate=0)

@@ -77,8 +77,7 @@ def test_auto_matches_autodiff(up, name):
     prob = up.build(name)
     x0 = jnp.asarray(prob.sample_data("paper", 2, 1)[0])
     model, _, _, ((v_ref, u_ref, _), (v, u, _)) = _run(prob, x0, horizon=6, flow="C", backwards=["autodiff", "auto"])
-    strategy = sb.select_backward(model, x0, step=prob.step, loss=prob.loss, horizon=6,
-                                  gates=sb.core.as_flow("C").gates(6).fields)
+    strategy = sb.select_backward(model, x0, step=prob.step, loss=prob.loss, horizon=6, flow="C")
     cands = sb.candidates(model, x0, step=prob.step, loss=prob.loss, horizon=6,
                           gates=sb.core.as_flow("C").gates(6).fields)
     assert strategy in cands and not any(getattr(c, "merge_rows", False) for c in cands)

@@ -2,6 +2,8 @@
 
 Schnell & Thuerey, "Stabilizing Backpropagation Through Time to Learn Complex Physics", ICLR 2024.
 """
+from .comparison import Comparison, compare  # noqa: F401
+from .comparison import load as load_comparison  # noqa: F401
 from .config import RunConfig  # noqa: F401
 from .core import (  # noqa: F401
     Autodiff,
@@ -17,6 +19,7 @@ from .core import (  # noqa: F401
     value_and_update,
 )
 from .losses import TrajectoryLoss  # noqa: F401
+from .optim import Optimizer  # noqa: F401
 from .run import load_run  # noqa: F401
 from .train import make_train  # noqa: F401
 

@@ -6,6 +6,7 @@ and calls library functions.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import pkgutil
@@ -355,31 +356,42 @@ def train(
     problems_mod.check_for_training(prob, cfg, seed, weights=weights, weights_label="--init-weights")
     console.print(f"[bold]{problem}[/] {pparams or ''} mode={cfg.mode_label()} clip={cfg.clip} "
                   f"opt={cfg.optimizer} lr={cfg.lr:g} epochs={cfg.epochs} seed={seed} data={cfg.data}")
-    folder = _run_with_progress(cfg, seed, out_dir, overlap=want_overlap, tensorboard=tensorboard,
-                                checkpoint_seconds=checkpoint_seconds, restart=restart)
-    _print_summary(folder)
+    from .run import partial_folder, train_runs
 
-
-def _run_with_progress(cfg, seed: int, out_dir: Path, *, overlap: bool, tensorboard: Optional[Path],
-                       checkpoint_seconds: float, restart: bool) -> Path:
-    """``run.run`` with a progress bar (and TensorBoard events); Ctrl-C ends in one line that says
-    how to continue. Returns the run folder."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    from .config import run_id
-    from .run import partial_folder, run
-
-    folder = Path(out_dir) / run_id(cfg, seed)
     saved = 0 if restart else checkpoint_epoch(partial_folder(out_dir, [folder.name]) / "checkpoint.npz")
     if saved:
         console.print(f"resuming: epochs 1-{saved} of {cfg.epochs} are saved in {partial_folder(out_dir, [folder.name])}",
                       soft_wrap=True)
+    try:
+        with _progress_bar(cfg.epochs, saved, tensorboard) as on_epoch:
+            train_runs([(cfg, seed)], out_dir, on_epoch=on_epoch, overlap_eval=want_overlap,
+                       extra_manifest={"cli_command": command_for(cfg, seed, out_dir)},
+                       checkpoint_seconds=checkpoint_seconds, restart=restart)
+    except KeyboardInterrupt:
+        raise fail_interrupted(partial_folder(out_dir, [folder.name]) / "checkpoint.npz", cfg.epochs)
+    _print_summary(folder)
+
+
+@contextlib.contextmanager
+def _progress_bar(epochs: int, saved: int, tensorboard: Optional[Path]):
+    """A progress bar over ``epochs`` (``saved`` of them done) and, with ``tensorboard``, event
+    files; yields the ``on_epoch(epoch, rows)`` callback that feeds both. The bar stops before an
+    exception (Ctrl-C) leaves."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
                   console=console, transient=False) as progress:
-        task = progress.add_task("compiling…", total=cfg.epochs, info="", completed=saved)
+        task = progress.add_task("compiling…", total=epochs, info="", completed=saved)
+        board = None
+        if tensorboard is not None:
+            from .tracking import TensorBoard
+
+            board = TensorBoard(tensorboard)
 
         def on_epoch(e, rows):
+            if board is not None:
+                board(e, rows)
             row = rows[0]
             if row is None:
                 info = "diverged"
@@ -389,24 +401,14 @@ def _run_with_progress(cfg, seed: int, out_dir: Path, *, overlap: bool, tensorbo
                 info = f"minibatch loss {row['loss']:.4g}"
             progress.update(task, completed=e, description="training", info=info)
 
-        board = None
-        if tensorboard is not None:
-            from .tracking import TensorBoard
-
-            board, show = TensorBoard(tensorboard), on_epoch
-            on_epoch = lambda e, rows: (board(e, rows), show(e, rows))  # noqa: E731
         try:
-            folder = run(cfg, seed, out_dir, on_epoch=on_epoch, overlap_eval=overlap,
-                         extra_manifest={"cli_command": command_for(cfg, seed, out_dir)},
-                         checkpoint_seconds=checkpoint_seconds, restart=restart)
-            if board is not None:
-                board.close()
-        except KeyboardInterrupt:
+            yield on_epoch
+        except BaseException:
             progress.stop()
-            ck = partial_folder(out_dir, [folder.name]) / "checkpoint.npz"
-            raise fail_interrupted(ck, cfg.epochs)
-        progress.update(task, completed=cfg.epochs)
-    return folder
+            raise
+        if board is not None:
+            board.close()
+        progress.update(task, completed=epochs)
 
 
 def checkpoint_epoch(checkpoint: Path) -> int:
@@ -575,5 +577,7 @@ def main():  # pragma: no cover
     app()
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
+if __name__ == "__main__":  # ``python -m stablebptt.cli``: the package's app, with every command
+    from stablebptt.cli import app as _package_app
+
+    _package_app()

@@ -163,9 +163,14 @@ class RunConfig(BaseModel):
         return self
 
     def flow(self) -> Flow:
+        """The gradient flow of this run."""
         mode = self.mode if isinstance(self.mode, str) else tuple(self.mode)
         return Flow(mode=mode, combiner=self.combiner, truncate=self.truncate, decay=self.decay,
-                             and_mask=self.and_mask)
+                    and_mask=self.and_mask)
+
+    def optimizer_setting(self) -> optim.Optimizer:
+        """The optimizer and clipping of this run."""
+        return optim.Optimizer(self.optimizer, self.lr, self.clip, self.clip_threshold, self.momentum)
 
     def mode_label(self) -> str:
         return self.flow().label()

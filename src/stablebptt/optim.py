@@ -22,6 +22,7 @@ Optimizers (Keras defaults where the authors used Keras):
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -165,3 +166,36 @@ def fixed(name: str = "adam", *, momentum: float = 0.9, learning_rate, clip_valu
         return out, state._replace(count=optax.safe_increment(state.count), inner_state=inner_state)
 
     return optax.GradientTransformation(init, update)
+
+
+@dataclass(frozen=True)
+class Optimizer:
+    """One run's optimizer as plain values: the update is clipped (``clip``: ``"none" | "value" |
+    "norm"`` at ``clip_threshold``), then handed to the optimizer ``name`` (:data:`OPTIMIZERS`)
+    with ``learning_rate`` (and ``momentum`` for ``"momentum"``). Invalid values raise ValueError
+    naming them."""
+
+    name: str = "adam"
+    learning_rate: float = 1e-3
+    clip: str = "none"
+    clip_threshold: float = 1.0
+    momentum: float = 0.9
+
+    def __post_init__(self):
+        if str(self.name).lower() not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.name!r}; allowed: {', '.join(OPTIMIZERS)}")
+        self.hyper()  # validates the learning rate and the clipping
+        if str(self.name).lower() == "momentum" and not (0 <= self.momentum < 1):
+            raise ValueError(f"momentum={self.momentum!r}; must be in [0, 1) (paper: 0.8, 0.9, 0.95)")
+
+    def hyper(self) -> dict:
+        """The hyperparameters as data (:func:`hyperparams`)."""
+        return hyperparams(self.learning_rate, self.clip, self.clip_threshold)
+
+    def transform(self) -> optax.GradientTransformation:
+        """:func:`fixed`: the transformation with this run's hyperparameters as constants."""
+        return fixed(self.name, momentum=self.momentum, **self.hyper())
+
+    def injected(self) -> Callable[..., optax.GradientTransformation]:
+        """:func:`injected`: ``tx(**hyper)`` with the hyperparameters in the state (lanes)."""
+        return injected(self.name, momentum=self.momentum)

@@ -619,12 +619,13 @@ def _plain_tick(v: float, keep=(1, 2, 3, 5)) -> str:
 
 
 def problem_figure(df: pd.DataFrame, problem: str, *, smooth: bool = True, window: int = 30,
-                   band: str = "std", seed: int = 0) -> plt.Figure:
+                   band: str = "std", seed: int = 0, author_ylim: bool = True) -> plt.Figure:
     """The figure of one problem (see the module docstring) from a :func:`results.collect` table.
 
     Rows: clipping modes (none, value, norm, others); columns: complexity levels, easy to hard
     (plus, for quantum, the update size at the highest target). All test-loss panels share one
-    log y axis. ``band``: ``"std"`` (×/÷ geometric std) or ``"ci"``; ``seed``: the bootstrap's.
+    log y axis. ``band``: ``"std"`` (×/÷ geometric std) or ``"ci"``; ``seed``: the bootstrap's;
+    ``author_ylim``: use the authors' y range where everything fits in it (else autoscale always).
     """
     if band not in BANDS:
         raise ValueError(f"band={band!r}; allowed: {', '.join(BANDS)}")
@@ -667,7 +668,8 @@ def problem_figure(df: pd.DataFrame, problem: str, *, smooth: bool = True, windo
             ax.set_ylabel("update norm\n(raw, per epoch)", fontsize=9)
             if i == len(clips) - 1:
                 ax.set_xlabel("epoch")
-    _apply_ylim(axes[0, 0], problem, ranges)
+    if author_ylim:
+        _apply_ylim(axes[0, 0], problem, ranges)
     for ax in axes[:, : len(levels)].ravel():
         _plain_log_labels(ax)
     handles = _mode_handles(labels, styles, band, top > 1, any_div)
@@ -836,6 +838,66 @@ def _seed_labels(ax, points, renderer) -> list:
         placed.append(box)
         texts.append(t)
     return texts
+
+
+def ratio_figure(ratios: Sequence, *, title: str = "", window: int = 30) -> plt.Figure:
+    """Paired per-seed ratios of final losses, ``reference / variant``, one row per variant.
+
+    ``ratios``: objects with ``variant``, ``reference``, ``verdict`` and ``test`` (a
+    :class:`stablebptt.claims.Test` of the per-seed ratios with their geometric mean and
+    bootstrap interval), e.g. :class:`stablebptt.comparison.Ratio`. Log x axis; the solid
+    vertical line is 1 (right of it the variant ends lower). Per row: one small marker per seed
+    (spread vertically in seed order; a ratio of 0 or ∞ — one side diverged — sits hollow at
+    the edge), the geometric mean as a large marker with its 95 % interval as a bar, and the
+    verdict at the right.
+    """
+    ratios = list(ratios)
+    if not ratios:
+        raise ValueError("no ratios to draw")
+    styles = mode_styles([r.variant for r in ratios])
+    vals = np.concatenate([np.asarray(r.test.per_seed, float) for r in ratios]
+                          + [np.asarray([r.test.lo, r.test.hi, r.test.estimate], float) for r in ratios])
+    fin = vals[np.isfinite(vals) & (vals > 0)]
+    lo, hi = (np.log10(min(fin.min(), 1.0)) - 0.25, np.log10(max(fin.max(), 1.0)) + 0.25) if fin.size else (-1.0, 1.0)
+    left, right = 10 ** (lo + 0.05), 10 ** (hi - 0.05)
+    fig, ax = plt.subplots(figsize=(7.5, 0.75 * len(ratios) + 1.9), layout="constrained")
+    ax.axvline(1.0, color="0.3", lw=1.0, zorder=1)
+    any_edge = False
+    for i, r in enumerate(ratios):
+        y = len(ratios) - 1 - i
+        st = styles[r.variant]
+        v = np.asarray(r.test.per_seed, float)
+        ys = y + (np.linspace(-0.22, 0.22, v.size) if v.size > 1 else np.zeros(1))
+        edge = ~np.isfinite(v) | (v <= 0)
+        any_edge |= bool(edge.any())
+        x = np.where(np.isfinite(v) & (v > 0), v, np.where(v > 1, right, left))
+        ax.scatter(x[~edge], ys[~edge], s=22, color=st["color"], edgecolor="0.2", lw=0.4, zorder=3)
+        ax.scatter(x[edge], ys[edge], s=22, facecolor="none", edgecolor=st["color"], lw=1.0, zorder=3)
+        est, a, b = (float(np.clip(t, left, right)) if np.isfinite(t) or np.isinf(t) else np.nan
+                     for t in (r.test.estimate, r.test.lo, r.test.hi))
+        if r.test.n > 1 and np.isfinite(a) and np.isfinite(b):
+            ax.plot([a, b], [y, y], color="0.15", lw=2.2, solid_capstyle="butt", zorder=4)
+        if np.isfinite(est):
+            ax.plot([est], [y], marker="D", ms=8, color=st["color"], mec="0.1", mew=1.0, ls="", zorder=5)
+        ax.text(1.01, y, r.verdict, transform=ax.get_yaxis_transform(), va="center", ha="left", fontsize=9)
+    ax.set_xscale("log")
+    ax.set_xlim(10 ** lo, 10 ** hi)
+    ax.set_ylim(-0.6, len(ratios) - 0.4)
+    ax.set_yticks(range(len(ratios)), [f"{r.reference}/{r.variant}" for r in ratios][::-1])
+    ax.grid(True, axis="x", which="major", alpha=0.3)
+    _plain_log_labels(ax, "x")
+    ref = ratios[0].reference
+    ax.set_xlabel(f"{ref}'s final test loss / the variant's, per seed (> 1: the variant ends lower)")
+    h = [Line2D([], [], marker="o", color="0.5", mec="0.2", ls="", ms=5, label="one seed"),
+         Line2D([], [], marker="D", color="0.5", mec="0.1", ls="", ms=7, label="geometric mean"),
+         Line2D([], [], color="0.15", lw=2.2, label="bootstrap 95 % interval")]
+    if any_edge:
+        h.append(Line2D([], [], marker="o", mfc="none", mec="0.3", ls="", label="0 or ∞: one side diverged (at the edge)"))
+    n = max(r.test.n for r in ratios)
+    head = title or "final test loss, paired by seed"
+    what = "the test loss at the last epoch" if window == 1 else f"last point of the {window}-epoch moving average"
+    _legend(fig, h, f"{head}\n{n} seeds; final loss: {what}")
+    return fig
 
 
 def _save(fig, out_dir: Path, stem: str, formats: Sequence[str]) -> list[Path]:

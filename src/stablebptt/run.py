@@ -330,9 +330,9 @@ def run(config: RunConfig, seed: int, root: str | Path = "runs", *, problem=None
     a live process computing the same run makes this call raise :class:`Claimed`. A finished
     run or a checkpoint made with other problem code (:func:`code_change`) raises ValueError.
     ``overlap_eval``: see :func:`stablebptt.runner.train`."""
-    return _train_and_write([(config, int(seed))], root, problem=problem, on_epoch=on_epoch,
-                            extra_manifest=extra_manifest, overlap_eval=overlap_eval,
-                            checkpoint_seconds=checkpoint_seconds, restart=restart)[0][0]
+    return train_runs([(config, int(seed))], root, problem=problem, on_epoch=on_epoch,
+                      extra_manifest=extra_manifest, overlap_eval=overlap_eval,
+                      checkpoint_seconds=checkpoint_seconds, restart=restart)[0][0]
 
 
 def run_seeds(config: RunConfig, seeds: Sequence[int], root: str | Path = "runs", **kw) -> list[Path]:
@@ -346,14 +346,16 @@ def run_lanes(lanes: Sequence[tuple[RunConfig, int]], root: str | Path = "runs",
     differ only in :data:`stablebptt.runner.LANE_FIELDS` (lanes of one vmapped program; each
     equals its own run up to float32 round-off). Each result goes to the folder its own
     :func:`run` would write; the manifest names the runs trained together."""
-    return _train_and_write([(c, int(s)) for c, s in lanes], root, **kw)[0]
+    return train_runs([(c, int(s)) for c, s in lanes], root, **kw)[0]
 
 
-def _train_and_write(pairs, root, *, problem=None, on_epoch=None, extra_manifest=None, overlap_eval=False,
-                     checkpoint_seconds=30.0, restart=False) -> tuple[list[Path], list[str]]:
-    """Train the missing runs of ``pairs`` together under a claim, with checkpoints; write each
-    finished run's folder and remove the progress folder. Returns (all folders, the names of
-    the runs this call computed)."""
+def train_runs(pairs: Sequence[tuple[RunConfig, int]], root: str | Path = "runs", *, problem=None,
+               on_epoch: Callable | None = None, extra_manifest: dict | None = None, overlap_eval: bool = False,
+               checkpoint_seconds: float = 30.0, restart: bool = False) -> tuple[list[Path], list[str]]:
+    """Train the missing runs of ``pairs`` ((config, seed) pairs that share one program, as for
+    :func:`run_lanes`) together under a claim, with checkpoints; write each finished run's
+    folder and remove the progress folder. Returns (all folders, the names of the runs this
+    call computed). The keywords are :func:`run`'s."""
     from . import problems
     from .runner import Checkpoint, train
 

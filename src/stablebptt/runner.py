@@ -49,7 +49,7 @@ import numpy as np
 from . import controllers
 from .config import RunConfig
 from .problems import Problem
-from .train import TRAIN_METRICS, Trainer, init_params_fn, make_data, make_train, verify_controller
+from .train import TRAIN_METRICS, Trainer, init_params_fn, make_data, make_train, verify_controller, zero_last
 
 METRICS = ("loss", "train_loss", "test_loss", "update_norm", "cos_mg", "sign_agree")
 #: the RunConfig fields in which runs sharing one program (lanes) may differ; ``diagnostics``
@@ -194,7 +194,34 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
         _check_checkpoint_code(checkpoint)
     # a resumed run continues with the strategy that ran (backward="auto" is not measured again)
     resumed_backward = _checkpoint_backward(checkpoint) if checkpoint is not None else None
-    trainer, programs = _compile(problem, config, runs, vmapped, eval_device, lane_configs, resumed_backward)
+    # The trainer and its programs, traced from abstract shapes (float32 matmuls at full precision
+    # on every backend) and compiled on two threads (XLA compiles without the GIL), each as soon as
+    # it is traced: init_params first (it compiles while make_train chooses a backward strategy),
+    # then updates on a thread of its own (the largest), evaluate and init — the last three vmapped
+    # over the runs of a vmapped group.
+    lead = (len(runs),) if vmapped else ()
+    v = jax.vmap if vmapped else (lambda f: f)
+    key = runs[0].key
+    ev = jax.sharding.SingleDeviceSharding(eval_device) if eval_device is not None else None
+    cpu_opts = INIT_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
+    with jax.default_matmul_precision("highest"), ThreadPoolExecutor(1) as main, ThreadPoolExecutor(1) as side:
+        futures = {"init_params": side.submit(jax.jit(init_params_fn(problem, zero_last(problem, config))).lower(
+            key).compile, cpu_opts)}
+        trainer = make_trainer(problem, config, lane_configs, n_runs=len(runs) if vmapped else 1,
+                               backward=resumed_backward, probe=_probe(runs[0].train, config.batch_size),
+                               verify_rows=False)
+        settings = trainer.settings(runs[0].config.flow(), runs[0].config.optimizer_setting())
+        state = jax.eval_shape(trainer.init, trainer.params_shape, settings)
+        futures["updates"] = main.submit(jax.jit(v(trainer.updates), donate_argnums=0).lower(
+            _abstract(state, lead), _abstract(runs[0].train, lead), _abstract(key, lead)).compile)
+        verified = side.submit(verify_controller, trainer, problem, config.batch_size)  # before any run starts
+        futures["evaluate"] = side.submit(jax.jit(v(trainer.evaluate)).lower(
+            _abstract(trainer.params_shape, lead, ev), _abstract(runs[0].train, lead, ev),
+            _abstract(runs[0].test, lead, ev)).compile)
+        futures["init"] = side.submit(jax.jit(v(trainer.init)).lower(
+            _abstract(trainer.params_shape, lead), _abstract(settings, lead)).compile, cpu_opts)
+        verified.result()
+        programs = {k: f.result() for k, f in futures.items()}
     groups = _initial_groups(trainer, programs, runs, vmapped, eval_device)
     if checkpoint is not None:
         checkpoint = dataclasses.replace(checkpoint, backward=strategy_spec(trainer.backward))
@@ -263,37 +290,20 @@ def _abstract(tree, lead=(), sharding=None):
         lambda a: jax.ShapeDtypeStruct(lead + tuple(np.shape(a)), jnp.result_type(a), sharding=sharding), tree)
 
 
-def _compile(problem: Problem, config: RunConfig, runs: list[_Run], vmapped: bool, eval_device,
-             lane_configs, backward=None) -> tuple[Trainer, dict]:
-    """The trainer and its programs, traced from abstract shapes (float32 matmuls at full
-    precision on every backend) and compiled on two threads (XLA compiles without the GIL),
-    each as soon as it is traced: init_params first (it needs no backward strategy, so it
-    compiles while make_train chooses one), then updates, evaluate and init — the last three
-    vmapped over the runs of a vmapped group."""
-    lead = (len(runs),) if vmapped else ()
-    v = jax.vmap if vmapped else (lambda f: f)
-    key = runs[0].key
-    ev = jax.sharding.SingleDeviceSharding(eval_device) if eval_device is not None else None
-    cpu_opts = INIT_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
-    init_params = init_params_fn(problem, config)
-    # the updates program is the largest: it compiles on a thread of its own as soon as it is
-    # traced; everything else compiles or runs in turn on a second thread
-    with jax.default_matmul_precision("highest"), ThreadPoolExecutor(1) as main, ThreadPoolExecutor(1) as side:
-        futures = {"init_params": side.submit(jax.jit(init_params).lower(key).compile, cpu_opts)}
-        trainer = make_train(problem, config, lanes=lane_configs, n_runs=len(runs) if vmapped else 1,
-                             verify_rows=False, probe=_probe(runs[0].train, config.batch_size), backward=backward)
-        settings = trainer.settings(runs[0].config)
-        state = jax.eval_shape(trainer.init, trainer.params_shape, settings)
-        futures["updates"] = main.submit(jax.jit(v(trainer.updates), donate_argnums=0).lower(
-            _abstract(state, lead), _abstract(runs[0].train, lead), _abstract(key, lead)).compile)
-        verified = side.submit(verify_controller, trainer, problem, config)  # before any run starts
-        futures["evaluate"] = side.submit(jax.jit(v(trainer.evaluate)).lower(
-            _abstract(trainer.params_shape, lead, ev), _abstract(runs[0].train, lead, ev),
-            _abstract(runs[0].test, lead, ev)).compile)
-        futures["init"] = side.submit(jax.jit(v(trainer.init)).lower(
-            _abstract(trainer.params_shape, lead), _abstract(settings, lead)).compile, cpu_opts)
-        verified.result()
-        return trainer, {k: f.result() for k, f in futures.items()}
+def make_trainer(problem: Problem, config: RunConfig, lane_configs: Sequence[RunConfig] | None = None, *,
+                 n_runs: int = 1, backward=None, probe=None, verify_rows: bool = True) -> Trainer:
+    """:func:`~stablebptt.train.make_train` with the values of a run configuration (and its
+    lanes, which differ from it in :data:`LANE_FIELDS` only). ``n_runs``: runs that one call
+    carries (they share the memory budget); ``backward``: a strategy that replaces
+    ``config.backward`` (a resumed run's); ``probe``: states (k, batch_size, …) on which
+    ``backward="auto"`` times its candidates."""
+    return make_train(problem, config.flow(), config.optimizer_setting(), batch_size=config.batch_size,
+                      backward=config.backward if backward is None else backward, shuffle=config.shuffle,
+                      diagnostics=config.diagnostics, zero_last=zero_last(problem, config),
+                      lanes=[(c.flow(), c.optimizer_setting()) for c in lane_configs] if lane_configs else None,
+                      checkpoint_every=config.checkpoint_every, memory_budget=config.memory_budget, n_runs=n_runs,
+                      updates=config.epochs * (config.n_train // config.batch_size), verify_rows=verify_rows,
+                      probe=probe)
 
 
 def _probe(train: np.ndarray, batch_size: int) -> np.ndarray:
@@ -315,7 +325,7 @@ def _initial_groups(trainer: Trainer, programs: dict, runs: list[_Run], vmapped:
             model = controllers.load_weights(eqx.combine(p, trainer.static), controllers.weights_file(r.config.init_weights))
             p = eqx.filter(model, eqx.is_inexact_array)
         params.append(p)
-    settings = [trainer.settings(r.config) for r in runs]
+    settings = [trainer.settings(r.config.flow(), r.config.optimizer_setting()) for r in runs]
     groups = []
     for idx in [list(range(len(runs)))] if vmapped else [[i] for i in range(len(runs))]:
         pick = (lambda xs: _stack([xs[i] for i in idx])) if vmapped else (lambda xs: xs[idx[0]])

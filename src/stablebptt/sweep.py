@@ -327,13 +327,13 @@ def _job(config_dict: dict, seeds: list[int], root: str, cache_dir: str | None =
          lanes: list[dict] | None = None, checkpoint_seconds: float = 30.0) -> list[dict]:
     """Worker entry (picklable): run one config for the given seeds, or with ``lanes`` (one
     config dict per seed) the (config, seed) lanes of one program; return their summaries."""
-    from .run import Claimed, _train_and_write
+    from .run import Claimed, train_runs
 
     enable_compile_cache(cache_dir)
     cfg = RunConfig(**config_dict)
     pairs = [(RunConfig(**d), s) for d, s in zip(lanes, seeds)] if lanes is not None else [(cfg, s) for s in seeds]
     try:
-        folders, computed = _train_and_write(pairs, root, checkpoint_seconds=checkpoint_seconds)
+        folders, computed = train_runs(pairs, root, checkpoint_seconds=checkpoint_seconds)
     except Claimed as e:
         return [{"status": "claimed", "run_id": run_id(c, s), "owner": str(e)} for c, s in pairs]
     return [read_result(f) | {"computed_here": f.name in computed} for f in folders]

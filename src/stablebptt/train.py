@@ -53,7 +53,7 @@ class Trainer(NamedTuple):
     """The pure functions of a training configuration (see :func:`make_train`).
 
     init_params(key) -> params: a new controller's parameters (float32 arrays).
-    settings(run_config) -> dict: what one run brings as data (host side): its optimizer
+    settings(flow, optimizer) -> dict: what one run brings as data (host side): its optimizer
         hyperparameters and, for lanes, its gates.
     init(params, settings) -> TrainState: the state of one run.
     updates(state, train, key) -> (state, metrics): one epoch's minibatch updates (a scan);
@@ -95,11 +95,11 @@ _NOT_TRACEABLE = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConv
                   jax.errors.TracerBoolConversionError, jax.errors.TracerIntegerConversionError)
 
 
-def controller_parts(problem: Problem, config: RunConfig, key=None):
+def controller_parts(problem: Problem, zero_last: bool, key=None):
     """``(params, static)`` of the problem's controller: abstract (``jax.ShapeDtypeStruct``
     leaves, nothing runs) from the factory's shapes, or — for a factory that needs concrete
     values, or with ``key`` — the real controller built from ``key`` (default seed 0)."""
-    make = lambda k: problem.make_controller(k, zero_last=zero_last(problem, config))
+    make = lambda k: problem.make_controller(k, zero_last=zero_last)
     if key is None:
         try:
             return core.hooks.split(eqx.filter_eval_shape(make, jax.random.PRNGKey(0)))
@@ -108,98 +108,113 @@ def controller_parts(problem: Problem, config: RunConfig, key=None):
     return eqx.partition(make(key), eqx.is_inexact_array)
 
 
-def make_train(problem: Problem, config: RunConfig, *, lanes: Sequence[RunConfig] | None = None,
-               n_runs: int = 1, verify_rows: bool = True, probe=None, backward=None) -> Trainer:
-    """The pure functions that train ``config`` on ``problem`` (see :class:`Trainer`).
+def make_train(problem: Problem, flow: "core.Flow | str", optimizer: optim.Optimizer, *, batch_size: int,
+               backward: "str | core.Strategy" = "auto", shuffle: bool = False, diagnostics: bool = False,
+               zero_last: bool | None = None, lanes: Sequence[tuple[core.Flow, optim.Optimizer]] | None = None,
+               checkpoint_every: "int | str | None" = "auto", memory_budget: int | None = None, n_runs: int = 1,
+               updates: int | None = None, verify_rows: bool = True, probe=None) -> Trainer:
+    """The pure functions that train a controller on ``problem`` (see :class:`Trainer`).
 
-    ``lanes``: runs that share this program differ in mode, learning rate or clipping
-    (:data:`stablebptt.runner.LANE_FIELDS`); their gates are then data in the state (every
-    lane computes two fields). ``n_runs``: how many runs one call carries (the memory budget
-    of ``checkpoint_every="auto"`` is shared by them). ``verify_rows=False``: the caller
-    checks a controller's claim of independent rows itself (:func:`verify_controller`),
-    before the functions run. ``probe``: states (k, batch_size, …) on which the candidate
-    strategies of ``backward="auto"`` are timed (e.g. the first minibatches of the training set).
-    ``backward``: a strategy object (or name) instead of ``config.backward``.
+    Args:
+      flow: the gradient flow (:class:`~stablebptt.core.gates.Flow` or a mode letter).
+      optimizer: the optimizer and clipping (:class:`stablebptt.optim.Optimizer`).
+      batch_size: states per minibatch; an epoch makes ``n_train // batch_size`` updates.
+      backward: a strategy object, or a name for :func:`stablebptt.core.engine.choose_backward`
+        (``"auto"``: the fastest candidate, measured on ``probe`` states (k, batch_size, …), e.g.
+        the first minibatches of the training set; ``updates``: how many minibatch updates the
+        run will make, which bounds what measuring may cost); ``checkpoint_every`` /
+        ``memory_budget`` (bytes, shared by ``n_runs`` runs of one call) apply to a name.
+      shuffle: a permutation of the training set per epoch (else data order).
+      diagnostics: also compute G in single-field modes (cos/sign statistics).
+      zero_last: start with a zero last kernel (None: the problem's default).
+      lanes: (flow, optimizer) of each run that shares this program (they may differ in mode,
+        learning rate and clipping, not in combiner or AND-mask): their gates and
+        hyperparameters are then data in the state (every lane computes two fields).
+      verify_rows: False: the caller checks a controller's claim of independent rows itself
+        (:func:`verify_controller`), before the functions run.
     """
-    flow = config.flow()
+    flow = core.as_flow(flow)
     T = problem.horizon
-    lane_gates = [c.flow().gates(T, diagnostics=True) for c in lanes] if lanes else None
-    gates = None if lanes else flow.gates(T, diagnostics=config.diagnostics)
-    fields = np.stack([g.fields for g in lane_gates]) if lanes else gates.fields
-    params_abs, static = controller_parts(problem, config)
-    x_probe = jax.ShapeDtypeStruct((config.batch_size,) + tuple(problem.state_shape), jnp.float32)
+    if lanes:
+        for f, _ in lanes:
+            f = core.as_flow(f)
+            if (f.combiner, f.and_mask) != (flow.combiner, flow.and_mask):
+                raise ValueError(f"lanes share one program: each lane's combiner and AND-mask must be the flow's "
+                                 f"({flow.combiner!r}, {flow.and_mask:g}); got ({f.combiner!r}, {f.and_mask:g})")
+        lane_gates = [core.as_flow(f).gates(T, diagnostics=True) for f, _ in lanes]
+        live = core.gates.live_ctrl(np.stack([g.fields for g in lane_gates]))
+        program_gates = core.Gates(np.stack([g.fields for g in lane_gates]), np.stack([g.combined for g in lane_gates]),
+                                   live)
+    else:
+        program_gates = flow.gates(T, diagnostics=diagnostics)
+    zero_last = problem.zero_last_default if zero_last is None else bool(zero_last)
+    params_abs, static = controller_parts(problem, zero_last)
+    x_probe = jax.ShapeDtypeStruct((batch_size,) + tuple(problem.state_shape), jnp.float32)
     model_abs = eqx.combine(params_abs, static)
     core.check_problem_inputs(model_abs, x_probe, problem.step, T)
-    budget = max(int(config.memory_budget or backward_mod.default_memory_budget()) // max(n_runs, 1), 1)
+    by_name = isinstance(backward, str)
+    budget = max(int(memory_budget or backward_mod.default_memory_budget()) // max(n_runs, 1), 1)
     if flow.and_mask:  # the fields are computed per batch member, all at once
-        budget = max(budget // config.batch_size, 1)
+        budget = max(budget // batch_size, 1)
     strategy, choice = core.choose_backward(
-        config.backward if backward is None else backward, model_abs, x_probe, step=problem.step, loss=problem.loss, horizon=T, gates=fields,
-        checkpoint_every=config.checkpoint_every if backward is None or isinstance(backward, str) else None,
-        memory_budget=budget if backward is None or isinstance(backward, str) else None, verify_rows=verify_rows,
-        per_sample=bool(flow.and_mask), probe=probe,
-        updates=config.epochs * (config.n_train // config.batch_size) * max(n_runs, 1))
-    flow_plan = core.plan(flow, fields)
-    tx = optim.injected(config.optimizer, momentum=config.momentum)
-    hyper = optim.hyperparams(config.lr, config.clip, config.clip_threshold)
-    # lanes read their hyperparameters from the state; one configuration's are constants
-    tx_update = tx(**hyper) if lanes else optim.fixed(config.optimizer, momentum=config.momentum, **hyper)
+        backward, model_abs, x_probe, step=problem.step, loss=problem.loss, horizon=T, flow=flow, gates=program_gates,
+        checkpoint_every=checkpoint_every if by_name else None, memory_budget=budget if by_name else None,
+        verify_rows=verify_rows, probe=probe, updates=None if updates is None else updates * max(n_runs, 1))
+    # lanes read their hyperparameters from the state; one run's are constants of the program
+    tx = optimizer.injected()
+    tx_update = tx(**optimizer.hyper()) if lanes else optimizer.transform()
     kw = dict(step=problem.step, loss=problem.loss, horizon=T)
-    nb, bs = config.n_train // config.batch_size, config.batch_size
 
-    def settings(run: RunConfig) -> dict:
-        return {"hyper": optim.hyperparams(run.lr, run.clip, run.clip_threshold),
-                "gates": run.flow().gates(T, diagnostics=True) if lanes else None}
+    def settings(run_flow: core.Flow, run_optimizer: optim.Optimizer) -> dict:
+        gates = core.as_flow(run_flow).gates(T, diagnostics=True) if lanes else None
+        return {"hyper": run_optimizer.hyper(),
+                "gates": None if gates is None else core.Gates(gates.fields, gates.combined, program_gates.live)}
 
     def init(params, settings: dict) -> TrainState:
         return TrainState(params, tx(**settings["hyper"]).init(params), settings["gates"], jnp.bool_(True))
 
-    def update(state: TrainState, xb):
-        model = eqx.combine(state.params, static)
-        g = state.gates if lanes else gates
-        val, upd, info, _ = core.flow_update(model, xb, gates=g, plan=flow_plan, backward=strategy, **kw)
-        steps, opt = tx_update.update(upd, state.opt, state.params)
-        params = eqx.apply_updates(state.params, steps)
-        ok = state.alive & jnp.isfinite(val) & _all_finite(upd) & _all_finite(params)
-        keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
-        stats = jnp.stack([val, info["update_norm"], info.get("cos_mg", jnp.float32(jnp.nan)),
-                           info.get("sign_agree", jnp.float32(jnp.nan))])
-        return TrainState(keep(params, state.params), keep(opt, state.opt), state.gates, ok), stats
+    def updates_fn(state: TrainState, train, key):
+        nb = train.shape[0] // batch_size
+        batches = train[jax.random.permutation(key, train.shape[0])] if shuffle else train
+        batches = batches[: nb * batch_size].reshape((nb, batch_size) + train.shape[1:])
 
-    def updates(state: TrainState, train, key):
-        batches = (train[jax.random.permutation(key, train.shape[0])] if config.shuffle else train)
-        batches = batches[: nb * bs].reshape((nb, bs) + train.shape[1:])
-
-        def body(carry, xb):
+        def body(carry, xb):  # one minibatch update under the divergence guard
             s, bad, i = carry
-            s2, stats = update(s, xb)
-            bad = jnp.where(s.alive & ~s2.alive, i, bad)
-            return (s2, bad, i + 1), stats
+            val, upd, info, _ = core.flow_update(eqx.combine(s.params, static), xb, flow=flow,
+                                                 gates=s.gates if lanes else program_gates, backward=strategy, **kw)
+            steps, opt = tx_update.update(upd, s.opt, s.params)
+            params = eqx.apply_updates(s.params, steps)
+            ok = s.alive & jnp.isfinite(val) & _all_finite(upd) & _all_finite(params)
+            keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
+            stats = jnp.stack([val, info["update_norm"], info.get("cos_mg", jnp.float32(jnp.nan)),
+                               info.get("sign_agree", jnp.float32(jnp.nan))])
+            bad = jnp.where(s.alive & ~ok, i, bad)
+            return (TrainState(keep(params, s.params), keep(opt, s.opt), s.gates, ok), bad, i + 1), stats
 
         (state, bad, _), stats = jax.lax.scan(body, (state, jnp.int32(-1), jnp.int32(0)), batches)
         metrics = {k: jnp.mean(stats[:, i]) for i, k in enumerate(TRAIN_METRICS)}
         return state, metrics | {"bad": bad}
 
-    return Trainer(init_params_fn(problem, config), settings, init, updates, make_evaluate(problem, static), static,
-                   _shapes(params_abs), strategy, choice)
+    return Trainer(init_params_fn(problem, zero_last), settings, init, updates_fn, make_evaluate(problem, static),
+                   static, _shapes(params_abs), strategy, choice)
 
 
 def _shapes(tree):
     return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)), tree)
 
 
-def verify_controller(trainer: Trainer, problem: Problem, config: RunConfig) -> None:
+def verify_controller(trainer: Trainer, problem: Problem, batch_size: int) -> None:
     """Raise ValueError if the strategy merges rows but the controller's rows are not
     independent (:func:`stablebptt.core.hooks.verify_rows_independent`)."""
     if getattr(trainer.backward, "merge_rows", False):
-        x = jax.ShapeDtypeStruct((config.batch_size,) + tuple(problem.state_shape), jnp.float32)
+        x = jax.ShapeDtypeStruct((batch_size,) + tuple(problem.state_shape), jnp.float32)
         core.hooks.verify_rows_independent(eqx.combine(trainer.params_shape, trainer.static), x)
 
 
-def init_params_fn(problem: Problem, config: RunConfig) -> Callable:
+def init_params_fn(problem: Problem, zero_last: bool) -> Callable:
     """``init_params(key) -> params``: a new controller's parameters (its float32 arrays)."""
     def init_params(key):
-        return eqx.filter(problem.make_controller(key, zero_last=zero_last(problem, config)), eqx.is_inexact_array)
+        return eqx.filter(problem.make_controller(key, zero_last=zero_last), eqx.is_inexact_array)
 
     return init_params
 

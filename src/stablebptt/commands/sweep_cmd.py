@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -10,22 +11,29 @@ import typer
 from ..cli import app, check_out_file, check_out_folder, console, fail, out, setup_jax
 
 
-def _progress_runner(spec, root, **kw):
+@contextmanager
+def sweep_progress(name: str):
+    """A progress bar on stderr for a sweep; yields the ``progress`` callback of
+    :func:`stablebptt.sweep.run_sweep` (jobs done of all, running, diverged, skipped, ETA)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .. import sweep
-
-    jobs = len(sweep.expand(spec))
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.fields[info]}"), console=console) as progress:
-        task = progress.add_task(spec.name, total=jobs, info="")
+        task = progress.add_task(name, total=None, info="")
 
         def on_progress(s):
             eta = "?" if s["eta_s"] is None else f"{s['eta_s'] / 60:.1f} min"
-            progress.update(task, completed=s["done"] + s["skipped"],
+            progress.update(task, total=s["total"], completed=s["done"] + s["skipped"],
                             info=f"running {s['running']}  diverged {s['diverged']}  "
                                  f"skipped {s['skipped']}  ETA {eta}")
 
+        yield on_progress
+
+
+def _progress_runner(spec, root, **kw):
+    from .. import sweep
+
+    with sweep_progress(spec.name) as on_progress:
         return sweep.run_sweep(spec, root, progress=on_progress, **kw)
 
 

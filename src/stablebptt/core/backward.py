@@ -61,17 +61,15 @@ class Strategy:
     """A backward strategy: how the fields of a flow are computed (frozen dataclasses; their
     fields are the strategy's options and their ``repr`` names them in a run's manifest).
 
-    ``fields(params, static, x0, *, step, loss, horizon, gates, live_ctrl) -> (L, [∇θ_f])``:
-    the loss L (a float32 scalar) and, for each field f of ``gates`` (:class:`Gates` whose
-    ``fields`` are (F, T, 2)), the parameter gradient of the field (a pytree shaped like
-    ``params``). ``params``/``static``: the controller split by ``eqx.partition``; ``x0``: a
-    batch of initial states; ``live_ctrl`` (static, one bool per field): does the field need
-    the controller's input Jacobian. Every strategy returns the same numbers up to float32
-    round-off.
+    ``fields(params, static, x0, *, step, loss, horizon, gates) -> (L, [∇θ_f])``: the loss L
+    (a float32 scalar) and, for each field f of ``gates`` (:class:`Gates` whose ``fields`` are
+    (F, T, 2) and whose static ``live`` says which fields need the controller's input
+    Jacobian), the parameter gradient of the field (a pytree shaped like ``params``).
+    ``params``/``static``: the controller split by ``eqx.partition``; ``x0``: a batch of
+    initial states. Every strategy returns the same numbers up to float32 round-off.
     """
 
-    def fields(self, params, static, x0, *, step, loss: TrajectoryLoss, horizon: int, gates: Gates,
-               live_ctrl: Sequence[bool]):
+    def fields(self, params, static, x0, *, step, loss: TrajectoryLoss, horizon: int, gates: Gates):
         raise NotImplementedError
 
 
@@ -80,11 +78,10 @@ class Strategy:
 class Autodiff(Strategy):
     """The reference strategy: each field is ``jax.grad`` of its gated unrolled loss."""
 
-    def fields(self, params, static, x0, *, step, loss: TrajectoryLoss, horizon: int, gates: Gates,
-               live_ctrl: Sequence[bool]):
+    def fields(self, params, static, x0, *, step, loss: TrajectoryLoss, horizon: int, gates: Gates):
         """``(L, [∇θ of each field])`` (see :class:`Strategy`)."""
         out = [jax.value_and_grad(unrolled_loss)(params, static, x0, step=step, loss=loss, horizon=horizon,
-                                                 gates=gates.fields[f]) for f in range(len(live_ctrl))]
+                                                 gates=gates.fields[f]) for f in range(len(gates.live))]
         return out[0][0], [g for _, g in out]
 
 
@@ -103,7 +100,7 @@ class ReverseSweep(Strategy):
         its vjp (any controller).
       merge_rows: form the parameter gradients (and the batched J) on all T·B rows at once —
         valid only for controllers whose rows are independent (verified by
-        :func:`select_backward`); otherwise one vjp vmapped over the T steps.
+        :func:`candidates`); otherwise one vjp vmapped over the T steps.
       keep_activations: the forward loop keeps the controller's residuals
         (``forward_with_residuals``, :class:`~stablebptt.core.hooks.RowwiseController`) for the
         parameter gradients and J; otherwise they are recomputed on the rows afterwards.
@@ -145,10 +142,9 @@ class ReverseSweep(Strategy):
         if ce is not None and (not isinstance(ce, (int, np.integer)) or isinstance(ce, bool) or ce < 1):
             raise ValueError(f"checkpoint_every={ce!r}; must be an int ≥ 1 or None")
 
-    def fields(self, params, static, x0, *, step, loss: TrajectoryLoss, horizon: int, gates: Gates,
-               live_ctrl: Sequence[bool]):
+    def fields(self, params, static, x0, *, step, loss: TrajectoryLoss, horizon: int, gates: Gates):
         """``(L, [∇θ of each field])`` (see the module docstring)."""
-        sweep = _Sweep(self, params, static, step, loss, horizon, gates.fields, tuple(live_ctrl))
+        sweep = _Sweep(self, params, static, step, loss, horizon, gates.fields, gates.live)
         seg = segment_length(horizon, self.checkpoint_every)
         ns = jnp.arange(horizon)
         if seg is None:
@@ -163,7 +159,7 @@ class ReverseSweep(Strategy):
 
         xT, (starts, ls) = jax.lax.scan(forward_segment, x0, split(ns))
         val, lam_T = sweep.terminal(xT, ls)
-        zero = [jax.tree_util.tree_map(jnp.zeros_like, params) for _ in live_ctrl]
+        zero = [jax.tree_util.tree_map(jnp.zeros_like, params) for _ in gates.live]
 
         def backward_segment(carry, inp):
             lam, acc = carry
@@ -492,20 +488,6 @@ def neighbours(strategy) -> list:
         return []
     return [dataclasses.replace(strategy, save_linearization=not strategy.save_linearization),
             dataclasses.replace(strategy, keep_activations=not strategy.keep_activations)]
-
-
-def select_backward(model, x0, *, step, loss: TrajectoryLoss, horizon: int, gates, prefer: str = "auto",
-                    checkpoint_every: int | str | None = "auto", memory_budget: int | None = None,
-                    verify_rows: bool = True):
-    """The strategy for this controller, simulator, horizon and flow: the only one of
-    :func:`candidates`, or the fastest by measurement for the single-field or combined flow
-    ``gates`` describes (:func:`stablebptt.core.engine.choose_backward`, which also returns
-    the record of the measurement)."""
-    from .engine import choose_backward
-
-    return choose_backward(prefer, model, x0, step=step, loss=loss, horizon=horizon, gates=gates,
-                           checkpoint_every=checkpoint_every, memory_budget=memory_budget,
-                           verify_rows=verify_rows)[0]
 
 
 # ----------------------------------------------------------------------------- memory

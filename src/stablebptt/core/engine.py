@@ -19,8 +19,7 @@ sign(M_j) = sign(G_j), else 0. It is a pytree shaped like the controller's array
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -31,7 +30,7 @@ from ..losses import TrajectoryLoss
 from . import backward as backward_mod
 from . import choose, hooks
 from .backward import Autodiff, Strategy, default_memory_budget
-from .gates import Flow, Gates, as_flow, live_ctrl
+from .gates import Flow, Gates, as_flow
 from .unroll import check_problem_inputs, physics, terminal_loss
 
 PyTree = Any
@@ -56,61 +55,39 @@ def field_stats(m: PyTree, g: PyTree) -> dict[str, jax.Array]:
     return {"cos_mg": cos, "sign_agree": agree}
 
 
-@dataclass(frozen=True)
-class Plan:
-    """What the engine needs of a flow besides its gate arrays (static: it shapes the program).
-
-    Attributes:
-      live_ctrl: one bool per field: does the field need the controller's input Jacobian
-        (in any run that shares the program)?
-      combine: ``combine(field_a, field_b) -> update`` for a combined flow (read only where
-        ``Gates.combined`` is true: whether a flow is combined is data in its gates).
-      and_mask: τ > 0: the AND-mask across batch members (:func:`and_mask`); 0: off.
-    """
-
-    live_ctrl: tuple[bool, ...]
-    combine: Callable
-    and_mask: float = 0.0
-
-
-def plan(flow: Flow, gate_fields) -> Plan:
-    """The :class:`Plan` of ``flow`` for concrete gate fields (…, F, T, 2) (leading axes: runs
-    that share the program, which must agree in combiner and AND-mask)."""
-    return Plan(live_ctrl(gate_fields), flow.combine_fn(), float(flow.and_mask))
-
-
-def flow_update(model, x0, *, step, loss: TrajectoryLoss, horizon: int, gates: Gates, plan: Plan,
+def flow_update(model, x0, *, step, loss: TrajectoryLoss, horizon: int, flow: Flow, gates: Gates,
                 backward: Strategy):
-    """``(L, update, info, fields)`` of a flow given as :class:`Gates` (data: traced gates make
-    one program serve runs of different modes) and its :class:`Plan`, with a concrete strategy.
-    The one path into the engine: :func:`value_and_update` and the trainer both call it.
+    """``(L, update, info, fields)`` of ``flow`` with its :class:`Gates` (data: traced gates make
+    one program serve runs of different modes), computed by a concrete strategy. The one path
+    into the engine: :func:`value_and_update` and the trainer both call it.
 
-    With two fields the update is ``plan.combine(a, b)`` where ``gates.combined``, else a;
-    ``info`` then also holds cos(a, b) and the sign agreement (:func:`field_stats`). With
-    ``plan.and_mask`` the fields are computed per batch member (a batch of one each, vmapped)
-    and the update is :func:`and_mask` of the members' updates.
+    ``flow`` supplies what shapes the program: the combiner and the AND-mask (runs that share a
+    program agree in both); ``gates`` what may differ per run. With two fields the update is
+    ``flow.combine_fn()(a, b)`` where ``gates.combined``, else a; ``info`` then also holds
+    cos(a, b) and the sign agreement (:func:`field_stats`). With ``flow.and_mask`` the fields are
+    computed per batch member (a batch of one each, vmapped) and the update is :func:`and_mask`
+    of the members' updates.
     """
-    if plan.and_mask:
+    if flow.and_mask:
         per = jax.tree_util.tree_map(lambda a: a[:, None], x0)
-        inner = dataclasses.replace(plan, and_mask=0.0)
+        inner = dataclasses.replace(flow, and_mask=0.0)
 
         def one(xi):
-            return flow_update(model, xi, step=step, loss=loss, horizon=horizon, gates=gates, plan=inner,
+            return flow_update(model, xi, step=step, loss=loss, horizon=horizon, flow=inner, gates=gates,
                                backward=backward)
 
         vals, ups, infos, fields = jax.vmap(one)(per)
-        update = and_mask(ups, plan.and_mask)
+        update = and_mask(ups, flow.and_mask)
         info = {k: jnp.mean(v) for k, v in infos.items()}
         info["update_norm"] = tree_norm(update)
         return jnp.mean(vals), update, info, [jax.tree_util.tree_map(lambda a: jnp.mean(a, 0), f) for f in fields]
     params, static = eqx.partition(model, eqx.is_inexact_array)
-    val, fields = backward.fields(params, static, x0, step=step, loss=loss, horizon=horizon, gates=gates,
-                                  live_ctrl=plan.live_ctrl)
+    val, fields = backward.fields(params, static, x0, step=step, loss=loss, horizon=horizon, gates=gates)
     if len(fields) == 1:
         update, info = fields[0], {}
     else:
         a, b = fields
-        update = jax.tree_util.tree_map(lambda c, u: jnp.where(gates.combined, c, u), plan.combine(a, b), a)
+        update = jax.tree_util.tree_map(lambda c, u: jnp.where(gates.combined, c, u), flow.combine_fn()(a, b), a)
         info = field_stats(a, b)
     info["update_norm"] = tree_norm(update)
     return val, update, info, fields
@@ -121,25 +98,26 @@ def flow_update(model, x0, *, step, loss: TrajectoryLoss, horizon: int, gates: G
 MEASURE_BATCHES = 4
 
 
-def choose_backward(backward: "str | Strategy", model, x0, *, step, loss: TrajectoryLoss, horizon: int, gates,
-                    checkpoint_every: "int | str | None" = "auto", memory_budget: int | None = None,
-                    verify_rows: bool = True, per_sample: bool = False, probe=None,
+def choose_backward(backward: "str | Strategy", model, x0, *, step, loss: TrajectoryLoss, horizon: int,
+                    flow: Flow, gates: Gates, checkpoint_every: "int | str | None" = "auto",
+                    memory_budget: int | None = None, verify_rows: bool = True, probe=None,
                     updates: int | None = None) -> tuple[Strategy, dict]:
     """The strategy for ``backward`` and the record of how it was chosen.
 
     A strategy object is used as given. A name (``"auto"``, ``"autodiff"``, ``"batched"``,
     ``"per_step"``) selects :func:`~stablebptt.core.backward.candidates`; where there are
-    several, each is compiled into a program that computes the fields of :data:`MEASURE_BATCHES`
-    minibatches in a scan (as a training epoch does) and the fastest is kept
-    (:func:`stablebptt.core.choose.choose`, in two rounds: one candidate of each family
+    several, each is compiled into a program that computes the updates (:func:`flow_update`) of
+    :data:`MEASURE_BATCHES` minibatches in a scan (as a training epoch does) and the fastest is
+    kept (:func:`stablebptt.core.choose.choose`, in two rounds: one candidate of each family
     (:func:`~stablebptt.core.backward.first_round`), then the best beside its one-option
     :func:`~stablebptt.core.backward.neighbours`; the decision is cached per signature).
 
     Args:
-      gates: the flow's concrete gate fields (…, F, T, 2) (leading axes: runs sharing the program).
+      flow / gates: the flow and its concrete :class:`Gates` (``fields`` (…, F, T, 2); leading
+        axes: runs sharing the program; the first run's gates are timed). With an AND-mask the
+        candidates are planned on batches of one and timed as :func:`flow_update` runs them
+        (vmapped over the batch members).
       checkpoint_every / memory_budget: for a name (see ``candidates``).
-      per_sample: the fields are computed per batch member (AND-mask): candidates are planned
-        and timed on batches of one, vmapped over the members.
       updates: how many minibatch updates the run will make (None: unknown). Timing the
         candidates is skipped when it would cost more than the run itself with the first
         candidate (:class:`Autodiff` where it is one; ``calls`` and ``WORTH`` of ``choose``).
@@ -157,47 +135,49 @@ def choose_backward(backward: "str | Strategy", model, x0, *, step, loss: Trajec
                              f"strategy object instead (got backward={backward!r})")
         return backward, {"chosen": repr(backward), "candidates": {repr(backward): None}, "measure_s": 0.0,
                           "cached": False}
-    fields = np.asarray(gates)
-    one_fields = fields.reshape((-1,) + fields.shape[-3:])[0]  # the program's gates: one run's
+    fields = np.asarray(gates.fields)
+    one_fields = np.asarray(fields.reshape((-1,) + fields.shape[-3:])[0], np.float32)
+    one_combined = np.bool_(np.asarray(gates.combined).reshape(-1)[0])
     x_plan = x0
-    if per_sample:
+    if flow.and_mask:  # planned per batch member
         x_plan = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((1,) + tuple(np.shape(a))[1:],
                                                                        jnp.result_type(a)), x0)
     cands = backward_mod.candidates(model, x_plan, step=step, loss=loss, horizon=horizon, gates=fields,
                                     prefer=backward, checkpoint_every=checkpoint_every,
                                     memory_budget=memory_budget, verify_rows=verify_rows)
     params, static = hooks.split(model)
-    live = live_ctrl(fields)
-    g = Gates(np.asarray(one_fields, np.float32), np.bool_(False))  # numpy: no tracer of a caller's trace
+    g = Gates(one_fields, one_combined, gates.live)  # numpy: no tracer of a caller's trace
 
     def program(strategy):
-        def fields_of(p, x):
-            return strategy.fields(p, static, x, step=step, loss=loss, horizon=horizon, gates=g, live_ctrl=live)
-
         def run(p, xs):
             def body(acc, x):
-                if per_sample:
-                    val, fs = jax.vmap(lambda xi: fields_of(p, jax.tree_util.tree_map(lambda a: a[None], xi)))(x)
-                    fs = jax.tree_util.tree_map(lambda a: jnp.sum(a, axis=0), fs)
-                else:
-                    val, fs = fields_of(p, x)
-                return jax.tree_util.tree_map(jnp.add, acc, (jnp.sum(val), fs)), None
+                val, upd, _, _ = flow_update(eqx.combine(p, static), x, step=step, loss=loss, horizon=horizon,
+                                             flow=flow, gates=g, backward=strategy)
+                return jax.tree_util.tree_map(jnp.add, acc, (val, upd)), None
 
-            x_one = jax.tree_util.tree_map(lambda a: a[0, :1] if per_sample else a[0], xs)
-            zero = jax.eval_shape(fields_of, p, x_one)
-            acc0 = (jnp.zeros((), jnp.float32),
-                    [jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), f) for f in zero[1]])
+            acc0 = (jnp.zeros((), jnp.float32), jax.tree_util.tree_map(jnp.zeros_like, p))
             return jax.lax.scan(body, acc0, xs)[0]
 
         return run
 
     args = (_concrete_params(params), _probe_states(x0, probe))
-    key_parts = [_jaxpr_text(model, x0, step, loss, horizon), horizon, np.asarray(one_fields, np.float32), live,
-                 per_sample, MEASURE_BATCHES, str(jax.tree_util.tree_map(lambda a: (np.shape(a), str(a.dtype)),
-                                                                         args[1]))]
+    key_parts = [_jaxpr_text(model, x0, step, loss, horizon), horizon, one_fields, gates.live, bool(one_combined),
+                 flow.label(), MEASURE_BATCHES,
+                 str(jax.tree_util.tree_map(lambda a: (np.shape(a), str(a.dtype)), args[1]))]
     calls = None if updates is None else updates / len(jax.tree_util.tree_leaves(args[1])[0])
     return choose.choose(cands, program, args, key_parts, first=backward_mod.first_round(cands),
                          neighbours=backward_mod.neighbours, calls=calls)
+
+
+def select_backward(model, x0, *, step, loss: TrajectoryLoss, horizon: int, flow: "Flow | str" = "C",
+                    backward: str = "auto", diagnostics: bool = False, checkpoint_every: "int | str | None" = "auto",
+                    memory_budget: int | None = None, verify_rows: bool = True) -> Strategy:
+    """The strategy :func:`value_and_update` would use for this controller, simulator, horizon
+    and flow (:func:`choose_backward` without its record)."""
+    flow = as_flow(flow)
+    return choose_backward(backward, model, x0, step=step, loss=loss, horizon=horizon, flow=flow,
+                           gates=flow.gates(horizon, diagnostics), checkpoint_every=checkpoint_every,
+                           memory_budget=memory_budget, verify_rows=verify_rows)[0]
 
 
 def _jaxpr_text(model, x0, step, loss, horizon) -> str:
@@ -271,11 +251,9 @@ def _value_update_fields(model, x0, *, step, loss, horizon, flow, backward, diag
     gates = flow.gates(horizon, diagnostics)
     if flow.and_mask and isinstance(checkpoint_every, str) and memory_budget is None:
         memory_budget = default_memory_budget() // max(jax.tree_util.tree_leaves(x0)[0].shape[0], 1)
-    strategy, _ = choose_backward(backward, model, x0, step=step, loss=loss, horizon=horizon, gates=gates.fields,
-                                  checkpoint_every=checkpoint_every, memory_budget=memory_budget,
-                                  per_sample=bool(flow.and_mask))
-    return flow_update(model, x0, step=step, loss=loss, horizon=horizon, gates=gates, plan=plan(flow, gates.fields),
-                       backward=strategy)
+    strategy, _ = choose_backward(backward, model, x0, step=step, loss=loss, horizon=horizon, flow=flow, gates=gates,
+                                  checkpoint_every=checkpoint_every, memory_budget=memory_budget)
+    return flow_update(model, x0, step=step, loss=loss, horizon=horizon, flow=flow, gates=gates, backward=strategy)
 
 
 def and_mask(per_sample: PyTree, tau: float) -> PyTree:

@@ -27,15 +27,15 @@ gradient decay (``decay=α``: both gates × α) are further gate patterns; a per
 (one letter per step, as the authors used for the quantum task) sets the gates step by step.
 
 :meth:`Flow.gates` turns a flow into :class:`Gates` — plain arrays that the engine reads and
-that can be batched (``vmap``) over runs of different modes — and :meth:`Flow.live_ctrl`
-says which fields need the controller's input Jacobian at all (a static property: for M and S
-the engine never forms K).
+that can be batched (``vmap``) over runs of different modes; their static ``live`` says which
+fields need the controller's input Jacobian at all (for M and S the engine never forms K).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Sequence
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -70,18 +70,27 @@ COMBINERS: dict[str, Callable[[PyTree, PyTree], PyTree]] = {
 }
 
 
-class Gates(NamedTuple):
-    """A flow as data (leaves may carry leading run axes under ``vmap``).
+class Gates(eqx.Module):
+    """A flow as data (array leaves may carry leading run axes under ``vmap``).
 
     Attributes:
       fields: (F, T, 2) float32, ``fields[f, n] = (g_ctrl, g_phys)`` of field f at step n
         (F = 1 for a single-field mode, 2 for C and for diagnostics: (field a, field b)).
       combined: bool scalar. True: the update is ``combine(field a, field b)``; False: field a
         (field b, when present, is the true gradient used only for cos/sign statistics).
+      live: static, one bool per field: is any controller gate of the field nonzero (in any run
+        that shares the program)? Only a field with a live gate needs the controller's input
+        Jacobian K = ∂N/∂x. Default: read from concrete ``fields`` (:func:`live_ctrl`).
     """
 
     fields: Any
     combined: Any
+    live: tuple[bool, ...] = eqx.field(static=True)
+
+    def __init__(self, fields, combined, live: Sequence[bool] | None = None):
+        self.fields = fields
+        self.combined = combined
+        self.live = live_ctrl(fields) if live is None else tuple(bool(b) for b in live)
 
 
 # ----------------------------------------------------------------------------- the flow
@@ -133,10 +142,6 @@ class Flow:
             fields[1] = self._schedule_gates("R", horizon, plain=True)  # diagnostics: the true gradient
         return Gates(np.stack(fields), np.bool_(self.combined))
 
-    def live_ctrl(self, horizon: int, diagnostics: bool = False) -> tuple[bool, ...]:
-        """Per field: is any controller gate nonzero (does the field need K = ∂N/∂x)?"""
-        return live_ctrl(self.gates(horizon, diagnostics).fields)
-
     def _schedule_gates(self, sched, horizon: int, plain: bool = False) -> np.ndarray:
         """(T, 2) gates of one field: a letter or a schedule, then truncation and decay
         (``plain``: without them, for the diagnostic true gradient)."""
@@ -177,6 +182,9 @@ def as_flow(flow: "Flow | str | Sequence[str]") -> Flow:
 def live_ctrl(fields) -> tuple[bool, ...]:
     """Per field f of concrete gates (…, F, T, 2), any leading run axes: is any controller gate
     nonzero (does the field need K = ∂N/∂x in any run)?"""
+    if isinstance(fields, jax.core.Tracer):
+        raise ValueError("Gates of traced fields need their live controller gates given (live=...): "
+                         "build the gates from concrete arrays, then trace them")
     g = np.asarray(fields)
     return tuple(bool(np.any(g[..., f, :, 0] != 0)) for f in range(g.shape[-3]))
 
