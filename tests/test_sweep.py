@@ -55,7 +55,11 @@ def test_presets_expand(name, quick):
     assert len({run_id(c, s) for c, s in jobs}) == len(jobs)
     if name != "toys":
         assert {c.mode for c, _ in jobs} == {"R", "M", "C", "S"}
+    if name not in ("toys", "pde"):
         assert {c.clip for c, _ in jobs} == ({"none"} if name == "cart-chain" else {"none", "value", "norm"})
+    if name == "pde":
+        assert {c.problem_params["L"] for c, _ in jobs if c.problem == "ks"} == {22, 36, 60, 100}
+        assert {c.problem for c, _ in jobs} == {"ks", "burgers", "kolmogorov"}
     if name == "cartpole":
         assert {c.problem_params["poles"] for c, _ in jobs} == {1, 2, 3, 4}
         assert all(c.epochs == (60 if quick else 1000) for c, _ in jobs)

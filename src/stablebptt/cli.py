@@ -28,8 +28,8 @@ console = Console(stderr=True)
 out = Console()
 
 #: epochs used by `stablebptt train` when --epochs is not given: short runs that visibly learn
-QUICK_EPOCHS = {"cartpole": 40, "guidance": 10, "quantum": 5, "toy-field": 100, "toy-rotation": 200, "linear": 50}
-QUICK_EPOCHS["cart-chain"] = 20
+QUICK_EPOCHS = {"cartpole": 40, "guidance": 10, "quantum": 5, "toy-field": 100, "toy-rotation": 200, "linear": 50,
+                "cart-chain": 20, "ks": 10, "burgers": 1, "kolmogorov": 1}
 
 
 def setup_jax(cache: bool = True, cpu_devices: int = 1) -> int:

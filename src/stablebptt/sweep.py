@@ -176,11 +176,16 @@ def _preset(name: str, quick: bool) -> dict:
         return dict(name="cart-chain" + ("-quick" if quick else ""), seeds=5 if not quick else 2, experiment=[dict(
             problem="cart-chain", level={"links": [1, 2, 3, 4, 5, 6]}, modes=_PAPER_MODES, clips=["none"],
             config=cfg)])
+    if name == "pde":
+        cfg = dict(epochs=100, data="seeded") if not quick else dict(epochs=5, n_train=64, n_test=32, data="seeded")
+        return dict(name="pde" + ("-quick" if quick else ""), seeds=5 if not quick else 2, experiment=[
+            dict(problem="ks", level={"L": [22, 36, 60, 100]}, modes=_PAPER_MODES, config=cfg),
+            dict(problem="burgers", modes=_PAPER_MODES, config=cfg),
+            dict(problem="kolmogorov", modes=_PAPER_MODES, config=cfg)])
     raise SpecError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
 
 
-PRESETS = ("cartpole", "guidance", "quantum", "toys")
-PRESETS += ("cart-chain",)
+PRESETS = ("cartpole", "guidance", "quantum", "toys", "cart-chain", "pde")
 
 
 def load_spec(source: "str | Path | dict", *, quick: bool = False, seeds: int | None = None) -> SweepSpec:

@@ -46,6 +46,9 @@ _BUILTIN: dict[str, str] = {
     "guidance": "guidance",
     "quantum": "quantum",
     "cart-chain": "chain",
+    "ks": "ks",
+    "burgers": "burgers",
+    "kolmogorov": "kolmogorov",
 }
 #: the entry-point group through which installed packages publish problems
 ENTRY_POINTS = "stablebptt.problems"

@@ -8,6 +8,9 @@
   PhiFlow step on fields (grids, tensors), JAX kept in float32.
 * :func:`jax_cfd_problem` / :func:`navier_stokes_step` (``stablebptt.problems.adapters.jax_cfd``,
   extra ``[jax-cfd]``): a jax-cfd velocity step with a control, on current JAX.
+* :func:`exponax_problem` / :func:`exponax_step` / :func:`gaussian_actuators`
+  (``stablebptt.problems.adapters.exponax``, extra ``[exponax]``): a PDE of an exponax
+  stepper with an additive control (a force field or K actuators).
 
 Each returns a :class:`~stablebptt.problems.Problem` for :func:`stablebptt.value_and_update` and
 :func:`stablebptt.runner.train`. The engines are imported when an adapter is first used, so this
@@ -19,7 +22,8 @@ from importlib import import_module
 
 _EXPORTS = {"brax_problem": ".brax", "ode_problem": ".diffrax", "ode_step": ".diffrax",
             "phiflow_problem": ".phiflow",
-            "jax_cfd_problem": ".jax_cfd", "navier_stokes_step": ".jax_cfd"}
+            "jax_cfd_problem": ".jax_cfd", "navier_stokes_step": ".jax_cfd",
+            "exponax_problem": ".exponax", "exponax_step": ".exponax", "gaussian_actuators": ".exponax"}
 
 
 def __getattr__(name: str):
