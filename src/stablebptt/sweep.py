@@ -589,8 +589,8 @@ def run_sweep(spec: SweepSpec, root: str | Path, *, executor: str = "local", wor
 
 
 # ----------------------------------------------------------------------------- summaries
-LEVEL_PARAM = {"cartpole": "param_poles", "guidance": "param_rc", "quantum": "param_target"}
-LEVEL_PARAM["cart-chain"] = "param_links"
+LEVEL_PARAM = {"cartpole": "param_poles", "guidance": "param_rc", "quantum": "param_target",
+               "cart-chain": "param_links", "ks": "param_L"}
 
 
 def _level_cols(problem: str, d) -> list[str]:
