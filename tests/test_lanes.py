@@ -48,7 +48,7 @@ def test_lanes_of_one_program_give_each_modes_update(name, steps):
     vals, ups, infos, _ = jax.jit(jax.vmap(lambda l: F.flow_update(
         model, x0, flow=F.Flow("C"), gates=l, backward=strategy, **kw)))(lanes)
     for i, f in enumerate(flows):
-        v, u, info = F.value_and_update(model, x0, flow=f, diagnostics=True, **kw)
+        v, u, info = F.value_and_update(model, x0, flow=f, diagnostics=True, backward=F.Autodiff(), **kw)
         lane_u = jax.tree_util.tree_map(lambda a: a[i], ups)
         assert float(vals[i]) == pytest.approx(float(v), rel=1e-5), f.label()
         assert _rel(lane_u, u) < 2e-5, f.label()
