@@ -28,6 +28,7 @@ out = Console()
 
 #: epochs used by `stablebptt train` when --epochs is not given: short runs that visibly learn
 QUICK_EPOCHS = {"cartpole": 40, "guidance": 10, "quantum": 5, "toy-field": 100, "toy-rotation": 200, "linear": 50}
+QUICK_EPOCHS["hopper"] = 10  # MJX contact physics: a minute or two per run after compiling
 
 
 def setup_jax(cache: bool = True, cpu_devices: int = 1) -> int:

@@ -45,6 +45,7 @@ _BUILTIN: dict[str, str] = {
     "cartpole": "cartpole",
     "guidance": "guidance",
     "quantum": "quantum",
+    "hopper": "hopper",
 }
 #: the entry-point group through which installed packages publish problems
 ENTRY_POINTS = "stablebptt.problems"
