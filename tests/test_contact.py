@@ -31,6 +31,8 @@ from stablebptt.runner import train  # noqa: E402
 HOPPER_XML = epath.resource_path("brax") / "envs/assets/hopper.xml"
 #: physics steps per simulator step of Brax's hopper
 N_FRAMES = 4
+#: compile options for the programs these tests build themselves (CPU: about half the compile time)
+FAST_COMPILE = {"xla_cpu_use_fusion_emitters": False}
 
 #: a box on two slide joints (x, z) resting on a floor, a motor pushing it along x: the smallest
 #: model with a frictional contact
@@ -180,7 +182,7 @@ def test_hopper_step_equals_mjx_step_and_mujoco():
     def both(x, c):
         return p.step(x, c), jax.vmap(mjx_steps)(x[:, :6], x[:, 6:], c)
 
-    got, own = map(np.asarray, jax.jit(both)(jnp.asarray(x), jnp.asarray(c)))
+    got, own = map(np.asarray, jax.jit(both, compiler_options=FAST_COMPILE)(jnp.asarray(x), jnp.asarray(c)))
     scale = np.abs(own).max()
     assert np.abs(own - x).max() > 1e-2 * scale  # the step moves the state
     np.testing.assert_allclose(got, own, rtol=0, atol=16 * EPS32 * scale)
@@ -213,7 +215,7 @@ def test_hopper_gradient_matches_central_differences():
         e = jnp.eye(3, dtype=jnp.float32) * h
         return jax.grad(f)(a), jax.vmap(f)(a + e), jax.vmap(f)(a - e), f(a)
 
-    g, up, down, f0 = map(np.asarray, jax.jit(grad_and_differences)(a0))
+    g, up, down, f0 = map(np.asarray, jax.jit(grad_and_differences, compiler_options=FAST_COMPILE)(a0))
     fd = (up.astype(np.float64) - down) / (2 * h)
     # central differences: round-off ~ eps·|f|/h, truncation O(h²); the gradient's scale decides
     tol = max(100 * EPS32 * max(abs(float(f0)), 1.0) / h, 2e-3 * np.abs(g).max())
