@@ -142,11 +142,17 @@ def test_hopper_problem_builds_and_validates():
 
 
 # ----------------------------------------------------------------------------- the step (slow: MJX compiles)
+#: height of the foot capsule's lowest point above the floor in Brax's standing pose [m]
+#: (``init_q`` holds the hopper 4 cm up: its foot geom is centred 0.1 m above the foot body's
+#: origin, with radius 0.06)
+FOOT_CLEARANCE = 0.04
+
+
 def _pressed_states(p, n):
-    """n hopper states around the standing pose with the foot pressed 5, 10, … mm into the floor
-    (both ends of the foot capsule in contact)."""
+    """n hopper states around the standing pose, lowered so that the foot is pressed 5, 10, …
+    mm into the floor (the foot–floor contact active)."""
     x = p.sample_data(0, n, 0)[0].astype(np.float32)
-    x[:, 1] = -0.005 * (1 + np.arange(n))
+    x[:, 1] = -FOOT_CLEARANCE - 0.005 * (1 + np.arange(n))
     return x
 
 
@@ -155,9 +161,11 @@ def _mujoco_step(mj, row, action):
     d = mujoco.MjData(mj)
     d.qpos[:], d.qvel[:], d.ctrl[:] = row[:6], row[6:], action
     mujoco.mj_forward(mj, d)
+    contacts = []
     for _ in range(N_FRAMES):
         mujoco.mj_step(mj, d)
-    return np.concatenate([d.qpos, d.qvel])
+        contacts.append(d.ncon)
+    return np.concatenate([d.qpos, d.qvel]), min(contacts)
 
 
 @pytest.mark.slow
@@ -187,10 +195,12 @@ def test_hopper_step_equals_mjx_step_and_mujoco():
     assert np.abs(own - x).max() > 1e-2 * scale  # the step moves the state
     np.testing.assert_allclose(got, own, rtol=0, atol=16 * EPS32 * scale)
 
-    c_ref = np.stack([_mujoco_step(mj, x[b].astype(np.float64), c[b].astype(np.float64)) for b in range(3)])
-    np.testing.assert_allclose(got, c_ref, rtol=0, atol=1e-3 * scale)
+    c_ref, contacts = zip(*(_mujoco_step(mj, x[b].astype(np.float64), c[b].astype(np.float64)) for b in range(3)))
+    assert min(contacts) >= 1  # the foot touches the floor in every physics step of every row
+    np.testing.assert_allclose(got, np.stack(c_ref), rtol=0, atol=1e-3 * scale)
     mj.opt.iterations, mj.opt.ls_iterations = 100, 50
-    converged = np.stack([_mujoco_step(mj, x[b].astype(np.float64), c[b].astype(np.float64)) for b in range(3)])
+    converged = np.stack([_mujoco_step(mj, x[b].astype(np.float64), c[b].astype(np.float64))[0] for b in range(3)])
+    c_ref = np.stack(c_ref)
     print(f"hopper step: |adapter − mjx.step| {np.abs(got - own).max():.2e}, |adapter − MuJoCo C (1 iteration)| "
           f"{np.abs(got - c_ref).max():.2e}, |adapter − MuJoCo C converged| {np.abs(got - converged).max():.2e}, "
           f"state scale {scale:.2f}")
@@ -198,23 +208,28 @@ def test_hopper_step_equals_mjx_step_and_mujoco():
 
 @pytest.mark.slow
 def test_hopper_gradient_matches_central_differences():
-    """d/da of (ẋ + Δz) after T = 4 steps with the action a held, by jax.grad through MJX's
+    """d/da of (ẋ + Δz) after T = 2 steps with the action a held, by jax.grad through MJX's
     contact solve, against central differences of the same float32 rollout. The foot starts
-    10 mm in the floor so the contact stays active under every perturbation (the solve is
-    smooth there; across a contact change it is not)."""
+    10 mm in the floor so the contact stays active in every physics step (checked with MuJoCo)
+    under every perturbation: the solve is smooth there; across a contact change it is not."""
     p = problems.get("hopper")
     x0 = jnp.asarray(_pressed_states(p, 2)[1:])
     a0 = jnp.asarray([0.3, -0.2, 0.1], jnp.float32)
     h = 3e-3
 
     def f(a):
-        xT = jax.lax.fori_loop(0, 4, lambda _, x: p.step(x, a[None]), x0)
+        xT = jax.lax.fori_loop(0, 2, lambda _, x: p.step(x, a[None]), x0)
         return xT[0, 6] + xT[0, 1]
 
     def grad_and_differences(a):
         e = jnp.eye(3, dtype=jnp.float32) * h
         return jax.grad(f)(a), jax.vmap(f)(a + e), jax.vmap(f)(a - e), f(a)
 
+    mj = mjcf.load_mjmodel(HOPPER_XML)
+    mj.opt.iterations, mj.opt.ls_iterations = 1, 4
+    for a in np.asarray(a0) + np.concatenate([np.zeros((1, 3)), h * np.eye(3), -h * np.eye(3)]):
+        x, contacts = _mujoco_step(mj, np.asarray(x0[0], np.float64), a)
+        assert contacts >= 1 and _mujoco_step(mj, x, a)[1] >= 1
     g, up, down, f0 = map(np.asarray, jax.jit(grad_and_differences, compiler_options=FAST_COMPILE)(a0))
     fd = (up.astype(np.float64) - down) / (2 * h)
     # central differences: round-off ~ eps·|f|/h, truncation O(h²); the gradient's scale decides
