@@ -119,3 +119,7 @@ def assert_leaves_global_rng_alone(sample_data):
     np.random.seed(7)
     sample_data("paper", 4, 4)
     assert np.random.rand() == a
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: compiles a large program (minutes on a CPU); deselect with -m 'not slow'")

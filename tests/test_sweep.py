@@ -56,7 +56,7 @@ def test_presets_expand(name, quick):
     if name != "toys":
         assert {c.mode for c, _ in jobs} == {"R", "M", "C", "S"}
     if name not in ("toys", "pde"):
-        assert {c.clip for c, _ in jobs} == ({"none"} if name == "cart-chain" else {"none", "value", "norm"})
+        assert {c.clip for c, _ in jobs} == ({"none"} if name in ("cart-chain", "hopper") else {"none", "value", "norm"})
     if name == "pde":
         assert {c.problem_params["L"] for c, _ in jobs if c.problem == "ks"} == {22, 36, 60, 100}
         assert {c.problem for c, _ in jobs} == {"ks", "burgers", "kolmogorov"}
@@ -67,6 +67,10 @@ def test_presets_expand(name, quick):
         assert {c.problem_params["rc"] for c, _ in jobs} == {1.0, 0.1, 0.01, 0.001}
     if name == "quantum":
         assert {c.problem_params["target"] for c, _ in jobs} == {3, 4, 5}
+    if name == "hopper":  # R, M, C, S, truncated and decayed BPTT, the same budget for each
+        assert {(c.mode, c.truncate, c.decay) for c, _ in jobs} == {
+            ("R", 0, 1.0), ("M", 0, 1.0), ("C", 0, 1.0), ("S", 0, 1.0), ("R", 10, 1.0), ("R", 0, 0.9)}
+        assert {(c.epochs, c.n_train) for c, _ in jobs} == {(10, 32) if quick else (100, 64)}
 
 
 def folder_state(root):

@@ -29,7 +29,7 @@ out = Console()
 
 #: epochs used by `stablebptt train` when --epochs is not given: short runs that visibly learn
 QUICK_EPOCHS = {"cartpole": 40, "guidance": 10, "quantum": 5, "toy-field": 100, "toy-rotation": 200, "linear": 50,
-                "cart-chain": 20, "ks": 10, "burgers": 1, "kolmogorov": 1}
+                "cart-chain": 20, "ks": 10, "burgers": 1, "kolmogorov": 1, "hopper": 10}
 
 
 def setup_jax(cache: bool = True, cpu_devices: int = 1) -> int:

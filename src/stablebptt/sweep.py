@@ -182,10 +182,24 @@ def _preset(name: str, quick: bool) -> dict:
             dict(problem="ks", level={"L": [22, 36, 60, 100]}, modes=_PAPER_MODES, config=cfg),
             dict(problem="burgers", modes=_PAPER_MODES, config=cfg),
             dict(problem="kolmogorov", modes=_PAPER_MODES, config=cfg)])
+    if name == "hopper":
+        return _hopper_preset(quick)
     raise SpecError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
 
 
-PRESETS = ("cartpole", "guidance", "quantum", "toys", "cart-chain", "pde")
+PRESETS = ("cartpole", "guidance", "quantum", "toys", "cart-chain", "pde", "hopper")
+
+
+def _hopper_preset(quick: bool) -> dict:
+    """The contact rung: R, M, C, S, truncated BPTT (k = 10 of T = 50 steps) and gradient decay
+    (α = 0.9) on the MJX hopper, paired by seed, with the same settings for every mode."""
+    cfg = dict(epochs=100, data="seeded") if not quick else dict(epochs=10, n_train=32, n_test=32, data="seeded")
+    block = dict(problem="hopper", clips=["none"], optimizers=[dict(optimizer="adam", lr=1e-3)])
+    return dict(name="hopper" + ("-quick" if quick else ""), seeds=5 if not quick else 2, experiment=[
+        dict(block, modes=_PAPER_MODES, config=cfg),
+        dict(block, modes=["R"], config=cfg | dict(truncate=10)),
+        dict(block, modes=["R"], config=cfg | dict(decay=0.9)),
+    ])
 
 
 def load_spec(source: "str | Path | dict", *, quick: bool = False, seeds: int | None = None) -> SweepSpec:

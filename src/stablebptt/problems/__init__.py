@@ -49,6 +49,7 @@ _BUILTIN: dict[str, str] = {
     "ks": "ks",
     "burgers": "burgers",
     "kolmogorov": "kolmogorov",
+    "hopper": "hopper",
 }
 #: the entry-point group through which installed packages publish problems
 ENTRY_POINTS = "stablebptt.problems"

@@ -2,10 +2,32 @@ r"""A Brax environment as a :class:`~stablebptt.problems.Problem` (``pip install
 
     problem = brax_problem("inverted_double_pendulum", horizon=50, reward=my_reward)
 
-Any Brax ``PipelineEnv`` with a differentiable pipeline (``generalized``, ``positional``,
-``spring``; ``mjx`` where its solver is differentiable) works: only the physics pipeline of the
-environment is used — its ``pipeline_init`` and ``pipeline_step`` — never its ``reset``/``step``,
-reward or termination.
+Any Brax ``PipelineEnv`` works (pipelines ``generalized``, ``positional``, ``spring`` and
+``mjx``), and so does a MuJoCo model given directly (a ``mujoco.MjModel`` or an ``mjx.Model``,
+stepped by Brax's MJX pipeline, ``n_frames`` physics steps per simulator step): only the physics
+pipeline is used — ``pipeline_init`` and ``pipeline_step`` — never an environment's
+``reset``/``step``, reward or termination.
+
+MJX: solver settings that differentiate
+---------------------------------------
+MuJoCo's constraint solver (Newton or CG on the convex contact/limit problem) is, in MJX, a
+``lax.while_loop`` over solver iterations when ``opt.iterations > 1``: reverse-mode autodiff
+(``jax.grad``, hence BPTT) cannot differentiate a ``while_loop``. With ``opt.iterations = 1``
+MJX runs the one iteration without a loop, and its line search is a ``lax.scan`` of fixed length
+``opt.ls_iterations`` (iterations after convergence are no-ops), which differentiates. So on
+the MJX pipeline the adapter sets, on a copy of the system (the user's object is not changed)::
+
+    opt.iterations    = 1                   (any other value is refused: no reverse mode)
+    opt.ls_iterations = ls_iterations       (default 4; any integer ≥ 1 differentiates)
+
+whatever the model file says (Brax's hopper asks for 4 iterations). One solver iteration per
+physics step from MJX's warm start (the previous frame's accelerations within a simulator step,
+else the smooth dynamics) is an inexact solve where several contacts interact; the tests
+measure it against MuJoCo's own converged C solver. The line search is computed in full under
+``vmap`` (a batched ``cond`` evaluates both branches) and stored for the reverse pass, so its
+cost and memory grow linearly with ``ls_iterations``; 4 keeps the gradient equal to finite
+differences of the same step. A model whose MJX implementation is not JAX (``impl="c"`` or
+``"warp"``: foreign calls, no derivative) is refused.
 
 State, control, step
 --------------------
@@ -48,7 +70,7 @@ written with ``ps.qd`` and ``control_weight`` instead.
 Data, controller
 ----------------
 ``sample_data(seed, n_train, n_test)`` draws x_0 with ``sample_states(rng, n)`` (a
-``np.random.Generator`` and a count → (n, nq + nv)); by default q = ``sys.init_q`` + U[−q_noise,
+``np.random.Generator`` and a count → (n, nq + nv)); by default q = ``sys.init_q`` (a raw model: ``qpos0``) + U[−q_noise,
 q_noise] and q̇ = U[−qd_noise, qd_noise] entrywise (the classic control environments' reset, with
 a chosen spread). ``seed="paper"`` is the fixed seed 42 (there is no published data set). The
 controller is the library's MLP on x, or on ``observe(ps)`` (one pipeline state → a 1-D
@@ -56,6 +78,7 @@ observation) when ``observe`` is given, with ``widths`` hidden tanh layers and a
 """
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -79,8 +102,65 @@ def _import_brax():
     return envs
 
 
-def _environment(env, backend: str, env_kwargs: Mapping[str, Any] | None):
-    """A Brax ``PipelineEnv`` (unwrapped) from an instance or a registered name."""
+#: MJX's constraint-solver iterations the adapter allows: more run in a ``lax.while_loop``,
+#: which reverse-mode autodiff cannot differentiate
+MJX_ITERATIONS = 1
+#: the default length of MJX's line search (a fixed-length ``lax.scan``; any value ≥ 1 differentiates)
+MJX_LS_ITERATIONS = 4
+
+
+def _model_env(model, n_frames: int):
+    """A pipeline environment (``sys``, ``dt``, ``backend``, ``action_size``, ``pipeline_init``,
+    ``pipeline_step``) stepping a MuJoCo model with Brax's MJX pipeline, ``n_frames`` physics
+    steps per step; ``model`` is a ``mujoco.MjModel`` (put on the device with ``mjx.put_model``)
+    or an ``mjx.Model``."""
+    _import_brax()
+    import mujoco
+    from brax.mjx import pipeline
+    from mujoco import mjx
+
+    sys = mjx.put_model(model) if isinstance(model, mujoco.MjModel) else model
+
+    class MJXModelEnv:
+        backend = "mjx"
+
+        def __init__(self, sys):
+            self.sys = sys
+
+        @property
+        def dt(self):
+            return self.sys.opt.timestep * n_frames
+
+        @property
+        def action_size(self) -> int:
+            return int(self.sys.nu)
+
+        def pipeline_init(self, q, qd):
+            return pipeline.init(self.sys, q, qd)
+
+        def pipeline_step(self, ps, action):
+            return jax.lax.scan(lambda s, _: (pipeline.step(self.sys, s, action), None), ps, (), n_frames)[0]
+
+    return MJXModelEnv(sys)
+
+
+def _is_mujoco_model(env) -> bool:
+    """Whether ``env`` is a raw MuJoCo model (``mujoco.MjModel`` or an ``mjx.Model`` that is not
+    a Brax environment's system); only checked once the modules are importable."""
+    try:
+        import mujoco
+        from mujoco import mjx
+    except ImportError:  # pragma: no cover - exercised only without the extra
+        return False
+    return isinstance(env, (mujoco.MjModel, mjx.Model))
+
+
+def _environment(env, backend: str, env_kwargs: Mapping[str, Any] | None, n_frames: int | None):
+    """A Brax ``PipelineEnv`` (unwrapped) from an instance or a registered name, or a pipeline
+    environment of a raw MuJoCo model (:func:`_model_env`)."""
+    if n_frames is not None and not _is_mujoco_model(env):
+        raise ValueError(f"{WHO}: n_frames={n_frames!r} applies to a MuJoCo model given directly; a Brax "
+                         "environment sets its own (env_kwargs=dict(n_frames=…) for one given by name)")
     if isinstance(env, str):
         envs = _import_brax()
         try:
@@ -91,12 +171,53 @@ def _environment(env, backend: str, env_kwargs: Mapping[str, Any] | None):
     if env_kwargs:
         raise ValueError(f"{WHO}: env_kwargs apply to an environment given by name; got an instance "
                          f"({type(env).__name__}) with env_kwargs={dict(env_kwargs)!r}")
+    if _is_mujoco_model(env):
+        return _model_env(env, _common.positive_int(1 if n_frames is None else n_frames, "n_frames", WHO))
     inner = getattr(env, "unwrapped", env)
     missing = [a for a in ("pipeline_init", "pipeline_step", "sys", "dt") if not hasattr(inner, a)]
     if missing:
         raise ValueError(f"{WHO}: env={env!r} is not a Brax PipelineEnv (it lacks {', '.join(missing)}); "
-                         "give a registered name or a brax.envs.PipelineEnv instance")
+                         "give a registered name, a brax.envs.PipelineEnv instance, a mujoco.MjModel or an "
+                         "mjx.Model")
     return inner
+
+
+def _differentiable_mjx(penv, iterations, ls_iterations):
+    """``(penv, settings)``: on the MJX pipeline, a shallow copy of ``penv`` whose system's
+    solver differentiates (``opt.iterations`` = 1, ``opt.ls_iterations`` = ``ls_iterations`` or
+    :data:`MJX_LS_ITERATIONS`; module docstring) and those settings as a dict; on another
+    pipeline ``penv`` itself and ``{}``. ValueError, one line, for a setting with no reverse-mode
+    derivative or for solver settings given to another pipeline."""
+    backend = getattr(penv, "backend", None)
+    if backend != "mjx":
+        given = [f"{k}={v!r}" for k, v in (("iterations", iterations), ("ls_iterations", ls_iterations))
+                 if v is not None]
+        if given:
+            raise ValueError(f"{WHO}: {', '.join(given)} set MJX's constraint solver; the environment uses the "
+                             f"{backend!r} pipeline (give them with backend='mjx' or an MJX model)")
+        return penv, {}
+    if iterations is not None and (isinstance(iterations, bool) or iterations != MJX_ITERATIONS):
+        raise ValueError(f"{WHO}: iterations={iterations!r}: MJX runs more than one constraint-solver iteration "
+                         f"in a lax.while_loop, which reverse-mode autodiff cannot differentiate; allowed: "
+                         f"iterations={MJX_ITERATIONS} (the default)")
+    ls = MJX_LS_ITERATIONS if ls_iterations is None else _common.positive_int(ls_iterations, "ls_iterations", WHO)
+    sys = penv.sys
+    impl = getattr(getattr(sys, "impl", None), "value", "jax")
+    if impl != "jax":
+        raise ValueError(f"{WHO}: the MJX model has impl={impl!r}, which calls compiled code that JAX cannot "
+                         "differentiate; allowed: impl='jax' (mjx.put_model(model, impl='jax'))")
+    penv = copy.copy(penv)
+    penv.sys = sys.replace(opt=sys.opt.replace(iterations=MJX_ITERATIONS, ls_iterations=ls))
+    return penv, dict(iterations=MJX_ITERATIONS, ls_iterations=ls)
+
+
+def _sizes(penv) -> tuple[int, int, int, np.ndarray]:
+    """``(nq, nv, nu, initial q)`` of a pipeline environment's system (a Brax ``System``:
+    ``init_q``; a raw ``mjx.Model``: ``qpos0``)."""
+    sys = penv.sys
+    init_q = getattr(sys, "init_q", None)
+    init_q = sys.qpos0 if init_q is None else init_q
+    return int(sys.nq), int(sys.nv), int(penv.action_size), np.asarray(init_q, np.float64)
 
 
 def _default_sampler(init_q: np.ndarray, nv: int, q_noise: float, qd_noise: float) -> Callable:
@@ -150,6 +271,9 @@ def brax_problem(
     qd_noise: float = 0.1,
     backend: str = "generalized",
     env_kwargs: Mapping[str, Any] | None = None,
+    iterations: int | None = None,
+    ls_iterations: int | None = None,
+    n_frames: int | None = None,
     widths: Sequence[int] = (64, 64),
     zero_last: bool = True,
     name: str | None = None,
@@ -158,8 +282,9 @@ def brax_problem(
     """A Brax environment's physics as a problem (module docstring: state, step, loss, data).
 
     Args:
-      env: a registered Brax environment name (built with ``backend`` and ``env_kwargs``) or a
-        ``brax.envs.PipelineEnv`` instance (wrappers are unwrapped).
+      env: a registered Brax environment name (built with ``backend`` and ``env_kwargs``), a
+        ``brax.envs.PipelineEnv`` instance (wrappers are unwrapped), or a MuJoCo model
+        (``mujoco.MjModel`` or ``mjx.Model``) stepped by Brax's MJX pipeline.
       horizon: T, simulator steps per trajectory (each ``env.dt`` seconds).
       state_loss / reward: exactly one; ``f(pipeline_state) -> scalar`` for one unbatched state.
       on: ``"every"`` (mean over x_1 … x_T) or ``"final"`` (x_T only).
@@ -167,6 +292,10 @@ def brax_problem(
       observe: ``observe(pipeline_state) -> (k,)``: the controller's input; None: x itself.
       sample_states: ``(rng, n) -> (n, nq + nv)`` initial states; None: uniform around
         ``sys.init_q`` with half-widths ``q_noise`` (q) and ``qd_noise`` (q̇).
+      iterations / ls_iterations: MJX's constraint-solver iterations (only 1 differentiates;
+        the MJX pipeline always runs 1) and line-search iterations (default 4); MJX only
+        (module docstring).
+      n_frames: physics steps per simulator step for a MuJoCo model given directly (default 1).
       widths: hidden layer widths of the MLP controller.
       zero_last: the controller's default for a zero-initialised last kernel (untrained: c = 0).
       name: the problem's name (default ``"brax-<environment class>"``).
@@ -178,13 +307,14 @@ def brax_problem(
     _check_options(on, observe, sample_states)
     q_noise, qd_noise = _noise(q_noise, qd_noise)
 
-    penv = _environment(env, backend, env_kwargs)
+    penv = _environment(env, backend, env_kwargs, n_frames)
+    penv, solver = _differentiable_mjx(penv, iterations, ls_iterations)
     sys = penv.sys
     na = int(getattr(sys, "na", 0) or 0)
     if na:
         raise ValueError(f"{WHO}: the system has {na} actuator activation state(s) (sys.na = {na}); the adapter "
                          "carries (q, q̇) only and cannot rebuild them")
-    nq, nv, nu = int(sys.q_size()), int(sys.qd_size()), int(penv.action_size)
+    nq, nv, nu, init_q = _sizes(penv)
     state_shape, control_shape = (nq + nv,), (nu,)
 
     def pipeline_state(x_row):
@@ -210,15 +340,17 @@ def brax_problem(
     features, feature_size = _common.row_features(
         None if observe is None else (lambda x_row: observe(pipeline_state(x_row))), state_shape)
 
-    sampler = sample_states or _default_sampler(np.asarray(sys.init_q, np.float64), nv, q_noise, qd_noise)
+    sampler = sample_states or _default_sampler(init_q, nv, q_noise, qd_noise)
 
     sample_data = _common.data_sampler(sampler, state_shape, WHO)
 
-    env_name = env if isinstance(env, str) else type(penv).__name__
+    env_name = env if isinstance(env, str) else type(env).__name__ if _is_mujoco_model(env) else type(penv).__name__
     dt = float(penv.dt)
+    pipeline = getattr(penv, "backend", backend)
+    solved = f", {solver['iterations']} solver iteration, {solver['ls_iterations']} line-search" if solver else ""
     return Problem(
-        name=name or f"brax-{type(penv).__name__}",
-        params=dict(env=env_name, backend=getattr(penv, "backend", backend), horizon=horizon, dt=dt,
+        name=name or ("mjx-model" if _is_mujoco_model(env) else f"brax-{type(penv).__name__}"),
+        params=dict(env=env_name, backend=pipeline, horizon=horizon, dt=dt, **solver,
                     state_loss=_common.callable_name(state_loss), reward=_common.callable_name(reward), on=on,
                     control_weight=float(control_weight), observe=_common.callable_name(observe),
                     sample_states=_common.callable_name(sample_states), q_noise=q_noise, qd_noise=qd_noise,
@@ -232,7 +364,7 @@ def brax_problem(
         control_shape=control_shape,
         defaults=dict(defaults or dict(epochs=50, lr=1e-3, batch_size=8, n_train=64, n_test=64)),
         zero_last_default=bool(zero_last),
-        description=(f"Brax {env_name} ({getattr(penv, 'backend', backend)} pipeline), T = {horizon * dt:g} s "
+        description=(f"Brax {env_name} ({pipeline} pipeline{solved}), T = {horizon * dt:g} s "
                      f"({horizon} steps of {dt:g} s): {'mean' if on == 'every' else 'final'} {label}"),
     )
 
