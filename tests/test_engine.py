@@ -662,3 +662,23 @@ def test_errors_that_are_not_about_shapes_propagate(toy):
 
     with pytest.raises(RuntimeError, match="the simulator's own bug"):
         unroll.check_problem_inputs(model, x0, broken, 3)
+
+
+def test_measuring_is_skipped_when_it_would_cost_more_than_a_tenth_of_the_run(tmp_path, monkeypatch):
+    """With the number of calls the run will make, the first candidate is timed alone; the others
+    are compiled and timed only when that is expected to cost at most WORTH of the run's time
+    with the first (the record says why it skipped, and nothing is cached), else all are timed."""
+    from stablebptt.core import choose
+
+    monkeypatch.setenv("STABLEBPTT_BACKWARD_CACHE", str(tmp_path))
+    choose.forget()
+    x = np.ones((64, 64), np.float32)
+    program = lambda k: (lambda a: jnp.sum(jnp.linalg.matrix_power(a / 64.0, int(k))))  # noqa: E731
+    cands = [3, 50, 2]
+    short, rec = choose.choose(cands, program, (x,), ["short run"], calls=1)
+    assert short == 3 and "skipped" in rec and set(rec["candidates"]) == {"3"}
+    assert not list(tmp_path.glob("*.json"))
+    best, rec = choose.choose(cands, program, (x,), ["long run"], calls=1e12)
+    assert "skipped" not in rec and set(rec["candidates"]) == {"3", "50", "2"}
+    assert best == min(cands, key=lambda c: rec["candidates"][repr(c)])
+    assert len(list(tmp_path.glob("*.json"))) == 1

@@ -37,9 +37,10 @@ CACHE_ENV = "STABLEBPTT_BACKWARD_CACHE"
 #: calls of each compiled candidate that are timed (after one untimed call); the minimum counts
 REPEATS = 3
 #: the share of a run's time (with the first candidate) that compiling and timing the other
-#: candidates may cost (``choose``'s ``calls``): never more than the run itself. The decision is
-#: cached, so only the first run of a signature pays; a paper-length run (1000 epochs) pays ~5 %.
-WORTH = 1.0
+#: candidates may cost (``choose``'s ``calls``). A shorter run keeps the first candidate (unless
+#: a decision for its signature is cached); the decision is cached, so only the first run of a
+#: signature pays.
+WORTH = 0.1
 #: bump when the measurement itself changes, so that older decisions are not reused
 _VERSION = 1
 
