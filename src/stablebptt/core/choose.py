@@ -119,7 +119,7 @@ def choose(candidates: Sequence[Any], program: Callable[[Any], Callable], args: 
       first, neighbours: a search in two rounds instead of timing every candidate (each costs
         a compilation): round one times ``first`` (one candidate of each family), round two
         the best of them again beside ``neighbours(best)`` (the candidates that differ from
-        it in one option); the fastest of round two is kept.
+        it in one option); the candidate with the least recorded time is kept.
       calls: how often the run will call the timed work (None: unknown, measure). The first
         candidate (the reference) is timed alone first; when compiling the others is expected
         to cost more than :data:`WORTH` of the run's time with the reference, the reference is
@@ -160,7 +160,7 @@ def choose(candidates: Sequence[Any], program: Callable[[Any], Callable], args: 
         round2 = [best] + [c for c in neighbours(best) if repr(c) in names and repr(c) not in times]
         if len(round2) > 1:
             times |= dict(zip(map(repr, round2), measure(round2, program, args, compiled)))
-            best = min(round2, key=lambda c: times[repr(c)])
+            best = min((c for c in candidates if repr(c) in times), key=lambda c: times[repr(c)])
     rec = {"chosen": repr(best), "candidates": times,
            "measure_s": round(time.perf_counter() - t0, 3), "cached": False, "signature": key}
     _store(key, rec)
