@@ -14,7 +14,8 @@ new/old pair. Ratios new/old < 1 mean the new tree is faster.
 * ``epoch``: the median steady epoch (epochs 3 … E) of ``train()`` for one seed, with one CPU
   device (evaluation after the updates) and with two (``stablebptt train``'s setting on a
   multi-core CPU, where the tree evaluates on the second device).
-* ``first``: from calling ``train()`` to the end of epoch 1, with an empty compilation cache.
+* ``first``: from calling ``train()`` to the end of epoch 1, with no compilation cache and no
+  cached backward decision (a fresh machine).
 """
 from __future__ import annotations
 
@@ -78,11 +79,11 @@ print("RESULT " + json.dumps(out))
 '''
 
 
-def run_worker(tree: Path, args: list, cache: str | None) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(tree / "src"))
-    env.pop("STABLEBPTT_CACHE_DIR", None)
-    if cache is None:
-        env["STABLEBPTT_NO_CACHE"] = "1"
+def run_worker(tree: Path, args: list, decisions: str | None = None) -> dict:
+    """One measurement in a fresh process on ``tree``; ``decisions``: the folder of the backward
+    decision cache (the new tree's ``STABLEBPTT_BACKWARD_CACHE``; None: none on disk)."""
+    env = dict(os.environ, PYTHONPATH=str(tree / "src"), STABLEBPTT_NO_CACHE="1",
+               STABLEBPTT_BACKWARD_CACHE=decisions or "off")
     proc = subprocess.run([sys.executable, "-c", WORKER, json.dumps(args)], env=env, capture_output=True,
                           text=True, timeout=900)
     for line in proc.stdout.splitlines():
@@ -118,13 +119,13 @@ def main(argv=None) -> int:
             params = PROBLEMS[name]
             for which, tree in trees.items():
                 if "update" in parts:
-                    out = run_worker(tree, ["update", prob, params, list(UPDATE_MODES), a.reps, 0, 1], cache=None)
+                    out = run_worker(tree, ["update", prob, params, list(UPDATE_MODES), a.reps, 0, 1])
                     for m, v in out["ms"].items():
                         record(("update", name, m), which, v)
                 for mode in EPOCH_MODES if {"epoch", "first"} & set(parts) else ():
                     for dev in (1, 2) if "epoch" in parts else (2,):
-                        with tempfile.TemporaryDirectory() as cache:
-                            out = run_worker(tree, ["epoch", prob, params, [mode], 0, a.epochs, dev], cache=cache)
+                        with tempfile.TemporaryDirectory() as decisions:  # a fresh machine: no decision cached
+                            out = run_worker(tree, ["epoch", prob, params, [mode], 0, a.epochs, dev], decisions)
                         if "epoch" in parts:
                             record(("epoch", name, f"{mode} dev{dev}"), which, out["epoch_ms"])
                         if "first" in parts and dev == 2:

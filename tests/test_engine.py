@@ -523,7 +523,13 @@ def test_candidates_follow_the_controller_and_the_flow():
     prob, model, x0 = paper_case("cartpole", None, batch=8)
     every = candidates(model, x0, gates=gates(prob, "R"), **kw(prob))
     sweeps = [c for c in every if isinstance(c, ReverseSweep)]
-    assert every[0] == Autodiff()
+    # first, the prior (kept without measuring): the batched sweep reading kept activations
+    assert every[0] == ReverseSweep("batched", keep_activations=True) and Autodiff() in every
+    gprob, gmodel, gx0 = paper_case("guidance", 8, batch=4)  # a loss on every state
+    assert candidates(gmodel, gx0, gates=gates(gprob, "S"), **kw(gprob))[0] == ReverseSweep(
+        "batched", keep_activations=True, save_linearization=True)  # S: no field carries the physics path
+    assert candidates(gmodel, gx0, gates=gates(gprob, "C"), **kw(gprob))[0] == ReverseSweep(
+        "batched", keep_activations=True)
     # batched × keep × save, per-step × save (per-step reads no kept activations)
     assert {(c.jacobian, c.keep_activations, c.save_linearization, c.param_grads) for c in sweeps} == {
         ("batched", k, s, "after") for k in (False, True) for s in (False, True)} | {
@@ -585,6 +591,8 @@ def test_auto_is_the_fastest_measured_candidate_and_is_cached(tmp_path, monkeypa
     assert all(t > 0 for t in times.values()) and rec["measure_s"] > 0
     again, rec2 = engine.choose_backward("auto", model, x0, **kw_choose)
     assert again == strategy and rec2["cached"] and rec2["candidates"] == times
+    with jax.default_matmul_precision("highest"):  # as the trainer traces: the same decision
+        assert engine.choose_backward("auto", model, x0, **kw_choose)[1]["cached"]
     choose.forget()  # a new process: the decision comes from the cache folder
     again, rec3 = engine.choose_backward("auto", model, x0, **kw_choose)
     assert again == strategy and rec3["cached"]
@@ -665,20 +673,43 @@ def test_errors_that_are_not_about_shapes_propagate(toy):
 
 
 def test_measuring_is_skipped_when_it_would_cost_more_than_a_tenth_of_the_run(tmp_path, monkeypatch):
-    """With the number of calls the run will make, the first candidate is timed alone; the others
-    are compiled and timed only when that is expected to cost at most WORTH of the run's time
-    with the first (the record says why it skipped, and nothing is cached), else all are timed."""
+    """With the number of calls the run will make, the first candidate is returned at once,
+    pending, nothing compiled; with its times measured by the caller, the others are compiled
+    and timed only when that is expected to cost at most WORTH of the run's time with the
+    first, else the skip is cached with those times: the same signature's next short run
+    decides without compiling anything, a long run of it measures."""
     from stablebptt.core import choose
 
     monkeypatch.setenv("STABLEBPTT_BACKWARD_CACHE", str(tmp_path))
     choose.forget()
     x = np.ones((64, 64), np.float32)
-    program = lambda k: (lambda a: jnp.sum(jnp.linalg.matrix_power(a / 64.0, int(k))))  # noqa: E731
+    built = []
+
+    def program(k):
+        built.append(k)
+        return lambda a: jnp.sum(jnp.linalg.matrix_power(a / 64.0, int(k)))
+
     cands = [3, 50, 2]
-    short, rec = choose.choose(cands, program, (x,), ["short run"], calls=1)
-    assert short == 3 and "skipped" in rec and set(rec["candidates"]) == {"3"}
-    assert not list(tmp_path.glob("*.json"))
-    best, rec = choose.choose(cands, program, (x,), ["long run"], calls=1e12)
-    assert "skipped" not in rec and set(rec["candidates"]) == {"3", "50", "2"}
-    assert best == min(cands, key=lambda c: rec["candidates"][repr(c)])
+    first, rec = choose.choose(cands, program, (x,), ["short run"], calls=10)
+    assert first == 3 and rec["pending"] and built == [] and not list(tmp_path.glob("*.json"))
+    # 2 others × 1 s of compiling against 10 calls × 0.1 s: over a tenth, skipped and cached
+    short, rec = choose.choose(cands, program, (x,), ["short run"], calls=10, timed=(0.1, 1.0))
+    assert short == 3 and "skipped" in rec and (rec["ref_s"], rec["compile_s"]) == (0.1, 1.0) and built == []
     assert len(list(tmp_path.glob("*.json"))) == 1
+    choose.forget()  # a new process, another short run: decided from the cache, nothing compiled
+    again, rec2 = choose.choose(cands, program, (x,), ["short run"], calls=20)
+    assert again == 3 and rec2["cached"] and "skipped" in rec2 and built == []
+    # the same signature with a long run: measured, and the decision replaces the skip
+    best, rec3 = choose.choose(cands, program, (x,), ["short run"], calls=1e12)
+    assert "skipped" not in rec3 and set(rec3["candidates"]) == {"3", "50", "2"} and sorted(built) == [2, 3, 50]
+    assert best == min(cands, key=lambda c: rec3["candidates"][repr(c)])
+    assert len(list(tmp_path.glob("*.json"))) == 1
+    choose.forget()
+    assert choose.choose(cands, program, (x,), ["short run"], calls=1) == (best, dict(rec3, cached=True))
+    # timed as long enough: measured at once
+    _, rec4 = choose.choose(cands, program, (x,), ["long"], calls=1e6, timed=(0.1, 1.0))
+    assert "skipped" not in rec4 and len(rec4["candidates"]) == 3
+    # no number of calls (value_and_update): a cached skip does not count as a decision
+    choose.choose(cands, program, (x,), ["another"], calls=1, timed=(0.1, 1.0))
+    _, rec5 = choose.choose(cands, program, (x,), ["another"])
+    assert "skipped" not in rec5 and len(rec5["candidates"]) == 3

@@ -504,3 +504,42 @@ def test_make_train_takes_plain_values():
         sb.Optimizer("momentum", momentum=1.5)
     with pytest.raises(ValueError, match="learning rate=0"):
         sb.Optimizer(learning_rate=0)
+
+
+def test_auto_chooses_once_its_first_strategy_has_run_an_epoch(tmp_path, monkeypatch):
+    """backward="auto" in a run of known length starts with the prior (nothing compiled for the
+    choice), times it in epoch 1, then keeps it when timing the others would cost over WORTH of
+    the rest of the run (the skip is cached: a rerun decides without compiling), else measures
+    every candidate and continues with the fastest from epoch 2. Either way epoch 1 equals the
+    short run's (the prior's) bit for bit, and the manifest names what ran."""
+    from stablebptt.core import choose
+
+    prob = problems.get("cartpole")
+    cfg = RunConfig(problem="cartpole", mode="C", epochs=3, n_train=16, n_test=8, batch_size=8)
+    model = eqx.filter_eval_shape(prob.make_controller, jax.random.PRNGKey(0))
+    prior = sb.candidates(model, jnp.zeros((8, *prob.state_shape)), step=prob.step, loss=prob.loss,
+                          horizon=prob.horizon, gates=cfg.flow().gates(prob.horizon).fields)[0]
+    short = None
+    for name, worth in (("short", choose.WORTH), ("long", 1e9)):
+        cache = tmp_path / name
+        monkeypatch.setenv("STABLEBPTT_BACKWARD_CACHE", str(cache))
+        monkeypatch.setattr(choose, "WORTH", worth)
+        choose.forget()
+        res = train(prob, cfg, 0)[0]
+        rec = res.ran["backward_choice"]
+        assert res.ran["backward"] == rec["chosen"] and not rec.get("pending")
+        if name == "short":
+            assert "skipped" in rec and rec["chosen"] == repr(prior) and rec["compile_s"] > 0
+            short = res.history
+        else:
+            assert "skipped" not in rec and len(rec["candidates"]) > 2
+            assert rec["chosen"] == min(rec["candidates"], key=rec["candidates"].get)
+            assert ("first_epoch" in rec) == (rec["chosen"] != repr(prior))
+            assert rec.get("first_epoch", repr(prior)) == repr(prior)
+            e1 = short["epoch"].index(1)
+            assert res.history["train_loss"][e1] == short["train_loss"][e1]
+            np.testing.assert_allclose(res.history["train_loss"], short["train_loss"], rtol=1e-4)
+        assert len(list(cache.glob("*.json"))) == 1
+        choose.forget()  # a rerun: decided from the cache before anything runs
+        again = train(prob, cfg, 0)[0].ran["backward_choice"]
+        assert again["cached"] and again["chosen"] == rec["chosen"] and not again.get("pending")

@@ -204,16 +204,31 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
     key = runs[0].key
     ev = jax.sharding.SingleDeviceSharding(eval_device) if eval_device is not None else None
     cpu_opts = INIT_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
+    n_runs = len(runs) if vmapped else 1
+    probe = _probe(runs[0].train, config.batch_size)
+    compile_s_of = {}
+
+    def updates_args(trainer):  # the abstract arguments of the epoch program
+        settings = trainer.settings(runs[0].config.flow(), runs[0].config.optimizer_setting())
+        state = jax.eval_shape(trainer.init, trainer.params_shape, settings)
+        return _abstract(state, lead), _abstract(runs[0].train, lead), _abstract(key, lead)
+
+    def timed_compile(lowered):  # its seconds count in compile_s_of (a choice after epoch 1 reads them)
+        t = time.perf_counter()
+        out = lowered.compile()
+        compile_s_of["updates"] += time.perf_counter() - t
+        return out
+
     with jax.default_matmul_precision("highest"), ThreadPoolExecutor(1) as main, ThreadPoolExecutor(1) as side:
         futures = {"init_params": side.submit(jax.jit(init_params_fn(problem, zero_last(problem, config))).lower(
             key).compile, cpu_opts)}
-        trainer = make_trainer(problem, config, lane_configs, n_runs=len(runs) if vmapped else 1,
-                               backward=resumed_backward, probe=_probe(runs[0].train, config.batch_size),
+        trainer = make_trainer(problem, config, lane_configs, n_runs=n_runs, backward=resumed_backward, probe=probe,
                                verify_rows=False)
         settings = trainer.settings(runs[0].config.flow(), runs[0].config.optimizer_setting())
-        state = jax.eval_shape(trainer.init, trainer.params_shape, settings)
-        futures["updates"] = main.submit(jax.jit(v(trainer.updates), donate_argnums=0).lower(
-            _abstract(state, lead), _abstract(runs[0].train, lead), _abstract(key, lead)).compile)
+        t_lower = time.perf_counter()
+        lowered = jax.jit(v(trainer.updates), donate_argnums=0).lower(*updates_args(trainer))
+        compile_s_of["updates"] = time.perf_counter() - t_lower
+        futures["updates"] = main.submit(timed_compile, lowered)
         verified = side.submit(verify_controller, trainer, problem, config.batch_size)  # before any run starts
         futures["evaluate"] = side.submit(jax.jit(v(trainer.evaluate)).lower(
             _abstract(trainer.params_shape, lead, ev), _abstract(runs[0].train, lead, ev),
@@ -233,8 +248,30 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
                 _collect(g, runs, False)
         compile_s = time.perf_counter() - t0
         t_train = time.perf_counter()
-        _loop(config, programs, groups, runs, eval_device is not None, eval_device, on_epoch, start + 1, checkpoint,
-              train_s_before)
+        first = start + 1
+        if trainer.settle is not None:  # backward="auto" chooses once its first candidate has run an epoch
+            timings: list[float] = []
+            _loop(config, programs, groups, runs, eval_device is not None, eval_device, on_epoch, first, None,
+                  train_s_before, stop=first, timings=timings)
+            per_update = timings[0] / max(len(runs) * (config.n_train // config.batch_size), 1) if timings else 0.0
+            left = (config.epochs - first) * (config.n_train // config.batch_size) * len(runs) / n_runs
+            # (every run diverged in its first epoch: nothing left to run, the first candidate stays)
+            strategy, choice = trainer.settle(per_update, compile_s_of["updates"], left if timings else 0)
+            if strategy != trainer.backward:
+                t_switch = time.perf_counter()
+                choice = choice | {"first_epoch": repr(trainer.backward)}
+                trainer = make_trainer(problem, config, lane_configs, n_runs=n_runs, backward=strategy, probe=probe,
+                                       verify_rows=False)
+                with jax.default_matmul_precision("highest"):
+                    programs["updates"] = jax.jit(v(trainer.updates), donate_argnums=0).lower(
+                        *updates_args(trainer)).compile()
+                choice["switch_s"] = round(time.perf_counter() - t_switch, 3)
+            trainer = trainer._replace(backward_choice=choice, settle=None)
+            if checkpoint is not None:
+                checkpoint = dataclasses.replace(checkpoint, backward=strategy_spec(trainer.backward))
+            first += 1
+        _loop(config, programs, groups, runs, eval_device is not None, eval_device, on_epoch, first, checkpoint,
+              train_s_before + time.perf_counter() - t_train)
     except _NonFiniteStart as e:
         raise ValueError(nonfinite_start_message(problem, eqx.combine(e.params, trainer.static), runs[e.index],
                                                  config.batch_size)) from None
@@ -463,8 +500,9 @@ def _train_rows(g: _Group, runs: list[_Run], metrics: dict, alive, epoch: int, t
 
 def _loop(config: RunConfig, programs: dict, groups: list[_Group], runs: list[_Run], overlap: bool,
           eval_device, on_epoch, start: int = 1, checkpoint: Checkpoint | None = None,
-          train_s_before: float = 0.0) -> None:
-    """Epochs ``start`` … E: every group's updates dispatched, then its rows. With ``overlap``
+          train_s_before: float = 0.0, stop: int | None = None, timings: list | None = None) -> None:
+    """Epochs ``start`` … ``stop`` (default E): every group's updates dispatched, then its rows
+    (``timings``: gets the seconds of each epoch's updates, all groups). With ``overlap``
     the evaluation of epoch e runs on the second device while epoch e+1 trains, so an evaluated
     epoch's rows are completed (and reported) one epoch later. A checkpoint is saved after an
     epoch whose rows are all complete (a pending evaluation is waited for first), with the
@@ -475,7 +513,7 @@ def _loop(config: RunConfig, programs: dict, groups: list[_Group], runs: list[_R
                 on_epoch(e, [_published(runs[i], done[e].get(i)) for i in range(len(runs))])
 
     saved = t_loop = time.perf_counter()
-    for e in range(start, config.epochs + 1):
+    for e in range(start, (config.epochs if stop is None else min(stop, config.epochs)) + 1):
         t_start = time.perf_counter()
         evaluated = e % config.eval_every == 0 or e == config.epochs
         live = [g for g in groups if any(runs[i].diverged_epoch is None for i in g.idx)]
@@ -489,6 +527,8 @@ def _loop(config: RunConfig, programs: dict, groups: list[_Group], runs: list[_R
             if overlap:  # the rows evaluated while this epoch trained
                 _merge(done, _collect(g, runs, overlap))
             metrics, alive = jax.device_get((g.metrics, g.state.alive))
+            if timings is not None and g is live[-1]:
+                timings.append(time.perf_counter() - t_start)
             rows = _train_rows(g, runs, metrics, alive, e, t_start)
             if evaluated:
                 _dispatch_eval(g, programs, e, rows, t_start, eval_device)

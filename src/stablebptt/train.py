@@ -66,6 +66,10 @@ class Trainer(NamedTuple):
     backward_choice: how it was chosen: the candidates with their measured seconds per call,
         the cost of measuring and whether the decision came from the cache
         (:func:`stablebptt.core.engine.choose_backward`).
+    settle: for a choice still ``pending`` (``backward="auto"`` with a known number of updates
+        and no cached decision), ``settle(seconds per update, compile seconds, updates left) ->
+        (strategy, record)``: the choice once the first strategy has been timed in the run
+        itself; else None.
     """
 
     init_params: Callable
@@ -77,6 +81,7 @@ class Trainer(NamedTuple):
     params_shape: Any
     backward: Any
     backward_choice: dict
+    settle: Callable | None = None
 
 
 def make_data(problem: Problem, config: RunConfig, seed: int):
@@ -122,7 +127,8 @@ def make_train(problem: Problem, flow: "core.Flow | str", optimizer: optim.Optim
       backward: a strategy object, or a name for :func:`stablebptt.core.engine.choose_backward`
         (``"auto"``: the fastest candidate, measured on ``probe`` states (k, batch_size, …), e.g.
         the first minibatches of the training set; ``updates``: how many minibatch updates the
-        run will make, which bounds what measuring may cost); ``checkpoint_every`` /
+        run will make, which bounds what measuring may cost; with it the choice is made after
+        the run has timed the first candidate: :attr:`Trainer.settle`); ``checkpoint_every`` /
         ``memory_budget`` (bytes, shared by ``n_runs`` runs of one call) apply to a name.
       shuffle: a permutation of the training set per epoch (else data order).
       diagnostics: also compute G in single-field modes (cos/sign statistics).
@@ -156,10 +162,18 @@ def make_train(problem: Problem, flow: "core.Flow | str", optimizer: optim.Optim
     budget = max(int(memory_budget or backward_mod.default_memory_budget()) // max(n_runs, 1), 1)
     if flow.and_mask:  # the fields are computed per batch member, all at once
         budget = max(budget // batch_size, 1)
-    strategy, choice = core.choose_backward(
-        backward, model_abs, x_probe, step=problem.step, loss=problem.loss, horizon=T, flow=flow, gates=program_gates,
-        checkpoint_every=checkpoint_every if by_name else None, memory_budget=budget if by_name else None,
-        verify_rows=verify_rows, probe=probe, updates=None if updates is None else updates * max(n_runs, 1))
+    def choose(updates_left, timed=None):
+        return core.choose_backward(
+            backward, model_abs, x_probe, step=problem.step, loss=problem.loss, horizon=T, flow=flow,
+            gates=program_gates, checkpoint_every=checkpoint_every if by_name else None,
+            memory_budget=budget if by_name else None, verify_rows=verify_rows, probe=probe,
+            updates=None if updates_left is None else updates_left * max(n_runs, 1), timed=timed)
+
+    strategy, choice = choose(updates)
+    settle = None
+    if choice.get("pending"):
+        def settle(per_update_s: float, compile_s: float, updates_left: int):
+            return choose(updates_left, (per_update_s, compile_s))
     # lanes read their hyperparameters from the state; one run's are constants of the program
     tx = optimizer.injected()
     tx_update = tx(**optimizer.hyper()) if lanes else optimizer.transform()
@@ -196,7 +210,7 @@ def make_train(problem: Problem, flow: "core.Flow | str", optimizer: optim.Optim
         return state, metrics | {"bad": bad}
 
     return Trainer(init_params_fn(problem, zero_last), settings, init, updates_fn, make_evaluate(problem, static),
-                   static, _shapes(params_abs), strategy, choice)
+                   static, _shapes(params_abs), strategy, choice, settle)
 
 
 def _shapes(tree):

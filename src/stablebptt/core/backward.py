@@ -419,6 +419,8 @@ def candidates(model, x0, *, step, loss: TrajectoryLoss, horizon: int, gates, pr
     (default :func:`default_memory_budget`), else ≈ √T-step segments. :class:`Autodiff` is a
     candidate for ``"auto"`` only where no segments are needed (it cannot make them).
 
+    The first candidate is the :func:`prior`: what a run too short for measuring keeps.
+
     ``model`` may be abstract (arrays as ``jax.ShapeDtypeStruct``); nothing is compiled except
     the small check of independent rows.
     """
@@ -464,21 +466,47 @@ def candidates(model, x0, *, step, loss: TrajectoryLoss, horizon: int, gates, pr
         out.append(dataclasses.replace(sw, checkpoint_every=ce))
     if prefer == "auto" and fits and checkpoint_every in (None, "auto"):
         out.insert(0, Autodiff())
-    return out
+    first = prior(out, has=has, gates=gates, loss=loss)
+    return [first] + [c for c in out if c != first]
+
+
+def prior(cands: Sequence, *, has: bool, gates, loss: TrajectoryLoss):
+    """The candidate used without measuring (first of :func:`candidates`; the strategy a run
+    keeps when timing the others is not worth it, and the reference the others are timed
+    against): for a controller with hooks and independent rows, the sweep that reads the
+    activations kept by the forward loop with the input Jacobian formed on all rows at once (no
+    controller pass is repeated, the rows' work is one batched call); it saves the simulator's
+    linearisation only for an every-state loss where no field carries the physics path (S, N:
+    each step's control cotangent then needs the step's output). Otherwise :class:`Autodiff`
+    where it is a candidate (XLA's own reverse pass of the unrolled loss), else the first."""
+    fields = np.asarray(gates)
+    carries = bool(np.any(fields[..., 1] != 0))
+    save = loss.on == "every" and not carries
+    if has:
+        for c in cands:
+            if (isinstance(c, ReverseSweep) and c.jacobian == "batched" and c.keep_activations
+                    and c.save_linearization == save):
+                return c
+    return next((c for c in cands if isinstance(c, Autodiff)), cands[0])
 
 
 def first_round(cands: Sequence) -> list:
     """One candidate of each family (:class:`Autodiff`; per sweep the jacobian and where the
-    parameter gradients are formed), the one with kept activations (where that is an option)
-    and a recomputed linearisation: the first round of :func:`stablebptt.core.choose.choose`."""
-    out, seen = [], set()
+    parameter gradients are formed): the first candidate (:func:`prior`) for its own family,
+    else the one with kept activations (where that is an option) and a recomputed
+    linearisation. The first round of :func:`stablebptt.core.choose.choose`."""
+    out, seen = [cands[0]], {_family(cands[0])}
     for c in sorted(cands, key=lambda c: (not getattr(c, "keep_activations", False),
                                           getattr(c, "save_linearization", False))):
-        fam = (type(c).__name__, getattr(c, "jacobian", None), getattr(c, "param_grads", None))
+        fam = _family(c)
         if fam not in seen:
             seen.add(fam)
             out.append(c)
     return [c for c in cands if c in out]  # in the candidates' order
+
+
+def _family(c) -> tuple:
+    return type(c).__name__, getattr(c, "jacobian", None), getattr(c, "param_grads", None)
 
 
 def neighbours(strategy) -> list:

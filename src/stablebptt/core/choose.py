@@ -107,7 +107,8 @@ def _store(key: str, rec: dict) -> None:
 
 def choose(candidates: Sequence[Any], program: Callable[[Any], Callable], args: Sequence[Any],
            key_parts: Sequence[Any], first: Sequence[Any] | None = None,
-           neighbours: Callable[[Any], Sequence[Any]] | None = None, calls: float | None = None) -> tuple[Any, dict]:
+           neighbours: Callable[[Any], Sequence[Any]] | None = None, calls: float | None = None,
+           timed: tuple[float, float] | None = None) -> tuple[Any, dict]:
     """The fastest of ``candidates`` and the record of the decision.
 
     Args:
@@ -120,10 +121,16 @@ def choose(candidates: Sequence[Any], program: Callable[[Any], Callable], args: 
         a compilation): round one times ``first`` (one candidate of each family), round two
         the best of them again beside ``neighbours(best)`` (the candidates that differ from
         it in one option); the candidate with the least recorded time is kept.
-      calls: how often the run will call the timed work (None: unknown, measure). The first
-        candidate (the reference) is timed alone first; when compiling the others is expected
-        to cost more than :data:`WORTH` of the run's time with the reference, the reference is
-        returned without timing them (the record says so under ``skipped``; not cached).
+      calls: how often the run will call the timed work (None: unknown, measure now). When
+        compiling the others is expected to cost more than :data:`WORTH` of the run's time with
+        the first candidate (the reference), the reference is kept without timing them (the
+        record says so under ``skipped``; it is cached with the reference's seconds per call and
+        compile seconds, so that a later run of the signature decides from them without
+        compiling, and measures once its run is long enough).
+      timed: ``(seconds per call, compile seconds)`` of the reference as the caller measured
+        them (its own first epoch); with ``calls`` and no cached record and no ``timed``, the
+        reference is returned at once, its record marked ``pending`` (not cached): the caller
+        runs it, times it and calls again with ``timed`` and the calls that remain.
 
     Returns:
       ``(strategy, record)``; a single candidate is returned unmeasured. The record's
@@ -136,25 +143,27 @@ def choose(candidates: Sequence[Any], program: Callable[[Any], Callable], args: 
                                "cached": False}
     key = signature([*key_parts, *names])
     rec = _load(key)
+    round1 = list(first) if first is not None else list(candidates)
+    ref = round1[0]
+    others = len(round1) - 1 + (2 if neighbours is not None else 0)
     if rec is not None and rec["chosen"] in names:
-        rec = dict(rec, cached=True)
-        _MEMORY[key] = rec
-        return candidates[names.index(rec["chosen"])], rec
+        if "skipped" not in rec:
+            rec = dict(rec, cached=True)
+            _MEMORY[key] = rec
+            return candidates[names.index(rec["chosen"])], rec
+        if calls is not None and not _worth(others, rec["compile_s"], calls * rec["ref_s"]):
+            return ref, _skip(repr(ref), rec["ref_s"], rec["compile_s"], others, calls, 0.0, key, cached=True)
+        timed = timed or (rec["ref_s"], rec["compile_s"])  # a long run of a signature that was skipped
+    if calls is not None and timed is None:  # the caller times the reference in its own run first
+        return ref, {"chosen": repr(ref), "candidates": {repr(ref): None}, "measure_s": 0.0, "cached": False,
+                     "signature": key, "pending": True}
+    if calls is not None and not _worth(others, timed[1], calls * timed[0]):
+        rec = _skip(repr(ref), timed[0], timed[1], others, calls, 0.0, key, cached=False)
+        _store(key, rec)
+        return ref, rec
     t0 = time.perf_counter()
     compiled: dict[str, Any] = {}
-    round1 = list(first) if first is not None else list(candidates)
-    times: dict[str, float] = {}
-    if calls is not None:  # is measuring worth it? Time the first candidate alone first
-        ref = round1[0]
-        times[repr(ref)] = measure([ref], program, args, compiled)[0]
-        compile_s = time.perf_counter() - t0 - REPEATS * times[repr(ref)]
-        others = len(round1) - 1 + (2 if neighbours is not None else 0)
-        run_s = calls * times[repr(ref)]
-        if others * compile_s > WORTH * run_s:
-            return ref, {"chosen": repr(ref), "candidates": times, "measure_s": round(time.perf_counter() - t0, 3),
-                         "cached": False, "skipped": f"timing {others} more candidates would take ~{others * compile_s:.0f} s, "
-                                                     f"over {WORTH:.0%} of the run's ~{run_s:.0f} s"}
-    times |= dict(zip(map(repr, round1), measure(round1, program, args, compiled)))
+    times = dict(zip(map(repr, round1), measure(round1, program, args, compiled)))
     best = min(round1, key=lambda c: times[repr(c)])
     if neighbours is not None:
         round2 = [best] + [c for c in neighbours(best) if repr(c) in names and repr(c) not in times]
@@ -165,6 +174,23 @@ def choose(candidates: Sequence[Any], program: Callable[[Any], Callable], args: 
            "measure_s": round(time.perf_counter() - t0, 3), "cached": False, "signature": key}
     _store(key, rec)
     return best, rec
+
+
+def _worth(others: int, compile_s: float, run_s: float) -> bool:
+    """Is compiling and timing ``others`` candidates (``compile_s`` each) at most WORTH of a
+    run that takes ``run_s`` with the reference?"""
+    return others * compile_s <= WORTH * run_s
+
+
+def _skip(ref: str, ref_s: float, compile_s: float, others: int, calls: float, spent: float, key: str, cached: bool) -> dict:
+    """The record of a run that keeps the reference without timing the others. It is cached
+    with the reference's seconds per call (``ref_s``) and its compile time, so that a later run
+    of the same signature decides without compiling anything (and measures once a run is long
+    enough)."""
+    return {"chosen": ref, "candidates": {ref: ref_s}, "ref_s": ref_s, "compile_s": compile_s, "measure_s": round(spent, 3),
+            "cached": cached, "signature": key,
+            "skipped": f"timing {others} more candidates would take ~{others * compile_s:.0f} s, "
+                       f"over {WORTH:.0%} of the run's ~{calls * ref_s:.0f} s"}
 
 
 def measure(candidates: Sequence[Any], program: Callable[[Any], Callable], args: Sequence[Any],

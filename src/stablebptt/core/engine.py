@@ -101,7 +101,7 @@ MEASURE_BATCHES = 4
 def choose_backward(backward: "str | Strategy", model, x0, *, step, loss: TrajectoryLoss, horizon: int,
                     flow: Flow, gates: Gates, checkpoint_every: "int | str | None" = "auto",
                     memory_budget: int | None = None, verify_rows: bool = True, probe=None,
-                    updates: int | None = None) -> tuple[Strategy, dict]:
+                    updates: int | None = None, timed: tuple[float, float] | None = None) -> tuple[Strategy, dict]:
     """The strategy for ``backward`` and the record of how it was chosen.
 
     A strategy object is used as given. A name (``"auto"``, ``"autodiff"``, ``"batched"``,
@@ -118,9 +118,14 @@ def choose_backward(backward: "str | Strategy", model, x0, *, step, loss: Trajec
         candidates are planned on batches of one and timed as :func:`flow_update` runs them
         (vmapped over the batch members).
       checkpoint_every / memory_budget: for a name (see ``candidates``).
-      updates: how many minibatch updates the run will make (None: unknown). Timing the
-        candidates is skipped when it would cost more than the run itself with the first
-        candidate (:class:`Autodiff` where it is one; ``calls`` and ``WORTH`` of ``choose``).
+      updates: how many minibatch updates the run will make (None: unknown, measure now). With
+        a number and no decision cached, the first candidate (:func:`~stablebptt.core.backward.prior`)
+        is returned at once with a ``pending`` record: the caller runs it, then calls again with
+        ``timed`` and the updates that remain. Timing the candidates is skipped when it would
+        cost more than :data:`~stablebptt.core.choose.WORTH` of the run's time with the first
+        (``calls``, ``timed`` of :func:`~stablebptt.core.choose.choose`).
+      timed: ``(seconds per minibatch update, compile seconds)`` of the first candidate as the
+        caller measured them.
       probe: concrete initial states (k, B, …) to time on (e.g. the first minibatches of the
         training set); default: ``x0`` repeated where it is concrete, else random normal
         states. ``model`` may be abstract; its parameters are then random for the timing.
@@ -164,9 +169,11 @@ def choose_backward(backward: "str | Strategy", model, x0, *, step, loss: Trajec
     key_parts = [_jaxpr_text(model, x0, step, loss, horizon), horizon, one_fields, gates.live, bool(one_combined),
                  flow.label(), MEASURE_BATCHES,
                  str(jax.tree_util.tree_map(lambda a: (np.shape(a), str(a.dtype)), args[1]))]
-    calls = None if updates is None else updates / len(jax.tree_util.tree_leaves(args[1])[0])
+    k = len(jax.tree_util.tree_leaves(args[1])[0])  # minibatch updates per program call
+    calls = None if updates is None else updates / k
     return choose.choose(cands, program, args, key_parts, first=backward_mod.first_round(cands),
-                         neighbours=backward_mod.neighbours, calls=calls)
+                         neighbours=backward_mod.neighbours, calls=calls,
+                         timed=None if timed is None else (timed[0] * k, timed[1]))
 
 
 def select_backward(model, x0, *, step, loss: TrajectoryLoss, horizon: int, flow: "Flow | str" = "C",
@@ -182,14 +189,17 @@ def select_backward(model, x0, *, step, loss: TrajectoryLoss, horizon: int, flow
 
 def _jaxpr_text(model, x0, step, loss, horizon) -> str:
     """The jaxprs of one controller call and one simulator step with its loss term at these
-    shapes: what the cost of a strategy depends on (:func:`choose_backward`'s signature)."""
+    shapes: what the cost of a strategy depends on (:func:`choose_backward`'s signature). Traced
+    at the matmul precision the candidates are measured at ("highest"), whatever the caller's
+    context: ``value_and_update`` and the trainer (which traces at "highest") share decisions."""
     xa = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)), x0)
     params, static = hooks.split(model)
     pa = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)), params)
-    ctrl = jax.make_jaxpr(lambda p, x: eqx.combine(p, static)(x))(pa, xa)
-    c = jax.eval_shape(lambda p, x: eqx.combine(p, static)(x), pa, xa)
     phys = physics(step, loss, horizon)
-    sim = jax.make_jaxpr(lambda x, c_: (phys(jnp.int32(0), x, c_), terminal_loss(loss, x)))(xa, c)
+    with jax.default_matmul_precision("highest"):
+        ctrl = jax.make_jaxpr(lambda p, x: eqx.combine(p, static)(x))(pa, xa)
+        c = jax.eval_shape(lambda p, x: eqx.combine(p, static)(x), pa, xa)
+        sim = jax.make_jaxpr(lambda x, c_: (phys(jnp.int32(0), x, c_), terminal_loss(loss, x)))(xa, c)
     return f"{ctrl}\n{sim}\n{loss.on}"
 
 
