@@ -1,5 +1,6 @@
 """The package version is set in one place (``stablebptt.__version__``) and the packaging
 metadata agrees with it."""
+
 import ast
 import json
 import tomllib
@@ -19,8 +20,9 @@ def _literal_version() -> str:
     reads without importing the package)."""
     for node in ast.parse(INIT.read_text()).body:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__version__" for t in node.targets):
-            assert isinstance(node.value, ast.Constant) and isinstance(node.value.value, str), \
+            assert isinstance(node.value, ast.Constant) and isinstance(node.value.value, str), (
                 "__version__ must be a string literal (setuptools reads it statically)"
+            )
             return node.value.value
     raise AssertionError(f"no __version__ in {INIT}")
 
