@@ -23,4 +23,28 @@ from .optim import Optimizer  # noqa: F401
 from .run import load_run  # noqa: F401
 from .train import make_train  # noqa: F401
 
+#: the package version: the one place it is set (pyproject.toml reads it from here, as setuptools'
+#: dynamic ``version = {attr = "stablebptt.__version__"}``)
 __version__ = "0.1.0"
+
+__all__ = [
+    "Autodiff",
+    "Comparison",
+    "Flow",
+    "Optimizer",
+    "ReverseSweep",
+    "RunConfig",
+    "Strategy",
+    "TrajectoryLoss",
+    "candidates",
+    "choose_backward",
+    "compare",
+    "evaluate_loss",
+    "load_comparison",
+    "load_run",
+    "make_train",
+    "naive_combined",
+    "rollout",
+    "select_backward",
+    "value_and_update",
+]

@@ -706,8 +706,9 @@ def compare(problem: str, modes: "str | Sequence[str]" = DEFAULT_VARIANTS, seeds
         n_train, batch_size, data, …), never per variant.
       reference: the variant every other one is paired against (default R).
       window: moving-average window of the final loss (default :func:`default_window`).
-      workers, executor (``local`` | ``serial`` | ``ray``), address, vmap_seeds, vmap_configs,
-      cache_dir, checkpoint_seconds, progress: as for :func:`stablebptt.sweep.run_sweep`.
+      executor: ``local`` | ``serial`` | ``ray``; it and ``workers``, ``address``, ``vmap_seeds``,
+        ``vmap_configs``, ``cache_dir``, ``checkpoint_seconds``, ``progress``: as for
+        :func:`stablebptt.sweep.run_sweep`.
       diagnose: also measure the problem's gradient explosion (:func:`diagnosis_record`).
       figures: write the figures.
       n_boot: bootstrap resamples (default :data:`stablebptt.claims.N_BOOT`).

@@ -209,7 +209,7 @@ class MLP(eqx.Module):
 
     def param_vjps_from_jacobian(self, x, hs, deltas, cts):
         """[Σ over rows of (∂control/∂θ)ᵀ·ct for ct in cts] from :meth:`jacobian_from_residuals`'s
-        ``deltas`` (no backward products: δ_i = Σ_k ct_k·deltas[i][:, k]); each layer's kernel
+        ``deltas`` (no backward products: ``δ_i = Σ_k ct_k·deltas[i][:, k]``); each layer's kernel
         products of all cotangents as one matrix product (:func:`_kernel_products`)."""
         n = x.shape[0]
         inputs = [x.reshape(n, -1), *hs]
