@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -124,10 +125,19 @@ def page(comps, out_path: Path) -> str:
                       c.answer().replace("answer:", "**Answer:**", 1), ""]
             if c.diagnosis:
                 lines += [c.diagnosis_summary(), ""]
-            lines += [f"![{Path(f).stem}]({os.path.relpath(f, out_path.parent)})" for f in c.figures
+            lines += [f"![{Path(f).stem}]({_copied(f, c, out_path)})" for f in c.figures
                       if str(f).endswith(".png") and Path(f).is_file()]
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _copied(figure, comp, out_path: Path) -> str:
+    """The figure copied beside the page, under ``img/beyond/`` (a documentation site serves
+    only what is under its folder), as a link relative to the page."""
+    dest = out_path.parent / "img" / "beyond" / f"{Path(comp.folder).name}-{Path(figure).name}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(figure, dest)
+    return os.path.relpath(dest, out_path.parent)
 
 
 def main(argv=None) -> int:

@@ -162,12 +162,13 @@ def make_train(problem: Problem, flow: "core.Flow | str", optimizer: optim.Optim
     budget = max(int(memory_budget or backward_mod.default_memory_budget()) // max(n_runs, 1), 1)
     if flow.and_mask:  # the fields are computed per batch member, all at once
         budget = max(budget // batch_size, 1)
+    decide = core.engine.prepare_backward(
+        backward, model_abs, x_probe, step=problem.step, loss=problem.loss, horizon=T, flow=flow,
+        gates=program_gates, checkpoint_every=checkpoint_every if by_name else None,
+        memory_budget=budget if by_name else None, verify_rows=verify_rows, probe=probe)
+
     def choose(updates_left, timed=None):
-        return core.choose_backward(
-            backward, model_abs, x_probe, step=problem.step, loss=problem.loss, horizon=T, flow=flow,
-            gates=program_gates, checkpoint_every=checkpoint_every if by_name else None,
-            memory_budget=budget if by_name else None, verify_rows=verify_rows, probe=probe,
-            updates=None if updates_left is None else updates_left * max(n_runs, 1), timed=timed)
+        return decide(None if updates_left is None else updates_left * max(n_runs, 1), timed)
 
     strategy, choice = choose(updates)
     settle = None

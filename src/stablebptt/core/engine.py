@@ -134,12 +134,24 @@ def choose_backward(backward: "str | Strategy", model, x0, *, step, loss: Trajec
       ``(strategy, record)``: record ``{"chosen", "candidates": {name: s per call or None},
       "measure_s", "cached"}``.
     """
+    return prepare_backward(backward, model, x0, step=step, loss=loss, horizon=horizon, flow=flow, gates=gates,
+                            checkpoint_every=checkpoint_every, memory_budget=memory_budget, verify_rows=verify_rows,
+                            probe=probe)(updates, timed)
+
+
+def prepare_backward(backward: "str | Strategy", model, x0, *, step, loss: TrajectoryLoss, horizon: int,
+                     flow: Flow, gates: Gates, checkpoint_every: "int | str | None" = "auto",
+                     memory_budget: int | None = None, verify_rows: bool = True, probe=None):
+    """:func:`choose_backward` in two parts: the candidates, their programs and the signature
+    are prepared here once; the returned ``decide(updates=None, timed=None) -> (strategy,
+    record)`` chooses (as :func:`choose_backward` with those two arguments) and may be called
+    again — a run calls it before its first epoch and, when that was ``pending``, after it."""
     if not isinstance(backward, str):
         if checkpoint_every not in (None, "auto") or memory_budget is not None:
             raise ValueError("checkpoint_every / memory_budget apply to a backward given by name; set them on the "
                              f"strategy object instead (got backward={backward!r})")
-        return backward, {"chosen": repr(backward), "candidates": {repr(backward): None}, "measure_s": 0.0,
-                          "cached": False}
+        record = {"chosen": repr(backward), "candidates": {repr(backward): None}, "measure_s": 0.0, "cached": False}
+        return lambda updates=None, timed=None: (backward, dict(record))
     fields = np.asarray(gates.fields)
     one_fields = np.asarray(fields.reshape((-1,) + fields.shape[-3:])[0], np.float32)
     one_combined = np.bool_(np.asarray(gates.combined).reshape(-1)[0])
@@ -170,10 +182,14 @@ def choose_backward(backward: "str | Strategy", model, x0, *, step, loss: Trajec
                  flow.label(), MEASURE_BATCHES,
                  str(jax.tree_util.tree_map(lambda a: (np.shape(a), str(a.dtype)), args[1]))]
     k = len(jax.tree_util.tree_leaves(args[1])[0])  # minibatch updates per program call
-    calls = None if updates is None else updates / k
-    return choose.choose(cands, program, args, key_parts, first=backward_mod.first_round(cands),
-                         neighbours=backward_mod.neighbours, calls=calls,
-                         timed=None if timed is None else (timed[0] * k, timed[1]))
+    first = backward_mod.first_round(cands)
+
+    def decide(updates: int | None = None, timed: tuple[float, float] | None = None):
+        return choose.choose(cands, program, args, key_parts, first=first, neighbours=backward_mod.neighbours,
+                             calls=None if updates is None else updates / k,
+                             timed=None if timed is None else (timed[0] * k, timed[1]))
+
+    return decide
 
 
 def select_backward(model, x0, *, step, loss: TrajectoryLoss, horizon: int, flow: "Flow | str" = "C",
