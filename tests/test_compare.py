@@ -324,7 +324,10 @@ def test_make_beyond_writes_a_page_from_comparison_folders(done, tmp_path, capsy
     for v, r in c.ratios.items():
         assert f"{comparison.fmt_ratio(r.estimate)} [{comparison.fmt_ratio(r.lo)}, {comparison.fmt_ratio(r.hi)}] " \
                f"*{r.verdict}*" in text
-    assert f"| **{c.best}** |" in text and "figures/pm-make-compare-ratios.png" in text
+    assert f"| **{c.best}** |" in text and "(img/beyond/cmp-pm-make-compare-ratios.png)" in text
+    # the figures are copied beside the page (a docs site serves only its own folder)
+    assert (page.parent / "img" / "beyond" / "cmp-pm-make-compare-ratios.png").read_bytes() == \
+        (done["root"] / "figures" / "pm-make-compare-ratios.png").read_bytes()
     capsys.readouterr()
     assert make_beyond().main([str(tmp_path)]) == 2
     err = capsys.readouterr().err
