@@ -18,8 +18,9 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 #: asks XLA for one thread per process, as the sweep's worker processes do. XLA:CPU still runs
 #: matrix products and large fused loops on its intra-op pool (one thread per core), so one
@@ -81,17 +82,17 @@ def machine() -> dict:
             from importlib import metadata
 
             vers[name] = metadata.version(name)
-        except Exception:  # noqa: BLE001
+        except Exception:
             vers[name] = None
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
                                 text=True, timeout=10).stdout.strip()
-    except Exception:  # noqa: BLE001
+    except Exception:
         commit = ""
     return {
         "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "versions": vers,
         "device": str(jax.devices()[0]), "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None, "commit": commit,
     }
 

@@ -56,19 +56,18 @@ import argparse
 import datetime as _dt
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-import _common  # noqa: F401  (sets XLA_FLAGS before jax is imported)
+import _common  # sets XLA_FLAGS before jax is imported
 import jax
 import jax.numpy as jnp
 import numpy as np
+import user_problems
 
 from stablebptt.config import RunConfig
 from stablebptt.core import Flow, ReverseSweep, hooks
 from stablebptt.core import candidates as engine_candidates
-
-import user_problems
 
 MODES = ("R", "M", "C")
 #: relative error ‖u − u_autodiff‖ / ‖u_autodiff‖ up to which a strategy's update is correct
@@ -165,7 +164,7 @@ def measure_cell(name: str, problem, model, x0, mode: str, cands: dict, *, repea
         try:
             f, params = _common.compile_update(model, x0, flow=mode, backward=spec, **kw)
             updates[col] = jax.block_until_ready(f(params))
-        except Exception as e:  # noqa: BLE001 - a strategy that cannot run is a cell, not a crash
+        except Exception as e:  # a strategy that cannot run is a cell, not a crash
             cells[col]["error"] = _error(e)
             continue
         cells[col]["update_compile_s"] = time.perf_counter() - t0
@@ -206,7 +205,7 @@ def measure_cell(name: str, problem, model, x0, mode: str, cands: dict, *, repea
                 cfg = RunConfig(problem=source, problem_params=params, mode=mode, epochs=1, batch_size=bs,
                                 n_train=n_train, n_test=bs, zero_last=False)
                 p = _common.trainer_programs(problem, cfg, [0], backward=cands[col])
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 cells[col]["epoch_error"] = _error(e)
                 continue
             cells[col]["epoch_compile_s"] = p.compile_s
@@ -316,7 +315,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def default_out(quick: bool) -> Path:
-    date = _dt.datetime.now(_dt.timezone.utc).date().isoformat()
+    date = _dt.datetime.now(_dt.UTC).date().isoformat()
     return _common.HERE / "data" / (f"backward-quick-{date}" if quick else f"backward-{date}")
 
 
@@ -352,7 +351,7 @@ def main(argv=None):
         try:
             rows += measure_problem(name, modes, repeats=repeats, reps=reps, quick=args.quick, extra=extra,
                                     only=only, epochs=not args.no_epoch)
-        except Exception as e:  # noqa: BLE001 - report and continue with the others
+        except Exception as e:  # report and continue with the others
             print(f"{name}: unavailable ({_error(e)})", file=sys.stderr, flush=True)
     table = markdown(rows)
     print("\n" + table)

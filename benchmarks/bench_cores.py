@@ -55,9 +55,8 @@ def _worker(kind: str, mode: str, seconds: float, pin: int) -> None:
                 a @ a
         block = lambda out: out
     else:
-        import jax
-
         import bench_epoch
+        import jax
 
         epoch, _, _, _ = bench_epoch.setup(kind, mode)
         call, block = epoch, jax.block_until_ready

@@ -365,7 +365,7 @@ def cells(r: dict) -> list[str]:
 def table(rows: list[dict]) -> str:
     body = [cells(r) for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(HEAD)]
-    line = lambda c: "| " + " | ".join(x.ljust(w) for x, w in zip(c, widths)) + " |"  # noqa: E731
+    line = lambda c: "| " + " | ".join(x.ljust(w) for x, w in zip(c, widths)) + " |"
     return "\n".join([line(HEAD), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, body)])
 
 
@@ -474,7 +474,7 @@ def main(argv=None) -> int:
 
     argv_s = " ".join(sys.argv[1:] if argv is None else argv)
     if args.out:
-        now = _dt.datetime.now(_dt.timezone.utc)
+        now = _dt.datetime.now(_dt.UTC)
         path = HERE / "data" / f"faults-{now.date().isoformat()}.md" if args.out == "auto" else Path(args.out)
         path.parent.mkdir(parents=True, exist_ok=True)
         windows = ", ".join(f"{k} {refs[k][1]:.1f} s" for k in kinds)

@@ -30,7 +30,7 @@ import argparse
 import dataclasses
 import sys
 
-import _common  # noqa: F401  (sets XLA_FLAGS before jax is imported)
+import _common  # sets XLA_FLAGS before jax is imported
 import jax
 import jax.numpy as jnp
 
@@ -110,7 +110,7 @@ def main(argv=None):
             ap.error(f"unknown problem {name!r}; allowed: {', '.join(CASES)}")
         try:
             row = measure(name, args.rounds, args.reps)
-        except Exception as e:  # noqa: BLE001 - report and continue with the others
+        except Exception as e:  # report and continue with the others
             print(f"{name}: unavailable ({e})", file=sys.stderr)
             continue
         rows.append(row)

@@ -37,8 +37,8 @@ import sys
 
 import _common
 
-from stablebptt.core.gates import Flow
 from stablebptt.core.backward import memory_estimate
+from stablebptt.core.gates import Flow
 
 
 def compiled_bytes(c) -> int:

@@ -36,12 +36,13 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import _common  # noqa: E402
-import equinox as eqx  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import stablebptt as sb  # noqa: E402
+import _common
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import stablebptt as sb
 
 PROBLEMS = ("cartpole", "guidance", "quantum")
 MODES = ("R", "M", "S", "C")
@@ -215,7 +216,7 @@ def main(argv=None):
                 out["epochs"] = []
                 epochs(("cartpole",) if dry else problems, ("R",) if dry else modes, seeds=2 if dry else 5,
                        rounds=1 if dry else 3, rows=out["epochs"], saved=save)
-        except Exception:  # noqa: BLE001 - keep the other parts
+        except Exception:  # keep the other parts
             out.setdefault("errors", {})[part] = traceback.format_exc()
             traceback.print_exc()
         finally:

@@ -76,7 +76,7 @@ def findings(comps, fmt_ratio) -> list[str]:
     ladders: dict[str, list] = {}
     for c in comps:
         ladders.setdefault(c.problem, []).append(c)
-    for problem, cs in ladders.items():
+    for cs in ladders.values():
         if len(cs) < 2 or not all("C" in c.ratios for c in cs):
             continue
         est = [c.ratios["C"].estimate for c in cs]
@@ -117,7 +117,7 @@ def page(comps, out_path: Path) -> str:
     ladders: dict[str, list] = {}
     for c in comps:
         ladders.setdefault(c.problem, []).append(c)
-    for problem, cs in ladders.items():
+    for cs in ladders.values():
         lines += ["", f"## {cs[0].label().split(' (')[0]}", ""]
         for c in cs:
             lines += [f"### {rung_name(c)}", "", c.table_markdown(), c.ratios_markdown(),

@@ -188,7 +188,7 @@ def diagnose_paper(runs_dir: Path, quick_train: bool):
         try:
             problems.get(name)
             avail.append(name)
-        except Exception as e:  # noqa: BLE001 - a problem still being written
+        except Exception as e:  # a problem still being written
             print(f"skipping {name}: {e}", file=sys.stderr)
     for name in avail:
         d = diagnose_problem(name, n=8)

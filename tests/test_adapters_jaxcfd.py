@@ -19,7 +19,7 @@ from conftest import EPS32, fixed_control_loss
 
 pytest.importorskip("jax_cfd", reason="the jax-cfd adapter needs the [jax-cfd] extra")
 
-from stablebptt.problems.adapters import jax_cfd as adapter  # noqa: E402
+from stablebptt.problems.adapters import jax_cfd as adapter
 
 REPO = Path(__file__).resolve().parents[1]
 NU, DT = 0.05, 0.05

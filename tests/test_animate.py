@@ -142,7 +142,7 @@ def test_quantum_has_a_colour_bar_and_the_growing_overlap():
     _, test = p.sample_data(0, 5, 5)
     xs, cs = rollout(p, model, test[:5])
     scene = build_scene(p, xs, cs)
-    T, S = 6, 5
+    T = 6
     assert all(set(d) == {"density", "target", "overlap", "control"} for d in scene.panels)
     # one colour bar per row of (at most 4) panels, for the density images
     assert len(scene.colorbars) == 2

@@ -1,6 +1,7 @@
 """benchmarks/run_all.py rewrites benchmarks/results.md from JSON but keeps the sections written
 by hand below its marker line (one-off measurements with no JSON to render from)."""
 import pytest
+
 from conftest import BENCHMARKS
 
 

@@ -134,7 +134,7 @@ def test_claim_rules():
     open_ = claims.make_test("c", "q", ">", 0.0, range(3), [1.0, -1.0, 2.0], geometric=False)
     single = claims.make_test("d", "q", ">", 0.0, [0], [1.0], geometric=False)
     assert open_.verdict == "undecided at 3 seeds"
-    mk = lambda tests, rule="all": claims.Claim("k", "s", "q", tuple(tests), rule=rule).verdict  # noqa: E731
+    mk = lambda tests, rule="all": claims.Claim("k", "s", "q", tuple(tests), rule=rule).verdict
     assert mk([held, held]) == claims.HELD
     assert mk([held, fail, open_]) == claims.NOT_HELD
     assert mk([held, open_, single]) == "undecided at 1–3 seeds"

@@ -321,7 +321,7 @@ def test_make_beyond_writes_a_page_from_comparison_folders(done, tmp_path, capsy
     text = page.read_text()
     c = comparison.load(done["root"])
     assert "pm.py:make" in text and "| R/C:truncate=2 | diagnose |" in text
-    for v, r in c.ratios.items():
+    for r in c.ratios.values():
         assert f"{comparison.fmt_ratio(r.estimate)} [{comparison.fmt_ratio(r.lo)}, {comparison.fmt_ratio(r.hi)}] " \
                f"*{r.verdict}*" in text
     assert f"| **{c.best}** |" in text and "figures/pm-make-compare-ratios.png" in text

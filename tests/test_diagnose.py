@@ -2,17 +2,16 @@
 verdict's rules, the Lyapunov estimate and the CLI."""
 import math
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import equinox as eqx
-
 import stablebptt as sb
-from stablebptt import problems
 from stablebptt import diagnose as D
+from stablebptt import problems
 from stablebptt.cli import app
 from stablebptt.problems.linear import closed_form_fields
 

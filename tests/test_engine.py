@@ -14,7 +14,9 @@ import pytest
 import stablebptt as sb
 from stablebptt import problems
 from stablebptt.controllers import MLP
-from stablebptt.core import Autodiff, Flow, ReverseSweep, backward as B, candidates, engine, gates as G, unroll
+from stablebptt.core import Autodiff, Flow, ReverseSweep, candidates, engine, unroll
+from stablebptt.core import backward as B
+from stablebptt.core import gates as G
 from stablebptt.losses import TrajectoryLoss
 from stablebptt.problems.linear import closed_form_fields
 

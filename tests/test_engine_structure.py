@@ -22,7 +22,8 @@ import pytest
 
 import stablebptt as sb
 from stablebptt import problems
-from stablebptt.core import Autodiff, ReverseSweep, backward as B, candidates
+from stablebptt.core import Autodiff, ReverseSweep, candidates
+from stablebptt.core import backward as B
 
 LOOPS = ("scan", "while")
 

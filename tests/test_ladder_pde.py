@@ -20,8 +20,7 @@ ex = pytest.importorskip("exponax", reason="the exponax adapter needs the [expon
 
 from stablebptt import problems  # noqa: E402
 from stablebptt.config import RunConfig  # noqa: E402
-from stablebptt.problems.adapters.exponax import (  # noqa: E402
-    exponax_problem, exponax_step, gaussian_actuators)
+from stablebptt.problems.adapters.exponax import exponax_problem, exponax_step, gaussian_actuators  # noqa: E402
 from stablebptt.runner import train  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,13 +7,12 @@ the optimizer's step (against ``optim.make``), and the trainer's and the sweep's
 """
 import json
 
-from conftest import assert_close
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import assert_close
 from stablebptt import core as F
 from stablebptt import optim, problems, run, sweep
 from stablebptt import runner as T

@@ -2,13 +2,11 @@
 training with one line saying at which step the rollout first went non-finite (ValueError in
 Python, ``error: …`` and exit code 2 on the command line); old records of such runs show as
 diverged in ``results`` and as a note in ``plot``, not as ``nan ± 0`` and empty axes."""
-import json
 import textwrap
 from pathlib import Path
 
 import matplotlib
 import numpy as np
-import pandas as pd
 import pytest
 from typer.testing import CliRunner
 

@@ -12,7 +12,6 @@ from stablebptt import problems
 from stablebptt.cli import app
 from stablebptt.config import RunConfig
 from stablebptt.run import run
-
 from test_own_problems import POINTMASS
 
 runner = CliRunner()

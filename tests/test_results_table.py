@@ -46,7 +46,7 @@ def test_whole_problem_names_at_80_columns():
     assert "heat.py:make" in shown and "heat_equation_with_sources.py:make_problem" in shown
     assert "cartpole" in shown
     # ... and every other cell is whole too
-    nospace = lambda xs: {x.replace(" ", "") for x in xs}  # noqa: E731  (a cell wrapped at a space)
+    nospace = lambda xs: {x.replace(" ", "") for x in xs}  # a cell wrapped at a space
     assert nospace(cells(text, 4)) == nospace(f"{m:.4g} ± {m / 7:.2g}" for m in (1.2345e-5, 0.012345))
     assert nospace(cells(text, 1)) == {"steps=16,nx=64"}
 

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stablebptt import problems, run as R
+from stablebptt import problems
+from stablebptt import run as R
 from stablebptt.config import RunConfig, run_id
 from stablebptt.runner import Checkpoint, sigint_deferred, train
 
@@ -378,7 +379,7 @@ def test_a_sweep_killed_at_random_moments_ends_as_an_uninterrupted_one(tmp_path)
     assert plain.wait(timeout=900) == 0
     root = tmp_path / "sw"
     rng = random.Random(19)
-    for trial in range(3):
+    for _ in range(3):
         proc = sweep_cli(root, spec_toml)
         target = rng.randint(1, 25)
         deadline = time.time() + 300

@@ -5,9 +5,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_close
 
 import stablebptt as sb
+from conftest import assert_close
 from stablebptt import problems
 from stablebptt import train as T
 from stablebptt.config import RunConfig

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import stablebptt as sb
-from stablebptt.core import hooks
 from conftest import EPS32, assert_close
+from stablebptt.core import hooks
 
 USER = ("burgers_conv1d", "heat2d_conv2d", "field_mlp", "large_state_few_controls", "implicit_solve", "ode_diffrax")
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import subprocess
 import shutil
+import subprocess
 import sys
 import uuid
 from pathlib import Path

@@ -32,12 +32,11 @@ for context only.
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-
 
 #: problem -> the results column that holds its complexity level
 LEVEL_PARAMS = {"cartpole": "param_poles", "guidance": "param_rc", "quantum": "param_target"}

@@ -12,7 +12,6 @@ import os
 import pkgutil
 import shutil
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -51,7 +50,7 @@ def setup_jax(cache: bool = True, cpu_devices: int = 1) -> int:
     return len(jax.devices("cpu")) if jax.default_backend() == "cpu" else 0
 
 
-def fail(msg: str) -> "typer.Exit":
+def fail(msg: str) -> typer.Exit:
     """Print ``error: msg`` on one line (stderr) and return the exit (code 2) to raise."""
     console.print(f"[bold red]error:[/] {' '.join(str(msg).split())}", soft_wrap=True, highlight=False)
     return typer.Exit(code=2)
@@ -100,7 +99,7 @@ def cli_errors(fn):
             if _debug():
                 raise
             raise fail(_one_line(e))
-        except Exception as e:  # noqa: BLE001 - raised in a user's problem file: named there, one line
+        except Exception as e:  # raised in a user's problem file: named there, one line
             from .problems import user_code_error
 
             err = user_code_error(e)
@@ -154,7 +153,7 @@ def _write_probe(option: str, value, folder: Path, missing: bool) -> None:
         raise fail(f"{option} {value}: {what} ({why}); give a folder you can write to")
 
 
-def check_out_folder(option: str, value: Optional[Path]) -> None:
+def check_out_folder(option: str, value: Path | None) -> None:
     """An output folder option, checked before any work: ``value`` is a writable folder, or one
     that can be created (its nearest existing parent is a writable folder). Fails (exit 2) with
     one line naming the option, the value and what is wrong."""
@@ -182,7 +181,7 @@ def _check_folder(option: str, value, p: Path) -> None:
     _write_probe(option, value, parent, missing=True)
 
 
-def check_out_file(option: str, value: Optional[Path]) -> None:
+def check_out_file(option: str, value: Path | None) -> None:
     """An output file option, checked before any work: not a folder, and its folder writable or
     creatable (:func:`check_out_folder`)."""
     if value is None:
@@ -251,38 +250,38 @@ def train(
     lr: float = typer.Option(1e-3, help="learning rate"),
     momentum: float = typer.Option(0.9, help="momentum for --optimizer momentum"),
     batch_size: int = typer.Option(8, help="minibatch size"),
-    epochs: Optional[int] = typer.Option(None, help="epochs (default: a short run per problem; the paper used 1000)"),
-    n_train: Optional[int] = typer.Option(None, help="training states (default 256)"),
-    n_test: Optional[int] = typer.Option(None, help="test states (default 256)"),
+    epochs: int | None = typer.Option(None, help="epochs (default: a short run per problem; the paper used 1000)"),
+    n_train: int | None = typer.Option(None, help="training states (default 256)"),
+    n_test: int | None = typer.Option(None, help="test states (default 256)"),
     seed: int = typer.Option(0, help="seed for the initial weights (and the data with --data seeded)"),
     data: str = typer.Option("paper", help="paper (the authors' seed-42 data) | seeded"),
     shuffle: bool = typer.Option(False, help="shuffle minibatches each epoch (paper: no)"),
-    zero_last: Optional[bool] = typer.Option(None, "--zero-last/--no-zero-last", help="zero-initialise the last kernel (default: the paper preset of the problem)"),
+    zero_last: bool | None = typer.Option(None, "--zero-last/--no-zero-last", help="zero-initialise the last kernel (default: the paper preset of the problem)"),
     combiner: str = typer.Option("sign", help="combiner for C: sign | sign_g"),
     truncate: int = typer.Option(0, help="truncated BPTT: stop the state every k steps (0 = off)"),
     decay: float = typer.Option(1.0, help="temporal gradient decay α per step (1 = off)"),
     and_mask: float = typer.Option(0.0, help="AND-mask across batch members: keep entries whose per-sample signs agree in at least this fraction (0 = off)"),
     diagnostics: bool = typer.Option(False, help="also compute G for cos(M,G) / sign agreement in any mode"),
     checkpoint_every: str = typer.Option("auto", help="remat: checkpoint the unroll every k steps, 'auto' (from --memory-budget) or 'none'"),
-    memory_budget: Optional[float] = typer.Option(None, help="memory budget in GiB for checkpoint_every=auto (default: 512 MiB on CPU, 1/4 of device memory on accelerators; see stablebptt.core.backward.default_memory_budget)"),
-    init_weights: Optional[Path] = typer.Option(None, help="start from these weights: an .npz file or a run folder"),
+    memory_budget: float | None = typer.Option(None, help="memory budget in GiB for checkpoint_every=auto (default: 512 MiB on CPU, 1/4 of device memory on accelerators; see stablebptt.core.backward.default_memory_budget)"),
+    init_weights: Path | None = typer.Option(None, help="start from these weights: an .npz file or a run folder"),
     eval_every: int = typer.Option(1, help="evaluate the full train/test sets every k epochs and after the last (paper: 1)"),
     backward: str = typer.Option("auto", help="backward strategy: auto | autodiff (the reference) | batched | per_step"),
-    overlap_eval: Optional[bool] = typer.Option(None, "--overlap-eval/--no-overlap-eval", help="evaluate on a second CPU core while the next epoch trains (default: on, with two or more cores)"),
+    overlap_eval: bool | None = typer.Option(None, "--overlap-eval/--no-overlap-eval", help="evaluate on a second CPU core while the next epoch trains (default: on, with two or more cores)"),
     checkpoint_seconds: float = typer.Option(30.0, help="seconds between checkpoints (an interrupted run continues from the last)"),
     restart: bool = typer.Option(False, "--restart", help="start over: ignore a checkpoint or an earlier result of the same run"),
-    tensorboard: Optional[Path] = typer.Option(None, help="write the per-epoch metrics as TensorBoard events into this folder"),
+    tensorboard: Path | None = typer.Option(None, help="write the per-epoch metrics as TensorBoard events into this folder"),
     out_dir: Path = typer.Option(Path("runs"), "--out", "-o", help="folder that receives the run folder"),
-    poles: Optional[int] = typer.Option(None, help="cartpole: number of poles"),
-    drivers: Optional[int] = typer.Option(None, help="guidance: drivers"),
-    evaders: Optional[int] = typer.Option(None, help="guidance: evaders"),
-    rc: Optional[float] = typer.Option(None, help="guidance: control regulariser"),
-    nx: Optional[int] = typer.Option(None, help="quantum: interior grid points"),
-    dt: Optional[float] = typer.Option(None, help="time step"),
-    steps: Optional[int] = typer.Option(None, help="simulator steps per trajectory"),
-    target: Optional[float] = typer.Option(None, help="quantum: target eigenstate (1-based); toy-field: target y"),
-    weighting: Optional[int] = typer.Option(None, help="quantum: weighting of c1 (1/3/7/15)"),
-    param: List[str] = typer.Option([], "--param", "-p", help="any problem parameter as KEY=VALUE"),
+    poles: int | None = typer.Option(None, help="cartpole: number of poles"),
+    drivers: int | None = typer.Option(None, help="guidance: drivers"),
+    evaders: int | None = typer.Option(None, help="guidance: evaders"),
+    rc: float | None = typer.Option(None, help="guidance: control regulariser"),
+    nx: int | None = typer.Option(None, help="quantum: interior grid points"),
+    dt: float | None = typer.Option(None, help="time step"),
+    steps: int | None = typer.Option(None, help="simulator steps per trajectory"),
+    target: float | None = typer.Option(None, help="quantum: target eigenstate (1-based); toy-field: target y"),
+    weighting: int | None = typer.Option(None, help="quantum: weighting of c1 (1/3/7/15)"),
+    param: list[str] = typer.Option([], "--param", "-p", help="any problem parameter as KEY=VALUE"),
 ):
     """Train a controller on PROBLEM and write one run folder (config, metrics, weights, manifest)."""
     from pydantic import ValidationError
@@ -374,11 +373,18 @@ def train(
 
 
 @contextlib.contextmanager
-def _progress_bar(epochs: int, saved: int, tensorboard: Optional[Path]):
+def _progress_bar(epochs: int, saved: int, tensorboard: Path | None):
     """A progress bar over ``epochs`` (``saved`` of them done) and, with ``tensorboard``, event
     files; yields the ``on_epoch(epoch, rows)`` callback that feeds both. The bar stops before an
     exception (Ctrl-C) leaves."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
@@ -425,7 +431,7 @@ def checkpoint_epoch(checkpoint: Path) -> int:
         return 0
 
 
-def fail_interrupted(checkpoint: Path, epochs: int) -> "typer.Exit":
+def fail_interrupted(checkpoint: Path, epochs: int) -> typer.Exit:
     """The one-line message of an interrupted ``stablebptt train`` (exit code 130)."""
     done = checkpoint_epoch(checkpoint)
     if done:
@@ -440,7 +446,7 @@ def fail_interrupted(checkpoint: Path, epochs: int) -> "typer.Exit":
 def evaluate(
     run_dir: Path = typer.Argument(..., help="a finished run folder"),
     data: str = typer.Option("test", help="test | train (the run's own sets) | FILE.npz (its array of states)"),
-    per_state: Optional[Path] = typer.Option(None, help="write each state's loss to this CSV"),
+    per_state: Path | None = typer.Option(None, help="write each state's loss to this CSV"),
 ):
     """The trained controller's loss on the run's test or training set, or on states from a file."""
     import numpy as np
@@ -541,7 +547,7 @@ def _print_summary(folder: Path) -> None:
 
 
 @app.command("problems")
-def list_problems(sources: List[str] = typer.Argument(None, help="problems to show (default: the built-in, "
+def list_problems(sources: list[str] = typer.Argument(None, help="problems to show (default: the built-in, "
                                                                  "registered and installed ones), also FILE.py:FUNCTION")):
     """List problems and their parameters."""
     from . import problems as problems_mod
@@ -554,7 +560,7 @@ def list_problems(sources: List[str] = typer.Argument(None, help="problems to sh
         try:
             spec = problems_mod.param_spec(name)
             desc = problems_mod.get(name).description
-        except Exception as e:  # noqa: BLE001 - a broken problem module must not hide the others
+        except Exception as e:  # a broken problem module must not hide the others
             if sources:
                 raise
             spec, desc = {}, f"(unavailable: {e})"

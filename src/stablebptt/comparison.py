@@ -30,10 +30,10 @@ from __future__ import annotations
 
 import json
 import math
-import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -126,7 +126,7 @@ def _option_value(where: str, key: str, raw: str):
     return value
 
 
-def parse_variants(texts: "str | Sequence[str]") -> list[Variant]:
+def parse_variants(texts: str | Sequence[str]) -> list[Variant]:
     """A comma-separated string or a list of variant texts -> distinct variants, in order.
 
     Raises ValueError for an empty list or for two texts that name the same variant
@@ -165,7 +165,7 @@ def quick_config(problem: str, params: dict | None = None) -> dict:
     return {"epochs": 20, "n_train": min(64, d.get("n_train", 256)), "n_test": min(64, d.get("n_test", 256))}
 
 
-def comparison_spec(problem: str, variants: Sequence[Variant], seeds: "int | Sequence[int]", params: dict,
+def comparison_spec(problem: str, variants: Sequence[Variant], seeds: int | Sequence[int], params: dict,
                     config: dict, name: str | None = None):
     """The :class:`stablebptt.sweep.SweepSpec` of a comparison: one experiment block per set of
     flow options (its modes: the variants' letters), ``config`` and ``params`` shared by all.
@@ -448,7 +448,7 @@ class Comparison:
                      for f in self.figures])
 
     def table_markdown(self) -> str:
-        rows = [f"| variant | final test loss: gm ×/÷ gsd | min – max | seeds | diverged |",
+        rows = ["| variant | final test loss: gm ×/÷ gsd | min – max | seeds | diverged |",
                 "|---|---|---|---|---|"]
         for r in self.table:
             best = " **(best)**" if r["variant"] == self.best else ""
@@ -458,7 +458,7 @@ class Comparison:
         return "\n".join(rows) + "\n"
 
     def ratios_markdown(self) -> str:
-        rows = [f"| ratio | per seed | gm [95 % CI] | verdict |", "|---|---|---|---|"]
+        rows = ["| ratio | per seed | gm [95 % CI] | verdict |", "|---|---|---|---|"]
         for r in self.ratios.values():
             seeds = ", ".join(f"s{s}: {fmt_ratio(x)}" for s, x in zip(r.test.seeds, r.test.per_seed))
             ci = f"[{fmt_ratio(r.lo)}, {fmt_ratio(r.hi)}]" if r.n > 1 else "(one seed: no interval)"
@@ -539,7 +539,7 @@ def final_table(folder: str | Path, runs: dict, window: int):
     folder = Path(folder)
     frames, who = [], {}
     for name, by_seed in runs.items():
-        for seed, rid in by_seed.items():
+        for rid in by_seed.values():
             if is_done(folder / rid):
                 frames.append(results.run_rows(folder / rid))
                 who[rid] = name
@@ -685,12 +685,12 @@ def default_folder(problem: str, params: dict) -> Path:
                                   + "".join(f"-{k}={_opt_text(v)}" for k, v in sorted(params.items())))
 
 
-def compare(problem: str, modes: "str | Sequence[str]" = DEFAULT_VARIANTS, seeds: "int | Sequence[int]" = 5,
+def compare(problem: str, modes: str | Sequence[str] = DEFAULT_VARIANTS, seeds: int | Sequence[int] = 5,
             params: dict | None = None, root: str | Path | None = None, *, epochs: int | None = None,
             quick: bool = False, config: dict | None = None, reference: str = "R", window: int | None = None,
             workers: int | None = None, executor: str = "local", address: str | None = None,
             vmap_seeds: bool = False, vmap_configs: bool = False, cache_dir: str | None = None,
-            checkpoint_seconds: float = 30.0, progress: Optional[Callable[[dict], None]] = None,
+            checkpoint_seconds: float = 30.0, progress: Callable[[dict], None] | None = None,
             diagnose: bool = False, figures: bool = True, n_boot: int | None = None) -> Comparison:
     """Train every variant of ``modes`` on ``problem`` over ``seeds`` and compare them, paired by seed.
 

@@ -12,8 +12,8 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .core.gates import Flow
 from . import optim
+from .core.gates import Flow
 
 
 def _plain(x):
@@ -48,7 +48,7 @@ class RunConfig(BaseModel):
     problem_params: dict[str, Any] = Field(default_factory=dict)
     #: a gradient-flow mode ``R | M | S | N | C``, or a per-step schedule of R/M/S/N letters,
     #: stored as a list of letters (a string of several letters is turned into one)
-    mode: Union[str, list[str]] = "C"
+    mode: str | list[str] = "C"
     combiner: str = "sign"
     truncate: int = 0
     decay: float = 1.0
@@ -64,11 +64,11 @@ class RunConfig(BaseModel):
     n_test: int = 256
     data: Literal["paper", "seeded"] = "paper"
     shuffle: bool = False
-    zero_last: Optional[bool] = None
+    zero_last: bool | None = None
     diagnostics: bool = False
-    checkpoint_every: Optional[Union[int, Literal["auto"]]] = "auto"
-    memory_budget: Optional[int] = None
-    init_weights: Optional[str] = None
+    checkpoint_every: int | Literal["auto"] | None = "auto"
+    memory_budget: int | None = None
+    init_weights: str | None = None
     #: evaluate the full train/test sets every k epochs and after the last one (paper: 1).
     #: Only evaluated epochs are recorded as rows; the others still train and are guarded.
     eval_every: int = 1

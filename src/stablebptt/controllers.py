@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -49,7 +50,7 @@ class Dense(eqx.Module):
     bias: jax.Array
 
     @staticmethod
-    def init(key, fan_in: int, fan_out: int, zero_kernel: bool = False) -> "Dense":
+    def init(key, fan_in: int, fan_out: int, zero_kernel: bool = False) -> Dense:
         kernel = (
             jnp.zeros((fan_in, fan_out), jnp.float32)
             if zero_kernel
@@ -76,7 +77,7 @@ class Conv(eqx.Module):
     strides: tuple[int, ...] = eqx.field(static=True)
 
     @staticmethod
-    def init(key, window: Sequence[int], c_in: int, c_out: int, strides: Sequence[int]) -> "Conv":
+    def init(key, window: Sequence[int], c_in: int, c_out: int, strides: Sequence[int]) -> Conv:
         rf = int(np.prod(window))
         kernel = glorot_uniform(key, (*window, c_in, c_out), rf * c_in, rf * c_out)
         return Conv(kernel, jnp.zeros((c_out,), jnp.float32), tuple(strides))
@@ -338,7 +339,7 @@ def save_weights(model, path: str | Path) -> Path:
     return path
 
 
-def load_weights(model, source) -> "eqx.Module":
+def load_weights(model, source) -> eqx.Module:
     """Return ``model`` with weights from an ``.npz`` path or a dict (same names/shapes)."""
     arrays = dict(np.load(source)) if not isinstance(source, dict) else source
     current = weights_dict(model)

@@ -39,9 +39,9 @@ import functools
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import equinox as eqx
 import jax

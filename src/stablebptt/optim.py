@@ -22,13 +22,13 @@ Optimizers (Keras defaults where the authors used Keras):
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
-
-import numpy as np
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 OPTIMIZERS = ("adam", "adam_optax", "sgd", "momentum", "adagrad", "adadelta", "rmsprop")

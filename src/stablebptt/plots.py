@@ -68,23 +68,23 @@ from __future__ import annotations
 
 import textwrap
 import warnings
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib import patheffects  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-from matplotlib.ticker import Formatter, MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib import patheffects
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import Formatter, MaxNLocator
 
-from . import claims  # noqa: E402
-from .claims import LEVEL_PARAMS, smooth_curve  # noqa: E402  (the statistics own them; plots re-exports)
-from .problems import file_stem  # noqa: E402
+from . import claims
+from .claims import LEVEL_PARAMS, smooth_curve  # the statistics own them; plots re-exports
+from .problems import file_stem
 
 #: the authors' mode colours
 MODE_COLORS = {"R": "#ef476f", "M": "#ffd166", "C": "#06d6a0", "S": "#073b4c"}

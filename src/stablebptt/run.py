@@ -44,13 +44,17 @@ import socket
 import sys
 import time
 import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .config import RunConfig, run_id
-from .controllers import weights_file  # noqa: F401  (run folders hold weights.npz; re-exported)
+from .controllers import weights_file  # run folders hold weights.npz; re-exported
+
+if TYPE_CHECKING:  # for annotations only: the methods import numpy where they need it
+    import numpy as np
 
 RESULT_FILE = "result.json"
 
@@ -97,7 +101,7 @@ def manifest() -> dict:
         "command": " ".join(sys.argv),
         "host": socket.gethostname(),
         "machine": platform.machine(),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
 
 
@@ -267,11 +271,11 @@ class Lease:
         self.token = uuid.uuid4().hex
         self._touched = 0.0
 
-    def acquire(self) -> "Lease":
+    def acquire(self) -> Lease:
         """Take the claim, or raise :class:`Claimed` if a live owner holds it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         me = {"host": socket.gethostname(), "pid": os.getpid(), "start": _proc_start(os.getpid()),
-              "token": self.token, "since": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+              "token": self.token, "since": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
         for _ in range(10):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -439,7 +443,7 @@ class LoadedRun:
         tr, te = make_data(self.problem, self.config, self.seed)
         return tr if which == "train" else te
 
-    def evaluate(self, states=None) -> tuple[float, "np.ndarray"]:
+    def evaluate(self, states=None) -> tuple[float, np.ndarray]:
         """``(loss, per-state losses)`` of the trained controller on ``states`` (default: the
         test set): the trajectory loss of the whole batch, and of each state alone (N,). For the
         library's batch-mean losses the first is the mean of the second."""

@@ -30,16 +30,17 @@ evaluated), it is marked ``diverged`` at that epoch, and no row is written for t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
 import threading
 import time
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -422,7 +423,7 @@ def first_nonfinite(model, states: np.ndarray, problem: Problem, batch_size: int
     return None
 
 
-def nonfinite_start_message(problem: Problem, model, run: "_Run", batch_size: int) -> str:
+def nonfinite_start_message(problem: Problem, model, run: _Run, batch_size: int) -> str:
     """One line for an untrained controller whose loss is not finite: its losses and the first
     step at which the rollout of the training set (minibatch by minibatch), else of the test
     set, is not finite (:func:`first_nonfinite`)."""

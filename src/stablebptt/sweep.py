@@ -51,10 +51,11 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -80,7 +81,7 @@ class Experiment(BaseModel):
     model_config = ConfigDict(extra="forbid")
     problem: str
     level: dict[str, list[Any]] = Field(default_factory=dict)
-    modes: list[Union[str, list[str]]] = Field(default_factory=lambda: ["R", "M", "C", "S"])
+    modes: list[str | list[str]] = Field(default_factory=lambda: ["R", "M", "C", "S"])
     clips: list[str] = Field(default_factory=lambda: ["none"])
     optimizers: list[OptimizerSetting] = Field(default_factory=lambda: [OptimizerSetting()])
     problem_params: dict[str, Any] = Field(default_factory=dict)
@@ -108,7 +109,7 @@ class Experiment(BaseModel):
 class SweepSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = "sweep"
-    seeds: Union[int, list[int]] = 5
+    seeds: int | list[int] = 5
     experiment: list[Experiment]
 
     @field_validator("seeds")
@@ -202,7 +203,7 @@ def _hopper_preset(quick: bool) -> dict:
     ])
 
 
-def load_spec(source: "str | Path | dict", *, quick: bool = False, seeds: int | None = None) -> SweepSpec:
+def load_spec(source: str | Path | dict, *, quick: bool = False, seeds: int | None = None) -> SweepSpec:
     """A preset name, a TOML/YAML file path, or a dict -> validated :class:`SweepSpec`."""
     if isinstance(source, dict):
         raw = source
@@ -451,7 +452,7 @@ def _run_local(groups, root: Path, n: int, cache_dir, checkpoint_seconds, finish
                         c, seeds = pending.pop(fut)
                         try:
                             finished(fut.result())
-                        except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on
+                        except Exception as e:  # recorded, the sweep goes on
                             report.failed.append({"config": c.to_dict(), "seeds": seeds, "error": repr(e)})
             except BaseException:
                 # Ctrl-C (or an error here): stop at once instead of waiting for the queued
@@ -493,7 +494,7 @@ def _run_ray(groups, root: Path, workers, address, cache_dir, checkpoint_seconds
                     c, seeds = refs.pop(ref)
                     try:
                         finished(ray.get(ref))
-                    except Exception as e:  # noqa: BLE001
+                    except Exception as e:
                         report.failed.append({"config": c.to_dict(), "seeds": seeds, "error": repr(e)})
         except BaseException:
             for ref in refs:  # Ctrl-C: stop the remaining tasks (a killed task leaves a .tmp-* folder)
@@ -530,7 +531,7 @@ def _check_code(jobs: list[tuple[RunConfig, int]], root: Path) -> None:
 
 def run_sweep(spec: SweepSpec, root: str | Path, *, executor: str = "local", workers: int | None = None,
               address: str | None = None, vmap_seeds: bool = False, vmap_configs: bool = False,
-              progress: Optional[Callable[[dict], None]] = None, cache_dir: str | None = None,
+              progress: Callable[[dict], None] | None = None, cache_dir: str | None = None,
               checkpoint_seconds: float = 30.0) -> SweepReport:
     """Run every missing job of ``spec`` under ``root``; return counts (computed / skipped / diverged).
 

@@ -42,7 +42,7 @@ class TensorBoard:
         """Write everything still queued and close the event file."""
         self.writer.close()
 
-    def __enter__(self) -> "TensorBoard":
+    def __enter__(self) -> TensorBoard:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -18,7 +18,8 @@ parameters and optimizer state stay at the last finite values (``alive`` becomes
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -113,10 +114,10 @@ def controller_parts(problem: Problem, zero_last: bool, key=None):
     return eqx.partition(make(key), eqx.is_inexact_array)
 
 
-def make_train(problem: Problem, flow: "core.Flow | str", optimizer: optim.Optimizer, *, batch_size: int,
-               backward: "str | core.Strategy" = "auto", shuffle: bool = False, diagnostics: bool = False,
+def make_train(problem: Problem, flow: core.Flow | str, optimizer: optim.Optimizer, *, batch_size: int,
+               backward: str | core.Strategy = "auto", shuffle: bool = False, diagnostics: bool = False,
                zero_last: bool | None = None, lanes: Sequence[tuple[core.Flow, optim.Optimizer]] | None = None,
-               checkpoint_every: "int | str | None" = "auto", memory_budget: int | None = None, n_runs: int = 1,
+               checkpoint_every: int | str | None = "auto", memory_budget: int | None = None, n_runs: int = 1,
                updates: int | None = None, verify_rows: bool = True, probe=None) -> Trainer:
     """The pure functions that train a controller on ``problem`` (see :class:`Trainer`).
 

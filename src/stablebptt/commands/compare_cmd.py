@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -43,19 +42,19 @@ def compare_cmd(
                               help="comma-separated variants: a mode letter (R M S N C), optionally with flow options "
                                    "as :KEY=VALUE (truncate, decay, combiner, and_mask), e.g. R,C,R:truncate=4,R:decay=0.9"),
     seeds: int = typer.Option(5, help="seeds 0 … n−1 (a seed fixes data and initial weights: variants are paired by seed)"),
-    param: List[str] = typer.Option([], "--param", "-p", help="problem parameter as KEY=VALUE (repeatable)"),
-    config: List[str] = typer.Option([], "--config", "-c", help="a run setting shared by every variant as KEY=VALUE "
+    param: list[str] = typer.Option([], "--param", "-p", help="problem parameter as KEY=VALUE (repeatable)"),
+    config: list[str] = typer.Option([], "--config", "-c", help="a run setting shared by every variant as KEY=VALUE "
                                                                 "(lr, clip, n_train, batch_size, …; repeatable)"),
-    epochs: Optional[int] = typer.Option(None, help="training epochs (default: the problem's; with --quick a short run)"),
+    epochs: int | None = typer.Option(None, help="training epochs (default: the problem's; with --quick a short run)"),
     quick: bool = typer.Option(False, help="short training (the problem's quick settings)"),
     reference: str = typer.Option("R", help="the variant every other one is paired against"),
-    window: Optional[int] = typer.Option(None, help="moving-average window of the final test loss (default: a tenth "
+    window: int | None = typer.Option(None, help="moving-average window of the final test loss (default: a tenth "
                                                     "of the epochs, 1 … 30)"),
-    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="folder of the runs and results "
+    out_dir: Path | None = typer.Option(None, "--out", "-o", help="folder of the runs and results "
                                                                     "(default comparisons/PROBLEM[-KEY=VALUE…])"),
     executor: str = typer.Option("local", help="local (spawn pool) | serial | ray"),
-    workers: Optional[int] = typer.Option(None, help="worker processes (default: one per core)"),
-    address: Optional[str] = typer.Option(None, help="Ray cluster address (default: start a local one)"),
+    workers: int | None = typer.Option(None, help="worker processes (default: one per core)"),
+    address: str | None = typer.Option(None, help="Ray cluster address (default: start a local one)"),
     vmap_seeds: bool = typer.Option(False, help="train the seeds of one variant in one vmapped program"),
     vmap_configs: bool = typer.Option(False, help="train all variants and seeds as lanes of vmapped programs (for GPUs)"),
     checkpoint_seconds: float = typer.Option(30.0, help="seconds between the checkpoints of each run"),

@@ -6,19 +6,27 @@ from __future__ import annotations
 import time
 import warnings
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
-from ..cli import (_read_weights, app, check_out_file, check_out_folder, collect_problem_params, console, fail,
-                   out, setup_jax)
+from ..cli import (
+    _read_weights,
+    app,
+    check_out_file,
+    check_out_folder,
+    collect_problem_params,
+    console,
+    fail,
+    out,
+    setup_jax,
+)
 
 
 @app.command("diagnose")
 def diagnose_command(
     problem: str = typer.Argument(..., help="problem name (see `stablebptt problems`)"),
-    param: List[str] = typer.Option([], "--param", "-p", help="problem parameter as KEY=VALUE (repeatable)"),
-    weights: Optional[Path] = typer.Option(None, help="a run folder or a weights .npz to diagnose (default: an untrained controller)"),
+    param: list[str] = typer.Option([], "--param", "-p", help="problem parameter as KEY=VALUE (repeatable)"),
+    weights: Path | None = typer.Option(None, help="a run folder or a weights .npz to diagnose (default: an untrained controller)"),
     states: int = typer.Option(8, help="number of rollouts (initial states) to measure along"),
     out_dir: Path = typer.Option(Path("diagnostics"), "--out", "-o", help="folder for <name>.png/.json/.txt"),
     zero_last: bool = typer.Option(False, "--zero-last/--no-zero-last",
@@ -37,8 +45,8 @@ def diagnose_command(
     setup_jax()
     import jax
 
-    from .. import diagnose as diag
     from .. import controllers
+    from .. import diagnose as diag
 
     t0 = time.perf_counter()
     name = problems_mod.file_stem(problem)
@@ -80,10 +88,10 @@ def diagnose_command(
 def animate_command(
     run_dir: Path = typer.Argument(..., help="a run folder (config.json + weights.npz)"),
     states: int = typer.Option(4, help="number of test states to roll out"),
-    out_file: Optional[Path] = typer.Option(None, "--out", "-o", help="output .gif or .mp4 (default RUN_DIR/animation.gif)"),
-    fps: Optional[float] = typer.Option(None, help="frames per second (default: a ~4 s clip, 2…25 fps)"),
-    stride: Optional[int] = typer.Option(None, help="draw every k-th step (default ceil(T/100)); frames = ceil(T/k) + 1"),
-    components: Optional[str] = typer.Option(None, help="problems drawn as state entries against the step (your own, "
+    out_file: Path | None = typer.Option(None, "--out", "-o", help="output .gif or .mp4 (default RUN_DIR/animation.gif)"),
+    fps: float | None = typer.Option(None, help="frames per second (default: a ~4 s clip, 2…25 fps)"),
+    stride: int | None = typer.Option(None, help="draw every k-th step (default ceil(T/100)); frames = ceil(T/k) + 1"),
+    components: str | None = typer.Option(None, help="problems drawn as state entries against the step (your own, "
                                                         "the toys): which entries, e.g. 8-15 or 0,3,5 (default: all, "
                                                         "up to 24)"),
 ):

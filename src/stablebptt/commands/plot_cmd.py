@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -13,7 +12,7 @@ from ..cli import app, check_out_folder, console, fail, out
 @app.command("plot")
 def plot_command(
     sweep_dir: Path = typer.Argument(..., help="folder with finished run folders (searched recursively)"),
-    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="folder for the figures (default SWEEP_DIR/figures)"),
+    out_dir: Path | None = typer.Option(None, "--out", "-o", help="folder for the figures (default SWEEP_DIR/figures)"),
     smooth: bool = typer.Option(True, "--smooth/--raw", help="30-epoch trailing moving average (paper) or raw curves"),
     window: int = typer.Option(30, help="moving-average window in epochs"),
     band: str = typer.Option("std", help="shaded band, in log space: std (geometric mean ×/÷ one geometric std over seeds) | ci (bootstrap 95% CI of the geometric mean)"),

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -99,11 +98,11 @@ def check_problems(spec) -> None:
 def sweep_cmd(
     spec: str = typer.Argument(..., help="a preset (cartpole, guidance, quantum, toys) or a .toml/.yaml spec file"),
     quick: bool = typer.Option(False, help="the preset's quick variant (minutes on 2 CPU cores)"),
-    seeds: Optional[int] = typer.Option(None, help="number of seeds (overrides the spec)"),
-    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="sweep folder (default sweeps/NAME)"),
+    seeds: int | None = typer.Option(None, help="number of seeds (overrides the spec)"),
+    out_dir: Path | None = typer.Option(None, "--out", "-o", help="sweep folder (default sweeps/NAME)"),
     executor: str = typer.Option("local", help="local (spawn pool) | serial | ray"),
-    workers: Optional[int] = typer.Option(None, help="worker processes (default: one per core)"),
-    address: Optional[str] = typer.Option(None, help="Ray cluster address (default: start a local one)"),
+    workers: int | None = typer.Option(None, help="worker processes (default: one per core)"),
+    address: str | None = typer.Option(None, help="Ray cluster address (default: start a local one)"),
     vmap_seeds: bool = typer.Option(False, help="train the seeds of one config in one vmapped program"),
     vmap_configs: bool = typer.Option(False, help="train the runs that differ only in seed, mode, lr or clipping "
                                                   "as lanes of one vmapped program (for GPUs)"),
@@ -119,9 +118,9 @@ def sweep_cmd(
 @app.command("results")
 def results_cmd(
     sweep_dir: Path = typer.Argument(..., help="a sweep (or runs) folder"),
-    csv: Optional[Path] = typer.Option(None, help="write all rows (run × epoch) as CSV"),
-    parquet: Optional[Path] = typer.Option(None, help="write all rows as Parquet"),
-    epoch: Optional[int] = typer.Option(None, help="report the test loss at this epoch (each run's last recorded "
+    csv: Path | None = typer.Option(None, help="write all rows (run × epoch) as CSV"),
+    parquet: Path | None = typer.Option(None, help="write all rows as Parquet"),
+    epoch: int | None = typer.Option(None, help="report the test loss at this epoch (each run's last recorded "
                                                           "epoch ≤ EPOCH) instead of the last"),
 ):
     """Collect finished runs into one table; print mean ± std of the final test loss and the
@@ -154,11 +153,11 @@ def results_cmd(
 def reproduce_cmd(
     figure: str = typer.Argument(..., help="cartpole | guidance | quantum | toys"),
     quick: bool = typer.Option(False, help="the quick variant (minutes on 2 CPU cores)"),
-    seeds: Optional[int] = typer.Option(None, help="number of seeds"),
-    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="sweep folder (default sweeps/NAME)"),
+    seeds: int | None = typer.Option(None, help="number of seeds"),
+    out_dir: Path | None = typer.Option(None, "--out", "-o", help="sweep folder (default sweeps/NAME)"),
     executor: str = typer.Option("local", help="local | serial | ray"),
-    workers: Optional[int] = typer.Option(None),
-    address: Optional[str] = typer.Option(None),
+    workers: int | None = typer.Option(None),
+    address: str | None = typer.Option(None),
     vmap_seeds: bool = typer.Option(False),
     vmap_configs: bool = typer.Option(False, help="lanes: see `stablebptt sweep --help`"),
 ):
@@ -180,7 +179,7 @@ def reproduce_cmd(
             if figure == "toys":
                 figs += list(plots.fig1_fields(Path(root) / "figures")["paths"])
                 figs += list(plots.fig2_rotation(Path(root) / "figures")["paths"])
-        except Exception as e:  # noqa: BLE001 - a plotting problem must not lose the table
+        except Exception as e:  # a plotting problem must not lose the table
             console.print(f"[yellow]figures failed:[/] {type(e).__name__}: {e}")
     text = f"# {root.name}\n\n" + sweep.summary_table(root)
     if figure == "guidance":

@@ -98,8 +98,8 @@ def flow_update(model, x0, *, step, loss: TrajectoryLoss, horizon: int, flow: Fl
 MEASURE_BATCHES = 4
 
 
-def choose_backward(backward: "str | Strategy", model, x0, *, step, loss: TrajectoryLoss, horizon: int,
-                    flow: Flow, gates: Gates, checkpoint_every: "int | str | None" = "auto",
+def choose_backward(backward: str | Strategy, model, x0, *, step, loss: TrajectoryLoss, horizon: int,
+                    flow: Flow, gates: Gates, checkpoint_every: int | str | None = "auto",
                     memory_budget: int | None = None, verify_rows: bool = True, probe=None,
                     updates: int | None = None, timed: tuple[float, float] | None = None) -> tuple[Strategy, dict]:
     """The strategy for ``backward`` and the record of how it was chosen.
@@ -176,8 +176,8 @@ def choose_backward(backward: "str | Strategy", model, x0, *, step, loss: Trajec
                          timed=None if timed is None else (timed[0] * k, timed[1]))
 
 
-def select_backward(model, x0, *, step, loss: TrajectoryLoss, horizon: int, flow: "Flow | str" = "C",
-                    backward: str = "auto", diagnostics: bool = False, checkpoint_every: "int | str | None" = "auto",
+def select_backward(model, x0, *, step, loss: TrajectoryLoss, horizon: int, flow: Flow | str = "C",
+                    backward: str = "auto", diagnostics: bool = False, checkpoint_every: int | str | None = "auto",
                     memory_budget: int | None = None, verify_rows: bool = True) -> Strategy:
     """The strategy :func:`value_and_update` would use for this controller, simulator, horizon
     and flow (:func:`choose_backward` without its record)."""
@@ -231,9 +231,9 @@ def _probe_states(x0, probe):
     return jax.tree_util.tree_map(one, x0)
 
 
-def value_and_update(model, x0, *, step, loss: TrajectoryLoss, horizon: int, flow: "Flow | str" = "C",
-                     backward: "str | Strategy" = "auto", diagnostics: bool = False,
-                     checkpoint_every: "int | str | None" = None, memory_budget: int | None = None,
+def value_and_update(model, x0, *, step, loss: TrajectoryLoss, horizon: int, flow: Flow | str = "C",
+                     backward: str | Strategy = "auto", diagnostics: bool = False,
+                     checkpoint_every: int | str | None = None, memory_budget: int | None = None,
                      validate: bool = True):
     """Loss and update of one gradient-flow mode for a batch of initial states (module docstring).
 

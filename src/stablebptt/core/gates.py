@@ -32,8 +32,9 @@ fields need the controller's input Jacobian at all (for M and S the engine never
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -175,7 +176,7 @@ class Flow:
         return s
 
 
-def as_flow(flow: "Flow | str | Sequence[str]") -> Flow:
+def as_flow(flow: Flow | str | Sequence[str]) -> Flow:
     return flow if isinstance(flow, Flow) else Flow(mode=flow)
 
 

@@ -18,7 +18,8 @@ once instead of step by step:
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
+from collections.abc import Sequence
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import equinox as eqx
 import jax

@@ -10,7 +10,8 @@ penalty of c_n) plus, for final-state losses, the state loss of x_T::
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax

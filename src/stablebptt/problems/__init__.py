@@ -31,9 +31,10 @@ import os
 import re
 import sys
 import traceback
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .base import Problem
 
@@ -124,7 +125,7 @@ def _import_user_module(where: str, source: str):
         note_user_file(found.origin)
     try:
         return importlib.import_module(where)
-    except Exception as e:  # noqa: BLE001 - located in the user's file when it is there
+    except Exception as e:  # located in the user's file when it is there
         err = user_code_error(e, f"loading problem {source!r}")
         if err is not None:
             raise err from e
@@ -139,9 +140,9 @@ def _resolve(source: str) -> tuple[Callable, dict, dict]:
         raise ValueError(f"problem={source!r}; give a problem name, FILE.py:FUNCTION or module:FUNCTION")
     if source in _BUILTIN:
         mod = importlib.import_module(f".{_BUILTIN[source]}", __name__)
-        spec = getattr(mod, "PARAMS")
+        spec = mod.PARAMS
         spec = dict(spec[source]) if source in spec and isinstance(spec[source], dict) else dict(spec)
-        make = getattr(mod, "make")
+        make = mod.make
         if "name" in inspect.signature(make).parameters:
             make = _named(make, source)
         return make, spec, {"kind": "builtin", "name": source}
@@ -183,7 +184,7 @@ def _named(make: Callable, name: str) -> Callable:
         kw = {"name": name} if "name" in inspect.signature(make).parameters and name in _BUILTIN else {}
         try:
             problem = make(**kw, **params)
-        except Exception as e:  # noqa: BLE001 - located in the user's file when it is there
+        except Exception as e:  # located in the user's file when it is there
             err = user_code_error(e, f"building problem {name!r}")
             if err is not None:
                 raise err from e
@@ -334,7 +335,7 @@ def _real(x) -> tuple[float, bool] | None:
         return None
     try:
         a = np.asarray(x)
-    except Exception:  # noqa: BLE001 - anything numpy cannot hold is not a number
+    except Exception:  # anything numpy cannot hold is not a number
         return None
     return (float(a), a.dtype.kind == "f") if a.shape == () and a.dtype.kind in "fiu" else None
 
@@ -444,7 +445,7 @@ def _located(problem: Problem, *fns) -> str:
     for fn in fns:
         target = fn
         if fn is not None and not inspect.isfunction(inspect.unwrap(fn)) and not inspect.ismethod(fn):
-            target = getattr(type(fn), "__call__", None)  # a callable object (a module): its __call__
+            target = type(fn).__call__  # a callable object (a module): its __call__
         path = _code_file(target) if target is not None else None
         if path and is_user_file(path):
             try:
@@ -461,7 +462,7 @@ def _run_user(problem: Problem, during: str, call, *, contract: str | None = Non
     becomes one that states ``contract``, located at the first user function of ``at``."""
     try:
         return call()
-    except Exception as e:  # noqa: BLE001 - re-raised unless it can be located
+    except Exception as e:  # re-raised unless it can be located
         err = user_code_error(e, during)
         if err is not None:
             raise err from e
@@ -484,7 +485,7 @@ def check_states(problem: Problem, states, *, n: int | None = None, what: str = 
     want = _shape(problem.state_shape)
     try:
         arr = np.asarray(states)
-    except Exception as e:  # noqa: BLE001 - whatever it is, it is not an array of states
+    except Exception as e:  # whatever it is, it is not an array of states
         raise UserCodeError(f"{at} {what} of type {type(states).__name__}, not an array of states "
                             f"({type(e).__name__}: {_flat(e, 200)})") from e
     if arr.dtype == object or arr.ndim == 0:
@@ -518,7 +519,7 @@ def _controller(problem: Problem, zero_last: bool, seed: int = 0):
     import equinox as eqx
     import jax
 
-    make = lambda k: problem.make_controller(k, zero_last=zero_last)  # noqa: E731
+    make = lambda k: problem.make_controller(k, zero_last=zero_last)
     key = jax.random.PRNGKey(seed)
     try:
         return eqx.filter_eval_shape(make, key)
@@ -538,7 +539,7 @@ def weight_shapes(model) -> dict[str, tuple[int, ...]]:
     layers = _weight_layers(model)
     if layers:
         return {f"w{i}_{p}": _shape(getattr(layer, p).shape) for i, layer in enumerate(layers) for p in ("kernel", "bias")}
-    inexact = lambda a: (eqx.is_inexact_array(a) or isinstance(a, jax.ShapeDtypeStruct)  # noqa: E731
+    inexact = lambda a: (eqx.is_inexact_array(a) or isinstance(a, jax.ShapeDtypeStruct)
                          and jnp.issubdtype(a.dtype, jnp.inexact))
     params = eqx.filter(model, inexact)
     return {_leaf_name(p): _shape(a.shape) for p, a in jax.tree_util.tree_leaves_with_path(params)}

@@ -139,7 +139,7 @@ def _uses_thomas(method: str, d, b) -> bool:
                                   and jax.default_backend() == "cpu")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _column_solver(method: str, fold: bool):
     """``solve(dl, d, du, b)`` for one right-hand side per system, b (..., n) -> x (..., n),
     with a vmap rule: a right-hand side vmapped over shared diagonals (C's two fields over one

@@ -3,7 +3,8 @@ function, observation features, the controller factory."""
 from __future__ import annotations
 
 import numbers
-from typing import Callable, ClassVar, Sequence
+from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import equinox as eqx
 import jax

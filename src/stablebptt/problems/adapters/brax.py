@@ -79,7 +79,8 @@ observation) when ``observe`` is given, with ``widths`` hidden tanh layers and a
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -37,7 +37,8 @@ of f on the batch); implicit solvers add their root finds.
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp

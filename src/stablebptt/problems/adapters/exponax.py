@@ -48,7 +48,8 @@ exact gradient of the discrete step).
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import equinox as eqx
 import jax

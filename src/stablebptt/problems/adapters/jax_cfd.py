@@ -53,7 +53,8 @@ from __future__ import annotations
 import numbers
 import sys
 import types
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp

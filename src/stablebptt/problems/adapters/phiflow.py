@@ -64,7 +64,8 @@ from __future__ import annotations
 import functools
 import sys
 import warnings
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -80,7 +81,7 @@ ON = ("every", "final")
 _PHIML_JAX = "phiml.backend.jax._jax_backend"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def import_phiflow():
     """``phi.jax.flow``, imported with ``jax_enable_x64`` restored to its value before the import.
 
