@@ -1,4 +1,5 @@
 """Cart-pole problem against the authors' reference arrays (cartpole_1/2/4.npz)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np

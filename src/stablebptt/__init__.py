@@ -2,6 +2,7 @@
 
 Schnell & Thuerey, "Stabilizing Backpropagation Through Time to Learn Complex Physics", ICLR 2024.
 """
+
 from .comparison import Comparison, compare
 from .comparison import load as load_comparison
 from .config import RunConfig

@@ -8,6 +8,7 @@ Conventions (all problems):
   * the controller is an equinox module mapping a batched state to a batched control;
   * float32 everywhere (complex64 only inside solvers).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
