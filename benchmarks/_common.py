@@ -8,6 +8,7 @@ numbers are the best observed, i.e. what the machine does when it is not disturb
 
 Importing this module sets ``XLA_FLAGS`` (unless already set) before JAX starts.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,8 +19,9 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 #: asks XLA for one thread per process, as the sweep's worker processes do. XLA:CPU still runs
 #: matrix products and large fused loops on its intra-op pool (one thread per core), so one
@@ -32,16 +34,25 @@ HERE = Path(__file__).resolve().parent
 #: the authors' TensorFlow code on this 2-core machine (issue 5): seconds per steady epoch
 #: (32 updates of batch 8 + evaluation of 256 train and 256 test states)
 TF_EPOCH_S = {
-    ("cartpole", "R"): 0.54, ("cartpole", "C"): 1.13,
-    ("guidance", "R"): 2.45, ("guidance", "C"): 3.74,
-    ("quantum", "R"): 6.6, ("quantum", "C"): 9.8,
+    ("cartpole", "R"): 0.54,
+    ("cartpole", "C"): 1.13,
+    ("guidance", "R"): 2.45,
+    ("guidance", "C"): 3.74,
+    ("quantum", "R"): 6.6,
+    ("quantum", "C"): 9.8,
 }
 #: the authors' first-epoch tracing time range (s)
 TF_TRACE_S = (17, 150)
 
 
-def interleaved_min(fns: dict[str, Callable[[], object]], *, rounds: int = 7, reps: int = 1,
-                    min_round_s: float = 0.0, block: Callable | None = None) -> dict[str, float]:
+def interleaved_min(
+    fns: dict[str, Callable[[], object]],
+    *,
+    rounds: int = 7,
+    reps: int = 1,
+    min_round_s: float = 0.0,
+    block: Callable | None = None,
+) -> dict[str, float]:
     """Seconds per call of each function: min over ``rounds`` of the mean over ``reps`` calls,
     the functions interleaved within each round. ``block`` waits for results (JAX is async)."""
     import jax
@@ -81,18 +92,24 @@ def machine() -> dict:
             from importlib import metadata
 
             vers[name] = metadata.version(name)
-        except Exception:  # noqa: BLE001
+        except Exception:
             vers[name] = None
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
-                                text=True, timeout=10).stdout.strip()
-    except Exception:  # noqa: BLE001
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except Exception:
         commit = ""
     return {
-        "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "versions": vers,
-        "device": str(jax.devices()[0]), "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None, "commit": commit,
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "versions": vers,
+        "device": str(jax.devices()[0]),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "commit": commit,
     }
 
 
@@ -125,8 +142,13 @@ def run_script(script: str, args: list[str], timeout: float, env: dict | None = 
     e = dict(os.environ, **(env or {}))
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, str(HERE / script), *args, "--json", out], env=e,
-                              timeout=timeout, capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, str(HERE / script), *args, "--json", out],
+            env=e,
+            timeout=timeout,
+            capture_output=True,
+            text=True,
+        )
     except subprocess.TimeoutExpired:
         print(f"{script}: timed out after {timeout:.0f}s", file=sys.stderr)
         return None
@@ -146,8 +168,9 @@ def run_script(script: str, args: list[str], timeout: float, env: dict | None = 
 def backend() -> str:
     """JAX's default backend ("cpu", "gpu", ...), asked in a child process so that this one
     does not start (and, on a GPU, preallocate) a backend of its own."""
-    proc = subprocess.run([sys.executable, "-c", "import jax; print(jax.default_backend())"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import jax; print(jax.default_backend())"], capture_output=True, text=True, timeout=300
+    )
     return proc.stdout.strip().splitlines()[-1] if proc.returncode == 0 and proc.stdout.strip() else "cpu"
 
 
@@ -168,8 +191,16 @@ def compile_update(model, x0, *, step, loss, horizon: int, flow, backward, what:
     params, static = eqx.partition(model, eqx.is_inexact_array)
 
     def f(p):
-        out = sb.value_and_update(eqx.combine(p, static), x0, step=step, loss=loss, horizon=horizon, flow=flow,
-                                  backward=backward, validate=False)
+        out = sb.value_and_update(
+            eqx.combine(p, static),
+            x0,
+            step=step,
+            loss=loss,
+            horizon=horizon,
+            flow=flow,
+            backward=backward,
+            validate=False,
+        )
         return out[1] if what == "update" else out[:2]
 
     with jax.default_matmul_precision("highest"):
@@ -181,8 +212,9 @@ def default_strategy(model, x0, *, step, loss, horizon: int, flow, checkpoint_ev
     this controller, simulator and flow (no remat segments unless ``checkpoint_every``)."""
     import stablebptt as sb
 
-    return sb.select_backward(model, x0, step=step, loss=loss, horizon=horizon, flow=flow,
-                              checkpoint_every=checkpoint_every)
+    return sb.select_backward(
+        model, x0, step=step, loss=loss, horizon=horizon, flow=flow, checkpoint_every=checkpoint_every
+    )
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -214,8 +246,16 @@ class TrainerPrograms:
     backward: str
 
 
-def trainer_programs(problem, config, seeds: Sequence[int], *, lane_configs=None, batching: str = "vmap",
-                     distinct: int | None = None, backward=None) -> TrainerPrograms:
+def trainer_programs(
+    problem,
+    config,
+    seeds: Sequence[int],
+    *,
+    lane_configs=None,
+    batching: str = "vmap",
+    distinct: int | None = None,
+    backward=None,
+) -> TrainerPrograms:
     """:class:`TrainerPrograms` for the runs ``(config, seed)`` — or, with ``lane_configs``
     (one config per seed, differing only in ``stablebptt.runner.LANE_FIELDS``), the lanes of
     one vmapped program.
@@ -286,5 +326,6 @@ def trainer_programs(problem, config, seeds: Sequence[int], *, lane_configs=None
         return metrics, [ev_c(p, tr, te) for p, (tr, te, _) in zip(copies, args)]
 
     nb = config.n_train // config.batch_size
-    return TrainerPrograms(updates, evaluate, epoch, compile_s, nb, K, "vmap" if vmapped else "loop",
-                           repr(trainer.backward))
+    return TrainerPrograms(
+        updates, evaluate, epoch, compile_s, nb, K, "vmap" if vmapped else "loop", repr(trainer.backward)
+    )

@@ -17,6 +17,7 @@ new/old pair. Ratios new/old < 1 mean the new tree is faster.
 * ``first``: from calling ``train()`` to the end of epoch 1, with no compilation cache and no
   cached backward decision (a fresh machine).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,7 @@ PROBLEMS = {"cartpole": {}, "cartpole-4": {"poles": 4}, "guidance": {}, "quantum
 UPDATE_MODES = ("R", "M", "S", "C")
 EPOCH_MODES = ("R", "M", "C")
 
-WORKER = r'''
+WORKER = r"""
 import json, os, sys, time
 kind, problem, params, modes, reps, epochs, devices = json.loads(sys.argv[1])
 import jax
@@ -76,16 +77,18 @@ else:
     out["first_s"] = marks[1] - t0
     out["epoch_ms"] = 1e3 * sorted(res.history["wall_s"][2:])[len(res.history["wall_s"][2:]) // 2]
 print("RESULT " + json.dumps(out))
-'''
+"""
 
 
 def run_worker(tree: Path, args: list, decisions: str | None = None) -> dict:
     """One measurement in a fresh process on ``tree``; ``decisions``: the folder of the backward
     decision cache (the new tree's ``STABLEBPTT_BACKWARD_CACHE``; None: none on disk)."""
-    env = dict(os.environ, PYTHONPATH=str(tree / "src"), STABLEBPTT_NO_CACHE="1",
-               STABLEBPTT_BACKWARD_CACHE=decisions or "off")
-    proc = subprocess.run([sys.executable, "-c", WORKER, json.dumps(args)], env=env, capture_output=True,
-                          text=True, timeout=900)
+    env = dict(
+        os.environ, PYTHONPATH=str(tree / "src"), STABLEBPTT_NO_CACHE="1", STABLEBPTT_BACKWARD_CACHE=decisions or "off"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", WORKER, json.dumps(args)], env=env, capture_output=True, text=True, timeout=900
+    )
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             out = json.loads(line[7:])
@@ -135,16 +138,39 @@ def main(argv=None) -> int:
     for (part, name, what), v in rows.items():
         old, new = min(v["old"]), min(v["new"])
         med = statistics.median(n / o for o, n in zip(v["old"], v["new"]))
-        table.append({"part": part, "problem": name, "case": what, "old_ms": old, "new_ms": new, "new_over_old": new / old,
-                      "median_pair_ratio": med, "old_all": v["old"], "new_all": v["new"]})
+        table.append(
+            {
+                "part": part,
+                "problem": name,
+                "case": what,
+                "old_ms": old,
+                "new_ms": new,
+                "new_over_old": new / old,
+                "median_pair_ratio": med,
+                "old_all": v["old"],
+                "new_all": v["new"],
+            }
+        )
     print("| part | problem | case | old ms | new ms | new ÷ old | median of the rounds' new ÷ old |")
     print("|---|---|---|---|---|---|---|")
     for t in table:
-        print(f"| {t['part']} | {t['problem']} | {t['case']} | {t['old_ms']:.2f} | {t['new_ms']:.2f} | "
-              f"{t['new_over_old']:.3f} | {t['median_pair_ratio']:.3f} |")
+        print(
+            f"| {t['part']} | {t['problem']} | {t['case']} | {t['old_ms']:.2f} | {t['new_ms']:.2f} | "
+            f"{t['new_over_old']:.3f} | {t['median_pair_ratio']:.3f} |"
+        )
     if a.json:
-        a.json.write_text(json.dumps({"rows": table, "old": str(a.old), "new": str(a.new), "rounds": a.rounds,
-                                      "median_ratio": statistics.median(t["new_over_old"] for t in table)}, indent=1))
+        a.json.write_text(
+            json.dumps(
+                {
+                    "rows": table,
+                    "old": str(a.old),
+                    "new": str(a.new),
+                    "rounds": a.rounds,
+                    "median_ratio": statistics.median(t["new_over_old"] for t in table),
+                },
+                indent=1,
+            )
+        )
     return 0
 
 

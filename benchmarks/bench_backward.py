@@ -50,25 +50,25 @@ JSON): rows problem × mode, columns strategies, each cell the time and its rati
 correct strategy of the row (bold). Numbers on a shared machine are noisy: the interleaving
 keeps the ratios of one row comparable, absolute times are best-case.
 """
+
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-import _common  # noqa: F401  (sets XLA_FLAGS before jax is imported)
+import _common  # sets XLA_FLAGS before jax is imported
 import jax
 import jax.numpy as jnp
 import numpy as np
+import user_problems
 
 from stablebptt.config import RunConfig
 from stablebptt.core import Flow, ReverseSweep, hooks
 from stablebptt.core import candidates as engine_candidates
-
-import user_problems
 
 MODES = ("R", "M", "C")
 #: relative error ‖u − u_autodiff‖ / ‖u_autodiff‖ up to which a strategy's update is correct
@@ -84,17 +84,27 @@ def label(strategy) -> str:
     gradients in the sweep), ``-rows`` (rows not merged although they could be)."""
     if not isinstance(strategy, ReverseSweep):
         return "autodiff"
-    return (strategy.jacobian + ("+keep" if strategy.keep_activations else "")
-            + ("+save" if strategy.save_linearization else "")
-            + ("+insweep" if strategy.param_grads == "in_sweep" else ""))
+    return (
+        strategy.jacobian
+        + ("+keep" if strategy.keep_activations else "")
+        + ("+save" if strategy.save_linearization else "")
+        + ("+insweep" if strategy.param_grads == "in_sweep" else "")
+    )
 
 
 def candidates(model, x0, problem, mode="C") -> dict[str, object]:
     """Column name -> backward for this controller: the reference, ``auto`` and every strategy
     the engine considers (:func:`stablebptt.core.candidates`, no remat segments)."""
     out: dict[str, object] = {"autodiff": "autodiff", "auto": "auto"}
-    for c in engine_candidates(model, x0, step=problem.step, loss=problem.loss, horizon=problem.horizon,
-                               gates=Flow(mode).gates(problem.horizon).fields, checkpoint_every=None):
+    for c in engine_candidates(
+        model,
+        x0,
+        step=problem.step,
+        loss=problem.loss,
+        horizon=problem.horizon,
+        gates=Flow(mode).gates(problem.horizon).fields,
+        checkpoint_every=None,
+    ):
         out.setdefault(label(c), c)
     return out
 
@@ -153,8 +163,9 @@ def _error(e: BaseException) -> str:
     return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
 
 
-def measure_cell(name: str, problem, model, x0, mode: str, cands: dict, *, repeats: int, reps: int,
-                 n_train: int, epochs: bool = True) -> dict:
+def measure_cell(
+    name: str, problem, model, x0, mode: str, cands: dict, *, repeats: int, reps: int, n_train: int, epochs: bool = True
+) -> dict:
     """Every strategy of one (problem, mode): correctness, per-update and per-epoch times, compile
     times (module docstring). Returns the JSON row."""
     kw = dict(step=problem.step, loss=problem.loss, horizon=problem.horizon)
@@ -165,7 +176,7 @@ def measure_cell(name: str, problem, model, x0, mode: str, cands: dict, *, repea
         try:
             f, params = _common.compile_update(model, x0, flow=mode, backward=spec, **kw)
             updates[col] = jax.block_until_ready(f(params))
-        except Exception as e:  # noqa: BLE001 - a strategy that cannot run is a cell, not a crash
+        except Exception as e:  # a strategy that cannot run is a cell, not a crash
             cells[col]["error"] = _error(e)
             continue
         cells[col]["update_compile_s"] = time.perf_counter() - t0
@@ -203,10 +214,18 @@ def measure_cell(name: str, problem, model, x0, mode: str, cands: dict, *, repea
         epoch_fns, nb = {}, None
         for col in ok:
             try:
-                cfg = RunConfig(problem=source, problem_params=params, mode=mode, epochs=1, batch_size=bs,
-                                n_train=n_train, n_test=bs, zero_last=False)
+                cfg = RunConfig(
+                    problem=source,
+                    problem_params=params,
+                    mode=mode,
+                    epochs=1,
+                    batch_size=bs,
+                    n_train=n_train,
+                    n_test=bs,
+                    zero_last=False,
+                )
                 p = _common.trainer_programs(problem, cfg, [0], backward=cands[col])
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 cells[col]["epoch_error"] = _error(e)
                 continue
             cells[col]["epoch_compile_s"] = p.compile_s
@@ -224,14 +243,24 @@ def measure_cell(name: str, problem, model, x0, mode: str, cands: dict, *, repea
         for c in cells.values():
             if key in c:
                 c[key.replace("_ms", "_ratio")] = c[key] / best
-    return {"problem": name, "mode": mode, "horizon": problem.horizon, "batch": int(x0.shape[0]),
-            "state_shape": list(problem.state_shape), "control_shape": list(problem.control_shape),
-            "controller": type(model).__name__, "rows_independent": hooks.claims_rows_independent(model),
-            "hooks": hooks.has_hooks(model), "updates_per_epoch": nb, "strategies": cells}
+    return {
+        "problem": name,
+        "mode": mode,
+        "horizon": problem.horizon,
+        "batch": int(x0.shape[0]),
+        "state_shape": list(problem.state_shape),
+        "control_shape": list(problem.control_shape),
+        "controller": type(model).__name__,
+        "rows_independent": hooks.claims_rows_independent(model),
+        "hooks": hooks.has_hooks(model),
+        "updates_per_epoch": nb,
+        "strategies": cells,
+    }
 
 
-def measure_problem(name: str, modes, *, repeats: int, reps: int, quick: bool, extra=(), only=None,
-                    epochs: bool = True) -> list[dict]:
+def measure_problem(
+    name: str, modes, *, repeats: int, reps: int, quick: bool, extra=(), only=None, epochs: bool = True
+) -> list[dict]:
     problem = user_problems.build(name)
     model = problem.make_controller(jax.random.PRNGKey(0), zero_last=False)
     bs = int(problem.defaults.get("batch_size", 8))
@@ -241,8 +270,9 @@ def measure_problem(name: str, modes, *, repeats: int, reps: int, quick: bool, e
     rows = []
     for mode in modes:
         t0 = time.perf_counter()
-        row = measure_cell(name, problem, model, x0, mode, cands, repeats=repeats, reps=reps, n_train=n_train,
-                           epochs=epochs)
+        row = measure_cell(
+            name, problem, model, x0, mode, cands, repeats=repeats, reps=reps, n_train=n_train, epochs=epochs
+        )
         row["wall_s"] = time.perf_counter() - t0
         print(line(row), flush=True)
         rows.append(row)
@@ -292,49 +322,64 @@ def markdown(rows: list[dict]) -> str:
     cols = list(dict.fromkeys(col for r in rows for col in r["strategies"]))
     head = "| problem | mode | " + " | ".join(cols) + " |\n|---|---|" + "---|" * len(cols)
     out = []
-    for title, fn in (("Per update: ms (ratio to the fastest correct strategy of the row)",
-                       lambda c: _cell(c, "update_ms")),
-                      ("Per epoch (trainer's updates program): ms (ratio to the fastest)",
-                       lambda c: _cell(c, "epoch_ms")),
-                      ("Compile: s, update program / trainer programs", _compile_cell)):
+    for title, fn in (
+        ("Per update: ms (ratio to the fastest correct strategy of the row)", lambda c: _cell(c, "update_ms")),
+        ("Per epoch (trainer's updates program): ms (ratio to the fastest)", lambda c: _cell(c, "epoch_ms")),
+        ("Compile: s, update program / trainer programs", _compile_cell),
+    ):
         out += [f"### {title}", "", head]
         for r in rows:
-            out.append(f"| {r['problem']} | {r['mode']} | " +
-                       " | ".join(fn(r["strategies"].get(col)) for col in cols) + " |")
+            out.append(
+                f"| {r['problem']} | {r['mode']} | " + " | ".join(fn(r["strategies"].get(col)) for col in cols) + " |"
+            )
         out.append("")
     out += ["### What `auto` picked", ""]
     for r in rows:
         a = r["strategies"].get("auto", {})
         epoch_pick = a.get("trainer_backward")
-        out.append(f"* {r['problem']} {r['mode']}: {a.get('resolved', a.get('error', '–'))}" +
-                   (f"; trainer: {epoch_pick}" if epoch_pick and epoch_pick != a.get("resolved") else ""))
-    worst = max((c["rel_err"] for r in rows for c in r["strategies"].values() if "rel_err" in c and c.get("ok")),
-                default=None)
+        out.append(
+            f"* {r['problem']} {r['mode']}: {a.get('resolved', a.get('error', '–'))}"
+            + (f"; trainer: {epoch_pick}" if epoch_pick and epoch_pick != a.get("resolved") else "")
+        )
+    worst = max(
+        (c["rel_err"] for r in rows for c in r["strategies"].values() if "rel_err" in c and c.get("ok")), default=None
+    )
     if worst is not None:
         out += ["", f"Largest relative error of a correct strategy against autodiff: {worst:.1e} (tolerance {TOL:g})."]
     return "\n".join(out) + "\n"
 
 
 def default_out(quick: bool) -> Path:
-    date = _dt.datetime.now(_dt.timezone.utc).date().isoformat()
+    date = _dt.datetime.now(_dt.UTC).date().isoformat()
     return _common.HERE / "data" / (f"backward-quick-{date}" if quick else f"backward-{date}")
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--problems", default=",".join(user_problems.SUITE),
-                    help=f"comma-separated, from: {', '.join(user_problems.SUITE)}")
+    ap.add_argument(
+        "--problems",
+        default=",".join(user_problems.SUITE),
+        help=f"comma-separated, from: {', '.join(user_problems.SUITE)}",
+    )
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--repeats", type=int, default=None, help="timing rounds (default 5; --quick: 2)")
-    ap.add_argument("--reps", type=int, default=None, help="calls per round of the update timing (default 3; "
-                                                           "--quick: 1)")
+    ap.add_argument(
+        "--reps", type=int, default=None, help="calls per round of the update timing (default 3; --quick: 1)"
+    )
     ap.add_argument("--quick", action="store_true", help="2 rounds, 1 call per round, 2 updates per epoch")
     ap.add_argument("--strategies", default=None, help="only these columns (autodiff is always kept)")
-    ap.add_argument("--extra", default="", help="comma-separated backward names to add as columns (passed as "
-                                               "backward=NAME; for strategies the engine grows later)")
+    ap.add_argument(
+        "--extra",
+        default="",
+        help="comma-separated backward names to add as columns (passed as "
+        "backward=NAME; for strategies the engine grows later)",
+    )
     ap.add_argument("--no-epoch", action="store_true", help="skip the per-epoch timing")
-    ap.add_argument("--out", default=None, help="folder for backward.json and table.md "
-                                                "(default benchmarks/data/backward[-quick]-<date>)")
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="folder for backward.json and table.md (default benchmarks/data/backward[-quick]-<date>)",
+    )
     ap.add_argument("--json", default=None, help="write the JSON to this file instead (no table.md)")
     args = ap.parse_args(argv)
     repeats = args.repeats or (2 if args.quick else 5)
@@ -350,14 +395,28 @@ def main(argv=None):
     rows = []
     for name in names:
         try:
-            rows += measure_problem(name, modes, repeats=repeats, reps=reps, quick=args.quick, extra=extra,
-                                    only=only, epochs=not args.no_epoch)
-        except Exception as e:  # noqa: BLE001 - report and continue with the others
+            rows += measure_problem(
+                name,
+                modes,
+                repeats=repeats,
+                reps=reps,
+                quick=args.quick,
+                extra=extra,
+                only=only,
+                epochs=not args.no_epoch,
+            )
+        except Exception as e:  # report and continue with the others
             print(f"{name}: unavailable ({_error(e)})", file=sys.stderr, flush=True)
     table = markdown(rows)
     print("\n" + table)
-    data = {"machine": _common.machine(), "tol": TOL, "quick": args.quick, "repeats": repeats, "reps": reps,
-            "rows": rows}
+    data = {
+        "machine": _common.machine(),
+        "tol": TOL,
+        "quick": args.quick,
+        "repeats": repeats,
+        "reps": reps,
+        "rows": rows,
+    }
     if args.json:
         _common.write_json(args.json, data)
     else:

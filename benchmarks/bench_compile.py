@@ -20,6 +20,7 @@ ended when its evaluation has; ``1`` = the evaluation after the updates (sweep w
 ``--min-compile-s`` overrides the cache's ``jax_persistent_cache_min_compile_time_secs``
 (``setup_jax`` uses 0: every program is cached); a comma list measures each.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,26 +77,32 @@ def main(argv=None):
     ap.add_argument("--problems", default="cartpole,guidance,quantum")
     ap.add_argument("--mode", default="C")
     ap.add_argument("--min-compile-s", default="0")
-    ap.add_argument("--cpu-devices", default="2,1",
-                    help="comma list: 1 = the evaluation runs after each epoch's updates (sweep workers); "
-                         "2 = on a second CPU device, overlapped (what `stablebptt train` does for one seed)")
+    ap.add_argument(
+        "--cpu-devices",
+        default="2,1",
+        help="comma list: 1 = the evaluation runs after each epoch's updates (sweep workers); "
+        "2 = on a second CPU device, overlapped (what `stablebptt train` does for one seed)",
+    )
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     rows = []
-    settings = itertools.product(map(int, args.cpu_devices.split(",")), map(float, args.min_compile_s.split(",")),
-                                 args.problems.split(","))
+    settings = itertools.product(
+        map(int, args.cpu_devices.split(",")), map(float, args.min_compile_s.split(",")), args.problems.split(",")
+    )
     for devices, min_s, name in settings:
         with tempfile.TemporaryDirectory(prefix="jaxcache-") as cache:
             cold = one(name, args.mode, cache, min_s, devices)
             warm = one(name, args.mode, cache, min_s, devices)
         for kind, r in (("cold", cold), ("warm", warm)):
-            rows.append(dict(problem=name, mode=args.mode, cache=kind, min_compile_s=min_s,
-                             cpu_devices=devices, **r))
-        print(f"{name:9s} {args.mode} {devices} cpu device(s) (cache min {min_s:g}s): first epoch incl. compile cold "
-              f"{cold['first_epoch_s']:5.2f} s (compile {cold['compile_s']:4.2f}) | warm {warm['first_epoch_s']:5.2f} s "
-              f"(compile {warm['compile_s']:4.2f}) | process start to end of epoch 1: cold "
-              f"{cold['wall_s'] - cold['process_s'] + cold['import_s'] + cold['first_epoch_s']:5.2f} s, warm "
-              f"{warm['wall_s'] - warm['process_s'] + warm['import_s'] + warm['first_epoch_s']:5.2f} s", flush=True)
+            rows.append(dict(problem=name, mode=args.mode, cache=kind, min_compile_s=min_s, cpu_devices=devices, **r))
+        print(
+            f"{name:9s} {args.mode} {devices} cpu device(s) (cache min {min_s:g}s): first epoch incl. compile cold "
+            f"{cold['first_epoch_s']:5.2f} s (compile {cold['compile_s']:4.2f}) | warm {warm['first_epoch_s']:5.2f} s "
+            f"(compile {warm['compile_s']:4.2f}) | process start to end of epoch 1: cold "
+            f"{cold['wall_s'] - cold['process_s'] + cold['import_s'] + cold['first_epoch_s']:5.2f} s, warm "
+            f"{warm['wall_s'] - warm['process_s'] + warm['import_s'] + warm['first_epoch_s']:5.2f} s",
+            flush=True,
+        )
     _common.write_json(args.json, {"machine": _common.machine(), "rows": rows})
     return rows
 

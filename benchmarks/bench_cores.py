@@ -25,6 +25,7 @@ ready, then time steady epochs for ``--seconds`` (medians, milliseconds):
 Reference: a NumPy 512 × 512 float32 product loop, solo and duo (a pure multiply-add load).
 Every worker is a fresh process. Needs at least 2 cores.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,11 +54,11 @@ def _worker(kind: str, mode: str, seconds: float, pin: int) -> None:
         def call():
             for _ in range(20):
                 a @ a
+
         block = lambda out: out
     else:
-        import jax
-
         import bench_epoch
+        import jax
 
         epoch, _, _, _ = bench_epoch.setup(kind, mode)
         call, block = epoch, jax.block_until_ready
@@ -79,9 +80,16 @@ def _worker(kind: str, mode: str, seconds: float, pin: int) -> None:
 
 def _together(kind: str, mode: str, seconds: float, pins: list[int]) -> list[dict]:
     """Run one worker per entry of ``pins`` (-1 = not pinned), started on the same signal."""
-    procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", kind, mode,
-                               str(seconds), str(p)], cwd=HERE, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True) for p in pins]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--worker", kind, mode, str(seconds), str(p)],
+            cwd=HERE,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for p in pins
+    ]
     try:
         for p in procs:
             line = p.stdout.readline()
@@ -110,20 +118,36 @@ def measure(kind: str, mode: str, seconds: float, pinned: bool) -> dict:
     solo = _together(kind, mode, seconds, [-1])[0]
     duo = _together(kind, mode, seconds, [-1, -1])
     duo_s = sum(d["median_s"] for d in duo) / 2
-    row = {"problem": kind, "mode": mode, "solo_ms": solo["median_s"] * 1e3, "solo_cores": solo["cores"],
-           "duo_ms": duo_s * 1e3, "duo_cores": sum(d["cores"] for d in duo),
-           "two_process_throughput": 2 * solo["median_s"] / duo_s}
+    row = {
+        "problem": kind,
+        "mode": mode,
+        "solo_ms": solo["median_s"] * 1e3,
+        "solo_cores": solo["cores"],
+        "duo_ms": duo_s * 1e3,
+        "duo_cores": sum(d["cores"] for d in duo),
+        "two_process_throughput": 2 * solo["median_s"] / duo_s,
+    }
     if pinned:
         ps = _together(kind, mode, seconds, [0])[0]
         pd = _together(kind, mode, seconds, [0, 1])
         pd_s = sum(d["median_s"] for d in pd) / 2
-        row.update(pinned_solo_ms=ps["median_s"] * 1e3, pinned_duo_ms=pd_s * 1e3,
-                   pinned_duo_over_solo=pd_s / ps["median_s"],
-                   pool_speedup=ps["median_s"] / solo["median_s"])
-    print(f"{kind:9s} {mode}: solo {row['solo_ms']:7.1f} ms on {row['solo_cores']:.2f} cores; two processes "
-          f"{row['duo_ms']:7.1f} ms each (throughput ×{row['two_process_throughput']:.2f})"
-          + (f"; pinned to one core {row['pinned_solo_ms']:7.1f} ms, beside a pinned twin "
-             f"{row['pinned_duo_ms']:7.1f} ms (×{row['pinned_duo_over_solo']:.2f})" if pinned else ""), flush=True)
+        row.update(
+            pinned_solo_ms=ps["median_s"] * 1e3,
+            pinned_duo_ms=pd_s * 1e3,
+            pinned_duo_over_solo=pd_s / ps["median_s"],
+            pool_speedup=ps["median_s"] / solo["median_s"],
+        )
+    print(
+        f"{kind:9s} {mode}: solo {row['solo_ms']:7.1f} ms on {row['solo_cores']:.2f} cores; two processes "
+        f"{row['duo_ms']:7.1f} ms each (throughput ×{row['two_process_throughput']:.2f})"
+        + (
+            f"; pinned to one core {row['pinned_solo_ms']:7.1f} ms, beside a pinned twin "
+            f"{row['pinned_duo_ms']:7.1f} ms (×{row['pinned_duo_over_solo']:.2f})"
+            if pinned
+            else ""
+        ),
+        flush=True,
+    )
     return row
 
 
@@ -147,8 +171,10 @@ def main(argv=None):
     names, modes = args.problems.split(","), args.modes.split(",")
     bad = [n for n in names if n not in problems.names()] + [m for m in modes if m not in MODES]
     if bad:
-        raise SystemExit(f"bench_cores: unknown {', '.join(map(repr, bad))}; problems: "
-                         f"{', '.join(problems.names())}; modes: {', '.join(MODES)}")
+        raise SystemExit(
+            f"bench_cores: unknown {', '.join(map(repr, bad))}; problems: "
+            f"{', '.join(problems.names())}; modes: {', '.join(MODES)}"
+        )
     pinned = hasattr(os, "sched_setaffinity") and not args.no_pinned
     rows = [measure("numpy", "-", args.seconds / 2, pinned)]
     for name in names:

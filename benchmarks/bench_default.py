@@ -8,6 +8,7 @@ from process start to exit, the two interleaved in every round, each with a fres
 Prints one row per (problem, mode): the minimum over rounds of each command's wall time, the
 ratio auto ÷ autodiff, and the strategy ``auto`` ran (from the run's manifest).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,21 @@ def run(problem: str, mode: str, epochs: int, backward: str) -> tuple[float, str
     source = f"{HERE / 'user_problems.py'}:{problem}" if problem in USER else problem
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, STABLEBPTT_NO_CACHE="1", STABLEBPTT_BACKWARD_CACHE=str(Path(tmp) / "decisions"))
-        cmd = [sys.executable, "-m", "stablebptt", "train", source, "--mode", mode, "--epochs", str(epochs),
-               "--backward", backward, "--out", str(Path(tmp) / "runs")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "stablebptt",
+            "train",
+            source,
+            "--mode",
+            mode,
+            "--epochs",
+            str(epochs),
+            "--backward",
+            backward,
+            "--out",
+            str(Path(tmp) / "runs"),
+        ]
         t = time.perf_counter()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp)
         wall = time.perf_counter() - t
@@ -58,12 +72,22 @@ def main(argv=None) -> int:
                     wall, strategy = run(problem, mode, a.epochs, b)
                     times[b].append(wall)
                     ran = strategy if b == "auto" else ran
-            row = {"problem": problem, "mode": mode, "epochs": a.epochs, "auto_s": min(times["auto"]),
-                   "autodiff_s": min(times["autodiff"]), "auto_ran": ran, "all": times}
+            row = {
+                "problem": problem,
+                "mode": mode,
+                "epochs": a.epochs,
+                "auto_s": min(times["auto"]),
+                "autodiff_s": min(times["autodiff"]),
+                "auto_ran": ran,
+                "all": times,
+            }
             row["ratio"] = row["auto_s"] / row["autodiff_s"]
             rows.append(row)
-            print(f"{problem:26s} {mode}: auto {row['auto_s']:6.1f} s  autodiff {row['autodiff_s']:6.1f} s  "
-                  f"ratio {row['ratio']:.2f}  auto ran {ran}", flush=True)
+            print(
+                f"{problem:26s} {mode}: auto {row['auto_s']:6.1f} s  autodiff {row['autodiff_s']:6.1f} s  "
+                f"ratio {row['ratio']:.2f}  auto ran {ran}",
+                flush=True,
+            )
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))
     return 0

@@ -24,6 +24,7 @@ Reported in seconds per epoch:
 
 TF: the authors' code on the 2-core development machine (``_common.TF_EPOCH_S``, R and C).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,11 +65,26 @@ def measure(name: str, modes: list[str], rounds: int) -> list[dict]:
         e = u + v
         cs, nb, backward = meta[m]
         tf = _common.TF_EPOCH_S.get((name, m))
-        rows.append({"problem": name, "mode": m, "epoch_s": e, "updates_s": u, "eval_s": v, "eval_share": v / e,
-                     "update_ms": u / nb * 1e3, "compile_s": cs, "backward": backward,
-                     "tf_epoch_s": tf, "speedup_vs_tf": (tf / e) if tf else None})
-        print(f"{name:9s} {m}: epoch {e * 1e3:7.1f} ms (eval {v * 1e3:6.1f} ms = {v / e:4.0%}), "
-              f"{u / nb * 1e3:6.2f} ms/update" + (f", {tf / e:5.1f}x faster than TF" if tf else ""), flush=True)
+        rows.append(
+            {
+                "problem": name,
+                "mode": m,
+                "epoch_s": e,
+                "updates_s": u,
+                "eval_s": v,
+                "eval_share": v / e,
+                "update_ms": u / nb * 1e3,
+                "compile_s": cs,
+                "backward": backward,
+                "tf_epoch_s": tf,
+                "speedup_vs_tf": (tf / e) if tf else None,
+            }
+        )
+        print(
+            f"{name:9s} {m}: epoch {e * 1e3:7.1f} ms (eval {v * 1e3:6.1f} ms = {v / e:4.0%}), "
+            f"{u / nb * 1e3:6.2f} ms/update" + (f", {tf / e:5.1f}x faster than TF" if tf else ""),
+            flush=True,
+        )
     return rows
 
 
@@ -87,9 +103,12 @@ def measure_train(name: str, modes: list[str], rounds: int, epochs: int) -> dict
                 best[key] = min(best.get(key, float("inf")), float(np.median(walls)))
         out[m] = best
         tf = _common.TF_EPOCH_S.get((name, m))
-        print(f"{name:9s} {m}: train() epoch sequential {best['sequential'] * 1e3:7.1f} ms, overlapped "
-              f"{best['overlapped'] * 1e3:7.1f} ms" + (f" = {tf / best['overlapped']:5.1f}x faster than TF" if tf else ""),
-              flush=True)
+        print(
+            f"{name:9s} {m}: train() epoch sequential {best['sequential'] * 1e3:7.1f} ms, overlapped "
+            f"{best['overlapped'] * 1e3:7.1f} ms"
+            + (f" = {tf / best['overlapped']:5.1f}x faster than TF" if tf else ""),
+            flush=True,
+        )
     return out
 
 
@@ -99,8 +118,9 @@ def main(argv=None):
     ap.add_argument("--modes", default="R,M,S,C")
     ap.add_argument("--rounds", type=int, default=6, help="rounds of the program timings (quantum: half, at least 3)")
     ap.add_argument("--train-rounds", type=int, default=2, help="rounds of the train() measurement (0: skip it)")
-    ap.add_argument("--train-epochs", type=int, default=None,
-                    help="epochs per train() call (default 10, quantum 6; at least 3)")
+    ap.add_argument(
+        "--train-epochs", type=int, default=None, help="epochs per train() call (default 10, quantum 6; at least 3)"
+    )
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     rows = []

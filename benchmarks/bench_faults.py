@@ -55,6 +55,7 @@ line are printed; ``--out [FILE]`` also appends them to a Markdown file (default
 ``benchmarks/data/faults-<date>.md``, one section per run), ``--json FILE`` writes the
 raw rows. Exit code 1 if any trial failed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,17 +75,21 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 CLI = [sys.executable, "-c", "from stablebptt.cli import app; app()"]
-SUMMARY = re.compile(r"(\d+) jobs: (\d+) computed, (\d+) already done, (?:(\d+) being computed by other processes, )?"
-                     r"(\d+) diverged, (\d+) failed")
+SUMMARY = re.compile(
+    r"(\d+) jobs: (\d+) computed, (\d+) already done, (?:(\d+) being computed by other processes, )?"
+    r"(\d+) diverged, (\d+) failed"
+)
 
 
 # ----------------------------------------------------------------------------- the commands
 def spec_toml(args) -> str:
     modes = ", ".join(f'"{m}"' for m in args.modes.split(","))
     clips = ", ".join(f'"{c}"' for c in args.clips.split(","))
-    return (f'name = "faults"\nseeds = {args.seeds}\n[[experiment]]\nproblem = "cartpole"\n'
-            f'problem_params = {{ steps = {args.steps} }}\nmodes = [{modes}]\nclips = [{clips}]\n'
-            f'[experiment.config]\nepochs = {args.epochs}\nn_train = 16\nn_test = 8\n')
+    return (
+        f'name = "faults"\nseeds = {args.seeds}\n[[experiment]]\nproblem = "cartpole"\n'
+        f"problem_params = {{ steps = {args.steps} }}\nmodes = [{modes}]\nclips = [{clips}]\n"
+        f"[experiment.config]\nepochs = {args.epochs}\nn_train = 16\nn_test = 8\n"
+    )
 
 
 def command(kind: str, root: Path, args, spec: Path) -> list[str]:
@@ -92,8 +97,22 @@ def command(kind: str, root: Path, args, spec: Path) -> list[str]:
     if kind == "sweep":
         ex = ["--executor", "serial"] if args.workers == 0 else ["--executor", "local", "--workers", str(args.workers)]
         return [*CLI, "sweep", str(spec), "--out", str(root), *ex, *ck]
-    return [*CLI, "train", "cartpole", "--param", f"steps={args.steps}", "--epochs", str(args.train_epochs),
-            "--n-train", "32", "--n-test", "16", *ck, "--out", str(root)]
+    return [
+        *CLI,
+        "train",
+        "cartpole",
+        "--param",
+        f"steps={args.steps}",
+        "--epochs",
+        str(args.train_epochs),
+        "--n-train",
+        "32",
+        "--n-test",
+        "16",
+        *ck,
+        "--out",
+        str(root),
+    ]
 
 
 def child_env(cache: Path) -> dict:
@@ -132,8 +151,10 @@ def group_workers(pgid: int) -> list[int]:
         if not d.name.isdigit():
             continue
         try:
-            if (int((d / "stat").read_text().rsplit(")", 1)[1].split()[2]) == pgid
-                    and b"spawn_main" in (d / "cmdline").read_bytes()):
+            if (
+                int((d / "stat").read_text().rsplit(")", 1)[1].split()[2]) == pgid
+                and b"spawn_main" in (d / "cmdline").read_bytes()
+            ):
                 out.append(int(d.name))
         except (OSError, IndexError, ValueError):
             pass
@@ -184,8 +205,9 @@ def fingerprint(folder: Path) -> dict:
     header = lines[0].split(",")
     keep = [i for i, c in enumerate(header) if c != "wall_s"]
     metrics = [[row.split(",")[i] for i in keep] for row in [lines[0], *lines[1:]]]
-    result = {k: v for k, v in json.loads((folder / "result.json").read_text()).items()
-              if k not in ("compile_s", "train_s")}
+    result = {
+        k: v for k, v in json.loads((folder / "result.json").read_text()).items() if k not in ("compile_s", "train_s")
+    }
     config = json.loads((folder / "config.json").read_text())
     with np.load(folder / "weights.npz") as w:
         weights = {k: (str(w[k].dtype), w[k].shape, w[k].tobytes()) for k in w.files}
@@ -234,23 +256,34 @@ def reference(kind: str, args, base: Path, spec: Path, env: dict) -> tuple[dict,
         if rc != 0:
             sys.exit(f"reference {kind} run {i} failed (rc {rc}); see {base / f'ref-{kind}-{i}.log'}")
         prints.append({k: fingerprint(root / k) for k in finished(root)})
-        print(f"reference {kind} ({'cold' if i == 0 else 'warm'} cache): {len(prints[-1])} run(s), {wall:.1f} s",
-              flush=True)
+        print(
+            f"reference {kind} ({'cold' if i == 0 else 'warm'} cache): {len(prints[-1])} run(s), {wall:.1f} s",
+            flush=True,
+        )
     a, b = prints
     bad = sorted(k for k in a if k not in b or differences(a[k], b[k])) + sorted(set(b) - set(a))
     if bad:
-        print(f"the two uninterrupted {kind} references differ ({', '.join(bad)}): the results are not "
-              "reproducible here, so the faults cannot be judged bit for bit", file=sys.stderr)
+        print(
+            f"the two uninterrupted {kind} references differ ({', '.join(bad)}): the results are not "
+            "reproducible here, so the faults cannot be judged bit for bit",
+            file=sys.stderr,
+        )
         sys.exit(2)
     return a, wall
 
 
-def trial(n: int, kind: str, args, base: Path, spec: Path, env: dict, ref: dict, window: float,
-          rng: random.Random) -> dict:
+def trial(
+    n: int, kind: str, args, base: Path, spec: Path, env: dict, ref: dict, window: float, rng: random.Random
+) -> dict:
     root = base / f"trial-{n}-{kind}"
     k = rng.randint(1, args.kills)
-    plan = [(rng.uniform(args.earliest * window, window),
-             "worker" if kind == "sweep" and args.workers >= 2 and rng.random() < 0.5 else "main") for _ in range(k)]
+    plan = [
+        (
+            rng.uniform(args.earliest * window, window),
+            "worker" if kind == "sweep" and args.workers >= 2 and rng.random() < 0.5 else "main",
+        )
+        for _ in range(k)
+    ]
     victim = random.Random(f"{args.seed}-{n}-{kind}")  # not rng: the plans stay independent of timing
     cmd = command(kind, root, args, spec)
     row = {"trial": n, "kind": kind, "plan": plan, "kills": [], "rcs": [], "problems": []}
@@ -357,15 +390,25 @@ def cells(r: dict) -> list[str]:
     done = len(r["kills"])
     n_workers = sum(1 for _, h in r["kills"] if h == "worker")
     kills = f"{done}/{len(r['plan'])}" + (f" ({n_workers} w)" if n_workers else "")
-    return [str(r["trial"]), r["kind"], planned, kills, str(r["runs"]), str(r["dup"]),
-            str(len(r["lost"])), str(len(r["left"])), str(r["resumed"]),
-            "yes" if r["equal"] else "NO", f"{r['wall_s']:.1f}"]
+    return [
+        str(r["trial"]),
+        r["kind"],
+        planned,
+        kills,
+        str(r["runs"]),
+        str(r["dup"]),
+        str(len(r["lost"])),
+        str(len(r["left"])),
+        str(r["resumed"]),
+        "yes" if r["equal"] else "NO",
+        f"{r['wall_s']:.1f}",
+    ]
 
 
 def table(rows: list[dict]) -> str:
     body = [cells(r) for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(HEAD)]
-    line = lambda c: "| " + " | ".join(x.ljust(w) for x, w in zip(c, widths)) + " |"  # noqa: E731
+    line = lambda c: "| " + " | ".join(x.ljust(w) for x, w in zip(c, widths)) + " |"
     return "\n".join([line(HEAD), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, body)])
 
 
@@ -374,10 +417,13 @@ def summary(rows: list[dict], wall: float) -> str:
     wk = sum(1 for r in rows for _, h in r["kills"] if h == "worker")
     failed = [r for r in rows if r["failed"]]
     kinds = ", ".join(f"{sum(1 for r in rows if r['kind'] == k)} {k}" for k in dict.fromkeys(r["kind"] for r in rows))
-    return (f"{len(rows)} trials ({kinds}), {kills} kills" + (f" ({wk} of workers)" if wk else "")
-            + f", {sum(r['resumed'] for r in rows)} runs resumed from a checkpoint, {len(failed)} failed"
-            + f", {sum(r['dup'] for r in rows)} duplicated, {sum(len(r['lost']) for r in rows)} lost"
-            + f"; wall {wall:.0f} s")
+    return (
+        f"{len(rows)} trials ({kinds}), {kills} kills"
+        + (f" ({wk} of workers)" if wk else "")
+        + f", {sum(r['resumed'] for r in rows)} runs resumed from a checkpoint, {len(failed)} failed"
+        + f", {sum(r['dup'] for r in rows)} duplicated, {sum(len(r['lost']) for r in rows)} lost"
+        + f"; wall {wall:.0f} s"
+    )
 
 
 def details(rows: list[dict]) -> list[str]:
@@ -401,8 +447,9 @@ def details(rows: list[dict]) -> list[str]:
 
 def commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
 
@@ -413,24 +460,40 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seeds the kill plans (how many kills, when, whom)")
     ap.add_argument("--kills", type=int, default=3, help="at most this many kills per trial (drawn from 1..KILLS)")
     ap.add_argument("--kinds", default="sweep,train", help="what each trial kills: sweep, train or both")
-    ap.add_argument("--workers", type=int, default=0,
-                    help="sweep executor: 0 = serial (the process is the worker), N = local pool of N workers "
-                         "(N ≥ 2: half the kills hit a worker)")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="sweep executor: 0 = serial (the process is the worker), N = local pool of N workers "
+        "(N ≥ 2: half the kills hit a worker)",
+    )
     ap.add_argument("--modes", default="R,C")
     ap.add_argument("--clips", default="none")
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--steps", type=int, default=8, help="cart-pole simulator steps")
     ap.add_argument("--epochs", type=int, default=800, help="epochs of each sweep run")
     ap.add_argument("--train-epochs", type=int, default=1000, help="epochs of the train run")
-    ap.add_argument("--earliest", type=float, default=0.25,
-                    help="kill moments are drawn from (EARLIEST·T, T), T = the warm reference's wall time (the "
-                         "first seconds are the interpreter's and JAX's start-up)")
+    ap.add_argument(
+        "--earliest",
+        type=float,
+        default=0.25,
+        help="kill moments are drawn from (EARLIEST·T, T), T = the warm reference's wall time (the "
+        "first seconds are the interpreter's and JAX's start-up)",
+    )
     ap.add_argument("--checkpoint-seconds", type=float, default=0.25)
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds before an invocation counts as hung")
-    ap.add_argument("--keep", default=None, help="work in this folder and keep it (default: a temporary one, "
-                                                 "kept only for failed trials)")
-    ap.add_argument("--out", nargs="?", const="auto", default=None,
-                    help="append the table to a Markdown file (default: benchmarks/data/faults-<UTC date>.md)")
+    ap.add_argument(
+        "--keep",
+        default=None,
+        help="work in this folder and keep it (default: a temporary one, kept only for failed trials)",
+    )
+    ap.add_argument(
+        "--out",
+        nargs="?",
+        const="auto",
+        default=None,
+        help="append the table to a Markdown file (default: benchmarks/data/faults-<UTC date>.md)",
+    )
     ap.add_argument("--json", default=None, help="write the rows as JSON")
     args = ap.parse_args(argv)
     kinds = [k for k in args.kinds.split(",") if k]
@@ -453,10 +516,12 @@ def main(argv=None) -> int:
             ref, window = refs[kind]
             r = trial(n, kind, args, base, spec, env, ref, window, rng)
             rows.append(r)
-            print(f"trial {n} {kind}: kills {r['kills']} rcs {r['rcs']} runs {r['runs']} dup {r['dup']} "
-                  f"lost {len(r['lost'])} left {len(r['left'])} resumed {r['resumed']} "
-                  f"{'equal' if r['equal'] else 'NOT EQUAL'} {r['wall_s']:.1f} s"
-                  + (" FAILED" if r["failed"] else ""), flush=True)
+            print(
+                f"trial {n} {kind}: kills {r['kills']} rcs {r['rcs']} runs {r['runs']} dup {r['dup']} "
+                f"lost {len(r['lost'])} left {len(r['left'])} resumed {r['resumed']} "
+                f"{'equal' if r['equal'] else 'NOT EQUAL'} {r['wall_s']:.1f} s" + (" FAILED" if r["failed"] else ""),
+                flush=True,
+            )
     wall = time.perf_counter() - t0
     text = table(rows)
     line = summary(rows, wall)
@@ -474,33 +539,50 @@ def main(argv=None) -> int:
 
     argv_s = " ".join(sys.argv[1:] if argv is None else argv)
     if args.out:
-        now = _dt.datetime.now(_dt.timezone.utc)
+        now = _dt.datetime.now(_dt.UTC)
         path = HERE / "data" / f"faults-{now.date().isoformat()}.md" if args.out == "auto" else Path(args.out)
         path.parent.mkdir(parents=True, exist_ok=True)
         windows = ", ".join(f"{k} {refs[k][1]:.1f} s" for k in kinds)
         runs = ", ".join(f"{k} {len(refs[k][0])}" for k in kinds)
-        md = [] if path.exists() else [f"# Fault injection ({now.date().isoformat()})", "",
-                                       "Written by `benchmarks/bench_faults.py --out` (its docstring says what is "
-                                       "checked); one section per run.", ""]
-        md += [f"## {now.strftime('%H:%M')} UTC: `python benchmarks/bench_faults.py {argv_s}`", "",
-               f"Commit {commit() or '?'}, {os.cpu_count()} cores, load "
-               f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} at the end. "
-               f"Sweep: cart-pole steps={args.steps}, modes {args.modes}, clips {args.clips}, {args.seeds} seeds, "
-               f"{args.epochs} epochs, " + ("serial executor" if args.workers == 0 else f"local pool of {args.workers} "
-                                                                                       "workers")
-               + f"; train: {args.train_epochs} epochs; checkpoints every {args.checkpoint_seconds} s. "
-               f"Runs per reference: {runs}. Kill moments drawn from ({args.earliest:g}·T, T), T = the warm "
-               f"reference's wall time ({windows}); `w` = a sweep worker killed, not the sweep. `kills` = done / "
-               "planned (an invocation that ends before its moment ends the killing); `resumed` = runs that "
-               "continued from a checkpoint.", "", text, "", f"**{line}**", ""]
+        md = (
+            []
+            if path.exists()
+            else [
+                f"# Fault injection ({now.date().isoformat()})",
+                "",
+                "Written by `benchmarks/bench_faults.py --out` (its docstring says what is "
+                "checked); one section per run.",
+                "",
+            ]
+        )
+        md += [
+            f"## {now.strftime('%H:%M')} UTC: `python benchmarks/bench_faults.py {argv_s}`",
+            "",
+            f"Commit {commit() or '?'}, {os.cpu_count()} cores, load "
+            f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} at the end. "
+            f"Sweep: cart-pole steps={args.steps}, modes {args.modes}, clips {args.clips}, {args.seeds} seeds, "
+            f"{args.epochs} epochs, "
+            + ("serial executor" if args.workers == 0 else f"local pool of {args.workers} workers")
+            + f"; train: {args.train_epochs} epochs; checkpoints every {args.checkpoint_seconds} s. "
+            f"Runs per reference: {runs}. Kill moments drawn from ({args.earliest:g}·T, T), T = the warm "
+            f"reference's wall time ({windows}); `w` = a sweep worker killed, not the sweep. `kills` = done / "
+            "planned (an invocation that ends before its moment ends the killing); `resumed` = runs that "
+            "continued from a checkpoint.",
+            "",
+            text,
+            "",
+            f"**{line}**",
+            "",
+        ]
         if bad:
             md += ["Failures:", "", *bad, ""]
         with open(path, "a") as f:
             f.write("\n".join(md) + "\n")
         print(f"written: {path}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows, "wall_s": wall}, indent=2,
-                                              default=str))
+        Path(args.json).write_text(
+            json.dumps({"args": vars(args), "rows": rows, "wall_s": wall}, indent=2, default=str)
+        )
     return 1 if any(r["failed"] for r in rows) else 0
 
 

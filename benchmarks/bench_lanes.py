@@ -24,6 +24,7 @@ one by one). A lane computes two fields whatever its mode, and vmapping turns ea
 matrix products into batched ones; on an accelerator an update costs about the same for 1
 or 64 runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,9 +51,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--modes", default="R,M,S,C")
     ap.add_argument("--clips", default="none,value,norm")
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--per-config", choices=("runs", "seeds", "auto"), default="auto",
-                    help="the baseline: one program per run, or per config with its seeds vmapped "
-                         "(auto: runs on CPU, seeds elsewhere)")
+    ap.add_argument(
+        "--per-config",
+        choices=("runs", "seeds", "auto"),
+        default="auto",
+        help="the baseline: one program per run, or per config with its seeds vmapped "
+        "(auto: runs on CPU, seeds elsewhere)",
+    )
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
     params = {k: json.loads(v) for k, v in (kv.split("=") for kv in a.params.split(",") if kv)}
@@ -74,17 +79,28 @@ def main(argv=None) -> dict:
 
     t = _common.interleaved_min({"lanes": lanes, "one by one": one_by_one}, rounds=a.rounds)
     out = {
-        "machine": _common.machine(), "problem": a.problem, "params": params, "runs": len(runs),
-        "modes": a.modes, "clips": a.clips, "seeds": a.seeds, "per_config": per,
-        "lanes_epoch_ms": t["lanes"] * 1e3, "one_by_one_epoch_ms": t["one by one"] * 1e3,
+        "machine": _common.machine(),
+        "problem": a.problem,
+        "params": params,
+        "runs": len(runs),
+        "modes": a.modes,
+        "clips": a.clips,
+        "seeds": a.seeds,
+        "per_config": per,
+        "lanes_epoch_ms": t["lanes"] * 1e3,
+        "one_by_one_epoch_ms": t["one by one"] * 1e3,
         "one_by_one_over_lanes": t["one by one"] / t["lanes"],
-        "lanes_run_epochs_per_s": len(runs) / t["lanes"], "one_by_one_run_epochs_per_s": len(runs) / t["one by one"],
-        "lanes_compile_s": lanes_compile, "one_by_one_compile_s": one_compile,
+        "lanes_run_epochs_per_s": len(runs) / t["lanes"],
+        "one_by_one_run_epochs_per_s": len(runs) / t["one by one"],
+        "lanes_compile_s": lanes_compile,
+        "one_by_one_compile_s": one_compile,
     }
-    print(f"{a.problem} {params} {len(runs)} runs ({a.modes} x {a.clips} x {a.seeds} seeds), "
-          f"{jax.devices()[0].platform}: one epoch of all runs: lanes {out['lanes_epoch_ms']:.1f} ms, "
-          f"one by one ({per}) {out['one_by_one_epoch_ms']:.1f} ms (x{out['one_by_one_over_lanes']:.2f}); "
-          f"compile {lanes_compile:.1f} s vs {one_compile:.1f} s")
+    print(
+        f"{a.problem} {params} {len(runs)} runs ({a.modes} x {a.clips} x {a.seeds} seeds), "
+        f"{jax.devices()[0].platform}: one epoch of all runs: lanes {out['lanes_epoch_ms']:.1f} ms, "
+        f"one by one ({per}) {out['one_by_one_epoch_ms']:.1f} ms (x{out['one_by_one_over_lanes']:.2f}); "
+        f"compile {lanes_compile:.1f} s vs {one_compile:.1f} s"
+    )
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=2)

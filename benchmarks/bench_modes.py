@@ -24,13 +24,14 @@ Variants (each a mode and a backward strategy object, recorded in the JSON):
   controller's input vjp at every reverse step instead of the input Jacobian formed once on
   all T·B rows); everything else equal.
 """
+
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import sys
 
-import _common  # noqa: F401  (sets XLA_FLAGS before jax is imported)
+import _common  # sets XLA_FLAGS before jax is imported
 import jax
 import jax.numpy as jnp
 
@@ -44,6 +45,7 @@ VARIANTS = ("R", "M", "S", "C naive", "C", "R autodiff", "R per-step", "C per-st
 
 def pendulum():
     """(label, step, loss, T, controller, x0): a damped pendulum with a torque, T = 100."""
+
     def step(x, c):
         th, om = x[:, 0], x[:, 1]
         om1 = om + 0.05 * (-jnp.sin(th) - 0.1 * om + c[:, 0])
@@ -89,12 +91,17 @@ def measure(name: str, rounds: int, reps: int) -> dict:
     for variant, (mode, backward) in plan.items():
         f, params = _common.compile_update(model, x0, flow=mode, backward=backward, **kw)
         fns[variant] = lambda f=f, params=params: f(params)
-    times = _common.interleaved_min(fns, rounds=rounds, reps=min(reps, 2) if name == "quantum" else reps,
-                                    min_round_s=0.05 if reps > 1 else 0.0)
+    times = _common.interleaved_min(
+        fns, rounds=rounds, reps=min(reps, 2) if name == "quantum" else reps, min_round_s=0.05 if reps > 1 else 0.0
+    )
     r = times["R"]
-    return {"problem": name, "label": label, "ms": {k: v * 1e3 for k, v in times.items()},
-            "ratio": {k: v / r for k, v in times.items()},
-            "strategies": {k: repr(b) for k, (_, b) in plan.items()}}
+    return {
+        "problem": name,
+        "label": label,
+        "ms": {k: v * 1e3 for k, v in times.items()},
+        "ratio": {k: v / r for k, v in times.items()},
+        "strategies": {k: repr(b) for k, (_, b) in plan.items()},
+    }
 
 
 def main(argv=None):
@@ -110,13 +117,15 @@ def main(argv=None):
             ap.error(f"unknown problem {name!r}; allowed: {', '.join(CASES)}")
         try:
             row = measure(name, args.rounds, args.reps)
-        except Exception as e:  # noqa: BLE001 - report and continue with the others
+        except Exception as e:  # report and continue with the others
             print(f"{name}: unavailable ({e})", file=sys.stderr)
             continue
         rows.append(row)
-        print(f"{row['label']:28s} R {row['ms']['R']:7.2f} ms/update | " +
-              "  ".join(f"{m} {row['ratio'][m]:4.2f}x" for m in VARIANTS if m != "R" and m in row["ratio"]),
-              flush=True)
+        print(
+            f"{row['label']:28s} R {row['ms']['R']:7.2f} ms/update | "
+            + "  ".join(f"{m} {row['ratio'][m]:4.2f}x" for m in VARIANTS if m != "R" and m in row["ratio"]),
+            flush=True,
+        )
     _common.write_json(args.json, {"machine": _common.machine(), "rows": rows})
     return rows
 

@@ -33,6 +33,7 @@ GPU (an *estimate*, not measured here): an H100 takes ~3-4 ms per update whateve
 with the 5 seeds vmapped (epoch = 32 x 3.5 ms + evaluation, taken as 2 updates' worth);
 "throughput" assumes all seed-updates of a figure could be batched at 80,000/s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,8 +67,12 @@ def _mean_over_modes(prob: str, table: dict, cost) -> float | None:
     return sum(cost(table[(prob, m)]) for m in modes) / len(modes) if modes else None
 
 
-def estimate(epoch_rows: list[dict], compile_rows: list[dict] | None = None, workers: int = 2,
-             core_rows: list[dict] | None = None) -> dict:
+def estimate(
+    epoch_rows: list[dict],
+    compile_rows: list[dict] | None = None,
+    workers: int = 2,
+    core_rows: list[dict] | None = None,
+) -> dict:
     """Hours per figure. ``core_rows`` (``bench_cores.py``): the measured throughput of two
     worker processes over one, per problem (mean over the modes measured); without it, or for
     a problem it lacks, ``workers`` processes are assumed to divide the time by ``workers``."""
@@ -86,11 +91,20 @@ def estimate(epoch_rows: list[dict], compile_rows: list[dict] | None = None, wor
         gpu_thru = configs * SEEDS * epochs * UPDATES_PER_EPOCH / GPU_SEED_UPDATES_PER_S
         measured = prob in two and workers == 2
         speedup = sum(two[prob]) / len(two[prob]) if measured else float(workers)
-        out[prob] = {"configs": configs, "epochs": epochs, "seeds": SEEDS, "cpu_1proc_h": cpu / 3600,
-                     "cpu_2proc_h": cpu / speedup / 3600, "two_process_speedup": speedup,
-                     "two_process_measured": measured, "gpu_serial_h": gpu_serial / 3600,
-                     "gpu_throughput_h": gpu_thru / 3600}
-    tot = {k: sum(v[k] for v in out.values()) for k in ("cpu_1proc_h", "cpu_2proc_h", "gpu_serial_h", "gpu_throughput_h")}
+        out[prob] = {
+            "configs": configs,
+            "epochs": epochs,
+            "seeds": SEEDS,
+            "cpu_1proc_h": cpu / 3600,
+            "cpu_2proc_h": cpu / speedup / 3600,
+            "two_process_speedup": speedup,
+            "two_process_measured": measured,
+            "gpu_serial_h": gpu_serial / 3600,
+            "gpu_throughput_h": gpu_thru / 3600,
+        }
+    tot = {
+        k: sum(v[k] for v in out.values()) for k in ("cpu_1proc_h", "cpu_2proc_h", "gpu_serial_h", "gpu_throughput_h")
+    }
     out["total"] = tot
     return out
 
@@ -130,8 +144,9 @@ def figure_spec(quick: bool = True, *, poles=None, modes=None, clips=None, seeds
     return sweep.load_spec(raw)
 
 
-def quick_cartpole(workers: int = 2, vmap_configs: bool = False, quick: bool = True,
-                   root: str | None = None, **trim) -> dict:
+def quick_cartpole(
+    workers: int = 2, vmap_configs: bool = False, quick: bool = True, root: str | None = None, **trim
+) -> dict:
     """Run the cart-pole figure's sweep (quick preset, or the full one with ``quick=False``;
     ``trim``: :func:`figure_spec`'s replacements) with the local executor: seeds vmapped per
     config, or with ``vmap_configs`` every pole count's runs as lanes of one program.
@@ -153,8 +168,9 @@ def quick_cartpole(workers: int = 2, vmap_configs: bool = False, quick: bool = T
                 seen["done"] = st["done"]
                 print(f"  {st['done']}/{st['total']} runs done, {time.perf_counter() - t:.0f} s", flush=True)
 
-        rep = sweep.run_sweep(spec, root, executor="local", workers=workers, vmap_seeds=True,
-                              vmap_configs=vmap_configs, progress=progress)
+        rep = sweep.run_sweep(
+            spec, root, executor="local", workers=workers, vmap_seeds=True, vmap_configs=vmap_configs, progress=progress
+        )
         wall = time.perf_counter() - t
         d = rep.as_dict()
     d["wall_s"] = wall
@@ -163,11 +179,21 @@ def quick_cartpole(workers: int = 2, vmap_configs: bool = False, quick: bool = T
     d["device"] = _common.machine().get("device")
     cfg = jobs[0][0]
     n_seeds = spec.seeds if isinstance(spec.seeds, int) else len(spec.seeds)
-    d["spec"] = {"configs": len(jobs) // n_seeds, "seeds": n_seeds, "epochs": cfg.epochs, "n_train": cfg.n_train,
-                 "n_test": cfg.n_test, "quick": quick, "trimmed": {k: v for k, v in trim.items() if v}}
-    print(f"cart-pole {'quick ' if quick else ''}figure ({d['jobs']} runs{', lanes' if vmap_configs else ''}) on "
-          f"{d['device']} with {workers} workers: {wall:.0f} s wall "
-          f"({d['computed']} computed, {d['diverged']} diverged, {len(d['failed'])} failed)", flush=True)
+    d["spec"] = {
+        "configs": len(jobs) // n_seeds,
+        "seeds": n_seeds,
+        "epochs": cfg.epochs,
+        "n_train": cfg.n_train,
+        "n_test": cfg.n_test,
+        "quick": quick,
+        "trimmed": {k: v for k, v in trim.items() if v},
+    }
+    print(
+        f"cart-pole {'quick ' if quick else ''}figure ({d['jobs']} runs{', lanes' if vmap_configs else ''}) on "
+        f"{d['device']} with {workers} workers: {wall:.0f} s wall "
+        f"({d['computed']} computed, {d['diverged']} diverged, {len(d['failed'])} failed)",
+        flush=True,
+    )
     return d
 
 
@@ -179,7 +205,9 @@ def main(argv=None):
     ap.add_argument("--no-quick", action="store_true", help="skip the quick cart-pole figure run")
     ap.add_argument("--quick-only", action="store_true", help="only the quick cart-pole figure (e.g. on a GPU)")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--vmap-configs", action="store_true", help="the figure's runs as lanes (one program per pole count)")
+    ap.add_argument(
+        "--vmap-configs", action="store_true", help="the figure's runs as lanes (one program per pole count)"
+    )
     ap.add_argument("--full", action="store_true", help="with --quick-only: the full cart-pole figure (1000 epochs)")
     ap.add_argument("--root", default=None, help="keep the figure's runs here (resumable) instead of a temp folder")
     ap.add_argument("--poles", default=None, help="figure: comma list of pole counts (default: the preset's)")
@@ -190,11 +218,17 @@ def main(argv=None):
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     split = lambda v: v.split(",") if v else None
-    trim = dict(poles=split(args.poles), modes=split(args.modes), clips=split(args.clips), seeds=args.seeds,
-                epochs=args.epochs)
+    trim = dict(
+        poles=split(args.poles), modes=split(args.modes), clips=split(args.clips), seeds=args.seeds, epochs=args.epochs
+    )
     if args.quick_only:
-        _common.write_json(args.json, {"machine": _common.machine(), "quick": quick_cartpole(
-            args.workers, args.vmap_configs, quick=not args.full, root=args.root, **trim)})
+        _common.write_json(
+            args.json,
+            {
+                "machine": _common.machine(),
+                "quick": quick_cartpole(args.workers, args.vmap_configs, quick=not args.full, root=args.root, **trim),
+            },
+        )
         return
     if args.epoch_json:
         epoch_rows = json.loads(Path(args.epoch_json).read_text())["rows"]
@@ -206,8 +240,11 @@ def main(argv=None):
     core_rows = json.loads(Path(args.cores_json).read_text())["rows"] if args.cores_json else None
     est = estimate(epoch_rows, compile_rows, args.workers, core_rows)
     for k, v in est.items():
-        print(f"{k:9s} CPU {v['cpu_1proc_h']:7.1f} h (1 process) / {v['cpu_2proc_h']:7.1f} h (2 processes) | "
-              f"GPU estimate {v['gpu_throughput_h']:5.2f}-{v['gpu_serial_h']:5.1f} h", flush=True)
+        print(
+            f"{k:9s} CPU {v['cpu_1proc_h']:7.1f} h (1 process) / {v['cpu_2proc_h']:7.1f} h (2 processes) | "
+            f"GPU estimate {v['gpu_throughput_h']:5.2f}-{v['gpu_serial_h']:5.1f} h",
+            flush=True,
+        )
     quick = None if args.no_quick else quick_cartpole(args.workers, args.vmap_configs, **trim)
     _common.write_json(args.json, {"machine": _common.machine(), "estimate": est, "quick": quick})
 

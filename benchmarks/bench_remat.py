@@ -26,6 +26,7 @@ evaluation of 2 × 256 states) with ``checkpoint_every`` = "auto", √T and None
 (``--train-modes``), each in a fresh process via :func:`stablebptt.runner.train`; its peak
 resident memory (``ru_maxrss``, bytes) includes the Python interpreter and JAX itself.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,8 @@ import sys
 
 import _common
 
-from stablebptt.core.gates import Flow
 from stablebptt.core.backward import memory_estimate
+from stablebptt.core.gates import Flow
 
 
 def compiled_bytes(c) -> int:
@@ -64,11 +65,20 @@ def measure(steps: int, mode: str, rounds: int) -> dict:
     auto = _common.default_strategy(model, x0, flow=mode, checkpoint_every="auto", **kw).checkpoint_every
     est = memory_estimate(none, model, x0, live_ctrl=Flow(mode).gates(steps).live, **kw)
     seg = sqrt_segment(steps)
-    variants = {"none": none, "remat": dataclasses.replace(none, checkpoint_every=seg),
-                "remat_per_step": dataclasses.replace(none, checkpoint_every=seg, jacobian="per_step")}
-    out = {"steps": steps, "mode": mode, "auto_segment": auto, "remat_segment": seg,
-           "estimate_bytes_per_step": est["per_step"], "estimate_bytes_none": steps * est["per_step"],
-           "strategies": {k: repr(v) for k, v in variants.items()}}
+    variants = {
+        "none": none,
+        "remat": dataclasses.replace(none, checkpoint_every=seg),
+        "remat_per_step": dataclasses.replace(none, checkpoint_every=seg, jacobian="per_step"),
+    }
+    out = {
+        "steps": steps,
+        "mode": mode,
+        "auto_segment": auto,
+        "remat_segment": seg,
+        "estimate_bytes_per_step": est["per_step"],
+        "estimate_bytes_none": steps * est["per_step"],
+        "strategies": {k: repr(v) for k, v in variants.items()},
+    }
     fns = {}
     for name, backward in variants.items():
         c, params = _common.compile_update(model, x0, flow=mode, backward=backward, **kw)
@@ -80,12 +90,15 @@ def measure(steps: int, mode: str, rounds: int) -> dict:
     out["remat_time_ratio"] = t["remat"] / t["none"]
     out["per_step_remat_time_ratio"] = t["remat_per_step"] / t["none"]
     out["memory_ratio"] = out["bytes_none"] / out["bytes_remat"]
-    print(f"cartpole T={steps:6d} {mode}: no remat {out['bytes_none'] / 2**20:8.1f} MiB {t['none'] * 1e3:8.1f} ms | "
-          f"remat(seg {seg}) {out['bytes_remat'] / 2**20:7.1f} MiB {t['remat'] * 1e3:8.1f} ms "
-          f"({out['remat_time_ratio']:.2f}x time, {out['memory_ratio']:.0f}x less memory) | per-step remat "
-          f"{out['bytes_remat_per_step'] / 2**20:7.1f} MiB {t['remat_per_step'] * 1e3:8.1f} ms "
-          f"({out['per_step_remat_time_ratio']:.2f}x) | estimate {out['estimate_bytes_none'] / 2**20:.1f} MiB, "
-          f"auto -> {auto}", flush=True)
+    print(
+        f"cartpole T={steps:6d} {mode}: no remat {out['bytes_none'] / 2**20:8.1f} MiB {t['none'] * 1e3:8.1f} ms | "
+        f"remat(seg {seg}) {out['bytes_remat'] / 2**20:7.1f} MiB {t['remat'] * 1e3:8.1f} ms "
+        f"({out['remat_time_ratio']:.2f}x time, {out['memory_ratio']:.0f}x less memory) | per-step remat "
+        f"{out['bytes_remat_per_step'] / 2**20:7.1f} MiB {t['remat_per_step'] * 1e3:8.1f} ms "
+        f"({out['per_step_remat_time_ratio']:.2f}x) | estimate {out['estimate_bytes_none'] / 2**20:.1f} MiB, "
+        f"auto -> {auto}",
+        flush=True,
+    )
     return out
 
 
@@ -119,8 +132,11 @@ def train_run(steps: int, ce, mode: str, epochs: int, timeout: float) -> dict | 
         return None
     r = json.loads(p.stdout.strip().splitlines()[-1])
     r.update(steps=steps, checkpoint_every=ce, mode=mode)
-    print(f"train cartpole T={steps} {mode} checkpoint_every={ce!r}: peak RSS {r['peak_rss'] / 2**30:.2f} GiB, "
-          f"epochs {[round(e, 1) for e in r['epoch_s']]} s, compile {r['compile_s']:.1f} s", flush=True)
+    print(
+        f"train cartpole T={steps} {mode} checkpoint_every={ce!r}: peak RSS {r['peak_rss'] / 2**30:.2f} GiB, "
+        f"epochs {[round(e, 1) for e in r['epoch_s']]} s, compile {r['compile_s']:.1f} s",
+        flush=True,
+    )
     return r
 
 
@@ -131,8 +147,11 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--train-steps", type=int, default=10000)
     ap.add_argument("--train-epochs", type=int, default=1)
-    ap.add_argument("--train-modes", default="auto,sqrt,none",
-                    help="checkpoint_every of the training runs: auto, sqrt (segments of about sqrt(T)), none")
+    ap.add_argument(
+        "--train-modes",
+        default="auto,sqrt,none",
+        help="checkpoint_every of the training runs: auto, sqrt (segments of about sqrt(T)), none",
+    )
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     rows = [measure(T, m, args.rounds) for T in map(int, args.horizons.split(",")) for m in args.modes.split(",")]

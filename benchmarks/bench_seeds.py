@@ -19,6 +19,7 @@ trainer_programs``), paper settings, ``data="seeded"``, batch 8 per seed. For ea
 K = 1 is the one-seed program (strategy "-"). At most 64 distinct seeds are built and
 repeated up to K. One process (XLA keeps more than one core busy, see bench_cores.py).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,18 +55,29 @@ def main(argv=None):
     for name in args.problems.split(","):
         for mode in args.modes.split(","):
             for K in map(int, args.ks.split(",")):
-                for strategy in (args.strategies.split(",") if K > 1 else ["loop"]):
+                for strategy in args.strategies.split(",") if K > 1 else ["loop"]:
                     updates, epoch, cs, nb = setup(name, mode, K, strategy)
                     t = _common.interleaved_min({"update": updates}, rounds=args.rounds)["update"] / nb
                     epoch_rounds = 1 if (name == "quantum" and K > 8) or args.rounds < 2 else 2
                     te = _common.interleaved_min({"epoch": epoch}, rounds=epoch_rounds)["epoch"]
-                    row = {"problem": name, "mode": mode, "K": K, "strategy": strategy if K > 1 else "-",
-                           "update_s": t, "seed_updates_per_s": K / t, "epoch_s": te, "seed_epoch_s": te / K,
-                           "compile_s": cs}
+                    row = {
+                        "problem": name,
+                        "mode": mode,
+                        "K": K,
+                        "strategy": strategy if K > 1 else "-",
+                        "update_s": t,
+                        "seed_updates_per_s": K / t,
+                        "epoch_s": te,
+                        "seed_epoch_s": te / K,
+                        "compile_s": cs,
+                    }
                     rows.append(row)
-                    print(f"{name:9s} {mode} K={K:3d} {row['strategy']:4s}: {t * 1e3:8.2f} ms/update -> "
-                          f"{row['seed_updates_per_s']:8.0f} seed-updates/s; epoch {te:.3f} s = "
-                          f"{row['seed_epoch_s'] * 1e3:7.1f} ms per seed-epoch (compile {cs:.1f} s)", flush=True)
+                    print(
+                        f"{name:9s} {mode} K={K:3d} {row['strategy']:4s}: {t * 1e3:8.2f} ms/update -> "
+                        f"{row['seed_updates_per_s']:8.0f} seed-updates/s; epoch {te:.3f} s = "
+                        f"{row['seed_epoch_s'] * 1e3:7.1f} ms per seed-epoch (compile {cs:.1f} s)",
+                        flush=True,
+                    )
     _common.write_json(args.json, {"machine": _common.machine(), "rows": rows})
     return rows
 

@@ -25,6 +25,7 @@ The timed programs are traced at full float32 precision ("highest"), as ``runner
 traces its programs on every backend. The JSON is rewritten after every part, so a run cut
 short keeps what it measured. On a CPU without ``--allow-cpu`` it writes nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,12 +37,13 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import _common  # noqa: E402
-import equinox as eqx  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import stablebptt as sb  # noqa: E402
+import _common
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import stablebptt as sb
 
 PROBLEMS = ("cartpole", "guidance", "quantum")
 MODES = ("R", "M", "S", "C")
@@ -50,22 +52,27 @@ MODES = ("R", "M", "S", "C")
 def rel_diff(a, b) -> float:
     """max over the leaves of max |a - b| / max |b| (b: the reference)."""
     la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
-    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))) / max(float(np.max(np.abs(np.asarray(y)))), 1e-30))
-               for x, y in zip(la, lb))
+    return max(
+        float(np.max(np.abs(np.asarray(x) - np.asarray(y))) / max(float(np.max(np.abs(np.asarray(y)))), 1e-30))
+        for x, y in zip(la, lb)
+    )
 
 
 def next_ulp(tree):
     """Every float entry moved up by one ulp."""
     return jax.tree_util.tree_map(
-        lambda x: jnp.nextafter(x, jnp.asarray(jnp.inf, x.dtype)) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+        lambda x: jnp.nextafter(x, jnp.asarray(jnp.inf, x.dtype)) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree
+    )
 
 
 def passes(row: dict) -> bool:
     """float32 on the GPU at "highest" matches the CPU: each difference (one step, paper
     horizon) within 1e-5 or within 10x what one ulp in x0 does to the CPU's own result."""
     step_floor = row.get("step_floor_ulp_x0", 0.0)
-    return bool(row["step_update_highest"] <= max(1e-5, 10 * step_floor)
-                and row["horizon_update_highest"] <= max(1e-5, 10 * row["floor_ulp_x0"]))
+    return bool(
+        row["step_update_highest"] <= max(1e-5, 10 * step_floor)
+        and row["horizon_update_highest"] <= max(1e-5, 10 * row["floor_ulp_x0"])
+    )
 
 
 def precision_check(problems=PROBLEMS, modes=MODES) -> list[dict]:
@@ -84,20 +91,32 @@ def precision_check(problems=PROBLEMS, modes=MODES) -> list[dict]:
                 s_acc = jax.jit(prob.step)(jax.device_put(x0, acc), jax.device_put(c_cpu, acc))
             parts[f"controller_{prec}"] = rel_diff(c_acc, c_cpu)
             parts[f"simulator_step_{prec}"] = rel_diff(s_acc, jax.jit(prob.step)(jax.device_put(x0, cpu), c_cpu))
-        print(f"{name:9s} parts, GPU vs CPU: controller default {parts['controller_default']:.1e} highest "
-              f"{parts['controller_highest']:.1e} | simulator step default {parts['simulator_step_default']:.1e} "
-              f"highest {parts['simulator_step_highest']:.1e}", flush=True)
+        print(
+            f"{name:9s} parts, GPU vs CPU: controller default {parts['controller_default']:.1e} highest "
+            f"{parts['controller_highest']:.1e} | simulator step default {parts['simulator_step_default']:.1e} "
+            f"highest {parts['simulator_step_highest']:.1e}",
+            flush=True,
+        )
         for mode in modes:
             row = {"problem": name, "mode": mode, **parts}
             for label, horizon in (("step", 1), ("horizon", prob.horizon)):
+
                 def f(p, x, mode=mode, horizon=horizon):
-                    return sb.value_and_update(eqx.combine(p, static), x, flow=mode, validate=False,
-                                               step=prob.step, loss=prob.loss, horizon=horizon)[:2]
+                    return sb.value_and_update(
+                        eqx.combine(p, static),
+                        x,
+                        flow=mode,
+                        validate=False,
+                        step=prob.step,
+                        loss=prob.loss,
+                        horizon=horizon,
+                    )[:2]
 
                 pc, xc = jax.device_put(params, cpu), jax.device_put(x0, cpu)
                 ref = jax.jit(f)(pc, xc)
                 row["floor_ulp_x0" if label == "horizon" else "step_floor_ulp_x0"] = rel_diff(
-                    jax.jit(f)(pc, next_ulp(xc))[1], ref[1])
+                    jax.jit(f)(pc, next_ulp(xc))[1], ref[1]
+                )
                 for prec in ("default", "highest"):
                     with jax.default_matmul_precision(prec):
                         out = jax.jit(f)(jax.device_put(params, acc), jax.device_put(x0, acc))
@@ -105,10 +124,13 @@ def precision_check(problems=PROBLEMS, modes=MODES) -> list[dict]:
                     row[f"{label}_update_{prec}"] = rel_diff(out[1], ref[1])
             row["ok_highest"] = passes(row)
             rows.append(row)
-            print(f"{name:9s} {mode}: GPU vs CPU, one step: default {row['step_update_default']:.1e} "
-                  f"highest {row['step_update_highest']:.1e} (1-ulp floor {row['step_floor_ulp_x0']:.1e}) | horizon: default {row['horizon_update_default']:.1e} "
-                  f"highest {row['horizon_update_highest']:.1e} (1-ulp floor {row['floor_ulp_x0']:.1e})  "
-                  f"{'ok' if row['ok_highest'] else 'CHECK'}", flush=True)
+            print(
+                f"{name:9s} {mode}: GPU vs CPU, one step: default {row['step_update_default']:.1e} "
+                f"highest {row['step_update_highest']:.1e} (1-ulp floor {row['step_floor_ulp_x0']:.1e}) | horizon: default {row['horizon_update_default']:.1e} "
+                f"highest {row['horizon_update_highest']:.1e} (1-ulp floor {row['floor_ulp_x0']:.1e})  "
+                f"{'ok' if row['ok_highest'] else 'CHECK'}",
+                flush=True,
+            )
     return rows
 
 
@@ -123,16 +145,21 @@ def throughput(cases, rounds: int = 3, rows: list | None = None, saved=lambda: N
         for K in ks:
             updates, _, cs, nb = bench_seeds.setup(name, mode, K, "vmap")
             t = _common.interleaved_min({"u": updates}, rounds=rounds)["u"] / nb
-            rows.append({"problem": name, "mode": mode, "K": K, "update_s": t, "seed_updates_per_s": K / t,
-                         "compile_s": cs})
-            print(f"{name:9s} {mode} K={K:5d}: {t * 1e3:7.2f} ms/update, {K / t:9.0f} seed-updates/s "
-                  f"(compile {cs:.1f} s)", flush=True)
+            rows.append(
+                {"problem": name, "mode": mode, "K": K, "update_s": t, "seed_updates_per_s": K / t, "compile_s": cs}
+            )
+            print(
+                f"{name:9s} {mode} K={K:5d}: {t * 1e3:7.2f} ms/update, {K / t:9.0f} seed-updates/s "
+                f"(compile {cs:.1f} s)",
+                flush=True,
+            )
             saved()
     return rows
 
 
-def epochs(problems=PROBLEMS, modes=MODES, seeds: int = 5, rounds: int = 3, rows: list | None = None,
-           saved=lambda: None) -> list[dict]:
+def epochs(
+    problems=PROBLEMS, modes=MODES, seeds: int = 5, rounds: int = 3, rows: list | None = None, saved=lambda: None
+) -> list[dict]:
     """Rows of the steady epoch with ``seeds`` vmapped seeds (part 3), filled as they are
     measured (``saved()`` after each)."""
     import bench_seeds
@@ -146,16 +173,32 @@ def epochs(problems=PROBLEMS, modes=MODES, seeds: int = 5, rounds: int = 3, rows
             # the epoch minus its scanned updates: the evaluation of 2 x 256 states per seed
             # (plus the parameter copy and the dispatch)
             share = max(t - ts["u"], 0.0) / t
-            rows.append({"problem": name, "mode": mode, "seeds": seeds, "epoch_s": t, "updates_s": ts["u"],
-                         "eval_share": share, "compile_s": cs})
-            print(f"{name:9s} {mode}: epoch with {seeds} vmapped seeds {t * 1e3:7.1f} ms, its updates "
-                  f"{ts['u'] * 1e3:7.1f} ms (evaluation and the rest {share:.0%}; compile {cs:.1f} s)", flush=True)
+            rows.append(
+                {
+                    "problem": name,
+                    "mode": mode,
+                    "seeds": seeds,
+                    "epoch_s": t,
+                    "updates_s": ts["u"],
+                    "eval_share": share,
+                    "compile_s": cs,
+                }
+            )
+            print(
+                f"{name:9s} {mode}: epoch with {seeds} vmapped seeds {t * 1e3:7.1f} ms, its updates "
+                f"{ts['u'] * 1e3:7.1f} ms (evaluation and the rest {share:.0%}; compile {cs:.1f} s)",
+                flush=True,
+            )
             saved()
     return rows
 
 
-THROUGHPUT_CASES = [("cartpole", "C", (1, 8, 64, 512, 4096)), ("cartpole", "R", (1, 64, 4096)),
-                    ("guidance", "C", (1, 8, 64, 512)), ("quantum", "C", (1, 8, 64, 512))]
+THROUGHPUT_CASES = [
+    ("cartpole", "C", (1, 8, 64, 512, 4096)),
+    ("cartpole", "R", (1, 64, 4096)),
+    ("guidance", "C", (1, 8, 64, 512)),
+    ("quantum", "C", (1, 8, 64, 512)),
+]
 
 
 def cases_text(cases) -> str:
@@ -177,8 +220,11 @@ def main(argv=None):
     ap.add_argument("--parts", default="precision,throughput,epochs")
     ap.add_argument("--problems", default=",".join(PROBLEMS), help="for the precision and epochs parts")
     ap.add_argument("--modes", default=",".join(MODES), help="for the epochs part")
-    ap.add_argument("--cases", default=None,
-                    help='throughput cases "problem:mode:K,K;..." (default: ' + cases_text(THROUGHPUT_CASES) + ")")
+    ap.add_argument(
+        "--cases",
+        default=None,
+        help='throughput cases "problem:mode:K,K;..." (default: ' + cases_text(THROUGHPUT_CASES) + ")",
+    )
     ap.add_argument("--allow-cpu", action="store_true", help="dry run on the CPU (tiny sizes)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
@@ -209,13 +255,23 @@ def main(argv=None):
             out["matmul_precision_for_timings"] = "highest (traced as runner.train traces its programs)"
             if part == "throughput":
                 out["throughput"] = []
-                throughput([("cartpole", "C", (1, 2))] if dry else cases, rounds=1 if dry else 3,
-                           rows=out["throughput"], saved=save)
+                throughput(
+                    [("cartpole", "C", (1, 2))] if dry else cases,
+                    rounds=1 if dry else 3,
+                    rows=out["throughput"],
+                    saved=save,
+                )
             elif part == "epochs":
                 out["epochs"] = []
-                epochs(("cartpole",) if dry else problems, ("R",) if dry else modes, seeds=2 if dry else 5,
-                       rounds=1 if dry else 3, rows=out["epochs"], saved=save)
-        except Exception:  # noqa: BLE001 - keep the other parts
+                epochs(
+                    ("cartpole",) if dry else problems,
+                    ("R",) if dry else modes,
+                    seeds=2 if dry else 5,
+                    rounds=1 if dry else 3,
+                    rows=out["epochs"],
+                    saved=save,
+                )
+        except Exception:  # keep the other parts
             out.setdefault("errors", {})[part] = traceback.format_exc()
             traceback.print_exc()
         finally:

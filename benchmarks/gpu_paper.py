@@ -14,6 +14,7 @@ stopped (their runs are not written). Each group prints a progress line every
 ``--log-every`` epochs (epoch, wall time, the lanes' median test loss) and a JSON line at the
 end, which are the measurements reported in benchmarks/results.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,6 +45,7 @@ def _group(label: str, lane_dicts: list[dict], seeds: list[int], root: str, log_
     """One lane group in its own process: train, write the run folders, report."""
     from stablebptt.config import RunConfig
     from stablebptt.run import run_lanes
+
     t0 = time.perf_counter()
     last = {"e": 0, "t": t0}
 
@@ -55,9 +57,11 @@ def _group(label: str, lane_dicts: list[dict], seeds: list[int], root: str, log_
             now = time.perf_counter()
             per = (now - last["t"]) / max(e - last["e"], 1)
             last.update(e=e, t=now)
-            print(f"[{label}] epoch {e} at {now - t0:.1f} s ({per * 1e3:.0f} ms/epoch), "
-                  f"{len(te)} lanes alive, median test loss {np.median(te) if te else float('nan'):.4g}",
-                  flush=True)
+            print(
+                f"[{label}] epoch {e} at {now - t0:.1f} s ({per * 1e3:.0f} ms/epoch), "
+                f"{len(te)} lanes alive, median test loss {np.median(te) if te else float('nan'):.4g}",
+                flush=True,
+            )
 
     lanes = [(RunConfig(**d), s) for d, s in zip(lane_dicts, seeds)]
     folders = run_lanes(lanes, root, on_epoch=on_epoch)

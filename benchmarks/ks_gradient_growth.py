@@ -11,6 +11,7 @@ gradient flow" premise failing.
 
     python benchmarks/ks_gradient_growth.py [--states 8] [--out FILE]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,6 +38,7 @@ def gradient_norms(L: int, horizon: int, states: int) -> tuple[np.ndarray, float
         def body(u, _):
             u = p.step(u, f[None])
             return u, 0.5 * jnp.mean(jnp.square(u))
+
         _, e = jax.lax.scan(body, u0[None], None, length=horizon)
         return jnp.mean(e)
 
@@ -67,8 +69,11 @@ def main() -> None:
         n = 64 if L <= 36 else 128
         print(f"| {L} | {n} | " + " | ".join(cells) + " |", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(dict(dt=0.5, states=args.states, jax=jax.__version__,
-                                        device=str(jax.devices()[0]), rows=rows), indent=1))
+    args.out.write_text(
+        json.dumps(
+            dict(dt=0.5, states=args.states, jax=jax.__version__, device=str(jax.devices()[0]), rows=rows), indent=1
+        )
+    )
     print(f"written {args.out}")
 
 

@@ -32,6 +32,7 @@ arguments (there is no module-level ``PARAMS``: it would apply to every function
 :data:`SUITE` lists these six next to the paper's problems (``stablebptt.problems.get``) as
 ``{name: (make, params)}``, so one loop covers both (``bench_backward.py``).
 """
+
 from __future__ import annotations
 
 import functools
@@ -68,6 +69,7 @@ def _rng(seed) -> np.random.Generator:
 def _sampler(draw):
     """``sample_data(seed, n_train, n_test)`` from ``draw(rng, n) -> float32 (n, …)``: one
     generator, train drawn first, then test."""
+
     def sample_data(seed, n_train: int, n_test: int):
         n_train, n_test = int(n_train), int(n_test)
         if n_train < 0 or n_test < 0:
@@ -121,8 +123,10 @@ class ConvField1d(eqx.Module):
 
     def __init__(self, key, channels=(1, 16, 16, 1), kernel: int = 5):
         keys = jax.random.split(key, len(channels) - 1)
-        self.layers = [eqx.nn.Conv1d(cin, cout, kernel, padding=kernel // 2, padding_mode="CIRCULAR", key=k)
-                       for cin, cout, k in zip(channels[:-1], channels[1:], keys)]
+        self.layers = [
+            eqx.nn.Conv1d(cin, cout, kernel, padding=kernel // 2, padding_mode="CIRCULAR", key=k)
+            for cin, cout, k in zip(channels[:-1], channels[1:], keys)
+        ]
 
     def _one(self, u):  # (N,) -> (N,)
         h = u[None]
@@ -142,8 +146,10 @@ class ConvField2d(eqx.Module):
 
     def __init__(self, key, channels=(1, 8, 8, 1), kernel: int = 3):
         keys = jax.random.split(key, len(channels) - 1)
-        self.layers = [eqx.nn.Conv2d(cin, cout, kernel, padding=kernel // 2, padding_mode="CIRCULAR", key=k)
-                       for cin, cout, k in zip(channels[:-1], channels[1:], keys)]
+        self.layers = [
+            eqx.nn.Conv2d(cin, cout, kernel, padding=kernel // 2, padding_mode="CIRCULAR", key=k)
+            for cin, cout, k in zip(channels[:-1], channels[1:], keys)
+        ]
 
     def _one(self, u):  # (H, W) -> (H, W)
         h = u[None]
@@ -184,8 +190,9 @@ def _mlp_factory(in_size: int, out_size: int, width: int = 64, depth: int = 2):
 
 
 # ----------------------------------------------------------------------------- a. Burgers + Conv1d
-def burgers_conv1d(cells: int = 64, steps: int = 32, dt: float = 0.02, nu: float = 0.1,
-                   control_weight: float = 1e-3) -> Problem:
+def burgers_conv1d(
+    cells: int = 64, steps: int = 32, dt: float = 0.02, nu: float = 0.1, control_weight: float = 1e-3
+) -> Problem:
     r"""1-D viscous Burgers' equation on a periodic domain, driven by a force field.
 
     Physics (nondimensional: length in units of L/2π, time in units of the advection time)::
@@ -232,8 +239,15 @@ def burgers_conv1d(cells: int = 64, steps: int = 32, dt: float = 0.02, nu: float
 
 
 # ----------------------------------------------------------------------------- b. heat 2-D + Conv2d
-def heat2d_conv2d(cells: int = 32, steps: int = 16, dt: float = 0.05, kappa: float = 0.1,
-                  vx: float = 1.0, vy: float = 0.5, control_weight: float = 1e-3) -> Problem:
+def heat2d_conv2d(
+    cells: int = 32,
+    steps: int = 16,
+    dt: float = 0.05,
+    kappa: float = 0.1,
+    vx: float = 1.0,
+    vy: float = 0.5,
+    control_weight: float = 1e-3,
+) -> Problem:
     r"""2-D advection–diffusion of a temperature field on a periodic square, with a heat-source field.
 
     Physics (nondimensional, domain [0, 2π)², Δx = 2π/cells)::
@@ -284,13 +298,19 @@ def heat2d_conv2d(cells: int = 32, steps: int = 16, dt: float = 0.05, kappa: flo
         control_shape=(cells, cells),
         defaults=dict(DEFAULTS),
         description=f"2-D advection-diffusion, {cells}x{cells} periodic grid, T = {steps}, heat-source field by a "
-                    "Conv2d CNN",
+        "Conv2d CNN",
     )
 
 
 # ----------------------------------------------------------------------------- c. field + MLP
-def field_mlp(cells: int = 32, steps: int = 32, dt: float = 0.05, diffusion: float = 0.1, rate: float = 1.0,
-              control_weight: float = 1e-3) -> Problem:
+def field_mlp(
+    cells: int = 32,
+    steps: int = 32,
+    dt: float = 0.05,
+    diffusion: float = 0.1,
+    rate: float = 1.0,
+    control_weight: float = 1e-3,
+) -> Problem:
     r"""1-D Allen–Cahn reaction–diffusion field held at its unstable zero state by a control field.
 
     Physics (nondimensional, x ∈ [0, 2π) periodic, Δx = 2π/cells)::
@@ -330,9 +350,16 @@ def field_mlp(cells: int = 32, steps: int = 32, dt: float = 0.05, diffusion: flo
 
 
 # ----------------------------------------------------------------------------- d. large state, 2 controls
-def large_state_few_controls(masses: int = 256, steps: int = 32, dt: float = 0.05, stiffness: float = 100.0,
-                             onsite: float = 1.0, cubic: float = 1.0, damping: float = 0.05,
-                             control_weight: float = 1e-3) -> Problem:
+def large_state_few_controls(
+    masses: int = 256,
+    steps: int = 32,
+    dt: float = 0.05,
+    stiffness: float = 100.0,
+    onsite: float = 1.0,
+    cubic: float = 1.0,
+    damping: float = 0.05,
+    control_weight: float = 1e-3,
+) -> Problem:
     r"""A chain of ``masses`` unit masses (a Klein–Gordon / φ⁴ chain) damped by two distributed actuators.
 
     Physics (SI-like units: metres, seconds, unit masses; forces in N = m/s² per kg)::
@@ -373,8 +400,16 @@ def large_state_few_controls(masses: int = 256, steps: int = 32, dt: float = 0.0
 
     return Problem(
         name="large_state_few_controls",
-        params=dict(masses=n, steps=steps, dt=dt, stiffness=k, onsite=w2, cubic=a, damping=g,
-                    control_weight=float(control_weight)),
+        params=dict(
+            masses=n,
+            steps=steps,
+            dt=dt,
+            stiffness=k,
+            onsite=w2,
+            cubic=a,
+            damping=g,
+            control_weight=float(control_weight),
+        ),
         step=step,
         loss=TrajectoryLoss(lambda x: 0.5 * jnp.mean(x**2), on="every", control_weight=float(control_weight)),
         horizon=steps,
@@ -384,7 +419,7 @@ def large_state_few_controls(masses: int = 256, steps: int = 32, dt: float = 0.0
         control_shape=(2,),
         defaults=dict(DEFAULTS),
         description=f"chain of {n} nonlinear oscillators (state {2 * n}), 2 distributed actuators, T = {steps}, "
-                    "eqx.nn.MLP",
+        "eqx.nn.MLP",
     )
 
 
@@ -392,8 +427,15 @@ def large_state_few_controls(masses: int = 256, steps: int = 32, dt: float = 0.0
 SOLVERS = ("dense", "tridiagonal")
 
 
-def implicit_solve(nodes: int = 64, steps: int = 32, dt: float = 0.5, diffusivity: float = 0.01,
-                   cooling: float = 0.1, solver: str = "dense", control_weight: float = 1e-3) -> Problem:
+def implicit_solve(
+    nodes: int = 64,
+    steps: int = 32,
+    dt: float = 0.5,
+    diffusivity: float = 0.01,
+    cooling: float = 0.1,
+    solver: str = "dense",
+    control_weight: float = 1e-3,
+) -> Problem:
     r"""A heated rod: implicit-Euler diffusion (a linear solve per step) with four heaters.
 
     Physics (SI: metres, seconds, kelvin; the temperature u is the deviation from ambient)::
@@ -426,8 +468,9 @@ def implicit_solve(nodes: int = 64, steps: int = 32, dt: float = 0.5, diffusivit
     x = np.arange(1, n + 1) * dx
     r = dt * D / dx**2
     A = (np.eye(n) * (1 + 2 * r) - r * np.eye(n, k=1) - r * np.eye(n, k=-1)).astype(np.float32)
-    heaters = jnp.asarray(np.exp(-0.5 * ((x[None, :] - np.array([0.2, 0.4, 0.6, 0.8])[:, None]) / 0.05) ** 2),
-                          jnp.float32)  # (4, n)
+    heaters = jnp.asarray(
+        np.exp(-0.5 * ((x[None, :] - np.array([0.2, 0.4, 0.6, 0.8])[:, None]) / 0.05) ** 2), jnp.float32
+    )  # (4, n)
     target = jnp.asarray(np.sin(np.pi * x), jnp.float32)
     A_j = jnp.asarray(A)
     dl = jnp.asarray(np.r_[0.0, np.full(n - 1, -r)], jnp.float32)
@@ -448,8 +491,15 @@ def implicit_solve(nodes: int = 64, steps: int = 32, dt: float = 0.5, diffusivit
 
     return Problem(
         name="implicit_solve",
-        params=dict(nodes=n, steps=steps, dt=dt, diffusivity=D, cooling=sigma, solver=solver,
-                    control_weight=float(control_weight)),
+        params=dict(
+            nodes=n,
+            steps=steps,
+            dt=dt,
+            diffusivity=D,
+            cooling=sigma,
+            solver=solver,
+            control_weight=float(control_weight),
+        ),
         step=step,
         loss=TrajectoryLoss(lambda u: jnp.mean((u - target) ** 2), on="every", control_weight=float(control_weight)),
         horizon=steps,
@@ -459,7 +509,7 @@ def implicit_solve(nodes: int = 64, steps: int = 32, dt: float = 0.5, diffusivit
         control_shape=(4,),
         defaults=dict(DEFAULTS),
         description=f"heated rod, implicit-Euler diffusion ({solver} solve) on {n} nodes, 4 heaters, T = {steps}, "
-                    "eqx.nn.MLP",
+        "eqx.nn.MLP",
     )
 
 
@@ -500,9 +550,17 @@ def ode_diffrax(steps: int = 40, dt: float = 0.02, substeps: int = 1, spread: fl
         return fixed + rng.uniform(-spread, spread, (n, 3))
 
     return ode_problem(
-        lorenz, dt=dt, horizon=steps, substeps=substeps, state_shape=(3,), control_shape=(1,),
-        state_loss=lambda y: jnp.sum((y - fixed_j) ** 2) / 100.0, sample_states=sample_states, on="every",
-        name="ode_diffrax", params=dict(steps=steps, dt=float(dt), substeps=substeps, spread=float(spread)),
+        lorenz,
+        dt=dt,
+        horizon=steps,
+        substeps=substeps,
+        state_shape=(3,),
+        control_shape=(1,),
+        state_loss=lambda y: jnp.sum((y - fixed_j) ** 2) / 100.0,
+        sample_states=sample_states,
+        on="every",
+        name="ode_diffrax",
+        params=dict(steps=steps, dt=float(dt), substeps=substeps, spread=float(spread)),
         defaults=dict(DEFAULTS),
         description=f"Lorenz-63 held at C+ by a control on dy/dt, diffrax Tsit5, T = {steps}",
     )

@@ -10,6 +10,7 @@ which are recomputed (deterministic, half a minute). ``docs/reproduction_notes.m
 interpretation, written by hand) is appended; its first line records the record counts it
 was written for, and the page warns when the records have changed since.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,20 +47,31 @@ def manifests(root: Path) -> pd.DataFrame:
         man = json.loads((folder / "manifest.json").read_text()) if (folder / "manifest.json").is_file() else {}
         c = cfg["config"]
         kind = man.get("device", {}).get("kind", "not recorded")
-        rows.append({"level": c["problem_params"].get(col[c["problem"]].removeprefix("param_")),
-                     "mode": c["mode"], "clip": c["clip"], "seed": cfg["seed"], "epochs": res["epochs_done"],
-                     "status": res["status"], "device": "CPU" if kind == "cpu" else kind,
-                     "commit": str(man.get("commit", "not recorded"))[:7],
-                     "jax": man.get("versions", {}).get("jax", "?"), "date": str(man.get("date", "?"))[:10],
-                     "lanes": "vmapped lanes" if man.get("vmapped_lanes") else "one run per process"})
+        rows.append(
+            {
+                "level": c["problem_params"].get(col[c["problem"]].removeprefix("param_")),
+                "mode": c["mode"],
+                "clip": c["clip"],
+                "seed": cfg["seed"],
+                "epochs": res["epochs_done"],
+                "status": res["status"],
+                "device": "CPU" if kind == "cpu" else kind,
+                "commit": str(man.get("commit", "not recorded"))[:7],
+                "jax": man.get("versions", {}).get("jax", "?"),
+                "date": str(man.get("date", "?"))[:10],
+                "lanes": "vmapped lanes" if man.get("vmapped_lanes") else "one run per process",
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def provenance_table(m: pd.DataFrame, figure: str) -> str:
     """Markdown: per level, how many of the 48/36 configurations × seeds ran, where and how."""
     spec = FIGURES[figure]
-    rows = ["| level | runs (of 12 configs × 5 seeds) | seeds | epochs | hardware | commit | jax | date | batching |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| level | runs (of 12 configs × 5 seeds) | seeds | epochs | hardware | commit | jax | date | batching |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for level in spec["levels"]:
         at = m[m["level"].astype(float) == float(level)] if len(m) else m
         name = claims.level_name(figure, level)
@@ -70,8 +82,10 @@ def provenance_table(m: pd.DataFrame, figure: str) -> str:
             seeds = sorted(g["seed"].unique())
             div = int((g["status"] == "diverged").sum())
             ep = f"{g['epochs'].min()}–{g['epochs'].max()}" if g["epochs"].nunique() > 1 else f"{g['epochs'].iloc[0]}"
-            rows.append(f"| {name} | {len(g)}{f' ({div} diverged)' if div else ''} | {', '.join(map(str, seeds))} | "
-                        f"{ep} | {dev} | `{commit}` | {jax} | {date} | {lanes} |")
+            rows.append(
+                f"| {name} | {len(g)}{f' ({div} diverged)' if div else ''} | {', '.join(map(str, seeds))} | "
+                f"{ep} | {dev} | `{commit}` | {jax} | {date} | {lanes} |"
+            )
     return "\n".join(rows) + "\n"
 
 
@@ -107,21 +121,33 @@ def figure_section(records: Path, figure: str, figure_claims: list[claims.Claim]
         return out + [f"_Not measured: no records under `{root.relative_to(ROOT)}`._", ""]
     df = results.collect(root)
     m = manifests(root)
-    out += [f"Records: `{root.relative_to(ROOT)}/`, {len(m)} run{'s' if len(m) != 1 else ''} (the full plan: "
-            f"{len(spec['levels'])} levels × 4 modes × 3 clippings = {len(spec['levels']) * 12} configurations, "
-            f"× {SEEDS} seeds, {spec['epochs']} epochs each).", "",
-            provenance_table(m, figure)]
+    out += [
+        f"Records: `{root.relative_to(ROOT)}/`, {len(m)} run{'s' if len(m) != 1 else ''} (the full plan: "
+        f"{len(spec['levels'])} levels × 4 modes × 3 clippings = {len(spec['levels']) * 12} configurations, "
+        f"× {SEEDS} seeds, {spec['epochs']} epochs each).",
+        "",
+        provenance_table(m, figure),
+    ]
     out += figure_images(df, figure)
     runs = claims.final_losses(df)
     col = plots.LEVEL_PARAMS[figure]
-    out += ["Final test loss (last point of the 30-epoch moving average): geometric mean ×/÷ geometric std "
-            "over seeds (n = seeds).", "", claims.final_loss_table(runs, col, figure)]
+    out += [
+        "Final test loss (last point of the 30-epoch moving average): geometric mean ×/÷ geometric std "
+        "over seeds (n = seeds).",
+        "",
+        claims.final_loss_table(runs, col, figure),
+    ]
     if figure == "guidance":
         at10 = claims.final_losses(df, epoch=10)
-        out += ["At epoch 10 (where the authors' script stopped; the 30-epoch average there still weights "
-                "epoch 1 by 21/30):", "", claims.final_loss_table(at10, col, figure),
-                "Raw test loss at epoch 10:", "",
-                claims.final_loss_table(claims.final_losses(df, epoch=10, window=1), col, figure)]
+        out += [
+            "At epoch 10 (where the authors' script stopped; the 30-epoch average there still weights "
+            "epoch 1 by 21/30):",
+            "",
+            claims.final_loss_table(at10, col, figure),
+            "Raw test loss at epoch 10:",
+            "",
+            claims.final_loss_table(claims.final_losses(df, epoch=10, window=1), col, figure),
+        ]
     out += ["### Claims", ""]
     for c in figure_claims:
         out += [claims.claim_details(c)]
@@ -133,27 +159,44 @@ def toy_section() -> tuple[list[str], claims.Claim]:
     r1 = plots.fig1_fields(IMG, formats=["png"])
     r2 = plots.fig2_rotation(IMG, formats=["png"])
     c = claims.fig2_claim(r2["losses"])
-    lines = ["## Toy figures (recomputed, no records needed)", "",
-             f"Fig. 1: spread (95th/5th percentile over L < 10) of ‖G‖ = {r1['spread_G']:.4g}, of ‖M‖ = "
-             f"{r1['spread_M']:.4g} (method.md: ≈ 1.8e3 and ≈ 68).", "",
-             f"![Fig. 1]({IMG.relative_to(DOCS)}/fig1-fields.png)", "",
-             f"![Fig. 2]({IMG.relative_to(DOCS)}/fig2-rotation.png)", "", claims.claim_details(c)]
+    lines = [
+        "## Toy figures (recomputed, no records needed)",
+        "",
+        f"Fig. 1: spread (95th/5th percentile over L < 10) of ‖G‖ = {r1['spread_G']:.4g}, of ‖M‖ = "
+        f"{r1['spread_M']:.4g} (method.md: ≈ 1.8e3 and ≈ 68).",
+        "",
+        f"![Fig. 1]({IMG.relative_to(DOCS)}/fig1-fields.png)",
+        "",
+        f"![Fig. 2]({IMG.relative_to(DOCS)}/fig2-rotation.png)",
+        "",
+        claims.claim_details(c),
+    ]
     return lines, c
 
 
 def smoke_section(sweeps: Path | None) -> list[str]:
-    out = ["## Smoke checks: the quick presets", "",
-           "Short runs of the whole pipeline (sweep → figures → tables) on a laptop-sized budget; not "
-           "evidence for the paper's long-horizon claims. Commands:", "", "```bash"]
-    out += [f"stablebptt reproduce {k} --quick --seeds 3 --vmap-seeds --out sweeps/{k}-quick"
-            for k in ("toys", "cartpole", "guidance", "quantum")]
+    out = [
+        "## Smoke checks: the quick presets",
+        "",
+        "Short runs of the whole pipeline (sweep → figures → tables) on a laptop-sized budget; not "
+        "evidence for the paper's long-horizon claims. Commands:",
+        "",
+        "```bash",
+    ]
+    out += [
+        f"stablebptt reproduce {k} --quick --seeds 3 --vmap-seeds --out sweeps/{k}-quick"
+        for k in ("toys", "cartpole", "guidance", "quantum")
+    ]
     out += ["python docs/make_reproduction.py --sweeps sweeps", "```", ""]
     found = [sweeps / f"{k}-quick" for k in ("toys", "cartpole", "guidance", "quantum")] if sweeps else []
     found = [r for r in found if r.is_dir() and results.run_folders(r)]
     if not found:
-        return out + ["Their records are not committed (`sweeps/` is local), so this page shows none of their "
-                      "figures; the images an earlier version of this page showed were drawn by the previous "
-                      "plotting code from those uncommitted records and have been removed.", ""]
+        return out + [
+            "Their records are not committed (`sweeps/` is local), so this page shows none of their "
+            "figures; the images an earlier version of this page showed were drawn by the previous "
+            "plotting code from those uncommitted records and have been removed.",
+            "",
+        ]
     for r in found:
         df = results.collect(r)
         n = df.groupby("run_id")["seed"].first().nunique()
@@ -173,10 +216,13 @@ def notes_section(records: Path) -> list[str]:
     stale = {k: (int(written.get(k, -1)), v) for k, v in now.items() if int(written.get(k, -1)) != v}
     out = ["## Reading the results (notes written by hand)", ""]
     if stale:
-        out += ["> **These notes were written for a different set of records** ("
-                + ", ".join(f"{k}: {a if a >= 0 else '?'} then, {b} now" for k, (a, b) in stale.items())
-                + "); the tables and verdicts above are current, the notes may not be.", ""]
-    return out + [text[m.end():].strip() if m else text.strip(), ""]
+        out += [
+            "> **These notes were written for a different set of records** ("
+            + ", ".join(f"{k}: {a if a >= 0 else '?'} then, {b} now" for k, (a, b) in stale.items())
+            + "); the tables and verdicts above are current, the notes may not be.",
+            "",
+        ]
+    return out + [text[m.end() :].strip() if m else text.strip(), ""]
 
 
 # ----------------------------------------------------------------------------- page
@@ -221,14 +267,21 @@ def main(argv=None):
     per_figure = {
         "cartpole": claims.cartpole_claims(tables["cartpole"]),
         "quantum": claims.quantum_claims(tables["quantum"]),
-        "guidance": [claims.guidance_claim(tables["guidance"]),
-                     claims.guidance_claim(tables["guidance"], epoch=10),
-                     claims.guidance_claim(tables["guidance"], epoch=10, window=1)],
+        "guidance": [
+            claims.guidance_claim(tables["guidance"]),
+            claims.guidance_claim(tables["guidance"], epoch=10),
+            claims.guidance_claim(tables["guidance"], epoch=10, window=1),
+        ],
     }
     c_m = claims.c_vs_m({f: t for f, t in tables.items() if not t.empty})
     toy_lines, toy_claim = ([], None) if args.no_toys else toy_section()
-    everything = ([toy_claim] if toy_claim else []) + per_figure["cartpole"] + per_figure["quantum"] \
-        + per_figure["guidance"] + [c_m]
+    everything = (
+        ([toy_claim] if toy_claim else [])
+        + per_figure["cartpole"]
+        + per_figure["quantum"]
+        + per_figure["guidance"]
+        + [c_m]
+    )
 
     out = [INTRO, "## Verdicts at a glance", "", claims.claims_summary(everything)]
     for figure in ("cartpole", "guidance", "quantum"):

@@ -7,6 +7,7 @@ Writes ``docs/img/*.png``, ``docs/img/diagnose-*.txt`` (the text reports quoted 
 and ``docs/img/why-numbers.json`` (every number the page quotes). Training runs for the
 "trained controller" diagnoses go to a temporary folder (``--runs DIR`` to keep them).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,8 +74,11 @@ def rotation():
     nums = {}
     for mode, (L, _) in res.items():
         below = np.nonzero(L < 2e-3)[0]
-        nums[mode] = {"first_below_2e-3": int(below[0]) if below.size else None,
-                      "local_minima": local_minima(L, 5), "L_200": float(L[200])}
+        nums[mode] = {
+            "first_below_2e-3": int(below[0]) if below.size else None,
+            "local_minima": local_minima(L, 5),
+            "L_200": float(L[200]),
+        }
     NUMBERS["rotation"] = nums
 
     fig = Figure(figsize=(11, 4.6), layout="constrained")
@@ -88,8 +92,7 @@ def rotation():
     names = {"R": "(a) R: gradient g = 2θ", "M": "(b) M: rotating r = 2θ − 4Rθ", "C": "(c) C: sign-combined"}
     for mode, (L, tr) in res.items():
         a.plot(tr[:, 0], tr[:, 1], color=colors[mode], lw=1.3, label=names[mode])
-        b.semilogy(np.arange(len(L)), L, color=colors[mode], lw=1.5,
-                   label=f"{mode}: L(200) = {L[200]:.3g}")
+        b.semilogy(np.arange(len(L)), L, color=colors[mode], lw=1.5, label=f"{mode}: L(200) = {L[200]:.3g}")
     a.plot([2], [4], "ko", ms=5)
     a.plot([0], [0], "k*", ms=10)
     a.set_xlim(-5, 5)
@@ -127,11 +130,15 @@ def linear_stall():
     _, g0 = flow.field(m0, xb, mode="R", **kw)
     _, mm0 = flow.field(m0, xb, mode="M", **kw)
     _, c0, info0 = flow.value_and_update(m0, xb, flow="C", **kw)
-    runs = {mode: adam_descent(p, p.make_controller(None, theta=-1.6), xb, mode, lr=0.01, iters=300)
-            for mode in ("R", "M", "C")}
+    runs = {
+        mode: adam_descent(p, p.make_controller(None, theta=-1.6), xb, mode, lr=0.01, iters=300)
+        for mode in ("R", "M", "C")
+    }
     disagree = thetas[np.sign(G) != np.sign(M)]
     NUMBERS["linear_stall"] = {
-        "G(-1.6)": float(g0.theta), "M(-1.6)": float(mm0.theta), "C(-1.6)": float(c0.theta),
+        "G(-1.6)": float(g0.theta),
+        "M(-1.6)": float(mm0.theta),
+        "C(-1.6)": float(c0.theta),
         "cos_mg(-1.6)": float(info0["cos_mg"]),
         "disagree_interval": [float(disagree.min()), float(disagree.max())] if disagree.size else None,
         "final": {mode: {"loss": float(L[-1]), "theta": float(tr[-1, 0])} for mode, (L, tr) in runs.items()},
@@ -165,10 +172,17 @@ def _save_diag(d, name: str):
     d.save(IMG, f"diagnose-{name}")
     (IMG / f"diagnose-{name}.json").unlink()  # the page quotes the text; keep the repo small
     NUMBERS.setdefault("diagnose", {})[name] = {
-        "mode": d.verdict.mode, "clip": d.verdict.clip, "span_R": d.span("R"), "span_M": d.span("M"),
-        "lyap_phys": d.lyap_phys, "lyap_closed": d.lyap_closed, "cos_mg": d.cos_mg,
-        "sign_agree": d.sign_agree, "flagged_from": (d.verdict.flagged_horizons or [None])[0],
-        "wall_s": d.wall_s, "loss": d.loss,
+        "mode": d.verdict.mode,
+        "clip": d.verdict.clip,
+        "span_R": d.span("R"),
+        "span_M": d.span("M"),
+        "lyap_phys": d.lyap_phys,
+        "lyap_closed": d.lyap_closed,
+        "cos_mg": d.cos_mg,
+        "sign_agree": d.sign_agree,
+        "flagged_from": (d.verdict.flagged_horizons or [None])[0],
+        "wall_s": d.wall_s,
+        "loss": d.loss,
     }
     print(d.text(), "\n", file=sys.stderr)
 
@@ -188,7 +202,7 @@ def diagnose_paper(runs_dir: Path, quick_train: bool):
         try:
             problems.get(name)
             avail.append(name)
-        except Exception as e:  # noqa: BLE001 - a problem still being written
+        except Exception as e:  # a problem still being written
             print(f"skipping {name}: {e}", file=sys.stderr)
     for name in avail:
         d = diagnose_problem(name, n=8)
@@ -212,8 +226,10 @@ def diagnose_paper(runs_dir: Path, quick_train: bool):
         d = diagnose_problem(prob, model=model, n=8)
         res = json.loads((folder / "result.json").read_text())
         ptxt = ", ".join(f"{k}={v}" for k, v in cfg.problem_params.items())
-        d.label = (f"{cfg.problem}{f' ({ptxt})' if ptxt else ''} — trained with R for {cfg.epochs} epochs "
-                   f"(test loss {res['initial']['test_loss']:.3g} → {res['final']['test_loss']:.3g})")
+        d.label = (
+            f"{cfg.problem}{f' ({ptxt})' if ptxt else ''} — trained with R for {cfg.epochs} epochs "
+            f"(test loss {res['initial']['test_loss']:.3g} → {res['final']['test_loss']:.3g})"
+        )
         _save_diag(d, f"{tag}-trained-R")
         NUMBERS["diagnose"][f"{tag}-trained-R"]["train_s"] = train_s
         NUMBERS["diagnose"][f"{tag}-trained-R"]["test_loss"] = [res["initial"]["test_loss"], res["final"]["test_loss"]]

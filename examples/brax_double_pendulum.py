@@ -18,6 +18,7 @@ centre and a small velocity penalty — Brax's reward for this environment writt
 angles. Initial states: x, θ_1, θ_2 uniform in ±``tilt`` (rad; the cart in metres), q̇ uniform in
 ±0.1. The controller sees (x, sin θ_1, cos θ_1, sin θ_2, cos θ_2, q̇).
 """
+
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -34,7 +35,7 @@ PARAMS = {
 def upright_loss(ps) -> jnp.ndarray:
     """ℓ of one pipeline state (module docstring)."""
     x, t1, t2 = ps.q[0], ps.q[1], ps.q[2]
-    return (1 - jnp.cos(t1)) + (1 - jnp.cos(t1 + t2)) + 0.01 * x ** 2 + 1e-3 * (ps.qd[1] ** 2 + ps.qd[2] ** 2)
+    return (1 - jnp.cos(t1)) + (1 - jnp.cos(t1 + t2)) + 0.01 * x**2 + 1e-3 * (ps.qd[1] ** 2 + ps.qd[2] ** 2)
 
 
 def observe(ps) -> jnp.ndarray:
@@ -44,6 +45,15 @@ def observe(ps) -> jnp.ndarray:
 
 def make(horizon: int = 40, tilt: float = 0.3, backend: str = "generalized"):
     """The problem (module docstring) with T = ``horizon`` steps."""
-    return brax_problem("inverted_double_pendulum", horizon=horizon, state_loss=upright_loss, observe=observe,
-                        q_noise=tilt, qd_noise=0.1, backend=backend, widths=(32, 32), name="brax-double-pendulum",
-                        defaults=dict(epochs=100, lr=1e-3, batch_size=8, n_train=64, n_test=64))
+    return brax_problem(
+        "inverted_double_pendulum",
+        horizon=horizon,
+        state_loss=upright_loss,
+        observe=observe,
+        q_noise=tilt,
+        qd_noise=0.1,
+        backend=backend,
+        widths=(32, 32),
+        name="brax-double-pendulum",
+        defaults=dict(epochs=100, lr=1e-3, batch_size=8, n_train=64, n_test=64),
+    )

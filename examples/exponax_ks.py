@@ -11,6 +11,7 @@ series advanced 100 uncontrolled steps (onto the chaotic attractor).
 
 The built-in ``ks`` problem (``stablebptt train ks -p L=22``) is the full version of this file.
 """
+
 from __future__ import annotations
 
 import exponax as ex
@@ -32,7 +33,16 @@ def energy(u) -> jnp.ndarray:
 def make(horizon: int = 10, actuators: int = 3):
     """The problem (module docstring)."""
     ks = ex.stepper.KuramotoSivashinskyConservative(1, 22.0, 32, 0.5)
-    return exponax_problem(ks, horizon=horizon, state_loss=energy, on="every", control_weight=0.1,
-                           actuators=gaussian_actuators(ks, actuators, width=1.0),
-                           ic=ex.ic.RandomTruncatedFourierSeries(1, cutoff=3), spin_up=100, widths=(32,),
-                           name="exponax-ks", defaults=dict(epochs=20, lr=1e-3, batch_size=8, n_train=32, n_test=16))
+    return exponax_problem(
+        ks,
+        horizon=horizon,
+        state_loss=energy,
+        on="every",
+        control_weight=0.1,
+        actuators=gaussian_actuators(ks, actuators, width=1.0),
+        ic=ex.ic.RandomTruncatedFourierSeries(1, cutoff=3),
+        spin_up=100,
+        widths=(32,),
+        name="exponax-ks",
+        defaults=dict(epochs=20, lr=1e-3, batch_size=8, n_train=32, n_test=16),
+    )

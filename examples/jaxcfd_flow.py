@@ -19,6 +19,7 @@ the trajectory of the kinetic energy ½ ⟨u² + v²⟩ (a spatial mean) plus 10
 velocities: jax-cfd's ``filtered_velocity_field`` (peak wave number 2, maximum speed 1), one draw
 per sample from the run's seed.
 """
+
 from __future__ import annotations
 
 import jax
@@ -48,18 +49,18 @@ def shear_force(c, grid):
 
 def kinetic_energy(v):
     """½ ⟨u² + v²⟩ over the grid, of one sample's velocity."""
-    return 0.5 * sum(jnp.mean(u.data ** 2) for u in v)
+    return 0.5 * sum(jnp.mean(u.data**2) for u in v)
 
 
-def make(size: int = 32, horizon: int = 20, viscosity: float = 0.01, inner_steps: int = 2,
-         convection: str = "van-leer"):
+def make(
+    size: int = 32, horizon: int = 20, viscosity: float = 0.01, inner_steps: int = 2, convection: str = "van-leer"
+):
     """The problem (module docstring)."""
     cfd = import_jax_cfd()
     if convection not in CONVECTION:
         raise ValueError(f"convection={convection!r}; allowed: {', '.join(CONVECTION)}")
     # jax-cfd's default (convect=None): van Leer advection with flux limiters
-    convect = None if convection == "van-leer" else (
-        lambda v: tuple(cfd.advection.advect_linear(u, v) for u in v))
+    convect = None if convection == "van-leer" else (lambda v: tuple(cfd.advection.advect_linear(u, v) for u in v))
     grid = cfd.grids.Grid((int(size), int(size)), domain=((0, 2 * np.pi), (0, 2 * np.pi)))
 
     def field(key):
@@ -69,15 +70,33 @@ def make(size: int = 32, horizon: int = 20, viscosity: float = 0.01, inner_steps
     draw = jax.jit(jax.vmap(field))
 
     def sample_states(rng, n):
-        return np.asarray(draw(jax.random.split(jax.random.PRNGKey(int(rng.integers(2 ** 31))), n)))
+        return np.asarray(draw(jax.random.split(jax.random.PRNGKey(int(rng.integers(2**31))), n)))
 
-    step = navier_stokes_step(velocity, density=1.0, viscosity=viscosity, dt=DT, inner_steps=inner_steps,
-                              control_force=shear_force, convect=convect)
-    return jax_cfd_problem(step, velocity=velocity, control_shape=(8,), horizon=horizon, state_loss=kinetic_energy,
-                           sample_states=sample_states, on="every", control_weight=1e-3, widths=(32,),
-                           name="jax-cfd-calm", params=dict(size=int(size), viscosity=float(viscosity), dt=DT,
-                                                            inner_steps=int(inner_steps), convection=convection),
-                           defaults=dict(epochs=50, lr=1e-3, batch_size=8, n_train=64, n_test=64))
+    step = navier_stokes_step(
+        velocity,
+        density=1.0,
+        viscosity=viscosity,
+        dt=DT,
+        inner_steps=inner_steps,
+        control_force=shear_force,
+        convect=convect,
+    )
+    return jax_cfd_problem(
+        step,
+        velocity=velocity,
+        control_shape=(8,),
+        horizon=horizon,
+        state_loss=kinetic_energy,
+        sample_states=sample_states,
+        on="every",
+        control_weight=1e-3,
+        widths=(32,),
+        name="jax-cfd-calm",
+        params=dict(
+            size=int(size), viscosity=float(viscosity), dt=DT, inner_steps=int(inner_steps), convection=convection
+        ),
+        defaults=dict(epochs=50, lr=1e-3, batch_size=8, n_train=64, n_test=64),
+    )
 
 
 if __name__ == "__main__":
@@ -91,8 +110,19 @@ if __name__ == "__main__":
     problems.register(problem.name, lambda: problem, params={})
     for mode in ("R", "C"):
         t = time.perf_counter()
-        cfg = RunConfig(problem=problem.name, mode=mode, epochs=2, n_train=16, n_test=16, batch_size=8, lr=1e-2,
-                        data="seeded", backward="autodiff")
+        cfg = RunConfig(
+            problem=problem.name,
+            mode=mode,
+            epochs=2,
+            n_train=16,
+            n_test=16,
+            batch_size=8,
+            lr=1e-2,
+            data="seeded",
+            backward="autodiff",
+        )
         (res,) = train(problem, cfg, seeds=[0])
-        print(f"{mode}: test loss {res.initial['test_loss']:.5g} -> {res.history['test_loss'][-1]:.5g} "
-              f"after 2 epochs ({time.perf_counter() - t:.1f} s with compilation)")
+        print(
+            f"{mode}: test loss {res.initial['test_loss']:.5g} -> {res.history['test_loss'][-1]:.5g} "
+            f"after 2 epochs ({time.perf_counter() - t:.1f} s with compilation)"
+        )

@@ -16,6 +16,7 @@ alone takes ~1/(ν k²) ≈ 30 s per mode, the trajectory lasts 0.96 s). Initial
 of sin and cos modes k = 1 … 3 (wave number in periods per domain) with amplitudes
 uniform in ±0.5.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -41,17 +42,26 @@ def make(cells: int = 128, horizon: int = 32, viscosity: float = 0.003):
         return flow.advect.semi_lagrangian(u, u, DT) + DT * force
 
     def energy(u):
-        return math.mean(u.values ** 2)
+        return math.mean(u.values**2)
 
     def sample_states(rng, n):
         a = rng.uniform(-0.5, 0.5, (n, 3, 2))
         k = 2 * np.pi * np.arange(1, 4)[:, None] * x[None, :] / LENGTH
         return np.einsum("nk,kx->nx", a[..., 0], np.sin(k)) + np.einsum("nk,kx->nx", a[..., 1], np.cos(k))
 
-    return phiflow_problem(step, state=velocity, control=velocity, horizon=horizon, state_loss=energy,
-                           sample_states=sample_states, on="every", widths=(64,), name="phiflow-burgers",
-                           params=dict(cells=int(cells), viscosity=float(viscosity), length=LENGTH, dt=DT),
-                           defaults=dict(epochs=50, lr=1e-3, batch_size=8, n_train=64, n_test=64))
+    return phiflow_problem(
+        step,
+        state=velocity,
+        control=velocity,
+        horizon=horizon,
+        state_loss=energy,
+        sample_states=sample_states,
+        on="every",
+        widths=(64,),
+        name="phiflow-burgers",
+        params=dict(cells=int(cells), viscosity=float(viscosity), length=LENGTH, dt=DT),
+        defaults=dict(epochs=50, lr=1e-3, batch_size=8, n_train=64, n_test=64),
+    )
 
 
 if __name__ == "__main__":
@@ -65,8 +75,19 @@ if __name__ == "__main__":
     problems.register(problem.name, lambda: problem, params={})
     for mode in ("R", "C"):
         t = time.perf_counter()
-        cfg = RunConfig(problem=problem.name, mode=mode, epochs=2, n_train=16, n_test=16, batch_size=8, lr=3e-3,
-                        data="seeded", backward="autodiff")
+        cfg = RunConfig(
+            problem=problem.name,
+            mode=mode,
+            epochs=2,
+            n_train=16,
+            n_test=16,
+            batch_size=8,
+            lr=3e-3,
+            data="seeded",
+            backward="autodiff",
+        )
         (res,) = train(problem, cfg, seeds=[0])
-        print(f"{mode}: test loss {res.initial['test_loss']:.5g} -> {res.history['test_loss'][-1]:.5g} "
-              f"after 2 epochs ({time.perf_counter() - t:.1f} s with compilation)")
+        print(
+            f"{mode}: test loss {res.initial['test_loss']:.5g} -> {res.history['test_loss'][-1]:.5g} "
+            f"after 2 epochs ({time.perf_counter() - t:.1f} s with compilation)"
+        )

@@ -75,6 +75,7 @@ def assert_close(got, ref, rel: float, what: str = "") -> None:
     """max |got − ref| ≤ rel · max |ref|, over all entries of two arrays or pytrees: an error
     measured against the reference's scale, so that entries far smaller than the largest one
     (whose relative error float32 cannot bound) do not decide the test."""
+
     def flat(tree):
         return np.concatenate([np.ravel(np.asarray(x)).astype(np.complex128) for x in jax.tree_util.tree_leaves(tree)])
 

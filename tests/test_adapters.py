@@ -2,6 +2,7 @@
 steps and gradients, and a Brax environment against a plain jax.grad loop, the modes and a few
 training updates. Brax programs take tens of seconds to compile on a CPU, so the Brax tests use
 a one-hinge pendulum, a short horizon and one compiled program for all fields."""
+
 from __future__ import annotations
 
 import contextlib
@@ -49,9 +50,19 @@ def _ode(solver, substeps=1, horizon=6, dt=0.1, on="every"):
     diffrax = pytest.importorskip("diffrax", reason="the diffrax adapter needs the [diffrax] extra")
     from stablebptt.problems.adapters import ode_problem
 
-    return ode_problem(_pendulum, dt=dt, horizon=horizon, state_shape=(2,), control_shape=(1,),
-                       state_loss=lambda y: y[0] ** 2 + 0.1 * y[1] ** 2, sample_states=_draw,
-                       solver=solver(diffrax), substeps=substeps, on=on, widths=(16, 16))
+    return ode_problem(
+        _pendulum,
+        dt=dt,
+        horizon=horizon,
+        state_shape=(2,),
+        control_shape=(1,),
+        state_loss=lambda y: y[0] ** 2 + 0.1 * y[1] ** 2,
+        sample_states=_draw,
+        solver=solver(diffrax),
+        substeps=substeps,
+        on=on,
+        widths=(16, 16),
+    )
 
 
 def _rk4_np(y, c, h, n):
@@ -127,9 +138,12 @@ def test_ode_fields_equal_grad_of_hand_loop():
     hand = jax.jit(jax.grad(_hand_euler_loss), static_argnums=1, static_argnames=tuple(kw) + ("stop_input",))
     g_hand = hand(params, static, x0, **kw)
     m_hand = hand(params, static, x0, stop_input=True, **kw)
-    run = jax.jit(lambda mdl, x, flow: [stablebptt.value_and_update(mdl, x, step=p.step, loss=p.loss,
-                                                                    horizon=p.horizon, flow=f)[:2] for f in flow],
-                  static_argnums=2)
+    run = jax.jit(
+        lambda mdl, x, flow: [
+            stablebptt.value_and_update(mdl, x, step=p.step, loss=p.loss, horizon=p.horizon, flow=f)[:2] for f in flow
+        ],
+        static_argnums=2,
+    )
     (lr, g), (lm, m), (lc, c) = run(model, x0, ("R", "M", "C"))
     flat = lambda t: np.concatenate([np.ravel(a) for a in jax.tree_util.tree_leaves(t)])
     g, m, c, g_hand, m_hand = map(flat, (g, m, c, g_hand, m_hand))
@@ -158,8 +172,9 @@ def test_the_trainer_applies_c_to_an_adapter_problem():
     r, m = flat(r), flat(m)
     lr = 0.5
     with registered(p) as name:
-        cfg = RunConfig(problem=name, mode="C", optimizer="sgd", lr=lr, epochs=1, n_train=4, n_test=2,
-                        batch_size=4, zero_last=False)
+        cfg = RunConfig(
+            problem=name, mode="C", optimizer="sgd", lr=lr, epochs=1, n_train=4, n_test=2, batch_size=4, zero_last=False
+        )
         (res,) = train(p, cfg, seeds=[1], data=(x0, test))
     assert not res.diverged
     for k in ("loss", "train_loss", "test_loss", "update_norm", "cos_mg", "sign_agree"):
@@ -179,11 +194,15 @@ def test_ode_trains_and_refuses_bad_input():
         (res,) = train(p, cfg, seeds=[0])
     assert not res.diverged and len(res.history["test_loss"]) == 2
     assert all(np.isfinite(res.history["loss"])) and res.history["test_loss"][-1] < res.initial["test_loss"]
-    ok = dict(dt=0.1, horizon=3, state_shape=(2,), control_shape=(1,), state_loss=lambda y: y[0],
-              sample_states=_draw)
-    for bad, msg in ((dict(dt=0.0), "dt=0.0"), (dict(horizon=0), "horizon=0"), (dict(solver="rk4"), "solver='rk4'"),
-                     (dict(state_shape=(2, 0)), "state_shape"), (dict(on="all"), "on='all'"),
-                     (dict(substeps=1.5), "substeps=1.5")):
+    ok = dict(dt=0.1, horizon=3, state_shape=(2,), control_shape=(1,), state_loss=lambda y: y[0], sample_states=_draw)
+    for bad, msg in (
+        (dict(dt=0.0), "dt=0.0"),
+        (dict(horizon=0), "horizon=0"),
+        (dict(solver="rk4"), "solver='rk4'"),
+        (dict(state_shape=(2, 0)), "state_shape"),
+        (dict(on="all"), "on='all'"),
+        (dict(substeps=1.5), "substeps=1.5"),
+    ):
         with pytest.raises(ValueError, match=msg.replace("(", r"\(").replace(")", r"\)")):
             ode_problem(_pendulum, **(ok | bad))
     wrong = ode_problem(_pendulum, **(ok | dict(state_loss=lambda y: y)))
@@ -242,9 +261,15 @@ def _height(ps):
 def _brax_problem(env, **kw):
     from stablebptt.problems.adapters import brax_problem
 
-    return brax_problem(env, horizon=5, reward=_height, control_weight=0.01, widths=(16,),
-                        sample_states=lambda rng, n: np.stack([rng.uniform(-0.5, 0.5, n), rng.uniform(-1, 1, n)], 1),
-                        **kw)
+    return brax_problem(
+        env,
+        horizon=5,
+        reward=_height,
+        control_weight=0.01,
+        widths=(16,),
+        sample_states=lambda rng, n: np.stack([rng.uniform(-0.5, 0.5, n), rng.uniform(-1, 1, n)], 1),
+        **kw,
+    )
 
 
 def test_brax_problem_shapes_data_and_errors(brax_pendulum):
@@ -269,10 +294,16 @@ def test_brax_problem_shapes_data_and_errors(brax_pendulum):
     with pytest.raises(ValueError, match="'no-such-env' is not a registered Brax environment"):
         brax_problem("no-such-env", horizon=5, reward=_height)
     with pytest.raises(ValueError, match="reward returned shape"):
-        jax.eval_shape(brax_problem(brax_pendulum, horizon=5, reward=lambda ps: ps.q).loss.state_loss,
-                       jax.ShapeDtypeStruct((3, 2), jnp.float32))
-    obs = brax_problem(brax_pendulum, horizon=5, reward=_height,
-                       observe=lambda ps: jnp.concatenate([jnp.sin(ps.q), jnp.cos(ps.q), ps.qd]))
+        jax.eval_shape(
+            brax_problem(brax_pendulum, horizon=5, reward=lambda ps: ps.q).loss.state_loss,
+            jax.ShapeDtypeStruct((3, 2), jnp.float32),
+        )
+    obs = brax_problem(
+        brax_pendulum,
+        horizon=5,
+        reward=_height,
+        observe=lambda ps: jnp.concatenate([jnp.sin(ps.q), jnp.cos(ps.q), ps.qd]),
+    )
     model = obs.make_controller(jax.random.PRNGKey(0), zero_last=False)
     assert model.mlp.layers[0].kernel.shape == (3, 64)  # the observation's 3 entries in
     assert jax.eval_shape(model, jax.ShapeDtypeStruct((4, 2), jnp.float32)).shape == (4, 1)
@@ -291,7 +322,7 @@ def _plain_fields(env, problem, model, x0):
             c = mdl(jax.lax.stop_gradient(x) if stop_input else x)
             ps = jax.vmap(lambda q, qd, a: env.pipeline_step(env.pipeline_init(q, qd), a))(x[:, :1], x[:, 1:], c)
             x1 = jnp.concatenate([ps.q, ps.qd], axis=1)
-            return x1, -jnp.mean(0.6 * jnp.cos(x1[:, 0])) + 0.01 * jnp.mean(c ** 2)
+            return x1, -jnp.mean(0.6 * jnp.cos(x1[:, 0])) + 0.01 * jnp.mean(c**2)
 
         _, terms = jax.lax.scan(body, x0, None, length=problem.horizon)
         return jnp.mean(terms)
@@ -299,8 +330,15 @@ def _plain_fields(env, problem, model, x0):
     def fields(params, x0):
         loss, r = jax.value_and_grad(plain)(params, x0, False)
         m = jax.grad(plain)(params, x0, True)
-        engine = stablebptt.value_and_update(eqx.combine(params, static), x0, step=problem.step, loss=problem.loss,
-                                             horizon=problem.horizon, flow="R", validate=False)[:2]
+        engine = stablebptt.value_and_update(
+            eqx.combine(params, static),
+            x0,
+            step=problem.step,
+            loss=problem.loss,
+            horizon=problem.horizon,
+            flow="R",
+            validate=False,
+        )[:2]
         return loss, r, m, engine
 
     return jax.jit(fields, compiler_options=FAST_COMPILE)(params, x0)
@@ -327,4 +365,3 @@ def test_brax_fields_equal_grad_of_plain_loop(brax_pendulum):
     assert np.abs(r - m).max() > 1e-2 * scale  # the modes differ here
 
     print(f"brax: R, M and the engine's R in {t_fields:.0f} s (compile and run)")
-

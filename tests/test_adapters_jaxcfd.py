@@ -3,6 +3,7 @@ modules only, the adapted step equals jax-cfd's own step called per sample, a Ta
 decays at the analytic rate exp(−2νt), gradients match central finite differences, bad input is
 refused, and the worked example trains. The grids are 16² so that each program compiles in
 seconds."""
+
 from __future__ import annotations
 
 import os
@@ -19,7 +20,7 @@ from conftest import EPS32, fixed_control_loss
 
 pytest.importorskip("jax_cfd", reason="the jax-cfd adapter needs the [jax-cfd] extra")
 
-from stablebptt.problems.adapters import jax_cfd as adapter  # noqa: E402
+from stablebptt.problems.adapters import jax_cfd as adapter
 
 REPO = Path(__file__).resolve().parents[1]
 NU, DT = 0.05, 0.05
@@ -37,7 +38,7 @@ def _force(c, grid):
 
 
 def _energy(v):
-    return 0.5 * sum(jnp.mean(u.data ** 2) for u in v)
+    return 0.5 * sum(jnp.mean(u.data**2) for u in v)
 
 
 def _template(grid):
@@ -48,7 +49,7 @@ def _template(grid):
 def _draw(grid):
     cfd = adapter.import_jax_cfd()
     field = jax.jit(jax.vmap(lambda k: adapter.pack(cfd.initial_conditions.filtered_velocity_field(k, grid, 1.0, 2))))
-    return lambda rng, n: np.asarray(field(jax.random.split(jax.random.PRNGKey(int(rng.integers(2 ** 31))), n)))
+    return lambda rng, n: np.asarray(field(jax.random.split(jax.random.PRNGKey(int(rng.integers(2**31))), n)))
 
 
 def _linear_convection(v):
@@ -62,10 +63,12 @@ def _linear_convection(v):
 def flow():
     grid = _grid()
     v = _template(grid)
-    step = adapter.navier_stokes_step(v, density=1.0, viscosity=NU, dt=DT, inner_steps=2, control_force=_force,
-                                      convect=_linear_convection)
-    return adapter.jax_cfd_problem(step, velocity=v, control_shape=(2,), horizon=3, state_loss=_energy,
-                                   sample_states=_draw(grid), widths=(8,))
+    step = adapter.navier_stokes_step(
+        v, density=1.0, viscosity=NU, dt=DT, inner_steps=2, control_force=_force, convect=_linear_convection
+    )
+    return adapter.jax_cfd_problem(
+        step, velocity=v, control_shape=(2,), horizon=3, state_loss=_energy, sample_states=_draw(grid), widths=(8,)
+    )
 
 
 def test_aliases_reach_jax_cfd_only():
@@ -100,11 +103,13 @@ def test_step_equals_jax_cfd_called_per_sample(flow):
     want = []
     for b in range(2):
         offsets = grid.cell_faces
-        v = tuple(cfd.grids.GridVariable(cfd.grids.GridArray(jnp.asarray(x[b, i]), offsets[i], grid), bc)
-                  for i in range(2))
+        v = tuple(
+            cfd.grids.GridVariable(cfd.grids.GridArray(jnp.asarray(x[b, i]), offsets[i], grid), bc) for i in range(2)
+        )
         forcing = lambda v, b=b: tuple(cfd.grids.GridArray(f, o, grid) for f, o in zip(_force(c[b], grid), offsets))
-        eq = cfd.equations.semi_implicit_navier_stokes(density=1.0, viscosity=NU, dt=DT, grid=grid, forcing=forcing,
-                                                       convect=_linear_convection)
+        eq = cfd.equations.semi_implicit_navier_stokes(
+            density=1.0, viscosity=NU, dt=DT, grid=grid, forcing=forcing, convect=_linear_convection
+        )
         want.append(np.stack([u.data for u in jax.jit(cfd.funcutils.repeated(eq, 2))(v)]))
     want = np.stack(want)
     assert got.shape == x.shape == (2, 2, 16, 16) and got.dtype == np.float32
@@ -130,12 +135,13 @@ def test_taylor_green_vortex_decays_at_the_analytic_rate():
 
     def amplitude(nu, a):
         step = adapter.navier_stokes_step(v, density=1.0, viscosity=nu, dt=0.05, control_force=lambda c, g: c)
-        p = adapter.jax_cfd_problem(step, velocity=v, control_shape=(2, 16, 16), horizon=1, state_loss=_energy,
-                                    sample_states=_draw(grid))
+        p = adapter.jax_cfd_problem(
+            step, velocity=v, control_shape=(2, 16, 16), horizon=1, state_loss=_energy, sample_states=_draw(grid)
+        )
         xt = jax.jit(lambda x: jax.lax.fori_loop(0, 10, lambda _, s: p.step(s, jnp.zeros_like(s)), x))(a * mode[None])
         return float(jnp.sum(xt[0] * mode) / jnp.sum(mode * mode)) / a
 
-    discrete = (1 - 0.1 * 0.05 * 8 * np.sin(h / 2) ** 2 / h ** 2) ** 10
+    discrete = (1 - 0.1 * 0.05 * 8 * np.sin(h / 2) ** 2 / h**2) ** 10
     small = amplitude(0.1, 0.01)
     np.testing.assert_allclose(small, discrete, atol=1e-4)
     np.testing.assert_allclose(small, np.exp(-2 * 0.1 * 0.5), atol=1e-3)
@@ -164,21 +170,31 @@ def test_bad_input_is_refused(flow, monkeypatch):
     v = _template(grid)
     step = adapter.navier_stokes_step(v, density=1.0, viscosity=NU, dt=DT, control_force=_force)
     ok = dict(velocity=v, control_shape=(2,), horizon=2, state_loss=_energy, sample_states=_draw(grid))
-    for bad, msg in ((dict(velocity=np.zeros((2, 16, 16))), "expected a tuple of jax_cfd GridVariables"),
-                     (dict(control_shape=(0,)), r"control_shape=\(0,\)"), (dict(horizon=0), "horizon=0"),
-                     (dict(on="sum"), "on='sum'")):
+    for bad, msg in (
+        (dict(velocity=np.zeros((2, 16, 16))), "expected a tuple of jax_cfd GridVariables"),
+        (dict(control_shape=(0,)), r"control_shape=\(0,\)"),
+        (dict(horizon=0), "horizon=0"),
+        (dict(on="sum"), "on='sum'"),
+    ):
         with pytest.raises(ValueError, match=msg):
             adapter.jax_cfd_problem(step, **(ok | bad))
-    for bad, msg in ((dict(dt=-1.0), "dt=-1.0"), (dict(viscosity=-0.1), "viscosity=-0.1"),
-                     (dict(control_force=None), "control_force=None is not callable")):
+    for bad, msg in (
+        (dict(dt=-1.0), "dt=-1.0"),
+        (dict(viscosity=-0.1), "viscosity=-0.1"),
+        (dict(control_force=None), "control_force=None is not callable"),
+    ):
         with pytest.raises(ValueError, match=msg):
             adapter.navier_stokes_step(v, **(dict(density=1.0, viscosity=NU, dt=DT, control_force=_force) | bad))
     wrong = adapter.navier_stokes_step(v, density=1.0, viscosity=NU, dt=DT, control_force=lambda c, g: (c[0],))
     p = adapter.jax_cfd_problem(wrong, **ok)
     with pytest.raises(ValueError, match="control_force returned shapes"):
-        jax.eval_shape(p.step, jax.ShapeDtypeStruct((1, 2, 16, 16), jnp.float32), jax.ShapeDtypeStruct((1, 2), jnp.float32))
+        jax.eval_shape(
+            p.step, jax.ShapeDtypeStruct((1, 2, 16, 16), jnp.float32), jax.ShapeDtypeStruct((1, 2), jnp.float32)
+        )
     with pytest.raises(ValueError, match=r"control shape \(1, 3\)"):
-        jax.eval_shape(flow.step, jax.ShapeDtypeStruct((1, 2, 16, 16), jnp.float32), jax.ShapeDtypeStruct((1, 3), jnp.float32))
+        jax.eval_shape(
+            flow.step, jax.ShapeDtypeStruct((1, 2, 16, 16), jnp.float32), jax.ShapeDtypeStruct((1, 3), jnp.float32)
+        )
     monkeypatch.setitem(sys.modules, "jax_cfd.base", None)
     with pytest.raises(ImportError, match=r"pip install 'stablebptt\[jax-cfd\]'"):
         adapter.import_jax_cfd()
@@ -188,8 +204,13 @@ def test_bad_input_is_refused(flow, monkeypatch):
 def test_jaxcfd_example_trains():
     """``python examples/jaxcfd_flow.py``: two epochs of R and of C each lower the test loss."""
     env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    out = subprocess.run([sys.executable, str(REPO / "examples" / "jaxcfd_flow.py")], env=env, capture_output=True,
-                         text=True, timeout=900)
+    out = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "jaxcfd_flow.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     lines = [ln for ln in out.stdout.splitlines() if "test loss" in ln]
     assert len(lines) == 2, out.stdout

@@ -3,6 +3,7 @@ float32 (checked in subprocesses, so that the switch could not leak into other t
 adapted step equals PhiFlow's own step run in float64 on its NumPy backend, gradients match
 central finite differences of that float64 run, the state layout round-trips, bad input is
 refused, and the worked example trains."""
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,9 @@ def _run(code: str, env_extra: dict | None = None) -> str:
     env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("JAX_ENABLE_X64", None)
     env.update(env_extra or {})
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
 
@@ -114,9 +116,17 @@ def burgers():
     from stablebptt.problems.adapters.phiflow import flow, phiflow_problem
 
     u0 = flow.CenteredGrid(0, flow.extrapolation.PERIODIC, x=N, bounds=flow.Box(x=2))
-    return phiflow_problem(_burgers, state=u0, control=u0, horizon=4, state_loss=_energy,
-                           sample_states=lambda rng, n: np.sin(np.pi * np.linspace(0, 2, N, endpoint=False))
-                           * rng.uniform(0.5, 1.5, (n, 1)), widths=(8,))
+    return phiflow_problem(
+        _burgers,
+        state=u0,
+        control=u0,
+        horizon=4,
+        state_loss=_energy,
+        sample_states=lambda rng, n: (
+            np.sin(np.pi * np.linspace(0, 2, N, endpoint=False)) * rng.uniform(0.5, 1.5, (n, 1))
+        ),
+        widths=(8,),
+    )
 
 
 def _reference(x: np.ndarray, c: np.ndarray, steps: int) -> tuple[np.ndarray, float]:
@@ -127,8 +137,9 @@ def _reference(x: np.ndarray, c: np.ndarray, steps: int) -> tuple[np.ndarray, fl
     from stablebptt.problems.adapters.phiflow import flow
 
     with NUMPY, math.precision(64):
-        grid = lambda a: flow.CenteredGrid(math.tensor(a, math.batch("b"), math.spatial("x")),
-                                           flow.extrapolation.PERIODIC, x=N, bounds=flow.Box(x=2))
+        grid = lambda a: flow.CenteredGrid(
+            math.tensor(a, math.batch("b"), math.spatial("x")), flow.extrapolation.PERIODIC, x=N, bounds=flow.Box(x=2)
+        )
         u, f = grid(x), grid(c)
         for _ in range(steps):
             u = _burgers(u, f)
@@ -182,8 +193,13 @@ def test_layout_round_trips_a_staggered_grid_and_tensors():
     np.testing.assert_array_equal(np.asarray(cg2.values.native(["x"])), np.arange(112, 117))
     vx = math.unstack(st2.values, st2.values.shape.non_uniform_shape)[0]
     np.testing.assert_array_equal(np.asarray(vx.native(["x", "y"])), np.arange(56).reshape(7, 8))
-    batch = (st2, flow.CenteredGrid(math.tensor(np.ones((2, 5)), math.batch("b"), math.spatial("x")),
-                                    flow.extrapolation.PERIODIC, x=5), t2)
+    batch = (
+        st2,
+        flow.CenteredGrid(
+            math.tensor(np.ones((2, 5)), math.batch("b"), math.spatial("x")), flow.extrapolation.PERIODIC, x=5
+        ),
+        t2,
+    )
     packed = layout.pack_batch(batch)
     assert packed.shape == (2, layout.size) and packed.dtype == np.float32
     np.testing.assert_array_equal(packed[1, 112:117], 1.0)
@@ -196,9 +212,13 @@ def test_bad_input_is_refused(burgers, monkeypatch):
 
     u0 = flow.CenteredGrid(0, flow.extrapolation.PERIODIC, x=N)
     ok = dict(state=u0, control=u0, horizon=2, state_loss=_energy, sample_states=lambda r, n: r.normal(size=(n, N)))
-    for bad, msg in ((dict(state=np.zeros(3)), "state= must be a PhiFlow Field"), (dict(horizon=0), "horizon=0"),
-                     (dict(on="all"), "on='all'"), (dict(state_loss=3), "state_loss=3 is not callable"),
-                     (dict(state_loss=lambda u: u.values), "state_loss returned a tensor of shape")):
+    for bad, msg in (
+        (dict(state=np.zeros(3)), "state= must be a PhiFlow Field"),
+        (dict(horizon=0), "horizon=0"),
+        (dict(on="all"), "on='all'"),
+        (dict(state_loss=3), "state_loss=3 is not callable"),
+        (dict(state_loss=lambda u: u.values), "state_loss returned a tensor of shape"),
+    ):
         with pytest.raises(ValueError, match=msg):
             phiflow_problem(_burgers, **(ok | bad))
     with pytest.raises(ValueError, match="the state step returned has values of shape"):
@@ -223,7 +243,7 @@ def test_phiflow_example_trains():
     """``python examples/phiflow_burgers.py``: two epochs of R and of C each lower the test loss."""
     out = _run(f"""
         import runpy
-        runpy.run_path({str(REPO / 'examples' / 'phiflow_burgers.py')!r}, run_name="__main__")
+        runpy.run_path({str(REPO / "examples" / "phiflow_burgers.py")!r}, run_name="__main__")
     """)
     lines = [ln for ln in out.splitlines() if "test loss" in ln]
     assert len(lines) == 2, out

@@ -1,4 +1,5 @@
 """Animations: a tiny trained run becomes a GIF (or MP4) with the documented frame count."""
+
 import math
 
 import imageio.v3 as iio
@@ -56,8 +57,10 @@ def test_animate_cartpole_run_cli(tmp_path):
     assert res.exit_code != 0 and "not a finished run folder" in res.output, res.output
 
 
-@pytest.mark.parametrize("name, params, stride", [("guidance", dict(steps=6), None), ("quantum", dict(steps=5), 2),
-                                                   ("toy-rotation", {}, None)])
+@pytest.mark.parametrize(
+    "name, params, stride",
+    [("guidance", dict(steps=6), None), ("quantum", dict(steps=5), 2), ("toy-rotation", {}, None)],
+)
 def test_renderers(tmp_path, name, params, stride):
     p = problems.get(name, **params)
     model = p.make_controller(jax.random.PRNGKey(0), zero_last=False)
@@ -112,8 +115,9 @@ def test_guidance_frames_the_evaders_and_the_target():
         assert x0 < 0 < x1 and y0 < 0 < y1
         # ... and the view is framed on them, not on the drivers: its size follows the
         # evaders' and origin's extent, so they are not a dot
-        need = max(np.ptp(np.concatenate([ev[..., 0].ravel(), [0.0]])),
-                   np.ptp(np.concatenate([ev[..., 1].ravel(), [0.0]])))
+        need = max(
+            np.ptp(np.concatenate([ev[..., 0].ravel(), [0.0]])), np.ptp(np.concatenate([ev[..., 1].ravel(), [0.0]]))
+        )
         assert x1 - x0 <= max(1.5 * need, 2 * 1.5)
         c, r = guidance_view(ev)
         np.testing.assert_allclose([x0, x1, y0, y1], [c[0] - r, c[0] + r, c[1] - r, c[1] + r])
@@ -142,7 +146,7 @@ def test_quantum_has_a_colour_bar_and_the_growing_overlap():
     _, test = p.sample_data(0, 5, 5)
     xs, cs = rollout(p, model, test[:5])
     scene = build_scene(p, xs, cs)
-    T, S = 6, 5
+    T = 6
     assert all(set(d) == {"density", "target", "overlap", "control"} for d in scene.panels)
     # one colour bar per row of (at most 4) panels, for the density images
     assert len(scene.colorbars) == 2
@@ -234,11 +238,12 @@ def test_a_long_state_says_which_entries_are_drawn_and_how_to_choose(tmp_path):
             parse_components(bad, 16)
     with pytest.raises(ValueError, match="components"):  # a problem with its own picture
         p = problems.get("guidance", steps=4)
-        build_scene(p, np.zeros((5, 1) + tuple(p.state_shape)), np.zeros((4, 1) + tuple(p.control_shape)),
-                    components=[0])
+        build_scene(
+            p, np.zeros((5, 1) + tuple(p.state_shape)), np.zeros((4, 1) + tuple(p.control_shape)), components=[0]
+        )
 
 
-CHAIN = '''
+CHAIN = """
 import jax.numpy as jnp
 import numpy as np
 from stablebptt import TrajectoryLoss
@@ -257,7 +262,7 @@ def make(n=15, steps=3):
                    loss=TrajectoryLoss(lambda x: jnp.mean(x ** 2), on="every"), horizon=steps,
                    sample_data=sample, state_shape=(n,), control_shape=(1,), defaults=dict(epochs=1),
                    make_controller=lambda key, zero_last=False: MLP(key, n, (1,), widths=(4,), zero_last=zero_last))
-'''
+"""
 
 
 def test_cli_animate_of_an_own_problem_says_what_it_draws(tmp_path, monkeypatch):
@@ -266,8 +271,11 @@ def test_cli_animate_of_an_own_problem_says_what_it_draws(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "chain.py").write_text(CHAIN)
     n = SERIES_MAX_COMPONENTS + 2
-    folder = run(RunConfig(problem="chain.py:make", problem_params=dict(n=n), epochs=1, n_train=2, n_test=2,
-                           batch_size=2), 0, tmp_path / "runs")
+    folder = run(
+        RunConfig(problem="chain.py:make", problem_params=dict(n=n), epochs=1, n_train=2, n_test=2, batch_size=2),
+        0,
+        tmp_path / "runs",
+    )
     res = CliRunner().invoke(app, ["animate", str(folder), "--states", "1", "--out", "a.gif"])
     assert res.exit_code == 0, res.output
     assert f"of the {n} state entries" in res.output and "--components" in res.output

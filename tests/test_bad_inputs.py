@@ -6,6 +6,7 @@ Covers mistakes in a user's own problem file (syntax, imports, exceptions in mak
 sample_data / make_controller / step, states and controls of the wrong shape or dtype), every
 path option (unwritable, a file where a folder belongs, corrupt weights) and the options the
 CLI already refused (tests/test_cli.py, tests/test_own_problems.py)."""
+
 import os
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from stablebptt.cli import app
 runner = CliRunner()
 
 #: a working problem (a point mass pushed to the origin); the rows below break one line of it
-GOOD = textwrap.dedent('''\
+GOOD = textwrap.dedent("""\
     import jax.numpy as jnp
     import numpy as np
     from stablebptt import TrajectoryLoss
@@ -49,7 +50,7 @@ GOOD = textwrap.dedent('''\
                        loss=TrajectoryLoss(lambda x: jnp.mean(x[:, 0] ** 2), on="every"), horizon=steps,
                        sample_data=sample, state_shape=(2,), control_shape=(1,), defaults=dict(epochs=1),
                        make_controller=controller)
-''')
+""")
 
 
 def broken(old: str, new: str) -> str:
@@ -71,8 +72,10 @@ FILES = {
     "datashape.py": broken("(n, 2)).astype", "(n, 3)).astype"),
     "datatype.py": broken(".astype(np.float32)", ".astype(np.int32)"),
     "datanan.py": broken(".astype(np.float32)", ".astype(np.float32) * np.nan"),
-    "datasingle.py": broken("return tuple(rng.uniform(-1, 1, (n, 2)).astype(np.float32) for n in (n_train, n_test))",
-                            "return rng.uniform(-1, 1, (n_train, 2)).astype(np.float32)"),
+    "datasingle.py": broken(
+        "return tuple(rng.uniform(-1, 1, (n, 2)).astype(np.float32) for n in (n_train, n_test))",
+        "return rng.uniform(-1, 1, (n_train, 2)).astype(np.float32)",
+    ),
     "sampleraises.py": broken("        rng = np.random", "        rng = {}['seed']\n        rng = np.random"),
     "controlshape.py": broken("MLP(key, 2, (1,),", "MLP(key, 2, (3,),"),
     "controlinput.py": broken("MLP(key, 2, (1,),", "MLP(key, 5, (1,),"),
@@ -85,11 +88,21 @@ FILES = {
 }
 #: (file, fragment of the line the error must name)
 LINES = {
-    "syntax.py": "def make(", "imports.py": "no_such_module_h5", "raises.py": "RuntimeError",
-    "datashape.py": "def sample(", "datatype.py": "def sample(", "datanan.py": "def sample(",
-    "datasingle.py": "def sample(", "sampleraises.py": "{}['seed']", "controlshape.py": "def controller(",
-    "controlinput.py": "def controller(", "controllerraises.py": "MLP(key", "stepraises.py": "raise KeyError",
-    "stepshape.py": "def step(", "stepdtype.py": "def step(", "lossshape.py": "lambda x: x[:, 0] ** 2",
+    "syntax.py": "def make(",
+    "imports.py": "no_such_module_h5",
+    "raises.py": "RuntimeError",
+    "datashape.py": "def sample(",
+    "datatype.py": "def sample(",
+    "datanan.py": "def sample(",
+    "datasingle.py": "def sample(",
+    "sampleraises.py": "{}['seed']",
+    "controlshape.py": "def controller(",
+    "controlinput.py": "def controller(",
+    "controllerraises.py": "MLP(key",
+    "stepraises.py": "raise KeyError",
+    "stepshape.py": "def step(",
+    "stepdtype.py": "def step(",
+    "lossshape.py": "lambda x: x[:, 0] ** 2",
 }
 
 SMALL = ["--epochs", "1", "--n-train", "16", "--n-test", "8"]
@@ -119,32 +132,66 @@ ROWS = [  # (id, arguments, words the one line must hold); FILE:LINE stands for 
     ("sweep of a broken problem", ["sweep", "SPEC:datashape.py:make"], ["datashape.py:", "(16, 3)", "state_shape"]),
     ("evaluate a missing run", ["evaluate", "no-run"], ["no-run"]),
     # -- path options
-    ("out below a file", ["train", "cartpole", *FAST, "--out", "afile.txt/runs"], ["--out afile.txt/runs", "is a file"]),
+    (
+        "out below a file",
+        ["train", "cartpole", *FAST, "--out", "afile.txt/runs"],
+        ["--out afile.txt/runs", "is a file"],
+    ),
     ("out in /proc", ["train", "cartpole", *FAST, "--out", "/proc/h5-runs"], ["--out /proc/h5-runs", "cannot create"]),
     ("out not writable", ["train", "cartpole", *FAST, "--out", "UNWRITABLE/runs"], ["--out", "UNWRITABLE", "cannot"]),
     ("out is a file", ["train", "cartpole", *FAST, "--out", "afile.txt"], ["--out afile.txt", "not a folder"]),
-    ("tensorboard is a file", ["train", "cartpole", *FAST, "--tensorboard", "afile.txt"],
-     ["--tensorboard afile.txt", "not a folder"]),
-    ("init weights corrupt", ["train", "cartpole", *FAST, "--init-weights", "corrupt.npz"],
-     ["--init-weights corrupt.npz", "not an .npz"]),
-    ("init weights pickled", ["train", "cartpole", *FAST, "--init-weights", "objects.npz"],
-     ["--init-weights objects.npz", "not an .npz"]),
-    ("init weights of another controller", ["train", "good.py:make", *SMALL, "--init-weights", "other.npz"],
-     ["--init-weights other.npz", "w9_kernel", "w0_kernel"]),
-    ("init weights missing", ["train", "cartpole", "--init-weights", "/no/such/w.npz"], ["/no/such/w.npz", "no such file"]),
+    (
+        "tensorboard is a file",
+        ["train", "cartpole", *FAST, "--tensorboard", "afile.txt"],
+        ["--tensorboard afile.txt", "not a folder"],
+    ),
+    (
+        "init weights corrupt",
+        ["train", "cartpole", *FAST, "--init-weights", "corrupt.npz"],
+        ["--init-weights corrupt.npz", "not an .npz"],
+    ),
+    (
+        "init weights pickled",
+        ["train", "cartpole", *FAST, "--init-weights", "objects.npz"],
+        ["--init-weights objects.npz", "not an .npz"],
+    ),
+    (
+        "init weights of another controller",
+        ["train", "good.py:make", *SMALL, "--init-weights", "other.npz"],
+        ["--init-weights other.npz", "w9_kernel", "w0_kernel"],
+    ),
+    (
+        "init weights missing",
+        ["train", "cartpole", "--init-weights", "/no/such/w.npz"],
+        ["/no/such/w.npz", "no such file"],
+    ),
     ("param not a number", ["train", "cartpole", "-p", "poles=two"], ["poles='two'", "integer"]),
     ("param not a bool", ["train", "cartpole", "-p", "scale_mass=maybe"], ["scale_mass='maybe'", "true or false"]),
-    ("sweep out below a file", ["sweep", "toys", "--quick", "--out", "afile.txt/sw"], ["--out afile.txt/sw", "is a file"]),
+    (
+        "sweep out below a file",
+        ["sweep", "toys", "--quick", "--out", "afile.txt/sw"],
+        ["--out afile.txt/sw", "is a file"],
+    ),
     ("sweep out not writable", ["sweep", "toys", "--quick", "--out", "UNWRITABLE/sw"], ["--out", "UNWRITABLE"]),
     ("sweep workers 0", ["sweep", "toys", "--quick", "--workers", "0"], ["--workers 0", "≥ 1"]),
     ("memory budget 0", ["train", "cartpole", "--memory-budget", "0"], ["--memory-budget 0", "> 0"]),
-    ("evaluate per-state below a file", ["evaluate", "no-run", "--per-state", "afile.txt/x.csv"],
-     ["--per-state afile.txt/x.csv", "is a file"]),
+    (
+        "evaluate per-state below a file",
+        ["evaluate", "no-run", "--per-state", "afile.txt/x.csv"],
+        ["--per-state afile.txt/x.csv", "is a file"],
+    ),
     ("evaluate data corrupt", ["evaluate", "no-run", "--data", "corrupt.npz"], ["--data corrupt.npz", "not an .npz"]),
-    ("diagnose weights corrupt", ["diagnose", "cartpole", "--weights", "corrupt.npz", "--out", "dg"],
-     ["--weights corrupt.npz", "not an .npz"]),
+    (
+        "diagnose weights corrupt",
+        ["diagnose", "cartpole", "--weights", "corrupt.npz", "--out", "dg"],
+        ["--weights corrupt.npz", "not an .npz"],
+    ),
     ("diagnose out is a file", ["diagnose", "cartpole", "--out", "afile.txt"], ["--out afile.txt", "not a folder"]),
-    ("animate out below a file", ["animate", "no-run", "--out", "afile.txt/a.gif"], ["--out afile.txt/a.gif", "is a file"]),
+    (
+        "animate out below a file",
+        ["animate", "no-run", "--out", "afile.txt/a.gif"],
+        ["--out afile.txt/a.gif", "is a file"],
+    ),
     ("plot out is a file", ["plot", ".", "--out", "afile.txt"], ["--out afile.txt", "not a folder"]),
     ("results csv is a folder", ["results", ".", "--csv", "."], ["--csv .", "is a folder"]),
     ("toyfigs out is a file", ["toyfigs", "--out", "afile.txt"], ["--out afile.txt", "not a folder"]),
@@ -167,8 +214,11 @@ ROWS = [  # (id, arguments, words the one line must hold); FILE:LINE stands for 
     ("train bad schedule letter", ["train", "cartpole", "--mode", "RRQM"], ["mode schedule", "['Q']"]),
     ("train mode lowercase", ["train", "cartpole", "--mode", "r"], ["'r'"]),
     ("train clip bad", ["train", "cartpole", "--clip", "max"], ["'max'", "'none', 'value' or 'norm'"]),
-    ("train clip threshold negative", ["train", "cartpole", "--clip", "value", "--clip-threshold", "-1"],
-     ["clip_threshold"]),
+    (
+        "train clip threshold negative",
+        ["train", "cartpole", "--clip", "value", "--clip-threshold", "-1"],
+        ["clip_threshold"],
+    ),
     ("train unknown optimizer", ["train", "cartpole", "--optimizer", "lbfgs"], ["'lbfgs'"]),
     ("train lr 0", ["train", "cartpole", "--lr", "0"], ["lr=0"]),
     ("train lr negative", ["train", "cartpole", "--lr", "-0.1"], ["lr=-0.1"]),
@@ -176,8 +226,11 @@ ROWS = [  # (id, arguments, words the one line must hold); FILE:LINE stands for 
     ("train epochs negative", ["train", "cartpole", "--epochs", "-3"], ["epochs=-3"]),
     ("train batch size 0", ["train", "cartpole", "--batch-size", "0"], ["batch_size=0"]),
     ("train batch size negative", ["train", "cartpole", "--batch-size", "-4"], ["batch_size=-4"]),
-    ("train batch larger than n-train", ["train", "cartpole", "--n-train", "16", "--batch-size", "32"],
-     ["batch_size=32", "n_train=16"]),
+    (
+        "train batch larger than n-train",
+        ["train", "cartpole", "--n-train", "16", "--batch-size", "32"],
+        ["batch_size=32", "n_train=16"],
+    ),
     ("train n-train 0", ["train", "cartpole", "--n-train", "0"], ["n_train=0"]),
     ("train n-train negative", ["train", "cartpole", "--n-train", "-5"], ["n_train=-5"]),
     ("train n-test 0", ["train", "cartpole", "--n-test", "0"], ["n_test=0"]),
@@ -196,8 +249,11 @@ ROWS = [  # (id, arguments, words the one line must hold); FILE:LINE stands for 
     ("train backward bad", ["train", "cartpole", "--backward", "bad"], ["'bad'", "auto, autodiff"]),
     ("train eval every negative", ["train", "cartpole", "--eval-every", "-1"], ["eval_every=-1"]),
     ("train data bad", ["train", "cartpole", "--data", "bad"], ["'bad'"]),
-    ("train checkpoint seconds negative", ["train", "cartpole", "--checkpoint-seconds", "-5"],
-     ["--checkpoint-seconds -5"]),
+    (
+        "train checkpoint seconds negative",
+        ["train", "cartpole", "--checkpoint-seconds", "-5"],
+        ["--checkpoint-seconds -5"],
+    ),
     ("train memory budget negative", ["train", "cartpole", "--memory-budget", "-1"], ["--memory-budget -1"]),
     ("cartpole unknown param", ["train", "cartpole", "-p", "wind=1"], ["wind"]),
     ("guidance unknown param", ["train", "guidance", "-p", "wind=1"], ["wind"]),
@@ -221,22 +277,22 @@ ROWS = [  # (id, arguments, words the one line must hold); FILE:LINE stands for 
     ("module problem missing", ["train", "no_such_mod_h6:make"], ["no_such_mod_h6"]),
     ("sweep missing spec file", ["sweep", "/no/such/h6.toml"], ["/no/such/h6.toml"]),
     ("sweep unknown name", ["sweep", "nosuchsweep"], ["nosuchsweep"]),
-    ("sweep spec unknown field", ["sweep", LINEAR + 'modez = ["R"]'],
-     ["modez"]),
-    ("sweep spec unknown top field", ["sweep", 'SPECTEXT:name = "x"\nseedz = 2\n[[experiment]]\nproblem = "linear"'],
-     ["seedz"]),
-    ("sweep spec bad clip", ["sweep", LINEAR + 'clips = ["foo"]'],
-     ["foo"]),
-    ("sweep spec bad mode", ["sweep", LINEAR + 'modes = ["Q"]'],
-     ["'Q'"]),
-    ("sweep spec unknown problem", ["sweep", 'SPECTEXT:name = "x"\n[[experiment]]\nproblem = "pendulum"'],
-     ["pendulum"]),
-    ("sweep spec bad config", ["sweep", LINEAR + '[experiment.config]\nepochs = 0'],
-     ["epochs"]),
-    ("sweep spec unknown config key", ["sweep", LINEAR + '[experiment.config]\nepochz = 1'],
-     ["epochz"]),
-    ("sweep spec seeds 0", ["sweep", 'SPECTEXT:name = "x"\nseeds = 0\n[[experiment]]\nproblem = "linear"'],
-     ["seeds"]),
+    ("sweep spec unknown field", ["sweep", LINEAR + 'modez = ["R"]'], ["modez"]),
+    (
+        "sweep spec unknown top field",
+        ["sweep", 'SPECTEXT:name = "x"\nseedz = 2\n[[experiment]]\nproblem = "linear"'],
+        ["seedz"],
+    ),
+    ("sweep spec bad clip", ["sweep", LINEAR + 'clips = ["foo"]'], ["foo"]),
+    ("sweep spec bad mode", ["sweep", LINEAR + 'modes = ["Q"]'], ["'Q'"]),
+    (
+        "sweep spec unknown problem",
+        ["sweep", 'SPECTEXT:name = "x"\n[[experiment]]\nproblem = "pendulum"'],
+        ["pendulum"],
+    ),
+    ("sweep spec bad config", ["sweep", LINEAR + "[experiment.config]\nepochs = 0"], ["epochs"]),
+    ("sweep spec unknown config key", ["sweep", LINEAR + "[experiment.config]\nepochz = 1"], ["epochz"]),
+    ("sweep spec seeds 0", ["sweep", 'SPECTEXT:name = "x"\nseeds = 0\n[[experiment]]\nproblem = "linear"'], ["seeds"]),
     ("sweep spec no experiments", ["sweep", 'SPECTEXT:name = "x"'], ["experiment"]),
     ("sweep workers negative", ["sweep", "toys", "--quick", "--workers", "-1"], ["--workers -1"]),
     ("evaluate missing run folder", ["evaluate", "/no/such/run"], ["/no/such/run"]),
@@ -290,8 +346,10 @@ def _args(args: list[str], tmp_path: Path) -> list[str]:
     for a in args:
         if a.startswith("SPEC:"):  # a sweep spec of this problem
             spec = tmp_path / "spec.toml"
-            spec.write_text(f'name = "x"\nseeds = 1\n[[experiment]]\nproblem = "{a[5:]}"\nmodes = ["C"]\n'
-                            "[experiment.config]\nepochs = 1\nn_train = 16\nn_test = 8\n")
+            spec.write_text(
+                f'name = "x"\nseeds = 1\n[[experiment]]\nproblem = "{a[5:]}"\nmodes = ["C"]\n'
+                "[experiment.config]\nepochs = 1\nn_train = 16\nn_test = 8\n"
+            )
             a = str(spec.name)
         elif a.startswith("SPECTEXT:"):
             (tmp_path / "spec.toml").write_text(a[9:] + "\n")
@@ -310,8 +368,12 @@ def _args(args: list[str], tmp_path: Path) -> list[str]:
 def _expected(words: list[str], args: list[str]) -> list[str]:
     file = next((a.split(":")[0] for a in args if a.endswith(".py:make")), None)
     unwritable = next((a for a in args if "readonly" in a or a.startswith("/sys")), "")
-    return [w.replace("FILE:LINE", f"{file}:{line_of(FILES[file], LINES[file])}:") if file in LINES else
-            w.replace("UNWRITABLE", str(Path(unwritable).parent) if "/" in unwritable else unwritable) for w in words]
+    return [
+        w.replace("FILE:LINE", f"{file}:{line_of(FILES[file], LINES[file])}:")
+        if file in LINES
+        else w.replace("UNWRITABLE", str(Path(unwritable).parent) if "/" in unwritable else unwritable)
+        for w in words
+    ]
 
 
 @pytest.mark.parametrize("args, words", [r[1:] for r in ROWS], ids=[r[0] for r in ROWS])
@@ -358,8 +420,14 @@ def test_debug_shows_the_traceback_of_user_code(workdir, monkeypatch):
 def _cli(*args, cwd):
     env = dict(os.environ, STABLEBPTT_CACHE_DIR=str(Path(cwd) / "cache"))
     env.pop("STABLEBPTT_DEBUG", None)
-    return subprocess.run([sys.executable, "-c", "from stablebptt.cli import main; main()", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", "from stablebptt.cli import main; main()", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_the_terminal_sees_one_line_and_debug_a_traceback(workdir):

@@ -1,5 +1,6 @@
 """The whole-paper estimate of benchmarks/bench_paper.py: the second worker's measured gain
 (bench_cores.py) replaces the ideal ×2 where it was measured, and only there."""
+
 import pytest
 
 
@@ -9,11 +10,14 @@ def bench_paper(bench_module):
 
 
 def test_two_worker_estimate_uses_the_measured_gain(bench_paper):
-    epochs = [{"problem": p, "mode": m, "epoch_s": s}
-              for p, s in (("cartpole", 0.05), ("quantum", 0.45)) for m in ("R", "C")]
+    epochs = [
+        {"problem": p, "mode": m, "epoch_s": s} for p, s in (("cartpole", 0.05), ("quantum", 0.45)) for m in ("R", "C")
+    ]
     compile_rows = [{"problem": p, "cache": "cold", "compile_s": 3.0} for p in ("cartpole", "quantum")]
-    cores = [{"problem": "quantum", "mode": "R", "two_process_throughput": 1.08},
-             {"problem": "quantum", "mode": "C", "two_process_throughput": 1.16}]
+    cores = [
+        {"problem": "quantum", "mode": "R", "two_process_throughput": 1.08},
+        {"problem": "quantum", "mode": "C", "two_process_throughput": 1.16},
+    ]
     est = bench_paper.estimate(epochs, compile_rows, 2, cores)
     configs, ep = bench_paper.GRID["quantum"]
     one = configs * (bench_paper.SEEDS * ep * 0.45 + 3.0) / 3600
@@ -24,8 +28,7 @@ def test_two_worker_estimate_uses_the_measured_gain(bench_paper):
     assert est["cartpole"]["cpu_2proc_h"] == pytest.approx(est["cartpole"]["cpu_1proc_h"] / 2)
     assert not est["cartpole"]["two_process_measured"]
     assert "guidance" not in est  # no epochs measured: no estimate
-    assert est["total"]["cpu_2proc_h"] == pytest.approx(
-        est["quantum"]["cpu_2proc_h"] + est["cartpole"]["cpu_2proc_h"])
+    assert est["total"]["cpu_2proc_h"] == pytest.approx(est["quantum"]["cpu_2proc_h"] + est["cartpole"]["cpu_2proc_h"])
     # without core rows every problem gets the ideal factor
     plain = bench_paper.estimate(epochs, compile_rows, 2)
     assert plain["quantum"]["cpu_2proc_h"] == pytest.approx(one / 2)

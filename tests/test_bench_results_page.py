@@ -1,6 +1,8 @@
 """benchmarks/run_all.py rewrites benchmarks/results.md from JSON but keeps the sections written
 by hand below its marker line (one-off measurements with no JSON to render from)."""
+
 import pytest
+
 from conftest import BENCHMARKS
 
 
@@ -35,6 +37,6 @@ def test_main_keeps_the_tail_of_the_page_it_rewrites(run_all, tmp_path):
 def test_the_committed_page_keeps_its_hand_written_sections_below_the_marker(run_all):
     text = (BENCHMARKS / "results.md").read_text()
     assert text.count(run_all.HAND_WRITTEN) == 1
-    tail = text[text.index(run_all.HAND_WRITTEN):]
+    tail = text[text.index(run_all.HAND_WRITTEN) :]
     for heading in ("## Full-scale figures on the GPU", "## Engine and trainer redesign"):
         assert heading in tail

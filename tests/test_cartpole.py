@@ -1,12 +1,13 @@
 """Cart-pole problem against the authors' reference arrays (cartpole_1/2/4.npz)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import assert_leaves_global_rng_alone, rel_err
 from conftest import fixed_control_loss as _trajectory_loss
 from conftest import fixed_control_rollout as _rollout
-from conftest import assert_leaves_global_rng_alone, rel_err
 from stablebptt import problems
 from stablebptt.problems import cartpole
 

@@ -3,6 +3,7 @@ Lagrangian written from the rods' positions and differentiated by JAX in float64
 single cart-pole equations, energy conservation (float64 RK4, and the float32 semi-implicit
 Euler's first-order error), central finite differences of the loss in float64; its data, its
 parameter checks and one epoch of training through the CLI."""
+
 import json
 
 import jax
@@ -42,8 +43,11 @@ def _lagrangian(ch: chain.Chain):
 
     def lag(q, q_dot):
         vel = jax.jvp(centres, (q,), (q_dot,))[1]  # (n, 2)
-        kinetic = 0.5 * ch.cart_mass * q_dot[0] ** 2 + 0.5 * jnp.sum(m * jnp.sum(vel**2, -1)) \
+        kinetic = (
+            0.5 * ch.cart_mass * q_dot[0] ** 2
+            + 0.5 * jnp.sum(m * jnp.sum(vel**2, -1))
             + 0.5 * jnp.sum(m * L**2 / 12.0 * q_dot[1:] ** 2)
+        )
         return kinetic - G * jnp.sum(m * centres(q)[:, 1])
 
     return lag
@@ -122,8 +126,12 @@ def test_one_link_rollout_is_the_paper_cart_pole():
     def rollout(step, x):
         return jax.lax.scan(lambda x, f: (step(x, f), None), x, forces)[0]
 
-    assert_close(jax.jit(lambda x: rollout(mine.step, x))(train),
-                 jax.jit(lambda x: rollout(paper.step, x))(train), 100 * EPS32, "100 steps")
+    assert_close(
+        jax.jit(lambda x: rollout(mine.step, x))(train),
+        jax.jit(lambda x: rollout(paper.step, x))(train),
+        100 * EPS32,
+        "100 steps",
+    )
 
 
 # ---------------------------------------------------------------- energy
@@ -132,6 +140,7 @@ def _energy_error(ch, states, dts, seconds: float, method: str) -> list[float]:
     unforced steps covering ``seconds``; ``method`` "rk4" (classic RK4) or "euler" (the
     problem's semi-implicit Euler, :meth:`Chain.step`). One compiled loop (dt and the step
     count are traced), in the states' dtype."""
+
     def rk4(s, dt):
         def f(s):
             return jnp.stack([s[..., 1], ch.accelerations(s, jnp.zeros(s.shape[:-2], s.dtype))], -1)
@@ -279,12 +288,21 @@ def test_problem_builds_and_passes_the_contract_check():
     assert float(jnp.max(jnp.abs(model(test)))) == 0.0
 
 
-@pytest.mark.parametrize("params, bad", [
-    (dict(links=0), "links=0"), (dict(links=7), "links=7"), (dict(links=2.5), "links=2.5"),
-    (dict(links=True), "links=True"), (dict(dt=0.0), "dt=0.0"), (dict(dt=float("nan")), "dt=nan"),
-    (dict(steps=0), "steps=0"), (dict(cart_mass=-1.0), "cart_mass=-1.0"),
-    (dict(link_mass=0), "link_mass=0"), (dict(link_length=float("inf")), "link_length=inf"),
-])
+@pytest.mark.parametrize(
+    "params, bad",
+    [
+        (dict(links=0), "links=0"),
+        (dict(links=7), "links=7"),
+        (dict(links=2.5), "links=2.5"),
+        (dict(links=True), "links=True"),
+        (dict(dt=0.0), "dt=0.0"),
+        (dict(dt=float("nan")), "dt=nan"),
+        (dict(steps=0), "steps=0"),
+        (dict(cart_mass=-1.0), "cart_mass=-1.0"),
+        (dict(link_mass=0), "link_mass=0"),
+        (dict(link_length=float("inf")), "link_length=inf"),
+    ],
+)
 def test_bad_parameters_are_one_line_errors(params, bad):
     with pytest.raises(ValueError) as e:
         problems.get("cart-chain", **params)
@@ -306,8 +324,27 @@ def test_trains_one_epoch_through_the_cli(tmp_path, monkeypatch):
     """``stablebptt train cart-chain`` at a tiny size (2 links, 10 steps, 16 states) writes a
     finished run with finite losses (compiling dominates: ~50 s on the loaded 2-core CPU)."""
     monkeypatch.setenv("STABLEBPTT_CACHE_DIR", str(tmp_path / "cache"))
-    res = CliRunner().invoke(app, ["train", "cart-chain", "-p", "links=2", "-p", "steps=10", "--epochs", "1",
-                                   "--n-train", "16", "--n-test", "8", "--mode", "C", "--out", str(tmp_path / "runs")])
+    res = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "cart-chain",
+            "-p",
+            "links=2",
+            "-p",
+            "steps=10",
+            "--epochs",
+            "1",
+            "--n-train",
+            "16",
+            "--n-test",
+            "8",
+            "--mode",
+            "C",
+            "--out",
+            str(tmp_path / "runs"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     (folder,) = [d for d in (tmp_path / "runs").iterdir() if d.is_dir()]
     cfg = json.loads((folder / "config.json").read_text())["config"]
@@ -324,7 +361,8 @@ def test_sweep_preset_covers_the_ladder():
 
     jobs = sweep.expand(sweep.load_spec("cart-chain", quick=True))
     assert sorted({(c.problem_params["links"], c.mode) for c, _ in jobs}) == sorted(
-        (n, m) for n in LINKS for m in "RMCS")
+        (n, m) for n in LINKS for m in "RMCS"
+    )
     assert {s for _, s in jobs} == {0, 1} and len(jobs) == 6 * 4 * 2
     assert all(c.problem == "cart-chain" and c.epochs == 60 and c.n_train == 64 and c.data == "seeded" for c, _ in jobs)
     full = sweep.expand(sweep.load_spec("cart-chain"))

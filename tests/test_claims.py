@@ -1,4 +1,5 @@
 """The acceptance-claim tests on synthetic result folders and samples with known answers."""
+
 import json
 
 import numpy as np
@@ -20,10 +21,21 @@ def fake_run(root, problem, params, mode, clip, seed, curve, update=None, diverg
     rows = ["epoch,loss,train_loss,test_loss,update_norm,wall_s"]
     rows += [f"{i + 1},{v},{v},{v},{u},0.1" for i, (v, u) in enumerate(zip(curve, upd))]
     (d / "metrics.csv").write_text("\n".join(rows) + "\n")
-    (d / "result.json").write_text(json.dumps({
-        "run_id": d.name, "seed": seed, "status": "diverged" if diverged_epoch else "finished",
-        "diverged_epoch": diverged_epoch, "epochs_done": len(curve),
-        "initial": {"train_loss": 2.0, "test_loss": 2.0}, "final": {}, "compile_s": 0.0, "train_s": 0.0}))
+    (d / "result.json").write_text(
+        json.dumps(
+            {
+                "run_id": d.name,
+                "seed": seed,
+                "status": "diverged" if diverged_epoch else "finished",
+                "diverged_epoch": diverged_epoch,
+                "epochs_done": len(curve),
+                "initial": {"train_loss": 2.0, "test_loss": 2.0},
+                "final": {},
+                "compile_s": 0.0,
+                "train_s": 0.0,
+            }
+        )
+    )
 
 
 # ------------------------------------------------------------------ per-run values
@@ -114,7 +126,7 @@ def test_verdict_follows_the_interval():
     assert low.verdict == claims.NOT_HELD and low.fraction == 0.0
     # three seeds at 100, two at 1: gm 10**1.2, and the interval reaches from 10**0.4 to 100
     mixed = claims.make_test("s", "R/C", ">=", 10.0, range(5), [100, 1, 100, 1, 100], geometric=True)
-    assert mixed.estimate == pytest.approx(10 ** 1.2, rel=1e-12)
+    assert mixed.estimate == pytest.approx(10**1.2, rel=1e-12)
     assert mixed.lo < 10.0 < mixed.hi
     assert mixed.verdict == "undecided at 5 seeds" and mixed.fraction == pytest.approx(0.6)
     one = claims.make_test("s", "R/C", ">=", 10.0, [0], [50.0], geometric=True)
@@ -134,7 +146,7 @@ def test_claim_rules():
     open_ = claims.make_test("c", "q", ">", 0.0, range(3), [1.0, -1.0, 2.0], geometric=False)
     single = claims.make_test("d", "q", ">", 0.0, [0], [1.0], geometric=False)
     assert open_.verdict == "undecided at 3 seeds"
-    mk = lambda tests, rule="all": claims.Claim("k", "s", "q", tuple(tests), rule=rule).verdict  # noqa: E731
+    mk = lambda tests, rule="all": claims.Claim("k", "s", "q", tuple(tests), rule=rule).verdict
     assert mk([held, held]) == claims.HELD
     assert mk([held, fail, open_]) == claims.NOT_HELD
     assert mk([held, open_, single]) == "undecided at 1–3 seeds"
@@ -208,8 +220,13 @@ def test_guidance_gap_widens(tmp_path):
     assert c.verdict == claims.HELD
     (t,) = c.tests
     assert t.estimate == pytest.approx(0.5, rel=1e-6) and t.lo == pytest.approx(t.hi, rel=1e-6)
-    assert [x.setting for x in c.context] == ["clip none", "clip norm", "rc 1, mean over clippings",
-                                              "rc 0.1, mean over clippings", "rc 0.001, mean over clippings"]
+    assert [x.setting for x in c.context] == [
+        "clip none",
+        "clip norm",
+        "rc 1, mean over clippings",
+        "rc 0.1, mean over clippings",
+        "rc 0.001, mean over clippings",
+    ]
     assert "raw" in claims.guidance_claim(results.collect(tmp_path), epoch=10, window=1).statement
 
 
@@ -233,8 +250,9 @@ def test_c_vs_m_counts_settings(tmp_path):
 
 # ------------------------------------------------------------------ Markdown
 def test_markdown_tables(tmp_path):
-    t = claims.make_test("4 poles, clip none", "R/C", ">=", 10.0, [0, 1], [20.0, 40.0], ["0.2/0.01", "0.4/0.01"],
-                         geometric=True)
+    t = claims.make_test(
+        "4 poles, clip none", "R/C", ">=", 10.0, [0, 1], [20.0, 40.0], ["0.2/0.01", "0.4/0.01"], geometric=True
+    )
     md = claims.tests_table([t])
     assert "R/C ≥ 10" in md and "s0: 20 (0.2/0.01)<br>s1: 40 (0.4/0.01)" in md and "2/2" in md
     c = claims.Claim("k", "statement", "what it stands for", (t,))

@@ -1,5 +1,6 @@
 """The command line and the run folder it writes; learning smoke tests on the paper problems;
 bad input as one line."""
+
 import json
 
 import numpy as np
@@ -17,8 +18,25 @@ runner = CliRunner()
 
 def test_train_cli_writes_a_complete_run_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("STABLEBPTT_CACHE_DIR", str(tmp_path / "cache"))
-    res = runner.invoke(app, ["train", "cartpole", "--epochs", "3", "--n-train", "16", "--n-test", "8",
-                              "--poles", "2", "--clip", "value", "--out", str(tmp_path / "runs")])
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "cartpole",
+            "--epochs",
+            "3",
+            "--n-train",
+            "16",
+            "--n-test",
+            "8",
+            "--poles",
+            "2",
+            "--clip",
+            "value",
+            "--out",
+            str(tmp_path / "runs"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     (folder,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
     for f in ("config.json", "metrics.csv", "result.json", "weights.npz", "manifest.json"):
@@ -39,19 +57,54 @@ def test_train_cli_writes_a_complete_run_folder(tmp_path, monkeypatch):
     prob = problems.get("cartpole", poles=2)
     model = controllers.load_weights(prob.make_controller(__import__("jax").random.PRNGKey(9)), folder / "weights.npz")
     from stablebptt import evaluate_loss
+
     _, test = prob.sample_data("paper", 16, 8)
     loss = float(evaluate_loss(model, test, step=prob.step, loss=prob.loss, horizon=prob.horizon))
     assert loss == pytest.approx(m["test_loss"].iloc[-1], rel=1e-5)
     # a second identical call computes nothing and reuses the folder
-    res2 = runner.invoke(app, ["train", "cartpole", "--epochs", "3", "--n-train", "16", "--n-test", "8",
-                               "--poles", "2", "--clip", "value", "--out", str(tmp_path / "runs")])
+    res2 = runner.invoke(
+        app,
+        [
+            "train",
+            "cartpole",
+            "--epochs",
+            "3",
+            "--n-train",
+            "16",
+            "--n-test",
+            "8",
+            "--poles",
+            "2",
+            "--clip",
+            "value",
+            "--out",
+            str(tmp_path / "runs"),
+        ],
+    )
     assert res2.exit_code == 0 and len([p for p in (tmp_path / "runs").iterdir() if p.is_dir()]) == 1
 
 
 def test_train_cli_eval_every_records_evaluated_epochs(tmp_path, monkeypatch):
     monkeypatch.setenv("STABLEBPTT_CACHE_DIR", str(tmp_path / "cache"))
-    res = runner.invoke(app, ["train", "cartpole", "--epochs", "5", "--n-train", "16", "--n-test", "8",
-                              "--eval-every", "2", "--param", "steps=10", "--out", str(tmp_path / "runs")])
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "cartpole",
+            "--epochs",
+            "5",
+            "--n-train",
+            "16",
+            "--n-test",
+            "8",
+            "--eval-every",
+            "2",
+            "--param",
+            "steps=10",
+            "--out",
+            str(tmp_path / "runs"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     (folder,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
     m = pd.read_csv(folder / "metrics.csv")
@@ -91,10 +144,30 @@ REPRODUCED_CONFIGS = {
     "toy sets of 256": dict(problem="toy-field", n_train=256, n_test=256, batch_size=8, lr=0.01),
     "quantum params": dict(problem="quantum", problem_params={"target": 3, "dt": 0.25, "weighting": 7}, mode="M"),
     "zero last on": dict(problem="guidance", zero_last=True, problem_params={"rc": 1.0}),
-    "everything else": dict(problem="cartpole", mode="C", combiner="sign_g", truncate=3, decay=0.9, and_mask=0.5,
-                            optimizer="sgd", lr=0.01, momentum=0.5, clip="norm", clip_threshold=0.5, batch_size=4,
-                            epochs=9, n_train=32, n_test=16, data="seeded", shuffle=True, zero_last=False,
-                            diagnostics=True, eval_every=2, backward="autodiff", init_weights="WEIGHTS"),
+    "everything else": dict(
+        problem="cartpole",
+        mode="C",
+        combiner="sign_g",
+        truncate=3,
+        decay=0.9,
+        and_mask=0.5,
+        optimizer="sgd",
+        lr=0.01,
+        momentum=0.5,
+        clip="norm",
+        clip_threshold=0.5,
+        batch_size=4,
+        epochs=9,
+        n_train=32,
+        n_test=16,
+        data="seeded",
+        shuffle=True,
+        zero_last=False,
+        diagnostics=True,
+        eval_every=2,
+        backward="autodiff",
+        init_weights="WEIGHTS",
+    ),
 }
 
 
@@ -113,16 +186,19 @@ def test_the_recorded_command_reproduces_the_config(fields, tmp_path, monkeypatc
     assert (got_seed, got_out) == (5, tmp_path / "runs")
 
 
-@pytest.mark.parametrize("args, msg", [
-    (["train", "cartpole", "--mode", "Q"], "unknown mode 'Q'"),
-    (["train", "cartpole", "--poles", "0"], "poles"),
-    (["train", "cartpole", "--rc", "0.1"], "--rc does not apply"),
-    (["train", "pendulum"], "unknown problem 'pendulum'"),
-    (["train", "quantum", "--target", "0"], "target"),
-    (["train", "cartpole", "--clip", "sometimes"], "clip"),
-    (["train", "cartpole", "--lr", "-1"], "lr"),
-    (["train", "cartpole", "--eval-every", "0"], "eval_every=0"),
-])
+@pytest.mark.parametrize(
+    "args, msg",
+    [
+        (["train", "cartpole", "--mode", "Q"], "unknown mode 'Q'"),
+        (["train", "cartpole", "--poles", "0"], "poles"),
+        (["train", "cartpole", "--rc", "0.1"], "--rc does not apply"),
+        (["train", "pendulum"], "unknown problem 'pendulum'"),
+        (["train", "quantum", "--target", "0"], "target"),
+        (["train", "cartpole", "--clip", "sometimes"], "clip"),
+        (["train", "cartpole", "--lr", "-1"], "lr"),
+        (["train", "cartpole", "--eval-every", "0"], "eval_every=0"),
+    ],
+)
 def test_cli_errors_name_the_bad_value(args, msg):
     res = runner.invoke(app, args)
     assert res.exit_code == 2, res.output
@@ -174,14 +250,27 @@ BAD_INPUTS = [  # (arguments, with a spec file written first: (name, text) or No
     (["train", "cartpole", "--batch-size", "300"], None, ["batch_size=300", "n_train=256"]),
     (["train", "cartpole", "--param", "polez=2"], None, ["polez", "poles"]),
     (["train", "cartpole", "--data", "mine"], None, ["'mine'", "'paper' or 'seeded'"]),
-    (["sweep", "SPEC"], ("bad.toml", 'name = "x"\n[[experiment]\nproblem = "linear"\n'), ["bad.toml", "not valid TOML"]),
+    (
+        ["sweep", "SPEC"],
+        ("bad.toml", 'name = "x"\n[[experiment]\nproblem = "linear"\n'),
+        ["bad.toml", "not valid TOML"],
+    ),
     (["sweep", "SPEC"], ("bad.yaml", "name: [unclosed\n"), ["bad.yaml", "not valid YAML"]),
-    (["sweep", "SPEC"], ("typo.toml", 'name = "x"\n[[experiment]]\nproblem = "linear"\nmodez = ["R"]\n'),
-     ["'modez'", "allowed: clips, config, level, modes"]),
-    (["sweep", "SPEC"], ("clip.toml", 'name = "x"\n[[experiment]]\nproblem = "linear"\nclips = ["foo"]\n'),
-     ["'foo'", "none, value, norm"]),
-    (["sweep", "SPEC"], ("cfg.toml", 'name = "x"\n[[experiment]]\nproblem = "linear"\n[experiment.config]\n'
-                                     "epoch = 3\n"), ["'epoch'", "epochs"]),
+    (
+        ["sweep", "SPEC"],
+        ("typo.toml", 'name = "x"\n[[experiment]]\nproblem = "linear"\nmodez = ["R"]\n'),
+        ["'modez'", "allowed: clips, config, level, modes"],
+    ),
+    (
+        ["sweep", "SPEC"],
+        ("clip.toml", 'name = "x"\n[[experiment]]\nproblem = "linear"\nclips = ["foo"]\n'),
+        ["'foo'", "none, value, norm"],
+    ),
+    (
+        ["sweep", "SPEC"],
+        ("cfg.toml", 'name = "x"\n[[experiment]]\nproblem = "linear"\n[experiment.config]\nepoch = 3\n'),
+        ["'epoch'", "epochs"],
+    ),
     (["sweep", "/no/such/spec.toml"], None, ["/no/such/spec.toml"]),
     (["results", "/no/such/folder"], None, ["/no/such/folder"]),
     (["diagnose", "pendulum"], None, ["'pendulum'"]),
@@ -214,8 +303,20 @@ def test_debug_shows_the_traceback(monkeypatch):
 
 def test_a_finished_run_is_shown_not_recompiled(tmp_path, monkeypatch):
     monkeypatch.setenv("STABLEBPTT_CACHE_DIR", str(tmp_path / "cache"))
-    args = ["train", "cartpole", "--epochs", "2", "--n-train", "16", "--n-test", "8", "--param", "steps=5",
-            "--out", str(tmp_path / "runs")]
+    args = [
+        "train",
+        "cartpole",
+        "--epochs",
+        "2",
+        "--n-train",
+        "16",
+        "--n-test",
+        "8",
+        "--param",
+        "steps=5",
+        "--out",
+        str(tmp_path / "runs"),
+    ]
     assert runner.invoke(app, args).exit_code == 0
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and "already trained" in again.output and "compiling" not in again.output

@@ -1,6 +1,7 @@
 """The seed-paired comparison (``stablebptt compare``): variants, the statistics against a hand
 computation from the run records, verdicts on constructed records, resuming, the command line,
 loading a comparison folder and the page generator over comparison folders."""
+
 import json
 import textwrap
 from pathlib import Path
@@ -18,7 +19,7 @@ runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
 
 #: a point mass pushed to the origin: per-seed data and initial weights, compiles in seconds
-POINTMASS = textwrap.dedent('''
+POINTMASS = textwrap.dedent("""
     import jax.numpy as jnp
     import numpy as np
     from stablebptt import TrajectoryLoss
@@ -42,7 +43,7 @@ POINTMASS = textwrap.dedent('''
                        defaults=dict(epochs=3, n_train=8, n_test=8, lr=0.05),
                        make_controller=lambda key, zero_last=False: MLP(key, 2, (1,), widths=(8,),
                                                                         zero_last=zero_last))
-''')
+""")
 VARIANTS = "R,C:truncate=2"  # a mode letter and a variant with options: two sweep blocks
 SETTINGS = dict(backward="autodiff", batch_size=8)
 
@@ -63,11 +64,20 @@ def done(tmp_path_factory):
 
 
 # ----------------------------------------------------------------------------- variants
-@pytest.mark.parametrize("text, name", [
-    ("R", "R"), ("c", "C"), ("R:truncate=0", "R"), ("R:truncate=4", "R:truncate=4"),
-    ("R:decay=0.9:truncate=4", "R:truncate=4:decay=0.9"), ("C:combiner=sign_g", "C:combiner=sign_g"),
-    ("C:combiner=sign", "C"), ("M:and_mask=1", "M:and_mask=1"), (" S ", "S"),
-])
+@pytest.mark.parametrize(
+    "text, name",
+    [
+        ("R", "R"),
+        ("c", "C"),
+        ("R:truncate=0", "R"),
+        ("R:truncate=4", "R:truncate=4"),
+        ("R:decay=0.9:truncate=4", "R:truncate=4:decay=0.9"),
+        ("C:combiner=sign_g", "C:combiner=sign_g"),
+        ("C:combiner=sign", "C"),
+        ("M:and_mask=1", "M:and_mask=1"),
+        (" S ", "S"),
+    ],
+)
 def test_variant_names(text, name):
     v = comparison.parse_variant(text)
     assert v.name == name
@@ -75,18 +85,21 @@ def test_variant_names(text, name):
     assert comparison.variant_of(cfg) == name
 
 
-@pytest.mark.parametrize("text, msg", [
-    ("Q", "variant 'Q': unknown mode 'Q'; allowed: R, M, S, N, C"),
-    ("R:trunc=2", "variant 'R:trunc=2': unknown option 'trunc'; allowed: truncate, decay, combiner, and_mask"),
-    ("R:truncate", "'truncate' is not KEY=VALUE"),
-    ("R:truncate=x", "truncate='x'; takes an integer"),
-    ("R:truncate=-1", "truncate=-1; must be an int ≥ 0"),
-    ("R:decay=1.5", "decay=1.5; must be in (0, 1]"),
-    ("R:decay=nan", "decay='nan'; takes a finite number"),
-    ("R:combiner=sign_g", "combiner applies to mode C only"),
-    ("C:combiner=max", "unknown combiner 'max'; allowed: sign, sign_g"),
-    ("R:truncate=2:truncate=3", "option 'truncate' given twice"),
-])
+@pytest.mark.parametrize(
+    "text, msg",
+    [
+        ("Q", "variant 'Q': unknown mode 'Q'; allowed: R, M, S, N, C"),
+        ("R:trunc=2", "variant 'R:trunc=2': unknown option 'trunc'; allowed: truncate, decay, combiner, and_mask"),
+        ("R:truncate", "'truncate' is not KEY=VALUE"),
+        ("R:truncate=x", "truncate='x'; takes an integer"),
+        ("R:truncate=-1", "truncate=-1; must be an int ≥ 0"),
+        ("R:decay=1.5", "decay=1.5; must be in (0, 1]"),
+        ("R:decay=nan", "decay='nan'; takes a finite number"),
+        ("R:combiner=sign_g", "combiner applies to mode C only"),
+        ("C:combiner=max", "unknown combiner 'max'; allowed: sign, sign_g"),
+        ("R:truncate=2:truncate=3", "option 'truncate' given twice"),
+    ],
+)
 def test_variant_errors_name_the_bad_part(text, msg):
     with pytest.raises(ValueError) as e:
         comparison.parse_variant(text)
@@ -121,8 +134,10 @@ def test_quick_settings_of_a_problem_without_a_preset(done):
 def test_spec_has_one_block_per_set_of_options():
     vs = comparison.parse_variants("R,M,R:truncate=4,C:truncate=4")
     spec = comparison.comparison_spec("linear", vs, 2, {"steps": 5}, {"epochs": 3, "clip": "norm"})
-    assert [(e.modes, e.config.get("truncate", 0), e.clips) for e in spec.experiment] == \
-        [(["R", "M"], 0, ["norm"]), (["R", "C"], 4, ["norm"])]
+    assert [(e.modes, e.config.get("truncate", 0), e.clips) for e in spec.experiment] == [
+        (["R", "M"], 0, ["norm"]),
+        (["R", "C"], 4, ["norm"]),
+    ]
     ids = comparison.run_ids(spec)
     assert list(ids) == ["R", "M", "R:truncate=4", "C:truncate=4"] and all(set(s) == {0, 1} for s in ids.values())
     # every shared setting reaches every run (the optimizer and clipping included)
@@ -137,15 +152,28 @@ def test_spec_has_one_block_per_set_of_options():
 # ----------------------------------------------------------------------------- verdicts
 def finals(data: dict) -> pd.DataFrame:
     """{variant: [final per seed]} -> the table of final losses the statistics read."""
-    return pd.DataFrame([dict(variant=v, seed=s, run_id=f"{v}-{s}", status="diverged" if np.isinf(x) else "finished",
-                              final=float(x)) for v, xs in data.items() for s, x in enumerate(xs)])
+    return pd.DataFrame(
+        [
+            dict(variant=v, seed=s, run_id=f"{v}-{s}", status="diverged" if np.isinf(x) else "finished", final=float(x))
+            for v, xs in data.items()
+            for s, x in enumerate(xs)
+        ]
+    )
 
 
 def test_verdicts_on_constructed_records():
     R = np.array([1.0, 2.0, 0.5, 4.0, 1.5])
     noise = np.array([1.1, 0.9, 1.2, 0.8, 1.0])
-    f = finals({"R": R, "C": R / 10 * noise, "M": R * 3 * noise, "S": R * np.array([2, 0.5, 2, 0.5, 1.0]),
-                "N": R, "D": np.full(5, np.inf)})
+    f = finals(
+        {
+            "R": R,
+            "C": R / 10 * noise,
+            "M": R * 3 * noise,
+            "S": R * np.array([2, 0.5, 2, 0.5, 1.0]),
+            "N": R,
+            "D": np.full(5, np.inf),
+        }
+    )
     r = {v: comparison.ratio(f, v, "R", n_boot=2000) for v in "CMSND"}
     assert r["C"].verdict == "C better" and r["C"].estimate == pytest.approx(10 / np.exp(np.mean(np.log(noise))))
     assert r["M"].verdict == "R better" and r["M"].estimate == pytest.approx(1 / 3 / np.exp(np.mean(np.log(noise))))
@@ -165,9 +193,19 @@ def test_verdicts_on_constructed_records():
 
 def constructed(data: dict, reference: str = "R"):
     f = finals(data)
-    return comparison.from_finals(f, variants=list(data), reference=reference, problem="x", params={},
-                                  seeds=sorted(f["seed"].unique()), epochs=1, window=1, config={}, runs={},
-                                  folder=Path("."))
+    return comparison.from_finals(
+        f,
+        variants=list(data),
+        reference=reference,
+        problem="x",
+        params={},
+        seeds=sorted(f["seed"].unique()),
+        epochs=1,
+        window=1,
+        config={},
+        runs={},
+        folder=Path("."),
+    )
 
 
 def test_the_answer_on_constructed_records():
@@ -177,8 +215,10 @@ def test_the_answer_on_constructed_records():
     c = constructed({"R": R, "M": R * 2, "C": R * np.array([0.5, 2, 0.5, 2, 0.9])})
     assert c.best == "C" and c.answer().startswith("answer: undecided at 5 seeds — C has the lowest final loss")
     c = constructed({"R": R, "M": R * 2, "C": R * np.array([1.5, 0.9, 1.5, 0.9, 1.0])})
-    assert c.answer() == (f"answer: no variant beats R — it has the lowest final loss (gm "
-                          f"{np.exp(np.mean(np.log(R))):.3g} over 5 seeds); M decidedly worse; C undecided against it")
+    assert c.answer() == (
+        f"answer: no variant beats R — it has the lowest final loss (gm "
+        f"{np.exp(np.mean(np.log(R))):.3g} over 5 seeds); M decidedly worse; C undecided against it"
+    )
     c = constructed({"M": R, "R": R * 2}, reference="M")  # any variant can be the reference
     assert c.best == "M" and list(c.ratios) == ["R"] and c.ratios["R"].verdict == "M better"
 
@@ -226,8 +266,9 @@ def test_resume_computes_only_what_is_new(done):
     assert (first.report.jobs, first.report.computed) == (2, 2)
     assert (second.report.jobs, second.report.computed, second.report.skipped) == (4, 2, 2)
     assert (third.report.computed, third.report.skipped) == (0, 4)
-    after = {p.name: (p / "result.json").stat().st_mtime_ns for p in done["root"].iterdir()
-             if (p / "result.json").exists()}
+    after = {
+        p.name: (p / "result.json").stat().st_mtime_ns for p in done["root"].iterdir() if (p / "result.json").exists()
+    }
     assert {k: after[k] for k in done["before"]} == done["before"]  # the first seed's runs were not rewritten
     assert len(after) == 4
 
@@ -237,8 +278,9 @@ def test_load_rebuilds_the_comparison_from_the_records(done):
     assert loaded.variants == c.variants and loaded.best == c.best and loaded.answer() == c.answer()
     assert loaded.table == c.table
     # the same ratios (with two seeds the interval is [min, max] for any number of resamples)
-    assert {v: (r.estimate, r.lo, r.hi, r.verdict) for v, r in loaded.ratios.items()} == \
-        {v: (r.estimate, r.lo, r.hi, r.verdict) for v, r in c.ratios.items()}
+    assert {v: (r.estimate, r.lo, r.hi, r.verdict) for v, r in loaded.ratios.items()} == {
+        v: (r.estimate, r.lo, r.hi, r.verdict) for v, r in c.ratios.items()
+    }
     # a table across comparisons: one row per (folder, variant)
     t = comparison.collect([done["root"], done["root"]])
     assert len(t) == 4 and list(t["variant"][:2]) == ["R", "C:truncate=2"] and set(t["folder"]) == {str(done["root"])}
@@ -255,8 +297,24 @@ def test_load_rebuilds_the_comparison_from_the_records(done):
 def test_cli_prints_the_table_and_writes_the_figures(done, monkeypatch):
     monkeypatch.chdir(done["dir"])
     monkeypatch.setenv("STABLEBPTT_CACHE_DIR", str(done["dir"] / "cache"))
-    args = ["compare", done["src"], "--modes", VARIANTS, "--seeds", "2", "--window", "2", "--executor", "serial",
-            "-c", "backward=autodiff", "-c", "batch_size=8", "--out", str(done["root"])]
+    args = [
+        "compare",
+        done["src"],
+        "--modes",
+        VARIANTS,
+        "--seeds",
+        "2",
+        "--window",
+        "2",
+        "--executor",
+        "serial",
+        "-c",
+        "backward=autodiff",
+        "-c",
+        "batch_size=8",
+        "--out",
+        str(done["root"]),
+    ]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     out, c = res.output, done["third"]
@@ -276,9 +334,28 @@ def test_cli_prints_the_table_and_writes_the_figures(done, monkeypatch):
 def test_cli_diagnose_says_whether_its_recommendation_won(done, monkeypatch):
     monkeypatch.chdir(done["dir"])
     monkeypatch.setenv("STABLEBPTT_CACHE_DIR", str(done["dir"] / "cache"))
-    res = runner.invoke(app, ["compare", done["src"], "--modes", VARIANTS, "--seeds", "2", "--window", "2",
-                              "--executor", "serial", "-c", "backward=autodiff", "-c", "batch_size=8",
-                              "--out", str(done["root"]), "--diagnose"])
+    res = runner.invoke(
+        app,
+        [
+            "compare",
+            done["src"],
+            "--modes",
+            VARIANTS,
+            "--seeds",
+            "2",
+            "--window",
+            "2",
+            "--executor",
+            "serial",
+            "-c",
+            "backward=autodiff",
+            "-c",
+            "batch_size=8",
+            "--out",
+            str(done["root"]),
+            "--diagnose",
+        ],
+    )
     assert res.exit_code == 0, res.output
     out, c = res.output, comparison.load(done["root"])
     d = json.loads((done["root"] / "comparison.json").read_text())["diagnosis"]
@@ -287,17 +364,20 @@ def test_cli_diagnose_says_whether_its_recommendation_won(done, monkeypatch):
     assert f"recommends {d['recommended_mode']}" in out and ("picked the winner" in out) == d["picked_winner"]
 
 
-@pytest.mark.parametrize("args, msg", [
-    (["--modes", "R,Q"], "--modes: variant 'Q': unknown mode 'Q'"),
-    (["--modes", "R,R:trunc=3"], "unknown option 'trunc'; allowed: truncate, decay, combiner, and_mask"),
-    (["--modes", "M,C"], "--reference R: not one of the variants (M, C)"),
-    (["--reference", "C:combiner=x"], "--reference: variant 'C:combiner=x': unknown combiner 'x'"),
-    (["-c", "truncate=3"], "--config truncate: not a setting shared by the runs (give it per variant"),
-    (["-c", "lr=-1"], "--config: lr: lr=-1.0; must be > 0"),
-    (["-p", "stepz=3"], "no such parameter; allowed: dt, steps"),
-    (["--seeds", "0"], "--seeds 0: must be ≥ 1"),
-    (["--executor", "dask"], "--executor dask: allowed: local, serial, ray"),
-])
+@pytest.mark.parametrize(
+    "args, msg",
+    [
+        (["--modes", "R,Q"], "--modes: variant 'Q': unknown mode 'Q'"),
+        (["--modes", "R,R:trunc=3"], "unknown option 'trunc'; allowed: truncate, decay, combiner, and_mask"),
+        (["--modes", "M,C"], "--reference R: not one of the variants (M, C)"),
+        (["--reference", "C:combiner=x"], "--reference: variant 'C:combiner=x': unknown combiner 'x'"),
+        (["-c", "truncate=3"], "--config truncate: not a setting shared by the runs (give it per variant"),
+        (["-c", "lr=-1"], "--config: lr: lr=-1.0; must be > 0"),
+        (["-p", "stepz=3"], "no such parameter; allowed: dt, steps"),
+        (["--seeds", "0"], "--seeds 0: must be ≥ 1"),
+        (["--executor", "dask"], "--executor dask: allowed: local, serial, ray"),
+    ],
+)
 def test_cli_bad_input_is_one_line(done, args, msg, monkeypatch):
     monkeypatch.chdir(done["dir"])
     res = runner.invoke(app, ["compare", done["src"], "--out", "nowhere", *args])
@@ -321,13 +401,16 @@ def test_make_beyond_writes_a_page_from_comparison_folders(done, tmp_path, capsy
     text = page.read_text()
     c = comparison.load(done["root"])
     assert "pm.py:make" in text and "| R/C:truncate=2 | diagnose |" in text
-    for v, r in c.ratios.items():
-        assert f"{comparison.fmt_ratio(r.estimate)} [{comparison.fmt_ratio(r.lo)}, {comparison.fmt_ratio(r.hi)}] " \
-               f"*{r.verdict}*" in text
+    for r in c.ratios.values():
+        assert (
+            f"{comparison.fmt_ratio(r.estimate)} [{comparison.fmt_ratio(r.lo)}, {comparison.fmt_ratio(r.hi)}] "
+            f"*{r.verdict}*" in text
+        )
     assert f"| **{c.best}** |" in text and "(img/beyond/cmp-pm-make-compare-ratios.png)" in text
     # the figures are copied beside the page (a docs site serves only its own folder)
-    assert (page.parent / "img" / "beyond" / "cmp-pm-make-compare-ratios.png").read_bytes() == \
-        (done["root"] / "figures" / "pm-make-compare-ratios.png").read_bytes()
+    assert (page.parent / "img" / "beyond" / "cmp-pm-make-compare-ratios.png").read_bytes() == (
+        done["root"] / "figures" / "pm-make-compare-ratios.png"
+    ).read_bytes()
     capsys.readouterr()
     assert make_beyond().main([str(tmp_path)]) == 2
     err = capsys.readouterr().err

@@ -1,4 +1,5 @@
 """RunConfig: one configuration has one form and one run id, whichever way it was written."""
+
 import json
 from pathlib import Path
 
@@ -17,8 +18,13 @@ def test_a_schedule_string_and_its_letters_are_one_config_and_one_run_id():
     assert as_string.mode == list("RRMMSN")
     assert run_id(as_string, 3) == run_id(as_letters, 3)
     # a sweep file's schedule string gives the run the command line gives
-    spec = sweep.load_spec({"name": "sched", "seeds": 1, "experiment": [
-        {"problem": "cartpole", "modes": ["RRMMSN", list("RRMMSN")], "config": {"epochs": 2}}]})
+    spec = sweep.load_spec(
+        {
+            "name": "sched",
+            "seeds": 1,
+            "experiment": [{"problem": "cartpole", "modes": ["RRMMSN", list("RRMMSN")], "config": {"epochs": 2}}],
+        }
+    )
     (a, sa), (b, sb) = sweep.expand(spec)
     assert a == b and run_id(a, sa) == run_id(b, sb)
     assert a.mode == list("RRMMSN")

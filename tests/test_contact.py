@@ -5,6 +5,7 @@ same state, action and solver settings; central finite differences of the same f
 MJX compiles slowly on a CPU (minutes): the tests that compile a step are marked ``slow``; the
 others only trace (``jax.eval_shape``).
 """
+
 from __future__ import annotations
 
 import jax
@@ -90,15 +91,20 @@ def test_mjx_while_loop_has_no_gradient_and_the_adapter_refuses_it_in_one_line()
         jax.eval_shape(jax.grad(height_after_step), jax.ShapeDtypeStruct((3,), jnp.float32))
     with pytest.raises(ValueError) as err:
         brax_problem(mj, horizon=3, state_loss=_speed, iterations=4)
-    assert str(err.value) == ("brax_problem: iterations=4: MJX runs more than one constraint-solver iteration in a "
-                              "lax.while_loop, which reverse-mode autodiff cannot differentiate; allowed: "
-                              "iterations=1 (the default)")
+    assert str(err.value) == (
+        "brax_problem: iterations=4: MJX runs more than one constraint-solver iteration in a "
+        "lax.while_loop, which reverse-mode autodiff cannot differentiate; allowed: "
+        "iterations=1 (the default)"
+    )
     with pytest.raises(ValueError, match=r"ls_iterations=0; must be an integer ≥ 1"):
         brax_problem(mj, horizon=3, state_loss=_speed, ls_iterations=0)
     with pytest.raises(ValueError, match=r"impl='cpp'.*allowed: impl='jax'"):
         brax_problem(mjx.put_model(mj, impl="cpp"), horizon=3, state_loss=_speed)
-    with pytest.raises(ValueError, match=r"ls_iterations=3 set MJX's constraint solver; the environment uses the "
-                                         r"'generalized' pipeline"):
+    with pytest.raises(
+        ValueError,
+        match=r"ls_iterations=3 set MJX's constraint solver; the environment uses the "
+        r"'generalized' pipeline",
+    ):
         brax_problem("hopper", horizon=3, state_loss=_speed, backend="generalized", ls_iterations=3)
     with pytest.raises(ValueError, match=r"n_frames=2 applies to a MuJoCo model given directly"):
         brax_problem("hopper", horizon=3, state_loss=_speed, backend="mjx", n_frames=2)
@@ -134,11 +140,13 @@ def test_hopper_problem_builds_and_validates():
     # the loss of one state: −ẋ + w_up (θ² + Δz²), batch-meaned
     x = np.zeros((2, 12), np.float32)
     x[:, 6], x[:, 2], x[:, 1] = [1.0, 2.0], 0.1, -0.2
-    want = np.mean(-x[:, 6] + (0.1 ** 2 + 0.2 ** 2))
+    want = np.mean(-x[:, 6] + (0.1**2 + 0.2**2))
     np.testing.assert_allclose(float(jax.jit(p.loss.state_loss)(jnp.asarray(x))), want, rtol=4 * EPS32)
-    for bad, msg in ((dict(upright=-1.0), r"upright=-1.0; must be a finite number ≥ 0"),
-                     (dict(ls_iterations=0), r"ls_iterations=0; must be an integer ≥ 1"),
-                     (dict(steps=0), r"horizon=0; must be an integer ≥ 1")):
+    for bad, msg in (
+        (dict(upright=-1.0), r"upright=-1.0; must be a finite number ≥ 0"),
+        (dict(ls_iterations=0), r"ls_iterations=0; must be an integer ≥ 1"),
+        (dict(steps=0), r"horizon=0; must be an integer ≥ 1"),
+    ):
         with pytest.raises(ValueError, match=msg):
             problems.get("hopper", **bad)
 
@@ -204,9 +212,11 @@ def test_hopper_step_equals_mjx_step_and_mujoco():
     mj.opt.iterations, mj.opt.ls_iterations = 100, 50
     converged = np.stack([_mujoco_step(mj, x[b].astype(np.float64), c[b].astype(np.float64))[0] for b in range(3)])
     c_ref = np.stack(c_ref)
-    print(f"hopper step: |adapter − mjx.step| {np.abs(got - own).max():.2e}, |adapter − MuJoCo C (1 iteration)| "
-          f"{np.abs(got - c_ref).max():.2e}, |adapter − MuJoCo C converged| {np.abs(got - converged).max():.2e}, "
-          f"state scale {scale:.2f}")
+    print(
+        f"hopper step: |adapter − mjx.step| {np.abs(got - own).max():.2e}, |adapter − MuJoCo C (1 iteration)| "
+        f"{np.abs(got - c_ref).max():.2e}, |adapter − MuJoCo C converged| {np.abs(got - converged).max():.2e}, "
+        f"state scale {scale:.2f}"
+    )
 
 
 @pytest.mark.slow
@@ -248,8 +258,17 @@ def test_hopper_gradient_matches_central_differences():
 @pytest.mark.timeout(SLOW_TIMEOUT)
 def test_hopper_trains_one_epoch_at_a_tiny_size():
     p = problems.get("hopper", steps=2)
-    cfg = RunConfig(problem="hopper", problem_params=dict(steps=2), mode="C", epochs=1, n_train=4, n_test=2,
-                    batch_size=2, data="seeded", backward="autodiff")  # nothing to measure: MJX compiles for minutes
+    cfg = RunConfig(
+        problem="hopper",
+        problem_params=dict(steps=2),
+        mode="C",
+        epochs=1,
+        n_train=4,
+        n_test=2,
+        batch_size=2,
+        data="seeded",
+        backward="autodiff",
+    )  # nothing to measure: MJX compiles for minutes
     (r,) = train(p, cfg, 0)
     assert not r.diverged and r.epochs_done == 1
     assert np.isfinite(r.history["test_loss"][-1]) and r.history["update_norm"][-1] > 0

@@ -1,4 +1,5 @@
 """Controllers: Keras-like init, layer-by-layer .npz weights, the engine's hooks against autodiff."""
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -20,7 +21,10 @@ def test_mlp_shapes_init_and_zero_last():
     limit = np.sqrt(6 / (6 + 100))
     assert k0.shape == (6, 100) and np.abs(k0).max() <= limit and np.abs(k0).max() > 0.8 * limit
     assert all(float(jnp.abs(l.bias).max()) == 0 for l in m.layers)
-    assert nets.count_params(nets.MLP(jax.random.PRNGKey(0), 4, (), widths=(100, 100))) == 4 * 100 + 100 + 100 * 100 + 100 + 101
+    assert (
+        nets.count_params(nets.MLP(jax.random.PRNGKey(0), 4, (), widths=(100, 100)))
+        == 4 * 100 + 100 + 100 * 100 + 100 + 101
+    )
 
 
 def test_quantum_cnn_parameter_count_and_keras_layout():
@@ -28,8 +32,13 @@ def test_quantum_cnn_parameter_count_and_keras_layout():
     assert nets.count_params(m) == 11701
     d = nets.weights_dict(m)
     assert {k: v.shape for k, v in d.items()} == {
-        "w0_kernel": (3, 2, 1, 60), "w0_bias": (60,), "w1_kernel": (3, 60, 60), "w1_bias": (60,),
-        "w2_kernel": (420, 1), "w2_bias": (1,)}
+        "w0_kernel": (3, 2, 1, 60),
+        "w0_bias": (60,),
+        "w1_kernel": (3, 60, 60),
+        "w1_bias": (60,),
+        "w2_kernel": (420, 1),
+        "w2_bias": (1,),
+    }
 
 
 def test_cnn_matches_numpy_reference_convolution():
@@ -39,24 +48,27 @@ def test_cnn_matches_numpy_reference_convolution():
     # Conv2D (3,2) stride 2 valid on (32,2,1) -> (15,1,60)
     h1 = np.zeros((2, 15, 60))
     for i in range(15):
-        patch = x[:, 2 * i:2 * i + 3, :]  # (B,3,2)
+        patch = x[:, 2 * i : 2 * i + 3, :]  # (B,3,2)
         h1[:, i] = np.einsum("bhw,hwo->bo", patch, d["w0_kernel"][:, :, 0, :]) + d["w0_bias"]
     h1 = np.tanh(h1)
     h2 = np.zeros((2, 7, 60))
     for i in range(7):
-        h2[:, i] = np.einsum("bkc,kco->bo", h1[:, 2 * i:2 * i + 3], d["w1_kernel"]) + d["w1_bias"]
+        h2[:, i] = np.einsum("bkc,kco->bo", h1[:, 2 * i : 2 * i + 3], d["w1_kernel"]) + d["w1_bias"]
     h2 = np.tanh(h2)
     y = h2.reshape(2, -1) @ d["w2_kernel"] + d["w2_bias"]
     assert_close(np.asarray(m(jnp.asarray(x, jnp.float32))), y, 64 * EPS32)  # float32 inputs and products
 
 
-@pytest.mark.parametrize("window,strides,spatial,c_in", [
-    ((3,), (2,), (15,), 60),       # the quantum CNN's Conv1D
-    ((3, 2), (2, 2), (32, 2), 1),  # the quantum CNN's Conv2D
-    ((4,), (1,), (11,), 3),
-    ((2, 3), (1, 2), (7, 9), 2),
-    ((5,), (3,), (5,), 4),         # one output position
-])
+@pytest.mark.parametrize(
+    "window,strides,spatial,c_in",
+    [
+        ((3,), (2,), (15,), 60),  # the quantum CNN's Conv1D
+        ((3, 2), (2, 2), (32, 2), 1),  # the quantum CNN's Conv2D
+        ((4,), (1,), (11,), 3),
+        ((2, 3), (1, 2), (7, 9), 2),
+        ((5,), (3,), (5,), 4),  # one output position
+    ],
+)
 def test_patch_conv_equals_xla_convolution_values_and_gradients(window, strides, spatial, c_in):
     conv = nets.Conv.init(jax.random.PRNGKey(0), window, c_in, 5, strides)
     conv = eqx.tree_at(lambda c: c.bias, conv, jax.random.normal(jax.random.PRNGKey(1), (5,)))
@@ -128,8 +140,9 @@ def test_input_jacobian_and_its_parameter_vjp_equal_autodiff(widths, control_sha
 
 
 def test_quantum_cnn_jacobian_and_parameter_vjp_equal_autodiff():
-    jac, _ = check_jacobian_protocol(nets.QuantumCNN(jax.random.PRNGKey(0)),
-                                     jax.random.normal(jax.random.PRNGKey(1), (9, 32, 2)))
+    jac, _ = check_jacobian_protocol(
+        nets.QuantumCNN(jax.random.PRNGKey(0)), jax.random.normal(jax.random.PRNGKey(1), (9, 32, 2))
+    )
     assert jac.shape == (9, 1, 32, 2)
 
 
@@ -139,10 +152,13 @@ def test_patch_conv_rejects_input_smaller_than_window():
         conv(jnp.zeros((1, 4, 1)))
 
 
-@pytest.mark.parametrize("make", [
-    lambda k: nets.MLP(k, 4, (), widths=(10, 10)),
-    lambda k: nets.QuantumCNN(k),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda k: nets.MLP(k, 4, (), widths=(10, 10)),
+        lambda k: nets.QuantumCNN(k),
+    ],
+)
 def test_weights_roundtrip_gives_identical_outputs(tmp_path, make):
     a, b = make(jax.random.PRNGKey(0)), make(jax.random.PRNGKey(1))
     x = jax.random.normal(jax.random.PRNGKey(5), (3, 32, 2) if isinstance(a, nets.QuantumCNN) else (3, 2, 2))

@@ -1,18 +1,18 @@
 """Gradient diagnostics: closed forms on the linear system, agreement with the engine, the
 verdict's rules, the Lyapunov estimate and the CLI."""
+
 import math
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import equinox as eqx
-
 import stablebptt as sb
-from stablebptt import problems
 from stablebptt import diagnose as D
+from stablebptt import problems
 from stablebptt.cli import app
 from stablebptt.problems.linear import closed_form_fields
 
@@ -105,8 +105,10 @@ def test_contributions_sum_to_engine_fields_and_adjoint_matches_jax_grad():
     controller (toy-field): Σ_n contributions == the engine's R and M fields, and
     λ^R_0 == B·∂L/∂x_0 per sample from jax.grad."""
     p = problems.get("toy-field")
-    cases = [_every_state_problem(),
-             (p.step, p.loss, p.horizon, p.make_controller(jax.random.PRNGKey(3)), jnp.asarray([[-0.3], [0.2], [0.5]]))]
+    cases = [
+        _every_state_problem(),
+        (p.step, p.loss, p.horizon, p.make_controller(jax.random.PRNGKey(3)), jnp.asarray([[-0.3], [0.2], [0.5]])),
+    ]
     for step, loss, T, model, x0 in cases:
         params, static = eqx.partition(model, eqx.is_inexact_array)
         out = D._build_measure(step, loss, T, static)(params, x0)
@@ -161,8 +163,10 @@ def test_figure_and_save(tmp_path):
 
 
 def test_cli_diagnose(tmp_path):
-    res = CliRunner().invoke(app, ["diagnose", "linear", "--param", "steps=8", "--param", "theta0=48.9",
-                                   "--states", "2", "--out", str(tmp_path)])
+    res = CliRunner().invoke(
+        app,
+        ["diagnose", "linear", "--param", "steps=8", "--param", "theta0=48.9", "--states", "2", "--out", str(tmp_path)],
+    )
     assert res.exit_code == 0, res.output
     assert "mode C" in res.output and (tmp_path / "linear.png").is_file()
     res = CliRunner().invoke(app, ["diagnose", "linear", "--param", "nope=1"])
@@ -173,8 +177,10 @@ def test_adjoint_norms_do_not_overflow_float32():
     """Exploding adjoints are what the diagnosis measures: entries of 1e20-1e37, whose squares
     overflow float32, must still give finite, exact norms (float64 reference)."""
     rng = np.random.default_rng(0)
-    big = {"a": jnp.asarray(rng.normal(size=(3, 2, 4)) * np.array([1e37, 1e20, 1.0])[:, None, None], jnp.float32),
-           "b": jnp.asarray(rng.normal(size=(3, 2)) * np.array([1e36, 1e19, 1.0])[:, None], jnp.float32)}
+    big = {
+        "a": jnp.asarray(rng.normal(size=(3, 2, 4)) * np.array([1e37, 1e20, 1.0])[:, None, None], jnp.float32),
+        "b": jnp.asarray(rng.normal(size=(3, 2)) * np.array([1e36, 1e19, 1.0])[:, None], jnp.float32),
+    }
     zero = {"a": jnp.zeros((2, 2, 4), jnp.float32), "b": jnp.zeros((2, 2), jnp.float32)}
     a, b = (np.asarray(big[k], np.float64) for k in ("a", "b"))
     ref_sample = np.sqrt(np.sum(a**2, -1) + b**2)
@@ -247,6 +253,6 @@ def test_a_simulator_that_returns_nan_is_named_not_an_svd_failure():
 
     model = MLP(jax.random.PRNGKey(0), in_size=3, control_shape=(2,), widths=(8,))
     x0 = jnp.zeros((2, 3))
-    loss = sb.TrajectoryLoss(lambda x: jnp.mean(x ** 2), on="every")
+    loss = sb.TrajectoryLoss(lambda x: jnp.mean(x**2), on="every")
     with pytest.raises(ValueError, match=r"simulator first produced a non-finite state at step 3 of 5"):
         D.diagnose(step, loss, 5, model, x0)

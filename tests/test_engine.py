@@ -5,6 +5,7 @@ finite differences — for every backward strategy.
 Tolerances: float32 results are compared relative to the reference's largest entry; the bound
 is float32's ε times an amplification stated per test (a short, well-conditioned unroll
 amplifies round-off little; the quantum problem's own 1-ulp sensitivity is measured)."""
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -14,7 +15,9 @@ import pytest
 import stablebptt as sb
 from stablebptt import problems
 from stablebptt.controllers import MLP
-from stablebptt.core import Autodiff, Flow, ReverseSweep, backward as B, candidates, engine, gates as G, unroll
+from stablebptt.core import Autodiff, Flow, ReverseSweep, candidates, engine, unroll
+from stablebptt.core import backward as B
+from stablebptt.core import gates as G
 from stablebptt.losses import TrajectoryLoss
 from stablebptt.problems.linear import closed_form_fields
 
@@ -91,8 +94,9 @@ def test_R_equals_jax_grad_of_python_loop(toy, name, every):
     loss = TrajectoryLoss(lambda x: jnp.mean(x**2), on="every" if every else "final", control_weight=0.3)
     p, s = eqx.partition(model, eqx.is_inexact_array)
     ref_val, ref = jax.value_and_grad(lambda p: hand_loss(eqx.combine(p, s), x0, T, 0.3, every))(p)
-    val, upd, info = sb.value_and_update(model, x0, step=pendulum_step, loss=loss, horizon=T, flow="R",
-                                         backward=STRATEGIES[name])
+    val, upd, info = sb.value_and_update(
+        model, x0, step=pendulum_step, loss=loss, horizon=T, flow="R", backward=STRATEGIES[name]
+    )
     np.testing.assert_allclose(val, ref_val, rtol=10 * EPS)
     assert_close(upd, ref, amp=100)
     np.testing.assert_allclose(info["update_norm"], engine.tree_norm(ref), rtol=100 * EPS)
@@ -138,8 +142,11 @@ MODES = ["R", "M", "S", "N", "C"]
 
 
 def applicable(model, strategy) -> bool:
-    return not (isinstance(strategy, ReverseSweep) and strategy.merge_rows
-                and not getattr(type(model), "rows_independent", False))
+    return not (
+        isinstance(strategy, ReverseSweep)
+        and strategy.merge_rows
+        and not getattr(type(model), "rows_independent", False)
+    )
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -158,6 +165,7 @@ def test_every_strategy_equals_autodiff_on_every_problem(case):
     def updates(strategy, x):
         def one(g):
             return engine.flow_update(model, x, gates=g, backward=strategy, **kw)[1]
+
         return jax.jit(jax.vmap(one))(stacked)
 
     ref = updates(Autodiff(), x0)
@@ -189,6 +197,7 @@ def test_single_field_programs_equal_autodiff(toy, mode, name):
 # ------------------------------------------------------------------ controllers
 class BatchCoupled(eqx.Module):
     """A controller whose rows depend on each other (it centres its batch)."""
+
     mlp: MLP
 
     def __call__(self, x):
@@ -229,6 +238,7 @@ def test_a_false_claim_of_independent_rows_is_refused(toy):
 
 class RowMatrixGain(eqx.Module):
     """c = Θ x row by row, declared independent, without hooks: the generic batched path."""
+
     theta: jax.Array
     rows_independent = True
 
@@ -254,6 +264,7 @@ def test_hooks_with_wrong_shapes_are_refused(toy):
 
 class DictPendulumController(eqx.Module):
     """A controller of a pytree state {"th": (B,), "om": (B,)} -> (B, 1), rows independent, no hooks."""
+
     mlp: MLP
     rows_independent = True
 
@@ -316,9 +327,12 @@ def hand_adjoint_field(A, Bm, Th, x0, T, jac_of_step):
 
 
 JACS = {"R": lambda A, B, T: A + B @ T, "M": lambda A, B, T: A, "S": lambda A, B, T: 0 * A, "N": lambda A, B, T: B @ T}
-LINEAR_STRATEGIES = {"autodiff": Autodiff(), "per-step": ReverseSweep("per_step", merge_rows=False),
-                     "batched-generic": ReverseSweep("batched"), "segments": ReverseSweep("per_step", False,
-                                                                                           checkpoint_every=2)}
+LINEAR_STRATEGIES = {
+    "autodiff": Autodiff(),
+    "per-step": ReverseSweep("per_step", merge_rows=False),
+    "batched-generic": ReverseSweep("batched"),
+    "segments": ReverseSweep("per_step", False, checkpoint_every=2),
+}
 
 
 def linear_problem(T):
@@ -334,8 +348,9 @@ def test_linear_system_fields_match_hand_adjoints(mode, name):
     T = 5
     A, Bm, Th, x0, step, loss = linear_problem(T)
     model = RowMatrixGain(jnp.asarray(Th)) if name == "batched-generic" else MatrixGain(jnp.asarray(Th))
-    _, upd, _ = sb.value_and_update(model, jnp.asarray(x0), step=step, loss=loss, horizon=T, flow=mode,
-                                    backward=LINEAR_STRATEGIES[name])
+    _, upd, _ = sb.value_and_update(
+        model, jnp.asarray(x0), step=step, loss=loss, horizon=T, flow=mode, backward=LINEAR_STRATEGIES[name]
+    )
     want = hand_adjoint_field(A, Bm, Th, x0, T, lambda n, A, B, Th_: JACS[mode](A, B, Th_))
     assert_close(upd.theta, want, amp=200)
 
@@ -352,8 +367,9 @@ def test_mixed_schedule_truncation_and_decay_match_hand_adjoints(name):
         (Flow("R", decay=0.5), lambda n, A, B, Th_: 0.5 * JACS["R"](A, B, Th_)),
     ]
     for flow, jac in cases:
-        _, upd, _ = sb.value_and_update(model, jnp.asarray(x0), step=step, loss=loss, horizon=T, flow=flow,
-                                        backward=LINEAR_STRATEGIES[name])
+        _, upd, _ = sb.value_and_update(
+            model, jnp.asarray(x0), step=step, loss=loss, horizon=T, flow=flow, backward=LINEAR_STRATEGIES[name]
+        )
         assert_close(upd.theta, hand_adjoint_field(A, Bm, Th, x0, T, jac), amp=200)
 
 
@@ -389,9 +405,13 @@ def test_fused_C_with_segments_and_a_schedule(toy):
 def test_forward_values_identical_across_modes_and_strategies(toy):
     model, x0 = toy
     loss = TrajectoryLoss(lambda x: jnp.mean(x**2), on="every")
-    vals = {(m, s): float(sb.value_and_update(model, x0, step=pendulum_step, loss=loss, horizon=7, flow=m,
-                                              backward=STRATEGIES[s])[0])
-            for m in "RMSNC" for s in ("autodiff", "batched-kept", "per-step")}
+    vals = {
+        (m, s): float(
+            sb.value_and_update(model, x0, step=pendulum_step, loss=loss, horizon=7, flow=m, backward=STRATEGIES[s])[0]
+        )
+        for m in "RMSNC"
+        for s in ("autodiff", "batched-kept", "per-step")
+    }
     assert len(set(vals.values())) == 1, vals
 
 
@@ -485,13 +505,19 @@ def test_M_is_not_a_gradient_field():
     def M(theta):
         model = prob.make_controller(None, theta=(0.0, 0.0))
         model = eqx.tree_at(lambda m: m.theta, model, theta)
-        return sb.value_and_update(model, x0, step=prob.step, loss=prob.loss, horizon=2, flow="M",
-                                   validate=False)[1].theta
+        return sb.value_and_update(model, x0, step=prob.step, loss=prob.loss, horizon=2, flow="M", validate=False)[
+            1
+        ].theta
 
     # finite differences (jax.jacfwd would also stop its tangents at the stop_gradient)
     t0, h = np.array([0.3, -0.7], np.float32), 1e-2
-    J = np.stack([(np.asarray(M(jnp.asarray(t0 + h * e))) - np.asarray(M(jnp.asarray(t0 - h * e)))) / (2 * h)
-                  for e in np.eye(2, dtype=np.float32)], axis=1)
+    J = np.stack(
+        [
+            (np.asarray(M(jnp.asarray(t0 + h * e))) - np.asarray(M(jnp.asarray(t0 - h * e)))) / (2 * h)
+            for e in np.eye(2, dtype=np.float32)
+        ],
+        axis=1,
+    )
     np.testing.assert_allclose(J, [[2.0, 4.0], [-4.0, 2.0]], atol=1e-3)
     assert float(np.max(np.abs(J - J.T))) > 1.0
 
@@ -500,7 +526,7 @@ def test_and_mask_matches_hand_reference(toy):
     model, x0 = toy
     loss = TrajectoryLoss(lambda x: jnp.mean(x**2), on="every")
     kw = dict(step=pendulum_step, loss=loss, horizon=5)
-    per = [sb.value_and_update(model, x0[i:i + 1], flow="R", **kw)[1] for i in range(x0.shape[0])]
+    per = [sb.value_and_update(model, x0[i : i + 1], flow="R", **kw)[1] for i in range(x0.shape[0])]
     for tau in (1.0, 0.5):
         _, upd, _ = sb.value_and_update(model, x0, flow=Flow("R", and_mask=tau), **kw)
         for leaf_idx, got in enumerate(jax.tree_util.tree_leaves(upd)):
@@ -527,18 +553,22 @@ def test_candidates_follow_the_controller_and_the_flow():
     assert every[0] == ReverseSweep("batched", keep_activations=True) and Autodiff() in every
     gprob, gmodel, gx0 = paper_case("guidance", 8, batch=4)  # a loss on every state
     assert candidates(gmodel, gx0, gates=gates(gprob, "S"), **kw(gprob))[0] == ReverseSweep(
-        "batched", keep_activations=True, save_linearization=True)  # S: no field carries the physics path
+        "batched", keep_activations=True, save_linearization=True
+    )  # S: no field carries the physics path
     assert candidates(gmodel, gx0, gates=gates(gprob, "C"), **kw(gprob))[0] == ReverseSweep(
-        "batched", keep_activations=True)
+        "batched", keep_activations=True
+    )
     # batched × keep × save, per-step × save (per-step reads no kept activations)
     assert {(c.jacobian, c.keep_activations, c.save_linearization, c.param_grads) for c in sweeps} == {
-        ("batched", k, s, "after") for k in (False, True) for s in (False, True)} | {
-        ("per_step", False, s, p) for s in (False, True) for p in ("after", "in_sweep")}
+        ("batched", k, s, "after") for k in (False, True) for s in (False, True)
+    } | {("per_step", False, s, p) for s in (False, True) for p in ("after", "in_sweep")}
     assert all(c.merge_rows != (c.param_grads == "in_sweep") and c.checkpoint_every is None for c in sweeps)
     # M needs no input Jacobian: one jacobian value (it is not used)
     assert len(candidates(model, x0, gates=gates(prob, "M"), **kw(prob))) == 1 + 4 + 2
     assert candidates(model, x0, gates=gates(prob, "R"), prefer="autodiff", **kw(prob)) == [Autodiff()]
-    assert {c.jacobian for c in candidates(model, x0, gates=gates(prob, "R"), prefer="per_step", **kw(prob))} == {"per_step"}
+    assert {c.jacobian for c in candidates(model, x0, gates=gates(prob, "R"), prefer="per_step", **kw(prob))} == {
+        "per_step"
+    }
     # a budget that needs segments: every sweep has them, autodiff (which cannot) is left out
     small = candidates(model, x0, gates=gates(prob, "C"), memory_budget=100_000, **kw(prob))
     assert Autodiff() not in small
@@ -547,21 +577,25 @@ def test_candidates_follow_the_controller_and_the_flow():
     plain = eqx.nn.MLP(4, 1, 8, 1, key=jax.random.PRNGKey(0))
     xb = jnp.ones((3, 4))
     step = lambda x, c: x + 0.1 * c
-    got = candidates(_Rows(plain), xb, step=step, loss=prob.loss, horizon=3,
-                     gates=Flow("C").gates(3).fields)
-    assert got == [Autodiff()] + [ReverseSweep("per_step", merge_rows=False, save_linearization=s, param_grads=p)
-                                  for p in ("after", "in_sweep") for s in (False, True)]
+    got = candidates(_Rows(plain), xb, step=step, loss=prob.loss, horizon=3, gates=Flow("C").gates(3).fields)
+    assert got == [Autodiff()] + [
+        ReverseSweep("per_step", merge_rows=False, save_linearization=s, param_grads=p)
+        for p in ("after", "in_sweep")
+        for s in (False, True)
+    ]
     with pytest.raises(ValueError, match="backward='sometimes'"):
         candidates(model, x0, gates=gates(prob, "R"), prefer="sometimes", **kw(prob))
     with pytest.raises(ValueError, match="checkpoint_every='often'"):
         candidates(model, x0, gates=gates(prob, "R"), checkpoint_every="often", **kw(prob))
     with pytest.raises(ValueError, match="needs a controller with independent rows"):
-        candidates(_Rows(plain), xb, step=step, loss=prob.loss, horizon=3, gates=Flow("C").gates(3).fields,
-                   prefer="batched")
+        candidates(
+            _Rows(plain), xb, step=step, loss=prob.loss, horizon=3, gates=Flow("C").gates(3).fields, prefer="batched"
+        )
 
 
 class _Rows(eqx.Module):
     """A user's controller: an equinox MLP applied row by row (no hooks, no claim)."""
+
     mlp: eqx.nn.MLP
 
     def __call__(self, x):
@@ -602,8 +636,11 @@ def test_auto_is_the_fastest_measured_candidate_and_is_cached(tmp_path, monkeypa
     assert not rec4["cached"] and len(list(tmp_path.glob("*.json"))) == 2
     # inside a caller's jit trace (parameters traced): measured outside the trace, same numbers
     params, static = eqx.partition(model, eqx.is_inexact_array)
-    vu = lambda b: jax.jit(lambda p: sb.value_and_update(eqx.combine(p, static), x0, step=prob.step, loss=prob.loss,
-                                                         horizon=prob.horizon, flow="C", backward=b)[1])(params)
+    vu = lambda b: jax.jit(
+        lambda p: sb.value_and_update(
+            eqx.combine(p, static), x0, step=prob.step, loss=prob.loss, horizon=prob.horizon, flow="C", backward=b
+        )[1]
+    )(params)
     assert_close(vu("auto"), vu(Autodiff()), amp=200)
     # a strategy object is used as given, a single candidate is not measured
     assert engine.choose_backward(Autodiff(), model, x0, **kw_choose)[0] == Autodiff()

@@ -12,6 +12,7 @@ What is guarded:
   and C's loops only R's input-vjp (no dead work for the M field);
 * remat segments under jit and the memory estimate agree with the plain paths and XLA.
 """
+
 import dataclasses
 
 import equinox as eqx
@@ -22,7 +23,8 @@ import pytest
 
 import stablebptt as sb
 from stablebptt import problems
-from stablebptt.core import Autodiff, ReverseSweep, backward as B, candidates
+from stablebptt.core import Autodiff, ReverseSweep, candidates
+from stablebptt.core import backward as B
 
 LOOPS = ("scan", "while")
 
@@ -161,12 +163,23 @@ def test_memory_estimate_is_within_a_factor_two_of_xla(mode):
     temps = []
     for steps in (50, 100):
         p2 = problems.get("cartpole", steps=steps)
-        f = jax.jit(lambda p: sb.value_and_update(eqx.combine(p, static), x0, step=p2.step, loss=p2.loss,
-                                                  horizon=steps, flow=mode, backward=chosen, validate=False)[1])
+        f = jax.jit(
+            lambda p: sb.value_and_update(
+                eqx.combine(p, static),
+                x0,
+                step=p2.step,
+                loss=p2.loss,
+                horizon=steps,
+                flow=mode,
+                backward=chosen,
+                validate=False,
+            )[1]
+        )
         temps.append(f.lower(params).compile().memory_analysis().temp_size_in_bytes)
     measured = (temps[1] - temps[0]) / 50
-    est = B.memory_estimate(chosen, model, x0, step=prob.step, loss=prob.loss, horizon=prob.horizon,
-                            live_ctrl=live)["per_step"]
+    est = B.memory_estimate(chosen, model, x0, step=prob.step, loss=prob.loss, horizon=prob.horizon, live_ctrl=live)[
+        "per_step"
+    ]
     assert 0.5 * measured <= est <= 2.0 * measured, (est, measured)
 
 
@@ -189,7 +202,9 @@ def test_a_saved_linearization_gives_the_same_bits_as_a_recomputed_one():
     for mode in ("R", "C"):
         for seg in (None, 4):
             base = ReverseSweep(keep_activations=True, checkpoint_every=seg)
-            saved = sb.value_and_update(model, x0, flow=mode, backward=dataclasses.replace(base, save_linearization=True), **kw)[1]
+            saved = sb.value_and_update(
+                model, x0, flow=mode, backward=dataclasses.replace(base, save_linearization=True), **kw
+            )[1]
             again = sb.value_and_update(model, x0, flow=mode, backward=base, **kw)[1]
             for a, b in zip(jax.tree_util.tree_leaves(saved), jax.tree_util.tree_leaves(again)):
                 np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f"{mode} seg={seg}")
@@ -220,14 +235,33 @@ def test_the_cli_reaches_the_reverse_loop_through_six_functions(tmp_path):
 
     sys.setprofile(profile)
     try:
-        res = CliRunner().invoke(app, ["train", "cartpole", "-p", "steps=4", "--mode", "C", "--epochs", "1",
-                                       "--n-train", "8", "--n-test", "8", "--backward", "per_step",
-                                       "--no-overlap-eval", "--out", str(tmp_path)])
+        res = CliRunner().invoke(
+            app,
+            [
+                "train",
+                "cartpole",
+                "-p",
+                "steps=4",
+                "--mode",
+                "C",
+                "--epochs",
+                "1",
+                "--n-train",
+                "8",
+                "--n-test",
+                "8",
+                "--backward",
+                "per_step",
+                "--no-overlap-eval",
+                "--out",
+                str(tmp_path),
+            ],
+        )
     finally:
         sys.setprofile(None)
     assert res.exit_code == 0, res.output
     training = [s for s in stacks if "make_train.<locals>.updates_fn" in s]
     assert training, stacks
     for s in training:
-        between = s[s.index("train") + 1: -1]
+        between = s[s.index("train") + 1 : -1]
         assert len(between) <= 6, between

@@ -1,12 +1,13 @@
 """Guidance by repulsion against the authors' reference arrays (gbr_2_4.npz)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import assert_leaves_global_rng_alone, rel_err
 from conftest import fixed_control_loss as _trajectory_loss
 from conftest import fixed_control_rollout as _rollout
-from conftest import assert_leaves_global_rng_alone, rel_err
 from stablebptt import problems
 from stablebptt.problems import guidance
 
@@ -171,9 +172,7 @@ def test_other_sizes(nd, ne):
     train, _ = prob.sample_data("paper", 8, 8)
     assert train.shape == (8, nd + ne, 2, 2)
     c = jnp.asarray(np.random.default_rng(0).normal(size=(8, nd, 2)).astype(np.float32))
-    loss, grads = jax.jit(jax.value_and_grad(lambda s, c: _trajectory_loss(prob, s, c, 10), (0, 1)))(
-        train, c
-    )
+    loss, grads = jax.jit(jax.value_and_grad(lambda s, c: _trajectory_loss(prob, s, c, 10), (0, 1)))(train, c)
     assert np.isfinite(float(loss)) and float(loss) > 0
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads)
     ctrl = prob.make_controller(jax.random.PRNGKey(1), zero_last=False)

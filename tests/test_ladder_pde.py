@@ -2,6 +2,7 @@
 against exponax's own stepper run in float64 in another process, a linear PDE's closed-form
 response to a constant force, loss gradients against central finite differences in float64,
 seeded data, the problem contract and one epoch of training each."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,7 @@ ex = pytest.importorskip("exponax", reason="the exponax adapter needs the [expon
 
 from stablebptt import problems  # noqa: E402
 from stablebptt.config import RunConfig  # noqa: E402
-from stablebptt.problems.adapters.exponax import (  # noqa: E402
-    exponax_problem, exponax_step, gaussian_actuators)
+from stablebptt.problems.adapters.exponax import exponax_problem, exponax_step, gaussian_actuators  # noqa: E402
 from stablebptt.runner import train  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,8 +77,13 @@ def float64_reference(tmp_path_factory):
     np.savez(d / "in.npz", u=u, f=f, c=np.array([0.3, -0.2, 0.1, 0.05]))
     (d / "ref.py").write_text(REFERENCE)
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, str(d / "ref.py"), str(d / "in.npz"), str(d / "out.npz"), str(REPO / "src")],
-                         capture_output=True, text=True, env=env, timeout=300)
+    out = subprocess.run(
+        [sys.executable, str(d / "ref.py"), str(d / "in.npz"), str(d / "out.npz"), str(REPO / "src")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     return dict(np.load(d / "in.npz")), dict(np.load(d / "out.npz")), json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -129,8 +134,9 @@ def test_constant_force_on_diffusion_has_the_closed_form_response():
         u_a = act(u_a, jnp.ones((2, 1), jnp.float32))
         want = dt * prof * a * (1 - a**n) / (1 - a)
         for got in (u_f, u_a):
-            np.testing.assert_allclose(np.asarray(got)[:, 0], np.broadcast_to(want, (2, N)), rtol=0,
-                                       atol=50 * EPS32 * np.abs(want).max())
+            np.testing.assert_allclose(
+                np.asarray(got)[:, 0], np.broadcast_to(want, (2, N)), rtol=0, atol=50 * EPS32 * np.abs(want).max()
+            )
 
 
 def test_gaussian_actuators_are_periodic_bumps():
@@ -139,7 +145,7 @@ def test_gaussian_actuators_are_periodic_bumps():
     x = np.arange(64) * 22.0 / 64
     assert b.shape == (4, 64) and b.dtype == np.float32
     d = np.minimum(np.abs(x - 5.5), 22.0 - np.abs(x - 5.5))
-    np.testing.assert_allclose(b[1], np.exp(-d**2 / (2 * 0.4**2)), atol=1e-6)
+    np.testing.assert_allclose(b[1], np.exp(-(d**2) / (2 * 0.4**2)), atol=1e-6)
     assert b[0, 0] == 1.0 and abs(b[0, -1] - b[0, 1]) < 1e-6  # wraps round x = 0
     with pytest.raises(ValueError, match="width=0"):
         gaussian_actuators(st, 4, width=0)
@@ -148,9 +154,13 @@ def test_gaussian_actuators_are_periodic_bumps():
 def test_adapter_refuses_bad_input():
     st = ex.stepper.Diffusion(1, 1.0, 16, 0.1)
     ok = dict(horizon=3, state_loss=lambda u: jnp.mean(u**2), sample_states=lambda rng, n: rng.normal(size=(n, 1, 16)))
-    for bad, msg in ((dict(horizon=0), "horizon=0"), (dict(on="all"), "on='all'"),
-                     (dict(actuators=np.ones((2, 15))), "actuators of shape"), (dict(control_weight=-1), "control_weight"),
-                     (dict(ic=lambda n, key: None), "exactly one of")):
+    for bad, msg in (
+        (dict(horizon=0), "horizon=0"),
+        (dict(on="all"), "on='all'"),
+        (dict(actuators=np.ones((2, 15))), "actuators of shape"),
+        (dict(control_weight=-1), "control_weight"),
+        (dict(ic=lambda n, key: None), "exactly one of"),
+    ):
         with pytest.raises(ValueError, match=msg):
             exponax_problem(st, **(ok | bad))
     with pytest.raises(ValueError, match="not an exponax stepper"):
@@ -162,8 +172,7 @@ def test_adapter_refuses_bad_input():
         p.step(jnp.zeros((2, 1, 16)), jnp.zeros((2, 1, 15)))
 
 
-TINY = {"ks": dict(L=22, steps=4, spin_up=8), "burgers": dict(steps=4),
-        "kolmogorov": dict(n=16, steps=3, spin_up=4)}
+TINY = {"ks": dict(L=22, steps=4, spin_up=8), "burgers": dict(steps=4), "kolmogorov": dict(n=16, steps=3, spin_up=4)}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n != "ks" else n for n in sorted(TINY)])
@@ -177,8 +186,9 @@ def test_ladder_problem_data_contract_and_one_epoch(name):
     np.testing.assert_array_equal(a[0], b[0]), np.testing.assert_array_equal(a[1], b[1])
     assert np.all(np.isfinite(a[0])) and not np.array_equal(a[0], c[0])
     problems.check_problem(p, n_train=4, n_test=2, data=5, batch_size=2)
-    cfg = RunConfig(problem=name, problem_params=TINY[name], mode="C", epochs=1, n_train=4, n_test=2,
-                    batch_size=2, data="seeded")
+    cfg = RunConfig(
+        problem=name, problem_params=TINY[name], mode="C", epochs=1, n_train=4, n_test=2, batch_size=2, data="seeded"
+    )
     (res,) = train(p, cfg, seeds=[0])
     assert not res.diverged and np.isfinite(res.history["test_loss"][0])
     assert np.isfinite(res.initial["test_loss"]) and res.initial["test_loss"] > 0
@@ -199,9 +209,29 @@ def test_the_worked_example_trains_from_the_command_line(tmp_path):
     """examples/exponax_ks.py trains one epoch through the CLI (a real process) with a finite,
     reported loss."""
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"), JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-m", "stablebptt.cli", "train", f"{REPO / 'examples' / 'exponax_ks.py'}:make",
-                          "--mode", "C", "--epochs", "1", "--n-train", "8", "--n-test", "4", "--out", str(tmp_path)],
-                         capture_output=True, text=True, env=env, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stablebptt.cli",
+            "train",
+            f"{REPO / 'examples' / 'exponax_ks.py'}:make",
+            "--mode",
+            "C",
+            "--epochs",
+            "1",
+            "--n-train",
+            "8",
+            "--n-test",
+            "4",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     (result,) = tmp_path.glob("*/result.json")
     rec = json.loads(result.read_text())

@@ -5,31 +5,42 @@ Each lane must give what its own run gives: the engine's update of its mode (che
 the optimizer's step (against ``optim.make``), and the trainer's and the sweep's results
 (against one run per config).
 """
-import json
 
-from conftest import assert_close
+import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import assert_close
 from stablebptt import core as F
 from stablebptt import optim, problems, run, sweep
 from stablebptt import runner as T
 from stablebptt.config import RunConfig, run_id
 
-FLOWS = [F.Flow("R"), F.Flow("M"), F.Flow("S"), F.Flow("N"), F.Flow("C"), F.Flow("R", truncate=3),
-         F.Flow("M", decay=0.9), F.Flow(["R"] * 5 + ["M"] * 5), F.Flow(["R", "M", "R", "M"]),
-         F.Flow("C", c_fields=("S", "R"))]
+FLOWS = [
+    F.Flow("R"),
+    F.Flow("M"),
+    F.Flow("S"),
+    F.Flow("N"),
+    F.Flow("C"),
+    F.Flow("R", truncate=3),
+    F.Flow("M", decay=0.9),
+    F.Flow(["R"] * 5 + ["M"] * 5),
+    F.Flow(["R", "M", "R", "M"]),
+    F.Flow("C", c_fields=("S", "R")),
+]
 
 
 EPS = float(np.finfo(np.float32).eps)
 
 
 def _rel(a, b) -> float:
-    return max(float(jnp.max(jnp.abs(x - y)) / (jnp.max(jnp.abs(y)) + 1e-30))
-               for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+    return max(
+        float(jnp.max(jnp.abs(x - y)) / (jnp.max(jnp.abs(y)) + 1e-30))
+        for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+    )
 
 
 @pytest.mark.parametrize("name, steps", [("cartpole", 10), ("toy-field", 4), ("guidance", 10)])
@@ -45,8 +56,9 @@ def test_lanes_of_one_program_give_each_modes_update(name, steps):
     lanes = F.Gates(np.stack([g.fields for g in each]), np.stack([g.combined for g in each]))
     # the batched Jacobian where rows are independent (the MLPs), else the per-step one
     strategy = [c for c in F.candidates(model, x0, gates=lanes.fields, **kw) if isinstance(c, F.ReverseSweep)][0]
-    vals, ups, infos, _ = jax.jit(jax.vmap(lambda l: F.flow_update(
-        model, x0, flow=F.Flow("C"), gates=l, backward=strategy, **kw)))(lanes)
+    vals, ups, infos, _ = jax.jit(
+        jax.vmap(lambda l: F.flow_update(model, x0, flow=F.Flow("C"), gates=l, backward=strategy, **kw))
+    )(lanes)
     for i, f in enumerate(flows):
         v, u, info = F.value_and_update(model, x0, flow=f, diagnostics=True, backward=F.Autodiff(), **kw)
         lane_u = jax.tree_util.tree_map(lambda a: a[i], ups)
@@ -68,8 +80,10 @@ def test_hyperparameters_as_data_are_make_s_arithmetic(name):
     hyperparameters as constants of the program, the state laid out as injected's) likewise."""
     key = jax.random.PRNGKey(0)
     params = {"a": jax.random.normal(key, (5, 3)), "b": jnp.zeros(3)}
-    grads = [jax.tree_util.tree_map(lambda p: 3 * jax.random.normal(jax.random.fold_in(key, i), p.shape), params)
-             for i in range(4)]
+    grads = [
+        jax.tree_util.tree_map(lambda p: 3 * jax.random.normal(jax.random.fold_in(key, i), p.shape), params)
+        for i in range(4)
+    ]
     for clip in optim.CLIPPING:
         for lr, t in ((1e-3, 1.0), (3e-2, 0.5)):
             tx = optim.make(name, lr, clip, t)
@@ -83,8 +97,9 @@ def test_hyperparameters_as_data_are_make_s_arithmetic(name):
                 u2, s2 = lane.update(g, s2, p2)
                 u3, s3 = jax.jit(lane.update)(g, s3, p3)
                 u4, s4 = jax.jit(fix.update)(g, s4, p4)
-                p1, p2, p3, p4 = (jax.tree_util.tree_map(jnp.add, p, u)
-                                  for p, u in ((p1, u1), (p2, u2), (p3, u3), (p4, u4)))
+                p1, p2, p3, p4 = (
+                    jax.tree_util.tree_map(jnp.add, p, u) for p, u in ((p1, u1), (p2, u2), (p3, u3), (p4, u4))
+                )
             assert jax.tree_util.tree_structure(s4) == jax.tree_util.tree_structure(s2)
             assert int(s4.count) == int(s2.count) == len(grads)
             for a, b, c, d in zip(*(jax.tree_util.tree_leaves(p) for p in (p1, p2, p3, p4))):
@@ -102,14 +117,17 @@ def test_hyperparameters_as_data_are_make_s_arithmetic(name):
 
 
 def _base(**kw):
-    return dict(problem="cartpole", problem_params={"steps": 20}, epochs=3, n_train=32, n_test=32,
-                data="seeded") | kw
+    return dict(problem="cartpole", problem_params={"steps": 20}, epochs=3, n_train=32, n_test=32, data="seeded") | kw
 
 
 def test_trained_lanes_match_one_run_per_config():
     pr = problems.get("cartpole", steps=20)
-    cfgs = [RunConfig(mode="R", **_base()), RunConfig(mode="C", clip="value", **_base()),
-            RunConfig(mode="M", clip="norm", clip_threshold=0.5, lr=2e-3, **_base()), RunConfig(mode="S", **_base())]
+    cfgs = [
+        RunConfig(mode="R", **_base()),
+        RunConfig(mode="C", clip="value", **_base()),
+        RunConfig(mode="M", clip="norm", clip_threshold=0.5, lr=2e-3, **_base()),
+        RunConfig(mode="S", **_base()),
+    ]
     seeds = [0, 1, 0, 2]
     lanes = T.train(pr, cfgs[0], seeds, lane_configs=cfgs)
     for c, s, lane in zip(cfgs, seeds, lanes):
@@ -139,15 +157,30 @@ def test_lane_configs_are_checked():
 
 
 def test_sweep_with_vmapped_configs_matches_one_run_per_job(tmp_path):
-    spec = sweep.load_spec({"name": "lanes", "seeds": 2, "experiment": [{
-        "problem": "linear", "level": {"theta0": [-0.5, -1.0]}, "modes": ["R", "M", "C"], "clips": ["none", "value"],
-        "optimizers": [{"optimizer": "adam", "lr": 0.01}], "config": {"epochs": 4}}]})
+    spec = sweep.load_spec(
+        {
+            "name": "lanes",
+            "seeds": 2,
+            "experiment": [
+                {
+                    "problem": "linear",
+                    "level": {"theta0": [-0.5, -1.0]},
+                    "modes": ["R", "M", "C"],
+                    "clips": ["none", "value"],
+                    "optimizers": [{"optimizer": "adam", "lr": 0.01}],
+                    "config": {"epochs": 4},
+                }
+            ],
+        }
+    )
     jobs = sweep.expand(spec)
     groups = sweep._groups(jobs, vmap_seeds=False, vmap_configs=True)
     assert len(groups) == 2 and sorted(len(s) for _, s, _ in groups) == [12, 12]  # one program per level
     masked = RunConfig(problem="linear", mode="C", and_mask=1.0)  # not a lane: a run of its own
     assert sweep._groups([(masked, 0), (masked, 1)], vmap_seeds=False, vmap_configs=True) == [
-        (masked, [0], None), (masked, [1], None)]
+        (masked, [0], None),
+        (masked, [1], None),
+    ]
     sweep.run_sweep(spec, tmp_path / "a", executor="serial")
     rep = sweep.run_sweep(spec, tmp_path / "b", executor="serial", vmap_configs=True)
     assert rep.computed == len(jobs) == 24 and not rep.failed
@@ -180,8 +213,9 @@ def test_a_diverging_lane_stops_alone_at_its_runs_epoch():
 
     pp = dict(a=1.0, theta0=0.1)
     prob = problems.get("linear", **pp)
-    base = dict(problem="linear", problem_params=pp, mode="R", optimizer="sgd", batch_size=1, n_train=1,
-                n_test=1, epochs=8)
+    base = dict(
+        problem="linear", problem_params=pp, mode="R", optimizer="sgd", batch_size=1, n_train=1, n_test=1, epochs=8
+    )
     cfgs = [RunConfig(lr=0.3, **base), RunConfig(lr=0.01, **base)]
     bad, good = T.train(prob, cfgs[0], [0, 0], lane_configs=cfgs)
     assert bad.diverged and bad.diverged_epoch == reference_divergence_epoch(1.0, 1.0, 4, 1.0, 0.1, 0.3, 8) == 4

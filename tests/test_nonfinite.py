@@ -2,13 +2,12 @@
 training with one line saying at which step the rollout first went non-finite (ValueError in
 Python, ``error: …`` and exit code 2 on the command line); old records of such runs show as
 diverged in ``results`` and as a note in ``plot``, not as ``nan ± 0`` and empty axes."""
-import json
+
 import textwrap
 from pathlib import Path
 
 import matplotlib
 import numpy as np
-import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -22,7 +21,7 @@ runner = CliRunner()
 
 #: a point mass with a clock t; from step AT on, NaN ("nans") or Inf ("infs") is added to the
 #: position, or the loss takes the log of a negative number ("loss")
-BLOWUP = textwrap.dedent('''
+BLOWUP = textwrap.dedent("""
     import jax.numpy as jnp
     import numpy as np
     from stablebptt import TrajectoryLoss
@@ -52,7 +51,7 @@ BLOWUP = textwrap.dedent('''
                        loss=TrajectoryLoss(state_loss, on="every"), horizon=steps, sample_data=sample,
                        state_shape=(3,), control_shape=(1,), defaults=dict(epochs=2),
                        make_controller=lambda key, zero_last=False: MLP(key, 3, (1,), widths=(8,), zero_last=zero_last))
-''')
+""")
 
 
 @pytest.fixture
@@ -68,8 +67,25 @@ def cfg(src, **params):
 
 
 def test_the_command_names_the_step_where_the_simulator_produced_nan(blowup):
-    res = runner.invoke(app, ["train", blowup, "-p", "blow=nans", "-p", "at=4", "--epochs", "2", "--n-train", "16",
-                              "--n-test", "8", "--out", "runs"])
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            blowup,
+            "-p",
+            "blow=nans",
+            "-p",
+            "at=4",
+            "--epochs",
+            "2",
+            "--n-train",
+            "16",
+            "--n-test",
+            "8",
+            "--out",
+            "runs",
+        ],
+    )
     text = " ".join(res.output.split())
     assert res.exit_code == 2, res.output
     assert "error: the untrained controller's loss is nan on the training set" in text
@@ -78,8 +94,11 @@ def test_the_command_names_the_step_where_the_simulator_produced_nan(blowup):
 
 
 def test_python_raises_the_same_line_for_inf_and_for_a_nonfinite_loss(blowup):
-    with pytest.raises(ValueError, match=r"loss is inf on the training set and inf on the test set \(seed 0\), "
-                                         r"nothing was trained: the simulator first produced Inf at step 2 of 6"):
+    with pytest.raises(
+        ValueError,
+        match=r"loss is inf on the training set and inf on the test set \(seed 0\), "
+        r"nothing was trained: the simulator first produced Inf at step 2 of 6",
+    ):
         train(problems.get(blowup, blow="infs", at=2), cfg(blowup, blow="infs", at=2), 0)
     with pytest.raises(ValueError, match="every state and control of the rollout is finite, the loss is not"):
         train(problems.get(blowup, blow="loss"), cfg(blowup, blow="loss"), [0, 1], batching="vmap")
@@ -93,8 +112,9 @@ def old_nan_record(root: Path, src: str) -> Path:
     from stablebptt.runner import TrainResult
 
     c = cfg(src, blow="nans")
-    history = {k: [] for k in ("epoch", "loss", "train_loss", "test_loss", "update_norm", "cos_mg", "sign_agree",
-                               "wall_s")}
+    history = {
+        k: [] for k in ("epoch", "loss", "train_loss", "test_loss", "update_norm", "cos_mg", "sign_agree", "wall_s")
+    }
     model = problems.get(src).make_controller(__import__("jax").random.PRNGKey(0))
     r = TrainResult(0, history, True, 1, {"train_loss": float("nan"), "test_loss": float("nan")}, model, 1.0, 0.1)
     from stablebptt.config import run_id

@@ -1,4 +1,5 @@
 """Optimizers and clipping against hand-written references."""
+
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -1,5 +1,6 @@
 """Bring your own simulator (issue 18): a problem written in the test, outside the library, used
 everywhere a problem is accepted; loading and evaluating a run; TensorBoard events."""
+
 import json
 import struct
 import textwrap
@@ -64,8 +65,9 @@ def test_a_file_is_a_problem_everywhere(pm, tmp_path):
     origin = problems.origin(pm)
     assert origin["kind"] == "file" and origin["path"] == str(tmp_path / "pointmass.py") and len(origin["sha256"]) == 64
     # the command line, -p KEY=VALUE, and the manifest names the file and its hash
-    res = runner.invoke(app, ["train", pm, "-p", "steps=6", "--epochs", "3", "--n-train", "16", "--n-test", "8",
-                              "--out", "runs"])
+    res = runner.invoke(
+        app, ["train", pm, "-p", "steps=6", "--epochs", "3", "--n-train", "16", "--n-test", "8", "--out", "runs"]
+    )
     assert res.exit_code == 0, res.output
     (folder,) = [p for p in Path("runs").iterdir() if (p / "result.json").is_file()]
     man = json.loads((folder / "manifest.json").read_text())
@@ -86,8 +88,10 @@ def test_a_sweep_file_with_it_then_results_and_plots(pm, tmp_path):
     (tmp_path / "pointmass.py").rename(tmp_path / "sims" / "pointmass.py")
     pm = "sims/pointmass.py:make"
     spec = tmp_path / "s.toml"
-    spec.write_text(f'name = "own"\nseeds = 2\n[[experiment]]\nproblem = "{pm}"\nlevel = {{ steps = [4, 8] }}\n'
-                    'modes = ["R", "C"]\n[experiment.config]\nepochs = 3\nn_train = 16\nn_test = 8\n')
+    spec.write_text(
+        f'name = "own"\nseeds = 2\n[[experiment]]\nproblem = "{pm}"\nlevel = {{ steps = [4, 8] }}\n'
+        'modes = ["R", "C"]\n[experiment.config]\nepochs = 3\nn_train = 16\nn_test = 8\n'
+    )
     res = runner.invoke(app, ["sweep", str(spec), "--out", "sw", "--executor", "local", "--workers", "2"])
     assert res.exit_code == 0, res.output
     assert "8 jobs: 8 computed" in res.output
@@ -97,8 +101,10 @@ def test_a_sweep_file_with_it_then_results_and_plots(pm, tmp_path):
     assert table.exit_code == 0 and "steps=4" in table.output
     shown = runner.invoke(app, ["plot", "sw", "--out", "figs"])
     assert shown.exit_code == 0, shown.output
-    assert {p.name for p in Path("figs").glob("*.png")} == {"pointmass-make-test-loss.png",
-                                                           "pointmass-make-paired-R-C.png"}
+    assert {p.name for p in Path("figs").glob("*.png")} == {
+        "pointmass-make-test-loss.png",
+        "pointmass-make-paired-R-C.png",
+    }
 
 
 def test_register_and_entry_points(pm, tmp_path, monkeypatch):
@@ -198,13 +204,34 @@ def test_load_evaluate_and_start_from_a_run(pm, tmp_path, monkeypatch):
     assert again.evaluate()[0] == loss and any("recorded path" in n for n in again.notes)
     monkeypatch.chdir(tmp_path)
     # --init-weights takes the run folder: the untrained loss of the new run is the old final one
-    res = runner.invoke(app, ["train", pm, "-p", "steps=6", "--epochs", "1", "--n-train", "16", "--n-test", "8",
-                              "--seed", "3", "--init-weights", str(folder), "--out", "next"])
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            pm,
+            "-p",
+            "steps=6",
+            "--epochs",
+            "1",
+            "--n-train",
+            "16",
+            "--n-test",
+            "8",
+            "--seed",
+            "3",
+            "--init-weights",
+            str(folder),
+            "--out",
+            "next",
+        ],
+    )
     assert res.exit_code == 0, res.output
     (nxt,) = [p for p in Path("next").iterdir() if (p / "result.json").is_file()]
     assert json.loads((nxt / "result.json").read_text())["initial"]["test_loss"] == pytest.approx(stored, rel=1e-6)
     # diagnose and animate take it too (by its source, and as the run folder)
-    res = runner.invoke(app, ["diagnose", pm, "-p", "steps=6", "--states", "2", "--weights", str(folder), "--out", "dg"])
+    res = runner.invoke(
+        app, ["diagnose", pm, "-p", "steps=6", "--states", "2", "--weights", str(folder), "--out", "dg"]
+    )
     assert res.exit_code == 0, res.output
     assert (Path("dg") / f"pointmass-make-{folder.name}.png").is_file()
     res = runner.invoke(app, ["animate", str(folder), "--states", "1", "--out", "pm.gif"])
@@ -221,8 +248,8 @@ def read_scalars(logdir: Path) -> dict:
         data = f.read_bytes()
         pos = 0
         while pos < len(data):
-            (n,) = struct.unpack("<Q", data[pos:pos + 8])
-            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + n])
+            (n,) = struct.unpack("<Q", data[pos : pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + n])
             pos += 12 + n + 4
             for v in event.summary.value:
                 out.setdefault(v.tag, []).append((event.step, v.simple_value))
@@ -230,8 +257,9 @@ def read_scalars(logdir: Path) -> dict:
 
 
 def test_tensorboard_events_read_back(pm, tmp_path):
-    res = runner.invoke(app, ["train", pm, "--epochs", "3", "--n-train", "16", "--n-test", "8", "--out", "runs",
-                              "--tensorboard", "tb"])
+    res = runner.invoke(
+        app, ["train", pm, "--epochs", "3", "--n-train", "16", "--n-test", "8", "--out", "runs", "--tensorboard", "tb"]
+    )
     assert res.exit_code == 0, res.output
     (folder,) = [p for p in Path("runs").iterdir() if (p / "result.json").is_file()]
     m = pd.read_csv(folder / "metrics.csv")

@@ -1,4 +1,5 @@
 """Figures: smoothing, sweep figures from real and synthetic result tables, the two toy figures."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -44,8 +45,17 @@ def test_smooth_curve_hand_example():
 
 # ------------------------------------------------------------------ sweep figures from real runs
 def linear_cfg(mode, clip, **kw):
-    base = dict(problem="linear", mode=mode, clip=clip, epochs=3, lr=0.01, batch_size=1, n_train=1, n_test=1,
-                problem_params=dict(theta0=-0.5))
+    base = dict(
+        problem="linear",
+        mode=mode,
+        clip=clip,
+        epochs=3,
+        lr=0.01,
+        batch_size=1,
+        n_train=1,
+        n_test=1,
+        problem_params=dict(theta0=-0.5),
+    )
     return RunConfig(**(base | kw))
 
 
@@ -59,23 +69,44 @@ def sweep(tmp_path_factory):
     # a second problem with two levels of a parameter (panels per level)
     for target in (1.0, 2.0):
         for seed in (0, 1):
-            run(RunConfig(problem="toy-field", mode="M", epochs=3, lr=0.01, batch_size=1, n_train=1, n_test=1,
-                          problem_params=dict(target=target)), seed, root)
+            run(
+                RunConfig(
+                    problem="toy-field",
+                    mode="M",
+                    epochs=3,
+                    lr=0.01,
+                    batch_size=1,
+                    n_train=1,
+                    n_test=1,
+                    problem_params=dict(target=target),
+                ),
+                seed,
+                root,
+            )
     return root
 
 
 def test_plot_sweep_writes_png_and_pdf(sweep, tmp_path):
     paths = plots.plot_sweep(sweep)
     names = sorted(p.name for p in paths)
-    assert names == ["linear-paired-R-C.pdf", "linear-paired-R-C.png", "linear-test-loss.pdf", "linear-test-loss.png",
-                     "toy-field-test-loss.pdf", "toy-field-test-loss.png"]  # toy-field has no R/C pair
+    assert names == [
+        "linear-paired-R-C.pdf",
+        "linear-paired-R-C.png",
+        "linear-test-loss.pdf",
+        "linear-test-loss.png",
+        "toy-field-test-loss.pdf",
+        "toy-field-test-loss.png",
+    ]  # toy-field has no R/C pair
     for p in paths:
         assert p.parent == sweep / "figures"
         assert p.is_file() and p.stat().st_size > 1000
     assert paths[0].read_bytes()[:4] in (b"\x89PNG", b"%PDF")
     raw = plots.plot_sweep(sweep, tmp_path / "out", smooth=False, band="ci", formats=("png",))
-    assert [p.name for p in raw] == ["linear-test-loss-raw-ci.png", "linear-paired-R-C.png",
-                                     "toy-field-test-loss-raw-ci.png"]
+    assert [p.name for p in raw] == [
+        "linear-test-loss-raw-ci.png",
+        "linear-paired-R-C.png",
+        "toy-field-test-loss-raw-ci.png",
+    ]
     assert all(p.is_file() for p in raw)
 
 
@@ -92,15 +123,26 @@ def test_layout_from_real_runs(sweep):
     for ax in fig.axes:
         assert ax.get_yscale() == "log"
         assert {(l.get_color(), l.get_marker()) for l in ax.get_lines()} == {
-            (plots.MODE_COLORS["R"], plots.MODE_MARKERS["R"]), (plots.MODE_COLORS["C"], plots.MODE_MARKERS["C"])}
+            (plots.MODE_COLORS["R"], plots.MODE_MARKERS["R"]),
+            (plots.MODE_COLORS["C"], plots.MODE_MARKERS["C"]),
+        }
     legend = fig.legends[0]
     assert [t.get_text() for t in legend.get_texts()] == ["R", "C", "×/÷ geometric std"]
     assert "geometric mean over 2 seeds" in flat(legend.get_title().get_text())
 
 
 def test_diverged_run_is_marked(tmp_path):
-    cfg = RunConfig(problem="linear", problem_params=dict(a=1.0, theta0=0.1), mode="R", optimizer="sgd",
-                    lr=0.3, batch_size=1, n_train=1, n_test=1, epochs=20)
+    cfg = RunConfig(
+        problem="linear",
+        problem_params=dict(a=1.0, theta0=0.1),
+        mode="R",
+        optimizer="sgd",
+        lr=0.3,
+        batch_size=1,
+        n_train=1,
+        n_test=1,
+        epochs=20,
+    )
     run(cfg, 0, tmp_path)  # diverges in epoch 4 (see test_train)
     from stablebptt import results
 
@@ -118,8 +160,19 @@ def test_diverged_run_is_marked(tmp_path):
 
 
 # ------------------------------------------------------------------ synthetic tables: the paper's layouts
-def fake_table(problem, level_col, levels, *, modes="RMCS", clips=("none", "value", "norm"), seeds=3,
-               epochs=60, scale=1.0, update_norm=False, same_curve=False):
+def fake_table(
+    problem,
+    level_col,
+    levels,
+    *,
+    modes="RMCS",
+    clips=("none", "value", "norm"),
+    seeds=3,
+    epochs=60,
+    scale=1.0,
+    update_norm=False,
+    same_curve=False,
+):
     """A results table; with ``same_curve`` every mode of a seed has the identical curve (or,
     ``same_curve="MS"``, the modes named)."""
     rows = []
@@ -132,11 +185,25 @@ def fake_table(problem, level_col, levels, *, modes="RMCS", clips=("none", "valu
                 for m in modes:
                     rid += 1
                     same = m in same_curve if isinstance(same_curve, str) else same_curve
-                    curve = scale * (shared if same else
-                                     (0.5 + np.exp(-np.arange(1, epochs + 1) / 20)) * (1 + 0.05 * rng.random(epochs)))
+                    curve = scale * (
+                        shared
+                        if same
+                        else (0.5 + np.exp(-np.arange(1, epochs + 1) / 20)) * (1 + 0.05 * rng.random(epochs))
+                    )
                     for e in range(epochs):
-                        r = dict(run_id=f"r{rid}", seed=s, status="finished", diverged_epoch=None, problem=problem,
-                                 mode=m, clip=c, optimizer="adam", lr=1e-3, epoch=e + 1, test_loss=curve[e])
+                        r = dict(
+                            run_id=f"r{rid}",
+                            seed=s,
+                            status="finished",
+                            diverged_epoch=None,
+                            problem=problem,
+                            mode=m,
+                            clip=c,
+                            optimizer="adam",
+                            lr=1e-3,
+                            epoch=e + 1,
+                            test_loss=curve[e],
+                        )
                         r[level_col] = lev
                         if update_norm:
                             r["update_norm"] = 10.0 ** (-3 + 2 * rng.random())
@@ -148,18 +215,26 @@ def test_cartpole_layout_band_and_author_range():
     df = fake_table("cartpole", "param_poles", [1, 2, 3, 4], seeds=2, epochs=40)
     fig = plots.problem_figure(df, "cartpole", window=30)
     assert len(fig.axes) == 12  # 3 clipping rows × 4 levels
-    assert [a.get_title() for a in fig.axes[:4]] == ["cart-pole, 1 pole", "cart-pole, 2 poles",
-                                                     "cart-pole, 3 poles", "cart-pole, 4 poles"]
-    assert [a.get_ylabel() for a in fig.axes[::4]] == ["no clipping\ntest loss", "clip value\ntest loss",
-                                                       "clip norm\ntest loss"]
+    assert [a.get_title() for a in fig.axes[:4]] == [
+        "cart-pole, 1 pole",
+        "cart-pole, 2 poles",
+        "cart-pole, 3 poles",
+        "cart-pole, 4 poles",
+    ]
+    assert [a.get_ylabel() for a in fig.axes[::4]] == [
+        "no clipping\ntest loss",
+        "clip value\ntest loss",
+        "clip norm\ntest loss",
+    ]
     for ax in fig.axes:
         assert ax.get_ylim() == pytest.approx((1e-6, 3.0))
         assert len(ax.collections) == 4  # one band per mode
         assert {l.get_color() for l in ax.get_lines()} == {plots.MODE_COLORS[m] for m in "RMCS"}
         assert {l.get_marker() for l in ax.get_lines()} == {plots.MODE_MARKERS[m] for m in "RMCS"}
     # data outside the authors' range: autoscale
-    fig = plots.problem_figure(fake_table("cartpole", "param_poles", [1], modes="C", clips=("none",),
-                                          scale=10.0), "cartpole")
+    fig = plots.problem_figure(
+        fake_table("cartpole", "param_poles", [1], modes="C", clips=("none",), scale=10.0), "cartpole"
+    )
     assert fig.axes[0].get_ylim()[1] > 3.0
 
 
@@ -288,8 +363,12 @@ def test_paired_legend_lies_inside_the_figure(levels):
 def test_guidance_panels_go_from_easy_to_hard_and_ci_band():
     df = fake_table("guidance", "param_rc", [0.001, 1.0, 0.1, 0.01], modes="RC", clips=("none",), seeds=4)
     fig = plots.problem_figure(df, "guidance", band="ci")
-    assert [a.get_title() for a in fig.axes] == ["guidance, rc = 1", "guidance, rc = 0.1",
-                                                 "guidance, rc = 0.01", "guidance, rc = 0.001"]
+    assert [a.get_title() for a in fig.axes] == [
+        "guidance, rc = 1",
+        "guidance, rc = 0.1",
+        "guidance, rc = 0.01",
+        "guidance, rc = 0.001",
+    ]
     assert fig.axes[0].get_ylim() == pytest.approx((0.4, 6.0))
     assert "bootstrap 95 % CI of the geometric mean" in flat(fig.legends[0].get_title().get_text())
     with pytest.raises(ValueError, match="band='sem'; allowed: std, ci"):
@@ -299,8 +378,7 @@ def test_guidance_panels_go_from_easy_to_hard_and_ci_band():
 
 
 def test_quantum_has_update_size_panel_for_highest_target():
-    df = fake_table("quantum", "param_target", [5, 3, 4], modes="RCX", clips=("none",), scale=40.0,
-                    update_norm=True)
+    df = fake_table("quantum", "param_target", [5, 3, 4], modes="RCX", clips=("none",), scale=40.0, update_norm=True)
     fig = plots.problem_figure(df, "quantum")
     assert len(fig.axes) == 4
     assert fig.axes[2].get_title() == "quantum, target 5"
@@ -335,8 +413,11 @@ def test_paired_figure_places_each_seed_and_clipping():
         assert ax.get_xscale() == ax.get_yscale() == "log"
         assert ax.get_xlim() == pytest.approx(ax.get_ylim())
         pts = np.concatenate([c.get_offsets() for c in ax.collections if len(c.get_offsets())])
-        want = [(finals[(poles, clip, s, "R")], finals[(poles, clip, s, "C")])
-                for clip in ("none", "norm") for s in range(3)]
+        want = [
+            (finals[(poles, clip, s, "R")], finals[(poles, clip, s, "C")])
+            for clip in ("none", "norm")
+            for s in range(3)
+        ]
         np.testing.assert_allclose(pts, want, rtol=1e-12)
         diag = ax.get_lines()[0]
         np.testing.assert_allclose(diag.get_xdata(), diag.get_ydata())
@@ -390,8 +471,9 @@ def test_cli_plot(sweep, tmp_path):
 
     from stablebptt.cli import app
 
-    res = CliRunner().invoke(app, ["plot", str(sweep), "--out", str(tmp_path), "--raw", "--band", "ci",
-                                   "--format", "png"])
+    res = CliRunner().invoke(
+        app, ["plot", str(sweep), "--out", str(tmp_path), "--raw", "--band", "ci", "--format", "png"]
+    )
     assert res.exit_code == 0, res.output
     assert (tmp_path / "linear-test-loss-raw-ci.png").is_file()
     res = CliRunner().invoke(app, ["plot", str(sweep), "--band", "sem"])
@@ -407,9 +489,22 @@ def const_table(problem, level_col, finals, epochs=40):
     rows = []
     for k, ((lev, clip, seed, mode), v) in enumerate(finals.items()):
         for e in range(1, epochs + 1):
-            rows.append(dict(run_id=f"r{k}", seed=seed, status="finished", diverged_epoch=None, problem=problem,
-                             mode=mode, clip=clip, optimizer="adam", lr=1e-3, epoch=e, test_loss=v,
-                             **{level_col: lev}))
+            rows.append(
+                dict(
+                    run_id=f"r{k}",
+                    seed=seed,
+                    status="finished",
+                    diverged_epoch=None,
+                    problem=problem,
+                    mode=mode,
+                    clip=clip,
+                    optimizer="adam",
+                    lr=1e-3,
+                    epoch=e,
+                    test_loss=v,
+                    **{level_col: lev},
+                )
+            )
     return pd.DataFrame(rows)
 
 
@@ -468,8 +563,9 @@ def test_paired_seed_labels_of_coinciding_points_are_merged_and_labels_do_not_ov
             # seeds 0 and 1 identical; the rest close together (a crowded panel)
             finals[(1, clip, s, "R")] = 2.0 if s < 2 else 2.0 + 0.05 * s + 0.02 * len(clip)
             finals[(1, clip, s, "C")] = 1.9 if s < 2 else 1.9 + 0.04 * s - 0.01 * len(clip)
-    fig = plots.paired_figure(const_table("guidance", "param_rc", {(0.1,) + k[1:]: v for k, v in finals.items()}),
-                              "guidance")
+    fig = plots.paired_figure(
+        const_table("guidance", "param_rc", {(0.1,) + k[1:]: v for k, v in finals.items()}), "guidance"
+    )
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     ax = fig.axes[0]
@@ -533,4 +629,5 @@ def test_titles_of_an_own_problem_with_a_long_name_have_at_most_two_lines(kind):
     fig = plots.paired_figure(df, name) if kind == "paired" else plots.problem_figure(df, name)
     _check_titles(fig)
     assert "a_rather_long_simulator_file_name.py:make_the_heat_equation_problem" in flat(
-        fig.legends[0].get_title().get_text()).replace(" ", "")
+        fig.legends[0].get_title().get_text()
+    ).replace(" ", "")

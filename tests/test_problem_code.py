@@ -1,6 +1,7 @@
 """A run's identity includes its problem's code: a finished or interrupted run of a file or
 module problem whose code has changed since is refused with one line naming the file, never
 shown as "already trained" (train) or counted as done (sweep) with its old numbers."""
+
 import hashlib
 import json
 from pathlib import Path
@@ -12,7 +13,6 @@ from stablebptt import problems
 from stablebptt.cli import app
 from stablebptt.config import RunConfig
 from stablebptt.run import run
-
 from test_own_problems import POINTMASS
 
 runner = CliRunner()
@@ -75,8 +75,10 @@ def test_train_after_the_problem_file_changed_refuses_the_old_result(pm):
 
 def test_a_sweep_after_the_problem_file_changed_does_not_count_the_old_runs(pm, tmp_path):
     spec = tmp_path / "s.toml"
-    spec.write_text('name = "own"\nseeds = 1\n[[experiment]]\nproblem = "pointmass.py:make"\nmodes = ["C"]\n'
-                    '[experiment.config]\nepochs = 2\nn_train = 16\nn_test = 8\n')
+    spec.write_text(
+        'name = "own"\nseeds = 1\n[[experiment]]\nproblem = "pointmass.py:make"\nmodes = ["C"]\n'
+        "[experiment.config]\nepochs = 2\nn_train = 16\nn_test = 8\n"
+    )
     cmd = ["sweep", str(spec), "--out", "sw", "--executor", "serial"]
     res = runner.invoke(app, cmd)
     assert res.exit_code == 0 and "1 jobs: 1 computed" in res.output, res.output
@@ -102,8 +104,11 @@ def test_an_interrupted_run_is_not_continued_with_other_code(pm):
     with pytest.raises(KeyboardInterrupt):
         run(cfg, 0, "runs", on_epoch=stop, checkpoint_seconds=0)
     edit(pm)
-    with pytest.raises(ValueError, match=r"problem file .*pointmass.py changed since the checkpoint .* was saved "
-                                         r"\(sha256 \w{8} → \w{8}\); --restart"):
+    with pytest.raises(
+        ValueError,
+        match=r"problem file .*pointmass.py changed since the checkpoint .* was saved "
+        r"\(sha256 \w{8} → \w{8}\); --restart",
+    ):
         run(cfg, 0, "runs")
     folder = run(cfg, 0, "runs", restart=True)
     assert json.loads((folder / "result.json").read_text())["epochs_done"] == 4
@@ -127,12 +132,18 @@ def test_a_module_problem_is_identified_by_its_file_or_its_installed_version(tmp
     folder = run(cfg, 0, "runs")
     assert run(cfg, 0, "runs") == folder  # unchanged: the finished run
     edit(mod)
-    with pytest.raises(ValueError, match=rf"problem module simpkg.pmmod \({mod.resolve()}\) changed since the run in "
-                                         rf".* was made \(sha256 \w{{8}} → \w{{8}}\); its result is not used"):
+    with pytest.raises(
+        ValueError,
+        match=rf"problem module simpkg.pmmod \({mod.resolve()}\) changed since the run in "
+        rf".* was made \(sha256 \w{{8}} → \w{{8}}\); its result is not used",
+    ):
         run(cfg, 0, "runs")
     ident = problems.code_identity(src)
-    assert ident == {"module": "simpkg.pmmod", "file": str(mod.resolve()),
-                     "sha256": hashlib.sha256(mod.read_bytes()).hexdigest()}
+    assert ident == {
+        "module": "simpkg.pmmod",
+        "file": str(mod.resolve()),
+        "sha256": hashlib.sha256(mod.read_bytes()).hexdigest(),
+    }
     # a module installed from a distribution (listed in its RECORD): the distribution's version
     site = tmp_path / "site"
     (site / "mypm-0.1.dist-info").mkdir(parents=True)
@@ -142,6 +153,9 @@ def test_a_module_problem_is_identified_by_its_file_or_its_installed_version(tmp
     monkeypatch.syspath_prepend(str(site))
     assert problems.code_identity("mypm:make") == {"module": "mypm", "distribution": "mypm", "version": "0.1"}
     old, new = problems.code_identity("mypm:make"), dict(problems.code_identity("mypm:make"), version="0.2")
-    assert problems.describe_code_change(old, new, "then") == "problem module mypm changed since then (mypm==0.1 → mypm==0.2)"
+    assert (
+        problems.describe_code_change(old, new, "then")
+        == "problem module mypm changed since then (mypm==0.1 → mypm==0.2)"
+    )
     # built-in problems are part of the library: nothing extra (their run ids and records stay)
     assert problems.code_identity("cartpole") is None

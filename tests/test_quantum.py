@@ -1,12 +1,13 @@
 """Quantum control problem against the authors' reference arrays (qmc_32.npz)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import EPS32, assert_close, assert_leaves_global_rng_alone, rel_err
 from conftest import fixed_control_loss as _trajectory_loss
 from conftest import fixed_control_rollout as _rollout
-from conftest import EPS32, assert_close, assert_leaves_global_rng_alone, rel_err
 from stablebptt import problems
 from stablebptt.problems import quantum
 
@@ -65,9 +66,7 @@ def test_rollout_and_losses(sprob, ref, solver):
     sl = prob.loss.state_loss
     assert rel_err(sl(xs[:, 1]), ref["ip_loss_state1"]) <= 1e-4
     assert rel_err(sl(xs[:, -1]), ref["ip_loss_rollout_final"]) <= 1e-4
-    cont = jax.jit(lambda s, c: _trajectory_loss(prob, s, c, N_ROLL))(
-        ref["state0"], ref["control"]
-    )
+    cont = jax.jit(lambda s, c: _trajectory_loss(prob, s, c, N_ROLL))(ref["state0"], ref["control"])
     assert rel_err(cont, ref["ip_loss_rollout_continuous"]) <= 1e-4
     # the loss is a sum over time (range 0 … T), not a mean
     assert prob.loss.on == "every" and prob.loss.time_reduce == "sum"
@@ -174,9 +173,7 @@ def test_step_is_tridiagonal_solve(prob):
         assert "dot_general" not in prims  # no dense (nx, nx) matrix products either
     # also under differentiation
     grad_prims = _primitives(
-        jax.make_jaxpr(jax.grad(lambda s, c: jnp.sum(prob.step(s, c) ** 2 * s), (0, 1)))(
-            psi, u
-        ).jaxpr
+        jax.make_jaxpr(jax.grad(lambda s, c: jnp.sum(prob.step(s, c) ** 2 * s), (0, 1)))(psi, u).jaxpr
     )
     assert "tridiagonal_solve" in grad_prims and "lu" not in grad_prims
 
@@ -303,8 +300,9 @@ def test_solve_tridiagonal_keeps_one_column_under_vmap(fold):
     _, vjp = jax.vjp(lambda bb: solve(dl, d, du, bb), bs[0])
     vjp_many = jax.vmap(lambda ct: vjp(ct)[0])
     _, vjp_ref = jax.vjp(lambda bb: _primitive_solve(dl, d, du, bb), bs[0])
-    np.testing.assert_allclose(np.asarray(vjp_many(bs)), np.asarray(jnp.stack([vjp_ref(bs[i])[0] for i in range(2)])),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(vjp_many(bs)), np.asarray(jnp.stack([vjp_ref(bs[i])[0] for i in range(2)])), rtol=1e-5, atol=1e-6
+    )
     texts = [jax.jit(solve_many).lower(dl, d, du, bs).as_text(), jax.jit(vjp_many).lower(bs).as_text()]
     for txt in texts:
         shapes = _solve_rhs_shapes(txt)
@@ -343,8 +341,9 @@ def test_combined_mode_with_vmapped_seeds_solves_one_column_per_system():
     x0 = jnp.asarray(p.sample_data(0, 4, 4)[0])
 
     def update(pp):
-        return sb.value_and_update(eqx.combine(pp, static), x0, step=p.step, loss=p.loss, horizon=4, flow="C",
-                                   validate=False)[1]
+        return sb.value_and_update(
+            eqx.combine(pp, static), x0, step=p.step, loss=p.loss, horizon=4, flow="C", validate=False
+        )[1]
 
     shapes = _solve_rhs_shapes(jax.jit(jax.vmap(update)).lower(params).as_text())
     assert len(shapes) >= 2 and all(s.endswith("x1") for s in shapes), shapes

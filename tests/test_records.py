@@ -1,5 +1,6 @@
 """The committed records of the full-scale reproduction (results/paper/): the archive format
 reads back as the run folders it came from."""
+
 import importlib.util
 from pathlib import Path
 
@@ -30,10 +31,16 @@ def test_archived_records_read_back_as_the_run_folders(tmp_path):
     assert not any(n.startswith(".tmp-") for n in rec)
     for name in rec:
         assert sorted(f.name for f in (tmp_path / "rec" / name).iterdir()) == [
-            "config.json", "manifest.json", "metrics.csv.gz", "result.json"]
+            "config.json",
+            "manifest.json",
+            "metrics.csv.gz",
+            "result.json",
+        ]
     a, b = results.collect(tmp_path / "runs"), results.collect(tmp_path / "rec")
-    pd.testing.assert_frame_equal(a.sort_values(["run_id", "epoch"]).reset_index(drop=True),
-                                  b.sort_values(["run_id", "epoch"]).reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        a.sort_values(["run_id", "epoch"]).reset_index(drop=True),
+        b.sort_values(["run_id", "epoch"]).reset_index(drop=True),
+    )
 
 
 def test_committed_records_are_the_presets_runs():

@@ -1,4 +1,5 @@
 """`stablebptt results` on a narrow console: whole problem names, never `heat.py:m…`."""
+
 import pandas as pd
 from rich.console import Console
 
@@ -10,8 +11,21 @@ def summary(problems, level="steps=16, nx=64"):
     for p in problems:
         for clip in ("none", "value"):
             for mode, mean in (("R", 1.2345e-5), ("C", 0.012345)):
-                rows.append(dict(problem=p, level=level, clip=clip, mode=mode, mean=mean, std=mean / 7, n=5,
-                                 diverged=1 if mode == "R" else 0, epoch_min=1000, epoch_max=1000, epochs="1000"))
+                rows.append(
+                    dict(
+                        problem=p,
+                        level=level,
+                        clip=clip,
+                        mode=mode,
+                        mean=mean,
+                        std=mean / 7,
+                        n=5,
+                        diverged=1 if mode == "R" else 0,
+                        epoch_min=1000,
+                        epoch_max=1000,
+                        epochs="1000",
+                    )
+                )
     return pd.DataFrame(rows)
 
 
@@ -36,8 +50,11 @@ def cells(text, k):
 
 
 def test_whole_problem_names_at_80_columns():
-    names = ["/home/someone/projects/simulators/heat.py:make", "sims/heat_equation_with_sources.py:make_problem",
-             "cartpole"]
+    names = [
+        "/home/someone/projects/simulators/heat.py:make",
+        "sims/heat_equation_with_sources.py:make_problem",
+        "cartpole",
+    ]
     text = render(results.console_table(summary(names), title="t"))
     assert max(len(line) for line in text.splitlines()) <= 80
     assert "…" not in text
@@ -46,7 +63,7 @@ def test_whole_problem_names_at_80_columns():
     assert "heat.py:make" in shown and "heat_equation_with_sources.py:make_problem" in shown
     assert "cartpole" in shown
     # ... and every other cell is whole too
-    nospace = lambda xs: {x.replace(" ", "") for x in xs}  # noqa: E731  (a cell wrapped at a space)
+    nospace = lambda xs: {x.replace(" ", "") for x in xs}  # a cell wrapped at a space
     assert nospace(cells(text, 4)) == nospace(f"{m:.4g} ± {m / 7:.2g}" for m in (1.2345e-5, 0.012345))
     assert nospace(cells(text, 1)) == {"steps=16,nx=64"}
 

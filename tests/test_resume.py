@@ -1,5 +1,6 @@
 """Nothing lost, nothing computed twice (issue 19): checkpoints and resume, claims on runs,
 faults injected at random moments (SIGINT, SIGKILL), two sweeps on one folder."""
+
 import json
 import os
 import random
@@ -15,7 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stablebptt import problems, run as R
+from stablebptt import problems
+from stablebptt import run as R
 from stablebptt.config import RunConfig, run_id
 from stablebptt.runner import Checkpoint, sigint_deferred, train
 
@@ -26,8 +28,10 @@ def same_runs(a, b):
     for k in a.history:
         if k != "wall_s":
             assert a.history[k] == b.history[k], k
-    for x, y in zip(jax.tree_util.tree_leaves(eqx.filter(a.model, eqx.is_inexact_array)),
-                    jax.tree_util.tree_leaves(eqx.filter(b.model, eqx.is_inexact_array))):
+    for x, y in zip(
+        jax.tree_util.tree_leaves(eqx.filter(a.model, eqx.is_inexact_array)),
+        jax.tree_util.tree_leaves(eqx.filter(b.model, eqx.is_inexact_array)),
+    ):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
@@ -37,8 +41,9 @@ def test_an_interrupted_training_continues_bit_for_bit(tmp_path, batching):
     same call with the same checkpoint continues at epoch 5 and ends with the numbers of an
     uninterrupted training; a diverging run's stop survives the interruption."""
     prob = problems.get("cartpole", steps=10)
-    cfg = RunConfig(problem="cartpole", problem_params={"steps": 10}, mode="C", epochs=7, n_train=32, n_test=16,
-                    data="seeded")
+    cfg = RunConfig(
+        problem="cartpole", problem_params={"steps": 10}, mode="C", epochs=7, n_train=32, n_test=16, data="seeded"
+    )
     ref = train(prob, cfg, [0, 1], batching=batching)
     ck = Checkpoint(tmp_path / "c.npz", every_s=0)
 
@@ -120,8 +125,9 @@ def test_ctrl_c_while_a_checkpoint_is_written_leaves_it_whole(tmp_path, monkeypa
     and the next call continues from epoch 3 to the uninterrupted numbers. Without the deferral
     the write was cut off (or np.savez's zip writer turned the interrupt into a ValueError)."""
     prob = problems.get("cartpole", steps=10)
-    cfg = RunConfig(problem="cartpole", problem_params={"steps": 10}, mode="C", epochs=5, n_train=32, n_test=16,
-                    data="seeded")
+    cfg = RunConfig(
+        problem="cartpole", problem_params={"steps": 10}, mode="C", epochs=5, n_train=32, n_test=16, data="seeded"
+    )
     ref = train(prob, cfg, [0])
     ck = Checkpoint(tmp_path / "c.npz", every_s=0)
     savez, epochs = np.savez, []
@@ -149,8 +155,9 @@ def test_divergence_survives_a_resume(tmp_path):
     on; interrupted after epoch 6 and resumed, both end as without the interruption."""
     pp = dict(a=1.0, theta0=0.1)
     prob = problems.get("linear", **pp)
-    base = dict(problem="linear", problem_params=pp, mode="R", optimizer="sgd", batch_size=1, n_train=1, n_test=1,
-                epochs=9)
+    base = dict(
+        problem="linear", problem_params=pp, mode="R", optimizer="sgd", batch_size=1, n_train=1, n_test=1, epochs=9
+    )
     lanes = [RunConfig(lr=0.3, **base), RunConfig(lr=0.01, **base)]
     ref = train(prob, lanes[0], [0, 0], lane_configs=lanes)
     ck = Checkpoint(tmp_path / "c.npz", every_s=0)
@@ -257,15 +264,29 @@ def test_processes_racing_for_an_abandoned_claim_get_it_once(tmp_path):
     old = time.time() - R.LEASE_STALE_S - 5
     os.utime(folder / R.LEASE_FILE, (old, old))
     start = time.time() + 3.0
-    procs = [subprocess.Popen([sys.executable, "-c", CLAIM_RACE, str(folder), str(start)], stdout=subprocess.PIPE,
-                              text=True) for _ in range(4)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", CLAIM_RACE, str(folder), str(start)], stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
     outs = [p.communicate(timeout=120)[0].strip() for p in procs]
     assert sorted(outs) == ["claimed"] * 3 + ["got"], outs
 
 
 # ------------------------------------------------------------------ the command line, killed
-TRAIN = ["train", "cartpole", "--param", "steps=10", "--epochs", "300", "--n-train", "32", "--n-test", "16",
-         "--checkpoint-seconds", "0"]
+TRAIN = [
+    "train",
+    "cartpole",
+    "--param",
+    "steps=10",
+    "--epochs",
+    "300",
+    "--n-train",
+    "32",
+    "--n-test",
+    "16",
+    "--checkpoint-seconds",
+    "0",
+]
 
 
 def cli(args, **kw):
@@ -286,8 +307,14 @@ def interrupt_at(out: Path, sig, epoch: int, env) -> subprocess.CompletedProcess
     """Start TRAIN in ``out`` and send ``sig`` once its checkpoint has reached ``epoch``. The
     child starts with Ctrl-C's default action, as in a terminal: a test run started in the
     background by a non-interactive shell inherits SIGINT ignored, and the run would finish."""
-    proc = cli([*TRAIN, "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = cli(
+        [*TRAIN, "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 300
     while checkpoint_epoch(out) < epoch and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -334,14 +361,28 @@ def test_a_killed_train_command_continues_to_the_uninterrupted_numbers(tmp_path,
 
 # ------------------------------------------------------------------ sweeps
 def sweep_spec(epochs=30):
-    return {"name": "faults", "seeds": 2, "experiment": [{
-        "problem": "cartpole", "problem_params": {"steps": 8}, "modes": ["R", "C"], "clips": ["none", "value"],
-        "config": {"epochs": epochs, "n_train": 16, "n_test": 8}}]}
+    return {
+        "name": "faults",
+        "seeds": 2,
+        "experiment": [
+            {
+                "problem": "cartpole",
+                "problem_params": {"steps": 8},
+                "modes": ["R", "C"],
+                "clips": ["none", "value"],
+                "config": {"epochs": epochs, "n_train": 16, "n_test": 8},
+            }
+        ],
+    }
 
 
 def sweep_cli(root, spec_file, *extra):
-    return cli(["sweep", str(spec_file), "--out", str(root), "--executor", "serial", "--checkpoint-seconds", "0",
-                *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return cli(
+        ["sweep", str(spec_file), "--out", str(root), "--executor", "serial", "--checkpoint-seconds", "0", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def finished_metrics(root):
@@ -354,9 +395,12 @@ def test_two_sweeps_on_one_folder_compute_each_run_once(tmp_path):
     spec.write_text(json.dumps(sweep_spec(epochs=10)))
     spec_toml = tmp_path / "s.toml"
     import tomllib  # noqa: F401 - the CLI reads TOML; write the same spec as TOML
-    spec_toml.write_text('name = "faults"\nseeds = 2\n[[experiment]]\nproblem = "cartpole"\n'
-                         'problem_params = { steps = 8 }\nmodes = ["R", "C"]\nclips = ["none", "value"]\n'
-                         '[experiment.config]\nepochs = 10\nn_train = 16\nn_test = 8\n')
+
+    spec_toml.write_text(
+        'name = "faults"\nseeds = 2\n[[experiment]]\nproblem = "cartpole"\n'
+        'problem_params = { steps = 8 }\nmodes = ["R", "C"]\nclips = ["none", "value"]\n'
+        "[experiment.config]\nepochs = 10\nn_train = 16\nn_test = 8\n"
+    )
     a, b = sweep_cli(tmp_path / "sw", spec_toml), sweep_cli(tmp_path / "sw", spec_toml)
     outs = [p.communicate(timeout=600)[0] for p in (a, b)]
     assert a.returncode == 0 and b.returncode == 0, outs
@@ -370,15 +414,17 @@ def test_a_sweep_killed_at_random_moments_ends_as_an_uninterrupted_one(tmp_path)
     each after a checkpoint; the sweep run again each time; finally every run equals the
     uninterrupted sweep's, none is missing and none was computed twice."""
     spec_toml = tmp_path / "s.toml"
-    spec_toml.write_text('name = "faults"\nseeds = 2\n[[experiment]]\nproblem = "cartpole"\n'
-                         'problem_params = { steps = 8 }\nmodes = ["R", "C"]\nclips = ["none", "value"]\n'
-                         '[experiment.config]\nepochs = 30\nn_train = 16\nn_test = 8\n')
+    spec_toml.write_text(
+        'name = "faults"\nseeds = 2\n[[experiment]]\nproblem = "cartpole"\n'
+        'problem_params = { steps = 8 }\nmodes = ["R", "C"]\nclips = ["none", "value"]\n'
+        "[experiment.config]\nepochs = 30\nn_train = 16\nn_test = 8\n"
+    )
     ref = tmp_path / "ref"
     plain = sweep_cli(ref, spec_toml)
     assert plain.wait(timeout=900) == 0
     root = tmp_path / "sw"
     rng = random.Random(19)
-    for trial in range(3):
+    for _ in range(3):
         proc = sweep_cli(root, spec_toml)
         target = rng.randint(1, 25)
         deadline = time.time() + 300
@@ -456,10 +502,23 @@ def test_a_sweep_says_which_runs_it_resumed(tmp_path):
     epoch it resumed, and the sweep's report counts it as resumed."""
     from stablebptt import sweep
 
-    spec = sweep.load_spec({"name": "r", "seeds": 1, "experiment": [
-        {"problem": "linear", "level": {"theta0": [-0.5]}, "modes": ["C"], "clips": ["none"],
-         "optimizers": [{"optimizer": "adam", "lr": 0.01}], "config": {"epochs": 4}}]})
-    (cfg, seed), = sweep.expand(spec)
+    spec = sweep.load_spec(
+        {
+            "name": "r",
+            "seeds": 1,
+            "experiment": [
+                {
+                    "problem": "linear",
+                    "level": {"theta0": [-0.5]},
+                    "modes": ["C"],
+                    "clips": ["none"],
+                    "optimizers": [{"optimizer": "adam", "lr": 0.01}],
+                    "config": {"epochs": 4},
+                }
+            ],
+        }
+    )
+    ((cfg, seed),) = sweep.expand(spec)
 
     def stop(e, rows):
         if e == 2:

@@ -1,5 +1,6 @@
 """What the source cites exists: documents named in docstrings and comments are files of this
 repository, and dotted ``stablebptt.…`` names resolve to a module or attribute."""
+
 import importlib
 import re
 from pathlib import Path
@@ -44,8 +45,11 @@ def _resolves(name: str) -> bool:
 
 
 def test_every_dotted_stablebptt_name_in_the_source_resolves():
-    names = {(f.relative_to(SRC).as_posix(), m.group()) for f in _sources()
-             for m in re.finditer(r"\bstablebptt(?:\.\w+)+", f.read_text())}
+    names = {
+        (f.relative_to(SRC).as_posix(), m.group())
+        for f in _sources()
+        for m in re.finditer(r"\bstablebptt(?:\.\w+)+", f.read_text())
+    }
     assert names
     bad = sorted(f"{rel}: {name}" for rel, name in names if not _resolves(name))
     assert not bad, f"names in src/ that do not exist: {bad}"

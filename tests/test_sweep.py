@@ -1,4 +1,5 @@
 """Sweeps: validation, idempotence, resume after SIGKILL, results table, local pool vs Ray."""
+
 import json
 import os
 import signal
@@ -16,21 +17,38 @@ from stablebptt.config import run_id
 
 
 def small_spec(seeds=2, epochs=3, modes=("R", "C"), clips=("none", "value")):
-    return {"name": "small", "seeds": seeds, "experiment": [{
-        "problem": "linear", "level": {"theta0": [-0.5, -1.0]}, "modes": list(modes), "clips": list(clips),
-        "optimizers": [{"optimizer": "adam", "lr": 0.01}], "config": {"epochs": epochs}}]}
+    return {
+        "name": "small",
+        "seeds": seeds,
+        "experiment": [
+            {
+                "problem": "linear",
+                "level": {"theta0": [-0.5, -1.0]},
+                "modes": list(modes),
+                "clips": list(clips),
+                "optimizers": [{"optimizer": "adam", "lr": 0.01}],
+                "config": {"epochs": epochs},
+            }
+        ],
+    }
 
 
-@pytest.mark.parametrize("bad, msg", [
-    ({"experiment": [{"problem": "linear", "modes": ["R", "Q"]}]}, "experiment[0].modes[1]: unknown mode 'Q'"),
-    ({"experiment": [{"problem": "linear", "clips": ["soft"]}]}, "clips[0] = 'soft'"),
-    ({"experiment": [{"problem": "cartpole", "level": {"polez": [1]}}]}, "no parameter 'polez'"),
-    ({"experiment": [{"problem": "cartpole", "level": {"poles": [1, 0]}}]}, "poles=0"),
-    ({"experiment": [{"problem": "pendulum"}]}, "unknown problem 'pendulum'"),
-    ({"experiment": [{"problem": "linear", "config": {"epochs": 0}}]}, "experiment[0].config.epochs: epochs=0"),
-    ({"experiment": [{"problem": "linear", "colour": "red"}]}, "experiment[0]: unknown field 'colour'; allowed: clips"),
-    ({"seeds": 0, "experiment": [{"problem": "linear"}]}, "seeds=0"),
-])
+@pytest.mark.parametrize(
+    "bad, msg",
+    [
+        ({"experiment": [{"problem": "linear", "modes": ["R", "Q"]}]}, "experiment[0].modes[1]: unknown mode 'Q'"),
+        ({"experiment": [{"problem": "linear", "clips": ["soft"]}]}, "clips[0] = 'soft'"),
+        ({"experiment": [{"problem": "cartpole", "level": {"polez": [1]}}]}, "no parameter 'polez'"),
+        ({"experiment": [{"problem": "cartpole", "level": {"poles": [1, 0]}}]}, "poles=0"),
+        ({"experiment": [{"problem": "pendulum"}]}, "unknown problem 'pendulum'"),
+        ({"experiment": [{"problem": "linear", "config": {"epochs": 0}}]}, "experiment[0].config.epochs: epochs=0"),
+        (
+            {"experiment": [{"problem": "linear", "colour": "red"}]},
+            "experiment[0]: unknown field 'colour'; allowed: clips",
+        ),
+        ({"seeds": 0, "experiment": [{"problem": "linear"}]}, "seeds=0"),
+    ],
+)
 def test_spec_validation_names_the_bad_field(bad, msg):
     with pytest.raises(sweep.SpecError) as e:
         sweep.load_spec(bad)
@@ -39,10 +57,14 @@ def test_spec_validation_names_the_bad_field(bad, msg):
 
 def test_spec_files_toml_and_yaml(tmp_path):
     toml = tmp_path / "s.toml"
-    toml.write_text('name = "t"\nseeds = [3, 4]\n[[experiment]]\nproblem = "linear"\nmodes = ["R", "C"]\n'
-                    '[experiment.config]\nepochs = 2\n')
+    toml.write_text(
+        'name = "t"\nseeds = [3, 4]\n[[experiment]]\nproblem = "linear"\nmodes = ["R", "C"]\n'
+        "[experiment.config]\nepochs = 2\n"
+    )
     yaml = tmp_path / "s.yaml"
-    yaml.write_text("name: t\nseeds: [3, 4]\nexperiment:\n  - problem: linear\n    modes: [R, C]\n    config: {epochs: 2}\n")
+    yaml.write_text(
+        "name: t\nseeds: [3, 4]\nexperiment:\n  - problem: linear\n    modes: [R, C]\n    config: {epochs: 2}\n"
+    )
     a, b = sweep.expand(sweep.load_spec(toml)), sweep.expand(sweep.load_spec(yaml))
     assert [(c.to_dict(), s) for c, s in a] == [(c.to_dict(), s) for c, s in b]
     assert len(a) == 4 and {s for _, s in a} == {3, 4} and all(c.epochs == 2 for c, _ in a)
@@ -56,7 +78,9 @@ def test_presets_expand(name, quick):
     if name != "toys":
         assert {c.mode for c, _ in jobs} == {"R", "M", "C", "S"}
     if name not in ("toys", "pde"):
-        assert {c.clip for c, _ in jobs} == ({"none"} if name in ("cart-chain", "hopper") else {"none", "value", "norm"})
+        assert {c.clip for c, _ in jobs} == (
+            {"none"} if name in ("cart-chain", "hopper") else {"none", "value", "norm"}
+        )
     if name == "pde":
         assert {c.problem_params["L"] for c, _ in jobs if c.problem == "ks"} == {22, 36, 60, 100}
         assert {c.problem for c, _ in jobs} == {"ks", "burgers", "kolmogorov"}
@@ -69,13 +93,22 @@ def test_presets_expand(name, quick):
         assert {c.problem_params["target"] for c, _ in jobs} == {3, 4, 5}
     if name == "hopper":  # R, M, C, S, truncated and decayed BPTT, the same budget for each
         assert {(c.mode, c.truncate, c.decay) for c, _ in jobs} == {
-            ("R", 0, 1.0), ("M", 0, 1.0), ("C", 0, 1.0), ("S", 0, 1.0), ("R", 10, 1.0), ("R", 0, 0.9)}
+            ("R", 0, 1.0),
+            ("M", 0, 1.0),
+            ("C", 0, 1.0),
+            ("S", 0, 1.0),
+            ("R", 10, 1.0),
+            ("R", 0, 0.9),
+        }
         assert {(c.epochs, c.n_train) for c, _ in jobs} == {(10, 32) if quick else (100, 64)}
 
 
 def folder_state(root):
-    return {p.name: (p / "result.json").stat().st_mtime_ns for p in Path(root).iterdir()
-            if p.is_dir() and (p / "result.json").exists()}
+    return {
+        p.name: (p / "result.json").stat().st_mtime_ns
+        for p in Path(root).iterdir()
+        if p.is_dir() and (p / "result.json").exists()
+    }
 
 
 def test_sweep_is_idempotent_and_results_table(tmp_path):
@@ -149,8 +182,9 @@ def test_resume_after_sigkill_loses_and_duplicates_nothing(tmp_path):
     script = tmp_path / "child.py"
     script.write_text(CHILD.format(spec=spec_dict))
     log = open(tmp_path / "child.log", "w")
-    proc = subprocess.Popen([sys.executable, str(script), str(root)], start_new_session=True,
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(root)], start_new_session=True, stdout=log, stderr=subprocess.STDOUT
+    )
     workers = []
     try:
         deadline = time.time() + 240
@@ -198,8 +232,14 @@ def test_vmapped_seed_groups_match_one_by_one(tmp_path):
 
 def test_local_pool_and_ray_cluster_give_identical_metrics(tmp_path):
     import ray  # a dev dependency: this test must run, not skip
-    spec = sweep.load_spec({"name": "lr", "seeds": 2, "experiment": [{"problem": "toy-field", "modes": ["R", "C"],
-                                                                        "config": {"epochs": 5}}]})
+
+    spec = sweep.load_spec(
+        {
+            "name": "lr",
+            "seeds": 2,
+            "experiment": [{"problem": "toy-field", "modes": ["R", "C"], "config": {"epochs": 5}}],
+        }
+    )
     r_local = sweep.run_sweep(spec, tmp_path / "local", executor="local", workers=2)
     try:  # a real local cluster (ray.init(num_cpus=2, include_dashboard=False)), shut down by run_sweep
         r_ray = sweep.run_sweep(spec, tmp_path / "ray", executor="ray", workers=2)
@@ -235,20 +275,27 @@ def test_cli_sweep_results_and_reproduce(tmp_path, monkeypatch):
     monkeypatch.setenv("STABLEBPTT_CACHE_DIR", str(tmp_path / "cache"))
     runner = CliRunner()
     spec = tmp_path / "s.toml"
-    spec.write_text('name = "t"\nseeds = 2\n[[experiment]]\nproblem = "toy-field"\nmodes = ["R", "C"]\n'
-                    'clips = ["none", "norm"]\n[experiment.config]\nepochs = 4\n')
+    spec.write_text(
+        'name = "t"\nseeds = 2\n[[experiment]]\nproblem = "toy-field"\nmodes = ["R", "C"]\n'
+        'clips = ["none", "norm"]\n[experiment.config]\nepochs = 4\n'
+    )
     res = runner.invoke(app, ["sweep", str(spec), "--out", str(tmp_path / "sw"), "--executor", "serial"])
     assert res.exit_code == 0, res.output
     assert "8 jobs: 8 computed, 0 already done" in res.output
     res = runner.invoke(app, ["sweep", str(spec), "--out", str(tmp_path / "sw"), "--executor", "serial"])
     assert "8 jobs: 0 computed, 8 already done" in res.output
     assert json.loads((tmp_path / "sw" / "sweep.json").read_text())["name"] == "t"
-    res = runner.invoke(app, ["results", str(tmp_path / "sw"), "--csv", str(tmp_path / "a.csv"),
-                              "--parquet", str(tmp_path / "a.parquet")])
+    res = runner.invoke(
+        app,
+        ["results", str(tmp_path / "sw"), "--csv", str(tmp_path / "a.csv"), "--parquet", str(tmp_path / "a.parquet")],
+    )
     assert res.exit_code == 0, res.output
     assert "toy-field" in res.output and "±" in res.output and "8 runs, 32 rows" in res.output
-    assert pd.read_csv(tmp_path / "a.csv").shape == pd.read_parquet(tmp_path / "a.parquet").shape == (32, len(
-        results.collect(tmp_path / "sw").columns))
+    assert (
+        pd.read_csv(tmp_path / "a.csv").shape
+        == pd.read_parquet(tmp_path / "a.parquet").shape
+        == (32, len(results.collect(tmp_path / "sw").columns))
+    )
     s = sweep.summary_frame(tmp_path / "sw")
     assert len(s) == 4 and set(s["n"]) == {2} and list(s["mode"][:2]) == ["R", "C"]
     # the epoch each row's values come from: a column of the frame and of the printed table
@@ -267,8 +314,10 @@ def test_cli_sweep_results_and_reproduce(tmp_path, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(results, "collect", lambda root, **kw: full[(full["run_id"] != short) | (full["epoch"] <= 2)])
         s2 = sweep.summary_frame(tmp_path / "sw")
-        row = s2[(s2["mode"] == full.loc[full["run_id"] == short, "mode"].iloc[0])
-                 & (s2["clip"] == full.loc[full["run_id"] == short, "clip"].iloc[0])]
+        row = s2[
+            (s2["mode"] == full.loc[full["run_id"] == short, "mode"].iloc[0])
+            & (s2["clip"] == full.loc[full["run_id"] == short, "clip"].iloc[0])
+        ]
         assert list(row["epochs"]) == ["2–4"] and list(row["epoch_min"]) == [2] and list(row["epoch_max"]) == [4]
         assert sorted(s2["epochs"]) == ["2–4", "4", "4", "4"]
         assert "| 2–4 |" in sweep.summary_table(tmp_path / "sw")
@@ -278,9 +327,20 @@ def test_cli_sweep_results_and_reproduce(tmp_path, monkeypatch):
     res = runner.invoke(app, ["sweep", str(spec), "--out", str(tmp_path / "sw2"), "--executor", "slurm"])
     assert res.exit_code != 0 and "executor='slurm'" in res.output
     # reproduce = sweep + figures + SUMMARY.md (a tiny stand-in for the preset)
-    monkeypatch.setattr(sweep, "_preset", lambda name, quick: {"name": "tiny", "seeds": 2, "experiment": [
-        {"problem": "linear", "level": {"theta0": [-0.5, -1.0]}, "modes": ["R", "C"], "config": {"epochs": 3}}]})
-    res = runner.invoke(app, ["reproduce", "cartpole", "--quick", "--out", str(tmp_path / "rep"), "--executor", "serial"])
+    monkeypatch.setattr(
+        sweep,
+        "_preset",
+        lambda name, quick: {
+            "name": "tiny",
+            "seeds": 2,
+            "experiment": [
+                {"problem": "linear", "level": {"theta0": [-0.5, -1.0]}, "modes": ["R", "C"], "config": {"epochs": 3}}
+            ],
+        },
+    )
+    res = runner.invoke(
+        app, ["reproduce", "cartpole", "--quick", "--out", str(tmp_path / "rep"), "--executor", "serial"]
+    )
     assert res.exit_code == 0, res.output
     md = (tmp_path / "rep" / "SUMMARY.md").read_text()
     assert "| param_theta0 | clip | R | C |" in md and " ± " in md

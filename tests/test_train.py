@@ -1,13 +1,14 @@
 """Training: the Fig. 2 toy, determinism, the divergence guard, seeds batched or in turn, the
 pure functions of make_train against the host loop, the overlapped evaluation."""
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_close
 
 import stablebptt as sb
+from conftest import assert_close
 from stablebptt import problems
 from stablebptt import train as T
 from stablebptt.config import RunConfig
@@ -92,8 +93,17 @@ def reference_divergence_epoch(a, b, T, x0, theta, lr, epochs):
 
 def test_diverging_run_is_marked_at_the_right_epoch():
     prob = problems.get("linear", a=1.0, theta0=0.1)
-    cfg = RunConfig(problem="linear", problem_params=dict(a=1.0, theta0=0.1), mode="R", optimizer="sgd",
-                    lr=0.3, batch_size=1, n_train=1, n_test=1, epochs=20)
+    cfg = RunConfig(
+        problem="linear",
+        problem_params=dict(a=1.0, theta0=0.1),
+        mode="R",
+        optimizer="sgd",
+        lr=0.3,
+        batch_size=1,
+        n_train=1,
+        n_test=1,
+        epochs=20,
+    )
     (res,) = train(prob, cfg, 0)
     want = reference_divergence_epoch(1.0, 1.0, 4, 1.0, 0.1, 0.3, 20)
     assert want == 4  # the float64 reference overflows float32 in epoch 4
@@ -110,8 +120,9 @@ def test_seeds_batched_or_in_turn_match_individual_runs(batching):
     """Several seeds as one vmapped program or one after another: each equals its own run
     (vmapped: up to round-off; in turn: the same program, the same bits)."""
     prob = problems.get("cartpole", steps=10)
-    cfg = RunConfig(problem="cartpole", mode="C", epochs=2, n_train=16, n_test=8, data="seeded",
-                    problem_params={"steps": 10})
+    cfg = RunConfig(
+        problem="cartpole", mode="C", epochs=2, n_train=16, n_test=8, data="seeded", problem_params={"steps": 10}
+    )
     many = train(prob, cfg, [0, 1], batching=batching)
     for r in many:
         assert r.ran["batching"] == batching
@@ -125,8 +136,17 @@ def test_seeds_batched_or_in_turn_match_individual_runs(batching):
 
 def test_vmapped_seed_divergence_is_per_seed():
     prob = problems.get("linear", a=1.0, theta0=0.5)
-    cfg = RunConfig(problem="linear", problem_params=dict(a=1.0, theta0=0.5), mode="R", optimizer="sgd",
-                    lr=3.0, batch_size=1, n_train=1, n_test=1, epochs=8)
+    cfg = RunConfig(
+        problem="linear",
+        problem_params=dict(a=1.0, theta0=0.5),
+        mode="R",
+        optimizer="sgd",
+        lr=3.0,
+        batch_size=1,
+        n_train=1,
+        n_test=1,
+        epochs=8,
+    )
     # same init for every seed (deterministic problem) => all diverge at the same epoch
     res = train(prob, cfg, [0, 1])
     assert all(r.diverged for r in res)
@@ -171,15 +191,27 @@ def test_eval_every_records_only_evaluated_epochs_with_the_same_numbers(seeds):
             if k != "wall_s":
                 assert b.history[k] == [a.history[k][e - 1] for e in (3, 6, 7)], k
         assert b.initial == a.initial
-        for p, q in zip(jax.tree_util.tree_leaves(eqx.filter(a.model, eqx.is_inexact_array)),
-                        jax.tree_util.tree_leaves(eqx.filter(b.model, eqx.is_inexact_array))):
+        for p, q in zip(
+            jax.tree_util.tree_leaves(eqx.filter(a.model, eqx.is_inexact_array)),
+            jax.tree_util.tree_leaves(eqx.filter(b.model, eqx.is_inexact_array)),
+        ):
             assert np.array_equal(np.asarray(p), np.asarray(q))
 
 
 def test_eval_every_still_stops_a_diverging_run():
     prob = problems.get("linear", a=1.0, theta0=0.1)
-    cfg = RunConfig(problem="linear", problem_params=dict(a=1.0, theta0=0.1), mode="R", optimizer="sgd",
-                    lr=0.3, batch_size=1, n_train=1, n_test=1, epochs=20, eval_every=3)
+    cfg = RunConfig(
+        problem="linear",
+        problem_params=dict(a=1.0, theta0=0.1),
+        mode="R",
+        optimizer="sgd",
+        lr=0.3,
+        batch_size=1,
+        n_train=1,
+        n_test=1,
+        epochs=20,
+        eval_every=3,
+    )
     (res,) = train(prob, cfg, 0)
     assert res.diverged and res.diverged_epoch in (4, 5)  # 4 with every-epoch evaluation
     assert res.history["epoch"] == [3]
@@ -201,6 +233,7 @@ def test_eval_every_validation_and_run_ids():
     d.pop("backward")  # added later too, hashed only when not at its default
     import hashlib
     import json
+
     old = hashlib.sha256(json.dumps({"config": d, "seed": 3}, sort_keys=True).encode()).hexdigest()[:16]
     assert run_id(cfg, 3) == old
     assert run_id(RunConfig(problem="cartpole", mode="R", eval_every=2), 3) != old
@@ -251,8 +284,10 @@ def hand_loop(prob, cfg, seed):
         rows = []
         for e in range(1, cfg.epochs + 1):
             state, m = updates(state, tr, jax.random.fold_in(key, e) if cfg.shuffle else key)
-            rows.append({k: float(v) for k, v in m.items()} | dict(zip(("train_loss", "test_loss"),
-                                                                        map(float, evaluate(state.params, tr, te)))))
+            rows.append(
+                {k: float(v) for k, v in m.items()}
+                | dict(zip(("train_loss", "test_loss"), map(float, evaluate(state.params, tr, te))))
+            )
     return rows, state
 
 
@@ -261,14 +296,16 @@ def test_the_host_loop_runs_the_pure_functions(shuffle):
     """train() equals make_train's functions driven by hand, bit for bit; shuffling draws
     another order per epoch from the seed's key (reproducibly)."""
     prob = problems.get("cartpole", steps=8)
-    cfg = RunConfig(problem="cartpole", mode="C", epochs=3, n_train=32, n_test=16, shuffle=shuffle,
-                    problem_params={"steps": 8})
+    cfg = RunConfig(
+        problem="cartpole", mode="C", epochs=3, n_train=32, n_test=16, shuffle=shuffle, problem_params={"steps": 8}
+    )
     (res,) = train(prob, cfg, 0)
     rows, state = hand_loop(prob, cfg, 0)
     for k in ("loss", "train_loss", "test_loss", "update_norm", "cos_mg", "sign_agree"):
         assert res.history[k] == [r[k] for r in rows], k
-    for a, b in zip(jax.tree_util.tree_leaves(state.params),
-                    jax.tree_util.tree_leaves(eqx.filter(res.model, eqx.is_inexact_array))):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(eqx.filter(res.model, eqx.is_inexact_array))
+    ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     if shuffle:
         (fixed,) = train(prob, cfg.model_copy(update={"shuffle": False}), 0)
@@ -281,8 +318,17 @@ def test_the_minibatch_order():
     """Data order (the paper): minibatch i is rows i·bs … (i+1)·bs − 1, the remainder left out —
     checked through the loss of the first minibatch of an untrained, frozen controller."""
     prob = problems.get("cartpole", steps=4)
-    cfg = RunConfig(problem="cartpole", mode="S", epochs=1, n_train=10, n_test=4, batch_size=4, lr=1e-30,
-                    problem_params={"steps": 4}, optimizer="sgd")
+    cfg = RunConfig(
+        problem="cartpole",
+        mode="S",
+        epochs=1,
+        n_train=10,
+        n_test=4,
+        batch_size=4,
+        lr=1e-30,
+        problem_params={"steps": 4},
+        optimizer="sgd",
+    )
     trainer = make_trainer(prob, cfg)
     tr, _ = T.make_data(prob, cfg, 0)
     params = trainer.init_params(jax.random.PRNGKey(0))
@@ -290,7 +336,7 @@ def test_the_minibatch_order():
     _, m = jax.jit(trainer.updates)(state, jnp.asarray(tr), jax.random.PRNGKey(0))
     model = eqx.combine(params, trainer.static)
     kw = dict(step=prob.step, loss=prob.loss, horizon=prob.horizon)
-    want = np.mean([float(sb.evaluate_loss(model, jnp.asarray(tr[i:i + 4]), **kw)) for i in (0, 4)])
+    want = np.mean([float(sb.evaluate_loss(model, jnp.asarray(tr[i : i + 4]), **kw)) for i in (0, 4)])
     assert float(m["loss"]) == pytest.approx(want, rel=1e-6)
 
 
@@ -320,8 +366,15 @@ def test_a_factory_that_needs_concrete_values_is_built_eagerly_and_other_errors_
 
 def test_missing_init_weights_file_fails_before_any_compilation(tmp_path):
     prob = problems.get("cartpole", steps=8)
-    cfg = RunConfig(problem="cartpole", mode="C", epochs=1, n_train=16, n_test=8, problem_params={"steps": 8},
-                    init_weights=str(tmp_path / "missing.npz"))
+    cfg = RunConfig(
+        problem="cartpole",
+        mode="C",
+        epochs=1,
+        n_train=16,
+        n_test=8,
+        problem_params={"steps": 8},
+        init_weights=str(tmp_path / "missing.npz"),
+    )
     with pytest.raises(FileNotFoundError, match="missing.npz"):
         train(prob, cfg, 0)
 
@@ -344,8 +397,9 @@ def test_training_programs_use_full_float32_matmuls_on_any_backend():
     from stablebptt import runner
 
     prob = problems.get("cartpole", steps=4)
-    cfg = RunConfig(problem="cartpole", mode="C", epochs=1, n_train=16, n_test=8, problem_params={"steps": 4},
-                    backward="autodiff")
+    cfg = RunConfig(
+        problem="cartpole", mode="C", epochs=1, n_train=16, n_test=8, problem_params={"steps": 4}, backward="autodiff"
+    )
     seen = []
     real_jit = jax.jit
 
@@ -359,9 +413,11 @@ def test_training_programs_use_full_float32_matmuls_on_any_backend():
 
             def __call__(self, *a):
                 return jitted(*a)
+
         return Lower()
 
     import unittest.mock as mock
+
     with mock.patch.object(runner.jax, "jit", spy):
         runner.train(prob, cfg, 0)
     highest = (jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGHEST)
@@ -437,14 +493,23 @@ def test_overlap_needs_two_cpu_devices():
 
 #: every flow option of a run configuration (clipping is the optimizer's, after the flow)
 FLOW_OPTIONS = [dict(mode=m) for m in ("R", "M", "S", "N", "C")] + [
-    dict(mode=["R", "R", "M", "M", "S", "N"]), dict(mode="R", truncate=2), dict(mode="M", decay=0.5),
-    dict(mode="C", combiner="sign_g"), dict(mode="R", and_mask=1.0), dict(mode="C", and_mask=0.5),
-    dict(mode="C", clip="value", clip_threshold=1e-3), dict(mode="R", clip="norm", clip_threshold=1e-3),
-    dict(mode="M", and_mask=1.0, clip="value", clip_threshold=1e-3)]
+    dict(mode=["R", "R", "M", "M", "S", "N"]),
+    dict(mode="R", truncate=2),
+    dict(mode="M", decay=0.5),
+    dict(mode="C", combiner="sign_g"),
+    dict(mode="R", and_mask=1.0),
+    dict(mode="C", and_mask=0.5),
+    dict(mode="C", clip="value", clip_threshold=1e-3),
+    dict(mode="R", clip="norm", clip_threshold=1e-3),
+    dict(mode="M", and_mask=1.0, clip="value", clip_threshold=1e-3),
+]
 
 
-@pytest.mark.parametrize("strategy", [sb.Autodiff(), sb.ReverseSweep("batched", keep_activations=True),
-                                      sb.ReverseSweep("per_step")], ids=["autodiff", "batched", "per_step"])
+@pytest.mark.parametrize(
+    "strategy",
+    [sb.Autodiff(), sb.ReverseSweep("batched", keep_activations=True), sb.ReverseSweep("per_step")],
+    ids=["autodiff", "batched", "per_step"],
+)
 def test_every_flow_option_trains_with_value_and_updates_update(strategy):
     """The trainer and value_and_update take one path into the engine: for every flow option
     the parameter change of one SGD step (lr 1) is minus value_and_update's update (clipped as
@@ -452,8 +517,16 @@ def test_every_flow_option_trains_with_value_and_updates_update(strategy):
     import optax
 
     prob = problems.get("cartpole", steps=6)
-    base = dict(problem="cartpole", problem_params={"steps": 6}, epochs=1, n_train=4, n_test=4, batch_size=4,
-                optimizer="sgd", lr=1.0)
+    base = dict(
+        problem="cartpole",
+        problem_params={"steps": 6},
+        epochs=1,
+        n_train=4,
+        n_test=4,
+        batch_size=4,
+        optimizer="sgd",
+        lr=1.0,
+    )
     deltas = {}
     for opts in FLOW_OPTIONS:
         cfg = RunConfig(**base, **opts)
@@ -464,10 +537,20 @@ def test_every_flow_option_trains_with_value_and_updates_update(strategy):
         state = trainer.init(params, trainer.settings(cfg.flow(), cfg.optimizer_setting()))
         new, _ = jax.jit(trainer.updates)(state, jnp.asarray(tr), jax.random.PRNGKey(0))
         delta = jax.tree_util.tree_map(lambda a, b: a - b, new.params, params)
-        _, upd, _ = sb.value_and_update(eqx.combine(params, trainer.static), jnp.asarray(tr[:4]), step=prob.step,
-                                        loss=prob.loss, horizon=prob.horizon, flow=cfg.flow(), backward=strategy)
-        clip = {"none": optax.identity(), "value": optax.clip(cfg.clip_threshold),
-                "norm": optax.clip_by_global_norm(cfg.clip_threshold)}[cfg.clip]
+        _, upd, _ = sb.value_and_update(
+            eqx.combine(params, trainer.static),
+            jnp.asarray(tr[:4]),
+            step=prob.step,
+            loss=prob.loss,
+            horizon=prob.horizon,
+            flow=cfg.flow(),
+            backward=strategy,
+        )
+        clip = {
+            "none": optax.identity(),
+            "value": optax.clip(cfg.clip_threshold),
+            "norm": optax.clip_by_global_norm(cfg.clip_threshold),
+        }[cfg.clip]
         want = jax.tree_util.tree_map(jnp.negative, clip.update(upd, clip.init(upd))[0])
         # new − old carries the round-off of the parameters (scale |θ|) besides the update's own
         flat = lambda t: np.concatenate([np.ravel(np.asarray(a)) for a in jax.tree_util.tree_leaves(t)])
@@ -476,18 +559,36 @@ def test_every_flow_option_trains_with_value_and_updates_update(strategy):
         deltas[str(opts)] = delta
     unmasked = deltas[str(dict(mode="R"))]
     masked = deltas[str(dict(mode="R", and_mask=1.0))]
-    assert any(not np.allclose(a, b) for a, b in zip(jax.tree_util.tree_leaves(masked),
-                                                     jax.tree_util.tree_leaves(unmasked)))
+    assert any(
+        not np.allclose(a, b) for a, b in zip(jax.tree_util.tree_leaves(masked), jax.tree_util.tree_leaves(unmasked))
+    )
 
 
 def test_make_train_takes_plain_values():
     """make_train from plain values (problem, flow, optimizer, batch size, strategy) builds the
     program that a run configuration builds (make_trainer): one epoch, bit for bit."""
     prob = problems.get("cartpole", steps=6)
-    cfg = RunConfig(problem="cartpole", problem_params={"steps": 6}, mode="C", clip="norm", clip_threshold=0.5,
-                    optimizer="momentum", lr=0.01, momentum=0.8, n_train=16, n_test=8, epochs=1, batch_size=4)
-    plain = sb.make_train(prob, sb.Flow("C"), sb.Optimizer("momentum", 0.01, "norm", 0.5, momentum=0.8), batch_size=4,
-                          backward=sb.Autodiff())
+    cfg = RunConfig(
+        problem="cartpole",
+        problem_params={"steps": 6},
+        mode="C",
+        clip="norm",
+        clip_threshold=0.5,
+        optimizer="momentum",
+        lr=0.01,
+        momentum=0.8,
+        n_train=16,
+        n_test=8,
+        epochs=1,
+        batch_size=4,
+    )
+    plain = sb.make_train(
+        prob,
+        sb.Flow("C"),
+        sb.Optimizer("momentum", 0.01, "norm", 0.5, momentum=0.8),
+        batch_size=4,
+        backward=sb.Autodiff(),
+    )
     from_config = make_trainer(prob, cfg, backward=sb.Autodiff())
     tr, _ = (jnp.asarray(a) for a in T.make_data(prob, cfg, 0))
     out = []
@@ -517,8 +618,14 @@ def test_auto_chooses_once_its_first_strategy_has_run_an_epoch(tmp_path, monkeyp
     prob = problems.get("cartpole")
     cfg = RunConfig(problem="cartpole", mode="C", epochs=3, n_train=16, n_test=8, batch_size=8)
     model = eqx.filter_eval_shape(prob.make_controller, jax.random.PRNGKey(0))
-    prior = sb.candidates(model, jnp.zeros((8, *prob.state_shape)), step=prob.step, loss=prob.loss,
-                          horizon=prob.horizon, gates=cfg.flow().gates(prob.horizon).fields)[0]
+    prior = sb.candidates(
+        model,
+        jnp.zeros((8, *prob.state_shape)),
+        step=prob.step,
+        loss=prob.loss,
+        horizon=prob.horizon,
+        gates=cfg.flow().gates(prob.horizon).fields,
+    )[0]
     short = None
     for name, worth in (("short", choose.WORTH), ("long", 1e9)):
         cache = tmp_path / name

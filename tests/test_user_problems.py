@@ -1,6 +1,7 @@
 """The user problems of benchmarks/user_problems.py (plain equinox controllers, no hooks) build,
 run through the engine, and the automatic backward strategy matches autodiff on them; the
 candidate list and table of benchmarks/bench_backward.py."""
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -8,8 +9,8 @@ import numpy as np
 import pytest
 
 import stablebptt as sb
-from stablebptt.core import hooks
 from conftest import EPS32, assert_close
+from stablebptt.core import hooks
 
 USER = ("burgers_conv1d", "heat2d_conv2d", "field_mlp", "large_state_few_controls", "implicit_solve", "ode_diffrax")
 
@@ -53,7 +54,9 @@ def test_user_problem_builds_and_updates(up, name):
     train, test = prob.sample_data("paper", 3, 2)
     again, _ = prob.sample_data("paper", 3, 2)
     other, _ = prob.sample_data(1, 3, 2)
-    assert train.dtype == np.float32 and train.shape == (3,) + prob.state_shape and test.shape == (2,) + prob.state_shape
+    assert (
+        train.dtype == np.float32 and train.shape == (3,) + prob.state_shape and test.shape == (2,) + prob.state_shape
+    )
     np.testing.assert_array_equal(train, again)  # "paper" is a fixed seed
     assert not np.array_equal(train, other)
     with pytest.raises(ValueError):
@@ -78,8 +81,9 @@ def test_auto_matches_autodiff(up, name):
     x0 = jnp.asarray(prob.sample_data("paper", 2, 1)[0])
     model, _, _, ((v_ref, u_ref, _), (v, u, _)) = _run(prob, x0, horizon=6, flow="C", backwards=["autodiff", "auto"])
     strategy = sb.select_backward(model, x0, step=prob.step, loss=prob.loss, horizon=6, flow="C")
-    cands = sb.candidates(model, x0, step=prob.step, loss=prob.loss, horizon=6,
-                          gates=sb.core.as_flow("C").gates(6).fields)
+    cands = sb.candidates(
+        model, x0, step=prob.step, loss=prob.loss, horizon=6, gates=sb.core.as_flow("C").gates(6).fields
+    )
     assert strategy in cands and not any(getattr(c, "merge_rows", False) for c in cands)
     assert abs(float(v) - float(v_ref)) <= 100 * EPS32 * abs(float(v_ref))
     assert_close(u, u_ref, rel=1000 * EPS32, what=f"{name} C auto vs autodiff")
@@ -107,12 +111,33 @@ def test_bench_backward_candidates_and_table(bench_module):
     got = bb.check({"w": jnp.array([1.0, 0.0, 3.0])}, ref, mode="C", g_ref=lambda: {"w": jnp.array([1.0, 1e-9, 2.0])})
     assert got["ok"] and got["sign_ambiguous"] == 1
 
-    row = {"problem": "p", "mode": "C", "wall_s": 1.0, "strategies": {
-        "autodiff": {"ok": True, "rel_err": 0.0, "update_ms": 2.0, "update_ratio": 2.0, "epoch_ms": 8.0,
-                     "epoch_ratio": 1.0, "update_compile_s": 1.0, "epoch_compile_s": 3.0},
-        "auto": {"ok": True, "rel_err": 1e-7, "update_ms": 1.0, "update_ratio": 1.0, "resolved": "X",
-                 "update_compile_s": 1.5},
-        "bad": {"ok": False, "wrong": True, "rel_err": 0.5}, "future": {"error": "ValueError: no"}}}
+    row = {
+        "problem": "p",
+        "mode": "C",
+        "wall_s": 1.0,
+        "strategies": {
+            "autodiff": {
+                "ok": True,
+                "rel_err": 0.0,
+                "update_ms": 2.0,
+                "update_ratio": 2.0,
+                "epoch_ms": 8.0,
+                "epoch_ratio": 1.0,
+                "update_compile_s": 1.0,
+                "epoch_compile_s": 3.0,
+            },
+            "auto": {
+                "ok": True,
+                "rel_err": 1e-7,
+                "update_ms": 1.0,
+                "update_ratio": 1.0,
+                "resolved": "X",
+                "update_compile_s": 1.5,
+            },
+            "bad": {"ok": False, "wrong": True, "rel_err": 0.5},
+            "future": {"error": "ValueError: no"},
+        },
+    }
     table = bb.markdown([row])
     assert "| p | C | 2.00 (2.00×) | **1.00 (1.00×)** | wrong (5.0e-01) | error |" in table
     assert "| p | C | **8.00 (1.00×)** | – |" in table and "* p C: X" in table

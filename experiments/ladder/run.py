@@ -14,6 +14,7 @@ Afterwards ``docs/beyond-the-paper.md`` is written from the records of the finis
 Rungs run in the order of :data:`RUNGS` (each ladder easy to hard); a rung whose problem needs a
 package that is not installed is skipped with a note.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,23 @@ def run_rung(name: str, problem: str, params: dict, seeds: int, workers: int) ->
         print(f"skip {name}: {e}", flush=True)
         return False
     t0 = time.time()
-    cmd = [sys.executable, "-m", "stablebptt", "compare", problem, "--modes", ",".join(VARIANTS), "--seeds",
-           str(seeds), "--quick", "--workers", str(workers), "--diagnose", "--out", str(RECORDS / name)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "stablebptt",
+        "compare",
+        problem,
+        "--modes",
+        ",".join(VARIANTS),
+        "--seeds",
+        str(seeds),
+        "--quick",
+        "--workers",
+        str(workers),
+        "--diagnose",
+        "--out",
+        str(RECORDS / name),
+    ]
     for k, v in params.items():
         cmd += ["-p", f"{k}={v}"]
     print(f"== {name}: {' '.join(cmd[2:])}", flush=True)
@@ -67,8 +83,9 @@ def write_page() -> None:
     if not folders:
         print("no finished rung yet: no page", flush=True)
         return
-    subprocess.run([sys.executable, str(REPO / "docs" / "make_beyond.py"), *map(str, folders), "--out", str(PAGE)],
-                   check=True)
+    subprocess.run(
+        [sys.executable, str(REPO / "docs" / "make_beyond.py"), *map(str, folders), "--out", str(PAGE)], check=True
+    )
 
 
 def main(argv=None) -> int:

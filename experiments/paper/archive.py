@@ -16,13 +16,14 @@ manifests say ``"commit": null``; with ``--commit`` every record of the destinat
 commit gets REV's full hash (and ``"commit_from": "archive --commit"``, so it is visible that
 the commit was stated, not detected). Give the commit the sweep's worktree was pinned at.
 """
+
 from __future__ import annotations
 
 import gzip
 import json
 import os
-import subprocess
 import shutil
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -54,8 +55,9 @@ def archive(src: Path, dest: Path) -> int:
 
 def fill_commit(dest: Path, rev: str) -> int:
     """Set the commit of every record under ``dest`` whose manifest has none; returns how many."""
-    full = subprocess.run(["git", "rev-parse", "--verify", rev + "^{commit}"], capture_output=True, text=True,
-                          check=True).stdout.strip()
+    full = subprocess.run(
+        ["git", "rev-parse", "--verify", rev + "^{commit}"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     filled = 0
     for man in sorted(dest.glob("*/manifest.json")):
         m = json.loads(man.read_text())
@@ -74,7 +76,7 @@ if __name__ == "__main__":
     if "--commit" in args:
         i = args.index("--commit")
         rev = args[i + 1] if i + 1 < len(args) else sys.exit("--commit needs a revision")
-        del args[i:i + 2]
+        del args[i : i + 2]
     if len(args) != 2:
         sys.exit(__doc__)
     n = archive(Path(args[0]), Path(args[1]))

@@ -2,10 +2,11 @@
 
 Schnell & Thuerey, "Stabilizing Backpropagation Through Time to Learn Complex Physics", ICLR 2024.
 """
-from .comparison import Comparison, compare  # noqa: F401
-from .comparison import load as load_comparison  # noqa: F401
-from .config import RunConfig  # noqa: F401
-from .core import (  # noqa: F401
+
+from .comparison import Comparison, compare
+from .comparison import load as load_comparison
+from .config import RunConfig
+from .core import (
     Autodiff,
     Flow,
     ReverseSweep,
@@ -18,10 +19,10 @@ from .core import (  # noqa: F401
     select_backward,
     value_and_update,
 )
-from .losses import TrajectoryLoss  # noqa: F401
-from .optim import Optimizer  # noqa: F401
-from .run import load_run  # noqa: F401
-from .train import make_train  # noqa: F401
+from .losses import TrajectoryLoss
+from .optim import Optimizer
+from .run import load_run
+from .train import make_train
 
 #: the package version: the one place it is set (pyproject.toml reads it from here, as setuptools'
 #: dynamic ``version = {attr = "stablebptt.__version__"}``)

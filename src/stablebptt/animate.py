@@ -45,19 +45,22 @@ Output: ``.gif`` (Pillow, through imageio) or ``.mp4`` (needs the ``imageio-ffmp
 package). Default file: ``<run_dir>/animation.gif``. Default ``fps``: n_frames / 4 clipped to
 2 … 25 (a ~4 s clip).
 """
+
 from __future__ import annotations
 
 import functools
 import math
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 #: the scene builders by problem name; others use :func:`_scene_series`
 RENDERERS: dict[str, Callable] = {}
+
 
 class PictureNote(UserWarning):
     """What a picture leaves out (e.g. state entries not drawn), warned when frames are drawn;
@@ -148,16 +151,35 @@ def _ncols(n: int) -> int:
     return min(n, 4)
 
 
-def _grid(fig, n: int, rows_per: int = 1, height_ratios=None, top_px: float = 36, right: float = 0.98,
-          left: float = 0.06, bottom: float = 0.08, wspace: float = 0.25, hspace: float = 0.45):
+def _grid(
+    fig,
+    n: int,
+    rows_per: int = 1,
+    height_ratios=None,
+    top_px: float = 36,
+    right: float = 0.98,
+    left: float = 0.06,
+    bottom: float = 0.08,
+    wspace: float = 0.25,
+    hspace: float = 0.45,
+):
     """Axes for n rollouts, ``rows_per`` stacked axes each, at most 4 rollouts per row; the
     first row starts ``top_px`` pixels below the figure's top edge (room for the titles)."""
     cols = _ncols(n)
     rows = math.ceil(n / cols)
     top = 1.0 - top_px / (fig.get_figheight() * fig.dpi)
     bottom = bottom / rows
-    gs = fig.add_gridspec(rows * rows_per, cols, height_ratios=(height_ratios or [1] * rows_per) * rows,
-                          left=left, right=right, bottom=bottom, top=top, wspace=wspace, hspace=hspace)
+    gs = fig.add_gridspec(
+        rows * rows_per,
+        cols,
+        height_ratios=(height_ratios or [1] * rows_per) * rows,
+        left=left,
+        right=right,
+        bottom=bottom,
+        top=top,
+        wspace=wspace,
+        hspace=hspace,
+    )
     axes = []
     for i in range(n):
         r, c = divmod(i, cols)
@@ -206,8 +228,10 @@ def _scene_cartpole(problem, xs, cs, chained: bool = False):
         ax.axhline(0, color="0.5", lw=1)
         ax.set_title(f"rollout {i}", fontsize=9)
         cart = ax.add_patch(Rectangle((0, -0.1), 0.4, 0.2, color="0.25", zorder=3))
-        lines = [ax.plot([], [], lw=3, color=colors[k % len(colors)], solid_capstyle="round", zorder=4)[0]
-                 for k in range(poles)]
+        lines = [
+            ax.plot([], [], lw=3, color=colors[k % len(colors)], solid_capstyle="round", zorder=4)[0]
+            for k in range(poles)
+        ]
         arrow = ax.plot([], [], color="k", lw=2, zorder=5)[0]
         arts.append((cart, lines, arrow))
     title = fig.suptitle("")
@@ -228,15 +252,19 @@ def _scene_cartpole(problem, xs, cs, chained: bool = False):
                     bx, by = tx, ty
             f = float(force[min(n, force.shape[0] - 1), i])
             arrow.set_data([x, x + 0.8 * f / fmax], [-0.2, -0.2])
-        what = (f"cart-chain ({poles} link{'s' if poles > 1 else ''})" if chained
-                else f"cart-pole ({poles} pole{'s' if poles > 1 else ''})")
+        what = (
+            f"cart-chain ({poles} link{'s' if poles > 1 else ''})"
+            if chained
+            else f"cart-pole ({poles} pole{'s' if poles > 1 else ''})"
+        )
         title.set_text(f"{what}   t = {n * dt:.2f} s   step {n}/{T}")
 
     return Scene(fig=fig, update=update, panels=[{"view": ax} for ax in axes], horizon=T)
 
 
-def guidance_view(evaders: np.ndarray, min_half_width: float = GUIDANCE_MIN_HALF_WIDTH,
-                  margin: float = 0.25) -> tuple[np.ndarray, float]:
+def guidance_view(
+    evaders: np.ndarray, min_half_width: float = GUIDANCE_MIN_HALF_WIDTH, margin: float = 0.25
+) -> tuple[np.ndarray, float]:
     """The square view of one guidance rollout: ``(centre (2,), half-width)`` in length units.
 
     It holds every evader position of the rollout (``evaders`` of shape (T+1, n_e, 2)) and the
@@ -281,8 +309,10 @@ def _scene_guidance(problem, xs, cs, trail: int = GUIDANCE_TRAIL):
         trails = [ax.add_collection(LineCollection([], lw=2 if k >= n_d else 1.5, zorder=3)) for k in range(n_obj)]
         drv = ax.plot([], [], "^", color=red, ms=10, mec="k", mew=0.6, zorder=5)[0]
         eva = ax.plot([], [], "o", color=blue, ms=8, mec="k", mew=0.6, zorder=6)[0]
-        edge = [ax.plot([], [], marker=(3, 0, 0), ms=11, mfc="white", mec=red, mew=1.8, ls="none", zorder=7)[0]
-                for _ in range(n_d)]
+        edge = [
+            ax.plot([], [], marker=(3, 0, 0), ms=11, mfc="white", mec=red, mew=1.8, ls="none", zorder=7)[0]
+            for _ in range(n_d)
+        ]
         edge_txt = ax.text(1.0, 1.02, "", transform=ax.transAxes, color=red, fontsize=7, ha="right", va="bottom")
         top = max(float(np.nanmax(dist2[:, i])), 1e-6)
         curve = bot.plot([], [], color=blue, lw=1.8)[0]
@@ -302,10 +332,10 @@ def _scene_guidance(problem, xs, cs, trail: int = GUIDANCE_TRAIL):
         for i in range(S):
             trails, drv, eva, edge, edge_txt, curve, now, c, r = arts[i]
             for k, lc in enumerate(trails):
-                seg = pos[lo: n + 1, i, k]
+                seg = pos[lo : n + 1, i, k]
                 segs = np.stack([seg[:-1], seg[1:]], 1) if len(seg) > 1 else np.zeros((0, 2, 2))
                 lc.set_segments(list(segs))
-                lc.set_color(trail_cols[k][-len(segs):] if len(segs) else trail_cols[k][:0])
+                lc.set_color(trail_cols[k][-len(segs) :] if len(segs) else trail_cols[k][:0])
             p_d = pos[n, i, :n_d]
             off = _place_edge_markers(edge, edge_txt, p_d, c, r)
             drv.set_data(p_d[~off, 0], p_d[~off, 1])
@@ -314,22 +344,51 @@ def _scene_guidance(problem, xs, cs, trail: int = GUIDANCE_TRAIL):
             now.set_data([t[n]], [dist2[n, i]])
         title.set_text(f"guidance by repulsion   t = {n * dt:.2f}   step {n}/{T}")
 
-    return Scene(fig=fig, update=update, panels=panels, horizon=T,
-                 info={"limits": limits, "distance2": dist2, "drivers": n_d,
-                       "trails": [a[0] for a in arts], "edge_markers": [a[3] for a in arts]})
+    return Scene(
+        fig=fig,
+        update=update,
+        panels=panels,
+        horizon=T,
+        info={
+            "limits": limits,
+            "distance2": dist2,
+            "drivers": n_d,
+            "trails": [a[0] for a in arts],
+            "edge_markers": [a[3] for a in arts],
+        },
+    )
 
 
 def _guidance_legend(fig, red: str, blue: str) -> None:
     """The guidance animation's legend: evaders, drivers, drivers outside the view, target."""
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], ls="none", marker="o", color=blue, mec="k", mew=0.6, ms=8, label="evaders"),
-               Line2D([], [], ls="none", marker="^", color=red, mec="k", mew=0.6, ms=9, label="drivers"),
-               Line2D([], [], ls="none", marker="^", mfc="white", mec=red, mew=1.8, ms=9,
-                      label="driver outside the view (on the edge, pointing to it)"),
-               Line2D([], [], ls="none", marker="$\\oplus$", color="k", ms=11, label="target (origin)")]
-    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.955), ncol=4, fontsize=8,
-               frameon=False, handletextpad=0.3, columnspacing=1.2)
+    handles = [
+        Line2D([], [], ls="none", marker="o", color=blue, mec="k", mew=0.6, ms=8, label="evaders"),
+        Line2D([], [], ls="none", marker="^", color=red, mec="k", mew=0.6, ms=9, label="drivers"),
+        Line2D(
+            [],
+            [],
+            ls="none",
+            marker="^",
+            mfc="white",
+            mec=red,
+            mew=1.8,
+            ms=9,
+            label="driver outside the view (on the edge, pointing to it)",
+        ),
+        Line2D([], [], ls="none", marker="$\\oplus$", color="k", ms=11, label="target (origin)"),
+    ]
+    fig.legend(
+        handles=handles,
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.955),
+        ncol=4,
+        fontsize=8,
+        frameon=False,
+        handletextpad=0.3,
+        columnspacing=1.2,
+    )
 
 
 def _place_edge_markers(edge, edge_txt, p_d: np.ndarray, c: np.ndarray, r: float) -> np.ndarray:
@@ -358,8 +417,10 @@ def _quantum_target(problem, nx: int) -> tuple[int, np.ndarray]:
 
     target = problem.params.get("target")
     if target is None or not 1 <= int(target) <= nx:
-        raise ValueError(f"quantum animation: problem parameter target={target!r}; must be an eigenstate "
-                         f"index in 1..{nx} (the state has {nx} grid points)")
+        raise ValueError(
+            f"quantum animation: problem parameter target={target!r}; must be an eigenstate "
+            f"index in 1..{nx} (the state has {nx} grid points)"
+        )
     return int(target), np.asarray(eigenstate(int(target), nx), np.float64)
 
 
@@ -377,8 +438,7 @@ def _scene_quantum(problem, xs, cs):
     u = np.asarray(cs, np.float64).reshape(T, S)
     dx = 2.0 / (nx + 1)  # the box [0, 2], interior points x_j = j·dx
     fig = _canvas(*_size(S, 340, 520))
-    axes = _grid(fig, S, rows_per=3, height_ratios=[2.4, 1, 1], top_px=64, right=0.90, wspace=0.42,
-                 hspace=0.5)
+    axes = _grid(fig, S, rows_per=3, height_ratios=[2.4, 1, 1], top_px=64, right=0.90, wspace=0.42, hspace=0.5)
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")
     vmax = float(max(np.nanmax(prob), np.max(tvec**2)))
     extent = (-dt / 2, T * dt + dt / 2, dx / 2, 2.0 - dx / 2)  # cells centred on (n·dt, x_j)
@@ -386,8 +446,16 @@ def _scene_quantum(problem, xs, cs):
     tt_ctrl = np.arange(T) * dt
     arts, panels = [], []
     for i, (top, mid, bot) in enumerate(axes):
-        img = top.imshow(np.full((nx, T1), np.nan), origin="lower", aspect="auto", cmap=cmap, vmin=0, vmax=vmax,
-                         extent=extent, interpolation="nearest")
+        img = top.imshow(
+            np.full((nx, T1), np.nan),
+            origin="lower",
+            aspect="auto",
+            cmap=cmap,
+            vmin=0,
+            vmax=vmax,
+            extent=extent,
+            interpolation="nearest",
+        )
         top.set_ylim(0.0, 2.0)
         top.set_title(f"rollout {i}: |ψ(x, t)|²", fontsize=9)
         top.set_ylabel("x", fontsize=8)
@@ -428,16 +496,30 @@ def _scene_quantum(problem, xs, cs):
             line.set_data(tt_ctrl[: min(n + 1, T)], u[: min(n + 1, T), i])
         title.set_text(f"quantum control into eigenstate {target}   t = {n * dt:.3f}   step {n}/{T}")
 
-    return Scene(fig=fig, update=update, panels=panels, horizon=T, colorbars=colorbars,
-                 info={"overlap": overlap, "target": target, "overlap_lines": [a[2] for a in arts]})
+    return Scene(
+        fig=fig,
+        update=update,
+        panels=panels,
+        horizon=T,
+        colorbars=colorbars,
+        info={"overlap": overlap, "target": target, "overlap_lines": [a[2] for a in arts]},
+    )
 
 
 def _target_strip(top, density: np.ndarray, name: str, cmap, vmax: float, dx: float):
     """A narrow image right of the density panel ``top``: the target's |ψ_j|² (nx,) on the same
     x axis [0, 2] and colour scale, titled ``name``."""
     strip = top.inset_axes([1.02, 0.0, 0.07, 1.0])
-    strip.imshow(density[:, None], origin="lower", aspect="auto", cmap=cmap, vmin=0, vmax=vmax,
-                 extent=(0, 1, dx / 2, 2.0 - dx / 2), interpolation="nearest")
+    strip.imshow(
+        density[:, None],
+        origin="lower",
+        aspect="auto",
+        cmap=cmap,
+        vmin=0,
+        vmax=vmax,
+        extent=(0, 1, dx / 2, 2.0 - dx / 2),
+        interpolation="nearest",
+    )
     strip.set_ylim(0.0, 2.0)
     strip.set_xticks([])
     strip.set_yticks([])
@@ -481,8 +563,10 @@ def _check_components(components, n: int) -> list[int]:
     comps = list(dict.fromkeys(int(k) for k in components))
     bad = [k for k in comps if not 0 <= k < n]
     if not comps or bad:
-        raise ValueError(f"components={list(components)!r}: the state has {n} entries (0 … {n - 1})"
-                         + (f"; {bad} are not among them" if bad else ""))
+        raise ValueError(
+            f"components={list(components)!r}: the state has {n} entries (0 … {n - 1})"
+            + (f"; {bad} are not among them" if bad else "")
+        )
     return comps
 
 
@@ -522,8 +606,10 @@ def _scene_series(problem, xs, cs, components=None):
     if d < n:
         note = f"drawn: {_entries_text(comps)} of the {n} state entries"
         if components is None:
-            note += (f"; choose others with --components (e.g. --components {d}-{min(2 * d, n) - 1}) "
-                     "or animate(..., components=[...])")
+            note += (
+                f"; choose others with --components (e.g. --components {d}-{min(2 * d, n) - 1}) "
+                "or animate(..., components=[...])"
+            )
     names = [f"x[{k}]" if n > 1 else "x" for k in comps]
     big_legend = d > 8  # a legend below the panels instead of inside the first
     w, h = _size(S, 320, 260)
@@ -549,19 +635,32 @@ def _scene_series(problem, xs, cs, components=None):
         ax.set_title(f"rollout {i}", fontsize=9)
         for k in range(d):
             ax.plot(steps, flat[:, i, k], color=colors[k], alpha=0.2, lw=1, label="_trace")
-        lines = [ax.plot([], [], color=colors[k], lw=2 if d <= 8 else 1.4, marker="o", ms=3 if d <= 8 else 2,
-                         label=names[k])[0] for k in range(d)]
+        lines = [
+            ax.plot(
+                [], [], color=colors[k], lw=2 if d <= 8 else 1.4, marker="o", ms=3 if d <= 8 else 2, label=names[k]
+            )[0]
+            for k in range(d)
+        ]
         dots = ax.plot([], [], "ko", ms=5 if d <= 8 else 3, label="_now")[0]
         if i == 0 and not big_legend:
             ax.legend(fontsize=7)
         arts.append((lines, dots))
     if big_legend:
         handles = [Line2D([], [], color=colors[k], lw=1.6, label=names[k]) for k in range(d)]
-        fig.legend(handles=handles, loc="lower center", ncol=legend_cols, fontsize=7, frameon=False,
-                   bbox_to_anchor=(0.5, note_px / height), handlelength=1.5, columnspacing=1.0)
+        fig.legend(
+            handles=handles,
+            loc="lower center",
+            ncol=legend_cols,
+            fontsize=7,
+            frameon=False,
+            bbox_to_anchor=(0.5, note_px / height),
+            handlelength=1.5,
+            columnspacing=1.0,
+        )
     if note:
-        fig.text(0.5, 4 / height, "\n".join(note_lines), ha="center", va="bottom", fontsize=7, color="0.25",
-                 linespacing=1.2)
+        fig.text(
+            0.5, 4 / height, "\n".join(note_lines), ha="center", va="bottom", fontsize=7, color="0.25", linespacing=1.2
+        )
     title = fig.suptitle("")
 
     def update(n_):
@@ -572,8 +671,13 @@ def _scene_series(problem, xs, cs, components=None):
             dots.set_data(np.full(d, n_), flat[n_, i])
         title.set_text(f"{problem.name}   step {n_}/{T1 - 1}")
 
-    return Scene(fig=fig, update=update, panels=[{"view": ax} for ax in axes], horizon=T1 - 1,
-                 info={"components": comps, "note": note, "entries": n, "cut": components is None and d < n})
+    return Scene(
+        fig=fig,
+        update=update,
+        panels=[{"view": ax} for ax in axes],
+        horizon=T1 - 1,
+        info={"components": comps, "note": note, "entries": n, "cut": components is None and d < n},
+    )
 
 
 RENDERERS.update(cartpole=_scene_cartpole, guidance=_scene_guidance, quantum=_scene_quantum)
@@ -601,12 +705,16 @@ def build_scene(problem, xs, cs, components=None) -> Scene:
     are left out)."""
     xs, cs = np.asarray(xs), np.asarray(cs)
     if xs.ndim < 2 or xs.shape[0] != cs.shape[0] + 1 or xs.shape[1] != cs.shape[1]:
-        raise ValueError(f"xs shape {xs.shape} and cs shape {cs.shape}: expected xs (T+1, S, …) and "
-                         f"cs (T, S, …) from the same rollout")
+        raise ValueError(
+            f"xs shape {xs.shape} and cs shape {cs.shape}: expected xs (T+1, S, …) and "
+            f"cs (T, S, …) from the same rollout"
+        )
     if problem.name in RENDERERS:
         if components is not None:
-            raise ValueError(f"components: {problem.name} has its own picture; choosing state entries applies "
-                             "to the generic one (state entries against the step)")
+            raise ValueError(
+                f"components: {problem.name} has its own picture; choosing state entries applies "
+                "to the generic one (state entries against the step)"
+            )
         return RENDERERS[problem.name](problem, xs, cs)
     return _scene_series(problem, xs, cs, components=components)
 
@@ -642,14 +750,21 @@ def write_frames(frames: list[np.ndarray], out: str | Path, fps: float) -> Path:
         try:
             import imageio_ffmpeg  # noqa: F401
         except ImportError as e:
-            raise RuntimeError("writing .mp4 needs the imageio-ffmpeg package (pip install imageio-ffmpeg); "
-                               "or write a .gif") from e
+            raise RuntimeError(
+                "writing .mp4 needs the imageio-ffmpeg package (pip install imageio-ffmpeg); or write a .gif"
+            ) from e
         iio.imwrite(out, arr, plugin="FFMPEG", fps=fps, codec="libx264", macro_block_size=16)
     return out
 
 
-def animate(run_dir: str | Path, out: str | Path | None = None, states: int = 4, fps: float | None = None,
-            stride: int | None = None, components=None) -> Path:
+def animate(
+    run_dir: str | Path,
+    out: str | Path | None = None,
+    states: int = 4,
+    fps: float | None = None,
+    stride: int | None = None,
+    components=None,
+) -> Path:
     """Animate the trained controller of a run folder.
 
     Args:
@@ -685,6 +800,19 @@ def animate(run_dir: str | Path, out: str | Path | None = None, states: int = 4,
     return write_frames(frames, out, fps if fps is not None else default_fps(len(frames)))
 
 
-__all__ = ["animate", "render_frames", "write_frames", "frame_indices", "default_stride", "default_fps",
-           "rollout", "build_scene", "Scene", "guidance_view", "parse_components", "PictureNote", "GUIDANCE_TRAIL",
-           "SERIES_MAX_COMPONENTS"]
+__all__ = [
+    "animate",
+    "render_frames",
+    "write_frames",
+    "frame_indices",
+    "default_stride",
+    "default_fps",
+    "rollout",
+    "build_scene",
+    "Scene",
+    "guidance_view",
+    "parse_components",
+    "PictureNote",
+    "GUIDANCE_TRAIL",
+    "SERIES_MAX_COMPONENTS",
+]

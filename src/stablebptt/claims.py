@@ -29,15 +29,15 @@ A :class:`Claim` keeps the quantitative statement (our provisional reading of th
 plots) beside the qualitative one it stands for, the tests that decide it, and tests shown
 for context only.
 """
+
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-
 
 #: problem -> the results column that holds its complexity level
 LEVEL_PARAMS = {"cartpole": "param_poles", "guidance": "param_rc", "quantum": "param_target"}
@@ -47,12 +47,15 @@ CONFIDENCE = 0.95
 HELD, NOT_HELD, NOT_MEASURED = "held", "not held", "not measured"
 #: the relation a test's statistic must satisfy against its threshold
 SIDES: dict[str, Callable[[float, float], bool]] = {
-    ">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+}
 #: per-epoch columns of a results table (everything else is constant within a run)
 EPOCH_COLUMNS = ("epoch", "loss", "train_loss", "test_loss", "update_norm", "cos_mg", "sign_agree", "wall_s")
 #: how a side is printed
 SIDE_TEXT = {">": ">", ">=": "≥", "<": "<", "<=": "≤"}
-
 
 
 def smooth_curve(y: Sequence[float], window: int = 30) -> np.ndarray:
@@ -75,15 +78,21 @@ def smooth_curve(y: Sequence[float], window: int = 30) -> np.ndarray:
 
 
 def undecided(n: int | Sequence[int]) -> str:
-    """"undecided at n seeds" (a range "at 1–5 seeds" for tests with different numbers of seeds)."""
+    """ "undecided at n seeds" (a range "at 1–5 seeds" for tests with different numbers of seeds)."""
     ns = sorted({int(k) for k in (n if isinstance(n, (list, tuple, set)) else [n])})
     at = f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}–{ns[-1]}"
     return f"undecided at {at} seed{'' if ns == [1] else 's'}"
 
 
 # ----------------------------------------------------------------------------- per-run values
-def final_value(epochs: np.ndarray, values: np.ndarray, *, diverged_at: float | None = None,
-                epoch: int | None = None, window: int = WINDOW) -> float:
+def final_value(
+    epochs: np.ndarray,
+    values: np.ndarray,
+    *,
+    diverged_at: float | None = None,
+    epoch: int | None = None,
+    window: int = WINDOW,
+) -> float:
     """The smoothed value at ``epoch`` (default: the last recorded epoch) of one run's curve.
 
     ``epochs``, ``values``: (E,) arrays sorted by epoch; non-finite values (epochs without an
@@ -119,12 +128,17 @@ def _per_run(df: pd.DataFrame, value: Callable[[pd.DataFrame, pd.Series], float]
     return pd.DataFrame(rows)
 
 
-def final_losses(df: pd.DataFrame, *, epoch: int | None = None, metric: str = "test_loss",
-                 window: int = WINDOW) -> pd.DataFrame:
+def final_losses(
+    df: pd.DataFrame, *, epoch: int | None = None, metric: str = "test_loss", window: int = WINDOW
+) -> pd.DataFrame:
     """One row per run with its constant columns and ``final`` (see the module docstring)."""
-    return _per_run(df, lambda g, h: final_value(g["epoch"].to_numpy(), g[metric].to_numpy(float),
-                                                 diverged_at=_diverged_at(h), epoch=epoch, window=window),
-                    "final")
+    return _per_run(
+        df,
+        lambda g, h: final_value(
+            g["epoch"].to_numpy(), g[metric].to_numpy(float), diverged_at=_diverged_at(h), epoch=epoch, window=window
+        ),
+        "final",
+    )
 
 
 def update_span(update_norm: np.ndarray) -> float:
@@ -158,17 +172,21 @@ def paired(runs: pd.DataFrame, a: str, b: str, keys: Sequence[str], column: str 
     sub = runs[runs["mode"].isin([a, b])]
     dup = sub.duplicated(list(keys) + ["seed", "mode"], keep=False)
     if dup.any():
-        raise ValueError(f"several runs per (mode, {', '.join(list(keys) + ['seed'])}): "
-                         f"{sorted(sub.loc[dup, 'run_id'])}; select one setting before pairing")
-    wide = sub.pivot_table(index=list(keys) + ["seed"], columns="mode", values=column, aggfunc="first",
-                           dropna=False).reset_index()
+        raise ValueError(
+            f"several runs per (mode, {', '.join(list(keys) + ['seed'])}): "
+            f"{sorted(sub.loc[dup, 'run_id'])}; select one setting before pairing"
+        )
+    wide = sub.pivot_table(
+        index=list(keys) + ["seed"], columns="mode", values=column, aggfunc="first", dropna=False
+    ).reset_index()
     wide.columns.name = None
     return wide[cols].dropna(subset=[a, b]).reset_index(drop=True)
 
 
 # ----------------------------------------------------------------------------- statistics
-def bootstrap_mean(x: Sequence[float], *, n_boot: int = N_BOOT, seed: int = 0,
-                   confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+def bootstrap_mean(
+    x: Sequence[float], *, n_boot: int = N_BOOT, seed: int = 0, confidence: float = CONFIDENCE
+) -> tuple[float, float, float]:
     """(mean, lo, hi) of the 1-d sample ``x``: its mean and a percentile bootstrap interval.
 
     Resamples the n entries with replacement ``n_boot`` times (``numpy.random.default_rng(seed)``);
@@ -236,9 +254,19 @@ class Test:
         return undecided(self.n)
 
 
-def make_test(setting: str, quantity: str, side: str, threshold: float, seeds: Sequence[int],
-              per_seed: Sequence[float], detail: Sequence[str] | None = None, *, geometric: bool,
-              n_boot: int = N_BOOT, seed: int = 0) -> Test:
+def make_test(
+    setting: str,
+    quantity: str,
+    side: str,
+    threshold: float,
+    seeds: Sequence[int],
+    per_seed: Sequence[float],
+    detail: Sequence[str] | None = None,
+    *,
+    geometric: bool,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+) -> Test:
     """A :class:`Test` with its bootstrap interval (geometric: computed on log10 of ``per_seed``)."""
     if side not in SIDES:
         raise ValueError(f"side={side!r}; allowed: {', '.join(SIDES)}")
@@ -250,10 +278,21 @@ def make_test(setting: str, quantity: str, side: str, threshold: float, seeds: S
     with np.errstate(divide="ignore"):
         est, lo, hi = bootstrap_mean(np.log10(v) if geometric else v, n_boot=n_boot, seed=seed)
     if geometric:
-        est, lo, hi = 10.0 ** est, 10.0 ** lo, 10.0 ** hi
+        est, lo, hi = 10.0**est, 10.0**lo, 10.0**hi
     detail = tuple(detail) if detail is not None else tuple("" for _ in seeds)
-    return Test(setting, quantity, side, float(threshold), tuple(int(s) for s in seeds),
-                tuple(float(x) for x in v), detail, geometric, float(est), float(lo), float(hi))
+    return Test(
+        setting,
+        quantity,
+        side,
+        float(threshold),
+        tuple(int(s) for s in seeds),
+        tuple(float(x) for x in v),
+        detail,
+        geometric,
+        float(est),
+        float(lo),
+        float(hi),
+    )
 
 
 @dataclass(frozen=True)
@@ -299,8 +338,10 @@ class Claim:
 
     def counts(self) -> str:
         v = [t.verdict for t in self.tests]
-        return (f"{v.count(HELD)} held, {v.count(NOT_HELD)} not held, "
-                f"{len(v) - v.count(HELD) - v.count(NOT_HELD)} undecided of {len(v)}")
+        return (
+            f"{v.count(HELD)} held, {v.count(NOT_HELD)} not held, "
+            f"{len(v) - v.count(HELD) - v.count(NOT_HELD)} undecided of {len(v)}"
+        )
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -329,8 +370,9 @@ def _clips(runs: pd.DataFrame) -> list[str]:
     return [c for c in order if c in have] + sorted(have - set(order))
 
 
-def ratio_tests(runs: pd.DataFrame, level_col: str, level, num: str, den: str, side: str, threshold: float,
-                problem: str, **boot) -> list[Test]:
+def ratio_tests(
+    runs: pd.DataFrame, level_col: str, level, num: str, den: str, side: str, threshold: float, problem: str, **boot
+) -> list[Test]:
     """Per clipping mode at one level: the paired ratio num/den of final losses (geometric)."""
     at = runs[runs[level_col] == level] if level_col in runs.columns else runs.iloc[0:0]
     out = []
@@ -340,14 +382,25 @@ def ratio_tests(runs: pd.DataFrame, level_col: str, level, num: str, den: str, s
             continue
         with np.errstate(divide="ignore", invalid="ignore"):
             r = p[num].to_numpy(float) / p[den].to_numpy(float)
-        out.append(make_test(f"{level_name(problem, level)}, clip {clip}", f"{num}/{den}", side, threshold,
-                             p["seed"], r, [f"{_num(x)}/{_num(y)}" for x, y in zip(p[num], p[den])],
-                             geometric=True, **boot))
+        out.append(
+            make_test(
+                f"{level_name(problem, level)}, clip {clip}",
+                f"{num}/{den}",
+                side,
+                threshold,
+                p["seed"],
+                r,
+                [f"{_num(x)}/{_num(y)}" for x, y in zip(p[num], p[den])],
+                geometric=True,
+                **boot,
+            )
+        )
     return out
 
 
-def level_tests(runs: pd.DataFrame, level_col: str, levels, mode: str, side: str, threshold: float,
-                problem: str, **boot) -> list[Test]:
+def level_tests(
+    runs: pd.DataFrame, level_col: str, levels, mode: str, side: str, threshold: float, problem: str, **boot
+) -> list[Test]:
     """Per (level, clipping): one mode's final loss against a threshold (geometric mean over seeds)."""
     out = []
     for level in levels:
@@ -356,8 +409,19 @@ def level_tests(runs: pd.DataFrame, level_col: str, levels, mode: str, side: str
             g = at[(at["clip"] == clip) & at["final"].notna()].sort_values("seed")
             if g.empty:
                 continue
-            out.append(make_test(f"{level_name(problem, level)}, clip {clip}", mode, side, threshold,
-                                 g["seed"], g["final"], None, geometric=True, **boot))
+            out.append(
+                make_test(
+                    f"{level_name(problem, level)}, clip {clip}",
+                    mode,
+                    side,
+                    threshold,
+                    g["seed"],
+                    g["final"],
+                    None,
+                    geometric=True,
+                    **boot,
+                )
+            )
     return out
 
 
@@ -366,8 +430,7 @@ def _levels(runs: pd.DataFrame, level_col: str) -> list:
 
 
 # ----------------------------------------------------------------------------- the claims
-QUALITATIVE_COMPLEXITY = ("as complexity grows, R can no longer reach precise control while C still "
-                          "solves the task")
+QUALITATIVE_COMPLEXITY = "as complexity grows, R can no longer reach precise control while C still solves the task"
 QUALITATIVE_S = "S (no long-range feedback) is a weak baseline; in cart-pole it can only train the last force"
 
 
@@ -381,14 +444,28 @@ def cartpole_claims(df: pd.DataFrame, **boot) -> list[Claim]:
     r1 = level_tests(runs, col, [1], "R", "<", 1e-2, "cartpole", **boot) if 1 in levels else []
     s = level_tests(runs, col, levels, "S", ">", 1.5, "cartpole", **boot) if levels else []
     return [
-        Claim("cartpole-4-poles", "cart-pole 4 poles: C's final loss ≥ 10× below R's in every clipping mode "
-              "(R/C ≥ 10, geometric mean over seeds)", QUALITATIVE_COMPLEXITY, tuple(c4),
-              note="" if c4 else (empty if runs.empty else "no seed with both R and C at 4 poles")),
-        Claim("cartpole-1-pole-R", "cart-pole 1 pole: R's final loss below 1e-2 in every clipping mode",
-              "with few poles R still reaches precise control", tuple(r1),
-              note="" if r1 else "no R runs with 1 pole"),
-        Claim("cartpole-S", "cart-pole: S's final loss above 1.5 at every level and in every clipping mode",
-              QUALITATIVE_S, tuple(s), note="" if s else "no S runs"),
+        Claim(
+            "cartpole-4-poles",
+            "cart-pole 4 poles: C's final loss ≥ 10× below R's in every clipping mode "
+            "(R/C ≥ 10, geometric mean over seeds)",
+            QUALITATIVE_COMPLEXITY,
+            tuple(c4),
+            note="" if c4 else (empty if runs.empty else "no seed with both R and C at 4 poles"),
+        ),
+        Claim(
+            "cartpole-1-pole-R",
+            "cart-pole 1 pole: R's final loss below 1e-2 in every clipping mode",
+            "with few poles R still reaches precise control",
+            tuple(r1),
+            note="" if r1 else "no R runs with 1 pole",
+        ),
+        Claim(
+            "cartpole-S",
+            "cart-pole: S's final loss above 1.5 at every level and in every clipping mode",
+            QUALITATIVE_S,
+            tuple(s),
+            note="" if s else "no S runs",
+        ),
     ]
 
 
@@ -404,17 +481,36 @@ def quantum_claims(df: pd.DataFrame, target: int = 5, **boot) -> list[Claim]:
     for clip in _clips(spans) if not spans.empty else []:
         p = paired(spans[spans["clip"] == clip], "R", "C", [], column="span")
         if len(p):
-            span_tests.append(make_test(
-                f"target {target}, clip {clip}", "span(R) − span(C) [decades]", ">", 0.0, p["seed"],
-                p["R"] - p["C"], [f"{r:.2f}−{c:.2f}" for r, c in zip(p["R"], p["C"])], geometric=False, **boot))
+            span_tests.append(
+                make_test(
+                    f"target {target}, clip {clip}",
+                    "span(R) − span(C) [decades]",
+                    ">",
+                    0.0,
+                    p["seed"],
+                    p["R"] - p["C"],
+                    [f"{r:.2f}−{c:.2f}" for r, c in zip(p["R"], p["C"])],
+                    geometric=False,
+                    **boot,
+                )
+            )
     have = ", ".join(sorted(f"{r.mode} {r.clip} seed {r.seed}" for r in runs.itertuples())) if len(runs) else "none"
     why = f"needs R and C runs with the same seed at target {target}; records: {have}"
     return [
-        Claim("quantum-C-below-R", f"quantum target {target}: C's final loss below R's in every clipping mode "
-              "(R/C > 1)", "C solves the hardest target better than R", tuple(below), note="" if below else why),
-        Claim("quantum-update-span", f"quantum target {target}: R's update size spans more orders of magnitude "
-              "across epochs than C's", "R's updates are badly scaled (exploding/vanishing); C's are not",
-              tuple(span_tests), note="" if span_tests else why),
+        Claim(
+            "quantum-C-below-R",
+            f"quantum target {target}: C's final loss below R's in every clipping mode (R/C > 1)",
+            "C solves the hardest target better than R",
+            tuple(below),
+            note="" if below else why,
+        ),
+        Claim(
+            "quantum-update-span",
+            f"quantum target {target}: R's update size spans more orders of magnitude across epochs than C's",
+            "R's updates are badly scaled (exploding/vanishing); C's are not",
+            tuple(span_tests),
+            note="" if span_tests else why,
+        ),
     ]
 
 
@@ -443,8 +539,12 @@ def guidance_claim(df: pd.DataFrame, *, epoch: int | None = None, window: int = 
     qual = QUALITATIVE_COMPLEXITY + " (smaller rc = harder)"
     rcs = sorted(runs[col].unique(), reverse=True) if not runs.empty else []
     if len(rcs) < 2:
-        return Claim(f"guidance-gap-{epoch or 'final'}-w{window}", statement, qual,
-                     note="needs R and C runs at two or more rc values")
+        return Claim(
+            f"guidance-gap-{epoch or 'final'}-w{window}",
+            statement,
+            qual,
+            note="needs R and C runs at two or more rc values",
+        )
     easy, hard = rcs[0], rcs[-1]
     clips = _clips(runs)
     widen, per_rc = {}, []
@@ -452,25 +552,62 @@ def guidance_claim(df: pd.DataFrame, *, epoch: int | None = None, window: int = 
         w = (_gap_by_seed(runs, col, hard, clip) - _gap_by_seed(runs, col, easy, clip)).dropna()
         if len(w):
             widen[clip] = w
-    ctx = [make_test(f"clip {c}", f"(R−C) at rc {hard:g} − at rc {easy:g}", ">", 0.0, w.index, w.to_numpy(),
-                     None, geometric=False, **boot) for c, w in widen.items()]
+    ctx = [
+        make_test(
+            f"clip {c}",
+            f"(R−C) at rc {hard:g} − at rc {easy:g}",
+            ">",
+            0.0,
+            w.index,
+            w.to_numpy(),
+            None,
+            geometric=False,
+            **boot,
+        )
+        for c, w in widen.items()
+    ]
     for rc in rcs:
         by_clip = {c: s for c in clips if len(s := _gap_by_seed(runs, col, rc, c))}
         gaps = pd.concat(by_clip, axis=1).dropna() if by_clip else pd.DataFrame()
         if len(gaps):
-            per_rc.append(make_test(f"rc {rc:g}, mean over clippings", "R − C", ">", 0.0, gaps.index,
-                                    gaps.mean(axis=1).to_numpy(), None, geometric=False, **boot))
+            per_rc.append(
+                make_test(
+                    f"rc {rc:g}, mean over clippings",
+                    "R − C",
+                    ">",
+                    0.0,
+                    gaps.index,
+                    gaps.mean(axis=1).to_numpy(),
+                    None,
+                    geometric=False,
+                    **boot,
+                )
+            )
     tests = []
     if widen:
         pooled = pd.concat(widen, axis=1).dropna()
         if len(pooled):
-            tests.append(make_test(
-                f"rc {easy:g} → {hard:g}, mean over clippings", f"(R−C) at rc {hard:g} − at rc {easy:g}", ">",
-                0.0, pooled.index, pooled.mean(axis=1).to_numpy(),
-                [", ".join(f"{c} {v:+.2f}" for c, v in row.items()) for _, row in pooled.iterrows()],
-                geometric=False, **boot))
-    return Claim(f"guidance-gap-{epoch or 'final'}-w{window}", statement, qual, tuple(tests),
-                 context=tuple(ctx + per_rc), note="" if tests else "no seed with R and C at both ends of the rc range")
+            tests.append(
+                make_test(
+                    f"rc {easy:g} → {hard:g}, mean over clippings",
+                    f"(R−C) at rc {hard:g} − at rc {easy:g}",
+                    ">",
+                    0.0,
+                    pooled.index,
+                    pooled.mean(axis=1).to_numpy(),
+                    [", ".join(f"{c} {v:+.2f}" for c, v in row.items()) for _, row in pooled.iterrows()],
+                    geometric=False,
+                    **boot,
+                )
+            )
+    return Claim(
+        f"guidance-gap-{epoch or 'final'}-w{window}",
+        statement,
+        qual,
+        tuple(tests),
+        context=tuple(ctx + per_rc),
+        note="" if tests else "no seed with R and C at both ends of the rc range",
+    )
 
 
 def c_vs_m(tables: dict[str, pd.DataFrame], **boot) -> Claim:
@@ -482,15 +619,22 @@ def c_vs_m(tables: dict[str, pd.DataFrame], **boot) -> Claim:
         for level in _levels(runs, col) if col else []:
             for t in ratio_tests(runs, col, level, "M", "C", ">=", 1.0, problem, **boot):
                 tests.append(replace(t, setting=f"{problem}, {t.setting}"))
-    return Claim("C-le-M", "C's final loss ≤ M's (M/C ≥ 1) in most (problem, level, clipping) settings",
-                 "C is clearly better than M", tuple(tests), rule="majority",
-                 note="" if tests else "no setting with both C and M")
+    return Claim(
+        "C-le-M",
+        "C's final loss ≤ M's (M/C ≥ 1) in most (problem, level, clipping) settings",
+        "C is clearly better than M",
+        tuple(tests),
+        rule="majority",
+        note="" if tests else "no setting with both C and M",
+    )
 
 
 #: the paper's Fig. 2 toy (Adam lr 0.1, 200 iterations from θ = (2, 4)) as numbers reconstructed
 #: from the figure, with the digits that count: mode -> (local minima of L, L(200))
-FIG2_PRINTED = {"M": (("0.84", "1.13", "1.65", "2.49"), "6.2"),
-                "C": (("0.49", "0.13", "0.057", "0.030", "0.019"), "0.067")}
+FIG2_PRINTED = {
+    "M": (("0.84", "1.13", "1.65", "2.49"), "6.2"),
+    "C": (("0.49", "0.13", "0.057", "0.030", "0.019"), "0.067"),
+}
 #: the same figure: under the gradient (mode R) L first dips below 2e-3 near this iteration (±1)
 FIG2_R_BELOW_2E3 = 59
 
@@ -521,44 +665,62 @@ def fig2_claim(losses: dict[str, Sequence[float]]) -> Claim:
         got = local_minima(losses[m])[: len(minima)]
         ok &= len(got) == len(minima) and all(matches_printed(g, w) for g, w in zip(got, minima))
         ok &= matches_printed(losses[m][-1], final)
-        parts.append(f"{m}: minima {', '.join(f'{g:.3g}' for g in got)}, L(200) {losses[m][-1]:.3g} "
-                     f"(reference: {', '.join(minima)}; {final})")
-    return Claim("fig2-toy", "Fig. 2 toy: Adam under g, r and the combination reproduces the numbers reconstructed "
-                 "from the paper's Fig. 2 to the digits given", "M makes Adam orbit the minimum; C converges",
-                 note="; ".join(parts), exact=HELD if ok else NOT_HELD)
+        parts.append(
+            f"{m}: minima {', '.join(f'{g:.3g}' for g in got)}, L(200) {losses[m][-1]:.3g} "
+            f"(reference: {', '.join(minima)}; {final})"
+        )
+    return Claim(
+        "fig2-toy",
+        "Fig. 2 toy: Adam under g, r and the combination reproduces the numbers reconstructed "
+        "from the paper's Fig. 2 to the digits given",
+        "M makes Adam orbit the minimum; C converges",
+        note="; ".join(parts),
+        exact=HELD if ok else NOT_HELD,
+    )
 
 
 # ----------------------------------------------------------------------------- Markdown
 def claims_summary(claims: Sequence[Claim]) -> str:
     """Markdown table: one row per claim (statement, what it stands for, verdict, test counts)."""
-    rows = ["| claim (our provisional reading) | stands for (the paper's words) | verdict | tests |",
-            "|---|---|---|---|"]
+    rows = [
+        "| claim (our provisional reading) | stands for (the paper's words) | verdict | tests |",
+        "|---|---|---|---|",
+    ]
     for c in claims:
-        rows.append(f"| {c.statement} | {c.qualitative} | **{c.verdict}** | "
-                    f"{c.counts() if c.tests and c.exact is None else c.note} |")
+        rows.append(
+            f"| {c.statement} | {c.qualitative} | **{c.verdict}** | "
+            f"{c.counts() if c.tests and c.exact is None else c.note} |"
+        )
     return "\n".join(rows) + "\n"
 
 
 def tests_table(tests: Sequence[Test]) -> str:
     """Markdown table of tests: per-seed values, mean [95 % interval], seeds on the claim's side, verdict."""
-    rows = ["| setting | quantity | per seed | mean [95 % CI] | seeds on the claim's side | verdict |",
-            "|---|---|---|---|---|---|"]
+    rows = [
+        "| setting | quantity | per seed | mean [95 % CI] | seeds on the claim's side | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
     for t in tests:
-        seeds = "<br>".join(f"s{s}: {_num(v)}" + (f" ({d})" if d else "")
-                            for s, v, d in zip(t.seeds, t.per_seed, t.detail))
+        seeds = "<br>".join(
+            f"s{s}: {_num(v)}" + (f" ({d})" if d else "") for s, v, d in zip(t.seeds, t.per_seed, t.detail)
+        )
         kind = "gm " if t.geometric else ""
         ci = f"[{_num(t.lo)}, {_num(t.hi)}]" if t.n > 1 else "(one seed: no interval)"
-        rows.append(f"| {t.setting} | {t.quantity} {SIDE_TEXT[t.side]} {t.threshold:g} | {seeds} | "
-                    f"{kind}{_num(t.estimate)} {ci} | "
-                    f"{round(t.fraction * t.n)}/{t.n} | **{t.verdict}** |")
+        rows.append(
+            f"| {t.setting} | {t.quantity} {SIDE_TEXT[t.side]} {t.threshold:g} | {seeds} | "
+            f"{kind}{_num(t.estimate)} {ci} | "
+            f"{round(t.fraction * t.n)}/{t.n} | **{t.verdict}** |"
+        )
     return "\n".join(rows) + "\n"
 
 
 def claim_details(claim: Claim) -> str:
     """Markdown: a claim's statements, verdict and its test tables (deciding, then context)."""
-    out = [f"**{claim.statement}** — stands for: *{claim.qualitative}*. Verdict: **{claim.verdict}**"
-           + (f" ({claim.counts()}; rule: {claim.rule})." if claim.tests and claim.exact is None
-              else f" ({claim.note})."), ""]
+    out = [
+        f"**{claim.statement}** — stands for: *{claim.qualitative}*. Verdict: **{claim.verdict}**"
+        + (f" ({claim.counts()}; rule: {claim.rule})." if claim.tests and claim.exact is None else f" ({claim.note})."),
+        "",
+    ]
     if claim.tests:
         out += [tests_table(claim.tests)]
     if claim.context:
@@ -598,8 +760,32 @@ def _cell(v: np.ndarray) -> str:
     return txt + f" (n={v.size}{f', {div} div.' if div else ''})"
 
 
-__all__ = ["Claim", "Test", "final_value", "final_losses", "update_span", "update_spans", "paired",
-           "bootstrap_mean", "make_test", "ratio_tests", "level_tests", "cartpole_claims", "quantum_claims",
-           "guidance_claim", "c_vs_m", "fig2_claim", "local_minima", "matches_printed", "claims_summary",
-           "tests_table", "claim_details", "final_loss_table", "level_name", "HELD", "NOT_HELD", "NOT_MEASURED",
-           "undecided"]
+__all__ = [
+    "Claim",
+    "Test",
+    "final_value",
+    "final_losses",
+    "update_span",
+    "update_spans",
+    "paired",
+    "bootstrap_mean",
+    "make_test",
+    "ratio_tests",
+    "level_tests",
+    "cartpole_claims",
+    "quantum_claims",
+    "guidance_claim",
+    "c_vs_m",
+    "fig2_claim",
+    "local_minima",
+    "matches_printed",
+    "claims_summary",
+    "tests_table",
+    "claim_details",
+    "final_loss_table",
+    "level_name",
+    "HELD",
+    "NOT_HELD",
+    "NOT_MEASURED",
+    "undecided",
+]

@@ -4,6 +4,7 @@
 The CLI holds no logic: it parses, validates through :class:`~stablebptt.config.RunConfig`,
 and calls library functions.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -12,7 +13,6 @@ import os
 import pkgutil
 import shutil
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -21,15 +21,25 @@ from rich.table import Table
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
-    help="Train controllers through differentiable simulators with stabilised BPTT "
-    "(Schnell & Thuerey, ICLR 2024).",
+    help="Train controllers through differentiable simulators with stabilised BPTT (Schnell & Thuerey, ICLR 2024).",
 )
 console = Console(stderr=True)
 out = Console()
 
 #: epochs used by `stablebptt train` when --epochs is not given: short runs that visibly learn
-QUICK_EPOCHS = {"cartpole": 40, "guidance": 10, "quantum": 5, "toy-field": 100, "toy-rotation": 200, "linear": 50,
-                "cart-chain": 20, "ks": 10, "burgers": 1, "kolmogorov": 1, "hopper": 10}
+QUICK_EPOCHS = {
+    "cartpole": 40,
+    "guidance": 10,
+    "quantum": 5,
+    "toy-field": 100,
+    "toy-rotation": 200,
+    "linear": 50,
+    "cart-chain": 20,
+    "ks": 10,
+    "burgers": 1,
+    "kolmogorov": 1,
+    "hopper": 10,
+}
 
 
 def setup_jax(cache: bool = True, cpu_devices: int = 1) -> int:
@@ -51,7 +61,7 @@ def setup_jax(cache: bool = True, cpu_devices: int = 1) -> int:
     return len(jax.devices("cpu")) if jax.default_backend() == "cpu" else 0
 
 
-def fail(msg: str) -> "typer.Exit":
+def fail(msg: str) -> typer.Exit:
     """Print ``error: msg`` on one line (stderr) and return the exit (code 2) to raise."""
     console.print(f"[bold red]error:[/] {' '.join(str(msg).split())}", soft_wrap=True, highlight=False)
     return typer.Exit(code=2)
@@ -100,7 +110,7 @@ def cli_errors(fn):
             if _debug():
                 raise
             raise fail(_one_line(e))
-        except Exception as e:  # noqa: BLE001 - raised in a user's problem file: named there, one line
+        except Exception as e:  # raised in a user's problem file: named there, one line
             from .problems import user_code_error
 
             err = user_code_error(e)
@@ -147,14 +157,18 @@ def _write_probe(option: str, value, folder: Path, missing: bool) -> None:
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".stablebptt-write-test-", dir=folder))
     except OSError as e:
-        why = {errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
-               errno.EROFS: "read-only file system", errno.ENOSPC: "no space left on the device",
-               errno.ENOENT: "no files or folders can be created there"}.get(e.errno, e.strerror or str(e))
+        why = {
+            errno.EACCES: "permission denied",
+            errno.EPERM: "operation not permitted",
+            errno.EROFS: "read-only file system",
+            errno.ENOSPC: "no space left on the device",
+            errno.ENOENT: "no files or folders can be created there",
+        }.get(e.errno, e.strerror or str(e))
         what = f"cannot create {value} in {folder}" if missing else f"cannot write in {folder}"
         raise fail(f"{option} {value}: {what} ({why}); give a folder you can write to")
 
 
-def check_out_folder(option: str, value: Optional[Path]) -> None:
+def check_out_folder(option: str, value: Path | None) -> None:
     """An output folder option, checked before any work: ``value`` is a writable folder, or one
     that can be created (its nearest existing parent is a writable folder). Fails (exit 2) with
     one line naming the option, the value and what is wrong."""
@@ -182,7 +196,7 @@ def _check_folder(option: str, value, p: Path) -> None:
     _write_probe(option, value, parent, missing=True)
 
 
-def check_out_file(option: str, value: Optional[Path]) -> None:
+def check_out_file(option: str, value: Path | None) -> None:
     """An output file option, checked before any work: not a folder, and its folder writable or
     creatable (:func:`check_out_folder`)."""
     if value is None:
@@ -211,10 +225,16 @@ def _typed_param(problem: str, key: str, text: str, default):
     value = parse_value(text)
     if isinstance(default, bool):
         if not isinstance(value, bool):
-            raise fail(f"--param {key}={text!r}: parameter {key} of problem {problem!r} takes true or false "
-                       f"(default {str(default).lower()})")
-    elif isinstance(default, numbers.Real) and not isinstance(value, numbers.Real) or \
-            isinstance(default, numbers.Real) and isinstance(value, bool):
+            raise fail(
+                f"--param {key}={text!r}: parameter {key} of problem {problem!r} takes true or false "
+                f"(default {str(default).lower()})"
+            )
+    elif (
+        isinstance(default, numbers.Real)
+        and not isinstance(value, numbers.Real)
+        or isinstance(default, numbers.Real)
+        and isinstance(value, bool)
+    ):
         kind = "an integer" if isinstance(default, numbers.Integral) else "a number"
         raise fail(f"--param {key}={text!r}: parameter {key} of problem {problem!r} takes {kind} (default {default!r})")
     return value
@@ -236,53 +256,87 @@ def collect_problem_params(problem: str, given: dict, extra: list[str]) -> dict:
             raise fail(f"--param {item!r}: expected KEY=VALUE")
         k, v = item.split("=", 1)
         if k not in spec:
-            raise fail(f"--param {k}: problem {problem!r} has no such parameter; allowed: {', '.join(spec) or '(none)'}")
+            raise fail(
+                f"--param {k}: problem {problem!r} has no such parameter; allowed: {', '.join(spec) or '(none)'}"
+            )
         params[k] = _typed_param(problem, k, v, spec[k][0])
     return params
 
 
 @app.command()
 def train(
-    problem: str = typer.Argument("cartpole", help="a problem name (see `stablebptt problems`), FILE.py:FUNCTION or module:FUNCTION"),
-    mode: str = typer.Option("C", "--mode", "-m", help="R, M, S, N, C, or a per-step schedule like 'RRMM…' (one letter per step)"),
+    problem: str = typer.Argument(
+        "cartpole", help="a problem name (see `stablebptt problems`), FILE.py:FUNCTION or module:FUNCTION"
+    ),
+    mode: str = typer.Option(
+        "C", "--mode", "-m", help="R, M, S, N, C, or a per-step schedule like 'RRMM…' (one letter per step)"
+    ),
     clip: str = typer.Option("none", help="none | value | norm"),
     clip_threshold: float = typer.Option(1.0, help="clipping threshold"),
-    optimizer: str = typer.Option("adam", help="adam (Keras form, paper) | adam_optax | sgd | momentum | adagrad | adadelta | rmsprop"),
+    optimizer: str = typer.Option(
+        "adam", help="adam (Keras form, paper) | adam_optax | sgd | momentum | adagrad | adadelta | rmsprop"
+    ),
     lr: float = typer.Option(1e-3, help="learning rate"),
     momentum: float = typer.Option(0.9, help="momentum for --optimizer momentum"),
     batch_size: int = typer.Option(8, help="minibatch size"),
-    epochs: Optional[int] = typer.Option(None, help="epochs (default: a short run per problem; the paper used 1000)"),
-    n_train: Optional[int] = typer.Option(None, help="training states (default 256)"),
-    n_test: Optional[int] = typer.Option(None, help="test states (default 256)"),
+    epochs: int | None = typer.Option(None, help="epochs (default: a short run per problem; the paper used 1000)"),
+    n_train: int | None = typer.Option(None, help="training states (default 256)"),
+    n_test: int | None = typer.Option(None, help="test states (default 256)"),
     seed: int = typer.Option(0, help="seed for the initial weights (and the data with --data seeded)"),
     data: str = typer.Option("paper", help="paper (the authors' seed-42 data) | seeded"),
     shuffle: bool = typer.Option(False, help="shuffle minibatches each epoch (paper: no)"),
-    zero_last: Optional[bool] = typer.Option(None, "--zero-last/--no-zero-last", help="zero-initialise the last kernel (default: the paper preset of the problem)"),
+    zero_last: bool | None = typer.Option(
+        None,
+        "--zero-last/--no-zero-last",
+        help="zero-initialise the last kernel (default: the paper preset of the problem)",
+    ),
     combiner: str = typer.Option("sign", help="combiner for C: sign | sign_g"),
     truncate: int = typer.Option(0, help="truncated BPTT: stop the state every k steps (0 = off)"),
     decay: float = typer.Option(1.0, help="temporal gradient decay α per step (1 = off)"),
-    and_mask: float = typer.Option(0.0, help="AND-mask across batch members: keep entries whose per-sample signs agree in at least this fraction (0 = off)"),
+    and_mask: float = typer.Option(
+        0.0,
+        help="AND-mask across batch members: keep entries whose per-sample signs agree in at least this fraction (0 = off)",
+    ),
     diagnostics: bool = typer.Option(False, help="also compute G for cos(M,G) / sign agreement in any mode"),
-    checkpoint_every: str = typer.Option("auto", help="remat: checkpoint the unroll every k steps, 'auto' (from --memory-budget) or 'none'"),
-    memory_budget: Optional[float] = typer.Option(None, help="memory budget in GiB for checkpoint_every=auto (default: 512 MiB on CPU, 1/4 of device memory on accelerators; see stablebptt.core.backward.default_memory_budget)"),
-    init_weights: Optional[Path] = typer.Option(None, help="start from these weights: an .npz file or a run folder"),
-    eval_every: int = typer.Option(1, help="evaluate the full train/test sets every k epochs and after the last (paper: 1)"),
-    backward: str = typer.Option("auto", help="backward strategy: auto | autodiff (the reference) | batched | per_step"),
-    overlap_eval: Optional[bool] = typer.Option(None, "--overlap-eval/--no-overlap-eval", help="evaluate on a second CPU core while the next epoch trains (default: on, with two or more cores)"),
-    checkpoint_seconds: float = typer.Option(30.0, help="seconds between checkpoints (an interrupted run continues from the last)"),
-    restart: bool = typer.Option(False, "--restart", help="start over: ignore a checkpoint or an earlier result of the same run"),
-    tensorboard: Optional[Path] = typer.Option(None, help="write the per-epoch metrics as TensorBoard events into this folder"),
+    checkpoint_every: str = typer.Option(
+        "auto", help="remat: checkpoint the unroll every k steps, 'auto' (from --memory-budget) or 'none'"
+    ),
+    memory_budget: float | None = typer.Option(
+        None,
+        help="memory budget in GiB for checkpoint_every=auto (default: 512 MiB on CPU, 1/4 of device memory on accelerators; see stablebptt.core.backward.default_memory_budget)",
+    ),
+    init_weights: Path | None = typer.Option(None, help="start from these weights: an .npz file or a run folder"),
+    eval_every: int = typer.Option(
+        1, help="evaluate the full train/test sets every k epochs and after the last (paper: 1)"
+    ),
+    backward: str = typer.Option(
+        "auto", help="backward strategy: auto | autodiff (the reference) | batched | per_step"
+    ),
+    overlap_eval: bool | None = typer.Option(
+        None,
+        "--overlap-eval/--no-overlap-eval",
+        help="evaluate on a second CPU core while the next epoch trains (default: on, with two or more cores)",
+    ),
+    checkpoint_seconds: float = typer.Option(
+        30.0, help="seconds between checkpoints (an interrupted run continues from the last)"
+    ),
+    restart: bool = typer.Option(
+        False, "--restart", help="start over: ignore a checkpoint or an earlier result of the same run"
+    ),
+    tensorboard: Path | None = typer.Option(
+        None, help="write the per-epoch metrics as TensorBoard events into this folder"
+    ),
     out_dir: Path = typer.Option(Path("runs"), "--out", "-o", help="folder that receives the run folder"),
-    poles: Optional[int] = typer.Option(None, help="cartpole: number of poles"),
-    drivers: Optional[int] = typer.Option(None, help="guidance: drivers"),
-    evaders: Optional[int] = typer.Option(None, help="guidance: evaders"),
-    rc: Optional[float] = typer.Option(None, help="guidance: control regulariser"),
-    nx: Optional[int] = typer.Option(None, help="quantum: interior grid points"),
-    dt: Optional[float] = typer.Option(None, help="time step"),
-    steps: Optional[int] = typer.Option(None, help="simulator steps per trajectory"),
-    target: Optional[float] = typer.Option(None, help="quantum: target eigenstate (1-based); toy-field: target y"),
-    weighting: Optional[int] = typer.Option(None, help="quantum: weighting of c1 (1/3/7/15)"),
-    param: List[str] = typer.Option([], "--param", "-p", help="any problem parameter as KEY=VALUE"),
+    poles: int | None = typer.Option(None, help="cartpole: number of poles"),
+    drivers: int | None = typer.Option(None, help="guidance: drivers"),
+    evaders: int | None = typer.Option(None, help="guidance: evaders"),
+    rc: float | None = typer.Option(None, help="guidance: control regulariser"),
+    nx: int | None = typer.Option(None, help="quantum: interior grid points"),
+    dt: float | None = typer.Option(None, help="time step"),
+    steps: int | None = typer.Option(None, help="simulator steps per trajectory"),
+    target: float | None = typer.Option(None, help="quantum: target eigenstate (1-based); toy-field: target y"),
+    weighting: int | None = typer.Option(None, help="quantum: weighting of c1 (1/3/7/15)"),
+    param: list[str] = typer.Option([], "--param", "-p", help="any problem parameter as KEY=VALUE"),
 ):
     """Train a controller on PROBLEM and write one run folder (config, metrics, weights, manifest)."""
     from pydantic import ValidationError
@@ -293,12 +347,23 @@ def train(
     check_out_folder("--out", out_dir)
     check_out_folder("--tensorboard", tensorboard)
     if not checkpoint_seconds >= 0:
-        raise fail(f"--checkpoint-seconds {checkpoint_seconds:g}: must be ≥ 0 (seconds between checkpoints; 0: after every epoch)")
+        raise fail(
+            f"--checkpoint-seconds {checkpoint_seconds:g}: must be ≥ 0 (seconds between checkpoints; 0: after every epoch)"
+        )
     if memory_budget is not None and not memory_budget > 0:
         raise fail(f"--memory-budget {memory_budget:g}: must be > 0 (GiB)")
     problems_mod.param_spec(problem)  # an unknown source: one line naming it and what is allowed
-    given = dict(poles=poles, drivers=drivers, evaders=evaders, rc=rc, nx=nx, dt=dt, steps=steps,
-                 target=target, weighting=weighting)
+    given = dict(
+        poles=poles,
+        drivers=drivers,
+        evaders=evaders,
+        rc=rc,
+        nx=nx,
+        dt=dt,
+        steps=steps,
+        target=target,
+        weighting=weighting,
+    )
     if target is not None and problem == "quantum":
         given["target"] = int(target)
     pparams = collect_problem_params(problem, given, param)
@@ -311,18 +376,35 @@ def train(
         from .config import RunConfig
 
         cfg = RunConfig(
-            problem=problem, problem_params=pparams, mode=mode, combiner=combiner, truncate=truncate,
-            decay=decay, and_mask=and_mask, optimizer=optimizer, lr=lr, momentum=momentum, clip=clip,
-            clip_threshold=clip_threshold, batch_size=batch_size,
+            problem=problem,
+            problem_params=pparams,
+            mode=mode,
+            combiner=combiner,
+            truncate=truncate,
+            decay=decay,
+            and_mask=and_mask,
+            optimizer=optimizer,
+            lr=lr,
+            momentum=momentum,
+            clip=clip,
+            clip_threshold=clip_threshold,
+            batch_size=batch_size,
             epochs=QUICK_EPOCHS.get(problem, d.get("epochs", 10)) if epochs is None else epochs,
             n_train=d.get("n_train", 256) if n_train is None else n_train,
-            n_test=d.get("n_test", 256) if n_test is None else n_test, data=data, shuffle=shuffle, zero_last=zero_last,
+            n_test=d.get("n_test", 256) if n_test is None else n_test,
+            data=data,
+            shuffle=shuffle,
+            zero_last=zero_last,
             diagnostics=diagnostics,
-            checkpoint_every=None if checkpoint_every.lower() == "none" else
-            "auto" if checkpoint_every.lower() == "auto" else _int_option("--checkpoint-every", checkpoint_every),
+            checkpoint_every=None
+            if checkpoint_every.lower() == "none"
+            else "auto"
+            if checkpoint_every.lower() == "auto"
+            else _int_option("--checkpoint-every", checkpoint_every),
             memory_budget=int(memory_budget * 2**30) if memory_budget else None,
             init_weights=str(init_weights) if init_weights else None,
-            eval_every=eval_every, backward=backward,
+            eval_every=eval_every,
+            backward=backward,
         )
     except ValidationError as e:
         raise fail(describe_errors(e, RunConfig))
@@ -335,11 +417,15 @@ def train(
     if is_done(folder) and not restart:
         change = code_change(folder, cfg)
         if change:
-            raise fail(f"{change}; its result is not shown: --restart recomputes it with the new code, or choose "
-                       "another --out")
+            raise fail(
+                f"{change}; its result is not shown: --restart recomputes it with the new code, or choose another --out"
+            )
         clean_finished_partials(out_dir)
-        console.print(f"already trained: {folder} (the same command ran before; its result is shown, nothing "
-                      "was recomputed; --restart trains it again)", soft_wrap=True)
+        console.print(
+            f"already trained: {folder} (the same command ran before; its result is shown, nothing "
+            "was recomputed; --restart trains it again)",
+            soft_wrap=True,
+        )
         _print_summary(folder)
         return
     if is_done(folder):
@@ -349,40 +435,66 @@ def train(
     cpus = setup_jax(cpu_devices=2 if want_overlap else 1)
     if want_overlap and cpus < 2:
         if overlap_eval:
-            raise fail("--overlap-eval needs two CPU devices, but JAX had already started with "
-                       f"{cpus or 'no'} CPU device(s) in this process")
+            raise fail(
+                "--overlap-eval needs two CPU devices, but JAX had already started with "
+                f"{cpus or 'no'} CPU device(s) in this process"
+            )
         want_overlap = False
     # the problem's data, controller, step and loss against its contract, and the weights against
     # the controller: one line naming the user's file and line, before anything compiles
     problems_mod.check_for_training(prob, cfg, seed, weights=weights, weights_label="--init-weights")
-    console.print(f"[bold]{problem}[/] {pparams or ''} mode={cfg.mode_label()} clip={cfg.clip} "
-                  f"opt={cfg.optimizer} lr={cfg.lr:g} epochs={cfg.epochs} seed={seed} data={cfg.data}")
+    console.print(
+        f"[bold]{problem}[/] {pparams or ''} mode={cfg.mode_label()} clip={cfg.clip} "
+        f"opt={cfg.optimizer} lr={cfg.lr:g} epochs={cfg.epochs} seed={seed} data={cfg.data}"
+    )
     from .run import partial_folder, train_runs
 
     saved = 0 if restart else checkpoint_epoch(partial_folder(out_dir, [folder.name]) / "checkpoint.npz")
     if saved:
-        console.print(f"resuming: epochs 1-{saved} of {cfg.epochs} are saved in {partial_folder(out_dir, [folder.name])}",
-                      soft_wrap=True)
+        console.print(
+            f"resuming: epochs 1-{saved} of {cfg.epochs} are saved in {partial_folder(out_dir, [folder.name])}",
+            soft_wrap=True,
+        )
     try:
         with _progress_bar(cfg.epochs, saved, tensorboard) as on_epoch:
-            train_runs([(cfg, seed)], out_dir, on_epoch=on_epoch, overlap_eval=want_overlap,
-                       extra_manifest={"cli_command": command_for(cfg, seed, out_dir)},
-                       checkpoint_seconds=checkpoint_seconds, restart=restart)
+            train_runs(
+                [(cfg, seed)],
+                out_dir,
+                on_epoch=on_epoch,
+                overlap_eval=want_overlap,
+                extra_manifest={"cli_command": command_for(cfg, seed, out_dir)},
+                checkpoint_seconds=checkpoint_seconds,
+                restart=restart,
+            )
     except KeyboardInterrupt:
         raise fail_interrupted(partial_folder(out_dir, [folder.name]) / "checkpoint.npz", cfg.epochs)
     _print_summary(folder)
 
 
 @contextlib.contextmanager
-def _progress_bar(epochs: int, saved: int, tensorboard: Optional[Path]):
+def _progress_bar(epochs: int, saved: int, tensorboard: Path | None):
     """A progress bar over ``epochs`` (``saved`` of them done) and, with ``tensorboard``, event
     files; yields the ``on_epoch(epoch, rows)`` callback that feeds both. The bar stops before an
     exception (Ctrl-C) leaves."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                  console=console, transient=False) as progress:
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        transient=False,
+    ) as progress:
         task = progress.add_task("compiling…", total=epochs, info="", completed=saved)
         board = None
         if tensorboard is not None:
@@ -425,12 +537,15 @@ def checkpoint_epoch(checkpoint: Path) -> int:
         return 0
 
 
-def fail_interrupted(checkpoint: Path, epochs: int) -> "typer.Exit":
+def fail_interrupted(checkpoint: Path, epochs: int) -> typer.Exit:
     """The one-line message of an interrupted ``stablebptt train`` (exit code 130)."""
     done = checkpoint_epoch(checkpoint)
     if done:
-        console.print(f"[yellow]interrupted[/]: epochs 1-{done} of {epochs} are saved in {checkpoint.parent}; run the "
-                      "same command to continue (--restart to start over)", soft_wrap=True)
+        console.print(
+            f"[yellow]interrupted[/]: epochs 1-{done} of {epochs} are saved in {checkpoint.parent}; run the "
+            "same command to continue (--restart to start over)",
+            soft_wrap=True,
+        )
     else:
         console.print("[yellow]interrupted[/] before the first checkpoint; nothing to continue from", soft_wrap=True)
     return typer.Exit(code=130)
@@ -440,7 +555,7 @@ def fail_interrupted(checkpoint: Path, epochs: int) -> "typer.Exit":
 def evaluate(
     run_dir: Path = typer.Argument(..., help="a finished run folder"),
     data: str = typer.Option("test", help="test | train (the run's own sets) | FILE.npz (its array of states)"),
-    per_state: Optional[Path] = typer.Option(None, help="write each state's loss to this CSV"),
+    per_state: Path | None = typer.Option(None, help="write each state's loss to this CSV"),
 ):
     """The trained controller's loss on the run's test or training set, or on states from a file."""
     import numpy as np
@@ -463,14 +578,23 @@ def evaluate(
     if arrays is None:
         states = problems_mod.check_states(r.problem, r.data(data), what=f"{data} states")
     else:
-        states = problems_mod.check_states(r.problem, next(iter(arrays.values())), what="states",
-                                           where=f"--data {data}: the file holds")
+        states = problems_mod.check_states(
+            r.problem, next(iter(arrays.values())), what="states", where=f"--data {data}: the file holds"
+        )
     loss, each = r.evaluate(states)
-    out.print(f"{r.config.problem} {r.config.mode_label()} seed {r.seed}: loss on {data} ({len(each)} states) = {loss:.6g}")
+    out.print(
+        f"{r.config.problem} {r.config.mode_label()} seed {r.seed}: loss on {data} ({len(each)} states) = {loss:.6g}"
+    )
     if per_state is not None:
         per_state.parent.mkdir(parents=True, exist_ok=True)
-        np.savetxt(per_state, np.stack([np.arange(len(each)), each], 1), delimiter=",", header="state,loss",
-                   comments="", fmt=["%d", "%.9g"])
+        np.savetxt(
+            per_state,
+            np.stack([np.arange(len(each)), each], 1),
+            delimiter=",",
+            header="state,loss",
+            comments="",
+            fmt=["%d", "%.9g"],
+        )
         out.print(f"per-state losses: {per_state}")
 
 
@@ -541,8 +665,11 @@ def _print_summary(folder: Path) -> None:
 
 
 @app.command("problems")
-def list_problems(sources: List[str] = typer.Argument(None, help="problems to show (default: the built-in, "
-                                                                 "registered and installed ones), also FILE.py:FUNCTION")):
+def list_problems(
+    sources: list[str] = typer.Argument(
+        None, help="problems to show (default: the built-in, registered and installed ones), also FILE.py:FUNCTION"
+    ),
+):
     """List problems and their parameters."""
     from . import problems as problems_mod
 
@@ -554,7 +681,7 @@ def list_problems(sources: List[str] = typer.Argument(None, help="problems to sh
         try:
             spec = problems_mod.param_spec(name)
             desc = problems_mod.get(name).description
-        except Exception as e:  # noqa: BLE001 - a broken problem module must not hide the others
+        except Exception as e:  # a broken problem module must not hide the others
             if sources:
                 raise
             spec, desc = {}, f"(unavailable: {e})"

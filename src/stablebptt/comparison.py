@@ -26,14 +26,15 @@ seed), the numbers), ``COMPARISON.md`` and ``figures/``. :func:`load` rebuilds t
 :class:`Comparison` of a folder from its run records alone, so comparisons on many problems can
 be aggregated (``docs/make_beyond.py``).
 """
+
 from __future__ import annotations
 
 import json
 import math
-import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -88,8 +89,10 @@ def parse_variant(text: str) -> Variant:
     parts = str(text).strip().split(":")
     mode = parts[0].strip().upper()
     if mode not in VARIANT_MODES:
-        raise ValueError(f"{where}: unknown mode {parts[0]!r}; allowed: {', '.join(VARIANT_MODES)}, then options "
-                         f"as :KEY=VALUE with KEY one of {', '.join(VARIANT_OPTIONS)} (e.g. R:truncate=4)")
+        raise ValueError(
+            f"{where}: unknown mode {parts[0]!r}; allowed: {', '.join(VARIANT_MODES)}, then options "
+            f"as :KEY=VALUE with KEY one of {', '.join(VARIANT_OPTIONS)} (e.g. R:truncate=4)"
+        )
     opts: dict[str, Any] = {}
     for part in parts[1:]:
         key, eq, raw = part.partition("=")
@@ -119,14 +122,15 @@ def _option_value(where: str, key: str, raw: str):
     try:
         value = kind(raw)
     except ValueError:
-        raise ValueError(f"{where}: {key}={raw!r}; takes {'an integer' if kind is int else 'a number'} "
-                         f"(default {default!r})") from None
+        raise ValueError(
+            f"{where}: {key}={raw!r}; takes {'an integer' if kind is int else 'a number'} (default {default!r})"
+        ) from None
     if kind is float and not math.isfinite(value):
         raise ValueError(f"{where}: {key}={raw!r}; takes a finite number (default {default!r})")
     return value
 
 
-def parse_variants(texts: "str | Sequence[str]") -> list[Variant]:
+def parse_variants(texts: str | Sequence[str]) -> list[Variant]:
     """A comma-separated string or a list of variant texts -> distinct variants, in order.
 
     Raises ValueError for an empty list or for two texts that name the same variant
@@ -165,8 +169,14 @@ def quick_config(problem: str, params: dict | None = None) -> dict:
     return {"epochs": 20, "n_train": min(64, d.get("n_train", 256)), "n_test": min(64, d.get("n_test", 256))}
 
 
-def comparison_spec(problem: str, variants: Sequence[Variant], seeds: "int | Sequence[int]", params: dict,
-                    config: dict, name: str | None = None):
+def comparison_spec(
+    problem: str,
+    variants: Sequence[Variant],
+    seeds: int | Sequence[int],
+    params: dict,
+    config: dict,
+    name: str | None = None,
+):
     """The :class:`stablebptt.sweep.SweepSpec` of a comparison: one experiment block per set of
     flow options (its modes: the variants' letters), ``config`` and ``params`` shared by all.
 
@@ -175,19 +185,28 @@ def comparison_spec(problem: str, variants: Sequence[Variant], seeds: "int | Seq
 
     bad = sorted(set(config) & set(NOT_SHARED))
     if bad:
-        raise sweep.SpecError(f"config sets {', '.join(bad)}: the problem and its parameters are arguments of "
-                              f"their own, and modes and flow options belong to the variants (e.g. R:truncate=4)")
+        raise sweep.SpecError(
+            f"config sets {', '.join(bad)}: the problem and its parameters are arguments of "
+            f"their own, and modes and flow options belong to the variants (e.g. R:truncate=4)"
+        )
     blocks: dict[tuple, list[str]] = {}
     for v in variants:
         blocks.setdefault(v.options, []).append(v.mode)
     seed_list = list(range(int(seeds))) if isinstance(seeds, (int, np.integer)) else [int(s) for s in seeds]
     # the sweep takes clipping and the optimizer from blocks of their own (the latter would override config)
-    own = {"clips": [config.get("clip", "none")],
-           "optimizers": [{k: config[k] for k in ("optimizer", "momentum") if k in config}]}
+    own = {
+        "clips": [config.get("clip", "none")],
+        "optimizers": [{k: config[k] for k in ("optimizer", "momentum") if k in config}],
+    }
     rest = {k: v for k, v in config.items() if k not in ("clip", "optimizer", "momentum")}
-    raw = {"name": name or f"compare-{problems.file_stem(problem)}", "seeds": seed_list if seed_list else 0,
-           "experiment": [{"problem": problem, "problem_params": dict(params), "modes": modes, **own,
-                           "config": rest | dict(opts)} for opts, modes in blocks.items()]}
+    raw = {
+        "name": name or f"compare-{problems.file_stem(problem)}",
+        "seeds": seed_list if seed_list else 0,
+        "experiment": [
+            {"problem": problem, "problem_params": dict(params), "modes": modes, **own, "config": rest | dict(opts)}
+            for opts, modes in blocks.items()
+        ],
+    }
     if isinstance(seeds, (int, np.integer)) and int(seeds) < 1:
         raise sweep.SpecError(f"seeds={seeds}; must be ≥ 1")
     return sweep.load_spec(raw)
@@ -197,8 +216,11 @@ def variant_of(config) -> str:
     """The canonical variant name of a RunConfig (its mode letter and non-default flow options)."""
     d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     mode = d["mode"] if isinstance(d["mode"], str) else "".join(d["mode"])
-    opts = tuple((k, d[k]) for k in VARIANT_OPTIONS if d.get(k, VARIANT_OPTIONS[k]) != VARIANT_OPTIONS[k]
-                 and not (k == "combiner" and mode != "C"))
+    opts = tuple(
+        (k, d[k])
+        for k in VARIANT_OPTIONS
+        if d.get(k, VARIANT_OPTIONS[k]) != VARIANT_OPTIONS[k] and not (k == "combiner" and mode != "C")
+    )
     return Variant(mode, opts).name
 
 
@@ -253,9 +275,18 @@ class Ratio:
 
     def to_dict(self) -> dict:
         t = self.test
-        return dict(variant=self.variant, reference=self.reference, ratio=f"{self.reference}/{self.variant}",
-                    estimate=_num(t.estimate), lo=_num(t.lo), hi=_num(t.hi), n=t.n, verdict=self.verdict,
-                    seeds=list(t.seeds), per_seed=[_num(x) for x in t.per_seed])
+        return dict(
+            variant=self.variant,
+            reference=self.reference,
+            ratio=f"{self.reference}/{self.variant}",
+            estimate=_num(t.estimate),
+            lo=_num(t.lo),
+            hi=_num(t.hi),
+            n=t.n,
+            verdict=self.verdict,
+            seeds=list(t.seeds),
+            per_seed=[_num(x) for x in t.per_seed],
+        )
 
 
 def pair_verdict(test, variant: str, reference: str) -> str:
@@ -285,8 +316,17 @@ def ratio(finals, variant: str, reference: str, **boot) -> Ratio | None:
     if not keep.any():
         return None
     det = [f"{_fmt(a)}/{_fmt(b)}" for a, b in zip(p[reference], p[variant])]
-    t = claims.make_test(f"{reference}/{variant}", f"{reference}/{variant}", ">", 1.0, p["seed"][keep], r[keep],
-                         [d for d, k in zip(det, keep) if k], geometric=True, **boot)
+    t = claims.make_test(
+        f"{reference}/{variant}",
+        f"{reference}/{variant}",
+        ">",
+        1.0,
+        p["seed"][keep],
+        r[keep],
+        [d for d, k in zip(det, keep) if k],
+        geometric=True,
+        **boot,
+    )
     return Ratio(variant, reference, t)
 
 
@@ -300,12 +340,20 @@ def variant_table(finals, order: Sequence[str]) -> list[dict]:
         v = g["final"].to_numpy(float)
         fin = v[np.isfinite(v)]
         ln = np.log(fin) if fin.size and np.all(fin > 0) else None
-        rows.append(dict(
-            variant=name, n=int(v.size), diverged=int(np.sum(np.isinf(v))),
-            gm=float(np.exp(ln.mean())) if ln is not None else float("nan"),
-            gsd=float(np.exp(ln.std(ddof=1))) if ln is not None and ln.size > 1 else (1.0 if ln is not None else float("nan")),
-            min=float(fin.min()) if fin.size else float("nan"), max=float(fin.max()) if fin.size else float("nan"),
-            per_seed={int(s): float(x) for s, x in zip(g["seed"], v)}))
+        rows.append(
+            dict(
+                variant=name,
+                n=int(v.size),
+                diverged=int(np.sum(np.isinf(v))),
+                gm=float(np.exp(ln.mean())) if ln is not None else float("nan"),
+                gsd=float(np.exp(ln.std(ddof=1)))
+                if ln is not None and ln.size > 1
+                else (1.0 if ln is not None else float("nan")),
+                min=float(fin.min()) if fin.size else float("nan"),
+                max=float(fin.max()) if fin.size else float("nan"),
+                per_seed={int(s): float(x) for s, x in zip(g["seed"], v)},
+            )
+        )
     return rows
 
 
@@ -386,8 +434,10 @@ class Comparison:
         if self.best == self.reference:
             worse = [r.variant for r in self.ratios.values() if r.verdict == f"{self.reference} better"]
             open_ = [r.variant for r in self.ratios.values() if r.verdict != f"{self.reference} better"]
-            txt = (f"answer: no variant beats {self.reference} — it has the lowest final loss "
-                   f"(gm {_fmt(self.row(self.reference)['gm'])} over {n} seeds)")
+            txt = (
+                f"answer: no variant beats {self.reference} — it has the lowest final loss "
+                f"(gm {_fmt(self.row(self.reference)['gm'])} over {n} seeds)"
+            )
             if worse:
                 txt += f"; {', '.join(worse)} decidedly worse"
             if open_:
@@ -396,10 +446,13 @@ class Comparison:
         r = self.ratios.get(self.best)
         if r is None:
             return f"answer: {self.best} has the lowest final loss; no seed pairs it with {self.reference}"
-        head = (f"{self.best} beats {self.reference}" if r.verdict == f"{self.best} better"
-                else f"undecided at {r.n} seeds")
-        return (f"answer: {head} — {self.best} has the lowest final loss, {fmt_ratio(r.estimate)}× below "
-                f"{self.reference}'s [95 % CI {fmt_ratio(r.lo)}, {fmt_ratio(r.hi)}] over {r.n} paired seeds")
+        head = (
+            f"{self.best} beats {self.reference}" if r.verdict == f"{self.best} better" else f"undecided at {r.n} seeds"
+        )
+        return (
+            f"answer: {head} — {self.best} has the lowest final loss, {fmt_ratio(r.estimate)}× below "
+            f"{self.reference}'s [95 % CI {fmt_ratio(r.lo)}, {fmt_ratio(r.hi)}] over {r.n} paired seeds"
+        )
 
     def frame(self):
         """One row per variant, for tables across problems: ``problem``, ``param_<name>`` per
@@ -409,17 +462,30 @@ class Comparison:
         growth_phys, recommended_mode``."""
         import pandas as pd
 
-        diag = {k: self.diagnosis[k] for k in ("span_R", "span_M", "growth_phys", "recommended_mode")} \
-            if self.diagnosis else {}
+        diag = (
+            {k: self.diagnosis[k] for k in ("span_R", "span_M", "growth_phys", "recommended_mode")}
+            if self.diagnosis
+            else {}
+        )
         rows = []
         for r in self.table:
             x = self.ratios.get(r["variant"])
-            rows.append({"problem": self.problem} | {f"param_{k}": v for k, v in self.params.items()}
-                        | {k: v for k, v in r.items() if k != "per_seed"} | dict(
-                            reference=self.reference, ratio=x.estimate if x else float("nan"),
-                            lo=x.lo if x else float("nan"), hi=x.hi if x else float("nan"),
-                            verdict=x.verdict if x else "", best=r["variant"] == self.best, epochs=self.epochs,
-                            window=self.window) | diag)
+            rows.append(
+                {"problem": self.problem}
+                | {f"param_{k}": v for k, v in self.params.items()}
+                | {k: v for k, v in r.items() if k != "per_seed"}
+                | dict(
+                    reference=self.reference,
+                    ratio=x.estimate if x else float("nan"),
+                    lo=x.lo if x else float("nan"),
+                    hi=x.hi if x else float("nan"),
+                    verdict=x.verdict if x else "",
+                    best=r["variant"] == self.best,
+                    epochs=self.epochs,
+                    window=self.window,
+                )
+                | diag
+            )
         return pd.DataFrame(rows)
 
     def diagnosis_summary(self) -> str:
@@ -428,28 +494,44 @@ class Comparison:
         if not d:
             return ""
         rec = d["recommended_mode"]
-        head = (f"diagnose: R's adjoint spans {d['span_R']:.1f} orders over T = {d['horizon']} (M: {d['span_M']:.1f}); "
-                f"physics growth {d['growth_phys']:+.1f} orders, closed loop {d['growth_closed']:+.1f}; "
-                f"recommends {rec}")
+        head = (
+            f"diagnose: R's adjoint spans {d['span_R']:.1f} orders over T = {d['horizon']} (M: {d['span_M']:.1f}); "
+            f"physics growth {d['growth_phys']:+.1f} orders, closed loop {d['growth_closed']:+.1f}; "
+            f"recommends {rec}"
+        )
         return head + " — " + d["picked"]
 
     # ---- writing
     def to_dict(self) -> dict:
         """Everything as JSON-able data (``comparison.json``)."""
         return dict(
-            problem=self.problem, params=self.params, variants=self.variants, reference=self.reference,
-            seeds=self.seeds, epochs=self.epochs, window=self.window, config=self.config,
+            problem=self.problem,
+            params=self.params,
+            variants=self.variants,
+            reference=self.reference,
+            seeds=self.seeds,
+            epochs=self.epochs,
+            window=self.window,
+            config=self.config,
             runs={v: {str(s): rid for s, rid in d.items()} for v, d in self.runs.items()},
-            table=[{k: (_num(v) if isinstance(v, float) else v) for k, v in r.items() if k != "per_seed"}
-                   | {"per_seed": {str(s): _num(x) for s, x in r["per_seed"].items()}} for r in self.table],
-            ratios={v: r.to_dict() for v, r in self.ratios.items()}, best=self.best, answer=self.answer(),
-            diagnosis=self.diagnosis, missing=self.missing,
-            figures=[str(Path(f).relative_to(self.folder)) if Path(f).is_relative_to(self.folder) else str(f)
-                     for f in self.figures])
+            table=[
+                {k: (_num(v) if isinstance(v, float) else v) for k, v in r.items() if k != "per_seed"}
+                | {"per_seed": {str(s): _num(x) for s, x in r["per_seed"].items()}}
+                for r in self.table
+            ],
+            ratios={v: r.to_dict() for v, r in self.ratios.items()},
+            best=self.best,
+            answer=self.answer(),
+            diagnosis=self.diagnosis,
+            missing=self.missing,
+            figures=[
+                str(Path(f).relative_to(self.folder)) if Path(f).is_relative_to(self.folder) else str(f)
+                for f in self.figures
+            ],
+        )
 
     def table_markdown(self) -> str:
-        rows = [f"| variant | final test loss: gm ×/÷ gsd | min – max | seeds | diverged |",
-                "|---|---|---|---|---|"]
+        rows = ["| variant | final test loss: gm ×/÷ gsd | min – max | seeds | diverged |", "|---|---|---|---|---|"]
         for r in self.table:
             best = " **(best)**" if r["variant"] == self.best else ""
             cell = "–" if np.isnan(r["gm"]) else f"{_fmt(r['gm'])} ×/÷ {r['gsd']:.2g}"
@@ -458,7 +540,7 @@ class Comparison:
         return "\n".join(rows) + "\n"
 
     def ratios_markdown(self) -> str:
-        rows = [f"| ratio | per seed | gm [95 % CI] | verdict |", "|---|---|---|---|"]
+        rows = ["| ratio | per seed | gm [95 % CI] | verdict |", "|---|---|---|---|"]
         for r in self.ratios.values():
             seeds = ", ".join(f"s{s}: {fmt_ratio(x)}" for s, x in zip(r.test.seeds, r.test.per_seed))
             ci = f"[{fmt_ratio(r.lo)}, {fmt_ratio(r.hi)}]" if r.n > 1 else "(one seed: no interval)"
@@ -468,22 +550,38 @@ class Comparison:
     def markdown(self) -> str:
         """The summary page (``COMPARISON.md``)."""
         cfg = ", ".join(f"{k}={v}" for k, v in self.config.items())
-        out = [f"# Comparison: {self.label()}", "",
-               f"Variants {', '.join(self.variants)}; reference {self.reference}; seeds "
-               f"{', '.join(map(str, self.seeds))}; {self.epochs} epochs ({cfg}).", "",
-               f"Final test loss of a run: {final_text(self.window)} (diverged: ∞). gm: geometric mean over "
-               "seeds, gsd: geometric std (over the seeds that did not diverge).", "", self.table_markdown(),
-               f"Paired by seed: {self.reference}/X = {self.reference}'s final loss / X's (> 1: X ends lower); "
-               "gm and a percentile bootstrap 95 % interval over seeds; the verdict says on which side of 1 "
-               "the interval lies.", "", self.ratios_markdown(), self.answer().replace("answer:", "**Answer:**", 1),
-               ""]
+        out = [
+            f"# Comparison: {self.label()}",
+            "",
+            f"Variants {', '.join(self.variants)}; reference {self.reference}; seeds "
+            f"{', '.join(map(str, self.seeds))}; {self.epochs} epochs ({cfg}).",
+            "",
+            f"Final test loss of a run: {final_text(self.window)} (diverged: ∞). gm: geometric mean over "
+            "seeds, gsd: geometric std (over the seeds that did not diverge).",
+            "",
+            self.table_markdown(),
+            f"Paired by seed: {self.reference}/X = {self.reference}'s final loss / X's (> 1: X ends lower); "
+            "gm and a percentile bootstrap 95 % interval over seeds; the verdict says on which side of 1 "
+            "the interval lies.",
+            "",
+            self.ratios_markdown(),
+            self.answer().replace("answer:", "**Answer:**", 1),
+            "",
+        ]
         if self.diagnosis:
             out += [self.diagnosis_summary(), ""]
         if self.missing:
             out += [f"{self.missing} run(s) of the comparison have no finished record yet.", ""]
         if self.figures:
-            out += ["Figures:", ""] + [f"![{Path(f).stem}]({Path(f).relative_to(self.folder).as_posix()})"
-                                      for f in self.figures if str(f).endswith(".png")] + [""]
+            out += (
+                ["Figures:", ""]
+                + [
+                    f"![{Path(f).stem}]({Path(f).relative_to(self.folder).as_posix()})"
+                    for f in self.figures
+                    if str(f).endswith(".png")
+                ]
+                + [""]
+            )
         return "\n".join(out)
 
     def save(self, figures: bool = True) -> list[Path]:
@@ -501,8 +599,11 @@ class Comparison:
 
 def final_text(window: int) -> str:
     """What the final loss of a run is, in words."""
-    return ("its test loss at the last epoch" if int(window) == 1 else
-            f"the last point of its {int(window)}-epoch trailing moving average of the test loss")
+    return (
+        "its test loss at the last epoch"
+        if int(window) == 1
+        else f"the last point of its {int(window)}-epoch trailing moving average of the test loss"
+    )
 
 
 def _num(x):
@@ -539,7 +640,7 @@ def final_table(folder: str | Path, runs: dict, window: int):
     folder = Path(folder)
     frames, who = [], {}
     for name, by_seed in runs.items():
-        for seed, rid in by_seed.items():
+        for rid in by_seed.values():
             if is_done(folder / rid):
                 frames.append(results.run_rows(folder / rid))
                 who[rid] = name
@@ -552,17 +653,40 @@ def final_table(folder: str | Path, runs: dict, window: int):
     return per_run[cols].sort_values(["variant", "seed"]).reset_index(drop=True)
 
 
-def analyse(folder: str | Path, *, problem: str, params: dict, variants: Sequence[str], reference: str,
-            seeds: Sequence[int], epochs: int, window: int, config: dict, runs: dict, n_boot: int | None = None,
-            **extra) -> Comparison:
+def analyse(
+    folder: str | Path,
+    *,
+    problem: str,
+    params: dict,
+    variants: Sequence[str],
+    reference: str,
+    seeds: Sequence[int],
+    epochs: int,
+    window: int,
+    config: dict,
+    runs: dict,
+    n_boot: int | None = None,
+    **extra,
+) -> Comparison:
     """The :class:`Comparison` of the finished runs ``runs`` under ``folder`` (no training)."""
-    return from_finals(final_table(folder, runs, window), variants=variants, reference=reference, n_boot=n_boot,
-                       problem=problem, params=dict(params), seeds=[int(s) for s in seeds], epochs=int(epochs),
-                       window=int(window), config=dict(config), runs=runs, folder=Path(folder), **extra)
+    return from_finals(
+        final_table(folder, runs, window),
+        variants=variants,
+        reference=reference,
+        n_boot=n_boot,
+        problem=problem,
+        params=dict(params),
+        seeds=[int(s) for s in seeds],
+        epochs=int(epochs),
+        window=int(window),
+        config=dict(config),
+        runs=runs,
+        folder=Path(folder),
+        **extra,
+    )
 
 
-def from_finals(finals, *, variants: Sequence[str], reference: str, n_boot: int | None = None,
-                **fields) -> Comparison:
+def from_finals(finals, *, variants: Sequence[str], reference: str, n_boot: int | None = None, **fields) -> Comparison:
     """A :class:`Comparison` from a table of final losses (``variant, seed, final``, and
     ``run_id``): its table, its ratios against ``reference`` and its best variant; ``fields``:
     the other attributes."""
@@ -571,9 +695,15 @@ def from_finals(finals, *, variants: Sequence[str], reference: str, n_boot: int 
     for v in variants:
         if v != reference and (r := ratio(finals, v, reference, **boot)) is not None:
             ratios[v] = r
-    return Comparison(variants=list(variants), reference=reference, finals=finals,
-                      table=variant_table(finals, variants), ratios=ratios, best=best_variant(finals, variants),
-                      **fields)
+    return Comparison(
+        variants=list(variants),
+        reference=reference,
+        finals=finals,
+        table=variant_table(finals, variants),
+        ratios=ratios,
+        best=best_variant(finals, variants),
+        **fields,
+    )
 
 
 def load(folder: str | Path) -> Comparison:
@@ -586,9 +716,19 @@ def load(folder: str | Path) -> Comparison:
         raise FileNotFoundError(f"{folder}: no {COMPARISON_FILE} (not a comparison folder; run `stablebptt compare`)")
     d = json.loads(f.read_text())
     runs = {v: {int(s): rid for s, rid in by.items()} for v, by in d["runs"].items()}
-    c = analyse(folder, problem=d["problem"], params=d["params"], variants=d["variants"], reference=d["reference"],
-                seeds=d["seeds"], epochs=d["epochs"], window=d["window"], config=d["config"], runs=runs,
-                diagnosis=d.get("diagnosis"))
+    c = analyse(
+        folder,
+        problem=d["problem"],
+        params=d["params"],
+        variants=d["variants"],
+        reference=d["reference"],
+        seeds=d["seeds"],
+        epochs=d["epochs"],
+        window=d["window"],
+        config=d["config"],
+        runs=runs,
+        diagnosis=d.get("diagnosis"),
+    )
     c.figures = [folder / p for p in d.get("figures", [])]
     return c
 
@@ -623,15 +763,23 @@ def draw(c: Comparison, out_dir: str | Path, formats: Sequence[str] = ("png",)) 
     fig = plots.problem_figure(df, c.problem, smooth=c.window > 1, window=c.window, author_ylim=False)
     paths = plots._save(fig, out_dir, f"{stem}-compare-test-loss", formats)
     if c.ratios:
-        fig = plots.ratio_figure(list(c.ratios.values()), title=f"{c.label()}: final test loss, paired by seed",
-                                 window=c.window)
+        fig = plots.ratio_figure(
+            list(c.ratios.values()), title=f"{c.label()}: final test loss, paired by seed", window=c.window
+        )
         paths += plots._save(fig, out_dir, f"{stem}-compare-ratios", formats)
     return paths
 
 
 # ----------------------------------------------------------------------------- diagnosis
-def diagnosis_record(problem: str, params: dict, best: str | None, ratios: dict, reference: str,
-                     folder: Path | None = None, states: int = 8) -> dict:
+def diagnosis_record(
+    problem: str,
+    params: dict,
+    best: str | None,
+    ratios: dict,
+    reference: str,
+    folder: Path | None = None,
+    states: int = 8,
+) -> dict:
     """The gradient-explosion measure of :func:`stablebptt.diagnose.diagnose_problem` on the
     problem (an untrained controller, ``states`` rollouts) and whether its recommended mode
     (R or C) is the comparison's best variant. Writes ``diagnosis.png/.json/.txt`` into ``folder``."""
@@ -641,10 +789,18 @@ def diagnosis_record(problem: str, params: dict, best: str | None, ratios: dict,
     if folder is not None:
         d.save(folder, "diagnosis")
     rec = d.verdict.mode
-    return dict(recommended_mode=rec, recommended_clip=d.verdict.clip, span_R=float(d.span("R")),
-                span_M=float(d.span("M")), growth_phys=float(d.growth("phys")),
-                growth_closed=float(d.growth("closed")), horizon=int(d.horizon), cos_mg=float(d.cos_mg),
-                picked=picked_text(rec, best, ratios, reference), picked_winner=rec == best)
+    return dict(
+        recommended_mode=rec,
+        recommended_clip=d.verdict.clip,
+        span_R=float(d.span("R")),
+        span_M=float(d.span("M")),
+        growth_phys=float(d.growth("phys")),
+        growth_closed=float(d.growth("closed")),
+        horizon=int(d.horizon),
+        cos_mg=float(d.cos_mg),
+        picked=picked_text(rec, best, ratios, reference),
+        picked_winner=rec == best,
+    )
 
 
 def picked_text(rec: str, best: str | None, ratios: dict, reference: str) -> str:
@@ -681,17 +837,35 @@ def default_folder(problem: str, params: dict) -> Path:
     """``comparisons/<problem>[-key=value…]``: the default folder of a comparison."""
     from . import problems
 
-    return Path("comparisons") / (problems.file_stem(problem)
-                                  + "".join(f"-{k}={_opt_text(v)}" for k, v in sorted(params.items())))
+    return Path("comparisons") / (
+        problems.file_stem(problem) + "".join(f"-{k}={_opt_text(v)}" for k, v in sorted(params.items()))
+    )
 
 
-def compare(problem: str, modes: "str | Sequence[str]" = DEFAULT_VARIANTS, seeds: "int | Sequence[int]" = 5,
-            params: dict | None = None, root: str | Path | None = None, *, epochs: int | None = None,
-            quick: bool = False, config: dict | None = None, reference: str = "R", window: int | None = None,
-            workers: int | None = None, executor: str = "local", address: str | None = None,
-            vmap_seeds: bool = False, vmap_configs: bool = False, cache_dir: str | None = None,
-            checkpoint_seconds: float = 30.0, progress: Optional[Callable[[dict], None]] = None,
-            diagnose: bool = False, figures: bool = True, n_boot: int | None = None) -> Comparison:
+def compare(
+    problem: str,
+    modes: str | Sequence[str] = DEFAULT_VARIANTS,
+    seeds: int | Sequence[int] = 5,
+    params: dict | None = None,
+    root: str | Path | None = None,
+    *,
+    epochs: int | None = None,
+    quick: bool = False,
+    config: dict | None = None,
+    reference: str = "R",
+    window: int | None = None,
+    workers: int | None = None,
+    executor: str = "local",
+    address: str | None = None,
+    vmap_seeds: bool = False,
+    vmap_configs: bool = False,
+    cache_dir: str | None = None,
+    checkpoint_seconds: float = 30.0,
+    progress: Callable[[dict], None] | None = None,
+    diagnose: bool = False,
+    figures: bool = True,
+    n_boot: int | None = None,
+) -> Comparison:
     """Train every variant of ``modes`` on ``problem`` over ``seeds`` and compare them, paired by seed.
 
     Args:
@@ -725,7 +899,9 @@ def compare(problem: str, modes: "str | Sequence[str]" = DEFAULT_VARIANTS, seeds
     names = [v.name for v in variants]
     ref = parse_variant(reference).name
     if ref not in names:
-        raise ValueError(f"reference {reference!r} is not one of the variants ({', '.join(names)}); add it to the modes")
+        raise ValueError(
+            f"reference {reference!r} is not one of the variants ({', '.join(names)}); add it to the modes"
+        )
     params = dict(params or {})
     problems.param_spec(problem)
     cfg = (quick_config(problem, params) if quick else {}) | dict(config or {})
@@ -739,13 +915,37 @@ def compare(problem: str, modes: "str | Sequence[str]" = DEFAULT_VARIANTS, seeds
         raise ValueError(f"window={window!r}; must be an int ≥ 1")
     root = Path(root) if root is not None else default_folder(problem, params)
     problems.check_for_training(problems.get(problem, **params), jobs[0][0], jobs[0][1])
-    report = sweep.run_sweep(spec, root, executor=executor, workers=workers, address=address, vmap_seeds=vmap_seeds,
-                             vmap_configs=vmap_configs, progress=progress, cache_dir=cache_dir,
-                             checkpoint_seconds=checkpoint_seconds)
-    shared = {k: v for k, v in jobs[0][0].to_dict().items()
-              if k in cfg or k in ("epochs", "lr", "optimizer", "batch_size", "n_train", "n_test", "clip", "data")}
-    c = analyse(root, problem=problem, params=params, variants=names, reference=ref, seeds=spec.seed_list(),
-                epochs=n_epochs, window=win, config=shared, runs=run_ids(spec), n_boot=n_boot, report=report)
+    report = sweep.run_sweep(
+        spec,
+        root,
+        executor=executor,
+        workers=workers,
+        address=address,
+        vmap_seeds=vmap_seeds,
+        vmap_configs=vmap_configs,
+        progress=progress,
+        cache_dir=cache_dir,
+        checkpoint_seconds=checkpoint_seconds,
+    )
+    shared = {
+        k: v
+        for k, v in jobs[0][0].to_dict().items()
+        if k in cfg or k in ("epochs", "lr", "optimizer", "batch_size", "n_train", "n_test", "clip", "data")
+    }
+    c = analyse(
+        root,
+        problem=problem,
+        params=params,
+        variants=names,
+        reference=ref,
+        seeds=spec.seed_list(),
+        epochs=n_epochs,
+        window=win,
+        config=shared,
+        runs=run_ids(spec),
+        n_boot=n_boot,
+        report=report,
+    )
     c.diagnosis = None if diagnose else _recorded_diagnosis(root, c)
     c.save(figures=figures)  # the results are kept even if the diagnosis fails
     if diagnose:
@@ -754,6 +954,27 @@ def compare(problem: str, modes: "str | Sequence[str]" = DEFAULT_VARIANTS, seeds
     return c
 
 
-__all__ = ["Comparison", "Ratio", "Variant", "compare", "load", "collect", "analyse", "parse_variant", "parse_variants",
-           "comparison_spec", "quick_config", "default_window", "pair_verdict", "ratio", "variant_table",
-           "best_variant", "final_table", "from_finals", "draw", "default_folder", "VARIANT_OPTIONS", "DEFAULT_VARIANTS"]
+__all__ = [
+    "Comparison",
+    "Ratio",
+    "Variant",
+    "compare",
+    "load",
+    "collect",
+    "analyse",
+    "parse_variant",
+    "parse_variants",
+    "comparison_spec",
+    "quick_config",
+    "default_window",
+    "pair_verdict",
+    "ratio",
+    "variant_table",
+    "best_variant",
+    "final_table",
+    "from_finals",
+    "draw",
+    "default_folder",
+    "VARIANT_OPTIONS",
+    "DEFAULT_VARIANTS",
+]

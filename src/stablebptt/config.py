@@ -4,6 +4,7 @@ A :class:`RunConfig` is plain data (JSON/TOML serialisable). Together with a see
 determines a run. Validation happens here, before any JAX work: a bad field names itself
 and what is allowed.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -12,8 +13,8 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .core.gates import Flow
 from . import optim
+from .core.gates import Flow
 
 
 def _plain(x):
@@ -48,7 +49,7 @@ class RunConfig(BaseModel):
     problem_params: dict[str, Any] = Field(default_factory=dict)
     #: a gradient-flow mode ``R | M | S | N | C``, or a per-step schedule of R/M/S/N letters,
     #: stored as a list of letters (a string of several letters is turned into one)
-    mode: Union[str, list[str]] = "C"
+    mode: str | list[str] = "C"
     combiner: str = "sign"
     truncate: int = 0
     decay: float = 1.0
@@ -64,11 +65,11 @@ class RunConfig(BaseModel):
     n_test: int = 256
     data: Literal["paper", "seeded"] = "paper"
     shuffle: bool = False
-    zero_last: Optional[bool] = None
+    zero_last: bool | None = None
     diagnostics: bool = False
-    checkpoint_every: Optional[Union[int, Literal["auto"]]] = "auto"
-    memory_budget: Optional[int] = None
-    init_weights: Optional[str] = None
+    checkpoint_every: int | Literal["auto"] | None = "auto"
+    memory_budget: int | None = None
+    init_weights: str | None = None
     #: evaluate the full train/test sets every k epochs and after the last one (paper: 1).
     #: Only evaluated epochs are recorded as rows; the others still train and are guarded.
     eval_every: int = 1
@@ -145,15 +146,17 @@ class RunConfig(BaseModel):
     def _whole(self):
         from . import problems
 
-        Flow(mode=self.mode if isinstance(self.mode, str) else tuple(self.mode),
-                      combiner=self.combiner, truncate=self.truncate, decay=self.decay,
-                      and_mask=self.and_mask)
+        Flow(
+            mode=self.mode if isinstance(self.mode, str) else tuple(self.mode),
+            combiner=self.combiner,
+            truncate=self.truncate,
+            decay=self.decay,
+            and_mask=self.and_mask,
+        )
         spec = problems.param_spec(self.problem)
         unknown = sorted(set(self.problem_params) - set(spec))
         if unknown:
-            raise ValueError(
-                f"problem {self.problem!r} has no parameter(s) {unknown}; allowed: {sorted(spec)}"
-            )
+            raise ValueError(f"problem {self.problem!r} has no parameter(s) {unknown}; allowed: {sorted(spec)}")
         if self.batch_size > self.n_train:
             raise ValueError(f"batch_size={self.batch_size} is larger than n_train={self.n_train}")
         if self.checkpoint_every not in (None, "auto") and self.checkpoint_every < 1:
@@ -165,8 +168,7 @@ class RunConfig(BaseModel):
     def flow(self) -> Flow:
         """The gradient flow of this run."""
         mode = self.mode if isinstance(self.mode, str) else tuple(self.mode)
-        return Flow(mode=mode, combiner=self.combiner, truncate=self.truncate, decay=self.decay,
-                    and_mask=self.and_mask)
+        return Flow(mode=mode, combiner=self.combiner, truncate=self.truncate, decay=self.decay, and_mask=self.and_mask)
 
     def optimizer_setting(self) -> optim.Optimizer:
         """The optimizer and clipping of this run."""
@@ -191,7 +193,10 @@ def _fields_at(model: type[BaseModel], path) -> list[str] | None:
         if field is None:
             return None
         ann = field.annotation
-        while typing.get_origin(ann) in (list, Union, typing.Union, Optional) or str(typing.get_origin(ann)) == "types.UnionType":
+        while (
+            typing.get_origin(ann) in (list, Union, typing.Union, Optional)
+            or str(typing.get_origin(ann)) == "types.UnionType"
+        ):
             args = [a for a in typing.get_args(ann) if a is not type(None)]
             ann = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), args[0] if args else ann)
             if typing.get_origin(ann) not in (list, Union, typing.Union, Optional):

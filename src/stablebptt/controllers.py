@@ -12,12 +12,14 @@ frameworks: Dense kernels (fan_in, fan_out), Conv kernels (kh, kw, c_in, c_out) 
 Every controller maps a *batched* state (B, *state_shape) to a batched control
 (B, *control_shape).
 """
+
 from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -49,7 +51,7 @@ class Dense(eqx.Module):
     bias: jax.Array
 
     @staticmethod
-    def init(key, fan_in: int, fan_out: int, zero_kernel: bool = False) -> "Dense":
+    def init(key, fan_in: int, fan_out: int, zero_kernel: bool = False) -> Dense:
         kernel = (
             jnp.zeros((fan_in, fan_out), jnp.float32)
             if zero_kernel
@@ -76,7 +78,7 @@ class Conv(eqx.Module):
     strides: tuple[int, ...] = eqx.field(static=True)
 
     @staticmethod
-    def init(key, window: Sequence[int], c_in: int, c_out: int, strides: Sequence[int]) -> "Conv":
+    def init(key, window: Sequence[int], c_in: int, c_out: int, strides: Sequence[int]) -> Conv:
         rf = int(np.prod(window))
         kernel = glorot_uniform(key, (*window, c_in, c_out), rf * c_in, rf * c_out)
         return Conv(kernel, jnp.zeros((c_out,), jnp.float32), tuple(strides))
@@ -85,7 +87,7 @@ class Conv(eqx.Module):
         """(B, *spatial, c_in) -> (B, *out, prod(window)·c_in), window-major, c_in minor."""
         nd = len(self.strides)
         window = self.kernel.shape[:nd]
-        spatial = x.shape[1:1 + nd]
+        spatial = x.shape[1 : 1 + nd]
         out = [(n - w) // s + 1 for n, w, s in zip(spatial, window, self.strides)]
         if min(out) < 1:
             raise ValueError(f"Conv: input {spatial} smaller than window {window}")
@@ -127,7 +129,11 @@ class Conv(eqx.Module):
             x.shape, self.kernel.shape, ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
         )
         y = jax.lax.conv_general_dilated(
-            x, self.kernel, self.strides, "VALID", dimension_numbers=dn,
+            x,
+            self.kernel,
+            self.strides,
+            "VALID",
+            dimension_numbers=dn,
             precision=jax.lax.Precision.HIGHEST,
         )
         return y + self.bias
@@ -146,8 +152,14 @@ class MLP(eqx.Module):
     #: each batch row is mapped on its own (the engine verifies it, see core.hooks)
     rows_independent: ClassVar[bool] = True
 
-    def __init__(self, key, in_size: int, control_shape: Sequence[int],
-                 widths: Sequence[int] = (100, 100), zero_last: bool = False):
+    def __init__(
+        self,
+        key,
+        in_size: int,
+        control_shape: Sequence[int],
+        widths: Sequence[int] = (100, 100),
+        zero_last: bool = False,
+    ):
         out = int(np.prod(control_shape)) if len(control_shape) else 1
         sizes = [in_size, *widths, out]
         keys = jax.random.split(key, len(sizes) - 1)
@@ -189,8 +201,11 @@ class MLP(eqx.Module):
         return self._with_grads(kernels, biases)
 
     def _with_grads(self, kernels, biases):
-        return eqx.tree_at(lambda m: [leaf for l in m.layers for leaf in (l.kernel, l.bias)], self,
-                           [leaf for pair in zip(kernels, biases) for leaf in pair])
+        return eqx.tree_at(
+            lambda m: [leaf for l in m.layers for leaf in (l.kernel, l.bias)],
+            self,
+            [leaf for pair in zip(kernels, biases) for leaf in pair],
+        )
 
     def jacobian_from_residuals(self, x, hs):
         """``(J, deltas)`` per row, from the activations ``hs`` of :meth:`forward_with_residuals`.
@@ -214,11 +229,13 @@ class MLP(eqx.Module):
         n = x.shape[0]
         inputs = [x.reshape(n, -1), *hs]
         cs = [ct.reshape(n, -1) for ct in cts]  # (N, m) each
-        dss = [[jnp.einsum("nk,nkw->nw", c, dl) if c.shape[1] > 1 else c * dl[:, 0] for dl in deltas] + [c]
-               for c in cs]  # per cotangent, per layer
+        dss = [
+            [jnp.einsum("nk,nkw->nw", c, dl) if c.shape[1] > 1 else c * dl[:, 0] for dl in deltas] + [c] for c in cs
+        ]  # per cotangent, per layer
         per_layer = [_kernel_products(inp, [ds[i] for ds in dss]) for i, inp in enumerate(inputs)]
-        return [self._with_grads([ks[f] for ks in per_layer], [jnp.sum(d, axis=0) for d in ds])
-                for f, ds in enumerate(dss)]
+        return [
+            self._with_grads([ks[f] for ks in per_layer], [jnp.sum(d, axis=0) for d in ds]) for f, ds in enumerate(dss)
+        ]
 
 
 class QuantumCNN(eqx.Module):
@@ -286,12 +303,24 @@ class QuantumCNN(eqx.Module):
         cs = [ct.reshape(-1, 1, 1) for ct in cts]
         conv2d = self.conv2d.param_grads_many(x[..., None], [(c * deltas[0][:, 0])[:, :, None, :] for c in cs])
         conv1d = self.conv1d.param_grads_many(h1, [c * deltas[1][:, 0] for c in cs])
-        kds = _kernel_products(h2.reshape(h2.shape[0], -1), [ct.reshape(-1, 1) for ct in cts],
-                               precision=jax.lax.Precision.HIGHEST)
-        return [eqx.tree_at(
-            lambda m: [m.conv2d.kernel, m.conv2d.bias, m.conv1d.kernel, m.conv1d.bias, m.dense.kernel, m.dense.bias],
-            self, [*c2, *c1, kd, jnp.sum(ct.reshape(-1, 1), axis=0)])
-            for c2, c1, kd, ct in zip(conv2d, conv1d, kds, cts)]
+        kds = _kernel_products(
+            h2.reshape(h2.shape[0], -1), [ct.reshape(-1, 1) for ct in cts], precision=jax.lax.Precision.HIGHEST
+        )
+        return [
+            eqx.tree_at(
+                lambda m: [
+                    m.conv2d.kernel,
+                    m.conv2d.bias,
+                    m.conv1d.kernel,
+                    m.conv1d.bias,
+                    m.dense.kernel,
+                    m.dense.bias,
+                ],
+                self,
+                [*c2, *c1, kd, jnp.sum(ct.reshape(-1, 1), axis=0)],
+            )
+            for c2, c1, kd, ct in zip(conv2d, conv1d, kds, cts)
+        ]
 
 
 # ---------------------------------------------------------------- weights in / out
@@ -338,7 +367,7 @@ def save_weights(model, path: str | Path) -> Path:
     return path
 
 
-def load_weights(model, source) -> "eqx.Module":
+def load_weights(model, source) -> eqx.Module:
     """Return ``model`` with weights from an ``.npz`` path or a dict (same names/shapes)."""
     arrays = dict(np.load(source)) if not isinstance(source, dict) else source
     current = weights_dict(model)

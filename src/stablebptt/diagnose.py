@@ -33,15 +33,16 @@ controller is diagnosed with ``zero_last=False`` by default: the paper presets o
 and guidance start with a zero last kernel, which makes K = ∂N/∂x = 0 and therefore R = M
 (= C) exactly — nothing to diagnose.
 """
+
 from __future__ import annotations
 
 import functools
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import equinox as eqx
 import jax
@@ -94,8 +95,10 @@ class Verdict:
         lines += [f"  - {r}" for r in self.reasons]
         if self.flagged_horizons:
             k0 = self.flagged_horizons[0]
-            lines.append(f"  ! R's adjoint ‖λ_n‖ (the credit a state receives) spans > {MAX_ORDERS:g} orders of "
-                         f"magnitude over horizons ≥ {k0} steps (longest safe horizon for R: {self.max_safe_horizon})")
+            lines.append(
+                f"  ! R's adjoint ‖λ_n‖ (the credit a state receives) spans > {MAX_ORDERS:g} orders of "
+                f"magnitude over horizons ≥ {k0} steps (longest safe horizon for R: {self.max_safe_horizon})"
+            )
         lines += [f"  ! {w}" for w in self.warnings]
         return "\n".join(lines)
 
@@ -242,11 +245,19 @@ class Diagnosis:
         for mode, arr in (("R", self.adjoint_R),) if same else (("R", self.adjoint_R), ("M", self.adjoint_M)):
             for i in range(arr.shape[1]):
                 a.plot(n_adj, _pos(arr[:, i]), color="k" if same else colors[mode], alpha=0.15, lw=0.8)
-        _draw_pair(a, n_adj, _pos(med["R"]), _pos(med["M"]), colors=(colors["R"], colors["M"]),
-                   labels=(f"R: ‖λ_n‖ (median; spans {orders_spanned(med['R']):.1f} orders)",
-                           f"M: ‖λ_n‖ (median; spans {orders_spanned(med['M']):.1f} orders)"),
-                   same_label=f"R = M: ‖λ_n‖ (median; spans {orders_spanned(med['R']):.1f} orders)",
-                   names=("M", "n"))
+        _draw_pair(
+            a,
+            n_adj,
+            _pos(med["R"]),
+            _pos(med["M"]),
+            colors=(colors["R"], colors["M"]),
+            labels=(
+                f"R: ‖λ_n‖ (median; spans {orders_spanned(med['R']):.1f} orders)",
+                f"M: ‖λ_n‖ (median; spans {orders_spanned(med['M']):.1f} orders)",
+            ),
+            same_label=f"R = M: ‖λ_n‖ (median; spans {orders_spanned(med['R']):.1f} orders)",
+            names=("M", "n"),
+        )
         a.set_yscale("log")
         a.set_xlabel("step n")
         a.set_title("(a) adjoint norm ‖∂L/∂x_n‖ along each gradient path")
@@ -259,9 +270,16 @@ class Diagnosis:
         """(b) Contribution ‖G_θ,nᵀ B_nᵀ λ_{n+1}‖ of each step n to the update, R and M, log scale."""
         n_step, colors = np.arange(self.horizon), PANEL_COLORS
         credit = r"$\|G_{\theta,n}^T B_n^T \lambda_{n+1}\|$"
-        _draw_pair(b, n_step, _pos(self.contrib_R), _pos(self.contrib_M), colors=(colors["R"], colors["M"]),
-                   labels=(r"R: $\|G_{\theta,n}^T B_n^T \lambda^R_{n+1}\|$", r"M: $\|G_{\theta,n}^T B_n^T \lambda^M_{n+1}\|$"),
-                   same_label=f"R = M: {credit}", names=("M", "n"))
+        _draw_pair(
+            b,
+            n_step,
+            _pos(self.contrib_R),
+            _pos(self.contrib_M),
+            colors=(colors["R"], colors["M"]),
+            labels=(r"R: $\|G_{\theta,n}^T B_n^T \lambda^R_{n+1}\|$", r"M: $\|G_{\theta,n}^T B_n^T \lambda^M_{n+1}\|$"),
+            same_label=f"R = M: {credit}",
+            names=("M", "n"),
+        )
         b.set_yscale("log")
         b.set_xlabel("step n")
         b.set_title("(b) contribution of step n to the update")
@@ -270,15 +288,31 @@ class Diagnosis:
     def _panel_spectra(self, c) -> None:
         """(c) Largest (and smallest) singular values of ∂P/∂x and of the closed loop per step."""
         n_step = np.arange(self.horizon)
-        _draw_pair(c, n_step, self.sv_phys[:, 0], self.sv_closed[:, 0], colors=("tab:green", "tab:purple"),
-                   labels=(f"σ_max(∂P/∂x); Lyapunov {self.lyap_phys:+.3g}",
-                           f"σ_max(∂P/∂x + ∂P/∂c·∂N/∂x); Lyapunov {self.lyap_closed:+.3g}"),
-                   same_label=f"σ_max(∂P/∂x) = σ_max(closed loop); Lyapunov {self.lyap_phys:+.3g}",
-                   names=("closed loop", "n"))
+        _draw_pair(
+            c,
+            n_step,
+            self.sv_phys[:, 0],
+            self.sv_closed[:, 0],
+            colors=("tab:green", "tab:purple"),
+            labels=(
+                f"σ_max(∂P/∂x); Lyapunov {self.lyap_phys:+.3g}",
+                f"σ_max(∂P/∂x + ∂P/∂c·∂N/∂x); Lyapunov {self.lyap_closed:+.3g}",
+            ),
+            same_label=f"σ_max(∂P/∂x) = σ_max(closed loop); Lyapunov {self.lyap_phys:+.3g}",
+            names=("closed loop", "n"),
+        )
         if self.sv_phys.shape[1] > 1:
-            _draw_pair(c, n_step, self.sv_phys[:, -1], self.sv_closed[:, -1], colors=("tab:green", "tab:purple"),
-                       labels=("σ_min(∂P/∂x)", "σ_min(closed loop)"),
-                       same_label="σ_min(∂P/∂x) = σ_min(closed loop)", names=("closed loop", "n"), thin=True)
+            _draw_pair(
+                c,
+                n_step,
+                self.sv_phys[:, -1],
+                self.sv_closed[:, -1],
+                colors=("tab:green", "tab:purple"),
+                labels=("σ_min(∂P/∂x)", "σ_min(closed loop)"),
+                same_label="σ_min(∂P/∂x) = σ_min(closed loop)",
+                names=("closed loop", "n"),
+                thin=True,
+            )
         c.axhline(1.0, color="k", lw=0.6)
         c.set_yscale("log")
         c.set_xlabel("step n")
@@ -290,18 +324,42 @@ class Diagnosis:
         T, n_step = self.horizon, np.arange(self.horizon)
         ones = np.ones(2)
         span = np.array([-0.5, max(T - 0.5, 0.5)])
-        _draw_pair(d, span, self.cos_mg * ones, self.sign_agree * ones, colors=("tab:orange", "tab:cyan"),
-                   labels=(f"cos(M, G) = {self.cos_mg:+.3f}", f"sign agreement = {100 * self.sign_agree:.1f}%"),
-                   same_label=f"cos(M, G) = sign agreement = {self.cos_mg:+.3f}", names=("sign agreement", None))
+        _draw_pair(
+            d,
+            span,
+            self.cos_mg * ones,
+            self.sign_agree * ones,
+            colors=("tab:orange", "tab:cyan"),
+            labels=(f"cos(M, G) = {self.cos_mg:+.3f}", f"sign agreement = {100 * self.sign_agree:.1f}%"),
+            same_label=f"cos(M, G) = sign agreement = {self.cos_mg:+.3f}",
+            names=("sign agreement", None),
+        )
         every = max(1, math.ceil(T / 40))
         finite = np.isfinite(self.contrib_cos)
         if finite.any():  # no legend entry for a curve that is not drawn
             bad = "" if finite.all() else f" (not finite at {int((~finite).sum())} of {T} steps)"
-            d.plot(n_step, self.contrib_cos, color="0.3", lw=1.0, marker="o", ms=3.5, markevery=every, zorder=5,
-                   label="cos(R_n, M_n) per step" + bad)
+            d.plot(
+                n_step,
+                self.contrib_cos,
+                color="0.3",
+                lw=1.0,
+                marker="o",
+                ms=3.5,
+                markevery=every,
+                zorder=5,
+                label="cos(R_n, M_n) per step" + bad,
+            )
         else:
-            d.text(0.98, 0.04, f"cos(R_n, M_n) per step: not finite at all {T} steps", transform=d.transAxes,
-                   ha="right", va="bottom", fontsize=8, color="0.3")
+            d.text(
+                0.98,
+                0.04,
+                f"cos(R_n, M_n) per step: not finite at all {T} steps",
+                transform=d.transAxes,
+                ha="right",
+                va="bottom",
+                fontsize=8,
+                color="0.3",
+            )
         d.axhline(0.0, color="k", lw=0.6)
         d.set_xlim(span)
         d.set_ylim(-1.05, 1.08)
@@ -369,10 +427,12 @@ def _draw_pair(ax, x, first, second, *, colors, labels, same_label: str, names, 
     label = labels[0]
     if note:  # a pair of constants (no step variable) that coincide: just "≈ name"
         label += f" (≈ {names[0]})" if names[1] is None and note == "everywhere" else f" (≈ {names[0]} {note})"
-    ax.plot(x, first, color=colors[0], lw=lw_wide, alpha=0.55 if thin else 0.9, solid_capstyle="butt",
-            label=label, zorder=3)
-    ax.plot(x, second, color=colors[1], lw=lw_thin, ls=(0, (4, 3)) if not thin else (0, (1.5, 2)),
-            label=labels[1], zorder=4)
+    ax.plot(
+        x, first, color=colors[0], lw=lw_wide, alpha=0.55 if thin else 0.9, solid_capstyle="butt", label=label, zorder=3
+    )
+    ax.plot(
+        x, second, color=colors[1], lw=lw_thin, ls=(0, (4, 3)) if not thin else (0, (1.5, 2)), label=labels[1], zorder=4
+    )
 
 
 def _pos(v: np.ndarray) -> np.ndarray:
@@ -470,7 +530,8 @@ def _build_measure(step, loss: TrajectoryLoss, horizon: int, static):
 
         # both modes in one program: the gates are traced and vmapped (one scan body to compile)
         vals, (lam, per_step) = jax.vmap(jax.value_and_grad(f, argnums=(0, 1)), in_axes=(None, None, 0))(
-            eps, pstack, gates)
+            eps, pstack, gates
+        )
         out["loss"] = vals[0]
         contribs, fields = {}, {}
         for i, mode in enumerate(("R", "M")):
@@ -479,8 +540,10 @@ def _build_measure(step, loss: TrajectoryLoss, horizon: int, static):
             contribs[mode] = take(per_step)
             out[f"contrib_{mode}"] = _step_norms(contribs[mode])
             fields[mode] = jax.tree_util.tree_map(lambda a: jnp.sum(a, 0), contribs[mode])
-        num = sum(jnp.sum((a * b).reshape(T, -1), -1) for a, b in
-                  zip(jax.tree_util.tree_leaves(contribs["R"]), jax.tree_util.tree_leaves(contribs["M"])))
+        num = sum(
+            jnp.sum((a * b).reshape(T, -1), -1)
+            for a, b in zip(jax.tree_util.tree_leaves(contribs["R"]), jax.tree_util.tree_leaves(contribs["M"]))
+        )
         den = out["contrib_R"] * out["contrib_M"]
         out["contrib_cos"] = jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
 
@@ -560,7 +623,7 @@ def horizon_flags(adjoint_curve: np.ndarray, max_orders: float = MAX_ORDERS) -> 
     more than ``max_orders`` orders of magnitude, and the longest horizon that does not."""
     curve = np.asarray(adjoint_curve, np.float64)
     T = curve.shape[0] - 1
-    flagged = [k for k in range(1, T + 1) if orders_spanned(curve[T - k:]) > max_orders]
+    flagged = [k for k in range(1, T + 1) if orders_spanned(curve[T - k :]) > max_orders]
     safe = [k for k in range(1, T + 1) if k not in flagged]
     longest = max((k for k in safe if all(j not in flagged for j in range(1, k + 1))), default=0)
     return flagged, longest
@@ -592,22 +655,32 @@ def make_verdict(d: Diagnosis, k_is_zero: bool | None = None) -> Verdict:
     if span_R > MAX_ORDERS or (expanding and balanced):
         mode = "C"
         if span_R > MAX_ORDERS:
-            reasons.append(f"R's adjoint spans {span_R:.1f} orders of magnitude over {T} steps "
-                           f"(M: {span_M:.1f}); R's credit explodes/vanishes through the controller path")
+            reasons.append(
+                f"R's adjoint spans {span_R:.1f} orders of magnitude over {T} steps "
+                f"(M: {span_M:.1f}); R's credit explodes/vanishes through the controller path"
+            )
         if expanding and balanced:
-            reasons.append(f"the closed loop expands ({g_closed:+.1f} orders over T) while the physics is "
-                           f"balanced ({g_phys:+.1f} orders): feedback through ∂N/∂x dominates")
+            reasons.append(
+                f"the closed loop expands ({g_closed:+.1f} orders over T) while the physics is "
+                f"balanced ({g_phys:+.1f} orders): feedback through ∂N/∂x dominates"
+            )
         if span_M > MAX_ORDERS:
-            warnings.append(f"M spans {span_M:.1f} orders too: the physics itself is ill conditioned over "
-                            f"this horizon; consider a shorter horizon, truncate or decay")
+            warnings.append(
+                f"M spans {span_M:.1f} orders too: the physics itself is ill conditioned over "
+                f"this horizon; consider a shorter horizon, truncate or decay"
+            )
     else:
         mode = "R"
         if span_R <= WELL_ORDERS and abs(g_closed) <= EXPANDING_ORDERS:
-            reasons.append(f"well conditioned: R's adjoint spans {span_R:.1f} orders, closed-loop growth "
-                           f"{g_closed:+.1f} orders over T: the true gradient is usable")
+            reasons.append(
+                f"well conditioned: R's adjoint spans {span_R:.1f} orders, closed-loop growth "
+                f"{g_closed:+.1f} orders over T: the true gradient is usable"
+            )
         else:
-            reasons.append(f"moderately conditioned: R's adjoint spans {span_R:.1f} orders, closed-loop growth "
-                           f"{g_closed:+.1f} orders; R with clipping, C if R stalls or diverges")
+            reasons.append(
+                f"moderately conditioned: R's adjoint spans {span_R:.1f} orders, closed-loop growth "
+                f"{g_closed:+.1f} orders; R with clipping, C if R stalls or diverges"
+            )
     contrib = d.contrib_M if mode == "C" else d.contrib_R
     norm = d.norm_M if mode == "C" else d.norm_G
     field_name = "M (≈ C)" if mode == "C" else "G"
@@ -620,24 +693,32 @@ def make_verdict(d: Diagnosis, k_is_zero: bool | None = None) -> Verdict:
         reasons.append(f"clip norm as a guard against spikes of ‖G‖ (now {norm:.3g}) while the conditioning worsens")
     elif cspan > WELL_ORDERS or norm > CLIP_NORM_ABOVE:
         clip = "norm"
-        reasons.append(f"clip norm: {field_name}'s credit spans {cspan:.1f} orders over the steps, ‖{field_name}‖ = {norm:.3g}")
+        reasons.append(
+            f"clip norm: {field_name}'s credit spans {cspan:.1f} orders over the steps, ‖{field_name}‖ = {norm:.3g}"
+        )
     else:
         clip = "none"
         reasons.append(f"no clipping needed: ‖{field_name}‖ = {norm:.3g}, credit spans {cspan:.1f} orders")
     if d.cos_mg < 0:
-        warnings.append(f"cos(M, G) = {d.cos_mg:+.3f} < 0: M points away from the gradient; C keeps only the "
-                        f"{100 * d.sign_agree:.0f}% of entries where the signs agree and may stall "
-                        f"(as in the linear case a = 1.1, T = 4, θ = -1.6)")
+        warnings.append(
+            f"cos(M, G) = {d.cos_mg:+.3f} < 0: M points away from the gradient; C keeps only the "
+            f"{100 * d.sign_agree:.0f}% of entries where the signs agree and may stall "
+            f"(as in the linear case a = 1.1, T = 4, θ = -1.6)"
+        )
     if k_is_zero:
-        warnings.append("the controller ignores its input here (K = ∂N/∂x = 0, e.g. a zero last kernel): "
-                        "R = M = C exactly; diagnose a trained or randomly initialised controller")
-    return Verdict(mode=mode, clip=clip, flagged_horizons=flagged, max_safe_horizon=safe,
-                   reasons=reasons, warnings=warnings)
+        warnings.append(
+            "the controller ignores its input here (K = ∂N/∂x = 0, e.g. a zero last kernel): "
+            "R = M = C exactly; diagnose a trained or randomly initialised controller"
+        )
+    return Verdict(
+        mode=mode, clip=clip, flagged_horizons=flagged, max_safe_horizon=safe, reasons=reasons, warnings=warnings
+    )
 
 
 # ----------------------------------------------------------------------------- entry points
-def diagnose(step: Callable, loss: TrajectoryLoss, horizon: int, model, x0, *, states: int | None = None,
-             label: str = "") -> Diagnosis:
+def diagnose(
+    step: Callable, loss: TrajectoryLoss, horizon: int, model, x0, *, states: int | None = None, label: str = ""
+) -> Diagnosis:
     """Diagnose a controller ``model`` on your own simulator ``step`` and ``loss``.
 
     Args:
@@ -674,12 +755,25 @@ def diagnose(step: Callable, loss: TrajectoryLoss, horizon: int, model, x0, *, s
     n_states = int(jax.tree_util.tree_leaves(x0)[0].shape[0])
     cos_mg, agree, norm_g, norm_m = field_agreement(out["fields"]["M"], out["fields"]["R"])
     d = Diagnosis(
-        horizon=int(horizon), n_states=n_states, loss=float(out["loss"]),
-        adjoint_R=f64("adjoint_R"), adjoint_M=f64("adjoint_M"),
-        contrib_R=f64("contrib_R"), contrib_M=f64("contrib_M"), contrib_cos=f64("contrib_cos"),
-        sv_phys=sv_p, sv_closed=sv_c, lyap_phys=lp, lyap_closed=lc,
-        lyap_spectrum_phys=spec_p, lyap_spectrum_closed=spec_c,
-        cos_mg=cos_mg, sign_agree=agree, norm_G=norm_g, norm_M=norm_m, label=label,
+        horizon=int(horizon),
+        n_states=n_states,
+        loss=float(out["loss"]),
+        adjoint_R=f64("adjoint_R"),
+        adjoint_M=f64("adjoint_M"),
+        contrib_R=f64("contrib_R"),
+        contrib_M=f64("contrib_M"),
+        contrib_cos=f64("contrib_cos"),
+        sv_phys=sv_p,
+        sv_closed=sv_c,
+        lyap_phys=lp,
+        lyap_closed=lc,
+        lyap_spectrum_phys=spec_p,
+        lyap_spectrum_closed=spec_c,
+        cos_mg=cos_mg,
+        sign_agree=agree,
+        norm_G=norm_g,
+        norm_M=norm_m,
+        label=label,
     )
     k_zero = bool(np.max(f64("K_norm")) == 0.0)
     d.verdict = make_verdict(d, k_is_zero=k_zero)
@@ -694,11 +788,15 @@ def _nonfinite_message(model, x0, step, horizon: int, loss: float) -> str:
     bad = lambda tree, n: not all(np.all(np.isfinite(np.asarray(a)[n])) for a in jax.tree_util.tree_leaves(tree))
     for n in range(horizon):
         if bad(cs, n):
-            return (f"the loss is {loss:.4g}: the controller first produced a non-finite control at step {n + 1} of "
-                    f"{horizon} (from a finite state); nothing can be diagnosed")
+            return (
+                f"the loss is {loss:.4g}: the controller first produced a non-finite control at step {n + 1} of "
+                f"{horizon} (from a finite state); nothing can be diagnosed"
+            )
         if bad(xs, n + 1):
-            return (f"the loss is {loss:.4g}: the simulator first produced a non-finite state at step {n + 1} of "
-                    f"{horizon} (from a finite state and control); check the problem's step function")
+            return (
+                f"the loss is {loss:.4g}: the simulator first produced a non-finite state at step {n + 1} of "
+                f"{horizon} (from a finite state and control); check the problem's step function"
+            )
     return f"the loss is {loss:.4g} although every state and control of the rollout is finite; check the loss"
 
 
@@ -711,8 +809,17 @@ def load_problem_and_controller(run_dir: str | Path):
     return r.problem, r.model, r.config, r.seed
 
 
-def diagnose_problem(problem, model=None, n: int = 8, *, weights: str | Path | None = None,
-                     zero_last: bool = False, seed: int = 0, data_seed: int = 0, **params) -> Diagnosis:
+def diagnose_problem(
+    problem,
+    model=None,
+    n: int = 8,
+    *,
+    weights: str | Path | None = None,
+    zero_last: bool = False,
+    seed: int = 0,
+    data_seed: int = 0,
+    **params,
+) -> Diagnosis:
     """Diagnose a registry problem.
 
     Args:
@@ -749,5 +856,15 @@ def diagnose_problem(problem, model=None, n: int = 8, *, weights: str | Path | N
     return diagnose(problem.step, problem.loss, problem.horizon, model, test[:n], label=label)
 
 
-__all__ = ["Diagnosis", "Verdict", "diagnose", "diagnose_problem", "make_verdict", "lyapunov",
-           "orders_spanned", "horizon_flags", "load_problem_and_controller", "MAX_ORDERS"]
+__all__ = [
+    "Diagnosis",
+    "Verdict",
+    "diagnose",
+    "diagnose_problem",
+    "make_verdict",
+    "lyapunov",
+    "orders_spanned",
+    "horizon_flags",
+    "load_problem_and_controller",
+    "MAX_ORDERS",
+]

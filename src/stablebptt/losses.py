@@ -10,10 +10,12 @@ x_1 … x_T. A :class:`TrajectoryLoss` reduces it to one scalar:
 ``state_loss`` maps one *batched* state (leading batch axis) to a scalar that already
 averages over the batch; the engine never looks inside a state.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -42,13 +44,9 @@ class TrajectoryLoss:
         if self.on not in ("final", "every"):
             raise ValueError(f"TrajectoryLoss.on={self.on!r}; allowed: 'final', 'every'")
         if self.time_reduce not in ("mean", "sum"):
-            raise ValueError(
-                f"TrajectoryLoss.time_reduce={self.time_reduce!r}; allowed: 'mean', 'sum'"
-            )
+            raise ValueError(f"TrajectoryLoss.time_reduce={self.time_reduce!r}; allowed: 'mean', 'sum'")
         if not (self.control_weight >= 0.0):
-            raise ValueError(
-                f"TrajectoryLoss.control_weight={self.control_weight!r}; must be a number ≥ 0"
-            )
+            raise ValueError(f"TrajectoryLoss.control_weight={self.control_weight!r}; must be a number ≥ 0")
 
     def step_weight(self, n: jax.Array, horizon: int) -> jax.Array:
         """Weight w_n of state_loss(x_n) for n = 1 … T (n may be traced)."""

@@ -20,15 +20,16 @@ Optimizers (Keras defaults where the authors used Keras):
 * ``"sgd"``, ``"momentum"`` (SGD with momentum; 0.8/0.9/0.95 in the paper, default 0.9),
   ``"adagrad"``, ``"adadelta"``, ``"rmsprop"``.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
-
-import numpy as np
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 OPTIMIZERS = ("adam", "adam_optax", "sgd", "momentum", "adagrad", "adadelta", "rmsprop")
@@ -85,8 +86,9 @@ def _check_learning_rate(learning_rate) -> None:
         raise ValueError(f"learning rate={learning_rate!r}; must be > 0")
 
 
-def optimizer(name: str = "adam", learning_rate: float = 1e-3, *, momentum: float = 0.9,
-              eps: float = 1e-7) -> optax.GradientTransformation:
+def optimizer(
+    name: str = "adam", learning_rate: float = 1e-3, *, momentum: float = 0.9, eps: float = 1e-7
+) -> optax.GradientTransformation:
     """One of :data:`OPTIMIZERS` with the given learning rate (Keras defaults otherwise)."""
     _check_learning_rate(learning_rate)
     return _optimizer(str(name).lower(), learning_rate, momentum=momentum, eps=eps)
@@ -113,8 +115,9 @@ def _optimizer(name: str, learning_rate, *, momentum: float = 0.9, eps: float = 
     raise ValueError(f"unknown optimizer {name!r}; allowed: {', '.join(OPTIMIZERS)}")
 
 
-def make(name: str = "adam", learning_rate: float = 1e-3, clip: str = "none", clip_threshold: float = 1.0,
-         **kw) -> optax.GradientTransformation:
+def make(
+    name: str = "adam", learning_rate: float = 1e-3, clip: str = "none", clip_threshold: float = 1.0, **kw
+) -> optax.GradientTransformation:
     """Clipping followed by the optimizer: the transformation the trainer applies to updates."""
     return optax.chain(clipping(clip, clip_threshold), optimizer(name, learning_rate, **kw))
 
@@ -128,8 +131,11 @@ def hyperparams(learning_rate: float = 1e-3, clip: str = "none", clip_threshold:
     _check_learning_rate(learning_rate)
     kind = str(clip).lower()
     f = lambda v: np.asarray(v, np.float32)
-    return {"learning_rate": f(learning_rate), "clip_value": f(clip_threshold if kind == "value" else np.inf),
-            "clip_norm": f(clip_threshold if kind == "norm" else np.inf)}
+    return {
+        "learning_rate": f(learning_rate),
+        "clip_value": f(clip_threshold if kind == "value" else np.inf),
+        "clip_norm": f(clip_threshold if kind == "norm" else np.inf),
+    }
 
 
 def injected(name: str = "adam", *, momentum: float = 0.9) -> Callable[..., optax.GradientTransformation]:
@@ -142,14 +148,18 @@ def injected(name: str = "adam", *, momentum: float = 0.9) -> Callable[..., opta
         raise ValueError(f"unknown optimizer {name!r}; allowed: {', '.join(OPTIMIZERS)}")
 
     def chain(learning_rate, clip_value, clip_norm):
-        return optax.chain(optax.clip(clip_value), optax.clip_by_global_norm(clip_norm),
-                           _optimizer(name, learning_rate, momentum=momentum))
+        return optax.chain(
+            optax.clip(clip_value),
+            optax.clip_by_global_norm(clip_norm),
+            _optimizer(name, learning_rate, momentum=momentum),
+        )
 
     return optax.inject_hyperparams(chain)
 
 
-def fixed(name: str = "adam", *, momentum: float = 0.9, learning_rate, clip_value, clip_norm
-          ) -> optax.GradientTransformation:
+def fixed(
+    name: str = "adam", *, momentum: float = 0.9, learning_rate, clip_value, clip_norm
+) -> optax.GradientTransformation:
     """:func:`injected` for hyperparameters known when the program is built (one run, or seeds
     that share them): ``init`` is ``injected(name)(**hyper).init`` (the same state, so
     checkpoints read alike), but ``update`` takes the hyperparameters from here, not from the
@@ -157,9 +167,11 @@ def fixed(name: str = "adam", *, momentum: float = 0.9, learning_rate, clip_valu
     left out of it. The arithmetic is :func:`injected`'s (clipping at ``inf`` is the identity)."""
     lr, cv, cn = float(learning_rate), float(clip_value), float(clip_norm)
     init = injected(name, momentum=momentum)(learning_rate=lr, clip_value=cv, clip_norm=cn).init
-    inner = optax.chain(optax.clip(cv) if np.isfinite(cv) else optax.identity(),
-                        optax.clip_by_global_norm(cn) if np.isfinite(cn) else optax.identity(),
-                        _optimizer(str(name).lower(), lr, momentum=momentum))
+    inner = optax.chain(
+        optax.clip(cv) if np.isfinite(cv) else optax.identity(),
+        optax.clip_by_global_norm(cn) if np.isfinite(cn) else optax.identity(),
+        _optimizer(str(name).lower(), lr, momentum=momentum),
+    )
 
     def update(updates, state, params=None):
         out, inner_state = inner.update(updates, state.inner_state, params)

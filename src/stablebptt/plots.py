@@ -64,33 +64,44 @@ Toy figures
 
 All drawing uses matplotlib's Agg backend (no display needed).
 """
+
 from __future__ import annotations
 
 import textwrap
 import warnings
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib import patheffects  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-from matplotlib.ticker import Formatter, MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib import patheffects
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import Formatter, MaxNLocator
 
-from . import claims  # noqa: E402
-from .claims import LEVEL_PARAMS, smooth_curve  # noqa: E402  (the statistics own them; plots re-exports)
-from .problems import file_stem  # noqa: E402
+from . import claims
+from .claims import LEVEL_PARAMS, smooth_curve  # the statistics own them; plots re-exports
+from .problems import file_stem
 
 #: the authors' mode colours
 MODE_COLORS = {"R": "#ef476f", "M": "#ffd166", "C": "#06d6a0", "S": "#073b4c"}
 #: colours for every other mode label (assigned in sorted order of the labels)
-EXTRA_COLORS = ("#118ab2", "#8338ec", "#fb8500", "#6a994e", "#9d4edd", "#bc6c25", "#e5383b",
-                "#3a86ff", "#8d99ae", "#2a9d8f")
+EXTRA_COLORS = (
+    "#118ab2",
+    "#8338ec",
+    "#fb8500",
+    "#6a994e",
+    "#9d4edd",
+    "#bc6c25",
+    "#e5383b",
+    "#3a86ff",
+    "#8d99ae",
+    "#2a9d8f",
+)
 #: a marker per mode (the authors told modes apart by colour only)
 MODE_MARKERS = {"R": "o", "M": "s", "C": "^", "S": "v", "N": "D"}
 #: markers for every other mode label
@@ -115,8 +126,17 @@ COINCIDE_DASHES = ((0, (4, 2)), (0, (1.5, 1.5)), (0, (6, 1.5, 1.5, 1.5)), (0, (1
 #: config columns that never split curves (they do not change results or are the axes)
 #: configuration fields that never make a separate line: the mode and clipping are drawn anyway, and
 #: how the gradient is computed (backward strategy, remat, memory) does not change it
-_NOT_VARIANT = {"problem", "mode", "clip", "epochs", "diagnostics", "checkpoint_every", "init_weights",
-                "backward", "memory_budget"}
+_NOT_VARIANT = {
+    "problem",
+    "mode",
+    "clip",
+    "epochs",
+    "diagnostics",
+    "checkpoint_every",
+    "init_weights",
+    "backward",
+    "memory_budget",
+}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -144,10 +164,18 @@ def mode_styles(labels: Iterable[str]) -> dict[str, dict]:
     """
     labels = sorted(set(labels), key=_mode_sort_key)
     colors = mode_colors(labels)
-    return {lab: {"color": colors[lab], "marker": MODE_MARKERS.get(lab, EXTRA_MARKERS[k % len(EXTRA_MARKERS)]),
-                  "lw": max(2.6 - 0.5 * k, 0.8), "ms": max(6.0 - 1.0 * k, 3.0), "zorder": 3 + k,
-                  "k": k, "of": len(labels)}
-            for k, lab in enumerate(labels)}
+    return {
+        lab: {
+            "color": colors[lab],
+            "marker": MODE_MARKERS.get(lab, EXTRA_MARKERS[k % len(EXTRA_MARKERS)]),
+            "lw": max(2.6 - 0.5 * k, 0.8),
+            "ms": max(6.0 - 1.0 * k, 3.0),
+            "zorder": 3 + k,
+            "k": k,
+            "of": len(labels),
+        }
+        for k, lab in enumerate(labels)
+    }
 
 
 def _mode_sort_key(label: str):
@@ -168,8 +196,9 @@ def markevery(n_points: int, k: int, of: int, marks: int = 6) -> tuple[int, int]
     return (k * step) // max(int(of), 1), step
 
 
-def log_band(values: np.ndarray, kind: str, rng: np.random.Generator,
-             n_boot: int = 1000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def log_band(
+    values: np.ndarray, kind: str, rng: np.random.Generator, n_boot: int = 1000
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(centre, lower, upper) per row of an (epochs, seeds) array, computed in log space.
 
     Entries that are NaN or ≤ 0 are missing. Per row with mean μ and sample std σ of ln v over
@@ -236,7 +265,7 @@ def _level_title(problem: str, cols: Sequence[str], value) -> str:
     if problem == "quantum" and cols == ["param_target"]:
         return f"quantum, target {int(value)}"
     vals = value if isinstance(value, tuple) else (value,)
-    return f"{_display(problem)}: " + ", ".join(f"{c[len('param_'):]}={_fmt(v)}" for c, v in zip(cols, vals))
+    return f"{_display(problem)}: " + ", ".join(f"{c[len('param_') :]}={_fmt(v)}" for c, v in zip(cols, vals))
 
 
 def _short_level_title(problem: str, cols: Sequence[str], value) -> str:
@@ -247,7 +276,7 @@ def _short_level_title(problem: str, cols: Sequence[str], value) -> str:
         return full
     if problem in PROBLEM_NAMES or problem in LEVEL_PARAMS:
         return full.split(", ", 1)[-1]
-    return full[len(f"{_display(problem)}: "):]
+    return full[len(f"{_display(problem)}: ") :]
 
 
 def _fmt(v) -> str:
@@ -297,9 +326,19 @@ def _draw_group(ax, runs, curve, style: dict, ls="-") -> tuple[float, float] | N
     epochs, centre, lo, hi = curve
     start, step = markevery(len(epochs), style["k"], style["of"])
     line = len(epochs) > 1
-    ax.plot(epochs, centre, color=style["color"], lw=style["lw"], ls=ls if line else "",
-            marker=style["marker"], ms=style["ms"], markevery=(start, step) if line else None,
-            mec="white" if line else style["color"], mew=0.6, zorder=style["zorder"])
+    ax.plot(
+        epochs,
+        centre,
+        color=style["color"],
+        lw=style["lw"],
+        ls=ls if line else "",
+        marker=style["marker"],
+        ms=style["ms"],
+        markevery=(start, step) if line else None,
+        mec="white" if line else style["color"],
+        mew=0.6,
+        zorder=style["zorder"],
+    )
     if len(runs) > 1:
         ax.fill_between(epochs, lo, hi, color=style["color"], alpha=0.2, lw=0, zorder=1)
     for e, y, div in runs:
@@ -313,8 +352,11 @@ def _draw_group(ax, runs, curve, style: dict, ls="-") -> tuple[float, float] | N
 def _same_curve(a, b) -> bool:
     """Whether two curves (:func:`_group_curve`) coincide: the same epochs and geometric means
     equal to within :data:`COINCIDE_RTOL` at each of them."""
-    return (len(a[0]) == len(b[0]) and np.array_equal(a[0], b[0])
-            and np.allclose(a[1], b[1], rtol=COINCIDE_RTOL, atol=0.0, equal_nan=True))
+    return (
+        len(a[0]) == len(b[0])
+        and np.array_equal(a[0], b[0])
+        and np.allclose(a[1], b[1], rtol=COINCIDE_RTOL, atol=0.0, equal_nan=True)
+    )
 
 
 def _coincidence_notes(panels: list[tuple[set, list]]) -> list[str]:
@@ -357,14 +399,22 @@ def _prepare(df: pd.DataFrame, problem: str) -> tuple[pd.DataFrame, list, list[s
     """(runs of ``problem`` with ``_label``/``_level`` columns, levels, level columns, labels, clips)."""
     sub = df[df["problem"] == problem].copy()
     if sub.empty:
-        raise ValueError(f"no runs of problem {problem!r} in the table; problems there: "
-                         f"{', '.join(sorted(map(str, df['problem'].unique()))) if len(df) else 'none'}")
+        raise ValueError(
+            f"no runs of problem {problem!r} in the table; problems there: "
+            f"{', '.join(sorted(map(str, df['problem'].unique()))) if len(df) else 'none'}"
+        )
     level_cols = _level_columns(sub, problem)
     variants = _variant_columns(sub, level_cols)
     sub["_label"] = sub["mode"].astype(str)
     if variants:
-        sub["_label"] = sub["_label"] + " (" + sub[variants].astype(str).agg(
-            lambda r: ", ".join(f"{c.removeprefix('param_')}={v}" for c, v in zip(variants, r)), axis=1) + ")"
+        sub["_label"] = (
+            sub["_label"]
+            + " ("
+            + sub[variants]
+            .astype(str)
+            .agg(lambda r: ", ".join(f"{c.removeprefix('param_')}={v}" for c, v in zip(variants, r)), axis=1)
+            + ")"
+        )
     if level_cols:
         sub["_level"] = sub[level_cols].apply(lambda r: tuple(r) if len(level_cols) > 1 else r.iloc[0], axis=1)
         levels = _level_sort(problem, list(pd.unique(sub["_level"])))
@@ -406,9 +456,17 @@ def _panel(ax, part: pd.DataFrame, labels, styles, metric, smooth, window, band,
     if not drawn and len(part):
         n = part["run_id"].nunique()
         diverged = diverged or bool((part["status"] == "diverged").any())
-        ax.text(0.5, 0.5, f"no finite values of {metric.replace('_', ' ')}\n({n} run{'s' if n != 1 else ''}"
-                f"{', diverged' if diverged else ''})", transform=ax.transAxes, ha="center", va="center",
-                fontsize=8, color="0.35")
+        ax.text(
+            0.5,
+            0.5,
+            f"no finite values of {metric.replace('_', ' ')}\n({n} run{'s' if n != 1 else ''}"
+            f"{', diverged' if diverged else ''})",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            fontsize=8,
+            color="0.35",
+        )
     ax.set_yscale("log")
     ax.grid(True, which="major", alpha=0.3)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
@@ -420,8 +478,9 @@ def _seed_counts(sub: pd.DataFrame) -> pd.Series:
     return sub.groupby(["_level", "_label", "clip"])["seed"].nunique()
 
 
-def _description(problem: str, sub: pd.DataFrame, levels, level_cols, smooth: bool, window: int,
-                 band: str) -> tuple[str, str]:
+def _description(
+    problem: str, sub: pd.DataFrame, levels, level_cols, smooth: bool, window: int, band: str
+) -> tuple[str, str]:
     """What is drawn: a title of two lines (the quantity; what a line and a band are) and a
     footnote (levels with fewer seeds than the rest; empty if none)."""
     counts = _seed_counts(sub)
@@ -434,13 +493,15 @@ def _description(problem: str, sub: pd.DataFrame, levels, level_cols, smooth: bo
     else:
         fewest = int(counts.min())
         over = f"{top} seeds" if fewest == top or len(levels) > 1 else f"a curve's seeds ({fewest}–{top})"
-        line = (f"line: geometric mean over {over}; band: "
-                + ("×/÷ geometric std" if band == "std" else "bootstrap 95 % CI of the geometric mean"))
+        line = f"line: geometric mean over {over}; band: " + (
+            "×/÷ geometric std" if band == "std" else "bootstrap 95 % CI of the geometric mean"
+        )
         fewer = [lv for lv in levels if _level_seeds(counts, lv) < top]
         if fewer and len(levels) > 1:
             note = "fewer seeds: " + ", ".join(
-                f"{_level_title(problem, level_cols, lv).split(', ', 1)[-1]} "
-                f"({_seed_text(counts, sub, lv)})" for lv in fewer)
+                f"{_level_title(problem, level_cols, lv).split(', ', 1)[-1]} ({_seed_text(counts, sub, lv)})"
+                for lv in fewer
+            )
     return f"{_display(problem)}: {what}\n{line}", note
 
 
@@ -517,8 +578,10 @@ def _fit_panel_title(ax, text: str, short: str | None = None, size: float = 10) 
                 ax.set_title(cand, fontsize=sz)
                 return
     cand = short or text
-    ax.set_title("\n".join(r for line in cand.split("\n")
-                           for r in textwrap.wrap(line, _chars_per_line(width_in, size - 2))), fontsize=size - 2)
+    ax.set_title(
+        "\n".join(r for line in cand.split("\n") for r in textwrap.wrap(line, _chars_per_line(width_in, size - 2))),
+        fontsize=size - 2,
+    )
 
 
 def _legend(fig, handles, title: str, footnote: str = "") -> None:
@@ -528,21 +591,43 @@ def _legend(fig, handles, title: str, footnote: str = "") -> None:
     title, size, footnote = _fit_title(title, fig.get_figwidth(), footnote)
     renderer = fig.canvas.get_renderer()
     for ncol in range(len(handles), 0, -1):  # as many columns as fit the figure's width
-        legend = fig.legend(handles=handles, loc="outside upper center", ncol=ncol, frameon=False, fontsize=9,
-                            handlelength=2.2, columnspacing=1.4, title=title, title_fontsize=size)
+        legend = fig.legend(
+            handles=handles,
+            loc="outside upper center",
+            ncol=ncol,
+            frameon=False,
+            fontsize=9,
+            handlelength=2.2,
+            columnspacing=1.4,
+            title=title,
+            title_fontsize=size,
+        )
         if ncol == 1 or legend.get_window_extent(renderer).width <= 0.98 * fig.bbox.width:
             break
         legend.remove()
     if footnote:
         text = "\n".join(textwrap.wrap(footnote, _chars_per_line(fig.get_figwidth(), FOOTNOTE_SIZE)))
-        note = fig.legend(handles=[], loc="outside lower center", frameon=False, title=text,
-                          title_fontsize=FOOTNOTE_SIZE)
+        note = fig.legend(
+            handles=[], loc="outside lower center", frameon=False, title=text, title_fontsize=FOOTNOTE_SIZE
+        )
         note.get_title().set_color("0.3")
 
 
 def _mode_handles(labels, styles, band: str, multi_seed: bool, diverged: bool) -> list:
-    h = [Line2D([], [], color=styles[lab]["color"], lw=styles[lab]["lw"], marker=styles[lab]["marker"],
-                ms=styles[lab]["ms"], mec="white", mew=0.6, label=lab) for lab in labels]
+    h = [
+        Line2D(
+            [],
+            [],
+            color=styles[lab]["color"],
+            lw=styles[lab]["lw"],
+            marker=styles[lab]["marker"],
+            ms=styles[lab]["ms"],
+            mec="white",
+            mew=0.6,
+            label=lab,
+        )
+        for lab in labels
+    ]
     if multi_seed:
         h.append(Patch(color="0.5", alpha=0.3, label="×/÷ geometric std" if band == "std" else "95 % CI"))
     if diverged:
@@ -593,8 +678,9 @@ class _FittingLogFormatter(Formatter):
         size = axis.get_major_ticks()[0].label1.get_fontsize() if axis.get_major_ticks() else 10.0
         pt = ax.figure.dpi / 72.0
         for keep in LOG_LABEL_SETS:
-            vals = [m * 10.0 ** k for k in range(int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi))) + 1)
-                    for m in keep]
+            vals = [
+                m * 10.0**k for k in range(int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi))) + 1) for m in keep
+            ]
             vals = [v for v in vals if lo <= v <= hi]
             fits = True
             for a, b in zip(vals, vals[1:]):
@@ -618,8 +704,16 @@ def _plain_tick(v: float, keep=(1, 2, 3, 5)) -> str:
     return f"{v:g}" if any(abs(mantissa - m) < 1e-6 for m in keep) else ""
 
 
-def problem_figure(df: pd.DataFrame, problem: str, *, smooth: bool = True, window: int = 30,
-                   band: str = "std", seed: int = 0, author_ylim: bool = True) -> plt.Figure:
+def problem_figure(
+    df: pd.DataFrame,
+    problem: str,
+    *,
+    smooth: bool = True,
+    window: int = 30,
+    band: str = "std",
+    seed: int = 0,
+    author_ylim: bool = True,
+) -> plt.Figure:
     """The figure of one problem (see the module docstring) from a :func:`results.collect` table.
 
     Rows: clipping modes (none, value, norm, others); columns: complexity levels, easy to hard
@@ -634,8 +728,14 @@ def problem_figure(df: pd.DataFrame, problem: str, *, smooth: bool = True, windo
     styles = mode_styles(labels)
     extra = problem == "quantum" and "update_norm" in sub.columns and sub["update_norm"].notna().any()
     ncol = len(levels) + int(extra)
-    fig, axes = plt.subplots(len(clips), ncol, figsize=(max(5.0, 2.9 * ncol + 0.9), 2.25 * len(clips) + 0.9),
-                             squeeze=False, sharex=True, layout="constrained")
+    fig, axes = plt.subplots(
+        len(clips),
+        ncol,
+        figsize=(max(5.0, 2.9 * ncol + 0.9), 2.25 * len(clips) + 0.9),
+        squeeze=False,
+        sharex=True,
+        layout="constrained",
+    )
     counts = _seed_counts(sub)
     top = int(counts.max())
     ranges, any_div, coincide = [], False, []
@@ -652,8 +752,11 @@ def problem_figure(df: pd.DataFrame, problem: str, *, smooth: bool = True, windo
             if i == 0:
                 n = _level_seeds(counts, level)
                 seeds_note = f"\n{_seed_text(counts, sub, level)}" if n < top else ""
-                _fit_panel_title(ax, _level_title(problem, level_cols, level) + seeds_note,
-                                 _short_level_title(problem, level_cols, level) + seeds_note)
+                _fit_panel_title(
+                    ax,
+                    _level_title(problem, level_cols, level) + seeds_note,
+                    _short_level_title(problem, level_cols, level) + seeds_note,
+                )
             if j == 0:
                 ax.set_ylabel(f"{_clip_name(clip)}\ntest loss", fontsize=9)
             if i == len(clips) - 1:
@@ -663,8 +766,9 @@ def problem_figure(df: pd.DataFrame, problem: str, *, smooth: bool = True, windo
             part = sub[(sub["clip"] == clip) & sub["_level"].apply(lambda v: v == levels[-1])]
             _panel(ax, part, labels, styles, "update_norm", False, 1, band, rng)
             if i == 0:
-                ax.set_title(f"update size, {_level_title(problem, level_cols, levels[-1]).split(', ', 1)[-1]}",
-                             fontsize=10)
+                ax.set_title(
+                    f"update size, {_level_title(problem, level_cols, levels[-1]).split(', ', 1)[-1]}", fontsize=10
+                )
             ax.set_ylabel("update norm\n(raw, per epoch)", fontsize=9)
             if i == len(clips) - 1:
                 ax.set_xlabel("epoch")
@@ -673,14 +777,16 @@ def problem_figure(df: pd.DataFrame, problem: str, *, smooth: bool = True, windo
     for ax in axes[:, : len(levels)].ravel():
         _plain_log_labels(ax)
     handles = _mode_handles(labels, styles, band, top > 1, any_div)
-    handles += [Line2D([], [], color="0.3", lw=1.2, ls=COINCIDE_DASHES[0], label=note)
-                for note in _coincidence_notes(coincide)]
+    handles += [
+        Line2D([], [], color="0.3", lw=1.2, ls=COINCIDE_DASHES[0], label=note) for note in _coincidence_notes(coincide)
+    ]
     _legend(fig, handles, *_description(problem, sub, levels, level_cols, smooth, window, band))
     return fig
 
 
-def paired_figure(df: pd.DataFrame, problem: str, *, x: str = "R", y: str = "C", epoch: int | None = None,
-                  window: int = 30) -> plt.Figure:
+def paired_figure(
+    df: pd.DataFrame, problem: str, *, x: str = "R", y: str = "C", epoch: int | None = None, window: int = 30
+) -> plt.Figure:
     """Per seed: mode ``x``'s final loss (horizontal) against mode ``y``'s (vertical), log–log.
 
     Final loss as in :mod:`stablebptt.claims` (the last point of the ``window``-epoch moving
@@ -699,8 +805,9 @@ def paired_figure(df: pd.DataFrame, problem: str, *, x: str = "R", y: str = "C",
     if pairs.empty:
         raise ValueError(f"{problem}: no seed has both a {x} and a {y} run; nothing to pair")
     levels = [lv for lv in levels if (pairs["_level"].apply(lambda v: v == lv)).any()]
-    fig, axes = plt.subplots(1, len(levels), figsize=(max(5.0, 3.1 * len(levels) + 0.6), 3.7), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        1, len(levels), figsize=(max(5.0, 3.1 * len(levels) + 0.6), 3.7), squeeze=False, layout="constrained"
+    )
     tenfold_shown, seed_points = False, []
     for ax, level in zip(axes[0], levels):
         p = pairs[pairs["_level"].apply(lambda v: v == level)]
@@ -709,22 +816,32 @@ def paired_figure(df: pd.DataFrame, problem: str, *, x: str = "R", y: str = "C",
         seed_points.append(pts)
         n = p["seed"].nunique()
         seeds_note = f" ({n} seed{'s' if n != 1 else ''})"
-        _fit_panel_title(ax, _level_title(problem, level_cols, level) + seeds_note,
-                         _short_level_title(problem, level_cols, level) + seeds_note)
+        _fit_panel_title(
+            ax,
+            _level_title(problem, level_cols, level) + seeds_note,
+            _short_level_title(problem, level_cols, level) + seeds_note,
+        )
         ax.set_xlabel(f"{x}: final test loss")
     axes[0, 0].set_ylabel(f"{y}: final test loss")
-    h = [Line2D([], [], marker=_pair_style(c)[0], color=_pair_style(c)[1], ls="", label=_clip_name(c))
-         for c in _clip_order(pairs["clip"])]
+    h = [
+        Line2D([], [], marker=_pair_style(c)[0], color=_pair_style(c)[1], ls="", label=_clip_name(c))
+        for c in _clip_order(pairs["clip"])
+    ]
     h.append(Line2D([], [], color="0.35", lw=1.0, label=f"{y} = {x}"))
     if tenfold_shown:
         h.append(Line2D([], [], color="0.35", lw=0.9, ls=":", label=f"{y} = {x}/10"))
     if not np.isfinite(pairs[[x, y]].to_numpy(float)).all():
         h.append(Line2D([], [], marker="o", mfc="none", mec="0.3", ls="", label="diverged (at the edge)"))
     when = f"at epoch {epoch}" if epoch is not None else "final"
-    _legend(fig, h, f"{_display(problem)}: {when} test loss, {y} against {x}, paired by seed\n"
-                    f"numbers: seeds; below the solid diagonal {y} is lower",
-            f"{when} test loss: " + ("the last point" if epoch is None else f"the point at epoch {epoch}")
-            + f" of the {window}-epoch moving average of each run")
+    _legend(
+        fig,
+        h,
+        f"{_display(problem)}: {when} test loss, {y} against {x}, paired by seed\n"
+        f"numbers: seeds; below the solid diagonal {y} is lower",
+        f"{when} test loss: "
+        + ("the last point" if epoch is None else f"the point at epoch {epoch}")
+        + f" of the {window}-epoch moving average of each run",
+    )
     fig.draw_without_rendering()  # the layout, so the seed labels can be placed in pixels
     renderer = fig.canvas.get_renderer()
     for ax, pts in zip(axes[0], seed_points):
@@ -760,8 +877,8 @@ def _paired_panel(ax, p: pd.DataFrame, x: str, y: str) -> bool:
         seeds += [(float(sx), float(sy), int(s)) for sx, sy, s in zip(px, py, c["seed"])]
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlim(10 ** lo, 10 ** hi)
-    ax.set_ylim(10 ** lo, 10 ** hi)
+    ax.set_xlim(10**lo, 10**hi)
+    ax.set_ylim(10**lo, 10**hi)
     ax.set_aspect("equal")
     ax.grid(True, which="major", alpha=0.3)
     _plain_log_labels(ax, "x")
@@ -770,9 +887,20 @@ def _paired_panel(ax, p: pd.DataFrame, x: str, y: str) -> bool:
 
 
 #: seed labels: where a label may sit relative to its point, in points (dx, dy, ha, va), first choice first
-_LABEL_SPOTS = tuple((f * dx, f * dy, ha, va) for f in (1, 2.2, 3.5) for dx, dy, ha, va in (
-    (3, 2, "left", "bottom"), (3, -2, "left", "top"), (-3, 2, "right", "bottom"), (-3, -2, "right", "top"),
-    (5, 0, "left", "center"), (-5, 0, "right", "center"), (0, 4, "center", "bottom"), (0, -4, "center", "top")))
+_LABEL_SPOTS = tuple(
+    (f * dx, f * dy, ha, va)
+    for f in (1, 2.2, 3.5)
+    for dx, dy, ha, va in (
+        (3, 2, "left", "bottom"),
+        (3, -2, "left", "top"),
+        (-3, 2, "right", "bottom"),
+        (-3, -2, "right", "top"),
+        (5, 0, "left", "center"),
+        (-5, 0, "right", "center"),
+        (0, 4, "center", "bottom"),
+        (0, -4, "center", "top"),
+    )
+)
 #: seed labels: points closer than this (in points) share one label
 _SAME_SPOT_PT = 3.0
 
@@ -815,8 +943,17 @@ def _seed_labels(ax, points, renderer) -> list:
     for members in order:
         seeds = sorted({points[i][2] for i in members})
         anchor = points[members[0]][:2]
-        t = ax.annotate(",".join(map(str, seeds)), anchor, xytext=_LABEL_SPOTS[0][:2], textcoords="offset points",
-                        fontsize=7, color="0.3", ha="left", va="bottom", annotation_clip=False)
+        t = ax.annotate(
+            ",".join(map(str, seeds)),
+            anchor,
+            xytext=_LABEL_SPOTS[0][:2],
+            textcoords="offset points",
+            fontsize=7,
+            color="0.3",
+            ha="left",
+            va="bottom",
+            annotation_clip=False,
+        )
         others = [m for k, m in enumerate(marks) if k not in members]
         best = None
         for dx, dy, ha, va in _LABEL_SPOTS:
@@ -824,8 +961,12 @@ def _seed_labels(ax, points, renderer) -> list:
             t.set_ha(ha)
             t.set_va(va)
             b = t.get_window_extent(renderer)
-            outside = (max(0.0, frame.x0 - b.x0) + max(0.0, b.x1 - frame.x1)
-                       + max(0.0, frame.y0 - b.y0) + max(0.0, b.y1 - frame.y1)) * 100
+            outside = (
+                max(0.0, frame.x0 - b.x0)
+                + max(0.0, b.x1 - frame.x1)
+                + max(0.0, frame.y0 - b.y0)
+                + max(0.0, b.y1 - frame.y1)
+            ) * 100
             cost = outside + sum(overlap(b, o) for o in placed) + sum(overlap(b, o) for o in others)
             if best is None or cost < best[0]:
                 best = (cost, dx, dy, ha, va, (b.x0, b.y0, b.x1, b.y1))
@@ -855,8 +996,10 @@ def ratio_figure(ratios: Sequence, *, title: str = "", window: int = 30) -> plt.
     if not ratios:
         raise ValueError("no ratios to draw")
     styles = mode_styles([r.variant for r in ratios])
-    vals = np.concatenate([np.asarray(r.test.per_seed, float) for r in ratios]
-                          + [np.asarray([r.test.lo, r.test.hi, r.test.estimate], float) for r in ratios])
+    vals = np.concatenate(
+        [np.asarray(r.test.per_seed, float) for r in ratios]
+        + [np.asarray([r.test.lo, r.test.hi, r.test.estimate], float) for r in ratios]
+    )
     fin = vals[np.isfinite(vals) & (vals > 0)]
     lo, hi = (np.log10(min(fin.min(), 1.0)) - 0.25, np.log10(max(fin.max(), 1.0)) + 0.25) if fin.size else (-1.0, 1.0)
     left, right = 10 ** (lo + 0.05), 10 ** (hi - 0.05)
@@ -873,26 +1016,32 @@ def ratio_figure(ratios: Sequence, *, title: str = "", window: int = 30) -> plt.
         x = np.where(np.isfinite(v) & (v > 0), v, np.where(v > 1, right, left))
         ax.scatter(x[~edge], ys[~edge], s=22, color=st["color"], edgecolor="0.2", lw=0.4, zorder=3)
         ax.scatter(x[edge], ys[edge], s=22, facecolor="none", edgecolor=st["color"], lw=1.0, zorder=3)
-        est, a, b = (float(np.clip(t, left, right)) if np.isfinite(t) or np.isinf(t) else np.nan
-                     for t in (r.test.estimate, r.test.lo, r.test.hi))
+        est, a, b = (
+            float(np.clip(t, left, right)) if np.isfinite(t) or np.isinf(t) else np.nan
+            for t in (r.test.estimate, r.test.lo, r.test.hi)
+        )
         if r.test.n > 1 and np.isfinite(a) and np.isfinite(b):
             ax.plot([a, b], [y, y], color="0.15", lw=2.2, solid_capstyle="butt", zorder=4)
         if np.isfinite(est):
             ax.plot([est], [y], marker="D", ms=8, color=st["color"], mec="0.1", mew=1.0, ls="", zorder=5)
         ax.text(1.01, y, r.verdict, transform=ax.get_yaxis_transform(), va="center", ha="left", fontsize=9)
     ax.set_xscale("log")
-    ax.set_xlim(10 ** lo, 10 ** hi)
+    ax.set_xlim(10**lo, 10**hi)
     ax.set_ylim(-0.6, len(ratios) - 0.4)
     ax.set_yticks(range(len(ratios)), [f"{r.reference}/{r.variant}" for r in ratios][::-1])
     ax.grid(True, axis="x", which="major", alpha=0.3)
     _plain_log_labels(ax, "x")
     ref = ratios[0].reference
     ax.set_xlabel(f"{ref}'s final test loss / the variant's, per seed (> 1: the variant ends lower)")
-    h = [Line2D([], [], marker="o", color="0.5", mec="0.2", ls="", ms=5, label="one seed"),
-         Line2D([], [], marker="D", color="0.5", mec="0.1", ls="", ms=7, label="geometric mean"),
-         Line2D([], [], color="0.15", lw=2.2, label="bootstrap 95 % interval")]
+    h = [
+        Line2D([], [], marker="o", color="0.5", mec="0.2", ls="", ms=5, label="one seed"),
+        Line2D([], [], marker="D", color="0.5", mec="0.1", ls="", ms=7, label="geometric mean"),
+        Line2D([], [], color="0.15", lw=2.2, label="bootstrap 95 % interval"),
+    ]
     if any_edge:
-        h.append(Line2D([], [], marker="o", mfc="none", mec="0.3", ls="", label="0 or ∞: one side diverged (at the edge)"))
+        h.append(
+            Line2D([], [], marker="o", mfc="none", mec="0.3", ls="", label="0 or ∞: one side diverged (at the edge)")
+        )
     n = max(r.test.n for r in ratios)
     head = title or "final test loss, paired by seed"
     what = "the test loss at the last epoch" if window == 1 else f"last point of the {window}-epoch moving average"
@@ -914,8 +1063,15 @@ def _save(fig, out_dir: Path, stem: str, formats: Sequence[str]) -> list[Path]:
     return paths
 
 
-def plot_frame(df: pd.DataFrame, out_dir: str | Path, *, smooth: bool = True, window: int = 30,
-               band: str = "std", formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+def plot_frame(
+    df: pd.DataFrame,
+    out_dir: str | Path,
+    *,
+    smooth: bool = True,
+    window: int = 30,
+    band: str = "std",
+    formats: Sequence[str] = ("png", "pdf"),
+) -> list[Path]:
     """For every problem of a results table: :func:`problem_figure`, saved as
     ``<stem>-test-loss[-raw][-ci].<fmt>`` (``stem``: :func:`stablebptt.problems.file_stem` of the problem), and, where some seed has both R and C,
     :func:`paired_figure` as ``<stem>-paired-R-C.<fmt>``. Returns the files written."""
@@ -937,8 +1093,15 @@ def plot_frame(df: pd.DataFrame, out_dir: str | Path, *, smooth: bool = True, wi
     return paths
 
 
-def plot_sweep(sweep_dir: str | Path, out_dir: str | Path | None = None, *, smooth: bool = True,
-               window: int = 30, band: str = "std", formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+def plot_sweep(
+    sweep_dir: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    smooth: bool = True,
+    window: int = 30,
+    band: str = "std",
+    formats: Sequence[str] = ("png", "pdf"),
+) -> list[Path]:
     """Draw the paper's figures for every problem of a sweep folder; return the files written.
 
     Reads the finished runs under ``sweep_dir`` (:func:`stablebptt.results.collect`) and
@@ -982,16 +1145,22 @@ def toy_field_grid(n: int = 401, lim: float = 4.0, **problem_params) -> dict[str
     thetas = jnp.asarray(np.stack([T1.ravel(), T2.ravel()], -1))
 
     def one(theta, mode):
-        L, fld, _ = value_and_update(PolyController(theta), x0, step=prob.step, loss=prob.loss,
-                                     horizon=prob.horizon, flow=mode, validate=False)
+        L, fld, _ = value_and_update(
+            PolyController(theta), x0, step=prob.step, loss=prob.loss, horizon=prob.horizon, flow=mode, validate=False
+        )
         return L, fld.theta
 
     L, G = jax.jit(jax.vmap(lambda t: one(t, "R")))(thetas)
     _, M = jax.jit(jax.vmap(lambda t: one(t, "M")))(thetas)
     shape = (len(axis), len(axis))
     axis64 = np.linspace(-lim, lim, int(n))  # exactly spaced, for matplotlib's streamplot
-    return {"theta1": axis64, "theta2": axis64, "L": np.asarray(L).reshape(shape),
-            "G": np.asarray(G).reshape(shape + (2,)), "M": np.asarray(M).reshape(shape + (2,))}
+    return {
+        "theta1": axis64,
+        "theta2": axis64,
+        "L": np.asarray(L).reshape(shape),
+        "G": np.asarray(G).reshape(shape + (2,)),
+        "M": np.asarray(M).reshape(shape + (2,)),
+    }
 
 
 def spread(norms: np.ndarray, mask: np.ndarray | None = None) -> float:
@@ -1002,8 +1171,9 @@ def spread(norms: np.ndarray, mask: np.ndarray | None = None) -> float:
     return float(p95 / p5)
 
 
-def fig1_fields(out_dir: str | Path, *, n: int = 401, loss_below: float = 10.0,
-                formats: Sequence[str] = ("png", "pdf")) -> dict:
+def fig1_fields(
+    out_dir: str | Path, *, n: int = 401, loss_below: float = 10.0, formats: Sequence[str] = ("png", "pdf")
+) -> dict:
     """Paper Fig. 1: gradient field G vs modified field M of the scalar toy, side by side.
 
     Heat map: log10 of the field norm (one colour scale for both panels); streamlines: the
@@ -1028,8 +1198,7 @@ def fig1_fields(out_dir: str | Path, *, n: int = 401, loss_below: float = 10.0,
     vmin, vmax = (float(v) for v in np.percentile(np.concatenate([logs["G"][mask], logs["M"][mask]]), [1, 99]))
     fig, axes = plt.subplots(1, 2, figsize=(11.5, 5.0), constrained_layout=True)
     for ax, key, title, s in ((axes[0], "G", "gradient G (mode R)", sG), (axes[1], "M", "modified M (mode M)", sM)):
-        im = ax.pcolormesh(t1, t2, logs[key], shading="auto", cmap="viridis", vmin=vmin, vmax=vmax,
-                           rasterized=True)
+        im = ax.pcolormesh(t1, t2, logs[key], shading="auto", cmap="viridis", vmin=vmin, vmax=vmax, rasterized=True)
         f = -d[key]
         ax.streamplot(t1, t2, f[..., 0], f[..., 1], color="white", linewidth=0.6, density=1.3, arrowsize=0.8)
         ax.contour(t1, t2, L, levels=[loss_below], colors="k", linestyles="--", linewidths=1.0)
@@ -1046,8 +1215,9 @@ def fig1_fields(out_dir: str | Path, *, n: int = 401, loss_below: float = 10.0,
 
 
 # ----------------------------------------------------------------------------- Fig. 2
-def rotation_run(mode: str, *, iterations: int = 200, lr: float = 0.1,
-                 theta0: Sequence[float] = (2.0, 4.0)) -> tuple[np.ndarray, np.ndarray]:
+def rotation_run(
+    mode: str, *, iterations: int = 200, lr: float = 0.1, theta0: Sequence[float] = (2.0, 4.0)
+) -> tuple[np.ndarray, np.ndarray]:
     """Keras-form Adam on ``toy-rotation`` under engine mode ``mode`` (R, M or C).
 
     Returns ``(losses, thetas)`` with ``losses[i] = L(θ_i)`` for i = 0 … iterations and
@@ -1070,15 +1240,15 @@ def rotation_run(mode: str, *, iterations: int = 200, lr: float = 0.1,
     @jax.jit
     def step(params, state):
         m = eqx.combine(params, static)
-        val, upd, _ = value_and_update(m, x0, step=prob.step, loss=prob.loss, horizon=prob.horizon,
-                                            flow=mode, validate=False)
+        val, upd, _ = value_and_update(
+            m, x0, step=prob.step, loss=prob.loss, horizon=prob.horizon, flow=mode, validate=False
+        )
         u, state = opt.update(upd, state, params)
         return eqx.apply_updates(params, u), state, val
 
     @jax.jit
     def loss_of(params):
-        return evaluate_loss(eqx.combine(params, static), x0, step=prob.step, loss=prob.loss,
-                                  horizon=prob.horizon)
+        return evaluate_loss(eqx.combine(params, static), x0, step=prob.step, loss=prob.loss, horizon=prob.horizon)
 
     losses, thetas = [], [np.asarray(params.theta)]
     for _ in range(int(iterations)):
@@ -1089,8 +1259,14 @@ def rotation_run(mode: str, *, iterations: int = 200, lr: float = 0.1,
     return np.asarray(losses), np.stack(thetas)
 
 
-def fig2_rotation(out_dir: str | Path, *, iterations: int = 200, lr: float = 0.1,
-                  theta0: Sequence[float] = (2.0, 4.0), formats: Sequence[str] = ("png", "pdf")) -> dict:
+def fig2_rotation(
+    out_dir: str | Path,
+    *,
+    iterations: int = 200,
+    lr: float = 0.1,
+    theta0: Sequence[float] = (2.0, 4.0),
+    formats: Sequence[str] = ("png", "pdf"),
+) -> dict:
     """Paper Fig. 2: Adam under a gradient, a rotating and a combined field on L = ‖θ‖².
 
     Panels (a) g = 2θ (mode R), (b) r = 2θ − 4Rθ (mode M), (c) the sign combination (mode C):
@@ -1123,8 +1299,14 @@ def fig2_rotation(out_dir: str | Path, *, iterations: int = 200, lr: float = 0.1
         f = np.where(nrm > 0, f / np.maximum(nrm, 1e-12), 0.0)
         ax.quiver(Q1, Q2, f[..., 0], f[..., 1], color="0.55", angles="xy", scale=28, width=0.003)
         th = thetas[m]
-        ax.plot(th[:, 0], th[:, 1], "-", color=MODE_COLORS[m], lw=1.6,
-                path_effects=[patheffects.withStroke(linewidth=2.6, foreground="0.35")] if m == "M" else None)
+        ax.plot(
+            th[:, 0],
+            th[:, 1],
+            "-",
+            color=MODE_COLORS[m],
+            lw=1.6,
+            path_effects=[patheffects.withStroke(linewidth=2.6, foreground="0.35")] if m == "M" else None,
+        )
         ax.plot(*th[0], "o", color="k", ms=5)
         ax.plot(*th[-1], "*", color=MODE_COLORS[m], ms=12, mec="k")
         ax.plot(0, 0, "+", color="k", ms=10)
@@ -1152,6 +1334,22 @@ def toy_figures(out_dir: str | Path, formats: Sequence[str] = ("png", "pdf")) ->
     return {"fig1": fig1_fields(out_dir, formats=formats), "fig2": fig2_rotation(out_dir, formats=formats)}
 
 
-__all__ = ["smooth_curve", "log_band", "markevery", "mode_styles", "plot_sweep", "plot_frame", "problem_figure",
-           "paired_figure", "fig1_fields", "fig2_rotation", "rotation_run", "toy_field_grid", "spread", "toy_figures",
-           "MODE_COLORS", "MODE_MARKERS", "CLIP_ORDER"]
+__all__ = [
+    "smooth_curve",
+    "log_band",
+    "markevery",
+    "mode_styles",
+    "plot_sweep",
+    "plot_frame",
+    "problem_figure",
+    "paired_figure",
+    "fig1_fields",
+    "fig2_rotation",
+    "rotation_run",
+    "toy_field_grid",
+    "spread",
+    "toy_figures",
+    "MODE_COLORS",
+    "MODE_MARKERS",
+    "CLIP_ORDER",
+]

@@ -14,6 +14,7 @@ rich table of ``stablebptt results``.
 A run that diverged before its first epoch contributes one row with ``epoch = 0`` and its
 untrained losses, so it is never silently missing.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,10 +51,16 @@ def run_rows(folder: str | Path) -> pd.DataFrame:
     csv = folder / "metrics.csv"
     metrics = pd.read_csv(csv if csv.is_file() else folder / "metrics.csv.gz")  # .gz: archived records
     if metrics.empty:
-        metrics = pd.DataFrame([{"epoch": 0, "train_loss": res["initial"]["train_loss"],
-                                 "test_loss": res["initial"]["test_loss"]}])
-    head = {"run_id": res["run_id"], "seed": res["seed"], "status": res["status"],
-            "diverged_epoch": res["diverged_epoch"], "epochs_done": res["epochs_done"]}
+        metrics = pd.DataFrame(
+            [{"epoch": 0, "train_loss": res["initial"]["train_loss"], "test_loss": res["initial"]["test_loss"]}]
+        )
+    head = {
+        "run_id": res["run_id"],
+        "seed": res["seed"],
+        "status": res["status"],
+        "diverged_epoch": res["diverged_epoch"],
+        "epochs_done": res["epochs_done"],
+    }
     head |= config_columns(cfg["config"])
     front = pd.DataFrame({k: [v] * len(metrics) for k, v in head.items()})
     return pd.concat([front, metrics.reset_index(drop=True)], axis=1)
@@ -116,12 +123,25 @@ def console_table(summary: pd.DataFrame, title: str | None = None, caption: str 
     longest = max((len(v) for v in labels.values()), default=7)
     for col in ("problem", "level", "clip", "mode", "test loss", "epochs", "seeds", "div."):
         right = col in ("test loss", "epochs", "seeds", "div.")
-        t.add_column(col, justify="right" if right else "left", overflow="fold", no_wrap=col == "epochs",
-                     min_width=min(longest, PROBLEM_COLUMN_MIN) if col == "problem" else None)
+        t.add_column(
+            col,
+            justify="right" if right else "left",
+            overflow="fold",
+            no_wrap=col == "epochs",
+            min_width=min(longest, PROBLEM_COLUMN_MIN) if col == "problem" else None,
+        )
     from .sweep import loss_cell
 
     for r in summary.itertuples():
         cell = loss_cell(r.mean, r.std, r.n, r.diverged, getattr(r, "nonfinite", 0) or 0)
-        t.add_row(labels[str(r.problem)], r.level, r.clip, r.mode, cell, r.epochs, str(r.n),
-                  str(r.diverged) if r.diverged else "")
+        t.add_row(
+            labels[str(r.problem)],
+            r.level,
+            r.clip,
+            r.mode,
+            cell,
+            r.epochs,
+            str(r.n),
+            str(r.diverged) if r.diverged else "",
+        )
     return t

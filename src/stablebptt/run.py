@@ -30,6 +30,7 @@ folder compute each run once. A claim is taken over when its owner is dead (same
 heartbeat (the file's modification time, refreshed while training) is older than
 ``LEASE_STALE_S``.
 """
+
 from __future__ import annotations
 
 import csv
@@ -44,13 +45,17 @@ import socket
 import sys
 import time
 import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .config import RunConfig, run_id
-from .controllers import weights_file  # noqa: F401  (run folders hold weights.npz; re-exported)
+from .controllers import weights_file  # run folders hold weights.npz; re-exported
+
+if TYPE_CHECKING:  # for annotations only: the methods import numpy where they need it
+    import numpy as np
 
 RESULT_FILE = "result.json"
 
@@ -65,10 +70,17 @@ def source_commit() -> str | None:
         return os.environ["STABLEBPTT_COMMIT"]
     here = Path(__file__).resolve().parent
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."],
-                               cwd=here, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "."],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return head + ("-dirty" if dirty else "") if head else None
@@ -89,15 +101,21 @@ def manifest() -> dict:
         "versions": {n: ver(n) for n in ("stablebptt", "jax", "jaxlib", "optax", "equinox", "numpy")}
         | {"python": platform.python_version()},
         "commit": source_commit(),
-        "device": {"platform": dev.platform, "kind": getattr(dev, "device_kind", str(dev)),
-                   "count": jax.device_count()},
-        "precision": {"dtype": "float32", "x64": bool(jax.config.jax_enable_x64),
-                      "matmul_precision": "highest (the training programs are traced at full float32 precision)"},
+        "device": {
+            "platform": dev.platform,
+            "kind": getattr(dev, "device_kind", str(dev)),
+            "count": jax.device_count(),
+        },
+        "precision": {
+            "dtype": "float32",
+            "x64": bool(jax.config.jax_enable_x64),
+            "matmul_precision": "highest (the training programs are traced at full float32 precision)",
+        },
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "command": " ".join(sys.argv),
         "host": socket.gethostname(),
         "machine": platform.machine(),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
 
 
@@ -112,7 +130,9 @@ def recorded_code(folder: Path) -> dict | None:
     if "problem_code" in man:
         return man["problem_code"]
     src = man.get("problem_source") or {}
-    return {"file": src.get("path"), "sha256": src["sha256"]} if src.get("kind") == "file" and src.get("sha256") else None
+    return (
+        {"file": src.get("path"), "sha256": src["sha256"]} if src.get("kind") == "file" and src.get("sha256") else None
+    )
 
 
 _CURRENT = object()
@@ -175,12 +195,16 @@ def write_result(folder: Path, config: RunConfig, seed: int, result, extra_manif
                 "diverged_epoch": result.diverged_epoch,
                 "epochs_done": result.epochs_done,
                 "initial": result.initial,
-                "final": {k: (result.history[k][-1] if result.history[k] else None)
-                          for k in result.history if k not in ("epoch", "wall_s")},
+                "final": {
+                    k: (result.history[k][-1] if result.history[k] else None)
+                    for k in result.history
+                    if k not in ("epoch", "wall_s")
+                },
                 "compile_s": result.compile_s,
                 "train_s": result.train_s,
-            } | ({"resumed_from_epoch": result.ran["resumed_from_epoch"]}
-                 if result.ran.get("resumed_from_epoch") else {})
+            } | (
+                {"resumed_from_epoch": result.ran["resumed_from_epoch"]} if result.ran.get("resumed_from_epoch") else {}
+            )
             _write_json(tmp / RESULT_FILE, summary)
             if folder.exists():
                 if is_done(folder):  # someone else finished it meanwhile: keep theirs
@@ -203,9 +227,17 @@ def _index_row(folder: Path) -> dict:
     res = read_result(folder)
     c = RunConfig.model_construct(**cfg["config"])
     level = " ".join(f"{k}={v}" for k, v in sorted(cfg["config"].get("problem_params", {}).items()))
-    return dict(run_id=folder.name, problem=c.problem, level=level, mode=c.mode_label(), clip=c.clip,
-                seed=cfg["seed"], status=res["status"], epochs_done=res["epochs_done"],
-                final_test_loss=(res.get("final") or {}).get("test_loss"))
+    return dict(
+        run_id=folder.name,
+        problem=c.problem,
+        level=level,
+        mode=c.mode_label(),
+        clip=c.clip,
+        seed=cfg["seed"],
+        status=res["status"],
+        epochs_done=res["epochs_done"],
+        final_test_loss=(res.get("final") or {}).get("test_loss"),
+    )
 
 
 def write_index(root: str | Path) -> Path:
@@ -217,8 +249,11 @@ def write_index(root: str | Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     with open(root / ".index.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        rows = [_index_row(f) for f in root.iterdir()
-                if f.is_dir() and not f.name.startswith(".") and is_done(f) and (f / "config.json").is_file()]
+        rows = [
+            _index_row(f)
+            for f in root.iterdir()
+            if f.is_dir() and not f.name.startswith(".") and is_done(f) and (f / "config.json").is_file()
+        ]
         rows.sort(key=lambda r: (r["problem"], r["level"], r["mode"], r["clip"], r["seed"], r["run_id"]))
         tmp = root / f".{INDEX_FILE}.{uuid.uuid4().hex[:8]}"
         with open(tmp, "w", newline="") as fh:
@@ -267,11 +302,16 @@ class Lease:
         self.token = uuid.uuid4().hex
         self._touched = 0.0
 
-    def acquire(self) -> "Lease":
+    def acquire(self) -> Lease:
         """Take the claim, or raise :class:`Claimed` if a live owner holds it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        me = {"host": socket.gethostname(), "pid": os.getpid(), "start": _proc_start(os.getpid()),
-              "token": self.token, "since": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        me = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "start": _proc_start(os.getpid()),
+            "token": self.token,
+            "since": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        }
         for _ in range(10):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -319,9 +359,18 @@ def partial_folder(root: str | Path, names: Sequence[str]) -> Path:
     return Path(root) / ".partial" / key
 
 
-def run(config: RunConfig, seed: int, root: str | Path = "runs", *, problem=None, on_epoch: Callable | None = None,
-        extra_manifest: dict | None = None, overlap_eval: bool = False, checkpoint_seconds: float = 30.0,
-        restart: bool = False) -> Path:
+def run(
+    config: RunConfig,
+    seed: int,
+    root: str | Path = "runs",
+    *,
+    problem=None,
+    on_epoch: Callable | None = None,
+    extra_manifest: dict | None = None,
+    overlap_eval: bool = False,
+    checkpoint_seconds: float = 30.0,
+    restart: bool = False,
+) -> Path:
     """Train (config, seed) unless its result exists; return the result folder.
 
     ``problem``: the :class:`~stablebptt.problems.Problem` to train (default: the one the config
@@ -330,9 +379,16 @@ def run(config: RunConfig, seed: int, root: str | Path = "runs", *, problem=None
     a live process computing the same run makes this call raise :class:`Claimed`. A finished
     run or a checkpoint made with other problem code (:func:`code_change`) raises ValueError.
     ``overlap_eval``: see :func:`stablebptt.runner.train`."""
-    return train_runs([(config, int(seed))], root, problem=problem, on_epoch=on_epoch,
-                      extra_manifest=extra_manifest, overlap_eval=overlap_eval,
-                      checkpoint_seconds=checkpoint_seconds, restart=restart)[0][0]
+    return train_runs(
+        [(config, int(seed))],
+        root,
+        problem=problem,
+        on_epoch=on_epoch,
+        extra_manifest=extra_manifest,
+        overlap_eval=overlap_eval,
+        checkpoint_seconds=checkpoint_seconds,
+        restart=restart,
+    )[0][0]
 
 
 def run_seeds(config: RunConfig, seeds: Sequence[int], root: str | Path = "runs", **kw) -> list[Path]:
@@ -349,9 +405,17 @@ def run_lanes(lanes: Sequence[tuple[RunConfig, int]], root: str | Path = "runs",
     return train_runs([(c, int(s)) for c, s in lanes], root, **kw)[0]
 
 
-def train_runs(pairs: Sequence[tuple[RunConfig, int]], root: str | Path = "runs", *, problem=None,
-               on_epoch: Callable | None = None, extra_manifest: dict | None = None, overlap_eval: bool = False,
-               checkpoint_seconds: float = 30.0, restart: bool = False) -> tuple[list[Path], list[str]]:
+def train_runs(
+    pairs: Sequence[tuple[RunConfig, int]],
+    root: str | Path = "runs",
+    *,
+    problem=None,
+    on_epoch: Callable | None = None,
+    extra_manifest: dict | None = None,
+    overlap_eval: bool = False,
+    checkpoint_seconds: float = 30.0,
+    restart: bool = False,
+) -> tuple[list[Path], list[str]]:
     """Train the missing runs of ``pairs`` ((config, seed) pairs that share one program, as for
     :func:`run_lanes`) together under a claim, with checkpoints; write each finished run's
     folder and remove the progress folder. Returns (all folders, the names of the runs this
@@ -386,16 +450,24 @@ def train_runs(pairs: Sequence[tuple[RunConfig, int]], root: str | Path = "runs"
         if problem is None:
             problem = problems.get(configs[0].problem, **configs[0].problem_params)
         source = {"problem_source": problems.origin(configs[0].problem), "problem_code": code}
-        ck = Checkpoint(partial / "checkpoint.npz", checkpoint_seconds, [partial / f"{n}.metrics.csv" for n in names],
-                        code=code)
+        ck = Checkpoint(
+            partial / "checkpoint.npz", checkpoint_seconds, [partial / f"{n}.metrics.csv" for n in names], code=code
+        )
 
         def beat(e, rows):
             lease.refresh()
             if on_epoch is not None:
                 on_epoch(e, rows)
 
-        results = train(problem, configs[0], seeds, on_epoch=beat, lane_configs=None if same else configs,
-                        overlap_eval=overlap_eval, checkpoint=ck)
+        results = train(
+            problem,
+            configs[0],
+            seeds,
+            on_epoch=beat,
+            lane_configs=None if same else configs,
+            overlap_eval=overlap_eval,
+            checkpoint=ck,
+        )
         together = {"trained_together": names} if len(names) > 1 else {}
         for (c, s, f), r in zip(todo, results):
             write_result(f, c, s, r, together | source | (extra_manifest or {}))
@@ -439,7 +511,7 @@ class LoadedRun:
         tr, te = make_data(self.problem, self.config, self.seed)
         return tr if which == "train" else te
 
-    def evaluate(self, states=None) -> tuple[float, "np.ndarray"]:
+    def evaluate(self, states=None) -> tuple[float, np.ndarray]:
         """``(loss, per-state losses)`` of the trained controller on ``states`` (default: the
         test set): the trajectory loss of the whole batch, and of each state alone (N,). For the
         library's batch-mean losses the first is the mean of the second."""

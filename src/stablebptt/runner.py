@@ -27,19 +27,21 @@ with ``eval_every = k`` every k-th and the last epoch also with ``train_loss`` a
 its parameters stay at the last finite state (for a non-finite evaluation: the parameters
 evaluated), it is marked ``diverged`` at that epoch, and no row is written for the epoch.
 """
+
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
 import threading
 import time
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -120,14 +122,18 @@ def check_lanes(config: RunConfig, lane_configs: Sequence[RunConfig], n: int) ->
         raise ValueError(f"lane_configs has {len(lane_configs)} configs for {n} seeds; give one config per seed")
     for i, c in enumerate(lane_configs):
         if c.and_mask:
-            raise ValueError(f"lane_configs[{i}] has and_mask={c.and_mask}; lanes allow and_mask=0 only "
-                             "(the AND-mask needs per-sample updates)")
+            raise ValueError(
+                f"lane_configs[{i}] has and_mask={c.and_mask}; lanes allow and_mask=0 only "
+                "(the AND-mask needs per-sample updates)"
+            )
     for i, c in enumerate(lane_configs):
         diff = sorted(k for k, v in c.to_dict().items() if k not in LANE_FIELDS and v != config.to_dict()[k])
         if diff:
             who = "config" if i == 0 else f"lane_configs[{i}]"
-            raise ValueError(f"{who} differs from {'lane_configs[0]' if i == 0 else 'config'} in {diff}; lanes of "
-                             f"one program may differ only in {', '.join(LANE_FIELDS)}")
+            raise ValueError(
+                f"{who} differs from {'lane_configs[0]' if i == 0 else 'config'} in {diff}; lanes of "
+                f"one program may differ only in {', '.join(LANE_FIELDS)}"
+            )
 
 
 @dataclass
@@ -159,10 +165,18 @@ class _Group:
     pending: list = field(default_factory=list)  # evaluations dispatched, not yet collected
 
 
-def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *,
-          on_epoch: Callable[[int, list], None] | None = None, data: tuple | None = None,
-          lane_configs: Sequence[RunConfig] | None = None, batching: str = "auto",
-          overlap_eval: bool = False, checkpoint: Checkpoint | None = None) -> list[TrainResult]:
+def train(
+    problem: Problem,
+    config: RunConfig,
+    seeds: int | Sequence[int] = 0,
+    *,
+    on_epoch: Callable[[int, list], None] | None = None,
+    data: tuple | None = None,
+    lane_configs: Sequence[RunConfig] | None = None,
+    batching: str = "auto",
+    overlap_eval: bool = False,
+    checkpoint: Checkpoint | None = None,
+) -> list[TrainResult]:
     """Train one controller per seed (or per lane) and return one :class:`TrainResult` each.
 
     Args:
@@ -187,7 +201,9 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
     runs = _runs(problem, config, seeds, data, lane_configs)
     if batching not in BATCHING:
         raise ValueError(f"batching={batching!r}; allowed: {', '.join(BATCHING)}")
-    vmapped = batching == "vmap" or (batching == "auto" and (lane_configs is not None or jax.default_backend() != "cpu"))
+    vmapped = batching == "vmap" or (
+        batching == "auto" and (lane_configs is not None or jax.default_backend() != "cpu")
+    )
     eval_device = _eval_device(overlap_eval)
     t0 = time.perf_counter()
     if checkpoint is not None:
@@ -220,21 +236,33 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
         return out
 
     with jax.default_matmul_precision("highest"), ThreadPoolExecutor(1) as main, ThreadPoolExecutor(1) as side:
-        futures = {"init_params": side.submit(jax.jit(init_params_fn(problem, zero_last(problem, config))).lower(
-            key).compile, cpu_opts)}
-        trainer = make_trainer(problem, config, lane_configs, n_runs=n_runs, backward=resumed_backward, probe=probe,
-                               verify_rows=False)
+        futures = {
+            "init_params": side.submit(
+                jax.jit(init_params_fn(problem, zero_last(problem, config))).lower(key).compile, cpu_opts
+            )
+        }
+        trainer = make_trainer(
+            problem, config, lane_configs, n_runs=n_runs, backward=resumed_backward, probe=probe, verify_rows=False
+        )
         settings = trainer.settings(runs[0].config.flow(), runs[0].config.optimizer_setting())
         t_lower = time.perf_counter()
         lowered = jax.jit(v(trainer.updates), donate_argnums=0).lower(*updates_args(trainer))
         compile_s_of["updates"] = time.perf_counter() - t_lower
         futures["updates"] = main.submit(timed_compile, lowered)
         verified = side.submit(verify_controller, trainer, problem, config.batch_size)  # before any run starts
-        futures["evaluate"] = side.submit(jax.jit(v(trainer.evaluate)).lower(
-            _abstract(trainer.params_shape, lead, ev), _abstract(runs[0].train, lead, ev),
-            _abstract(runs[0].test, lead, ev)).compile)
-        futures["init"] = side.submit(jax.jit(v(trainer.init)).lower(
-            _abstract(trainer.params_shape, lead), _abstract(settings, lead)).compile, cpu_opts)
+        futures["evaluate"] = side.submit(
+            jax.jit(v(trainer.evaluate))
+            .lower(
+                _abstract(trainer.params_shape, lead, ev),
+                _abstract(runs[0].train, lead, ev),
+                _abstract(runs[0].test, lead, ev),
+            )
+            .compile
+        )
+        futures["init"] = side.submit(
+            jax.jit(v(trainer.init)).lower(_abstract(trainer.params_shape, lead), _abstract(settings, lead)).compile,
+            cpu_opts,
+        )
         verified.result()
         programs = {k: f.result() for k, f in futures.items()}
     groups = _initial_groups(trainer, programs, runs, vmapped, eval_device)
@@ -251,8 +279,20 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
         first = start + 1
         if trainer.settle is not None:  # backward="auto" chooses once its first candidate has run an epoch
             timings: list[float] = []
-            _loop(config, programs, groups, runs, eval_device is not None, eval_device, on_epoch, first, None,
-                  train_s_before, stop=first, timings=timings)
+            _loop(
+                config,
+                programs,
+                groups,
+                runs,
+                eval_device is not None,
+                eval_device,
+                on_epoch,
+                first,
+                None,
+                train_s_before,
+                stop=first,
+                timings=timings,
+            )
             per_update = timings[0] / max(len(runs) * (config.n_train // config.batch_size), 1) if timings else 0.0
             left = (config.epochs - first) * (config.n_train // config.batch_size) * len(runs) / n_runs
             # (every run diverged in its first epoch: nothing left to run, the first candidate stays)
@@ -260,27 +300,43 @@ def train(problem: Problem, config: RunConfig, seeds: int | Sequence[int] = 0, *
             if strategy != trainer.backward:
                 t_switch = time.perf_counter()
                 choice = choice | {"first_epoch": repr(trainer.backward)}
-                trainer = make_trainer(problem, config, lane_configs, n_runs=n_runs, backward=strategy, probe=probe,
-                                       verify_rows=False)
+                trainer = make_trainer(
+                    problem, config, lane_configs, n_runs=n_runs, backward=strategy, probe=probe, verify_rows=False
+                )
                 with jax.default_matmul_precision("highest"):
-                    programs["updates"] = jax.jit(v(trainer.updates), donate_argnums=0).lower(
-                        *updates_args(trainer)).compile()
+                    programs["updates"] = (
+                        jax.jit(v(trainer.updates), donate_argnums=0).lower(*updates_args(trainer)).compile()
+                    )
                 choice["switch_s"] = round(time.perf_counter() - t_switch, 3)
             trainer = trainer._replace(backward_choice=choice, settle=None)
             if checkpoint is not None:
                 checkpoint = dataclasses.replace(checkpoint, backward=strategy_spec(trainer.backward))
             first += 1
-        _loop(config, programs, groups, runs, eval_device is not None, eval_device, on_epoch, first, checkpoint,
-              train_s_before + time.perf_counter() - t_train)
+        _loop(
+            config,
+            programs,
+            groups,
+            runs,
+            eval_device is not None,
+            eval_device,
+            on_epoch,
+            first,
+            checkpoint,
+            train_s_before + time.perf_counter() - t_train,
+        )
     except _NonFiniteStart as e:
-        raise ValueError(nonfinite_start_message(problem, eqx.combine(e.params, trainer.static), runs[e.index],
-                                                 config.batch_size)) from None
+        raise ValueError(
+            nonfinite_start_message(problem, eqx.combine(e.params, trainer.static), runs[e.index], config.batch_size)
+        ) from None
     train_s = train_s_before + time.perf_counter() - t_train
     choice = trainer.backward_choice | ({"from_checkpoint": True} if resumed_backward is not None else {})
-    ran = {"backward": repr(trainer.backward), "backward_choice": choice,
-           "batching": "vmap" if vmapped else "loop",
-           "evaluation": "second CPU device" if eval_device is not None else "after the updates",
-           "lanes": lane_configs is not None} | ({"resumed_from_epoch": start} if start else {})
+    ran = {
+        "backward": repr(trainer.backward),
+        "backward_choice": choice,
+        "batching": "vmap" if vmapped else "loop",
+        "evaluation": "second CPU device" if eval_device is not None else "after the updates",
+        "lanes": lane_configs is not None,
+    } | ({"resumed_from_epoch": start} if start else {})
     return _results(trainer, groups, runs, compile_s, train_s, ran)
 
 
@@ -301,8 +357,15 @@ def _runs(problem, config, seeds, data, lane_configs) -> list[_Run]:
                 raise ValueError(f"{name} data contain non-finite values")
         if config.batch_size > tr.shape[0]:
             raise ValueError(f"batch_size={config.batch_size} is larger than the training set ({tr.shape[0]})")
-        runs.append(_Run(lane_configs[i] if lane_configs is not None else config, s, np.asarray(tr), np.asarray(te),
-                         jax.random.PRNGKey(s + 1_000_003)))
+        runs.append(
+            _Run(
+                lane_configs[i] if lane_configs is not None else config,
+                s,
+                np.asarray(tr),
+                np.asarray(te),
+                jax.random.PRNGKey(s + 1_000_003),
+            )
+        )
     return runs
 
 
@@ -313,8 +376,10 @@ def _eval_device(overlap: bool):
     cpus = jax.devices("cpu") if jax.default_backend() == "cpu" else []
     if len(cpus) < 2:
         found = f"{len(cpus)} CPU device(s)" if cpus else f"a {jax.default_backend()} backend"
-        raise ValueError("overlap_eval=True needs two CPU devices: call jax.config.update('jax_num_cpu_devices', 2) "
-                         f"before JAX starts (found {found})")
+        raise ValueError(
+            "overlap_eval=True needs two CPU devices: call jax.config.update('jax_num_cpu_devices', 2) "
+            f"before JAX starts (found {found})"
+        )
     return cpus[1]
 
 
@@ -324,23 +389,42 @@ def _stack(trees):
 
 def _abstract(tree, lead=(), sharding=None):
     return jax.tree_util.tree_map(
-        lambda a: jax.ShapeDtypeStruct(lead + tuple(np.shape(a)), jnp.result_type(a), sharding=sharding), tree)
+        lambda a: jax.ShapeDtypeStruct(lead + tuple(np.shape(a)), jnp.result_type(a), sharding=sharding), tree
+    )
 
 
-def make_trainer(problem: Problem, config: RunConfig, lane_configs: Sequence[RunConfig] | None = None, *,
-                 n_runs: int = 1, backward=None, probe=None, verify_rows: bool = True) -> Trainer:
+def make_trainer(
+    problem: Problem,
+    config: RunConfig,
+    lane_configs: Sequence[RunConfig] | None = None,
+    *,
+    n_runs: int = 1,
+    backward=None,
+    probe=None,
+    verify_rows: bool = True,
+) -> Trainer:
     """:func:`~stablebptt.train.make_train` with the values of a run configuration (and its
     lanes, which differ from it in :data:`LANE_FIELDS` only). ``n_runs``: runs that one call
     carries (they share the memory budget); ``backward``: a strategy that replaces
     ``config.backward`` (a resumed run's); ``probe``: states (k, batch_size, …) on which
     ``backward="auto"`` times its candidates."""
-    return make_train(problem, config.flow(), config.optimizer_setting(), batch_size=config.batch_size,
-                      backward=config.backward if backward is None else backward, shuffle=config.shuffle,
-                      diagnostics=config.diagnostics, zero_last=zero_last(problem, config),
-                      lanes=[(c.flow(), c.optimizer_setting()) for c in lane_configs] if lane_configs else None,
-                      checkpoint_every=config.checkpoint_every, memory_budget=config.memory_budget, n_runs=n_runs,
-                      updates=config.epochs * (config.n_train // config.batch_size), verify_rows=verify_rows,
-                      probe=probe)
+    return make_train(
+        problem,
+        config.flow(),
+        config.optimizer_setting(),
+        batch_size=config.batch_size,
+        backward=config.backward if backward is None else backward,
+        shuffle=config.shuffle,
+        diagnostics=config.diagnostics,
+        zero_last=zero_last(problem, config),
+        lanes=[(c.flow(), c.optimizer_setting()) for c in lane_configs] if lane_configs else None,
+        checkpoint_every=config.checkpoint_every,
+        memory_budget=config.memory_budget,
+        n_runs=n_runs,
+        updates=config.epochs * (config.n_train // config.batch_size),
+        verify_rows=verify_rows,
+        probe=probe,
+    )
 
 
 def _probe(train: np.ndarray, batch_size: int) -> np.ndarray:
@@ -359,7 +443,9 @@ def _initial_groups(trainer: Trainer, programs: dict, runs: list[_Run], vmapped:
     for r in runs:
         p = programs["init_params"](jax.random.PRNGKey(r.seed))
         if r.config.init_weights:
-            model = controllers.load_weights(eqx.combine(p, trainer.static), controllers.weights_file(r.config.init_weights))
+            model = controllers.load_weights(
+                eqx.combine(p, trainer.static), controllers.weights_file(r.config.init_weights)
+            )
             p = eqx.filter(model, eqx.is_inexact_array)
         params.append(p)
     settings = [trainer.settings(r.config.flow(), r.config.optimizer_setting()) for r in runs]
@@ -367,8 +453,15 @@ def _initial_groups(trainer: Trainer, programs: dict, runs: list[_Run], vmapped:
     for idx in [list(range(len(runs)))] if vmapped else [[i] for i in range(len(runs))]:
         pick = (lambda xs: _stack([xs[i] for i in idx])) if vmapped else (lambda xs: xs[idx[0]])
         data = tuple(jnp.asarray(pick([getattr(r, name) for r in runs])) for name in ("train", "test"))
-        groups.append(_Group(idx, programs["init"](pick(params), pick(settings)), vmapped, *data,
-                             eval_data=jax.device_put(data, eval_device) if eval_device is not None else data))
+        groups.append(
+            _Group(
+                idx,
+                programs["init"](pick(params), pick(settings)),
+                vmapped,
+                *data,
+                eval_data=jax.device_put(data, eval_device) if eval_device is not None else data,
+            )
+        )
     return groups
 
 
@@ -402,8 +495,10 @@ def first_nonfinite(model, states: np.ndarray, problem: Problem, batch_size: int
 
         def per_step(tree):  # (finite, any NaN) per step
             leaves = [a.reshape(a.shape[0], -1) for a in jax.tree_util.tree_leaves(tree)]
-            return (jnp.stack([jnp.all(jnp.isfinite(a), 1) for a in leaves]).all(0),
-                    jnp.stack([jnp.any(jnp.isnan(a), 1) for a in leaves]).any(0))
+            return (
+                jnp.stack([jnp.all(jnp.isfinite(a), 1) for a in leaves]).all(0),
+                jnp.stack([jnp.any(jnp.isnan(a), 1) for a in leaves]).any(0),
+            )
 
         (fx, nx), (fc, nc) = per_step(xs), per_step(cs)
         return fx[1:], nx[1:], fc, nc  # index n-1: step n
@@ -411,7 +506,7 @@ def first_nonfinite(model, states: np.ndarray, problem: Problem, batch_size: int
     with jax.default_matmul_precision("highest"):
         fn = jax.jit(scan)
         for k in range(max(states.shape[0] // batch_size, 1)):
-            fx, nx, fc, nc = jax.device_get(fn(jnp.asarray(states[k * batch_size:(k + 1) * batch_size])))
+            fx, nx, fc, nc = jax.device_get(fn(jnp.asarray(states[k * batch_size : (k + 1) * batch_size])))
             bad_x = int(np.argmin(fx)) if not fx.all() else None
             bad_c = int(np.argmin(fc)) if not fc.all() else None
             if bad_x is None and bad_c is None:
@@ -422,24 +517,32 @@ def first_nonfinite(model, states: np.ndarray, problem: Problem, batch_size: int
     return None
 
 
-def nonfinite_start_message(problem: Problem, model, run: "_Run", batch_size: int) -> str:
+def nonfinite_start_message(problem: Problem, model, run: _Run, batch_size: int) -> str:
     """One line for an untrained controller whose loss is not finite: its losses and the first
     step at which the rollout of the training set (minibatch by minibatch), else of the test
     set, is not finite (:func:`first_nonfinite`)."""
-    head = (f"the untrained controller's loss is {run.initial['train_loss']:.4g} on the training set and "
-            f"{run.initial['test_loss']:.4g} on the test set (seed {run.seed}), nothing was trained")
+    head = (
+        f"the untrained controller's loss is {run.initial['train_loss']:.4g} on the training set and "
+        f"{run.initial['test_loss']:.4g} on the test set (seed {run.seed}), nothing was trained"
+    )
     for name, states in (("training", run.train), ("test", run.test)):
         hit = first_nonfinite(model, states, problem, batch_size)
         if hit is None:
             continue
         where = f"of {problem.horizon}, minibatch {hit['batch']} of the {name} set"
         if hit["what"] == "control":
-            return (f"{head}: the controller first produced {hit['value']} at step {hit['step']} {where} (from a "
-                    "finite state); check the states the problem's data and step produce")
-        return (f"{head}: the simulator first produced {hit['value']} at step {hit['step']} {where} (from a finite "
-                "state and control); check the problem's step function")
-    return (f"{head}: every state and control of the rollout is finite, the loss is not; check the problem's "
-            "loss (TrajectoryLoss)")
+            return (
+                f"{head}: the controller first produced {hit['value']} at step {hit['step']} {where} (from a "
+                "finite state); check the states the problem's data and step produce"
+            )
+        return (
+            f"{head}: the simulator first produced {hit['value']} at step {hit['step']} {where} (from a finite "
+            "state and control); check the problem's step function"
+        )
+    return (
+        f"{head}: every state and control of the rollout is finite, the loss is not; check the problem's "
+        "loss (TrajectoryLoss)"
+    )
 
 
 def _collect(g: _Group, runs: list[_Run], overlap: bool) -> dict[int, dict]:
@@ -458,8 +561,10 @@ def _collect(g: _Group, runs: list[_Run], overlap: bool) -> dict[int, dict]:
                 if not (np.isfinite(tr[j]) and np.isfinite(te[j])):
                     raise _NonFiniteStart(i, jax.tree_util.tree_map(lambda a: a[j], params) if g.vmapped else params)
             elif row is not None:
-                row = {k: v for k, v in row.items() if k != "_wall"} | {"train_loss": float(tr[j]),
-                                                                         "test_loss": float(te[j])}
+                row = {k: v for k, v in row.items() if k != "_wall"} | {
+                    "train_loss": float(tr[j]),
+                    "test_loss": float(te[j]),
+                }
                 if np.isfinite(row["train_loss"]) and np.isfinite(row["test_loss"]):
                     _record(run, epoch, row, rows[i]["_wall"] if overlap else time.perf_counter() - t_start)
                 else:
@@ -498,15 +603,27 @@ def _train_rows(g: _Group, runs: list[_Run], metrics: dict, alive, epoch: int, t
     return out
 
 
-def _loop(config: RunConfig, programs: dict, groups: list[_Group], runs: list[_Run], overlap: bool,
-          eval_device, on_epoch, start: int = 1, checkpoint: Checkpoint | None = None,
-          train_s_before: float = 0.0, stop: int | None = None, timings: list | None = None) -> None:
+def _loop(
+    config: RunConfig,
+    programs: dict,
+    groups: list[_Group],
+    runs: list[_Run],
+    overlap: bool,
+    eval_device,
+    on_epoch,
+    start: int = 1,
+    checkpoint: Checkpoint | None = None,
+    train_s_before: float = 0.0,
+    stop: int | None = None,
+    timings: list | None = None,
+) -> None:
     """Epochs ``start`` … ``stop`` (default E): every group's updates dispatched, then its rows
     (``timings``: gets the seconds of each epoch's updates, all groups). With ``overlap``
     the evaluation of epoch e runs on the second device while epoch e+1 trains, so an evaluated
     epoch's rows are completed (and reported) one epoch later. A checkpoint is saved after an
     epoch whose rows are all complete (a pending evaluation is waited for first), with the
     training time so far (``train_s_before``: of the sessions before this one)."""
+
     def report(done: dict[int, dict]) -> None:
         for e in sorted(done):
             if e > 0 and on_epoch is not None:
@@ -559,8 +676,10 @@ def sigint_deferred():
     Only the main thread can receive signals, and only Python's default handler is replaced:
     elsewhere, or with SIGINT ignored or handled by someone else, the block runs unchanged.
     """
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
         yield
         return
     received = []
@@ -592,8 +711,15 @@ def _signature(groups: list[_Group], runs: list[_Run]) -> str:
     """What a checkpoint belongs to: the runs (config, seed) and how they are grouped."""
     import hashlib
 
-    blob = json.dumps({"runs": [[r.config.to_dict(), r.seed] for r in runs], "groups": [g.idx for g in groups],
-                       "vmapped": [g.vmapped for g in groups]}, sort_keys=True, default=str)
+    blob = json.dumps(
+        {
+            "runs": [[r.config.to_dict(), r.seed] for r in runs],
+            "groups": [g.idx for g in groups],
+            "vmapped": [g.vmapped for g in groups],
+        },
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -632,11 +758,11 @@ def _check_checkpoint_code(ck: Checkpoint) -> None:
     from . import problems
 
     meta = _checkpoint_meta(ck)
-    change = problems.describe_code_change((meta or {}).get("code"), ck.code,
-                                           f"the checkpoint {ck.path} was saved")
+    change = problems.describe_code_change((meta or {}).get("code"), ck.code, f"the checkpoint {ck.path} was saved")
     if change:
-        raise ValueError(f"{change}; --restart (restart=True) starts the run over with the new code, or choose "
-                         "another --out")
+        raise ValueError(
+            f"{change}; --restart (restart=True) starts the run over with the new code, or choose another --out"
+        )
 
 
 def _checkpoint_backward(ck: Checkpoint):
@@ -660,12 +786,26 @@ def _save(ck: Checkpoint, epoch: int, groups: list[_Group], runs: list[_Run], tr
         for i, leaf in enumerate(jax.tree_util.tree_leaves(jax.device_get(g.state))):
             arrays[f"state{k}_{i}"] = np.asarray(leaf)
     for j, r in enumerate(runs):
-        for i, leaf in enumerate(jax.tree_util.tree_leaves(jax.device_get(r.final_params if r.final_params is not None else {}))):
+        for i, leaf in enumerate(
+            jax.tree_util.tree_leaves(jax.device_get(r.final_params if r.final_params is not None else {}))
+        ):
             arrays[f"final{j}_{i}"] = np.asarray(leaf)
-    meta = {"epoch": epoch, "train_s": float(train_s), "signature": _signature(groups, runs), "backward": ck.backward,
-            "code": ck.code,
-            "runs": [{"history": r.history, "initial": r.initial, "diverged_epoch": r.diverged_epoch,
-                      "final": r.final_params is not None} for r in runs]}
+    meta = {
+        "epoch": epoch,
+        "train_s": float(train_s),
+        "signature": _signature(groups, runs),
+        "backward": ck.backward,
+        "code": ck.code,
+        "runs": [
+            {
+                "history": r.history,
+                "initial": r.initial,
+                "diverged_epoch": r.diverged_epoch,
+                "final": r.final_params is not None,
+            }
+            for r in runs
+        ],
+    }
     path = Path(ck.path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.npz")
@@ -685,18 +825,22 @@ def _restore(ck: Checkpoint, groups: list[_Group], runs: list[_Run], trainer: Tr
     with np.load(path) as f:
         meta = json.loads(str(f["meta"]))
         if meta["signature"] != _signature(groups, runs):
-            raise ValueError(f"checkpoint {path} belongs to other runs or another grouping; remove it (or "
-                             "use --restart) to start these runs over")
+            raise ValueError(
+                f"checkpoint {path} belongs to other runs or another grouping; remove it (or "
+                "use --restart) to start these runs over"
+            )
         for k, g in enumerate(groups):
             leaves, treedef = jax.tree_util.tree_flatten(g.state)
-            g.state = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(f[f"state{k}_{i}"], dtype=leaf.dtype)
-                                                             for i, leaf in enumerate(leaves)])
+            g.state = jax.tree_util.tree_unflatten(
+                treedef, [jnp.asarray(f[f"state{k}_{i}"], dtype=leaf.dtype) for i, leaf in enumerate(leaves)]
+            )
         p_leaves, p_def = jax.tree_util.tree_flatten(trainer.params_shape)
         for j, (r, m) in enumerate(zip(runs, meta["runs"])):
             r.history, r.initial, r.diverged_epoch = m["history"], m["initial"], m["diverged_epoch"]
             if m["final"]:
-                r.final_params = jax.tree_util.tree_unflatten(p_def, [jnp.asarray(f[f"final{j}_{i}"])
-                                                                      for i in range(len(p_leaves))])
+                r.final_params = jax.tree_util.tree_unflatten(
+                    p_def, [jnp.asarray(f[f"final{j}_{i}"]) for i in range(len(p_leaves))]
+                )
     return int(meta["epoch"]), float(meta.get("train_s", 0.0))
 
 
@@ -716,19 +860,32 @@ def _two_fields(config: RunConfig) -> bool:
     return config.flow().combined or config.diagnostics
 
 
-def _results(trainer: Trainer, groups: list[_Group], runs: list[_Run], compile_s: float, train_s: float,
-             ran: dict) -> list[TrainResult]:
+def _results(
+    trainer: Trainer, groups: list[_Group], runs: list[_Run], compile_s: float, train_s: float, ran: dict
+) -> list[TrainResult]:
     out = [None] * len(runs)
     for g in groups:
         params = g.state.params
         for j, i in enumerate(g.idx):
             run = runs[i]
-            p = run.final_params if run.final_params is not None else (
-                jax.tree_util.tree_map(lambda a: a[j], params) if g.vmapped else params)
+            p = (
+                run.final_params
+                if run.final_params is not None
+                else (jax.tree_util.tree_map(lambda a: a[j], params) if g.vmapped else params)
+            )
             h = dict(run.history)
             if not _two_fields(run.config):
                 h.pop("cos_mg")
                 h.pop("sign_agree")
-            out[i] = TrainResult(run.seed, h, run.diverged_epoch is not None, run.diverged_epoch, run.initial,
-                                 eqx.combine(p, trainer.static), compile_s, train_s, dict(ran))
+            out[i] = TrainResult(
+                run.seed,
+                h,
+                run.diverged_epoch is not None,
+                run.diverged_epoch,
+                run.initial,
+                eqx.combine(p, trainer.static),
+                compile_s,
+                train_s,
+                dict(ran),
+            )
     return out

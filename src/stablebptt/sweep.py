@@ -43,6 +43,7 @@ Executors:
 ``vmap_configs=True`` also those that differ in mode, learning rate or clipping (lanes, for
 accelerators: the cart-pole figure's 60 runs per pole count as one program).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -51,10 +52,11 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -80,7 +82,7 @@ class Experiment(BaseModel):
     model_config = ConfigDict(extra="forbid")
     problem: str
     level: dict[str, list[Any]] = Field(default_factory=dict)
-    modes: list[Union[str, list[str]]] = Field(default_factory=lambda: ["R", "M", "C", "S"])
+    modes: list[str | list[str]] = Field(default_factory=lambda: ["R", "M", "C", "S"])
     clips: list[str] = Field(default_factory=lambda: ["none"])
     optimizers: list[OptimizerSetting] = Field(default_factory=lambda: [OptimizerSetting()])
     problem_params: dict[str, Any] = Field(default_factory=dict)
@@ -108,7 +110,7 @@ class Experiment(BaseModel):
 class SweepSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = "sweep"
-    seeds: Union[int, list[int]] = 5
+    seeds: int | list[int] = 5
     experiment: list[Experiment]
 
     @field_validator("seeds")
@@ -144,44 +146,104 @@ def _preset(name: str, quick: bool) -> dict:
         cfg = dict(epochs=1000, data="seeded")
         if quick:
             cfg = dict(epochs=60, n_train=64, n_test=64, data="seeded")
-        return dict(name="cartpole" + ("-quick" if quick else ""), seeds=5 if not quick else 2, experiment=[dict(
-            problem="cartpole", level={"poles": [1, 2, 3, 4]}, modes=_PAPER_MODES, clips=_PAPER_CLIPS, config=cfg)])
+        return dict(
+            name="cartpole" + ("-quick" if quick else ""),
+            seeds=5 if not quick else 2,
+            experiment=[
+                dict(
+                    problem="cartpole",
+                    level={"poles": [1, 2, 3, 4]},
+                    modes=_PAPER_MODES,
+                    clips=_PAPER_CLIPS,
+                    config=cfg,
+                )
+            ],
+        )
     if name == "guidance":
         cfg = dict(epochs=100, data="seeded")
         if quick:
             cfg = dict(epochs=30, n_train=64, n_test=64, data="seeded")
-        return dict(name="guidance" + ("-quick" if quick else ""), seeds=5 if not quick else 2, experiment=[dict(
-            problem="guidance", level={"rc": [1.0, 0.1, 0.01, 0.001]}, modes=_PAPER_MODES, clips=_PAPER_CLIPS,
-            config=cfg)])
+        return dict(
+            name="guidance" + ("-quick" if quick else ""),
+            seeds=5 if not quick else 2,
+            experiment=[
+                dict(
+                    problem="guidance",
+                    level={"rc": [1.0, 0.1, 0.01, 0.001]},
+                    modes=_PAPER_MODES,
+                    clips=_PAPER_CLIPS,
+                    config=cfg,
+                )
+            ],
+        )
     if name == "quantum":
         cfg = dict(epochs=1000, data="seeded")
         if quick:
             cfg = dict(epochs=12, n_train=64, n_test=64, data="seeded")
-        return dict(name="quantum" + ("-quick" if quick else ""), seeds=5 if not quick else 2, experiment=[dict(
-            problem="quantum", level={"target": [3, 4, 5]}, modes=_PAPER_MODES, clips=_PAPER_CLIPS, config=cfg)])
+        return dict(
+            name="quantum" + ("-quick" if quick else ""),
+            seeds=5 if not quick else 2,
+            experiment=[
+                dict(problem="quantum", level={"target": [3, 4, 5]}, modes=_PAPER_MODES, clips=_PAPER_CLIPS, config=cfg)
+            ],
+        )
     if name == "toys":
         ep = 200
-        return dict(name="toys" + ("-quick" if quick else ""), seeds=5 if not quick else 2, experiment=[
-            dict(problem="toy-field", modes=_PAPER_MODES, clips=["none"],
-                 optimizers=[dict(optimizer="adam", lr=0.01)], config=dict(epochs=ep if not quick else 60)),
-            dict(problem="toy-rotation", modes=_PAPER_MODES, clips=["none"],
-                 optimizers=[dict(optimizer="adam", lr=0.1)], config=dict(epochs=200)),
-            dict(problem="linear", modes=_PAPER_MODES, clips=["none"],
-                 optimizers=[dict(optimizer="adam", lr=0.01)], config=dict(epochs=ep if not quick else 60)),
-        ])
+        return dict(
+            name="toys" + ("-quick" if quick else ""),
+            seeds=5 if not quick else 2,
+            experiment=[
+                dict(
+                    problem="toy-field",
+                    modes=_PAPER_MODES,
+                    clips=["none"],
+                    optimizers=[dict(optimizer="adam", lr=0.01)],
+                    config=dict(epochs=ep if not quick else 60),
+                ),
+                dict(
+                    problem="toy-rotation",
+                    modes=_PAPER_MODES,
+                    clips=["none"],
+                    optimizers=[dict(optimizer="adam", lr=0.1)],
+                    config=dict(epochs=200),
+                ),
+                dict(
+                    problem="linear",
+                    modes=_PAPER_MODES,
+                    clips=["none"],
+                    optimizers=[dict(optimizer="adam", lr=0.01)],
+                    config=dict(epochs=ep if not quick else 60),
+                ),
+            ],
+        )
     if name == "cart-chain":
         cfg = dict(epochs=1000, data="seeded")
         if quick:
             cfg = dict(epochs=60, n_train=64, n_test=64, data="seeded")
-        return dict(name="cart-chain" + ("-quick" if quick else ""), seeds=5 if not quick else 2, experiment=[dict(
-            problem="cart-chain", level={"links": [1, 2, 3, 4, 5, 6]}, modes=_PAPER_MODES, clips=["none"],
-            config=cfg)])
+        return dict(
+            name="cart-chain" + ("-quick" if quick else ""),
+            seeds=5 if not quick else 2,
+            experiment=[
+                dict(
+                    problem="cart-chain",
+                    level={"links": [1, 2, 3, 4, 5, 6]},
+                    modes=_PAPER_MODES,
+                    clips=["none"],
+                    config=cfg,
+                )
+            ],
+        )
     if name == "pde":
         cfg = dict(epochs=100, data="seeded") if not quick else dict(epochs=5, n_train=64, n_test=32, data="seeded")
-        return dict(name="pde" + ("-quick" if quick else ""), seeds=5 if not quick else 2, experiment=[
-            dict(problem="ks", level={"L": [22, 36, 60, 100]}, modes=_PAPER_MODES, config=cfg),
-            dict(problem="burgers", modes=_PAPER_MODES, config=cfg),
-            dict(problem="kolmogorov", modes=_PAPER_MODES, config=cfg)])
+        return dict(
+            name="pde" + ("-quick" if quick else ""),
+            seeds=5 if not quick else 2,
+            experiment=[
+                dict(problem="ks", level={"L": [22, 36, 60, 100]}, modes=_PAPER_MODES, config=cfg),
+                dict(problem="burgers", modes=_PAPER_MODES, config=cfg),
+                dict(problem="kolmogorov", modes=_PAPER_MODES, config=cfg),
+            ],
+        )
     if name == "hopper":
         return _hopper_preset(quick)
     raise SpecError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
@@ -195,14 +257,18 @@ def _hopper_preset(quick: bool) -> dict:
     (α = 0.9) on the MJX hopper, paired by seed, with the same settings for every mode."""
     cfg = dict(epochs=100, data="seeded") if not quick else dict(epochs=10, n_train=32, n_test=32, data="seeded")
     block = dict(problem="hopper", clips=["none"], optimizers=[dict(optimizer="adam", lr=1e-3)])
-    return dict(name="hopper" + ("-quick" if quick else ""), seeds=5 if not quick else 2, experiment=[
-        dict(block, modes=_PAPER_MODES, config=cfg),
-        dict(block, modes=["R"], config=cfg | dict(truncate=10)),
-        dict(block, modes=["R"], config=cfg | dict(decay=0.9)),
-    ])
+    return dict(
+        name="hopper" + ("-quick" if quick else ""),
+        seeds=5 if not quick else 2,
+        experiment=[
+            dict(block, modes=_PAPER_MODES, config=cfg),
+            dict(block, modes=["R"], config=cfg | dict(truncate=10)),
+            dict(block, modes=["R"], config=cfg | dict(decay=0.9)),
+        ],
+    )
 
 
-def load_spec(source: "str | Path | dict", *, quick: bool = False, seeds: int | None = None) -> SweepSpec:
+def load_spec(source: str | Path | dict, *, quick: bool = False, seeds: int | None = None) -> SweepSpec:
     """A preset name, a TOML/YAML file path, or a dict -> validated :class:`SweepSpec`."""
     if isinstance(source, dict):
         raw = source
@@ -268,8 +334,19 @@ def expand(spec: SweepSpec) -> list[tuple[RunConfig, int]]:
         for values in level_grid:
             pparams = dict(ex.problem_params) | {k: v for (k, _), v in zip(level_items, values)}
             for mode, clip, opt in itertools.product(ex.modes, ex.clips, ex.optimizers):
-                fields = {"data": "seeded"} | base | ex.config | dict(problem=ex.problem, problem_params=pparams, mode=mode,
-                                                 clip=clip, optimizer=opt.optimizer, momentum=opt.momentum)
+                fields = (
+                    {"data": "seeded"}
+                    | base
+                    | ex.config
+                    | dict(
+                        problem=ex.problem,
+                        problem_params=pparams,
+                        mode=mode,
+                        clip=clip,
+                        optimizer=opt.optimizer,
+                        momentum=opt.momentum,
+                    )
+                )
                 if "lr" in opt.model_fields_set or "lr" not in fields:
                     fields["lr"] = opt.lr  # an explicit optimizer setting wins over the problem default
                 fields["batch_size"] = min(fields.get("batch_size", 8), fields.get("n_train", 256))
@@ -344,8 +421,14 @@ def enable_compile_cache(cache_dir: str | None) -> None:
     _CACHE["dir"] = cache_dir
 
 
-def _job(config_dict: dict, seeds: list[int], root: str, cache_dir: str | None = None,
-         lanes: list[dict] | None = None, checkpoint_seconds: float = 30.0) -> list[dict]:
+def _job(
+    config_dict: dict,
+    seeds: list[int],
+    root: str,
+    cache_dir: str | None = None,
+    lanes: list[dict] | None = None,
+    checkpoint_seconds: float = 30.0,
+) -> list[dict]:
     """Worker entry (picklable): run one config for the given seeds, or with ``lanes`` (one
     config dict per seed) the (config, seed) lanes of one program; return their summaries."""
     from .run import Claimed, train_runs
@@ -396,13 +479,22 @@ class SweepReport:
     wall_s: float = 0.0
 
     def as_dict(self) -> dict:
-        return dict(root=str(self.root), jobs=self.jobs, skipped=self.skipped, computed=self.computed,
-                    diverged=self.diverged, claimed=self.claimed, resumed=self.resumed, failed=self.failed,
-                    wall_s=self.wall_s)
+        return dict(
+            root=str(self.root),
+            jobs=self.jobs,
+            skipped=self.skipped,
+            computed=self.computed,
+            diverged=self.diverged,
+            claimed=self.claimed,
+            resumed=self.resumed,
+            failed=self.failed,
+            wall_s=self.wall_s,
+        )
 
 
-def _groups(todo: list[tuple[RunConfig, int]], vmap_seeds: bool,
-            vmap_configs: bool = False) -> list[tuple[RunConfig, list[int], list[dict] | None]]:
+def _groups(
+    todo: list[tuple[RunConfig, int]], vmap_seeds: bool, vmap_configs: bool = False
+) -> list[tuple[RunConfig, list[int], list[dict] | None]]:
     """Jobs as (config, seeds, lanes): one job per (config, seed), per config with
     ``vmap_seeds``, or with ``vmap_configs`` per set of configs that can be lanes of one
     program (:func:`stablebptt.runner.lane_key`; lanes = one config dict per seed)."""
@@ -416,8 +508,10 @@ def _groups(todo: list[tuple[RunConfig, int]], vmap_seeds: bool,
                 single.append((c, [s], None))
             else:
                 lanes.setdefault(lane_key(c), []).append((c, s))
-        return [(g[0][0], [s for _, s in g], [c.to_dict() for c, _ in g]) if len(g) > 1 else (g[0][0], [g[0][1]], None)
-                for g in lanes.values()] + single
+        return [
+            (g[0][0], [s for _, s in g], [c.to_dict() for c, _ in g]) if len(g) > 1 else (g[0][0], [g[0][1]], None)
+            for g in lanes.values()
+        ] + single
     if not vmap_seeds:
         # seed-major order: the seeds of one config never compile side by side, so all but the
         # first find its programs in the shared compilation cache
@@ -438,12 +532,14 @@ def _run_local(groups, root: Path, n: int, cache_dir, checkpoint_seconds, finish
     old = os.environ.get("XLA_FLAGS")
     os.environ["XLA_FLAGS"] = SINGLE_THREAD_XLA  # inherited by the spawned workers
     try:
-        with ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(SINGLE_THREAD_XLA, os.getpid())) as pool:
+        with ProcessPoolExecutor(
+            max_workers=n, mp_context=ctx, initializer=_init_worker, initargs=(SINGLE_THREAD_XLA, os.getpid())
+        ) as pool:
             try:
-                pending = {pool.submit(_job, c.to_dict(), seeds, str(root), cache_dir, lanes, checkpoint_seconds):
-                           (c, seeds)
-                           for c, seeds, lanes in groups}
+                pending = {
+                    pool.submit(_job, c.to_dict(), seeds, str(root), cache_dir, lanes, checkpoint_seconds): (c, seeds)
+                    for c, seeds, lanes in groups
+                }
                 while pending:
                     state["running"] = min(n, len(pending))
                     done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
@@ -451,7 +547,7 @@ def _run_local(groups, root: Path, n: int, cache_dir, checkpoint_seconds, finish
                         c, seeds = pending.pop(fut)
                         try:
                             finished(fut.result())
-                        except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on
+                        except Exception as e:  # recorded, the sweep goes on
                             report.failed.append({"config": c.to_dict(), "seeds": seeds, "error": repr(e)})
             except BaseException:
                 # Ctrl-C (or an error here): stop at once instead of waiting for the queued
@@ -482,8 +578,10 @@ def _run_ray(groups, root: Path, workers, address, cache_dir, checkpoint_seconds
     try:
         # per task as well, so an already initialised Ray gets the flags too
         remote = ray.remote(num_cpus=1)(_job).options(runtime_env={"env_vars": WORKER_ENV})
-        refs = {remote.remote(c.to_dict(), seeds, str(root.resolve()), cache_dir, lanes, checkpoint_seconds): (c, seeds)
-                for c, seeds, lanes in groups}
+        refs = {
+            remote.remote(c.to_dict(), seeds, str(root.resolve()), cache_dir, lanes, checkpoint_seconds): (c, seeds)
+            for c, seeds, lanes in groups
+        }
         try:
             cpus = int(ray.cluster_resources().get("CPU", 1))
             while refs:
@@ -493,7 +591,7 @@ def _run_ray(groups, root: Path, workers, address, cache_dir, checkpoint_seconds
                     c, seeds = refs.pop(ref)
                     try:
                         finished(ray.get(ref))
-                    except Exception as e:  # noqa: BLE001
+                    except Exception as e:
                         report.failed.append({"config": c.to_dict(), "seeds": seeds, "error": repr(e)})
         except BaseException:
             for ref in refs:  # Ctrl-C: stop the remaining tasks (a killed task leaves a .tmp-* folder)
@@ -523,15 +621,26 @@ def _check_code(jobs: list[tuple[RunConfig, int]], root: Path) -> None:
             stale.append(folder.name)
             first = first or change
     if stale:
-        raise SpecError(f"{first}: {len(stale)} finished run(s) under {root} were made with the old code and are not "
-                        f"counted as done; sweep into another --out, or remove those run folders ({', '.join(stale[:3])}"
-                        f"{', …' if len(stale) > 3 else ''}) to recompute them")
+        raise SpecError(
+            f"{first}: {len(stale)} finished run(s) under {root} were made with the old code and are not "
+            f"counted as done; sweep into another --out, or remove those run folders ({', '.join(stale[:3])}"
+            f"{', …' if len(stale) > 3 else ''}) to recompute them"
+        )
 
 
-def run_sweep(spec: SweepSpec, root: str | Path, *, executor: str = "local", workers: int | None = None,
-              address: str | None = None, vmap_seeds: bool = False, vmap_configs: bool = False,
-              progress: Optional[Callable[[dict], None]] = None, cache_dir: str | None = None,
-              checkpoint_seconds: float = 30.0) -> SweepReport:
+def run_sweep(
+    spec: SweepSpec,
+    root: str | Path,
+    *,
+    executor: str = "local",
+    workers: int | None = None,
+    address: str | None = None,
+    vmap_seeds: bool = False,
+    vmap_configs: bool = False,
+    progress: Callable[[dict], None] | None = None,
+    cache_dir: str | None = None,
+    checkpoint_seconds: float = 30.0,
+) -> SweepReport:
     """Run every missing job of ``spec`` under ``root``; return counts (computed / skipped / diverged).
 
     ``cache_dir``: a persistent compilation cache folder for the worker processes (local and
@@ -603,8 +712,13 @@ def run_sweep(spec: SweepSpec, root: str | Path, *, executor: str = "local", wor
 
 
 # ----------------------------------------------------------------------------- summaries
-LEVEL_PARAM = {"cartpole": "param_poles", "guidance": "param_rc", "quantum": "param_target",
-               "cart-chain": "param_links", "ks": "param_L"}
+LEVEL_PARAM = {
+    "cartpole": "param_poles",
+    "guidance": "param_rc",
+    "quantum": "param_target",
+    "cart-chain": "param_links",
+    "ks": "param_L",
+}
 
 
 def _level_cols(problem: str, d) -> list[str]:
@@ -637,8 +751,20 @@ def summary_frame(root: str | Path, epoch: int | None = None):
 
     df = results.collect(root)
     rows = []
-    columns = ["problem", "level", "clip", "mode", "mean", "std", "n", "diverged", "nonfinite", "epoch_min",
-               "epoch_max", "epochs"]
+    columns = [
+        "problem",
+        "level",
+        "clip",
+        "mode",
+        "mean",
+        "std",
+        "n",
+        "diverged",
+        "nonfinite",
+        "epoch_min",
+        "epoch_max",
+        "epochs",
+    ]
     if df.empty:
         return pd.DataFrame(columns=columns)
     for problem, d in df.groupby("problem", sort=False):
@@ -647,16 +773,28 @@ def summary_frame(root: str | Path, epoch: int | None = None):
         last = d.sort_values("epoch").groupby("run_id").tail(1)
         lvls = _level_cols(problem, last)
         for keys, g in last.groupby([*lvls, "clip", "mode"], sort=True):
-            levels, (clip, mode) = keys[:len(lvls)], keys[len(lvls):]
+            levels, (clip, mode) = keys[: len(lvls)], keys[len(lvls) :]
             x = g["test_loss"].to_numpy(float)
             e_lo, e_hi = int(g["epoch"].min()), int(g["epoch"].max())
-            rows.append(dict(problem=problem, level=", ".join(f"{c[6:]}={v:g}" if isinstance(v, float) else f"{c[6:]}={v}"
-                                                              for c, v in zip(lvls, levels)),
-                             _lv=tuple(levels), clip=clip, mode=mode,
-                             mean=float(np.mean(x)), std=float(np.std(x, ddof=1)) if len(x) > 1 else 0.0,
-                             n=len(x), diverged=int((g["status"] == "diverged").sum()),
-                             nonfinite=int((~np.isfinite(x)).sum()),
-                             epoch_min=e_lo, epoch_max=e_hi, epochs=_epoch_range(g["epoch"])))
+            rows.append(
+                dict(
+                    problem=problem,
+                    level=", ".join(
+                        f"{c[6:]}={v:g}" if isinstance(v, float) else f"{c[6:]}={v}" for c, v in zip(lvls, levels)
+                    ),
+                    _lv=tuple(levels),
+                    clip=clip,
+                    mode=mode,
+                    mean=float(np.mean(x)),
+                    std=float(np.std(x, ddof=1)) if len(x) > 1 else 0.0,
+                    n=len(x),
+                    diverged=int((g["status"] == "diverged").sum()),
+                    nonfinite=int((~np.isfinite(x)).sum()),
+                    epoch_min=e_lo,
+                    epoch_max=e_hi,
+                    epochs=_epoch_range(g["epoch"]),
+                )
+            )
     if not rows:  # no run has a recorded epoch ≤ epoch
         return pd.DataFrame(columns=columns)
     out = pd.DataFrame(rows)
@@ -708,8 +846,12 @@ def summary_table(root: str | Path, epoch: int | None = None) -> str:
         keys = _level_cols(problem, last) + ["clip"]
         modes = sorted(last["mode"].unique(), key=lambda m: ("RMCSN".find(m) if m in "RMCSN" else 9, m))
         title = f"### {problem}" + (f" (test loss at epoch {epoch})" if epoch is not None else " (final test loss)")
-        out += [title, "", "| " + " | ".join(keys + list(modes) + ["epochs"]) + " |",
-                "|" + "---|" * (len(keys) + len(modes) + 1)]
+        out += [
+            title,
+            "",
+            "| " + " | ".join(keys + list(modes) + ["epochs"]) + " |",
+            "|" + "---|" * (len(keys) + len(modes) + 1),
+        ]
         for vals, g in last.groupby(keys, sort=True) if keys else [((), last)]:
             vals = vals if isinstance(vals, tuple) else (vals,)
             cells = []
@@ -721,8 +863,11 @@ def summary_table(root: str | Path, epoch: int | None = None) -> str:
                     continue
                 sd = float(np.std(x, ddof=1)) if len(x) > 1 else 0.0
                 bad = int((~np.isfinite(x)).sum())
-                cells.append(loss_cell(float(np.mean(x)), sd, len(x), div, bad, digits=3) if bad else
-                             f"{np.mean(x):.3g} ± {sd:.2g}" + (f" ({div} div.)" if div else ""))
+                cells.append(
+                    loss_cell(float(np.mean(x)), sd, len(x), div, bad, digits=3)
+                    if bad
+                    else f"{np.mean(x):.3g} ± {sd:.2g}" + (f" ({div} div.)" if div else "")
+                )
             out.append("| " + " | ".join([str(v) for v in vals] + cells + [_epoch_range(g["epoch"])]) + " |")
         n_seeds = last.groupby(["mode"] + keys)["seed"].nunique().min()
         out += ["", f"mean ± std over {n_seeds} seed(s) per cell.", ""]

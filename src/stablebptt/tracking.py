@@ -10,6 +10,7 @@ computed, ``cos_mg``, ``sign_agree``, ``train_loss``, ``test_loss``. With severa
 lanes) each run writes under its own tag prefix ``run<k>/``. Written with tensorboardX (the
 ``tensorboard`` extra), read with ``tensorboard --logdir``.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,7 +43,7 @@ class TensorBoard:
         """Write everything still queued and close the event file."""
         self.writer.close()
 
-    def __enter__(self) -> "TensorBoard":
+    def __enter__(self) -> TensorBoard:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -16,9 +16,11 @@ The divergence guard: a non-finite loss, update or new parameter vector stops th
 parameters and optimizer state stay at the last finite values (``alive`` becomes False) and
 ``bad`` names the first bad minibatch of the epoch.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -96,8 +98,12 @@ def zero_last(problem: Problem, config: RunConfig) -> bool:
 
 
 #: what a controller factory raises when it needs concrete values (it cannot be traced)
-_NOT_TRACEABLE = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
-                  jax.errors.TracerBoolConversionError, jax.errors.TracerIntegerConversionError)
+_NOT_TRACEABLE = (
+    jax.errors.ConcretizationTypeError,
+    jax.errors.TracerArrayConversionError,
+    jax.errors.TracerBoolConversionError,
+    jax.errors.TracerIntegerConversionError,
+)
 
 
 def controller_parts(problem: Problem, zero_last: bool, key=None):
@@ -113,11 +119,24 @@ def controller_parts(problem: Problem, zero_last: bool, key=None):
     return eqx.partition(make(key), eqx.is_inexact_array)
 
 
-def make_train(problem: Problem, flow: "core.Flow | str", optimizer: optim.Optimizer, *, batch_size: int,
-               backward: "str | core.Strategy" = "auto", shuffle: bool = False, diagnostics: bool = False,
-               zero_last: bool | None = None, lanes: Sequence[tuple[core.Flow, optim.Optimizer]] | None = None,
-               checkpoint_every: "int | str | None" = "auto", memory_budget: int | None = None, n_runs: int = 1,
-               updates: int | None = None, verify_rows: bool = True, probe=None) -> Trainer:
+def make_train(
+    problem: Problem,
+    flow: core.Flow | str,
+    optimizer: optim.Optimizer,
+    *,
+    batch_size: int,
+    backward: str | core.Strategy = "auto",
+    shuffle: bool = False,
+    diagnostics: bool = False,
+    zero_last: bool | None = None,
+    lanes: Sequence[tuple[core.Flow, optim.Optimizer]] | None = None,
+    checkpoint_every: int | str | None = "auto",
+    memory_budget: int | None = None,
+    n_runs: int = 1,
+    updates: int | None = None,
+    verify_rows: bool = True,
+    probe=None,
+) -> Trainer:
     """The pure functions that train a controller on ``problem`` (see :class:`Trainer`).
 
     Args:
@@ -145,12 +164,15 @@ def make_train(problem: Problem, flow: "core.Flow | str", optimizer: optim.Optim
         for f, _ in lanes:
             f = core.as_flow(f)
             if (f.combiner, f.and_mask) != (flow.combiner, flow.and_mask):
-                raise ValueError(f"lanes share one program: each lane's combiner and AND-mask must be the flow's "
-                                 f"({flow.combiner!r}, {flow.and_mask:g}); got ({f.combiner!r}, {f.and_mask:g})")
+                raise ValueError(
+                    f"lanes share one program: each lane's combiner and AND-mask must be the flow's "
+                    f"({flow.combiner!r}, {flow.and_mask:g}); got ({f.combiner!r}, {f.and_mask:g})"
+                )
         lane_gates = [core.as_flow(f).gates(T, diagnostics=True) for f, _ in lanes]
         live = core.gates.live_ctrl(np.stack([g.fields for g in lane_gates]))
-        program_gates = core.Gates(np.stack([g.fields for g in lane_gates]), np.stack([g.combined for g in lane_gates]),
-                                   live)
+        program_gates = core.Gates(
+            np.stack([g.fields for g in lane_gates]), np.stack([g.combined for g in lane_gates]), live
+        )
     else:
         program_gates = flow.gates(T, diagnostics=diagnostics)
     zero_last = problem.zero_last_default if zero_last is None else bool(zero_last)
@@ -163,9 +185,19 @@ def make_train(problem: Problem, flow: "core.Flow | str", optimizer: optim.Optim
     if flow.and_mask:  # the fields are computed per batch member, all at once
         budget = max(budget // batch_size, 1)
     decide = core.engine.prepare_backward(
-        backward, model_abs, x_probe, step=problem.step, loss=problem.loss, horizon=T, flow=flow,
-        gates=program_gates, checkpoint_every=checkpoint_every if by_name else None,
-        memory_budget=budget if by_name else None, verify_rows=verify_rows, probe=probe)
+        backward,
+        model_abs,
+        x_probe,
+        step=problem.step,
+        loss=problem.loss,
+        horizon=T,
+        flow=flow,
+        gates=program_gates,
+        checkpoint_every=checkpoint_every if by_name else None,
+        memory_budget=budget if by_name else None,
+        verify_rows=verify_rows,
+        probe=probe,
+    )
 
     def choose(updates_left, timed=None):
         return decide(None if updates_left is None else updates_left * max(n_runs, 1), timed)
@@ -173,8 +205,10 @@ def make_train(problem: Problem, flow: "core.Flow | str", optimizer: optim.Optim
     strategy, choice = choose(updates)
     settle = None
     if choice.get("pending"):
+
         def settle(per_update_s: float, compile_s: float, updates_left: int):
             return choose(updates_left, (per_update_s, compile_s))
+
     # lanes read their hyperparameters from the state; one run's are constants of the program
     tx = optimizer.injected()
     tx_update = tx(**optimizer.hyper()) if lanes else optimizer.transform()
@@ -182,8 +216,10 @@ def make_train(problem: Problem, flow: "core.Flow | str", optimizer: optim.Optim
 
     def settings(run_flow: core.Flow, run_optimizer: optim.Optimizer) -> dict:
         gates = core.as_flow(run_flow).gates(T, diagnostics=True) if lanes else None
-        return {"hyper": run_optimizer.hyper(),
-                "gates": None if gates is None else core.Gates(gates.fields, gates.combined, program_gates.live)}
+        return {
+            "hyper": run_optimizer.hyper(),
+            "gates": None if gates is None else core.Gates(gates.fields, gates.combined, program_gates.live),
+        }
 
     def init(params, settings: dict) -> TrainState:
         return TrainState(params, tx(**settings["hyper"]).init(params), settings["gates"], jnp.bool_(True))
@@ -195,14 +231,26 @@ def make_train(problem: Problem, flow: "core.Flow | str", optimizer: optim.Optim
 
         def body(carry, xb):  # one minibatch update under the divergence guard
             s, bad, i = carry
-            val, upd, info, _ = core.flow_update(eqx.combine(s.params, static), xb, flow=flow,
-                                                 gates=s.gates if lanes else program_gates, backward=strategy, **kw)
+            val, upd, info, _ = core.flow_update(
+                eqx.combine(s.params, static),
+                xb,
+                flow=flow,
+                gates=s.gates if lanes else program_gates,
+                backward=strategy,
+                **kw,
+            )
             steps, opt = tx_update.update(upd, s.opt, s.params)
             params = eqx.apply_updates(s.params, steps)
             ok = s.alive & jnp.isfinite(val) & _all_finite(upd) & _all_finite(params)
             keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
-            stats = jnp.stack([val, info["update_norm"], info.get("cos_mg", jnp.float32(jnp.nan)),
-                               info.get("sign_agree", jnp.float32(jnp.nan))])
+            stats = jnp.stack(
+                [
+                    val,
+                    info["update_norm"],
+                    info.get("cos_mg", jnp.float32(jnp.nan)),
+                    info.get("sign_agree", jnp.float32(jnp.nan)),
+                ]
+            )
             bad = jnp.where(s.alive & ~ok, i, bad)
             return (TrainState(keep(params, s.params), keep(opt, s.opt), s.gates, ok), bad, i + 1), stats
 
@@ -210,8 +258,18 @@ def make_train(problem: Problem, flow: "core.Flow | str", optimizer: optim.Optim
         metrics = {k: jnp.mean(stats[:, i]) for i, k in enumerate(TRAIN_METRICS)}
         return state, metrics | {"bad": bad}
 
-    return Trainer(init_params_fn(problem, zero_last), settings, init, updates_fn, make_evaluate(problem, static),
-                   static, _shapes(params_abs), strategy, choice, settle)
+    return Trainer(
+        init_params_fn(problem, zero_last),
+        settings,
+        init,
+        updates_fn,
+        make_evaluate(problem, static),
+        static,
+        _shapes(params_abs),
+        strategy,
+        choice,
+        settle,
+    )
 
 
 def _shapes(tree):
@@ -228,6 +286,7 @@ def verify_controller(trainer: Trainer, problem: Problem, batch_size: int) -> No
 
 def init_params_fn(problem: Problem, zero_last: bool) -> Callable:
     """``init_params(key) -> params``: a new controller's parameters (its float32 arrays)."""
+
     def init_params(key):
         return eqx.filter(problem.make_controller(key, zero_last=zero_last), eqx.is_inexact_array)
 
@@ -267,8 +326,7 @@ def make_evaluate(problem: Problem, static) -> Callable:
             return one(params, train), one(params, test)
         if a.shape[1:] == b.shape[1:]:
             losses = jax.lax.map(lambda x: one(params, x), jnp.concatenate([a, b]))
-            return jnp.mean(losses[: a.shape[0]]), jnp.mean(losses[a.shape[0]:])
-        return (jnp.mean(jax.lax.map(lambda x: one(params, x), a)),
-                jnp.mean(jax.lax.map(lambda x: one(params, x), b)))
+            return jnp.mean(losses[: a.shape[0]]), jnp.mean(losses[a.shape[0] :])
+        return (jnp.mean(jax.lax.map(lambda x: one(params, x), a)), jnp.mean(jax.lax.map(lambda x: one(params, x), b)))
 
     return evaluate

@@ -13,6 +13,7 @@ run2_precision.json, run2_gpu.json (epochs); its throughput part printed one row
 before its time limit, copied below from the call's output. The one-step 1-ulp floors were
 not measured on the GPU host; they are measured here, on this machine's CPU.
 """
+
 import json
 import re
 import sys
@@ -26,7 +27,8 @@ RUN2_PRINTED = ["cartpole  C K=  512:    5.68 ms/update,     90152 seed-updates/
 QUANTUM_C_NOTE = (
     "measured before quantum.solve_tridiagonal: C's two fields were folded into two right-hand-side columns, "
     "which the GPU solver loops over system by system on the host; the fix (one column per system off the CPU) "
-    "is tested structurally but not yet timed on a GPU (no device time left)")
+    "is tested structurally but not yet timed on a GPU (no device time left)"
+)
 
 
 def main():
@@ -34,8 +36,10 @@ def main():
     r2p = json.loads((HERE / "run2_precision.json").read_text())
     r2 = json.loads((HERE / "run2_gpu.json").read_text())
     prec = [r for r in r1["precision"] if r["problem"] != "quantum"] + r2p["precision"]
-    floors = {(r["problem"], r["mode"]): r["step_floor_ulp_x0"]
-              for r in g.precision_check(("cartpole", "guidance", "quantum"), ("R", "C"))}
+    floors = {
+        (r["problem"], r["mode"]): r["step_floor_ulp_x0"]
+        for r in g.precision_check(("cartpole", "guidance", "quantum"), ("R", "C"))
+    }
     for r in prec:
         r["step_floor_ulp_x0"] = floors[(r["problem"], r["mode"])]
         r["step_floor_measured_on"] = "the 2-core CPU of results.md (not the GPU host)"
@@ -46,15 +50,29 @@ def main():
         m = pat.search(line)
         if m:
             p, mode, K, ms, sus, cs = m.groups()
-            thr.append({"problem": p, "mode": mode, "K": int(K), "update_s": float(ms) / 1e3,
-                        "seed_updates_per_s": float(sus), "compile_s": float(cs)})
+            thr.append(
+                {
+                    "problem": p,
+                    "mode": mode,
+                    "K": int(K),
+                    "update_s": float(ms) / 1e3,
+                    "seed_updates_per_s": float(sus),
+                    "compile_s": float(cs),
+                }
+            )
     epochs = r2["epochs"]
     for r in epochs:
         if (r["problem"], r["mode"]) == ("quantum", "C"):
             r["note"] = QUANTUM_C_NOTE
-    out = {"machine": r2["machine"], "device": "NVIDIA H200 (" + r2["device"] + ")", "backend": r2["backend"],
-           "precision": prec, "throughput": thr, "epochs": epochs,
-           "source": "two device runs on 2026-11-27, merged by benchmarks/data/gpu-2026-11-27/merge.py"}
+    out = {
+        "machine": r2["machine"],
+        "device": "NVIDIA H200 (" + r2["device"] + ")",
+        "backend": r2["backend"],
+        "precision": prec,
+        "throughput": thr,
+        "epochs": epochs,
+        "source": "two device runs on 2026-11-27, merged by benchmarks/data/gpu-2026-11-27/merge.py",
+    }
     (HERE / "merged_gpu.json").write_text(json.dumps(out, indent=2))
     print(f"wrote {HERE / 'merged_gpu.json'}")
 

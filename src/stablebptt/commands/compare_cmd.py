@@ -1,10 +1,10 @@
 """``stablebptt compare``: does stopping the gradient help on my simulator? (the logic lives in
 :mod:`stablebptt.comparison`)."""
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -38,29 +38,48 @@ def config_options(problem: str, params: dict, items: list[str]) -> dict:
 
 @app.command("compare")
 def compare_cmd(
-    problem: str = typer.Argument(..., help="a problem name (see `stablebptt problems`), FILE.py:FUNCTION or module:FUNCTION"),
-    modes: str = typer.Option("R,M,C,S", "--modes", "-m",
-                              help="comma-separated variants: a mode letter (R M S N C), optionally with flow options "
-                                   "as :KEY=VALUE (truncate, decay, combiner, and_mask), e.g. R,C,R:truncate=4,R:decay=0.9"),
-    seeds: int = typer.Option(5, help="seeds 0 … n−1 (a seed fixes data and initial weights: variants are paired by seed)"),
-    param: List[str] = typer.Option([], "--param", "-p", help="problem parameter as KEY=VALUE (repeatable)"),
-    config: List[str] = typer.Option([], "--config", "-c", help="a run setting shared by every variant as KEY=VALUE "
-                                                                "(lr, clip, n_train, batch_size, …; repeatable)"),
-    epochs: Optional[int] = typer.Option(None, help="training epochs (default: the problem's; with --quick a short run)"),
+    problem: str = typer.Argument(
+        ..., help="a problem name (see `stablebptt problems`), FILE.py:FUNCTION or module:FUNCTION"
+    ),
+    modes: str = typer.Option(
+        "R,M,C,S",
+        "--modes",
+        "-m",
+        help="comma-separated variants: a mode letter (R M S N C), optionally with flow options "
+        "as :KEY=VALUE (truncate, decay, combiner, and_mask), e.g. R,C,R:truncate=4,R:decay=0.9",
+    ),
+    seeds: int = typer.Option(
+        5, help="seeds 0 … n−1 (a seed fixes data and initial weights: variants are paired by seed)"
+    ),
+    param: list[str] = typer.Option([], "--param", "-p", help="problem parameter as KEY=VALUE (repeatable)"),
+    config: list[str] = typer.Option(
+        [],
+        "--config",
+        "-c",
+        help="a run setting shared by every variant as KEY=VALUE (lr, clip, n_train, batch_size, …; repeatable)",
+    ),
+    epochs: int | None = typer.Option(None, help="training epochs (default: the problem's; with --quick a short run)"),
     quick: bool = typer.Option(False, help="short training (the problem's quick settings)"),
     reference: str = typer.Option("R", help="the variant every other one is paired against"),
-    window: Optional[int] = typer.Option(None, help="moving-average window of the final test loss (default: a tenth "
-                                                    "of the epochs, 1 … 30)"),
-    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="folder of the runs and results "
-                                                                    "(default comparisons/PROBLEM[-KEY=VALUE…])"),
+    window: int | None = typer.Option(
+        None, help="moving-average window of the final test loss (default: a tenth of the epochs, 1 … 30)"
+    ),
+    out_dir: Path | None = typer.Option(
+        None, "--out", "-o", help="folder of the runs and results (default comparisons/PROBLEM[-KEY=VALUE…])"
+    ),
     executor: str = typer.Option("local", help="local (spawn pool) | serial | ray"),
-    workers: Optional[int] = typer.Option(None, help="worker processes (default: one per core)"),
-    address: Optional[str] = typer.Option(None, help="Ray cluster address (default: start a local one)"),
+    workers: int | None = typer.Option(None, help="worker processes (default: one per core)"),
+    address: str | None = typer.Option(None, help="Ray cluster address (default: start a local one)"),
     vmap_seeds: bool = typer.Option(False, help="train the seeds of one variant in one vmapped program"),
-    vmap_configs: bool = typer.Option(False, help="train all variants and seeds as lanes of vmapped programs (for GPUs)"),
+    vmap_configs: bool = typer.Option(
+        False, help="train all variants and seeds as lanes of vmapped programs (for GPUs)"
+    ),
     checkpoint_seconds: float = typer.Option(30.0, help="seconds between the checkpoints of each run"),
-    diagnose: bool = typer.Option(False, "--diagnose", help="also measure the gradient explosion (stablebptt diagnose) "
-                                                           "and say whether its recommendation won"),
+    diagnose: bool = typer.Option(
+        False,
+        "--diagnose",
+        help="also measure the gradient explosion (stablebptt diagnose) and say whether its recommendation won",
+    ),
 ):
     """Does stopping the gradient help on PROBLEM? Train the variants on the same seeds (resumable,
     parallel), then print the final losses, the ratios against the reference paired by seed with
@@ -101,14 +120,32 @@ def compare_cmd(
 
     try:
         with sweep_progress(f"compare {problems.file_stem(problem)}") as on_progress:
-            c = comparison.compare(problem, modes, seeds, params, root, epochs=epochs, quick=quick, config=cfg,
-                                   reference=reference, window=window, workers=workers, executor=executor,
-                                   address=address, vmap_seeds=vmap_seeds, vmap_configs=vmap_configs,
-                                   cache_dir=jax.config.jax_compilation_cache_dir,
-                                   checkpoint_seconds=checkpoint_seconds, progress=on_progress, diagnose=diagnose)
+            c = comparison.compare(
+                problem,
+                modes,
+                seeds,
+                params,
+                root,
+                epochs=epochs,
+                quick=quick,
+                config=cfg,
+                reference=reference,
+                window=window,
+                workers=workers,
+                executor=executor,
+                address=address,
+                vmap_seeds=vmap_seeds,
+                vmap_configs=vmap_configs,
+                cache_dir=jax.config.jax_compilation_cache_dir,
+                checkpoint_seconds=checkpoint_seconds,
+                progress=on_progress,
+                diagnose=diagnose,
+            )
     except KeyboardInterrupt:
-        console.print(f"[yellow]interrupted[/]: finished runs are kept in {root}, unfinished ones continue from "
-                      "their checkpoints: run the same command to resume")
+        console.print(
+            f"[yellow]interrupted[/]: finished runs are kept in {root}, unfinished ones continue from "
+            "their checkpoints: run the same command to resume"
+        )
         raise typer.Exit(code=130)
     print_comparison(c)
     if c.report is not None and c.report.failed:
@@ -125,12 +162,18 @@ def print_comparison(c) -> None:
 
     r = c.report
     if r is not None:
-        out.print(f"{r.jobs} runs: {r.computed} computed" + (f" ({r.resumed} resumed)" if r.resumed else "")
-                  + f", {r.skipped} already done, {r.diverged} diverged, {len(r.failed)} failed, {r.wall_s:.1f} s",
-                  highlight=False)
-    t = Table(title=f"{c.label()}: final test loss over {len(c.seeds)} seeds, {c.epochs} epochs",
-              caption=f"final: {final_text(c.window)}; gm ×/÷ gsd: geometric mean and std over the seeds that did "
-                      "not diverge", pad_edge=False)
+        out.print(
+            f"{r.jobs} runs: {r.computed} computed"
+            + (f" ({r.resumed} resumed)" if r.resumed else "")
+            + f", {r.skipped} already done, {r.diverged} diverged, {len(r.failed)} failed, {r.wall_s:.1f} s",
+            highlight=False,
+        )
+    t = Table(
+        title=f"{c.label()}: final test loss over {len(c.seeds)} seeds, {c.epochs} epochs",
+        caption=f"final: {final_text(c.window)}; gm ×/÷ gsd: geometric mean and std over the seeds that did "
+        "not diverge",
+        pad_edge=False,
+    )
     for col in ("variant", "final test loss (gm ×/÷ gsd)", "min – max", "seeds", "diverged"):
         t.add_column(col, justify="left" if col == "variant" else "right")
     for row in c.table:
@@ -140,8 +183,10 @@ def print_comparison(c) -> None:
         t.add_row(name, cell, span, str(row["n"]), str(row["diverged"] or ""))
     out.print(t)
     if c.ratios:
-        rt = Table(title=f"paired by seed: {c.reference}'s final loss / the variant's (> 1: the variant ends lower)",
-                   pad_edge=False)
+        rt = Table(
+            title=f"paired by seed: {c.reference}'s final loss / the variant's (> 1: the variant ends lower)",
+            pad_edge=False,
+        )
         for col in ("ratio", "gm", "95 % CI", "seeds", "verdict"):
             rt.add_column(col, justify="left" if col in ("ratio", "verdict") else "right")
         for x in c.ratios.values():

@@ -1,28 +1,42 @@
 """``stablebptt diagnose`` (which gradient-flow mode suits a problem?) and ``stablebptt animate``
 (a GIF/MP4 of a trained controller). The logic lives in :mod:`stablebptt.diagnose` and
 :mod:`stablebptt.animate`."""
+
 from __future__ import annotations
 
 import time
 import warnings
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
-from ..cli import (_read_weights, app, check_out_file, check_out_folder, collect_problem_params, console, fail,
-                   out, setup_jax)
+from ..cli import (
+    _read_weights,
+    app,
+    check_out_file,
+    check_out_folder,
+    collect_problem_params,
+    console,
+    fail,
+    out,
+    setup_jax,
+)
 
 
 @app.command("diagnose")
 def diagnose_command(
     problem: str = typer.Argument(..., help="problem name (see `stablebptt problems`)"),
-    param: List[str] = typer.Option([], "--param", "-p", help="problem parameter as KEY=VALUE (repeatable)"),
-    weights: Optional[Path] = typer.Option(None, help="a run folder or a weights .npz to diagnose (default: an untrained controller)"),
+    param: list[str] = typer.Option([], "--param", "-p", help="problem parameter as KEY=VALUE (repeatable)"),
+    weights: Path | None = typer.Option(
+        None, help="a run folder or a weights .npz to diagnose (default: an untrained controller)"
+    ),
     states: int = typer.Option(8, help="number of rollouts (initial states) to measure along"),
     out_dir: Path = typer.Option(Path("diagnostics"), "--out", "-o", help="folder for <name>.png/.json/.txt"),
-    zero_last: bool = typer.Option(False, "--zero-last/--no-zero-last",
-                                   help="untrained controller: zero last kernel (then K = 0 and R = M; default off)"),
+    zero_last: bool = typer.Option(
+        False,
+        "--zero-last/--no-zero-last",
+        help="untrained controller: zero last kernel (then K = 0 and R = M; default off)",
+    ),
     seed: int = typer.Option(0, help="seed of the untrained controller"),
 ):
     """Which gradient-flow mode suits PROBLEM? Adjoint norms, credit per step, Jacobian spectra, cos(M, G); writes a 4-panel figure."""
@@ -37,8 +51,8 @@ def diagnose_command(
     setup_jax()
     import jax
 
-    from .. import diagnose as diag
     from .. import controllers
+    from .. import diagnose as diag
 
     t0 = time.perf_counter()
     name = problems_mod.file_stem(problem)
@@ -54,11 +68,14 @@ def diagnose_command(
         else:
             prob = problems_mod.get(problem, **pparams)
             model, label = None, None
-            abstract = problems_mod.check_problem(prob, n_train=states, n_test=states, data=0, zero_last=zero_last,
-                                                  seed=seed)
+            abstract = problems_mod.check_problem(
+                prob, n_train=states, n_test=states, data=0, zero_last=zero_last, seed=seed
+            )
             if weights is not None:
                 problems_mod.check_weights(prob, abstract, arrays, f"--weights {weights}")
-                model = controllers.load_weights(prob.make_controller(jax.random.PRNGKey(seed), zero_last=False), arrays)
+                model = controllers.load_weights(
+                    prob.make_controller(jax.random.PRNGKey(seed), zero_last=False), arrays
+                )
                 label = f"{problem} — weights {weights.name}"
                 name = f"{problems_mod.file_stem(problem)}-{weights.stem}"
         d = diag.diagnose_problem(prob, model=model, n=states, zero_last=zero_last, seed=seed)
@@ -70,22 +87,30 @@ def diagnose_command(
     elapsed = time.perf_counter() - t0
     out.print(d.text(), markup=False, highlight=False)
     if weights is None and not zero_last and prob.zero_last_default:
-        console.print("[dim]note: the paper preset starts this controller with a zero last kernel (K = 0, so R = M); "
-                      "diagnosed with a random last layer instead (--zero-last to use the preset)[/]")
-    out.print(f"figure: {paths['png']}\nnumbers: {paths['json']}\ndiagnosed in {elapsed:.1f} s",
-              markup=False, highlight=False)
+        console.print(
+            "[dim]note: the paper preset starts this controller with a zero last kernel (K = 0, so R = M); "
+            "diagnosed with a random last layer instead (--zero-last to use the preset)[/]"
+        )
+    out.print(
+        f"figure: {paths['png']}\nnumbers: {paths['json']}\ndiagnosed in {elapsed:.1f} s", markup=False, highlight=False
+    )
 
 
 @app.command("animate")
 def animate_command(
     run_dir: Path = typer.Argument(..., help="a run folder (config.json + weights.npz)"),
     states: int = typer.Option(4, help="number of test states to roll out"),
-    out_file: Optional[Path] = typer.Option(None, "--out", "-o", help="output .gif or .mp4 (default RUN_DIR/animation.gif)"),
-    fps: Optional[float] = typer.Option(None, help="frames per second (default: a ~4 s clip, 2…25 fps)"),
-    stride: Optional[int] = typer.Option(None, help="draw every k-th step (default ceil(T/100)); frames = ceil(T/k) + 1"),
-    components: Optional[str] = typer.Option(None, help="problems drawn as state entries against the step (your own, "
-                                                        "the toys): which entries, e.g. 8-15 or 0,3,5 (default: all, "
-                                                        "up to 24)"),
+    out_file: Path | None = typer.Option(
+        None, "--out", "-o", help="output .gif or .mp4 (default RUN_DIR/animation.gif)"
+    ),
+    fps: float | None = typer.Option(None, help="frames per second (default: a ~4 s clip, 2…25 fps)"),
+    stride: int | None = typer.Option(None, help="draw every k-th step (default ceil(T/100)); frames = ceil(T/k) + 1"),
+    components: str | None = typer.Option(
+        None,
+        help="problems drawn as state entries against the step (your own, "
+        "the toys): which entries, e.g. 8-15 or 0,3,5 (default: all, "
+        "up to 24)",
+    ),
 ):
     """Roll out a trained controller on a few test states and write a GIF or MP4."""
     if states < 1:

@@ -1,9 +1,9 @@
 """``stablebptt plot`` (the paper's figures of a sweep, mean ± spread over seeds) and
 ``stablebptt toyfigs`` (the paper's Fig. 1 and Fig. 2). The logic lives in :mod:`stablebptt.plots`."""
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -13,10 +13,13 @@ from ..cli import app, check_out_folder, console, fail, out
 @app.command("plot")
 def plot_command(
     sweep_dir: Path = typer.Argument(..., help="folder with finished run folders (searched recursively)"),
-    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="folder for the figures (default SWEEP_DIR/figures)"),
+    out_dir: Path | None = typer.Option(None, "--out", "-o", help="folder for the figures (default SWEEP_DIR/figures)"),
     smooth: bool = typer.Option(True, "--smooth/--raw", help="30-epoch trailing moving average (paper) or raw curves"),
     window: int = typer.Option(30, help="moving-average window in epochs"),
-    band: str = typer.Option("std", help="shaded band, in log space: std (geometric mean ×/÷ one geometric std over seeds) | ci (bootstrap 95% CI of the geometric mean)"),
+    band: str = typer.Option(
+        "std",
+        help="shaded band, in log space: std (geometric mean ×/÷ one geometric std over seeds) | ci (bootstrap 95% CI of the geometric mean)",
+    ),
     fmt: str = typer.Option("png,pdf", "--format", help="comma-separated file formats, e.g. png,pdf,svg"),
 ):
     """Test loss per epoch for every problem of a sweep, one panel per complexity level."""

@@ -23,12 +23,14 @@ at (x_n, c_n)::
 and a memory budget; :func:`stablebptt.core.engine.choose_backward` picks the fastest of them by
 measurement (:mod:`stablebptt.core.choose`).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -80,8 +82,12 @@ class Autodiff(Strategy):
 
     def fields(self, params, static, x0, *, step, loss: TrajectoryLoss, horizon: int, gates: Gates):
         """``(L, [∇θ of each field])`` (see :class:`Strategy`)."""
-        out = [jax.value_and_grad(unrolled_loss)(params, static, x0, step=step, loss=loss, horizon=horizon,
-                                                 gates=gates.fields[f]) for f in range(len(gates.live))]
+        out = [
+            jax.value_and_grad(unrolled_loss)(
+                params, static, x0, step=step, loss=loss, horizon=horizon, gates=gates.fields[f]
+            )
+            for f in range(len(gates.live))
+        ]
         return out[0][0], [g for _, g in out]
 
 
@@ -238,6 +244,7 @@ class _Sweep:
         """The forward loop over steps ``ns`` from x: ``(x_end, Forward)``
         (:func:`~stablebptt.core.unroll.forward_loop`); with ``keep=False`` only the loss terms
         are stacked (what a segment start needs)."""
+
         def control(n, x):
             if self.in_sweep and keep:  # the controller's vjp w.r.t. θ (and x_n where K is needed)
                 if self.need_k:
@@ -286,8 +293,9 @@ class _Sweep:
             c_leaf = jax.tree_util.tree_leaves(cs)[0]
             m = int(np.prod(c_leaf.shape[2:])) if c_leaf.ndim > 2 else 1
             _, pull = jax.vjp(lambda p, x: eqx.combine(p, self.static)(x), self.params, xf)
-            basis = jnp.broadcast_to(jnp.eye(m, dtype=c_leaf.dtype).reshape((m, 1) + c_leaf.shape[2:]),
-                                     (m, T_ * B) + c_leaf.shape[2:])
+            basis = jnp.broadcast_to(
+                jnp.eye(m, dtype=c_leaf.dtype).reshape((m, 1) + c_leaf.shape[2:]), (m, T_ * B) + c_leaf.shape[2:]
+            )
             jac = jax.tree_util.tree_map(lambda a: jnp.moveaxis(a, 0, 1), jax.vmap(lambda b: pull(b)[1])(basis))
             extra = pull
         return jax.tree_util.tree_map(lambda a: a.reshape((T_, B) + a.shape[1:]), jac), extra
@@ -356,7 +364,9 @@ class _Sweep:
             return (jax.tree_util.tree_map(lambda *a: jnp.stack(a), *new), acc), (None if self.in_sweep else ac)
 
         F = len(self.live)
-        acc0 = jax.tree_util.tree_map(lambda a: jnp.zeros((F,) + a.shape, a.dtype), self.params) if self.in_sweep else None
+        acc0 = (
+            jax.tree_util.tree_map(lambda a: jnp.zeros((F,) + a.shape, a.dtype), self.params) if self.in_sweep else None
+        )
         (lam, acc), acs = jax.lax.scan(rbody, (lam, acc0), (ns, xs, cs, g_steps[ns], lins, kvjps, jac), reverse=True)
         if self.in_sweep:
             return lam, [_take(acc, f) for f in range(F)]
@@ -397,9 +407,19 @@ def segment_length(horizon: int, checkpoint_every: int | None) -> int | None:
     return 1
 
 
-def candidates(model, x0, *, step, loss: TrajectoryLoss, horizon: int, gates, prefer: str = "auto",
-               checkpoint_every: int | str | None = "auto", memory_budget: int | None = None,
-               verify_rows: bool = True) -> list:
+def candidates(
+    model,
+    x0,
+    *,
+    step,
+    loss: TrajectoryLoss,
+    horizon: int,
+    gates,
+    prefer: str = "auto",
+    checkpoint_every: int | str | None = "auto",
+    memory_budget: int | None = None,
+    verify_rows: bool = True,
+) -> list:
     """Every strategy that can compute this flow for this controller, simulator and memory
     budget (:func:`stablebptt.core.choose.choose` measures them; none is ruled out by a guess
     about speed).
@@ -432,8 +452,10 @@ def candidates(model, x0, *, step, loss: TrajectoryLoss, horizon: int, gates, pr
         return [Autodiff()]
     merge = hooks.claims_rows_independent(model)
     if prefer == "batched" and not merge:
-        raise ValueError(f"backward='batched' needs a controller with independent rows; {type(model).__name__} "
-                         "does not declare rows_independent = True (use 'per_step' or 'auto')")
+        raise ValueError(
+            f"backward='batched' needs a controller with independent rows; {type(model).__name__} "
+            "does not declare rows_independent = True (use 'per_step' or 'auto')"
+        )
     if merge and verify_rows:
         hooks.verify_rows_independent(model, x0)
     has = merge and hooks.has_hooks(model)
@@ -448,20 +470,24 @@ def candidates(model, x0, *, step, loss: TrajectoryLoss, horizon: int, gates, pr
     sweeps = []
     for jac in jacobians:
         reads_activations = has and not (need_k and jac == "per_step")
-        for keep in ((False, True) if reads_activations else (False,)):
+        for keep in (False, True) if reads_activations else (False,):
             for save in (False, True):
-                sweeps.append(ReverseSweep(jacobian=jac, merge_rows=merge, keep_activations=keep,
-                                           save_linearization=save))
+                sweeps.append(
+                    ReverseSweep(jacobian=jac, merge_rows=merge, keep_activations=keep, save_linearization=save)
+                )
     if prefer in ("auto", "per_step"):  # the controller's vjp kept per step, parameters in the sweep
-        sweeps += [ReverseSweep(jacobian="per_step", merge_rows=False, save_linearization=save,
-                                param_grads="in_sweep") for save in (False, True)]
+        sweeps += [
+            ReverseSweep(jacobian="per_step", merge_rows=False, save_linearization=save, param_grads="in_sweep")
+            for save in (False, True)
+        ]
     out = []
     fits = True
     for sw in sweeps:
         ce = checkpoint_every
         if ce == "auto":
-            ce = plan_segments(sw, model, x0, step=step, loss=loss, horizon=horizon, live_ctrl=live,
-                               memory_budget=memory_budget)
+            ce = plan_segments(
+                sw, model, x0, step=step, loss=loss, horizon=horizon, live_ctrl=live, memory_budget=memory_budget
+            )
         fits = fits and ce is None
         out.append(dataclasses.replace(sw, checkpoint_every=ce))
     if prefer == "auto" and fits and checkpoint_every in (None, "auto"):
@@ -484,8 +510,12 @@ def prior(cands: Sequence, *, has: bool, gates, loss: TrajectoryLoss):
     save = loss.on == "every" and not carries
     if has:
         for c in cands:
-            if (isinstance(c, ReverseSweep) and c.jacobian == "batched" and c.keep_activations
-                    and c.save_linearization == save):
+            if (
+                isinstance(c, ReverseSweep)
+                and c.jacobian == "batched"
+                and c.keep_activations
+                and c.save_linearization == save
+            ):
                 return c
     return next((c for c in cands if isinstance(c, Autodiff)), cands[0])
 
@@ -496,8 +526,9 @@ def first_round(cands: Sequence) -> list:
     else the one with kept activations (where that is an option) and a recomputed
     linearisation. The first round of :func:`stablebptt.core.choose.choose`."""
     out, seen = [cands[0]], {_family(cands[0])}
-    for c in sorted(cands, key=lambda c: (not getattr(c, "keep_activations", False),
-                                          getattr(c, "save_linearization", False))):
+    for c in sorted(
+        cands, key=lambda c: (not getattr(c, "keep_activations", False), getattr(c, "save_linearization", False))
+    ):
         fam = _family(c)
         if fam not in seen:
             seen.add(fam)
@@ -514,8 +545,10 @@ def neighbours(strategy) -> list:
     activations): the second round of :func:`stablebptt.core.choose.choose`."""
     if not isinstance(strategy, ReverseSweep):
         return []
-    return [dataclasses.replace(strategy, save_linearization=not strategy.save_linearization),
-            dataclasses.replace(strategy, keep_activations=not strategy.keep_activations)]
+    return [
+        dataclasses.replace(strategy, save_linearization=not strategy.save_linearization),
+        dataclasses.replace(strategy, keep_activations=not strategy.keep_activations),
+    ]
 
 
 # ----------------------------------------------------------------------------- memory
@@ -523,8 +556,9 @@ def _nbytes(tree) -> int:
     return int(sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in jax.tree_util.tree_leaves(tree)))
 
 
-def memory_estimate(sweep: ReverseSweep, model, x0, *, step, loss: TrajectoryLoss, horizon: int,
-                    live_ctrl: Sequence[bool]) -> dict:
+def memory_estimate(
+    sweep: ReverseSweep, model, x0, *, step, loss: TrajectoryLoss, horizon: int, live_ctrl: Sequence[bool]
+) -> dict:
     """Bytes of the sweep's largest buffers, from the shapes of what it stacks (nothing runs).
 
     Returns ``per_step`` (what the forward loop keeps per step plus, per step, the J and
@@ -553,8 +587,17 @@ def memory_estimate(sweep: ReverseSweep, model, x0, *, step, loss: TrajectoryLos
     return {"per_step": per_step, "state": _nbytes(_abstract(x0))}
 
 
-def plan_segments(sweep: ReverseSweep, model, x0, *, step, loss: TrajectoryLoss, horizon: int,
-                  live_ctrl: Sequence[bool], memory_budget: int | None = None) -> int | None:
+def plan_segments(
+    sweep: ReverseSweep,
+    model,
+    x0,
+    *,
+    step,
+    loss: TrajectoryLoss,
+    horizon: int,
+    live_ctrl: Sequence[bool],
+    memory_budget: int | None = None,
+) -> int | None:
     """``checkpoint_every`` for ``"auto"``: None when T·per_step (:func:`memory_estimate`) fits
     the budget; else the divisor s of T nearest √T if (T/s)·state + s·per_step fits, else the
     divisor with the least memory."""

@@ -18,6 +18,7 @@ The record of a choice (``choice["chosen"]``, ``choice["candidates"]`` = {strate
 per program call}, ``choice["measure_s"]`` = wall time spent measuring, ``choice["cached"]``)
 is what the trainer writes to a run's manifest.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,9 +26,10 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -105,10 +107,16 @@ def _store(key: str, rec: dict) -> None:
         pass  # a read-only or missing home: the decision lives in this process only
 
 
-def choose(candidates: Sequence[Any], program: Callable[[Any], Callable], args: Sequence[Any],
-           key_parts: Sequence[Any], first: Sequence[Any] | None = None,
-           neighbours: Callable[[Any], Sequence[Any]] | None = None, calls: float | None = None,
-           timed: tuple[float, float] | None = None) -> tuple[Any, dict]:
+def choose(
+    candidates: Sequence[Any],
+    program: Callable[[Any], Callable],
+    args: Sequence[Any],
+    key_parts: Sequence[Any],
+    first: Sequence[Any] | None = None,
+    neighbours: Callable[[Any], Sequence[Any]] | None = None,
+    calls: float | None = None,
+    timed: tuple[float, float] | None = None,
+) -> tuple[Any, dict]:
     """The fastest of ``candidates`` and the record of the decision.
 
     Args:
@@ -139,8 +147,7 @@ def choose(candidates: Sequence[Any], program: Callable[[Any], Callable], args: 
     """
     names = [repr(c) for c in candidates]
     if len(candidates) == 1:
-        return candidates[0], {"chosen": names[0], "candidates": {names[0]: None}, "measure_s": 0.0,
-                               "cached": False}
+        return candidates[0], {"chosen": names[0], "candidates": {names[0]: None}, "measure_s": 0.0, "cached": False}
     key = signature([*key_parts, *names])
     rec = _load(key)
     round1 = list(first) if first is not None else list(candidates)
@@ -155,8 +162,14 @@ def choose(candidates: Sequence[Any], program: Callable[[Any], Callable], args: 
             return ref, _skip(repr(ref), rec["ref_s"], rec["compile_s"], others, calls, 0.0, key, cached=True)
         timed = timed or (rec["ref_s"], rec["compile_s"])  # a long run of a signature that was skipped
     if calls is not None and timed is None:  # the caller times the reference in its own run first
-        return ref, {"chosen": repr(ref), "candidates": {repr(ref): None}, "measure_s": 0.0, "cached": False,
-                     "signature": key, "pending": True}
+        return ref, {
+            "chosen": repr(ref),
+            "candidates": {repr(ref): None},
+            "measure_s": 0.0,
+            "cached": False,
+            "signature": key,
+            "pending": True,
+        }
     if calls is not None and not _worth(others, timed[1], calls * timed[0]):
         rec = _skip(repr(ref), timed[0], timed[1], others, calls, 0.0, key, cached=False)
         _store(key, rec)
@@ -170,8 +183,13 @@ def choose(candidates: Sequence[Any], program: Callable[[Any], Callable], args: 
         if len(round2) > 1:
             times |= dict(zip(map(repr, round2), measure(round2, program, args, compiled)))
             best = min((c for c in candidates if repr(c) in times), key=lambda c: times[repr(c)])
-    rec = {"chosen": repr(best), "candidates": times,
-           "measure_s": round(time.perf_counter() - t0, 3), "cached": False, "signature": key}
+    rec = {
+        "chosen": repr(best),
+        "candidates": times,
+        "measure_s": round(time.perf_counter() - t0, 3),
+        "cached": False,
+        "signature": key,
+    }
     _store(key, rec)
     return best, rec
 
@@ -182,19 +200,29 @@ def _worth(others: int, compile_s: float, run_s: float) -> bool:
     return others * compile_s <= WORTH * run_s
 
 
-def _skip(ref: str, ref_s: float, compile_s: float, others: int, calls: float, spent: float, key: str, cached: bool) -> dict:
+def _skip(
+    ref: str, ref_s: float, compile_s: float, others: int, calls: float, spent: float, key: str, cached: bool
+) -> dict:
     """The record of a run that keeps the reference without timing the others. It is cached
     with the reference's seconds per call (``ref_s``) and its compile time, so that a later run
     of the same signature decides without compiling anything (and measures once a run is long
     enough)."""
-    return {"chosen": ref, "candidates": {ref: ref_s}, "ref_s": ref_s, "compile_s": compile_s, "measure_s": round(spent, 3),
-            "cached": cached, "signature": key,
-            "skipped": f"timing {others} more candidates would take ~{others * compile_s:.0f} s, "
-                       f"over {WORTH:.0%} of the run's ~{calls * ref_s:.0f} s"}
+    return {
+        "chosen": ref,
+        "candidates": {ref: ref_s},
+        "ref_s": ref_s,
+        "compile_s": compile_s,
+        "measure_s": round(spent, 3),
+        "cached": cached,
+        "signature": key,
+        "skipped": f"timing {others} more candidates would take ~{others * compile_s:.0f} s, "
+        f"over {WORTH:.0%} of the run's ~{calls * ref_s:.0f} s",
+    }
 
 
-def measure(candidates: Sequence[Any], program: Callable[[Any], Callable], args: Sequence[Any],
-            compiled: dict | None = None) -> list[float]:
+def measure(
+    candidates: Sequence[Any], program: Callable[[Any], Callable], args: Sequence[Any], compiled: dict | None = None
+) -> list[float]:
     """Seconds per call of each candidate's compiled program: the minimum of :data:`REPEATS`
     calls after one untimed call, the candidates interleaved (compiled two at a time: XLA
     compiles without the GIL; ``compiled``: programs already compiled, by name, extended here)."""

@@ -16,6 +16,7 @@ gradient G for R, the modified field M for M, and for C, entry by entry, M_j whe
 sign(M_j) = sign(G_j), else 0. It is a pytree shaped like the controller's array leaves
 (``eqx.filter(model, eqx.is_inexact_array)``). The loss is the same number for every mode.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -55,8 +56,7 @@ def field_stats(m: PyTree, g: PyTree) -> dict[str, jax.Array]:
     return {"cos_mg": cos, "sign_agree": agree}
 
 
-def flow_update(model, x0, *, step, loss: TrajectoryLoss, horizon: int, flow: Flow, gates: Gates,
-                backward: Strategy):
+def flow_update(model, x0, *, step, loss: TrajectoryLoss, horizon: int, flow: Flow, gates: Gates, backward: Strategy):
     """``(L, update, info, fields)`` of ``flow`` with its :class:`Gates` (data: traced gates make
     one program serve runs of different modes), computed by a concrete strategy. The one path
     into the engine: :func:`value_and_update` and the trainer both call it.
@@ -73,8 +73,9 @@ def flow_update(model, x0, *, step, loss: TrajectoryLoss, horizon: int, flow: Fl
         inner = dataclasses.replace(flow, and_mask=0.0)
 
         def one(xi):
-            return flow_update(model, xi, step=step, loss=loss, horizon=horizon, flow=inner, gates=gates,
-                               backward=backward)
+            return flow_update(
+                model, xi, step=step, loss=loss, horizon=horizon, flow=inner, gates=gates, backward=backward
+            )
 
         vals, ups, infos, fields = jax.vmap(one)(per)
         update = and_mask(ups, flow.and_mask)
@@ -98,10 +99,23 @@ def flow_update(model, x0, *, step, loss: TrajectoryLoss, horizon: int, flow: Fl
 MEASURE_BATCHES = 4
 
 
-def choose_backward(backward: "str | Strategy", model, x0, *, step, loss: TrajectoryLoss, horizon: int,
-                    flow: Flow, gates: Gates, checkpoint_every: "int | str | None" = "auto",
-                    memory_budget: int | None = None, verify_rows: bool = True, probe=None,
-                    updates: int | None = None, timed: tuple[float, float] | None = None) -> tuple[Strategy, dict]:
+def choose_backward(
+    backward: str | Strategy,
+    model,
+    x0,
+    *,
+    step,
+    loss: TrajectoryLoss,
+    horizon: int,
+    flow: Flow,
+    gates: Gates,
+    checkpoint_every: int | str | None = "auto",
+    memory_budget: int | None = None,
+    verify_rows: bool = True,
+    probe=None,
+    updates: int | None = None,
+    timed: tuple[float, float] | None = None,
+) -> tuple[Strategy, dict]:
     """The strategy for ``backward`` and the record of how it was chosen.
 
     A strategy object is used as given. A name (``"auto"``, ``"autodiff"``, ``"batched"``,
@@ -134,22 +148,47 @@ def choose_backward(backward: "str | Strategy", model, x0, *, step, loss: Trajec
       ``(strategy, record)``: record ``{"chosen", "candidates": {name: s per call or None},
       "measure_s", "cached"}``.
     """
-    return prepare_backward(backward, model, x0, step=step, loss=loss, horizon=horizon, flow=flow, gates=gates,
-                            checkpoint_every=checkpoint_every, memory_budget=memory_budget, verify_rows=verify_rows,
-                            probe=probe)(updates, timed)
+    return prepare_backward(
+        backward,
+        model,
+        x0,
+        step=step,
+        loss=loss,
+        horizon=horizon,
+        flow=flow,
+        gates=gates,
+        checkpoint_every=checkpoint_every,
+        memory_budget=memory_budget,
+        verify_rows=verify_rows,
+        probe=probe,
+    )(updates, timed)
 
 
-def prepare_backward(backward: "str | Strategy", model, x0, *, step, loss: TrajectoryLoss, horizon: int,
-                     flow: Flow, gates: Gates, checkpoint_every: "int | str | None" = "auto",
-                     memory_budget: int | None = None, verify_rows: bool = True, probe=None):
+def prepare_backward(
+    backward: str | Strategy,
+    model,
+    x0,
+    *,
+    step,
+    loss: TrajectoryLoss,
+    horizon: int,
+    flow: Flow,
+    gates: Gates,
+    checkpoint_every: int | str | None = "auto",
+    memory_budget: int | None = None,
+    verify_rows: bool = True,
+    probe=None,
+):
     """:func:`choose_backward` in two parts: the candidates, their programs and the signature
     are prepared here once; the returned ``decide(updates=None, timed=None) -> (strategy,
     record)`` chooses (as :func:`choose_backward` with those two arguments) and may be called
     again — a run calls it before its first epoch and, when that was ``pending``, after it."""
     if not isinstance(backward, str):
         if checkpoint_every not in (None, "auto") or memory_budget is not None:
-            raise ValueError("checkpoint_every / memory_budget apply to a backward given by name; set them on the "
-                             f"strategy object instead (got backward={backward!r})")
+            raise ValueError(
+                "checkpoint_every / memory_budget apply to a backward given by name; set them on the "
+                f"strategy object instead (got backward={backward!r})"
+            )
         record = {"chosen": repr(backward), "candidates": {repr(backward): None}, "measure_s": 0.0, "cached": False}
         return lambda updates=None, timed=None: (backward, dict(record))
     fields = np.asarray(gates.fields)
@@ -157,19 +196,37 @@ def prepare_backward(backward: "str | Strategy", model, x0, *, step, loss: Traje
     one_combined = np.bool_(np.asarray(gates.combined).reshape(-1)[0])
     x_plan = x0
     if flow.and_mask:  # planned per batch member
-        x_plan = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((1,) + tuple(np.shape(a))[1:],
-                                                                       jnp.result_type(a)), x0)
-    cands = backward_mod.candidates(model, x_plan, step=step, loss=loss, horizon=horizon, gates=fields,
-                                    prefer=backward, checkpoint_every=checkpoint_every,
-                                    memory_budget=memory_budget, verify_rows=verify_rows)
+        x_plan = jax.tree_util.tree_map(
+            lambda a: jax.ShapeDtypeStruct((1,) + tuple(np.shape(a))[1:], jnp.result_type(a)), x0
+        )
+    cands = backward_mod.candidates(
+        model,
+        x_plan,
+        step=step,
+        loss=loss,
+        horizon=horizon,
+        gates=fields,
+        prefer=backward,
+        checkpoint_every=checkpoint_every,
+        memory_budget=memory_budget,
+        verify_rows=verify_rows,
+    )
     params, static = hooks.split(model)
     g = Gates(one_fields, one_combined, gates.live)  # numpy: no tracer of a caller's trace
 
     def program(strategy):
         def run(p, xs):
             def body(acc, x):
-                val, upd, _, _ = flow_update(eqx.combine(p, static), x, step=step, loss=loss, horizon=horizon,
-                                             flow=flow, gates=g, backward=strategy)
+                val, upd, _, _ = flow_update(
+                    eqx.combine(p, static),
+                    x,
+                    step=step,
+                    loss=loss,
+                    horizon=horizon,
+                    flow=flow,
+                    gates=g,
+                    backward=strategy,
+                )
                 return jax.tree_util.tree_map(jnp.add, acc, (val, upd)), None
 
             acc0 = (jnp.zeros((), jnp.float32), jax.tree_util.tree_map(jnp.zeros_like, p))
@@ -178,29 +235,64 @@ def prepare_backward(backward: "str | Strategy", model, x0, *, step, loss: Traje
         return run
 
     args = (_concrete_params(params), _probe_states(x0, probe))
-    key_parts = [_jaxpr_text(model, x0, step, loss, horizon), horizon, one_fields, gates.live, bool(one_combined),
-                 flow.label(), MEASURE_BATCHES,
-                 str(jax.tree_util.tree_map(lambda a: (np.shape(a), str(a.dtype)), args[1]))]
+    key_parts = [
+        _jaxpr_text(model, x0, step, loss, horizon),
+        horizon,
+        one_fields,
+        gates.live,
+        bool(one_combined),
+        flow.label(),
+        MEASURE_BATCHES,
+        str(jax.tree_util.tree_map(lambda a: (np.shape(a), str(a.dtype)), args[1])),
+    ]
     k = len(jax.tree_util.tree_leaves(args[1])[0])  # minibatch updates per program call
     first = backward_mod.first_round(cands)
 
     def decide(updates: int | None = None, timed: tuple[float, float] | None = None):
-        return choose.choose(cands, program, args, key_parts, first=first, neighbours=backward_mod.neighbours,
-                             calls=None if updates is None else updates / k,
-                             timed=None if timed is None else (timed[0] * k, timed[1]))
+        return choose.choose(
+            cands,
+            program,
+            args,
+            key_parts,
+            first=first,
+            neighbours=backward_mod.neighbours,
+            calls=None if updates is None else updates / k,
+            timed=None if timed is None else (timed[0] * k, timed[1]),
+        )
 
     return decide
 
 
-def select_backward(model, x0, *, step, loss: TrajectoryLoss, horizon: int, flow: "Flow | str" = "C",
-                    backward: str = "auto", diagnostics: bool = False, checkpoint_every: "int | str | None" = "auto",
-                    memory_budget: int | None = None, verify_rows: bool = True) -> Strategy:
+def select_backward(
+    model,
+    x0,
+    *,
+    step,
+    loss: TrajectoryLoss,
+    horizon: int,
+    flow: Flow | str = "C",
+    backward: str = "auto",
+    diagnostics: bool = False,
+    checkpoint_every: int | str | None = "auto",
+    memory_budget: int | None = None,
+    verify_rows: bool = True,
+) -> Strategy:
     """The strategy :func:`value_and_update` would use for this controller, simulator, horizon
     and flow (:func:`choose_backward` without its record)."""
     flow = as_flow(flow)
-    return choose_backward(backward, model, x0, step=step, loss=loss, horizon=horizon, flow=flow,
-                           gates=flow.gates(horizon, diagnostics), checkpoint_every=checkpoint_every,
-                           memory_budget=memory_budget, verify_rows=verify_rows)[0]
+    return choose_backward(
+        backward,
+        model,
+        x0,
+        step=step,
+        loss=loss,
+        horizon=horizon,
+        flow=flow,
+        gates=flow.gates(horizon, diagnostics),
+        checkpoint_every=checkpoint_every,
+        memory_budget=memory_budget,
+        verify_rows=verify_rows,
+    )[0]
 
 
 def _jaxpr_text(model, x0, step, loss, horizon) -> str:
@@ -247,10 +339,20 @@ def _probe_states(x0, probe):
     return jax.tree_util.tree_map(one, x0)
 
 
-def value_and_update(model, x0, *, step, loss: TrajectoryLoss, horizon: int, flow: "Flow | str" = "C",
-                     backward: "str | Strategy" = "auto", diagnostics: bool = False,
-                     checkpoint_every: "int | str | None" = None, memory_budget: int | None = None,
-                     validate: bool = True):
+def value_and_update(
+    model,
+    x0,
+    *,
+    step,
+    loss: TrajectoryLoss,
+    horizon: int,
+    flow: Flow | str = "C",
+    backward: str | Strategy = "auto",
+    diagnostics: bool = False,
+    checkpoint_every: int | str | None = None,
+    memory_budget: int | None = None,
+    validate: bool = True,
+):
     """Loss and update of one gradient-flow mode for a batch of initial states (module docstring).
 
     Args:
@@ -264,26 +366,59 @@ def value_and_update(model, x0, *, step, loss: TrajectoryLoss, horizon: int, flo
       ``(loss, update, info)``: the scalar loss, the update, and ``info`` with
       ``update_norm`` and, for C or with ``diagnostics``, ``cos_mg`` and ``sign_agree``.
     """
-    return _value_update_fields(model, x0, step=step, loss=loss, horizon=horizon, flow=flow, backward=backward,
-                                diagnostics=diagnostics, checkpoint_every=checkpoint_every,
-                                memory_budget=memory_budget, validate=validate)[:3]
+    return _value_update_fields(
+        model,
+        x0,
+        step=step,
+        loss=loss,
+        horizon=horizon,
+        flow=flow,
+        backward=backward,
+        diagnostics=diagnostics,
+        checkpoint_every=checkpoint_every,
+        memory_budget=memory_budget,
+        validate=validate,
+    )[:3]
 
 
-def _value_update_fields(model, x0, *, step, loss, horizon, flow, backward, diagnostics=False,
-                         checkpoint_every=None, memory_budget=None, validate=True):
+def _value_update_fields(
+    model,
+    x0,
+    *,
+    step,
+    loss,
+    horizon,
+    flow,
+    backward,
+    diagnostics=False,
+    checkpoint_every=None,
+    memory_budget=None,
+    validate=True,
+):
     flow = as_flow(flow)
     if validate:
         check_problem_inputs(model, x0, step, horizon)
     gates = flow.gates(horizon, diagnostics)
     if flow.and_mask and isinstance(checkpoint_every, str) and memory_budget is None:
         memory_budget = default_memory_budget() // max(jax.tree_util.tree_leaves(x0)[0].shape[0], 1)
-    strategy, _ = choose_backward(backward, model, x0, step=step, loss=loss, horizon=horizon, flow=flow, gates=gates,
-                                  checkpoint_every=checkpoint_every, memory_budget=memory_budget)
+    strategy, _ = choose_backward(
+        backward,
+        model,
+        x0,
+        step=step,
+        loss=loss,
+        horizon=horizon,
+        flow=flow,
+        gates=gates,
+        checkpoint_every=checkpoint_every,
+        memory_budget=memory_budget,
+    )
     return flow_update(model, x0, step=step, loss=loss, horizon=horizon, flow=flow, gates=gates, backward=strategy)
 
 
 def and_mask(per_sample: PyTree, tau: float) -> PyTree:
     """AND-mask: the mean over the leading (sample) axis, entry j kept where |mean_i sign| ≥ τ."""
+
     def one(u):
         agree = jnp.abs(jnp.mean(jnp.sign(u), axis=0))
         return jnp.where(agree >= tau - 1e-6, jnp.mean(u, axis=0), 0.0)
@@ -298,6 +433,7 @@ def naive_combined(model, x0, *, step, loss: TrajectoryLoss, horizon: int, flow:
     flow = flow or Flow("C")
     if not flow.combined:
         raise ValueError(f"naive_combined needs a combined flow (mode 'C'); got mode {flow.mode!r}")
-    val, update, _, (a, b) = _value_update_fields(model, x0, step=step, loss=loss, horizon=horizon, flow=flow,
-                                                  backward=Autodiff())
+    val, update, _, (a, b) = _value_update_fields(
+        model, x0, step=step, loss=loss, horizon=horizon, flow=flow, backward=Autodiff()
+    )
     return val, update, (a, b)

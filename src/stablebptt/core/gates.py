@@ -30,10 +30,12 @@ gradient decay (``decay=α``: both gates × α) are further gate patterns; a per
 that can be batched (``vmap``) over runs of different modes; their static ``live`` says which
 fields need the controller's input Jacobian at all (for M and S the engine never forms K).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -150,8 +152,9 @@ class Flow:
         else:
             letters = list(sched)
             if len(letters) != horizon:
-                raise ValueError(f"mode schedule has {len(letters)} entries; the horizon is {horizon} steps "
-                                 "(one mode per step)")
+                raise ValueError(
+                    f"mode schedule has {len(letters)} entries; the horizon is {horizon} steps (one mode per step)"
+                )
             gates = np.asarray([GATES[s] for s in letters], np.float32)
         if plain:
             return gates
@@ -175,7 +178,7 @@ class Flow:
         return s
 
 
-def as_flow(flow: "Flow | str | Sequence[str]") -> Flow:
+def as_flow(flow: Flow | str | Sequence[str]) -> Flow:
     return flow if isinstance(flow, Flow) else Flow(mode=flow)
 
 
@@ -183,8 +186,10 @@ def live_ctrl(fields) -> tuple[bool, ...]:
     """Per field f of concrete gates (…, F, T, 2), any leading run axes: is any controller gate
     nonzero (does the field need K = ∂N/∂x in any run)?"""
     if isinstance(fields, jax.core.Tracer):
-        raise ValueError("Gates of traced fields need their live controller gates given (live=...): "
-                         "build the gates from concrete arrays, then trace them")
+        raise ValueError(
+            "Gates of traced fields need their live controller gates given (live=...): "
+            "build the gates from concrete arrays, then trace them"
+        )
     g = np.asarray(fields)
     return tuple(bool(np.any(g[..., f, :, 0] != 0)) for f in range(g.shape[-3]))
 

@@ -16,9 +16,11 @@ once instead of step by step:
    must equal autodiff's (the library's MLP and quantum CNN are tested for it); the engine
    checks that the methods exist and that their outputs have the documented shapes.
 """
+
 from __future__ import annotations
 
-from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
+from collections.abc import Sequence
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import equinox as eqx
 import jax
@@ -84,13 +86,16 @@ def verify_rows_independent(model, x0, rows: int = 3) -> None:
     every other row's control tangent exactly 0. Works on abstract controllers and inside
     traces (only shapes and static fields are used).
     """
-    x_row = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((rows,) + tuple(np.shape(a))[1:],
-                                                                  jnp.result_type(a)), x0)
+    x_row = jax.tree_util.tree_map(
+        lambda a: jax.ShapeDtypeStruct((rows,) + tuple(np.shape(a))[1:], jnp.result_type(a)), x0
+    )
     leak = _leak(model, x_row)
     if leak:
-        raise ValueError(f"{type(model).__name__} declares rows_independent = True, but a change in batch row 0 "
-                         f"changes the control of row(s) {leak}; remove the declaration (the engine then keeps "
-                         "every step's batch together) or make the rows independent")
+        raise ValueError(
+            f"{type(model).__name__} declares rows_independent = True, but a change in batch row 0 "
+            f"changes the control of row(s) {leak}; remove the declaration (the engine then keeps "
+            "every step's batch together) or make the rows independent"
+        )
 
 
 def _leak(model, x_row) -> list[int]:
@@ -104,9 +109,14 @@ def _leak(model, x_row) -> list[int]:
     for a in jax.tree_util.tree_leaves(t):
         a[0] = 1.0
     try:
-        key = (jax.tree_util.tree_structure(static), tuple(jax.tree_util.tree_leaves(static)),
-               jax.tree_util.tree_structure(p_abs), tuple(jax.tree_util.tree_leaves(p_abs)),
-               jax.tree_util.tree_structure(x_row), tuple(jax.tree_util.tree_leaves(x_row)))
+        key = (
+            jax.tree_util.tree_structure(static),
+            tuple(jax.tree_util.tree_leaves(static)),
+            jax.tree_util.tree_structure(p_abs),
+            tuple(jax.tree_util.tree_leaves(p_abs)),
+            jax.tree_util.tree_structure(x_row),
+            tuple(jax.tree_util.tree_leaves(x_row)),
+        )
         program = _LEAK_PROGRAMS.get(key)
     except TypeError:  # a static field that cannot be hashed: compile for this call only
         key = program = None
@@ -125,6 +135,7 @@ _LEAK_PROGRAMS: dict = {}
 def _leak_program(static, p_abs, x_row):
     """The compiled check for one controller structure, at XLA's lowest optimisation level
     (it runs once per structure, on a batch of three rows)."""
+
     def leak(p, x, t):
         _, dc = jax.jvp(lambda x_: eqx.combine(p, static)(x_), (x,), (t,))
         return [jnp.any(jnp.reshape(a, (a.shape[0], -1))[1:] != 0, axis=1) for a in jax.tree_util.tree_leaves(dc)]
@@ -148,8 +159,9 @@ def controls_per_row(model, x0) -> int | None:
 
 def residual_bytes_per_row(model, x0) -> int:
     """Bytes per batch row of what ``forward_with_residuals`` returns as residuals."""
-    x_row = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((1,) + tuple(np.shape(a))[1:], jnp.result_type(a)),
-                                   x0)
+    x_row = jax.tree_util.tree_map(
+        lambda a: jax.ShapeDtypeStruct((1,) + tuple(np.shape(a))[1:], jnp.result_type(a)), x0
+    )
     res = eqx.filter_eval_shape(lambda mdl, x: mdl.forward_with_residuals(x)[1], model, x_row)
     return int(sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in jax.tree_util.tree_leaves(res)))
 
@@ -169,4 +181,6 @@ def check_hook_shapes(model, x0) -> None:
     want = [(n, m) + tuple(a.shape[1:]) for a in jax.tree_util.tree_leaves(x0)]
     got = [tuple(a.shape) for a in jax.tree_util.tree_leaves(jac)]
     if got != want:
-        raise ValueError(f"{name}.jacobian_from_residuals returns J shaped {got}; expected {want} (rows, controls, state)")
+        raise ValueError(
+            f"{name}.jacobian_from_residuals returns J shaped {got}; expected {want} (rows, controls, state)"
+        )

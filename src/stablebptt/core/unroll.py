@@ -8,9 +8,11 @@ penalty of c_n) plus, for final-state losses, the state loss of x_T::
 
     L = Σ_{n=0}^{T-1} ℓ_n(x_{n+1}, c_n) + [final] state_loss(x_T)
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -33,6 +35,7 @@ def step_loss(loss: TrajectoryLoss, n1, x1, c, horizon: int) -> jax.Array:
 
 def physics(step: Callable, loss: TrajectoryLoss, horizon: int) -> Callable:
     """``phys(n, x_n, c_n) -> (x_{n+1}, ℓ_n)``: one simulator step and its loss term."""
+
     def phys(n, x, c):
         x1 = step(x, c)
         return x1, step_loss(loss, n + 1, x1, c, horizon)
@@ -144,20 +147,26 @@ def check_problem_inputs(model, x0, step, horizon) -> None:
         arr = np.asarray(a)
         if not np.all(np.isfinite(arr)):
             bad = int(np.size(arr) - np.isfinite(arr).sum())
-            raise ValueError(f"initial state x0 contains {bad} non-finite value(s) (NaN/inf); all entries must be finite")
+            raise ValueError(
+                f"initial state x0 contains {bad} non-finite value(s) (NaN/inf); all entries must be finite"
+            )
     try:  # the model as an argument: its arrays may be abstract (ShapeDtypeStruct) too
         c = eqx.filter_eval_shape(lambda m, x: m(x), model, x0)
     except _SHAPE_ERRORS as e:
-        raise ValueError(f"the controller cannot take the state: x0 has shapes {_tree_shapes(x0)} "
-                         f"({type(e).__name__}: {e})") from e
+        raise ValueError(
+            f"the controller cannot take the state: x0 has shapes {_tree_shapes(x0)} ({type(e).__name__}: {e})"
+        ) from e
     try:
         x1 = jax.eval_shape(step, x0, c)
     except _SHAPE_ERRORS as e:
-        raise ValueError(f"step(state, control) fails for state {_tree_shapes(x0)} and the controller's output "
-                         f"{_tree_shapes(c)} ({type(e).__name__}: {e})") from e
+        raise ValueError(
+            f"step(state, control) fails for state {_tree_shapes(x0)} and the controller's output "
+            f"{_tree_shapes(c)} ({type(e).__name__}: {e})"
+        ) from e
     shapes0 = [tuple(a.shape) for a in leaves]
     shapes1 = [tuple(a.shape) for a in jax.tree_util.tree_leaves(x1)]
     if jax.tree_util.tree_structure(x0) != jax.tree_util.tree_structure(x1) or shapes0 != shapes1:
         raise ValueError(
             f"step(state, control) returns shapes {shapes1} but the state has shapes {shapes0}; "
-            f"the controller's output was {_tree_shapes(c)}; step must map a state to a state of the same shapes")
+            f"the controller's output was {_tree_shapes(c)}; step must map a state to a state of the same shapes"
+        )

@@ -20,6 +20,7 @@ file: its absolute path and SHA-256), which every run records in its manifest.
 installed distribution's version; nothing for built-in problems): a run id does not include it,
 and a finished or interrupted run made with other code is refused instead of shown or continued.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,9 +32,10 @@ import os
 import re
 import sys
 import traceback
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .base import Problem
 
@@ -85,8 +87,11 @@ def _entry_points() -> dict:
 
 
 def _signature_params(make: Callable) -> dict[str, tuple[Any, str]]:
-    return {n: (p.default, "") for n, p in inspect.signature(make).parameters.items()
-            if p.default is not inspect.Parameter.empty and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    return {
+        n: (p.default, "")
+        for n, p in inspect.signature(make).parameters.items()
+        if p.default is not inspect.Parameter.empty and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+    }
 
 
 def _file_module(path: Path, source: str | None = None):
@@ -124,7 +129,7 @@ def _import_user_module(where: str, source: str):
         note_user_file(found.origin)
     try:
         return importlib.import_module(where)
-    except Exception as e:  # noqa: BLE001 - located in the user's file when it is there
+    except Exception as e:  # located in the user's file when it is there
         err = user_code_error(e, f"loading problem {source!r}")
         if err is not None:
             raise err from e
@@ -139,9 +144,9 @@ def _resolve(source: str) -> tuple[Callable, dict, dict]:
         raise ValueError(f"problem={source!r}; give a problem name, FILE.py:FUNCTION or module:FUNCTION")
     if source in _BUILTIN:
         mod = importlib.import_module(f".{_BUILTIN[source]}", __name__)
-        spec = getattr(mod, "PARAMS")
+        spec = mod.PARAMS
         spec = dict(spec[source]) if source in spec and isinstance(spec[source], dict) else dict(spec)
-        make = getattr(mod, "make")
+        make = mod.make
         if "name" in inspect.signature(make).parameters:
             make = _named(make, source)
         return make, spec, {"kind": "builtin", "name": source}
@@ -156,8 +161,11 @@ def _resolve(source: str) -> tuple[Callable, dict, dict]:
             if not path.is_file():
                 raise ValueError(f"problem {source!r}: no such file {where!r} (relative paths start in {Path.cwd()})")
             mod = _file_module(path, source)
-            origin = {"kind": "file", "path": str(path.resolve()),
-                      "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+            origin = {
+                "kind": "file",
+                "path": str(path.resolve()),
+                "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            }
         else:
             mod = _import_user_module(where, source)
             origin = {"kind": "module", "module": where, "path": getattr(mod, "__file__", None)}
@@ -171,26 +179,32 @@ def _resolve(source: str) -> tuple[Callable, dict, dict]:
         _import_user_module(eps[source].module, source)  # the package's file is user code
         make = eps[source].load()
         spec = getattr(sys.modules.get(make.__module__), "PARAMS", None)
-        return _named(make, source), dict(spec) if isinstance(spec, dict) else _signature_params(make), {
-            "kind": "entry_point", "name": source, "value": eps[source].value}
-    raise ValueError(f"unknown problem {source!r}; available: {', '.join(names())}, or FILE.py:FUNCTION, "
-                     "or module:FUNCTION")
+        return (
+            _named(make, source),
+            dict(spec) if isinstance(spec, dict) else _signature_params(make),
+            {"kind": "entry_point", "name": source, "value": eps[source].value},
+        )
+    raise ValueError(
+        f"unknown problem {source!r}; available: {', '.join(names())}, or FILE.py:FUNCTION, or module:FUNCTION"
+    )
 
 
 def _named(make: Callable, name: str) -> Callable:
     """``make`` whose Problem carries ``name`` (the source that built it)."""
+
     def named(**params):
         kw = {"name": name} if "name" in inspect.signature(make).parameters and name in _BUILTIN else {}
         try:
             problem = make(**kw, **params)
-        except Exception as e:  # noqa: BLE001 - located in the user's file when it is there
+        except Exception as e:  # located in the user's file when it is there
             err = user_code_error(e, f"building problem {name!r}")
             if err is not None:
                 raise err from e
             raise
         if not isinstance(problem, Problem):
-            raise ValueError(f"problem {name!r}: make() returned {type(problem).__name__}, not a "
-                             "stablebptt.problems.Problem")
+            raise ValueError(
+                f"problem {name!r}: make() returned {type(problem).__name__}, not a stablebptt.problems.Problem"
+            )
         return problem if problem.name == name else dataclasses.replace(problem, name=name)
 
     return named
@@ -273,8 +287,10 @@ def describe_code_change(old: dict | None, new: dict | None, since: str) -> str 
     if a.startswith("sha256:") and b.startswith("sha256:"):
         how = f"sha256 {a[7:15]} → {b[7:15]}"
     else:
-        how = f"{a.removeprefix('sha256:')[:8] if a.startswith('sha256:') else a} → " \
-              f"{b.removeprefix('sha256:')[:8] if b.startswith('sha256:') else b}"
+        how = (
+            f"{a.removeprefix('sha256:')[:8] if a.startswith('sha256:') else a} → "
+            f"{b.removeprefix('sha256:')[:8] if b.startswith('sha256:') else b}"
+        )
     return f"{what} changed since {since} ({how})"
 
 
@@ -313,16 +329,20 @@ def check_matches(problem: Problem, source: str, params: dict) -> None:
     """Raise ValueError unless ``problem`` is what ``source`` with ``params`` builds: the same
     name and, for every parameter of the source, the same value (given or default)."""
     if problem.name != source:
-        raise ValueError(f"the problem given is {problem.name!r} but the config names {source!r}; pass the "
-                         "problem the config names (or set config.problem to the problem's source)")
+        raise ValueError(
+            f"the problem given is {problem.name!r} but the config names {source!r}; pass the "
+            "problem the config names (or set config.problem to the problem's source)"
+        )
     spec = param_spec(source)
     want = {k: params.get(k, d) for k, (d, _) in spec.items()}
     have = {k: problem.params.get(k, want[k]) for k in want}
     diff = sorted(k for k in want if not same_param(have[k], want[k]))
     if diff:
-        raise ValueError(f"problem {source!r} was built with {', '.join(f'{k}={have[k]!r}' for k in diff)} but the "
-                         f"config says {', '.join(f'{k}={want[k]!r}' for k in diff)} (a parameter must equal the "
-                         "config's value, or its float32 rounding)")
+        raise ValueError(
+            f"problem {source!r} was built with {', '.join(f'{k}={have[k]!r}' for k in diff)} but the "
+            f"config says {', '.join(f'{k}={want[k]!r}' for k in diff)} (a parameter must equal the "
+            "config's value, or its float32 rounding)"
+        )
 
 
 def _real(x) -> tuple[float, bool] | None:
@@ -334,7 +354,7 @@ def _real(x) -> tuple[float, bool] | None:
         return None
     try:
         a = np.asarray(x)
-    except Exception:  # noqa: BLE001 - anything numpy cannot hold is not a number
+    except Exception:  # anything numpy cannot hold is not a number
         return None
     return (float(a), a.dtype.kind == "f") if a.shape == () and a.dtype.kind in "fiu" else None
 
@@ -396,7 +416,7 @@ def _shown(path: str) -> str:
 
 def _flat(text: str, limit: int = MAX_QUOTED) -> str:
     text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def user_frame(exc: BaseException) -> tuple[str, int, str | None] | None:
@@ -432,8 +452,11 @@ def user_code_error(exc: BaseException, during: str = "") -> UserCodeError | Non
         return None
     path, line, func = loc
     msg = exc.msg if isinstance(exc, SyntaxError) and loc[2] is None else str(exc)
-    context = ", ".join(x for x in (f"in {func}()" if func and not func.startswith("<") else "",
-                                    f"while {during}" if during else "") if x)
+    context = ", ".join(
+        x
+        for x in (f"in {func}()" if func and not func.startswith("<") else "", f"while {during}" if during else "")
+        if x
+    )
     text = f"{_shown(path)}:{line}: {type(exc).__name__}" + (f": {_flat(msg)}" if msg else "")
     return UserCodeError(text + (f" ({context})" if context else ""))
 
@@ -444,7 +467,7 @@ def _located(problem: Problem, *fns) -> str:
     for fn in fns:
         target = fn
         if fn is not None and not inspect.isfunction(inspect.unwrap(fn)) and not inspect.ismethod(fn):
-            target = getattr(type(fn), "__call__", None)  # a callable object (a module): its __call__
+            target = type(fn).__call__  # a callable object (a module): its __call__
         path = _code_file(target) if target is not None else None
         if path and is_user_file(path):
             try:
@@ -461,7 +484,7 @@ def _run_user(problem: Problem, during: str, call, *, contract: str | None = Non
     becomes one that states ``contract``, located at the first user function of ``at``."""
     try:
         return call()
-    except Exception as e:  # noqa: BLE001 - re-raised unless it can be located
+    except Exception as e:  # re-raised unless it can be located
         err = user_code_error(e, during)
         if err is not None:
             raise err from e
@@ -484,33 +507,39 @@ def check_states(problem: Problem, states, *, n: int | None = None, what: str = 
     want = _shape(problem.state_shape)
     try:
         arr = np.asarray(states)
-    except Exception as e:  # noqa: BLE001 - whatever it is, it is not an array of states
-        raise UserCodeError(f"{at} {what} of type {type(states).__name__}, not an array of states "
-                            f"({type(e).__name__}: {_flat(e, 200)})") from e
+    except Exception as e:  # whatever it is, it is not an array of states
+        raise UserCodeError(
+            f"{at} {what} of type {type(states).__name__}, not an array of states ({type(e).__name__}: {_flat(e, 200)})"
+        ) from e
     if arr.dtype == object or arr.ndim == 0:
-        raise UserCodeError(f"{at} {what} of type {type(states).__name__}, not an array of states of shape "
-                            f"(N, {', '.join(map(str, want))})".replace(", )", ")"))
+        raise UserCodeError(
+            f"{at} {what} of type {type(states).__name__}, not an array of states of shape "
+            f"(N, {', '.join(map(str, want))})".replace(", )", ")")
+        )
     lead = "N" if n is None else str(n)
     expect = "(" + ", ".join([lead, *map(str, want)]) + ")"
     if tuple(arr.shape[1:]) != want or (n is not None and arr.shape[0] != n):
-        why = (f"the problem's state_shape is {want}" if tuple(arr.shape[1:]) != want
-               else f"{n} states were asked for")
+        why = f"the problem's state_shape is {want}" if tuple(arr.shape[1:]) != want else f"{n} states were asked for"
         raise UserCodeError(f"{at} {what} of shape {tuple(arr.shape)}; {why}, so the shape must be {expect}")
     if arr.dtype.kind != "f":
         raise UserCodeError(f"{at} {what} of dtype {arr.dtype}; states must be floating point (float32)")
     bad = int(arr.size - np.isfinite(arr).sum())
     if bad:
-        raise UserCodeError(f"{at} {what} with {bad} non-finite value(s) (NaN/inf) of {arr.size}; "
-                            "every entry must be finite")
+        raise UserCodeError(
+            f"{at} {what} with {bad} non-finite value(s) (NaN/inf) of {arr.size}; every entry must be finite"
+        )
     return arr
-
 
 
 def _not_traceable():
     import jax
 
-    return (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
-            jax.errors.TracerBoolConversionError, jax.errors.TracerIntegerConversionError)
+    return (
+        jax.errors.ConcretizationTypeError,
+        jax.errors.TracerArrayConversionError,
+        jax.errors.TracerBoolConversionError,
+        jax.errors.TracerIntegerConversionError,
+    )
 
 
 def _controller(problem: Problem, zero_last: bool, seed: int = 0):
@@ -518,7 +547,7 @@ def _controller(problem: Problem, zero_last: bool, seed: int = 0):
     import equinox as eqx
     import jax
 
-    make = lambda k: problem.make_controller(k, zero_last=zero_last)  # noqa: E731
+    make = lambda k: problem.make_controller(k, zero_last=zero_last)
     key = jax.random.PRNGKey(seed)
     try:
         return eqx.filter_eval_shape(make, key)
@@ -537,9 +566,12 @@ def weight_shapes(model) -> dict[str, tuple[int, ...]]:
 
     layers = _weight_layers(model)
     if layers:
-        return {f"w{i}_{p}": _shape(getattr(layer, p).shape) for i, layer in enumerate(layers) for p in ("kernel", "bias")}
-    inexact = lambda a: (eqx.is_inexact_array(a) or isinstance(a, jax.ShapeDtypeStruct)  # noqa: E731
-                         and jnp.issubdtype(a.dtype, jnp.inexact))
+        return {
+            f"w{i}_{p}": _shape(getattr(layer, p).shape) for i, layer in enumerate(layers) for p in ("kernel", "bias")
+        }
+    inexact = lambda a: (
+        eqx.is_inexact_array(a) or isinstance(a, jax.ShapeDtypeStruct) and jnp.issubdtype(a.dtype, jnp.inexact)
+    )
     params = eqx.filter(model, inexact)
     return {_leaf_name(p): _shape(a.shape) for p, a in jax.tree_util.tree_leaves_with_path(params)}
 
@@ -572,16 +604,29 @@ def check_weights(problem: Problem, model, arrays: dict, label: str) -> None:
     """ValueError naming ``label`` unless ``arrays`` have the names and shapes of ``model``'s weights."""
     want = weight_shapes(model)
     if set(arrays) != set(want):
-        raise ValueError(f"{label}: holds arrays {sorted(arrays)}; the controller of problem {problem.name!r} "
-                         f"has weights {sorted(want)}")
+        raise ValueError(
+            f"{label}: holds arrays {sorted(arrays)}; the controller of problem {problem.name!r} "
+            f"has weights {sorted(want)}"
+        )
     for k, shape in want.items():
         if tuple(arrays[k].shape) != shape:
-            raise ValueError(f"{label}: {k} has shape {tuple(arrays[k].shape)}; the controller of problem "
-                             f"{problem.name!r} expects {shape}")
+            raise ValueError(
+                f"{label}: {k} has shape {tuple(arrays[k].shape)}; the controller of problem "
+                f"{problem.name!r} expects {shape}"
+            )
 
 
-def check_problem(problem: Problem, *, n_train: int = 8, n_test: int = 8, data="paper", batch_size: int = 8,
-                  zero_last: bool | None = None, seed: int = 0, model=None) -> Any:
+def check_problem(
+    problem: Problem,
+    *,
+    n_train: int = 8,
+    n_test: int = 8,
+    data="paper",
+    batch_size: int = 8,
+    zero_last: bool | None = None,
+    seed: int = 0,
+    model=None,
+) -> Any:
     """Check a problem against its contract before anything compiles: ``sample_data(data,
     n_train, n_test)`` returns (train, test) states of shape (n, *state_shape), floating point,
     finite; the controller maps a batch of states to controls of shape (B, *control_shape)
@@ -596,74 +641,129 @@ def check_problem(problem: Problem, *, n_train: int = 8, n_test: int = 8, data="
     import jax.numpy as jnp
 
     if n_train or n_test:
-        out = _run_user(problem, "sampling the data (sample_data)",
-                        lambda: problem.sample_data(data, int(n_train), int(n_test)))
+        out = _run_user(
+            problem, "sampling the data (sample_data)", lambda: problem.sample_data(data, int(n_train), int(n_test))
+        )
         if not isinstance(out, (tuple, list)) or len(out) != 2:
-            raise UserCodeError(f"{_located(problem, problem.sample_data)}: sample_data returned "
-                                f"{type(out).__name__}; it must return a pair (train, test) of state arrays")
+            raise UserCodeError(
+                f"{_located(problem, problem.sample_data)}: sample_data returned "
+                f"{type(out).__name__}; it must return a pair (train, test) of state arrays"
+            )
         for what, arr, n in (("train states", out[0], n_train), ("test states", out[1], n_test)):
             check_states(problem, arr, n=int(n), what=what)
     zl = problem.zero_last_default if zero_last is None else bool(zero_last)
     if model is None:
-        model = _run_user(problem, "building the controller (make_controller)", lambda: _controller(problem, zl, seed),
-                          contract="make_controller(key, zero_last=…) fails", at=(problem.make_controller,))
+        model = _run_user(
+            problem,
+            "building the controller (make_controller)",
+            lambda: _controller(problem, zl, seed),
+            contract="make_controller(key, zero_last=…) fails",
+            at=(problem.make_controller,),
+        )
     b = max(1, min(int(batch_size), int(n_train) if n_train else int(batch_size)))
     state_shape, control_shape = _shape(problem.state_shape), _shape(problem.control_shape)
     x = jax.ShapeDtypeStruct((b, *state_shape), jnp.float32)
-    c = _run_user(problem, "applying the controller", lambda: eqx.filter_eval_shape(lambda m, s: m(s), model, x),
-                  contract=f"the controller cannot take a batch of states of shape {x.shape} (state_shape {state_shape})",
-                  at=(model, problem.make_controller))
+    c = _run_user(
+        problem,
+        "applying the controller",
+        lambda: eqx.filter_eval_shape(lambda m, s: m(s), model, x),
+        contract=f"the controller cannot take a batch of states of shape {x.shape} (state_shape {state_shape})",
+        at=(model, problem.make_controller),
+    )
     want = (b, *control_shape)
     at = _located(problem, model, problem.make_controller)
     if not isinstance(c, jax.ShapeDtypeStruct):
-        raise UserCodeError(f"{at}: the controller returns {type(c).__name__} for a batch of {b} states; it must return "
-                            f"one array of controls of shape {want} (control_shape {control_shape})")
+        raise UserCodeError(
+            f"{at}: the controller returns {type(c).__name__} for a batch of {b} states; it must return "
+            f"one array of controls of shape {want} (control_shape {control_shape})"
+        )
     if tuple(c.shape) != want:
-        raise UserCodeError(f"{at}: the controller returns controls of shape {tuple(c.shape)} for a batch of {b} "
-                            f"states of shape {state_shape}; the problem's control_shape is {control_shape}, so the "
-                            f"shape must be {want}")
+        raise UserCodeError(
+            f"{at}: the controller returns controls of shape {tuple(c.shape)} for a batch of {b} "
+            f"states of shape {state_shape}; the problem's control_shape is {control_shape}, so the "
+            f"shape must be {want}"
+        )
     if not jnp.issubdtype(c.dtype, jnp.floating):
-        raise UserCodeError(f"{at}: the controller returns controls of dtype {c.dtype}; controls must be floating "
-                            "point (float32)")
+        raise UserCodeError(
+            f"{at}: the controller returns controls of dtype {c.dtype}; controls must be floating point (float32)"
+        )
     u = jax.ShapeDtypeStruct(want, jnp.float32)
-    x1 = _run_user(problem, "applying step(x, c)", lambda: jax.eval_shape(problem.step, x, u),
-                   contract=f"step(x, c) fails for states of shape {x.shape} and controls of shape {u.shape}",
-                   at=(problem.step,))
+    x1 = _run_user(
+        problem,
+        "applying step(x, c)",
+        lambda: jax.eval_shape(problem.step, x, u),
+        contract=f"step(x, c) fails for states of shape {x.shape} and controls of shape {u.shape}",
+        at=(problem.step,),
+    )
     at = _located(problem, problem.step)
     if not isinstance(x1, jax.ShapeDtypeStruct) or tuple(x1.shape) != x.shape:
         got = f"shape {tuple(x1.shape)}" if isinstance(x1, jax.ShapeDtypeStruct) else type(x1).__name__
-        raise UserCodeError(f"{at}: step(x, c) returns {got} for states of shape {x.shape} and controls of shape "
-                            f"{u.shape}; it must return the next states, of shape {x.shape} (state_shape {state_shape})")
+        raise UserCodeError(
+            f"{at}: step(x, c) returns {got} for states of shape {x.shape} and controls of shape "
+            f"{u.shape}; it must return the next states, of shape {x.shape} (state_shape {state_shape})"
+        )
     if x1.dtype != x.dtype:
-        raise UserCodeError(f"{at}: step(x, c) returns states of dtype {x1.dtype}; they must be {x.dtype} like the "
-                            "states it is given")
+        raise UserCodeError(
+            f"{at}: step(x, c) returns states of dtype {x1.dtype}; they must be {x.dtype} like the states it is given"
+        )
     state_loss = getattr(problem.loss, "state_loss", None)
     if callable(state_loss):
-        loss = _run_user(problem, "applying the loss (state_loss)", lambda: jax.eval_shape(state_loss, x),
-                         contract=f"state_loss fails for states of shape {x.shape}", at=(state_loss,))
+        loss = _run_user(
+            problem,
+            "applying the loss (state_loss)",
+            lambda: jax.eval_shape(state_loss, x),
+            contract=f"state_loss fails for states of shape {x.shape}",
+            at=(state_loss,),
+        )
         if not isinstance(loss, jax.ShapeDtypeStruct) or tuple(loss.shape) != ():
             got = f"shape {tuple(loss.shape)}" if isinstance(loss, jax.ShapeDtypeStruct) else type(loss).__name__
-            raise UserCodeError(f"{_located(problem, state_loss)}: state_loss returns {got} for states of shape "
-                                f"{x.shape}; it must return a scalar (the loss of the batch, e.g. a mean)")
+            raise UserCodeError(
+                f"{_located(problem, state_loss)}: state_loss returns {got} for states of shape "
+                f"{x.shape}; it must return a scalar (the loss of the batch, e.g. a mean)"
+            )
     return model
 
 
-def check_for_training(problem: Problem, config, seed: int = 0, *, weights: dict | None = None,
-                       weights_label: str | None = None) -> None:
+def check_for_training(
+    problem: Problem, config, seed: int = 0, *, weights: dict | None = None, weights_label: str | None = None
+) -> None:
     """:func:`check_problem` with the sizes, data and controller that training ``config`` with
     ``seed`` uses, and the config's ``init_weights`` (or ``weights``, arrays already read)
     against the controller's weights. Raises ValueError naming what is wrong (see
     :func:`check_problem`), before anything compiles."""
     zl = problem.zero_last_default if config.zero_last is None else config.zero_last
-    model = check_problem(problem, n_train=config.n_train, n_test=config.n_test,
-                          data="paper" if config.data == "paper" else int(seed), batch_size=config.batch_size,
-                          zero_last=zl, seed=int(seed))
+    model = check_problem(
+        problem,
+        n_train=config.n_train,
+        n_test=config.n_test,
+        data="paper" if config.data == "paper" else int(seed),
+        batch_size=config.batch_size,
+        zero_last=zl,
+        seed=int(seed),
+    )
     if config.init_weights or weights is not None:
         label = weights_label or "init_weights"
         arrays = weights if weights is not None else read_weights(config.init_weights, label)
         check_weights(problem, model, arrays, f"{label} {config.init_weights}")
 
 
-__all__ = ["Problem", "get", "names", "param_spec", "register", "unregister", "origin", "check_matches", "file_stem",
-           "UserCodeError", "user_code_error", "check_problem", "check_for_training", "check_states", "check_weights", "read_weights",
-           "weight_shapes", "code_identity"]
+__all__ = [
+    "Problem",
+    "get",
+    "names",
+    "param_spec",
+    "register",
+    "unregister",
+    "origin",
+    "check_matches",
+    "file_stem",
+    "UserCodeError",
+    "user_code_error",
+    "check_problem",
+    "check_for_training",
+    "check_states",
+    "check_weights",
+    "read_weights",
+    "weight_shapes",
+    "code_identity",
+]

@@ -8,10 +8,12 @@ Conventions (all problems):
   * the controller is an equinox module mapping a batched state to a batched control;
   * float32 everywhere (complex64 only inside solvers).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import jax
 import numpy as np

@@ -32,6 +32,7 @@ target is reachable. 1000 training scenes by default.
 
 Controller: a :class:`~stablebptt.problems.adapters.exponax.PeriodicCNN` (u, u*) → f.
 """
+
 from __future__ import annotations
 
 import numbers
@@ -65,8 +66,14 @@ def _gaussian(x, centre, amp, sigma):
     return amp * np.exp(-0.5 * (x - centre) ** 2 / sigma**2)
 
 
-def make(n: int = PARAMS["n"][0], nu: float = PARAMS["nu"][0], dt: float = PARAMS["dt"][0],
-         steps: int = PARAMS["steps"][0], substeps: int = PARAMS["substeps"][0], rc: float = PARAMS["rc"][0]) -> Problem:
+def make(
+    n: int = PARAMS["n"][0],
+    nu: float = PARAMS["nu"][0],
+    dt: float = PARAMS["dt"][0],
+    steps: int = PARAMS["steps"][0],
+    substeps: int = PARAMS["substeps"][0],
+    rc: float = PARAMS["rc"][0],
+) -> Problem:
     """Build the Burgers control problem (see the module docstring)."""
     from .adapters.exponax import _import_exponax, exponax_problem, exponax_step, grid
 
@@ -89,21 +96,31 @@ def make(n: int = PARAMS["n"][0], nu: float = PARAMS["nu"][0], dt: float = PARAM
 
     def sample_states(rng: np.random.Generator, count: int) -> np.ndarray:
         u = lambda lo, hi: rng.uniform(lo, hi, (count, 1))
-        u0 = _gaussian(x, u(0.2, 0.4), u(0.0, 3.0), u(0.05, 0.15)) + _gaussian(x, u(0.6, 0.8), u(-3.0, 0.0),
-                                                                                u(0.05, 0.15))
+        u0 = _gaussian(x, u(0.2, 0.4), u(0.0, 3.0), u(0.05, 0.15)) + _gaussian(
+            x, u(0.6, 0.8), u(-3.0, 0.0), u(0.05, 0.15)
+        )
         force = _gaussian(x, u(0.4, 0.6), u(-1.6, 1.6), u(0.1, 0.4))
         u0, force = u0[:, None].astype(np.float32), force[:, None].astype(np.float32)
-        target = np.concatenate([np.asarray(targets(u0[i:i + 64], force[i:i + 64])) for i in range(0, count, 64)]) \
-            if count else u0
+        target = (
+            np.concatenate([np.asarray(targets(u0[i : i + 64], force[i : i + 64])) for i in range(0, count, 64)])
+            if count
+            else u0
+        )
         return np.concatenate([u0, target], axis=1)
 
     return exponax_problem(
-        stepper, horizon=steps, state_loss=distance, on="final", control_weight=float(rc),
-        sample_states=sample_states, aux_channels=1, name="burgers",
+        stepper,
+        horizon=steps,
+        state_loss=distance,
+        on="final",
+        control_weight=float(rc),
+        sample_states=sample_states,
+        aux_channels=1,
+        name="burgers",
         params=dict(n=n, nu=nu, dt=dt, steps=steps, substeps=substeps, rc=float(rc)),
         defaults=dict(epochs=100, lr=1e-3, batch_size=8, n_train=1000, n_test=100),
         description=f"Burgers (Holl et al. 2020): N = {n}, ν = {nu:g}, T = {steps} × Δt {dt:g} ({substeps} substeps), "
-                    f"force field to a target: mean (u_T − u*)² + {float(rc):g}·⟨f²⟩",
+        f"force field to a target: mean (u_T − u*)² + {float(rc):g}·⟨f²⟩",
     )
 
 

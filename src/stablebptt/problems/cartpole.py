@@ -46,6 +46,7 @@ Dense 1 (linear) = F. The authors' runs started the last kernel at zero (``--zer
 read as True by argparse), so the untrained controller outputs F = 0; that is the preset
 (``zero_last_default=True``), switchable with ``make_controller(key, zero_last=False)``.
 """
+
 from __future__ import annotations
 
 import math
@@ -64,8 +65,10 @@ PARAMS: dict[str, tuple[Any, str]] = {
     "poles": (1, "number of poles hanging from the cart (integer ≥ 1; paper: 1, 2, 3, 4)"),
     "dt": (0.01, "time step in seconds (semi-implicit Euler)"),
     "steps": (100, "simulator steps per trajectory (horizon T; T·dt = 1 s in the paper)"),
-    "scale_mass": (False, "False: M = 1.1 for any number of poles (authors' code); "
-                          "True: M = 1.0 + 0.1·poles (cart + every pole)"),
+    "scale_mass": (
+        False,
+        "False: M = 1.1 for any number of poles (authors' code); True: M = 1.0 + 0.1·poles (cart + every pole)",
+    ),
 }
 
 # physical constants of the authors' simulator
@@ -89,8 +92,7 @@ def _build_step(poles: int, dt: float, M: float = M_TOTAL):
         force = jnp.asarray(force, jnp.float32)
         if state.shape[-2:] != (1 + poles, 2):
             raise ValueError(
-                f"cartpole step: state shape {state.shape}; expected (B, {1 + poles}, 2) "
-                f"for {poles} pole(s)"
+                f"cartpole step: state shape {state.shape}; expected (B, {1 + poles}, 2) for {poles} pole(s)"
             )
         if force.shape != state.shape[:-2]:
             raise ValueError(
@@ -182,9 +184,7 @@ def make(
         raise ValueError(f"cartpole: scale_mass={scale_mass!r}; must be true or false")
     if not _is_int(poles) or poles < 1:
         raise ValueError(f"cartpole: poles={poles!r}; must be an integer ≥ 1")
-    if isinstance(dt, bool) or not isinstance(dt, numbers.Real) or not (
-        math.isfinite(dt) and dt > 0
-    ):
+    if isinstance(dt, bool) or not isinstance(dt, numbers.Real) or not (math.isfinite(dt) and dt > 0):
         raise ValueError(f"cartpole: dt={dt!r}; must be a finite number > 0 (seconds)")
     if not _is_int(steps) or steps < 1:
         raise ValueError(f"cartpole: steps={steps!r}; must be an integer ≥ 1")
@@ -192,9 +192,7 @@ def make(
 
     def make_controller(key, zero_last: bool = True):
         """The paper's MLP: (B, 1+n, 2) -> force (B,); zero last kernel by default."""
-        return controllers.MLP(
-            key, in_size=2 * (1 + poles), control_shape=(), widths=(100, 100), zero_last=zero_last
-        )
+        return controllers.MLP(key, in_size=2 * (1 + poles), control_shape=(), widths=(100, 100), zero_last=zero_last)
 
     return Problem(
         name="cartpole",

@@ -67,6 +67,7 @@ Controller
 The paper's MLP: the state flattened as [x, ẋ, θ1, θ̇1, …] → Dense 100 tanh → Dense 100 tanh →
 Dense 1 (linear) = F, the last kernel zero-initialised as in the paper's cart-pole preset.
 """
+
 from __future__ import annotations
 
 import math
@@ -185,8 +186,10 @@ def _build_step(chain: Chain, dt: float):
         if state.shape[-2:] != (1 + n, 2):
             raise ValueError(f"cart-chain step: state shape {state.shape}; expected (B, {1 + n}, 2) for {n} link(s)")
         if force.shape != state.shape[:-2]:
-            raise ValueError(f"cart-chain step: force shape {force.shape}; expected {state.shape[:-2]} "
-                             "(one scalar per sample, no trailing axis)")
+            raise ValueError(
+                f"cart-chain step: force shape {force.shape}; expected {state.shape[:-2]} "
+                "(one scalar per sample, no trailing axis)"
+            )
         return chain.step(state, force, dt)
 
     return step
@@ -224,13 +227,11 @@ def make(
 
     def make_controller(key, zero_last: bool = True):
         """The paper's MLP: (B, 1+n, 2) -> force (B,); zero last kernel by default."""
-        return controllers.MLP(key, in_size=2 * (1 + links), control_shape=(), widths=(100, 100),
-                               zero_last=zero_last)
+        return controllers.MLP(key, in_size=2 * (1 + links), control_shape=(), widths=(100, 100), zero_last=zero_last)
 
     return Problem(
         name="cart-chain",
-        params=dict(links=links, dt=dt, steps=steps, cart_mass=cart_mass, link_mass=link_mass,
-                    link_length=link_length),
+        params=dict(links=links, dt=dt, steps=steps, cart_mass=cart_mass, link_mass=link_mass, link_length=link_length),
         step=_build_step(chain, dt),
         loss=TrajectoryLoss(state_loss=state_loss, on="final"),
         horizon=steps,

@@ -51,6 +51,7 @@ reshaped (n_d, 2). The authors' runs started the last kernel at zero (``--zero F
 as True by argparse), so the untrained controller outputs 0 and the untrained test loss is
 ≈ 5.24; that is the preset (``zero_last_default=True``).
 """
+
 from __future__ import annotations
 
 import math
@@ -71,8 +72,11 @@ PARAMS: dict[str, tuple[Any, str]] = {
     "rc": (0.1, "weight of the control penalty mean(c²) (≥ 0; paper: 1, 0.1, 0.01, 0.001)"),
     "dt": (4 / 60, "time step of the explicit Euler scheme (paper: T/steps = 4/60)"),
     "steps": (60, "simulator steps per trajectory (horizon T)"),
-    "centroid": (False, "False: drivers steer relative to the SUM of evader positions (authors' "
-                        "code); True: relative to their centroid (the paper's words)"),
+    "centroid": (
+        False,
+        "False: drivers steer relative to the SUM of evader positions (authors' "
+        "code); True: relative to their centroid (the paper's words)",
+    ),
 }
 
 # the authors' constants
@@ -143,8 +147,7 @@ def _build_step(n_d: int, n_e: int, dt: float, centroid: bool = False):
         c = jnp.asarray(c, jnp.float32)
         if u.ndim != 4 or u.shape[1:] != (n, 2, 2):
             raise ValueError(
-                f"guidance step: state shape {u.shape}; expected (B, {n}, 2, 2) for "
-                f"{n_d} driver(s) + {n_e} evader(s)"
+                f"guidance step: state shape {u.shape}; expected (B, {n}, 2, 2) for {n_d} driver(s) + {n_e} evader(s)"
             )
         if c.shape != (u.shape[0], n_d, 2):
             raise ValueError(
@@ -251,7 +254,10 @@ def make(
     def make_controller(key, zero_last: bool = True):
         """The paper's MLP: (B, n_d+n_e, 2, 2) -> (B, n_d, 2); zero last kernel by default."""
         return controllers.MLP(
-            key, in_size=4 * (n_d + n_e), control_shape=(n_d, 2), widths=(100, 100),
+            key,
+            in_size=4 * (n_d + n_e),
+            control_shape=(n_d, 2),
+            widths=(100, 100),
             zero_last=zero_last,
         )
 
@@ -259,9 +265,7 @@ def make(
         name="guidance",
         params=dict(drivers=n_d, evaders=n_e, rc=rc, dt=dt, steps=steps, centroid=bool(centroid)),
         step=_build_step(n_d, n_e, dt, bool(centroid)),
-        loss=TrajectoryLoss(
-            state_loss=_build_state_loss(n_d), on="every", time_reduce="mean", control_weight=rc
-        ),
+        loss=TrajectoryLoss(state_loss=_build_state_loss(n_d), on="every", time_reduce="mean", control_weight=rc),
         horizon=steps,
         sample_data=_build_sample_data(n_d, n_e),
         make_controller=make_controller,
@@ -271,8 +275,7 @@ def make(
         zero_last_default=True,
         eval_chunk=64,  # elementwise-heavy: small chunks stay in cache (see train.make_evaluate)
         description=(
-            f"guidance by repulsion: {n_d} driver(s) herd {n_e} evader(s) to the origin "
-            f"(every-state loss, rc={rc:g})"
+            f"guidance by repulsion: {n_d} driver(s) herd {n_e} evader(s) to the origin (every-state loss, rc={rc:g})"
         ),
     )
 

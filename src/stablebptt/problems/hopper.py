@@ -41,6 +41,7 @@ controller is the library's MLP (32, 32) tanh on Brax's hopper observation witho
 position, (q_1 … q_5, q̇) ∈ R¹¹; its last kernel starts at zero (the untrained controller
 applies no torque).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -65,8 +66,14 @@ CONTROL_WEIGHT = 1e-3
 STANDING_HEIGHT = 1.25
 
 
-def make(steps: int = 50, noise: float = 0.05, upright: float = 1.0, ls_iterations: int = 4,
-         backend: str = "mjx", name: str = "hopper") -> Problem:
+def make(
+    steps: int = 50,
+    noise: float = 0.05,
+    upright: float = 1.0,
+    ls_iterations: int = 4,
+    backend: str = "mjx",
+    name: str = "hopper",
+) -> Problem:
     """The hopper problem (module docstring) with T = ``steps``."""
     from .adapters import brax_problem
 
@@ -83,13 +90,23 @@ def make(steps: int = 50, noise: float = 0.05, upright: float = 1.0, ls_iteratio
         return jnp.concatenate([ps.q[1:], ps.qd])
 
     mjx_only = dict(ls_iterations=ls_iterations) if backend == "mjx" else {}
-    problem = brax_problem("hopper", horizon=steps, state_loss=run_upright, observe=observe,
-                           control_weight=CONTROL_WEIGHT, q_noise=noise, qd_noise=noise, backend=backend,
-                           widths=(32, 32), name=name, **mjx_only,
-                           defaults=dict(epochs=100, lr=1e-3, batch_size=8, n_train=64, n_test=64))
-    params = dict(steps=problem.horizon, noise=float(noise), upright=w_up, ls_iterations=int(ls_iterations),
-                  backend=backend) | {k: v for k, v in problem.params.items()
-                                      if k in ("dt", "iterations", "on", "control_weight", "widths")}
+    problem = brax_problem(
+        "hopper",
+        horizon=steps,
+        state_loss=run_upright,
+        observe=observe,
+        control_weight=CONTROL_WEIGHT,
+        q_noise=noise,
+        qd_noise=noise,
+        backend=backend,
+        widths=(32, 32),
+        name=name,
+        **mjx_only,
+        defaults=dict(epochs=100, lr=1e-3, batch_size=8, n_train=64, n_test=64),
+    )
+    params = dict(
+        steps=problem.horizon, noise=float(noise), upright=w_up, ls_iterations=int(ls_iterations), backend=backend
+    ) | {k: v for k, v in problem.params.items() if k in ("dt", "iterations", "on", "control_weight", "widths")}
     return dataclasses.replace(problem, params=params)
 
 

@@ -29,6 +29,7 @@ onto the turbulent attractor, in ``sample_data`` (seeded, deterministic).
 Controller: a :class:`~stablebptt.problems.adapters.exponax.PeriodicCNN` ω → f (2-D periodic
 convolutions).
 """
+
 from __future__ import annotations
 
 import math
@@ -58,9 +59,14 @@ def laminar_dissipation(nu: float) -> float:
     return nu * (KAPPA * GAMMA) ** 2 / (2 * (nu * KAPPA**2 - DRAG) ** 2)
 
 
-def make(n: int = PARAMS["n"][0], nu: float = PARAMS["nu"][0], dt: float = PARAMS["dt"][0],
-         steps: int = PARAMS["steps"][0], rc: float = PARAMS["rc"][0],
-         spin_up: int = PARAMS["spin_up"][0]) -> Problem:
+def make(
+    n: int = PARAMS["n"][0],
+    nu: float = PARAMS["nu"][0],
+    dt: float = PARAMS["dt"][0],
+    steps: int = PARAMS["steps"][0],
+    rc: float = PARAMS["rc"][0],
+    spin_up: int = PARAMS["spin_up"][0],
+) -> Problem:
     """Build the Kolmogorov-flow control problem (see the module docstring)."""
     from .adapters.exponax import _import_exponax, exponax_problem
 
@@ -72,8 +78,9 @@ def make(n: int = PARAMS["n"][0], nu: float = PARAMS["nu"][0], dt: float = PARAM
     if isinstance(rc, bool) or not isinstance(rc, numbers.Real) or not rc >= 0:
         raise ValueError(f"{WHO}: rc={rc!r}; must be a number ≥ 0")
     ex = _import_exponax()
-    stepper = ex.stepper.KolmogorovFlowVorticity(2, 2 * math.pi, n, dt, diffusivity=nu, drag=DRAG,
-                                                 injection_mode=KAPPA, injection_scale=GAMMA)
+    stepper = ex.stepper.KolmogorovFlowVorticity(
+        2, 2 * math.pi, n, dt, diffusivity=nu, drag=DRAG, injection_mode=KAPPA, injection_scale=GAMMA
+    )
     scale = nu / laminar_dissipation(nu)
 
     def dissipation(w):
@@ -81,12 +88,20 @@ def make(n: int = PARAMS["n"][0], nu: float = PARAMS["nu"][0], dt: float = PARAM
         return scale * jnp.mean(jnp.square(w))
 
     return exponax_problem(
-        stepper, horizon=steps, state_loss=dissipation, on="every", control_weight=float(rc),
-        ic=ex.ic.DiffusedNoise(2, max_one=True), spin_up=spin_up, widths=(8, 8), kernel_size=5,
-        name="kolmogorov", params=dict(n=n, nu=nu, dt=dt, steps=steps, rc=float(rc), spin_up=spin_up),
+        stepper,
+        horizon=steps,
+        state_loss=dissipation,
+        on="every",
+        control_weight=float(rc),
+        ic=ex.ic.DiffusedNoise(2, max_one=True),
+        spin_up=spin_up,
+        widths=(8, 8),
+        kernel_size=5,
+        name="kolmogorov",
+        params=dict(n=n, nu=nu, dt=dt, steps=steps, rc=float(rc), spin_up=spin_up),
         defaults=dict(epochs=100, lr=1e-3, batch_size=8, n_train=128, n_test=32),
         description=f"2-D Kolmogorov flow {n}² (ν = {nu:g}, κ = {KAPPA}), T = {steps} × Δt {dt:g}, vorticity force "
-                    f"field: mean dissipation D/D_lam + {float(rc):g}·⟨f²⟩",
+        f"field: mean dissipation D/D_lam + {float(rc):g}·⟨f²⟩",
     )
 
 

@@ -35,6 +35,7 @@ Initial states lie on the attractor: a random truncated Fourier series (exponax
 Controller: the library's MLP on u (64, 64 tanh) → K amplitudes, or for a force field a
 :class:`~stablebptt.problems.adapters.exponax.PeriodicCNN` (u → f).
 """
+
 from __future__ import annotations
 
 import numbers
@@ -65,10 +66,16 @@ def energy(u) -> jnp.ndarray:
     return 0.5 * jnp.mean(jnp.square(u))
 
 
-def make(L: int = PARAMS["L"][0], n: int = PARAMS["n"][0], dt: float = PARAMS["dt"][0],
-         steps: int = PARAMS["steps"][0], actuators: int = PARAMS["actuators"][0],
-         width: float = PARAMS["width"][0], rc: float = PARAMS["rc"][0],
-         spin_up: int = PARAMS["spin_up"][0]) -> Problem:
+def make(
+    L: int = PARAMS["L"][0],
+    n: int = PARAMS["n"][0],
+    dt: float = PARAMS["dt"][0],
+    steps: int = PARAMS["steps"][0],
+    actuators: int = PARAMS["actuators"][0],
+    width: float = PARAMS["width"][0],
+    rc: float = PARAMS["rc"][0],
+    spin_up: int = PARAMS["spin_up"][0],
+) -> Problem:
     """Build the KS control problem (see the module docstring)."""
     from .adapters.exponax import _import_exponax, exponax_problem, gaussian_actuators
 
@@ -90,13 +97,19 @@ def make(L: int = PARAMS["L"][0], n: int = PARAMS["n"][0], dt: float = PARAMS["d
     stepper = ex.stepper.KuramotoSivashinskyConservative(1, float(L), n, dt)
     control = f"{k} actuators (σ = {width:g})" if k else "a force field"
     return exponax_problem(
-        stepper, horizon=steps, state_loss=energy, on="every", control_weight=float(rc),
-        ic=ex.ic.RandomTruncatedFourierSeries(1, cutoff=5), spin_up=spin_up,
+        stepper,
+        horizon=steps,
+        state_loss=energy,
+        on="every",
+        control_weight=float(rc),
+        ic=ex.ic.RandomTruncatedFourierSeries(1, cutoff=5),
+        spin_up=spin_up,
         actuators=gaussian_actuators(stepper, k, width=width) if k else None,
-        name="ks", params=dict(L=L, n=n_given, dt=dt, steps=steps, actuators=k, width=width, rc=float(rc), spin_up=spin_up),
+        name="ks",
+        params=dict(L=L, n=n_given, dt=dt, steps=steps, actuators=k, width=width, rc=float(rc), spin_up=spin_up),
         defaults=dict(epochs=200, lr=1e-3, batch_size=16, n_train=256, n_test=64),
         description=f"Kuramoto–Sivashinsky L = {L} (N = {n}), T = {steps} × Δt {dt:g}, {control}: mean energy "
-                    f"½⟨u²⟩ + {float(rc):g}·⟨c²⟩",
+        f"½⟨u²⟩ + {float(rc):g}·⟨c²⟩",
     )
 
 

@@ -10,6 +10,7 @@ Closed forms (scalar state, one sample; let ρ = a + bθ so x_n = ρⁿ x_0)::
 
 With a = 1.1, b = 1, T = 4, x_0 = 1 and ρ = −0.5 (θ = −1.6): G < 0 < M, so C = 0.
 """
+
 from __future__ import annotations
 
 import equinox as eqx
@@ -55,10 +56,15 @@ def make(a: float = 1.1, b: float = 1.0, steps: int = 4, x0: float = 1.0, theta0
         return GainController(jnp.asarray(theta0 if theta is None else theta, jnp.float32))
 
     return Problem(
-        name="linear", params=dict(a=a, b=b, steps=steps, x0=x0, theta0=theta0), step=step,
+        name="linear",
+        params=dict(a=a, b=b, steps=steps, x0=x0, theta0=theta0),
+        step=step,
         loss=TrajectoryLoss(lambda x: 0.5 * jnp.mean(x[:, 0] ** 2), on="final"),
-        horizon=int(steps), sample_data=sample, make_controller=ctrl,
-        state_shape=(1,), control_shape=(1,),
+        horizon=int(steps),
+        sample_data=sample,
+        make_controller=ctrl,
+        state_shape=(1,),
+        control_shape=(1,),
         defaults=dict(epochs=50, lr=0.01, batch_size=1, n_train=1, n_test=1),
         description="x' = a x + b c with c = θ x: the case where M points away and C stalls",
     )

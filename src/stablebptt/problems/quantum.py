@@ -49,6 +49,7 @@ Initial states (c1 e^{iφ1} ψ_1 + c2 e^{iφ2} ψ_2)/√(c1² + c2²) with c ~ N
 seed-42 draw order (c1, c2, φ1, φ2 for all N = n_train + n_test states, each cast to float32;
 train = the first n_train) and their complex64 arithmetic.
 """
+
 from __future__ import annotations
 
 import functools
@@ -135,17 +136,17 @@ def thomas_solve(dl, d, du, b):
 
 def _uses_thomas(method: str, d, b) -> bool:
     systems = int(np.prod(jnp.broadcast_shapes(d.shape, b.shape)[:-1]))
-    return method == "thomas" or (method == "auto" and systems >= THOMAS_MIN_SYSTEMS
-                                  and jax.default_backend() == "cpu")
+    return method == "thomas" or (method == "auto" and systems >= THOMAS_MIN_SYSTEMS and jax.default_backend() == "cpu")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _column_solver(method: str, fold: bool):
     """``solve(dl, d, du, b)`` for one right-hand side per system, b (..., n) -> x (..., n),
     with a vmap rule: a right-hand side vmapped over shared diagonals (C's two fields over one
     trajectory) is folded into extra columns of one solve when ``fold`` (the primitive's own
     rule; cheapest on the CPU), else the diagonals are broadcast so that every system keeps
     one column (GPUs: several columns make cuSPARSE loop over the systems on the host)."""
+
     def solve(dl, d, du, b):
         if _uses_thomas(method, d, b):
             return thomas_solve(dl, d, du, b)
@@ -187,9 +188,11 @@ def solve_tridiagonal(dl, d, du, b, *, method: str = "auto", fold: bool | None =
     dl_t = jnp.concatenate([zero, du[..., :-1]], -1)  # Aᵀ's sub-diagonal: A[i-1, i]
     du_t = jnp.concatenate([dl[..., 1:], zero], -1)  # Aᵀ's super-diagonal: A[i+1, i]
     return jax.lax.custom_linear_solve(
-        lambda v: _tridiagonal_matvec(dl, d, du, v), b,
+        lambda v: _tridiagonal_matvec(dl, d, du, v),
+        b,
         solve=lambda _, r: one(dl, d, du, r),
-        transpose_solve=lambda _, r: one(dl_t, d, du_t, r))
+        transpose_solve=lambda _, r: one(dl_t, d, du_t, r),
+    )
 
 
 # ---------------------------------------------------------------- simulator
@@ -219,9 +222,7 @@ def _build_step(nx: int, dt: float, solver: str = "auto", fold: bool | None = No
         pot = half_idt * (u * x).astype(jnp.complex64)  # i dt/2 · u x_j
         # right-hand side (I − i dt/2 H_h) ψ, tridiagonal mat-vec with zero walls
         zero = jnp.zeros_like(z[..., :1])
-        neighbours = jnp.concatenate([zero, z[..., :-1]], -1) + jnp.concatenate(
-            [z[..., 1:], zero], -1
-        )
+        neighbours = jnp.concatenate([zero, z[..., :-1]], -1) + jnp.concatenate([z[..., 1:], zero], -1)
         rhs = (d_rhs0 - pot) * z + off_rhs * neighbours
         # left-hand side (I + i dt/2 H_h) as three diagonals (dl[0] = du[-1] = 0)
         d = d_lhs0 + pot
@@ -305,16 +306,13 @@ def make(
     """Build the quantum-control problem (see the module docstring)."""
     if not _is_int(nx) or nx < 3:
         raise ValueError(f"quantum: nx={nx!r}; must be an integer ≥ 3")
-    if isinstance(dt, bool) or not isinstance(dt, numbers.Real) or not (
-        math.isfinite(dt) and dt > 0
-    ):
+    if isinstance(dt, bool) or not isinstance(dt, numbers.Real) or not (math.isfinite(dt) and dt > 0):
         raise ValueError(f"quantum: dt={dt!r}; must be a finite number > 0")
     if not _is_int(steps) or steps < 1:
         raise ValueError(f"quantum: steps={steps!r}; must be an integer ≥ 1")
     if not _is_int(target) or not (1 <= target <= nx):
         raise ValueError(
-            f"quantum: target={target!r}; must be an integer eigenstate index in 1..{nx} "
-            "(1-based, 1 = ground state)"
+            f"quantum: target={target!r}; must be an integer eigenstate index in 1..{nx} (1-based, 1 = ground state)"
         )
     if not _is_int(weighting) or weighting not in _WEIGHTINGS:
         raise ValueError(f"quantum: weighting={weighting!r}; allowed: 1, 3, 7, 15")
@@ -322,9 +320,7 @@ def make(
         raise ValueError(f"quantum: solver={solver!r}; allowed: {', '.join(SOLVERS)}")
     nx, steps, target, weighting, dt = int(nx), int(steps), int(target), int(weighting), float(dt)
 
-    loss = TrajectoryLoss(
-        state_loss=_build_state_loss(eigenstate(target, nx)), on="every", time_reduce="sum"
-    )
+    loss = TrajectoryLoss(state_loss=_build_state_loss(eigenstate(target, nx)), on="every", time_reduce="sum")
 
     def make_controller(key, zero_last: bool = False):
         return controllers.QuantumCNN(key, nx=nx, zero_last=zero_last)

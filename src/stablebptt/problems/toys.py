@@ -16,6 +16,7 @@ Derivation: x_2 = (2I + W) θ = Bθ with B = (I − 2R)/2.5, and BᵀB = I·5/6.
 L = 1.25·0.8‖θ‖² = ‖θ‖² and G = 2θ. M drops the path x_1 → N, so ∂x_2/∂θ|_M = 2I and
 M = 2·2.5·Bθ = (I − 2R)·2θ = 2θ − 4Rθ.
 """
+
 from __future__ import annotations
 
 import equinox as eqx
@@ -75,15 +76,21 @@ def _const_data(x0, shape):
 
 def make(name: str = "toy-field", x0: float = -0.3, target: float = 2.0, steps: int = 4) -> Problem:
     if name == "toy-rotation":
+
         def ctrl(key, zero_last=False, theta=(2.0, 4.0)):
             del key, zero_last
             return AffineController(jnp.asarray(theta, jnp.float32), tuple(map(tuple, ROTATION_W.tolist())))
 
         return Problem(
-            name="toy-rotation", params={}, step=_step_add,
+            name="toy-rotation",
+            params={},
+            step=_step_add,
             loss=TrajectoryLoss(lambda x: 1.25 * jnp.mean(jnp.sum(x**2, axis=-1)), on="final"),
-            horizon=2, sample_data=_const_data(0.0, (2,)), make_controller=ctrl,
-            state_shape=(2,), control_shape=(2,),
+            horizon=2,
+            sample_data=_const_data(0.0, (2,)),
+            make_controller=ctrl,
+            state_shape=(2,),
+            control_shape=(2,),
             defaults=dict(epochs=200, lr=0.1, batch_size=1, n_train=1, n_test=1),
             description="Fig. 2 rotating field: R gives g = 2θ, M gives r = 2θ − 4Rθ on L = ‖θ‖²",
         )
@@ -97,10 +104,15 @@ def make(name: str = "toy-field", x0: float = -0.3, target: float = 2.0, steps: 
 
     y = float(target)
     return Problem(
-        name="toy-field", params=dict(x0=x0, target=target, steps=steps), step=_step_add,
+        name="toy-field",
+        params=dict(x0=x0, target=target, steps=steps),
+        step=_step_add,
         loss=TrajectoryLoss(lambda x: 0.5 * jnp.mean((x[:, 0] - y) ** 2), on="final"),
-        horizon=int(steps), sample_data=_const_data(float(x0), (1,)), make_controller=ctrl,
-        state_shape=(1,), control_shape=(1,),
+        horizon=int(steps),
+        sample_data=_const_data(float(x0), (1,)),
+        make_controller=ctrl,
+        state_shape=(1,),
+        control_shape=(1,),
         defaults=dict(epochs=100, lr=0.01, batch_size=1, n_train=1, n_test=1),
         description="Fig. 1 scalar toy: N = θ1 x² + θ2 x, P = x + c, L = ½(x_T − y)²",
     )

@@ -16,14 +16,22 @@ Each returns a :class:`~stablebptt.problems.Problem` for :func:`stablebptt.value
 :func:`stablebptt.runner.train`. The engines are imported when an adapter is first used, so this
 package imports without them.
 """
+
 from __future__ import annotations
 
 from importlib import import_module
 
-_EXPORTS = {"brax_problem": ".brax", "ode_problem": ".diffrax", "ode_step": ".diffrax",
-            "phiflow_problem": ".phiflow",
-            "jax_cfd_problem": ".jax_cfd", "navier_stokes_step": ".jax_cfd",
-            "exponax_problem": ".exponax", "exponax_step": ".exponax", "gaussian_actuators": ".exponax"}
+_EXPORTS = {
+    "brax_problem": ".brax",
+    "ode_problem": ".diffrax",
+    "ode_step": ".diffrax",
+    "phiflow_problem": ".phiflow",
+    "jax_cfd_problem": ".jax_cfd",
+    "navier_stokes_step": ".jax_cfd",
+    "exponax_problem": ".exponax",
+    "exponax_step": ".exponax",
+    "gaussian_actuators": ".exponax",
+}
 
 
 def __getattr__(name: str):

@@ -1,9 +1,11 @@
 """What the adapters share: seeds, checks of sampled states, the batch loss of a per-state
 function, observation features, the controller factory."""
+
 from __future__ import annotations
 
 import numbers
-from typing import Callable, ClassVar, Sequence
+from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -50,8 +52,10 @@ def checked_states(arr, n: int, state_shape: tuple[int, ...], who: str) -> np.nd
     """``arr`` as float32 (n, *state_shape); a wrong shape or a non-finite value raises ValueError."""
     out = np.asarray(arr, dtype=np.float32)
     if out.shape != (n,) + tuple(state_shape):
-        raise ValueError(f"{who}: sample_states returned shape {out.shape}; expected {(n,) + tuple(state_shape)} "
-                         "(n states of the problem's state_shape)")
+        raise ValueError(
+            f"{who}: sample_states returned shape {out.shape}; expected {(n,) + tuple(state_shape)} "
+            "(n states of the problem's state_shape)"
+        )
     if not np.all(np.isfinite(out)):
         raise ValueError(f"{who}: sample_states returned non-finite values")
     return out
@@ -123,15 +127,21 @@ class ObservationMLP(eqx.Module):
         return self.mlp(jax.vmap(self.features)(x))
 
 
-def controller_factory(state_shape: tuple[int, ...], control_shape: tuple[int, ...], widths: Sequence[int],
-                       features: Callable | None = None, feature_size: int | None = None) -> Callable:
+def controller_factory(
+    state_shape: tuple[int, ...],
+    control_shape: tuple[int, ...],
+    widths: Sequence[int],
+    features: Callable | None = None,
+    feature_size: int | None = None,
+) -> Callable:
     """``make_controller(key, zero_last=True)``: an MLP on the flattened state, or on
     ``features(row)`` (k = ``feature_size`` entries) when ``features`` is given."""
     in_size = int(np.prod(state_shape)) if features is None else int(feature_size)
 
     def make_controller(key, zero_last: bool = True):
-        mlp = controllers.MLP(key, in_size=in_size, control_shape=control_shape, widths=tuple(widths),
-                              zero_last=zero_last)
+        mlp = controllers.MLP(
+            key, in_size=in_size, control_shape=control_shape, widths=tuple(widths), zero_last=zero_last
+        )
         return mlp if features is None else ObservationMLP(mlp, features)
 
     return make_controller

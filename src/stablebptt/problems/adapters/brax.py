@@ -76,10 +76,12 @@ a chosen spread). ``seed="paper"`` is the fixed seed 42 (there is no published d
 controller is the library's MLP on x, or on ``observe(ps)`` (one pipeline state → a 1-D
 observation) when ``observe`` is given, with ``widths`` hidden tanh layers and a linear output.
 """
+
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -159,26 +161,34 @@ def _environment(env, backend: str, env_kwargs: Mapping[str, Any] | None, n_fram
     """A Brax ``PipelineEnv`` (unwrapped) from an instance or a registered name, or a pipeline
     environment of a raw MuJoCo model (:func:`_model_env`)."""
     if n_frames is not None and not _is_mujoco_model(env):
-        raise ValueError(f"{WHO}: n_frames={n_frames!r} applies to a MuJoCo model given directly; a Brax "
-                         "environment sets its own (env_kwargs=dict(n_frames=…) for one given by name)")
+        raise ValueError(
+            f"{WHO}: n_frames={n_frames!r} applies to a MuJoCo model given directly; a Brax "
+            "environment sets its own (env_kwargs=dict(n_frames=…) for one given by name)"
+        )
     if isinstance(env, str):
         envs = _import_brax()
         try:
             return envs.get_environment(env, backend=backend, **dict(env_kwargs or {}))
         except KeyError:
-            raise ValueError(f"{WHO}: env={env!r} is not a registered Brax environment; "
-                             f"available: {', '.join(sorted(getattr(envs, '_envs', {})))}") from None
+            raise ValueError(
+                f"{WHO}: env={env!r} is not a registered Brax environment; "
+                f"available: {', '.join(sorted(getattr(envs, '_envs', {})))}"
+            ) from None
     if env_kwargs:
-        raise ValueError(f"{WHO}: env_kwargs apply to an environment given by name; got an instance "
-                         f"({type(env).__name__}) with env_kwargs={dict(env_kwargs)!r}")
+        raise ValueError(
+            f"{WHO}: env_kwargs apply to an environment given by name; got an instance "
+            f"({type(env).__name__}) with env_kwargs={dict(env_kwargs)!r}"
+        )
     if _is_mujoco_model(env):
         return _model_env(env, _common.positive_int(1 if n_frames is None else n_frames, "n_frames", WHO))
     inner = getattr(env, "unwrapped", env)
     missing = [a for a in ("pipeline_init", "pipeline_step", "sys", "dt") if not hasattr(inner, a)]
     if missing:
-        raise ValueError(f"{WHO}: env={env!r} is not a Brax PipelineEnv (it lacks {', '.join(missing)}); "
-                         "give a registered name, a brax.envs.PipelineEnv instance, a mujoco.MjModel or an "
-                         "mjx.Model")
+        raise ValueError(
+            f"{WHO}: env={env!r} is not a Brax PipelineEnv (it lacks {', '.join(missing)}); "
+            "give a registered name, a brax.envs.PipelineEnv instance, a mujoco.MjModel or an "
+            "mjx.Model"
+        )
     return inner
 
 
@@ -190,22 +200,29 @@ def _differentiable_mjx(penv, iterations, ls_iterations):
     derivative or for solver settings given to another pipeline."""
     backend = getattr(penv, "backend", None)
     if backend != "mjx":
-        given = [f"{k}={v!r}" for k, v in (("iterations", iterations), ("ls_iterations", ls_iterations))
-                 if v is not None]
+        given = [
+            f"{k}={v!r}" for k, v in (("iterations", iterations), ("ls_iterations", ls_iterations)) if v is not None
+        ]
         if given:
-            raise ValueError(f"{WHO}: {', '.join(given)} set MJX's constraint solver; the environment uses the "
-                             f"{backend!r} pipeline (give them with backend='mjx' or an MJX model)")
+            raise ValueError(
+                f"{WHO}: {', '.join(given)} set MJX's constraint solver; the environment uses the "
+                f"{backend!r} pipeline (give them with backend='mjx' or an MJX model)"
+            )
         return penv, {}
     if iterations is not None and (isinstance(iterations, bool) or iterations != MJX_ITERATIONS):
-        raise ValueError(f"{WHO}: iterations={iterations!r}: MJX runs more than one constraint-solver iteration "
-                         f"in a lax.while_loop, which reverse-mode autodiff cannot differentiate; allowed: "
-                         f"iterations={MJX_ITERATIONS} (the default)")
+        raise ValueError(
+            f"{WHO}: iterations={iterations!r}: MJX runs more than one constraint-solver iteration "
+            f"in a lax.while_loop, which reverse-mode autodiff cannot differentiate; allowed: "
+            f"iterations={MJX_ITERATIONS} (the default)"
+        )
     ls = MJX_LS_ITERATIONS if ls_iterations is None else _common.positive_int(ls_iterations, "ls_iterations", WHO)
     sys = penv.sys
     impl = getattr(getattr(sys, "impl", None), "value", "jax")
     if impl != "jax":
-        raise ValueError(f"{WHO}: the MJX model has impl={impl!r}, which calls compiled code that JAX cannot "
-                         "differentiate; allowed: impl='jax' (mjx.put_model(model, impl='jax'))")
+        raise ValueError(
+            f"{WHO}: the MJX model has impl={impl!r}, which calls compiled code that JAX cannot "
+            "differentiate; allowed: impl='jax' (mjx.put_model(model, impl='jax'))"
+        )
     penv = copy.copy(penv)
     penv.sys = sys.replace(opt=sys.opt.replace(iterations=MJX_ITERATIONS, ls_iterations=ls))
     return penv, dict(iterations=MJX_ITERATIONS, ls_iterations=ls)
@@ -232,8 +249,10 @@ def _default_sampler(init_q: np.ndarray, nv: int, q_noise: float, qd_noise: floa
 def _loss_and_sign(state_loss: Callable | None, reward: Callable | None) -> tuple[Callable, float]:
     """The one given per-state function and the sign that makes it a loss (+1 loss, −1 reward)."""
     if (state_loss is None) == (reward is None):
-        raise ValueError(f"{WHO}: give exactly one of state_loss= or reward= (a function of one pipeline state "
-                         f"returning a scalar); got {'both' if state_loss is not None else 'neither'}")
+        raise ValueError(
+            f"{WHO}: give exactly one of state_loss= or reward= (a function of one pipeline state "
+            f"returning a scalar); got {'both' if state_loss is not None else 'neither'}"
+        )
     loss_fn, sign = (state_loss, 1.0) if state_loss is not None else (reward, -1.0)
     if not callable(loss_fn):
         raise ValueError(f"{WHO}: {'state_loss' if sign > 0 else 'reward'}={loss_fn!r} is not callable")
@@ -312,8 +331,10 @@ def brax_problem(
     sys = penv.sys
     na = int(getattr(sys, "na", 0) or 0)
     if na:
-        raise ValueError(f"{WHO}: the system has {na} actuator activation state(s) (sys.na = {na}); the adapter "
-                         "carries (q, q̇) only and cannot rebuild them")
+        raise ValueError(
+            f"{WHO}: the system has {na} actuator activation state(s) (sys.na = {na}); the adapter "
+            "carries (q, q̇) only and cannot rebuild them"
+        )
     nq, nv, nu, init_q = _sizes(penv)
     state_shape, control_shape = (nq + nv,), (nu,)
 
@@ -331,14 +352,16 @@ def brax_problem(
         if x.ndim != 2 or x.shape[1:] != state_shape:
             raise ValueError(f"{WHO} step: state shape {x.shape}; expected (B, {nq + nv}) = (q, q̇) per row")
         if c.shape != (x.shape[0], nu):
-            raise ValueError(f"{WHO} step: control shape {c.shape}; expected ({x.shape[0]}, {nu}) "
-                             "(one action vector per row)")
+            raise ValueError(
+                f"{WHO} step: control shape {c.shape}; expected ({x.shape[0]}, {nu}) (one action vector per row)"
+            )
         return jax.vmap(row_step)(x, c)
 
     label = "state_loss" if sign > 0 else "reward"
     batch_loss = _common.mean_row_loss(lambda x_row: loss_fn(pipeline_state(x_row)), label, WHO, sign)
     features, feature_size = _common.row_features(
-        None if observe is None else (lambda x_row: observe(pipeline_state(x_row))), state_shape)
+        None if observe is None else (lambda x_row: observe(pipeline_state(x_row))), state_shape
+    )
 
     sampler = sample_states or _default_sampler(init_q, nv, q_noise, qd_noise)
 
@@ -350,11 +373,22 @@ def brax_problem(
     solved = f", {solver['iterations']} solver iteration, {solver['ls_iterations']} line-search" if solver else ""
     return Problem(
         name=name or ("mjx-model" if _is_mujoco_model(env) else f"brax-{type(penv).__name__}"),
-        params=dict(env=env_name, backend=pipeline, horizon=horizon, dt=dt, **solver,
-                    state_loss=_common.callable_name(state_loss), reward=_common.callable_name(reward), on=on,
-                    control_weight=float(control_weight), observe=_common.callable_name(observe),
-                    sample_states=_common.callable_name(sample_states), q_noise=q_noise, qd_noise=qd_noise,
-                    widths=list(widths)),
+        params=dict(
+            env=env_name,
+            backend=pipeline,
+            horizon=horizon,
+            dt=dt,
+            **solver,
+            state_loss=_common.callable_name(state_loss),
+            reward=_common.callable_name(reward),
+            on=on,
+            control_weight=float(control_weight),
+            observe=_common.callable_name(observe),
+            sample_states=_common.callable_name(sample_states),
+            q_noise=q_noise,
+            qd_noise=qd_noise,
+            widths=list(widths),
+        ),
         step=step,
         loss=TrajectoryLoss(state_loss=batch_loss, on=on, control_weight=float(control_weight)),
         horizon=horizon,
@@ -364,8 +398,10 @@ def brax_problem(
         control_shape=control_shape,
         defaults=dict(defaults or dict(epochs=50, lr=1e-3, batch_size=8, n_train=64, n_test=64)),
         zero_last_default=bool(zero_last),
-        description=(f"Brax {env_name} ({pipeline} pipeline{solved}), T = {horizon * dt:g} s "
-                     f"({horizon} steps of {dt:g} s): {'mean' if on == 'every' else 'final'} {label}"),
+        description=(
+            f"Brax {env_name} ({pipeline} pipeline{solved}), T = {horizon * dt:g} s "
+            f"({horizon} steps of {dt:g} s): {'mean' if on == 'every' else 'final'} {label}"
+        ),
     )
 
 

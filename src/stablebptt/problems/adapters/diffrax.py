@@ -34,10 +34,12 @@ Data: ``sample_states(rng, n) -> (n, *state_shape)`` with a ``np.random.Generato
 Cost per step: ``substeps`` solver steps, each ``solver``'s stages (Euler 1, Tsit5 6 evaluations
 of f on the batch); implicit solvers add their root finds.
 """
+
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -85,8 +87,10 @@ def ode_step(vector_field: Callable, *, dt: float, solver=None, substeps: int = 
     def field(t, y, c):
         dy = batched(t, y, c)
         if jnp.shape(dy) != jnp.shape(y):
-            raise ValueError(f"{WHO}: vector_field returned shape {jnp.shape(dy)[1:]} for a state of shape "
-                             f"{jnp.shape(y)[1:]}; dy/dt must have the state's shape")
+            raise ValueError(
+                f"{WHO}: vector_field returned shape {jnp.shape(dy)[1:]} for a state of shape "
+                f"{jnp.shape(y)[1:]}; dy/dt must have the state's shape"
+            )
         return jnp.asarray(dy, jnp.float32)
 
     term = diffrax.ODETerm(field)
@@ -96,9 +100,18 @@ def ode_step(vector_field: Callable, *, dt: float, solver=None, substeps: int = 
         c = jnp.asarray(c, jnp.float32)
         if x.ndim < 1 or c.ndim < 1 or c.shape[0] != x.shape[0]:
             raise ValueError(f"{WHO} step: state {x.shape} and control {c.shape} must share the leading batch axis")
-        sol = diffrax.diffeqsolve(term, solver, t0=0.0, t1=dt, dt0=None, y0=x, args=c,
-                                  saveat=diffrax.SaveAt(t1=True), stepsize_controller=diffrax.StepTo(ts=ts),
-                                  max_steps=substeps)
+        sol = diffrax.diffeqsolve(
+            term,
+            solver,
+            t0=0.0,
+            t1=dt,
+            dt0=None,
+            y0=x,
+            args=c,
+            saveat=diffrax.SaveAt(t1=True),
+            stepsize_controller=diffrax.StepTo(ts=ts),
+            max_steps=substeps,
+        )
         return sol.ys[0]
 
     return step
@@ -158,9 +171,16 @@ def ode_problem(
     sample_data = _common.data_sampler(sample_states, state_shape, WHO)
 
     solver_name = "Tsit5" if solver is None else type(solver).__name__
-    record = dict(vector_field=_common.callable_name(vector_field), solver=solver_name, dt=float(dt),
-                  substeps=int(substeps), horizon=horizon, on=on, control_weight=float(control_weight),
-                  widths=list(widths))
+    record = dict(
+        vector_field=_common.callable_name(vector_field),
+        solver=solver_name,
+        dt=float(dt),
+        substeps=int(substeps),
+        horizon=horizon,
+        on=on,
+        control_weight=float(control_weight),
+        widths=list(widths),
+    )
     return Problem(
         name=name,
         params=record | dict(params or {}),
@@ -173,9 +193,12 @@ def ode_problem(
         control_shape=control_shape,
         defaults=dict(defaults or dict(epochs=50, lr=1e-3, batch_size=8, n_train=64, n_test=64)),
         zero_last_default=bool(zero_last),
-        description=description or (f"ODE {record['vector_field']} ({solver_name}, {substeps} step(s) per "
-                                     f"dt = {float(dt):g} s), T = {horizon} steps: "
-                                     f"{'final' if on == 'final' else 'mean'} state loss"),
+        description=description
+        or (
+            f"ODE {record['vector_field']} ({solver_name}, {substeps} step(s) per "
+            f"dt = {float(dt):g} s), T = {horizon} steps: "
+            f"{'final' if on == 'final' else 'mean'} state loss"
+        ),
     )
 
 

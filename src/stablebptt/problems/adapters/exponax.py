@@ -45,10 +45,12 @@ library's MLP on the flattened state.
 Gradients flow through exponax's FFTs and ETDRK coefficients (discretise-then-optimise: the
 exact gradient of the discrete step).
 """
+
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -77,17 +79,20 @@ def _check_stepper(stepper) -> tuple[int, tuple[int, ...]]:
     """``(C, spatial shape)`` of an exponax stepper; ValueError for anything else."""
     exponax = _import_exponax()
     if not isinstance(stepper, (exponax.BaseStepper, exponax.RepeatedStepper)):
-        raise ValueError(f"{WHO}: stepper={type(stepper).__name__} is not an exponax stepper (e.g. "
-                         "exponax.stepper.KuramotoSivashinskyConservative(1, 22.0, 64, 0.5), or an "
-                         "exponax.RepeatedStepper of one)")
+        raise ValueError(
+            f"{WHO}: stepper={type(stepper).__name__} is not an exponax stepper (e.g. "
+            "exponax.stepper.KuramotoSivashinskyConservative(1, 22.0, 64, 0.5), or an "
+            "exponax.RepeatedStepper of one)"
+        )
     return int(stepper.num_channels), (int(stepper.num_points),) * int(stepper.num_spatial_dims)
 
 
 def grid(stepper) -> np.ndarray:
     """The stepper's grid points, float32 (D, N, …): ``exponax.make_grid`` of its domain."""
     exponax = _import_exponax()
-    return np.asarray(exponax.make_grid(stepper.num_spatial_dims, stepper.domain_extent, stepper.num_points),
-                      np.float32)
+    return np.asarray(
+        exponax.make_grid(stepper.num_spatial_dims, stepper.domain_extent, stepper.num_points), np.float32
+    )
 
 
 def gaussian_actuators(stepper, count: int | None = None, *, width: float, centres=None) -> np.ndarray:
@@ -102,8 +107,9 @@ def gaussian_actuators(stepper, count: int | None = None, *, width: float, centr
     width = _common.positive_float(width, "width", "gaussian_actuators")
     if centres is None:
         if d != 1:
-            raise ValueError(f"gaussian_actuators: a {d}-D stepper needs centres (K, {d}); count alone spaces "
-                             "bumps on a line")
+            raise ValueError(
+                f"gaussian_actuators: a {d}-D stepper needs centres (K, {d}); count alone spaces bumps on a line"
+            )
         count = _common.positive_int(count, "count", "gaussian_actuators")
         centres = np.arange(count, dtype=np.float64)[:, None] * L / count
     centres = np.asarray(centres, np.float64)
@@ -120,8 +126,10 @@ def _check_actuators(actuators, channels: int, spatial: tuple[int, ...]) -> jax.
     b = np.asarray(actuators, np.float32)
     ok = b.ndim >= 1 and b.shape[0] >= 1 and b.shape[1:] in (spatial, (channels,) + spatial)
     if not ok:
-        raise ValueError(f"{WHO}: actuators of shape {b.shape}; expected (K, *{spatial}) or (K, {channels}, "
-                         f"*{spatial}) (K spatial profiles on the stepper's grid)")
+        raise ValueError(
+            f"{WHO}: actuators of shape {b.shape}; expected (K, *{spatial}) or (K, {channels}, "
+            f"*{spatial}) (K spatial profiles on the stepper's grid)"
+        )
     if not np.all(np.isfinite(b)):
         raise ValueError(f"{WHO}: actuators contain non-finite values")
     return jnp.asarray(b if b.ndim == len(spatial) + 2 else b[:, None])  # (K, 1 or C, N, …)
@@ -150,8 +158,10 @@ def exponax_step(stepper, *, actuators=None, aux_channels: int = 0) -> Callable:
         x = jnp.asarray(x)
         c = jnp.asarray(c, x.dtype)
         if x.shape[1:] != (channels + aux,) + spatial or c.shape != x.shape[:1] + want_c:
-            raise ValueError(f"exponax step: state {x.shape} and control {c.shape}; expected (B, {channels + aux}, "
-                             f"*{spatial}) and (B, *{want_c})")
+            raise ValueError(
+                f"exponax step: state {x.shape} and control {c.shape}; expected (B, {channels + aux}, "
+                f"*{spatial}) and (B, *{want_c})"
+            )
         u = x[:, :channels]
         f = jnp.broadcast_to(forcing(c, b), u.shape).astype(u.dtype)
         return jnp.concatenate([forced(u, f), x[:, channels:]], axis=1) if aux else forced(u, f)
@@ -177,7 +187,7 @@ def ic_sampler(stepper, ic, spin_up: int = 0) -> Callable:
 
     def sample_states(rng: np.random.Generator, n: int) -> np.ndarray:
         keys = jax.random.split(jax.random.PRNGKey(int(rng.integers(0, 2**31 - 1))), -(-int(n) // CHUNK) * CHUNK)
-        chunks = [np.asarray(draw(keys[i:i + CHUNK]), np.float32) for i in range(0, len(keys), CHUNK)]
+        chunks = [np.asarray(draw(keys[i : i + CHUNK]), np.float32) for i in range(0, len(keys), CHUNK)]
         shape = (int(stepper.num_channels),) + (n_points,) * int(stepper.num_spatial_dims)
         return np.concatenate(chunks)[:n] if chunks else np.zeros((0,) + shape, np.float32)
 
@@ -195,18 +205,29 @@ class PeriodicCNN(eqx.Module):
 
     layers: tuple
 
-    def __init__(self, key, num_spatial_dims: int, in_channels: int, out_channels: int,
-                 widths: Sequence[int] = (16, 16), kernel_size: int = 5, zero_last: bool = True):
+    def __init__(
+        self,
+        key,
+        num_spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        widths: Sequence[int] = (16, 16),
+        kernel_size: int = 5,
+        zero_last: bool = True,
+    ):
         if not (isinstance(kernel_size, numbers.Integral) and kernel_size >= 1 and kernel_size % 2 == 1):
             raise ValueError(f"PeriodicCNN: kernel_size={kernel_size!r}; must be an odd integer ≥ 1")
         sizes = [int(in_channels), *map(int, widths), int(out_channels)]
         keys = jax.random.split(key, len(sizes) - 1)
-        layers = [eqx.nn.Conv(num_spatial_dims, a, b, kernel_size, padding=kernel_size // 2,
-                              padding_mode="CIRCULAR", key=k) for a, b, k in zip(sizes[:-1], sizes[1:], keys)]
+        layers = [
+            eqx.nn.Conv(num_spatial_dims, a, b, kernel_size, padding=kernel_size // 2, padding_mode="CIRCULAR", key=k)
+            for a, b, k in zip(sizes[:-1], sizes[1:], keys)
+        ]
         if zero_last:  # the untrained controller outputs a zero force
             last = layers[-1]
-            layers[-1] = eqx.tree_at(lambda m: (m.weight, m.bias), last,
-                                     (jnp.zeros_like(last.weight), jnp.zeros_like(last.bias)))
+            layers[-1] = eqx.tree_at(
+                lambda m: (m.weight, m.bias), last, (jnp.zeros_like(last.weight), jnp.zeros_like(last.bias))
+            )
         self.layers = tuple(layers)
 
     def __call__(self, x):
@@ -263,13 +284,15 @@ def exponax_problem(
     if not callable(state_loss):
         raise ValueError(f"{WHO}: state_loss={state_loss!r} is not callable (one state -> scalar)")
     if (sample_states is None) == (ic is None):
-        raise ValueError(f"{WHO}: give exactly one of sample_states ((rng, n) -> states) and ic (an exponax "
-                         "random IC generator)")
+        raise ValueError(
+            f"{WHO}: give exactly one of sample_states ((rng, n) -> states) and ic (an exponax random IC generator)"
+        )
     if sample_states is not None and not callable(sample_states):
         raise ValueError(f"{WHO}: sample_states={sample_states!r} is not callable ((rng, n) -> (n, *state_shape))")
     if ic is not None and aux:
-        raise ValueError(f"{WHO}: ic draws only the PDE's {channels} channel(s); with aux_channels={aux} give "
-                         "sample_states instead")
+        raise ValueError(
+            f"{WHO}: ic draws only the PDE's {channels} channel(s); with aux_channels={aux} give sample_states instead"
+        )
     if on not in ON:
         raise ValueError(f"{WHO}: on={on!r}; allowed: {', '.join(map(repr, ON))}")
     if isinstance(control_weight, bool) or not isinstance(control_weight, numbers.Real) or not control_weight >= 0:
@@ -293,10 +316,19 @@ def exponax_problem(
     batch_loss = _common.mean_row_loss(state_loss, "state_loss", WHO)
 
     pde = type(stepper).__name__
-    record = dict(stepper=pde, domain_extent=float(stepper.domain_extent), num_points=int(stepper.num_points),
-                  dt=float(stepper.dt), horizon=horizon, control="field" if b is None else f"{b.shape[0]} actuators",
-                  aux_channels=aux, on=on, control_weight=float(control_weight), widths=list(widths),
-                  spin_up=int(spin_up))
+    record = dict(
+        stepper=pde,
+        domain_extent=float(stepper.domain_extent),
+        num_points=int(stepper.num_points),
+        dt=float(stepper.dt),
+        horizon=horizon,
+        control="field" if b is None else f"{b.shape[0]} actuators",
+        aux_channels=aux,
+        on=on,
+        control_weight=float(control_weight),
+        widths=list(widths),
+        spin_up=int(spin_up),
+    )
     return Problem(
         name=name,
         params=record | dict(params or {}),
@@ -309,9 +341,12 @@ def exponax_problem(
         control_shape=control_shape,
         defaults=dict(defaults or dict(epochs=50, lr=1e-3, batch_size=8, n_train=64, n_test=64)),
         zero_last_default=bool(zero_last),
-        description=description or (f"{pde} ({len(spatial)}-D, L = {float(stepper.domain_extent):g}, "
-                                    f"N = {stepper.num_points}, Δt = {float(stepper.dt):g}), T = {horizon} steps, "
-                                    f"{record['control']}: {'final' if on == 'final' else 'mean'} state loss"),
+        description=description
+        or (
+            f"{pde} ({len(spatial)}-D, L = {float(stepper.domain_extent):g}, "
+            f"N = {stepper.num_points}, Δt = {float(stepper.dt):g}), T = {horizon} steps, "
+            f"{record['control']}: {'final' if on == 'final' else 'mean'} state loss"
+        ),
     )
 
 

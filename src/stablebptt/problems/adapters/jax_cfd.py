@@ -48,12 +48,14 @@ and the trajectory loss a :class:`~stablebptt.losses.TrajectoryLoss` of ℓ (``o
 velocities into rows); ``seed="paper"`` is the fixed seed 42. The controller is the library's MLP
 on the flattened velocity or on ``observe(v)`` (one velocity → a 1-D feature vector).
 """
+
 from __future__ import annotations
 
 import numbers
 import sys
 import types
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -111,15 +113,21 @@ def _template(velocity):
     cfd = import_jax_cfd()
     comps = tuple(velocity) if isinstance(velocity, (tuple, list)) else None
     if not comps or not all(isinstance(u, cfd.grids.GridVariable) for u in comps):
-        raise ValueError(f"{WHO}: velocity={type(velocity).__name__}; expected a tuple of jax_cfd GridVariables "
-                         "(a GridVariableVector, e.g. from initial_conditions.filtered_velocity_field)")
+        raise ValueError(
+            f"{WHO}: velocity={type(velocity).__name__}; expected a tuple of jax_cfd GridVariables "
+            "(a GridVariableVector, e.g. from initial_conditions.filtered_velocity_field)"
+        )
     grid = comps[0].grid
     if len(comps) != grid.ndim or any(u.grid != grid for u in comps):
-        raise ValueError(f"{WHO}: velocity has {len(comps)} components on grids {[u.grid.shape for u in comps]}; "
-                         f"expected {grid.ndim} on one grid")
+        raise ValueError(
+            f"{WHO}: velocity has {len(comps)} components on grids {[u.grid.shape for u in comps]}; "
+            f"expected {grid.ndim} on one grid"
+        )
     if any(u.data.shape != grid.shape for u in comps):
-        raise ValueError(f"{WHO}: velocity components have shapes {[u.data.shape for u in comps]}; expected "
-                         f"{grid.shape} each (one sample, no batch axis)")
+        raise ValueError(
+            f"{WHO}: velocity components have shapes {[u.data.shape for u in comps]}; expected "
+            f"{grid.shape} each (one sample, no batch axis)"
+        )
     return grid, tuple(u.offset for u in comps), tuple(u.bc for u in comps)
 
 
@@ -133,12 +141,23 @@ def unpack(x: jax.Array, template):
     values x (d, *grid.shape)."""
     cfd = import_jax_cfd()
     grid, offsets, bcs = _template(template)
-    return tuple(cfd.grids.GridVariable(cfd.grids.GridArray(x[i], off, grid), bc)
-                 for i, (off, bc) in enumerate(zip(offsets, bcs)))
+    return tuple(
+        cfd.grids.GridVariable(cfd.grids.GridArray(x[i], off, grid), bc)
+        for i, (off, bc) in enumerate(zip(offsets, bcs))
+    )
 
 
-def navier_stokes_step(velocity, *, density: float, viscosity: float, dt: float, control_force: Callable,
-                       inner_steps: int = 1, forcing: Callable | None = None, **equation_kwargs) -> Callable:
+def navier_stokes_step(
+    velocity,
+    *,
+    density: float,
+    viscosity: float,
+    dt: float,
+    control_force: Callable,
+    inner_steps: int = 1,
+    forcing: Callable | None = None,
+    **equation_kwargs,
+) -> Callable:
     """``step(v, c) -> v'``: ``inner_steps`` steps of jax-cfd's ``semi_implicit_navier_stokes`` on
     ``velocity``'s grid (dt [s] each; density, kinematic ``viscosity``), forced by
     ``control_force(c, grid)`` (a tuple of d arrays of grid.shape, or one array (d, *grid.shape))
@@ -160,18 +179,22 @@ def navier_stokes_step(velocity, *, density: float, viscosity: float, dt: float,
     def step(v, c):
         force = control_force(c, grid)
         if len(force) != len(offsets) or any(jnp.shape(f) != grid.shape for f in force):
-            raise ValueError(f"{WHO}: control_force returned shapes {[jnp.shape(f) for f in force]}; expected "
-                             f"{len(offsets)} arrays of {grid.shape}")
-        controlled = tuple(cfd.grids.GridArray(jnp.asarray(f, jnp.float32), off, grid)
-                           for f, off in zip(force, offsets))
+            raise ValueError(
+                f"{WHO}: control_force returned shapes {[jnp.shape(f) for f in force]}; expected "
+                f"{len(offsets)} arrays of {grid.shape}"
+            )
+        controlled = tuple(
+            cfd.grids.GridArray(jnp.asarray(f, jnp.float32), off, grid) for f, off in zip(force, offsets)
+        )
 
         def total(v):
             if forcing is None:
                 return controlled
             return tuple(a + b for a, b in zip(controlled, forcing(v)))
 
-        equation = cfd.equations.semi_implicit_navier_stokes(density=density, viscosity=viscosity, dt=dt,
-                                                             grid=grid, forcing=total, **equation_kwargs)
+        equation = cfd.equations.semi_implicit_navier_stokes(
+            density=density, viscosity=viscosity, dt=dt, grid=grid, forcing=total, **equation_kwargs
+        )
         return cfd.funcutils.repeated(equation, inner_steps)(v)
 
     return step
@@ -253,11 +276,19 @@ def jax_cfd_problem(
 
     batch_loss = _common.mean_row_loss(lambda x_row: state_loss(unpack(x_row, velocity)), "state_loss", WHO)
     features, feature_size = _common.row_features(
-        None if observe is None else (lambda x_row: observe(unpack(x_row, velocity))), state_shape)
+        None if observe is None else (lambda x_row: observe(unpack(x_row, velocity))), state_shape
+    )
     sample_data = _common.data_sampler(sample_states, state_shape, WHO)
-    record = dict(step=_common.callable_name(step), grid=list(grid.shape),
-                  domain=[[float(a), float(b)] for a, b in grid.domain], control_shape=list(control_shape),
-                  horizon=horizon, on=on, control_weight=float(control_weight), widths=list(widths))
+    record = dict(
+        step=_common.callable_name(step),
+        grid=list(grid.shape),
+        domain=[[float(a), float(b)] for a, b in grid.domain],
+        control_shape=list(control_shape),
+        horizon=horizon,
+        on=on,
+        control_weight=float(control_weight),
+        widths=list(widths),
+    )
     return Problem(
         name=name,
         params=record | dict(params or {}),
@@ -270,8 +301,11 @@ def jax_cfd_problem(
         control_shape=control_shape,
         defaults=dict(defaults or dict(epochs=50, lr=1e-3, batch_size=8, n_train=64, n_test=64)),
         zero_last_default=bool(zero_last),
-        description=description or (f"jax-cfd {record['step']} on a {'×'.join(map(str, grid.shape))} grid, "
-                                     f"T = {horizon} steps: {'mean' if on == 'every' else 'final'} state loss"),
+        description=description
+        or (
+            f"jax-cfd {record['step']} on a {'×'.join(map(str, grid.shape))} grid, "
+            f"T = {horizon} steps: {'mean' if on == 'every' else 'final'} state loss"
+        ),
     )
 
 

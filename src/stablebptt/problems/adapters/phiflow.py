@@ -59,12 +59,14 @@ and ``observe`` once eagerly, on the templates, when the problem is built, so th
 the templates and of the PhiFlow objects the functions keep at module level hold concrete
 values before anything is traced.
 """
+
 from __future__ import annotations
 
 import functools
 import sys
 import warnings
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -80,7 +82,7 @@ ON = ("every", "final")
 _PHIML_JAX = "phiml.backend.jax._jax_backend"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def import_phiflow():
     """``phi.jax.flow``, imported with ``jax_enable_x64`` restored to its value before the import.
 
@@ -97,9 +99,12 @@ def import_phiflow():
     finally:
         jax.config.update("jax_enable_x64", x64)
     if earlier and x64:
-        warnings.warn("PhiFlow's JAX backend was imported before stablebptt's PhiFlow adapter and jax_enable_x64 is "
-                      "on (JAX computes in float64); import PhiFlow through stablebptt.problems.adapters.phiflow, or "
-                      "call jax.config.update('jax_enable_x64', False)", stacklevel=2)
+        warnings.warn(
+            "PhiFlow's JAX backend was imported before stablebptt's PhiFlow adapter and jax_enable_x64 is "
+            "on (JAX computes in float64); import PhiFlow through stablebptt.problems.adapters.phiflow, or "
+            "call jax.config.update('jax_enable_x64', False)",
+            stacklevel=2,
+        )
     return flow
 
 
@@ -140,16 +145,19 @@ class _Spec:
         math = _math()
         shape = t.shape
         if shape.batch_rank:
-            raise ValueError(f"{WHO}: the template {where} has batch dimensions {shape.batch}; give one "
-                             "sample (no batch dims)")
+            raise ValueError(
+                f"{WHO}: the template {where} has batch dimensions {shape.batch}; give one sample (no batch dims)"
+            )
         if shape.is_uniform:
             self.shape, self.stack, self.parts = shape, None, ()
             self.size = int(shape.volume)
             return
         stack = shape.non_uniform_shape
         if stack.rank != 1:
-            raise ValueError(f"{WHO}: the template {where} is stacked along {stack}; one stacking dim is "
-                             "supported (as a staggered grid's vector dim)")
+            raise ValueError(
+                f"{WHO}: the template {where} is stacked along {stack}; one stacking dim is "
+                "supported (as a staggered grid's vector dim)"
+            )
         self.shape, self.stack = None, stack
         self.parts = tuple(_Spec(p, where) for p in math.unstack(t, stack))
         self.size = sum(p.size for p in self.parts)
@@ -161,7 +169,7 @@ class _Spec:
             return math.wrap(jnp.reshape(v, self.shape.sizes), self.shape)
         parts, o = [], 0
         for p in self.parts:
-            parts.append(p.unpack(v[o:o + p.size]))
+            parts.append(p.unpack(v[o : o + p.size]))
             o += p.size
         return math.stack(parts, self.stack)
 
@@ -173,8 +181,11 @@ class _Spec:
             extra = t.shape.without(self.shape.names).without(batch.names)
             if extra.rank:
                 raise ValueError(f"{WHO}: {where} has values of shape {t.shape}; expected {self.shape}")
-            wrong = [(n, t.shape.get_size(n), self.shape.get_size(n)) for n in self.shape.names
-                     if n in t.shape and t.shape.get_size(n) != self.shape.get_size(n)]
+            wrong = [
+                (n, t.shape.get_size(n), self.shape.get_size(n))
+                for n in self.shape.names
+                if n in t.shape and t.shape.get_size(n) != self.shape.get_size(n)
+            ]
             if wrong:
                 raise ValueError(f"{WHO}: {where} has values of shape {t.shape}; expected {self.shape}")
             full = math.expand(t, batch & self.shape)
@@ -182,12 +193,15 @@ class _Spec:
             arr = full.numpy(order) if to_numpy else full.native(order)
             return [arr.reshape(arr.shape[:1] + (-1,) if batch.rank else (-1,))]
         if self.stack.name not in t.shape:
-            raise ValueError(f"{WHO}: {where} has values of shape {t.shape}; expected them stacked along "
-                             f"{self.stack} (as the template)")
+            raise ValueError(
+                f"{WHO}: {where} has values of shape {t.shape}; expected them stacked along "
+                f"{self.stack} (as the template)"
+            )
         parts = math.unstack(t, self.stack.name)
         if len(parts) != len(self.parts):
-            raise ValueError(f"{WHO}: {where} has {len(parts)} entries along {self.stack.name}; expected "
-                             f"{len(self.parts)}")
+            raise ValueError(
+                f"{WHO}: {where} has {len(parts)} entries along {self.stack.name}; expected {len(self.parts)}"
+            )
         return [a for s, p in zip(self.parts, parts) for a in s.natives(p, batch, where, to_numpy)]
 
 
@@ -206,8 +220,10 @@ class FieldLayout:
         leaves, self.treedef = jax.tree_util.tree_flatten(template, is_leaf=_is_leaf)
         bad = [type(x).__name__ for x in leaves if not _is_leaf(x)]
         if not leaves or bad:
-            raise ValueError(f"{WHO}: {what}= must be a PhiFlow Field or a phiml Tensor, or a tuple / list / "
-                             f"dict of them; got {type(template).__name__}" + (f" holding {', '.join(bad)}" if bad else ""))
+            raise ValueError(
+                f"{WHO}: {what}= must be a PhiFlow Field or a phiml Tensor, or a tuple / list / "
+                f"dict of them; got {type(template).__name__}" + (f" holding {', '.join(bad)}" if bad else "")
+            )
         self.leaves = leaves
         self.specs = [_Spec(_values(x), f"{what}[{i}]") for i, x in enumerate(leaves)]
         self.size = sum(s.size for s in self.specs)
@@ -218,7 +234,7 @@ class FieldLayout:
 
         out, o = [], 0
         for leaf, spec in zip(self.leaves, self.specs):
-            t = spec.unpack(v[o:o + spec.size])
+            t = spec.unpack(v[o : o + spec.size])
             out.append(leaf.with_values(t) if isinstance(leaf, Field) else t)
             o += spec.size
         return jax.tree_util.tree_unflatten(self.treedef, out)
@@ -226,8 +242,10 @@ class FieldLayout:
     def _leaves_of(self, obj, where: str) -> list:
         leaves, treedef = jax.tree_util.tree_flatten(obj, is_leaf=_is_leaf)
         if treedef != self.treedef or not all(_is_leaf(x) for x in leaves):
-            raise ValueError(f"{WHO}: {where} has the structure {treedef}; expected the {self.what} "
-                             f"template's {self.treedef} (PhiFlow Fields or Tensors)")
+            raise ValueError(
+                f"{WHO}: {where} has the structure {treedef}; expected the {self.what} "
+                f"template's {self.treedef} (PhiFlow Fields or Tensors)"
+            )
         return [_values(x) for x in leaves]
 
     def _label(self, where: str, i: int) -> str:
@@ -237,8 +255,11 @@ class FieldLayout:
         """The vector (N,) float32 of ONE sample's PhiFlow objects (no batch dims)."""
         where = where or f"the {self.what}"
         math = _math()
-        parts = [a for i, (s, t) in enumerate(zip(self.specs, self._leaves_of(obj, where)))
-                 for a in s.natives(t, math.EMPTY_SHAPE, self._label(where, i), to_numpy=False)]
+        parts = [
+            a
+            for i, (s, t) in enumerate(zip(self.specs, self._leaves_of(obj, where)))
+            for a in s.natives(t, math.EMPTY_SHAPE, self._label(where, i), to_numpy=False)
+        ]
         return jnp.concatenate([jnp.ravel(jnp.asarray(a, jnp.float32)) for a in parts])
 
     def pack_batch(self, obj, where: str | None = None) -> np.ndarray:
@@ -249,10 +270,15 @@ class FieldLayout:
         values = self._leaves_of(obj, where)
         batch = math.merge_shapes(*[t.shape.batch for t in values])
         if batch.rank == 0:
-            raise ValueError(f"{WHO}: {where} have no batch dimension; give n samples along a batch dim "
-                             "(e.g. math.batch(b=n)) or an array (n, N)")
-        parts = [a for i, (s, t) in enumerate(zip(self.specs, values))
-                 for a in s.natives(t, batch, self._label(where, i), to_numpy=True)]
+            raise ValueError(
+                f"{WHO}: {where} have no batch dimension; give n samples along a batch dim "
+                "(e.g. math.batch(b=n)) or an array (n, N)"
+            )
+        parts = [
+            a
+            for i, (s, t) in enumerate(zip(self.specs, values))
+            for a in s.natives(t, batch, self._label(where, i), to_numpy=True)
+        ]
         return np.concatenate([np.asarray(a, np.float32) for a in parts], axis=1)
 
 
@@ -263,8 +289,10 @@ def _scalar(v, label: str):
 
     if isinstance(v, Tensor):
         if v.shape.rank:
-            raise ValueError(f"{WHO}: {label} returned a tensor of shape {v.shape} for one state; expected a scalar "
-                             "(reduce it, e.g. math.l2_loss or math.mean)")
+            raise ValueError(
+                f"{WHO}: {label} returned a tensor of shape {v.shape} for one state; expected a scalar "
+                "(reduce it, e.g. math.l2_loss or math.mean)"
+            )
         v = v.native()
     return jnp.asarray(v)
 
@@ -365,8 +393,11 @@ def phiflow_problem(
     state_shape, control_shape = (layout.size,), (c_layout.size,)
 
     row_loss = _in_float32(lambda x_row: _scalar(state_loss(layout.unpack(x_row)), "state_loss"))
-    row_observe = None if observe is None else _in_float32(
-        lambda x_row: jnp.ravel(_scalar_or_vector(observe(layout.unpack(x_row)))))
+    row_observe = (
+        None
+        if observe is None
+        else _in_float32(lambda x_row: jnp.ravel(_scalar_or_vector(observe(layout.unpack(x_row)))))
+    )
 
     # warm PhiFlow's lazy caches with concrete values before anything is traced (module docstring)
     x_t = layout.pack(state, "the state template")
@@ -379,8 +410,15 @@ def phiflow_problem(
     batch_loss = _common.mean_row_loss(row_loss, "state_loss", WHO)
     features, feature_size = _common.row_features(row_observe, state_shape)
     sample_data = _common.data_sampler(_sampler(sample_states, layout), state_shape, WHO)
-    record = dict(step=_common.callable_name(step), state_size=layout.size, control_size=c_layout.size,
-                  horizon=horizon, on=on, control_weight=float(control_weight), widths=list(widths))
+    record = dict(
+        step=_common.callable_name(step),
+        state_size=layout.size,
+        control_size=c_layout.size,
+        horizon=horizon,
+        on=on,
+        control_weight=float(control_weight),
+        widths=list(widths),
+    )
     return Problem(
         name=name,
         params=record | dict(params or {}),
@@ -393,9 +431,12 @@ def phiflow_problem(
         control_shape=control_shape,
         defaults=dict(defaults or dict(epochs=50, lr=1e-3, batch_size=8, n_train=64, n_test=64)),
         zero_last_default=bool(zero_last),
-        description=description or (f"PhiFlow {record['step']} ({layout.size} state values, "
-                                     f"{c_layout.size} control values), T = {horizon} steps: "
-                                     f"{'final' if on == 'final' else 'mean'} state loss"),
+        description=description
+        or (
+            f"PhiFlow {record['step']} ({layout.size} state values, "
+            f"{c_layout.size} control values), T = {horizon} steps: "
+            f"{'final' if on == 'final' else 'mean'} state loss"
+        ),
     )
 
 
