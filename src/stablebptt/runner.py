@@ -295,8 +295,10 @@ def train(
             )
             per_update = timings[0] / max(len(runs) * (config.n_train // config.batch_size), 1) if timings else 0.0
             left = (config.epochs - first) * (config.n_train // config.batch_size) * len(runs) / n_runs
-            # (every run diverged in its first epoch: nothing left to run, the first candidate stays)
-            strategy, choice = trainer.settle(per_update, compile_s_of["updates"], left if timings else 0)
+            if timings:
+                strategy, choice = trainer.settle(per_update, compile_s_of["updates"], left)
+            else:  # every run diverged before an epoch was timed: the first candidate stays, nothing is cached
+                strategy, choice = trainer.backward, trainer.backward_choice | {"pending": False}
             if strategy != trainer.backward:
                 t_switch = time.perf_counter()
                 choice = choice | {"first_epoch": repr(trainer.backward)}
