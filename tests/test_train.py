@@ -650,3 +650,62 @@ def test_auto_chooses_once_its_first_strategy_has_run_an_epoch(tmp_path, monkeyp
         choose.forget()  # a rerun: decided from the cache before anything runs
         again = train(prob, cfg, 0)[0].ran["backward_choice"]
         assert again["cached"] and again["chosen"] == rec["chosen"] and not again.get("pending")
+
+
+def test_a_run_that_switches_strategy_after_epoch_1_continues_exactly(tmp_path, monkeypatch):
+    """The switch itself, made certain by timings the test dictates (``choose.measure`` returns
+    them; nothing is timed): the prior runs epoch 1, another candidate is chosen and runs
+    from epoch 2 on. Epoch 1 equals a run that keeps the prior throughout bit for bit, every
+    later epoch equals it up to float32 round-off (the strategies compute the same update in
+    another order), the manifest names both, and a resumed run continues with the strategy
+    chosen (it neither measures nor returns to the prior)."""
+    from stablebptt.core import choose
+    from stablebptt.runner import Checkpoint
+
+    prob = problems.get("cartpole")
+    cfg = RunConfig(problem="cartpole", mode="C", epochs=3, n_train=16, n_test=8, batch_size=8)
+    model = eqx.filter_eval_shape(prob.make_controller, jax.random.PRNGKey(0))
+    prior = sb.candidates(
+        model,
+        jnp.zeros((8, *prob.state_shape)),
+        step=prob.step,
+        loss=prob.loss,
+        horizon=prob.horizon,
+        gates=cfg.flow().gates(prob.horizon).fields,
+    )[0]
+    timed = []
+
+    def dictated(candidates, program, args, compiled=None):  # the prior slowest, then by name
+        timed.extend(map(repr, candidates))
+        return [
+            10.0 if repr(c) == repr(prior) else 1.0 + sorted(map(repr, candidates)).index(repr(c)) for c in candidates
+        ]
+
+    monkeypatch.setenv("STABLEBPTT_BACKWARD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(choose, "WORTH", 1e9)
+    monkeypatch.setattr(choose, "measure", dictated)
+    choose.forget()
+    ckpt = Checkpoint(path=tmp_path / "state.npz", every_s=0.0)
+    switched = train(prob, cfg, 0, checkpoint=ckpt)[0]
+    rec = switched.ran["backward_choice"]
+    assert rec["first_epoch"] == repr(prior) and rec["chosen"] != repr(prior) and rec["switch_s"] > 0
+    assert switched.ran["backward"] == rec["chosen"] == min(rec["candidates"], key=rec["candidates"].get)
+    assert repr(prior) in timed and len(rec["candidates"]) > 2
+
+    monkeypatch.setenv("STABLEBPTT_BACKWARD_CACHE", str(tmp_path / "cache-kept"))
+    monkeypatch.setattr(choose, "WORTH", 0.0)  # never worth measuring: the prior throughout
+    choose.forget()
+    kept = train(prob, cfg, 0)[0]
+    assert kept.ran["backward"] == repr(prior) and "skipped" in kept.ran["backward_choice"]
+    e1 = kept.history["epoch"].index(1)
+    assert switched.history["epoch"] == kept.history["epoch"]
+    assert switched.history["train_loss"][: e1 + 1] == kept.history["train_loss"][: e1 + 1]
+    np.testing.assert_allclose(switched.history["train_loss"], kept.history["train_loss"], rtol=1e-4)
+    np.testing.assert_allclose(switched.history["test_loss"], kept.history["test_loss"], rtol=1e-4)
+
+    n_timed = len(timed)
+    choose.forget()
+    resumed = train(prob, cfg, 0, checkpoint=ckpt)[0]
+    assert 2 <= resumed.ran["resumed_from_epoch"] < cfg.epochs  # the last epoch runs again
+    assert resumed.ran["backward"] == rec["chosen"] and len(timed) == n_timed
+    assert resumed.history["train_loss"] == switched.history["train_loss"]

@@ -224,8 +224,7 @@ def train(
     probe = _probe(runs[0].train, config.batch_size)
     compile_s_of = {}
 
-    def updates_args(trainer):  # the abstract arguments of the epoch program
-        settings = trainer.settings(runs[0].config.flow(), runs[0].config.optimizer_setting())
+    def updates_args(trainer, settings):  # the abstract arguments of the epoch program
         state = jax.eval_shape(trainer.init, trainer.params_shape, settings)
         return _abstract(state, lead), _abstract(runs[0].train, lead), _abstract(key, lead)
 
@@ -246,7 +245,7 @@ def train(
         )
         settings = trainer.settings(runs[0].config.flow(), runs[0].config.optimizer_setting())
         t_lower = time.perf_counter()
-        lowered = jax.jit(v(trainer.updates), donate_argnums=0).lower(*updates_args(trainer))
+        lowered = jax.jit(v(trainer.updates), donate_argnums=0).lower(*updates_args(trainer, settings))
         compile_s_of["updates"] = time.perf_counter() - t_lower
         futures["updates"] = main.submit(timed_compile, lowered)
         verified = side.submit(verify_controller, trainer, problem, config.batch_size)  # before any run starts
@@ -307,7 +306,7 @@ def train(
                 )
                 with jax.default_matmul_precision("highest"):
                     programs["updates"] = (
-                        jax.jit(v(trainer.updates), donate_argnums=0).lower(*updates_args(trainer)).compile()
+                        jax.jit(v(trainer.updates), donate_argnums=0).lower(*updates_args(trainer, settings)).compile()
                     )
                 choice["switch_s"] = round(time.perf_counter() - t_switch, 3)
             trainer = trainer._replace(backward_choice=choice, settle=None)

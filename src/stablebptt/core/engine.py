@@ -104,17 +104,9 @@ def choose_backward(
     model,
     x0,
     *,
-    step,
-    loss: TrajectoryLoss,
-    horizon: int,
-    flow: Flow,
-    gates: Gates,
-    checkpoint_every: int | str | None = "auto",
-    memory_budget: int | None = None,
-    verify_rows: bool = True,
-    probe=None,
     updates: int | None = None,
     timed: tuple[float, float] | None = None,
+    **options,
 ) -> tuple[Strategy, dict]:
     """The strategy for ``backward`` and the record of how it was chosen.
 
@@ -127,6 +119,9 @@ def choose_backward(
     :func:`~stablebptt.core.backward.neighbours`; the decision is cached per signature).
 
     Args:
+      options: the keyword arguments of :func:`prepare_backward` (``step``, ``loss``, ``horizon``,
+        ``flow``, ``gates`` required; ``checkpoint_every``, ``memory_budget``, ``verify_rows``,
+        ``probe``), described here.
       flow / gates: the flow and its concrete :class:`Gates` (``fields`` (…, F, T, 2); leading
         axes: runs sharing the program; the first run's gates are timed). With an AND-mask the
         candidates are planned on batches of one and timed as :func:`flow_update` runs them
@@ -148,20 +143,7 @@ def choose_backward(
       ``(strategy, record)``: record ``{"chosen", "candidates": {name: s per call or None},
       "measure_s", "cached"}``.
     """
-    return prepare_backward(
-        backward,
-        model,
-        x0,
-        step=step,
-        loss=loss,
-        horizon=horizon,
-        flow=flow,
-        gates=gates,
-        checkpoint_every=checkpoint_every,
-        memory_budget=memory_budget,
-        verify_rows=verify_rows,
-        probe=probe,
-    )(updates, timed)
+    return prepare_backward(backward, model, x0, **options)(updates, timed)
 
 
 def prepare_backward(
