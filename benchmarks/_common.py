@@ -220,8 +220,8 @@ def default_strategy(model, x0, *, step, loss, horizon: int, flow, checkpoint_ev
 # ----------------------------------------------------------------------------- trainer
 @dataclasses.dataclass
 class TrainerPrograms:
-    """The compiled programs of :func:`stablebptt.runner.make_trainer` for a set of runs, with
-    their state, called without :func:`stablebptt.runner.train`'s host loop.
+    """The compiled programs of :func:`stablebptt.training.runner.make_trainer` for a set of runs, with
+    their state, called without :func:`stablebptt.training.runner.train`'s host loop.
 
     updates(): one epoch's minibatch updates of every run (one scanned program per call;
         ``batching="vmap"``: one call for all runs, ``"loop"``: the one-run program called run
@@ -257,7 +257,7 @@ def trainer_programs(
     backward=None,
 ) -> TrainerPrograms:
     """:class:`TrainerPrograms` for the runs ``(config, seed)`` — or, with ``lane_configs``
-    (one config per seed, differing only in ``stablebptt.runner.LANE_FIELDS``), the lanes of
+    (one config per seed, differing only in ``stablebptt.training.runner.LANE_FIELDS``), the lanes of
     one vmapped program.
 
     ``batching``: ``"vmap"`` (the runs' states stacked, one vmapped program; a single run is
@@ -270,8 +270,8 @@ def trainer_programs(
     import jax
     import jax.numpy as jnp
 
-    from stablebptt.runner import check_lanes, make_trainer
-    from stablebptt.train import make_data
+    from stablebptt.training.runner import check_lanes, make_trainer
+    from stablebptt.training.trainer import make_data
 
     seeds = [int(s) for s in seeds]
     K = len(seeds)

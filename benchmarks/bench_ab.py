@@ -64,10 +64,10 @@ if kind == "update":
     out["ms"] = {m: 1e3 * v for m, v in best.items()}
 else:
     try:
-        from stablebptt.runner import train
+        from stablebptt.training.runner import train
         kw = {"overlap_eval": devices > 1}  # the new tree: an explicit option
     except ImportError:
-        from stablebptt.train import train
+        from stablebptt.training.trainer import train
         kw = {}  # the old tree: overlapped whenever two CPU devices exist
     (mode,) = modes
     cfg = sb.RunConfig(problem=prob.name, problem_params=params, mode=mode, epochs=epochs)

@@ -35,7 +35,7 @@ Per (problem, mode) cell, for each strategy:
    (``_common.compile_update``; loss and update, no optimizer step), min over ``--repeats``
    rounds of the mean over ``--reps`` calls, strategies interleaved (``_common.interleaved_min``).
    Compile time: lowering and compiling that program.
-3. **Per epoch**: the trainer's epoch program (``stablebptt.train.make_train``'s ``updates``:
+3. **Per epoch**: the trainer's epoch program (``stablebptt.training.trainer.make_train``'s ``updates``:
    the epoch's minibatch updates with the optimizer, one scanned program) as
    ``bench_epoch.py`` times it (``_common.trainer_programs``, one seed, evaluation not
    included), n_train / batch_size updates (the problem's n_train; ``--quick``: 2 updates).
@@ -66,9 +66,9 @@ import jax.numpy as jnp
 import numpy as np
 import user_problems
 
-from stablebptt.config import RunConfig
 from stablebptt.core import Flow, ReverseSweep, hooks
 from stablebptt.core import candidates as engine_candidates
+from stablebptt.training.config import RunConfig
 
 MODES = ("R", "M", "C")
 #: relative error ‖u − u_autodiff‖ / ‖u_autodiff‖ up to which a strategy's update is correct

@@ -8,7 +8,7 @@ cache cold (first process ever) and warm (a second process start), per problem.
 Each measurement is a fresh Python process that imports the library, sets JAX up the way
 ``stablebptt train`` does (``stablebptt.cli.setup_jax``: the persistent cache, here in a fresh
 temporary folder per problem and setting, and the CPU devices) and runs
-``stablebptt.runner.train(problem, RunConfig(mode, epochs=2), 0, overlap_eval=devices > 1)``.
+``stablebptt.training.runner.train(problem, RunConfig(mode, epochs=2), 0, overlap_eval=devices > 1)``.
 Reported per process, in seconds: import time, time from calling ``train`` to the end of
 epoch 1 (``first_epoch_s``: data, controller, tracing, compilation or cache load, the
 untrained controller's evaluation, epoch 1), the part ``train`` reports as ``compile_s``, the
@@ -44,8 +44,8 @@ from stablebptt.cli import setup_jax
 setup_jax(cache=True, cpu_devices={devices})  # the cache folder: $STABLEBPTT_CACHE_DIR
 jax.config.update("jax_persistent_cache_min_compile_time_secs", {min_s})
 from stablebptt import problems
-from stablebptt.config import RunConfig
-from stablebptt.runner import train
+from stablebptt.training.config import RunConfig
+from stablebptt.training.runner import train
 t_import = time.perf_counter() - t0
 marks = []
 t1 = time.perf_counter()

@@ -6,7 +6,7 @@ costs it (the sweep's 2 workers on this 2-core machine).
     python benchmarks/bench_cores.py --problems cartpole --seconds 1 --no-pinned   # dry run, ~1 min
 
 For each problem and mode, fresh worker processes (this script with ``--worker``) build the
-paper-setting epoch of ``bench_epoch.setup`` (the programs of ``stablebptt.train.make_train``:
+paper-setting epoch of ``bench_epoch.setup`` (the programs of ``stablebptt.training.trainer.make_train``:
 32 updates of batch 8, then the evaluation of 2 × 256 states, one seed), wait until all are
 ready, then time steady epochs for ``--seconds`` (medians, milliseconds):
 

@@ -10,12 +10,12 @@ An epoch = 32 minibatch updates of batch 8 + the loss of 256 train and 256 test 
 (forward rollouts), one seed, one process (XLA keeps 1.2-1.8 cores busy, see bench_cores.py).
 Reported in seconds per epoch:
 
-* the programs of :func:`stablebptt.train.make_train` timed directly (``_common.
+* the programs of :func:`stablebptt.training.trainer.make_train` timed directly (``_common.
   trainer_programs``): ``updates`` (the 32 updates, one scanned program) and ``evaluate``,
   interleaved over the modes of a problem; ``epoch_s`` = one call of each in turn
   (sequential: the evaluation after the updates, on the same core), ``eval_share`` its
   evaluation's part, ``update_ms`` per update;
-* steady epochs of real :func:`stablebptt.runner.train` calls (median of the epochs' wall
+* steady epochs of real :func:`stablebptt.training.runner.train` calls (median of the epochs' wall
   times without the first and the last, best of ``--train-rounds``), alternating
   ``overlap_eval=False`` (sequential) and ``overlap_eval=True`` (the evaluation of epoch e on
   the second CPU device while epoch e+1 trains; what ``stablebptt train`` runs for one seed
@@ -36,8 +36,8 @@ jax.config.update("jax_num_cpu_devices", 2)  # before the backend starts: for th
 import numpy as np  # noqa: E402
 
 from stablebptt import problems  # noqa: E402
-from stablebptt.config import RunConfig  # noqa: E402
-from stablebptt.runner import train  # noqa: E402
+from stablebptt.training.config import RunConfig  # noqa: E402
+from stablebptt.training.runner import train  # noqa: E402
 
 
 def setup(name: str, mode: str):

@@ -34,7 +34,7 @@ import _common
 import jax
 
 from stablebptt import problems
-from stablebptt.config import RunConfig
+from stablebptt.training.config import RunConfig
 
 
 def _programs(prob, config, seeds, lane_configs=None, batching: str = "vmap"):

@@ -35,9 +35,9 @@ import _common  # sets XLA_FLAGS before jax is imported
 import jax
 import jax.numpy as jnp
 
-from stablebptt.controllers import MLP
 from stablebptt.core import Autodiff
-from stablebptt.losses import TrajectoryLoss
+from stablebptt.core.losses import TrajectoryLoss
+from stablebptt.problems.controllers import MLP
 
 #: the variants in the order of the printed line and the results table
 VARIANTS = ("R", "M", "S", "C naive", "C", "R autodiff", "R per-step", "C per-step")

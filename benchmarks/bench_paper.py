@@ -125,9 +125,9 @@ def gpu_measured(gpu_epoch_rows: list[dict]) -> dict:
 
 
 def figure_spec(quick: bool = True, *, poles=None, modes=None, clips=None, seeds=None, epochs=None):
-    """The cart-pole figure's sweep spec (``stablebptt.sweep`` preset, quick or full), with
+    """The cart-pole figure's sweep spec (``stablebptt.experiments.sweep`` preset, quick or full), with
     the pole counts, modes, clippings, seed count or epochs replaced where given."""
-    from stablebptt import sweep
+    from stablebptt.experiments import sweep
 
     raw = sweep.load_spec("cartpole", quick=quick).model_dump(mode="json")
     ex = raw["experiment"][0]
@@ -154,7 +154,7 @@ def quick_cartpole(
     sweep report with ``wall_s`` (seconds), ``workers``, ``device`` and ``spec``."""
     import contextlib
 
-    from stablebptt import sweep
+    from stablebptt.experiments import sweep
 
     spec = figure_spec(quick, **trim)
     jobs = sweep.expand(spec)

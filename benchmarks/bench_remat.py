@@ -23,7 +23,7 @@ per-step bytes, the figure ``checkpoint_every="auto"`` compares with the memory 
 
 The training run (``--train-steps``; 0 skips it): one epoch of mode C (32 updates + the
 evaluation of 2 × 256 states) with ``checkpoint_every`` = "auto", √T and None
-(``--train-modes``), each in a fresh process via :func:`stablebptt.runner.train`; its peak
+(``--train-modes``), each in a fresh process via :func:`stablebptt.training.runner.train`; its peak
 resident memory (``ru_maxrss``, bytes) includes the Python interpreter and JAX itself.
 """
 
@@ -107,8 +107,8 @@ import json, resource, sys, time
 sys.path.insert(0, {bench!r})
 import _common
 from stablebptt import problems
-from stablebptt.config import RunConfig
-from stablebptt.runner import train
+from stablebptt.training.config import RunConfig
+from stablebptt.training.runner import train
 steps, ce, mode, epochs = {steps}, {ce!r}, {mode!r}, {epochs}
 prob = problems.get("cartpole", steps=steps)
 cfg = RunConfig(problem="cartpole", problem_params=dict(steps=steps), mode=mode, epochs=epochs, checkpoint_every=ce)

@@ -4,10 +4,10 @@
                                      [--ks 1,8,64] [--strategies loop,vmap] [--rounds 4] [--json out.json]
     python benchmarks/bench_seeds.py --problems cartpole --modes C --ks 1,2 --rounds 1   # dry run, ~1 min
 
-The two ways :func:`stablebptt.runner.train` runs the seeds of one config (its ``batching=``
+The two ways :func:`stablebptt.training.runner.train` runs the seeds of one config (its ``batching=``
 option): ``"vmap"``, one vmapped program for all K seeds (what ``batching="auto"`` picks on an
 accelerator), and ``"loop"``, the one-seed program called seed after seed (``"auto"`` on a
-CPU). The programs are those of :func:`stablebptt.train.make_train` (``_common.
+CPU). The programs are those of :func:`stablebptt.training.trainer.make_train` (``_common.
 trainer_programs``), paper settings, ``data="seeded"``, batch 8 per seed. For each K:
 
 * ``update_s``: seconds per minibatch update of all K seeds (one call = an epoch's 32 updates,
@@ -27,7 +27,7 @@ import argparse
 import _common
 
 from stablebptt import problems
-from stablebptt.config import RunConfig
+from stablebptt.training.config import RunConfig
 
 #: at most this many different seeds' parameters and data, repeated up to K
 DISTINCT = 64

@@ -1,11 +1,11 @@
 """The paper's figures at full scale on one accelerator: every lane group of a figure (the runs
-that differ only in mode, clipping and seed, see ``stablebptt.train.LANE_FIELDS``) as one
+that differ only in mode, clipping and seed, see ``stablebptt.training.trainer.LANE_FIELDS``) as one
 vmapped program, each group in its own process, all groups of all figures at once.
 
     python benchmarks/gpu_paper.py --out /tmp/paper --figure cartpole --figure guidance \
         --figure quantum:target=5:seeds=3 --deadline 480
 
-A figure is a preset of ``stablebptt.sweep`` (cartpole, guidance, quantum), optionally with
+A figure is a preset of ``stablebptt.experiments.sweep`` (cartpole, guidance, quantum), optionally with
 one level value and a seed count (``quantum:target=5:seeds=3``). Run folders are written to
 ``OUT/<figure>/`` under the same names a ``stablebptt sweep`` of the preset would use, so the
 sweep (or ``stablebptt results``) resumes from or reads them. A group writes its runs when
@@ -28,7 +28,7 @@ from pathlib import Path
 
 def _figure_spec(text: str, quick: bool = False) -> tuple[str, dict]:
     """``"quantum:target=5:seeds=3"`` -> (name, spec dict of the preset with that level and seeds)."""
-    from stablebptt import sweep
+    from stablebptt.experiments import sweep
 
     name, *opts = text.split(":")
     spec = sweep.load_spec(name, quick=quick).model_dump(mode="json")
@@ -43,8 +43,8 @@ def _figure_spec(text: str, quick: bool = False) -> tuple[str, dict]:
 
 def _group(label: str, lane_dicts: list[dict], seeds: list[int], root: str, log_every: int, queue) -> None:
     """One lane group in its own process: train, write the run folders, report."""
-    from stablebptt.config import RunConfig
-    from stablebptt.run import run_lanes
+    from stablebptt.experiments.run import run_lanes
+    from stablebptt.training.config import RunConfig
 
     t0 = time.perf_counter()
     last = {"e": 0, "t": t0}
@@ -77,9 +77,9 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="the presets' quick variants (a dry run)")
     a = ap.parse_args(argv)
 
-    from stablebptt import sweep
-    from stablebptt.config import run_id
-    from stablebptt.run import clean_stale_temps, is_done
+    from stablebptt.experiments import sweep
+    from stablebptt.experiments.run import clean_stale_temps, is_done
+    from stablebptt.training.config import run_id
 
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()

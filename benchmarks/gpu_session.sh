@@ -96,7 +96,7 @@ else
   cp "$FIG/SUMMARY.md" "$OUT/" 2>/dev/null
   ls "$FIG"/figures/*.png 2>/dev/null | head -1 | xargs -r -I{} cp {} "$OUT/figure.png"
   $PY -c "
-from stablebptt import claims
+from stablebptt.analysis import claims
 for c in claims.cartpole_claims('$FIG'): print(c.row())
 " 2>&1 | tee -a "$OUT/figure.txt"
   ( cd "$FIG" && tar --exclude='weights.npz' -czf "$OUT/runs.tar.gz" . ) 2>/dev/null

@@ -333,7 +333,7 @@ def render(data: dict, command: str, note: str | None = None) -> str:
         if quick:
             s = quick["spec"]
             L += [
-                f'Measured: the cart-pole figure\'s quick preset{trimmed(s)} (`stablebptt.sweep.load_spec("cartpole", quick=True)`: '
+                f'Measured: the cart-pole figure\'s quick preset{trimmed(s)} (`stablebptt.experiments.sweep.load_spec("cartpole", quick=True)`: '
                 f"{s['configs']} configurations × {s['seeds']} seeds, {s['epochs']} epochs, {s['n_train']} train / "
                 f"{s['n_test']} test states) on this CPU with 2 worker processes, seeds of a configuration together: "
                 f"**{quick['wall_s']:.0f} s** wall ({quick['computed']} runs computed, {quick['diverged']} diverged, "

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from stablebptt import problems
-from stablebptt.losses import TrajectoryLoss
+from stablebptt.core.losses import TrajectoryLoss
 from stablebptt.problems import Problem
 
 #: what ``seed="paper"`` stands for (these problems have no published data set)

@@ -3,7 +3,7 @@
     python docs/make_beyond.py FOLDER [FOLDER …] [--out docs/beyond-the-paper.md]
 
 Each FOLDER holds a ``comparison.json`` and the run records it names; the numbers are recomputed
-from those records (:func:`stablebptt.comparison.load`), nothing is typed by hand. Folders of the
+from those records (:func:`stablebptt.analysis.comparison.load`), nothing is typed by hand. Folders of the
 same problem form one *ladder*, its rungs in the order given (give them easy to hard). The page
 has: a table of every rung (best variant, every paired ratio against the reference with its
 interval and verdict, the gradient-explosion measure of ``stablebptt compare --diagnose`` where
@@ -115,7 +115,7 @@ def findings(comps, fmt_ratio) -> list[str]:
 
 
 def page(comps, out_path: Path) -> str:
-    from stablebptt.comparison import final_text, fmt_ratio
+    from stablebptt.analysis.comparison import final_text, fmt_ratio
 
     windows = sorted({c.window for c in comps})
     lines = [
@@ -182,7 +182,7 @@ def main(argv=None) -> int:
     ap.add_argument("folders", nargs="+", type=Path, help="comparison folders, each ladder's rungs easy to hard")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "beyond-the-paper.md")
     args = ap.parse_args(argv)
-    from stablebptt import comparison
+    from stablebptt.analysis import comparison
 
     try:
         comps = [comparison.load(f) for f in args.folders]

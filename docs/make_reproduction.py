@@ -5,7 +5,7 @@
 
 Every number and figure of the page is computed from the run records under ``--records``
 (``results/paper/<figure>/<run>/``: config.json, result.json, manifest.json, metrics.csv.gz)
-through :mod:`stablebptt.claims` and :mod:`stablebptt.plots`, except the two toy figures,
+through :mod:`stablebptt.analysis.claims` and :mod:`stablebptt.analysis.plots`, except the two toy figures,
 which are recomputed (deterministic, half a minute). ``docs/reproduction_notes.md`` (the
 interpretation, written by hand) is appended; its first line records the record counts it
 was written for, and the page warns when the records have changed since.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from stablebptt import claims, plots, results
+from stablebptt.analysis import claims, plots, results
 
 DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent

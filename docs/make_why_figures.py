@@ -23,8 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure
 
-from stablebptt import flow, optim, problems
-from stablebptt.diagnose import diagnose_problem, load_problem_and_controller
+from stablebptt import flow, problems
+from stablebptt.analysis.diagnose import diagnose_problem, load_problem_and_controller
+from stablebptt.training import optim
 
 IMG = Path(__file__).resolve().parent / "img"
 NUMBERS: dict = {}
@@ -194,8 +195,8 @@ def diagnose_toys():
 
 
 def diagnose_paper(runs_dir: Path, quick_train: bool):
-    from stablebptt.config import RunConfig
-    from stablebptt.run import run
+    from stablebptt.experiments.run import run
+    from stablebptt.training.config import RunConfig
 
     avail = []
     for name in ("cartpole", "guidance", "quantum"):

@@ -103,8 +103,8 @@ if __name__ == "__main__":
     import time
 
     from stablebptt import problems
-    from stablebptt.config import RunConfig
-    from stablebptt.runner import train
+    from stablebptt.training.config import RunConfig
+    from stablebptt.training.runner import train
 
     problem = make(size=16, horizon=8, inner_steps=1, convection="linear")
     problems.register(problem.name, lambda: problem, params={})

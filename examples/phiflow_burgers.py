@@ -68,8 +68,8 @@ if __name__ == "__main__":
     import time
 
     from stablebptt import problems
-    from stablebptt.config import RunConfig
-    from stablebptt.runner import train
+    from stablebptt.training.config import RunConfig
+    from stablebptt.training.runner import train
 
     problem = make(cells=64, horizon=16)
     problems.register(problem.name, lambda: problem, params={})

@@ -16,8 +16,8 @@ import pytest
 
 import stablebptt
 from stablebptt import problems
-from stablebptt.config import RunConfig
-from stablebptt.runner import train
+from stablebptt.training.config import RunConfig
+from stablebptt.training.runner import train
 
 EPS32 = float(np.finfo(np.float32).eps)
 

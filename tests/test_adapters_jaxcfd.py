@@ -79,7 +79,7 @@ def test_aliases_reach_jax_cfd_only():
     cfd = adapter.import_jax_cfd()
     import jax_cfd.base.grids as grids
 
-    from stablebptt import losses
+    from stablebptt.core import losses
 
     assert grids.jax is not jax and not hasattr(jax, "tree_map") and losses.jax is jax
     for name in adapter.TREE_ALIASES:

@@ -9,10 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 from stablebptt import problems
-from stablebptt.animate import animate, default_stride, frame_indices, render_frames, write_frames
-from stablebptt.cli import app
-from stablebptt.config import RunConfig
-from stablebptt.run import run
+from stablebptt.analysis.animate import animate, default_stride, frame_indices, render_frames, write_frames
+from stablebptt.cli.app import app
+from stablebptt.experiments.run import run
+from stablebptt.training.config import RunConfig
 
 
 def _frames(path):
@@ -86,7 +86,7 @@ def test_mp4(tmp_path):
 def _guidance_rollout(steps=12, states=3, far_driver=None):
     """A short guidance rollout of a random controller; ``far_driver`` = (rollout, driver, distance)
     moves one driver that far from the origin in every state (to leave the view)."""
-    from stablebptt.animate import rollout
+    from stablebptt.analysis.animate import rollout
 
     p = problems.get("guidance", steps=steps)
     model = p.make_controller(jax.random.PRNGKey(1), zero_last=False)
@@ -100,7 +100,7 @@ def _guidance_rollout(steps=12, states=3, far_driver=None):
 
 
 def test_guidance_frames_the_evaders_and_the_target():
-    from stablebptt.animate import GUIDANCE_TRAIL, build_scene, guidance_view
+    from stablebptt.analysis.animate import GUIDANCE_TRAIL, build_scene, guidance_view
 
     p, xs, cs = _guidance_rollout(far_driver=(1, 0, 40.0))
     n_d = p.control_shape[0]
@@ -138,7 +138,7 @@ def test_guidance_frames_the_evaders_and_the_target():
 
 
 def test_quantum_has_a_colour_bar_and_the_growing_overlap():
-    from stablebptt.animate import build_scene, rollout
+    from stablebptt.analysis.animate import build_scene, rollout
     from stablebptt.problems.quantum import eigenstate
 
     p = problems.get("quantum", steps=6, target=4)
@@ -189,7 +189,7 @@ def _legend_labels(scene):
 
 
 def test_a_16_entry_state_draws_all_16():
-    from stablebptt.animate import build_scene
+    from stablebptt.analysis.animate import build_scene
 
     problem, xs, cs = _series(16)
     scene = build_scene(problem, xs, cs)
@@ -211,7 +211,7 @@ def matplotlib_rgba(c):
 
 
 def test_a_long_state_says_which_entries_are_drawn_and_how_to_choose(tmp_path):
-    from stablebptt.animate import SERIES_MAX_COMPONENTS, build_scene, parse_components
+    from stablebptt.analysis.animate import SERIES_MAX_COMPONENTS, build_scene, parse_components
 
     n = SERIES_MAX_COMPONENTS + 6
     problem, xs, cs = _series(n, S=1)  # one rollout: the narrowest picture
@@ -247,7 +247,7 @@ CHAIN = """
 import jax.numpy as jnp
 import numpy as np
 from stablebptt import TrajectoryLoss
-from stablebptt.controllers import MLP
+from stablebptt.problems.controllers import MLP
 from stablebptt.problems import Problem
 
 def make(n=15, steps=3):
@@ -266,7 +266,7 @@ def make(n=15, steps=3):
 
 
 def test_cli_animate_of_an_own_problem_says_what_it_draws(tmp_path, monkeypatch):
-    from stablebptt.animate import SERIES_MAX_COMPONENTS
+    from stablebptt.analysis.animate import SERIES_MAX_COMPONENTS
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "chain.py").write_text(CHAIN)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from stablebptt.cli import app
+from stablebptt.cli.app import app
 
 runner = CliRunner()
 
@@ -26,7 +26,7 @@ GOOD = textwrap.dedent("""\
     import jax.numpy as jnp
     import numpy as np
     from stablebptt import TrajectoryLoss
-    from stablebptt.controllers import MLP
+    from stablebptt.problems.controllers import MLP
     from stablebptt.problems import Problem
 
     PARAMS = {"dt": (0.1, "time step"), "steps": (4, "horizon"), "nx": (16, "an int parameter")}
@@ -397,7 +397,7 @@ def test_the_table_is_large_and_its_rows_distinct():
 def test_the_good_problem_passes_the_checks(workdir):
     """The rows differ from a problem that passes every check (so each row fails for its break)."""
     from stablebptt import problems
-    from stablebptt.config import RunConfig
+    from stablebptt.training.config import RunConfig
 
     prob = problems.get("good.py:make")
     problems.check_for_training(prob, RunConfig(problem="good.py:make", epochs=1, n_train=16, n_test=8), 0)

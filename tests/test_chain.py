@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from conftest import EPS32, assert_close, assert_leaves_global_rng_alone
 from stablebptt import problems
-from stablebptt.cli import app
+from stablebptt.cli.app import app
 from stablebptt.problems import cartpole, chain
 
 LINKS = (1, 2, 3, 4, 5, 6)
@@ -357,7 +357,7 @@ def test_trains_one_epoch_through_the_cli(tmp_path, monkeypatch):
 def test_sweep_preset_covers_the_ladder():
     """The ``cart-chain`` sweep preset: links 1 … 6 × R, M, C, S on seeded data; quick: 60 epochs
     of 64 states, 2 seeds."""
-    from stablebptt import sweep
+    from stablebptt.experiments import sweep
 
     jobs = sweep.expand(sweep.load_spec("cart-chain", quick=True))
     assert sorted({(c.problem_params["links"], c.mode) for c, _ in jobs}) == sorted(
@@ -372,7 +372,7 @@ def test_sweep_preset_covers_the_ladder():
 def test_animation_draws_the_links_as_a_chain(tmp_path):
     """The picture of a cart-chain rollout: link k starts at the tip of link k − 1, and the last
     tip is at x + L Σ_k (sin θ_k, cos θ_k); the frames render and write."""
-    from stablebptt.animate import build_scene, frame_indices, render_frames, rollout, write_frames
+    from stablebptt.analysis.animate import build_scene, frame_indices, render_frames, rollout, write_frames
 
     p = problems.get("cart-chain", links=3, steps=6)
     model = p.make_controller(jax.random.PRNGKey(0), zero_last=False)

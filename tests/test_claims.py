@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from stablebptt import claims, results
-from stablebptt.config import RunConfig, run_id
+from stablebptt.analysis import claims, results
+from stablebptt.training.config import RunConfig, run_id
 
 EPS64 = np.finfo(np.float64).eps
 

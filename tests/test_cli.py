@@ -8,10 +8,11 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from stablebptt import controllers, problems
-from stablebptt.cli import app
-from stablebptt.config import RunConfig
-from stablebptt.runner import train
+from stablebptt import problems
+from stablebptt.cli.app import app
+from stablebptt.problems import controllers
+from stablebptt.training.config import RunConfig
+from stablebptt.training.runner import train
 
 runner = CliRunner()
 
@@ -120,7 +121,7 @@ def _parse_train_command(command: str, monkeypatch):
     import shlex
 
     from stablebptt import cli
-    from stablebptt import run as run_mod
+    from stablebptt.experiments import run as run_mod
 
     seen = []
     monkeypatch.setattr(cli, "setup_jax", lambda **kw: 1)
@@ -173,7 +174,7 @@ REPRODUCED_CONFIGS = {
 
 @pytest.mark.parametrize("fields", REPRODUCED_CONFIGS.values(), ids=REPRODUCED_CONFIGS.keys())
 def test_the_recorded_command_reproduces_the_config(fields, tmp_path, monkeypatch):
-    from stablebptt.cli import command_for
+    from stablebptt.cli.app import command_for
 
     if fields.get("init_weights") == "WEIGHTS":  # weights of the problem's controller (checked before training)
         shapes = problems.weight_shapes(problems.check_problem(problems.get(fields["problem"]), n_train=0, n_test=0))
@@ -325,7 +326,7 @@ def test_a_finished_run_is_shown_not_recompiled(tmp_path, monkeypatch):
 @pytest.mark.parametrize("module", ["stablebptt", "stablebptt.cli"])
 def test_python_dash_m_runs_every_command(module):
     """``python -m stablebptt`` and ``python -m stablebptt.cli`` know the commands that live in
-    ``stablebptt.commands`` (registered on the package's app, not on a second copy)."""
+    ``stablebptt.cli`` (registered on the package's app, not on a second copy)."""
     import subprocess
     import sys
 

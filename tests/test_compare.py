@@ -12,8 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 import stablebptt
-from stablebptt import comparison, sweep
-from stablebptt.cli import app
+from stablebptt.analysis import comparison
+from stablebptt.cli.app import app
+from stablebptt.experiments import sweep
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
@@ -23,7 +24,7 @@ POINTMASS = textwrap.dedent("""
     import jax.numpy as jnp
     import numpy as np
     from stablebptt import TrajectoryLoss
-    from stablebptt.controllers import MLP
+    from stablebptt.problems.controllers import MLP
     from stablebptt.problems import Problem
 
     PARAMS = {"dt": (0.1, "time step [s]"), "steps": (6, "horizon T")}
@@ -115,13 +116,13 @@ def test_variant_lists():
 
 
 def test_quick_settings_come_from_the_presets(monkeypatch):
-    from stablebptt import cli
+    from stablebptt.training import config
 
     assert comparison.quick_config("cartpole") == {"epochs": 60, "n_train": 64, "n_test": 64}  # sweep preset
     assert comparison.quick_config("linear") == {"epochs": 60}  # the toys preset
-    monkeypatch.setitem(cli.QUICK_EPOCHS, "pointmass.py:make", 7)  # stablebptt train's quick epochs
+    monkeypatch.setitem(config.QUICK_EPOCHS, "pointmass.py:make", 7)  # stablebptt train's quick epochs
     assert comparison.quick_config("pointmass.py:make") == {"epochs": 7}
-    monkeypatch.delitem(cli.QUICK_EPOCHS, "pointmass.py:make")
+    monkeypatch.delitem(config.QUICK_EPOCHS, "pointmass.py:make")
     assert comparison.quick_config("toy-field") == {"epochs": 60}
     assert comparison.quick_config("cartpole", {"poles": 3}) == {"epochs": 60, "n_train": 64, "n_test": 64}
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from stablebptt import sweep
-from stablebptt.config import RunConfig, run_id
+from stablebptt.experiments import sweep
+from stablebptt.training.config import RunConfig, run_id
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -24,10 +24,10 @@ from etils import epath  # noqa: E402
 from mujoco import mjx  # noqa: E402
 
 from stablebptt import problems  # noqa: E402
-from stablebptt.config import RunConfig  # noqa: E402
 from stablebptt.problems.adapters import brax_problem  # noqa: E402
 from stablebptt.problems.adapters.brax import MJX_LS_ITERATIONS  # noqa: E402
-from stablebptt.runner import train  # noqa: E402
+from stablebptt.training.config import RunConfig  # noqa: E402
+from stablebptt.training.runner import train  # noqa: E402
 
 HOPPER_XML = epath.resource_path("brax") / "envs/assets/hopper.xml"
 #: physics steps per simulator step of Brax's hopper

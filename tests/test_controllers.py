@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import EPS32, assert_close
-from stablebptt import controllers as nets
 from stablebptt.core import hooks
+from stablebptt.problems import controllers as nets
 
 
 def test_mlp_shapes_init_and_zero_last():

@@ -11,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 import stablebptt as sb
-from stablebptt import diagnose as D
 from stablebptt import problems
-from stablebptt.cli import app
+from stablebptt.analysis import diagnose as D
+from stablebptt.cli.app import app
 from stablebptt.problems.linear import closed_form_fields
 
 
@@ -86,8 +86,8 @@ def test_verdict_flags_more_than_six_orders():
 
 def _every_state_problem():
     """A small nonlinear 2-D system with an every-state loss and a control penalty."""
-    from stablebptt import controllers as nets
-    from stablebptt.losses import TrajectoryLoss
+    from stablebptt.core.losses import TrajectoryLoss
+    from stablebptt.problems import controllers as nets
 
     W = jnp.asarray([[0.3, -1.2], [0.8, 0.1]], jnp.float32)
 
@@ -244,7 +244,7 @@ def test_figure_legend_lists_only_visible_lines(case):
 def test_a_simulator_that_returns_nan_is_named_not_an_svd_failure():
     """diagnose on a step that turns NaN at step 3 says so in one ValueError (it was "SVD did
     not converge")."""
-    from stablebptt.controllers import MLP
+    from stablebptt.problems.controllers import MLP
 
     def step(x, c):  # NaN from step 3 on: x_3 = x_2 · (0/0)
         k = x[:, 2:3] + 1.0

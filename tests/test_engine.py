@@ -14,11 +14,11 @@ import pytest
 
 import stablebptt as sb
 from stablebptt import problems
-from stablebptt.controllers import MLP
 from stablebptt.core import Autodiff, Flow, ReverseSweep, candidates, engine, unroll
 from stablebptt.core import backward as B
 from stablebptt.core import gates as G
-from stablebptt.losses import TrajectoryLoss
+from stablebptt.core.losses import TrajectoryLoss
+from stablebptt.problems.controllers import MLP
 from stablebptt.problems.linear import closed_form_fields
 
 EPS = float(np.finfo(np.float32).eps)

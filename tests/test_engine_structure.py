@@ -219,7 +219,7 @@ def test_the_cli_reaches_the_reverse_loop_through_six_functions(tmp_path):
     from typer.testing import CliRunner
 
     from stablebptt import core
-    from stablebptt.cli import app
+    from stablebptt.cli.app import app
 
     stacks = []
     sweep_backward = core.backward._Sweep.backward.__code__

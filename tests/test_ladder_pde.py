@@ -20,9 +20,9 @@ import pytest
 ex = pytest.importorskip("exponax", reason="the exponax adapter needs the [exponax] extra")
 
 from stablebptt import problems  # noqa: E402
-from stablebptt.config import RunConfig  # noqa: E402
 from stablebptt.problems.adapters.exponax import exponax_problem, exponax_step, gaussian_actuators  # noqa: E402
-from stablebptt.runner import train  # noqa: E402
+from stablebptt.training.config import RunConfig  # noqa: E402
+from stablebptt.training.runner import train  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 EPS32 = float(np.finfo(np.float32).eps)

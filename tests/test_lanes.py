@@ -15,9 +15,11 @@ import pytest
 
 from conftest import assert_close
 from stablebptt import core as F
-from stablebptt import optim, problems, run, sweep
-from stablebptt import runner as T
-from stablebptt.config import RunConfig, run_id
+from stablebptt import problems
+from stablebptt.experiments import run, sweep
+from stablebptt.training import optim
+from stablebptt.training import runner as T
+from stablebptt.training.config import RunConfig, run_id
 
 FLOWS = [
     F.Flow("R"),

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from stablebptt import plots, problems, results, sweep
-from stablebptt.cli import app
-from stablebptt.config import RunConfig
-from stablebptt.runner import train
+from stablebptt import problems
+from stablebptt.analysis import plots, results
+from stablebptt.cli.app import app
+from stablebptt.training.config import RunConfig
+from stablebptt.training.runner import train
 
 matplotlib.use("Agg")
 runner = CliRunner()
@@ -25,7 +26,7 @@ BLOWUP = textwrap.dedent("""
     import jax.numpy as jnp
     import numpy as np
     from stablebptt import TrajectoryLoss
-    from stablebptt.controllers import MLP
+    from stablebptt.problems.controllers import MLP
     from stablebptt.problems import Problem
 
     PARAMS = {"blow": ("none", "nans | infs | loss | none"), "at": (3, "first bad step"), "steps": (6, "horizon")}
@@ -108,8 +109,8 @@ def test_python_raises_the_same_line_for_inf_and_for_a_nonfinite_loss(blowup):
 
 def old_nan_record(root: Path, src: str) -> Path:
     """A run folder as recorded before the check: untrained losses nan, diverged in epoch 1, no rows."""
-    from stablebptt.run import write_result
-    from stablebptt.runner import TrainResult
+    from stablebptt.experiments.run import write_result
+    from stablebptt.training.runner import TrainResult
 
     c = cfg(src, blow="nans")
     history = {
@@ -117,7 +118,7 @@ def old_nan_record(root: Path, src: str) -> Path:
     }
     model = problems.get(src).make_controller(__import__("jax").random.PRNGKey(0))
     r = TrainResult(0, history, True, 1, {"train_loss": float("nan"), "test_loss": float("nan")}, model, 1.0, 0.1)
-    from stablebptt.config import run_id
+    from stablebptt.training.config import run_id
 
     return write_result(root / run_id(c, 0), c, 0, r)
 
@@ -128,7 +129,7 @@ def test_results_of_a_nan_run_say_it_diverged(blowup):
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.replace("│", " ").split())
     assert "nan ± 0" not in text and "nan (diverged;" in text and "non-finite)" in text  # a wrapped cell
-    s = sweep.summary_table("sw")
+    s = results.summary_table("sw")
     assert "nan ± 0" not in s and "nan (diverged; 1/1 runs non-finite)" in s
 
 

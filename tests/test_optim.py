@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stablebptt import optim
+from stablebptt.training import optim
 
 
 def run(tx, grads):

@@ -11,11 +11,12 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from stablebptt import problems, results
-from stablebptt.cli import app, command_for
-from stablebptt.config import RunConfig
-from stablebptt.run import load_run, run
-from stablebptt.runner import train
+from stablebptt import problems
+from stablebptt.analysis import results
+from stablebptt.cli.app import app, command_for
+from stablebptt.experiments.run import load_run, run
+from stablebptt.training.config import RunConfig
+from stablebptt.training.runner import train
 
 runner = CliRunner()
 
@@ -24,7 +25,7 @@ POINTMASS = textwrap.dedent('''
     import jax.numpy as jnp
     import numpy as np
     from stablebptt import TrajectoryLoss
-    from stablebptt.controllers import MLP
+    from stablebptt.problems.controllers import MLP
     from stablebptt.problems import Problem
 
     PARAMS = {"dt": (0.1, "time step [s]"), "steps": (12, "horizon T")}

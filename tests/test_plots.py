@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stablebptt import plots
-from stablebptt.config import RunConfig
-from stablebptt.run import run
+from stablebptt.analysis import plots
+from stablebptt.experiments.run import run
+from stablebptt.training.config import RunConfig
 
 
 @pytest.fixture(autouse=True)
@@ -111,7 +111,7 @@ def test_plot_sweep_writes_png_and_pdf(sweep, tmp_path):
 
 
 def test_layout_from_real_runs(sweep):
-    from stablebptt import results
+    from stablebptt.analysis import results
 
     df = results.collect(sweep)
     fig = plots.problem_figure(df, "toy-field")
@@ -144,7 +144,7 @@ def test_diverged_run_is_marked(tmp_path):
         epochs=20,
     )
     run(cfg, 0, tmp_path)  # diverges in epoch 4 (see test_train)
-    from stablebptt import results
+    from stablebptt.analysis import results
 
     df = results.collect(tmp_path)
     assert df["status"].iloc[0] == "diverged"
@@ -404,7 +404,7 @@ def test_log_band_statistics():
 
 def test_paired_figure_places_each_seed_and_clipping():
     df = fake_table("cartpole", "param_poles", [1, 4], modes="RC", clips=("none", "norm"), seeds=3, epochs=40)
-    from stablebptt import claims
+    from stablebptt.analysis import claims
 
     finals = claims.final_losses(df).set_index(["param_poles", "clip", "seed", "mode"])["final"]
     fig = plots.paired_figure(df, "cartpole")
@@ -469,7 +469,7 @@ def test_fig2_combined(fig2):
 def test_cli_plot(sweep, tmp_path):
     from typer.testing import CliRunner
 
-    from stablebptt.cli import app
+    from stablebptt.cli.app import app
 
     res = CliRunner().invoke(
         app, ["plot", str(sweep), "--out", str(tmp_path), "--raw", "--band", "ci", "--format", "png"]

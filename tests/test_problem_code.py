@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from stablebptt import problems
-from stablebptt.cli import app
-from stablebptt.config import RunConfig
-from stablebptt.run import run
+from stablebptt.cli.app import app
+from stablebptt.experiments.run import run
+from stablebptt.training.config import RunConfig
 from test_own_problems import POINTMASS
 
 runner = CliRunner()
@@ -68,7 +68,7 @@ def test_train_after_the_problem_file_changed_refuses_the_old_result(pm):
     new = json.loads((folder / "result.json").read_text())
     assert new["final"]["test_loss"] != old
     assert json.loads((folder / "manifest.json").read_text())["problem_code"]["sha256"] == after
-    from stablebptt.run import code_change
+    from stablebptt.experiments.run import code_change
 
     assert code_change(folder, RunConfig(problem="pointmass.py:make", epochs=2, n_train=16, n_test=8)) is None
 

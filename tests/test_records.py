@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from stablebptt import results, sweep
-from stablebptt.config import RunConfig
-from stablebptt.run import run
+from stablebptt.analysis import results
+from stablebptt.experiments import sweep
+from stablebptt.experiments.run import run
+from stablebptt.training.config import RunConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,7 +53,7 @@ def test_committed_records_are_the_presets_runs():
         root = REPO / "results" / "paper" / figure
         if not root.is_dir():
             continue
-        from stablebptt.config import run_id
+        from stablebptt.training.config import run_id
 
         jobs = {run_id(c, s) for c, s in sweep.expand(sweep.load_spec(figure))}
         names = {p.name for p in root.iterdir() if (p / "result.json").is_file()}

@@ -3,7 +3,7 @@
 import pandas as pd
 from rich.console import Console
 
-from stablebptt import results
+from stablebptt.analysis import results
 
 
 def summary(problems, level="steps=16, nx=64"):
@@ -84,14 +84,13 @@ def test_a_very_long_name_wraps_whole():
 def test_cli_results_at_80_columns(monkeypatch, tmp_path):
     from typer.testing import CliRunner
 
-    from stablebptt import sweep
-    from stablebptt.cli import app
-    from stablebptt.commands import sweep_cmd
+    from stablebptt.cli import sweep_cmd
+    from stablebptt.cli.app import app
 
     name = "/home/someone/projects/simulators/heat.py:make"
     frame = pd.DataFrame([dict(run_id="a", epoch=1, problem=name)])
     monkeypatch.setattr(results, "collect", lambda root, **kw: frame)
-    monkeypatch.setattr(sweep, "summary_frame", lambda root, epoch=None: summary([name]))
+    monkeypatch.setattr(results, "summary_frame", lambda root, epoch=None: summary([name]))
     console = Console(width=80, record=True, file=open("/dev/null", "w"))
     monkeypatch.setattr(sweep_cmd, "out", console)
     res = CliRunner().invoke(app, ["results", str(tmp_path)])

@@ -17,9 +17,9 @@ import pandas as pd
 import pytest
 
 from stablebptt import problems
-from stablebptt import run as R
-from stablebptt.config import RunConfig, run_id
-from stablebptt.runner import Checkpoint, sigint_deferred, train
+from stablebptt.experiments import run as R
+from stablebptt.training.config import RunConfig, run_id
+from stablebptt.training.runner import Checkpoint, sigint_deferred, train
 
 
 def same_runs(a, b):
@@ -89,7 +89,7 @@ def test_a_resumed_run_keeps_the_strategy_that_ran(tmp_path, monkeypatch):
 
 
 def R_strategy(spec):
-    from stablebptt.runner import strategy_from_spec
+    from stablebptt.training.runner import strategy_from_spec
 
     return strategy_from_spec(spec)
 
@@ -182,7 +182,7 @@ def test_the_command_says_it_resumed_and_counts_every_sessions_training_time(tmp
 
     from typer.testing import CliRunner
 
-    from stablebptt.cli import app, command_for
+    from stablebptt.cli.app import app, command_for
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("STABLEBPTT_CACHE_DIR", str(tmp_path / "cache"))
@@ -206,7 +206,7 @@ def test_the_command_says_it_resumed_and_counts_every_sessions_training_time(tmp
 def test_a_run_from_initial_weights_says_so_in_its_summary(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from stablebptt.cli import app
+    from stablebptt.cli.app import app
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("STABLEBPTT_CACHE_DIR", str(tmp_path / "cache"))
@@ -244,7 +244,7 @@ def test_a_live_claim_is_respected_and_a_dead_or_stale_one_taken_over(tmp_path, 
 
 CLAIM_RACE = r"""
 import sys, time
-from stablebptt import run as R
+from stablebptt.experiments import run as R
 t0 = float(sys.argv[2])
 while time.time() < t0:
     pass
@@ -500,7 +500,7 @@ def test_only_temp_folders_of_dead_writers_are_removed(tmp_path):
 def test_a_sweep_says_which_runs_it_resumed(tmp_path):
     """A run interrupted inside run() and finished by a sweep: its result.json says from which
     epoch it resumed, and the sweep's report counts it as resumed."""
-    from stablebptt import sweep
+    from stablebptt.experiments import sweep
 
     spec = sweep.load_spec(
         {

@@ -9,7 +9,7 @@ REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src" / "stablebptt"
 
 #: Markdown files the code writes (not documents it cites)
-WRITTEN = {"SUMMARY.md", importlib.import_module("stablebptt.comparison").SUMMARY_FILE}
+WRITTEN = {"SUMMARY.md", importlib.import_module("stablebptt.analysis.comparison").SUMMARY_FILE}
 
 
 def _sources():

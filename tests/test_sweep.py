@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stablebptt import results, sweep
-from stablebptt.config import run_id
+from stablebptt.analysis import results
+from stablebptt.experiments import sweep
+from stablebptt.training.config import run_id
 
 
 def small_spec(seeds=2, epochs=3, modes=("R", "C"), clips=("none", "value")):
@@ -127,7 +128,7 @@ def test_sweep_is_idempotent_and_results_table(tmp_path):
     df.to_csv(tmp_path / "x.csv")
     results.collect(tmp_path, parquet=tmp_path / "all.parquet")
     assert pd.read_parquet(tmp_path / "all.parquet").shape == df.shape
-    table = sweep.summary_table(tmp_path)
+    table = results.summary_table(tmp_path)
     assert "| clip | R | C | epochs |" in table and "± " in table
     rows = [line for line in table.splitlines() if line.startswith("| -")]
     assert len(rows) == 2 and all(line.endswith("| 3 |") for line in rows)  # 3 epochs done in every row
@@ -147,7 +148,7 @@ def test_sweep_is_idempotent_and_results_table(tmp_path):
 
 CHILD = r"""
 import sys
-from stablebptt import sweep
+from stablebptt.experiments import sweep
 
 if __name__ == "__main__":  # spawned workers re-import this file
     spec = sweep.load_spec({spec!r})
@@ -270,7 +271,7 @@ def _table_column(output: str, name: str) -> list[str]:
 def test_cli_sweep_results_and_reproduce(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from stablebptt.cli import app
+    from stablebptt.cli.app import app
 
     monkeypatch.setenv("STABLEBPTT_CACHE_DIR", str(tmp_path / "cache"))
     runner = CliRunner()
@@ -296,7 +297,7 @@ def test_cli_sweep_results_and_reproduce(tmp_path, monkeypatch):
         == pd.read_parquet(tmp_path / "a.parquet").shape
         == (32, len(results.collect(tmp_path / "sw").columns))
     )
-    s = sweep.summary_frame(tmp_path / "sw")
+    s = results.summary_frame(tmp_path / "sw")
     assert len(s) == 4 and set(s["n"]) == {2} and list(s["mode"][:2]) == ["R", "C"]
     # the epoch each row's values come from: a column of the frame and of the printed table
     assert set(s["epochs"]) == {"4"} and set(s["epoch_min"]) == set(s["epoch_max"]) == {4}
@@ -304,7 +305,7 @@ def test_cli_sweep_results_and_reproduce(tmp_path, monkeypatch):
     res = runner.invoke(app, ["results", str(tmp_path / "sw"), "--epoch", "2"])
     assert res.exit_code == 0, res.output
     assert _table_column(res.output, "epochs") == ["2"] * 4
-    assert set(sweep.summary_frame(tmp_path / "sw", epoch=2)["epochs"]) == {"2"}
+    assert set(results.summary_frame(tmp_path / "sw", epoch=2)["epochs"]) == {"2"}
     for bad, msg in (("-1", "--epoch -1: must be ≥ 0"), ("0", "no run under")):
         res = runner.invoke(app, ["results", str(tmp_path / "sw"), "--epoch", bad])
         assert res.exit_code != 0 and msg in res.output, res.output
@@ -313,14 +314,14 @@ def test_cli_sweep_results_and_reproduce(tmp_path, monkeypatch):
     short = sorted(full["run_id"].unique())[0]
     with monkeypatch.context() as m:
         m.setattr(results, "collect", lambda root, **kw: full[(full["run_id"] != short) | (full["epoch"] <= 2)])
-        s2 = sweep.summary_frame(tmp_path / "sw")
+        s2 = results.summary_frame(tmp_path / "sw")
         row = s2[
             (s2["mode"] == full.loc[full["run_id"] == short, "mode"].iloc[0])
             & (s2["clip"] == full.loc[full["run_id"] == short, "clip"].iloc[0])
         ]
         assert list(row["epochs"]) == ["2–4"] and list(row["epoch_min"]) == [2] and list(row["epoch_max"]) == [4]
         assert sorted(s2["epochs"]) == ["2–4", "4", "4", "4"]
-        assert "| 2–4 |" in sweep.summary_table(tmp_path / "sw")
+        assert "| 2–4 |" in results.summary_table(tmp_path / "sw")
         res = runner.invoke(app, ["results", str(tmp_path / "sw")])
         assert sorted(_table_column(res.output, "epochs")) == ["2–4", "4", "4", "4"]
     # errors name the field; unknown executor is refused before any work

@@ -10,9 +10,9 @@ import pytest
 import stablebptt as sb
 from conftest import assert_close
 from stablebptt import problems
-from stablebptt import train as T
-from stablebptt.config import RunConfig
-from stablebptt.runner import make_trainer, train
+from stablebptt.training import trainer as T
+from stablebptt.training.config import RunConfig
+from stablebptt.training.runner import make_trainer, train
 
 
 def local_minima(L):
@@ -222,7 +222,7 @@ def test_eval_every_still_stops_a_diverging_run():
 def test_eval_every_validation_and_run_ids():
     from pydantic import ValidationError
 
-    from stablebptt.config import run_id
+    from stablebptt.training.config import run_id
 
     with pytest.raises(ValidationError, match="eval_every=0"):
         RunConfig(eval_every=0)
@@ -255,7 +255,7 @@ def test_eval_every_with_several_seeds(batching):
 def test_the_compiled_initialiser_gives_the_eager_factorys_bits(name):
     """init_params compiles at a lower LLVM level on the CPU (runner.INIT_COMPILER_OPTIONS):
     the weights must still be those of the factory run eagerly, bit for bit."""
-    from stablebptt.runner import INIT_COMPILER_OPTIONS
+    from stablebptt.training.runner import INIT_COMPILER_OPTIONS
 
     prob = problems.get(name)
     for zero_last in (False, True):
@@ -394,7 +394,7 @@ def count_dots(jaxpr, precision):
 def test_training_programs_use_full_float32_matmuls_on_any_backend():
     """train() traces its programs at matmul precision "highest" (a GPU would otherwise run
     TF32): checked on the jaxprs of every program it lowers, which is what a GPU would compile."""
-    from stablebptt import runner
+    from stablebptt.training import runner
 
     prob = problems.get("cartpole", steps=4)
     cfg = RunConfig(
@@ -432,8 +432,8 @@ import jax
 jax.config.update("jax_num_cpu_devices", 2)
 import equinox as eqx, numpy as np
 from stablebptt import problems
-from stablebptt.config import RunConfig
-from stablebptt.runner import train
+from stablebptt.training.config import RunConfig
+from stablebptt.training.runner import train
 
 def run(overlap, prob, cfg):
     calls = []
@@ -660,7 +660,7 @@ def test_a_run_that_switches_strategy_after_epoch_1_continues_exactly(tmp_path, 
     another order), the manifest names both, and a resumed run continues with the strategy
     chosen (it neither measures nor returns to the prior)."""
     from stablebptt.core import choose
-    from stablebptt.runner import Checkpoint
+    from stablebptt.training.runner import Checkpoint
 
     prob = problems.get("cartpole")
     cfg = RunConfig(problem="cartpole", mode="C", epochs=3, n_train=16, n_test=8, batch_size=8)

@@ -82,7 +82,7 @@ if __name__ == "__main__":
     n = archive(Path(args[0]), Path(args[1]))
     if rev is not None:
         print(f"{fill_commit(Path(args[1]), rev)} record(s) got commit {rev}")
-    from stablebptt.run import write_index
+    from stablebptt.experiments.run import write_index
 
     write_index(Path(args[1]))
     print(f"{n} record(s) added to {args[1]}")

@@ -3,9 +3,8 @@
 Schnell & Thuerey, "Stabilizing Backpropagation Through Time to Learn Complex Physics", ICLR 2024.
 """
 
-from .comparison import Comparison, compare
-from .comparison import load as load_comparison
-from .config import RunConfig
+from .analysis.comparison import Comparison, compare
+from .analysis.comparison import load as load_comparison
 from .core import (
     Autodiff,
     Flow,
@@ -19,10 +18,11 @@ from .core import (
     select_backward,
     value_and_update,
 )
-from .losses import TrajectoryLoss
-from .optim import Optimizer
-from .run import load_run
-from .train import make_train
+from .core.losses import TrajectoryLoss
+from .experiments.run import load_run
+from .training.config import RunConfig
+from .training.optim import Optimizer
+from .training.trainer import make_train
 
 #: the package version: the one place it is set (pyproject.toml reads it from here, as setuptools'
 #: dynamic ``version = {attr = "stablebptt.__version__"}``)

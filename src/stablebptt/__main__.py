@@ -1,5 +1,5 @@
 """``python -m stablebptt``: the command-line interface (:mod:`stablebptt.cli`)."""
 
-from stablebptt.cli import app
+from .cli.app import app
 
 app(prog_name="stablebptt")

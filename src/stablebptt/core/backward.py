@@ -37,9 +37,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..losses import TrajectoryLoss
 from . import hooks
 from .gates import Gates, live_ctrl
+from .losses import TrajectoryLoss
 from .unroll import forward_loop, physics, terminal_loss, unrolled_loss
 
 PyTree = Any

@@ -6,7 +6,7 @@ states (Schnell & Thuerey, ICLR 2024).
 * ``model``: an equinox controller, batched state (B, …) → batched control (B, …).
 * ``x0``: a batch of initial states (a pytree with a leading batch axis B).
 * ``step(x, c) -> x'``: the simulator, batched and JAX-traceable.
-* ``loss``: a :class:`~stablebptt.losses.TrajectoryLoss`; ``horizon``: T ≥ 1 steps.
+* ``loss``: a :class:`~stablebptt.core.losses.TrajectoryLoss`; ``horizon``: T ≥ 1 steps.
 * ``flow``: a mode letter, a per-step schedule or a :class:`~stablebptt.core.gates.Flow`.
 * ``backward``: ``"auto"`` (the fastest strategy, measured: :func:`choose_backward`),
   ``"autodiff"``, ``"batched"``, ``"per_step"`` or a strategy object (:mod:`stablebptt.core.backward`).
@@ -27,11 +27,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..losses import TrajectoryLoss
 from . import backward as backward_mod
 from . import choose, hooks
 from .backward import Autodiff, Strategy, default_memory_budget
 from .gates import Flow, Gates, as_flow
+from .losses import TrajectoryLoss
 from .unroll import check_problem_inputs, physics, terminal_loss
 
 PyTree = Any

@@ -2,7 +2,7 @@ r"""The forward problem: one simulator step with its loss term, the rollout, the
 loss (the autodiff reference of every field) and input checks.
 
 A trajectory starts from a batch of states x_0 (a pytree with a leading batch axis B) and runs
-T steps, c_n = N(x_n), x_{n+1} = P(x_n, c_n). Its loss (a :class:`~stablebptt.losses.TrajectoryLoss`)
+T steps, c_n = N(x_n), x_{n+1} = P(x_n, c_n). Its loss (a :class:`~stablebptt.core.losses.TrajectoryLoss`)
 is a sum of per-step terms ℓ_n (the state loss of x_{n+1} for every-state losses, the control
 penalty of c_n) plus, for final-state losses, the state loss of x_T::
 
@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..losses import TrajectoryLoss
+from .losses import TrajectoryLoss
 
 PyTree = Any
 

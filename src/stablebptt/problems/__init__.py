@@ -236,7 +236,7 @@ def _installed_from(module) -> tuple[str, str] | None:
 def code_identity(source: str) -> dict | None:
     """What identifies the code of a problem source; every run records it in its manifest
     (``problem_code``) and its checkpoints, and a finished or interrupted run whose recorded
-    identity differs from the current one is refused (:func:`stablebptt.run.code_change`):
+    identity differs from the current one is refused (:func:`stablebptt.experiments.run.code_change`):
 
     * ``FILE.py:FUNCTION``: ``{"file": absolute path, "sha256": the file's SHA-256}``;
     * ``module:FUNCTION`` and an installed entry point: ``{"module": name, "file": its source
@@ -556,13 +556,13 @@ def _controller(problem: Problem, zero_last: bool, seed: int = 0):
 
 
 def weight_shapes(model) -> dict[str, tuple[int, ...]]:
-    """``{name: shape}`` of a controller's weights as :func:`stablebptt.controllers.weights_dict`
+    """``{name: shape}`` of a controller's weights as :func:`stablebptt.problems.controllers.weights_dict`
     names them (the controller may be abstract)."""
     import equinox as eqx
     import jax
     import jax.numpy as jnp
 
-    from ..controllers import _leaf_name, _weight_layers
+    from .controllers import _leaf_name, _weight_layers
 
     layers = _weight_layers(model)
     if layers:
@@ -584,7 +584,7 @@ def read_weights(path, label: str = "init_weights", what: str = "controller weig
 
     import numpy as np
 
-    from ..controllers import weights_file
+    from .controllers import weights_file
 
     try:
         f = weights_file(path)

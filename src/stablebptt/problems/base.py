@@ -1,6 +1,6 @@
 """The problem contract: a problem is data, the engine knows none by name.
 
-A :class:`Problem` bundles a batched simulator step, a :class:`~stablebptt.losses.TrajectoryLoss`,
+A :class:`Problem` bundles a batched simulator step, a :class:`~stablebptt.core.losses.TrajectoryLoss`,
 a data sampler, a controller factory and the paper's default training settings.
 
 Conventions (all problems):
@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from ..losses import TrajectoryLoss
+from ..core.losses import TrajectoryLoss
 
 State = Any
 Control = Any

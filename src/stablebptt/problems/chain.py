@@ -79,8 +79,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import controllers
-from ..losses import TrajectoryLoss
+from ..core.losses import TrajectoryLoss
+from . import controllers
 from .base import Problem
 from .cartpole import G, _build_sample_data, state_loss
 

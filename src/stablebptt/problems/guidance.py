@@ -62,8 +62,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import controllers
-from ..losses import TrajectoryLoss
+from ..core.losses import TrajectoryLoss
+from . import controllers
 from .base import Problem
 
 PARAMS: dict[str, tuple[Any, str]] = {

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..losses import TrajectoryLoss
+from ..core.losses import TrajectoryLoss
 from .base import Problem
 
 PARAMS = {

@@ -13,7 +13,7 @@
   stepper with an additive control (a force field or K actuators).
 
 Each returns a :class:`~stablebptt.problems.Problem` for :func:`stablebptt.value_and_update` and
-:func:`stablebptt.runner.train`. The engines are imported when an adapter is first used, so this
+:func:`stablebptt.training.runner.train`. The engines are imported when an adapter is first used, so this
 package imports without them.
 """
 

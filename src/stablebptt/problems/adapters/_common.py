@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ... import controllers
+from .. import controllers
 
 #: the seed that ``sample_data("paper", …)`` stands for: an adapter's problem has no published data
 #: set, so "paper" (the trainer's default ``data="paper"``) is the fixed draw of this seed
@@ -110,7 +110,7 @@ def row_features(observe: Callable | None, state_shape: tuple[int, ...]) -> tupl
 
 
 class ObservationMLP(eqx.Module):
-    """An :class:`~stablebptt.controllers.MLP` on features of each state row:
+    """An :class:`~stablebptt.problems.controllers.MLP` on features of each state row:
     control_i = MLP(features(x_i)) for every row i of a batch (B, *state_shape).
 
     ``features`` maps ONE state row (*state_shape) to a 1-D feature vector (k,) and has no

@@ -61,7 +61,7 @@ function only reads ``ps.q``/``ps.qd``)::
 
     ℓ(x_n) = mean_b state_loss(ps_{n,b})     or     ℓ(x_n) = −mean_b reward(ps_{n,b})
 
-and the trajectory loss is a :class:`~stablebptt.losses.TrajectoryLoss` of ℓ: with
+and the trajectory loss is a :class:`~stablebptt.core.losses.TrajectoryLoss` of ℓ: with
 ``on="every"`` (default) L = (1/T) Σ_{n=1..T} ℓ(x_n), with ``on="final"`` L = ℓ(x_T), plus
 ``control_weight`` · (1/T) Σ_n mean(c_n²). A Brax environment's reward that depends on the
 previous state or on the action (e.g. a forward velocity from two positions, a control cost) is
@@ -87,7 +87,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ...losses import TrajectoryLoss
+from ...core.losses import TrajectoryLoss
 from ..base import Problem
 from . import _common
 

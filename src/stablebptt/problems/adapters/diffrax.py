@@ -24,7 +24,7 @@ f vmapped over rows). Gradients flow through the solver's steps (diffrax's defau
 step).
 
 The loss: ``state_loss(y)`` is a float32 scalar for one state; ℓ(x_n) is its batch mean and the
-trajectory loss a :class:`~stablebptt.losses.TrajectoryLoss` of ℓ (``on="final"``: ℓ(x_T);
+trajectory loss a :class:`~stablebptt.core.losses.TrajectoryLoss` of ℓ (``on="final"``: ℓ(x_T);
 ``"every"``: (1/T) Σ_n ℓ(x_n)), plus ``control_weight`` · (1/T) Σ_n mean(c_n²).
 
 Data: ``sample_states(rng, n) -> (n, *state_shape)`` with a ``np.random.Generator``;
@@ -44,7 +44,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ...losses import TrajectoryLoss
+from ...core.losses import TrajectoryLoss
 from ..base import Problem
 from . import _common
 

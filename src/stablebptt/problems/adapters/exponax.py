@@ -30,7 +30,7 @@ C = ``stepper.num_channels`` channels are the PDE's; ``aux_channels`` = A furthe
 (e.g. a target the controller must see) are carried unchanged by the step.
 
 The loss: ``state_loss(x) -> scalar`` for ONE state (C + A, N, …); ℓ(x_n) is its batch mean,
-the trajectory loss a :class:`~stablebptt.losses.TrajectoryLoss` of ℓ (``on="every"``:
+the trajectory loss a :class:`~stablebptt.core.losses.TrajectoryLoss` of ℓ (``on="every"``:
 (1/T) Σ_{n=1}^T ℓ(x_n); ``"final"``: ℓ(x_T)) plus ``control_weight`` · (1/T) Σ_n mean(c_n²).
 
 Data: ``sample_states(rng, n) -> (n, C + A, N, …)`` with a ``np.random.Generator``, or an exponax
@@ -57,7 +57,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ...losses import TrajectoryLoss
+from ...core.losses import TrajectoryLoss
 from ..base import Problem
 from . import _common
 

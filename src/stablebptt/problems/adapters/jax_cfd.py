@@ -42,7 +42,7 @@ component's offset. The pressure projection is jax-cfd's default (``solve_fast_d
 Loss, data, controller
 ----------------------
 ``state_loss(v)``: a float32 scalar of one sample's ``GridVariableVector``; ℓ is its batch mean
-and the trajectory loss a :class:`~stablebptt.losses.TrajectoryLoss` of ℓ (``on="every"``:
+and the trajectory loss a :class:`~stablebptt.core.losses.TrajectoryLoss` of ℓ (``on="every"``:
 (1/T) Σ ℓ(x_n), default; ``"final"``: ℓ(x_T)) plus ``control_weight`` · mean c².
 ``sample_states(rng, n) -> (n, d, *grid.shape)`` (a ``np.random.Generator``; :func:`pack` turns
 velocities into rows); ``seed="paper"`` is the fixed seed 42. The controller is the library's MLP
@@ -61,7 +61,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ...losses import TrajectoryLoss
+from ...core.losses import TrajectoryLoss
 from ..base import Problem
 from . import _common
 

@@ -43,7 +43,7 @@ state's structure; a returned value may omit a dimension it is constant along (i
 Loss, data, controller
 ----------------------
 ``state_loss(s)``: a scalar of ONE state (a phiml tensor without dimensions or a JAX scalar);
-ℓ(x_n) is its batch mean, and the trajectory loss a :class:`~stablebptt.losses.TrajectoryLoss`
+ℓ(x_n) is its batch mean, and the trajectory loss a :class:`~stablebptt.core.losses.TrajectoryLoss`
 of ℓ (``on="final"``: ℓ(x_T); ``"every"``: (1/T) Σ ℓ(x_n)) plus ``control_weight`` · mean c².
 ``sample_states(rng, n)`` returns n states as an array (n, N) or as PhiFlow objects of the
 state's structure with a batch dimension of size n (packed by :meth:`FieldLayout.pack_batch`).
@@ -72,7 +72,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ...losses import TrajectoryLoss
+from ...core.losses import TrajectoryLoss
 from ..base import Problem
 from . import _common
 
