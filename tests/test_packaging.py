@@ -1,5 +1,5 @@
-"""The package version is set in one place (``stablebptt.__version__``) and the packaging
-metadata agrees with it."""
+"""The package version is set in one place (``stablebptt/_version.py``, re-exported as
+``stablebptt.__version__``) and the packaging metadata agrees with it."""
 
 import ast
 import json
@@ -12,7 +12,7 @@ import pytest
 import stablebptt
 
 REPO = Path(__file__).resolve().parents[1]
-INIT = REPO / "src" / "stablebptt" / "__init__.py"
+INIT = REPO / "src" / "stablebptt" / "_version.py"
 
 
 def _literal_version() -> str:
@@ -31,7 +31,7 @@ def test_pyproject_takes_the_version_from_the_package():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
     assert "version" not in project["project"], "a second version in pyproject.toml; it comes from __version__"
     assert "version" in project["project"].get("dynamic", [])
-    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "stablebptt.__version__"}
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "stablebptt._version.__version__"}
 
 
 def test_the_imported_version_is_the_source_literal():
@@ -52,3 +52,15 @@ def test_installed_metadata_agrees_when_installed_from_this_tree():
     if url.removeprefix("file://").rstrip("/") != str(REPO) and not here.is_relative_to(REPO):
         pytest.skip(f"the installed stablebptt comes from {url or here}, not {REPO}")
     assert dist.version == stablebptt.__version__
+
+
+def test_a_run_records_the_version_of_the_code_that_runs():
+    """The manifest names the package version that runs (``stablebptt.__version__``), not only
+    the installed distribution's metadata, which an editable install keeps from install time."""
+    import stablebptt
+    from stablebptt.experiments.run import manifest
+
+    versions = manifest()["versions"]
+    assert versions["stablebptt"] == stablebptt.__version__
+    if "stablebptt_installed" in versions:  # recorded only where it differs
+        assert versions["stablebptt_installed"] != versions["stablebptt"]

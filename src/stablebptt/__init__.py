@@ -3,6 +3,7 @@
 Schnell & Thuerey, "Stabilizing Backpropagation Through Time to Learn Complex Physics", ICLR 2024.
 """
 
+from ._version import __version__
 from .analysis.comparison import Comparison, compare
 from .analysis.comparison import load as load_comparison
 from .core import (
@@ -24,11 +25,8 @@ from .training.config import RunConfig
 from .training.optim import Optimizer
 from .training.trainer import make_train
 
-#: the package version: the one place it is set (pyproject.toml reads it from here, as setuptools'
-#: dynamic ``version = {attr = "stablebptt.__version__"}``)
-__version__ = "0.1.0"
-
 __all__ = [
+    "__version__",
     "Autodiff",
     "Comparison",
     "Flow",

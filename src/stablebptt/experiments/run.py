@@ -87,8 +87,14 @@ def source_commit() -> str | None:
 
 
 def manifest() -> dict:
-    """Versions, device and precision of this process (recorded next to every result)."""
+    """Versions, device and precision of this process (recorded next to every result).
+
+    ``versions["stablebptt"]`` is the ``__version__`` of the package that runs; where the
+    installed distribution's metadata says otherwise (an editable install whose version changed
+    since it was installed), that one is kept as ``versions["stablebptt_installed"]``."""
     import jax
+
+    from .._version import __version__
 
     def ver(name):
         try:
@@ -97,9 +103,11 @@ def manifest() -> dict:
             return None
 
     dev = jax.devices()[0]
+    versions = {"stablebptt": __version__} | {n: ver(n) for n in ("jax", "jaxlib", "optax", "equinox", "numpy")}
+    if ver("stablebptt") not in (None, __version__):
+        versions["stablebptt_installed"] = ver("stablebptt")
     return {
-        "versions": {n: ver(n) for n in ("stablebptt", "jax", "jaxlib", "optax", "equinox", "numpy")}
-        | {"python": platform.python_version()},
+        "versions": versions | {"python": platform.python_version()},
         "commit": source_commit(),
         "device": {
             "platform": dev.platform,
