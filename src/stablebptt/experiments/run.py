@@ -42,6 +42,7 @@ import os
 import platform
 import shutil
 import socket
+import subprocess
 import sys
 import time
 import uuid
@@ -49,13 +50,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+from pydantic import ValidationError
+
+from .. import problems
+from .._version import __version__
+from ..core import evaluate_loss
+from ..problems import controllers
 from ..problems.controllers import weights_file  # run folders hold weights.npz; re-exported
 from ..training.config import RunConfig, run_id
-
-if TYPE_CHECKING:  # for annotations only: the methods import numpy where they need it
-    import numpy as np
+from ..training.runner import Checkpoint, sigint_deferred, train, write_metrics
+from ..training.trainer import make_data, zero_last
 
 RESULT_FILE = "result.json"
 
@@ -64,8 +73,6 @@ def source_commit() -> str | None:
     """The git commit of the stablebptt source that runs: ``$STABLEBPTT_COMMIT`` when set (a
     copy of the tree without its ``.git``), else ``git rev-parse HEAD`` of the checkout this
     package is imported from (with ``-dirty`` when it has uncommitted changes), else None."""
-    import subprocess
-
     if os.environ.get("STABLEBPTT_COMMIT"):
         return os.environ["STABLEBPTT_COMMIT"]
     here = Path(__file__).resolve().parent
@@ -92,9 +99,6 @@ def manifest() -> dict:
     ``versions["stablebptt"]`` is the ``__version__`` of the package that runs; where the
     installed distribution's metadata says otherwise (an editable install whose version changed
     since it was installed), that one is kept as ``versions["stablebptt_installed"]``."""
-    import jax
-
-    from .._version import __version__
 
     def ver(name):
         try:
@@ -151,8 +155,6 @@ def code_change(folder: Path, config: RunConfig, current=_CURRENT) -> str | None
     (or either is unknown: built-in problems); else one line naming the file and its old and new
     hash (:func:`stablebptt.problems.describe_code_change`). ``current``: the present
     :func:`~stablebptt.problems.code_identity`, if already known."""
-    from .. import problems
-
     now = problems.code_identity(config.problem) if current is _CURRENT else current
     return problems.describe_code_change(recorded_code(folder), now, f"the run in {folder} was made")
 
@@ -168,8 +170,6 @@ def read_result(folder: Path) -> dict:
 def _json_value(o):
     """A value ``json`` cannot write as the JSON one of the same value: a NumPy/JAX scalar as its
     Python number (an int stays an int), an array as a list, anything else as a float."""
-    import numpy as np
-
     if isinstance(o, np.generic):
         return o.item()
     if hasattr(o, "__array__") and hasattr(o, "shape"):
@@ -183,9 +183,6 @@ def _write_json(path: Path, obj) -> None:
 
 def write_result(folder: Path, config: RunConfig, seed: int, result, extra_manifest: dict | None = None) -> Path:
     """Atomically write one TrainResult into ``folder`` (temp folder + rename)."""
-    from ..problems import controllers
-    from ..training.runner import sigint_deferred, write_metrics
-
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}-{os.getpid()}@{socket.gethostname()}"
@@ -428,9 +425,6 @@ def train_runs(
     :func:`run_lanes`) together under a claim, with checkpoints; write each finished run's
     folder and remove the progress folder. Returns (all folders, the names of the runs this
     call computed). The keywords are :func:`run`'s."""
-    from .. import problems
-    from ..training.runner import Checkpoint, train
-
     folders = [Path(root) / run_id(c, s) for c, s in pairs]
     todo = [(c, s, f) for (c, s), f in zip(pairs, folders) if not is_done(f)]
     code = problems.code_identity(pairs[0][0].problem)
@@ -512,8 +506,6 @@ class LoadedRun:
 
     def data(self, which: str = "test"):
         """The run's ``"train"`` or ``"test"`` states (numpy, (N, *state_shape))."""
-        from ..training.trainer import make_data
-
         if which not in ("train", "test"):
             raise ValueError(f"data={which!r}; allowed: train, test, or an .npz file of states")
         tr, te = make_data(self.problem, self.config, self.seed)
@@ -523,12 +515,6 @@ class LoadedRun:
         """``(loss, per-state losses)`` of the trained controller on ``states`` (default: the
         test set): the trajectory loss of the whole batch, and of each state alone (N,). For the
         library's batch-mean losses the first is the mean of the second."""
-        import jax
-        import jax.numpy as jnp
-        import numpy as np
-
-        from ..core import evaluate_loss
-
         x = np.asarray(self.data() if states is None else states, np.float32)
         kw = dict(step=self.problem.step, loss=self.problem.loss, horizon=self.problem.horizon)
         with jax.default_matmul_precision("highest"):
@@ -539,13 +525,7 @@ class LoadedRun:
 
 def load_run(folder: str | Path) -> LoadedRun:
     """Read a finished run folder back: its config, problem, trained controller and rows."""
-    import jax
-    import pandas as pd
-    from pydantic import ValidationError
-
-    from .. import problems
-    from ..problems import controllers
-    from ..training.trainer import zero_last
+    import pandas as pd  # here, not at the top: importing the package (and the CLI) stays free of pandas
 
     folder = Path(folder)
     if not is_done(folder):

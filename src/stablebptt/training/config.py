@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import typing
 from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .. import problems
+from ..core.backward import BACKWARDS
 from ..core.gates import Flow
 from . import optim
 
@@ -98,8 +101,6 @@ class RunConfig(BaseModel):
     @field_validator("problem")
     @classmethod
     def _problem(cls, v):
-        from .. import problems
-
         problems.param_spec(v)  # resolves the source; a bad one raises naming it and what is allowed
         return v
 
@@ -132,8 +133,6 @@ class RunConfig(BaseModel):
     @field_validator("backward")
     @classmethod
     def _backward(cls, v):
-        from ..core.backward import BACKWARDS
-
         if v not in BACKWARDS:
             raise ValueError(f"backward={v!r}; allowed: {', '.join(BACKWARDS)}")
         return v
@@ -161,8 +160,6 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _whole(self):
-        from .. import problems
-
         Flow(
             mode=self.mode if isinstance(self.mode, str) else tuple(self.mode),
             combiner=self.combiner,
@@ -201,8 +198,6 @@ class RunConfig(BaseModel):
 def _fields_at(model: type[BaseModel], path) -> list[str] | None:
     """The field names of the (sub)model that ``path`` (an error location without its last
     entry) points into, or None when it does not lead to a model."""
-    import typing
-
     for part in path:
         if isinstance(part, int):
             continue

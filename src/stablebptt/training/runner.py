@@ -31,7 +31,9 @@ evaluated), it is marked ``diverged`` at that epoch, and no row is written for t
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
+import hashlib
 import json
 import os
 import signal
@@ -48,6 +50,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import problems
+from ..core import backward as backward_mod
+from ..core import rollout
+from ..core.engine import MEASURE_BATCHES
 from ..problems import Problem, controllers
 from .config import RunConfig
 from .trainer import TRAIN_METRICS, Trainer, init_params_fn, make_data, make_train, verify_controller, zero_last
@@ -194,9 +200,7 @@ def train(
       checkpoint: save the state periodically (:class:`Checkpoint`); if its file exists and
         belongs to these runs, training continues from it (``ran["resumed_from_epoch"]``).
     """
-    from .. import problems as problems_mod
-
-    problems_mod.check_matches(problem, config.problem, config.problem_params)
+    problems.check_matches(problem, config.problem, config.problem_params)
     runs = _runs(problem, config, seeds, data, lane_configs)
     if batching not in BATCHING:
         raise ValueError(f"batching={batching!r}; allowed: {', '.join(BATCHING)}")
@@ -430,7 +434,6 @@ def make_trainer(
 def _probe(train: np.ndarray, batch_size: int) -> np.ndarray:
     """The first minibatches of a training set, (k, batch_size, …): what the candidate
     strategies of ``backward="auto"`` are timed on (k = ``core.engine.MEASURE_BATCHES`` or fewer)."""
-    from ..core.engine import MEASURE_BATCHES
 
     k = max(min(MEASURE_BATCHES, train.shape[0] // batch_size), 1)
     return train[: k * batch_size].reshape((k, batch_size) + train.shape[1:])
@@ -488,7 +491,6 @@ def first_nonfinite(model, states: np.ndarray, problem: Problem, batch_size: int
     "step": n (1 … horizon), "what": "state" | "control", "value": "NaN" | "Inf"}``, or None
     when every state and control is finite. Step n's control is the controller's output on the
     state after step n−1; its state is the simulator's output on that state and control."""
-    from ..core import rollout
 
     def scan(x0):
         xs, cs = rollout(model, x0, step=problem.step, horizon=problem.horizon)
@@ -694,7 +696,6 @@ def sigint_deferred():
 
 def write_metrics(path: Path, history: dict) -> None:
     """One run's rows as CSV (columns: the history's keys), written atomically."""
-    import csv
 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -709,7 +710,6 @@ def write_metrics(path: Path, history: dict) -> None:
 
 def _signature(groups: list[_Group], runs: list[_Run]) -> str:
     """What a checkpoint belongs to: the runs (config, seed) and how they are grouped."""
-    import hashlib
 
     blob = json.dumps(
         {
@@ -725,14 +725,12 @@ def _signature(groups: list[_Group], runs: list[_Run]) -> str:
 
 def strategy_spec(strategy) -> dict:
     """A backward strategy as JSON-able data: ``{"type": class name, "options": fields}``."""
-    import dataclasses
 
     return {"type": type(strategy).__name__, "options": dataclasses.asdict(strategy)}
 
 
 def strategy_from_spec(spec: dict):
     """The strategy of :func:`strategy_spec`'s data."""
-    from ..core import backward as backward_mod
 
     cls = {c.__name__: c for c in (backward_mod.Autodiff, backward_mod.ReverseSweep)}.get(spec.get("type"))
     if cls is None:
@@ -755,8 +753,6 @@ def _checkpoint_meta(ck: Checkpoint) -> dict | None:
 
 def _check_checkpoint_code(ck: Checkpoint) -> None:
     """Raise ValueError when the checkpoint was saved with other problem code than ``ck.code``."""
-    from .. import problems
-
     meta = _checkpoint_meta(ck)
     change = problems.describe_code_change((meta or {}).get("code"), ck.code, f"the checkpoint {ck.path} was saved")
     if change:
