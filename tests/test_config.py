@@ -50,3 +50,21 @@ def test_every_committed_record_keeps_its_run_id():
         blob = json.loads((folder / "config.json").read_text())
         cfg = RunConfig(**blob["config"])
         assert run_id(cfg, blob["seed"]) == folder.name, folder
+
+
+def test_the_train_command_takes_its_defaults_from_run_config():
+    """``stablebptt train``'s options default to RunConfig's values (one place sets a default):
+    every option named like a RunConfig field either has RunConfig's default or defers to the
+    problem's preset (None)."""
+    import inspect
+
+    from stablebptt.cli.app import train
+
+    fields = RunConfig.model_fields
+    checked = 0
+    for name, p in inspect.signature(train).parameters.items():
+        if name in fields and name != "problem":
+            default = p.default.default  # typer's OptionInfo
+            assert default is None or default == fields[name].default, (name, default, fields[name].default)
+            checked += default is not None
+    assert checked >= 15

@@ -18,6 +18,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ..training.config import QUICK_EPOCHS, RunConfig, describe_errors, run_id
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -59,8 +61,6 @@ def _debug() -> bool:
 def _one_line(e: BaseException) -> str:
     """A bad input as one line: the exception's message (file errors: the path and why)."""
     from pydantic import ValidationError
-
-    from ..training.config import RunConfig, describe_errors
 
     if isinstance(e, ValidationError):
         return describe_errors(e, RunConfig)
@@ -248,43 +248,54 @@ def collect_problem_params(problem: str, given: dict, extra: list[str]) -> dict:
     return params
 
 
+#: RunConfig's defaults: the options of ``stablebptt train`` show and use them
+_DEFAULT = {k: f.default for k, f in RunConfig.model_fields.items()}
+
+
 @app.command()
 def train(
     problem: str = typer.Argument(
         "cartpole", help="a problem name (see `stablebptt problems`), FILE.py:FUNCTION or module:FUNCTION"
     ),
     mode: str = typer.Option(
-        "C", "--mode", "-m", help="R, M, S, N, C, or a per-step schedule like 'RRMM…' (one letter per step)"
+        _DEFAULT["mode"],
+        "--mode",
+        "-m",
+        help="R, M, S, N, C, or a per-step schedule like 'RRMM…' (one letter per step)",
     ),
-    clip: str = typer.Option("none", help="none | value | norm"),
-    clip_threshold: float = typer.Option(1.0, help="clipping threshold"),
+    clip: str = typer.Option(_DEFAULT["clip"], help="none | value | norm"),
+    clip_threshold: float = typer.Option(_DEFAULT["clip_threshold"], help="clipping threshold"),
     optimizer: str = typer.Option(
-        "adam", help="adam (Keras form, paper) | adam_optax | sgd | momentum | adagrad | adadelta | rmsprop"
+        _DEFAULT["optimizer"],
+        help="adam (Keras form, paper) | adam_optax | sgd | momentum | adagrad | adadelta | rmsprop",
     ),
-    lr: float = typer.Option(1e-3, help="learning rate"),
-    momentum: float = typer.Option(0.9, help="momentum for --optimizer momentum"),
-    batch_size: int = typer.Option(8, help="minibatch size"),
+    lr: float = typer.Option(_DEFAULT["lr"], help="learning rate"),
+    momentum: float = typer.Option(_DEFAULT["momentum"], help="momentum for --optimizer momentum"),
+    batch_size: int = typer.Option(_DEFAULT["batch_size"], help="minibatch size"),
     epochs: int | None = typer.Option(None, help="epochs (default: a short run per problem; the paper used 1000)"),
     n_train: int | None = typer.Option(None, help="training states (default 256)"),
     n_test: int | None = typer.Option(None, help="test states (default 256)"),
     seed: int = typer.Option(0, help="seed for the initial weights (and the data with --data seeded)"),
-    data: str = typer.Option("paper", help="paper (the authors' seed-42 data) | seeded"),
-    shuffle: bool = typer.Option(False, help="shuffle minibatches each epoch (paper: no)"),
+    data: str = typer.Option(_DEFAULT["data"], help="paper (the authors' seed-42 data) | seeded"),
+    shuffle: bool = typer.Option(_DEFAULT["shuffle"], help="shuffle minibatches each epoch (paper: no)"),
     zero_last: bool | None = typer.Option(
         None,
         "--zero-last/--no-zero-last",
         help="zero-initialise the last kernel (default: the paper preset of the problem)",
     ),
-    combiner: str = typer.Option("sign", help="combiner for C: sign | sign_g"),
-    truncate: int = typer.Option(0, help="truncated BPTT: stop the state every k steps (0 = off)"),
-    decay: float = typer.Option(1.0, help="temporal gradient decay α per step (1 = off)"),
+    combiner: str = typer.Option(_DEFAULT["combiner"], help="combiner for C: sign | sign_g"),
+    truncate: int = typer.Option(_DEFAULT["truncate"], help="truncated BPTT: stop the state every k steps (0 = off)"),
+    decay: float = typer.Option(_DEFAULT["decay"], help="temporal gradient decay α per step (1 = off)"),
     and_mask: float = typer.Option(
-        0.0,
+        _DEFAULT["and_mask"],
         help="AND-mask across batch members: keep entries whose per-sample signs agree in at least this fraction (0 = off)",
     ),
-    diagnostics: bool = typer.Option(False, help="also compute G for cos(M,G) / sign agreement in any mode"),
+    diagnostics: bool = typer.Option(
+        _DEFAULT["diagnostics"], help="also compute G for cos(M,G) / sign agreement in any mode"
+    ),
     checkpoint_every: str = typer.Option(
-        "auto", help="remat: checkpoint the unroll every k steps, 'auto' (from --memory-budget) or 'none'"
+        _DEFAULT["checkpoint_every"],
+        help="remat: checkpoint the unroll every k steps, 'auto' (from --memory-budget) or 'none'",
     ),
     memory_budget: float | None = typer.Option(
         None,
@@ -292,10 +303,10 @@ def train(
     ),
     init_weights: Path | None = typer.Option(None, help="start from these weights: an .npz file or a run folder"),
     eval_every: int = typer.Option(
-        1, help="evaluate the full train/test sets every k epochs and after the last (paper: 1)"
+        _DEFAULT["eval_every"], help="evaluate the full train/test sets every k epochs and after the last (paper: 1)"
     ),
     backward: str = typer.Option(
-        "auto", help="backward strategy: auto | autodiff (the reference) | batched | per_step"
+        _DEFAULT["backward"], help="backward strategy: auto | autodiff (the reference) | batched | per_step"
     ),
     overlap_eval: bool | None = typer.Option(
         None,
@@ -327,7 +338,6 @@ def train(
     from pydantic import ValidationError
 
     from .. import problems as problems_mod
-    from ..training.config import describe_errors
 
     check_out_folder("--out", out_dir)
     check_out_folder("--tensorboard", tensorboard)
@@ -358,8 +368,6 @@ def train(
         raise fail(str(e))
     d = dict(prob.defaults)
     try:
-        from ..training.config import QUICK_EPOCHS, RunConfig
-
         cfg = RunConfig(
             problem=problem,
             problem_params=pparams,
@@ -396,7 +404,6 @@ def train(
     weights = _read_weights("--init-weights", init_weights) if cfg.init_weights else None
 
     from ..experiments.run import clean_finished_partials, code_change, is_done
-    from ..training.config import run_id
 
     folder = Path(out_dir) / run_id(cfg, seed)
     if is_done(folder) and not restart:
@@ -593,8 +600,6 @@ def command_for(cfg, seed: int, out_dir: Path) -> str:
     float that converts back to the same number of bytes; ``checkpoint_every=None`` is
     ``--checkpoint-every none``."""
     import shlex
-
-    from ..training.config import RunConfig
 
     default = RunConfig(problem=cfg.problem)
     always = ("mode", "epochs", "n_train", "n_test")
