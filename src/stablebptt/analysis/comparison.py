@@ -791,6 +791,7 @@ def diagnosis_record(
     d = diagnose.diagnose_problem(problem, n=states, **params)
     if folder is not None:
         d.save(folder, "diagnosis")
+    assert d.verdict is not None  # diagnose() always sets it
     rec = d.verdict.mode
     return dict(
         recommended_mode=rec,

@@ -224,7 +224,7 @@ class _Sweep:
         self.per_step_k = self.need_k and opts.jacobian == "per_step"
         self.in_sweep = opts.param_grads == "in_sweep"
         self.keep_res = self.hooks and opts.keep_activations and not self.per_step_k and not self.in_sweep
-        self.treedefs = {}  # treedefs of saved vjps, set while the forward loop is traced
+        self.treedefs: dict = {}  # treedefs of saved vjps, set while the forward loop is traced
 
     def _step_vjp(self, n, x, c):
         """``((x_{n+1}, ℓ_n), vjp)`` of the step w.r.t. (x_n, c_n), or w.r.t. c_n only when no
@@ -473,14 +473,14 @@ def candidates(
         for keep in (False, True) if reads_activations else (False,):
             for save in (False, True):
                 sweeps.append(
-                    ReverseSweep(jacobian=jac, merge_rows=merge, keep_activations=keep, save_linearization=save)
+                    ReverseSweep(jacobian=jac, merge_rows=merge, keep_activations=keep, save_linearization=save)  # type: ignore[arg-type]  # prefer: checked against BACKWARDS above
                 )
     if prefer in ("auto", "per_step"):  # the controller's vjp kept per step, parameters in the sweep
         sweeps += [
             ReverseSweep(jacobian="per_step", merge_rows=False, save_linearization=save, param_grads="in_sweep")
             for save in (False, True)
         ]
-    out = []
+    out: list = []
     fits = True
     for sw in sweeps:
         ce = checkpoint_every
@@ -489,7 +489,7 @@ def candidates(
                 sw, model, x0, step=step, loss=loss, horizon=horizon, live_ctrl=live, memory_budget=memory_budget
             )
         fits = fits and ce is None
-        out.append(dataclasses.replace(sw, checkpoint_every=ce))
+        out.append(dataclasses.replace(sw, checkpoint_every=ce))  # type: ignore[arg-type]  # a str other than 'auto' was refused above
     if prefer == "auto" and fits and checkpoint_every in (None, "auto"):
         out.insert(0, Autodiff())
     first = prior(out, has=has, gates=gates, loss=loss)

@@ -170,8 +170,8 @@ def choose(
             "signature": key,
             "pending": True,
         }
-    if calls is not None and not _worth(others, timed[1], calls * timed[0]):
-        rec = _skip(repr(ref), timed[0], timed[1], others, calls, 0.0, key, cached=False)
+    if calls is not None and not _worth(others, timed[1], calls * timed[0]):  # type: ignore[index]  # not None when calls is not (above)
+        rec = _skip(repr(ref), timed[0], timed[1], others, calls, 0.0, key, cached=False)  # type: ignore[index]
         _store(key, rec)
         return ref, rec
     t0 = time.perf_counter()

@@ -108,6 +108,7 @@ def _leak(model, x_row) -> list[int]:
     t = jax.tree_util.tree_map(lambda a: np.zeros_like(a), x)
     for a in jax.tree_util.tree_leaves(t):
         a[0] = 1.0
+    key: tuple | None
     try:
         key = (
             jax.tree_util.tree_structure(static),

@@ -48,7 +48,7 @@ class TrajectoryLoss:
         if not (self.control_weight >= 0.0):
             raise ValueError(f"TrajectoryLoss.control_weight={self.control_weight!r}; must be a number ≥ 0")
 
-    def step_weight(self, n: jax.Array, horizon: int) -> jax.Array:
+    def step_weight(self, n: jax.Array | int, horizon: int) -> jax.Array:
         """Weight w_n of state_loss(x_n) for n = 1 … T (n may be traced)."""
         if self.on == "final":
             return jnp.where(n == horizon, 1.0, 0.0)

@@ -11,7 +11,7 @@ penalty of c_n) plus, for final-state losses, the state loss of x_T::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection
 from typing import Any, NamedTuple
 
 import equinox as eqx
@@ -68,7 +68,7 @@ class Forward(NamedTuple):
     kvjp: Any = None
 
 
-def forward_loop(control: Callable, phys: Callable, x0, ns, keep: Sequence[str] = ("ls",)):
+def forward_loop(control: Callable, phys: Callable, x0, ns, keep: Collection[str] = ("ls",)):
     """The forward loop of every computation in the engine: over steps ``ns``,
 
         c_n, extra = control(n, x_n);   x_{n+1}, ℓ_n, lin_n = phys(n, x_n, c_n)
@@ -100,7 +100,7 @@ def unrolled_loss(params, static, x0, *, step, loss: TrajectoryLoss, horizon: in
     g_arr = jnp.asarray(gates, jnp.float32)
     phys = physics(step, loss, horizon)
     model = eqx.combine(params, static)
-    control = lambda n, x: (model(gate(x, g_arr[n, 0])), {})
+    control: Callable = lambda n, x: (model(gate(x, g_arr[n, 0])), {})
     gated = lambda n, x, c: (*phys(n, gate(x, g_arr[n, 1]), c), None)
     xT, fwd = forward_loop(control, gated, x0, jnp.arange(horizon))
     return jnp.sum(fwd.ls) + terminal_loss(loss, xT)
@@ -165,7 +165,7 @@ def check_problem_inputs(model, x0, step, horizon) -> None:
         ) from e
     shapes0 = [tuple(a.shape) for a in leaves]
     shapes1 = [tuple(a.shape) for a in jax.tree_util.tree_leaves(x1)]
-    if jax.tree_util.tree_structure(x0) != jax.tree_util.tree_structure(x1) or shapes0 != shapes1:
+    if jax.tree_util.tree_structure(x0) != jax.tree_util.tree_structure(x1) or shapes0 != shapes1:  # type: ignore[operator]  # jaxlib ships no stub for PyTreeDef
         raise ValueError(
             f"step(state, control) returns shapes {shapes1} but the state has shapes {shapes0}; "
             f"the controller's output was {_tree_shapes(c)}; step must map a state to a state of the same shapes"

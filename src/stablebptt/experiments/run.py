@@ -120,7 +120,7 @@ def manifest() -> dict:
         },
         "precision": {
             "dtype": "float32",
-            "x64": bool(jax.config.jax_enable_x64),
+            "x64": bool(jax.config.jax_enable_x64),  # type: ignore[attr-defined]  # set at run time; jax's stub lists no options
             "matmul_precision": "highest (the training programs are traced at full float32 precision)",
         },
         "xla_flags": os.environ.get("XLA_FLAGS", ""),

@@ -104,6 +104,7 @@ def _file_module(path: Path, source: str | None = None):
     if key not in sys.modules:
         note_user_file(path)
         spec = importlib.util.spec_from_file_location(key, path)
+        assert spec is not None and spec.loader is not None  # a .py file (the caller checks)
         module = importlib.util.module_from_spec(spec)
         sys.modules[key] = module
         try:
@@ -161,7 +162,7 @@ def _resolve(source: str) -> tuple[Callable, dict, dict]:
             if not path.is_file():
                 raise ValueError(f"problem {source!r}: no such file {where!r} (relative paths start in {Path.cwd()})")
             mod = _file_module(path, source)
-            origin = {
+            origin: dict[str, str | None] = {
                 "kind": "file",
                 "path": str(path.resolve()),
                 "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
@@ -228,7 +229,7 @@ def _installed_from(module) -> tuple[str, str] | None:
         except metadata.PackageNotFoundError:
             continue
         for f in dist.files or ():
-            if f.suffix == ".py" and Path(dist.locate_file(f)).resolve() == file:
+            if f.suffix == ".py" and Path(dist.locate_file(f)).resolve() == file:  # type: ignore[arg-type]  # a Path at run time
                 return dist.metadata["Name"], dist.version
     return None
 
@@ -280,6 +281,7 @@ def describe_code_change(old: dict | None, new: dict | None, since: str) -> str 
     a, b = code_key(old), code_key(new)
     if a is None or b is None or a == b:
         return None
+    assert new is not None  # code_key(None) is None
     if new.get("module"):
         what = f"problem module {new['module']}" + (f" ({new['file']})" if new.get("file") else "")
     else:
@@ -369,9 +371,9 @@ def same_param(have, want) -> bool:
     h, w = _real(have), _real(want)
     if h is None or w is None or not (h[1] or w[1]):
         return bool(have == want)
-    (h, _), (w, _) = h, w
+    (hv, _), (wv, _) = h, w
     with np.errstate(over="ignore"):
-        return h == w or float(np.float32(w)) == h or float(np.float32(h)) == w
+        return hv == wv or float(np.float32(wv)) == hv or float(np.float32(hv)) == wv
 
 
 # ----------------------------------------------------------------------------- user code: located errors
@@ -414,7 +416,7 @@ def _shown(path: str) -> str:
     return path if rel.startswith("..") else rel
 
 
-def _flat(text: str, limit: int = MAX_QUOTED) -> str:
+def _flat(text: object, limit: int = MAX_QUOTED) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -423,6 +425,7 @@ def user_frame(exc: BaseException) -> tuple[str, int, str | None] | None:
     """``(file, line, function)`` of the innermost traceback frame of ``exc`` (or of the
     exceptions it was raised from) in a user file (:func:`note_user_file`); a syntax error in a
     user file: its own file and line. None where no frame is in user code."""
+    todo: list[BaseException | None]
     todo, seen = [exc], set()
     while todo:
         e = todo.pop(0)
@@ -430,7 +433,7 @@ def user_frame(exc: BaseException) -> tuple[str, int, str | None] | None:
             continue
         seen.add(id(e))
         if isinstance(e, SyntaxError) and e.lineno and is_user_file(e.filename):
-            return e.filename, int(e.lineno), None
+            return e.filename, int(e.lineno), None  # type: ignore[return-value]  # not None: a user file
         found = None
         for frame, line in traceback.walk_tb(e.__traceback__):
             if is_user_file(frame.f_code.co_filename):

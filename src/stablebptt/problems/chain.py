@@ -196,13 +196,13 @@ def _build_step(chain: Chain, dt: float):
 
 
 def _positive(name: str, v, unit: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (math.isfinite(v) and v > 0):
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (math.isfinite(v) and v > 0):  # type: ignore[operator]  # typeshed's numbers.Real has no __gt__/__ge__
         raise ValueError(f"cart-chain: {name}={v!r}; must be a finite number > 0 ({unit})")
     return float(v)
 
 
 def _count(name: str, v, lo: int, hi: int | None = None) -> int:
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo or (hi is not None and v > hi):
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo or (hi is not None and v > hi):  # type: ignore[operator]  # typeshed's numbers.Real has no __gt__/__ge__
         allowed = f"an integer {lo} … {hi}" if hi is not None else f"an integer ≥ {lo}"
         raise ValueError(f"cart-chain: {name}={v!r}; must be {allowed}")
     return int(v)

@@ -362,7 +362,7 @@ def save_weights(model, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **weights_dict(model))
+    np.savez(tmp, **weights_dict(model))  # type: ignore[arg-type]  # numpy's stub: a ** dict might hold allow_pickle
     tmp.replace(path)
     return path
 

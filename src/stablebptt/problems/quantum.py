@@ -272,6 +272,7 @@ def _build_sample_data(nx: int, weighting: int):
         if n_train < 0 or n_test < 0:
             raise ValueError(f"n_train={n_train}, n_test={n_test}; both must be ≥ 0")
         n = n_train + n_test
+        rng: np.random.RandomState | np.random.Generator
         if isinstance(seed, str):
             if seed != "paper":
                 raise ValueError(f"seed={seed!r}; allowed: 'paper' or an int")

@@ -97,7 +97,7 @@ def make(name: str = "toy-field", x0: float = -0.3, target: float = 2.0, steps: 
     if not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError(f"steps={steps!r}; must be an int ≥ 1")
 
-    def ctrl(key, zero_last=False, theta=None):
+    def ctrl(key, zero_last=False, theta=None):  # type: ignore[no-redef]  # the other ctrl is toy-rotation's (returned above)
         del zero_last
         th = jax.random.uniform(key, (2,), jnp.float32, -4.0, 4.0) if theta is None else jnp.asarray(theta, jnp.float32)
         return PolyController(th)

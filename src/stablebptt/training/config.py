@@ -213,7 +213,7 @@ def _fields_at(model: type[BaseModel], path) -> list[str] | None:
             ann = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), args[0] if args else ann)
             if typing.get_origin(ann) not in (list, Union, typing.Union, Optional):
                 break
-        model = ann
+        model = ann  # type: ignore[assignment]  # any annotation; the checks above and below test for a model
     return sorted(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 

@@ -37,7 +37,7 @@ CLIPPING = ("none", "value", "norm")
 
 
 class KerasAdamState(NamedTuple):
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as optax's own states do
     mu: optax.Updates
     nu: optax.Updates
 

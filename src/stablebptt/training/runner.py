@@ -65,7 +65,7 @@ LANE_FIELDS = ("mode", "truncate", "decay", "lr", "clip", "clip_threshold", "dia
 BATCHING = ("auto", "vmap", "loop")
 #: XLA options of the controller-initialisation program on the CPU: it runs once per run,
 #: and at LLVM's default level its random-number code takes longer to compile than to run
-INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
+INIT_COMPILER_OPTIONS: dict[str, Any] = {"xla_backend_optimization_level": 1}
 
 
 @dataclass
@@ -225,7 +225,7 @@ def train(
     cpu_opts = INIT_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
     n_runs = len(runs) if vmapped else 1
     probe = _probe(runs[0].train, config.batch_size)
-    compile_s_of = {}
+    compile_s_of: dict[str, float] = {}
 
     def updates_args(trainer, settings):  # the abstract arguments of the epoch program
         state = jax.eval_shape(trainer.init, trainer.params_shape, settings)
@@ -457,11 +457,11 @@ def _initial_groups(trainer: Trainer, programs: dict, runs: list[_Run], vmapped:
         pick = (lambda xs: _stack([xs[i] for i in idx])) if vmapped else (lambda xs: xs[idx[0]])
         data = tuple(jnp.asarray(pick([getattr(r, name) for r in runs])) for name in ("train", "test"))
         groups.append(
-            _Group(
+            _Group(  # type: ignore[misc]  # data is (train, test): eval_data is not among them
                 idx,
                 programs["init"](pick(params), pick(settings)),
                 vmapped,
-                *data,
+                *data,  # type: ignore[arg-type]
                 eval_data=jax.device_put(data, eval_device) if eval_device is not None else data,
             )
         )
@@ -515,7 +515,7 @@ def first_nonfinite(model, states: np.ndarray, problem: Problem, batch_size: int
                 continue
             if bad_c is not None and (bad_x is None or bad_c <= bad_x):
                 return {"batch": k + 1, "step": bad_c + 1, "what": "control", "value": "NaN" if nc[bad_c] else "Inf"}
-            return {"batch": k + 1, "step": bad_x + 1, "what": "state", "value": "NaN" if nx[bad_x] else "Inf"}
+            return {"batch": k + 1, "step": bad_x + 1, "what": "state", "value": "NaN" if nx[bad_x] else "Inf"}  # type: ignore[operator]  # not None here
     return None
 
 
@@ -590,7 +590,7 @@ def _record(run: _Run, epoch: int, row: dict, wall: float) -> None:
 
 def _train_rows(g: _Group, runs: list[_Run], metrics: dict, alive, epoch: int, t_start: float) -> dict:
     """{run index: the epoch's training metrics, or None where the run diverged in this epoch}."""
-    out = {}
+    out: dict[int, dict[str, float] | None] = {}
     alive = np.atleast_1d(np.asarray(alive))
     for j, i in enumerate(g.idx):
         run = runs[i]
@@ -732,7 +732,7 @@ def strategy_spec(strategy) -> dict:
 def strategy_from_spec(spec: dict):
     """The strategy of :func:`strategy_spec`'s data."""
 
-    cls = {c.__name__: c for c in (backward_mod.Autodiff, backward_mod.ReverseSweep)}.get(spec.get("type"))
+    cls = {c.__name__: c for c in (backward_mod.Autodiff, backward_mod.ReverseSweep)}.get(spec.get("type"))  # type: ignore[arg-type]  # None: no class
     if cls is None:
         raise ValueError(f"unknown backward strategy {spec.get('type')!r} in a checkpoint")
     return cls(**spec.get("options", {}))
@@ -806,7 +806,7 @@ def _save(ck: Checkpoint, epoch: int, groups: list[_Group], runs: list[_Run], tr
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.npz")
     with sigint_deferred():
-        np.savez(tmp, meta=np.asarray(json.dumps(meta)), **arrays)
+        np.savez(tmp, meta=np.asarray(json.dumps(meta)), **arrays)  # type: ignore[arg-type]  # numpy's stub: a ** dict might hold allow_pickle
         os.replace(tmp, path)
         for r, m in zip(runs, ck.metrics or ()):
             write_metrics(m, r.history)
@@ -859,7 +859,7 @@ def _two_fields(config: RunConfig) -> bool:
 def _results(
     trainer: Trainer, groups: list[_Group], runs: list[_Run], compile_s: float, train_s: float, ran: dict
 ) -> list[TrainResult]:
-    out = [None] * len(runs)
+    out: list = [None] * len(runs)  # each entry set below
     for g in groups:
         params = g.state.params
         for j, i in enumerate(g.idx):

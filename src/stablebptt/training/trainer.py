@@ -314,7 +314,7 @@ def make_evaluate(problem: Problem, static) -> Callable:
     """``evaluate(params, train, test) -> (train_loss, test_loss)``: forward rollouts of both
     sets, on CPU in chunks of :func:`eval_chunk` states (one ``lax.map``; the loss is a batch
     mean, so the mean over equal chunks is the loss of the set)."""
-    kw = dict(step=problem.step, loss=problem.loss, horizon=problem.horizon)
+    kw: dict[str, Any] = dict(step=problem.step, loss=problem.loss, horizon=problem.horizon)
     one = lambda params, xs: core.evaluate_loss(eqx.combine(params, static), xs, **kw)
 
     def chunks(xs):

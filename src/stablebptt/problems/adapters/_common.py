@@ -43,7 +43,7 @@ def positive_int(v, name: str, who: str) -> int:
 
 
 def positive_float(v, name: str, who: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (np.isfinite(v) and v > 0):
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (np.isfinite(v) and v > 0):  # type: ignore[call-overload,operator]  # numpy's and typeshed's stubs know no numbers.Real
         raise ValueError(f"{who}: {name}={v!r}; must be a finite number > 0")
     return float(v)
 
@@ -136,7 +136,7 @@ def controller_factory(
 ) -> Callable:
     """``make_controller(key, zero_last=True)``: an MLP on the flattened state, or on
     ``features(row)`` (k = ``feature_size`` entries) when ``features`` is given."""
-    in_size = int(np.prod(state_shape)) if features is None else int(feature_size)
+    in_size = int(np.prod(state_shape)) if features is None else int(feature_size)  # type: ignore[arg-type]  # given with features
 
     def make_controller(key, zero_last: bool = True):
         mlp = controllers.MLP(
@@ -152,7 +152,7 @@ def check_widths(widths, who: str) -> tuple[int, ...]:
         ws = tuple(widths)
     except TypeError:
         ws = None
-    if ws is None or not all(isinstance(w, numbers.Integral) and not isinstance(w, bool) and w >= 1 for w in ws):
+    if ws is None or not all(isinstance(w, numbers.Integral) and not isinstance(w, bool) and w >= 1 for w in ws):  # type: ignore[operator]  # typeshed's numbers.Real has no __gt__/__ge__
         raise ValueError(f"{who}: widths={widths!r}; must be a sequence of integers ≥ 1 (hidden layer widths)")
     return tuple(int(w) for w in ws)
 

@@ -81,7 +81,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -282,7 +282,7 @@ def brax_problem(
     horizon: int,
     state_loss: Callable | None = None,
     reward: Callable | None = None,
-    on: str = "every",
+    on: Literal["every", "final"] = "every",
     control_weight: float = 0.0,
     observe: Callable | None = None,
     sample_states: Callable | None = None,

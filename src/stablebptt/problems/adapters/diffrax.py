@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -65,7 +65,7 @@ def _shape(v, name: str) -> tuple[int, ...]:
         s = tuple(v)
     except TypeError:
         s = None
-    if s is None or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 1 for d in s):
+    if s is None or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 1 for d in s):  # type: ignore[operator]  # typeshed's numbers.Real has no __gt__/__ge__
         raise ValueError(f"{WHO}: {name}={v!r}; must be a tuple of integers ≥ 1 (per-sample shape, () for a scalar)")
     return tuple(int(d) for d in s)
 
@@ -128,7 +128,7 @@ def ode_problem(
     sample_states: Callable,
     solver=None,
     substeps: int = 1,
-    on: str = "final",
+    on: Literal["every", "final"] = "final",
     control_weight: float = 0.0,
     observe: Callable | None = None,
     widths: Sequence[int] = (64, 64),

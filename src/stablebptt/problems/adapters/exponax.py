@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -249,7 +249,7 @@ def exponax_problem(
     spin_up: int = 0,
     actuators=None,
     aux_channels: int = 0,
-    on: str = "every",
+    on: Literal["every", "final"] = "every",
     control_weight: float = 0.0,
     widths: Sequence[int] | None = None,
     kernel_size: int = 5,

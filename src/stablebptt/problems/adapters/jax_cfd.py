@@ -55,7 +55,7 @@ import numbers
 import sys
 import types
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -91,7 +91,7 @@ def _give_jax_cfd_the_aliases() -> int:
     changed = 0
     for name, module in list(sys.modules.items()):
         if (name == "jax_cfd" or name.startswith("jax_cfd.")) and getattr(module, "jax", None) is jax:
-            module.jax = _JAX_VIEW
+            module.jax = _JAX_VIEW  # type: ignore[attr-defined]  # the module's own `jax` name
             changed += 1
     return changed
 
@@ -206,7 +206,7 @@ def _shape(v, name: str) -> tuple[int, ...]:
         s = tuple(v)
     except TypeError:
         s = None
-    if s is None or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 1 for d in s):
+    if s is None or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 1 for d in s):  # type: ignore[operator]  # typeshed's numbers.Real has no __gt__/__ge__
         raise ValueError(f"{WHO}: {name}={v!r}; must be a tuple of integers ≥ 1 (per-sample shape)")
     return tuple(int(d) for d in s)
 
@@ -219,7 +219,7 @@ def jax_cfd_problem(
     horizon: int,
     state_loss: Callable,
     sample_states: Callable,
-    on: str = "every",
+    on: Literal["every", "final"] = "every",
     control_weight: float = 0.0,
     observe: Callable | None = None,
     widths: Sequence[int] = (64, 64),

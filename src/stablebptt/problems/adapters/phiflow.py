@@ -66,7 +66,7 @@ import functools
 import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -140,6 +140,8 @@ class _Spec:
     """How one values tensor is laid out: ``shape`` (uniform: its dims, in order) or
     ``stack`` (a non-uniform tensor, e.g. a staggered grid's values: one dim along which
     uniform ``parts`` are stacked)."""
+
+    parts: tuple[_Spec, ...]
 
     def __init__(self, t, where: str):
         math = _math()
@@ -241,7 +243,7 @@ class FieldLayout:
 
     def _leaves_of(self, obj, where: str) -> list:
         leaves, treedef = jax.tree_util.tree_flatten(obj, is_leaf=_is_leaf)
-        if treedef != self.treedef or not all(_is_leaf(x) for x in leaves):
+        if treedef != self.treedef or not all(_is_leaf(x) for x in leaves):  # type: ignore[operator]  # jaxlib ships no stub for PyTreeDef
             raise ValueError(
                 f"{WHO}: {where} has the structure {treedef}; expected the {self.what} "
                 f"template's {self.treedef} (PhiFlow Fields or Tensors)"
@@ -344,7 +346,7 @@ def phiflow_step(step: Callable, *, state, control) -> tuple[Callable, FieldLayo
             raise ValueError(f"{WHO} step: control shape {c.shape}; expected ({x.shape[0]}, {c_layout.size})")
         return jax.vmap(row_step)(x, c)
 
-    batched.row_step = row_step
+    batched.row_step = row_step  # type: ignore[attr-defined]  # a function attribute
     return batched, layout, c_layout
 
 
@@ -356,7 +358,7 @@ def phiflow_problem(
     horizon: int,
     state_loss: Callable,
     sample_states: Callable,
-    on: str = "final",
+    on: Literal["every", "final"] = "final",
     control_weight: float = 0.0,
     observe: Callable | None = None,
     widths: Sequence[int] = (64, 64),
@@ -402,7 +404,7 @@ def phiflow_problem(
     # warm PhiFlow's lazy caches with concrete values before anything is traced (module docstring)
     x_t = layout.pack(state, "the state template")
     c_t = c_layout.pack(control, "the control template")
-    batched.row_step(x_t, c_t)
+    batched.row_step(x_t, c_t)  # type: ignore[attr-defined]  # set by _steps
     row_loss(x_t)
     if row_observe is not None:
         row_observe(x_t)
