@@ -3,6 +3,7 @@
 
 import ast
 import json
+import re
 import tomllib
 from importlib import metadata
 from pathlib import Path
@@ -64,3 +65,19 @@ def test_a_run_records_the_version_of_the_code_that_runs():
     assert versions["stablebptt"] == stablebptt.__version__
     if "stablebptt_installed" in versions:  # recorded only where it differs
         assert versions["stablebptt_installed"] != versions["stablebptt"]
+
+
+def test_every_requirement_has_the_lower_bound_ci_installs():
+    """CI installs each requirement at its lower bound (``.ci/lower_bounds.py`` writes the pip
+    constraints), so every requirement, extras included, must have one."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, str(REPO / ".ci" / "lower_bounds.py")], capture_output=True, text=True, check=True
+    ).stdout.split()
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    names = {re.split(r"[\[<>=]", r)[0] for r in project["dependencies"]}
+    names |= {re.split(r"[\[<>=]", r)[0] for extra in project["optional-dependencies"].values() for r in extra}
+    assert {line.split("==")[0] for line in out} == names
+    assert all(line.count("==") == 1 and line.split("==")[1][0].isdigit() for line in out)
