@@ -10,7 +10,7 @@ run of the cart-pole figure's quick variant on this CPU (or, ``--quick-only``, o
         --seeds 1 --epochs 2                                       # dry run of the figure, ~1 min
 
 Hours (``*_h``) per figure and in total; the measured figure run in wall seconds.
-The figure's options ``--poles/--modes/--clips/--seeds/--epochs`` trim the preset (for dry
+The figure's options ``--poles/--modes/--clips/--seeds/--epochs`` trim its sweep spec (for dry
 runs; the JSON records the trimmed spec).
 
 A GPU estimate from *measured* epochs: :func:`gpu_measured` with ``gpu_check.py``'s JSON
@@ -43,6 +43,9 @@ import time
 from pathlib import Path
 
 import _common
+
+#: the sweep specs of the paper's figures
+PAPER_SPECS = Path(__file__).resolve().parents[1] / "experiments" / "paper" / "specs"
 
 #: problem -> (configurations, epochs) of its figure
 GRID = {
@@ -125,11 +128,11 @@ def gpu_measured(gpu_epoch_rows: list[dict]) -> dict:
 
 
 def figure_spec(quick: bool = True, *, poles=None, modes=None, clips=None, seeds=None, epochs=None):
-    """The cart-pole figure's sweep spec (``stablebptt.experiments.sweep`` preset, quick or full), with
+    """The cart-pole figure's sweep spec (``experiments/paper/specs/cartpole[-quick].toml``), with
     the pole counts, modes, clippings, seed count or epochs replaced where given."""
     from stablebptt.experiments import sweep
 
-    raw = sweep.load_spec("cartpole", quick=quick).model_dump(mode="json")
+    raw = sweep.load_spec(PAPER_SPECS / f"cartpole{'-quick' if quick else ''}.toml").model_dump(mode="json")
     ex = raw["experiment"][0]
     if poles:
         ex["level"] = {"poles": [int(p) for p in poles]}
@@ -147,7 +150,7 @@ def figure_spec(quick: bool = True, *, poles=None, modes=None, clips=None, seeds
 def quick_cartpole(
     workers: int = 2, vmap_configs: bool = False, quick: bool = True, root: str | None = None, **trim
 ) -> dict:
-    """Run the cart-pole figure's sweep (quick preset, or the full one with ``quick=False``;
+    """Run the cart-pole figure's sweep (the quick one, or the full one with ``quick=False``;
     ``trim``: :func:`figure_spec`'s replacements) with the local executor: seeds vmapped per
     config, or with ``vmap_configs`` every pole count's runs as lanes of one program.
     ``root``: keep (and resume) the runs there instead of a temporary folder. Returns the
@@ -210,11 +213,13 @@ def main(argv=None):
     )
     ap.add_argument("--full", action="store_true", help="with --quick-only: the full cart-pole figure (1000 epochs)")
     ap.add_argument("--root", default=None, help="keep the figure's runs here (resumable) instead of a temp folder")
-    ap.add_argument("--poles", default=None, help="figure: comma list of pole counts (default: the preset's)")
-    ap.add_argument("--modes", default=None, help="figure: comma list of modes (default: the preset's)")
-    ap.add_argument("--clips", default=None, help="figure: comma list of clippings (default: the preset's)")
-    ap.add_argument("--seeds", type=int, default=None, help="figure: seeds (default: the preset's)")
-    ap.add_argument("--epochs", type=int, default=None, help="figure: epochs (default: the preset's)")
+    ap.add_argument(
+        "--poles", default=None, help="figure: comma list of pole counts (default: the figure's sweep spec)"
+    )
+    ap.add_argument("--modes", default=None, help="figure: comma list of modes (default: the figure's sweep spec)")
+    ap.add_argument("--clips", default=None, help="figure: comma list of clippings (default: the figure's sweep spec)")
+    ap.add_argument("--seeds", type=int, default=None, help="figure: seeds (default: the figure's sweep spec)")
+    ap.add_argument("--epochs", type=int, default=None, help="figure: epochs (default: the figure's sweep spec)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     split = lambda v: v.split(",") if v else None

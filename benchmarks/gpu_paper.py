@@ -5,9 +5,9 @@ vmapped program, each group in its own process, all groups of all figures at onc
     python benchmarks/gpu_paper.py --out /tmp/paper --figure cartpole --figure guidance \
         --figure quantum:target=5:seeds=3 --deadline 480
 
-A figure is a preset of ``stablebptt.experiments.sweep`` (cartpole, guidance, quantum), optionally with
+A figure is a sweep spec of ``experiments/paper/specs/`` (cartpole, guidance, quantum), optionally with
 one level value and a seed count (``quantum:target=5:seeds=3``). Run folders are written to
-``OUT/<figure>/`` under the same names a ``stablebptt sweep`` of the preset would use, so the
+``OUT/<figure>/`` under the same names a ``stablebptt sweep`` of the spec would use, so the
 sweep (or ``stablebptt results``) resumes from or reads them. A group writes its runs when
 all its lanes have finished; ``--deadline`` seconds after the start, unfinished groups are
 stopped (their runs are not written). Each group prints a progress line every
@@ -25,13 +25,16 @@ import sys
 import time
 from pathlib import Path
 
+#: the sweep specs of the paper's figures
+PAPER_SPECS = Path(__file__).resolve().parents[1] / "experiments" / "paper" / "specs"
+
 
 def _figure_spec(text: str, quick: bool = False) -> tuple[str, dict]:
-    """``"quantum:target=5:seeds=3"`` -> (name, spec dict of the preset with that level and seeds)."""
+    """``"quantum:target=5:seeds=3"`` -> (name, spec dict of the figure's sweep with that level and seeds)."""
     from stablebptt.experiments import sweep
 
     name, *opts = text.split(":")
-    spec = sweep.load_spec(name, quick=quick).model_dump(mode="json")
+    spec = sweep.load_spec(PAPER_SPECS / f"{name}{'-quick' if quick else ''}.toml").model_dump(mode="json")
     for opt in opts:
         k, v = opt.split("=", 1)
         if k == "seeds":
@@ -74,7 +77,7 @@ def main(argv=None) -> int:
     ap.add_argument("--figure", action="append", required=True)
     ap.add_argument("--deadline", type=float, default=480.0)
     ap.add_argument("--log-every", type=int, default=50)
-    ap.add_argument("--quick", action="store_true", help="the presets' quick variants (a dry run)")
+    ap.add_argument("--quick", action="store_true", help="the figures' quick sweeps (a dry run)")
     a = ap.parse_args(argv)
 
     from stablebptt.experiments import sweep

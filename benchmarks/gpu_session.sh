@@ -4,8 +4,8 @@
 #
 #   PLAN=figure  bench_lanes.py (a cart-pole panel's runs as lanes of one program vs one
 #                program per config with its seeds vmapped; LANES_SEEDS, LANES_MODES,
-#                LANES_CLIPS), then the cart-pole figure (full, or QUICK=1 the quick preset)
-#                with every pole count's runs as lanes of one program (`stablebptt reproduce
+#                LANES_CLIPS), then the cart-pole figure (full, or QUICK=1 the quick sweep)
+#                with every pole count's runs as lanes of one program (`experiments/paper/reproduce.py
 #                cartpole --vmap-configs`, FIGURE_WORKERS worker processes): its wall time,
 #                SUMMARY.md, figure, acceptance claims, and the run folders (without weights)
 #                as runs.tar.gz. FIGURE_TIMEOUT (480 s) stops it; a pole count's runs are
@@ -88,16 +88,20 @@ else
   if [ -n "${RESUME_TAR:-}" ] && [ -f "$RESUME_TAR" ]; then mkdir -p "$FIG" && tar -xzf "$RESUME_TAR" -C "$FIG"; fi
   QFLAG=""; [ "${QUICK:-0}" = 1 ] && QFLAG="--quick"
   T0=$(date +%s)
-  ( cd /tmp && XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "${FIGURE_TIMEOUT:-480}" $PY -c "from stablebptt.cli import app; app()" \
-      reproduce cartpole $QFLAG --vmap-configs --workers "${FIGURE_WORKERS:-4}" --out "$FIG" ) 2>&1 \
+  REPRODUCE=$PWD/experiments/paper/reproduce.py
+  ( cd /tmp && XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "${FIGURE_TIMEOUT:-480}" $PY "$REPRODUCE" \
+      cartpole $QFLAG --vmap-configs --workers "${FIGURE_WORKERS:-4}" --out "$FIG" ) 2>&1 \
     | grep -v "Delay kernel" | tail -20 | tee -a "$OUT/figure.txt"
   T1=$(date +%s)
   echo "figure wall_s $((T1 - T0)) (quick=${QUICK:-0}, workers ${FIGURE_WORKERS:-4}, resumed from ${RESUME_TAR:-nothing})" | tee -a "$OUT/figure.txt"
   cp "$FIG/SUMMARY.md" "$OUT/" 2>/dev/null
   ls "$FIG"/figures/*.png 2>/dev/null | head -1 | xargs -r -I{} cp {} "$OUT/figure.png"
   $PY -c "
-from stablebptt.analysis import claims
-for c in claims.cartpole_claims('$FIG'): print(c.row())
+import sys
+sys.path.insert(0, 'experiments/paper')
+import claims
+from stablebptt.analysis import results
+for c in claims.cartpole_claims(results.collect('$FIG')): print(f'{c.key}: {c.verdict}')
 " 2>&1 | tee -a "$OUT/figure.txt"
   ( cd "$FIG" && tar --exclude='weights.npz' -czf "$OUT/runs.tar.gz" . ) 2>/dev/null
 fi

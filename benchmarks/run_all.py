@@ -333,7 +333,7 @@ def render(data: dict, command: str, note: str | None = None) -> str:
         if quick:
             s = quick["spec"]
             L += [
-                f'Measured: the cart-pole figure\'s quick preset{trimmed(s)} (`stablebptt.experiments.sweep.load_spec("cartpole", quick=True)`: '
+                f"Measured: the cart-pole figure's quick sweep{trimmed(s)} (`experiments/paper/specs/cartpole-quick.toml`: "
                 f"{s['configs']} configurations × {s['seeds']} seeds, {s['epochs']} epochs, {s['n_train']} train / "
                 f"{s['n_test']} test states) on this CPU with 2 worker processes, seeds of a configuration together: "
                 f"**{quick['wall_s']:.0f} s** wall ({quick['computed']} runs computed, {quick['diverged']} diverged, "
@@ -367,7 +367,7 @@ def render(data: dict, command: str, note: str | None = None) -> str:
         base = (data.get("paper") or {}).get("quick")
         if q:
             L += [
-                f"The cart-pole figure's quick preset{trimmed(q['spec'])} with every pole count's runs as lanes of one program "
+                f"The cart-pole figure's quick sweep{trimmed(q['spec'])} with every pole count's runs as lanes of one program "
                 f"({q['workers']} worker processes): **{q['wall_s']:.0f} s** wall ({q['computed']} runs computed, "
                 f"{q['diverged']} diverged, {len(q['failed'])} failed)"
                 + (f"; seeds vmapped per configuration (section above): {base['wall_s']:.0f} s." if base else "."),
@@ -508,7 +508,7 @@ def render_gpu(g: dict, quick: dict | None) -> list[str]:
         q = quick["quick"]
         s = q["spec"]
         L += [
-            f"Cart-pole figure, quick preset{trimmed(s)} ({s['configs']} configurations × {s['seeds']} seeds, {s['epochs']} epochs, "
+            f"Cart-pole figure, quick sweep{trimmed(s)} ({s['configs']} configurations × {s['seeds']} seeds, {s['epochs']} epochs, "
             f"{s['n_train']} train / {s['n_test']} test states), run on this GPU with {q.get('workers', '?')} worker "
             f"processes sharing it, seeds of a configuration vmapped: **{q['wall_s']:.0f} s** wall ({q['computed']} runs "
             f"computed, {q['diverged']} diverged, {len(q['failed'])} failed; compilation included).",

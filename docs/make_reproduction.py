@@ -1,11 +1,12 @@
 """Write docs/reproduction.md from the committed full-scale records (figures into docs/img/reproduction/).
 
     python docs/make_reproduction.py                      # results/paper/<figure>/ only
-    python docs/make_reproduction.py --sweeps sweeps      # plus local quick-preset sweeps, if present
+    python docs/make_reproduction.py --sweeps sweeps      # plus local quick sweeps, if present
 
 Every number and figure of the page is computed from the run records under ``--records``
 (``results/paper/<figure>/<run>/``: config.json, result.json, manifest.json, metrics.csv.gz)
-through :mod:`stablebptt.analysis.claims` and :mod:`stablebptt.analysis.plots`, except the two toy figures,
+through the paper's claims (``experiments/paper/claims.py``, on :mod:`stablebptt.analysis.stats`) and
+:mod:`stablebptt.analysis.plots`, except the two toy figures (``experiments/paper/figures.py``),
 which are recomputed (deterministic, half a minute). ``docs/reproduction_notes.md`` (the
 interpretation, written by hand) is appended; its first line records the record counts it
 was written for, and the page warns when the records have changed since.
@@ -16,14 +17,20 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from pathlib import Path
 
 import pandas as pd
 
-from stablebptt.analysis import claims, plots, results
+from stablebptt.analysis import plots, results, stats
 
 DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
+sys.path.insert(0, str(ROOT / "experiments" / "paper"))  # the paper's claims and figures (not installed)
+
+import claims  # noqa: E402
+import figures  # noqa: E402
+
 IMG = DOCS / "img" / "reproduction"
 NOTES = DOCS / "reproduction_notes.md"
 
@@ -74,7 +81,7 @@ def provenance_table(m: pd.DataFrame, figure: str) -> str:
     ]
     for level in spec["levels"]:
         at = m[m["level"].astype(float) == float(level)] if len(m) else m
-        name = claims.level_name(figure, level)
+        name = stats.level_name(figure, level)
         if at.empty:
             rows.append(f"| {name} | 0 | – | – | not measured | | | | |")
             continue
@@ -100,7 +107,7 @@ def figure_images(df: pd.DataFrame, figure: str, prefix: str = "paper") -> list[
     out = []
     fig = plots.problem_figure(df, figure)
     name = f"{prefix}-{figure}-test-loss"
-    plots._save(fig, IMG, name, ["png"])
+    plots.save_figure(fig, IMG, name, ["png"])
     out += [f"![{figure}: test loss]({IMG.relative_to(DOCS)}/{name}.png)", ""]
     try:
         fig = plots.paired_figure(df, figure)
@@ -108,12 +115,12 @@ def figure_images(df: pd.DataFrame, figure: str, prefix: str = "paper") -> list[
         out += [f"_Paired picture: not drawn ({e})._", ""]
     else:
         name = f"{prefix}-{figure}-paired-R-C"
-        plots._save(fig, IMG, name, ["png"])
+        plots.save_figure(fig, IMG, name, ["png"])
         out += [f"![{figure}: C against R per seed]({IMG.relative_to(DOCS)}/{name}.png)", ""]
     return out
 
 
-def figure_section(records: Path, figure: str, figure_claims: list[claims.Claim]) -> list[str]:
+def figure_section(records: Path, figure: str, figure_claims: list[stats.Claim]) -> list[str]:
     spec = FIGURES[figure]
     root = records / figure
     out = [f"## {spec['title']}", ""]
@@ -129,35 +136,35 @@ def figure_section(records: Path, figure: str, figure_claims: list[claims.Claim]
         provenance_table(m, figure),
     ]
     out += figure_images(df, figure)
-    runs = claims.final_losses(df)
+    runs = stats.final_losses(df)
     col = plots.LEVEL_PARAMS[figure]
     out += [
         "Final test loss (last point of the 30-epoch moving average): geometric mean ×/÷ geometric std "
         "over seeds (n = seeds).",
         "",
-        claims.final_loss_table(runs, col, figure),
+        stats.final_loss_table(runs, col, figure),
     ]
     if figure == "guidance":
-        at10 = claims.final_losses(df, epoch=10)
+        at10 = stats.final_losses(df, epoch=10)
         out += [
             "At epoch 10 (where the authors' script stopped; the 30-epoch average there still weights "
             "epoch 1 by 21/30):",
             "",
-            claims.final_loss_table(at10, col, figure),
+            stats.final_loss_table(at10, col, figure),
             "Raw test loss at epoch 10:",
             "",
-            claims.final_loss_table(claims.final_losses(df, epoch=10, window=1), col, figure),
+            stats.final_loss_table(stats.final_losses(df, epoch=10, window=1), col, figure),
         ]
     out += ["### Claims", ""]
     for c in figure_claims:
-        out += [claims.claim_details(c)]
+        out += [stats.claim_details(c)]
     return out
 
 
-def toy_section() -> tuple[list[str], claims.Claim]:
+def toy_section() -> tuple[list[str], stats.Claim]:
     """Fig. 1 and Fig. 2 recomputed (deterministic), and claim 1."""
-    r1 = plots.fig1_fields(IMG, formats=["png"])
-    r2 = plots.fig2_rotation(IMG, formats=["png"])
+    r1 = figures.fig1_fields(IMG, formats=["png"])
+    r2 = figures.fig2_rotation(IMG, formats=["png"])
     c = claims.fig2_claim(r2["losses"])
     lines = [
         "## Toy figures (recomputed, no records needed)",
@@ -169,14 +176,26 @@ def toy_section() -> tuple[list[str], claims.Claim]:
         "",
         f"![Fig. 2]({IMG.relative_to(DOCS)}/fig2-rotation.png)",
         "",
-        claims.claim_details(c),
+        stats.claim_details(c),
     ]
     return lines, c
 
 
 def smoke_section(sweeps: Path | None) -> list[str]:
     out = [
-        "## Smoke checks: the quick presets",
+        "## Running it yourself",
+        "",
+        "The paper's claims, sweep specs and figure scripts are in the repository's `experiments/paper/` "
+        "(not part of the installed package; see its `README.md`). One figure end to end — its sweep "
+        "(resumable: finished runs are never recomputed), then its figures and a `SUMMARY.md` table in "
+        "the sweep folder:",
+        "",
+        "```bash",
+        "python experiments/paper/reproduce.py cartpole --quick   # cartpole | guidance | quantum | toys; "
+        "without --quick the full sweep",
+        "```",
+        "",
+        "### Smoke checks: the quick sweeps",
         "",
         "Short runs of the whole pipeline (sweep → figures → tables) on a laptop-sized budget; not "
         "evidence for the paper's long-horizon claims. Commands:",
@@ -184,7 +203,7 @@ def smoke_section(sweeps: Path | None) -> list[str]:
         "```bash",
     ]
     out += [
-        f"stablebptt reproduce {k} --quick --seeds 3 --vmap-seeds --out sweeps/{k}-quick"
+        f"python experiments/paper/reproduce.py {k} --quick --seeds 3 --vmap-seeds --out sweeps/{k}-quick"
         for k in ("toys", "cartpole", "guidance", "quantum")
     ]
     out += ["python docs/make_reproduction.py --sweeps sweeps", "```", ""]
@@ -192,15 +211,13 @@ def smoke_section(sweeps: Path | None) -> list[str]:
     found = [r for r in found if r.is_dir() and results.run_folders(r)]
     if not found:
         return out + [
-            "Their records are not committed (`sweeps/` is local), so this page shows none of their "
-            "figures; the images an earlier version of this page showed were drawn by the previous "
-            "plotting code from those uncommitted records and have been removed.",
+            "Their records are not committed (`sweeps/` is local), so this page shows none of their figures.",
             "",
         ]
     for r in found:
         df = results.collect(r)
         n = df.groupby("run_id")["seed"].first().nunique()
-        out += [f"### `{r.name}`: {df['run_id'].nunique()} runs, {n} seeds, {int(df['epochs'].max())} epochs", ""]
+        out += [f"#### `{r.name}`: {df['run_id'].nunique()} runs, {n} seeds, {int(df['epochs'].max())} epochs", ""]
         for problem in sorted(df["problem"].unique()):
             out += figure_images(df, problem, prefix=r.name)
     return out
@@ -258,7 +275,7 @@ How to read the numbers:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--records", default=str(ROOT / "results" / "paper"), help="folder with one sub-folder per figure")
-    ap.add_argument("--sweeps", default=None, help="folder with local quick-preset sweeps (<name>-quick)")
+    ap.add_argument("--sweeps", default=None, help="folder with local quick sweeps (<name>-quick)")
     ap.add_argument("--no-toys", action="store_true", help="skip recomputing the toy figures")
     args = ap.parse_args(argv)
     records = Path(args.records).resolve()
@@ -283,10 +300,10 @@ def main(argv=None):
         + [c_m]
     )
 
-    out = [INTRO, "## Verdicts at a glance", "", claims.claims_summary(everything)]
+    out = [INTRO, "## Verdicts at a glance", "", stats.claims_summary(everything)]
     for figure in ("cartpole", "guidance", "quantum"):
         out += figure_section(records, figure, per_figure[figure])
-    out += ["## C ≤ M across all figures", "", claims.claim_details(c_m)]
+    out += ["## C ≤ M across all figures", "", stats.claim_details(c_m)]
     out += toy_lines
     out += notes_section(records)
     out += smoke_section(Path(args.sweeps) if args.sweeps else None)

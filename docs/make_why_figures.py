@@ -28,6 +28,8 @@ from stablebptt.analysis.diagnose import diagnose_problem, load_problem_and_cont
 from stablebptt.training import optim
 
 IMG = Path(__file__).resolve().parent / "img"
+#: the paper's figure code (experiments/paper/, not installed)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments" / "paper"))
 NUMBERS: dict = {}
 
 
@@ -66,12 +68,9 @@ def local_minima(v: np.ndarray, k: int = 6) -> list[tuple[int, float]]:
 
 # ----------------------------------------------------------------------------- Fig. 2 rotation
 def rotation():
-    p = problems.get("toy-rotation")
-    x0 = jnp.zeros((1, 2), jnp.float32)
-    res = {}
-    for mode in ("R", "M", "C"):
-        model = p.make_controller(None, theta=(2.0, 4.0))
-        res[mode] = adam_descent(p, model, x0, mode, lr=0.1, iters=200)
+    import figures  # experiments/paper/figures.py: Fig. 2's Adam runs through the library's training program
+
+    res = {mode: figures.rotation_run(mode, iterations=200, lr=0.1, theta0=(2.0, 4.0)) for mode in ("R", "M", "C")}
     nums = {}
     for mode, (L, _) in res.items():
         below = np.nonzero(L < 2e-3)[0]

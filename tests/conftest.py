@@ -1,4 +1,5 @@
 import importlib
+import json
 import os
 import sys
 import tempfile
@@ -124,3 +125,44 @@ def assert_leaves_global_rng_alone(sample_data):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: compiles a large program (minutes on a CPU); deselect with -m 'not slow'")
+
+
+#: the paper's claims, figures and scripts (not installed: tests import them with this folder on
+#: ``sys.path``, as the scripts there import each other)
+PAPER = REPO / "experiments" / "paper"
+
+
+def paper_module(name: str):
+    """paper_module('claims') -> ``experiments/paper/claims.py`` imported as the module ``claims``."""
+    if str(PAPER) not in sys.path:
+        sys.path.insert(0, str(PAPER))
+    return importlib.import_module(name)
+
+
+def fake_run(root, problem, params, mode, clip, seed, curve, update=None, diverged_epoch=None):
+    """A result folder as the runner writes it; ``curve`` is the test loss per epoch."""
+    from stablebptt.training.config import RunConfig, run_id
+
+    cfg = RunConfig(problem=problem, problem_params=params, mode=mode, clip=clip, epochs=len(curve))
+    d = root / run_id(cfg, seed)
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps({"config": cfg.to_dict(), "seed": seed}))
+    upd = update if update is not None else np.ones(len(curve))
+    rows = ["epoch,loss,train_loss,test_loss,update_norm,wall_s"]
+    rows += [f"{i + 1},{v},{v},{v},{u},0.1" for i, (v, u) in enumerate(zip(curve, upd))]
+    (d / "metrics.csv").write_text("\n".join(rows) + "\n")
+    (d / "result.json").write_text(
+        json.dumps(
+            {
+                "run_id": d.name,
+                "seed": seed,
+                "status": "diverged" if diverged_epoch else "finished",
+                "diverged_epoch": diverged_epoch,
+                "epochs_done": len(curve),
+                "initial": {"train_loss": 2.0, "test_loss": 2.0},
+                "final": {},
+                "compile_s": 0.0,
+                "train_s": 0.0,
+            }
+        )
+    )

@@ -108,6 +108,8 @@ LINES = {
 SMALL = ["--epochs", "1", "--n-train", "16", "--n-test", "8"]
 FAST = ["--epochs", "1", "--n-train", "8", "--n-test", "8", "-p", "steps=3"]  # cartpole, never reached
 LINEAR = 'SPECTEXT:name = "x"\n[[experiment]]\nproblem = "linear"\n'  # a sweep spec; a row adds a line
+#: a valid sweep spec of the repository (the toy figures' quick sweep)
+TOYS_QUICK = str(Path(__file__).resolve().parents[1] / "experiments" / "paper" / "specs" / "toys-quick.toml")
 
 ROWS = [  # (id, arguments, words the one line must hold); FILE:LINE stands for the broken file's line
     # -- mistakes in the user's problem file
@@ -169,11 +171,11 @@ ROWS = [  # (id, arguments, words the one line must hold); FILE:LINE stands for 
     ("param not a bool", ["train", "cartpole", "-p", "scale_mass=maybe"], ["scale_mass='maybe'", "true or false"]),
     (
         "sweep out below a file",
-        ["sweep", "toys", "--quick", "--out", "afile.txt/sw"],
+        ["sweep", TOYS_QUICK, "--out", "afile.txt/sw"],
         ["--out afile.txt/sw", "is a file"],
     ),
-    ("sweep out not writable", ["sweep", "toys", "--quick", "--out", "UNWRITABLE/sw"], ["--out", "UNWRITABLE"]),
-    ("sweep workers 0", ["sweep", "toys", "--quick", "--workers", "0"], ["--workers 0", "≥ 1"]),
+    ("sweep out not writable", ["sweep", TOYS_QUICK, "--out", "UNWRITABLE/sw"], ["--out", "UNWRITABLE"]),
+    ("sweep workers 0", ["sweep", TOYS_QUICK, "--workers", "0"], ["--workers 0", "≥ 1"]),
     ("memory budget 0", ["train", "cartpole", "--memory-budget", "0"], ["--memory-budget 0", "> 0"]),
     (
         "evaluate per-state below a file",
@@ -194,7 +196,6 @@ ROWS = [  # (id, arguments, words the one line must hold); FILE:LINE stands for 
     ),
     ("plot out is a file", ["plot", ".", "--out", "afile.txt"], ["--out afile.txt", "not a folder"]),
     ("results csv is a folder", ["results", ".", "--csv", "."], ["--csv .", "is a folder"]),
-    ("toyfigs out is a file", ["toyfigs", "--out", "afile.txt"], ["--out afile.txt", "not a folder"]),
     # -- already refused (tests/test_cli.py), kept in the table
     ("unknown mode", ["train", "cartpole", "--mode", "Q"], ["'Q'"]),
     ("unknown problem", ["train", "pendulum"], ["'pendulum'"]),
@@ -205,6 +206,7 @@ ROWS = [  # (id, arguments, words the one line must hold); FILE:LINE stands for 
     ("batch larger than the data", ["train", "cartpole", "--batch-size", "300"], ["batch_size=300", "n_train=256"]),
     ("eval every 0", ["train", "cartpole", "--eval-every", "0"], ["eval_every=0"]),
     ("sweep spec missing", ["sweep", "/no/such/spec.toml"], ["/no/such/spec.toml"]),
+    ("sweep spec a name", ["sweep", "cartpole"], ["'cartpole': no such spec file"]),
     ("sweep spec not TOML", ["sweep", "SPECTEXT:[[experiment]"], ["spec.toml", "not valid TOML"]),
     ("results of nothing", ["results", "/no/such/folder"], ["/no/such/folder"]),
     ("diagnose unknown problem", ["diagnose", "pendulum"], ["'pendulum'"]),
@@ -294,7 +296,7 @@ ROWS = [  # (id, arguments, words the one line must hold); FILE:LINE stands for 
     ("sweep spec unknown config key", ["sweep", LINEAR + "[experiment.config]\nepochz = 1"], ["epochz"]),
     ("sweep spec seeds 0", ["sweep", 'SPECTEXT:name = "x"\nseeds = 0\n[[experiment]]\nproblem = "linear"'], ["seeds"]),
     ("sweep spec no experiments", ["sweep", 'SPECTEXT:name = "x"'], ["experiment"]),
-    ("sweep workers negative", ["sweep", "toys", "--quick", "--workers", "-1"], ["--workers -1"]),
+    ("sweep workers negative", ["sweep", TOYS_QUICK, "--workers", "-1"], ["--workers -1"]),
     ("evaluate missing run folder", ["evaluate", "/no/such/run"], ["/no/such/run"]),
     ("evaluate folder not a run", ["evaluate", "emptydir"], ["emptydir"]),
     ("evaluate a file", ["evaluate", "afile.txt"], ["afile.txt"]),

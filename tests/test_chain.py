@@ -354,18 +354,20 @@ def test_trains_one_epoch_through_the_cli(tmp_path, monkeypatch):
     assert json.loads((folder / "result.json").read_text())["status"] == "finished"
 
 
-def test_sweep_preset_covers_the_ladder():
-    """The ``cart-chain`` sweep preset: links 1 … 6 × R, M, C, S on seeded data; quick: 60 epochs
+def test_sweep_spec_covers_the_ladder():
+    """The ``cart-chain`` sweep spec (``experiments/ladder/specs/``): links 1 … 6 × R, M, C, S on seeded data; quick: 60 epochs
     of 64 states, 2 seeds."""
+    from conftest import REPO
     from stablebptt.experiments import sweep
 
-    jobs = sweep.expand(sweep.load_spec("cart-chain", quick=True))
+    specs = REPO / "experiments" / "ladder" / "specs"
+    jobs = sweep.expand(sweep.load_spec(specs / "cart-chain-quick.toml"))
     assert sorted({(c.problem_params["links"], c.mode) for c, _ in jobs}) == sorted(
         (n, m) for n in LINKS for m in "RMCS"
     )
     assert {s for _, s in jobs} == {0, 1} and len(jobs) == 6 * 4 * 2
     assert all(c.problem == "cart-chain" and c.epochs == 60 and c.n_train == 64 and c.data == "seeded" for c, _ in jobs)
-    full = sweep.expand(sweep.load_spec("cart-chain"))
+    full = sweep.expand(sweep.load_spec(specs / "cart-chain.toml"))
     assert len(full) == 6 * 4 * 5 and all(c.epochs == 1000 and c.n_train == 256 for c, _ in full)
 
 

@@ -115,11 +115,11 @@ def test_variant_lists():
         comparison.parse_variants(" , ")
 
 
-def test_quick_settings_come_from_the_presets(monkeypatch):
+def test_quick_settings_of_the_built_in_problems(monkeypatch):
     from stablebptt.training import config
 
-    assert comparison.quick_config("cartpole") == {"epochs": 60, "n_train": 64, "n_test": 64}  # sweep preset
-    assert comparison.quick_config("linear") == {"epochs": 60}  # the toys preset
+    assert comparison.quick_config("cartpole") == {"epochs": 60, "n_train": 64, "n_test": 64}  # QUICK_SETTINGS
+    assert comparison.quick_config("linear") == {"epochs": 60}
     monkeypatch.setitem(config.QUICK_EPOCHS, "pointmass.py:make", 7)  # stablebptt train's quick epochs
     assert comparison.quick_config("pointmass.py:make") == {"epochs": 7}
     monkeypatch.delitem(config.QUICK_EPOCHS, "pointmass.py:make")
@@ -127,8 +127,8 @@ def test_quick_settings_come_from_the_presets(monkeypatch):
     assert comparison.quick_config("cartpole", {"poles": 3}) == {"epochs": 60, "n_train": 64, "n_test": 64}
 
 
-def test_quick_settings_of_a_problem_without_a_preset(done):
-    # the point mass has no preset and no quick epochs: 20 epochs, its own 8 states (fewer than 64)
+def test_quick_settings_of_a_problem_without_quick_settings(done):
+    # the point mass has no quick settings and no quick epochs: 20 epochs, its own 8 states (fewer than 64)
     assert comparison.quick_config(done["src"]) == {"epochs": 20, "n_train": 8, "n_test": 8}
 
 

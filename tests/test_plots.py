@@ -1,4 +1,4 @@
-"""Figures: smoothing, sweep figures from real and synthetic result tables, the two toy figures."""
+"""Figures: smoothing, sweep figures from real and synthetic result tables."""
 
 import numpy as np
 import pandas as pd
@@ -22,10 +22,6 @@ def flat(text):
     """`text` with line breaks and runs of spaces as single spaces: legends wrap to the
     figure's width, which depends on the installed fonts."""
     return " ".join(text.split())
-
-
-def local_minima(L):
-    return [(i, float(L[i])) for i in range(1, len(L) - 1) if L[i] < L[i - 1] and L[i] < L[i + 1]]
 
 
 # ------------------------------------------------------------------ smoothing
@@ -404,9 +400,9 @@ def test_log_band_statistics():
 
 def test_paired_figure_places_each_seed_and_clipping():
     df = fake_table("cartpole", "param_poles", [1, 4], modes="RC", clips=("none", "norm"), seeds=3, epochs=40)
-    from stablebptt.analysis import claims
+    from stablebptt.analysis import stats
 
-    finals = claims.final_losses(df).set_index(["param_poles", "clip", "seed", "mode"])["final"]
+    finals = stats.final_losses(df).set_index(["param_poles", "clip", "seed", "mode"])["final"]
     fig = plots.paired_figure(df, "cartpole")
     assert [a.get_title() for a in fig.axes] == ["cart-pole, 1 pole (3 seeds)", "cart-pole, 4 poles (3 seeds)"]
     for ax, poles in zip(fig.axes, (1, 4)):
@@ -423,47 +419,6 @@ def test_paired_figure_places_each_seed_and_clipping():
         np.testing.assert_allclose(diag.get_xdata(), diag.get_ydata())
     with pytest.raises(ValueError, match="no seed has both a R and a S run"):
         plots.paired_figure(df, "cartpole", y="S")
-
-
-# ------------------------------------------------------------------ toy figures
-def test_fig1_field_spreads(tmp_path):
-    r = plots.fig1_fields(tmp_path)
-    assert r["spread_G"] == pytest.approx(1.8e3, rel=0.2)
-    assert r["spread_M"] == pytest.approx(68, rel=0.2)
-    assert sorted(p.name for p in r["paths"]) == ["fig1-fields.pdf", "fig1-fields.png"]
-    assert all(p.is_file() for p in r["paths"])
-
-
-@pytest.fixture(scope="module")
-def fig2(tmp_path_factory):
-    return plots.fig2_rotation(tmp_path_factory.mktemp("fig2"))
-
-
-def test_fig2_gradient(fig2):
-    L = fig2["losses"]["R"]
-    assert len(L) == 201 and L[0] == pytest.approx(20.0)
-    assert 58 <= int(np.argmax(L < 2e-3)) <= 60
-    assert fig2["thetas"]["R"][0] == pytest.approx([2.0, 4.0])
-    assert all(p.is_file() for p in fig2["paths"])
-
-
-def test_fig2_rotating(fig2):
-    L = fig2["losses"]["M"]
-    mins = local_minima(L)
-    assert mins[0][0] == 35
-    for (_, got), want in zip(mins, [0.84, 1.13, 1.65, 2.49]):
-        assert got == pytest.approx(want, rel=0.02)
-    assert len(mins) >= 4
-    assert L[200] == pytest.approx(6.2, rel=0.02)
-
-
-def test_fig2_combined(fig2):
-    L = fig2["losses"]["C"]
-    mins = [v for _, v in local_minima(L)]
-    assert len(mins) >= 5
-    for got, want in zip(mins, [0.49, 0.13, 0.057, 0.030, 0.019]):
-        assert got == pytest.approx(want, rel=0.03)
-    assert L[200] == pytest.approx(0.067, rel=0.03)
 
 
 def test_cli_plot(sweep, tmp_path):

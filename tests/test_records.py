@@ -44,9 +44,9 @@ def test_archived_records_read_back_as_the_run_folders(tmp_path):
     )
 
 
-def test_committed_records_are_the_presets_runs():
-    """Every committed record is a job of its figure's preset (so a sweep of the preset
-    resumes from them), finished or diverged, with its source commit in the manifest."""
+def test_committed_records_are_the_figures_sweep_runs():
+    """Every committed record is a job of its figure's sweep spec (``experiments/paper/specs/``,
+    so a sweep of the spec resumes from them), finished or diverged, with its source commit in the manifest."""
     import json
 
     for figure in ("cartpole", "guidance", "quantum"):
@@ -55,7 +55,10 @@ def test_committed_records_are_the_presets_runs():
             continue
         from stablebptt.training.config import run_id
 
-        jobs = {run_id(c, s) for c, s in sweep.expand(sweep.load_spec(figure))}
+        jobs = {
+            run_id(c, s)
+            for c, s in sweep.expand(sweep.load_spec(REPO / "experiments" / "paper" / "specs" / f"{figure}.toml"))
+        }
         names = {p.name for p in root.iterdir() if (p / "result.json").is_file()}
         assert names and names <= jobs, figure
         for name in sorted(names)[:5]:

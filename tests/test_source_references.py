@@ -53,3 +53,39 @@ def test_every_dotted_stablebptt_name_in_the_source_resolves():
     assert names
     bad = sorted(f"{rel}: {name}" for rel, name in names if not _resolves(name))
     assert not bad, f"names in src/ that do not exist: {bad}"
+
+
+def _private_uses(path: Path) -> list[str]:
+    """Private names of the library (``_name``) that a script reaches: imported from a
+    ``stablebptt`` module, or an attribute of a name bound to one."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    bound, bad = set(), []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.split(".")[0] == "stablebptt":
+                    bound.add(a.asname or a.name.split(".")[0])
+                    bad += [a.name for p in a.name.split(".") if p.startswith("_")]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "stablebptt":
+            bad += [node.module for p in node.module.split(".") if p.startswith("_")]
+            for a in node.names:
+                if a.name.startswith("_"):
+                    bad.append(f"{node.module}.{a.name}")
+                bound.add(a.asname or a.name)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            base = node.value
+            while isinstance(base, ast.Attribute):
+                base = base.value
+            if isinstance(base, ast.Name) and base.id in bound:
+                bad.append(ast.unparse(node))
+    return bad
+
+
+def test_the_experiments_read_the_public_api_only():
+    scripts = sorted((REPO / "experiments").rglob("*.py"))
+    assert any(p.name == "claims.py" for p in scripts)
+    bad = [f"{p.relative_to(REPO)}: {name}" for p in scripts for name in _private_uses(p)]
+    assert not bad, f"experiments/ reaches private names of the library: {bad}"

@@ -12,9 +12,25 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import REPO, paper_module
 from stablebptt.analysis import results
 from stablebptt.experiments import sweep
-from stablebptt.training.config import run_id
+from stablebptt.training.config import QUICK_SETTINGS, run_id
+
+#: the repository's sweep specs: the paper's figures and the complexity ladder, each full and quick
+SPEC_FILES = {
+    "cartpole": "paper",
+    "guidance": "paper",
+    "quantum": "paper",
+    "toys": "paper",
+    "cart-chain": "ladder",
+    "pde": "ladder",
+    "hopper": "ladder",
+}
+
+
+def spec_file(name: str, quick: bool = False) -> Path:
+    return REPO / "experiments" / SPEC_FILES[name] / "specs" / f"{name}{'-quick' if quick else ''}.toml"
 
 
 def small_spec(seeds=2, epochs=3, modes=("R", "C"), clips=("none", "value")):
@@ -71,10 +87,15 @@ def test_spec_files_toml_and_yaml(tmp_path):
     assert len(a) == 4 and {s for _, s in a} == {3, 4} and all(c.epochs == 2 for c, _ in a)
 
 
-@pytest.mark.parametrize("name", sweep.PRESETS)
+@pytest.mark.parametrize("name", SPEC_FILES)
 @pytest.mark.parametrize("quick", [False, True])
-def test_presets_expand(name, quick):
-    jobs = sweep.expand(sweep.load_spec(name, quick=quick))
+def test_spec_files_expand(name, quick):
+    spec = sweep.load_spec(spec_file(name, quick))
+    assert spec.name == name + ("-quick" if quick else "")
+    jobs = sweep.expand(spec)
+    if quick:  # the quick sweeps train with the problems' quick settings (toy-rotation: Fig. 2's 200 epochs)
+        for c, _ in jobs:
+            assert {k: getattr(c, k) for k in QUICK_SETTINGS[c.problem]} == QUICK_SETTINGS[c.problem], c.problem
     assert len({run_id(c, s) for c, s in jobs}) == len(jobs)
     if name != "toys":
         assert {c.mode for c, _ in jobs} == {"R", "M", "C", "S"}
@@ -268,7 +289,7 @@ def _table_column(output: str, name: str) -> list[str]:
     return [r[k] for r in rows if r[1]]  # r[1] (problem) is empty on a wrapped row's continuation lines
 
 
-def test_cli_sweep_results_and_reproduce(tmp_path, monkeypatch):
+def test_cli_sweep_results_and_the_paper_reproduce_script(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from stablebptt.cli.app import app
@@ -327,24 +348,21 @@ def test_cli_sweep_results_and_reproduce(tmp_path, monkeypatch):
     # errors name the field; unknown executor is refused before any work
     res = runner.invoke(app, ["sweep", str(spec), "--out", str(tmp_path / "sw2"), "--executor", "slurm"])
     assert res.exit_code != 0 and "executor='slurm'" in res.output
-    # reproduce = sweep + figures + SUMMARY.md (a tiny stand-in for the preset)
-    monkeypatch.setattr(
-        sweep,
-        "_preset",
-        lambda name, quick: {
-            "name": "tiny",
-            "seeds": 2,
-            "experiment": [
-                {"problem": "linear", "level": {"theta0": [-0.5, -1.0]}, "modes": ["R", "C"], "config": {"epochs": 3}}
-            ],
-        },
+    # experiments/paper/reproduce.py = sweep + figures + SUMMARY.md (a tiny spec for a figure's)
+    tiny = tmp_path / "tiny.toml"
+    tiny.write_text(
+        'name = "tiny"\nseeds = 2\n[[experiment]]\nproblem = "linear"\nlevel = { theta0 = [-0.5, -1.0] }\n'
+        'modes = ["R", "C"]\n[experiment.config]\nepochs = 3\n'
     )
-    res = runner.invoke(
-        app, ["reproduce", "cartpole", "--quick", "--out", str(tmp_path / "rep"), "--executor", "serial"]
-    )
-    assert res.exit_code == 0, res.output
+    reproduce = paper_module("reproduce")
+    assert reproduce.main([str(tiny), "--out", str(tmp_path / "rep"), "--executor", "serial"]) == 0
     md = (tmp_path / "rep" / "SUMMARY.md").read_text()
     assert "| param_theta0 | clip | R | C |" in md and " ± " in md
+    assert reproduce.spec_path("cartpole", quick=True) == spec_file("cartpole", True)
+    with pytest.raises(ValueError, match="neither a figure"):
+        reproduce.spec_path("nosuchfigure")
+    with pytest.raises(ValueError, match="--quick applies"):
+        reproduce.spec_path(str(tiny), quick=True)
 
 
 def test_jobs_are_queued_seed_major_and_vmap_groups_hold_all_seeds():

@@ -4,16 +4,16 @@ variants on one problem, in one call.
 :func:`compare` trains every **variant** (a mode letter ``R M S N C``, optionally with flow
 options: ``R:truncate=4`` truncated BPTT, ``R:decay=0.9`` gradient decay, ``C:combiner=sign_g``,
 ``M:and_mask=1``; several options chain: ``R:truncate=4:decay=0.9``) on the same seeds and reads
-the run records the way the reproduction does (:mod:`stablebptt.analysis.claims`):
+the run records with the seed-paired statistics of :mod:`stablebptt.analysis.stats`:
 
 * **final loss** of a run: the last point of the ``window``-epoch trailing moving average of its
-  test loss (:func:`stablebptt.analysis.claims.final_value`; default window: a tenth of the epochs, at
+  test loss (:func:`stablebptt.analysis.stats.final_value`; default window: a tenth of the epochs, at
   most 30, at least 1); a diverged run counts as ``+inf``;
 * **table**: per variant the geometric mean and geometric standard deviation (×/÷) of the final
   losses over the seeds that did not diverge, their min and max, and how many diverged;
 * **ratios**: per variant and seed ``r_s = L_ref,s / L_variant,s`` (> 1: the variant ends lower),
   their geometric mean and a percentile bootstrap 95 % interval over the seeds
-  (:func:`stablebptt.analysis.claims.make_test`);
+  (:func:`stablebptt.analysis.stats.make_test`);
 * **verdict** per pair, from the interval alone: ``"<variant> better"`` when it lies above 1,
   ``"<reference> better"`` when it lies below 1, otherwise ``"undecided at n seeds"``;
 * **best**: the variant with the lowest geometric mean final loss over all its seeds (a
@@ -152,18 +152,15 @@ def parse_variants(texts: str | Sequence[str]) -> list[Variant]:
 
 # ----------------------------------------------------------------------------- the sweep
 def quick_config(problem: str, params: dict | None = None) -> dict:
-    """Short-training RunConfig fields for ``problem``: its sweep preset's quick settings where
-    there is one (:data:`stablebptt.experiments.sweep.PRESETS`), else the quick epochs of ``stablebptt
+    """Short-training RunConfig fields for ``problem``: a built-in problem's quick settings
+    (:data:`stablebptt.training.config.QUICK_SETTINGS`), else the quick epochs of ``stablebptt
     train`` (``QUICK_EPOCHS``), else 20 epochs with at most 64 train and test states (fewer
     where the problem's defaults have fewer)."""
     from .. import problems
-    from ..experiments import sweep
-    from ..training.config import QUICK_EPOCHS
+    from ..training.config import QUICK_EPOCHS, QUICK_SETTINGS
 
-    for name in sweep.PRESETS:
-        for ex in sweep._preset(name, True)["experiment"]:
-            if ex["problem"] == problem:
-                return {k: v for k, v in ex.get("config", {}).items() if k != "data"}
+    if problem in QUICK_SETTINGS:
+        return dict(QUICK_SETTINGS[problem])
     if problem in QUICK_EPOCHS:
         return {"epochs": QUICK_EPOCHS[problem]}
     d = problems.get(problem, **(params or {})).defaults
@@ -253,7 +250,7 @@ class Ratio:
 
     variant: str
     reference: str
-    test: Any  # stablebptt.analysis.claims.Test
+    test: Any  # stablebptt.analysis.stats.Test
 
     @property
     def estimate(self) -> float:
@@ -294,22 +291,22 @@ class Ratio:
 def pair_verdict(test, variant: str, reference: str) -> str:
     """From a test of ``reference / variant`` against 1: ``"<variant> better"`` (the interval
     lies above 1), ``"<reference> better"`` (below 1), else ``"undecided at n seeds"``."""
-    from . import claims
+    from . import stats
 
-    if replace(test, side=">", threshold=1.0).verdict == claims.HELD:
+    if replace(test, side=">", threshold=1.0).verdict == stats.HELD:
         return f"{variant} better"
-    if replace(test, side="<", threshold=1.0).verdict == claims.HELD:
+    if replace(test, side="<", threshold=1.0).verdict == stats.HELD:
         return f"{reference} better"
-    return claims.undecided(test.n)
+    return stats.undecided(test.n)
 
 
 def ratio(finals, variant: str, reference: str, **boot) -> Ratio | None:
     """The paired :class:`Ratio` of two variants from a table of final losses (columns
     ``variant, seed, final``); None when no seed has both."""
-    from . import claims
+    from . import stats
 
     runs = finals.rename(columns={"variant": "mode"})
-    p = claims.paired(runs, reference, variant, [])
+    p = stats.paired(runs, reference, variant, [])
     if p.empty:
         return None
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -318,7 +315,7 @@ def ratio(finals, variant: str, reference: str, **boot) -> Ratio | None:
     if not keep.any():
         return None
     det = [f"{_fmt(a)}/{_fmt(b)}" for a, b in zip(p[reference], p[variant])]
-    t = claims.make_test(
+    t = stats.make_test(
         f"{reference}/{variant}",
         f"{reference}/{variant}",
         ">",
@@ -633,11 +630,11 @@ def fmt_ratio(x) -> str:
 # ----------------------------------------------------------------------------- analysis
 def final_table(folder: str | Path, runs: dict, window: int):
     """DataFrame ``variant, seed, run_id, status, final``: one row per finished run of ``runs``
-    ({variant: {seed: run id}}) under ``folder`` (:func:`stablebptt.analysis.claims.final_losses`)."""
+    ({variant: {seed: run id}}) under ``folder`` (:func:`stablebptt.analysis.stats.final_losses`)."""
     import pandas as pd
 
     from ..experiments.run import is_done
-    from . import claims, results
+    from . import results, stats
 
     folder = Path(folder)
     frames, who = [], {}
@@ -649,7 +646,7 @@ def final_table(folder: str | Path, runs: dict, window: int):
     cols = ["variant", "seed", "run_id", "status", "final"]
     if not frames:
         return pd.DataFrame(columns=cols)
-    per_run = claims.final_losses(pd.concat(frames, ignore_index=True), window=window)
+    per_run = stats.final_losses(pd.concat(frames, ignore_index=True), window=window)
     per_run["variant"] = per_run["run_id"].map(who)
     per_run["seed"] = per_run["seed"].astype(int)
     return per_run[cols].sort_values(["variant", "seed"]).reset_index(drop=True)
@@ -764,12 +761,12 @@ def draw(c: Comparison, out_dir: str | Path, formats: Sequence[str] = ("png",)) 
     stem = problems.file_stem(c.problem)
     out_dir = Path(out_dir)
     fig = plots.problem_figure(df, c.problem, smooth=c.window > 1, window=c.window, author_ylim=False)
-    paths = plots._save(fig, out_dir, f"{stem}-compare-test-loss", formats)
+    paths = plots.save_figure(fig, out_dir, f"{stem}-compare-test-loss", formats)
     if c.ratios:
         fig = plots.ratio_figure(
             list(c.ratios.values()), title=f"{c.label()}: final test loss, paired by seed", window=c.window
         )
-        paths += plots._save(fig, out_dir, f"{stem}-compare-ratios", formats)
+        paths += plots.save_figure(fig, out_dir, f"{stem}-compare-ratios", formats)
     return paths
 
 
@@ -889,7 +886,7 @@ def compare(
         :func:`stablebptt.experiments.sweep.run_sweep`.
       diagnose: also measure the problem's gradient explosion (:func:`diagnosis_record`).
       figures: write the figures.
-      n_boot: bootstrap resamples (default :data:`stablebptt.analysis.claims.N_BOOT`).
+      n_boot: bootstrap resamples (default :data:`stablebptt.analysis.stats.N_BOOT`).
 
     Returns:
       the :class:`Comparison`, also written as ``comparison.json`` / ``COMPARISON.md`` into ``root``.

@@ -1,7 +1,7 @@
 """The command line, ``stablebptt``: a thin layer that parses and validates options and calls
 the library. :mod:`.app` holds the application and ``train`` / ``evaluate`` / ``problems``;
-each ``*_cmd`` module registers further commands on it (``sweep``, ``results``, ``reproduce``,
-``compare``, ``diagnose``, ``animate``, ``plot``, ``toyfigs``). Every command reports a bad
+each ``*_cmd`` module registers further commands on it (``sweep``, ``results``, ``compare``,
+``diagnose``, ``animate``, ``plot``). Every command reports a bad
 input as one line naming the value and what is allowed (``--debug`` shows the traceback)."""
 
 from . import compare_cmd, diagnose_cmd, plot_cmd, sweep_cmd  # noqa: F401  (they register their commands)

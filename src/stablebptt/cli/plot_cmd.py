@@ -1,5 +1,5 @@
-"""``stablebptt plot`` (the paper's figures of a sweep, mean ± spread over seeds) and
-``stablebptt toyfigs`` (the paper's Fig. 1 and Fig. 2). The logic lives in :mod:`stablebptt.analysis.plots`."""
+"""``stablebptt plot``: the figures of a sweep (test loss per epoch, mean ± spread over seeds).
+The logic lives in :mod:`stablebptt.analysis.plots`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from .app import app, check_out_folder, console, fail, out
+from .app import app, check_out_folder, fail, out
 
 
 @app.command("plot")
@@ -41,26 +41,4 @@ def plot_command(
     except ValueError as e:
         raise fail(str(e))
     for p in paths:
-        out.print(str(p))
-
-
-@app.command("toyfigs")
-def toyfigs_command(
-    out_dir: Path = typer.Option(Path("figures"), "--out", "-o", help="folder for fig1-fields.* and fig2-rotation.*"),
-    fmt: str = typer.Option("png,pdf", "--format", help="comma-separated file formats"),
-):
-    """The paper's toy figures: Fig. 1 (G vs M fields of the scalar toy) and Fig. 2 (Adam under rotation)."""
-    formats = [f.strip().lower().lstrip(".") for f in fmt.split(",") if f.strip()]
-    if not formats:
-        raise fail("--format: give at least one format, e.g. png,pdf")
-    check_out_folder("--out", out_dir)
-    from ..analysis import plots
-
-    console.print("computing the Fig. 1 fields on a 401×401 grid and the Fig. 2 Adam runs …")
-    r1 = plots.fig1_fields(out_dir, formats=formats)
-    r2 = plots.fig2_rotation(out_dir, formats=formats)
-    out.print(f"Fig. 1 spread (95th/5th percentile over L < 10): ‖G‖ {r1['spread_G']:.4g}, ‖M‖ {r1['spread_M']:.4g}")
-    L = r2["losses"]
-    out.print(f"Fig. 2 L(200): R {L['R'][-1]:.3g}, M {L['M'][-1]:.3g}, C {L['C'][-1]:.3g}")
-    for p in r1["paths"] + r2["paths"]:
         out.print(str(p))

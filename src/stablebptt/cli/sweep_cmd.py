@@ -1,4 +1,4 @@
-"""CLI: ``stablebptt sweep``, ``stablebptt results``, ``stablebptt reproduce``."""
+"""CLI: ``stablebptt sweep``, ``stablebptt results``."""
 
 from __future__ import annotations
 
@@ -48,7 +48,6 @@ def _progress_runner(spec, root, **kw):
 
 def _run(
     spec_source,
-    quick,
     seeds,
     out_dir,
     executor,
@@ -69,7 +68,7 @@ def _run(
     if seeds is not None and seeds < 1:
         raise fail(f"--seeds {seeds}: must be ≥ 1")
     try:
-        spec = sweep.load_spec(spec_source, quick=quick, seeds=seeds)
+        spec = sweep.load_spec(spec_source, seeds=seeds)
     except sweep.SpecError as e:
         raise fail(str(e))
     root = out_dir or Path("sweeps") / spec.name
@@ -131,8 +130,11 @@ def check_problems(spec) -> None:
 
 @app.command("sweep")
 def sweep_cmd(
-    spec: str = typer.Argument(..., help="a preset (cartpole, guidance, quantum, toys) or a .toml/.yaml spec file"),
-    quick: bool = typer.Option(False, help="the preset's quick variant (minutes on 2 CPU cores)"),
+    spec: str = typer.Argument(
+        ...,
+        help="a .toml/.yaml/.yml sweep spec file (in the repository: experiments/paper/specs/ holds the paper's "
+        "figures', experiments/ladder/specs/ the complexity ladder's)",
+    ),
     seeds: int | None = typer.Option(None, help="number of seeds (overrides the spec)"),
     out_dir: Path | None = typer.Option(None, "--out", "-o", help="sweep folder (default sweeps/NAME)"),
     executor: str = typer.Option("local", help="local (spawn pool) | serial | ray"),
@@ -146,9 +148,7 @@ def sweep_cmd(
     checkpoint_seconds: float = typer.Option(30.0, help="seconds between the checkpoints of each job"),
 ):
     """Run (or resume) a sweep; finished runs are never recomputed, interrupted ones continue."""
-    _, report = _run(
-        spec, quick, seeds, out_dir, executor, workers, address, vmap_seeds, vmap_configs, checkpoint_seconds
-    )
+    _, report = _run(spec, seeds, out_dir, executor, workers, address, vmap_seeds, vmap_configs, checkpoint_seconds)
     if report.failed:
         raise typer.Exit(code=1)
 
@@ -194,51 +194,3 @@ def results_cmd(
         + (f"; wrote {csv}" if csv else "")
         + (f"; wrote {parquet}" if parquet else "")
     )
-
-
-@app.command("reproduce")
-def reproduce_cmd(
-    figure: str = typer.Argument(..., help="cartpole | guidance | quantum | toys"),
-    quick: bool = typer.Option(False, help="the quick variant (minutes on 2 CPU cores)"),
-    seeds: int | None = typer.Option(None, help="number of seeds"),
-    out_dir: Path | None = typer.Option(None, "--out", "-o", help="sweep folder (default sweeps/NAME)"),
-    executor: str = typer.Option("local", help="local | serial | ray"),
-    workers: int | None = typer.Option(None),
-    address: str | None = typer.Option(None),
-    vmap_seeds: bool = typer.Option(False),
-    vmap_configs: bool = typer.Option(False, help="lanes: see `stablebptt sweep --help`"),
-):
-    """Sweep + the paper's figure + a Markdown summary table (SUMMARY.md in the sweep folder)."""
-    from ..analysis import results
-    from ..experiments import sweep
-
-    if figure not in sweep.PRESETS:
-        raise fail(f"unknown figure {figure!r}; available: {', '.join(sweep.PRESETS)}")
-    root, report = _run(figure, quick, seeds, out_dir, executor, workers, address, vmap_seeds, vmap_configs)
-    figs = []
-    try:
-        from ..analysis import plots  # the table does not need it
-    except ImportError as e:
-        console.print(f"[yellow]no figures[/] (stablebptt.analysis.plots not importable: {e})")
-        plots = None
-    if plots is not None:
-        try:
-            figs = list(plots.plot_sweep(root))
-            if figure == "toys":
-                figs += list(plots.fig1_fields(Path(root) / "figures")["paths"])
-                figs += list(plots.fig2_rotation(Path(root) / "figures")["paths"])
-        except Exception as e:  # a plotting problem must not lose the table
-            console.print(f"[yellow]figures failed:[/] {type(e).__name__}: {e}")
-    text = f"# {root.name}\n\n" + results.summary_table(root)
-    if figure == "guidance":
-        text += "\n" + results.summary_table(root, epoch=10)
-    if figs:
-        text += (
-            "\nFigures:\n\n"
-            + "\n".join(f"- {Path(f).relative_to(root) if Path(f).is_relative_to(root) else f}" for f in figs)
-            + "\n"
-        )
-    (Path(root) / "SUMMARY.md").write_text(text)
-    out.print(text)
-    if report.failed:
-        raise typer.Exit(code=1)

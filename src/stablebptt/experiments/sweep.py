@@ -1,6 +1,7 @@
 """Sweeps: problems × complexity levels × modes × clipping × optimizer settings × seeds.
 
-A sweep is plain data, written as TOML or YAML or picked from :data:`PRESETS`::
+A sweep is plain data, written as TOML or YAML (the paper's figures: ``experiments/paper/specs/``
+in the repository; the complexity ladder: ``experiments/ladder/specs/``)::
 
     name = "my-cartpole"
     seeds = 5                      # or a list: [0, 1, 2]
@@ -136,151 +137,16 @@ def _fmt_errors(e: ValidationError, prefix: str = "") -> str:
     return describe_errors(e, SweepSpec, prefix) or "spec"
 
 
-# ----------------------------------------------------------------------------- presets
-_PAPER_MODES = ["R", "M", "C", "S"]
-_PAPER_CLIPS = ["none", "value", "norm"]
-
-
-def _preset(name: str, quick: bool) -> dict:
-    if name == "cartpole":
-        cfg = dict(epochs=1000, data="seeded")
-        if quick:
-            cfg = dict(epochs=60, n_train=64, n_test=64, data="seeded")
-        return dict(
-            name="cartpole" + ("-quick" if quick else ""),
-            seeds=5 if not quick else 2,
-            experiment=[
-                dict(
-                    problem="cartpole",
-                    level={"poles": [1, 2, 3, 4]},
-                    modes=_PAPER_MODES,
-                    clips=_PAPER_CLIPS,
-                    config=cfg,
-                )
-            ],
-        )
-    if name == "guidance":
-        cfg = dict(epochs=100, data="seeded")
-        if quick:
-            cfg = dict(epochs=30, n_train=64, n_test=64, data="seeded")
-        return dict(
-            name="guidance" + ("-quick" if quick else ""),
-            seeds=5 if not quick else 2,
-            experiment=[
-                dict(
-                    problem="guidance",
-                    level={"rc": [1.0, 0.1, 0.01, 0.001]},
-                    modes=_PAPER_MODES,
-                    clips=_PAPER_CLIPS,
-                    config=cfg,
-                )
-            ],
-        )
-    if name == "quantum":
-        cfg = dict(epochs=1000, data="seeded")
-        if quick:
-            cfg = dict(epochs=12, n_train=64, n_test=64, data="seeded")
-        return dict(
-            name="quantum" + ("-quick" if quick else ""),
-            seeds=5 if not quick else 2,
-            experiment=[
-                dict(problem="quantum", level={"target": [3, 4, 5]}, modes=_PAPER_MODES, clips=_PAPER_CLIPS, config=cfg)
-            ],
-        )
-    if name == "toys":
-        ep = 200
-        return dict(
-            name="toys" + ("-quick" if quick else ""),
-            seeds=5 if not quick else 2,
-            experiment=[
-                dict(
-                    problem="toy-field",
-                    modes=_PAPER_MODES,
-                    clips=["none"],
-                    optimizers=[dict(optimizer="adam", lr=0.01)],
-                    config=dict(epochs=ep if not quick else 60),
-                ),
-                dict(
-                    problem="toy-rotation",
-                    modes=_PAPER_MODES,
-                    clips=["none"],
-                    optimizers=[dict(optimizer="adam", lr=0.1)],
-                    config=dict(epochs=200),
-                ),
-                dict(
-                    problem="linear",
-                    modes=_PAPER_MODES,
-                    clips=["none"],
-                    optimizers=[dict(optimizer="adam", lr=0.01)],
-                    config=dict(epochs=ep if not quick else 60),
-                ),
-            ],
-        )
-    if name == "cart-chain":
-        cfg = dict(epochs=1000, data="seeded")
-        if quick:
-            cfg = dict(epochs=60, n_train=64, n_test=64, data="seeded")
-        return dict(
-            name="cart-chain" + ("-quick" if quick else ""),
-            seeds=5 if not quick else 2,
-            experiment=[
-                dict(
-                    problem="cart-chain",
-                    level={"links": [1, 2, 3, 4, 5, 6]},
-                    modes=_PAPER_MODES,
-                    clips=["none"],
-                    config=cfg,
-                )
-            ],
-        )
-    if name == "pde":
-        cfg = dict(epochs=100, data="seeded") if not quick else dict(epochs=5, n_train=64, n_test=32, data="seeded")
-        return dict(
-            name="pde" + ("-quick" if quick else ""),
-            seeds=5 if not quick else 2,
-            experiment=[
-                dict(problem="ks", level={"L": [22, 36, 60, 100]}, modes=_PAPER_MODES, config=cfg),
-                dict(problem="burgers", modes=_PAPER_MODES, config=cfg),
-                dict(problem="kolmogorov", modes=_PAPER_MODES, config=cfg),
-            ],
-        )
-    if name == "hopper":
-        return _hopper_preset(quick)
-    raise SpecError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
-
-
-PRESETS = ("cartpole", "guidance", "quantum", "toys", "cart-chain", "pde", "hopper")
-
-
-def _hopper_preset(quick: bool) -> dict:
-    """The contact rung: R, M, C, S, truncated BPTT (k = 10 of T = 50 steps) and gradient decay
-    (α = 0.9) on the MJX hopper, paired by seed, with the same settings for every mode."""
-    cfg = dict(epochs=100, data="seeded") if not quick else dict(epochs=10, n_train=32, n_test=32, data="seeded")
-    block = dict(problem="hopper", clips=["none"], optimizers=[dict(optimizer="adam", lr=1e-3)])
-    return dict(
-        name="hopper" + ("-quick" if quick else ""),
-        seeds=5 if not quick else 2,
-        experiment=[
-            dict(block, modes=_PAPER_MODES, config=cfg),
-            dict(block, modes=["R"], config=cfg | dict(truncate=10)),
-            dict(block, modes=["R"], config=cfg | dict(decay=0.9)),
-        ],
-    )
-
-
-def load_spec(source: str | Path | dict, *, quick: bool = False, seeds: int | None = None) -> SweepSpec:
-    """A preset name, a TOML/YAML file path, or a dict -> validated :class:`SweepSpec`."""
+def load_spec(source: str | Path | dict, *, seeds: int | None = None) -> SweepSpec:
+    """A TOML/YAML spec file path or a dict -> validated :class:`SweepSpec` (``seeds``: overrides
+    the spec's seeds with ``range(seeds)``)."""
     if isinstance(source, dict):
         raw = source
-    elif str(source) in PRESETS:
-        raw = _preset(str(source), quick)
     else:
         path = Path(source)
         if not path.is_file():
-            raise SpecError(f"{source!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
+            raise SpecError(f"{str(source)!r}: no such spec file (a .toml, .yaml or .yml sweep spec)")
         raw = _read_spec_file(path)
-        if quick:
-            raise SpecError("--quick applies to presets only; set epochs in the file instead")
     if seeds is not None:
         raw = dict(raw) | {"seeds": int(seeds)}
     try:

@@ -53,6 +53,23 @@ QUICK_EPOCHS = {
     "hopper": 10,
 }
 
+#: RunConfig fields of a quick comparison of a built-in problem (``stablebptt compare --quick``,
+#: :func:`stablebptt.analysis.comparison.quick_config`): minutes per run on 2 CPU cores; the
+#: quick sweeps of the paper's figures and of the complexity ladder use the same settings
+QUICK_SETTINGS: dict[str, dict[str, int]] = {
+    "cartpole": {"epochs": 60, "n_train": 64, "n_test": 64},
+    "guidance": {"epochs": 30, "n_train": 64, "n_test": 64},
+    "quantum": {"epochs": 12, "n_train": 64, "n_test": 64},
+    "toy-field": {"epochs": 60},
+    "toy-rotation": {"epochs": 200},
+    "linear": {"epochs": 60},
+    "cart-chain": {"epochs": 60, "n_train": 64, "n_test": 64},
+    "ks": {"epochs": 5, "n_train": 64, "n_test": 32},
+    "burgers": {"epochs": 5, "n_train": 64, "n_test": 32},
+    "kolmogorov": {"epochs": 5, "n_train": 64, "n_test": 32},
+    "hopper": {"epochs": 10, "n_train": 32, "n_test": 32},
+}
+
 
 class RunConfig(BaseModel):
     """Everything that defines one training run except the seed.
