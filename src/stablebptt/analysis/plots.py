@@ -422,7 +422,7 @@ def _panel(ax, part: pd.DataFrame, labels, styles, metric, smooth, window, band,
             continue
         diverged |= any(r[2] for r in runs)
         curve = _group_curve(runs, band, rng)
-        ls = "-"
+        ls: str | tuple[float, tuple[float, ...]] = "-"
         twin = next((other for other, c in drawn if _same_curve(curve, c)), None)
         if twin is not None:
             group = next((g for g in groups if twin in g), None)
@@ -533,7 +533,8 @@ def _fit_title(title: str, width_in: float, footnote: str = "") -> tuple[str, fl
             return "\n".join(rows), size, footnote
     size = TITLE_SIZES[-1]
     chars = _chars_per_line(width_in, size)
-    keep, rest = [], []
+    keep: list[str] = []
+    rest: list[str] = []
     for line in lines:
         rows = textwrap.wrap(line, chars)
         if not rest and len(keep) + len(rows) <= 2:
@@ -596,7 +597,7 @@ def _legend(fig, handles, title: str, footnote: str = "") -> None:
 
 
 def _mode_handles(labels, styles, band: str, multi_seed: bool, diverged: bool) -> list:
-    h = [
+    h: list[Line2D | Patch] = [
         Line2D(
             [],
             [],
@@ -825,7 +826,7 @@ def paired_figure(
         + f" of the {window}-epoch moving average of each run",
     )
     fig.draw_without_rendering()  # the layout, so the seed labels can be placed in pixels
-    renderer = fig.canvas.get_renderer()
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]  # Agg's canvas has it; stubs type the base
     for ax, pts in zip(axes[0], seed_points):
         _seed_labels(ax, pts, renderer)
     return fig
@@ -835,7 +836,7 @@ def _pair_style(clip: str) -> tuple[str, str]:
     return PAIR_STYLES.get(str(clip), ("D", "0.4"))
 
 
-def _paired_panel(ax, p: pd.DataFrame, x: str, y: str) -> bool:
+def _paired_panel(ax, p: pd.DataFrame, x: str, y: str) -> tuple[bool, list[tuple[float, float, int]]]:
     """One level of :func:`paired_figure`: square log–log limits around its own points.
 
     Returns whether the dotted line ``y = x/10`` crosses the panel (it does when the limits
@@ -920,7 +921,8 @@ def _seed_labels(ax, points, renderer) -> list:
     def overlap(b, o):
         return max(0.0, min(b.x1, o[2]) - max(b.x0, o[0])) * max(0.0, min(b.y1, o[3]) - max(b.y0, o[1]))
 
-    placed, texts = [], []
+    placed: list[tuple[float, float, float, float]] = []
+    texts = []
     order = sorted(clusters.values(), key=lambda m: (xy[m[0], 0], xy[m[0], 1]))
     for members in order:
         seeds = sorted({points[i][2] for i in members})
@@ -937,7 +939,7 @@ def _seed_labels(ax, points, renderer) -> list:
             annotation_clip=False,
         )
         others = [m for k, m in enumerate(marks) if k not in members]
-        best = None
+        best: tuple[float, float, float, str, str, tuple[float, float, float, float]] | None = None
         for dx, dy, ha, va in _LABEL_SPOTS:
             t.xyann = (dx, dy)
             t.set_ha(ha)
@@ -954,6 +956,7 @@ def _seed_labels(ax, points, renderer) -> list:
                 best = (cost, dx, dy, ha, va, (b.x0, b.y0, b.x1, b.y1))
             if cost == 0:
                 break
+        assert best is not None  # _LABEL_SPOTS is not empty
         _, dx, dy, ha, va, box = best
         t.xyann = (dx, dy)
         t.set_ha(ha)

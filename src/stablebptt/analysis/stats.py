@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 
 #: problem -> the results column that holds its complexity level
 LEVEL_PARAMS = {"cartpole": "param_poles", "guidance": "param_rc", "quantum": "param_target"}
@@ -58,7 +59,7 @@ EPOCH_COLUMNS = ("epoch", "loss", "train_loss", "test_loss", "update_norm", "cos
 SIDE_TEXT = {">": ">", ">=": "≥", "<": "<", "<=": "≤"}
 
 
-def smooth_curve(y: Sequence[float], window: int = 30) -> np.ndarray:
+def smooth_curve(y: ArrayLike, window: int = 30) -> np.ndarray:
     """Trailing moving average over ``window`` points, left-padded with the first value.
 
     ``out[i] = mean(y[i-window+1 .. i])`` where indices below 0 read ``y[0]`` (the authors'
@@ -77,7 +78,7 @@ def smooth_curve(y: Sequence[float], window: int = 30) -> np.ndarray:
     return (c[w:] - c[:-w]) / w
 
 
-def undecided(n: int | Sequence[int]) -> str:
+def undecided(n: int | list[int] | tuple[int, ...] | set[int]) -> str:
     """ "undecided at n seeds" (a range "at 1–5 seeds" for tests with different numbers of seeds)."""
     ns = sorted({int(k) for k in (n if isinstance(n, (list, tuple, set)) else [n])})
     at = f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}–{ns[-1]}"
@@ -185,7 +186,7 @@ def paired(runs: pd.DataFrame, a: str, b: str, keys: Sequence[str], column: str 
 
 # ----------------------------------------------------------------------------- statistics
 def bootstrap_mean(
-    x: Sequence[float], *, n_boot: int = N_BOOT, seed: int = 0, confidence: float = CONFIDENCE
+    x: ArrayLike, *, n_boot: int = N_BOOT, seed: int = 0, confidence: float = CONFIDENCE
 ) -> tuple[float, float, float]:
     """(mean, lo, hi) of the 1-d sample ``x``: its mean and a percentile bootstrap interval.
 

@@ -13,6 +13,7 @@ import contextlib
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -148,7 +149,7 @@ def _write_probe(option: str, value, folder: Path, missing: bool) -> None:
             errno.EROFS: "read-only file system",
             errno.ENOSPC: "no space left on the device",
             errno.ENOENT: "no files or folders can be created there",
-        }.get(e.errno, e.strerror or str(e))
+        }.get(e.errno, e.strerror or str(e))  # type: ignore[arg-type]  # errno may be None: get() gives the default
         what = f"cannot create {value} in {folder}" if missing else f"cannot write in {folder}"
         raise fail(f"{option} {value}: {what} ({why}); give a folder you can write to")
 
@@ -379,13 +380,13 @@ def train(
             optimizer=optimizer,
             lr=lr,
             momentum=momentum,
-            clip=clip,
+            clip=clip,  # type: ignore[arg-type]  # a str that RunConfig validates (ValidationError below)
             clip_threshold=clip_threshold,
             batch_size=batch_size,
             epochs=QUICK_EPOCHS.get(problem, d.get("epochs", 10)) if epochs is None else epochs,
             n_train=d.get("n_train", 256) if n_train is None else n_train,
             n_test=d.get("n_test", 256) if n_test is None else n_test,
-            data=data,
+            data=data,  # type: ignore[arg-type]  # a str that RunConfig validates (ValidationError below)
             shuffle=shuffle,
             zero_last=zero_last,
             diagnostics=diagnostics,
@@ -401,7 +402,7 @@ def train(
         )
     except ValidationError as e:
         raise fail(describe_errors(e, RunConfig))
-    weights = _read_weights("--init-weights", init_weights) if cfg.init_weights else None
+    weights = _read_weights("--init-weights", init_weights) if cfg.init_weights and init_weights is not None else None
 
     from ..experiments.run import clean_finished_partials, code_change, is_done
 
@@ -634,7 +635,7 @@ def _print_summary(folder: Path) -> None:
 
     res = read_result(folder)
     config = json.loads((folder / "config.json").read_text())["config"]
-    ran = {}
+    ran: dict[str, Any] = {}
     if (folder / "manifest.json").is_file():
         ran = json.loads((folder / "manifest.json").read_text()).get("ran") or {}
     t = Table(title=f"run {res['run_id']}  ({res['status']})")

@@ -138,7 +138,7 @@ def compare_cmd(
                 address=address,
                 vmap_seeds=vmap_seeds,
                 vmap_configs=vmap_configs,
-                cache_dir=jax.config.jax_compilation_cache_dir,
+                cache_dir=jax.config.jax_compilation_cache_dir,  # type: ignore[attr-defined]  # jax's stub lists no options
                 checkpoint_seconds=checkpoint_seconds,
                 progress=on_progress,
                 diagnose=diagnose,

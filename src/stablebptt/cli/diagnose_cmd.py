@@ -72,6 +72,7 @@ def diagnose_command(
                 prob, n_train=states, n_test=states, data=0, zero_last=zero_last, seed=seed
             )
             if weights is not None:
+                assert arrays is not None  # read above whenever --weights is given
                 problems_mod.check_weights(prob, abstract, arrays, f"--weights {weights}")
                 model = controllers.load_weights(
                     prob.make_controller(jax.random.PRNGKey(seed), zero_last=False), arrays

@@ -53,16 +53,19 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..training.config import RunConfig, run_id
 from .run import clean_finished_partials, clean_stale_temps, is_done, read_result
+
+if TYPE_CHECKING:
+    from pydantic_core import InitErrorDetails
 
 SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 #: environment of a Ray worker (the local pool's initializer sets the same)
@@ -83,7 +86,7 @@ class Experiment(BaseModel):
     model_config = ConfigDict(extra="forbid")
     problem: str
     level: dict[str, list[Any]] = Field(default_factory=dict)
-    modes: list[str | list[str]] = Field(default_factory=lambda: ["R", "M", "C", "S"])
+    modes: list[str | list[str]] = Field(default_factory=lambda: ["R", "M", "C", "S"])  # type: ignore[arg-type]  # mypy infers list[str] here
     clips: list[str] = Field(default_factory=lambda: ["none"])
     optimizers: list[OptimizerSetting] = Field(default_factory=lambda: [OptimizerSetting()])
     problem_params: dict[str, Any] = Field(default_factory=dict)
@@ -200,7 +203,7 @@ def expand(spec: SweepSpec) -> list[tuple[RunConfig, int]]:
         for values in level_grid:
             pparams = dict(ex.problem_params) | {k: v for (k, _), v in zip(level_items, values)}
             for mode, clip, opt in itertools.product(ex.modes, ex.clips, ex.optimizers):
-                fields = (
+                fields: dict[str, Any] = (
                     {"data": "seeded"}
                     | base
                     | ex.config
@@ -242,14 +245,14 @@ def _config_errors(e: ValidationError, ex: Experiment, where: str) -> str:
     return "; ".join(parts)
 
 
-def _line_error(err: dict) -> dict:
+def _line_error(err: Mapping[str, Any]) -> InitErrorDetails:
     """A pydantic error dict as ``ValidationError.from_exception_data`` takes it."""
     out = {k: err[k] for k in ("type", "loc", "input") if k in err}
     if err["type"] == "value_error":
         out["ctx"] = {"error": err["msg"].removeprefix("Value error, ")}
     elif err.get("ctx"):
         out["ctx"] = err["ctx"]
-    return out
+    return cast("InitErrorDetails", out)
 
 
 def _params_ok(ex: Experiment, where: str) -> bool:
@@ -368,7 +371,8 @@ def _groups(
         from ..training.runner import lane_key
 
         lanes: dict[str, list[tuple[RunConfig, int]]] = {}
-        single = []  # the AND-mask cannot be a lane; a group of one is a plain run
+        # the AND-mask cannot be a lane; a group of one is a plain run
+        single: list[tuple[RunConfig, list[int], list[dict] | None]] = []
         for c, s in todo:
             if c.and_mask:
                 single.append((c, [s], None))
@@ -541,7 +545,7 @@ def run_sweep(
     report = SweepReport(root=root, jobs=len(jobs), skipped=len(jobs) - len(todo))
     groups = _groups(todo, vmap_seeds, vmap_configs)
     t0 = time.perf_counter()
-    state = {"done": 0, "running": 0, "diverged": 0, "skipped": report.skipped, "total": len(jobs), "eta_s": None}
+    state: dict = {"done": 0, "running": 0, "diverged": 0, "skipped": report.skipped, "total": len(jobs), "eta_s": None}
 
     def finished(summaries: list[dict]) -> None:
         state["done"] += len(summaries)
