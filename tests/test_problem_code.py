@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from conftest import pointmass_source
 from stablebptt import problems
 from stablebptt.cli.app import app
 from stablebptt.experiments.run import run
 from stablebptt.training.config import RunConfig
-from test_own_problems import POINTMASS
 
+POINTMASS = pointmass_source()
 runner = CliRunner()
 TRAIN = ["--epochs", "2", "--n-train", "16", "--n-test", "8", "--out", "runs"]
 #: the edit a user makes to the physics: the velocity update twice as strong
