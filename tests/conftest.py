@@ -140,6 +140,15 @@ def overflowing_linear(**fields):
     return problems.get("linear", **pp), RunConfig(**(base | fields))
 
 
+@pytest.fixture
+def workdir_tmp(tmp_path, monkeypatch):
+    """tmp_path as the working folder (problem files given as ``FILE.py:make`` are found there),
+    with the CLI's compile cache inside it; returns tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("STABLEBPTT_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path
+
+
 def pointmass_source(name="pointmass", steps=12, width=16, defaults="dict(epochs=3)") -> str:
     """The source of a problem file (``make(dt, steps)``): a point mass pushed to the origin,
     per-seed data and initial weights, an MLP controller of one hidden layer of ``width``;

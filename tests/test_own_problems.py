@@ -24,10 +24,8 @@ POINTMASS = pointmass_source()
 
 
 @pytest.fixture
-def pm(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("STABLEBPTT_CACHE_DIR", str(tmp_path / "cache"))
-    (tmp_path / "pointmass.py").write_text(POINTMASS)
+def pm(workdir_tmp):
+    (workdir_tmp / "pointmass.py").write_text(POINTMASS)
     return "pointmass.py:make"
 
 
@@ -125,12 +123,10 @@ def test_a_problem_that_is_not_the_configs_is_refused(pm):
 
 
 @pytest.mark.parametrize("record", ["np.float32(dt)", "float(np.float32(dt))"])
-def test_a_problem_that_records_its_parameters_as_float32_is_the_configs(record, tmp_path, monkeypatch):
+def test_a_problem_that_records_its_parameters_as_float32_is_the_configs(record, workdir_tmp):
     """A make() that stores dt as float32 (or its float64 widening) builds the problem the config
     names; a value that differs by more than float32 rounding is still refused."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("STABLEBPTT_CACHE_DIR", str(tmp_path / "cache"))
-    (tmp_path / "pm32.py").write_text(POINTMASS.replace("params=dict(dt=dt,", f"params=dict(dt={record},"))
+    (workdir_tmp / "pm32.py").write_text(POINTMASS.replace("params=dict(dt=dt,", f"params=dict(dt={record},"))
     src = "pm32.py:make"
     cfg = RunConfig(problem=src, problem_params={"dt": 0.05, "steps": 6}, **small())
     problems.check_matches(problems.get(src, dt=0.05, steps=6), src, cfg.problem_params)
