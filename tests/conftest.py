@@ -3,6 +3,7 @@ import json
 import os
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
 
 import jax
@@ -72,25 +73,112 @@ def fixture():
 EPS32 = float(np.finfo(np.float32).eps)
 
 
+def tree_entries(tree, dtype=np.float64) -> np.ndarray:
+    """All entries of an array or a pytree of arrays, flattened in leaf order, as ``dtype``."""
+    return np.concatenate([np.ravel(np.asarray(x)).astype(dtype) for x in jax.tree_util.tree_leaves(tree)])
+
+
+def rel_err(got, ref) -> float:
+    """max |got − ref| / max |ref| over all entries of two arrays or pytrees with the same
+    number of entries (an error relative to the reference's largest entry; complex entries
+    compared as complex numbers)."""
+    a, b = tree_entries(got, np.complex128), tree_entries(ref, np.complex128)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float(np.max(np.abs(a - b), initial=0.0) / max(np.max(np.abs(b), initial=0.0), 1e-30))
+
+
 def assert_close(got, ref, rel: float, what: str = "") -> None:
     """max |got − ref| ≤ rel · max |ref|, over all entries of two arrays or pytrees: an error
     measured against the reference's scale, so that entries far smaller than the largest one
-    (whose relative error float32 cannot bound) do not decide the test."""
-
-    def flat(tree):
-        return np.concatenate([np.ravel(np.asarray(x)).astype(np.complex128) for x in jax.tree_util.tree_leaves(tree)])
-
-    a, b = flat(got), flat(ref)
+    (whose relative error float32 cannot bound) do not decide the test. ``rel = 0``: equal."""
+    a, b = tree_entries(got, np.complex128), tree_entries(ref, np.complex128)
     assert a.shape == b.shape, (what, a.shape, b.shape)
     err, scale = float(np.max(np.abs(a - b), initial=0.0)), float(np.max(np.abs(b), initial=0.0))
     assert err <= rel * scale, f"{what}: max |difference| {err:.3g} > {rel:.3g} × max |reference| {scale:.3g}"
 
 
-def rel_err(a, b) -> float:
-    """max |a - b| / max |b| (error relative to the reference's largest entry)."""
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+def local_minima(L) -> list[tuple[int, float]]:
+    """(index, value) of the strict interior local minima of a sequence, in order."""
+    return [(i, float(L[i])) for i in range(1, len(L) - 1) if L[i] < L[i - 1] and L[i] < L[i + 1]]
+
+
+def reference_divergence_epoch(a, b, T, x0, theta, lr, epochs):
+    """float64 SGD on L = ½x_T² for the linear problem; first epoch where a float32 run overflows."""
+    f32max = float(np.finfo(np.float32).max)
+    for e in range(1, epochs + 1):
+        rho = a + b * theta
+        xT = x0 * rho**T
+        G = xT * T * rho ** (T - 1) * b * x0
+        if not (abs(0.5 * xT**2) < f32max and abs(G) < f32max):
+            return e
+        theta = theta - lr * G
+        rho = a + b * theta
+        if not abs(0.5 * (x0 * rho**T) ** 2) < f32max:  # evaluation after the update
+            return e
+    return None
+
+
+def overflowing_linear(**fields):
+    """(problem, RunConfig) of the linear problem (a = 1, θ₀ = 0.1, T = 4, one state) trained
+    with SGD at lr 0.3 for 20 epochs: it overflows float32 in epoch 4
+    (:func:`reference_divergence_epoch`). ``fields`` replace the config's (e.g. ``lr=0.01``
+    trains on, ``epochs=8``)."""
+    from stablebptt import problems
+    from stablebptt.training.config import RunConfig
+
+    pp = dict(a=1.0, theta0=0.1)
+    base = dict(
+        problem="linear",
+        problem_params=pp,
+        mode="R",
+        optimizer="sgd",
+        lr=0.3,
+        batch_size=1,
+        n_train=1,
+        n_test=1,
+        epochs=20,
+    )
+    return problems.get("linear", **pp), RunConfig(**(base | fields))
+
+
+@pytest.fixture
+def workdir_tmp(tmp_path, monkeypatch):
+    """tmp_path as the working folder (problem files given as ``FILE.py:make`` are found there),
+    with the CLI's compile cache inside it; returns tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("STABLEBPTT_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def pointmass_source(name="pointmass", steps=12, width=16, defaults="dict(epochs=3)") -> str:
+    """The source of a problem file (``make(dt, steps)``): a point mass pushed to the origin,
+    per-seed data and initial weights, an MLP controller of one hidden layer of ``width``;
+    compiles in seconds. ``defaults``: the Problem's defaults, as Python source."""
+    return textwrap.dedent(f'''
+        """A point mass pushed to the origin (x = (position, velocity), c = acceleration)."""
+        import jax.numpy as jnp
+        import numpy as np
+        from stablebptt import TrajectoryLoss
+        from stablebptt.problems.controllers import MLP
+        from stablebptt.problems import Problem
+
+        PARAMS = {{"dt": (0.1, "time step [s]"), "steps": ({steps}, "horizon T")}}
+
+        def make(dt=0.1, steps={steps}):
+            def step(x, c):
+                vel = x[:, 1] + dt * c[:, 0]
+                return jnp.stack([x[:, 0] + dt * vel, vel], axis=1)
+
+            def sample(seed, n_train, n_test):
+                rng = np.random.default_rng(0 if seed == "paper" else seed)
+                return tuple(rng.uniform(-1, 1, (n, 2)).astype(np.float32) for n in (n_train, n_test))
+
+            return Problem(name="{name}", params=dict(dt=dt, steps=steps), step=step,
+                           loss=TrajectoryLoss(lambda x: jnp.mean(x[:, 0] ** 2), on="every"), horizon=steps,
+                           sample_data=sample, state_shape=(2,), control_shape=(1,), defaults={defaults},
+                           make_controller=lambda key, zero_last=False: MLP(key, 2, (1,), widths=({width},),
+                                                                            zero_last=zero_last))
+    ''')
 
 
 def fixed_control_rollout(step, s0, c, n):

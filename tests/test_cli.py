@@ -2,6 +2,7 @@
 bad input as one line."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,7 +12,7 @@ from typer.testing import CliRunner
 from stablebptt import problems
 from stablebptt.cli.app import app
 from stablebptt.problems import controllers
-from stablebptt.training.config import RunConfig
+from stablebptt.training.config import RunConfig, run_id
 from stablebptt.training.runner import train
 
 runner = CliRunner()
@@ -115,24 +116,17 @@ def test_train_cli_eval_every_records_evaluated_epochs(tmp_path, monkeypatch):
     assert "--eval-every 2" in man["cli_command"]
 
 
-def _parse_train_command(command: str, monkeypatch):
-    """(RunConfig, seed, out folder) that ``stablebptt train …`` builds from ``command``: the
-    CLI's own parsing and config construction, stopped before any training."""
+def parse_train_command(command: str):
+    """(RunConfig, seed, run folder) that ``stablebptt train …`` builds from ``command``: the
+    CLI's own parsing and config construction, as ``--dry-run`` prints them (nothing trains)."""
     import shlex
 
-    from stablebptt import cli
-    from stablebptt.experiments import run as run_mod
-
-    seen = []
-    monkeypatch.setattr(cli, "setup_jax", lambda **kw: 1)
-    monkeypatch.setattr(run_mod, "train_runs", lambda pairs, root, **kw: seen.append((*pairs[0], root)))
-    monkeypatch.setattr(cli, "_print_summary", lambda folder: None)
     argv = shlex.split(command)
     assert argv[:2] == ["stablebptt", "train"], command
-    res = runner.invoke(app, argv[1:])
+    res = runner.invoke(app, [*argv[1:], "--dry-run"])
     assert res.exit_code == 0, f"{command}\n{res.output}"
-    (got,) = seen
-    return got
+    got = json.loads(res.stdout)
+    return RunConfig(**got["config"]), got["seed"], Path(got["folder"])
 
 
 REPRODUCED_CONFIGS = {
@@ -173,7 +167,7 @@ REPRODUCED_CONFIGS = {
 
 
 @pytest.mark.parametrize("fields", REPRODUCED_CONFIGS.values(), ids=REPRODUCED_CONFIGS.keys())
-def test_the_recorded_command_reproduces_the_config(fields, tmp_path, monkeypatch):
+def test_the_recorded_command_reproduces_the_config(fields, tmp_path):
     from stablebptt.cli.app import command_for
 
     if fields.get("init_weights") == "WEIGHTS":  # weights of the problem's controller (checked before training)
@@ -182,9 +176,10 @@ def test_the_recorded_command_reproduces_the_config(fields, tmp_path, monkeypatc
         fields = fields | {"init_weights": str(tmp_path / "w.npz")}
     cfg = RunConfig(**fields)
     command = command_for(cfg, 5, tmp_path / "runs")
-    got_cfg, got_seed, got_out = _parse_train_command(command, monkeypatch)
+    got_cfg, got_seed, got_folder = parse_train_command(command)
     assert got_cfg == cfg, command
-    assert (got_seed, got_out) == (5, tmp_path / "runs")
+    assert (got_seed, got_folder) == (5, tmp_path / "runs" / run_id(cfg, 5))
+    assert not (tmp_path / "runs").exists()  # nothing trained, nothing written
 
 
 @pytest.mark.parametrize(
@@ -281,7 +276,7 @@ BAD_INPUTS = [  # (arguments, with a spec file written first: (name, text) or No
 @pytest.mark.parametrize("args, spec, words", BAD_INPUTS, ids=lambda v: None)
 def test_every_bad_input_is_one_line_naming_the_value(tmp_path, args, spec, words):
     """Exit code 2, one line on the terminal, the bad value and what is allowed named, no
-    traceback, no pydantic prefix (issue 19)."""
+    traceback, no pydantic prefix."""
     if spec is not None:
         args = [a if a != "SPEC" else _spec(tmp_path, *spec) for a in args]
     res = runner.invoke(app, args + (["--out", str(tmp_path / "o")] if args[0] in ("train", "sweep") else []))

@@ -3,7 +3,6 @@ computation from the run records, verdicts on constructed records, resuming, the
 loading a comparison folder and the page generator over comparison folders."""
 
 import json
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 import stablebptt
+from conftest import pointmass_source
 from stablebptt.analysis import comparison
 from stablebptt.cli.app import app
 from stablebptt.experiments import sweep
@@ -20,31 +20,8 @@ runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
 
 #: a point mass pushed to the origin: per-seed data and initial weights, compiles in seconds
-POINTMASS = textwrap.dedent("""
-    import jax.numpy as jnp
-    import numpy as np
-    from stablebptt import TrajectoryLoss
-    from stablebptt.problems.controllers import MLP
-    from stablebptt.problems import Problem
+POINTMASS = pointmass_source(name="pm", steps=6, width=8, defaults="dict(epochs=3, n_train=8, n_test=8, lr=0.05)")
 
-    PARAMS = {"dt": (0.1, "time step [s]"), "steps": (6, "horizon T")}
-
-    def make(dt=0.1, steps=6):
-        def step(x, c):
-            vel = x[:, 1] + dt * c[:, 0]
-            return jnp.stack([x[:, 0] + dt * vel, vel], axis=1)
-
-        def sample(seed, n_train, n_test):
-            rng = np.random.default_rng(0 if seed == "paper" else seed)
-            return tuple(rng.uniform(-1, 1, (n, 2)).astype(np.float32) for n in (n_train, n_test))
-
-        return Problem(name="pm", params=dict(dt=dt, steps=steps), step=step,
-                       loss=TrajectoryLoss(lambda x: jnp.mean(x[:, 0] ** 2), on="every"), horizon=steps,
-                       sample_data=sample, state_shape=(2,), control_shape=(1,),
-                       defaults=dict(epochs=3, n_train=8, n_test=8, lr=0.05),
-                       make_controller=lambda key, zero_last=False: MLP(key, 2, (1,), widths=(8,),
-                                                                        zero_last=zero_last))
-""")
 VARIANTS = "R,C:truncate=2"  # a mode letter and a variant with options: two sweep blocks
 SETTINGS = dict(backward="autodiff", batch_size=8)
 

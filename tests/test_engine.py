@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import stablebptt as sb
+from conftest import EPS32, assert_close, rel_err, tree_entries
 from stablebptt import problems
 from stablebptt.core import Autodiff, Flow, ReverseSweep, candidates, engine, unroll
 from stablebptt.core import backward as B
@@ -20,25 +21,6 @@ from stablebptt.core import gates as G
 from stablebptt.core.losses import TrajectoryLoss
 from stablebptt.problems.controllers import MLP
 from stablebptt.problems.linear import closed_form_fields
-
-EPS = float(np.finfo(np.float32).eps)
-
-
-def flat(t):
-    return np.concatenate([np.ravel(np.asarray(a, np.float64)) for a in jax.tree_util.tree_leaves(t)])
-
-
-def rel_err(got, ref) -> float:
-    """max |got − ref| / max |ref| over all entries of two pytrees."""
-    a, b = flat(got), flat(ref)
-    assert a.shape == b.shape
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
-
-
-def assert_close(got, ref, amp: float = 100.0):
-    """|got − ref| ≤ amp · ε32 · max |ref| (amp: the round-off amplification allowed)."""
-    e = rel_err(got, ref)
-    assert e <= amp * EPS, f"relative error {e:.2e} > {amp} ε = {amp * EPS:.2e}"
 
 
 def pendulum_step(x, c):
@@ -97,9 +79,9 @@ def test_R_equals_jax_grad_of_python_loop(toy, name, every):
     val, upd, info = sb.value_and_update(
         model, x0, step=pendulum_step, loss=loss, horizon=T, flow="R", backward=STRATEGIES[name]
     )
-    np.testing.assert_allclose(val, ref_val, rtol=10 * EPS)
-    assert_close(upd, ref, amp=100)
-    np.testing.assert_allclose(info["update_norm"], engine.tree_norm(ref), rtol=100 * EPS)
+    np.testing.assert_allclose(val, ref_val, rtol=10 * EPS32)
+    assert_close(upd, ref, 100 * EPS32)
+    np.testing.assert_allclose(info["update_norm"], engine.tree_norm(ref), rtol=100 * EPS32)
 
 
 @pytest.mark.parametrize("name", list(SWEEPS))
@@ -111,8 +93,8 @@ def test_fused_C_equals_two_complete_passes(toy, name, every):
     kw = dict(step=pendulum_step, loss=loss, horizon=12)
     v1, fused, info = sb.value_and_update(model, x0, flow="C", backward=SWEEPS[name], **kw)
     v2, naive, (m, g) = sb.naive_combined(model, x0, **kw)
-    assert float(v1) == pytest.approx(float(v2), rel=10 * EPS)
-    assert_close(fused, naive, amp=100)
+    assert float(v1) == pytest.approx(float(v2), rel=10 * EPS32)
+    assert_close(fused, naive, 100 * EPS32)
     stats = engine.field_stats(m, g)
     for k in ("cos_mg", "sign_agree"):
         assert float(info[k]) == pytest.approx(float(stats[k]), rel=1e-5)
@@ -169,7 +151,7 @@ def test_every_strategy_equals_autodiff_on_every_problem(case):
         return jax.jit(jax.vmap(one))(stacked)
 
     ref = updates(Autodiff(), x0)
-    nudged = updates(Autodiff(), x0 * (1 + EPS))
+    nudged = updates(Autodiff(), x0 * (1 + EPS32))
     for sname, strategy in SWEEPS.items():
         if not applicable(model, strategy) or (strategy.checkpoint_every or 0) >= T:
             continue
@@ -178,7 +160,7 @@ def test_every_strategy_equals_autodiff_on_every_problem(case):
             take = lambda t: jax.tree_util.tree_map(lambda a: a[i], t)
             floor = rel_err(take(nudged), take(ref))
             e = rel_err(take(got), take(ref))
-            assert e <= max(1e3 * EPS, 4 * floor), (case, sname, mode, e, floor)
+            assert e <= max(1e3 * EPS32, 4 * floor), (case, sname, mode, e, floor)
 
 
 @pytest.mark.parametrize("mode", ["R", "M", "S", "N", "C", ("R", "M", "S", "N") * 3])
@@ -191,7 +173,7 @@ def test_single_field_programs_equal_autodiff(toy, mode, name):
     kw = dict(step=pendulum_step, loss=loss, horizon=12, flow=mode)
     _, ref, _ = sb.value_and_update(model, x0, backward=Autodiff(), **kw)
     _, got, _ = sb.value_and_update(model, x0, backward=SWEEPS[name], **kw)
-    assert_close(got, ref, amp=200)
+    assert_close(got, ref, 200 * EPS32)
 
 
 # ------------------------------------------------------------------ controllers
@@ -226,7 +208,7 @@ def test_row_coupled_controller_keeps_per_step_batches(toy, mode):
     else:  # M by plain AD of the gated unroll (controller input stopped), combined by sign
         m = jax.grad(lambda p: unroll.unrolled_loss(p, s, x0, gates=np.tile([0.0, 1.0], (T, 1)), **kw))(p)
         ref = G.combine_sign(m, g)
-    assert_close(upd, ref, amp=200)
+    assert_close(upd, ref, 200 * EPS32)
 
 
 def test_a_false_claim_of_independent_rows_is_refused(toy):
@@ -290,7 +272,7 @@ def test_generic_batched_path_on_a_pytree_state(toy, mode):
     _, ref, _ = sb.value_and_update(dmodel, dx0, backward=Autodiff(), **kw)
     for strategy in cands:
         _, got, _ = sb.value_and_update(dmodel, dx0, backward=strategy, **kw)
-        assert_close(got, ref, amp=200)
+        assert_close(got, ref, 200 * EPS32)
 
 
 # ------------------------------------------------------------------ linear system, by hand
@@ -352,7 +334,7 @@ def test_linear_system_fields_match_hand_adjoints(mode, name):
         model, jnp.asarray(x0), step=step, loss=loss, horizon=T, flow=mode, backward=LINEAR_STRATEGIES[name]
     )
     want = hand_adjoint_field(A, Bm, Th, x0, T, lambda n, A, B, Th_: JACS[mode](A, B, Th_))
-    assert_close(upd.theta, want, amp=200)
+    assert_close(upd.theta, want, 200 * EPS32)
 
 
 @pytest.mark.parametrize("name", list(LINEAR_STRATEGIES))
@@ -370,7 +352,7 @@ def test_mixed_schedule_truncation_and_decay_match_hand_adjoints(name):
         _, upd, _ = sb.value_and_update(
             model, jnp.asarray(x0), step=step, loss=loss, horizon=T, flow=flow, backward=LINEAR_STRATEGIES[name]
         )
-        assert_close(upd.theta, hand_adjoint_field(A, Bm, Th, x0, T, jac), amp=200)
+        assert_close(upd.theta, hand_adjoint_field(A, Bm, Th, x0, T, jac), 200 * EPS32)
 
 
 def test_schedule_of_uniform_letters_equals_mode(toy):
@@ -384,7 +366,7 @@ def test_schedule_of_uniform_letters_equals_mode(toy):
         for m in "RMSN":
             _, a, _ = sb.value_and_update(model, x0, flow=m, backward=backward, **kw)
             _, b, _ = sb.value_and_update(model, x0, flow=[m] * 6, backward=backward, **kw)
-            assert_close(b, a, amp=0)
+            assert_close(b, a, 0)
 
 
 # ------------------------------------------------------------------ combined mode
@@ -403,7 +385,7 @@ def test_fused_C_with_segments_and_a_schedule(toy):
     _, ref, _ = sb.value_and_update(model, x0, backward=Autodiff(), **kw)
     for ce in (None, 4, 5):
         _, got, _ = sb.value_and_update(model, x0, checkpoint_every=ce, **kw)
-        assert_close(got, ref, amp=200)
+        assert_close(got, ref, 200 * EPS32)
 
 
 def test_forward_values_identical_across_modes_and_strategies(toy):
@@ -463,7 +445,7 @@ def test_C_never_points_uphill(seed):
     x0 = 2 * jax.random.normal(k2, (5, 2))
     loss = TrajectoryLoss(lambda x: jnp.mean((x - 1.0) ** 2), on="every")
     _, c, (m, g) = sb.naive_combined(model, x0, step=pendulum_step, loss=loss, horizon=15)
-    fc, fg = flat(c), flat(g)
+    fc, fg = tree_entries(c), tree_entries(g)
     assert float(np.dot(fc, fg)) >= 0.0
     assert np.all(np.where(fg == 0, fc == 0, True))
     assert np.all(fc * fg >= 0)
@@ -472,17 +454,17 @@ def test_C_never_points_uphill(seed):
 def test_controller_ignoring_input_gives_M_equals_G_equals_C():
     """K ≡ 0 makes M = G mathematically; computed as two separate passes they differ by
     round-off only: the bound is relative to the field's largest entry (an entry 1e-3 of the
-    largest may differ relatively by much more than ε, issue 19)."""
+    largest may differ relatively by much more than ε)."""
     model = MLP(jax.random.PRNGKey(1), 2, (1,), widths=(8,))
     model = eqx.tree_at(lambda m: m.layers[0].kernel, model, jnp.zeros_like(model.layers[0].kernel))
     model = eqx.tree_at(lambda m: m.layers[0].bias, model, 0.3 * jnp.ones_like(model.layers[0].bias))
     x0 = jax.random.normal(jax.random.PRNGKey(2), (4, 2))
     loss = TrajectoryLoss(lambda x: jnp.mean(x**2), on="every")
     _, c, (m, g) = sb.naive_combined(model, x0, step=pendulum_step, loss=loss, horizon=8)
-    assert_close(m, g, amp=64)
+    assert_close(m, g, 64 * EPS32)
     for a, b in zip(jax.tree_util.tree_leaves(c), jax.tree_util.tree_leaves(m)):  # C keeps M where signs agree
         kept = np.sign(np.asarray(a)) == np.sign(np.asarray(b))
-        assert np.all(np.where(kept, np.asarray(a) == np.asarray(b), np.abs(b) <= 64 * EPS * np.max(np.abs(b))))
+        assert np.all(np.where(kept, np.asarray(a) == np.asarray(b), np.abs(b) <= 64 * EPS32 * np.max(np.abs(b))))
 
 
 def test_linear_stall_case():
@@ -494,8 +476,8 @@ def test_linear_stall_case():
     _, m, _ = sb.value_and_update(model, x0, flow="M", **kw)
     _, c, info = sb.value_and_update(model, x0, flow="C", **kw)
     Gc, Mc = closed_form_fields(1.1, 1.0, 4, 1.0, -1.6)
-    assert float(g.theta) == pytest.approx(Gc, rel=10 * EPS)
-    assert float(m.theta) == pytest.approx(Mc, rel=10 * EPS)
+    assert float(g.theta) == pytest.approx(Gc, rel=10 * EPS32)
+    assert float(m.theta) == pytest.approx(Mc, rel=10 * EPS32)
     assert np.sign(Gc) != np.sign(Mc)
     assert float(c.theta) == 0.0
     assert float(info["cos_mg"]) < 0
@@ -537,10 +519,10 @@ def test_and_mask_matches_hand_reference(toy):
             stack = np.stack([np.asarray(jax.tree_util.tree_leaves(p)[leaf_idx]) for p in per])
             agree = np.abs(np.mean(np.sign(stack), 0))
             want = np.where(agree >= tau - 1e-6, stack.mean(0), 0.0)
-            assert_close(got, want, amp=100)
+            assert_close(got, want, 100 * EPS32)
     # without masking, per-sample averaging reproduces the batch gradient (the loss is a batch mean)
     _, g, _ = sb.value_and_update(model, x0, flow="R", **kw)
-    assert_close(jax.tree_util.tree_map(lambda *a: sum(a) / len(a), *per), g, amp=100)
+    assert_close(jax.tree_util.tree_map(lambda *a: sum(a) / len(a), *per), g, 100 * EPS32)
 
 
 # ------------------------------------------------------------------ choosing a strategy
@@ -645,7 +627,7 @@ def test_auto_is_the_fastest_measured_candidate_and_is_cached(tmp_path, monkeypa
             eqx.combine(p, static), x0, step=prob.step, loss=prob.loss, horizon=prob.horizon, flow="C", backward=b
         )[1]
     )(params)
-    assert_close(vu("auto"), vu(Autodiff()), amp=200)
+    assert_close(vu("auto"), vu(Autodiff()), 200 * EPS32)
     # a strategy object is used as given, a single candidate is not measured
     assert engine.choose_backward(Autodiff(), model, x0, **kw_choose)[0] == Autodiff()
     assert engine.choose_backward("autodiff", model, x0, **kw_choose)[1]["measure_s"] == 0.0
@@ -661,13 +643,13 @@ def test_strategy_options_are_validated():
 
 
 def test_naive_combined_needs_a_combined_flow_and_autodiff_computes_C(toy):
-    """(Was: ``flow.field(..., mode="C")`` raised a bare KeyError.) The reference computes C by
-    name; naive_combined names what it needs."""
+    """C of value_and_update with autodiff equals naive_combined's bit for bit; naive_combined
+    given a flow that is not combined says that it needs one (a ValueError, not a KeyError)."""
     model, x0 = toy
     loss = TrajectoryLoss(lambda x: jnp.mean(x**2), on="every")
     kw = dict(step=pendulum_step, loss=loss, horizon=5)
     _, c, _ = sb.value_and_update(model, x0, flow="C", backward="autodiff", **kw)
-    assert_close(c, sb.naive_combined(model, x0, **kw)[1], amp=0)
+    assert_close(c, sb.naive_combined(model, x0, **kw)[1], 0)
     with pytest.raises(ValueError, match="needs a combined flow"):
         sb.naive_combined(model, x0, flow=Flow("R"), **kw)
 
@@ -702,8 +684,8 @@ def test_errors_name_the_bad_value(toy):
 
 
 def test_errors_that_are_not_about_shapes_propagate(toy):
-    """check_problem_inputs turns shape errors into one named ValueError, nothing else
-    (it used to turn every exception into ValueError)."""
+    """check_problem_inputs turns shape errors into one named ValueError, nothing else: any
+    other exception reaches the caller as it was raised."""
     model, x0 = toy
 
     def broken(x, c):

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import assert_close
+from conftest import assert_close, overflowing_linear, reference_divergence_epoch
 from stablebptt import core as F
 from stablebptt import problems
 from stablebptt.experiments import run, sweep
@@ -210,15 +210,9 @@ def test_one_lane_is_its_run():
 
 def test_a_diverging_lane_stops_alone_at_its_runs_epoch():
     """The divergence guard per lane: the lane with lr 0.3 overflows in epoch 4 (the float64
-    reference of test_train), the lane with lr 0.01 trains on; both as their own runs."""
-    from test_train import reference_divergence_epoch
-
-    pp = dict(a=1.0, theta0=0.1)
-    prob = problems.get("linear", **pp)
-    base = dict(
-        problem="linear", problem_params=pp, mode="R", optimizer="sgd", batch_size=1, n_train=1, n_test=1, epochs=8
-    )
-    cfgs = [RunConfig(lr=0.3, **base), RunConfig(lr=0.01, **base)]
+    reference_divergence_epoch), the lane with lr 0.01 trains on; both as their own runs."""
+    prob, bad_cfg = overflowing_linear(epochs=8)
+    cfgs = [bad_cfg, overflowing_linear(epochs=8, lr=0.01)[1]]
     bad, good = T.train(prob, cfgs[0], [0, 0], lane_configs=cfgs)
     assert bad.diverged and bad.diverged_epoch == reference_divergence_epoch(1.0, 1.0, 4, 1.0, 0.1, 0.3, 8) == 4
     assert bad.epochs_done == 3 and all(np.all(np.isfinite(v)) for v in bad.history.values())

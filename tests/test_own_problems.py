@@ -1,9 +1,8 @@
-"""Bring your own simulator (issue 18): a problem written in the test, outside the library, used
+"""Bring your own simulator: a problem written in the test, outside the library, used
 everywhere a problem is accepted; loading and evaluating a run; TensorBoard events."""
 
 import json
 import struct
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from conftest import pointmass_source
 from stablebptt import problems
 from stablebptt.analysis import results
 from stablebptt.cli.app import app, command_for
@@ -20,38 +20,12 @@ from stablebptt.training.runner import train
 
 runner = CliRunner()
 
-POINTMASS = textwrap.dedent('''
-    """A point mass pushed to the origin (x = (position, velocity), c = acceleration)."""
-    import jax.numpy as jnp
-    import numpy as np
-    from stablebptt import TrajectoryLoss
-    from stablebptt.problems.controllers import MLP
-    from stablebptt.problems import Problem
-
-    PARAMS = {"dt": (0.1, "time step [s]"), "steps": (12, "horizon T")}
-
-    def make(dt=0.1, steps=12):
-        def step(x, c):
-            vel = x[:, 1] + dt * c[:, 0]
-            return jnp.stack([x[:, 0] + dt * vel, vel], axis=1)
-
-        def sample(seed, n_train, n_test):
-            rng = np.random.default_rng(0 if seed == "paper" else seed)
-            return tuple(rng.uniform(-1, 1, (n, 2)).astype(np.float32) for n in (n_train, n_test))
-
-        return Problem(name="pointmass", params=dict(dt=dt, steps=steps), step=step,
-                       loss=TrajectoryLoss(lambda x: jnp.mean(x[:, 0] ** 2), on="every"), horizon=steps,
-                       sample_data=sample, state_shape=(2,), control_shape=(1,), defaults=dict(epochs=3),
-                       make_controller=lambda key, zero_last=False: MLP(key, 2, (1,), widths=(16,),
-                                                                        zero_last=zero_last))
-''')
+POINTMASS = pointmass_source()
 
 
 @pytest.fixture
-def pm(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("STABLEBPTT_CACHE_DIR", str(tmp_path / "cache"))
-    (tmp_path / "pointmass.py").write_text(POINTMASS)
+def pm(workdir_tmp):
+    (workdir_tmp / "pointmass.py").write_text(POINTMASS)
     return "pointmass.py:make"
 
 
@@ -149,12 +123,10 @@ def test_a_problem_that_is_not_the_configs_is_refused(pm):
 
 
 @pytest.mark.parametrize("record", ["np.float32(dt)", "float(np.float32(dt))"])
-def test_a_problem_that_records_its_parameters_as_float32_is_the_configs(record, tmp_path, monkeypatch):
+def test_a_problem_that_records_its_parameters_as_float32_is_the_configs(record, workdir_tmp):
     """A make() that stores dt as float32 (or its float64 widening) builds the problem the config
     names; a value that differs by more than float32 rounding is still refused."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("STABLEBPTT_CACHE_DIR", str(tmp_path / "cache"))
-    (tmp_path / "pm32.py").write_text(POINTMASS.replace("params=dict(dt=dt,", f"params=dict(dt={record},"))
+    (workdir_tmp / "pm32.py").write_text(POINTMASS.replace("params=dict(dt=dt,", f"params=dict(dt={record},"))
     src = "pm32.py:make"
     cfg = RunConfig(problem=src, problem_params={"dt": 0.05, "steps": 6}, **small())
     problems.check_matches(problems.get(src, dt=0.05, steps=6), src, cfg.problem_params)

@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from conftest import pointmass_source
 from stablebptt import problems
 from stablebptt.cli.app import app
 from stablebptt.experiments.run import run
 from stablebptt.training.config import RunConfig
-from test_own_problems import POINTMASS
 
+POINTMASS = pointmass_source()
 runner = CliRunner()
 TRAIN = ["--epochs", "2", "--n-train", "16", "--n-test", "8", "--out", "runs"]
 #: the edit a user makes to the physics: the velocity update twice as strong
@@ -22,11 +23,9 @@ EDIT = ("vel = x[:, 1] + dt * c[:, 0]", "vel = x[:, 1] + 2 * dt * c[:, 0]")
 
 
 @pytest.fixture
-def pm(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("STABLEBPTT_CACHE_DIR", str(tmp_path / "cache"))
-    (tmp_path / "pointmass.py").write_text(POINTMASS)
-    return tmp_path / "pointmass.py"
+def pm(workdir_tmp):
+    (workdir_tmp / "pointmass.py").write_text(POINTMASS)
+    return workdir_tmp / "pointmass.py"
 
 
 def edit(path: Path) -> None:
@@ -115,13 +114,12 @@ def test_an_interrupted_run_is_not_continued_with_other_code(pm):
     assert "resumed_from_epoch" not in json.loads((folder / "manifest.json").read_text())["ran"]
 
 
-def test_a_module_problem_is_identified_by_its_file_or_its_installed_version(tmp_path, monkeypatch):
+def test_a_module_problem_is_identified_by_its_file_or_its_installed_version(workdir_tmp, monkeypatch):
     import sys
 
+    tmp_path = workdir_tmp
     for name in ("mypm", "simpkg", "simpkg.pmmod"):  # modules of the same names imported by other tests
         monkeypatch.delitem(sys.modules, name, raising=False)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("STABLEBPTT_CACHE_DIR", str(tmp_path / "cache"))
     (tmp_path / "simpkg").mkdir()
     (tmp_path / "simpkg" / "__init__.py").write_text("")
     mod = tmp_path / "simpkg" / "pmmod.py"

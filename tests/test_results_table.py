@@ -3,6 +3,7 @@
 import pandas as pd
 from rich.console import Console
 
+from conftest import pointmass_source
 from stablebptt.analysis import results
 
 
@@ -82,18 +83,24 @@ def test_a_very_long_name_wraps_whole():
 
 
 def test_cli_results_at_80_columns(monkeypatch, tmp_path):
+    """`stablebptt results` on a real run folder of a problem given by a long file path,
+    printed to an 80-column terminal: the table fits and the name is whole (``heat.py:make``)."""
     from typer.testing import CliRunner
 
-    from stablebptt.cli import sweep_cmd
     from stablebptt.cli.app import app
+    from stablebptt.experiments.run import run
+    from stablebptt.training.config import RunConfig
 
-    name = "/home/someone/projects/simulators/heat.py:make"
-    frame = pd.DataFrame([dict(run_id="a", epoch=1, problem=name)])
-    monkeypatch.setattr(results, "collect", lambda root, **kw: frame)
-    monkeypatch.setattr(results, "summary_frame", lambda root, epoch=None: summary([name]))
-    console = Console(width=80, record=True, file=open("/dev/null", "w"))
-    monkeypatch.setattr(sweep_cmd, "out", console)
-    res = CliRunner().invoke(app, ["results", str(tmp_path)])
+    monkeypatch.setenv("STABLEBPTT_CACHE_DIR", str(tmp_path / "cache"))
+    sim = tmp_path / "home" / "someone" / "projects" / "simulators" / "heat.py"
+    sim.parent.mkdir(parents=True)
+    sim.write_text(pointmass_source(steps=4, width=8))
+    name = f"{sim}:make"
+    assert len(name) > 80
+    run(RunConfig(problem=name, epochs=1, n_train=8, n_test=8), 0, tmp_path / "runs")
+    monkeypatch.setenv("COLUMNS", "80")  # the width rich gives a console that is not a terminal
+    res = CliRunner().invoke(app, ["results", str(tmp_path / "runs")])
     assert res.exit_code == 0, res.output
-    text = console.export_text()
+    text = res.stdout
+    assert max(len(line) for line in text.splitlines()) <= 80
     assert "…" not in text and "heat.py:make" in cells(text, 0)

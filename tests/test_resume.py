@@ -1,4 +1,4 @@
-"""Nothing lost, nothing computed twice (issue 19): checkpoints and resume, claims on runs,
+"""Nothing lost, nothing computed twice: checkpoints and resume, claims on runs,
 faults injected at random moments (SIGINT, SIGKILL), two sweeps on one folder."""
 
 import json
@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import overflowing_linear
 from stablebptt import problems
 from stablebptt.experiments import run as R
 from stablebptt.training.config import RunConfig, run_id
@@ -151,14 +152,10 @@ def test_ctrl_c_while_a_checkpoint_is_written_leaves_it_whole(tmp_path, monkeypa
 
 
 def test_divergence_survives_a_resume(tmp_path):
-    """Two lanes: lr 0.3 overflows in epoch 4 (test_train's float64 reference), lr 0.01 trains
+    """Two lanes: lr 0.3 overflows in epoch 4 (the float64 reference_divergence_epoch), lr 0.01 trains
     on; interrupted after epoch 6 and resumed, both end as without the interruption."""
-    pp = dict(a=1.0, theta0=0.1)
-    prob = problems.get("linear", **pp)
-    base = dict(
-        problem="linear", problem_params=pp, mode="R", optimizer="sgd", batch_size=1, n_train=1, n_test=1, epochs=9
-    )
-    lanes = [RunConfig(lr=0.3, **base), RunConfig(lr=0.01, **base)]
+    prob, bad = overflowing_linear(epochs=9)
+    lanes = [bad, overflowing_linear(epochs=9, lr=0.01)[1]]
     ref = train(prob, lanes[0], [0, 0], lane_configs=lanes)
     ck = Checkpoint(tmp_path / "c.npz", every_s=0)
 

@@ -8,15 +8,11 @@ import numpy as np
 import pytest
 
 import stablebptt as sb
-from conftest import assert_close
+from conftest import assert_close, local_minima, overflowing_linear, reference_divergence_epoch
 from stablebptt import problems
 from stablebptt.training import trainer as T
 from stablebptt.training.config import RunConfig
 from stablebptt.training.runner import make_trainer, train
-
-
-def local_minima(L):
-    return [(i, L[i]) for i in range(1, len(L) - 1) if L[i] < L[i - 1] and L[i] < L[i + 1]]
 
 
 @pytest.fixture(scope="module")
@@ -75,35 +71,8 @@ def test_same_seed_is_bit_identical():
     assert a["train_loss"] != c["train_loss"]
 
 
-def reference_divergence_epoch(a, b, T, x0, theta, lr, epochs):
-    """float64 SGD on L = ½x_T² for the linear problem; first epoch where a float32 run overflows."""
-    f32max = float(np.finfo(np.float32).max)
-    for e in range(1, epochs + 1):
-        rho = a + b * theta
-        xT = x0 * rho**T
-        G = xT * T * rho ** (T - 1) * b * x0
-        if not (abs(0.5 * xT**2) < f32max and abs(G) < f32max):
-            return e
-        theta = theta - lr * G
-        rho = a + b * theta
-        if not abs(0.5 * (x0 * rho**T) ** 2) < f32max:  # evaluation after the update
-            return e
-    return None
-
-
 def test_diverging_run_is_marked_at_the_right_epoch():
-    prob = problems.get("linear", a=1.0, theta0=0.1)
-    cfg = RunConfig(
-        problem="linear",
-        problem_params=dict(a=1.0, theta0=0.1),
-        mode="R",
-        optimizer="sgd",
-        lr=0.3,
-        batch_size=1,
-        n_train=1,
-        n_test=1,
-        epochs=20,
-    )
+    prob, cfg = overflowing_linear()
     (res,) = train(prob, cfg, 0)
     want = reference_divergence_epoch(1.0, 1.0, 4, 1.0, 0.1, 0.3, 20)
     assert want == 4  # the float64 reference overflows float32 in epoch 4
@@ -199,19 +168,7 @@ def test_eval_every_records_only_evaluated_epochs_with_the_same_numbers(seeds):
 
 
 def test_eval_every_still_stops_a_diverging_run():
-    prob = problems.get("linear", a=1.0, theta0=0.1)
-    cfg = RunConfig(
-        problem="linear",
-        problem_params=dict(a=1.0, theta0=0.1),
-        mode="R",
-        optimizer="sgd",
-        lr=0.3,
-        batch_size=1,
-        n_train=1,
-        n_test=1,
-        epochs=20,
-        eval_every=3,
-    )
+    prob, cfg = overflowing_linear(eval_every=3)
     (res,) = train(prob, cfg, 0)
     assert res.diverged and res.diverged_epoch in (4, 5)  # 4 with every-epoch evaluation
     assert res.history["epoch"] == [3]
@@ -341,8 +298,8 @@ def test_the_minibatch_order():
 
 
 def test_a_factory_that_needs_concrete_values_is_built_eagerly_and_other_errors_propagate():
-    """(Was: make_model fell back to eager initialisation on *any* exception.) Only a factory
-    that cannot be traced is built eagerly; a factory's own error reaches the caller."""
+    """Only a factory that cannot be traced is built eagerly (not one that raises any other
+    exception); a factory's own error reaches the caller."""
     import dataclasses
 
     prob = problems.get("cartpole", steps=8)
@@ -379,51 +336,26 @@ def test_missing_init_weights_file_fails_before_any_compilation(tmp_path):
         train(prob, cfg, 0)
 
 
-def count_dots(jaxpr, precision):
-    from jax.extend.core import jaxprs_in_params
-
-    n = 0
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "dot_general":
-            n += eqn.params["precision"] == precision
-        for sub in jaxprs_in_params(eqn.params):
-            n += count_dots(sub, precision)
-    return n
-
-
-def test_training_programs_use_full_float32_matmuls_on_any_backend():
+def test_training_programs_use_full_float32_matmuls_on_any_backend(tmp_path):
     """train() traces its programs at matmul precision "highest" (a GPU would otherwise run
-    TF32): checked on the jaxprs of every program it lowers, which is what a GPU would compile."""
-    from stablebptt.training import runner
-
+    TF32): checked on the StableHLO of every program compiled while it runs (JAX dumps each
+    module it compiles into ``jax_dump_ir_to``), which is what a GPU would compile."""
     prob = problems.get("cartpole", steps=4)
     cfg = RunConfig(
         problem="cartpole", mode="C", epochs=1, n_train=16, n_test=8, problem_params={"steps": 4}, backward="autodiff"
     )
-    seen = []
-    real_jit = jax.jit
-
-    def spy(f, **kw):
-        jitted = real_jit(f, **kw)
-
-        class Lower:
-            def lower(self, *a):
-                seen.append(jax.make_jaxpr(f)(*a).jaxpr)
-                return jitted.lower(*a)
-
-            def __call__(self, *a):
-                return jitted(*a)
-
-        return Lower()
-
-    import unittest.mock as mock
-
-    with mock.patch.object(runner.jax, "jit", spy):
-        runner.train(prob, cfg, 0)
-    highest = (jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGHEST)
-    assert len(seen) >= 4  # init_params, updates, evaluate, init
-    assert sum(count_dots(j, highest) for j in seen) > 0
-    assert sum(count_dots(j, None) for j in seen) == 0
+    dump = tmp_path / "ir"
+    jax.config.update("jax_dump_ir_to", str(dump))
+    try:
+        train(prob, cfg, 0)
+    finally:
+        jax.config.update("jax_dump_ir_to", "")
+    modules = {p.name: p.read_text() for p in dump.glob("*.mlir")}
+    for program in ("init_params", "updates_fn", "evaluate", "init"):
+        assert any(f"_jit_{program}_compile" in name for name in modules), (program, sorted(modules))
+    dots = [line for m in modules.values() for line in m.splitlines() if "= stablehlo.dot_general" in line]
+    assert any("precision = [HIGHEST, HIGHEST]" in d for d in dots)
+    assert [d for d in dots if "precision = [HIGHEST, HIGHEST]" not in d] == []
 
 
 OVERLAP_SCRIPT = """

@@ -10,6 +10,7 @@ and calls library functions.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -324,6 +325,11 @@ def train(
         None, help="write the per-epoch metrics as TensorBoard events into this folder"
     ),
     out_dir: Path = typer.Option(Path("runs"), "--out", "-o", help="folder that receives the run folder"),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="check the problem and the options, print the run as JSON (its folder, seed and config) and train nothing",
+    ),
     poles: int | None = typer.Option(None, help="cartpole: number of poles"),
     drivers: int | None = typer.Option(None, help="guidance: drivers"),
     evaders: int | None = typer.Option(None, help="guidance: evaders"),
@@ -407,6 +413,10 @@ def train(
     from ..experiments.run import clean_finished_partials, code_change, is_done
 
     folder = Path(out_dir) / run_id(cfg, seed)
+    if dry_run:
+        problems_mod.check_for_training(prob, cfg, seed, weights=weights, weights_label="--init-weights")
+        typer.echo(json.dumps({"folder": str(folder), "seed": seed, "config": cfg.to_dict()}))
+        return
     if is_done(folder) and not restart:
         change = code_change(folder, cfg)
         if change:
@@ -519,7 +529,6 @@ def _progress_bar(epochs: int, saved: int, tensorboard: Path | None):
 
 def checkpoint_epoch(checkpoint: Path) -> int:
     """The last epoch saved in a checkpoint file (0: no file, or one that cannot be read)."""
-    import json
 
     import numpy as np
 
@@ -629,8 +638,6 @@ def _print_summary(folder: Path) -> None:
     """The run's losses before and after training (the first row: ``untrained``, or ``initial
     weights (FILE)`` for a run started from ``--init-weights``), its times (training summed
     over the sessions of a resumed run) and, for a resumed run, the epoch it resumed from."""
-    import json
-
     from ..experiments.run import read_result
 
     res = read_result(folder)
