@@ -4,7 +4,7 @@ Fig. 2 Adam runs against the numbers of the paper."""
 import numpy as np
 import pytest
 
-from conftest import paper_module
+from conftest import local_minima, paper_module
 
 figures = paper_module("figures")
 
@@ -16,10 +16,6 @@ def _close_figures():
     import matplotlib.pyplot as plt
 
     plt.close("all")
-
-
-def local_minima(L):
-    return [(i, float(L[i])) for i in range(1, len(L) - 1) if L[i] < L[i - 1] and L[i] < L[i + 1]]
 
 
 def test_fig1_field_spreads(tmp_path):

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import overflowing_linear
 from stablebptt.analysis import plots
 from stablebptt.experiments.run import run
 from stablebptt.training.config import RunConfig
@@ -128,18 +129,8 @@ def test_layout_from_real_runs(sweep):
 
 
 def test_diverged_run_is_marked(tmp_path):
-    cfg = RunConfig(
-        problem="linear",
-        problem_params=dict(a=1.0, theta0=0.1),
-        mode="R",
-        optimizer="sgd",
-        lr=0.3,
-        batch_size=1,
-        n_train=1,
-        n_test=1,
-        epochs=20,
-    )
-    run(cfg, 0, tmp_path)  # diverges in epoch 4 (see test_train)
+    _, cfg = overflowing_linear()
+    run(cfg, 0, tmp_path)  # diverges in epoch 4 (conftest.reference_divergence_epoch)
     from stablebptt.analysis import results
 
     df = results.collect(tmp_path)
