@@ -539,14 +539,9 @@ def test_make_train_takes_plain_values():
         sb.Optimizer(learning_rate=0)
 
 
-def test_auto_chooses_once_its_first_strategy_has_run_an_epoch(tmp_path, monkeypatch):
-    """backward="auto" in a run of known length starts with the prior (nothing compiled for the
-    choice), times it in epoch 1, then keeps it when timing the others would cost over WORTH of
-    the rest of the run (the skip is cached: a rerun decides without compiling), else measures
-    every candidate and continues with the fastest from epoch 2. Either way epoch 1 equals the
-    short run's (the prior's) bit for bit, and the manifest names what ran."""
-    from stablebptt.core import choose
-
+def _short_cartpole_c():
+    """(problem, config, prior): cart-pole C for 3 short epochs and the strategy ``backward="auto"``
+    starts it with (the first of the engine's candidates)."""
     prob = problems.get("cartpole")
     cfg = RunConfig(problem="cartpole", mode="C", epochs=3, n_train=16, n_test=8, batch_size=8)
     model = eqx.filter_eval_shape(prob.make_controller, jax.random.PRNGKey(0))
@@ -558,6 +553,18 @@ def test_auto_chooses_once_its_first_strategy_has_run_an_epoch(tmp_path, monkeyp
         horizon=prob.horizon,
         gates=cfg.flow().gates(prob.horizon).fields,
     )[0]
+    return prob, cfg, prior
+
+
+def test_auto_chooses_once_its_first_strategy_has_run_an_epoch(tmp_path, monkeypatch):
+    """backward="auto" in a run of known length starts with the prior (nothing compiled for the
+    choice), times it in epoch 1, then keeps it when timing the others would cost over WORTH of
+    the rest of the run (the skip is cached: a rerun decides without compiling), else measures
+    every candidate and continues with the fastest from epoch 2. Either way epoch 1 equals the
+    short run's (the prior's) bit for bit, and the manifest names what ran."""
+    from stablebptt.core import choose
+
+    prob, cfg, prior = _short_cartpole_c()
     short = None
     for name, worth in (("short", choose.WORTH), ("long", 1e9)):
         cache = tmp_path / name
@@ -594,17 +601,7 @@ def test_a_run_that_switches_strategy_after_epoch_1_continues_exactly(tmp_path, 
     from stablebptt.core import choose
     from stablebptt.training.runner import Checkpoint
 
-    prob = problems.get("cartpole")
-    cfg = RunConfig(problem="cartpole", mode="C", epochs=3, n_train=16, n_test=8, batch_size=8)
-    model = eqx.filter_eval_shape(prob.make_controller, jax.random.PRNGKey(0))
-    prior = sb.candidates(
-        model,
-        jnp.zeros((8, *prob.state_shape)),
-        step=prob.step,
-        loss=prob.loss,
-        horizon=prob.horizon,
-        gates=cfg.flow().gates(prob.horizon).fields,
-    )[0]
+    prob, cfg, prior = _short_cartpole_c()
     timed = []
 
     def dictated(candidates, program, args, compiled=None):  # the prior slowest, then by name
