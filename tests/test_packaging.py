@@ -59,7 +59,7 @@ def test_a_run_records_the_version_of_the_code_that_runs():
     """The manifest names the package version that runs (``stablebptt.__version__``), not only
     the installed distribution's metadata, which an editable install keeps from install time."""
     import stablebptt
-    from stablebptt.experiments.run import manifest
+    from stablebptt.experiments.manifest import manifest
 
     versions = manifest()["versions"]
     assert versions["stablebptt"] == stablebptt.__version__

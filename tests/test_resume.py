@@ -18,6 +18,7 @@ import pytest
 
 from conftest import overflowing_linear
 from stablebptt import problems
+from stablebptt.experiments import leases
 from stablebptt.experiments import run as R
 from stablebptt.training.config import RunConfig, run_id
 from stablebptt.training.runner import Checkpoint, sigint_deferred, train
@@ -219,37 +220,37 @@ def test_a_run_from_initial_weights_says_so_in_its_summary(tmp_path, monkeypatch
 # ------------------------------------------------------------------ claims
 def test_a_live_claim_is_respected_and_a_dead_or_stale_one_taken_over(tmp_path, monkeypatch):
     folder = tmp_path / "p"
-    mine = R.Lease(folder).acquire()
-    with pytest.raises(R.Claimed, match=f"pid {os.getpid()}"):
-        R.Lease(folder).acquire()  # this (live) process holds it
+    mine = leases.Lease(folder).acquire()
+    with pytest.raises(leases.Claimed, match=f"pid {os.getpid()}"):
+        leases.Lease(folder).acquire()  # this (live) process holds it
     mine.release()
-    assert not (folder / R.LEASE_FILE).exists()
+    assert not (folder / leases.LEASE_FILE).exists()
     # a dead owner on this host: taken over at once
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (folder / R.LEASE_FILE).write_text(json.dumps({"host": os.uname().nodename, "pid": dead.pid, "token": "x"}))
-    R.Lease(folder).acquire().release()
+    (folder / leases.LEASE_FILE).write_text(json.dumps({"host": os.uname().nodename, "pid": dead.pid, "token": "x"}))
+    leases.Lease(folder).acquire().release()
     # another host: only a stale heartbeat lets it go
-    (folder / R.LEASE_FILE).write_text(json.dumps({"host": "elsewhere", "pid": 1, "token": "y"}))
-    with pytest.raises(R.Claimed, match="elsewhere"):
-        R.Lease(folder).acquire()
-    old = time.time() - R.LEASE_STALE_S - 5
-    os.utime(folder / R.LEASE_FILE, (old, old))
-    taken = R.Lease(folder).acquire()
-    assert json.loads((folder / R.LEASE_FILE).read_text())["token"] == taken.token
+    (folder / leases.LEASE_FILE).write_text(json.dumps({"host": "elsewhere", "pid": 1, "token": "y"}))
+    with pytest.raises(leases.Claimed, match="elsewhere"):
+        leases.Lease(folder).acquire()
+    old = time.time() - leases.LEASE_STALE_S - 5
+    os.utime(folder / leases.LEASE_FILE, (old, old))
+    taken = leases.Lease(folder).acquire()
+    assert json.loads((folder / leases.LEASE_FILE).read_text())["token"] == taken.token
 
 
 CLAIM_RACE = r"""
 import sys, time
-from stablebptt.experiments import run as R
+from stablebptt.experiments import leases
 t0 = float(sys.argv[2])
 while time.time() < t0:
     pass
 try:
-    R.Lease(sys.argv[1]).acquire()
+    leases.Lease(sys.argv[1]).acquire()
     print("got", flush=True)
     time.sleep(1.0)
-except R.Claimed:
+except leases.Claimed:
     print("claimed", flush=True)
 """
 
@@ -257,9 +258,9 @@ except R.Claimed:
 def test_processes_racing_for_an_abandoned_claim_get_it_once(tmp_path):
     folder = tmp_path / "p"
     folder.mkdir()
-    (folder / R.LEASE_FILE).write_text(json.dumps({"host": "elsewhere", "pid": 1, "token": "z"}))
-    old = time.time() - R.LEASE_STALE_S - 5
-    os.utime(folder / R.LEASE_FILE, (old, old))
+    (folder / leases.LEASE_FILE).write_text(json.dumps({"host": "elsewhere", "pid": 1, "token": "z"}))
+    old = time.time() - leases.LEASE_STALE_S - 5
+    os.utime(folder / leases.LEASE_FILE, (old, old))
     start = time.time() + 3.0
     procs = [
         subprocess.Popen([sys.executable, "-c", CLAIM_RACE, str(folder), str(start)], stdout=subprocess.PIPE, text=True)
@@ -467,14 +468,14 @@ def test_progress_left_by_a_kill_after_the_results_is_removed(tmp_path):
         d.mkdir(parents=True)
         for n in names:
             (d / f"{n}.metrics.csv").write_text("epoch\n1\n")
-        (d / R.LEASE_FILE).write_text(json.dumps(owner))
+        (d / leases.LEASE_FILE).write_text(json.dumps(owner))
         return d
 
     single = leftover([ids[0]])
     assert R.run(cfg, 0, tmp_path) == tmp_path / ids[0]  # nothing to compute ...
     assert not single.exists()  # ... and the leftover is gone
     group, unfinished = leftover(ids[:2]), leftover([ids[1], ids[2]])
-    live = leftover([ids[1]], owner=dict(dead, pid=os.getpid(), start=R._proc_start(os.getpid())))
+    live = leftover([ids[1]], owner=dict(dead, pid=os.getpid(), start=leases.proc_start(os.getpid())))
     assert R.clean_finished_partials(tmp_path) == 1
     assert not group.exists() and unfinished.exists() and live.exists()
 

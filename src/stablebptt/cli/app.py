@@ -80,7 +80,7 @@ def cli_errors(fn):
 
     from pydantic import ValidationError
 
-    from ..experiments.run import Claimed
+    from ..experiments.leases import Claimed
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):

@@ -26,29 +26,23 @@ While runs train, ``<root>/.partial/<id>/`` holds their progress (``id``: the ru
 ``checkpoint_seconds``; an interrupted run continues from it and ends with the numbers of an
 uninterrupted one), ``<run_id>.metrics.csv`` (the rows so far) and ``lease.json`` — the
 claim of the process computing them (host, pid, start), so that concurrent sweeps on one
-folder compute each run once. A claim is taken over when its owner is dead (same host) or its
-heartbeat (the file's modification time, refreshed while training) is older than
-``LEASE_STALE_S``.
+folder compute each run once (:mod:`stablebptt.experiments.leases`). What a run records
+about the process that made it is :func:`stablebptt.experiments.manifest.manifest`.
 """
 
 from __future__ import annotations
 
 import csv
-import datetime as _dt
 import fcntl
 import hashlib
 import json
 import os
-import platform
 import shutil
 import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -58,77 +52,16 @@ import numpy as np
 from pydantic import ValidationError
 
 from .. import problems
-from .._version import __version__
 from ..core import evaluate_loss
 from ..problems import controllers
 from ..problems.controllers import weights_file  # run folders hold weights.npz; re-exported
 from ..training.config import RunConfig, run_id
 from ..training.runner import Checkpoint, sigint_deferred, train, write_metrics
 from ..training.trainer import make_data, zero_last
+from .leases import LEASE_FILE, Claimed, Lease
+from .manifest import manifest
 
 RESULT_FILE = "result.json"
-
-
-def source_commit() -> str | None:
-    """The git commit of the stablebptt source that runs: ``$STABLEBPTT_COMMIT`` when set (a
-    copy of the tree without its ``.git``), else ``git rev-parse HEAD`` of the checkout this
-    package is imported from (with ``-dirty`` when it has uncommitted changes), else None."""
-    if os.environ.get("STABLEBPTT_COMMIT"):
-        return os.environ["STABLEBPTT_COMMIT"]
-    here = Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", "."],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head + ("-dirty" if dirty else "") if head else None
-
-
-def manifest() -> dict:
-    """Versions, device and precision of this process (recorded next to every result).
-
-    ``versions["stablebptt"]`` is the ``__version__`` of the package that runs; where the
-    installed distribution's metadata says otherwise (an editable install whose version changed
-    since it was installed), that one is kept as ``versions["stablebptt_installed"]``."""
-
-    def ver(name):
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return None
-
-    dev = jax.devices()[0]
-    versions = {"stablebptt": __version__} | {n: ver(n) for n in ("jax", "jaxlib", "optax", "equinox", "numpy")}
-    if ver("stablebptt") not in (None, __version__):
-        versions["stablebptt_installed"] = ver("stablebptt")
-    return {
-        "versions": versions | {"python": platform.python_version()},
-        "commit": source_commit(),
-        "device": {
-            "platform": dev.platform,
-            "kind": getattr(dev, "device_kind", str(dev)),
-            "count": jax.device_count(),
-        },
-        "precision": {
-            "dtype": "float32",
-            "x64": bool(jax.config.jax_enable_x64),  # type: ignore[attr-defined]  # set at run time; jax's stub lists no options
-            "matmul_precision": "highest (the training programs are traced at full float32 precision)",
-        },
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "command": " ".join(sys.argv),
-        "host": socket.gethostname(),
-        "machine": platform.machine(),
-        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-    }
 
 
 def recorded_code(folder: Path) -> dict | None:
@@ -267,94 +200,6 @@ def write_index(root: str | Path) -> Path:
             w.writerows(rows)
         os.replace(tmp, root / INDEX_FILE)
     return root / INDEX_FILE
-
-
-#: seconds after which a claim on another host (or without a live owner) counts as abandoned
-LEASE_STALE_S = 600.0
-LEASE_FILE = "lease.json"
-
-
-class Claimed(RuntimeError):
-    """The runs are being computed by another live process (the message names it)."""
-
-
-def _proc_start(pid: int) -> str | None:
-    """The start time of process ``pid`` (Linux /proc; None elsewhere or when it is gone)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _owner_alive(lease: dict) -> bool:
-    if lease.get("host") != socket.gethostname():
-        return True  # another machine: only its heartbeat can tell
-    try:
-        os.kill(int(lease["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, KeyError, ValueError):
-        return True
-    start = lease.get("start")
-    return start is None or _proc_start(int(lease["pid"])) == start
-
-
-class Lease:
-    """This process's claim on a partial folder (see the module docstring)."""
-
-    def __init__(self, folder: Path):
-        self.path = Path(folder) / LEASE_FILE
-        self.token = uuid.uuid4().hex
-        self._touched = 0.0
-
-    def acquire(self) -> Lease:
-        """Take the claim, or raise :class:`Claimed` if a live owner holds it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        me = {
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "start": _proc_start(os.getpid()),
-            "token": self.token,
-            "since": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        }
-        for _ in range(10):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                try:
-                    other = json.loads(self.path.read_text())
-                    age = time.time() - self.path.stat().st_mtime
-                except (OSError, ValueError):
-                    time.sleep(0.05)  # being written or taken over right now
-                    continue
-                if _owner_alive(other) and age < LEASE_STALE_S:
-                    raise Claimed(f"claimed by {other.get('host')} pid {other.get('pid')} since {other.get('since')}")
-                try:  # abandoned: move it aside (only one taker succeeds), then claim anew
-                    os.rename(self.path, self.path.with_name(f"{LEASE_FILE}.stale-{self.token}"))
-                except FileNotFoundError:
-                    pass
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            return self
-        raise Claimed(f"could not claim {self.path.parent} (contended)")
-
-    def refresh(self, every_s: float = 10.0) -> None:
-        """Advance the heartbeat (at most every ``every_s`` seconds)."""
-        now = time.time()
-        if now - self._touched >= every_s:
-            try:
-                os.utime(self.path)
-            except OSError:
-                pass
-            self._touched = now
-
-    def release(self) -> None:
-        try:
-            if json.loads(self.path.read_text()).get("token") == self.token:
-                self.path.unlink()
-        except (OSError, ValueError):
-            pass
 
 
 def partial_folder(root: str | Path, names: Sequence[str]) -> Path:

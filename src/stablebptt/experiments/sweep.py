@@ -300,7 +300,8 @@ def _job(
 ) -> list[dict]:
     """Worker entry (picklable): run one config for the given seeds, or with ``lanes`` (one
     config dict per seed) the (config, seed) lanes of one program; return their summaries."""
-    from .run import Claimed, train_runs
+    from .leases import Claimed
+    from .run import train_runs
 
     enable_compile_cache(cache_dir)
     cfg = RunConfig(**config_dict)
