@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure
 
-from stablebptt import flow, problems
+import stablebptt as sb
+from stablebptt import problems
 from stablebptt.analysis.diagnose import diagnose_problem, load_problem_and_controller
 from stablebptt.training import optim
 
@@ -45,7 +46,7 @@ def adam_descent(problem, model, x0, mode: str, lr: float, iters: int):
 
     @jax.jit
     def one(params, state):
-        val, upd, _ = flow.value_and_update(eqx.combine(params, static), x0, flow=mode, validate=False, **kw)
+        val, upd, _ = sb.value_and_update(eqx.combine(params, static), x0, flow=mode, validate=False, **kw)
         steps, state = tx.update(upd, state, params)
         return eqx.apply_updates(params, steps), state, val
 
@@ -54,7 +55,7 @@ def adam_descent(problem, model, x0, mode: str, lr: float, iters: int):
         traj.append(np.concatenate([np.ravel(a) for a in jax.tree_util.tree_leaves(params)]))
         params, state, val = one(params, state)
         losses.append(float(val))
-    final = flow.evaluate_loss(eqx.combine(params, static), x0, **kw)
+    final = sb.evaluate_loss(eqx.combine(params, static), x0, **kw)
     losses.append(float(final))
     traj.append(np.concatenate([np.ravel(a) for a in jax.tree_util.tree_leaves(params)]))
     return np.array(losses), np.array(traj)
@@ -120,16 +121,16 @@ def linear_stall():
     @jax.jit
     def fields(th):
         m = p.make_controller(None, theta=th)
-        _, g = flow.field(m, xb, mode="R", **kw)
-        _, mm = flow.field(m, xb, mode="M", **kw)
-        _, c, _ = flow.value_and_update(m, xb, flow="C", validate=False, **kw)
+        _, g = sb.value_and_update(m, xb, flow="R", validate=False, **kw)[:2]
+        _, mm = sb.value_and_update(m, xb, flow="M", validate=False, **kw)[:2]
+        _, c, _ = sb.value_and_update(m, xb, flow="C", validate=False, **kw)
         return g.theta, mm.theta, c.theta
 
     G, M, C = (np.array(v) for v in jax.vmap(fields)(jnp.asarray(thetas, jnp.float32)))
     m0 = p.make_controller(None, theta=-1.6)
-    _, g0 = flow.field(m0, xb, mode="R", **kw)
-    _, mm0 = flow.field(m0, xb, mode="M", **kw)
-    _, c0, info0 = flow.value_and_update(m0, xb, flow="C", **kw)
+    _, g0 = sb.value_and_update(m0, xb, flow="R", validate=False, **kw)[:2]
+    _, mm0 = sb.value_and_update(m0, xb, flow="M", validate=False, **kw)[:2]
+    _, c0, info0 = sb.value_and_update(m0, xb, flow="C", **kw)
     runs = {
         mode: adam_descent(p, p.make_controller(None, theta=-1.6), xb, mode, lr=0.01, iters=300)
         for mode in ("R", "M", "C")
