@@ -127,6 +127,7 @@ def _hand_euler_loss(params, static, x0, *, substeps, dt, horizon, stop_input=Fa
     return jnp.mean(terms)
 
 
+@pytest.mark.slow
 def test_ode_fields_equal_grad_of_hand_loop():
     """R = jax.grad of the written-out Euler loop, M = the same with the controller's input
     stopped, C = M where the signs agree; the engine's default (reverse sweep) strategy."""
@@ -157,6 +158,7 @@ def test_ode_fields_equal_grad_of_hand_loop():
     np.testing.assert_allclose(c, want_c, rtol=0, atol=1e-4 * np.abs(m_hand).max())
 
 
+@pytest.mark.slow
 def test_the_trainer_applies_c_to_an_adapter_problem():
     """One epoch of the trainer in mode C (SGD, one minibatch = the whole set) moves the
     parameters by −lr · C, C = M where sign(M) = sign(R) else 0, with R and M of the written-out
@@ -184,6 +186,7 @@ def test_the_trainer_applies_c_to_an_adapter_problem():
     np.testing.assert_allclose(step, want_c, rtol=0, atol=1e-4 * np.abs(m).max())
 
 
+@pytest.mark.slow
 def test_ode_trains_and_refuses_bad_input():
     diffrax = pytest.importorskip("diffrax", reason="the diffrax adapter needs the [diffrax] extra")
     from stablebptt.problems.adapters import ode_problem
@@ -272,6 +275,7 @@ def _brax_problem(env, **kw):
     )
 
 
+@pytest.mark.slow
 def test_brax_problem_shapes_data_and_errors(brax_pendulum):
     from stablebptt.problems.adapters import brax_problem
 
@@ -348,6 +352,7 @@ def _flat(t):
     return np.concatenate([np.ravel(a) for a in jax.tree_util.tree_leaves(t)])
 
 
+@pytest.mark.slow
 def test_brax_fields_equal_grad_of_plain_loop(brax_pendulum):
     """The engine's R field equals jax.grad of the plain Brax loop, and R differs from M there (the
     trainer on an adapter's problem is tested on the ODE, where it compiles in seconds)."""

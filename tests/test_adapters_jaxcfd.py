@@ -91,6 +91,7 @@ def test_aliases_reach_jax_cfd_only():
     assert all(isinstance(a, grids.GridArray) and a.offset == (0.5, 0.5) for a in centred)
 
 
+@pytest.mark.slow
 def test_step_equals_jax_cfd_called_per_sample(flow):
     """The batched step equals semi_implicit_navier_stokes (two steps of funcutils.repeated, the
     same forcing and convection) on each sample's GridVariableVector, built by hand."""
@@ -117,6 +118,7 @@ def test_step_equals_jax_cfd_called_per_sample(flow):
     assert np.abs(want - x).max() > 1e-2
 
 
+@pytest.mark.slow
 def test_taylor_green_vortex_decays_at_the_analytic_rate():
     """u = a sin x cos y, v = −a cos x sin y solves Navier–Stokes with a(t) = a exp(−2νt) (the
     convection is balanced by pressure). 10 steps of 0.05 s at ν = 0.1 on 16², zero control:

@@ -61,6 +61,7 @@ X64_SCRIPT = """
 """
 
 
+@pytest.mark.slow
 def test_phiflow_import_keeps_jax_in_float32():
     """Before and after the adapter's import and a problem's use: jax_enable_x64 off, a scan's
     carry and jnp.zeros float32, no float64 in the engine's program even with PhiFlow's global
@@ -81,6 +82,7 @@ def test_phiflow_import_restores_a_user_set_x64():
     assert out.split() == ["True"]
 
 
+@pytest.mark.slow
 def test_phiflow_imported_elsewhere_first_is_reported():
     """PhiFlow's own import before the adapter's leaves x64 on: the adapter cannot know the
     previous value, keeps it, and warns in one line."""
@@ -146,6 +148,7 @@ def _reference(x: np.ndarray, c: np.ndarray, steps: int) -> tuple[np.ndarray, fl
         return u.values.numpy(["b", "x"]), float(math.mean(_energy(u), "b"))
 
 
+@pytest.mark.slow
 def test_adapted_step_equals_phiflow_in_float64(burgers):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(3, N))

@@ -44,6 +44,7 @@ def test_animate_linear_run(tmp_path):
         animate(folder, out=tmp_path / "a.avi")
 
 
+@pytest.mark.slow
 def test_animate_cartpole_run_cli(tmp_path):
     cfg = RunConfig(problem="cartpole", epochs=1, n_train=8, n_test=8, batch_size=8)
     folder = run(cfg, 0, tmp_path / "runs")
@@ -61,6 +62,7 @@ def test_animate_cartpole_run_cli(tmp_path):
     "name, params, stride",
     [("guidance", dict(steps=6), None), ("quantum", dict(steps=5), 2), ("toy-rotation", {}, None)],
 )
+@pytest.mark.slow
 def test_renderers(tmp_path, name, params, stride):
     p = problems.get(name, **params)
     model = p.make_controller(jax.random.PRNGKey(0), zero_last=False)
@@ -99,6 +101,7 @@ def _guidance_rollout(steps=12, states=3, far_driver=None):
     return p, xs, cs
 
 
+@pytest.mark.slow
 def test_guidance_frames_the_evaders_and_the_target():
     from stablebptt.analysis.animate import GUIDANCE_TRAIL, build_scene, guidance_view
 
@@ -137,6 +140,7 @@ def test_guidance_frames_the_evaders_and_the_target():
     assert len(frames) == T + 1 and len({f.shape for f in frames}) == 1
 
 
+@pytest.mark.slow
 def test_quantum_has_a_colour_bar_and_the_growing_overlap():
     from stablebptt.analysis.animate import build_scene, rollout
     from stablebptt.problems.quantum import eigenstate

@@ -378,6 +378,7 @@ def _expected(words: list[str], args: list[str]) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, words", [r[1:] for r in ROWS], ids=[r[0] for r in ROWS])
 def test_bad_input_is_one_line_naming_it(workdir, args, words):
     args = _args(args, workdir)
@@ -432,6 +433,7 @@ def _cli(*args, cwd):
     )
 
 
+@pytest.mark.slow
 def test_the_terminal_sees_one_line_and_debug_a_traceback(workdir):
     """A real process: the data of the wrong shape (that ended in XLA's "dot_general requires
     contracting dimensions") is one line on stderr, exit 2; with --debug a traceback."""

@@ -62,6 +62,7 @@ def _random_state(n: int, seed: int, batch: int = 5) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- equations of motion
+@pytest.mark.slow
 @pytest.mark.parametrize("n", LINKS)
 def test_mass_matrix_and_forces_match_the_lagrangian(n):
     """M(q) = ∂²L/∂q̇² and τ = Q + ∂L/∂q − (∂²L/∂q̇∂q) q̇ (Euler–Lagrange, Q = (F, 0 …)) from
@@ -177,6 +178,7 @@ def _energy_scale(ch) -> float:
     return ch.g * float(np.sum(ch.coefficients()[1]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", (1, 3, 6))
 def test_energy_is_conserved_by_float64_rk4(n):
     """The unforced, frictionless chain conserves T + V: 2000 RK4 steps of 1 ms in float64 keep
@@ -199,6 +201,7 @@ def _max_frequency(ch) -> float:
     return float(np.sqrt(np.max(np.linalg.eigvals(np.linalg.solve(mass, stiffness)).real)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", LINKS)
 def test_float32_integrator_energy_error_is_first_order_in_dt(n):
     """The problem's integrator (float32 semi-implicit Euler, first order) over the task's

@@ -18,6 +18,7 @@ from stablebptt.training.runner import train
 runner = CliRunner()
 
 
+@pytest.mark.slow
 def test_train_cli_writes_a_complete_run_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("STABLEBPTT_CACHE_DIR", str(tmp_path / "cache"))
     res = runner.invoke(
@@ -86,6 +87,7 @@ def test_train_cli_writes_a_complete_run_folder(tmp_path, monkeypatch):
     assert res2.exit_code == 0 and len([p for p in (tmp_path / "runs").iterdir() if p.is_dir()]) == 1
 
 
+@pytest.mark.slow
 def test_train_cli_eval_every_records_evaluated_epochs(tmp_path, monkeypatch):
     monkeypatch.setenv("STABLEBPTT_CACHE_DIR", str(tmp_path / "cache"))
     res = runner.invoke(
@@ -201,6 +203,7 @@ def test_cli_errors_name_the_bad_value(args, msg):
     assert msg in " ".join(res.output.split())
 
 
+@pytest.mark.slow
 def test_problems_command_lists_every_problem():
     res = runner.invoke(app, ["problems"])
     assert res.exit_code == 0
@@ -209,6 +212,7 @@ def test_problems_command_lists_every_problem():
     assert "poles" in res.output and "rc" in res.output and "weighting" in res.output
 
 
+@pytest.mark.slow
 def test_combined_mode_learns_cartpole_in_a_few_dozen_updates():
     prob = problems.get("cartpole", poles=1)
     cfg = RunConfig(problem="cartpole", mode="C", epochs=3, n_train=128, n_test=64, data="seeded")
@@ -218,6 +222,7 @@ def test_combined_mode_learns_cartpole_in_a_few_dozen_updates():
     assert r.history["test_loss"][-1] < r.history["test_loss"][0]
 
 
+@pytest.mark.slow
 def test_C_learns_guidance_and_S_gets_a_zero_update():
     prob = problems.get("guidance")
     for mode in "CS":
@@ -318,6 +323,7 @@ def test_a_finished_run_is_shown_not_recompiled(tmp_path, monkeypatch):
     assert again.exit_code == 0 and "already trained" in again.output and "compiling" not in again.output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", ["stablebptt", "stablebptt.cli"])
 def test_python_dash_m_runs_every_command(module):
     """``python -m stablebptt`` and ``python -m stablebptt.cli`` know the commands that live in

@@ -104,6 +104,7 @@ def test_quick_settings_of_the_built_in_problems(monkeypatch):
     assert comparison.quick_config("cartpole", {"poles": 3}) == {"epochs": 60, "n_train": 64, "n_test": 64}
 
 
+@pytest.mark.slow
 def test_quick_settings_of_a_problem_without_quick_settings(done):
     # the point mass has no quick settings and no quick epochs: 20 epochs, its own 8 states (fewer than 64)
     assert comparison.quick_config(done["src"]) == {"epochs": 20, "n_train": 8, "n_test": 8}

@@ -76,6 +76,7 @@ def test_mjx_pipeline_gets_differentiable_solver_settings():
     assert "iterations" not in generalized.params  # other pipelines keep their own solvers
 
 
+@pytest.mark.slow
 def test_mjx_while_loop_has_no_gradient_and_the_adapter_refuses_it_in_one_line():
     """With the model's own 4 iterations, jax.grad through mjx.step fails (a while_loop); asking
     the adapter for that is one line naming the setting and what is allowed."""
@@ -112,6 +113,7 @@ def test_mjx_while_loop_has_no_gradient_and_the_adapter_refuses_it_in_one_line()
         brax_problem(mj, horizon=3, state_loss=_speed, n_frames=0)
 
 
+@pytest.mark.slow
 def test_raw_mujoco_model_is_a_problem():
     """A mujoco.MjModel (and its mjx.Model) steps through Brax's MJX pipeline: sizes from the
     model, q_0 around qpos0, dt = n_frames · timestep, and the problem passes the library's
@@ -127,6 +129,7 @@ def test_raw_mujoco_model_is_a_problem():
 
 
 # ----------------------------------------------------------------------------- the hopper problem
+@pytest.mark.slow
 def test_hopper_problem_builds_and_validates():
     p = problems.get("hopper", steps=5)
     assert p.name == "hopper" and p.horizon == 5 and p.state_shape == (12,) and p.control_shape == (3,)

@@ -69,6 +69,7 @@ def test_cnn_matches_numpy_reference_convolution():
         ((5,), (3,), (5,), 4),  # one output position
     ],
 )
+@pytest.mark.slow
 def test_patch_conv_equals_xla_convolution_values_and_gradients(window, strides, spatial, c_in):
     conv = nets.Conv.init(jax.random.PRNGKey(0), window, c_in, 5, strides)
     conv = eqx.tree_at(lambda c: c.bias, conv, jax.random.normal(jax.random.PRNGKey(1), (5,)))
@@ -82,6 +83,7 @@ def test_patch_conv_equals_xla_convolution_values_and_gradients(window, strides,
         assert_close(a, b, 64 * EPS32, "gradients")
 
 
+@pytest.mark.slow
 def test_parameter_vjp_from_kept_activations_equals_autodiff():
     m = nets.MLP(jax.random.PRNGKey(0), 4, (2,), widths=(30, 20))
     shape = (40, 2, 2)
@@ -131,6 +133,7 @@ def check_jacobian_protocol(m, x):
     return jac, deltas
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("widths,control_shape", [((30, 20), (1,)), ((30, 20), (2,)), ((12, 9, 7), (3,)), ((8,), ())])
 def test_input_jacobian_and_its_parameter_vjp_equal_autodiff(widths, control_shape):
     m = nets.MLP(jax.random.PRNGKey(0), 4, control_shape, widths=widths)
@@ -139,6 +142,7 @@ def test_input_jacobian_and_its_parameter_vjp_equal_autodiff(widths, control_sha
     assert jac.shape == (25, k, 2, 2) and len(deltas) == len(widths)
 
 
+@pytest.mark.slow
 def test_quantum_cnn_jacobian_and_parameter_vjp_equal_autodiff():
     jac, _ = check_jacobian_protocol(
         nets.QuantumCNN(jax.random.PRNGKey(0)), jax.random.normal(jax.random.PRNGKey(1), (9, 32, 2))
@@ -159,6 +163,7 @@ def test_patch_conv_rejects_input_smaller_than_window():
         lambda k: nets.QuantumCNN(k),
     ],
 )
+@pytest.mark.slow
 def test_weights_roundtrip_gives_identical_outputs(tmp_path, make):
     a, b = make(jax.random.PRNGKey(0)), make(jax.random.PRNGKey(1))
     x = jax.random.normal(jax.random.PRNGKey(5), (3, 32, 2) if isinstance(a, nets.QuantumCNN) else (3, 2, 2))

@@ -22,6 +22,7 @@ def _linear(a, b, T, x0, theta):
     return p, D.diagnose_problem(p, n=2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("a, b, T, x0, theta", [(1.1, 1.0, 4, 1.0, -1.6), (0.9, 0.5, 6, -2.0, 0.8)])
 def test_linear_closed_forms(a, b, T, x0, theta):
     p, d = _linear(a, b, T, x0, theta)
@@ -100,6 +101,7 @@ def _every_state_problem():
     return step, loss, 5, model, x0
 
 
+@pytest.mark.slow
 def test_contributions_sum_to_engine_fields_and_adjoint_matches_jax_grad():
     """Every-state loss with a control penalty and a final-state loss with a nonlinear
     controller (toy-field): Σ_n contributions == the engine's R and M fields, and
@@ -123,6 +125,7 @@ def test_contributions_sum_to_engine_fields_and_adjoint_matches_jax_grad():
         assert not np.allclose(out["adjoint_R"], out["adjoint_M"], rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_zero_last_kernel_means_r_equals_m_and_is_reported():
     p = problems.get("cartpole", steps=10)
     d = D.diagnose_problem(p, n=2, zero_last=True)
@@ -213,6 +216,7 @@ def _shown_pixels(fig, artist):
     return int(np.sum(changed & (np.abs(base - colour).max(-1) < 50)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["R = M", "R close to M", "R far from M"])
 def test_figure_legend_lists_only_visible_lines(case):
     """Every legend entry of the diagnosis figure is a curve one can see; curves that

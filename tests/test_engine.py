@@ -68,6 +68,7 @@ def hand_loss(model, x0, T, rc=0.0, every=True):
     return total
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(STRATEGIES))
 @pytest.mark.parametrize("every", [True, False])
 def test_R_equals_jax_grad_of_python_loop(toy, name, every):
@@ -84,6 +85,7 @@ def test_R_equals_jax_grad_of_python_loop(toy, name, every):
     np.testing.assert_allclose(info["update_norm"], engine.tree_norm(ref), rtol=100 * EPS32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(SWEEPS))
 @pytest.mark.parametrize("every", [True, False])
 def test_fused_C_equals_two_complete_passes(toy, name, every):
@@ -131,6 +133,7 @@ def applicable(model, strategy) -> bool:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_every_strategy_equals_autodiff_on_every_problem(case):
     """All modes of every problem, each strategy against the autodiff reference. The modes run
@@ -163,6 +166,7 @@ def test_every_strategy_equals_autodiff_on_every_problem(case):
             assert e <= max(1e3 * EPS32, 4 * floor), (case, sname, mode, e, floor)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["R", "M", "S", "N", "C", ("R", "M", "S", "N") * 3])
 @pytest.mark.parametrize("name", list(SWEEPS))
 def test_single_field_programs_equal_autodiff(toy, mode, name):
@@ -190,6 +194,7 @@ class LyingCoupled(BatchCoupled):
     rows_independent = True  # false: the engine must refuse it
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["R", "C"])
 def test_row_coupled_controller_keeps_per_step_batches(toy, mode):
     model, x0 = toy
@@ -259,6 +264,7 @@ def dict_pendulum_step(x, c):
     return {"th": y[:, 0], "om": y[:, 1]}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["R", "C"])
 def test_generic_batched_path_on_a_pytree_state(toy, mode):
     """J and the parameter gradients by jax.vjp on all rows (no hooks), with a dict state."""
@@ -355,6 +361,7 @@ def test_mixed_schedule_truncation_and_decay_match_hand_adjoints(name):
         assert_close(upd.theta, hand_adjoint_field(A, Bm, Th, x0, T, jac), 200 * EPS32)
 
 
+@pytest.mark.slow
 def test_schedule_of_uniform_letters_equals_mode(toy):
     """A schedule of T equal letters is that mode, bit for bit, under the same strategy (a
     name such as "auto" measures each flow anew and may pick different strategies, which
@@ -377,6 +384,7 @@ def test_sign_combiner_rule_including_zero():
     np.testing.assert_array_equal(G.combine_sign_g(m, g)["a"], [2.0, -1.0, 0.0, 0.0, 0.0, 0.0, 0.0])
 
 
+@pytest.mark.slow
 def test_fused_C_with_segments_and_a_schedule(toy):
     model, x0 = toy
     loss = TrajectoryLoss(lambda x: jnp.mean(x**2), on="every")
@@ -388,6 +396,7 @@ def test_fused_C_with_segments_and_a_schedule(toy):
         assert_close(got, ref, 200 * EPS32)
 
 
+@pytest.mark.slow
 def test_forward_values_identical_across_modes_and_strategies(toy):
     model, x0 = toy
     loss = TrajectoryLoss(lambda x: jnp.mean(x**2), on="every")
@@ -412,6 +421,7 @@ def count_primitive(jaxpr, name):
     return n
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(SWEEPS))
 def test_fused_C_does_one_forward_pass(toy, name):
     """Regression guard: count simulator evaluations (sin primitives) in the traced programs.
@@ -428,6 +438,7 @@ def test_fused_C_does_one_forward_pass(toy, name):
 
 
 # ------------------------------------------------------------------ properties (method.md)
+@pytest.mark.slow
 def test_zero_residual_gives_zero_fields():
     model = MLP(jax.random.PRNGKey(0), 2, (1,), widths=(8,))  # zero biases: N(0) = 0
     x0 = jnp.zeros((4, 2))
@@ -438,6 +449,7 @@ def test_zero_residual_gives_zero_fields():
         assert float(engine.tree_norm(upd)) == 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", range(6))
 def test_C_never_points_uphill(seed):
     k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
@@ -508,6 +520,7 @@ def test_M_is_not_a_gradient_field():
     assert float(np.max(np.abs(J - J.T))) > 1.0
 
 
+@pytest.mark.slow
 def test_and_mask_matches_hand_reference(toy):
     model, x0 = toy
     loss = TrajectoryLoss(lambda x: jnp.mean(x**2), on="every")
@@ -588,6 +601,7 @@ class _Rows(eqx.Module):
         return jax.vmap(self.mlp)(x)
 
 
+@pytest.mark.slow
 def test_auto_is_the_fastest_measured_candidate_and_is_cached(tmp_path, monkeypatch):
     """backward="auto" keeps the candidate with the least measured time (the record lists
     every candidate timed, with its time), a second call with the same signature reuses the decision

@@ -97,6 +97,7 @@ def programs(request):
     return name, path, out
 
 
+@pytest.mark.slow
 def test_fused_C_runs_controller_and_simulator_once(programs):
     name, path, j = programs
     # the controller runs once per step in the loops (the parameter gradients outside them
@@ -194,6 +195,7 @@ def test_auto_segments_follow_the_budget():
     assert {c.checkpoint_every for c in sweeps(checkpoint_every=7)} == {7}
 
 
+@pytest.mark.slow
 def test_a_saved_linearization_gives_the_same_bits_as_a_recomputed_one():
     """Saved or recomputed, the simulator's linearisation gives the same update bits, with
     and without segments (quantum: a solve per step)."""

@@ -88,6 +88,7 @@ def float64_reference(tmp_path_factory):
     return dict(np.load(d / "in.npz")), dict(np.load(d / "out.npz")), json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_step_equals_exponax_in_float64(float64_reference):
     """Five steps of the adapter's float32 step (zero control, and a constant force field) follow
     exponax's KS stepper run in float64 with the force added as ForcedStepper documents

@@ -45,6 +45,7 @@ def _rel(a, b) -> float:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, steps", [("cartpole", 10), ("toy-field", 4), ("guidance", 10)])
 def test_lanes_of_one_program_give_each_modes_update(name, steps):
     """All FLOWS as lanes of one vmapped program (traced gates; batched-Jacobian path for
@@ -73,6 +74,7 @@ def test_lanes_of_one_program_give_each_modes_update(name, steps):
     assert _rel(jax.tree_util.tree_map(lambda a: a[r], ups), jax.tree_util.tree_map(lambda a: a[m], ups)) > 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", optim.OPTIMIZERS)
 def test_hyperparameters_as_data_are_make_s_arithmetic(name):
     """optim.injected (learning rate and clipping thresholds in the optimizer state, so lanes
@@ -122,6 +124,7 @@ def _base(**kw):
     return dict(problem="cartpole", problem_params={"steps": 20}, epochs=3, n_train=32, n_test=32, data="seeded") | kw
 
 
+@pytest.mark.slow
 def test_trained_lanes_match_one_run_per_config():
     pr = problems.get("cartpole", steps=20)
     cfgs = [
@@ -158,6 +161,7 @@ def test_lane_configs_are_checked():
         T.train(pr, a, [0, 1], lane_configs=[a, RunConfig(**_base(and_mask=0.5))])
 
 
+@pytest.mark.slow
 def test_sweep_with_vmapped_configs_matches_one_run_per_job(tmp_path):
     spec = sweep.load_spec(
         {

@@ -94,6 +94,7 @@ def test_the_command_names_the_step_where_the_simulator_produced_nan(blowup):
     assert "diverged" not in text and not list(Path("runs").glob("*/result.json"))
 
 
+@pytest.mark.slow
 def test_python_raises_the_same_line_for_inf_and_for_a_nonfinite_loss(blowup):
     with pytest.raises(
         ValueError,

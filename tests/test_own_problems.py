@@ -56,6 +56,7 @@ def test_a_file_is_a_problem_everywhere(pm, tmp_path):
     assert missing.exit_code == 2 and "no such file 'nowhere.py'" in missing.output
 
 
+@pytest.mark.slow
 def test_a_sweep_file_with_it_then_results_and_plots(pm, tmp_path):
     """The problem given by a path in a subfolder (its source has '/' and ':'): sweep, results,
     plots (file names made from the source's file and function)."""
@@ -82,6 +83,7 @@ def test_a_sweep_file_with_it_then_results_and_plots(pm, tmp_path):
     }
 
 
+@pytest.mark.slow
 def test_register_and_entry_points(pm, tmp_path, monkeypatch):
     mod = problems._file_module(tmp_path / "pointmass.py")
     problems.register("pm", mod.make, mod.PARAMS)
@@ -153,6 +155,7 @@ def test_numpy_scalars_in_problem_params_are_stored_as_plain_json(pm):
     assert load_run(folder).config == cfg
 
 
+@pytest.mark.slow
 def test_load_evaluate_and_start_from_a_run(pm, tmp_path, monkeypatch):
     cfg = RunConfig(problem=pm, problem_params={"steps": 6}, **small())
     folder = run(cfg, 3, "runs")

@@ -18,6 +18,7 @@ def _close_figures():
     plt.close("all")
 
 
+@pytest.mark.slow
 def test_fig1_field_spreads(tmp_path):
     r = figures.fig1_fields(tmp_path)
     assert r["spread_G"] == pytest.approx(1.8e3, rel=0.2)
@@ -31,6 +32,7 @@ def fig2(tmp_path_factory):
     return figures.fig2_rotation(tmp_path_factory.mktemp("fig2"))
 
 
+@pytest.mark.slow
 def test_fig2_gradient(fig2):
     L = fig2["losses"]["R"]
     assert len(L) == 201 and L[0] == pytest.approx(20.0)

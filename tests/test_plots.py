@@ -83,6 +83,7 @@ def sweep(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_plot_sweep_writes_png_and_pdf(sweep, tmp_path):
     paths = plots.plot_sweep(sweep)
     names = sorted(p.name for p in paths)
@@ -412,6 +413,7 @@ def test_paired_figure_places_each_seed_and_clipping():
         plots.paired_figure(df, "cartpole", y="S")
 
 
+@pytest.mark.slow
 def test_cli_plot(sweep, tmp_path):
     from typer.testing import CliRunner
 

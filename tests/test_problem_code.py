@@ -38,6 +38,7 @@ def one_line(output: str) -> str:
     return " ".join(output.split())
 
 
+@pytest.mark.slow
 def test_train_after_the_problem_file_changed_refuses_the_old_result(pm):
     first = runner.invoke(app, ["train", "pointmass.py:make", *TRAIN])
     assert first.exit_code == 0, first.output
@@ -72,6 +73,7 @@ def test_train_after_the_problem_file_changed_refuses_the_old_result(pm):
     assert code_change(folder, RunConfig(problem="pointmass.py:make", epochs=2, n_train=16, n_test=8)) is None
 
 
+@pytest.mark.slow
 def test_a_sweep_after_the_problem_file_changed_does_not_count_the_old_runs(pm, tmp_path):
     spec = tmp_path / "s.toml"
     spec.write_text(
@@ -114,6 +116,7 @@ def test_an_interrupted_run_is_not_continued_with_other_code(pm):
     assert "resumed_from_epoch" not in json.loads((folder / "manifest.json").read_text())["ran"]
 
 
+@pytest.mark.slow
 def test_a_module_problem_is_identified_by_its_file_or_its_installed_version(workdir_tmp, monkeypatch):
     import sys
 

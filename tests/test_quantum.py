@@ -245,6 +245,7 @@ def _primitive_solve(dl, d, du, b):
     return jax.lax.linalg.tridiagonal_solve(dl, d, du, b[..., None])[..., 0]
 
 
+@pytest.mark.slow
 def test_solve_tridiagonal_values_and_derivatives_match_the_primitive(solver):
     solve_tridiagonal = lambda *a: quantum.solve_tridiagonal(*a, method=solver)
     dl, d, du, b = _random_systems(0, (3,), 7)
@@ -323,6 +324,7 @@ def _solve_rhs_shapes(hlo_text: str) -> list[str]:
     return out
 
 
+@pytest.mark.slow
 def test_combined_mode_with_vmapped_seeds_solves_one_column_per_system():
     """The whole C update of the quantum problem, 2 seeds vmapped, with the step as built for a
     GPU (fold=False): every solve in the traced program (forward and both fields' reverse

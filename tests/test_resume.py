@@ -37,6 +37,7 @@ def same_runs(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batching", ["vmap", "loop"])
 def test_an_interrupted_training_continues_bit_for_bit(tmp_path, batching):
     """Interrupted after epoch 4 (the callback raises KeyboardInterrupt as Ctrl-C would), the
@@ -65,6 +66,7 @@ def test_an_interrupted_training_continues_bit_for_bit(tmp_path, batching):
         train(prob, other, [0, 1], batching=batching, checkpoint=ck)
 
 
+@pytest.mark.slow
 def test_a_resumed_run_keeps_the_strategy_that_ran(tmp_path, monkeypatch):
     """The checkpoint holds the backward strategy; the resumed run uses it without measuring,
     even where a new measurement (an empty decision cache) could pick another one."""
@@ -172,6 +174,7 @@ def test_divergence_survives_a_resume(tmp_path):
         same_runs(a, b)
 
 
+@pytest.mark.slow
 def test_the_command_says_it_resumed_and_counts_every_sessions_training_time(tmp_path, monkeypatch):
     """A run interrupted after epoch 4 — its first session slept 0.5 s after each of epochs 1-3,
     inside the training time — and continued by `stablebptt train`: the command says where it
@@ -201,6 +204,7 @@ def test_the_command_says_it_resumed_and_counts_every_sessions_training_time(tmp
     assert result["epochs_done"] == 6 and result["train_s"] >= 1.5
 
 
+@pytest.mark.slow
 def test_a_run_from_initial_weights_says_so_in_its_summary(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
@@ -255,6 +259,7 @@ except leases.Claimed:
 """
 
 
+@pytest.mark.slow
 def test_processes_racing_for_an_abandoned_claim_get_it_once(tmp_path):
     folder = tmp_path / "p"
     folder.mkdir()
@@ -331,6 +336,7 @@ def uninterrupted(tmp_path_factory):
     return folder, env
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
 def test_a_killed_train_command_continues_to_the_uninterrupted_numbers(tmp_path, uninterrupted, sig):
     """`stablebptt train` interrupted at a random moment after some checkpoint (Ctrl-C: one
@@ -388,6 +394,7 @@ def finished_metrics(root):
     return {p.name: pd.read_csv(p / "metrics.csv")[cols] for p in Path(root).iterdir() if (p / "result.json").is_file()}
 
 
+@pytest.mark.slow
 def test_two_sweeps_on_one_folder_compute_each_run_once(tmp_path):
     spec = tmp_path / "s.json"
     spec.write_text(json.dumps(sweep_spec(epochs=10)))
@@ -407,6 +414,7 @@ def test_two_sweeps_on_one_folder_compute_each_run_once(tmp_path):
     assert len(finished_metrics(tmp_path / "sw")) == 8
 
 
+@pytest.mark.slow
 def test_a_sweep_killed_at_random_moments_ends_as_an_uninterrupted_one(tmp_path):
     """SIGKILL the sweep (serial executor: the worker is the process) at three random moments,
     each after a checkpoint; the sweep run again each time; finally every run equals the

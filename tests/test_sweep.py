@@ -87,6 +87,7 @@ def test_spec_files_toml_and_yaml(tmp_path):
     assert len(a) == 4 and {s for _, s in a} == {3, 4} and all(c.epochs == 2 for c, _ in a)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SPEC_FILES)
 @pytest.mark.parametrize("quick", [False, True])
 def test_spec_files_expand(name, quick):
@@ -133,6 +134,7 @@ def folder_state(root):
     }
 
 
+@pytest.mark.slow
 def test_sweep_is_idempotent_and_results_table(tmp_path):
     spec = sweep.load_spec(small_spec(clips=("none",)))
     r1 = sweep.run_sweep(spec, tmp_path, executor="serial")
@@ -197,6 +199,7 @@ def alive(pid):
         return False
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_loses_and_duplicates_nothing(tmp_path):
     spec_dict = small_spec(seeds=3, epochs=40)  # 24 jobs
     jobs = sweep.expand(sweep.load_spec(spec_dict))
@@ -241,6 +244,7 @@ def test_resume_after_sigkill_loses_and_duplicates_nothing(tmp_path):
     assert len(dirs) == len(jobs)
 
 
+@pytest.mark.slow
 def test_vmapped_seed_groups_match_one_by_one(tmp_path):
     spec = sweep.load_spec(small_spec(seeds=3, modes=("C",), clips=("norm",)))
     sweep.run_sweep(spec, tmp_path / "a", executor="serial")
@@ -252,6 +256,7 @@ def test_vmapped_seed_groups_match_one_by_one(tmp_path):
     np.testing.assert_allclose(a["test_loss"], b["test_loss"], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_local_pool_and_ray_cluster_give_identical_metrics(tmp_path):
     import ray  # a dev dependency: this test must run, not skip
 
@@ -289,6 +294,7 @@ def _table_column(output: str, name: str) -> list[str]:
     return [r[k] for r in rows if r[1]]  # r[1] (problem) is empty on a wrapped row's continuation lines
 
 
+@pytest.mark.slow
 def test_cli_sweep_results_and_the_paper_reproduce_script(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 

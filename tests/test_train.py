@@ -84,6 +84,7 @@ def test_diverging_run_is_marked_at_the_right_epoch():
     assert np.all(np.isfinite(np.asarray(res.model.theta)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batching", ["vmap", "loop"])
 def test_seeds_batched_or_in_turn_match_individual_runs(batching):
     """Several seeds as one vmapped program or one after another: each equals its own run
@@ -148,6 +149,7 @@ def test_config_errors_name_the_field():
         RunConfig(backward="fast")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seeds", [5, [5, 6]])
 def test_eval_every_records_only_evaluated_epochs_with_the_same_numbers(seeds):
     prob = problems.get("cartpole", steps=10)
@@ -197,6 +199,7 @@ def test_eval_every_validation_and_run_ids():
     assert run_id(RunConfig(problem="cartpole", mode="R", backward="autodiff"), 3) != run_id(cfg, 3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batching", ["vmap", "loop"])
 def test_eval_every_with_several_seeds(batching):
     prob = problems.get("cartpole", steps=10)
@@ -208,6 +211,7 @@ def test_eval_every_with_several_seeds(batching):
         assert_close(b.history["test_loss"], [a.history["test_loss"][e - 1] for e in (2, 4)], 1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["cartpole", "guidance", "quantum", "toy-field", "linear"])
 def test_the_compiled_initialiser_gives_the_eager_factorys_bits(name):
     """init_params compiles at a lower LLVM level on the CPU (runner.INIT_COMPILER_OPTIONS):
@@ -248,6 +252,7 @@ def hand_loop(prob, cfg, seed):
     return rows, state
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shuffle", [False, True])
 def test_the_host_loop_runs_the_pure_functions(shuffle):
     """train() equals make_train's functions driven by hand, bit for bit; shuffling draws
@@ -389,6 +394,7 @@ print(json.dumps({name: {str(ov): run(ov, *c) for ov in (False, True)} for name,
 """
 
 
+@pytest.mark.slow
 def test_overlapped_evaluation_gives_the_sequential_numbers():
     """The evaluation on a second CPU device while the next epoch trains gives exactly the
     numbers of the sequential loop, including divergence and the on_epoch calls. JAX's CPU
@@ -442,6 +448,7 @@ FLOW_OPTIONS = [dict(mode=m) for m in ("R", "M", "S", "N", "C")] + [
     [sb.Autodiff(), sb.ReverseSweep("batched", keep_activations=True), sb.ReverseSweep("per_step")],
     ids=["autodiff", "batched", "per_step"],
 )
+@pytest.mark.slow
 def test_every_flow_option_trains_with_value_and_updates_update(strategy):
     """The trainer and value_and_update take one path into the engine: for every flow option
     the parameter change of one SGD step (lr 1) is minus value_and_update's update (clipped as
@@ -496,6 +503,7 @@ def test_every_flow_option_trains_with_value_and_updates_update(strategy):
     )
 
 
+@pytest.mark.slow
 def test_make_train_takes_plain_values():
     """make_train from plain values (problem, flow, optimizer, batch size, strategy) builds the
     program that a run configuration builds (make_trainer): one epoch, bit for bit."""
@@ -556,6 +564,7 @@ def _short_cartpole_c():
     return prob, cfg, prior
 
 
+@pytest.mark.slow
 def test_auto_chooses_once_its_first_strategy_has_run_an_epoch(tmp_path, monkeypatch):
     """backward="auto" in a run of known length starts with the prior (nothing compiled for the
     choice), times it in epoch 1, then keeps it when timing the others would cost over WORTH of
@@ -591,6 +600,7 @@ def test_auto_chooses_once_its_first_strategy_has_run_an_epoch(tmp_path, monkeyp
         assert again["cached"] and again["chosen"] == rec["chosen"] and not again.get("pending")
 
 
+@pytest.mark.slow
 def test_a_run_that_switches_strategy_after_epoch_1_continues_exactly(tmp_path, monkeypatch):
     """The switch itself, made certain by timings the test dictates (``choose.measure`` returns
     them; nothing is timed): the prior runs epoch 1, another candidate is chosen and runs

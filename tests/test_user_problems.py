@@ -47,6 +47,7 @@ def _run(prob, x0, *, horizon: int, flow: str, backwards):
     return (abstract, *jax.jit(run).lower(key, x0).compile(FAST_COMPILE)(key, x0))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", USER)
 def test_user_problem_builds_and_updates(up, name):
     prob = up.build(name)
@@ -73,6 +74,7 @@ def test_user_problem_builds_and_updates(up, name):
     assert jax.tree_util.tree_structure(upd) == jax.tree_util.tree_structure(eqx.filter(model, hooks.is_param))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["burgers_conv1d", "implicit_solve"])
 def test_auto_matches_autodiff(up, name):
     """Conv1d controller (rows not merged) and a step with a solve: the measured strategy is
