@@ -38,6 +38,15 @@ from typing import Any
 
 import numpy as np
 
+from .. import problems
+from ..core.gates import Flow
+from ..experiments import sweep
+from ..experiments.run import is_done
+from ..training.config import QUICK_EPOCHS, QUICK_SETTINGS, run_id
+
+# the tables, statistics and figures (pandas, matplotlib) are imported where they are used:
+# `import stablebptt` (which re-exports compare) does not load them
+
 #: the flow options a variant may set, with their defaults (the RunConfig fields of the same name)
 VARIANT_OPTIONS: dict[str, Any] = {"truncate": 0, "decay": 1.0, "combiner": "sign", "and_mask": 0.0}
 #: single-letter modes a variant may start with
@@ -83,8 +92,6 @@ def parse_variant(text: str) -> Variant:
     Raises ValueError (one line naming the variant, the bad part and what is allowed) for an
     unknown mode or option, a bad value, an option repeated, or ``combiner`` on a mode other than C.
     """
-    from ..core.gates import Flow
-
     where = f"variant {text!r}"
     parts = str(text).strip().split(":")
     mode = parts[0].strip().upper()
@@ -156,9 +163,6 @@ def quick_config(problem: str, params: dict | None = None) -> dict:
     (:data:`stablebptt.training.config.QUICK_SETTINGS`), else the quick epochs of ``stablebptt
     train`` (``QUICK_EPOCHS``), else 20 epochs with at most 64 train and test states (fewer
     where the problem's defaults have fewer)."""
-    from .. import problems
-    from ..training.config import QUICK_EPOCHS, QUICK_SETTINGS
-
     if problem in QUICK_SETTINGS:
         return dict(QUICK_SETTINGS[problem])
     if problem in QUICK_EPOCHS:
@@ -179,9 +183,6 @@ def comparison_spec(
     flow options (its modes: the variants' letters), ``config`` and ``params`` shared by all.
 
     Raises :class:`stablebptt.experiments.sweep.SpecError` naming a bad field."""
-    from .. import problems
-    from ..experiments import sweep
-
     bad = sorted(set(config) & set(NOT_SHARED))
     if bad:
         raise sweep.SpecError(
@@ -225,9 +226,6 @@ def variant_of(config) -> str:
 
 def run_ids(spec) -> dict[str, dict[int, str]]:
     """{variant name: {seed: run id}} of every job of a comparison's sweep spec."""
-    from ..experiments import sweep
-    from ..training.config import run_id
-
     out: dict[str, dict[int, str]] = {}
     for cfg, seed in sweep.expand(spec):
         out.setdefault(variant_of(cfg), {})[int(seed)] = run_id(cfg, seed)
@@ -633,7 +631,6 @@ def final_table(folder: str | Path, runs: dict, window: int):
     ({variant: {seed: run id}}) under ``folder`` (:func:`stablebptt.analysis.stats.final_losses`)."""
     import pandas as pd
 
-    from ..experiments.run import is_done
     from . import results, stats
 
     folder = Path(folder)
@@ -748,7 +745,6 @@ def draw(c: Comparison, out_dir: str | Path, formats: Sequence[str] = ("png",)) 
     per-seed ratios against the reference (:func:`stablebptt.analysis.plots.ratio_figure`)."""
     import pandas as pd
 
-    from .. import problems
     from . import plots, results
 
     rows = [results.run_rows(Path(c.folder) / rid) for rid in c.finals["run_id"]]
@@ -836,8 +832,6 @@ def _recorded_diagnosis(folder: Path, c: Comparison) -> dict | None:
 # ----------------------------------------------------------------------------- entry point
 def default_folder(problem: str, params: dict) -> Path:
     """``comparisons/<problem>[-key=value…]``: the default folder of a comparison."""
-    from .. import problems
-
     return Path("comparisons") / (
         problems.file_stem(problem) + "".join(f"-{k}={_opt_text(v)}" for k, v in sorted(params.items()))
     )
@@ -894,9 +888,6 @@ def compare(
     Raises ValueError (a :class:`stablebptt.experiments.sweep.SpecError` for the spec) naming a bad input
     before any training.
     """
-    from .. import problems
-    from ..experiments import sweep
-
     variants = parse_variants(modes)
     names = [v.name for v in variants]
     ref = parse_variant(reference).name

@@ -61,8 +61,12 @@ from typing import TYPE_CHECKING, Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..training.config import RunConfig, run_id
-from .run import clean_finished_partials, clean_stale_temps, is_done, read_result
+from .. import problems
+from ..training.config import RunConfig, describe_errors, run_id
+from ..training.optim import CLIPPING
+from ..training.runner import lane_key
+from .leases import Claimed
+from .run import clean_finished_partials, clean_stale_temps, code_change, is_done, read_result, train_runs
 
 if TYPE_CHECKING:
     from pydantic_core import InitErrorDetails
@@ -95,8 +99,6 @@ class Experiment(BaseModel):
     @field_validator("clips")
     @classmethod
     def _clips(cls, v):
-        from ..training.optim import CLIPPING
-
         for i, c in enumerate(v):
             if c not in CLIPPING:
                 raise ValueError(f"clips[{i}] = {c!r}; allowed: {', '.join(CLIPPING)}")
@@ -135,8 +137,6 @@ class SpecError(ValueError):
 
 
 def _fmt_errors(e: ValidationError, prefix: str = "") -> str:
-    from ..training.config import describe_errors
-
     return describe_errors(e, SweepSpec, prefix) or "spec"
 
 
@@ -182,8 +182,6 @@ def _read_spec_file(path: Path) -> dict:
 
 def expand(spec: SweepSpec) -> list[tuple[RunConfig, int]]:
     """All jobs (config, seed) of the spec, in a stable order; raises SpecError on a bad field."""
-    from .. import problems
-
     jobs = []
     for i, ex in enumerate(spec.experiment):
         where = f"experiment[{i}]"
@@ -234,8 +232,6 @@ def expand(spec: SweepSpec) -> list[tuple[RunConfig, int]]:
 
 def _config_errors(e: ValidationError, ex: Experiment, where: str) -> str:
     """RunConfig errors located in the spec: ``experiment[0].config.epochs: …``."""
-    from ..training.config import describe_errors
-
     parts = []
     for err in e.errors():
         name = str(err["loc"][0]) if err["loc"] else ""
@@ -256,8 +252,6 @@ def _line_error(err: Mapping[str, Any]) -> InitErrorDetails:
 
 
 def _params_ok(ex: Experiment, where: str) -> bool:
-    from .. import problems
-
     spec = problems.param_spec(ex.problem)
     for name in list(ex.problem_params) + list(ex.level):
         if name not in spec:
@@ -300,9 +294,6 @@ def _job(
 ) -> list[dict]:
     """Worker entry (picklable): run one config for the given seeds, or with ``lanes`` (one
     config dict per seed) the (config, seed) lanes of one program; return their summaries."""
-    from .leases import Claimed
-    from .run import train_runs
-
     enable_compile_cache(cache_dir)
     cfg = RunConfig(**config_dict)
     pairs = [(RunConfig(**d), s) for d, s in zip(lanes, seeds)] if lanes is not None else [(cfg, s) for s in seeds]
@@ -369,8 +360,6 @@ def _groups(
     ``vmap_seeds``, or with ``vmap_configs`` per set of configs that can be lanes of one
     program (:func:`stablebptt.training.runner.lane_key`; lanes = one config dict per seed)."""
     if vmap_configs:
-        from ..training.runner import lane_key
-
         lanes: dict[str, list[tuple[RunConfig, int]]] = {}
         # the AND-mask cannot be a lane; a group of one is a plain run
         single: list[tuple[RunConfig, list[int], list[dict] | None]] = []
@@ -476,9 +465,6 @@ def _run_ray(groups, root: Path, workers, address, cache_dir, checkpoint_seconds
 def _check_code(jobs: list[tuple[RunConfig, int]], root: Path) -> None:
     """Raise :class:`SpecError` when a finished job under ``root`` was made with problem code
     that has changed since (one line: the file, old → new hash, how many runs, what to do)."""
-    from .. import problems
-    from .run import code_change
-
     current: dict[str, dict | None] = {}
     stale, first = [], None
     for c, s in jobs:
